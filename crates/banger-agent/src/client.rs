@@ -1,0 +1,325 @@
+//! What the daemon uses to talk to an agent.
+//!
+//! A transport is opened first — [`connect_hybrid_vsock`] for Firecracker's host side of the
+//! guest's vsock, [`connect_unix`] for the host test mode or a QEMU serial chardev socket — and
+//! then one request is made over it with [`get_json`] (or [`health`] / [`ports`]). Each request
+//! uses its own stream and asks the agent to close it afterwards.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper::{Request, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+use crate::proto::{ErrorBody, Health, Ports};
+
+/// A reasonable bound for one agent request.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest acknowledgement line accepted in the hybrid vsock handshake.
+const MAX_ACK_LEN: usize = 64;
+
+/// A failure reaching the agent or understanding its answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {}: {source}", socket.display())]
+    Connect { socket: PathBuf, source: io::Error },
+    #[error("cannot send \"CONNECT {port}\" on {}: {source}", socket.display())]
+    HandshakeSend {
+        socket: PathBuf,
+        port: u32,
+        source: io::Error,
+    },
+    #[error("cannot read the reply to \"CONNECT {port}\" on {}: {source}", socket.display())]
+    HandshakeRecv {
+        socket: PathBuf,
+        port: u32,
+        source: io::Error,
+    },
+    #[error(
+        "{} closed the connection after \"CONNECT {port}\" (read {got:?}): nothing listens on vsock port {port} in the guest yet",
+        socket.display()
+    )]
+    HandshakeClosed {
+        socket: PathBuf,
+        port: u32,
+        got: String,
+    },
+    #[error("{} answered \"CONNECT {port}\" with {got:?}, expected \"OK <port>\"", socket.display())]
+    HandshakeRefused {
+        socket: PathBuf,
+        port: u32,
+        got: String,
+    },
+    #[error("agent GET {path}: HTTP handshake failed: {source}")]
+    Handshake { path: String, source: hyper::Error },
+    #[error("agent GET {path}: cannot build request: {source}")]
+    BuildRequest {
+        path: String,
+        source: hyper::http::Error,
+    },
+    #[error("agent GET {path}: request failed: {source}")]
+    Request { path: String, source: hyper::Error },
+    #[error("agent GET {path}: cannot read answer body: {source}")]
+    Body { path: String, source: hyper::Error },
+    #[error("agent GET {path}: answered {status}: {message}")]
+    Status {
+        path: String,
+        status: u16,
+        message: String,
+    },
+    #[error("agent GET {path}: answer is not the expected JSON: {source}")]
+    Decode {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("agent GET {path}: no answer within {after:?}")]
+    Timeout { path: String, after: Duration },
+}
+
+/// Connects to a Unix socket: the agent's `--listen-unix` socket or a QEMU chardev socket
+/// wired to the guest's virtio-serial port.
+pub async fn connect_unix(path: &Path) -> Result<UnixStream, ClientError> {
+    UnixStream::connect(path)
+        .await
+        .map_err(|source| ClientError::Connect {
+            socket: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Opens a stream to guest vsock `port` through Firecracker's host-side Unix socket.
+///
+/// Firecracker's host-initiated protocol: connect to the vsock device's `uds_path`, send
+/// `CONNECT <port>\n`, and read back `OK <host port>\n`; from then on the stream is the guest
+/// connection. When nothing listens on the port in the guest Firecracker closes the connection
+/// instead. The acknowledgement is read one byte at a time so no byte of the guest's stream is
+/// consumed. This does not time out by itself: callers bound it with `tokio::time::timeout`.
+pub async fn connect_hybrid_vsock(uds_path: &Path, port: u32) -> Result<UnixStream, ClientError> {
+    let mut stream = connect_unix(uds_path).await?;
+    stream
+        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .await
+        .map_err(|source| ClientError::HandshakeSend {
+            socket: uds_path.to_path_buf(),
+            port,
+            source,
+        })?;
+
+    let mut line = Vec::with_capacity(MAX_ACK_LEN);
+    loop {
+        let mut byte = [0u8; 1];
+        let n = stream
+            .read(&mut byte)
+            .await
+            .map_err(|source| ClientError::HandshakeRecv {
+                socket: uds_path.to_path_buf(),
+                port,
+                source,
+            })?;
+        if n == 0 {
+            return Err(ClientError::HandshakeClosed {
+                socket: uds_path.to_path_buf(),
+                port,
+                got: String::from_utf8_lossy(&line).into_owned(),
+            });
+        }
+        line.push(byte[0]);
+        if byte[0] == b'\n' {
+            break;
+        }
+        if line.len() >= MAX_ACK_LEN {
+            return Err(ClientError::HandshakeRefused {
+                socket: uds_path.to_path_buf(),
+                port,
+                got: String::from_utf8_lossy(&line).into_owned(),
+            });
+        }
+    }
+    if is_ack(&line) {
+        Ok(stream)
+    } else {
+        Err(ClientError::HandshakeRefused {
+            socket: uds_path.to_path_buf(),
+            port,
+            got: String::from_utf8_lossy(&line).into_owned(),
+        })
+    }
+}
+
+/// Whether `line` is `OK <decimal u32>\n`.
+fn is_ack(line: &[u8]) -> bool {
+    let Some(rest) = line
+        .strip_prefix(b"OK ")
+        .and_then(|r| r.strip_suffix(b"\n"))
+    else {
+        return false;
+    };
+    !rest.is_empty()
+        && rest.iter().all(u8::is_ascii_digit)
+        && std::str::from_utf8(rest)
+            .ok()
+            .and_then(|s| s.parse::<u32>().ok())
+            .is_some()
+}
+
+/// Makes one `GET path` request over `stream` and decodes the JSON answer, within `timeout`.
+///
+/// A non-2xx answer becomes [`ClientError::Status`] carrying the agent's `error` message.
+pub async fn get_json<T, S>(stream: S, path: &str, timeout: Duration) -> Result<T, ClientError>
+where
+    T: DeserializeOwned,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match tokio::time::timeout(timeout, request(stream, path)).await {
+        Ok(result) => result,
+        Err(_elapsed) => Err(ClientError::Timeout {
+            path: path.to_string(),
+            after: timeout,
+        }),
+    }
+}
+
+/// `GET /healthz`.
+pub async fn health<S>(stream: S, timeout: Duration) -> Result<Health, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    get_json(stream, "/healthz", timeout).await
+}
+
+/// `GET /ports`.
+pub async fn ports<S>(stream: S, timeout: Duration) -> Result<Ports, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    get_json(stream, "/ports", timeout).await
+}
+
+/// Aborts the connection task when the request is done or abandoned (timeout).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn request<T, S>(stream: S, path: &str) -> Result<T, ClientError>
+where
+    T: DeserializeOwned,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| ClientError::Handshake {
+            path: path.to_string(),
+            source,
+        })?;
+    // The connection's own error, if any, surfaces through send_request / the body.
+    let _conn = AbortOnDrop(tokio::spawn(async move {
+        let _ = conn.await;
+    }));
+
+    let req = Request::get(path)
+        .header(header::HOST, "banger-agent")
+        .header(header::ACCEPT, "application/json")
+        .header(header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|source| ClientError::BuildRequest {
+            path: path.to_string(),
+            source,
+        })?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|source| ClientError::Request {
+            path: path.to_string(),
+            source,
+        })?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|source| ClientError::Body {
+            path: path.to_string(),
+            source,
+        })?
+        .to_bytes();
+
+    if !status.is_success() {
+        return Err(ClientError::Status {
+            path: path.to_string(),
+            status: status.as_u16(),
+            message: error_message(status, &body),
+        });
+    }
+    serde_json::from_slice(&body).map_err(|source| ClientError::Decode {
+        path: path.to_string(),
+        source,
+    })
+}
+
+/// The agent's `error` message, or the raw body when it is not an [`ErrorBody`].
+fn error_message(status: StatusCode, body: &[u8]) -> String {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) => e.error,
+        Err(_) if body.is_empty() => status
+            .canonical_reason()
+            .unwrap_or("no message")
+            .to_string(),
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_line_must_be_ok_and_a_port() {
+        assert!(is_ack(b"OK 1073741824\n"));
+        assert!(is_ack(b"OK 0\n"));
+        assert!(!is_ack(b"OK 1073741824"));
+        assert!(!is_ack(b"OK \n"));
+        assert!(!is_ack(b"OK -1\n"));
+        assert!(!is_ack(b"OK 99999999999\n"));
+        assert!(!is_ack(b"ok 5\n"));
+        assert!(!is_ack(b"HTTP/1.1 400 Bad Request\n"));
+    }
+
+    #[test]
+    fn error_message_prefers_agent_error() {
+        assert_eq!(
+            error_message(StatusCode::NOT_FOUND, br#"{"error":"no such endpoint"}"#),
+            "no such endpoint"
+        );
+        assert_eq!(error_message(StatusCode::BAD_GATEWAY, b""), "Bad Gateway");
+        assert_eq!(error_message(StatusCode::BAD_GATEWAY, b"oops"), "oops");
+    }
+
+    #[tokio::test]
+    async fn times_out_when_nothing_answers() {
+        let (ours, _theirs) = tokio::io::duplex(1024);
+        let err = get_json::<Health, _>(ours, "/healthz", Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Timeout { .. }), "{err}");
+        assert!(err.to_string().contains("/healthz"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn connect_unix_names_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing.sock");
+        let err = connect_unix(&path).await.unwrap_err();
+        assert!(err.to_string().contains("missing.sock"), "{err}");
+    }
+}

@@ -1,0 +1,86 @@
+//! `banger-agent`: the guest agent binary. Parses flags and runs [`banger_agent::server`].
+#![allow(clippy::print_stdout)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use banger_agent::procfs::{DEFAULT_PROC_ROOT, ProcFs};
+use banger_agent::proto::GUEST_SERIAL_PATH;
+use banger_agent::server::{self, Agent, ListenPlan};
+use banger_core::build::BuildInfo;
+use clap::{Parser, Subcommand};
+
+/// banger's guest agent: serves /healthz and /ports over vsock, virtio-serial or a Unix socket.
+///
+/// With no listener flag it serves vsock port 10789 plus /dev/virtio-ports/banger.agent when
+/// that device exists. With any listener flag it serves exactly what the flags name.
+#[derive(Debug, Parser)]
+#[command(name = "banger-agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Listen on this vsock port (any CID).
+    #[arg(long, value_name = "N")]
+    vsock_port: Option<u32>,
+    /// Listen on this Unix socket path (host test mode); a stale socket there is replaced.
+    #[arg(long, value_name = "PATH")]
+    listen_unix: Option<PathBuf>,
+    /// Serve this virtio-serial character device, reopening it after each disconnect.
+    #[arg(long, value_name = "PATH")]
+    serial: Option<PathBuf>,
+    /// Read sockets and processes from this procfs root.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_PROC_ROOT)]
+    proc_root: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the build identity and exit.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Version) = cli.command {
+        println!("banger-agent {}", BuildInfo::current());
+        return ExitCode::SUCCESS;
+    }
+
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BANGER_AGENT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let plan = ListenPlan::from_flags(
+        cli.vsock_port,
+        cli.listen_unix,
+        cli.serial,
+        Path::new(GUEST_SERIAL_PATH),
+    );
+    let agent = Agent::new(ProcFs::new(cli.proc_root));
+    let result = runtime.block_on(async {
+        let shutdown = server::termination_signal()?;
+        server::run(agent, &plan, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

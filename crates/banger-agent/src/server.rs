@@ -1,0 +1,769 @@
+//! The agent's HTTP/1.1 server and the transports it listens on.
+//!
+//! [`Agent`] answers `GET /healthz` and `GET /ports` on any byte stream ([`serve_connection`]).
+//! The streams come from a vsock listener (the guest's normal path under Firecracker), a Unix
+//! socket (host test mode) or a virtio-serial device, which is one stream reopened after every
+//! disconnect ([`serve_reopening`]). [`run`] serves a [`ListenPlan`] until a shutdown future
+//! resolves, then removes the Unix socket file it created.
+
+use std::convert::Infallible;
+use std::fmt::Display;
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use banger_core::build::BuildInfo;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::UnixListener;
+use tokio::task::JoinSet;
+use tokio_vsock::{VMADDR_CID_ANY, VsockAddr, VsockListener};
+
+use crate::procfs::{ProcError, ProcFs};
+use crate::proto::{AGENT_VSOCK_PORT, ErrorBody, Health, Ports};
+use crate::serial::SerialStream;
+
+/// How long the serial loop waits before reopening the device after a connection ends.
+pub const SERIAL_REOPEN_DELAY: Duration = Duration::from_millis(200);
+
+/// Pause after a failed `accept` so a persistent failure (out of fds) does not spin.
+const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// A failure starting or running the agent's listeners.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot remove stale socket {}: {source}", path.display())]
+    RemoveStale { path: PathBuf, source: io::Error },
+    #[error("refusing to replace {}: it exists and is not a socket", path.display())]
+    NotASocket { path: PathBuf },
+    #[error("cannot listen on unix socket {}: {source}", path.display())]
+    BindUnix { path: PathBuf, source: io::Error },
+    #[error("cannot listen on vsock port {port}: {source}")]
+    BindVsock { port: u32, source: io::Error },
+    #[error("serial device {} does not exist", path.display())]
+    SerialMissing { path: PathBuf },
+    #[error("nothing to listen on: no vsock port, unix socket or serial device")]
+    NoListeners,
+    #[error("a listener stopped unexpectedly (serving {names}): {reason}")]
+    ListenerStopped { names: String, reason: String },
+    #[error("cannot install handler for {signal}: {source}")]
+    Signal {
+        signal: &'static str,
+        source: io::Error,
+    },
+}
+
+/// A failure on one HTTP connection.
+#[derive(Debug, thiserror::Error)]
+#[error("HTTP connection on {peer} failed: {source}")]
+pub struct ConnectionError {
+    pub peer: String,
+    #[source]
+    pub source: hyper::Error,
+}
+
+/// Answers the agent's endpoints from a procfs tree.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    inner: Arc<AgentInner>,
+}
+
+#[derive(Debug)]
+struct AgentInner {
+    procfs: ProcFs,
+    build: BuildInfo,
+}
+
+impl Agent {
+    /// An agent reading `procfs` and reporting this binary's build identity.
+    pub fn new(procfs: ProcFs) -> Self {
+        Self::with_build(procfs, BuildInfo::current())
+    }
+
+    /// An agent reporting the given build identity.
+    pub fn with_build(procfs: ProcFs, build: BuildInfo) -> Self {
+        Self {
+            inner: Arc::new(AgentInner { procfs, build }),
+        }
+    }
+
+    /// The `/healthz` answer.
+    pub fn health(&self) -> Result<Health, ProcError> {
+        let b = &self.inner.build;
+        Ok(Health {
+            version: b.version.clone(),
+            commit: b.commit.clone(),
+            build_epoch: b.build_epoch,
+            uptime_secs: self.inner.procfs.uptime_secs()?,
+            hostname: self.inner.procfs.hostname()?,
+        })
+    }
+
+    /// The `/ports` answer.
+    pub fn ports(&self) -> Result<Ports, ProcError> {
+        Ok(Ports {
+            listeners: self.inner.procfs.listeners()?,
+        })
+    }
+
+    async fn respond(self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+        let path = req.uri().path();
+        let resp = match (req.method(), path) {
+            (&Method::GET, "/healthz") => self.blocking(|a| a.health()).await,
+            (&Method::GET, "/ports") => self.blocking(|a| a.ports()).await,
+            (_, "/healthz" | "/ports") => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{} {path}: only GET is allowed", req.method()),
+            ),
+            _ => error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no such endpoint: {} {path} (try GET /healthz or GET /ports)",
+                    req.method()
+                ),
+            ),
+        };
+        Ok(resp)
+    }
+
+    /// Runs a procfs read off the async threads and renders it.
+    async fn blocking<T, F>(&self, read: F) -> Response<Full<Bytes>>
+    where
+        T: Serialize + Send + 'static,
+        F: FnOnce(&Agent) -> Result<T, ProcError> + Send + 'static,
+    {
+        let agent = self.clone();
+        match tokio::task::spawn_blocking(move || read(&agent)).await {
+            Ok(Ok(value)) => json(StatusCode::OK, &value),
+            Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            Err(e) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading /proc failed: {e}"),
+            ),
+        }
+    }
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec(value) {
+        Ok(body) => {
+            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            *resp.status_mut() = status;
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        Err(e) => {
+            let mut resp = Response::new(Full::new(Bytes::from(format!(
+                "{{\"error\":\"cannot encode answer: {}\"}}",
+                e.to_string().replace(['"', '\\'], "'")
+            ))));
+            *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            resp
+        }
+    }
+}
+
+fn error(status: StatusCode, message: String) -> Response<Full<Bytes>> {
+    json(status, &ErrorBody { error: message })
+}
+
+/// Serves HTTP/1.1 (keep-alive) on one stream until the peer closes it or it fails.
+pub async fn serve_connection<S>(agent: Agent, stream: S, peer: &str) -> Result<(), ConnectionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let svc = service_fn(move |req| agent.clone().respond(req));
+    http1::Builder::new()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), svc)
+        .await
+        .map_err(|source| ConnectionError {
+            peer: peer.to_string(),
+            source,
+        })
+}
+
+/// Listens on the Unix socket `path`, first removing a stale socket file left there.
+/// Anything at `path` that is not a socket is left alone and is an error.
+pub fn bind_unix(path: &Path) -> Result<UnixListener, ServerError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            std::fs::remove_file(path).map_err(|source| ServerError::RemoveStale {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        Ok(_) => {
+            return Err(ServerError::NotASocket {
+                path: path.to_path_buf(),
+            });
+        }
+        Err(_) => {}
+    }
+    UnixListener::bind(path).map_err(|source| ServerError::BindUnix {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Listens on vsock `port` for any CID.
+pub fn bind_vsock(port: u32) -> Result<VsockListener, ServerError> {
+    VsockListener::bind(VsockAddr::new(VMADDR_CID_ANY, port))
+        .map_err(|source| ServerError::BindVsock { port, source })
+}
+
+/// Accepts and serves Unix connections forever; connections end when this future is dropped.
+pub async fn serve_unix(agent: Agent, listener: UnixListener, name: String) {
+    let mut conns = JoinSet::new();
+    loop {
+        while conns.try_join_next().is_some() {}
+        match listener.accept().await {
+            Ok((stream, _addr)) => {
+                let agent = agent.clone();
+                let peer = name.clone();
+                conns.spawn(async move {
+                    if let Err(e) = serve_connection(agent, stream, &peer).await {
+                        tracing::debug!("{e}");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!("accept on {name} failed: {e}");
+                tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
+            }
+        }
+    }
+}
+
+/// Accepts and serves vsock connections forever; connections end when this future is dropped.
+pub async fn serve_vsock(agent: Agent, listener: VsockListener, port: u32) {
+    let mut conns = JoinSet::new();
+    loop {
+        while conns.try_join_next().is_some() {}
+        match listener.accept().await {
+            Ok((stream, addr)) => {
+                let agent = agent.clone();
+                let peer = format!("vsock {}:{}", addr.cid(), addr.port());
+                conns.spawn(async move {
+                    if let Err(e) = serve_connection(agent, stream, &peer).await {
+                        tracing::debug!("{e}");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!("accept on vsock port {port} failed: {e}");
+                tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
+            }
+        }
+    }
+}
+
+/// Serves the serial device at `path` forever, reopening it `retry` after each disconnect.
+pub async fn serve_serial(agent: Agent, path: PathBuf, retry: Duration) {
+    let name = format!("serial {}", path.display());
+    serve_reopening(agent, || SerialStream::open(&path), &name, retry).await
+}
+
+/// Serves one stream at a time, forever: open it with `open`, serve HTTP keep-alive on it until
+/// it ends or fails (the host side disconnected), wait `retry`, open again. A failed open is
+/// also retried after `retry`; it is logged once until an open succeeds again.
+pub async fn serve_reopening<F, S, E>(agent: Agent, mut open: F, name: &str, retry: Duration)
+where
+    F: FnMut() -> Result<S, E>,
+    S: AsyncRead + AsyncWrite + Unpin,
+    E: Display,
+{
+    let mut open_failing = false;
+    loop {
+        match open() {
+            Ok(stream) => {
+                if open_failing {
+                    tracing::info!("{name} is open again");
+                    open_failing = false;
+                }
+                match serve_connection(agent.clone(), stream, name).await {
+                    Ok(()) => tracing::debug!("{name}: connection ended, reopening"),
+                    Err(e) => tracing::debug!("{e}; reopening"),
+                }
+            }
+            Err(e) => {
+                if !open_failing {
+                    tracing::warn!("{e}; retrying every {retry:?}");
+                    open_failing = true;
+                }
+            }
+        }
+        tokio::time::sleep(retry).await;
+    }
+}
+
+/// Which transports the agent serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenPlan {
+    /// Vsock port to listen on. If binding fails while another transport is served, the failure
+    /// is logged and the agent goes on without vsock.
+    pub vsock_port: Option<u32>,
+    /// Unix socket path to listen on (host test mode).
+    pub unix: Option<PathBuf>,
+    /// Serial device to serve; it must exist at startup.
+    pub serial: Option<PathBuf>,
+}
+
+impl ListenPlan {
+    /// The plan for the command-line flags. With no flag at all (the guest's systemd unit):
+    /// vsock on [`AGENT_VSOCK_PORT`] plus `default_serial` if that device exists. With any
+    /// flag: exactly what the flags name.
+    pub fn from_flags(
+        vsock_port: Option<u32>,
+        unix: Option<PathBuf>,
+        serial: Option<PathBuf>,
+        default_serial: &Path,
+    ) -> Self {
+        if vsock_port.is_none() && unix.is_none() && serial.is_none() {
+            return Self {
+                vsock_port: Some(AGENT_VSOCK_PORT),
+                unix: None,
+                serial: default_serial
+                    .exists()
+                    .then(|| default_serial.to_path_buf()),
+            };
+        }
+        Self {
+            vsock_port,
+            unix,
+            serial,
+        }
+    }
+}
+
+/// Serves `plan` until `shutdown` resolves, then stops every listener and connection and
+/// removes the Unix socket file. Errors if a required transport cannot be set up.
+pub async fn run(
+    agent: Agent,
+    plan: &ListenPlan,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    let mut names: Vec<String> = Vec::new();
+
+    if let Some(path) = &plan.serial
+        && !path.exists()
+    {
+        return Err(ServerError::SerialMissing { path: path.clone() });
+    }
+    let unix = match &plan.unix {
+        Some(path) => Some((path.clone(), bind_unix(path)?)),
+        None => None,
+    };
+    let vsock = match plan.vsock_port {
+        Some(port) => match bind_vsock(port) {
+            Ok(listener) => Some((port, listener)),
+            Err(e) if unix.is_some() || plan.serial.is_some() => {
+                tracing::warn!("{e}; serving on the other transports only");
+                None
+            }
+            Err(e) => {
+                if let Some((path, _)) = &unix {
+                    remove_socket(path);
+                }
+                return Err(e);
+            }
+        },
+        None => None,
+    };
+
+    if let Some((path, listener)) = unix {
+        let name = format!("unix {}", path.display());
+        tracing::info!("listening on {name}");
+        tasks.spawn(serve_unix(agent.clone(), listener, name.clone()));
+        names.push(name);
+    }
+    if let Some((port, listener)) = vsock {
+        tracing::info!("listening on vsock port {port}");
+        tasks.spawn(serve_vsock(agent.clone(), listener, port));
+        names.push(format!("vsock port {port}"));
+    }
+    if let Some(path) = &plan.serial {
+        tracing::info!("serving serial device {}", path.display());
+        tasks.spawn(serve_serial(
+            agent.clone(),
+            path.clone(),
+            SERIAL_REOPEN_DELAY,
+        ));
+        names.push(format!("serial {}", path.display()));
+    }
+    if tasks.is_empty() {
+        return Err(ServerError::NoListeners);
+    }
+
+    let outcome = tokio::select! {
+        () = shutdown => Ok(()),
+        // The serve loops never return; only a panic ends one.
+        Some(joined) = tasks.join_next() => Err(ServerError::ListenerStopped {
+            names: names.join(", "),
+            reason: match joined {
+                Ok(()) => "it returned".to_string(),
+                Err(e) => e.to_string(),
+            },
+        }),
+    };
+    tasks.shutdown().await;
+    if let Some(path) = &plan.unix {
+        remove_socket(path);
+    }
+    outcome
+}
+
+fn remove_socket(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!("cannot remove socket {}: {e}", path.display());
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+pub fn termination_signal() -> Result<impl Future<Output = ()>, ServerError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(|source| ServerError::Signal {
+        signal: "SIGTERM",
+        source,
+    })?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|source| ServerError::Signal {
+        signal: "SIGINT",
+        source,
+    })?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received, exiting"),
+            _ = int.recv() => tracing::info!("SIGINT received, exiting"),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{self, ClientError};
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    const T: Duration = Duration::from_secs(5);
+
+    fn build() -> BuildInfo {
+        BuildInfo {
+            version: "9.9.9".to_string(),
+            commit: "abc1234".to_string(),
+            build_epoch: 1_700_000_000,
+        }
+    }
+
+    /// A procfs tree with one listening TCP socket on 127.0.0.1:8080 owned by pid 777.
+    fn fixture() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("net")).unwrap();
+        std::fs::create_dir_all(root.join("sys/kernel")).unwrap();
+        std::fs::create_dir_all(root.join("777/fd")).unwrap();
+        std::fs::write(root.join("uptime"), "42.50 80.00\n").unwrap();
+        std::fs::write(root.join("sys/kernel/hostname"), "testvm\n").unwrap();
+        std::fs::write(
+            root.join("net/tcp"),
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 5555 1 0000000000000000 100 0 0 10 0\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("net/udp"),
+            "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n",
+        )
+        .unwrap();
+        std::fs::write(root.join("777/comm"), "node\n").unwrap();
+        std::fs::write(root.join("777/cmdline"), b"node\0server.js\0").unwrap();
+        std::os::unix::fs::symlink("socket:[5555]", root.join("777/fd/3")).unwrap();
+        dir
+    }
+
+    fn agent(root: &Path) -> Agent {
+        Agent::with_build(ProcFs::new(root), build())
+    }
+
+    /// Serves one in-memory connection and returns the client's end.
+    fn connected(agent: Agent) -> DuplexStream {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move { serve_connection(agent, theirs, "test").await });
+        ours
+    }
+
+    async fn raw_exchange(stream: &mut DuplexStream, request: &str) -> String {
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // Read until the (small, single-chunk) JSON body is complete.
+        loop {
+            let n = tokio::time::timeout(T, stream.read(&mut chunk))
+                .await
+                .unwrap()
+                .unwrap();
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf);
+            if n == 0 || text.ends_with('}') {
+                return text.into_owned();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn healthz_reports_build_and_machine() {
+        let dir = fixture();
+        let h = client::health(connected(agent(dir.path())), T)
+            .await
+            .unwrap();
+        assert_eq!(
+            h,
+            Health {
+                version: "9.9.9".to_string(),
+                commit: "abc1234".to_string(),
+                build_epoch: 1_700_000_000,
+                uptime_secs: 42,
+                hostname: "testvm".to_string(),
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn ports_lists_fixture_listener() {
+        let dir = fixture();
+        let p = client::ports(connected(agent(dir.path())), T)
+            .await
+            .unwrap();
+        assert_eq!(p.listeners.len(), 1);
+        let l = &p.listeners[0];
+        assert_eq!(
+            (l.address.as_str(), l.port, l.pid),
+            ("127.0.0.1", 8080, Some(777))
+        );
+        assert_eq!(l.process.as_deref(), Some("node"));
+        assert_eq!(l.command.as_deref(), Some("node server.js"));
+    }
+
+    #[tokio::test]
+    async fn unknown_path_is_json_404() {
+        let dir = fixture();
+        let err = client::get_json::<Health, _>(connected(agent(dir.path())), "/nope", T)
+            .await
+            .unwrap_err();
+        match err {
+            ClientError::Status {
+                status, message, ..
+            } => {
+                assert_eq!(status, 404);
+                assert!(message.contains("/nope"), "{message}");
+            }
+            other => panic!("expected 404, got {other}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn procfs_failure_is_json_500() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = client::ports(connected(agent(dir.path())), T)
+            .await
+            .unwrap_err();
+        match err {
+            ClientError::Status {
+                status, message, ..
+            } => {
+                assert_eq!(status, 500);
+                assert!(message.contains("net/tcp"), "{message}");
+            }
+            other => panic!("expected 500, got {other}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn wrong_method_and_keep_alive_on_one_stream() {
+        let dir = fixture();
+        let mut s = connected(agent(dir.path()));
+        let first = raw_exchange(
+            &mut s,
+            "POST /ports HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await;
+        assert!(first.starts_with("HTTP/1.1 405"), "{first}");
+        assert!(
+            first.contains(r#"{"error":"POST /ports: only GET is allowed"}"#),
+            "{first}"
+        );
+        let second = raw_exchange(&mut s, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+        assert!(second.contains(r#""hostname":"testvm""#), "{second}");
+    }
+
+    #[tokio::test]
+    async fn reopen_loop_serves_each_stream_and_retries_failed_opens() {
+        let dir = fixture();
+        let (client1, server1) = tokio::io::duplex(64 * 1024);
+        let (client2, server2) = tokio::io::duplex(64 * 1024);
+        let queue = Arc::new(Mutex::new(VecDeque::from([server1, server2])));
+        let opens = Arc::new(AtomicUsize::new(0));
+        let factory = {
+            let queue = queue.clone();
+            let opens = opens.clone();
+            move || {
+                opens.fetch_add(1, Ordering::SeqCst);
+                queue
+                    .lock()
+                    .unwrap()
+                    .pop_front()
+                    .ok_or("serial device not there")
+            }
+        };
+        let a = agent(dir.path());
+        let task = tokio::spawn(async move {
+            serve_reopening(a, factory, "fake serial", Duration::from_millis(10)).await
+        });
+
+        // The first stream is served, and ends when the client asks to close it.
+        let h = client::health(client1, T).await.unwrap();
+        assert_eq!(h.hostname, "testvm");
+        // The loop reopened and serves the second stream.
+        let p = client::ports(client2, T).await.unwrap();
+        assert_eq!(p.listeners[0].port, 8080);
+        // Once the factory fails, the loop keeps retrying.
+        let deadline = tokio::time::Instant::now() + T;
+        while opens.load(Ordering::SeqCst) < 5 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "loop stopped reopening"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!task.is_finished());
+        task.abort();
+    }
+
+    #[test]
+    fn plan_defaults_to_vsock_and_existing_serial() {
+        let dir = tempfile::tempdir().unwrap();
+        let serial = dir.path().join("banger.agent");
+        assert_eq!(
+            ListenPlan::from_flags(None, None, None, &serial),
+            ListenPlan {
+                vsock_port: Some(AGENT_VSOCK_PORT),
+                unix: None,
+                serial: None
+            }
+        );
+        std::fs::write(&serial, "").unwrap();
+        assert_eq!(
+            ListenPlan::from_flags(None, None, None, &serial),
+            ListenPlan {
+                vsock_port: Some(AGENT_VSOCK_PORT),
+                unix: None,
+                serial: Some(serial.clone())
+            }
+        );
+        // Any flag means exactly what the flags say.
+        let sock = dir.path().join("a.sock");
+        assert_eq!(
+            ListenPlan::from_flags(None, Some(sock.clone()), None, &serial),
+            ListenPlan {
+                vsock_port: None,
+                unix: Some(sock),
+                serial: None
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn bind_unix_replaces_stale_socket_but_not_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("agent.sock");
+        drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+        assert!(sock.exists());
+        let _listener = bind_unix(&sock).unwrap();
+
+        let file = dir.path().join("precious");
+        std::fs::write(&file, "keep me").unwrap();
+        let err = bind_unix(&file).unwrap_err();
+        assert!(matches!(err, ServerError::NotASocket { .. }), "{err}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+    }
+
+    #[tokio::test]
+    async fn run_serves_unix_until_shutdown_then_removes_socket() {
+        let dir = fixture();
+        let sockdir = tempfile::tempdir().unwrap();
+        let sock = sockdir.path().join("agent.sock");
+        let plan = ListenPlan {
+            vsock_port: None,
+            unix: Some(sock.clone()),
+            serial: None,
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let a = agent(dir.path());
+        let server = tokio::spawn(async move {
+            run(a, &plan, async {
+                let _ = stop_rx.await;
+            })
+            .await
+        });
+        let deadline = tokio::time::Instant::now() + T;
+        let stream = loop {
+            match client::connect_unix(&sock).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    assert!(tokio::time::Instant::now() < deadline, "{e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        assert_eq!(client::health(stream, T).await.unwrap().uptime_secs, 42);
+        stop_tx.send(()).unwrap();
+        tokio::time::timeout(T, server)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(!sock.exists());
+    }
+
+    #[tokio::test]
+    async fn run_rejects_missing_serial_and_empty_plan() {
+        let dir = fixture();
+        let plan = ListenPlan {
+            vsock_port: None,
+            unix: None,
+            serial: Some(dir.path().join("no-such-port")),
+        };
+        let err = run(agent(dir.path()), &plan, std::future::pending())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("no-such-port"), "{err}");
+        let empty = ListenPlan {
+            vsock_port: None,
+            unix: None,
+            serial: None,
+        };
+        let err = run(agent(dir.path()), &empty, std::future::pending())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ServerError::NoListeners), "{err}");
+    }
+}

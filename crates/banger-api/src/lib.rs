@@ -1,0 +1,20 @@
+//! The daemon's API: HTTP+JSON over a Unix socket.
+//!
+//! - [`types`]: request and response bodies, shared by `bangerd` and `banger`.
+//! - [`error`]: the error body every failed request returns, and its kinds.
+//! - [`client`]: a small HTTP/1.1 client over the daemon's Unix socket.
+//!
+//! Every response carries the request's operation id in the [`OP_ID_HEADER`] header; the same
+//! id is in the daemon's log lines for that request and in error bodies.
+
+pub mod client;
+pub mod error;
+pub mod types;
+
+pub use client::{Client, ClientError};
+pub use error::{ApiError, ErrorKind};
+
+/// Response header carrying the operation id.
+pub const OP_ID_HEADER: &str = "x-banger-op";
+/// Version prefix of every route.
+pub const API_PREFIX: &str = "/v1";

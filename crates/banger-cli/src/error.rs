@@ -1,0 +1,125 @@
+//! The CLI's errors and how they are shown: `banger: <message>` with every cause in the chain,
+//! the daemon's error kind as a short word and its op id dimmed at the end.
+
+use std::path::PathBuf;
+
+use banger_api::{ApiError, ClientError};
+use banger_core::config::ConfigError;
+use banger_core::layout::LayoutError;
+
+use crate::ui::{Style, paint};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("cannot find the bangerd binary next to {exe} or on PATH")]
+    DaemonBinaryMissing { exe: PathBuf },
+    #[error("cannot start the daemon {bin}")]
+    DaemonSpawn {
+        bin: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the daemon did not come up within {secs} s ({detail}); its output is in {log}")]
+    DaemonStartTimeout {
+        secs: u64,
+        detail: String,
+        log: PathBuf,
+    },
+    #[error("the daemon exited during start-up ({status}): {stderr}\n(full output: {log})")]
+    DaemonExited {
+        status: String,
+        stderr: String,
+        log: PathBuf,
+    },
+    #[error("the old daemon (pid {pid}) did not stop within {secs} s")]
+    DaemonStuck { pid: u32, secs: u64 },
+    #[error("cannot prepare directory {path}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot write output")]
+    Output(#[source] std::io::Error),
+    #[error("doctor found {0} failing check(s)")]
+    DoctorFailed(usize),
+}
+
+impl From<std::io::Error> for CliError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Output(e)
+    }
+}
+
+impl CliError {
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> u8 {
+        1
+    }
+}
+
+/// Renders the whole error chain once: `banger: msg: cause: cause (op id)`.
+pub fn render(err: &CliError, color: bool) -> String {
+    let mut msg = format!("banger: {err}");
+    let op_id = match err {
+        CliError::Client(ClientError::Api(ApiError { op_id, .. })) if !op_id.is_empty() => {
+            Some(op_id.clone())
+        }
+        _ => None,
+    };
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = src {
+        src = e.source();
+        if let Some(s) = src {
+            let text = s.to_string();
+            // transparent wrappers repeat their inner message; print each message once.
+            if !msg.ends_with(&text) {
+                msg.push_str(": ");
+                msg.push_str(&text);
+            }
+        }
+    }
+    if let Some(op) = op_id {
+        msg.push(' ');
+        msg.push_str(&paint(color, Style::Dim, &format!("(op {op})")));
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use banger_api::ErrorKind;
+
+    #[test]
+    fn api_errors_show_kind_word_and_dim_op() {
+        let mut api = ApiError::new(ErrorKind::NotFound, "vm \"web\" does not exist");
+        api.op_id = "0123456789ab".into();
+        let err = CliError::Client(ClientError::Api(api));
+        assert_eq!(
+            render(&err, false),
+            "banger: not found: vm \"web\" does not exist (op 0123456789ab)"
+        );
+        assert!(render(&err, true).ends_with("\x1b[2m(op 0123456789ab)\x1b[0m"));
+    }
+
+    #[test]
+    fn causes_are_chained_once() {
+        let err = CliError::DaemonSpawn {
+            bin: "/x/bangerd".into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "No such file"),
+        };
+        assert_eq!(
+            render(&err, false),
+            "banger: cannot start the daemon /x/bangerd: No such file"
+        );
+    }
+}

@@ -1,0 +1,240 @@
+//! `banger`, the command-line interface: parse, call the daemon, render.
+//!
+//! - [`args`]: the command line (clap).
+//! - [`daemonctl`]: finding, starting, replacing and stopping `bangerd`.
+//! - [`doctor`]: read-only host checks.
+//! - [`ui`]: colour, tables and JSON on the terminal.
+//! - [`error`]: errors and their one-line rendering (`banger: ...`).
+//!
+//! This crate is the program's front: it alone reads the process environment (`BANGER_HOME`,
+//! XDG dirs, `PATH`, `NO_COLOR`) and hands plain values to the libraries.
+
+pub mod args;
+pub mod daemonctl;
+pub mod doctor;
+pub mod error;
+pub mod ui;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use banger_api::types::DaemonStatus;
+use banger_core::build::{BuildInfo, format_rfc3339};
+use banger_core::layout::{Layout, LayoutError};
+use clap::{CommandFactory, Parser};
+
+use crate::args::{Cli, Command, DaemonCommand};
+use crate::error::CliError;
+use crate::ui::{Style, Ui};
+
+/// Everything a command may use, resolved once from the environment.
+#[derive(Debug)]
+pub struct Ctx {
+    pub ui: Ui,
+    pub path_var: Option<OsString>,
+    layout: Result<Layout, LayoutError>,
+}
+
+impl Ctx {
+    /// The state layout; resolving it can fail (no HOME), so only commands that need it ask.
+    pub fn layout(&self) -> Result<&Layout, CliError> {
+        self.layout
+            .as_ref()
+            .map_err(|e| CliError::Layout(e.clone()))
+    }
+}
+
+fn uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The `banger` program.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let mut ctx = Ctx {
+        ui: Ui::stdio(no_color),
+        path_var: std::env::var_os("PATH"),
+        layout: Layout::resolve(|k| std::env::var_os(k), uid()),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&mut ctx, &CliError::Runtime(e)),
+    };
+    match rt.block_on(run(cli.command, &mut ctx)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => fail(&mut ctx, &e),
+    }
+}
+
+fn fail(ctx: &mut Ctx, e: &CliError) -> ExitCode {
+    let color = ctx.ui.paint_err(Style::Dim, "x") != "x";
+    let msg = error::render(e, color);
+    // If even stderr is gone there is nobody left to tell.
+    let _ = ctx.ui.note(&msg);
+    ExitCode::from(e.exit_code())
+}
+
+/// Runs one command; returns the exit status on success.
+pub async fn run(command: Command, ctx: &mut Ctx) -> Result<u8, CliError> {
+    match command {
+        Command::Version(f) => version(ctx, f.json),
+        Command::Daemon(DaemonCommand::Status(f)) => daemon_status(ctx, f.json).await,
+        Command::Daemon(DaemonCommand::Stop) => daemon_stop(ctx).await,
+        Command::Doctor(f) => run_doctor(ctx, f.json).await,
+        Command::Completion { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "banger", ctx.ui.out());
+            Ok(0)
+        }
+    }
+}
+
+fn version(ctx: &mut Ctx, json: bool) -> Result<u8, CliError> {
+    let b = BuildInfo::current();
+    if json {
+        #[derive(serde::Serialize)]
+        struct V<'a> {
+            #[serde(flatten)]
+            build: &'a BuildInfo,
+            build_time: String,
+        }
+        ctx.ui.json(&V {
+            build: &b,
+            build_time: b.build_time(),
+        })?;
+    } else {
+        ctx.ui.line(&format!("banger {b}"))?;
+    }
+    Ok(0)
+}
+
+/// Connects to a daemon of this build, telling the user when one was started or replaced.
+pub async fn connect(ctx: &mut Ctx) -> Result<(banger_api::Client, DaemonStatus), CliError> {
+    let layout = ctx.layout()?.clone();
+    let (client, status, how) = daemonctl::ensure(&layout, ctx.path_var.as_deref()).await?;
+    if let daemonctl::Ensured::Replaced { old } = how {
+        let msg = format!(
+            "replaced daemon {} with {} (pid {})",
+            old, status.build, status.pid
+        );
+        ctx.ui.note(&ctx.ui.paint_err(Style::Dim, &msg))?;
+    }
+    Ok((client, status))
+}
+
+async fn daemon_status(ctx: &mut Ctx, json: bool) -> Result<u8, CliError> {
+    let (_client, st) = connect(ctx).await?;
+    if json {
+        ctx.ui.json(&st)?;
+        return Ok(0);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let listeners = if st.listeners.is_empty() {
+        "none".to_string()
+    } else {
+        st.listeners
+            .iter()
+            .map(|l| format!("{} {}", l.name, l.address))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let pairs = [
+        ("version", st.build.version.clone()),
+        ("commit", st.build.commit.clone()),
+        ("built", st.build.build_time()),
+        ("pid", st.pid.to_string()),
+        ("socket", st.socket.display().to_string()),
+        ("state dir", st.state_dir.display().to_string()),
+        ("config", st.config_file.display().to_string()),
+        ("log file", st.log_file.display().to_string()),
+        (
+            "started",
+            format!(
+                "{} (up {}s)",
+                format_rfc3339(st.started_at),
+                now.saturating_sub(st.started_at)
+            ),
+        ),
+        ("listeners", listeners),
+        (
+            "requests",
+            format!(
+                "{} in flight, {} completed, {} cancelled",
+                st.ops.in_flight, st.ops.completed, st.ops.cancelled
+            ),
+        ),
+    ];
+    write_str(ctx, &ui::key_values(&pairs))?;
+    for w in &st.config_warnings {
+        ctx.ui
+            .note(&ctx.ui.paint_err(Style::Yellow, &format!("warning: {w}")))?;
+    }
+    Ok(0)
+}
+
+fn write_str(ctx: &mut Ctx, s: &str) -> Result<(), CliError> {
+    ctx.ui.out().write_all(s.as_bytes())?;
+    Ok(())
+}
+
+async fn daemon_stop(ctx: &mut Ctx) -> Result<u8, CliError> {
+    let layout = ctx.layout()?.clone();
+    let client = banger_api::Client::new(layout.socket_path());
+    match client.get::<DaemonStatus>("/status").await {
+        Ok(st) => {
+            daemonctl::stop(&client, st.pid).await?;
+            ctx.ui.line(&format!("stopped bangerd (pid {})", st.pid))?;
+        }
+        Err(e) if e.is_unreachable() => ctx.ui.line("bangerd is not running")?,
+        Err(e) => return Err(e.into()),
+    }
+    Ok(0)
+}
+
+async fn run_doctor(ctx: &mut Ctx, json: bool) -> Result<u8, CliError> {
+    let layout = ctx.layout()?.clone();
+    let checks = doctor::run(&layout, &doctor::Host::real(ctx.path_var.clone())).await;
+    let failed = checks
+        .iter()
+        .filter(|c| c.status == doctor::Status::Fail)
+        .count();
+    if json {
+        ctx.ui.json(&checks)?;
+    } else {
+        let rows: Vec<Vec<String>> = checks
+            .iter()
+            .map(|c| {
+                let style = match c.status {
+                    doctor::Status::Pass => Style::Green,
+                    doctor::Status::Warn => Style::Yellow,
+                    doctor::Status::Fail => Style::Red,
+                };
+                let mut detail = c.detail.clone();
+                if let Some(fix) = &c.fix {
+                    detail.push_str(&ctx.ui.paint(Style::Dim, &format!(" (fix: {fix})")));
+                }
+                vec![
+                    ctx.ui.paint(style, c.status.label()),
+                    c.check.clone(),
+                    detail,
+                ]
+            })
+            .collect();
+        let text = ui::table(&["STATUS", "CHECK", "DETAIL"], &rows);
+        // Doctor output is lines of PASS/WARN/FAIL: skip the header row.
+        let body: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
+        write_str(ctx, &body)?;
+    }
+    if failed > 0 {
+        return Err(CliError::DoctorFailed(failed));
+    }
+    Ok(0)
+}

@@ -1,0 +1,405 @@
+//! CLI integration tests: the real `banger` and `bangerd` binaries against a temp BANGER_HOME.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const BANGER: &str = env!("CARGO_BIN_EXE_banger");
+
+/// A private banger home; stops its daemon when dropped.
+struct Home {
+    dir: tempfile::TempDir,
+}
+
+impl Home {
+    fn new() -> Self {
+        // Short paths: the socket path must fit in 107 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("bgr")
+            .tempdir_in("/tmp")
+            .unwrap();
+        Self { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BANGER);
+        c.args(args)
+            .env("BANGER_HOME", self.path())
+            .env_remove("NO_COLOR")
+            .env_remove("BANGER_LOG");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "banger {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.path().join("run/bangerd.sock")
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["daemon", "status", "--json"])).unwrap()
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["daemon", "stop"]).output();
+    }
+}
+
+fn pid_alive(pid: u64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z")
+}
+
+#[test]
+fn version_is_shared_by_all_binaries() {
+    let home = Home::new();
+    let out = home.ok(&["version"]);
+    assert!(out.starts_with("banger 0."), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&home.ok(&["version", "--json"])).unwrap();
+    let version = v["version"].as_str().unwrap();
+    let commit = v["commit"].as_str().unwrap();
+    let time = v["build_time"].as_str().unwrap();
+    assert!(out.contains(version) && out.contains(commit) && out.contains(time));
+    let bin_dir = Path::new(BANGER).parent().unwrap();
+    let d = Command::new(bin_dir.join("bangerd"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let d = String::from_utf8(d.stdout).unwrap();
+    assert!(
+        d.contains(version) && d.contains(commit) && d.contains(time),
+        "bangerd: {d}"
+    );
+    let agent = bin_dir.join("banger-agent");
+    if agent.exists() {
+        let a = Command::new(agent).arg("version").output().unwrap();
+        let a = String::from_utf8(a.stdout).unwrap();
+        assert!(
+            a.contains(version) && a.contains(commit) && a.contains(time),
+            "agent: {a}"
+        );
+    }
+}
+
+#[test]
+fn doctor_on_fresh_home_writes_nothing() {
+    let home = Home::new();
+    let out = home.run(&["doctor"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.is_empty());
+    for line in stdout.lines() {
+        assert!(
+            ["PASS ", "WARN ", "FAIL "]
+                .iter()
+                .any(|p| line.starts_with(p)),
+            "doctor line without a status: {line:?}"
+        );
+    }
+    assert!(stdout.contains("store"), "{stdout}");
+    assert!(stdout.contains("no database yet"), "{stdout}");
+    assert!(!stdout.contains('\x1b'), "colour on a non-TTY");
+    // Nothing created: no database, no state dir at all.
+    assert_eq!(
+        std::fs::read_dir(home.path()).unwrap().count(),
+        0,
+        "doctor wrote into BANGER_HOME"
+    );
+    // Exit status follows the checks: 1 iff there is a FAIL line, and then it says why.
+    let failed = stdout.lines().any(|l| l.starts_with("FAIL"));
+    assert_eq!(out.status.success(), !failed);
+    if failed {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.starts_with("banger: doctor found"), "{stderr}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&home.run(&["doctor", "--json"]).stdout).unwrap();
+    assert!(json.as_array().unwrap().len() >= 6);
+}
+
+#[test]
+fn daemon_starts_on_demand_once_and_stops() {
+    let home = Home::new();
+    let st = home.status();
+    let pid = st["pid"].as_u64().unwrap();
+    assert!(pid_alive(pid));
+    let mode = std::fs::metadata(home.socket())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "socket mode {mode:o}");
+    assert_eq!(
+        st["socket"].as_str().unwrap(),
+        home.socket().to_str().unwrap()
+    );
+    // A second call reuses the same daemon.
+    assert_eq!(home.status()["pid"].as_u64().unwrap(), pid);
+    let text = home.ok(&["daemon", "status"]);
+    assert!(text.contains(&format!("pid        {pid}")), "{text}");
+    assert!(text.contains("log file"), "{text}");
+    // The daemon logs JSON lines with op ids.
+    let log = std::fs::read_to_string(home.path().join("state/bangerd.log")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert_eq!(first["level"], "INFO");
+    // Doctor now sees it and the store, and still writes nothing new.
+    let doc = home.run(&["doctor"]);
+    let doc = String::from_utf8_lossy(&doc.stdout);
+    assert!(
+        doc.lines()
+            .any(|l| l.starts_with("PASS") && l.contains("daemon")),
+        "{doc}"
+    );
+    assert!(
+        doc.lines()
+            .any(|l| l.starts_with("PASS") && l.contains("store")),
+        "{doc}"
+    );
+    assert_eq!(
+        home.ok(&["daemon", "stop"]),
+        format!("stopped bangerd (pid {pid})\n")
+    );
+    assert!(!pid_alive(pid));
+    assert!(!home.socket().exists());
+    assert_eq!(home.ok(&["daemon", "stop"]), "bangerd is not running\n");
+}
+
+#[test]
+fn concurrent_first_calls_share_one_daemon() {
+    let home = Home::new();
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            home.cmd(&["daemon", "status", "--json"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let pids: Vec<u64> = children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            v["pid"].as_u64().unwrap()
+        })
+        .collect();
+    assert!(pids.windows(2).all(|w| w[0] == w[1]), "pids {pids:?}");
+}
+
+#[test]
+fn killed_daemon_is_replaced_on_next_call() {
+    let home = Home::new();
+    let pid = home.status()["pid"].as_u64().unwrap();
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pid_alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        home.socket().exists(),
+        "a killed daemon leaves its socket file"
+    );
+    let new_pid = home.status()["pid"].as_u64().unwrap();
+    assert_ne!(new_pid, pid);
+}
+
+/// Serves a minimal "old build" daemon on the socket: answers status with another build and
+/// exits on shutdown. Returns the paths it was asked for.
+fn fake_old_daemon(socket: &Path, pid: u32) -> std::thread::JoinHandle<Vec<String>> {
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    let listener = UnixListener::bind(socket).unwrap();
+    let socket = socket.to_path_buf();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for conn in listener.incoming() {
+            let mut conn = conn.unwrap();
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).unwrap();
+            let mut len = 0usize;
+            loop {
+                let mut h = String::new();
+                reader.read_line(&mut h).unwrap();
+                if h == "\r\n" || h.is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).unwrap();
+            let path = request_line.split_whitespace().nth(1).unwrap().to_string();
+            seen.push(path.clone());
+            let reply = if path == "/v1/status" {
+                serde_json::json!({
+                    "build": {"version": "0.0.1", "commit": "oldbuild", "build_epoch": 1},
+                    "pid": pid, "socket": socket, "state_dir": "/x", "config_file": "/x",
+                    "log_file": "/x", "started_at": 1, "listeners": [],
+                    "ops": {"in_flight": 0, "completed": 0, "cancelled": 0}
+                })
+            } else {
+                serde_json::json!({"pid": pid})
+            };
+            let body = reply.to_string();
+            write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            if path == "/v1/shutdown" {
+                // Like a real daemon: stop listening, then the process goes away.
+                std::fs::remove_file(&socket).unwrap();
+                unsafe_kill(pid);
+                return seen;
+            }
+        }
+        seen
+    })
+}
+
+fn unsafe_kill(pid: u32) {
+    Command::new("kill").arg(pid.to_string()).status().unwrap();
+}
+
+#[test]
+fn daemon_of_another_build_is_replaced() {
+    let home = Home::new();
+    // The "old daemon" process whose pid the fake reports.
+    let mut old = Command::new("sleep").arg("60").spawn().unwrap();
+    let fake = fake_old_daemon(&home.socket(), old.id());
+    let out = home.run(&["daemon", "status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = fake.join().unwrap();
+    assert_eq!(seen, vec!["/v1/status", "/v1/shutdown"]);
+    assert!(old.try_wait().unwrap().is_some() || old.wait().is_ok());
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ne!(st["build"]["commit"], "oldbuild");
+    assert_ne!(st["pid"].as_u64().unwrap(), u64::from(old.id()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("replaced daemon 0.0.1 (commit oldbuild"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn errors_print_banger_prefix_and_exit_1() {
+    // A relative BANGER_HOME is refused before anything is created.
+    let out = Command::new(BANGER)
+        .args(["daemon", "status"])
+        .env("BANGER_HOME", "relative/home")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("banger: BANGER_HOME must be an absolute path"),
+        "{stderr}"
+    );
+    assert!(!Path::new("relative").exists());
+
+    // A daemon that cannot start (bad config) is reported with its own words.
+    let home = Home::new();
+    std::fs::create_dir_all(home.path().join("config")).unwrap();
+    std::fs::write(
+        home.path().join("config/config.toml"),
+        "log_level = \"loud\"\n",
+    )
+    .unwrap();
+    let out = home.run(&["daemon", "status"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("banger: the daemon exited during start-up"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("log_level") && stderr.contains("loud"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains('\x1b'), "colour on a non-TTY: {stderr:?}");
+
+    // Usage errors come from clap with exit status 2.
+    let out = home.run(&["no-such-command"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn unknown_config_keys_warn() {
+    let home = Home::new();
+    std::fs::create_dir_all(home.path().join("config")).unwrap();
+    std::fs::write(
+        home.path().join("config/config.toml"),
+        "log_levle = \"debug\"\n",
+    )
+    .unwrap();
+    let out = home.run(&["daemon", "status"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown key 'log_levle'"), "{stderr}");
+    let doc = String::from_utf8_lossy(&home.run(&["doctor"]).stdout).to_string();
+    assert!(
+        doc.lines()
+            .any(|l| l.starts_with("WARN") && l.contains("log_levle")),
+        "{doc}"
+    );
+}
+
+#[test]
+fn completion_scripts() {
+    let home = Home::new();
+    for (shell, marker) in [
+        ("bash", "_banger()"),
+        ("zsh", "#compdef banger"),
+        ("fish", "complete -c banger"),
+    ] {
+        let out = home.ok(&["completion", shell]);
+        assert!(
+            out.contains(marker),
+            "{shell}: {}",
+            &out[..out.len().min(200)]
+        );
+        assert!(out.contains("daemon"), "{shell}");
+    }
+    let out = home.run(&["completion", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -1,0 +1,147 @@
+//! The config file: `config.toml` in the config dir. Every key is optional; see
+//! `docs/config.md` for each key and its default.
+//!
+//! Unknown keys are reported back as warnings (a typo must not silently do nothing); a value
+//! of the wrong type or out of range is an error that names the key.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Log levels the daemon accepts.
+pub const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
+
+/// banger's configuration, with defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Daemon log level: trace, debug, info, warn or error. `BANGER_LOG` overrides it.
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            log_level: "info".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: {key} = {value:?} is invalid: {why}")]
+    Value {
+        path: PathBuf,
+        key: &'static str,
+        value: String,
+        why: String,
+    },
+}
+
+/// A loaded config and the warnings found while reading it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Reads `path`; a missing file means all defaults.
+    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(path, &text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Loaded::default()),
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// Parses config text; `path` is only used in messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
+        let mut warnings = Vec::new();
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let config: Config = serde_ignored::deserialize(de, |ignored| {
+            warnings.push(format!(
+                "config file {}: unknown key '{ignored}' ignored",
+                path.display()
+            ));
+        })
+        .map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate(path)?;
+        Ok(Loaded { config, warnings })
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        if !LOG_LEVELS.contains(&self.log_level.as_str()) {
+            return Err(ConfigError::Value {
+                path: path.to_path_buf(),
+                key: "log_level",
+                value: self.log_level.clone(),
+                why: format!("expected one of {}", LOG_LEVELS.join(", ")),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Loaded, ConfigError> {
+        Config::parse(Path::new("/c/config.toml"), text)
+    }
+
+    #[test]
+    fn empty_is_defaults() {
+        assert_eq!(parse("").unwrap(), Loaded::default());
+        assert_eq!(
+            Config::load(Path::new("/nonexistent/banger/config.toml")).unwrap(),
+            Loaded::default()
+        );
+    }
+
+    #[test]
+    fn reads_keys() {
+        let l = parse("log_level = \"debug\"\n").unwrap();
+        assert_eq!(l.config.log_level, "debug");
+        assert!(l.warnings.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_warn() {
+        let l = parse("log_levle = \"debug\"\n[extra]\nx = 1\n").unwrap();
+        assert_eq!(l.config, Config::default());
+        assert_eq!(l.warnings.len(), 2, "{:?}", l.warnings);
+        assert!(
+            l.warnings.iter().any(|w| w.contains("'log_levle'")),
+            "{:?}",
+            l.warnings
+        );
+    }
+
+    #[test]
+    fn bad_values_error() {
+        let e = parse("log_level = 3\n").unwrap_err().to_string();
+        assert!(e.contains("/c/config.toml"), "{e}");
+        let e = parse("log_level = \"loud\"\n").unwrap_err().to_string();
+        assert!(e.contains("log_level") && e.contains("loud"), "{e}");
+        assert!(parse("log_level = \n").is_err());
+    }
+}

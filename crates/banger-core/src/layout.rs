@@ -1,0 +1,187 @@
+//! Where banger keeps its files.
+//!
+//! Three roots, following XDG: config (`config.toml`), state (database, logs, disks, keys) and
+//! runtime (the daemon socket and lock). `BANGER_HOME=DIR` moves all three under `DIR`
+//! (`DIR/config`, `DIR/state`, `DIR/run`), which is what every test and script uses.
+//!
+//! This module never reads the process environment itself: the caller hands it a lookup
+//! function, so it stays a pure function of its inputs.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// The longest path a Unix socket address can hold (`sun_path` is 108 bytes with the NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// The resolved state roots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub config_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub runtime_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    #[error("{var} must be an absolute path, got {value:?}")]
+    NotAbsolute { var: &'static str, value: PathBuf },
+    #[error("cannot find a home for banger's files: set BANGER_HOME or HOME")]
+    NoHome,
+    #[error(
+        "daemon socket path {path:?} is {len} bytes, longer than the {MAX_SOCKET_PATH} a Unix socket allows; choose a shorter BANGER_HOME or XDG_RUNTIME_DIR"
+    )]
+    SocketPathTooLong { path: PathBuf, len: usize },
+}
+
+impl Layout {
+    /// Resolves the roots from environment lookups (`env("BANGER_HOME")` etc.) and the user id
+    /// (used for the runtime-dir fallback when `XDG_RUNTIME_DIR` is unset).
+    pub fn resolve(env: impl Fn(&str) -> Option<OsString>, uid: u32) -> Result<Self, LayoutError> {
+        let abs = |var: &'static str| -> Result<Option<PathBuf>, LayoutError> {
+            match env(var).filter(|v| !v.is_empty()) {
+                None => Ok(None),
+                Some(v) => {
+                    let p = PathBuf::from(v);
+                    if p.is_absolute() {
+                        Ok(Some(p))
+                    } else {
+                        Err(LayoutError::NotAbsolute { var, value: p })
+                    }
+                }
+            }
+        };
+        let layout = if let Some(home) = abs("BANGER_HOME")? {
+            Self::under(&home)
+        } else {
+            let home = abs("HOME")?;
+            let config_base = match abs("XDG_CONFIG_HOME")? {
+                Some(p) => p,
+                None => home.as_ref().ok_or(LayoutError::NoHome)?.join(".config"),
+            };
+            let state_base = match abs("XDG_STATE_HOME")? {
+                Some(p) => p,
+                None => home
+                    .as_ref()
+                    .ok_or(LayoutError::NoHome)?
+                    .join(".local/state"),
+            };
+            let runtime_dir = match abs("XDG_RUNTIME_DIR")? {
+                Some(p) => p.join("banger"),
+                None => PathBuf::from(format!("/tmp/banger-{uid}")),
+            };
+            Self {
+                config_dir: config_base.join("banger"),
+                state_dir: state_base.join("banger"),
+                runtime_dir,
+            }
+        };
+        let sock = layout.socket_path();
+        let len = sock.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(LayoutError::SocketPathTooLong { path: sock, len });
+        }
+        Ok(layout)
+    }
+
+    /// All three roots under one directory, as `BANGER_HOME` does.
+    pub fn under(home: &Path) -> Self {
+        Self {
+            config_dir: home.join("config"),
+            state_dir: home.join("state"),
+            runtime_dir: home.join("run"),
+        }
+    }
+
+    pub fn config_file(&self) -> PathBuf {
+        self.config_dir.join("config.toml")
+    }
+    pub fn db_path(&self) -> PathBuf {
+        self.state_dir.join("banger.db")
+    }
+    pub fn log_file(&self) -> PathBuf {
+        self.state_dir.join("bangerd.log")
+    }
+    pub fn socket_path(&self) -> PathBuf {
+        self.runtime_dir.join("bangerd.sock")
+    }
+    /// Held (flock) by the one running daemon of this layout.
+    pub fn lock_path(&self) -> PathBuf {
+        self.runtime_dir.join("bangerd.lock")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
+        let map: HashMap<String, OsString> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), OsString::from(v)))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn banger_home_moves_everything() {
+        let l = Layout::resolve(
+            env(&[
+                ("BANGER_HOME", "/tmp/bh"),
+                ("HOME", "/home/u"),
+                ("XDG_RUNTIME_DIR", "/run/user/1000"),
+            ]),
+            1000,
+        )
+        .unwrap();
+        assert_eq!(l.config_dir, PathBuf::from("/tmp/bh/config"));
+        assert_eq!(l.state_dir, PathBuf::from("/tmp/bh/state"));
+        assert_eq!(l.runtime_dir, PathBuf::from("/tmp/bh/run"));
+        assert_eq!(l.socket_path(), PathBuf::from("/tmp/bh/run/bangerd.sock"));
+    }
+
+    #[test]
+    fn xdg_defaults() {
+        let l = Layout::resolve(
+            env(&[("HOME", "/home/u"), ("XDG_RUNTIME_DIR", "/run/user/1000")]),
+            1000,
+        )
+        .unwrap();
+        assert_eq!(l.config_dir, PathBuf::from("/home/u/.config/banger"));
+        assert_eq!(l.state_dir, PathBuf::from("/home/u/.local/state/banger"));
+        assert_eq!(l.runtime_dir, PathBuf::from("/run/user/1000/banger"));
+        let l = Layout::resolve(
+            env(&[
+                ("HOME", "/home/u"),
+                ("XDG_CONFIG_HOME", "/c"),
+                ("XDG_STATE_HOME", "/s"),
+            ]),
+            7,
+        )
+        .unwrap();
+        assert_eq!(l.config_dir, PathBuf::from("/c/banger"));
+        assert_eq!(l.state_dir, PathBuf::from("/s/banger"));
+        assert_eq!(l.runtime_dir, PathBuf::from("/tmp/banger-7"));
+    }
+
+    #[test]
+    fn bad_inputs() {
+        assert_eq!(
+            Layout::resolve(env(&[]), 0),
+            Err(LayoutError::NoHome),
+            "no HOME and no BANGER_HOME"
+        );
+        assert!(matches!(
+            Layout::resolve(env(&[("BANGER_HOME", "rel/dir")]), 0),
+            Err(LayoutError::NotAbsolute {
+                var: "BANGER_HOME",
+                ..
+            })
+        ));
+        let long = format!("/{}", "x".repeat(120));
+        assert!(matches!(
+            Layout::resolve(env(&[("BANGER_HOME", &long)]), 0),
+            Err(LayoutError::SocketPathTooLong { .. })
+        ));
+    }
+}

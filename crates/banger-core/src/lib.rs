@@ -1,0 +1,13 @@
+//! banger's shared rules, used by the CLI and the daemon alike so that both sides agree.
+//!
+//! - [`names`]: what a VM, image or kernel may be called.
+//! - [`size`]: parsing and printing byte sizes (`4G`, `512MiB`, a bare number is MiB).
+//! - [`layout`]: where config, state and runtime files live (`BANGER_HOME` moves all three).
+//! - [`config`]: the TOML config file, with warnings for unknown keys.
+//! - [`build`]: the build identity every banger binary carries.
+
+pub mod build;
+pub mod config;
+pub mod layout;
+pub mod names;
+pub mod size;

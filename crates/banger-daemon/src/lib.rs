@@ -1,0 +1,188 @@
+//! `bangerd`, the per-user daemon. It owns banger's state (the SQLite store) and serves the
+//! HTTP+JSON API on a Unix socket (mode 0600) in the runtime dir.
+//!
+//! - [`server`]: the router, the op-id middleware and serving on the socket.
+//! - [`ops`]: per-request operation ids and cancellation accounting.
+//! - [`lock`]: the single-instance lock.
+//! - [`logging`]: JSON logs to the state dir.
+//!
+//! Start-up order: dirs → lock → store (migrations) → socket → serve. Shutdown (SIGTERM,
+//! SIGINT or `POST /v1/shutdown`): stop accepting, finish in-flight requests, remove the
+//! socket, release the lock.
+
+pub mod lock;
+pub mod logging;
+pub mod ops;
+pub mod server;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use banger_core::build::BuildInfo;
+use banger_core::config::{Config, ConfigError};
+use banger_core::layout::{Layout, LayoutError};
+use banger_store::{Store, StoreError};
+use clap::Parser;
+use tokio::net::UnixListener;
+
+/// Everything the daemon is handed at start.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    pub layout: Layout,
+    pub config: Config,
+    pub config_warnings: Vec<String>,
+    pub build: BuildInfo,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot create directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {path}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set permissions of {path}")]
+    Chmod {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start logging to {path}")]
+    Logging {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("serving the API on {path} failed")]
+    Serve {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bangerd",
+    version = BuildInfo::current().to_string(),
+    about = "banger's per-user daemon (started on demand by `banger`)"
+)]
+struct Args {}
+
+/// The `bangerd` program: resolve paths from the environment, load config, log, serve.
+pub fn main() -> ExitCode {
+    let _args = Args::parse();
+    match run_from_env() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Before logging is up, stderr is the only channel; the CLI captures it.
+            let mut msg = format!("bangerd: {e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            tracing::error!(error = %msg, "daemon failed");
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("{msg}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_from_env() -> Result<(), DaemonError> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let layout = Layout::resolve(|k| std::env::var_os(k), uid)?;
+    let loaded = Config::load(&layout.config_file())?;
+    let level = std::env::var("BANGER_LOG").unwrap_or_else(|_| loaded.config.log_level.clone());
+    create_dir(&layout.state_dir, 0o700)?;
+    logging::init(&layout.log_file(), &level).map_err(|source| DaemonError::Logging {
+        path: layout.log_file(),
+        source,
+    })?;
+    for w in &loaded.warnings {
+        tracing::warn!(warning = %w, "config");
+    }
+    let opts = DaemonOptions {
+        layout,
+        config: loaded.config,
+        config_warnings: loaded.warnings,
+        build: BuildInfo::current(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    rt.block_on(run(opts))
+}
+
+fn create_dir(path: &std::path::Path, mode: u32) -> Result<(), DaemonError> {
+    std::fs::create_dir_all(path).map_err(|source| DaemonError::CreateDir {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        DaemonError::Chmod {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
+/// Runs the daemon until it is told to stop.
+pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
+    let layout = &opts.layout;
+    create_dir(&layout.state_dir, 0o700)?;
+    create_dir(&layout.runtime_dir, 0o700)?;
+    let _lock = lock::DaemonLock::acquire(&layout.lock_path())?;
+    let store = Store::open(&layout.db_path())?;
+    let socket = layout.socket_path();
+    // We hold the lock, so a socket file left here belongs to a dead daemon.
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket).map_err(|source| DaemonError::Bind {
+        path: socket.clone(),
+        source,
+    })?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(
+        |source| DaemonError::Chmod {
+            path: socket.clone(),
+            source,
+        },
+    )?;
+    tracing::info!(
+        socket = %socket.display(),
+        pid = std::process::id(),
+        version = %opts.build,
+        "bangerd listening"
+    );
+    let state = Arc::new(server::AppState::new(opts.clone(), store));
+    let result = server::serve(listener, state).await;
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("bangerd stopped");
+    result.map_err(|source| DaemonError::Serve {
+        path: socket,
+        source,
+    })
+}

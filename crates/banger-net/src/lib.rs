@@ -1,0 +1,22 @@
+//! Host networking for banger VMs: the bridge, one TAP device per VM, and optional
+//! per-VM NAT.
+//!
+//! - [`plan`]: pure planning: the bridge [`Subnet`], guest address
+//!   allocation, guest MACs derived from IPs, TAP names and interface-name checks.
+//! - [`ops`]: the [`NetOps`] trait the daemon holds (as
+//!   `Arc<dyn NetOps>`), and [`DirectNetOps`], which performs the
+//!   operations with `ip` and `nft` when the process has `CAP_NET_ADMIN`. A root
+//!   helper can later implement the same trait over a socket.
+//! - [`runner`]: the [`CommandRunner`] seam and the real
+//!   [`SystemRunner`], which can target a network namespace.
+//!
+//! The library never prints; commands it runs are logged with `tracing` at debug
+//! level.
+
+pub mod ops;
+pub mod plan;
+pub mod runner;
+
+pub use ops::{DirectNetOps, NetError, NetOps};
+pub use plan::Subnet;
+pub use runner::{CommandRunner, SystemRunner};

@@ -1,0 +1,340 @@
+//! Running host commands (`ip`, `nft`, `sysctl`): the seam between
+//! [`DirectNetOps`](crate::ops::DirectNetOps) and the host.
+//!
+//! [`CommandRunner`] is the trait; [`SystemRunner`] runs real processes, optionally
+//! inside a named network namespace (`ip netns exec NS ...`), which is how the
+//! integration tests exercise the real commands without touching the host's network.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// What a finished command produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutput {
+    /// The command line that actually ran, shell-quoted, for error messages
+    /// (includes the `ip netns exec NS` prefix when there is one).
+    pub command: String,
+    /// The exit code; `None` when the process was killed by a signal.
+    pub code: Option<i32>,
+    /// Standard output, lossily decoded as UTF-8.
+    pub stdout: String,
+    /// Standard error, lossily decoded as UTF-8.
+    pub stderr: String,
+}
+
+impl CommandOutput {
+    /// Whether the command exited with status 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// A command could not be started at all (program missing, not executable...).
+#[derive(Debug, thiserror::Error)]
+#[error("could not run `{command}`: {source}")]
+pub struct SpawnError {
+    /// The command line that was attempted.
+    pub command: String,
+    /// Why it could not be started.
+    #[source]
+    pub source: io::Error,
+}
+
+/// Runs a program with arguments and collects its output.
+///
+/// A non-zero exit is not an error at this level: it is reported in
+/// [`CommandOutput::code`] so the caller can decide (and build an error with
+/// context). Implementations must not use a shell.
+pub trait CommandRunner: Send + Sync + std::fmt::Debug {
+    /// Runs `program` (a bare name such as `ip`, or a path) with `args`, stdin
+    /// closed, and waits for it.
+    fn run(&self, program: &str, args: &[String]) -> Result<CommandOutput, SpawnError>;
+}
+
+/// Runs real processes, in the caller's network namespace or in a named one.
+#[derive(Debug, Clone, Default)]
+pub struct SystemRunner {
+    netns: Option<String>,
+}
+
+/// Directories searched after `$PATH` for bare program names: `ip`, `nft` and
+/// `sysctl` live in sbin directories that unprivileged users' `$PATH` often lacks.
+const FALLBACK_DIRS: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
+
+impl SystemRunner {
+    /// Runs commands in the caller's own network namespace.
+    pub fn new() -> Self {
+        Self { netns: None }
+    }
+
+    /// Runs every command as `ip netns exec NETNS <program> <args>`; the namespace
+    /// must exist (`ip netns add NETNS`).
+    pub fn in_netns(netns: impl Into<String>) -> Self {
+        Self {
+            netns: Some(netns.into()),
+        }
+    }
+
+    /// The network namespace commands run in, if not the caller's.
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_deref()
+    }
+}
+
+impl CommandRunner for SystemRunner {
+    fn run(&self, program: &str, args: &[String]) -> Result<CommandOutput, SpawnError> {
+        let program = resolve_program(program);
+        let (exe, argv): (PathBuf, Vec<String>) = match &self.netns {
+            None => (program, args.to_vec()),
+            Some(ns) => {
+                let mut argv = vec![
+                    "netns".to_string(),
+                    "exec".to_string(),
+                    ns.clone(),
+                    program.to_string_lossy().into_owned(),
+                ];
+                argv.extend(args.iter().cloned());
+                (resolve_program("ip"), argv)
+            }
+        };
+        let command = render_command(&exe.to_string_lossy(), &argv);
+        tracing::debug!(%command, "running");
+        let output = Command::new(&exe)
+            .args(&argv)
+            // Stable, untranslated messages in errors.
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| SpawnError {
+                command: command.clone(),
+                source,
+            })?;
+        let out = CommandOutput {
+            command,
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        };
+        if !out.success() {
+            tracing::debug!(command = %out.command, code = ?out.code, stderr = %out.stderr.trim(), "command failed");
+        }
+        Ok(out)
+    }
+}
+
+/// Finds a bare program name in `$PATH`, then in [`FALLBACK_DIRS`]; a name with a
+/// `/` is used as is, and an unknown name is returned unchanged (spawning it then
+/// fails with a "not found" error that names it).
+fn resolve_program(program: &str) -> PathBuf {
+    if program.contains('/') {
+        return PathBuf::from(program);
+    }
+    let path_var = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path_var)
+        .chain(FALLBACK_DIRS.iter().map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|candidate| is_executable(candidate))
+        .unwrap_or_else(|| PathBuf::from(program))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Renders a command line for humans, single-quoting arguments that a shell would
+/// split or interpret, so that it can be pasted into a terminal.
+pub(crate) fn render_command(program: &str, args: &[String]) -> String {
+    std::iter::once(program)
+        .chain(args.iter().map(String::as_str))
+        .map(quote)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:+,@%".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fake {
+    //! A hand-written [`CommandRunner`] for unit tests: records every command line
+    //! and answers from a script.
+
+    use std::collections::{HashMap, VecDeque};
+    use std::io;
+    use std::sync::Mutex;
+
+    use super::{CommandOutput, CommandRunner, SpawnError, render_command};
+
+    /// A scripted answer.
+    #[derive(Debug, Clone)]
+    pub(crate) enum Reply {
+        /// Exit 0 with this stdout.
+        Ok(String),
+        /// Exit with this code and stderr.
+        Fail(i32, String),
+        /// The program cannot be started.
+        NotFound,
+    }
+
+    /// Records calls as rendered command lines (`ip link set dev x up`); answers
+    /// each with the next scripted reply for that exact line (the last one repeats),
+    /// or with success and empty output when nothing is scripted.
+    #[derive(Debug, Default)]
+    pub(crate) struct FakeRunner {
+        calls: Mutex<Vec<String>>,
+        replies: Mutex<HashMap<String, VecDeque<Reply>>>,
+    }
+
+    impl FakeRunner {
+        pub(crate) fn new() -> Self {
+            Self::default()
+        }
+
+        /// Scripts `reply` for the command line `command`.
+        pub(crate) fn on(&self, command: &str, reply: Reply) -> &Self {
+            self.replies
+                .lock()
+                .unwrap()
+                .entry(command.to_string())
+                .or_default()
+                .push_back(reply);
+            self
+        }
+
+        /// Every command line run so far, in order.
+        pub(crate) fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl CommandRunner for FakeRunner {
+        fn run(&self, program: &str, args: &[String]) -> Result<CommandOutput, SpawnError> {
+            let command = render_command(program, args);
+            self.calls.lock().unwrap().push(command.clone());
+            let reply = {
+                let mut replies = self.replies.lock().unwrap();
+                match replies.get_mut(&command) {
+                    Some(queue) if queue.len() > 1 => queue.pop_front(),
+                    Some(queue) => queue.front().cloned(),
+                    None => None,
+                }
+            };
+            let (code, stdout, stderr) = match reply {
+                None => (0, String::new(), String::new()),
+                Some(Reply::Ok(stdout)) => (0, stdout, String::new()),
+                Some(Reply::Fail(code, stderr)) => (code, String::new(), stderr),
+                Some(Reply::NotFound) => {
+                    return Err(SpawnError {
+                        command,
+                        source: io::Error::from(io::ErrorKind::NotFound),
+                    });
+                }
+            };
+            Ok(CommandOutput {
+                command,
+                code: Some(code),
+                stdout,
+                stderr,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn renders_plain_and_quoted_words() {
+        assert_eq!(
+            render_command("ip", &args(&["link", "set", "dev", "bgr1", "up"])),
+            "ip link set dev bgr1 up"
+        );
+        assert_eq!(
+            render_command(
+                "nft",
+                &args(&[
+                    "add",
+                    "chain",
+                    "ip",
+                    "banger",
+                    "postrouting",
+                    "{ type nat; }"
+                ])
+            ),
+            "nft add chain ip banger postrouting '{ type nat; }'"
+        );
+        assert_eq!(
+            render_command("x", &args(&["", "it's", "\"q\""])),
+            "x '' 'it'\\''s' '\"q\"'"
+        );
+        assert_eq!(
+            render_command("ip", &args(&["addr", "add", "172.30.0.1/24", "brd", "+"])),
+            "ip addr add 172.30.0.1/24 brd +"
+        );
+    }
+
+    #[test]
+    fn resolves_bare_names_and_keeps_paths() {
+        assert_eq!(resolve_program("/opt/x/ip"), PathBuf::from("/opt/x/ip"));
+        let sh = resolve_program("sh");
+        assert!(sh.is_absolute(), "{sh:?}");
+        assert_eq!(
+            resolve_program("banger-no-such-program"),
+            PathBuf::from("banger-no-such-program")
+        );
+    }
+
+    #[test]
+    fn system_runner_reports_exit_code_and_output() {
+        let runner = SystemRunner::new();
+        let out = runner
+            .run("sh", &args(&["-c", "echo out; echo err >&2; exit 3"]))
+            .unwrap();
+        assert_eq!(out.code, Some(3));
+        assert!(!out.success());
+        assert_eq!(out.stdout, "out\n");
+        assert_eq!(out.stderr, "err\n");
+        assert!(
+            out.command
+                .ends_with("sh -c 'echo out; echo err >&2; exit 3'"),
+            "{}",
+            out.command
+        );
+    }
+
+    #[test]
+    fn system_runner_reports_spawn_failure_with_command() {
+        let err = SystemRunner::new()
+            .run("banger-no-such-program", &args(&["--flag"]))
+            .unwrap_err();
+        assert_eq!(err.command, "banger-no-such-program --flag");
+        assert_eq!(err.source.kind(), io::ErrorKind::NotFound);
+        assert!(
+            err.to_string()
+                .contains("could not run `banger-no-such-program --flag`")
+        );
+    }
+
+    #[test]
+    fn in_netns_keeps_the_name() {
+        assert_eq!(SystemRunner::in_netns("ns1").netns(), Some("ns1"));
+        assert_eq!(SystemRunner::new().netns(), None);
+    }
+}

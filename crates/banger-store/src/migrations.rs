@@ -1,0 +1,118 @@
+//! Versioned schema migrations.
+//!
+//! A migration is an id (strictly increasing), a name and SQL. Each runs in its own
+//! transaction together with the row that records it in `schema_migrations`, so a migration is
+//! either applied and recorded, or neither. Ids are never reused and SQL of an applied
+//! migration is never edited: changes are new migrations.
+
+use std::path::Path;
+
+use rusqlite::{Connection, params};
+
+use crate::StoreError;
+
+/// One schema step.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub id: u32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// banger's schema, in order.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    id: 1,
+    name: "meta",
+    sql: "CREATE TABLE meta (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+          ) STRICT;
+          INSERT INTO meta (key, value) VALUES ('created_at', strftime('%Y-%m-%dT%H:%M:%SZ', 'now'));",
+}];
+
+const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
+    id         INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_at TEXT NOT NULL
+) STRICT";
+
+/// Ids of applied migrations. An absent table means none.
+pub(crate) fn applied(conn: &Connection) -> rusqlite::Result<Vec<u32>> {
+    let exists: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare("SELECT id FROM schema_migrations ORDER BY id")?;
+    let ids = stmt
+        .query_map([], |r| r.get::<_, u32>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(ids)
+}
+
+/// Applies every migration in `migrations` that is not yet recorded.
+pub(crate) fn apply(
+    conn: &mut Connection,
+    path: &Path,
+    migrations: &[Migration],
+) -> Result<(), StoreError> {
+    let fail = |id: u32, name: &'static str| {
+        move |source| StoreError::Migration {
+            path: path.to_path_buf(),
+            id,
+            name,
+            source,
+        }
+    };
+    conn.execute(CREATE_TABLE, [])
+        .map_err(fail(0, "schema_migrations"))?;
+    let done = applied(conn).map_err(|source| StoreError::Query {
+        path: path.to_path_buf(),
+        what: "list applied migrations".to_string(),
+        source,
+    })?;
+    if let Some(&unknown) = done
+        .iter()
+        .find(|id| !migrations.iter().any(|m| m.id == **id))
+    {
+        return Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            id: unknown,
+        });
+    }
+    for m in migrations.iter().filter(|m| !done.contains(&m.id)) {
+        let tx = conn.transaction().map_err(fail(m.id, m.name))?;
+        tx.execute_batch(m.sql).map_err(fail(m.id, m.name))?;
+        tx.execute(
+            "INSERT INTO schema_migrations (id, name, applied_at) VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))",
+            params![m.id, m.name],
+        )
+        .map_err(fail(m.id, m.name))?;
+        tx.commit().map_err(fail(m.id, m.name))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_strictly_increase() {
+        for w in MIGRATIONS.windows(2) {
+            assert!(w[0].id < w[1].id, "{} then {}", w[0].id, w[1].id);
+        }
+        assert_eq!(MIGRATIONS[0].id, 1);
+    }
+
+    #[test]
+    fn all_apply_in_memory() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        apply(&mut conn, Path::new(":memory:"), MIGRATIONS).unwrap();
+        let ids = applied(&conn).unwrap();
+        assert_eq!(ids, MIGRATIONS.iter().map(|m| m.id).collect::<Vec<_>>());
+    }
+}

@@ -1,0 +1,158 @@
+//! Store integration tests against real SQLite files.
+
+use banger_store::{MIGRATIONS, Migration, Store, StoreError};
+
+const M1: Migration = Migration {
+    id: 1,
+    name: "things",
+    sql: "CREATE TABLE things (id INTEGER PRIMARY KEY, name TEXT NOT NULL);",
+};
+const M2_BROKEN: Migration = Migration {
+    id: 2,
+    name: "broken",
+    // The first statement succeeds, the second fails: the whole migration must roll back.
+    sql: "CREATE TABLE half (id INTEGER); INSERT INTO no_such_table VALUES (1);",
+};
+const M2_FIXED: Migration = Migration {
+    id: 2,
+    name: "fixed",
+    sql: "CREATE TABLE half (id INTEGER);",
+};
+
+fn table_exists(store: &Store, name: &str) -> bool {
+    store
+        .conn()
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type='table' AND name=?1)",
+            [name],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+#[test]
+fn fresh_apply_sets_pragmas_and_records_migrations() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state/banger.db");
+    let store = Store::open(&path).unwrap();
+    assert!(path.exists());
+    assert_eq!(
+        store.applied_migrations().unwrap(),
+        MIGRATIONS.iter().map(|m| m.id).collect::<Vec<_>>()
+    );
+    let mode: String = store
+        .conn()
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let fk: i64 = store
+        .conn()
+        .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(fk, 1);
+    let busy: i64 = store
+        .conn()
+        .query_row("PRAGMA busy_timeout", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(busy, 5000);
+}
+
+#[test]
+fn reopen_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("banger.db");
+    drop(Store::open_with(&path, &[M1]).unwrap());
+    {
+        let s = Store::open_with(&path, &[M1]).unwrap();
+        s.conn()
+            .execute("INSERT INTO things (name) VALUES ('kept')", [])
+            .unwrap();
+    }
+    let s = Store::open_with(&path, &[M1]).unwrap();
+    assert_eq!(s.applied_migrations().unwrap(), vec![1]);
+    let n: i64 = s
+        .conn()
+        .query_row("SELECT COUNT(*) FROM things", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1, "reopening must not re-run or drop anything");
+}
+
+#[test]
+fn failing_migration_rolls_back_and_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("banger.db");
+    let err = Store::open_with(&path, &[M1, M2_BROKEN]).unwrap_err();
+    match &err {
+        StoreError::Migration { id, name, .. } => {
+            assert_eq!((*id, *name), (2, "broken"));
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+    assert!(err.to_string().contains("rolled back"), "{err}");
+
+    // Migration 1 stayed; nothing of migration 2 did.
+    let s = Store::open_with(&path, &[M1]).unwrap();
+    assert_eq!(s.applied_migrations().unwrap(), vec![1]);
+    assert!(table_exists(&s, "things"));
+    assert!(!table_exists(&s, "half"), "partial migration leaked");
+    drop(s);
+
+    // The next open with a working migration 2 applies it.
+    let s = Store::open_with(&path, &[M1, M2_FIXED]).unwrap();
+    assert_eq!(s.applied_migrations().unwrap(), vec![1, 2]);
+    assert!(table_exists(&s, "half"));
+}
+
+#[test]
+fn newer_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("banger.db");
+    drop(Store::open_with(&path, &[M1, M2_FIXED]).unwrap());
+    let err = Store::open_with(&path, &[M1]).unwrap_err();
+    assert!(matches!(err, StoreError::TooNew { id: 2, .. }), "{err:?}");
+}
+
+#[test]
+fn read_only_open_never_creates_or_migrates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("banger.db");
+    let err = Store::open_read_only(&path).unwrap_err();
+    assert!(matches!(err, StoreError::Missing { .. }), "{err:?}");
+    assert!(!path.exists(), "read-only open created the database");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+    drop(Store::open_with(&path, &[M1]).unwrap());
+    let ro = Store::open_read_only(&path).unwrap();
+    assert!(ro.is_read_only());
+    assert_eq!(ro.applied_migrations().unwrap(), vec![1]);
+    // Reads work, writes are refused.
+    let n: i64 = ro
+        .conn()
+        .query_row("SELECT COUNT(*) FROM things", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0);
+    assert!(
+        ro.conn()
+            .execute("INSERT INTO things (name) VALUES ('x')", [])
+            .is_err()
+    );
+    assert!(ro.conn().execute("CREATE TABLE t2 (x)", []).is_err());
+    drop(ro);
+    // And the write really did not happen.
+    let rw = Store::open_with(&path, &[M1]).unwrap();
+    let n: i64 = rw
+        .conn()
+        .query_row("SELECT COUNT(*) FROM things", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn read_only_open_does_not_apply_pending_migrations() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("banger.db");
+    drop(Store::open_with(&path, &[M1]).unwrap());
+    let ro = Store::open_read_only(&path).unwrap();
+    assert_eq!(ro.applied_migrations().unwrap(), vec![1]);
+    assert!(!table_exists(&ro, "half"));
+}
