@@ -5,9 +5,11 @@
 //! - [`layout`]: where config, state and runtime files live (`BANGER_HOME` moves all three).
 //! - [`config`]: the TOML config file, with warnings for unknown keys.
 //! - [`build`]: the build identity every banger binary carries.
+//! - [`runner`]: the seam through which libraries run host commands.
 
 pub mod build;
 pub mod config;
 pub mod layout;
 pub mod names;
+pub mod runner;
 pub mod size;

@@ -7,7 +7,7 @@
 //!   `Arc<dyn NetOps>`), and [`DirectNetOps`], which performs the
 //!   operations with `ip` and `nft` when the process has `CAP_NET_ADMIN`. A root
 //!   helper can later implement the same trait over a socket.
-//! - [`runner`]: the [`CommandRunner`] seam and the real
+//! - [`runner`] (re-exported from `banger-core`): the [`CommandRunner`] seam and the real
 //!   [`SystemRunner`], which can target a network namespace.
 //!
 //! The library never prints; commands it runs are logged with `tracing` at debug
@@ -15,7 +15,7 @@
 
 pub mod ops;
 pub mod plan;
-pub mod runner;
+pub use banger_core::runner;
 
 pub use ops::{DirectNetOps, NetError, NetOps};
 pub use plan::Subnet;

@@ -1,5 +1,5 @@
-//! Running host commands (`ip`, `nft`, `sysctl`): the seam between
-//! [`DirectNetOps`](crate::ops::DirectNetOps) and the host.
+//! Running host commands (`ip`, `nft`, `mkfs.ext4`, `debugfs`...): the seam between banger's
+//! libraries and the host's programs.
 //!
 //! [`CommandRunner`] is the trait; [`SystemRunner`] runs real processes, optionally
 //! inside a named network namespace (`ip netns exec NS ...`), which is how the
@@ -166,10 +166,9 @@ fn quote(word: &str) -> String {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod fake {
-    //! A hand-written [`CommandRunner`] for unit tests: records every command line
-    //! and answers from a script.
+pub mod fake {
+    //! A hand-written [`CommandRunner`] for tests (of this crate and of the crates that
+    //! run commands through it): records every command line and answers from a script.
 
     use std::collections::{HashMap, VecDeque};
     use std::io;
@@ -179,7 +178,7 @@ pub(crate) mod fake {
 
     /// A scripted answer.
     #[derive(Debug, Clone)]
-    pub(crate) enum Reply {
+    pub enum Reply {
         /// Exit 0 with this stdout.
         Ok(String),
         /// Exit with this code and stderr.
@@ -192,18 +191,18 @@ pub(crate) mod fake {
     /// each with the next scripted reply for that exact line (the last one repeats),
     /// or with success and empty output when nothing is scripted.
     #[derive(Debug, Default)]
-    pub(crate) struct FakeRunner {
+    pub struct FakeRunner {
         calls: Mutex<Vec<String>>,
         replies: Mutex<HashMap<String, VecDeque<Reply>>>,
     }
 
     impl FakeRunner {
-        pub(crate) fn new() -> Self {
+        pub fn new() -> Self {
             Self::default()
         }
 
         /// Scripts `reply` for the command line `command`.
-        pub(crate) fn on(&self, command: &str, reply: Reply) -> &Self {
+        pub fn on(&self, command: &str, reply: Reply) -> &Self {
             self.replies
                 .lock()
                 .unwrap()
@@ -214,7 +213,7 @@ pub(crate) mod fake {
         }
 
         /// Every command line run so far, in order.
-        pub(crate) fn calls(&self) -> Vec<String> {
+        pub fn calls(&self) -> Vec<String> {
             self.calls.lock().unwrap().clone()
         }
     }
