@@ -12,6 +12,15 @@ use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
 use crate::error::{ApiError, ErrorBody};
+use crate::types::Event;
+
+fn op_id_of<B>(resp: &hyper::Response<B>) -> String {
+    resp.headers()
+        .get(OP_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
 use crate::{API_PREFIX, OP_ID_HEADER};
 
 #[derive(Debug, thiserror::Error)]
@@ -45,9 +54,27 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// True when nothing answered on the socket (no daemon running).
+    /// True when no daemon answered on the socket: nothing listens, or the connection was
+    /// reset or closed before any answer (a daemon that is dying).
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, Self::Connect { .. })
+        match self {
+            Self::Connect { .. } => true,
+            Self::Http { source, .. } => {
+                source.is_closed()
+                    || source.is_incomplete_message()
+                    || std::error::Error::source(source)
+                        .and_then(|e| e.downcast_ref::<std::io::Error>())
+                        .is_some_and(|e| {
+                            matches!(
+                                e.kind(),
+                                std::io::ErrorKind::ConnectionReset
+                                    | std::io::ErrorKind::BrokenPipe
+                                    | std::io::ErrorKind::UnexpectedEof
+                            )
+                        })
+            }
+            _ => false,
+        }
     }
 }
 
@@ -82,30 +109,116 @@ impl Client {
         self.call(Method::POST, path, Some(body)).await
     }
 
-    /// Sends one request and decodes the JSON answer (or the error body).
-    pub async fn call<B: Serialize, T: DeserializeOwned>(
+    /// `DELETE /v1{path}`.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(Method::DELETE, path, None::<&()>).await
+    }
+
+    /// `POST /v1{path}` answered by an NDJSON stream of [`Event`]s: calls `on_stage` for each
+    /// stage as it arrives and returns the final result (or the error).
+    pub async fn stream<B: Serialize, T: DeserializeOwned>(
         &self,
-        method: Method,
         path: &str,
-        body: Option<&B>,
+        body: &B,
+        mut on_stage: impl FnMut(&str, &str, u64),
     ) -> Result<T, ClientError> {
         let full = format!("{API_PREFIX}{path}");
-        let decode = |status: StatusCode, detail: String| ClientError::Decode {
+        let (resp, conn_task) = self.send(Method::POST, &full, Some(body)).await?;
+        let status = resp.status();
+        let op_id = op_id_of(&resp);
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(self.http(&Method::POST, &full))?;
+            conn_task.abort();
+            return Err(self.error_from(status, &bytes.to_bytes(), op_id, &Method::POST, &full));
+        }
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            let Some(frame) = body.frame().await else {
+                break;
+            };
+            let frame = frame.map_err(self.http(&Method::POST, &full))?;
+            if let Ok(data) = frame.into_data() {
+                buf.extend_from_slice(&data);
+            }
+            while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=nl).collect();
+                // Blank lines are the daemon's heartbeat.
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let ev: Event<T> =
+                    serde_json::from_slice(&line).map_err(|e| ClientError::Decode {
+                        socket: self.socket.clone(),
+                        method: Method::POST,
+                        path: full.clone(),
+                        status,
+                        detail: format!("bad event line: {e}"),
+                    })?;
+                match ev {
+                    Event::Stage {
+                        stage,
+                        detail,
+                        elapsed_ms,
+                    } => on_stage(&stage, &detail, elapsed_ms),
+                    Event::Result { result } => {
+                        conn_task.abort();
+                        return Ok(result);
+                    }
+                    Event::Error { mut error } => {
+                        conn_task.abort();
+                        if error.op_id.is_empty() {
+                            error.op_id = op_id;
+                        }
+                        return Err(ClientError::Api(error));
+                    }
+                }
+            }
+        }
+        conn_task.abort();
+        Err(ClientError::Decode {
             socket: self.socket.clone(),
-            method: method.clone(),
-            path: full.clone(),
+            method: Method::POST,
+            path: full,
             status,
-            detail,
-        };
-        let http = |source| ClientError::Http {
-            socket: self.socket.clone(),
-            method: method.clone(),
-            path: full.clone(),
+            detail: "the stream ended without a result".into(),
+        })
+    }
+
+    fn http(&self, method: &Method, path: &str) -> impl FnOnce(hyper::Error) -> ClientError {
+        let (socket, method, path) = (self.socket.clone(), method.clone(), path.to_string());
+        move |source| ClientError::Http {
+            socket,
+            method,
+            path,
             source,
-        };
+        }
+    }
+
+    /// Connects, sends one request, and returns the response head with a streaming body.
+    async fn send<B: Serialize>(
+        &self,
+        method: Method,
+        full: &str,
+        body: Option<&B>,
+    ) -> Result<
+        (
+            hyper::Response<hyper::body::Incoming>,
+            tokio::task::JoinHandle<()>,
+        ),
+        ClientError,
+    > {
         let bytes = match body {
-            Some(b) => serde_json::to_vec(b)
-                .map_err(|e| decode(StatusCode::OK, format!("cannot encode request: {e}")))?,
+            Some(b) => serde_json::to_vec(b).map_err(|e| ClientError::Decode {
+                socket: self.socket.clone(),
+                method: method.clone(),
+                path: full.to_string(),
+                status: StatusCode::OK,
+                detail: format!("cannot encode request: {e}"),
+            })?,
             None => Vec::new(),
         };
         let stream =
@@ -117,42 +230,85 @@ impl Client {
                 })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(http)?;
-        // The connection task ends when the exchange does; dropping the future of this call
-        // (Ctrl-C) closes the socket, which the daemon sees as a cancellation.
-        let conn_task = tokio::spawn(conn);
+            .map_err(self.http(&method, full))?;
+        // Dropping the future of this call (Ctrl-C) closes the socket, which the daemon sees
+        // as a cancellation.
+        let conn_task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
         let req = Request::builder()
             .method(method.clone())
-            .uri(&full)
+            .uri(full)
             .header(hyper::header::HOST, "bangerd")
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(bytes)))
-            .map_err(|e| decode(StatusCode::OK, format!("cannot build request: {e}")))?;
-        let resp = sender.send_request(req).await.map_err(http)?;
-        let status = resp.status();
-        let op_id = resp
-            .headers()
-            .get(OP_ID_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        let body = resp.into_body().collect().await.map_err(http)?.to_bytes();
-        conn_task.abort();
-        if status.is_success() {
-            let text: &[u8] = if body.is_empty() { b"null" } else { &body };
-            return serde_json::from_slice(text).map_err(|e| decode(status, e.to_string()));
-        }
-        match serde_json::from_slice::<ErrorBody>(&body) {
+            .map_err(|e| ClientError::Decode {
+                socket: self.socket.clone(),
+                method: method.clone(),
+                path: full.to_string(),
+                status: StatusCode::OK,
+                detail: format!("cannot build request: {e}"),
+            })?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(self.http(&method, full))?;
+        Ok((resp, conn_task))
+    }
+
+    fn error_from(
+        &self,
+        status: StatusCode,
+        body: &[u8],
+        op_id: String,
+        method: &Method,
+        path: &str,
+    ) -> ClientError {
+        match serde_json::from_slice::<ErrorBody>(body) {
             Ok(mut eb) => {
                 if eb.error.op_id.is_empty() {
                     eb.error.op_id = op_id;
                 }
-                Err(ClientError::Api(eb.error))
+                ClientError::Api(eb.error)
             }
-            Err(_) => Err(decode(
+            Err(_) => ClientError::Decode {
+                socket: self.socket.clone(),
+                method: method.clone(),
+                path: path.to_string(),
                 status,
-                String::from_utf8_lossy(&body).chars().take(500).collect(),
-            )),
+                detail: String::from_utf8_lossy(body).chars().take(500).collect(),
+            },
         }
+    }
+
+    /// Sends one request and decodes the JSON answer (or the error body).
+    pub async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let full = format!("{API_PREFIX}{path}");
+        let (resp, conn_task) = self.send(method.clone(), &full, body).await?;
+        let status = resp.status();
+        let op_id = op_id_of(&resp);
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(self.http(&method, &full))?
+            .to_bytes();
+        conn_task.abort();
+        if status.is_success() {
+            let text: &[u8] = if body.is_empty() { b"null" } else { &body };
+            return serde_json::from_slice(text).map_err(|e| ClientError::Decode {
+                socket: self.socket.clone(),
+                method: method.clone(),
+                path: full.clone(),
+                status,
+                detail: e.to_string(),
+            });
+        }
+        Err(self.error_from(status, &body, op_id, &method, &full))
     }
 }

@@ -59,15 +59,24 @@ fn check(name: &str, status: Status, detail: impl Into<String>, fix: Option<&str
 pub struct Host {
     pub dev_kvm: PathBuf,
     pub cpuinfo: PathBuf,
+    /// `/proc/self/status`, for the effective capabilities.
+    pub proc_status: PathBuf,
     pub path_var: Option<std::ffi::OsString>,
+    /// `BANGER_FIRECRACKER_BIN`.
+    pub firecracker_env: Option<std::ffi::OsString>,
 }
 
 impl Host {
-    pub fn real(path_var: Option<std::ffi::OsString>) -> Self {
+    pub fn real(
+        path_var: Option<std::ffi::OsString>,
+        firecracker_env: Option<std::ffi::OsString>,
+    ) -> Self {
         Self {
             dev_kvm: PathBuf::from("/dev/kvm"),
             cpuinfo: PathBuf::from("/proc/cpuinfo"),
+            proc_status: PathBuf::from("/proc/self/status"),
             path_var,
+            firecracker_env,
         }
     }
 }
@@ -81,6 +90,8 @@ pub async fn run(layout: &Layout, host: &Host) -> Vec<Check> {
         binary_check("bangerd", host.path_var.as_deref(), false),
         binary_check("banger-agent", host.path_var.as_deref(), true),
         kvm_check(&host.dev_kvm, &host.cpuinfo),
+        firecracker_check(layout, host),
+        net_admin_check(&host.proc_status),
     ];
     checks.extend(tool_checks(host.path_var.as_deref()));
     checks
@@ -310,6 +321,79 @@ fn kvm_check(dev_kvm: &Path, cpuinfo: &Path) -> Check {
     }
 }
 
+fn firecracker_check(layout: &Layout, host: &Host) -> Check {
+    const NAME: &str = "firecracker";
+    let configured = Config::load(&layout.config_file())
+        .ok()
+        .and_then(|l| l.config.firecracker_bin);
+    let (path, from) = if let Some(p) = configured {
+        (Some(p), "config firecracker_bin")
+    } else if let Some(p) = host.firecracker_env.clone() {
+        (Some(PathBuf::from(p)), "BANGER_FIRECRACKER_BIN")
+    } else {
+        (
+            host.path_var.as_deref().and_then(|pv| {
+                std::env::split_paths(pv)
+                    .map(|d| d.join("firecracker"))
+                    .find(|p| p.is_file())
+            }),
+            "PATH",
+        )
+    };
+    match path {
+        Some(p) if p.is_file() => check(
+            NAME,
+            Status::Pass,
+            format!("{} (from {from})", p.display()),
+            None,
+        ),
+        Some(p) => check(
+            NAME,
+            Status::Fail,
+            format!("{} (from {from}) does not exist", p.display()),
+            Some("fix firecracker_bin in config.toml or BANGER_FIRECRACKER_BIN"),
+        ),
+        None => check(
+            NAME,
+            Status::Fail,
+            "not found (config firecracker_bin, BANGER_FIRECRACKER_BIN, PATH)",
+            Some("install Firecracker from its release page and put it on PATH"),
+        ),
+    }
+}
+
+/// CAP_NET_ADMIN is bit 12 of the capability sets.
+const CAP_NET_ADMIN: u32 = 12;
+
+fn net_admin_check(proc_status: &Path) -> Check {
+    const NAME: &str = "bridge/TAP";
+    let status = std::fs::read_to_string(proc_status).unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+    match eff {
+        Some(caps) if caps & (1 << CAP_NET_ADMIN) != 0 => check(
+            NAME,
+            Status::Pass,
+            "can create bridges and TAP devices (CAP_NET_ADMIN)",
+            None,
+        ),
+        Some(_) => check(
+            NAME,
+            Status::Fail,
+            "no CAP_NET_ADMIN: the daemon cannot create the bridge or TAP devices",
+            Some("run banger as root (a root helper is planned)"),
+        ),
+        None => check(
+            NAME,
+            Status::Warn,
+            format!("cannot read capabilities from {}", proc_status.display()),
+            None,
+        ),
+    }
+}
+
 fn tool_checks(path_var: Option<&OsStr>) -> Vec<Check> {
     // (check name, any of these binaries, apt package)
     let tools: &[(&str, &[&str], &str)] = &[
@@ -364,6 +448,18 @@ mod tests {
         assert!(c.detail.contains("PVM"), "{}", c.detail);
         std::fs::write(&cpu, "flags : fpu vmx sse2\n").unwrap();
         assert_eq!(kvm_check(&kvm, &cpu).status, Status::Pass);
+    }
+
+    #[test]
+    fn net_admin_from_capabilities() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = dir.path().join("status");
+        std::fs::write(&st, "Name:\tx\nCapEff:\t000001ffffffffff\n").unwrap();
+        assert_eq!(net_admin_check(&st).status, Status::Pass);
+        std::fs::write(&st, "CapEff:\t0000000000000000\n").unwrap();
+        assert_eq!(net_admin_check(&st).status, Status::Fail);
+        std::fs::write(&st, "nothing\n").unwrap();
+        assert_eq!(net_admin_check(&st).status, Status::Warn);
     }
 
     #[test]

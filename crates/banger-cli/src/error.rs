@@ -51,6 +51,22 @@ pub enum CliError {
     Output(#[source] std::io::Error),
     #[error("doctor found {0} failing check(s)")]
     DoctorFailed(usize),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{failed} of {total} failed")]
+    Partial { failed: usize, total: usize },
+    #[error("cannot run {program}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("ssh to VM {vm} failed: {detail}")]
+    Ssh { vm: String, detail: String },
+    #[error(
+        "VM {vm}: sshd did not answer on {ip}:22 within {secs}s. The guest's sshd is the likely cause; see: banger vm logs {vm}. The VM is still running (kept for inspection; delete it with: banger vm delete {vm})"
+    )]
+    SshTimeout { vm: String, ip: String, secs: u64 },
 }
 
 impl From<std::io::Error> for CliError {

@@ -3,6 +3,7 @@
 //! - [`args`]: the command line (clap).
 //! - [`daemonctl`]: finding, starting, replacing and stopping `bangerd`.
 //! - [`doctor`]: read-only host checks.
+//! - [`vm`]: the `vm` and `image` commands.
 //! - [`ui`]: colour, tables and JSON on the terminal.
 //! - [`error`]: errors and their one-line rendering (`banger: ...`).
 //!
@@ -14,6 +15,7 @@ pub mod daemonctl;
 pub mod doctor;
 pub mod error;
 pub mod ui;
+pub mod vm;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -86,6 +88,9 @@ pub async fn run(command: Command, ctx: &mut Ctx) -> Result<u8, CliError> {
         Command::Daemon(DaemonCommand::Status(f)) => daemon_status(ctx, f.json).await,
         Command::Daemon(DaemonCommand::Stop) => daemon_stop(ctx).await,
         Command::Doctor(f) => run_doctor(ctx, f.json).await,
+        Command::Vm(v) => vm::run(v, ctx).await,
+        Command::Ps(l) => vm::list_ps(ctx, &l).await,
+        Command::Image(i) => vm::image(i, ctx).await,
         Command::Completion { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "banger", ctx.ui.out());
@@ -201,7 +206,11 @@ async fn daemon_stop(ctx: &mut Ctx) -> Result<u8, CliError> {
 
 async fn run_doctor(ctx: &mut Ctx, json: bool) -> Result<u8, CliError> {
     let layout = ctx.layout()?.clone();
-    let checks = doctor::run(&layout, &doctor::Host::real(ctx.path_var.clone())).await;
+    let host = doctor::Host::real(
+        ctx.path_var.clone(),
+        std::env::var_os("BANGER_FIRECRACKER_BIN"),
+    );
+    let checks = doctor::run(&layout, &host).await;
     let failed = checks
         .iter()
         .filter(|c| c.status == doctor::Status::Fail)

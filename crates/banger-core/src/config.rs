@@ -17,12 +17,36 @@ pub const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
 pub struct Config {
     /// Daemon log level: trace, debug, info, warn or error. `BANGER_LOG` overrides it.
     pub log_level: String,
+    /// The Firecracker binary; else `BANGER_FIRECRACKER_BIN`, else `firecracker` on PATH.
+    pub firecracker_bin: Option<PathBuf>,
+    /// The host bridge VMs attach to.
+    pub bridge_name: String,
+    /// The bridge's IPv4 subnet; the host takes the first address, VMs the others.
+    pub bridge_subnet: String,
+    /// Image used when `vm create`/`vm run` get no `--image`.
+    pub default_image: String,
+    /// Seconds `vm stop` waits for the guest to shut down before forcing it off.
+    pub stop_grace_secs: u64,
+    /// Seconds `vm create`/`vm start` wait for the guest agent to answer.
+    pub agent_wait_secs: u64,
+    /// Seconds `vm run`/`vm ssh` wait for the guest's sshd.
+    pub ssh_wait_secs: u64,
+    /// Nameservers written into guests; empty means the host's non-loopback nameservers.
+    pub guest_dns: Vec<std::net::Ipv4Addr>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             log_level: "info".to_string(),
+            firecracker_bin: None,
+            bridge_name: "banger0".to_string(),
+            bridge_subnet: "172.30.0.0/24".to_string(),
+            default_image: "debian-bookworm".to_string(),
+            stop_grace_secs: 15,
+            agent_wait_secs: 60,
+            ssh_wait_secs: 90,
+            guest_dns: Vec::new(),
         }
     }
 }
@@ -88,13 +112,47 @@ impl Config {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, value: String, why: String| ConfigError::Value {
+            path: path.to_path_buf(),
+            key,
+            value,
+            why,
+        };
         if !LOG_LEVELS.contains(&self.log_level.as_str()) {
-            return Err(ConfigError::Value {
-                path: path.to_path_buf(),
-                key: "log_level",
-                value: self.log_level.clone(),
-                why: format!("expected one of {}", LOG_LEVELS.join(", ")),
-            });
+            return Err(bad(
+                "log_level",
+                self.log_level.clone(),
+                format!("expected one of {}", LOG_LEVELS.join(", ")),
+            ));
+        }
+        let name = &self.bridge_name;
+        if name.is_empty()
+            || name.len() > 15
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return Err(bad(
+                "bridge_name",
+                name.clone(),
+                "an interface name: 1-15 of letters, digits, '-', '_', '.'".into(),
+            ));
+        }
+        if crate::names::validate_image_name(&self.default_image).is_err() {
+            return Err(bad(
+                "default_image",
+                self.default_image.clone(),
+                "not a valid image name".into(),
+            ));
+        }
+        for (key, v) in [
+            ("stop_grace_secs", self.stop_grace_secs),
+            ("agent_wait_secs", self.agent_wait_secs),
+            ("ssh_wait_secs", self.ssh_wait_secs),
+        ] {
+            if v == 0 || v > 3600 {
+                return Err(bad(key, v.to_string(), "must be 1 to 3600 seconds".into()));
+            }
         }
         Ok(())
     }

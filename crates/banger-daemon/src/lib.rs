@@ -2,6 +2,12 @@
 //! HTTP+JSON API on a Unix socket (mode 0600) in the runtime dir.
 //!
 //! - [`server`]: the router, the op-id middleware and serving on the socket.
+//! - [`routes`]: the HTTP handlers.
+//! - [`vms`]: the VM lifecycle, per-VM locks, reconciliation and the VMM monitor.
+//! - [`images`]: managed images.
+//! - [`ssh`]: the managed SSH key.
+//! - [`stats`]: VMM process statistics from `/proc`.
+//! - [`error`]: operation errors and their API kinds.
 //! - [`ops`]: per-request operation ids and cancellation accounting.
 //! - [`lock`]: the single-instance lock.
 //! - [`logging`]: JSON logs to the state dir.
@@ -10,10 +16,16 @@
 //! SIGINT or `POST /v1/shutdown`): stop accepting, finish in-flight requests, remove the
 //! socket, release the lock.
 
+pub mod error;
+pub mod images;
 pub mod lock;
 pub mod logging;
 pub mod ops;
+pub mod routes;
 pub mod server;
+pub mod ssh;
+pub mod stats;
+pub mod vms;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -23,6 +35,7 @@ use std::sync::Arc;
 use banger_core::build::BuildInfo;
 use banger_core::config::{Config, ConfigError};
 use banger_core::layout::{Layout, LayoutError};
+use banger_core::runner::{CommandRunner, SystemRunner};
 use banger_store::{Store, StoreError};
 use clap::Parser;
 use tokio::net::UnixListener;
@@ -72,6 +85,14 @@ pub enum DaemonError {
     },
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
+    #[error("config bridge_subnet {value:?} is invalid")]
+    Subnet {
+        value: String,
+        #[source]
+        source: banger_net::plan::SubnetError,
+    },
+    #[error("cannot prepare the managed SSH key")]
+    Ssh(#[source] error::OpError),
     #[error("serving the API on {path} failed")]
     Serve {
         path: PathBuf,
@@ -125,6 +146,22 @@ fn run_from_env() -> Result<(), DaemonError> {
     for w in &loaded.warnings {
         tracing::warn!(warning = %w, "config");
     }
+    let vmm = banger_vmm::FirecrackerVmm::locate(
+        loaded.config.firecracker_bin.clone(),
+        std::env::var_os(banger_vmm::firecracker::BIN_ENV),
+        std::env::var_os("PATH").as_deref(),
+    )
+    .unwrap_or_else(|e| {
+        // The daemon still serves everything else; starting a VM reports the missing binary.
+        tracing::warn!(error = %e, "firecracker not found");
+        banger_vmm::FirecrackerVmm::new(banger_vmm::firecracker::BIN_NAME)
+    });
+    let runner: Arc<dyn CommandRunner> = Arc::new(SystemRunner::new());
+    let host = server::Host {
+        vmm: Arc::new(vmm),
+        net: Arc::new(banger_net::DirectNetOps::new(SystemRunner::new())),
+        runner,
+    };
     let opts = DaemonOptions {
         layout,
         config: loaded.config,
@@ -135,7 +172,20 @@ fn run_from_env() -> Result<(), DaemonError> {
         .enable_all()
         .build()
         .map_err(DaemonError::Runtime)?;
-    rt.block_on(run(opts))
+    rt.block_on(run(opts, host, uid))
+}
+
+/// Nameservers for guests: the config's, else the host's non-loopback ones.
+fn guest_dns(config: &Config, resolv_conf: &str) -> Vec<std::net::Ipv4Addr> {
+    if !config.guest_dns.is_empty() {
+        return config.guest_dns.clone();
+    }
+    resolv_conf
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|v| v.trim().parse::<std::net::Ipv4Addr>().ok())
+        .filter(|ip| !ip.is_loopback())
+        .collect()
 }
 
 fn create_dir(path: &std::path::Path, mode: u32) -> Result<(), DaemonError> {
@@ -152,12 +202,29 @@ fn create_dir(path: &std::path::Path, mode: u32) -> Result<(), DaemonError> {
 }
 
 /// Runs the daemon until it is told to stop.
-pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
+pub async fn run(opts: DaemonOptions, host: server::Host, uid: u32) -> Result<(), DaemonError> {
     let layout = &opts.layout;
+    let subnet: banger_net::Subnet =
+        opts.config
+            .bridge_subnet
+            .parse()
+            .map_err(|source| DaemonError::Subnet {
+                value: opts.config.bridge_subnet.clone(),
+                source,
+            })?;
     create_dir(&layout.state_dir, 0o700)?;
     create_dir(&layout.runtime_dir, 0o700)?;
     let _lock = lock::DaemonLock::acquire(&layout.lock_path())?;
     let store = Store::open(&layout.db_path())?;
+    let ssh = ssh::ensure_key(host.runner.as_ref(), &layout.state_dir).map_err(DaemonError::Ssh)?;
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let parts = server::Parts {
+        guest_dns: guest_dns(&opts.config, &resolv),
+        host,
+        subnet,
+        ssh,
+        uid,
+    };
     let socket = layout.socket_path();
     // We hold the lock, so a socket file left here belongs to a dead daemon.
     let _ = std::fs::remove_file(&socket);
@@ -177,8 +244,11 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         version = %opts.build,
         "bangerd listening"
     );
-    let state = Arc::new(server::AppState::new(opts.clone(), store));
+    let state = Arc::new(server::AppState::new(opts.clone(), store, parts));
+    vms::reconcile(&state).await;
+    let monitor = tokio::spawn(vms::monitor(state.clone()));
     let result = server::serve(listener, state).await;
+    monitor.abort();
     let _ = std::fs::remove_file(&socket);
     tracing::info!("bangerd stopped");
     result.map_err(|source| DaemonError::Serve {

@@ -22,8 +22,17 @@ use tokio::net::UnixListener;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
+use std::net::Ipv4Addr;
+
+use banger_core::runner::CommandRunner;
+use banger_net::{NetOps, Subnet};
+use banger_vmm::Vmm;
+
 use crate::DaemonOptions;
 use crate::ops::{OpTracker, new_op_id};
+use crate::routes;
+use crate::ssh::SshKey;
+use crate::vms::Locks;
 
 /// Shared daemon state handed to every handler.
 #[derive(Debug)]
@@ -32,11 +41,37 @@ pub struct AppState {
     pub store: Mutex<Store>,
     pub ops: Arc<OpTracker>,
     pub started_at: u64,
+    /// The seams to the host: VMM backend, network operations, command runner.
+    pub host: Host,
+    pub locks: Locks,
+    pub subnet: Subnet,
+    pub ssh: SshKey,
+    pub guest_dns: Vec<Ipv4Addr>,
+    /// The user VMMs and TAPs belong to.
+    pub uid: u32,
     shutdown: Notify,
 }
 
+/// Everything the daemon touches on the host, injected at construction.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub vmm: Arc<dyn Vmm>,
+    pub net: Arc<dyn NetOps>,
+    pub runner: Arc<dyn CommandRunner>,
+}
+
+/// What [`AppState::new`] needs besides the options and the store.
+#[derive(Debug)]
+pub struct Parts {
+    pub host: Host,
+    pub subnet: Subnet,
+    pub ssh: SshKey,
+    pub guest_dns: Vec<Ipv4Addr>,
+    pub uid: u32,
+}
+
 impl AppState {
-    pub fn new(opts: DaemonOptions, store: Store) -> Self {
+    pub fn new(opts: DaemonOptions, store: Store, parts: Parts) -> Self {
         Self {
             opts,
             store: Mutex::new(store),
@@ -45,6 +80,12 @@ impl AppState {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            host: parts.host,
+            locks: Locks::default(),
+            subnet: parts.subnet,
+            ssh: parts.ssh,
+            guest_dns: parts.guest_dns,
+            uid: parts.uid,
             shutdown: Notify::new(),
         }
     }
@@ -84,6 +125,22 @@ pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .route("/status", get(status))
         .route("/shutdown", post(shutdown))
+        .route("/ssh", get(routes::ssh_info))
+        .route("/vms", get(routes::list_vms).post(routes::create_vm))
+        .route("/vms/actions", post(routes::vm_actions))
+        .route("/vms/{reference}", get(routes::show_vm))
+        .route("/vms/{reference}/health", get(routes::vm_health))
+        .route("/vms/{reference}/ping", get(routes::vm_ping))
+        .route("/vms/{reference}/ports", get(routes::vm_ports))
+        .route("/vms/{reference}/stats", get(routes::vm_stats))
+        .route(
+            "/images",
+            get(routes::list_images).post(routes::register_image),
+        )
+        .route(
+            "/images/{reference}",
+            get(routes::show_image).delete(routes::delete_image),
+        )
         .fallback(not_found)
         .with_state(state);
     instrument(Router::new().nest(API_PREFIX, api).fallback(not_found), ops)

@@ -112,7 +112,23 @@ async fn errors_carry_the_op_id_in_header_and_body() {
         config_warnings: Vec::new(),
         build: BuildInfo::current(),
     };
-    let state = Arc::new(AppState::new(opts, store));
+    let parts = banger_daemon::server::Parts {
+        host: banger_daemon::server::Host {
+            vmm: Arc::new(banger_vmm::fake::FakeVmm::new()),
+            net: Arc::new(banger_net::DirectNetOps::new(
+                banger_core::runner::fake::FakeRunner::new(),
+            )),
+            runner: Arc::new(banger_core::runner::SystemRunner::new()),
+        },
+        subnet: "172.30.0.0/24".parse().unwrap(),
+        ssh: banger_daemon::ssh::SshKey {
+            private_key: dir.path().join("key"),
+            public_key: "ssh-ed25519 AAAA test".into(),
+        },
+        guest_dns: Vec::new(),
+        uid: 0,
+    };
+    let state = Arc::new(AppState::new(opts, store, parts));
     let sock = layout.socket_path();
     let listener = UnixListener::bind(&sock).unwrap();
     let server = tokio::spawn(serve_router(listener, router(state.clone()), async {

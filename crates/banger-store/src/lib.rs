@@ -8,15 +8,19 @@
 //! [`Store::open_read_only`] is for diagnostics: it never creates the file, never migrates,
 //! and the connection refuses writes.
 
+pub mod images;
 pub mod migrations;
+pub mod vms;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
+pub use images::{ImageRow, KernelRow};
 pub use migrations::{MIGRATIONS, Migration};
 pub use rusqlite;
+pub use vms::VmRow;
 
 /// How long a connection waits for a lock held by another connection.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -20,15 +20,22 @@ pub struct Migration {
 }
 
 /// banger's schema, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    id: 1,
-    name: "meta",
-    sql: "CREATE TABLE meta (
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        id: 1,
+        name: "meta",
+        sql: "CREATE TABLE meta (
             key   TEXT PRIMARY KEY,
             value TEXT NOT NULL
           ) STRICT;
           INSERT INTO meta (key, value) VALUES ('created_at', strftime('%Y-%m-%dT%H:%M:%SZ', 'now'));",
-}];
+    },
+    Migration {
+        id: 2,
+        name: "kernels_images_vms",
+        sql: include_str!("migrations/0002_kernels_images_vms.sql"),
+    },
+];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
     id         INTEGER PRIMARY KEY,

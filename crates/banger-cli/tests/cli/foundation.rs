@@ -1,78 +1,13 @@
-//! CLI integration tests: the real `banger` and `bangerd` binaries against a temp BANGER_HOME.
+//! The foundation: version, doctor, daemon start/reuse/replace/stop, errors, completion.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BANGER: &str = env!("CARGO_BIN_EXE_banger");
-
-/// A private banger home; stops its daemon when dropped.
-struct Home {
-    dir: tempfile::TempDir,
-}
-
-impl Home {
-    fn new() -> Self {
-        // Short paths: the socket path must fit in 107 bytes.
-        let dir = tempfile::Builder::new()
-            .prefix("bgr")
-            .tempdir_in("/tmp")
-            .unwrap();
-        Self { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BANGER);
-        c.args(args)
-            .env("BANGER_HOME", self.path())
-            .env_remove("NO_COLOR")
-            .env_remove("BANGER_LOG");
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "banger {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.path().join("run/bangerd.sock")
-    }
-
-    fn status(&self) -> serde_json::Value {
-        serde_json::from_str(&self.ok(&["daemon", "status", "--json"])).unwrap()
-    }
-}
-
-impl Drop for Home {
-    fn drop(&mut self) {
-        let _ = self.cmd(&["daemon", "stop"]).output();
-    }
-}
-
-fn pid_alive(pid: u64) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z")
-}
+use crate::common::*;
 
 #[test]
 fn version_is_shared_by_all_binaries() {
@@ -163,8 +98,13 @@ fn daemon_starts_on_demand_once_and_stops() {
     assert!(text.contains("log file"), "{text}");
     // The daemon logs JSON lines with op ids.
     let log = std::fs::read_to_string(home.path().join("state/bangerd.log")).unwrap();
-    let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
-    assert_eq!(first["level"], "INFO");
+    let listening: serde_json::Value = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["fields"]["message"] == "bangerd listening")
+        .unwrap();
+    assert_eq!(listening["level"], "INFO");
+    assert_eq!(listening["fields"]["pid"].as_u64().unwrap(), pid);
     // Doctor now sees it and the store, and still writes nothing new.
     let doc = home.run(&["doctor"]);
     let doc = String::from_utf8_lossy(&doc.stdout);

@@ -1,0 +1,800 @@
+//! `banger vm ...` and `banger image ...`: turn flags into API requests, render the answers.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use banger_agent::proto::{Health, Ports};
+use banger_api::Client;
+use banger_api::types::{
+    ActionOutcome, ActionRequest, CreateVm, Image, Ping, RegisterImage, SshInfo, Vm, VmAction,
+    VmSettings, VmStats,
+};
+use banger_core::names::{validate_image_name, validate_vm_name};
+use banger_core::size::{ByteSize, parse_size};
+
+use crate::args::{CreateFlags, ImageCommand, ListArgs, RunArgs, VmCommand};
+use crate::error::CliError;
+use crate::ui::{self, Style};
+use crate::{Ctx, connect};
+
+/// Parses a size flag into bytes, naming the flag on error.
+fn size_flag(flag: &str, v: &Option<String>) -> Result<Option<u64>, CliError> {
+    v.as_deref()
+        .map(|s| {
+            let b = parse_size(s).map_err(|e| CliError::Usage(format!("--{flag}: {e}")))?;
+            if b.bytes() == 0 {
+                return Err(CliError::Usage(format!("--{flag} must be larger than 0")));
+            }
+            Ok(b.bytes())
+        })
+        .transpose()
+}
+
+fn memory_flag(v: &Option<String>) -> Result<Option<i64>, CliError> {
+    // A leading '-' is a negative value, which the size parser would call garbage.
+    if let Some(s) = v.as_deref()
+        && s.trim_start().starts_with('-')
+    {
+        return Err(CliError::Usage(format!(
+            "--memory must be larger than 0, got {s}"
+        )));
+    }
+    Ok(size_flag("memory", v)?.map(|b| (b / (1 << 20)) as i64))
+}
+
+fn cpus_flag(v: Option<i64>) -> Result<Option<i64>, CliError> {
+    match v {
+        Some(c) if c <= 0 => Err(CliError::Usage(format!(
+            "--cpus must be larger than 0, got {c}"
+        ))),
+        other => Ok(other),
+    }
+}
+
+/// Builds the create request from flags, checked as the daemon will check it again.
+pub fn create_request(f: &CreateFlags) -> Result<CreateVm, CliError> {
+    if let Some(n) = &f.name {
+        validate_vm_name(n).map_err(|e| CliError::Usage(e.to_string()))?;
+    }
+    if let Some(i) = &f.image {
+        validate_image_name(i).map_err(|e| CliError::Usage(e.to_string()))?;
+    }
+    let memory_mib = memory_flag(&f.memory)?;
+    if memory_mib == Some(0) {
+        return Err(CliError::Usage("--memory must be at least 1 MiB".into()));
+    }
+    Ok(CreateVm {
+        name: f.name.clone(),
+        image: f.image.clone(),
+        cpus: cpus_flag(f.cpus)?,
+        memory_mib,
+        disk_bytes: size_flag("disk", &f.disk)?,
+        work_disk_bytes: size_flag("work-disk", &f.work_disk)?,
+        nat: f.nat.then_some(true),
+        vmm: None,
+    })
+}
+
+pub async fn run(cmd: VmCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
+    match cmd {
+        VmCommand::Create(f) => {
+            let req = create_request(&f)?;
+            let (client, _) = connect(ctx).await?;
+            let vm = create(ctx, &client, &req, "vm create").await?;
+            ctx.ui.line(&vm.name)?;
+            Ok(0)
+        }
+        VmCommand::Run(a) => run_vm(ctx, a).await,
+        VmCommand::Start(r) => act(ctx, VmAction::Start, r.refs, None, None).await,
+        VmCommand::Stop(r) => act(ctx, VmAction::Stop, r.refs, None, None).await,
+        VmCommand::Restart(r) => act(ctx, VmAction::Restart, r.refs, None, None).await,
+        VmCommand::Kill(k) => act(ctx, VmAction::Kill, k.refs.refs, Some(k.signal), None).await,
+        VmCommand::Delete(r) => act(ctx, VmAction::Delete, r.refs, None, None).await,
+        VmCommand::Set(s) => {
+            let settings = VmSettings {
+                cpus: cpus_flag(s.cpus)?,
+                memory_mib: memory_flag(&s.memory)?,
+                disk_bytes: size_flag("disk", &s.disk)?,
+                work_disk_bytes: size_flag("work-disk", &s.work_disk)?,
+            };
+            if settings == VmSettings::default() {
+                return Err(CliError::Usage(
+                    "nothing to set: give --cpus, --memory, --disk or --work-disk".into(),
+                ));
+            }
+            act(ctx, VmAction::Set, s.refs.refs, None, Some(settings)).await
+        }
+        VmCommand::List(l) => list(ctx, &l).await,
+        VmCommand::Show(r) => {
+            let (client, _) = connect(ctx).await?;
+            let vm: Vm = client.get(&format!("/vms/{}", enc(&r.reference))).await?;
+            if r.json {
+                ctx.ui.json(&vm)?;
+            } else {
+                show(ctx, &vm)?;
+            }
+            Ok(0)
+        }
+        VmCommand::Logs(l) => logs(ctx, &l.reference, l.follow).await,
+        VmCommand::Stats(r) => {
+            let (client, _) = connect(ctx).await?;
+            let s: VmStats = client
+                .get(&format!("/vms/{}/stats", enc(&r.reference)))
+                .await?;
+            if r.json {
+                ctx.ui.json(&s)?;
+            } else {
+                let text = ui::key_values(&[
+                    ("vm", s.name.clone()),
+                    ("pid", s.pid.to_string()),
+                    ("uptime", format!("{}s", s.uptime_secs)),
+                    (
+                        "cpu",
+                        format!(
+                            "{:.2}s user, {:.2}s system",
+                            s.cpu_user_secs, s.cpu_system_secs
+                        ),
+                    ),
+                    ("memory (rss)", ByteSize(s.rss_bytes).to_string()),
+                    ("threads", s.threads.to_string()),
+                    (
+                        "disk i/o",
+                        match (s.read_bytes, s.write_bytes) {
+                            (Some(r), Some(w)) => {
+                                format!("{} read, {} written", ByteSize(r), ByteSize(w))
+                            }
+                            _ => "unavailable".into(),
+                        },
+                    ),
+                    (
+                        "root disk",
+                        format!("{} allocated", ByteSize(s.root_disk_allocated)),
+                    ),
+                    (
+                        "work disk",
+                        format!("{} allocated", ByteSize(s.work_disk_allocated)),
+                    ),
+                ]);
+                ctx.ui.out().write_all(text.as_bytes())?;
+            }
+            Ok(0)
+        }
+        VmCommand::Health(r) => {
+            let (client, _) = connect(ctx).await?;
+            let h: Health = client
+                .get(&format!("/vms/{}/health", enc(&r.reference)))
+                .await?;
+            if r.json {
+                ctx.ui.json(&h)?;
+            } else {
+                let text = ui::key_values(&[
+                    ("status", ctx.ui.paint(Style::Green, "healthy")),
+                    ("hostname", h.hostname.clone()),
+                    ("agent", format!("{} (commit {})", h.version, h.commit)),
+                    ("uptime", format!("{}s", h.uptime_secs)),
+                ]);
+                ctx.ui.out().write_all(text.as_bytes())?;
+            }
+            Ok(0)
+        }
+        VmCommand::Ping(r) => {
+            let (client, _) = connect(ctx).await?;
+            let p: Ping = client
+                .get(&format!("/vms/{}/ping", enc(&r.reference)))
+                .await?;
+            if r.json {
+                ctx.ui.json(&p)?;
+            } else {
+                ctx.ui.line(&format!(
+                    "pong from {} in {:.1} ms (agent {})",
+                    p.name, p.rtt_ms, p.agent_version
+                ))?;
+            }
+            Ok(0)
+        }
+        VmCommand::Ports(r) => ports(ctx, &r.reference, r.json).await,
+        VmCommand::Ssh(s) => {
+            let (client, _) = connect(ctx).await?;
+            let vm: Vm = client.get(&format!("/vms/{}", enc(&s.reference))).await?;
+            let info: SshInfo = client.get("/ssh").await?;
+            if vm.state != banger_api::types::VmState::Running {
+                return Err(CliError::Usage(format!(
+                    "VM {} is {}; start it with: banger vm start {}",
+                    vm.name, vm.state, vm.name
+                )));
+            }
+            let code = ssh(&vm, &info, &s.command)?;
+            if s.command.is_empty() {
+                still_running_reminder(ctx, &client, &vm.name).await?;
+            }
+            Ok(code)
+        }
+    }
+}
+
+/// Percent-encodes a path segment (names and ids are plain, but user input may not be).
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Creates a VM, printing each stage to stderr as `[label] stage: detail`.
+async fn create(
+    ctx: &mut Ctx,
+    client: &Client,
+    req: &CreateVm,
+    label: &str,
+) -> Result<Vm, CliError> {
+    let prefix = ctx.ui.paint_err(Style::Dim, &format!("[{label}]"));
+    let mut lines: Vec<String> = Vec::new();
+    let mut err = std::io::stderr();
+    let vm: Vm = client
+        .stream("/vms", req, |stage, detail, _ms| {
+            let line = if detail.is_empty() || stage == "ready" && detail.starts_with("ready") {
+                format!("{prefix} {}", if stage == "ready" { detail } else { stage })
+            } else {
+                format!("{prefix} {stage}: {detail}")
+            };
+            let _ = writeln!(err, "{line}");
+            lines.push(line);
+        })
+        .await?;
+    Ok(vm)
+}
+
+async fn act(
+    ctx: &mut Ctx,
+    action: VmAction,
+    refs: Vec<String>,
+    signal: Option<String>,
+    settings: Option<VmSettings>,
+) -> Result<u8, CliError> {
+    let (client, _) = connect(ctx).await?;
+    let outcomes: Vec<ActionOutcome> = client
+        .post(
+            "/vms/actions",
+            &ActionRequest {
+                action,
+                refs,
+                signal,
+                settings,
+            },
+        )
+        .await?;
+    let mut failed = 0;
+    for o in &outcomes {
+        match (&o.error, &o.vm) {
+            (None, Some(vm)) => {
+                let mut line = format!("{} {vm}", action.past_tense());
+                if let Some(n) = &o.note {
+                    line.push_str(&format!(" ({n})"));
+                }
+                ctx.ui.line(&line)?;
+            }
+            (Some(e), _) => {
+                failed += 1;
+                let op = ctx.ui.paint_err(Style::Dim, &format!("(op {})", e.op_id));
+                let who = o.vm.as_deref().unwrap_or(&o.reference);
+                ctx.ui.note(&format!(
+                    "banger: {who}: {}: {} {op}",
+                    e.kind.word(),
+                    e.message
+                ))?;
+            }
+            (None, None) => {}
+        }
+    }
+    if failed > 0 {
+        return Err(CliError::Partial {
+            failed,
+            total: outcomes.len(),
+        });
+    }
+    Ok(0)
+}
+
+async fn list(ctx: &mut Ctx, l: &ListArgs) -> Result<u8, CliError> {
+    let (client, _) = connect(ctx).await?;
+    let all = l.all || l.latest;
+    let mut vms: Vec<Vm> = client.get(&format!("/vms?all={all}")).await?;
+    if l.latest {
+        vms.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        vms = vms.pop().into_iter().collect();
+    }
+    if l.json {
+        ctx.ui.json(&vms)?;
+    } else if l.quiet {
+        for v in &vms {
+            ctx.ui.line(&v.id[..12.min(v.id.len())])?;
+        }
+    } else {
+        let rows: Vec<Vec<String>> = vms
+            .iter()
+            .map(|v| {
+                let state = match v.state {
+                    banger_api::types::VmState::Running => ctx.ui.paint(Style::Green, "running"),
+                    banger_api::types::VmState::Error => ctx.ui.paint(Style::Red, "error"),
+                    s => s.to_string(),
+                };
+                vec![
+                    v.id[..12.min(v.id.len())].to_string(),
+                    v.name.clone(),
+                    state,
+                    v.image.clone(),
+                    v.ip.clone().unwrap_or_default(),
+                    v.cpus.to_string(),
+                    ByteSize::mib(v.memory_mib).to_string(),
+                    v.vmm.clone(),
+                    v.workspace.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        let text = ui::table(
+            &[
+                "ID",
+                "NAME",
+                "STATE",
+                "IMAGE",
+                "IP",
+                "CPUS",
+                "MEMORY",
+                "VMM",
+                "WORKSPACE",
+            ],
+            &rows,
+        );
+        ctx.ui.out().write_all(text.as_bytes())?;
+    }
+    Ok(0)
+}
+
+pub async fn list_ps(ctx: &mut Ctx, l: &ListArgs) -> Result<u8, CliError> {
+    list(ctx, l).await
+}
+
+fn show(ctx: &mut Ctx, vm: &Vm) -> Result<(), CliError> {
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let mut pairs = vec![
+        ("id", vm.id.clone()),
+        ("name", vm.name.clone()),
+        ("state", vm.state.to_string()),
+        ("image", vm.image.clone()),
+        ("vmm", vm.vmm.clone()),
+        ("cpus", vm.cpus.to_string()),
+        ("memory", ByteSize::mib(vm.memory_mib).to_string()),
+        ("disk", ByteSize(vm.disk_bytes).to_string()),
+        ("work disk", ByteSize(vm.work_disk_bytes).to_string()),
+        ("ip", opt(&vm.ip)),
+        ("mac", opt(&vm.mac)),
+        ("tap", opt(&vm.tap)),
+        ("nat", if vm.nat { "on" } else { "off" }.to_string()),
+        ("pid", vm.pid.map_or("-".into(), |p| p.to_string())),
+        ("created", vm.created_at.clone()),
+        ("started", opt(&vm.started_at)),
+        ("workspace", opt(&vm.workspace)),
+        ("console log", vm.console_log.display().to_string()),
+        ("vmm log", vm.vmm_log.display().to_string()),
+    ];
+    if let Some(e) = &vm.error {
+        pairs.push(("last error", e.clone()));
+    }
+    ctx.ui.out().write_all(ui::key_values(&pairs).as_bytes())?;
+    Ok(())
+}
+
+async fn logs(ctx: &mut Ctx, reference: &str, follow: bool) -> Result<u8, CliError> {
+    let (client, _) = connect(ctx).await?;
+    let vm: Vm = client.get(&format!("/vms/{}", enc(reference))).await?;
+    let files = [
+        ("console", vm.console_log.clone()),
+        ("vmm", vm.vmm_log.clone()),
+    ];
+    let mut offsets = [0u64; 2];
+    for (i, (label, path)) in files.iter().enumerate() {
+        let data = std::fs::read(path).unwrap_or_default();
+        offsets[i] = data.len() as u64;
+        if i == 1 && !data.is_empty() {
+            ctx.ui.line(&ctx.ui.paint(
+                Style::Dim,
+                &format!("--- {label} log ({}) ---", path.display()),
+            ))?;
+        }
+        ctx.ui.out().write_all(&data)?;
+    }
+    if !follow {
+        return Ok(0);
+    }
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(0),
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        for (i, (_, path)) in files.iter().enumerate() {
+            let data = std::fs::read(path).unwrap_or_default();
+            if (data.len() as u64) > offsets[i] {
+                ctx.ui.out().write_all(&data[offsets[i] as usize..])?;
+                ctx.ui.out().flush()?;
+                offsets[i] = data.len() as u64;
+            }
+        }
+    }
+}
+
+async fn ports(ctx: &mut Ctx, reference: &str, json: bool) -> Result<u8, CliError> {
+    let (client, _) = connect(ctx).await?;
+    let vm: Vm = client.get(&format!("/vms/{}", enc(reference))).await?;
+    let p: Ports = client
+        .get(&format!("/vms/{}/ports", enc(reference)))
+        .await?;
+    if json {
+        ctx.ui.json(&p)?;
+        return Ok(0);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut rows = Vec::new();
+    for l in &p.listeners {
+        let proto = format!("{:?}", l.proto).to_lowercase();
+        // Dual-stack duplicates (the same port on 0.0.0.0 and ::) collapse to one row.
+        if !seen.insert((proto.clone(), l.port, l.pid)) {
+            continue;
+        }
+        rows.push(vec![
+            proto,
+            format!("{}.vm:{}", vm.name, l.port),
+            l.process.clone().unwrap_or_else(|| "-".into()),
+            l.command.clone().unwrap_or_default(),
+        ]);
+    }
+    let text = ui::table(&["PROTO", "ENDPOINT", "PROCESS", "COMMAND"], &rows);
+    ctx.ui.out().write_all(text.as_bytes())?;
+    Ok(0)
+}
+
+/// Shell-quotes one word for the remote shell.
+fn quote(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+    {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// The ssh command line for a VM with the managed key.
+pub fn ssh_args(ip: &str, key: &Path, command: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "-i",
+        &key.display().to_string(),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "PasswordAuthentication=no",
+        "-o",
+        "ConnectTimeout=10",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if command.is_empty() {
+        args.push("-t".into());
+    }
+    args.push(format!("root@{ip}"));
+    if !command.is_empty() {
+        args.push("--".into());
+        args.push(
+            command
+                .iter()
+                .map(|w| quote(w))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+    }
+    args
+}
+
+/// Runs ssh in the foreground; returns the remote exit status.
+fn ssh(vm: &Vm, info: &SshInfo, command: &[String]) -> Result<u8, CliError> {
+    let ip = vm
+        .ip
+        .clone()
+        .ok_or_else(|| CliError::Usage(format!("VM {} has no IP", vm.name)))?;
+    let status = std::process::Command::new("ssh")
+        .args(ssh_args(&ip, &info.private_key, command))
+        .stdin(Stdio::inherit())
+        .status()
+        .map_err(|source| CliError::Spawn {
+            program: "ssh".into(),
+            source,
+        })?;
+    match status.code() {
+        Some(255) => Err(CliError::Ssh {
+            vm: vm.name.clone(),
+            detail: "ssh exited with status 255 (connection or authentication failure)".into(),
+        }),
+        Some(c) => Ok(c as u8),
+        None => Err(CliError::Ssh {
+            vm: vm.name.clone(),
+            detail: format!("ssh ended by {status}"),
+        }),
+    }
+}
+
+async fn still_running_reminder(
+    ctx: &mut Ctx,
+    client: &Client,
+    name: &str,
+) -> Result<(), CliError> {
+    if let Ok(vm) = client.get::<Vm>(&format!("/vms/{}", enc(name))).await
+        && vm.state == banger_api::types::VmState::Running
+    {
+        ctx.ui.note(&ctx.ui.paint_err(
+            Style::Dim,
+            &format!("vm {name} is still running (stop with: banger vm stop {name})"),
+        ))?;
+    }
+    Ok(())
+}
+
+/// Waits until something answers on `ip:22` with an SSH banner.
+async fn wait_ssh(ip: &str, deadline: Duration) -> bool {
+    let Ok(addr) = format!("{ip}:22").parse::<SocketAddr>() else {
+        return false;
+    };
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        let probe = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            let mut buf = [0u8; 4];
+            s.read_exact(&mut buf).ok()?;
+            (&buf == b"SSH-").then_some(())
+        })
+        .await;
+        if matches!(probe, Ok(Some(()))) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    false
+}
+
+async fn run_vm(ctx: &mut Ctx, a: RunArgs) -> Result<u8, CliError> {
+    let req = create_request(&a.create)?;
+    let (client, _) = connect(ctx).await?;
+    let info: SshInfo = client.get("/ssh").await?;
+    let vm = create(ctx, &client, &req, "vm create").await?;
+    let tag = ctx.ui.paint_err(Style::Dim, "[vm run]");
+    let secs = a.ssh_timeout.unwrap_or(info.wait_secs);
+    ctx.ui.note(&format!(
+        "{tag} wait ssh: {} (up to {secs}s)",
+        vm.ip.clone().unwrap_or_default()
+    ))?;
+    let ip = vm.ip.clone().unwrap_or_default();
+    if !wait_ssh(&ip, Duration::from_secs(secs)).await {
+        // Keep the VM for a post-mortem, even with --rm.
+        return Err(CliError::SshTimeout {
+            vm: vm.name.clone(),
+            ip,
+            secs,
+        });
+    }
+    ctx.ui.note(&format!("{tag} ssh ready"))?;
+    let result = ssh(&vm, &info, &a.command);
+    if a.rm {
+        // A fresh, short deadline of its own: an interrupted session must not skip cleanup.
+        let cleanup = tokio::time::timeout(
+            Duration::from_secs(60),
+            client.post::<_, Vec<ActionOutcome>>(
+                "/vms/actions",
+                &ActionRequest {
+                    action: VmAction::Delete,
+                    refs: vec![vm.id.clone()],
+                    signal: None,
+                    settings: None,
+                },
+            ),
+        )
+        .await;
+        match cleanup {
+            Ok(Ok(o)) if o.iter().all(|o| o.error.is_none()) => {
+                ctx.ui.note(&format!("{tag} deleted {}", vm.name))?;
+            }
+            _ => ctx.ui.note(&format!(
+                "banger: could not delete VM {}; delete it with: banger vm delete {}",
+                vm.name, vm.name
+            ))?,
+        }
+    } else if a.command.is_empty() {
+        still_running_reminder(ctx, &client, &vm.name).await?;
+    }
+    result
+}
+
+pub async fn image(cmd: ImageCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
+    match cmd {
+        ImageCommand::Register(r) => {
+            validate_image_name(&r.name).map_err(|e| CliError::Usage(e.to_string()))?;
+            let abs = |p: &std::path::PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+            let req = RegisterImage {
+                name: r.name.clone(),
+                rootfs: abs(&r.rootfs),
+                kernel: r.kernel.as_ref().map(abs),
+                initrd: r.initrd.as_ref().map(abs),
+                modules: r.modules.as_ref().map(abs),
+                kernel_ref: r.kernel_ref.clone(),
+                description: r.description.clone(),
+            };
+            req.check_kernel_source().map_err(CliError::Usage)?;
+            let (client, _) = connect(ctx).await?;
+            let img: Image = client.post("/images", &req).await?;
+            ctx.ui.line(&format!(
+                "registered image {} ({})",
+                img.name,
+                ByteSize(img.rootfs_bytes)
+            ))?;
+            Ok(0)
+        }
+        ImageCommand::List(j) => {
+            let (client, _) = connect(ctx).await?;
+            let imgs: Vec<Image> = client.get("/images").await?;
+            if j.json {
+                ctx.ui.json(&imgs)?;
+            } else {
+                let rows: Vec<Vec<String>> = imgs
+                    .iter()
+                    .map(|i| {
+                        vec![
+                            i.name.clone(),
+                            i.id[..12.min(i.id.len())].to_string(),
+                            ByteSize(i.rootfs_bytes).to_string(),
+                            i.kernel_ref.clone().unwrap_or_else(|| "(own)".into()),
+                            i.used_by.len().to_string(),
+                            i.created_at.clone(),
+                        ]
+                    })
+                    .collect();
+                let text = ui::table(
+                    &["NAME", "ID", "ROOTFS SIZE", "KERNEL", "VMS", "CREATED"],
+                    &rows,
+                );
+                ctx.ui.out().write_all(text.as_bytes())?;
+            }
+            Ok(0)
+        }
+        ImageCommand::Show(r) => {
+            let (client, _) = connect(ctx).await?;
+            let i: Image = client
+                .get(&format!("/images/{}", enc(&r.reference)))
+                .await?;
+            if r.json {
+                ctx.ui.json(&i)?;
+            } else {
+                let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+                let p = |v: &Option<std::path::PathBuf>| {
+                    v.as_ref().map_or("-".into(), |p| p.display().to_string())
+                };
+                let text = ui::key_values(&[
+                    ("name", i.name.clone()),
+                    ("id", i.id.clone()),
+                    (
+                        "rootfs",
+                        format!("{} ({})", i.rootfs.display(), ByteSize(i.rootfs_bytes)),
+                    ),
+                    ("kernel", p(&i.kernel)),
+                    ("initrd", p(&i.initrd)),
+                    ("modules", p(&i.modules)),
+                    ("kernel ref", opt(&i.kernel_ref)),
+                    ("distro", opt(&i.distro)),
+                    ("arch", opt(&i.arch)),
+                    ("description", opt(&i.description)),
+                    ("created", i.created_at.clone()),
+                    (
+                        "used by",
+                        if i.used_by.is_empty() {
+                            "-".into()
+                        } else {
+                            i.used_by.join(", ")
+                        },
+                    ),
+                ]);
+                ctx.ui.out().write_all(text.as_bytes())?;
+            }
+            Ok(0)
+        }
+        ImageCommand::Delete(r) => {
+            let (client, _) = connect(ctx).await?;
+            let _: serde_json::Value = client
+                .delete(&format!("/images/{}", enc(&r.reference)))
+                .await?;
+            ctx.ui.line(&format!("deleted image {}", r.reference))?;
+            Ok(0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_keeps_words() {
+        assert_eq!(quote("uname"), "uname");
+        assert_eq!(quote("exit 7"), "'exit 7'");
+        assert_eq!(quote("it's"), r"'it'\''s'");
+        assert_eq!(quote(""), "''");
+        let a = ssh_args(
+            "172.30.0.2",
+            Path::new("/k"),
+            &["sh".into(), "-c".into(), "exit 7".into()],
+        );
+        assert_eq!(a.last().unwrap(), "sh -c 'exit 7'");
+        assert!(!a.contains(&"-t".to_string()));
+        assert!(ssh_args("1.2.3.4", Path::new("/k"), &[]).contains(&"-t".to_string()));
+    }
+
+    #[test]
+    fn create_flags_are_checked() {
+        let bad = |f: CreateFlags| create_request(&f).is_err();
+        assert!(bad(CreateFlags {
+            name: Some("Bad".into()),
+            ..Default::default()
+        }));
+        assert!(bad(CreateFlags {
+            cpus: Some(0),
+            ..Default::default()
+        }));
+        assert!(bad(CreateFlags {
+            cpus: Some(-2),
+            ..Default::default()
+        }));
+        assert!(bad(CreateFlags {
+            memory: Some("0".into()),
+            ..Default::default()
+        }));
+        assert!(bad(CreateFlags {
+            memory: Some("-5".into()),
+            ..Default::default()
+        }));
+        assert!(bad(CreateFlags {
+            memory: Some("lots".into()),
+            ..Default::default()
+        }));
+        assert!(bad(CreateFlags {
+            disk: Some("0G".into()),
+            ..Default::default()
+        }));
+        let ok = create_request(&CreateFlags {
+            memory: Some("1G".into()),
+            cpus: Some(4),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (ok.cpus, ok.memory_mib, ok.name, ok.nat),
+            (Some(4), Some(1024), None, None)
+        );
+    }
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(enc("web-1"), "web-1");
+        assert_eq!(enc("a/b c"), "a%2Fb%20c");
+    }
+}

@@ -1,0 +1,237 @@
+//! Shared helpers: a private banger home, running the real binaries.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const BANGER: &str = env!("CARGO_BIN_EXE_banger");
+
+/// A private banger home; stops its daemon when dropped.
+pub struct Home {
+    pub dir: tempfile::TempDir,
+    /// Network namespace the CLI (and so its daemon) runs in.
+    pub netns: Option<String>,
+}
+
+impl Home {
+    pub fn new() -> Self {
+        // Short paths: the socket path must fit in 107 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("bgr")
+            .tempdir_in("/tmp")
+            .unwrap();
+        Self { dir, netns: None }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, BANGER]);
+                c
+            }
+            None => Command::new(BANGER),
+        };
+        c.args(args)
+            .env("BANGER_HOME", self.path())
+            .env_remove("NO_COLOR")
+            .env_remove("BANGER_LOG");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "banger {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.path().join("run/bangerd.sock")
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["daemon", "status", "--json"])).unwrap()
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        if self.netns.is_some() {
+            // Delete every VM so no VMM outlives the test, then stop the daemon.
+            if let Ok(out) = self.cmd(&["vm", "ls", "-aq"]).output() {
+                let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(str::to_string)
+                    .collect();
+                if !ids.is_empty() {
+                    let mut args = vec!["vm", "delete"];
+                    args.extend(ids.iter().map(String::as_str));
+                    let _ = self.cmd(&args).output();
+                }
+            }
+        }
+        let _ = self.cmd(&["daemon", "stop"]).output();
+        for pid in pids_mentioning(&self.path().display().to_string()) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        if let Some(ns) = &self.netns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Processes whose command line mentions `needle`.
+pub fn pids_mentioning(needle: &str) -> Vec<u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(needle)
+                })
+                .unwrap_or(false)
+        })
+        .filter(|pid| pid_alive(u64::from(*pid)))
+        .collect()
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The directory holding the workspace's binaries (target/debug).
+pub fn bin_dir() -> PathBuf {
+    Path::new(BANGER).parent().unwrap().to_path_buf()
+}
+
+static NETNS_SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl Home {
+    /// A home whose CLI and daemon run in a private network namespace, with Firecracker
+    /// replaced by the fake and a small registered image `test-img`. `None` (after printing
+    /// why) when the test cannot run here.
+    #[allow(clippy::print_stderr)] // the visible reason for a skip
+    pub fn for_vms(config: &str) -> Option<Self> {
+        if !is_root() {
+            eprintln!("skipped: needs root (network namespaces, bridges and TAP devices)");
+            return None;
+        }
+        let fake = bin_dir().join("banger-fake-firecracker");
+        if !fake.exists() || !bin_dir().join("banger-agent").exists() {
+            panic!(
+                "build the workspace first: cargo build --workspace (missing {})",
+                fake.display()
+            );
+        }
+        let mut home = Self::new();
+        let ns = format!(
+            "bgt{}-{}",
+            std::process::id(),
+            NETNS_SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        let st = Command::new("ip")
+            .args(["netns", "add", &ns])
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip netns add {ns}");
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &ns, "ip", "link", "set", "lo", "up"])
+            .status();
+        home.netns = Some(ns);
+        std::fs::create_dir_all(home.path().join("config")).unwrap();
+        std::fs::write(home.path().join("config/config.toml"), {
+            let mut text = format!("firecracker_bin = \"{}\"\n{config}", fake.display());
+            for (key, default) in [("stop_grace_secs", "3"), ("agent_wait_secs", "15")] {
+                if !config.contains(key) {
+                    text.push_str(&format!("{key} = {default}\n"));
+                }
+            }
+            text
+        })
+        .unwrap();
+        home.make_image("test-img");
+        Some(home)
+    }
+
+    /// Builds a small ext4 rootfs and a stand-in kernel, and registers them as `name`.
+    pub fn make_image(&self, name: &str) {
+        let src = self.path().join("img-src");
+        std::fs::create_dir_all(src.join("root")).unwrap();
+        std::fs::create_dir_all(src.join("etc")).unwrap();
+        std::fs::write(src.join("root/.bashrc"), "# test\n").unwrap();
+        std::fs::write(src.join("etc/fstab"), "proc /proc proc defaults 0 0\n").unwrap();
+        let rootfs = self.path().join("rootfs.ext4");
+        let st = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&src)
+            .arg(&rootfs)
+            .arg("64M")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let kernel = self.path().join("vmlinux");
+        std::fs::write(&kernel, b"\x7fELF fake kernel").unwrap();
+        self.ok(&[
+            "image",
+            "register",
+            "--name",
+            name,
+            "--rootfs",
+            rootfs.to_str().unwrap(),
+            "--kernel",
+            kernel.to_str().unwrap(),
+        ]);
+    }
+
+    /// `banger vm list --all --json` as values.
+    pub fn vms(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str::<Vec<serde_json::Value>>(&self.ok(&["vm", "list", "--all", "--json"]))
+            .unwrap()
+    }
+
+    pub fn vm(&self, name: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["vm", "show", name, "--json"])).unwrap()
+    }
+
+    /// Runs a command inside this home's network namespace.
+    pub fn in_ns(&self, args: &[&str]) -> Output {
+        let ns = self.netns.as_deref().unwrap();
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn link_exists(&self, name: &str) -> bool {
+        self.in_ns(&["ip", "link", "show", name]).status.success()
+    }
+}
+
+pub fn pid_alive(pid: u64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z")
+}

@@ -1,0 +1,7 @@
+//! CLI integration tests: the real `banger` and `bangerd` binaries against a temp
+//! `BANGER_HOME`. VM tests run the CLI and its daemon in a private network namespace, with the
+//! fake Firecracker standing in for the VMM and a real `banger-agent` behind its vsock.
+
+mod common;
+mod foundation;
+mod vm;

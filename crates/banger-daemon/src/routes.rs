@@ -1,0 +1,209 @@
+//! HTTP handlers: decode the request, call the operation, encode the answer. Long operations
+//! (`POST /v1/vms`) stream NDJSON events; the stream holds a cancellation guard, so a client
+//! that goes away cancels the operation, which then rolls back.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use banger_agent::proto::{Health, Ports};
+use banger_api::types::{
+    ActionOutcome, ActionRequest, CreateVm, Event, Image, Ping, RegisterImage, SshInfo, Vm,
+    VmState, VmStats,
+};
+use serde::Deserialize;
+use tracing::Instrument;
+
+use crate::error::OpError;
+use crate::server::{AppState, HandlerError, OpId};
+use crate::{images, stats, vms};
+
+type S = State<Arc<AppState>>;
+
+/// How often a streamed operation writes a blank line while it has nothing to report.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+pub async fn list_vms(
+    State(state): S,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<Vm>>, HandlerError> {
+    let rows = state.vm_rows()?;
+    Ok(Json(
+        rows.iter()
+            .filter(|r| q.all || r.state == VmState::Running.as_str())
+            .map(|r| state.vm_view(r))
+            .collect(),
+    ))
+}
+
+pub async fn show_vm(
+    State(state): S,
+    Path(reference): Path<String>,
+) -> Result<Json<Vm>, HandlerError> {
+    let row = state.find_vm(&reference)?;
+    Ok(Json(state.vm_view(&row)))
+}
+
+pub async fn create_vm(State(state): S, Json(req): Json<CreateVm>) -> Response {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event<Vm>>();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let guard = cancel.clone().drop_guard();
+    let progress = vms::Progress::new(Some(tx.clone()));
+    tokio::spawn(
+        async move {
+            let ev = match vms::create(state, req, progress, cancel).await {
+                Ok(vm) => Event::Result { result: vm },
+                Err(e) => Event::Error { error: e.into() },
+            };
+            let _ = tx.send(ev);
+        }
+        .instrument(tracing::Span::current()),
+    );
+    // A blank line every HEARTBEAT: hyper only notices a client that went away when it
+    // writes, and a quiet phase (waiting for the agent) must still be cancellable.
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let stream = futures_util::stream::poll_fn(move |cx| {
+        // The guard lives as long as the response body: dropping the body cancels.
+        let _keep = &guard;
+        match rx.poll_recv(cx) {
+            Poll::Ready(Some(ev)) => {
+                let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+                line.push(b'\n');
+                Poll::Ready(Some(Ok::<_, Infallible>(line)))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match heartbeat.poll_tick(cx) {
+                Poll::Ready(_) => Poll::Ready(Some(Ok(b"\n".to_vec()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+pub async fn vm_actions(
+    State(state): S,
+    Extension(op): Extension<OpId>,
+    Json(req): Json<ActionRequest>,
+) -> Result<Json<Vec<ActionOutcome>>, HandlerError> {
+    let mut outcomes = vms::act(state, req).await?;
+    for e in outcomes.iter_mut().filter_map(|o| o.error.as_mut()) {
+        e.op_id = op.0.clone();
+    }
+    Ok(Json(outcomes))
+}
+
+const AGENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub async fn vm_health(
+    State(state): S,
+    Path(reference): Path<String>,
+) -> Result<Json<Health>, HandlerError> {
+    let row = state.find_vm(&reference)?;
+    let ep = vms::endpoint_of(&state, &row)?;
+    let h = vms::agent_health(&ep, AGENT_TIMEOUT)
+        .await
+        .map_err(|source| OpError::Agent {
+            vm: row.name.clone(),
+            source,
+        })?;
+    Ok(Json(h))
+}
+
+pub async fn vm_ping(
+    State(state): S,
+    Path(reference): Path<String>,
+) -> Result<Json<Ping>, HandlerError> {
+    let row = state.find_vm(&reference)?;
+    let ep = vms::endpoint_of(&state, &row)?;
+    let t = Instant::now();
+    let h = vms::agent_health(&ep, AGENT_TIMEOUT)
+        .await
+        .map_err(|source| OpError::Agent {
+            vm: row.name.clone(),
+            source,
+        })?;
+    Ok(Json(Ping {
+        name: row.name,
+        rtt_ms: t.elapsed().as_secs_f64() * 1000.0,
+        agent_version: h.version,
+    }))
+}
+
+pub async fn vm_ports(
+    State(state): S,
+    Path(reference): Path<String>,
+) -> Result<Json<Ports>, HandlerError> {
+    let row = state.find_vm(&reference)?;
+    let ep = vms::endpoint_of(&state, &row)?;
+    let p = vms::agent_ports(&ep, AGENT_TIMEOUT)
+        .await
+        .map_err(|source| OpError::Agent {
+            vm: row.name.clone(),
+            source,
+        })?;
+    Ok(Json(p))
+}
+
+pub async fn vm_stats(
+    State(state): S,
+    Path(reference): Path<String>,
+) -> Result<Json<VmStats>, HandlerError> {
+    let row = state.find_vm(&reference)?;
+    let Some(pid) = row.pid.filter(|_| row.state == VmState::Running.as_str()) else {
+        return Err(OpError::NotRunning { vm: row.name }.into());
+    };
+    Ok(Json(stats::read(&row, pid)?))
+}
+
+pub async fn ssh_info(State(state): S) -> Json<SshInfo> {
+    Json(SshInfo {
+        private_key: state.ssh.private_key.clone(),
+        public_key: state.ssh.public_key.clone(),
+        wait_secs: state.opts.config.ssh_wait_secs,
+    })
+}
+
+pub async fn list_images(State(state): S) -> Result<Json<Vec<Image>>, HandlerError> {
+    let rows = state.db(|s| s.list_images()).map_err(OpError::from)?;
+    Ok(Json(rows.iter().map(|r| state.image_view(r)).collect()))
+}
+
+pub async fn show_image(
+    State(state): S,
+    Path(reference): Path<String>,
+) -> Result<Json<Image>, HandlerError> {
+    let row = state.find_image(&reference)?;
+    Ok(Json(state.image_view(&row)))
+}
+
+pub async fn register_image(
+    State(state): S,
+    Json(req): Json<RegisterImage>,
+) -> Result<Json<Image>, HandlerError> {
+    Ok(Json(images::register(state, req).await?))
+}
+
+pub async fn delete_image(
+    State(state): S,
+    Path(reference): Path<String>,
+) -> Result<Json<serde_json::Value>, HandlerError> {
+    images::delete(state, &reference).await?;
+    Ok(Json(serde_json::json!({ "deleted": reference })))
+}

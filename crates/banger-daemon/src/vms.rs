@@ -1,0 +1,1232 @@
+//! The VM lifecycle: create, start, stop, restart, kill, delete, set, and reconciliation.
+//!
+//! Every operation on one VM holds that VM's lock (see [`Locks`]) for its whole duration, so
+//! one VM's operations are serialised while different VMs progress in parallel. The store
+//! mutex is taken only around single queries, never across an await.
+//!
+//! Creation is all-or-nothing: every resource it takes (row, IP, TAP, disks, VMM process) is
+//! undone by [`rollback_create`] when a later step fails or the client goes away, so nothing
+//! half-made remains.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use banger_api::types::{
+    ActionOutcome, ActionRequest, CreateVm, Event, Vm, VmAction, VmSettings, VmState,
+};
+use banger_core::names::validate_vm_name;
+use banger_core::size::ByteSize;
+use banger_net::plan::{allocate, format_mac, mac_for_ip, tap_name_for};
+use banger_store::{ImageRow, VmRow};
+use banger_vmm::{AgentEndpoint, Running, VmSpec};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{OpError, chain};
+use crate::server::AppState;
+
+/// Defaults for `vm create`, also shown in the CLI's help.
+pub const DEFAULT_CPUS: u32 = 2;
+pub const DEFAULT_MEMORY_MIB: u64 = 2048;
+pub const DEFAULT_WORK_DISK: ByteSize = ByteSize::gib(8);
+/// Size of an image's work seed (sparse: only the image's /root contents take space).
+const WORK_SEED_SIZE: u64 = 256 << 20;
+/// Kernel command line for guests: serial console, reboot on panic, root on the first disk.
+pub const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw";
+
+/// Per-VM locks and the image lock. Lock order: a VM lock, then (briefly) the store mutex;
+/// the image lock is taken before a VM lock when both are needed.
+#[derive(Debug, Default)]
+pub struct Locks {
+    vms: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub images: tokio::sync::Mutex<()>,
+}
+
+impl Locks {
+    pub fn vm(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.vms.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(id.to_string()).or_default().clone()
+    }
+
+    fn forget(&self, id: &str) {
+        let mut map = self.vms.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(id);
+    }
+}
+
+/// Seconds since the epoch as RFC 3339.
+pub fn now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    banger_core::build::format_rfc3339(secs)
+}
+
+/// Streams stage events of one long operation.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    tx: Option<UnboundedSender<Event<Vm>>>,
+    start: Instant,
+}
+
+impl Progress {
+    pub fn new(tx: Option<UnboundedSender<Event<Vm>>>) -> Self {
+        Self {
+            tx,
+            start: Instant::now(),
+        }
+    }
+
+    pub fn stage(&self, stage: &str, detail: impl Into<String>) {
+        let detail = detail.into();
+        tracing::info!(stage, detail = %detail, "stage");
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Event::Stage {
+                stage: stage.to_string(),
+                detail,
+                elapsed_ms: self.start.elapsed().as_millis() as u64,
+            });
+        }
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lookups
+
+/// Finds the VM a user reference means: exact id, exact name, then a unique id or name prefix.
+pub fn resolve<'a>(rows: &'a [VmRow], reference: &str) -> Result<&'a VmRow, OpError> {
+    if let Some(r) = rows.iter().find(|r| r.id == reference) {
+        return Ok(r);
+    }
+    if let Some(r) = rows.iter().find(|r| r.name == reference) {
+        return Ok(r);
+    }
+    let matches: Vec<&VmRow> = if reference.is_empty() {
+        Vec::new()
+    } else {
+        rows.iter()
+            .filter(|r| r.id.starts_with(reference) || r.name.starts_with(reference))
+            .collect()
+    };
+    match matches.as_slice() {
+        [one] => Ok(one),
+        [] => Err(OpError::VmNotFound {
+            reference: reference.to_string(),
+        }),
+        many => Err(OpError::Ambiguous {
+            reference: reference.to_string(),
+            candidates: many.iter().map(|r| r.name.clone()).collect(),
+        }),
+    }
+}
+
+fn resolve_image<'a>(rows: &'a [ImageRow], reference: &str) -> Result<&'a ImageRow, OpError> {
+    rows.iter()
+        .find(|r| r.name == reference || r.id == reference)
+        .or_else(|| {
+            let m: Vec<_> = rows
+                .iter()
+                .filter(|r| !reference.is_empty() && r.id.starts_with(reference))
+                .collect();
+            (m.len() == 1).then(|| m[0])
+        })
+        .ok_or_else(|| OpError::ImageNotFound {
+            reference: reference.to_string(),
+        })
+}
+
+impl AppState {
+    /// Runs `f` with the store locked. Never call across an await.
+    pub fn db<T>(&self, f: impl FnOnce(&banger_store::Store) -> T) -> T {
+        let guard = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        f(&guard)
+    }
+
+    pub fn vm_rows(&self) -> Result<Vec<VmRow>, OpError> {
+        Ok(self.db(|s| s.list_vms())?)
+    }
+
+    pub fn find_vm(&self, reference: &str) -> Result<VmRow, OpError> {
+        let rows = self.vm_rows()?;
+        resolve(&rows, reference).cloned()
+    }
+
+    /// The API view of a row.
+    pub fn vm_view(&self, row: &VmRow) -> Vm {
+        let image = self
+            .db(|s| s.get_image(&row.image_id))
+            .ok()
+            .flatten()
+            .map(|i| i.name)
+            .unwrap_or_else(|| row.image_id.clone());
+        let dir = PathBuf::from(&row.dir);
+        Vm {
+            id: row.id.clone(),
+            name: row.name.clone(),
+            state: VmState::parse(&row.state).unwrap_or(VmState::Error),
+            image,
+            image_id: row.image_id.clone(),
+            vmm: row.vmm.clone(),
+            cpus: row.cpus,
+            memory_mib: row.memory_mib,
+            disk_bytes: row.disk_bytes,
+            work_disk_bytes: row.work_disk_bytes,
+            nat: row.nat,
+            ip: row.ip.clone(),
+            mac: row.mac.clone(),
+            tap: row.tap.clone(),
+            vsock_cid: row.vsock_cid,
+            pid: row.pid,
+            created_at: row.created_at.clone(),
+            started_at: row.started_at.clone(),
+            console_log: dir.join("console.log"),
+            vmm_log: dir.join("vmm.log"),
+            dir,
+            error: row.error.clone(),
+            workspace: row
+                .workspace_json
+                .as_deref()
+                .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+                .and_then(|v| {
+                    v.get("guest_path")
+                        .and_then(|p| p.as_str())
+                        .map(String::from)
+                }),
+        }
+    }
+
+    fn run_dir(&self, id: &str) -> PathBuf {
+        self.opts
+            .layout
+            .runtime_dir
+            .join("vms")
+            .join(&id[..12.min(id.len())])
+    }
+
+    fn vm_dir(&self, id: &str) -> PathBuf {
+        self.opts.layout.state_dir.join("vms").join(id)
+    }
+
+    /// Everything the VMM needs to boot `row`.
+    fn spec(&self, row: &VmRow) -> Result<VmSpec, OpError> {
+        let image =
+            self.db(|s| s.get_image(&row.image_id))?
+                .ok_or_else(|| OpError::ImageNotFound {
+                    reference: row.image_id.clone(),
+                })?;
+        let (kernel, initrd) = self.kernel_of(&image)?;
+        let dir = PathBuf::from(&row.dir);
+        Ok(VmSpec {
+            vm_id: row.id.clone(),
+            vcpus: row.cpus,
+            memory_mib: row.memory_mib,
+            kernel,
+            initrd,
+            boot_args: BOOT_ARGS.to_string(),
+            root_disk: dir.join("root.ext4"),
+            work_disk: dir.join("work.ext4"),
+            tap: row.tap.clone().unwrap_or_default(),
+            mac: row.mac.clone().unwrap_or_default(),
+            vsock_cid: row.vsock_cid.unwrap_or(3),
+            run_dir: self.run_dir(&row.id),
+            console_log: dir.join("console.log"),
+            vmm_log: dir.join("vmm.log"),
+        })
+    }
+
+    /// The kernel (and initrd) an image boots with.
+    fn kernel_of(&self, image: &ImageRow) -> Result<(PathBuf, Option<PathBuf>), OpError> {
+        if let Some(k) = &image.kernel {
+            return Ok((PathBuf::from(k), image.initrd.as_ref().map(PathBuf::from)));
+        }
+        let name = image.kernel_ref.clone().unwrap_or_default();
+        let k = self
+            .db(|s| s.get_kernel(&name))?
+            .ok_or(OpError::KernelNotFound { name: name.clone() })?;
+        let path = match self.host.vmm.kind() {
+            banger_vmm::VmmKind::Firecracker => k.vmlinux.or(k.vmlinuz),
+            _ => k.vmlinuz.or(k.vmlinux),
+        }
+        .ok_or(OpError::KernelNotFound { name })?;
+        Ok((PathBuf::from(path), k.initrd.map(PathBuf::from)))
+    }
+
+    fn set_vm(&self, row: &VmRow) -> Result<(), OpError> {
+        Ok(self.db(|s| s.update_vm(row))?)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Create
+
+/// Checks a requested cpu count and memory size (also done by the CLI).
+pub fn check_resources(cpus: Option<i64>, memory_mib: Option<i64>) -> Result<(), OpError> {
+    if let Some(c) = cpus
+        && !(1..=256).contains(&c)
+    {
+        return Err(OpError::Invalid {
+            what: format!("cpus must be between 1 and 256, got {c}"),
+        });
+    }
+    if let Some(m) = memory_mib
+        && !(1..=(1 << 24)).contains(&m)
+    {
+        return Err(OpError::Invalid {
+            what: format!("memory must be more than 0 MiB, got {m} MiB"),
+        });
+    }
+    Ok(())
+}
+
+fn check_size(what: &str, v: Option<u64>) -> Result<(), OpError> {
+    if v == Some(0) {
+        return Err(OpError::Invalid {
+            what: format!("{what} must be larger than 0"),
+        });
+    }
+    Ok(())
+}
+
+/// A friendly default name: adjective-noun, made unique with a number when needed.
+fn generate_name(taken: &BTreeSet<String>) -> String {
+    const ADJ: &[&str] = &[
+        "brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "kind", "lucky", "merry",
+        "nimble", "proud", "quick", "silly", "witty", "zesty",
+    ];
+    const NOUN: &[&str] = &[
+        "otter", "falcon", "badger", "heron", "lynx", "marten", "newt", "osprey", "panda", "quail",
+        "raven", "stoat", "tapir", "walrus", "yak", "zebra",
+    ];
+    let seed = uuid::Uuid::new_v4().as_u128();
+    let base = format!(
+        "{}-{}",
+        ADJ[(seed % ADJ.len() as u128) as usize],
+        NOUN[((seed >> 16) % NOUN.len() as u128) as usize]
+    );
+    if !taken.contains(&base) {
+        return base;
+    }
+    (2..)
+        .map(|n| format!("{base}-{n}"))
+        .find(|n| !taken.contains(n))
+        .unwrap_or(base)
+}
+
+/// Creates and boots a VM, streaming stages. On failure or cancellation nothing remains.
+pub async fn create(
+    state: Arc<AppState>,
+    req: CreateVm,
+    progress: Progress,
+    cancel: CancellationToken,
+) -> Result<Vm, OpError> {
+    check_resources(req.cpus, req.memory_mib)?;
+    check_size("disk size", req.disk_bytes)?;
+    check_size("work disk size", req.work_disk_bytes)?;
+    if let Some(name) = &req.name {
+        validate_vm_name(name)?;
+    }
+    if let Some(v) = &req.vmm
+        && v != state.host.vmm.kind().to_string().as_str()
+    {
+        return Err(OpError::Invalid {
+            what: format!(
+                "VMM {v:?} is not available; this daemon runs {}",
+                state.host.vmm.kind()
+            ),
+        });
+    }
+    let image_ref = req
+        .image
+        .clone()
+        .unwrap_or_else(|| state.opts.config.default_image.clone());
+    progress.stage("resolve image", image_ref.clone());
+    let images = state.db(|s| s.list_images())?;
+    let image = resolve_image(&images, &image_ref)?.clone();
+    state.kernel_of(&image)?;
+
+    // Allocate name, id, address, MAC, TAP and vsock CID, and insert the row: one step under
+    // the store mutex, so concurrent creates never get the same lease.
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let dir = state.vm_dir(&id);
+    let row = state.db(|s| -> Result<VmRow, OpError> {
+        let rows = s.list_vms()?;
+        let names: BTreeSet<String> = rows.iter().map(|r| r.name.clone()).collect();
+        let name = match &req.name {
+            Some(n) if names.contains(n) => return Err(OpError::NameTaken { name: n.clone() }),
+            Some(n) => n.clone(),
+            None => generate_name(&names),
+        };
+        let used: BTreeSet<Ipv4Addr> = rows
+            .iter()
+            .filter_map(|r| r.ip.as_deref()?.parse().ok())
+            .collect();
+        let ip = allocate(&state.subnet, &used).ok_or_else(|| OpError::SubnetFull {
+            subnet: state.subnet.to_string(),
+        })?;
+        let cids: BTreeSet<u32> = rows.iter().filter_map(|r| r.vsock_cid).collect();
+        let cid = (3u32..).find(|c| !cids.contains(c)).unwrap_or(3);
+        let row = VmRow {
+            id: id.clone(),
+            name,
+            image_id: image.id.clone(),
+            state: VmState::Creating.as_str().to_string(),
+            vmm: state.host.vmm.kind().to_string(),
+            cpus: req.cpus.map_or(DEFAULT_CPUS, |c| c as u32),
+            memory_mib: req.memory_mib.map_or(DEFAULT_MEMORY_MIB, |m| m as u64),
+            disk_bytes: req
+                .disk_bytes
+                .unwrap_or(image.rootfs_bytes)
+                .max(image.rootfs_bytes),
+            work_disk_bytes: req.work_disk_bytes.unwrap_or(DEFAULT_WORK_DISK.bytes()),
+            nat: req.nat.unwrap_or(false),
+            ip: Some(ip.to_string()),
+            mac: Some(format_mac(&mac_for_ip(ip))),
+            tap: Some(tap_name_for(&id)),
+            vsock_cid: Some(cid),
+            pid: None,
+            dir: dir.display().to_string(),
+            error: None,
+            workspace_json: None,
+            created_at: now(),
+            started_at: None,
+        };
+        s.insert_vm(&row).map_err(|e| match e {
+            banger_store::rusqlite::Error::SqliteFailure(f, _)
+                if f.code == banger_store::rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                OpError::NameTaken {
+                    name: row.name.clone(),
+                }
+            }
+            other => OpError::StoreWrite {
+                what: format!("insert vm {}", row.name),
+                source: other,
+            },
+        })?;
+        Ok(row)
+    })?;
+    let lock = state.locks.vm(&row.id);
+    let _guard = lock.lock().await;
+    let span = tracing::info_span!("vm", vm = %row.name, id = %row.id);
+    let _enter = span.enter();
+    drop(_enter);
+    let result = tokio::select! {
+        r = create_steps(&state, row.clone(), &image, &progress) => r,
+        _ = cancel.cancelled() => Err(OpError::Cancelled),
+    };
+    match result {
+        Ok(vm) => Ok(vm),
+        Err(e) => {
+            tracing::warn!(vm = %row.name, error = %chain(&e), "create failed; rolling back");
+            rollback_create(&state, &row).await;
+            Err(e)
+        }
+    }
+}
+
+async fn create_steps(
+    state: &Arc<AppState>,
+    mut row: VmRow,
+    image: &ImageRow,
+    progress: &Progress,
+) -> Result<Vm, OpError> {
+    progress.stage(
+        "prepare disks",
+        format!("{}", PathBuf::from(&row.dir).display()),
+    );
+    prepare_disks(state, &row, image).await?;
+    boot(state, &mut row, progress).await?;
+    progress.stage(
+        "ready",
+        format!("ready in {:.1}s", progress.elapsed().as_secs_f64()),
+    );
+    Ok(state.vm_view(&row))
+}
+
+/// Clones the image's disks for the VM and writes its identity into them.
+async fn prepare_disks(
+    state: &Arc<AppState>,
+    row: &VmRow,
+    image: &ImageRow,
+) -> Result<(), OpError> {
+    let dir = PathBuf::from(&row.dir);
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(OpError::io("create", &dir))?;
+    let seed = ensure_work_seed(state, image).await?;
+    let runner = state.host.runner.clone();
+    let vm = row.name.clone();
+    let rootfs = PathBuf::from(&image.rootfs);
+    let root = dir.join("root.ext4");
+    let work = dir.join("work.ext4");
+    let (disk_bytes, work_bytes) = (row.disk_bytes, row.work_disk_bytes);
+    let ip: Ipv4Addr = row
+        .ip
+        .as_deref()
+        .and_then(|i| i.parse().ok())
+        .ok_or_else(|| OpError::Invalid {
+            what: format!("VM {vm} has no address"),
+        })?;
+    let guest = banger_disk::guest::GuestConfig {
+        hostname: row.name.clone(),
+        ip,
+        prefix: state.subnet.prefix(),
+        gateway: state.subnet.gateway(),
+        dns: state.guest_dns.clone(),
+        mac: row.mac.clone().unwrap_or_default(),
+    };
+    let pubkey = state.ssh.public_key.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), banger_disk::DiskError> {
+        banger_disk::copy::clone_file(&rootfs, &root)?;
+        if disk_bytes > std::fs::metadata(&root).map(|m| m.len()).unwrap_or(0) {
+            banger_disk::ext4::grow(runner.as_ref(), &root, disk_bytes)?;
+        }
+        banger_disk::guest::write_guest_config(runner.as_ref(), &root, &guest)?;
+        banger_disk::work::clone_work_disk(runner.as_ref(), &seed, &work, work_bytes)?;
+        banger_disk::guest::authorize_ssh_key(runner.as_ref(), &work, &pubkey)?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| OpError::Join(e.to_string()))?
+    .map_err(|source| OpError::Disk {
+        vm,
+        source: Box::new(source),
+    })
+}
+
+/// The image's work seed (made once, under the image lock).
+async fn ensure_work_seed(state: &Arc<AppState>, image: &ImageRow) -> Result<PathBuf, OpError> {
+    let _g = state.locks.images.lock().await;
+    let current = state.db(|s| s.get_image(&image.id))?;
+    if let Some(seed) = current.and_then(|i| i.work_seed)
+        && Path::new(&seed).exists()
+    {
+        return Ok(PathBuf::from(seed));
+    }
+    let out = PathBuf::from(&image.dir).join("work-seed.ext4");
+    let runner = state.host.runner.clone();
+    let rootfs = PathBuf::from(&image.rootfs);
+    let out2 = out.clone();
+    tokio::task::spawn_blocking(move || {
+        banger_disk::work::make_work_seed(runner.as_ref(), &rootfs, &out2, WORK_SEED_SIZE)
+    })
+    .await
+    .map_err(|e| OpError::Join(e.to_string()))?
+    .map_err(|source| OpError::Disk {
+        vm: format!("(image {})", image.name),
+        source: Box::new(source),
+    })?;
+    let seed = out.display().to_string();
+    state.db(|s| s.set_image_work_seed(&image.id, &seed))?;
+    Ok(out)
+}
+
+/// Network up, VMM started, agent answering; the row is updated to `running`.
+async fn boot(state: &Arc<AppState>, row: &mut VmRow, progress: &Progress) -> Result<(), OpError> {
+    let spec = state.spec(row)?;
+    progress.stage(
+        "network",
+        format!("{} on {}", spec.tap, state.opts.config.bridge_name),
+    );
+    net_up(state, row).await?;
+    progress.stage("start VMM", state.host.vmm.kind().to_string());
+    tokio::fs::create_dir_all(&spec.run_dir)
+        .await
+        .map_err(OpError::io("create", &spec.run_dir))?;
+    let running = state
+        .host
+        .vmm
+        .start(&spec)
+        .await
+        .map_err(|source| OpError::Vmm {
+            vm: row.name.clone(),
+            source: Box::new(source),
+        })?;
+    row.pid = Some(running.pid);
+    row.state = VmState::Running.as_str().to_string();
+    row.started_at = Some(now());
+    row.error = None;
+    state.set_vm(row)?;
+    progress.stage("wait agent", format!("pid {}", running.pid));
+    wait_agent(state, &row.name, &running.agent).await?;
+    Ok(())
+}
+
+async fn net_up(state: &Arc<AppState>, row: &VmRow) -> Result<(), OpError> {
+    let net = state.host.net.clone();
+    let bridge = state.opts.config.bridge_name.clone();
+    let subnet = state.subnet;
+    let tap = row.tap.clone().unwrap_or_default();
+    let nat = row.nat;
+    let ip: Option<Ipv4Addr> = row.ip.as_deref().and_then(|i| i.parse().ok());
+    let uid = Some(state.uid);
+    tokio::task::spawn_blocking(move || -> Result<(), banger_net::NetError> {
+        net.ensure_bridge(&bridge, &subnet)?;
+        net.create_tap(&tap, &bridge, uid)?;
+        if nat && let Some(ip) = ip {
+            net.enable_nat(&subnet, ip, None)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| OpError::Join(e.to_string()))?
+    .map_err(|source| OpError::Net {
+        vm: row.name.clone(),
+        source,
+    })
+}
+
+/// Undoes what a start took: TAP, NAT rule, sockets. Best effort; failures are logged.
+async fn release(state: &Arc<AppState>, row: &VmRow) {
+    let net = state.host.net.clone();
+    let tap = row.tap.clone();
+    let ip: Option<Ipv4Addr> = row.ip.as_deref().and_then(|i| i.parse().ok());
+    let nat = row.nat;
+    let name = row.name.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(tap) = tap
+            && let Err(e) = net.delete_tap(&tap)
+        {
+            tracing::warn!(vm = %name, error = %chain(&e), "cannot delete TAP");
+        }
+        if nat
+            && let Some(ip) = ip
+            && let Err(e) = net.disable_nat(ip)
+        {
+            tracing::warn!(vm = %name, error = %chain(&e), "cannot remove NAT rule");
+        }
+    })
+    .await;
+    let run_dir = state.run_dir(&row.id);
+    if let Err(e) = tokio::fs::remove_dir_all(&run_dir).await
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(vm = %row.name, dir = %run_dir.display(), error = %e, "cannot remove run dir");
+    }
+}
+
+/// Removes every trace of a VM whose creation did not finish.
+pub async fn rollback_create(state: &Arc<AppState>, row: &VmRow) {
+    let current = state.db(|s| s.get_vm(&row.id)).ok().flatten();
+    let row = current.as_ref().unwrap_or(row);
+    if let Some(pid) = row.pid {
+        kill_and_wait(pid).await;
+    } else if let Ok(spec) = state.spec(row)
+        && let Some(run) = state.host.vmm.find_live(&spec).await
+    {
+        kill_and_wait(run.pid).await;
+    }
+    release(state, row).await;
+    let dir = PathBuf::from(&row.dir);
+    if let Err(e) = tokio::fs::remove_dir_all(&dir).await
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(vm = %row.name, error = %e, "cannot remove VM dir");
+    }
+    if let Err(e) = state.db(|s| s.delete_vm(&row.id)) {
+        tracing::error!(vm = %row.name, error = %chain(&e), "cannot delete VM row");
+    }
+    state.locks.forget(&row.id);
+}
+
+async fn kill_and_wait(pid: u32) {
+    if let Err(e) = banger_vmm::process::signal(pid, banger_vmm::process::Signal::KILL) {
+        tracing::warn!(pid, error = %chain(&e), "cannot kill VMM");
+    }
+    banger_vmm::process::wait_exit(pid, Duration::from_secs(5)).await;
+}
+
+/// The running VMM of `row` with pid `pid`: found by its control socket when it answers,
+/// else assembled from what is stored (a shutdown request then fails and stop kills it).
+async fn running_of(state: &Arc<AppState>, row: &VmRow, pid: u32) -> Running {
+    if let Ok(spec) = state.spec(row) {
+        if let Some(live) = state.host.vmm.find_live(&spec).await {
+            return live;
+        }
+        return Running {
+            vm_id: row.id.clone(),
+            pid,
+            api_socket: spec.run_dir.join("api.sock"),
+            agent: state.host.vmm.agent_endpoint(&spec),
+        };
+    }
+    Running {
+        vm_id: row.id.clone(),
+        pid,
+        api_socket: state.run_dir(&row.id).join("api.sock"),
+        agent: AgentEndpoint::Unix(PathBuf::new()),
+    }
+}
+
+/// Whether process `pid`'s command line mentions `dir` (guards against a reused pid).
+fn cmdline_mentions(pid: u32, dir: &Path) -> bool {
+    let needle = dir.display().to_string();
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+        .unwrap_or(false)
+}
+
+/// Polls the guest agent until it answers or the deadline passes.
+async fn wait_agent(
+    state: &Arc<AppState>,
+    vm: &str,
+    endpoint: &AgentEndpoint,
+) -> Result<(), OpError> {
+    let secs = state.opts.config.agent_wait_secs;
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut last;
+    loop {
+        match agent_health(endpoint, Duration::from_secs(2)).await {
+            Ok(_) => return Ok(()),
+            Err(e) => last = chain(&e),
+        }
+        if Instant::now() >= deadline {
+            return Err(OpError::AgentTimeout {
+                vm: vm.to_string(),
+                secs,
+                last,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn agent_stream(
+    endpoint: &AgentEndpoint,
+    timeout: Duration,
+) -> Result<tokio::net::UnixStream, banger_agent::client::ClientError> {
+    let fut = async {
+        match endpoint {
+            AgentEndpoint::HybridVsock { uds, port } => {
+                banger_agent::client::connect_hybrid_vsock(uds, *port).await
+            }
+            AgentEndpoint::Unix(path) => banger_agent::client::connect_unix(path).await,
+        }
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(banger_agent::client::ClientError::Timeout {
+            path: match endpoint {
+                AgentEndpoint::HybridVsock { uds, .. } => uds.display().to_string(),
+                AgentEndpoint::Unix(p) => p.display().to_string(),
+            },
+            after: timeout,
+        }),
+    }
+}
+
+/// Asks the agent at `endpoint` for its health.
+pub async fn agent_health(
+    endpoint: &AgentEndpoint,
+    timeout: Duration,
+) -> Result<banger_agent::proto::Health, banger_agent::client::ClientError> {
+    let stream = agent_stream(endpoint, timeout).await?;
+    banger_agent::client::health(stream, timeout).await
+}
+
+/// Asks the agent at `endpoint` for the guest's listening sockets.
+pub async fn agent_ports(
+    endpoint: &AgentEndpoint,
+    timeout: Duration,
+) -> Result<banger_agent::proto::Ports, banger_agent::client::ClientError> {
+    let stream = agent_stream(endpoint, timeout).await?;
+    banger_agent::client::ports(stream, timeout).await
+}
+
+/// The agent endpoint of a running VM.
+pub fn endpoint_of(state: &AppState, row: &VmRow) -> Result<AgentEndpoint, OpError> {
+    if row.state != VmState::Running.as_str() {
+        return Err(OpError::NotRunning {
+            vm: row.name.clone(),
+        });
+    }
+    Ok(state.host.vmm.agent_endpoint(&state.spec(row)?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Actions on existing VMs
+
+/// Runs one action on many references: resolved from one snapshot, deduplicated, run
+/// concurrently, reported in first-seen order. Bad references do not stop the good ones.
+pub async fn act(state: Arc<AppState>, req: ActionRequest) -> Result<Vec<ActionOutcome>, OpError> {
+    if req.action == VmAction::Set {
+        let s = req.settings.clone().unwrap_or_default();
+        check_resources(s.cpus, s.memory_mib)?;
+        check_size("disk size", s.disk_bytes)?;
+        check_size("work disk size", s.work_disk_bytes)?;
+        if s == VmSettings::default() {
+            return Err(OpError::Invalid {
+                what: "nothing to set: give --cpus, --memory, --disk or --work-disk".into(),
+            });
+        }
+    }
+    let signal = match (&req.action, &req.signal) {
+        (VmAction::Kill, Some(s)) => {
+            s.parse::<banger_vmm::process::Signal>()
+                .map_err(|e| OpError::Invalid {
+                    what: e.to_string(),
+                })?
+        }
+        _ => banger_vmm::process::Signal::KILL,
+    };
+    let rows = state.vm_rows()?;
+    let mut seen: Vec<String> = Vec::new();
+    let mut outcomes: Vec<ActionOutcome> = Vec::new();
+    let mut jobs = Vec::new();
+    for reference in &req.refs {
+        match resolve(&rows, reference) {
+            Ok(row) => {
+                if seen.contains(&row.id) {
+                    continue;
+                }
+                seen.push(row.id.clone());
+                let idx = outcomes.len();
+                outcomes.push(ActionOutcome {
+                    reference: reference.clone(),
+                    vm: Some(row.name.clone()),
+                    error: None,
+                    note: None,
+                });
+                let (state, row, req) = (state.clone(), row.clone(), req.clone());
+                jobs.push(async move {
+                    let r = match req.action {
+                        VmAction::Start => start(&state, &row.id).await,
+                        VmAction::Stop => stop(&state, &row.id).await,
+                        VmAction::Restart => restart(&state, &row.id).await,
+                        VmAction::Kill => kill(&state, &row.id, signal).await,
+                        VmAction::Delete => delete(&state, &row.id).await,
+                        VmAction::Set => {
+                            set(&state, &row.id, &req.settings.clone().unwrap_or_default()).await
+                        }
+                    };
+                    (idx, r)
+                });
+            }
+            Err(e) => outcomes.push(ActionOutcome {
+                reference: reference.clone(),
+                vm: None,
+                error: Some(e.into()),
+                note: None,
+            }),
+        }
+    }
+    for (idx, r) in futures_join_all(jobs).await {
+        match r {
+            Ok(note) => outcomes[idx].note = note,
+            Err(e) => outcomes[idx].error = Some(e.into()),
+        }
+    }
+    Ok(outcomes)
+}
+
+/// Runs futures concurrently on this task and collects their outputs in order.
+async fn futures_join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut set = Vec::with_capacity(futs.len());
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
+fn reload(state: &AppState, id: &str) -> Result<VmRow, OpError> {
+    state
+        .db(|s| s.get_vm(id))?
+        .ok_or_else(|| OpError::VmNotFound {
+            reference: id.to_string(),
+        })
+}
+
+pub async fn start(state: &Arc<AppState>, id: &str) -> Result<Option<String>, OpError> {
+    let lock = state.locks.vm(id);
+    let _g = lock.lock().await;
+    let mut row = reload(state, id)?;
+    match VmState::parse(&row.state) {
+        Some(VmState::Running) => return Ok(Some("already running".into())),
+        Some(VmState::Creating) => {
+            return Err(OpError::WrongState {
+                vm: row.name,
+                state: "being created".into(),
+                wanted: "wait for it to finish",
+            });
+        }
+        _ => {}
+    }
+    let progress = Progress::new(None);
+    if let Err(e) = boot(state, &mut row, &progress).await {
+        stop_locked(state, &mut row, Duration::from_secs(1)).await;
+        row.error = Some(chain(&e));
+        let _ = state.set_vm(&row);
+        return Err(e);
+    }
+    Ok(None)
+}
+
+pub async fn stop(state: &Arc<AppState>, id: &str) -> Result<Option<String>, OpError> {
+    let lock = state.locks.vm(id);
+    let _g = lock.lock().await;
+    let mut row = reload(state, id)?;
+    if row.state != VmState::Running.as_str() {
+        return Ok(Some(format!("already {}", row.state)));
+    }
+    let grace = Duration::from_secs(state.opts.config.stop_grace_secs);
+    let outcome = stop_locked(state, &mut row, grace).await;
+    Ok(outcome)
+}
+
+/// Stops the VMM (graceful, then forced after `grace`), releases resources, marks stopped.
+async fn stop_locked(state: &Arc<AppState>, row: &mut VmRow, grace: Duration) -> Option<String> {
+    let mut note = None;
+    if let Some(pid) = row.pid
+        && banger_vmm::process::alive(pid)
+    {
+        let running = running_of(state, row, pid).await;
+        match banger_vmm::process::stop(state.host.vmm.as_ref(), &running, grace).await {
+            Ok(banger_vmm::StopOutcome::Forced) => {
+                note = Some(format!(
+                    "guest did not shut down within {}s; forced off",
+                    grace.as_secs()
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(vm = %row.name, error = %chain(&e), "cannot stop VMM");
+                note = Some(chain(&e));
+            }
+        }
+    }
+    release(state, row).await;
+    row.state = VmState::Stopped.as_str().to_string();
+    row.pid = None;
+    if let Err(e) = state.set_vm(row) {
+        tracing::error!(vm = %row.name, error = %chain(&e), "cannot record stop");
+    }
+    note
+}
+
+pub async fn restart(state: &Arc<AppState>, id: &str) -> Result<Option<String>, OpError> {
+    let note = stop(state, id).await?;
+    start(state, id).await?;
+    Ok(note.filter(|n| !n.starts_with("already")))
+}
+
+pub async fn kill(
+    state: &Arc<AppState>,
+    id: &str,
+    signal: banger_vmm::process::Signal,
+) -> Result<Option<String>, OpError> {
+    let lock = state.locks.vm(id);
+    let _g = lock.lock().await;
+    let mut row = reload(state, id)?;
+    let Some(pid) = row.pid.filter(|p| banger_vmm::process::alive(*p)) else {
+        return Err(OpError::NotRunning { vm: row.name });
+    };
+    banger_vmm::process::signal(pid, signal).map_err(|e| OpError::Command {
+        what: "kill",
+        detail: chain(&e),
+    })?;
+    if banger_vmm::process::wait_exit(pid, Duration::from_secs(3)).await {
+        release(state, &row).await;
+        row.state = VmState::Stopped.as_str().to_string();
+        row.pid = None;
+        state.set_vm(&row)?;
+        Ok(None)
+    } else {
+        Ok(Some(format!("sent {signal}; the VMM is still running")))
+    }
+}
+
+pub async fn delete(state: &Arc<AppState>, id: &str) -> Result<Option<String>, OpError> {
+    let lock = state.locks.vm(id);
+    let _g = lock.lock().await;
+    let row = reload(state, id)?;
+    if let Some(pid) = row.pid {
+        kill_and_wait(pid).await;
+    }
+    release(state, &row).await;
+    let dir = PathBuf::from(&row.dir);
+    if let Err(e) = tokio::fs::remove_dir_all(&dir).await
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(OpError::Io {
+            op: "remove",
+            path: dir,
+            source: e,
+        });
+    }
+    state.db(|s| s.delete_vm(&row.id))?;
+    state.locks.forget(&row.id);
+    Ok(None)
+}
+
+pub async fn set(
+    state: &Arc<AppState>,
+    id: &str,
+    settings: &VmSettings,
+) -> Result<Option<String>, OpError> {
+    let lock = state.locks.vm(id);
+    let _g = lock.lock().await;
+    let mut row = reload(state, id)?;
+    let running = row.state == VmState::Running.as_str();
+    let grows_disk = settings.disk_bytes.is_some() || settings.work_disk_bytes.is_some();
+    if running && grows_disk {
+        return Err(OpError::WrongState {
+            vm: row.name,
+            state: "running".into(),
+            wanted: "stop it before resizing disks",
+        });
+    }
+    let dir = PathBuf::from(&row.dir);
+    for (what, new, cur, file) in [
+        ("disk", settings.disk_bytes, row.disk_bytes, "root.ext4"),
+        (
+            "work disk",
+            settings.work_disk_bytes,
+            row.work_disk_bytes,
+            "work.ext4",
+        ),
+    ] {
+        if let Some(new) = new
+            && new < cur
+        {
+            return Err(OpError::Invalid {
+                what: format!(
+                    "{what} cannot shrink from {} to {}",
+                    ByteSize(cur),
+                    ByteSize(new)
+                ),
+            });
+        }
+        let _ = file;
+    }
+    for (new, file) in [
+        (settings.disk_bytes, "root.ext4"),
+        (settings.work_disk_bytes, "work.ext4"),
+    ] {
+        if let Some(new) = new {
+            let runner = state.host.runner.clone();
+            let path = dir.join(file);
+            tokio::task::spawn_blocking(move || {
+                banger_disk::ext4::grow(runner.as_ref(), &path, new)
+            })
+            .await
+            .map_err(|e| OpError::Join(e.to_string()))?
+            .map_err(|source| OpError::Disk {
+                vm: row.name.clone(),
+                source: Box::new(source),
+            })?;
+        }
+    }
+    if let Some(c) = settings.cpus {
+        row.cpus = c as u32;
+    }
+    if let Some(m) = settings.memory_mib {
+        row.memory_mib = m as u64;
+    }
+    if let Some(d) = settings.disk_bytes {
+        row.disk_bytes = d;
+    }
+    if let Some(w) = settings.work_disk_bytes {
+        row.work_disk_bytes = w;
+    }
+    state.set_vm(&row)?;
+    Ok(running.then(|| "takes effect at the next start".to_string()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reconciliation
+
+/// Brings stored state in line with the host: called at daemon start and whenever a VMM
+/// exits. Half-created VMs are rolled back; running VMs whose VMM died are marked stopped and
+/// their resources released; a live VMM with a stale stored pid is found again by its socket.
+pub async fn reconcile(state: &Arc<AppState>) {
+    let rows = match state.vm_rows() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %chain(&e), "reconcile: cannot list VMs");
+            return;
+        }
+    };
+    for row in rows {
+        match VmState::parse(&row.state) {
+            Some(VmState::Creating) => {
+                let lock = state.locks.vm(&row.id);
+                let Ok(_g) = lock.try_lock() else { continue };
+                tracing::warn!(vm = %row.name, "reconcile: creation never finished; rolling back");
+                rollback_create(state, &row).await;
+            }
+            Some(VmState::Running) => reconcile_running(state, &row.id).await,
+            _ => {}
+        }
+    }
+}
+
+/// Checks one running VM; marks it stopped when its VMM is gone.
+pub async fn reconcile_running(state: &Arc<AppState>, id: &str) {
+    let lock = state.locks.vm(id);
+    // Someone else is working on this VM (stop, delete...): they own its state.
+    let Ok(_g) = lock.try_lock() else { return };
+    let Ok(mut row) = reload(state, id) else {
+        return;
+    };
+    if row.state != VmState::Running.as_str() {
+        return;
+    }
+    let spec = match state.spec(&row) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(vm = %row.name, error = %chain(&e), "reconcile: cannot build spec");
+            return;
+        }
+    };
+    let pid_ok = row
+        .pid
+        .is_some_and(|p| banger_vmm::process::alive(p) && cmdline_mentions(p, &spec.run_dir));
+    if pid_ok {
+        return;
+    }
+    if let Some(live) = state.host.vmm.find_live(&spec).await {
+        tracing::info!(vm = %row.name, old = ?row.pid, new = live.pid, "reconcile: found the live VMM again");
+        row.pid = Some(live.pid);
+        let _ = state.set_vm(&row);
+        return;
+    }
+    if let Some(p) = row.pid {
+        // Reaps it when it is our zombie child.
+        banger_vmm::process::wait_exit(p, Duration::ZERO).await;
+    }
+    tracing::warn!(vm = %row.name, pid = ?row.pid, "reconcile: VMM is gone; marking stopped");
+    release(state, &row).await;
+    row.state = VmState::Stopped.as_str().to_string();
+    row.pid = None;
+    let _ = state.set_vm(&row);
+}
+
+/// Watches running VMs and reconciles the ones whose VMM exited. Runs until the daemon stops.
+pub async fn monitor(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let Ok(rows) = state.vm_rows() else { continue };
+        for row in rows.iter().filter(|r| r.state == VmState::Running.as_str()) {
+            if row.pid.is_none_or(|p| !banger_vmm::process::alive(p)) {
+                reconcile_running(&state, &row.id).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, name: &str) -> VmRow {
+        VmRow {
+            id: id.into(),
+            name: name.into(),
+            image_id: "img".into(),
+            state: "stopped".into(),
+            vmm: "firecracker".into(),
+            cpus: 1,
+            memory_mib: 128,
+            disk_bytes: 1,
+            work_disk_bytes: 1,
+            nat: false,
+            ip: None,
+            mac: None,
+            tap: None,
+            vsock_cid: None,
+            pid: None,
+            dir: "/x".into(),
+            error: None,
+            workspace_json: None,
+            created_at: "t".into(),
+            started_at: None,
+        }
+    }
+
+    #[test]
+    fn resolution_order() {
+        let rows = vec![
+            row("abc123", "web"),
+            row("abd456", "web-2"),
+            row("ff0000", "db"),
+        ];
+        assert_eq!(
+            resolve(&rows, "web").unwrap().id,
+            "abc123",
+            "exact name wins over prefix"
+        );
+        assert_eq!(resolve(&rows, "abd").unwrap().name, "web-2");
+        assert_eq!(resolve(&rows, "d").unwrap().name, "db");
+        assert!(matches!(
+            resolve(&rows, "ab"),
+            Err(OpError::Ambiguous { .. })
+        ));
+        assert!(matches!(resolve(&rows, "web-"), Ok(r) if r.name == "web-2"));
+        assert!(matches!(
+            resolve(&rows, "zzz"),
+            Err(OpError::VmNotFound { .. })
+        ));
+        assert!(matches!(
+            resolve(&rows, ""),
+            Err(OpError::VmNotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn resources_are_checked() {
+        assert!(check_resources(Some(0), None).is_err());
+        assert!(check_resources(Some(-1), None).is_err());
+        assert!(check_resources(None, Some(0)).is_err());
+        assert!(check_resources(None, Some(-512)).is_err());
+        assert!(check_resources(Some(2), Some(512)).is_ok());
+        assert!(check_size("disk", Some(0)).is_err());
+    }
+
+    #[test]
+    fn generated_names_are_valid_and_unique() {
+        let mut taken = BTreeSet::new();
+        for _ in 0..300 {
+            let n = generate_name(&taken);
+            validate_vm_name(&n).unwrap();
+            assert!(taken.insert(n));
+        }
+    }
+
+    #[tokio::test]
+    async fn join_all_keeps_order() {
+        let futs: Vec<_> = (0..5u64)
+            .map(|i| async move {
+                tokio::time::sleep(Duration::from_millis(50 - i * 10)).await;
+                i
+            })
+            .collect();
+        assert_eq!(futures_join_all(futs).await, vec![0, 1, 2, 3, 4]);
+    }
+}

@@ -1,0 +1,136 @@
+//! The error type of every disk operation, carrying the context needed to act on it: the
+//! image or file path, the command line that failed, and what the tool said.
+
+use std::io;
+use std::path::PathBuf;
+
+use banger_core::runner::SpawnError;
+
+use crate::debugfs::FileKind;
+
+/// A disk operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// A file operation on the host failed.
+    #[error("could not {op} {}: {source}", path.display())]
+    Io {
+        /// The host path the operation was about.
+        path: PathBuf,
+        /// What was being done, as a verb phrase (`"read"`, `"set the length of"`...).
+        op: &'static str,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// An external program could not be started.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// An external program exited unsuccessfully.
+    #[error("`{command}` failed ({}): {detail}", exit_status(*code))]
+    Command {
+        /// The command line, ready to paste into a shell.
+        command: String,
+        /// Its exit code (`None`: killed by a signal).
+        code: Option<i32>,
+        /// What it printed (stderr, or stdout when stderr was empty), trimmed.
+        detail: String,
+    },
+    /// A debugfs command reported an error (debugfs itself exits 0 in that case).
+    #[error("debugfs on {}: `{command}` failed: {message}", image.display())]
+    Debugfs {
+        /// The image debugfs worked on.
+        image: PathBuf,
+        /// The debugfs command (or commands, `; `-separated) that failed.
+        command: String,
+        /// debugfs's error lines, `; `-separated.
+        message: String,
+    },
+    /// debugfs printed something this crate does not understand.
+    #[error("unexpected output from `{command}`: {detail}")]
+    UnexpectedOutput {
+        /// The command line that ran.
+        command: String,
+        /// What was wrong with the output.
+        detail: String,
+    },
+    /// A path looked up inside an image does not exist.
+    #[error("{path} not found in {}", image.display())]
+    NotFound {
+        /// The image.
+        image: PathBuf,
+        /// The path inside the image.
+        path: String,
+    },
+    /// A path inside an image has the wrong type (a directory where a file was expected...).
+    #[error("{path} in {} is a {found}, not a {expected}", image.display())]
+    WrongType {
+        /// The image.
+        image: PathBuf,
+        /// The path inside the image.
+        path: String,
+        /// What it is.
+        found: FileKind,
+        /// What it had to be.
+        expected: FileKind,
+    },
+    /// Growing an image to a size smaller than it already is.
+    #[error("refusing to shrink {} from {current} to {requested} bytes", image.display())]
+    Shrink {
+        /// The image.
+        image: PathBuf,
+        /// Its current size in bytes.
+        current: u64,
+        /// The requested size in bytes.
+        requested: u64,
+    },
+    /// An argument cannot be used (a guest path with a newline, a bad MAC address...).
+    #[error("invalid {what} {value:?}: {reason}")]
+    Invalid {
+        /// What the value is (`"guest path"`, `"MAC address"`...).
+        what: &'static str,
+        /// The rejected value.
+        value: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+}
+
+fn exit_status(code: Option<i32>) -> String {
+    match code {
+        Some(code) => format!("exit code {code}"),
+        None => "killed by a signal".to_string(),
+    }
+}
+
+impl DiskError {
+    pub(crate) fn io(path: impl Into<PathBuf>, op: &'static str) -> impl FnOnce(io::Error) -> Self {
+        let path = path.into();
+        move |source| DiskError::Io { path, op, source }
+    }
+
+    pub(crate) fn invalid(
+        what: &'static str,
+        value: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        DiskError::Invalid {
+            what,
+            value: value.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Builds a [`DiskError::Command`] from a finished command.
+    pub(crate) fn command(out: &banger_core::runner::CommandOutput) -> Self {
+        let detail = if out.stderr.trim().is_empty() {
+            out.stdout.trim()
+        } else {
+            out.stderr.trim()
+        };
+        DiskError::Command {
+            command: out.command.clone(),
+            code: out.code,
+            detail: detail.to_string(),
+        }
+    }
+}

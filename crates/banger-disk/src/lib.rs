@@ -1,0 +1,31 @@
+//! banger's disk primitives: copying images cheaply and building, growing, reading and
+//! editing ext4 images as plain files -- no mount, no loop device, no root.
+//!
+//! - [`copy`]: [`clone_file`], a reflink when the filesystem can, else a sparse copy.
+//! - [`ext4`]: [`mkfs_from_dir`], [`grow`], [`size_of_tree`], [`default_image_size`].
+//! - [`debugfs`]: the [`Debugfs`] edit batch (one `debugfs -w` run, errors detected per
+//!   command) and reads: [`stat`], [`exists`], [`read_file`], [`list_dir`], [`dump_dir`].
+//! - [`guest`]: the per-VM guest configuration ([`GuestConfig`], [`write_guest_config`])
+//!   and [`authorize_ssh_key`].
+//! - [`work`]: work seeds and per-VM work disks ([`make_work_seed`], [`clone_work_disk`]).
+//!
+//! External programs (`mkfs.ext4`, `debugfs`, `e2fsck`, `resize2fs`) run through the
+//! [`CommandRunner`](banger_core::runner::CommandRunner) seam; every failure names the
+//! image and the command line. The library never prints; commands are logged by the
+//! runner with `tracing` at debug level.
+
+pub mod copy;
+pub mod debugfs;
+mod error;
+pub mod ext4;
+pub mod guest;
+pub mod work;
+
+pub use copy::{CloneKind, clone_file};
+pub use debugfs::{
+    Debugfs, DirEntry, FileKind, Inode, dump_dir, exists, list_dir, read_file, stat,
+};
+pub use error::DiskError;
+pub use ext4::{default_image_size, grow, mkfs_from_dir, size_of_tree};
+pub use guest::{GuestConfig, GuestFile, authorize_ssh_key, merge_fstab, write_guest_config};
+pub use work::{clone_work_disk, make_work_seed};

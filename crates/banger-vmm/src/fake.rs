@@ -1,0 +1,366 @@
+//! [`FakeVmm`]: a hand-written [`Vmm`] for the daemon's tests.
+//!
+//! It records every call, can be told to fail the next start or shutdown request, and runs a
+//! real process per VM — `sleep 3600`, spawned detached like a VMM — so that liveness, signals,
+//! [`process::stop`] and pid bookkeeping exercise the real code. Nothing answers on its
+//! sockets: its agent endpoint is [`AgentEndpoint::Unix`] at `run_dir/agent.sock`, where a test
+//! can run `banger-agent --listen-unix`.
+//!
+//! Dropping the fake kills every process it started that is still running.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::process::{self, Signal, Spawned};
+use crate::{AgentEndpoint, BoxFuture, Running, VmSpec, Vmm, VmmError, VmmKind};
+
+/// The fake's control socket name in `run_dir` (nothing listens there).
+pub const API_SOCKET: &str = "api.sock";
+/// The fake's agent socket name in `run_dir`.
+pub const AGENT_SOCKET: &str = "agent.sock";
+
+/// One call made to the fake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FakeCall {
+    Start(VmSpec),
+    RequestShutdown(Running),
+    FindLive(VmSpec),
+}
+
+/// What the fake's VMM does when asked to shut down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownBehaviour {
+    /// The guest powers off: the process exits (by `SIGTERM`).
+    Exit,
+    /// The guest ignores the request: the process keeps running, so a stop must force it.
+    Ignore,
+}
+
+#[derive(Debug)]
+struct State {
+    calls: Vec<FakeCall>,
+    start_errors: VecDeque<VmmError>,
+    shutdown_errors: VecDeque<VmmError>,
+    shutdown: ShutdownBehaviour,
+    /// VMs started, by id, with their process.
+    vms: HashMap<String, (Running, Spawned)>,
+}
+
+/// A [`Vmm`] that spawns `sleep` instead of a VMM and records what it is asked.
+#[derive(Debug)]
+pub struct FakeVmm {
+    kind: VmmKind,
+    sleep_bin: PathBuf,
+    state: Mutex<State>,
+}
+
+impl Default for FakeVmm {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FakeVmm {
+    /// A fake that reports itself as Firecracker, runs `sleep` from `PATH`, and exits on
+    /// shutdown requests.
+    pub fn new() -> Self {
+        Self {
+            kind: VmmKind::Firecracker,
+            sleep_bin: PathBuf::from("sleep"),
+            state: Mutex::new(State {
+                calls: Vec::new(),
+                start_errors: VecDeque::new(),
+                shutdown_errors: VecDeque::new(),
+                shutdown: ShutdownBehaviour::Exit,
+                vms: HashMap::new(),
+            }),
+        }
+    }
+
+    /// Reports `kind` from [`Vmm::kind`].
+    pub fn with_kind(mut self, kind: VmmKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Runs this `sleep` binary (it gets the single argument `3600`) instead of `sleep` on
+    /// `PATH`.
+    pub fn with_sleep_bin(mut self, bin: impl Into<PathBuf>) -> Self {
+        self.sleep_bin = bin.into();
+        self
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<FakeCall> {
+        self.state().calls.clone()
+    }
+
+    /// The next [`Vmm::start`] fails with `error` (errors queue up, one per call).
+    pub fn fail_next_start(&self, error: VmmError) {
+        self.state().start_errors.push_back(error);
+    }
+
+    /// The next [`Vmm::request_shutdown`] fails with `error` (errors queue up, one per call).
+    pub fn fail_next_shutdown(&self, error: VmmError) {
+        self.state().shutdown_errors.push_back(error);
+    }
+
+    /// What later shutdown requests do.
+    pub fn set_shutdown_behaviour(&self, behaviour: ShutdownBehaviour) {
+        self.state().shutdown = behaviour;
+    }
+
+    /// The pid of the process running `vm_id`, if the fake started one that is still alive.
+    pub fn pid_of(&self, vm_id: &str) -> Option<u32> {
+        self.state()
+            .vms
+            .get(vm_id)
+            .map(|(run, _)| run.pid)
+            .filter(|pid| process::alive(*pid))
+    }
+
+    fn running(&self, spec: &VmSpec) -> Running {
+        Running {
+            vm_id: spec.vm_id.clone(),
+            pid: 0,
+            api_socket: spec.run_dir.join(API_SOCKET),
+            agent: self.agent_endpoint(spec),
+        }
+    }
+
+    fn start_vm(&self, spec: &VmSpec) -> Result<Running, VmmError> {
+        let mut state = self.state();
+        state.calls.push(FakeCall::Start(spec.clone()));
+        if let Some(error) = state.start_errors.pop_front() {
+            return Err(error);
+        }
+        let mut running = self.running(spec);
+        if let Some((live, spawned)) = state.vms.get(&spec.vm_id)
+            && spawned.exit().is_none()
+            && process::alive(live.pid)
+        {
+            return Err(VmmError::AlreadyRunning {
+                vm_id: spec.vm_id.clone(),
+                socket: running.api_socket,
+                pid: Some(live.pid),
+            });
+        }
+        let mut cmd = Command::new(&self.sleep_bin);
+        cmd.arg("3600")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let spawned = process::spawn_detached(cmd).map_err(|source| VmmError::Spawn {
+            vm_id: spec.vm_id.clone(),
+            source,
+        })?;
+        running.pid = spawned.pid();
+        state
+            .vms
+            .insert(spec.vm_id.clone(), (running.clone(), spawned));
+        Ok(running)
+    }
+
+    fn shutdown_vm(&self, run: &Running) -> Result<(), VmmError> {
+        let mut state = self.state();
+        state.calls.push(FakeCall::RequestShutdown(run.clone()));
+        if let Some(error) = state.shutdown_errors.pop_front() {
+            return Err(error);
+        }
+        // Only processes this fake started are ever signalled.
+        let ours = state
+            .vms
+            .get(&run.vm_id)
+            .is_some_and(|(live, spawned)| live.pid == run.pid && spawned.exit().is_none());
+        if ours && state.shutdown == ShutdownBehaviour::Exit {
+            // The process may have been killed meanwhile: then there is nothing to shut down.
+            let _ = process::signal(run.pid, Signal::TERM);
+        }
+        Ok(())
+    }
+
+    fn find_vm(&self, spec: &VmSpec) -> Option<Running> {
+        let mut state = self.state();
+        state.calls.push(FakeCall::FindLive(spec.clone()));
+        state
+            .vms
+            .get(&spec.vm_id)
+            .filter(|(run, spawned)| spawned.exit().is_none() && process::alive(run.pid))
+            .map(|(run, _)| run.clone())
+    }
+}
+
+impl Drop for FakeVmm {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        for (run, spawned) in state.vms.values() {
+            if spawned.exit().is_none() {
+                let _ = process::signal(run.pid, Signal::KILL);
+            }
+        }
+    }
+}
+
+impl Vmm for FakeVmm {
+    fn kind(&self) -> VmmKind {
+        self.kind
+    }
+
+    /// Checks the VM id only.
+    fn validate(&self, spec: &VmSpec) -> Result<(), VmmError> {
+        crate::validate_vm_id(&spec.vm_id)
+    }
+
+    fn start<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Result<Running, VmmError>> {
+        Box::pin(async move { self.start_vm(spec) })
+    }
+
+    fn request_shutdown<'a>(&'a self, run: &'a Running) -> BoxFuture<'a, Result<(), VmmError>> {
+        Box::pin(async move { self.shutdown_vm(run) })
+    }
+
+    fn find_live<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Option<Running>> {
+        Box::pin(async move { self.find_vm(spec) })
+    }
+
+    fn agent_endpoint(&self, spec: &VmSpec) -> AgentEndpoint {
+        AgentEndpoint::Unix(spec.run_dir.join(AGENT_SOCKET))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::process::{SpawnError, StopOutcome, alive, stop, wait_exit};
+
+    fn spec(id: &str) -> VmSpec {
+        VmSpec {
+            vm_id: id.to_string(),
+            vcpus: 1,
+            memory_mib: 128,
+            kernel: "/k".into(),
+            initrd: None,
+            boot_args: String::new(),
+            root_disk: "/r".into(),
+            work_disk: "/w".into(),
+            tap: "tap0".to_string(),
+            mac: "06:00:AC:1E:00:02".to_string(),
+            vsock_cid: 3,
+            run_dir: format!("/run/x/{id}").into(),
+            console_log: "/c".into(),
+            vmm_log: "/v".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn start_runs_a_real_process_and_stop_ends_it_gracefully() {
+        let fake = FakeVmm::new();
+        let spec = spec("aaaa000000000001");
+        let run = fake.start(&spec).await.unwrap();
+        assert!(alive(run.pid));
+        assert_eq!(
+            run.api_socket,
+            PathBuf::from("/run/x/aaaa000000000001/api.sock")
+        );
+        assert_eq!(
+            run.agent,
+            AgentEndpoint::Unix("/run/x/aaaa000000000001/agent.sock".into())
+        );
+        assert_eq!(fake.pid_of(&spec.vm_id), Some(run.pid));
+        assert_eq!(fake.find_live(&spec).await, Some(run.clone()));
+
+        // A second start of a live VM is refused like the real backend refuses it.
+        let err = fake.start(&spec).await.unwrap_err();
+        assert!(matches!(err, VmmError::AlreadyRunning { pid: Some(p), .. } if p == run.pid));
+
+        let outcome = stop(&fake, &run, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(outcome, StopOutcome::Graceful);
+        assert!(!alive(run.pid));
+        assert_eq!(fake.find_live(&spec).await, None);
+        assert_eq!(fake.pid_of(&spec.vm_id), None);
+        assert_eq!(
+            fake.calls(),
+            vec![
+                FakeCall::Start(spec.clone()),
+                FakeCall::FindLive(spec.clone()),
+                FakeCall::Start(spec.clone()),
+                FakeCall::RequestShutdown(run.clone()),
+                FakeCall::FindLive(spec.clone()),
+            ]
+        );
+        // Stopping again finds nothing to stop.
+        assert_eq!(
+            stop(&fake, &run, Duration::from_secs(1)).await.unwrap(),
+            StopOutcome::NotRunning
+        );
+    }
+
+    #[tokio::test]
+    async fn ignored_or_failed_shutdown_is_forced() {
+        let fake = FakeVmm::new().with_kind(VmmKind::Qemu);
+        assert_eq!(fake.kind(), VmmKind::Qemu);
+        fake.set_shutdown_behaviour(ShutdownBehaviour::Ignore);
+        let run = fake.start(&spec("aaaa000000000002")).await.unwrap();
+        let outcome = stop(&fake, &run, Duration::from_millis(100)).await.unwrap();
+        assert_eq!(outcome, StopOutcome::Forced);
+        assert!(!alive(run.pid));
+
+        fake.set_shutdown_behaviour(ShutdownBehaviour::Exit);
+        let run = fake.start(&spec("aaaa000000000003")).await.unwrap();
+        fake.fail_next_shutdown(VmmError::AlreadyRunning {
+            vm_id: run.vm_id.clone(),
+            socket: run.api_socket.clone(),
+            pid: None,
+        });
+        // A failing request goes straight to the kill: well before the long grace period.
+        let started = std::time::Instant::now();
+        let outcome = stop(&fake, &run, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(outcome, StopOutcome::Forced);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(!alive(run.pid));
+    }
+
+    #[tokio::test]
+    async fn injected_start_errors_come_back_once() {
+        let fake = FakeVmm::new();
+        let spec = spec("aaaa000000000004");
+        fake.fail_next_start(VmmError::Spawn {
+            vm_id: spec.vm_id.clone(),
+            source: SpawnError::Spawn {
+                program: "firecracker".into(),
+                source: io::Error::other("boom"),
+            },
+        });
+        let err = fake.start(&spec).await.unwrap_err();
+        assert!(err.to_string().contains("boom"), "{err}");
+        assert_eq!(fake.pid_of(&spec.vm_id), None);
+        let run = fake.start(&spec).await.unwrap();
+        assert!(alive(run.pid));
+    }
+
+    #[tokio::test]
+    async fn dropping_the_fake_kills_its_processes() {
+        let fake = FakeVmm::new();
+        let run = fake.start(&spec("aaaa000000000005")).await.unwrap();
+        assert!(alive(run.pid));
+        drop(fake);
+        assert!(wait_exit(run.pid, Duration::from_secs(5)).await);
+    }
+
+    #[tokio::test]
+    async fn a_missing_sleep_binary_is_a_spawn_error() {
+        let fake = FakeVmm::new().with_sleep_bin("/nonexistent/sleep");
+        let err = fake.start(&spec("aaaa000000000006")).await.unwrap_err();
+        assert!(matches!(err, VmmError::Spawn { .. }), "{err}");
+        assert!(err.to_string().contains("/nonexistent/sleep"), "{err}");
+    }
+}

@@ -1,0 +1,799 @@
+//! The Firecracker backend: [`FirecrackerVmm`].
+//!
+//! Start sequence, each step bounded by a timeout ([`Timeouts`]):
+//!
+//! 1. check the spec ([`Vmm::validate`]): the id Firecracker takes as `--id`, socket paths
+//!    that fit in `sun_path`, paths the API takes as JSON strings;
+//! 2. create `run_dir`; refuse if a VMM already answers on `run_dir/api.sock`, otherwise
+//!    remove stale sockets there (Firecracker refuses an existing API socket path);
+//! 3. spawn `<bin> --api-sock <run_dir>/api.sock --id <vm_id>` detached, stdout appended to
+//!    the console log, stderr to the VMM log;
+//! 4. wait for `GET /` to answer, noticing an early exit (then the error carries the log's
+//!    tail);
+//! 5. `PUT` the configuration ([`boot_requests`]): `/machine-config`, `/boot-source`,
+//!    `/drives/root`, `/drives/work`, `/network-interfaces/eth0`, `/vsock` (host side at
+//!    `run_dir/vsock.sock`), then `/actions` `InstanceStart`.
+//!
+//! Any failure after the spawn kills the VMM's process group and removes its sockets.
+//!
+//! Firecracker writes its own log to stdout unless told otherwise, so without a `--log-path`
+//! its log lines share the console log with the guest's serial console; stderr carries what
+//! it prints before its logger exists.
+
+pub mod api;
+
+use std::ffi::{OsStr, OsString};
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use banger_agent::proto::AGENT_VSOCK_PORT;
+
+use crate::process::{self, ChildExit, Spawned, StartGuard};
+use crate::{
+    AgentEndpoint, BoxFuture, Running, VmSpec, Vmm, VmmError, VmmKind, check_socket_path,
+    validate_vm_id,
+};
+use api::{
+    ActionType, ApiClient, ApiError, BootSource, Drive, InstanceAction, MachineConfig,
+    NetworkInterface, Vsock,
+};
+
+/// File name of the API socket in the VM's run directory.
+pub const API_SOCKET: &str = "api.sock";
+/// File name of the vsock device's host-side socket in the VM's run directory.
+pub const VSOCK_SOCKET: &str = "vsock.sock";
+/// The environment variable naming the binary (read by the caller, see
+/// [`FirecrackerVmm::locate`]).
+pub const BIN_ENV: &str = "BANGER_FIRECRACKER_BIN";
+/// The binary looked up on `PATH`.
+pub const BIN_NAME: &str = "firecracker";
+/// The guest network interface id.
+pub const IFACE_ID: &str = "eth0";
+
+/// Lines and bytes of a log quoted when the VMM exits during start.
+const TAIL_LINES: usize = 20;
+const TAIL_BYTES: u64 = 4096;
+/// Pause between two readiness probes.
+const READY_POLL: Duration = Duration::from_millis(10);
+/// How long to wait for the exit status after the API stopped answering mid-start.
+const EXIT_GRACE: Duration = Duration::from_millis(200);
+
+/// The API socket of a VM whose run directory is `run_dir`.
+pub fn api_socket(run_dir: &Path) -> PathBuf {
+    run_dir.join(API_SOCKET)
+}
+
+/// The vsock host-side socket of a VM whose run directory is `run_dir`.
+pub fn vsock_socket(run_dir: &Path) -> PathBuf {
+    run_dir.join(VSOCK_SOCKET)
+}
+
+/// How long the Firecracker backend waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From spawn until the API socket answers `GET /`.
+    pub ready: Duration,
+    /// One configuration or action request (`InstanceStart` loads the kernel).
+    pub api: Duration,
+    /// One probe of a socket that may be stale (readiness, [`Vmm::find_live`]).
+    pub probe: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            ready: Duration::from_secs(5),
+            api: Duration::from_secs(10),
+            probe: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why no Firecracker binary could be chosen.
+#[derive(Debug, thiserror::Error)]
+pub enum LocateError {
+    #[error("firecracker_bin {} (from the config file) cannot be used: {reason}", path.display())]
+    Config { path: PathBuf, reason: String },
+    #[error("{BIN_ENV}={} cannot be used: {reason}", path.display())]
+    Env { path: PathBuf, reason: String },
+    #[error(
+        "no `{BIN_NAME}` executable on PATH ({searched}): install Firecracker, or set firecracker_bin in the config file or {BIN_ENV}"
+    )]
+    NotOnPath { searched: String },
+}
+
+/// Why `path` is not an executable regular file, if it is not.
+fn unusable(path: &Path) -> Option<String> {
+    match std::fs::metadata(path) {
+        Err(e) => Some(e.to_string()),
+        Ok(m) if !m.is_file() => Some("not a regular file".to_string()),
+        Ok(m) if m.permissions().mode() & 0o111 == 0 => Some("not executable".to_string()),
+        Ok(_) => None,
+    }
+}
+
+/// Runs VMs with Firecracker.
+#[derive(Debug, Clone)]
+pub struct FirecrackerVmm {
+    bin: PathBuf,
+    env: Vec<(OsString, OsString)>,
+    timeouts: Timeouts,
+}
+
+impl FirecrackerVmm {
+    /// A backend running `bin`, with default [`Timeouts`].
+    pub fn new(bin: impl Into<PathBuf>) -> Self {
+        Self {
+            bin: bin.into(),
+            env: Vec::new(),
+            timeouts: Timeouts::default(),
+        }
+    }
+
+    /// Chooses the binary: the config file's `firecracker_bin`, else `BANGER_FIRECRACKER_BIN`
+    /// (`env_bin`), else `firecracker` in a directory of `path_var` (`PATH`). The caller reads
+    /// the environment; empty values count as unset. An explicit choice that is not an
+    /// executable file is an error, not a reason to fall through to the next source.
+    pub fn locate(
+        config_bin: Option<PathBuf>,
+        env_bin: Option<OsString>,
+        path_var: Option<&OsStr>,
+    ) -> Result<Self, LocateError> {
+        if let Some(path) = config_bin.filter(|p| !p.as_os_str().is_empty()) {
+            return match unusable(&path) {
+                None => Ok(Self::new(path)),
+                Some(reason) => Err(LocateError::Config { path, reason }),
+            };
+        }
+        if let Some(path) = env_bin.filter(|p| !p.is_empty()).map(PathBuf::from) {
+            return match unusable(&path) {
+                None => Ok(Self::new(path)),
+                Some(reason) => Err(LocateError::Env { path, reason }),
+            };
+        }
+        let path_var = path_var.unwrap_or_default();
+        std::env::split_paths(path_var)
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .map(|dir| dir.join(BIN_NAME))
+            .find(|candidate| unusable(candidate).is_none())
+            .map(Self::new)
+            .ok_or_else(|| LocateError::NotOnPath {
+                searched: path_var.to_string_lossy().into_owned(),
+            })
+    }
+
+    /// Adds a variable to the environment the VMM is started with (on top of the daemon's).
+    pub fn with_env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// The binary it runs.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
+    fn client(&self, socket: &Path, timeout: Duration) -> ApiClient {
+        ApiClient::new(socket).with_timeout(timeout)
+    }
+
+    async fn start_vm(&self, spec: &VmSpec) -> Result<Running, VmmError> {
+        let requests = self.validate_and_plan(spec)?;
+        let vm_id = spec.vm_id.as_str();
+        let api_sock = api_socket(&spec.run_dir);
+
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&spec.run_dir)
+            .map_err(|source| VmmError::RunDir {
+                vm_id: vm_id.to_string(),
+                path: spec.run_dir.clone(),
+                source,
+            })?;
+        let probe = self.client(&api_sock, self.timeouts.probe);
+        match probe.describe_with_peer().await {
+            Ok((_, peer)) => {
+                return Err(VmmError::AlreadyRunning {
+                    vm_id: vm_id.to_string(),
+                    pid: peer.or_else(|| {
+                        process::pids_with_arg(api_sock.as_os_str())
+                            .first()
+                            .copied()
+                    }),
+                    socket: api_sock,
+                });
+            }
+            Err(error) if !error.is_connect() => {
+                // Something accepts connections there but does not answer: not ours to remove.
+                return Err(VmmError::AlreadyRunning {
+                    vm_id: vm_id.to_string(),
+                    socket: api_sock.clone(),
+                    pid: process::pids_with_arg(api_sock.as_os_str())
+                        .first()
+                        .copied(),
+                });
+            }
+            Err(_) => {}
+        }
+        let removed =
+            process::cleanup_sockets(&spec.run_dir).map_err(|source| VmmError::StaleSockets {
+                vm_id: vm_id.to_string(),
+                source,
+            })?;
+        if !removed.is_empty() {
+            tracing::debug!(vm_id, ?removed, "removed stale sockets");
+        }
+
+        let (console, console_from) = open_log(vm_id, &spec.console_log)?;
+        let (vmm_log, vmm_log_from) = open_log(vm_id, &spec.vmm_log)?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--api-sock")
+            .arg(&api_sock)
+            .arg("--id")
+            .arg(vm_id)
+            .stdin(Stdio::null())
+            .stdout(console)
+            .stderr(vmm_log)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        let spawned = process::spawn_detached(cmd).map_err(|source| VmmError::Spawn {
+            vm_id: vm_id.to_string(),
+            source,
+        })?;
+        let pid = spawned.pid();
+        tracing::debug!(vm_id, pid, bin = %self.bin.display(), "spawned firecracker");
+        let guard = StartGuard::new(pid, &spec.run_dir);
+        let launch = Launch {
+            spec,
+            spawned,
+            api_sock: &api_sock,
+            console_from,
+            vmm_log_from,
+        };
+
+        match self.configure(&launch, &requests).await {
+            Ok(()) => {
+                guard.disarm();
+                Ok(Running {
+                    vm_id: vm_id.to_string(),
+                    pid,
+                    api_socket: api_sock,
+                    agent: self.agent_endpoint(spec),
+                })
+            }
+            Err(error) => {
+                guard.abort().await;
+                Err(error)
+            }
+        }
+    }
+
+    fn validate_and_plan(&self, spec: &VmSpec) -> Result<Vec<ApiRequest>, VmmError> {
+        validate_vm_id(&spec.vm_id)?;
+        check_socket_path(&spec.vm_id, &api_socket(&spec.run_dir))?;
+        check_socket_path(&spec.vm_id, &vsock_socket(&spec.run_dir))?;
+        boot_requests(spec)
+    }
+
+    /// Waits for the API, then sends the boot sequence.
+    async fn configure(
+        &self,
+        launch: &Launch<'_>,
+        requests: &[ApiRequest],
+    ) -> Result<(), VmmError> {
+        self.wait_ready(launch).await?;
+        let client = self.client(launch.api_sock, self.timeouts.api);
+        for request in requests {
+            if let Err(source) = client.put(&request.path, &request.body).await {
+                if !matches!(source, ApiError::Status { .. }) {
+                    // The API stopped answering: if the VMM died, say so with its log.
+                    let mut spawned = launch.spawned.clone();
+                    if let Ok(exit) = tokio::time::timeout(EXIT_GRACE, spawned.wait()).await {
+                        return Err(self.exited(launch, exit));
+                    }
+                }
+                return Err(VmmError::Api {
+                    vm_id: launch.spec.vm_id.clone(),
+                    source: Box::new(source),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_ready(&self, launch: &Launch<'_>) -> Result<(), VmmError> {
+        let deadline = Instant::now() + self.timeouts.ready;
+        let probe = self.client(launch.api_sock, self.timeouts.probe);
+        loop {
+            if let Some(exit) = launch.spawned.exit() {
+                return Err(self.exited(launch, exit));
+            }
+            let last_error = match probe.describe().await {
+                Ok(_) => return Ok(()),
+                Err(error) => error,
+            };
+            if let Some(exit) = launch.spawned.exit() {
+                return Err(self.exited(launch, exit));
+            }
+            if Instant::now() >= deadline {
+                return Err(VmmError::NotReady {
+                    vm_id: launch.spec.vm_id.clone(),
+                    bin: self.bin.clone(),
+                    socket: launch.api_sock.to_path_buf(),
+                    after: self.timeouts.ready,
+                    last_error: last_error.to_string(),
+                });
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+    }
+
+    /// The error for a VMM that exited during start, quoting what it wrote during this start.
+    fn exited(&self, launch: &Launch<'_>, exit: ChildExit) -> VmmError {
+        let spec = launch.spec;
+        let mut log = spec.vmm_log.clone();
+        let mut tail = process::tail(&spec.vmm_log, launch.vmm_log_from, TAIL_LINES, TAIL_BYTES);
+        if tail.is_empty() {
+            let console = process::tail(
+                &spec.console_log,
+                launch.console_from,
+                TAIL_LINES,
+                TAIL_BYTES,
+            );
+            if console.is_empty() {
+                tail = "(it wrote nothing to the VMM or console log)".to_string();
+            } else {
+                log = spec.console_log.clone();
+                tail = console;
+            }
+        }
+        VmmError::ExitedDuringStart {
+            vm_id: spec.vm_id.clone(),
+            bin: self.bin.clone(),
+            status: exit.to_string(),
+            log,
+            tail,
+        }
+    }
+
+    async fn find_vm(&self, spec: &VmSpec) -> Option<Running> {
+        let socket = api_socket(&spec.run_dir);
+        let probe = self.client(&socket, self.timeouts.probe);
+        let (info, peer) = match probe.describe_with_peer().await {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::debug!(vm_id = spec.vm_id, %error, "no live VMM");
+                return None;
+            }
+        };
+        if info.id != spec.vm_id {
+            tracing::warn!(
+                vm_id = spec.vm_id,
+                found = info.id,
+                socket = %socket.display(),
+                "the VMM on this VM's socket runs another VM"
+            );
+            return None;
+        }
+        let pid = pid_for_socket(&socket, peer)?;
+        Some(Running {
+            vm_id: spec.vm_id.clone(),
+            pid,
+            api_socket: socket,
+            agent: self.agent_endpoint(spec),
+        })
+    }
+}
+
+/// The pid serving `socket`: the socket's peer credentials when they name a live process,
+/// else the first live process with `socket` as an argument.
+fn pid_for_socket(socket: &Path, peer: Option<u32>) -> Option<u32> {
+    peer.filter(|pid| process::alive(*pid))
+        .or_else(|| process::pids_with_arg(socket.as_os_str()).first().copied())
+}
+
+/// Opens a log for appending; also returns its length, where this start's output begins.
+fn open_log(vm_id: &str, path: &Path) -> Result<(File, u64), VmmError> {
+    let error = |source| VmmError::OpenLog {
+        vm_id: vm_id.to_string(),
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(error)?;
+    let len = file.metadata().map_err(error)?.len();
+    Ok((file, len))
+}
+
+/// A VMM being started: what the readiness wait and the configuration need.
+struct Launch<'a> {
+    spec: &'a VmSpec,
+    spawned: Spawned,
+    api_sock: &'a Path,
+    /// Lengths of the logs before the spawn: what the VMM wrote starts there.
+    console_from: u64,
+    vmm_log_from: u64,
+}
+
+impl Vmm for FirecrackerVmm {
+    fn kind(&self) -> VmmKind {
+        VmmKind::Firecracker
+    }
+
+    fn validate(&self, spec: &VmSpec) -> Result<(), VmmError> {
+        self.validate_and_plan(spec).map(drop)
+    }
+
+    fn start<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Result<Running, VmmError>> {
+        Box::pin(self.start_vm(spec))
+    }
+
+    fn request_shutdown<'a>(&'a self, run: &'a Running) -> BoxFuture<'a, Result<(), VmmError>> {
+        Box::pin(async move {
+            self.client(&run.api_socket, self.timeouts.api)
+                .action(ActionType::SendCtrlAltDel)
+                .await
+                .map_err(|source| VmmError::Api {
+                    vm_id: run.vm_id.clone(),
+                    source: Box::new(source),
+                })
+        })
+    }
+
+    fn find_live<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Option<Running>> {
+        Box::pin(self.find_vm(spec))
+    }
+
+    fn agent_endpoint(&self, spec: &VmSpec) -> AgentEndpoint {
+        AgentEndpoint::HybridVsock {
+            uds: vsock_socket(&spec.run_dir),
+            port: AGENT_VSOCK_PORT,
+        }
+    }
+}
+
+/// One `PUT` of the boot sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiRequest {
+    pub path: String,
+    pub body: serde_json::Value,
+}
+
+fn utf8<'a>(vm_id: &str, what: &'static str, path: &'a Path) -> Result<&'a str, VmmError> {
+    path.to_str().ok_or_else(|| VmmError::NonUtf8Path {
+        vm_id: vm_id.to_string(),
+        what,
+        path: path.to_path_buf(),
+    })
+}
+
+fn request(path: &str, body: impl serde::Serialize) -> ApiRequest {
+    ApiRequest {
+        path: path.to_string(),
+        // These bodies are structs of strings, numbers and booleans: always representable.
+        body: serde_json::to_value(body).unwrap_or_default(),
+    }
+}
+
+/// The requests that configure and boot `spec`'s VM, in order: `/machine-config`,
+/// `/boot-source`, `/drives/root`, `/drives/work`, `/network-interfaces/eth0`, `/vsock`,
+/// `/actions` (`InstanceStart`). Fails when a path is not UTF-8 (the API takes JSON strings).
+pub fn boot_requests(spec: &VmSpec) -> Result<Vec<ApiRequest>, VmmError> {
+    let id = spec.vm_id.as_str();
+    let kernel = utf8(id, "kernel", &spec.kernel)?;
+    let initrd = spec
+        .initrd
+        .as_deref()
+        .map(|p| utf8(id, "initrd", p))
+        .transpose()?;
+    let root = utf8(id, "root disk", &spec.root_disk)?;
+    let work = utf8(id, "work disk", &spec.work_disk)?;
+    let vsock_path = vsock_socket(&spec.run_dir);
+    let vsock = utf8(id, "vsock socket", &vsock_path)?;
+    Ok(vec![
+        request(
+            "/machine-config",
+            MachineConfig {
+                vcpu_count: spec.vcpus,
+                mem_size_mib: spec.memory_mib,
+            },
+        ),
+        request(
+            "/boot-source",
+            BootSource {
+                kernel_image_path: kernel.to_string(),
+                boot_args: spec.boot_args.clone(),
+                initrd_path: initrd.map(str::to_string),
+            },
+        ),
+        request(
+            "/drives/root",
+            Drive {
+                drive_id: "root".to_string(),
+                path_on_host: root.to_string(),
+                is_root_device: true,
+                is_read_only: false,
+            },
+        ),
+        request(
+            "/drives/work",
+            Drive {
+                drive_id: "work".to_string(),
+                path_on_host: work.to_string(),
+                is_root_device: false,
+                is_read_only: false,
+            },
+        ),
+        request(
+            &format!("/network-interfaces/{IFACE_ID}"),
+            NetworkInterface {
+                iface_id: IFACE_ID.to_string(),
+                host_dev_name: spec.tap.clone(),
+                guest_mac: spec.mac.clone(),
+            },
+        ),
+        request(
+            "/vsock",
+            Vsock {
+                guest_cid: spec.vsock_cid,
+                uds_path: vsock.to_string(),
+            },
+        ),
+        request(
+            "/actions",
+            InstanceAction {
+                action_type: ActionType::InstanceStart,
+            },
+        ),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::ffi::OsStringExt;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            vm_id: "0123456789abcdef".to_string(),
+            vcpus: 2,
+            memory_mib: 2048,
+            kernel: "/k/vmlinux".into(),
+            initrd: None,
+            boot_args: "console=ttyS0 reboot=k panic=1".to_string(),
+            root_disk: "/d/root.ext4".into(),
+            work_disk: "/d/work.ext4".into(),
+            tap: "bgtap5".to_string(),
+            mac: "06:00:AC:1E:00:05".to_string(),
+            vsock_cid: 5,
+            run_dir: "/run/b/0123456789abcdef".into(),
+            console_log: "/l/console.log".into(),
+            vmm_log: "/l/vmm.log".into(),
+        }
+    }
+
+    #[test]
+    fn boot_requests_are_exact() {
+        let requests = boot_requests(&spec()).unwrap();
+        let got: Vec<(&str, &serde_json::Value)> = requests
+            .iter()
+            .map(|r| (r.path.as_str(), &r.body))
+            .collect();
+        let expected = [
+            (
+                "/machine-config",
+                json!({"vcpu_count": 2, "mem_size_mib": 2048}),
+            ),
+            (
+                "/boot-source",
+                json!({"kernel_image_path": "/k/vmlinux", "boot_args": "console=ttyS0 reboot=k panic=1"}),
+            ),
+            (
+                "/drives/root",
+                json!({"drive_id": "root", "path_on_host": "/d/root.ext4", "is_root_device": true, "is_read_only": false}),
+            ),
+            (
+                "/drives/work",
+                json!({"drive_id": "work", "path_on_host": "/d/work.ext4", "is_root_device": false, "is_read_only": false}),
+            ),
+            (
+                "/network-interfaces/eth0",
+                json!({"iface_id": "eth0", "host_dev_name": "bgtap5", "guest_mac": "06:00:AC:1E:00:05"}),
+            ),
+            (
+                "/vsock",
+                json!({"guest_cid": 5, "uds_path": "/run/b/0123456789abcdef/vsock.sock"}),
+            ),
+            ("/actions", json!({"action_type": "InstanceStart"})),
+        ];
+        assert_eq!(got.len(), expected.len());
+        for ((path, body), (want_path, want_body)) in got.iter().zip(expected.iter()) {
+            assert_eq!(path, want_path);
+            assert_eq!(*body, want_body, "{path}");
+        }
+    }
+
+    #[test]
+    fn initrd_is_sent_when_present() {
+        let mut spec = spec();
+        spec.initrd = Some("/k/initrd.img".into());
+        let requests = boot_requests(&spec).unwrap();
+        assert_eq!(
+            requests[1].body,
+            json!({"kernel_image_path": "/k/vmlinux", "boot_args": "console=ttyS0 reboot=k panic=1", "initrd_path": "/k/initrd.img"})
+        );
+    }
+
+    #[test]
+    fn non_utf8_paths_are_refused_with_their_role() {
+        let mut spec = spec();
+        spec.work_disk = PathBuf::from(OsString::from_vec(b"/d/w\xff.ext4".to_vec()));
+        let err = boot_requests(&spec).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                VmmError::NonUtf8Path {
+                    what: "work disk",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn validate_checks_id_and_socket_lengths() {
+        let vmm = FirecrackerVmm::new("/bin/firecracker");
+        assert!(vmm.validate(&spec()).is_ok());
+
+        let mut bad_id = spec();
+        bad_id.vm_id = "a/b".to_string();
+        assert!(matches!(
+            vmm.validate(&bad_id),
+            Err(VmmError::InvalidVmId { .. })
+        ));
+
+        // api.sock fits, vsock.sock (two bytes longer) does not.
+        let mut long = spec();
+        let dir_len = crate::MAX_SOCKET_PATH - 1 - API_SOCKET.len();
+        long.run_dir = PathBuf::from(format!("/{}", "r".repeat(dir_len - 1)));
+        assert!(crate::socket_path_fits(&api_socket(&long.run_dir)));
+        let err = vmm.validate(&long).unwrap_err();
+        match &err {
+            VmmError::SocketPathTooLong { path, len, .. } => {
+                assert!(path.ends_with(VSOCK_SOCKET), "{err}");
+                assert_eq!(*len, crate::MAX_SOCKET_PATH + 2);
+            }
+            other => panic!("unexpected {other}"),
+        }
+        assert!(err.to_string().contains("sun_path"), "{err}");
+    }
+
+    #[test]
+    fn agent_is_reached_through_hybrid_vsock() {
+        let vmm = FirecrackerVmm::new("/bin/firecracker");
+        assert_eq!(
+            vmm.agent_endpoint(&spec()),
+            AgentEndpoint::HybridVsock {
+                uds: "/run/b/0123456789abcdef/vsock.sock".into(),
+                port: AGENT_VSOCK_PORT,
+            }
+        );
+        assert_eq!(vmm.kind(), VmmKind::Firecracker);
+    }
+
+    fn executable(dir: &Path, name: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[test]
+    fn locate_prefers_config_then_env_then_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = executable(dir.path(), "fc-config");
+        let env = executable(dir.path(), "fc-env");
+        let bin_dir = dir.path().join("bin");
+        std::fs::create_dir(&bin_dir).unwrap();
+        let on_path = executable(&bin_dir, BIN_NAME);
+        let empty_dir = dir.path().join("empty");
+        std::fs::create_dir(&empty_dir).unwrap();
+        let path_var = std::env::join_paths([&empty_dir, &bin_dir]).unwrap();
+
+        let found = FirecrackerVmm::locate(
+            Some(config.clone()),
+            Some(env.clone().into()),
+            Some(&path_var),
+        )
+        .unwrap();
+        assert_eq!(found.bin(), config);
+
+        let found =
+            FirecrackerVmm::locate(None, Some(env.clone().into()), Some(&path_var)).unwrap();
+        assert_eq!(found.bin(), env);
+
+        // Empty values count as unset.
+        let found =
+            FirecrackerVmm::locate(Some(PathBuf::new()), Some(OsString::new()), Some(&path_var))
+                .unwrap();
+        assert_eq!(found.bin(), on_path);
+
+        let err = FirecrackerVmm::locate(None, None, Some(empty_dir.as_os_str())).unwrap_err();
+        assert!(matches!(err, LocateError::NotOnPath { .. }), "{err}");
+        assert!(err.to_string().contains(BIN_ENV), "{err}");
+        assert!(FirecrackerVmm::locate(None, None, None).is_err());
+    }
+
+    #[test]
+    fn locate_does_not_fall_through_a_bad_explicit_choice() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin_dir = dir.path().join("bin");
+        std::fs::create_dir(&bin_dir).unwrap();
+        executable(&bin_dir, BIN_NAME);
+        let not_exec = dir.path().join("plain");
+        std::fs::write(&not_exec, "").unwrap();
+
+        let err = FirecrackerVmm::locate(
+            Some(dir.path().join("missing")),
+            None,
+            Some(bin_dir.as_os_str()),
+        )
+        .unwrap_err();
+        assert!(matches!(err, LocateError::Config { .. }), "{err}");
+        assert!(err.to_string().contains("missing"), "{err}");
+
+        let err = FirecrackerVmm::locate(None, Some(not_exec.into()), Some(bin_dir.as_os_str()))
+            .unwrap_err();
+        assert!(matches!(err, LocateError::Env { .. }), "{err}");
+        assert!(err.to_string().contains("not executable"), "{err}");
+
+        let err = FirecrackerVmm::locate(None, Some(dir.path().into()), None).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn pid_for_socket_falls_back_to_the_command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join(API_SOCKET);
+        let mut cmd = Command::new("sh");
+        // `; exit` keeps sh from exec'ing sleep, so the socket stays in sh's command line.
+        cmd.arg("-c")
+            .arg("sleep 3600; exit 0")
+            .arg(&socket)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = process::spawn_detached(cmd).unwrap();
+        let pid = child.pid();
+
+        assert_eq!(pid_for_socket(&socket, None), Some(pid));
+        // A stale peer pid (a dead process) is ignored too.
+        assert_eq!(pid_for_socket(&socket, Some(u32::MAX)), Some(pid));
+        assert_eq!(
+            pid_for_socket(&socket, Some(std::process::id())),
+            Some(std::process::id())
+        );
+        assert_eq!(pid_for_socket(&dir.path().join("other.sock"), None), None);
+
+        process::signal_group(pid, crate::Signal::KILL).unwrap();
+        assert!(process::wait_exit(pid, Duration::from_secs(5)).await);
+    }
+}

@@ -1,0 +1,559 @@
+//! Firecracker's API over its Unix socket: an HTTP/1.1 client ([`ApiClient`], one connection
+//! per request, every request bounded by a timeout) and the request and answer bodies banger
+//! uses, as `firecracker.yaml` defines them.
+//!
+//! A refused request becomes [`ApiError::Status`] carrying the method, the path, the status and
+//! Firecracker's `fault_message`, which says what was wrong ("The kernel file cannot be
+//! opened: ...").
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use tokio::net::UnixStream;
+
+/// Bound of one API request unless [`ApiClient::with_timeout`] says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A failed API request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{method} {path}: cannot connect to the Firecracker API socket {}: {source}", socket.display())]
+    Connect {
+        socket: PathBuf,
+        method: Method,
+        path: String,
+        source: io::Error,
+    },
+    #[error("{method} {path}: the body cannot be encoded: {source}")]
+    Encode {
+        method: Method,
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("{method} {path} on {}: cannot build the request: {source}", socket.display())]
+    Build {
+        socket: PathBuf,
+        method: Method,
+        path: String,
+        source: hyper::http::Error,
+    },
+    #[error("{method} {path} on {}: HTTP exchange failed: {source}", socket.display())]
+    Http {
+        socket: PathBuf,
+        method: Method,
+        path: String,
+        source: hyper::Error,
+    },
+    #[error("{method} {path} on {}: no answer within {after:?}", socket.display())]
+    Timeout {
+        socket: PathBuf,
+        method: Method,
+        path: String,
+        after: Duration,
+    },
+    #[error("{method} {path} on {}: Firecracker answered {status}: {fault_message}", socket.display())]
+    Status {
+        socket: PathBuf,
+        method: Method,
+        path: String,
+        status: StatusCode,
+        /// Firecracker's `fault_message`, or the raw body when there is none.
+        fault_message: String,
+    },
+    #[error("{method} {path} on {}: unexpected answer ({status}): {detail}", socket.display())]
+    Decode {
+        socket: PathBuf,
+        method: Method,
+        path: String,
+        status: StatusCode,
+        detail: String,
+    },
+}
+
+impl ApiError {
+    /// Whether nothing accepted the connection (no VMM, or a stale socket).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Self::Connect { .. })
+    }
+
+    /// Firecracker's `fault_message`, when it refused the request.
+    pub fn fault_message(&self) -> Option<&str> {
+        match self {
+            Self::Status { fault_message, .. } => Some(fault_message),
+            _ => None,
+        }
+    }
+}
+
+/// The run state in [`InstanceInfo`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "String")]
+pub enum InstanceState {
+    /// `"Not started"`: configurable, not booted.
+    NotStarted,
+    Running,
+    Paused,
+    /// A state this client does not know.
+    Other(String),
+}
+
+impl From<String> for InstanceState {
+    fn from(s: String) -> Self {
+        match s.as_str() {
+            "Not started" => Self::NotStarted,
+            "Running" => Self::Running,
+            "Paused" => Self::Paused,
+            _ => Self::Other(s),
+        }
+    }
+}
+
+impl fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NotStarted => "Not started",
+            Self::Running => "Running",
+            Self::Paused => "Paused",
+            Self::Other(s) => s,
+        })
+    }
+}
+
+/// Answer to `GET /` (`InstanceInfo`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct InstanceInfo {
+    pub app_name: String,
+    /// The `--id` the VMM was started with.
+    pub id: String,
+    pub state: InstanceState,
+    pub vmm_version: String,
+}
+
+/// `PUT /machine-config` (`MachineConfiguration`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MachineConfig {
+    pub vcpu_count: u32,
+    pub mem_size_mib: u64,
+}
+
+/// `PUT /boot-source` (`BootSource`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BootSource {
+    pub kernel_image_path: String,
+    pub boot_args: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initrd_path: Option<String>,
+}
+
+/// `PUT /drives/{drive_id}` (`Drive`, virtio-block).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Drive {
+    pub drive_id: String,
+    pub path_on_host: String,
+    pub is_root_device: bool,
+    pub is_read_only: bool,
+}
+
+/// `PUT /network-interfaces/{iface_id}` (`NetworkInterface`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetworkInterface {
+    pub iface_id: String,
+    pub host_dev_name: String,
+    pub guest_mac: String,
+}
+
+/// `PUT /vsock` (`Vsock`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Vsock {
+    pub guest_cid: u32,
+    pub uds_path: String,
+}
+
+/// The `action_type` of `PUT /actions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ActionType {
+    InstanceStart,
+    SendCtrlAltDel,
+    FlushMetrics,
+}
+
+/// `PUT /actions` (`InstanceActionInfo`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct InstanceAction {
+    pub action_type: ActionType,
+}
+
+/// What came back, before interpretation.
+struct Answer {
+    status: StatusCode,
+    body: Bytes,
+    peer_pid: Option<u32>,
+}
+
+/// Aborts the connection task when the request is done or abandoned.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A client bound to one Firecracker API socket.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    socket: PathBuf,
+    timeout: Duration,
+}
+
+impl ApiClient {
+    /// A client for `socket`, with [`DEFAULT_TIMEOUT`] per request.
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Bounds every request (connect, send, answer) by `timeout`.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// `GET /`: the instance's id and state.
+    pub async fn describe(&self) -> Result<InstanceInfo, ApiError> {
+        self.describe_with_peer().await.map(|(info, _)| info)
+    }
+
+    /// `GET /`, plus the pid of the process listening on the socket (from the socket's peer
+    /// credentials), when the kernel reports one visible in this pid namespace.
+    pub async fn describe_with_peer(&self) -> Result<(InstanceInfo, Option<u32>), ApiError> {
+        let method = Method::GET;
+        let answer = self.exchange(&method, "/", None).await?;
+        let answer = self.expect_success(&method, "/", answer)?;
+        let info = serde_json::from_slice(&answer.body).map_err(|e| ApiError::Decode {
+            socket: self.socket.clone(),
+            method: method.clone(),
+            path: "/".to_string(),
+            status: answer.status,
+            detail: format!("{e}: {}", String::from_utf8_lossy(&answer.body)),
+        })?;
+        Ok((info, answer.peer_pid))
+    }
+
+    /// `PUT path` with a JSON body; any 2xx answer is success.
+    pub async fn put<B: Serialize + ?Sized>(&self, path: &str, body: &B) -> Result<(), ApiError> {
+        let method = Method::PUT;
+        let bytes = serde_json::to_vec(body).map_err(|source| ApiError::Encode {
+            method: method.clone(),
+            path: path.to_string(),
+            source,
+        })?;
+        let answer = self.exchange(&method, path, Some(bytes)).await?;
+        self.expect_success(&method, path, answer).map(drop)
+    }
+
+    /// `PUT /actions`.
+    pub async fn action(&self, action_type: ActionType) -> Result<(), ApiError> {
+        self.put("/actions", &InstanceAction { action_type }).await
+    }
+
+    fn expect_success(
+        &self,
+        method: &Method,
+        path: &str,
+        answer: Answer,
+    ) -> Result<Answer, ApiError> {
+        if answer.status.is_success() {
+            return Ok(answer);
+        }
+        Err(ApiError::Status {
+            socket: self.socket.clone(),
+            method: method.clone(),
+            path: path.to_string(),
+            status: answer.status,
+            fault_message: fault_message(answer.status, &answer.body),
+        })
+    }
+
+    async fn exchange(
+        &self,
+        method: &Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Answer, ApiError> {
+        match tokio::time::timeout(self.timeout, self.exchange_unbounded(method, path, body)).await
+        {
+            Ok(result) => result,
+            Err(_elapsed) => Err(ApiError::Timeout {
+                socket: self.socket.clone(),
+                method: method.clone(),
+                path: path.to_string(),
+                after: self.timeout,
+            }),
+        }
+    }
+
+    async fn exchange_unbounded(
+        &self,
+        method: &Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Answer, ApiError> {
+        let http = |source| ApiError::Http {
+            socket: self.socket.clone(),
+            method: method.clone(),
+            path: path.to_string(),
+            source,
+        };
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| ApiError::Connect {
+                    socket: self.socket.clone(),
+                    method: method.clone(),
+                    path: path.to_string(),
+                    source,
+                })?;
+        let peer_pid = stream
+            .peer_cred()
+            .ok()
+            .and_then(|cred| cred.pid())
+            .and_then(|pid| u32::try_from(pid).ok())
+            .filter(|pid| *pid > 0);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(http)?;
+        // The connection's own error, if any, surfaces through send_request / the body.
+        let _conn = AbortOnDrop(tokio::spawn(async move {
+            let _ = conn.await;
+        }));
+
+        let builder = Request::builder()
+            .method(method.clone())
+            .uri(path)
+            .header(header::HOST, "localhost")
+            .header(header::ACCEPT, "application/json");
+        let request = match body {
+            Some(bytes) => builder
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(bytes))),
+            None => builder.body(Full::new(Bytes::new())),
+        }
+        .map_err(|source| ApiError::Build {
+            socket: self.socket.clone(),
+            method: method.clone(),
+            path: path.to_string(),
+            source,
+        })?;
+        let response = sender.send_request(request).await.map_err(http)?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(http)?
+            .to_bytes();
+        Ok(Answer {
+            status,
+            body,
+            peer_pid,
+        })
+    }
+}
+
+/// Firecracker's `{"fault_message": ...}`, else the raw body, else the status's reason.
+fn fault_message(status: StatusCode, body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Fault {
+        fault_message: String,
+    }
+    match serde_json::from_slice::<Fault>(body) {
+        Ok(fault) => fault.fault_message,
+        Err(_) if body.iter().all(u8::is_ascii_whitespace) => status
+            .canonical_reason()
+            .unwrap_or("no message")
+            .to_string(),
+        Err(_) => String::from_utf8_lossy(body).trim().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixListener;
+
+    use super::*;
+
+    #[test]
+    fn fault_message_prefers_firecracker_field() {
+        assert_eq!(
+            fault_message(
+                StatusCode::BAD_REQUEST,
+                br#"{"fault_message":"The kernel file cannot be opened"}"#
+            ),
+            "The kernel file cannot be opened"
+        );
+        assert_eq!(fault_message(StatusCode::BAD_REQUEST, b""), "Bad Request");
+        assert_eq!(fault_message(StatusCode::BAD_REQUEST, b"oops\n"), "oops");
+    }
+
+    #[test]
+    fn instance_info_decodes_every_state() {
+        for (text, state) in [
+            ("Not started", InstanceState::NotStarted),
+            ("Running", InstanceState::Running),
+            ("Paused", InstanceState::Paused),
+            ("Exploded", InstanceState::Other("Exploded".to_string())),
+        ] {
+            let info: InstanceInfo = serde_json::from_value(json!({
+                "app_name": "Firecracker", "id": "abc", "state": text, "vmm_version": "1.12.0"
+            }))
+            .unwrap();
+            assert_eq!(info.state, state);
+            assert_eq!(info.state.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn action_bodies() {
+        assert_eq!(
+            serde_json::to_value(InstanceAction {
+                action_type: ActionType::SendCtrlAltDel
+            })
+            .unwrap(),
+            json!({"action_type": "SendCtrlAltDel"})
+        );
+    }
+
+    /// Serves one connection with a canned HTTP answer and returns the request it read.
+    async fn serve_once(listener: UnixListener, answer: &'static str) -> String {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buf).await.unwrap();
+            request.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&request);
+            if let Some(head_end) = text.find("\r\n\r\n") {
+                let length = text[..head_end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if request.len() >= head_end + 4 + length {
+                    break;
+                }
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        stream.write_all(answer.as_bytes()).await.unwrap();
+        String::from_utf8(request).unwrap()
+    }
+
+    #[tokio::test]
+    async fn refused_put_carries_method_path_status_and_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let server = tokio::spawn(serve_once(
+            listener,
+            "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 37\r\n\r\n{\"fault_message\":\"no such kernel x\"}\n",
+        ));
+        let client = ApiClient::new(&socket);
+        let err = client
+            .put(
+                "/boot-source",
+                &BootSource {
+                    kernel_image_path: "/x".into(),
+                    boot_args: "console=ttyS0".into(),
+                    initrd_path: None,
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.fault_message(), Some("no such kernel x"));
+        let text = err.to_string();
+        assert!(text.starts_with("PUT /boot-source on "), "{text}");
+        assert!(text.contains("api.sock"), "{text}");
+        assert!(text.contains("400 Bad Request"), "{text}");
+        assert!(text.ends_with("no such kernel x"), "{text}");
+
+        let request = server.await.unwrap();
+        assert!(
+            request.starts_with("PUT /boot-source HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(
+            request
+                .to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{request}"
+        );
+        assert!(
+            request.ends_with(r#"{"kernel_image_path":"/x","boot_args":"console=ttyS0"}"#),
+            "{request}"
+        );
+    }
+
+    #[tokio::test]
+    async fn describe_reports_the_peer_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let body =
+            r#"{"app_name":"Firecracker","id":"vm1","state":"Running","vmm_version":"1.12.0"}"#;
+        let answer: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_boxed_str(),
+        );
+        let server = tokio::spawn(serve_once(listener, answer));
+        let (info, pid) = ApiClient::new(&socket).describe_with_peer().await.unwrap();
+        assert_eq!(info.id, "vm1");
+        assert_eq!(info.state, InstanceState::Running);
+        assert_eq!(pid, Some(std::process::id()));
+        assert!(server.await.unwrap().starts_with("GET / HTTP/1.1\r\n"));
+    }
+
+    #[tokio::test]
+    async fn silent_server_times_out_and_missing_socket_is_a_connect_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let _listener = UnixListener::bind(&socket).unwrap();
+        let err = ApiClient::new(&socket)
+            .with_timeout(Duration::from_millis(100))
+            .describe()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ApiError::Timeout { .. }), "{err}");
+        assert!(err.to_string().starts_with("GET / on "), "{err}");
+
+        let err = ApiClient::new(dir.path().join("missing.sock"))
+            .describe()
+            .await
+            .unwrap_err();
+        assert!(err.is_connect(), "{err}");
+        assert!(err.to_string().contains("missing.sock"), "{err}");
+    }
+}

@@ -1,0 +1,303 @@
+//! banger's VMM backends: the [`Vmm`] seam the daemon holds as `Arc<dyn Vmm>` (chosen by
+//! config), its Firecracker implementation ([`firecracker::FirecrackerVmm`]), a hand-written
+//! fake for the daemon's tests ([`fake::FakeVmm`]) and the process control every backend
+//! shares ([`process`]).
+//!
+//! A backend turns a [`VmSpec`] (everything one VM needs to boot) into a [`Running`] VMM (its
+//! pid, its control socket and where its guest agent answers), asks a guest to shut down, and
+//! re-finds a live VMM after the daemon restarted. Stopping is generic ([`process::stop`]):
+//! ask politely, wait a grace period, then `SIGKILL`, and never hang.
+//!
+//! # Why things are as they are
+//!
+//! - **The VMM gets its own session** (`setsid` in the child before `exec`, see
+//!   [`process::spawn_detached`]). A VM outlives the request that started it and the daemon
+//!   itself (a daemon of a newer build replaces the old one while VMs keep running). In its own
+//!   session and process group, no signal aimed at the daemon's group reaches it (a Ctrl-C in
+//!   the terminal that started `bangerd` by hand, a `kill -- -PGID` of the daemon), and it has
+//!   no controlling terminal whose hang-up could kill it. Its pid is its process group id,
+//!   which lets a failed start kill the VMM together with anything it spawned.
+//! - **Children are reaped by a thread**, one per spawned VMM, blocked in `waitpid` on it.
+//!   A VMM that exits on its own (the guest rebooted) never lingers as a zombie of the daemon,
+//!   and a start can notice at once that its VMM died and report how. [`process::alive`]
+//!   counts a zombie as dead anyway, and [`process::wait_exit`] reaps a zombie child itself, so
+//!   nothing depends on that thread's timing.
+//! - **Socket paths must be short.** A Unix socket address holds at most 108 bytes
+//!   (`sun_path`) including the terminating NUL, so a socket path has at most 107 bytes
+//!   ([`MAX_SOCKET_PATH`]). Firecracker's API socket and its vsock socket live in the VM's
+//!   `run_dir`, which must therefore be a short path (under the runtime directory, not under a
+//!   deep state directory). A too-long path is refused before anything is spawned
+//!   ([`VmmError::SocketPathTooLong`]) instead of failing inside the VMM with an obscure bind
+//!   error.
+//! - **Stale sockets are removed before a start.** Firecracker refuses to start when its API
+//!   socket path exists, and leaves its socket files behind when it dies. A start first asks
+//!   the API socket: a VMM that answers is never disturbed ([`VmmError::AlreadyRunning`]);
+//!   otherwise every socket in `run_dir` is stale and is removed ([`process::cleanup_sockets`]).
+//! - **A failed start leaves nothing running**, including a start whose future is dropped
+//!   (the daemon's cancellation is drop): a guard kills the VMM's process group and removes its
+//!   sockets, on a thread of its own when it has to run from `Drop`.
+//! - **The library never reads the environment.** [`firecracker::FirecrackerVmm::locate`] is
+//!   handed the configured path, `BANGER_FIRECRACKER_BIN` and `PATH` by its caller.
+
+pub mod error;
+pub mod fake;
+pub mod firecracker;
+pub mod process;
+
+use std::fmt;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::VmmError;
+pub use firecracker::FirecrackerVmm;
+pub use process::{Signal, StopOutcome};
+
+/// A boxed, sendable future: what the [`Vmm`] methods return (no `async-trait` crate).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Longest Unix socket path, in bytes: `sun_path` is 108 bytes including the terminating NUL.
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Whether `path` fits in a Unix socket address (at most [`MAX_SOCKET_PATH`] bytes).
+pub fn socket_path_fits(path: &Path) -> bool {
+    path.as_os_str().len() <= MAX_SOCKET_PATH
+}
+
+/// Which VMM runs the VMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmmKind {
+    Firecracker,
+    Qemu,
+}
+
+impl VmmKind {
+    /// The lowercase name used in config, JSON and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Firecracker => "firecracker",
+            Self::Qemu => "qemu",
+        }
+    }
+}
+
+impl fmt::Display for VmmKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A VMM name that is neither `firecracker` nor `qemu`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown VMM {input:?}: expected \"firecracker\" or \"qemu\"")]
+pub struct ParseVmmKindError {
+    pub input: String,
+}
+
+impl FromStr for VmmKind {
+    type Err = ParseVmmKindError;
+
+    /// Accepts `firecracker` and `qemu`, in any case, surrounding whitespace ignored.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "firecracker" => Ok(Self::Firecracker),
+            "qemu" => Ok(Self::Qemu),
+            _ => Err(ParseVmmKindError {
+                input: s.to_string(),
+            }),
+        }
+    }
+}
+
+/// Everything needed to boot one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSpec {
+    /// The VM's id: 1 to 64 ASCII letters, digits or `-` (banger uses 16+ hex chars). Passed
+    /// to Firecracker as `--id`.
+    pub vm_id: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// Uncompressed kernel image (Firecracker needs an ELF `vmlinux`).
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line.
+    pub boot_args: String,
+    /// The root file system (read-write).
+    pub root_disk: PathBuf,
+    /// The work disk (read-write, not the root device).
+    pub work_disk: PathBuf,
+    /// The host TAP device.
+    pub tap: String,
+    /// The guest MAC address, e.g. `06:00:AC:1E:00:05`.
+    pub mac: String,
+    /// The guest's vsock context id (3 or more).
+    pub vsock_cid: u32,
+    /// The per-VM directory for the VMM's sockets. Must be short: socket paths in it must fit
+    /// in [`MAX_SOCKET_PATH`] bytes. Created (mode 0700) when missing. Every Unix socket in it
+    /// belongs to the VMM and is removed as stale when no VMM answers there.
+    pub run_dir: PathBuf,
+    /// Receives the VMM's stdout: the guest serial console (appended).
+    pub console_log: PathBuf,
+    /// Receives the VMM's stderr (appended).
+    pub vmm_log: PathBuf,
+}
+
+/// Where the guest agent answers, from the host.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AgentEndpoint {
+    /// Firecracker's hybrid vsock: connect to `uds`, send `CONNECT <port>\n`, read `OK ...\n`
+    /// (`banger_agent::client::connect_hybrid_vsock`).
+    HybridVsock { uds: PathBuf, port: u32 },
+    /// A Unix socket that is the agent's stream, e.g. QEMU's chardev socket wired to the
+    /// guest's virtio-serial port (`banger_agent::client::connect_unix`).
+    Unix(PathBuf),
+}
+
+/// A VMM process that runs (or ran) a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    /// The VM it runs ([`VmSpec::vm_id`]); errors name it.
+    pub vm_id: String,
+    /// The VMM process. A VMM started by [`Vmm::start`] leads its own session and process
+    /// group, so this is also its process group id.
+    pub pid: u32,
+    /// The VMM's control socket: Firecracker's API socket (QEMU: its QMP socket).
+    pub api_socket: PathBuf,
+    /// Where the guest agent answers.
+    pub agent: AgentEndpoint,
+}
+
+/// A VMM backend. The daemon holds one as `Arc<dyn Vmm>`.
+///
+/// Implementations: [`firecracker::FirecrackerVmm`], [`fake::FakeVmm`] (tests). A QEMU backend
+/// fits the same shape: QMP socket as `api_socket`, `system_powerdown` for
+/// [`request_shutdown`](Vmm::request_shutdown), the agent over a virtio-serial chardev socket
+/// ([`AgentEndpoint::Unix`]).
+pub trait Vmm: Send + Sync + fmt::Debug {
+    /// Which VMM this is.
+    fn kind(&self) -> VmmKind;
+
+    /// Checks what can be checked without touching the host: the VM id, socket path lengths,
+    /// paths the VMM API needs as text. [`start`](Vmm::start) checks the same first; the
+    /// daemon can call this to refuse a bad VM before creating anything.
+    fn validate(&self, spec: &VmSpec) -> Result<(), VmmError>;
+
+    /// Spawns the VMM detached ([`process::spawn_detached`]: own session and process group, so
+    /// it outlives the request and the daemon), stdout appended to `console_log`, stderr to
+    /// `vmm_log`, configures it fully and boots the guest.
+    ///
+    /// Refuses with [`VmmError::AlreadyRunning`] when a VMM already answers on the VM's
+    /// control socket; removes stale sockets otherwise. On any failure — and when the future
+    /// is dropped before it completes — the VMM is killed and its sockets removed: nothing is
+    /// left running.
+    fn start<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Result<Running, VmmError>>;
+
+    /// Asks the guest to shut down (Firecracker: `SendCtrlAltDel`; QEMU: `system_powerdown`)
+    /// and returns once the VMM accepted the request, not when the VMM has exited: see
+    /// [`process::stop`] for the whole sequence.
+    fn request_shutdown<'a>(&'a self, run: &'a Running) -> BoxFuture<'a, Result<(), VmmError>>;
+
+    /// Finds a live VMM running `spec`'s VM by its control socket (it must answer, and report
+    /// this VM's id) and its pid (the socket's peer credentials, else a `/proc/*/cmdline` scan
+    /// for the socket path), whatever pid was stored before. `None` when nothing live answers.
+    fn find_live<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Option<Running>>;
+
+    /// Where the guest agent of `spec`'s VM answers once it runs.
+    fn agent_endpoint(&self, spec: &VmSpec) -> AgentEndpoint;
+}
+
+/// Longest VM id Firecracker accepts as `--id`.
+pub const MAX_VM_ID_LEN: usize = 64;
+
+/// Checks a VM id: 1 to [`MAX_VM_ID_LEN`] ASCII letters, digits or `-` (what Firecracker
+/// accepts as `--id`, and safe in file names).
+pub fn validate_vm_id(vm_id: &str) -> Result<(), VmmError> {
+    let reason = if vm_id.is_empty() {
+        Some("it is empty".to_string())
+    } else if vm_id.len() > MAX_VM_ID_LEN {
+        Some(format!(
+            "it is {} bytes long, at most {MAX_VM_ID_LEN} are allowed",
+            vm_id.len()
+        ))
+    } else {
+        vm_id
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+            .map(|c| format!("{c:?} is not an ASCII letter, digit or '-'"))
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(VmmError::InvalidVmId {
+            vm_id: vm_id.to_string(),
+            reason,
+        }),
+    }
+}
+
+/// Checks that a socket path fits in `sun_path` ([`MAX_SOCKET_PATH`]).
+pub fn check_socket_path(vm_id: &str, path: &Path) -> Result<(), VmmError> {
+    if socket_path_fits(path) {
+        Ok(())
+    } else {
+        Err(VmmError::SocketPathTooLong {
+            vm_id: vm_id.to_string(),
+            path: path.to_path_buf(),
+            len: path.as_os_str().len(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vmm_kind_round_trips() {
+        for kind in [VmmKind::Firecracker, VmmKind::Qemu] {
+            assert_eq!(kind.to_string().parse::<VmmKind>(), Ok(kind));
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{kind}\""));
+            assert_eq!(serde_json::from_str::<VmmKind>(&json).unwrap(), kind);
+        }
+        assert_eq!(" QEMU ".parse::<VmmKind>(), Ok(VmmKind::Qemu));
+        let err = "kvmtool".parse::<VmmKind>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown VMM \"kvmtool\": expected \"firecracker\" or \"qemu\""
+        );
+        assert!(serde_json::from_str::<VmmKind>("\"Qemu\"").is_err());
+    }
+
+    #[test]
+    fn vm_ids_follow_firecracker() {
+        assert!(validate_vm_id("0123456789abcdef").is_ok());
+        assert!(validate_vm_id("vm-1").is_ok());
+        assert!(validate_vm_id(&"a".repeat(64)).is_ok());
+        for bad in ["", "a_b", "a b", "ä", "../x"] {
+            assert!(
+                matches!(validate_vm_id(bad), Err(VmmError::InvalidVmId { .. })),
+                "{bad:?}"
+            );
+        }
+        let err = validate_vm_id(&"a".repeat(65)).unwrap_err();
+        assert!(err.to_string().contains("65 bytes"), "{err}");
+    }
+
+    #[test]
+    fn socket_paths_must_fit_sun_path() {
+        let ok = PathBuf::from(format!("/{}", "a".repeat(MAX_SOCKET_PATH - 1)));
+        assert!(socket_path_fits(&ok));
+        assert!(check_socket_path("vm", &ok).is_ok());
+        let long = PathBuf::from(format!("/{}", "a".repeat(MAX_SOCKET_PATH)));
+        assert!(!socket_path_fits(&long));
+        let err = check_socket_path("vm", &long).unwrap_err();
+        assert!(
+            matches!(err, VmmError::SocketPathTooLong { len: 108, .. }),
+            "{err}"
+        );
+    }
+}

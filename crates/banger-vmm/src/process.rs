@@ -1,0 +1,913 @@
+//! Process control shared by every backend: spawning a VMM detached, liveness, signals,
+//! waiting for an exit, the stop sequence, and removing stale sockets.
+//!
+//! Liveness is read from `/proc/<pid>/stat`: a zombie (state `Z`) or a dead task (`X`) counts
+//! as dead, because a VMM that exited but was not reaped yet runs nothing. Pids are `u32` as
+//! std hands them out; `0`, `1` and values beyond `pid_t` are refused wherever a signal would
+//! be sent, because `kill(0, ...)`, `kill(-1, ...)` and init are never a VMM.
+//!
+//! Every wait here is bounded: [`stop`] asks the guest to shut down, waits at most its grace
+//! period, sends `SIGKILL`, waits at most [`KILL_WAIT`], and then reports instead of hanging.
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::{Running, Vmm};
+
+/// How long [`stop`] waits for a process to disappear after `SIGKILL`.
+pub const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// First and longest pause between two liveness checks while waiting for an exit.
+const POLL_FIRST: Duration = Duration::from_millis(5);
+const POLL_MAX: Duration = Duration::from_millis(50);
+
+/// Stack of a reaper thread: it only calls `waitpid`.
+const REAPER_STACK: usize = 64 * 1024;
+
+/// A signal, as `kill` takes it: parsed from a name (`TERM`, `SIGTERM`, `term`, `RTMIN+2`) or
+/// a number (`15`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Signal(i32);
+
+/// Classic signal names and their numbers on this platform; the first name of a number is the
+/// one displayed (`IOT`, `CLD` and `POLL` are aliases).
+const SIGNAL_NAMES: &[(&str, i32)] = &[
+    ("HUP", libc::SIGHUP),
+    ("INT", libc::SIGINT),
+    ("QUIT", libc::SIGQUIT),
+    ("ILL", libc::SIGILL),
+    ("TRAP", libc::SIGTRAP),
+    ("ABRT", libc::SIGABRT),
+    ("IOT", libc::SIGIOT),
+    ("BUS", libc::SIGBUS),
+    ("FPE", libc::SIGFPE),
+    ("KILL", libc::SIGKILL),
+    ("USR1", libc::SIGUSR1),
+    ("SEGV", libc::SIGSEGV),
+    ("USR2", libc::SIGUSR2),
+    ("PIPE", libc::SIGPIPE),
+    ("ALRM", libc::SIGALRM),
+    ("TERM", libc::SIGTERM),
+    ("CHLD", libc::SIGCHLD),
+    ("CLD", libc::SIGCHLD),
+    ("CONT", libc::SIGCONT),
+    ("STOP", libc::SIGSTOP),
+    ("TSTP", libc::SIGTSTP),
+    ("TTIN", libc::SIGTTIN),
+    ("TTOU", libc::SIGTTOU),
+    ("URG", libc::SIGURG),
+    ("XCPU", libc::SIGXCPU),
+    ("XFSZ", libc::SIGXFSZ),
+    ("VTALRM", libc::SIGVTALRM),
+    ("PROF", libc::SIGPROF),
+    ("WINCH", libc::SIGWINCH),
+    ("IO", libc::SIGIO),
+    ("POLL", libc::SIGPOLL),
+    ("PWR", libc::SIGPWR),
+    ("SYS", libc::SIGSYS),
+];
+
+impl Signal {
+    pub const HUP: Self = Self(libc::SIGHUP);
+    pub const INT: Self = Self(libc::SIGINT);
+    pub const QUIT: Self = Self(libc::SIGQUIT);
+    pub const KILL: Self = Self(libc::SIGKILL);
+    pub const USR1: Self = Self(libc::SIGUSR1);
+    pub const USR2: Self = Self(libc::SIGUSR2);
+    pub const TERM: Self = Self(libc::SIGTERM);
+    pub const CONT: Self = Self(libc::SIGCONT);
+    pub const STOP: Self = Self(libc::SIGSTOP);
+
+    /// The signal with this number, if it is one (1 to `SIGRTMAX`).
+    pub fn from_raw(number: i32) -> Option<Self> {
+        (1..=libc::SIGRTMAX())
+            .contains(&number)
+            .then_some(Self(number))
+    }
+
+    /// The signal number.
+    pub fn raw(self) -> i32 {
+        self.0
+    }
+}
+
+impl fmt::Display for Signal {
+    /// `SIGTERM`, `SIGRTMIN+3`, or the bare number for an unnamed one.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some((name, _)) = SIGNAL_NAMES.iter().find(|(_, n)| *n == self.0) {
+            return write!(f, "SIG{name}");
+        }
+        let rtmin = libc::SIGRTMIN();
+        if (rtmin..=libc::SIGRTMAX()).contains(&self.0) {
+            return match self.0 - rtmin {
+                0 => f.write_str("SIGRTMIN"),
+                k => write!(f, "SIGRTMIN+{k}"),
+            };
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A signal name or number `kill` would not take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown signal {input:?}: expected a name such as TERM, SIGKILL or RTMIN+1, or a number from 1 to {max}"
+)]
+pub struct ParseSignalError {
+    pub input: String,
+    /// The highest signal number (`SIGRTMAX`).
+    pub max: i32,
+}
+
+impl FromStr for Signal {
+    type Err = ParseSignalError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParseSignalError {
+            input: s.to_string(),
+            max: libc::SIGRTMAX(),
+        };
+        let text = s.trim();
+        if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+            return text
+                .parse::<i32>()
+                .ok()
+                .and_then(Self::from_raw)
+                .ok_or_else(err);
+        }
+        let upper = text.to_ascii_uppercase();
+        let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+        if let Some((_, number)) = SIGNAL_NAMES.iter().find(|(n, _)| *n == name) {
+            return Ok(Self(*number));
+        }
+        let (rtmin, rtmax) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+        let offset = |rest: &str| -> Option<i32> {
+            match rest {
+                "" => Some(0),
+                _ => rest
+                    .strip_prefix(['+', '-'])
+                    .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|n| n.parse::<i32>().ok()),
+            }
+        };
+        let number = if let Some(rest) = name.strip_prefix("RTMIN") {
+            offset(rest)
+                .filter(|_| !rest.starts_with('-'))
+                .map(|k| rtmin + k)
+        } else if let Some(rest) = name.strip_prefix("RTMAX") {
+            offset(rest)
+                .filter(|_| !rest.starts_with('+'))
+                .map(|k| rtmax - k)
+        } else {
+            None
+        };
+        number
+            .filter(|n| (rtmin..=rtmax).contains(n))
+            .map(Self)
+            .ok_or_else(err)
+    }
+}
+
+/// A signal that could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SignalError {
+    #[error("refusing to send {signal} to pid {pid}: not a process a VMM can be")]
+    InvalidPid { pid: u32, signal: Signal },
+    #[error("cannot send {signal} to pid {pid}: no such process")]
+    NoSuchProcess { pid: u32, signal: Signal },
+    #[error("cannot send {signal} to pid {pid}: {source}")]
+    Failed {
+        pid: u32,
+        signal: Signal,
+        source: io::Error,
+    },
+}
+
+/// `pid` as a `pid_t` that names exactly one process other than init.
+fn target_pid(pid: u32) -> Option<libc::pid_t> {
+    libc::pid_t::try_from(pid).ok().filter(|p| *p > 1)
+}
+
+/// Sends `sig` to the process `pid` (never to a group: see the module docs for refused pids).
+pub fn signal(pid: u32, sig: Signal) -> Result<(), SignalError> {
+    let Some(target) = target_pid(pid) else {
+        return Err(SignalError::InvalidPid { pid, signal: sig });
+    };
+    // SAFETY: kill(2) with a positive pid only sends a signal; no memory is shared.
+    if unsafe { libc::kill(target, sig.raw()) } == 0 {
+        return Ok(());
+    }
+    let source = io::Error::last_os_error();
+    if source.raw_os_error() == Some(libc::ESRCH) {
+        Err(SignalError::NoSuchProcess { pid, signal: sig })
+    } else {
+        Err(SignalError::Failed {
+            pid,
+            signal: sig,
+            source,
+        })
+    }
+}
+
+/// Sends `sig` to the process group `pgid` (a process that leads its own group, as every VMM
+/// spawned by [`spawn_detached`] does). A group that no longer exists is not an error.
+pub(crate) fn signal_group(pgid: u32, sig: Signal) -> Result<(), SignalError> {
+    let Some(target) = target_pid(pgid) else {
+        return Err(SignalError::InvalidPid {
+            pid: pgid,
+            signal: sig,
+        });
+    };
+    // SAFETY: kill(2) with a negative pid (< -1) only signals that process group.
+    if unsafe { libc::kill(-target, sig.raw()) } == 0 {
+        return Ok(());
+    }
+    let source = io::Error::last_os_error();
+    match source.raw_os_error() {
+        Some(libc::ESRCH) => Ok(()),
+        _ => Err(SignalError::Failed {
+            pid: pgid,
+            signal: sig,
+            source,
+        }),
+    }
+}
+
+/// State letter and parent pid from `/proc/<pid>/stat`, `None` when the process does not
+/// exist.
+fn stat(pid: u32) -> Option<(u8, u32)> {
+    let text = fs::read(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) S ppid ...": comm may contain spaces and parentheses, so parse after the
+    // last ')'.
+    let close = text.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&text[close + 1..]).ok()?;
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next()?.bytes().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// Whether `pid` is a running (or sleeping, stopped...) process. Zombies and dead tasks count
+/// as dead; so do `0` and pids beyond `pid_t`.
+pub fn alive(pid: u32) -> bool {
+    if pid == 0 || libc::pid_t::try_from(pid).is_err() {
+        return false;
+    }
+    matches!(stat(pid), Some((state, _)) if state != b'Z' && state != b'X')
+}
+
+/// Reaps `pid` if it is a zombie child of this process (never blocks, never touches other
+/// processes' children).
+fn reap_if_zombie_child(pid: u32) {
+    let Some(target) = target_pid(pid) else {
+        return;
+    };
+    let Some((b'Z', ppid)) = stat(pid) else {
+        return;
+    };
+    if ppid != std::process::id() {
+        return;
+    }
+    let mut status = 0;
+    // SAFETY: waitpid(2) on one pid with WNOHANG writes only to `status`, a valid local.
+    unsafe { libc::waitpid(target, &mut status, libc::WNOHANG) };
+}
+
+/// Waits until `pid` is gone (or a zombie), polling, for at most `timeout`. Reaps it when it
+/// is a zombie child of this process. Returns whether it is gone.
+pub async fn wait_exit(pid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut pause = POLL_FIRST;
+    loop {
+        reap_if_zombie_child(pid);
+        if !alive(pid) {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        tokio::time::sleep(pause.min(deadline - now)).await;
+        pause = (pause * 2).min(POLL_MAX);
+    }
+}
+
+/// [`wait_exit`] for threads without a runtime.
+pub(crate) fn wait_exit_blocking(pid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut pause = POLL_FIRST;
+    loop {
+        reap_if_zombie_child(pid);
+        if !alive(pid) {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(POLL_MAX);
+    }
+}
+
+/// How [`stop`] ended a VMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopOutcome {
+    /// It exited after the shutdown request, within the grace period (or on its own before it
+    /// had to be killed).
+    Graceful,
+    /// It had to be killed with `SIGKILL`.
+    Forced,
+    /// It was not running when the stop began (or vanished before it could be asked or
+    /// killed).
+    NotRunning,
+}
+
+/// A VMM [`stop`] could not end.
+#[derive(Debug, thiserror::Error)]
+pub enum StopError {
+    #[error("VM {vm_id}: cannot kill VMM pid {pid}: {source}")]
+    Kill {
+        vm_id: String,
+        pid: u32,
+        source: SignalError,
+    },
+    #[error("VM {vm_id}: VMM pid {pid} is still alive {after:?} after SIGKILL")]
+    StillAlive {
+        vm_id: String,
+        pid: u32,
+        after: Duration,
+    },
+}
+
+/// Stops a VMM: asks the guest to shut down ([`Vmm::request_shutdown`]), waits up to `grace`
+/// for the process to exit, then sends `SIGKILL` and waits up to [`KILL_WAIT`].
+///
+/// Never hangs: the request itself is bounded by `grace`, and a failing request (the VMM API
+/// is dead or refuses) goes straight to the kill. Sockets are left to the caller
+/// ([`cleanup_sockets`]; a later start removes stale ones anyway).
+pub async fn stop<V: Vmm + ?Sized>(
+    vmm: &V,
+    running: &Running,
+    grace: Duration,
+) -> Result<StopOutcome, StopError> {
+    let pid = running.pid;
+    let vm_id = running.vm_id.as_str();
+    if !alive(pid) {
+        reap_if_zombie_child(pid);
+        return Ok(StopOutcome::NotRunning);
+    }
+    let deadline = Instant::now() + grace;
+    let accepted = match tokio::time::timeout(grace, vmm.request_shutdown(running)).await {
+        Ok(Ok(())) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if wait_exit(pid, left).await {
+                return Ok(StopOutcome::Graceful);
+            }
+            tracing::warn!(
+                vm_id,
+                pid,
+                ?grace,
+                "VMM still running after the grace period; killing it"
+            );
+            true
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(vm_id, pid, %error, "shutdown request failed; killing the VMM");
+            false
+        }
+        Err(_elapsed) => {
+            tracing::warn!(
+                vm_id,
+                pid,
+                ?grace,
+                "shutdown request did not complete within the grace period; killing the VMM"
+            );
+            false
+        }
+    };
+    match signal(pid, Signal::KILL) {
+        Ok(()) => {}
+        Err(SignalError::NoSuchProcess { .. }) => {
+            return Ok(if accepted {
+                StopOutcome::Graceful
+            } else {
+                StopOutcome::NotRunning
+            });
+        }
+        Err(source) => {
+            return Err(StopError::Kill {
+                vm_id: vm_id.to_string(),
+                pid,
+                source,
+            });
+        }
+    }
+    if wait_exit(pid, KILL_WAIT).await {
+        Ok(StopOutcome::Forced)
+    } else {
+        Err(StopError::StillAlive {
+            vm_id: vm_id.to_string(),
+            pid,
+            after: KILL_WAIT,
+        })
+    }
+}
+
+/// Sockets that could not be removed.
+#[derive(Debug, thiserror::Error)]
+pub enum CleanupError {
+    #[error("cannot list {}: {source}", dir.display())]
+    ReadDir { dir: PathBuf, source: io::Error },
+    #[error("cannot remove the socket {}: {source}", path.display())]
+    Remove { path: PathBuf, source: io::Error },
+}
+
+/// Removes every Unix socket directly in `run_dir` (the VMM's API, vsock and agent sockets;
+/// the directory belongs to one VM's VMM) and returns the paths removed. A missing directory
+/// has nothing to remove. Other files are left alone.
+pub fn cleanup_sockets(run_dir: &Path) -> Result<Vec<PathBuf>, CleanupError> {
+    let entries = match fs::read_dir(run_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(CleanupError::ReadDir {
+                dir: run_dir.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| CleanupError::ReadDir {
+            dir: run_dir.to_path_buf(),
+            source,
+        })?;
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_socket() => {}
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(CleanupError::Remove { path, source }),
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => removed.push(path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(CleanupError::Remove { path, source }),
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
+
+/// Live processes (other than this one) with `arg` as one of their command-line arguments,
+/// found by scanning `/proc/*/cmdline`; in ascending pid order. Processes that cannot be read
+/// are skipped.
+pub fn pids_with_arg(arg: &OsStr) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let own = std::process::id();
+    let wanted = arg.as_bytes();
+    let mut pids: Vec<u32> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != own)
+        .filter(|&pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.split(|&b| b == 0).any(|a| a == wanted))
+        })
+        .filter(|&pid| alive(pid))
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// A program that could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot start {}: {source}", program.display())]
+    Spawn { program: PathBuf, source: io::Error },
+    #[error("cannot start a thread to wait for {} (pid {pid}, killed): {source}", program.display())]
+    Reaper {
+        program: PathBuf,
+        pid: u32,
+        source: io::Error,
+    },
+}
+
+/// How a spawned child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildExit {
+    /// Its status, as collected by the reaper thread.
+    Status(ExitStatus),
+    /// It was reaped by someone else (e.g. [`wait_exit`]), so the status is unknown.
+    Unknown,
+}
+
+impl fmt::Display for ChildExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Status(status) => write!(f, "{status}"),
+            Self::Unknown => f.write_str("exited, status unknown"),
+        }
+    }
+}
+
+/// A child started by [`spawn_detached`]. Dropping it leaves the child running (and still
+/// reaped when it exits).
+#[derive(Debug, Clone)]
+pub struct Spawned {
+    pid: u32,
+    exit: watch::Receiver<Option<ChildExit>>,
+}
+
+impl Spawned {
+    /// The child's pid, which is also its session and process group id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// How it ended, once it has.
+    pub fn exit(&self) -> Option<ChildExit> {
+        *self.exit.borrow()
+    }
+
+    /// Waits until it has ended.
+    pub async fn wait(&mut self) -> ChildExit {
+        let seen = self
+            .exit
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|exit| *exit);
+        // The reaper thread always sends before it ends; a closed channel without a value
+        // means it died without collecting anything.
+        seen.unwrap_or(ChildExit::Unknown)
+    }
+}
+
+/// The `pre_exec` hook of [`spawn_detached`]: makes the child a session and group leader.
+fn new_session() -> io::Result<()> {
+    // SAFETY: setsid(2) takes no arguments and only changes the calling process's session.
+    if unsafe { libc::setsid() } == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Spawns `cmd` in a new session (`setsid` before `exec`: its own session and process group,
+/// no controlling terminal), with a thread that reaps it when it exits. The caller sets the
+/// program, arguments and stdio.
+pub fn spawn_detached(mut cmd: Command) -> Result<Spawned, SpawnError> {
+    let program = PathBuf::from(cmd.get_program());
+    // SAFETY: the hook runs in the forked child before exec and only calls setsid(2), which
+    // is async-signal-safe, allocates nothing and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(new_session);
+    }
+    let mut child = cmd.spawn().map_err(|source| SpawnError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    let pid = child.id();
+    let (tx, rx) = watch::channel(None);
+    let reaper = std::thread::Builder::new()
+        .name(format!("reap-{pid}"))
+        .stack_size(REAPER_STACK)
+        .spawn(move || {
+            let exit = match child.wait() {
+                Ok(status) => ChildExit::Status(status),
+                Err(_) => ChildExit::Unknown,
+            };
+            tx.send_replace(Some(exit));
+        });
+    if let Err(source) = reaper {
+        // The closure, and with it the Child, is gone: kill and reap by pid.
+        let _ = signal_group(pid, Signal::KILL);
+        if let Some(target) = target_pid(pid) {
+            let mut status = 0;
+            // SAFETY: blocking waitpid(2) on our own just-killed child; writes only `status`.
+            unsafe { libc::waitpid(target, &mut status, 0) };
+        }
+        return Err(SpawnError::Reaper {
+            program,
+            pid,
+            source,
+        });
+    }
+    Ok(Spawned { pid, exit: rx })
+}
+
+/// Kills a VMM that is being started unless disarmed: its whole process group gets
+/// `SIGKILL`, and once it is gone every socket in its run directory is removed. Dropping an
+/// armed guard (a cancelled start) does the same on a thread of its own.
+#[derive(Debug)]
+pub(crate) struct StartGuard {
+    pid: u32,
+    run_dir: PathBuf,
+    armed: bool,
+}
+
+impl StartGuard {
+    pub(crate) fn new(pid: u32, run_dir: &Path) -> Self {
+        Self {
+            pid,
+            run_dir: run_dir.to_path_buf(),
+            armed: true,
+        }
+    }
+
+    /// The start succeeded: leave the VMM running.
+    pub(crate) fn disarm(mut self) {
+        self.armed = false;
+    }
+
+    /// The start failed: kill, wait for the exit, remove the sockets. The guard stays armed
+    /// until the end, so an abort that is itself dropped half-way still cleans up.
+    pub(crate) async fn abort(mut self) {
+        kill_group(self.pid);
+        if !wait_exit(self.pid, KILL_WAIT).await {
+            tracing::warn!(
+                pid = self.pid,
+                "VMM still alive after SIGKILL during a failed start"
+            );
+        }
+        remove_sockets(&self.run_dir);
+        self.armed = false;
+    }
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (pid, run_dir) = (self.pid, std::mem::take(&mut self.run_dir));
+        kill_group(pid);
+        let cleanup = move || {
+            wait_exit_blocking(pid, KILL_WAIT);
+            remove_sockets(&run_dir);
+        };
+        // Waiting must not block the runtime thread dropping the start future.
+        if let Err(error) = std::thread::Builder::new()
+            .name(format!("abort-{pid}"))
+            .stack_size(REAPER_STACK)
+            .spawn(cleanup)
+        {
+            tracing::warn!(pid, %error, "cannot start a cleanup thread for a cancelled VMM start");
+        }
+    }
+}
+
+fn kill_group(pid: u32) {
+    if let Err(error) = signal_group(pid, Signal::KILL) {
+        tracing::warn!(pid, %error, "cannot kill the VMM of a failed start");
+    }
+}
+
+fn remove_sockets(run_dir: &Path) {
+    if let Err(error) = cleanup_sockets(run_dir) {
+        tracing::warn!(%error, "cannot remove the sockets of a failed VMM start");
+    }
+}
+
+/// The last `max_lines` lines of what the file holds beyond byte `from` (read from at most
+/// its last `max_bytes`), trimmed; empty when it cannot be read.
+pub(crate) fn tail(path: &Path, from: u64, max_lines: usize, max_bytes: u64) -> String {
+    let Ok(mut file) = File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(max_bytes).max(from);
+    if start >= len || file.seek(SeekFrom::Start(start)).is_err() {
+        return String::new();
+    }
+    let mut bytes = Vec::new();
+    if file.read_to_end(&mut bytes).is_err() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines: Vec<&str> = text.lines().collect();
+    if start > from && !lines.is_empty() {
+        // The first line was cut by the byte limit.
+        lines.remove(0);
+    }
+    let keep = lines.len().saturating_sub(max_lines);
+    lines[keep..].join("\n").trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Stdio;
+
+    use super::*;
+
+    #[test]
+    fn signals_parse_like_kill() {
+        for (text, number) in [
+            ("TERM", libc::SIGTERM),
+            ("SIGTERM", libc::SIGTERM),
+            ("term", libc::SIGTERM),
+            ("sigkill", libc::SIGKILL),
+            ("KILL", libc::SIGKILL),
+            ("9", libc::SIGKILL),
+            (" 15 ", libc::SIGTERM),
+            ("INT", libc::SIGINT),
+            ("HUP", libc::SIGHUP),
+            ("QUIT", libc::SIGQUIT),
+            ("USR1", libc::SIGUSR1),
+            ("SIGUSR2", libc::SIGUSR2),
+            ("CLD", libc::SIGCHLD),
+            ("IOT", libc::SIGABRT),
+            ("RTMIN", libc::SIGRTMIN()),
+            ("SIGRTMIN+2", libc::SIGRTMIN() + 2),
+            ("RTMAX-1", libc::SIGRTMAX() - 1),
+            ("RTMAX", libc::SIGRTMAX()),
+        ] {
+            assert_eq!(
+                text.parse::<Signal>().map(Signal::raw),
+                Ok(number),
+                "{text:?}"
+            );
+        }
+        let max = libc::SIGRTMAX();
+        assert_eq!(max.to_string().parse::<Signal>().map(Signal::raw), Ok(max));
+        for bad in [
+            "",
+            "0",
+            "-9",
+            "+9",
+            &(max + 1).to_string(),
+            "99999999999",
+            "TERMINATE",
+            "SIG",
+            "RTMIN-1",
+            "RTMAX+1",
+            "RTMIN+",
+            "RTMIN+x",
+            &format!("RTMIN+{}", max),
+        ] {
+            assert!(bad.parse::<Signal>().is_err(), "{bad:?} parsed");
+        }
+        let err = "NOPE".parse::<Signal>().unwrap_err();
+        assert!(
+            err.to_string().starts_with("unknown signal \"NOPE\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn signals_display_their_names() {
+        assert_eq!(Signal::TERM.to_string(), "SIGTERM");
+        assert_eq!(Signal::KILL.to_string(), "SIGKILL");
+        assert_eq!(Signal(libc::SIGABRT).to_string(), "SIGABRT");
+        assert_eq!(Signal(libc::SIGCHLD).to_string(), "SIGCHLD");
+        assert_eq!(Signal(libc::SIGRTMIN()).to_string(), "SIGRTMIN");
+        assert_eq!(Signal(libc::SIGRTMIN() + 3).to_string(), "SIGRTMIN+3");
+        for sig in [Signal::HUP, Signal::USR2, Signal(libc::SIGRTMIN() + 1)] {
+            assert_eq!(sig.to_string().parse::<Signal>().unwrap(), sig);
+        }
+        assert_eq!(Signal::from_raw(0), None);
+        assert_eq!(Signal::from_raw(9), Some(Signal::KILL));
+    }
+
+    #[test]
+    fn refuses_pids_that_are_not_one_process() {
+        for pid in [0, 1, u32::MAX, 1 << 31] {
+            assert!(
+                matches!(
+                    signal(pid, Signal::TERM),
+                    Err(SignalError::InvalidPid { .. })
+                ),
+                "{pid}"
+            );
+        }
+        assert!(!alive(0));
+        assert!(!alive(u32::MAX));
+        assert!(alive(std::process::id()));
+    }
+
+    fn sleeper() -> Spawned {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("3600")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        spawn_detached(cmd).expect("spawn sleep")
+    }
+
+    #[tokio::test]
+    async fn detached_child_leads_its_own_session_and_is_reaped() {
+        let mut child = sleeper();
+        let pid = child.pid();
+        assert!(alive(pid));
+        // SAFETY: getsid/getpgid only read the process's ids.
+        let (sid, pgid) = unsafe { (libc::getsid(pid as i32), libc::getpgid(pid as i32)) };
+        assert_eq!(sid, pid as i32);
+        assert_eq!(pgid, pid as i32);
+        assert_eq!(child.exit(), None);
+        assert!(pids_with_arg(OsStr::new("3600")).contains(&pid));
+
+        signal(pid, Signal::TERM).expect("SIGTERM");
+        let exit = tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .expect("reaped");
+        assert_eq!(exit.to_string(), "signal: 15 (SIGTERM)");
+        assert!(!alive(pid));
+        assert!(wait_exit(pid, Duration::ZERO).await);
+        assert!(matches!(
+            signal(pid, Signal::TERM),
+            Err(SignalError::NoSuchProcess { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn wait_exit_times_out_on_a_live_process() {
+        let child = sleeper();
+        let started = Instant::now();
+        assert!(!wait_exit(child.pid(), Duration::from_millis(120)).await);
+        assert!(started.elapsed() >= Duration::from_millis(120));
+        signal_group(child.pid(), Signal::KILL).expect("kill group");
+        assert!(wait_exit(child.pid(), Duration::from_secs(5)).await);
+    }
+
+    #[tokio::test]
+    #[allow(
+        clippy::zombie_processes,
+        reason = "the zombie is made on purpose, and wait_exit reaps it"
+    )]
+    async fn zombies_are_dead_and_wait_exit_reaps_them() {
+        // A plain std child nobody waits for stays a zombie until reaped.
+        let child = Command::new("true").spawn().expect("spawn true");
+        let pid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while stat(pid).map(|(s, _)| s) != Some(b'Z') {
+            assert!(Instant::now() < deadline, "true never became a zombie");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!alive(pid));
+        assert!(wait_exit(pid, Duration::from_secs(1)).await);
+        assert_eq!(stat(pid), None, "the zombie was reaped");
+    }
+
+    #[test]
+    fn spawn_error_names_the_program() {
+        let err = spawn_detached(Command::new("/nonexistent/vmm")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/vmm"), "{err}");
+    }
+
+    #[test]
+    fn cleanup_removes_only_sockets() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("api.sock");
+        let b = dir.path().join("vsock.sock_10789");
+        let _l1 = std::os::unix::net::UnixListener::bind(&a).unwrap();
+        let _l2 = std::os::unix::net::UnixListener::bind(&b).unwrap();
+        fs::write(dir.path().join("notes.txt"), "keep").unwrap();
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        assert_eq!(
+            cleanup_sockets(dir.path()).unwrap(),
+            vec![a.clone(), b.clone()]
+        );
+        assert!(!a.exists() && !b.exists());
+        assert!(dir.path().join("notes.txt").exists());
+        assert!(dir.path().join("sub").exists());
+        assert!(cleanup_sockets(dir.path()).unwrap().is_empty());
+        assert!(
+            cleanup_sockets(&dir.path().join("missing"))
+                .unwrap()
+                .is_empty()
+        );
+        let err = cleanup_sockets(&dir.path().join("notes.txt")).unwrap_err();
+        assert!(err.to_string().contains("notes.txt"), "{err}");
+    }
+
+    #[test]
+    fn tail_keeps_the_last_whole_lines_after_an_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let text: String = (1..=50).map(|i| format!("line {i}\n")).collect();
+        fs::write(&path, &text).unwrap();
+        assert_eq!(tail(&path, 0, 2, 4096), "line 49\nline 50");
+        // 20 bytes from the end cut "line 48" in the middle: it is dropped.
+        assert_eq!(tail(&path, 0, 10, 20), "line 49\nline 50");
+        // Only what was written after `from` counts, and it starts on a whole line.
+        let from = text.len() as u64 - 8;
+        assert_eq!(tail(&path, from, 10, 4096), "line 50");
+        assert_eq!(tail(&path, text.len() as u64, 10, 4096), "");
+        assert_eq!(tail(&dir.path().join("missing"), 0, 5, 100), "");
+    }
+}
