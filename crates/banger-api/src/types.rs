@@ -312,3 +312,61 @@ impl RegisterImage {
         }
     }
 }
+
+/// An imported kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kernel {
+    pub name: String,
+    pub version: String,
+    pub dir: PathBuf,
+    /// Uncompressed ELF kernel (Firecracker).
+    pub vmlinux: Option<PathBuf>,
+    /// The kernel as shipped (QEMU).
+    pub vmlinuz: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub modules: Option<PathBuf>,
+    pub sha256: String,
+    pub source: String,
+    pub created_at: String,
+    /// Names of images booting it.
+    #[serde(default)]
+    pub used_by: Vec<String>,
+}
+
+/// `POST /v1/kernels`: import a kernel from a directory tree (`/` works on a host with a
+/// kernel package installed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportKernel {
+    pub name: String,
+    pub from: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /v1/images/bootstrap`: build an image from distribution packages (streamed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapImage {
+    /// `debian-SUITE`, e.g. `debian-bookworm`.
+    pub name: String,
+    /// The kernel it boots [default: the most recently imported].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_ref: Option<String>,
+    /// Root filesystem size in bytes [default: 1.5 x the tree, at least 1 GiB].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+/// `POST /v1/images/import`: register a bundle (`.tar.zst` with `rootfs.ext4` and
+/// `manifest.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportBundle {
+    pub path: PathBuf,
+    /// Register under this name instead of the manifest's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Boot this kernel instead of the manifest's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_ref: Option<String>,
+}

@@ -49,10 +49,17 @@ diagnostics never create, migrate or write anything. Exits 1 when any check fail
     #[command(subcommand)]
     Vm(VmCommand),
     /// List running VMs (same as `banger vm list`).
+    #[command(after_long_help = "Examples:\n  banger ps\n  banger ps -a\n  banger ps -q")]
     Ps(ListArgs),
     /// Manage images: root filesystems with their kernels.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Manage kernels that images boot.
+    #[command(subcommand)]
+    Kernel(KernelCommand),
+    /// Internal tools (not a stable interface).
+    #[command(subcommand, hide = true)]
+    Internal(InternalCommand),
     /// Print a shell completion script.
     #[command(
         after_long_help = "Examples:\n  banger completion bash > ~/.local/share/bash-completion/completions/banger\n  banger completion zsh > \"${fpath[1]}/_banger\"\n  banger completion fish > ~/.config/fish/completions/banger.fish"
@@ -105,6 +112,10 @@ pub struct CreateFlags {
     /// Give the VM outbound network access (NAT through the host)
     #[arg(long)]
     pub nat: bool,
+    /// VMM backend: firecracker or qemu [default: config vmm / BANGER_VMM; auto picks
+    /// Firecracker when its binary is found, else QEMU]
+    #[arg(long)]
+    pub vmm: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -284,6 +295,19 @@ pub enum ImageCommand {
     /// Show one image.
     #[command(after_long_help = "Examples:\n  banger image show debian-bookworm")]
     Show(ImageRef),
+    /// Build an image from distribution packages (mmdebstrap; no container engine needed).
+    #[command(
+        long_about = "Builds debian-SUITE from Debian packages with mmdebstrap, injects the guest \
+agent, network bootstrap and first-boot units and the kernel's modules, packs it as a bundle and \
+registers it. Needs an imported kernel (banger kernel import host --from /).",
+        after_long_help = "Examples:\n  banger image bootstrap debian-bookworm\n  banger image bootstrap debian-bookworm --kernel-ref host --size 4G"
+    )]
+    Bootstrap(BootstrapArgs),
+    /// Register a bundle file (.tar.zst with rootfs.ext4 and manifest.json).
+    #[command(
+        after_long_help = "Examples:\n  banger image import ./debian-bookworm.tar.zst\n  banger image import ./img.tar.zst --name mine --kernel-ref host"
+    )]
+    Import(ImportArgs),
     /// Delete an image and its files (refused while a VM uses it).
     #[command(
         visible_alias = "rm",
@@ -330,4 +354,156 @@ pub struct RegisterArgs {
     /// A description
     #[arg(long)]
     pub description: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KernelCommand {
+    /// Import a kernel (vmlinuz/vmlinux, initrd, modules) found under a directory tree.
+    #[command(
+        long_about = "Finds boot/vmlinuz-VERSION (or vmlinux-VERSION), boot/initrd.img-VERSION and \
+lib/modules/VERSION under DIR and copies them into banger's kernel store. `--from /` imports the \
+host's installed kernel package. A compressed kernel is also unpacked into the ELF vmlinux that \
+Firecracker needs; QEMU boots the original.",
+        after_long_help = "Examples:\n  banger kernel import host --from /\n  banger kernel import 6.1-cloud --from ./unpacked-deb --kernel-version 6.1.0-28-cloud-amd64"
+    )]
+    Import(KernelImportArgs),
+    /// List imported kernels.
+    #[command(
+        visible_alias = "ls",
+        after_long_help = "Examples:\n  banger kernel list\n  banger kernel list --json"
+    )]
+    List(JsonFlag),
+    /// Show one kernel.
+    #[command(after_long_help = "Examples:\n  banger kernel show host")]
+    Show(KernelRef),
+    /// Remove a kernel (refused while an image boots it).
+    #[command(
+        visible_alias = "remove",
+        after_long_help = "Examples:\n  banger kernel rm host"
+    )]
+    Rm(KernelName),
+}
+
+#[derive(Debug, Args)]
+pub struct KernelImportArgs {
+    /// Name for the kernel in banger: letters, digits, '.', '-', '_'
+    pub name: String,
+    /// Directory to search (e.g. / for the host's kernel package)
+    #[arg(long)]
+    pub from: std::path::PathBuf,
+    /// Kernel version to pick when several are present [default: the newest]
+    #[arg(long)]
+    pub kernel_version: Option<String>,
+    /// Replace a kernel of the same name
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KernelRef {
+    /// Kernel name
+    pub name: String,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KernelName {
+    /// Kernel name
+    pub name: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_has_examples() {
+        fn walk(cmd: &clap::Command, path: &str) {
+            for sub in cmd.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                if sub.has_subcommands() {
+                    walk(sub, &name);
+                } else if !sub.is_hide_set() && sub.get_name() != "help" {
+                    let help = sub
+                        .get_after_long_help()
+                        .map(|h| h.to_string())
+                        .unwrap_or_default();
+                    assert!(help.contains("Examples:"), "{name} has no examples");
+                }
+            }
+        }
+        walk(&Cli::command(), "banger");
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BootstrapArgs {
+    /// Image to build: debian-SUITE (e.g. debian-bookworm)
+    pub name: String,
+    /// Kernel the image boots [default: the most recently imported]
+    #[arg(long = "kernel-ref")]
+    pub kernel_ref: Option<String>,
+    /// Root filesystem size, e.g. 4G [default: 1.5 x the tree, at least 1 GiB]
+    #[arg(long)]
+    pub size: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The bundle file
+    pub bundle: std::path::PathBuf,
+    /// Register under this name instead of the bundle's
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Boot this kernel instead of the bundle's
+    #[arg(long = "kernel-ref")]
+    pub kernel_ref: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InternalCommand {
+    /// Turn a rootfs tar into a bundle; prints its path, sha256 and size.
+    #[command(
+        after_long_help = "Examples:\n  banger internal make-bundle --rootfs-tar rootfs.tar --name img --distro debian-bookworm --arch x86_64 --kernel-ref host --out ./out"
+    )]
+    MakeBundle(MakeBundleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MakeBundleArgs {
+    /// The rootfs tar (plain, gzip or zstd), or - for standard input
+    #[arg(long = "rootfs-tar")]
+    pub rootfs_tar: String,
+    /// Image name
+    #[arg(long)]
+    pub name: String,
+    /// Distribution, for the manifest
+    #[arg(long)]
+    pub distro: String,
+    /// Architecture, for the manifest
+    #[arg(long)]
+    pub arch: String,
+    /// Kernel the image boots, for the manifest
+    #[arg(long = "kernel-ref")]
+    pub kernel_ref: String,
+    /// Description, for the manifest
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Root filesystem size [default: max(1.5 x tree, 1 GiB)]
+    #[arg(long)]
+    pub size: Option<String>,
+    /// Kernel modules directory to copy to /lib/modules/<its name>
+    #[arg(long)]
+    pub modules: Option<std::path::PathBuf>,
+    /// Output directory
+    #[arg(long)]
+    pub out: std::path::PathBuf,
 }

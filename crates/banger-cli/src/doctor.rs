@@ -64,19 +64,26 @@ pub struct Host {
     pub path_var: Option<std::ffi::OsString>,
     /// `BANGER_FIRECRACKER_BIN`.
     pub firecracker_env: Option<std::ffi::OsString>,
+    /// `BANGER_QEMU_BIN`.
+    pub qemu_env: Option<std::ffi::OsString>,
+    /// `BANGER_VMM`.
+    pub vmm_env: Option<std::ffi::OsString>,
 }
 
 impl Host {
+    /// This host, with environment values the caller read.
     pub fn real(
         path_var: Option<std::ffi::OsString>,
-        firecracker_env: Option<std::ffi::OsString>,
+        env: impl Fn(&str) -> Option<std::ffi::OsString>,
     ) -> Self {
         Self {
             dev_kvm: PathBuf::from("/dev/kvm"),
             cpuinfo: PathBuf::from("/proc/cpuinfo"),
             proc_status: PathBuf::from("/proc/self/status"),
             path_var,
-            firecracker_env,
+            firecracker_env: env("BANGER_FIRECRACKER_BIN"),
+            qemu_env: env("BANGER_QEMU_BIN"),
+            vmm_env: env("BANGER_VMM"),
         }
     }
 }
@@ -90,9 +97,10 @@ pub async fn run(layout: &Layout, host: &Host) -> Vec<Check> {
         binary_check("bangerd", host.path_var.as_deref(), false),
         binary_check("banger-agent", host.path_var.as_deref(), true),
         kvm_check(&host.dev_kvm, &host.cpuinfo),
-        firecracker_check(layout, host),
         net_admin_check(&host.proc_status),
     ];
+    checks.extend(vmm_checks(layout, host));
+    checks.extend(artifact_checks(layout));
     checks.extend(tool_checks(host.path_var.as_deref()));
     checks
 }
@@ -216,7 +224,11 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 fn binary_check(name: &str, path_var: Option<&OsStr>, must_be_static: bool) -> Check {
     let label = format!("{name} binary");
-    let Some(path) = find_companion(name, path_var) else {
+    let env_path = (name == "banger-agent")
+        .then(|| std::env::var_os("BANGER_AGENT_BIN"))
+        .flatten()
+        .map(PathBuf::from);
+    let Some(path) = env_path.or_else(|| find_companion(name, path_var)) else {
         return check(
             &label,
             Status::Fail,
@@ -227,7 +239,7 @@ fn binary_check(name: &str, path_var: Option<&OsStr>, must_be_static: bool) -> C
     if !must_be_static {
         return check(&label, Status::Pass, path.display().to_string(), None);
     }
-    match elf_is_static(&path) {
+    match banger_core::elf::is_static(&path) {
         Ok(true) => check(
             &label,
             Status::Pass,
@@ -250,31 +262,6 @@ fn binary_check(name: &str, path_var: Option<&OsStr>, must_be_static: bool) -> C
             None,
         ),
     }
-}
-
-/// True when the ELF file has no program interpreter (static or static-pie).
-pub fn elf_is_static(path: &Path) -> Result<bool, String> {
-    let data = std::fs::read(path).map_err(|e| e.to_string())?;
-    if data.len() < 64 || &data[..4] != b"\x7fELF" {
-        return Err("not an ELF file".into());
-    }
-    if data[4] != 2 || data[5] != 1 {
-        return Err("not a 64-bit little-endian ELF file".into());
-    }
-    let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
-    let phoff = u64::from_le_bytes(data[32..40].try_into().map_err(|_| "short header")?) as usize;
-    let (phentsize, phnum) = (u16_at(54), u16_at(56));
-    for i in 0..phnum {
-        let off = phoff + i * phentsize;
-        let Some(p_type) = data.get(off..off + 4) else {
-            return Err("truncated program headers".into());
-        };
-        const PT_INTERP: u32 = 3;
-        if u32::from_le_bytes(p_type.try_into().map_err(|_| "short p_type")?) == PT_INTERP {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 fn kvm_check(dev_kvm: &Path, cpuinfo: &Path) -> Check {
@@ -321,45 +308,187 @@ fn kvm_check(dev_kvm: &Path, cpuinfo: &Path) -> Check {
     }
 }
 
-fn firecracker_check(layout: &Layout, host: &Host) -> Check {
-    const NAME: &str = "firecracker";
-    let configured = Config::load(&layout.config_file())
-        .ok()
-        .and_then(|l| l.config.firecracker_bin);
-    let (path, from) = if let Some(p) = configured {
-        (Some(p), "config firecracker_bin")
-    } else if let Some(p) = host.firecracker_env.clone() {
-        (Some(PathBuf::from(p)), "BANGER_FIRECRACKER_BIN")
-    } else {
-        (
-            host.path_var.as_deref().and_then(|pv| {
-                std::env::split_paths(pv)
-                    .map(|d| d.join("firecracker"))
-                    .find(|p| p.is_file())
-            }),
-            "PATH",
-        )
+/// Where a VMM binary comes from: config, env, else PATH. `None` when not found.
+fn locate_bin(
+    configured: Option<PathBuf>,
+    env: Option<&std::ffi::OsStr>,
+    name: &str,
+    path_var: Option<&OsStr>,
+) -> Option<(PathBuf, &'static str)> {
+    if let Some(p) = configured {
+        return Some((p, "config"));
+    }
+    if let Some(p) = env.filter(|p| !p.is_empty()) {
+        return Some((PathBuf::from(p), "environment"));
+    }
+    let p = path_var.and_then(|pv| {
+        std::env::split_paths(pv)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })?;
+    Some((p, "PATH"))
+}
+
+/// The backend new VMs get and its acceleration, plus each backend's binary.
+fn vmm_checks(layout: &Layout, host: &Host) -> Vec<Check> {
+    let config = Config::load(&layout.config_file())
+        .map(|l| l.config)
+        .unwrap_or_default();
+    let fc = locate_bin(
+        config.firecracker_bin.clone(),
+        host.firecracker_env.as_deref(),
+        "firecracker",
+        host.path_var.as_deref(),
+    )
+    .filter(|(p, _)| p.is_file());
+    let qemu = locate_bin(
+        config.qemu_bin.clone(),
+        host.qemu_env.as_deref(),
+        "qemu-system-x86_64",
+        host.path_var.as_deref(),
+    )
+    .filter(|(p, _)| p.is_file());
+    let choice = host
+        .vmm_env
+        .as_ref()
+        .and_then(|v| v.to_str())
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .unwrap_or(config.vmm.clone());
+    let show = |b: &Option<(PathBuf, &'static str)>| {
+        b.as_ref()
+            .map(|(p, from)| format!("{} (from {from})", p.display()))
     };
-    match path {
-        Some(p) if p.is_file() => check(
-            NAME,
+    let mut checks = vec![
+        match &fc {
+            Some(_) => check(
+                "firecracker",
+                Status::Pass,
+                show(&fc).unwrap_or_default(),
+                None,
+            ),
+            None => check(
+                "firecracker",
+                Status::Warn,
+                "not found (config firecracker_bin, BANGER_FIRECRACKER_BIN, PATH)",
+                Some("install Firecracker on a host with hardware virtualization"),
+            ),
+        },
+        match &qemu {
+            Some(_) => check("qemu", Status::Pass, show(&qemu).unwrap_or_default(), None),
+            None => check(
+                "qemu",
+                Status::Warn,
+                "qemu-system-x86_64 not found (config qemu_bin, BANGER_QEMU_BIN, PATH)",
+                Some("apt-get install qemu-system-x86"),
+            ),
+        },
+    ];
+    let hw = hardware_virt(&host.dev_kvm, &host.cpuinfo);
+    checks.push(match banger_core::config::choose_vmm(&choice, fc.is_some(), qemu.is_some()) {
+        Ok("qemu") => check(
+            "VMM backend",
             Status::Pass,
-            format!("{} (from {from})", p.display()),
+            format!(
+                "qemu (vmm = {choice}), acceleration {}",
+                if hw { "KVM" } else { "TCG (software emulation: slower boots)" }
+            ),
             None,
         ),
-        Some(p) => check(
-            NAME,
+        Ok(kind) => {
+            if hw {
+                check("VMM backend", Status::Pass, format!("{kind} (vmm = {choice}), acceleration KVM"), None)
+            } else {
+                check(
+                    "VMM backend",
+                    Status::Fail,
+                    format!("{kind} (vmm = {choice}) needs KVM with hardware virtualization, which this host lacks"),
+                    Some("set vmm = \"qemu\" in config.toml (or BANGER_VMM=qemu)"),
+                )
+            }
+        }
+        Err(why) => check(
+            "VMM backend",
             Status::Fail,
-            format!("{} (from {from}) does not exist", p.display()),
-            Some("fix firecracker_bin in config.toml or BANGER_FIRECRACKER_BIN"),
+            why,
+            Some("apt-get install qemu-system-x86"),
         ),
-        None => check(
-            NAME,
-            Status::Fail,
-            "not found (config firecracker_bin, BANGER_FIRECRACKER_BIN, PATH)",
-            Some("install Firecracker from its release page and put it on PATH"),
-        ),
-    }
+    });
+    checks
+}
+
+/// Whether KVM can run stock guest kernels here: /dev/kvm usable and the CPU has vmx/svm.
+fn hardware_virt(dev_kvm: &Path, cpuinfo: &Path) -> bool {
+    kvm_check(dev_kvm, cpuinfo).status == Status::Pass
+}
+
+/// The default image and at least one kernel, read from the store (read-only).
+fn artifact_checks(layout: &Layout) -> Vec<Check> {
+    let default_image = Config::load(&layout.config_file())
+        .map(|l| l.config.default_image)
+        .unwrap_or_else(|_| Config::default().default_image);
+    let store = match Store::open_read_only(&layout.db_path()) {
+        Ok(s) => s,
+        Err(_) => {
+            return vec![
+                check(
+                    "default image",
+                    Status::Fail,
+                    format!("{default_image} is not present (no database yet)"),
+                    Some(&format!("banger image bootstrap {default_image}")),
+                ),
+                check(
+                    "kernel",
+                    Status::Fail,
+                    "no kernel imported (no database yet)",
+                    Some("banger kernel import host --from /"),
+                ),
+            ];
+        }
+    };
+    let images = store.list_images().unwrap_or_default();
+    let kernels = store.list_kernels().unwrap_or_default();
+    vec![
+        match images.iter().find(|i| i.name == default_image) {
+            Some(i) => check(
+                "default image",
+                Status::Pass,
+                format!(
+                    "{} ({})",
+                    i.name,
+                    banger_core::size::ByteSize(i.rootfs_bytes)
+                ),
+                None,
+            ),
+            None => check(
+                "default image",
+                Status::Fail,
+                format!("{default_image} is not present"),
+                Some(&format!("banger image bootstrap {default_image}")),
+            ),
+        },
+        if kernels.is_empty() {
+            check(
+                "kernel",
+                Status::Fail,
+                "no kernel imported",
+                Some(
+                    "banger kernel import host --from / (after apt-get install linux-image-cloud-amd64)",
+                ),
+            )
+        } else {
+            check(
+                "kernel",
+                Status::Pass,
+                kernels
+                    .iter()
+                    .map(|k| format!("{} ({})", k.name, k.version))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                None,
+            )
+        },
+    ]
 }
 
 /// CAP_NET_ADMIN is bit 12 of the capability sets.
@@ -460,17 +589,6 @@ mod tests {
         assert_eq!(net_admin_check(&st).status, Status::Fail);
         std::fs::write(&st, "nothing\n").unwrap();
         assert_eq!(net_admin_check(&st).status, Status::Warn);
-    }
-
-    #[test]
-    fn elf_static_detection() {
-        // This test binary is dynamically linked (it has an interpreter).
-        let me = std::env::current_exe().unwrap();
-        assert_eq!(elf_is_static(&me), Ok(false));
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("x");
-        std::fs::write(&f, "#!/bin/sh\n").unwrap();
-        assert!(elf_is_static(&f).is_err());
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub enum CliError {
     DoctorFailed(usize),
     #[error("{0}")]
     Usage(String),
+    #[error("make-bundle failed")]
+    Bundle(#[source] Box<banger_image::ImageError>),
     #[error("{failed} of {total} failed")]
     Partial { failed: usize, total: usize },
     #[error("cannot run {program}")]

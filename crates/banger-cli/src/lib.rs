@@ -3,7 +3,8 @@
 //! - [`args`]: the command line (clap).
 //! - [`daemonctl`]: finding, starting, replacing and stopping `bangerd`.
 //! - [`doctor`]: read-only host checks.
-//! - [`vm`]: the `vm` and `image` commands.
+//! - [`vm`]: the `vm` commands.
+//! - [`artifacts`]: the `image`, `kernel` and `internal make-bundle` commands.
 //! - [`ui`]: colour, tables and JSON on the terminal.
 //! - [`error`]: errors and their one-line rendering (`banger: ...`).
 //!
@@ -11,6 +12,7 @@
 //! XDG dirs, `PATH`, `NO_COLOR`) and hands plain values to the libraries.
 
 pub mod args;
+pub mod artifacts;
 pub mod daemonctl;
 pub mod doctor;
 pub mod error;
@@ -90,7 +92,9 @@ pub async fn run(command: Command, ctx: &mut Ctx) -> Result<u8, CliError> {
         Command::Doctor(f) => run_doctor(ctx, f.json).await,
         Command::Vm(v) => vm::run(v, ctx).await,
         Command::Ps(l) => vm::list_ps(ctx, &l).await,
-        Command::Image(i) => vm::image(i, ctx).await,
+        Command::Image(i) => artifacts::image(i, ctx).await,
+        Command::Kernel(k) => artifacts::kernel(k, ctx).await,
+        Command::Internal(args::InternalCommand::MakeBundle(a)) => artifacts::make_bundle(a, ctx),
         Command::Completion { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "banger", ctx.ui.out());
@@ -206,10 +210,7 @@ async fn daemon_stop(ctx: &mut Ctx) -> Result<u8, CliError> {
 
 async fn run_doctor(ctx: &mut Ctx, json: bool) -> Result<u8, CliError> {
     let layout = ctx.layout()?.clone();
-    let host = doctor::Host::real(
-        ctx.path_var.clone(),
-        std::env::var_os("BANGER_FIRECRACKER_BIN"),
-    );
+    let host = doctor::Host::real(ctx.path_var.clone(), |k| std::env::var_os(k));
     let checks = doctor::run(&layout, &host).await;
     let failed = checks
         .iter()

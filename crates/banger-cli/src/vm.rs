@@ -9,19 +9,18 @@ use std::time::{Duration, Instant};
 use banger_agent::proto::{Health, Ports};
 use banger_api::Client;
 use banger_api::types::{
-    ActionOutcome, ActionRequest, CreateVm, Image, Ping, RegisterImage, SshInfo, Vm, VmAction,
-    VmSettings, VmStats,
+    ActionOutcome, ActionRequest, CreateVm, Ping, SshInfo, Vm, VmAction, VmSettings, VmStats,
 };
 use banger_core::names::{validate_image_name, validate_vm_name};
 use banger_core::size::{ByteSize, parse_size};
 
-use crate::args::{CreateFlags, ImageCommand, ListArgs, RunArgs, VmCommand};
+use crate::args::{CreateFlags, ListArgs, RunArgs, VmCommand};
 use crate::error::CliError;
 use crate::ui::{self, Style};
 use crate::{Ctx, connect};
 
 /// Parses a size flag into bytes, naming the flag on error.
-fn size_flag(flag: &str, v: &Option<String>) -> Result<Option<u64>, CliError> {
+pub(crate) fn size_flag(flag: &str, v: &Option<String>) -> Result<Option<u64>, CliError> {
     v.as_deref()
         .map(|s| {
             let b = parse_size(s).map_err(|e| CliError::Usage(format!("--{flag}: {e}")))?;
@@ -74,7 +73,15 @@ pub fn create_request(f: &CreateFlags) -> Result<CreateVm, CliError> {
         disk_bytes: size_flag("disk", &f.disk)?,
         work_disk_bytes: size_flag("work-disk", &f.work_disk)?,
         nat: f.nat.then_some(true),
-        vmm: None,
+        vmm: match f.vmm.as_deref() {
+            None => None,
+            Some(v @ ("firecracker" | "qemu")) => Some(v.to_string()),
+            Some(other) => {
+                return Err(CliError::Usage(format!(
+                    "--vmm must be firecracker or qemu, got {other:?}"
+                )));
+            }
+        },
     })
 }
 
@@ -206,6 +213,15 @@ pub async fn run(cmd: VmCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
                     vm.name, vm.state, vm.name
                 )));
             }
+            // A VM that just started may not have its sshd up yet.
+            let ip = vm.ip.clone().unwrap_or_default();
+            if !wait_ssh(&ip, Duration::from_secs(info.wait_secs)).await {
+                return Err(CliError::SshTimeout {
+                    vm: vm.name.clone(),
+                    ip,
+                    secs: info.wait_secs,
+                });
+            }
             let code = ssh(&vm, &info, &s.command)?;
             if s.command.is_empty() {
                 still_running_reminder(ctx, &client, &vm.name).await?;
@@ -216,7 +232,7 @@ pub async fn run(cmd: VmCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
 }
 
 /// Percent-encodes a path segment (names and ids are plain, but user input may not be).
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
@@ -625,108 +641,6 @@ async fn run_vm(ctx: &mut Ctx, a: RunArgs) -> Result<u8, CliError> {
         still_running_reminder(ctx, &client, &vm.name).await?;
     }
     result
-}
-
-pub async fn image(cmd: ImageCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
-    match cmd {
-        ImageCommand::Register(r) => {
-            validate_image_name(&r.name).map_err(|e| CliError::Usage(e.to_string()))?;
-            let abs = |p: &std::path::PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
-            let req = RegisterImage {
-                name: r.name.clone(),
-                rootfs: abs(&r.rootfs),
-                kernel: r.kernel.as_ref().map(abs),
-                initrd: r.initrd.as_ref().map(abs),
-                modules: r.modules.as_ref().map(abs),
-                kernel_ref: r.kernel_ref.clone(),
-                description: r.description.clone(),
-            };
-            req.check_kernel_source().map_err(CliError::Usage)?;
-            let (client, _) = connect(ctx).await?;
-            let img: Image = client.post("/images", &req).await?;
-            ctx.ui.line(&format!(
-                "registered image {} ({})",
-                img.name,
-                ByteSize(img.rootfs_bytes)
-            ))?;
-            Ok(0)
-        }
-        ImageCommand::List(j) => {
-            let (client, _) = connect(ctx).await?;
-            let imgs: Vec<Image> = client.get("/images").await?;
-            if j.json {
-                ctx.ui.json(&imgs)?;
-            } else {
-                let rows: Vec<Vec<String>> = imgs
-                    .iter()
-                    .map(|i| {
-                        vec![
-                            i.name.clone(),
-                            i.id[..12.min(i.id.len())].to_string(),
-                            ByteSize(i.rootfs_bytes).to_string(),
-                            i.kernel_ref.clone().unwrap_or_else(|| "(own)".into()),
-                            i.used_by.len().to_string(),
-                            i.created_at.clone(),
-                        ]
-                    })
-                    .collect();
-                let text = ui::table(
-                    &["NAME", "ID", "ROOTFS SIZE", "KERNEL", "VMS", "CREATED"],
-                    &rows,
-                );
-                ctx.ui.out().write_all(text.as_bytes())?;
-            }
-            Ok(0)
-        }
-        ImageCommand::Show(r) => {
-            let (client, _) = connect(ctx).await?;
-            let i: Image = client
-                .get(&format!("/images/{}", enc(&r.reference)))
-                .await?;
-            if r.json {
-                ctx.ui.json(&i)?;
-            } else {
-                let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-                let p = |v: &Option<std::path::PathBuf>| {
-                    v.as_ref().map_or("-".into(), |p| p.display().to_string())
-                };
-                let text = ui::key_values(&[
-                    ("name", i.name.clone()),
-                    ("id", i.id.clone()),
-                    (
-                        "rootfs",
-                        format!("{} ({})", i.rootfs.display(), ByteSize(i.rootfs_bytes)),
-                    ),
-                    ("kernel", p(&i.kernel)),
-                    ("initrd", p(&i.initrd)),
-                    ("modules", p(&i.modules)),
-                    ("kernel ref", opt(&i.kernel_ref)),
-                    ("distro", opt(&i.distro)),
-                    ("arch", opt(&i.arch)),
-                    ("description", opt(&i.description)),
-                    ("created", i.created_at.clone()),
-                    (
-                        "used by",
-                        if i.used_by.is_empty() {
-                            "-".into()
-                        } else {
-                            i.used_by.join(", ")
-                        },
-                    ),
-                ]);
-                ctx.ui.out().write_all(text.as_bytes())?;
-            }
-            Ok(0)
-        }
-        ImageCommand::Delete(r) => {
-            let (client, _) = connect(ctx).await?;
-            let _: serde_json::Value = client
-                .delete(&format!("/images/{}", enc(&r.reference)))
-                .await?;
-            ctx.ui.line(&format!("deleted image {}", r.reference))?;
-            Ok(0)
-        }
-    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,30 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// Values of the `vmm` key.
+pub const VMM_CHOICES: [&str; 3] = ["auto", "firecracker", "qemu"];
+
+/// Which backend new VMs get: `choice` is the config's `vmm` (or `BANGER_VMM`), and whether
+/// each backend's binary was found. `auto` prefers Firecracker. Shared by the daemon (which
+/// decides) and `banger doctor` (which reports), so both agree.
+pub fn choose_vmm(choice: &str, firecracker: bool, qemu: bool) -> Result<&'static str, String> {
+    match (choice, firecracker, qemu) {
+        ("auto", true, _) | ("firecracker", true, _) => Ok("firecracker"),
+        ("auto", false, true) | ("qemu", _, true) => Ok("qemu"),
+        ("auto", false, false) => {
+            Err("neither firecracker nor qemu-system-x86_64 was found".to_string())
+        }
+        ("firecracker", false, _) => {
+            Err("vmm = firecracker, but no firecracker binary was found".into())
+        }
+        ("qemu", _, false) => Err("vmm = qemu, but no qemu-system-x86_64 binary was found".into()),
+        (other, _, _) => Err(format!(
+            "vmm {other:?} is not one of {}",
+            VMM_CHOICES.join(", ")
+        )),
+    }
+}
+
 /// Log levels the daemon accepts.
 pub const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
 
@@ -17,8 +41,13 @@ pub const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
 pub struct Config {
     /// Daemon log level: trace, debug, info, warn or error. `BANGER_LOG` overrides it.
     pub log_level: String,
+    /// VMM backend for new VMs: `auto` (Firecracker when its binary is found, else QEMU),
+    /// `firecracker` or `qemu`. `BANGER_VMM` overrides it.
+    pub vmm: String,
     /// The Firecracker binary; else `BANGER_FIRECRACKER_BIN`, else `firecracker` on PATH.
     pub firecracker_bin: Option<PathBuf>,
+    /// The QEMU binary; else `BANGER_QEMU_BIN`, else `qemu-system-x86_64` on PATH.
+    pub qemu_bin: Option<PathBuf>,
     /// The host bridge VMs attach to.
     pub bridge_name: String,
     /// The bridge's IPv4 subnet; the host takes the first address, VMs the others.
@@ -39,7 +68,9 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             log_level: "info".to_string(),
+            vmm: "auto".to_string(),
             firecracker_bin: None,
+            qemu_bin: None,
             bridge_name: "banger0".to_string(),
             bridge_subnet: "172.30.0.0/24".to_string(),
             default_image: "debian-bookworm".to_string(),
@@ -125,6 +156,13 @@ impl Config {
                 format!("expected one of {}", LOG_LEVELS.join(", ")),
             ));
         }
+        if !VMM_CHOICES.contains(&self.vmm.as_str()) {
+            return Err(bad(
+                "vmm",
+                self.vmm.clone(),
+                format!("expected one of {}", VMM_CHOICES.join(", ")),
+            ));
+        }
         let name = &self.bridge_name;
         if name.is_empty()
             || name.len() > 15
@@ -195,9 +233,24 @@ mod tests {
     }
 
     #[test]
+    fn vmm_choice() {
+        assert_eq!(choose_vmm("auto", true, true), Ok("firecracker"));
+        assert_eq!(choose_vmm("auto", false, true), Ok("qemu"));
+        assert!(choose_vmm("auto", false, false).is_err());
+        assert_eq!(choose_vmm("qemu", true, true), Ok("qemu"));
+        assert!(choose_vmm("firecracker", false, true).is_err());
+        assert!(choose_vmm("kvmtool", true, true).is_err());
+    }
+
+    #[test]
     fn bad_values_error() {
         let e = parse("log_level = 3\n").unwrap_err().to_string();
         assert!(e.contains("/c/config.toml"), "{e}");
+        let e = parse("vmm = \"kvmtool\"\n").unwrap_err().to_string();
+        assert!(
+            e.contains("vmm") && e.contains("auto, firecracker, qemu"),
+            "{e}"
+        );
         let e = parse("log_level = \"loud\"\n").unwrap_err().to_string();
         assert!(e.contains("log_level") && e.contains("loud"), "{e}");
         assert!(parse("log_level = \n").is_err());

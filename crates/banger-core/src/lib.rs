@@ -5,10 +5,12 @@
 //! - [`layout`]: where config, state and runtime files live (`BANGER_HOME` moves all three).
 //! - [`config`]: the TOML config file, with warnings for unknown keys.
 //! - [`build`]: the build identity every banger binary carries.
+//! - [`elf`]: whether a binary is static.
 //! - [`runner`]: the seam through which libraries run host commands.
 
 pub mod build;
 pub mod config;
+pub mod elf;
 pub mod layout;
 pub mod names;
 pub mod runner;

@@ -26,6 +26,22 @@ pub enum OpError {
     Invalid { what: String },
     #[error("a VM named {name:?} already exists")]
     NameTaken { name: String },
+    #[error("a kernel named {name:?} already exists (use --force to replace it)")]
+    KernelNameTaken { name: String },
+    #[error("kernel {name:?} is used by image(s) {}; delete them first", images.join(", "))]
+    KernelInUse { name: String, images: Vec<String> },
+    #[error("kernel {name:?}: import failed")]
+    Kernel {
+        name: String,
+        #[source]
+        source: Box<banger_kernel::KernelError>,
+    },
+    #[error("image build failed ({what})")]
+    Image {
+        what: &'static str,
+        #[source]
+        source: Box<banger_image::ImageError>,
+    },
     #[error("an image named {name:?} already exists")]
     ImageNameTaken { name: String },
     #[error("image {image:?} is used by VM(s) {}; delete them first", vms.join(", "))]
@@ -48,6 +64,8 @@ pub enum OpError {
         #[source]
         source: banger_agent::client::ClientError,
     },
+    #[error("the {kind} VMM is unavailable: {why}")]
+    VmmUnavailable { kind: String, why: String },
     #[error("VM {vm:?} is not running")]
     NotRunning { vm: String },
     #[error("cancelled: the client went away")]
@@ -98,13 +116,17 @@ impl OpError {
                 ErrorKind::NotFound
             }
             Self::Ambiguous { .. } | Self::Name(_) | Self::Invalid { .. } => ErrorKind::BadRequest,
-            Self::NameTaken { .. } | Self::ImageNameTaken { .. } => ErrorKind::AlreadyExists,
-            Self::ImageInUse { .. } | Self::WrongState { .. } | Self::NotRunning { .. } => {
-                ErrorKind::Conflict
+            Self::NameTaken { .. } | Self::ImageNameTaken { .. } | Self::KernelNameTaken { .. } => {
+                ErrorKind::AlreadyExists
             }
-            Self::SubnetFull { .. } | Self::AgentTimeout { .. } | Self::Agent { .. } => {
-                ErrorKind::Unavailable
-            }
+            Self::ImageInUse { .. }
+            | Self::KernelInUse { .. }
+            | Self::WrongState { .. }
+            | Self::NotRunning { .. } => ErrorKind::Conflict,
+            Self::SubnetFull { .. }
+            | Self::AgentTimeout { .. }
+            | Self::Agent { .. }
+            | Self::VmmUnavailable { .. } => ErrorKind::Unavailable,
             Self::Cancelled => ErrorKind::Cancelled,
             _ => ErrorKind::Internal,
         }

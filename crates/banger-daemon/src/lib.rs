@@ -5,6 +5,8 @@
 //! - [`routes`]: the HTTP handlers.
 //! - [`vms`]: the VM lifecycle, per-VM locks, reconciliation and the VMM monitor.
 //! - [`images`]: managed images.
+//! - [`bootstrap`]: images built from Debian packages, and bundle imports.
+//! - [`kernels`]: imported kernels.
 //! - [`ssh`]: the managed SSH key.
 //! - [`stats`]: VMM process statistics from `/proc`.
 //! - [`error`]: operation errors and their API kinds.
@@ -16,8 +18,10 @@
 //! SIGINT or `POST /v1/shutdown`): stop accepting, finish in-flight requests, remove the
 //! socket, release the lock.
 
+pub mod bootstrap;
 pub mod error;
 pub mod images;
+pub mod kernels;
 pub mod lock;
 pub mod logging;
 pub mod ops;
@@ -44,6 +48,8 @@ use tokio::net::UnixListener;
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {
     pub layout: Layout,
+    /// The static guest agent injected into images banger builds.
+    pub agent_bin: Option<PathBuf>,
     pub config: Config,
     pub config_warnings: Vec<String>,
     pub build: BuildInfo,
@@ -91,6 +97,8 @@ pub enum DaemonError {
         #[source]
         source: banger_net::plan::SubnetError,
     },
+    #[error("BANGER_VMM: {0}")]
+    Vmm(String),
     #[error("cannot prepare the managed SSH key")]
     Ssh(#[source] error::OpError),
     #[error("serving the API on {path} failed")]
@@ -146,24 +154,21 @@ fn run_from_env() -> Result<(), DaemonError> {
     for w in &loaded.warnings {
         tracing::warn!(warning = %w, "config");
     }
-    let vmm = banger_vmm::FirecrackerVmm::locate(
-        loaded.config.firecracker_bin.clone(),
-        std::env::var_os(banger_vmm::firecracker::BIN_ENV),
-        std::env::var_os("PATH").as_deref(),
-    )
-    .unwrap_or_else(|e| {
-        // The daemon still serves everything else; starting a VM reports the missing binary.
-        tracing::warn!(error = %e, "firecracker not found");
-        banger_vmm::FirecrackerVmm::new(banger_vmm::firecracker::BIN_NAME)
-    });
     let runner: Arc<dyn CommandRunner> = Arc::new(SystemRunner::new());
     let host = server::Host {
-        vmm: Arc::new(vmm),
+        vmms: choose_vmms(&loaded.config)?,
         net: Arc::new(banger_net::DirectNetOps::new(SystemRunner::new())),
         runner,
     };
+    let agent_bin = std::env::var_os("BANGER_AGENT_BIN")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let p = std::env::current_exe().ok()?.parent()?.join("banger-agent");
+            p.is_file().then_some(p)
+        });
     let opts = DaemonOptions {
         layout,
+        agent_bin,
         config: loaded.config,
         config_warnings: loaded.warnings,
         build: BuildInfo::current(),
@@ -173,6 +178,59 @@ fn run_from_env() -> Result<(), DaemonError> {
         .build()
         .map_err(DaemonError::Runtime)?;
     rt.block_on(run(opts, host, uid))
+}
+
+/// The VMM backends found on this host and the default for new VMs (config `vmm`, overridden
+/// by `BANGER_VMM`). A missing backend is logged, not fatal: the daemon serves everything
+/// else, and creating a VM on it reports why it is unavailable.
+fn choose_vmms(config: &Config) -> Result<server::Vmms, DaemonError> {
+    let path = std::env::var_os("PATH");
+    let mut available: Vec<Arc<dyn banger_vmm::Vmm>> = Vec::new();
+    let mut missing = Vec::new();
+    match banger_vmm::FirecrackerVmm::locate(
+        config.firecracker_bin.clone(),
+        std::env::var_os(banger_vmm::firecracker::BIN_ENV),
+        path.as_deref(),
+    ) {
+        Ok(fc) => available.push(Arc::new(fc)),
+        Err(e) => missing.push((banger_vmm::VmmKind::Firecracker, e.to_string())),
+    }
+    match banger_vmm::qemu::QemuVmm::locate(
+        config.qemu_bin.clone(),
+        std::env::var_os("BANGER_QEMU_BIN"),
+        path.as_deref(),
+    ) {
+        Ok(q) => available.push(Arc::new(q)),
+        Err(e) => missing.push((banger_vmm::VmmKind::Qemu, e.to_string())),
+    }
+    let choice = std::env::var("BANGER_VMM")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| config.vmm.clone());
+    let has = |k| available.iter().any(|v| v.kind() == k);
+    let default = match banger_core::config::choose_vmm(
+        &choice,
+        has(banger_vmm::VmmKind::Firecracker),
+        has(banger_vmm::VmmKind::Qemu),
+    ) {
+        Ok("qemu") => banger_vmm::VmmKind::Qemu,
+        Ok(_) => banger_vmm::VmmKind::Firecracker,
+        Err(why) => {
+            if !banger_core::config::VMM_CHOICES.contains(&choice.as_str()) {
+                return Err(DaemonError::Vmm(why));
+            }
+            tracing::warn!(%why, "no usable VMM backend; VM creation will fail until one is installed");
+            if choice == "qemu" {
+                banger_vmm::VmmKind::Qemu
+            } else {
+                banger_vmm::VmmKind::Firecracker
+            }
+        }
+    };
+    for (kind, why) in &missing {
+        tracing::info!(vmm = %kind, %why, "VMM backend not available");
+    }
+    Ok(server::Vmms::new(available, missing, default))
 }
 
 /// Nameservers for guests: the config's, else the host's non-loopback ones.

@@ -3,6 +3,7 @@
 //! that goes away cancels the operation, which then rolls back.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -14,15 +15,15 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use banger_agent::proto::{Health, Ports};
 use banger_api::types::{
-    ActionOutcome, ActionRequest, CreateVm, Event, Image, Ping, RegisterImage, SshInfo, Vm,
-    VmState, VmStats,
+    ActionOutcome, ActionRequest, BootstrapImage, CreateVm, Event, Image, ImportBundle,
+    ImportKernel, Kernel, Ping, RegisterImage, SshInfo, Vm, VmState, VmStats,
 };
 use serde::Deserialize;
 use tracing::Instrument;
 
 use crate::error::OpError;
 use crate::server::{AppState, HandlerError, OpId};
-use crate::{images, stats, vms};
+use crate::{bootstrap, images, kernels, stats, vms};
 
 type S = State<Arc<AppState>>;
 
@@ -57,33 +58,76 @@ pub async fn show_vm(
 }
 
 pub async fn create_vm(State(state): S, Json(req): Json<CreateVm>) -> Response {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event<Vm>>();
+    stream_op(move |progress, cancel| vms::create(state, req, progress, cancel))
+}
+
+/// Runs a long operation in its own task and streams its stages, then its result or error,
+/// as NDJSON [`Event`]s. The response body holds the operation's cancellation guard: when the
+/// client goes away, hyper drops the body and the operation is cancelled (and rolls back).
+pub fn stream_op<T, F, Fut>(op: F) -> Response
+where
+    T: serde::Serialize + Send + 'static,
+    F: FnOnce(vms::Progress, tokio_util::sync::CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<T, OpError>> + Send + 'static,
+{
+    let (stage_tx, mut stage_rx) = tokio::sync::mpsc::unbounded_channel::<vms::Stage>();
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<Event<T>>();
     let cancel = tokio_util::sync::CancellationToken::new();
     let guard = cancel.clone().drop_guard();
-    let progress = vms::Progress::new(Some(tx.clone()));
+    let fut = op(vms::Progress::new(Some(stage_tx)), cancel);
     tokio::spawn(
         async move {
-            let ev = match vms::create(state, req, progress, cancel).await {
-                Ok(vm) => Event::Result { result: vm },
+            let ev = match fut.await {
+                Ok(result) => Event::Result { result },
                 Err(e) => Event::Error { error: e.into() },
             };
-            let _ = tx.send(ev);
+            let _ = done_tx.send(ev);
         }
         .instrument(tracing::Span::current()),
     );
     // A blank line every HEARTBEAT: hyper only notices a client that went away when it
     // writes, and a quiet phase (waiting for the agent) must still be cancellable.
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let mut finished = false;
+    let line = |v: &dyn erased::Json| {
+        let mut l = v.to_json();
+        l.push(b'\n');
+        Ok::<_, Infallible>(l)
+    };
     let stream = futures_util::stream::poll_fn(move |cx| {
         // The guard lives as long as the response body: dropping the body cancels.
         let _keep = &guard;
-        match rx.poll_recv(cx) {
-            Poll::Ready(Some(ev)) => {
-                let mut line = serde_json::to_vec(&ev).unwrap_or_default();
-                line.push(b'\n');
-                Poll::Ready(Some(Ok::<_, Infallible>(line)))
+        if finished {
+            return Poll::Ready(None);
+        }
+        // Stages first, so every stage precedes the result.
+        if let Poll::Ready(Some(st)) = stage_rx.poll_recv(cx) {
+            let ev: Event<()> = Event::Stage {
+                stage: st.stage,
+                detail: st.detail,
+                elapsed_ms: st.elapsed_ms,
+            };
+            return Poll::Ready(Some(line(&ev)));
+        }
+        match std::pin::Pin::new(&mut done_rx).poll(cx) {
+            Poll::Ready(Ok(ev)) => {
+                // Drain stages sent just before the end.
+                if let Ok(st) = stage_rx.try_recv() {
+                    let stage: Event<()> = Event::Stage {
+                        stage: st.stage,
+                        detail: st.detail,
+                        elapsed_ms: st.elapsed_ms,
+                    };
+                    // Put the result back for the next poll.
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let _ = tx.send(ev);
+                    done_rx = rx;
+                    return Poll::Ready(Some(line(&stage)));
+                }
+                finished = true;
+                Poll::Ready(Some(line(&ev)))
             }
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Err(_)) => Poll::Ready(None),
             Poll::Pending => match heartbeat.poll_tick(cx) {
                 Poll::Ready(_) => Poll::Ready(Some(Ok(b"\n".to_vec()))),
                 Poll::Pending => Poll::Pending,
@@ -95,6 +139,18 @@ pub async fn create_vm(State(state): S, Json(req): Json<CreateVm>) -> Response {
         Body::from_stream(stream),
     )
         .into_response()
+}
+
+/// Object-safe JSON encoding for the stream's two event types.
+mod erased {
+    pub trait Json {
+        fn to_json(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> Vec<u8> {
+            serde_json::to_vec(self).unwrap_or_default()
+        }
+    }
 }
 
 pub async fn vm_actions(
@@ -206,4 +262,43 @@ pub async fn delete_image(
 ) -> Result<Json<serde_json::Value>, HandlerError> {
     images::delete(state, &reference).await?;
     Ok(Json(serde_json::json!({ "deleted": reference })))
+}
+
+pub async fn list_kernels(State(state): S) -> Result<Json<Vec<Kernel>>, HandlerError> {
+    let rows = state.db(|s| s.list_kernels()).map_err(OpError::from)?;
+    Ok(Json(rows.iter().map(|r| state.kernel_view(r)).collect()))
+}
+
+pub async fn show_kernel(
+    State(state): S,
+    Path(name): Path<String>,
+) -> Result<Json<Kernel>, HandlerError> {
+    let row = state.find_kernel(&name)?;
+    Ok(Json(state.kernel_view(&row)))
+}
+
+pub async fn import_kernel(
+    State(state): S,
+    Json(req): Json<ImportKernel>,
+) -> Result<Json<Kernel>, HandlerError> {
+    Ok(Json(kernels::import(state, req).await?))
+}
+
+pub async fn delete_kernel(
+    State(state): S,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, HandlerError> {
+    kernels::remove(state, &name).await?;
+    Ok(Json(serde_json::json!({ "deleted": name })))
+}
+
+pub async fn bootstrap_image(State(state): S, Json(req): Json<BootstrapImage>) -> Response {
+    stream_op(move |progress, cancel| bootstrap::bootstrap(state, req, progress, cancel))
+}
+
+pub async fn import_bundle(
+    State(state): S,
+    Json(req): Json<ImportBundle>,
+) -> Result<Json<Image>, HandlerError> {
+    Ok(Json(bootstrap::import(state, req).await?))
 }

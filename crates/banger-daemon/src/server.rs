@@ -26,7 +26,7 @@ use std::net::Ipv4Addr;
 
 use banger_core::runner::CommandRunner;
 use banger_net::{NetOps, Subnet};
-use banger_vmm::Vmm;
+use banger_vmm::{Vmm, VmmKind};
 
 use crate::DaemonOptions;
 use crate::ops::{OpTracker, new_op_id};
@@ -55,9 +55,60 @@ pub struct AppState {
 /// Everything the daemon touches on the host, injected at construction.
 #[derive(Debug, Clone)]
 pub struct Host {
-    pub vmm: Arc<dyn Vmm>,
+    /// The VMM backends this host can run, and the one new VMs get by default.
+    pub vmms: Vmms,
     pub net: Arc<dyn NetOps>,
     pub runner: Arc<dyn CommandRunner>,
+}
+
+/// The available VMM backends. A VM keeps the backend it was created with.
+#[derive(Debug, Clone)]
+pub struct Vmms {
+    available: Vec<Arc<dyn Vmm>>,
+    /// Why a backend is missing, for error messages.
+    missing: Vec<(VmmKind, String)>,
+    default: VmmKind,
+}
+
+impl Vmms {
+    pub fn new(
+        available: Vec<Arc<dyn Vmm>>,
+        missing: Vec<(VmmKind, String)>,
+        default: VmmKind,
+    ) -> Self {
+        Self {
+            available,
+            missing,
+            default,
+        }
+    }
+
+    /// One backend, the default.
+    pub fn single(vmm: Arc<dyn Vmm>) -> Self {
+        let default = vmm.kind();
+        Self::new(vec![vmm], Vec::new(), default)
+    }
+
+    pub fn default_kind(&self) -> VmmKind {
+        self.default
+    }
+
+    pub fn kinds(&self) -> Vec<VmmKind> {
+        self.available.iter().map(|v| v.kind()).collect()
+    }
+
+    /// The backend of `kind`, or why it is unavailable.
+    pub fn get(&self, kind: VmmKind) -> Result<&Arc<dyn Vmm>, String> {
+        if let Some(v) = self.available.iter().find(|v| v.kind() == kind) {
+            return Ok(v);
+        }
+        Err(self
+            .missing
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, why)| why.clone())
+            .unwrap_or_else(|| format!("the {kind} backend is not available on this host")))
+    }
 }
 
 /// What [`AppState::new`] needs besides the options and the store.
@@ -134,9 +185,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/vms/{reference}/ports", get(routes::vm_ports))
         .route("/vms/{reference}/stats", get(routes::vm_stats))
         .route(
+            "/kernels",
+            get(routes::list_kernels).post(routes::import_kernel),
+        )
+        .route(
+            "/kernels/{name}",
+            get(routes::show_kernel).delete(routes::delete_kernel),
+        )
+        .route(
             "/images",
             get(routes::list_images).post(routes::register_image),
         )
+        .route("/images/bootstrap", post(routes::bootstrap_image))
+        .route("/images/import", post(routes::import_bundle))
         .route(
             "/images/{reference}",
             get(routes::show_image).delete(routes::delete_image),

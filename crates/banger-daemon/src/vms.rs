@@ -15,13 +15,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use banger_api::types::{
-    ActionOutcome, ActionRequest, CreateVm, Event, Vm, VmAction, VmSettings, VmState,
+    ActionOutcome, ActionRequest, CreateVm, Vm, VmAction, VmSettings, VmState,
 };
 use banger_core::names::validate_vm_name;
 use banger_core::size::ByteSize;
 use banger_net::plan::{allocate, format_mac, mac_for_ip, tap_name_for};
 use banger_store::{ImageRow, VmRow};
-use banger_vmm::{AgentEndpoint, Running, VmSpec};
+use std::str::FromStr;
+
+use banger_vmm::{AgentEndpoint, Running, VmSpec, Vmm, VmmKind};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
@@ -66,15 +68,23 @@ pub fn now() -> String {
     banger_core::build::format_rfc3339(secs)
 }
 
+/// One stage report of a long operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stage {
+    pub stage: String,
+    pub detail: String,
+    pub elapsed_ms: u64,
+}
+
 /// Streams stage events of one long operation.
 #[derive(Debug, Clone)]
 pub struct Progress {
-    tx: Option<UnboundedSender<Event<Vm>>>,
+    tx: Option<UnboundedSender<Stage>>,
     start: Instant,
 }
 
 impl Progress {
-    pub fn new(tx: Option<UnboundedSender<Event<Vm>>>) -> Self {
+    pub fn new(tx: Option<UnboundedSender<Stage>>) -> Self {
         Self {
             tx,
             start: Instant::now(),
@@ -85,7 +95,7 @@ impl Progress {
         let detail = detail.into();
         tracing::info!(stage, detail = %detail, "stage");
         if let Some(tx) = &self.tx {
-            let _ = tx.send(Event::Stage {
+            let _ = tx.send(Stage {
                 stage: stage.to_string(),
                 detail,
                 elapsed_ms: self.start.elapsed().as_millis() as u64,
@@ -222,7 +232,7 @@ impl AppState {
                 .ok_or_else(|| OpError::ImageNotFound {
                     reference: row.image_id.clone(),
                 })?;
-        let (kernel, initrd) = self.kernel_of(&image)?;
+        let (kernel, initrd) = self.kernel_of(&image, &row.vmm)?;
         let dir = PathBuf::from(&row.dir);
         Ok(VmSpec {
             vm_id: row.id.clone(),
@@ -242,8 +252,28 @@ impl AppState {
         })
     }
 
-    /// The kernel (and initrd) an image boots with.
-    fn kernel_of(&self, image: &ImageRow) -> Result<(PathBuf, Option<PathBuf>), OpError> {
+    /// The backend a VM runs on.
+    pub fn vmm_of(&self, row: &VmRow) -> Result<Arc<dyn Vmm>, OpError> {
+        let kind = VmmKind::from_str(&row.vmm).map_err(|e| OpError::Invalid {
+            what: format!("VM {}: {e}", row.name),
+        })?;
+        self.host
+            .vmms
+            .get(kind)
+            .cloned()
+            .map_err(|why| OpError::VmmUnavailable {
+                kind: kind.to_string(),
+                why,
+            })
+    }
+
+    /// The kernel (and initrd) an image boots with on the `vmm` backend.
+    fn kernel_of(
+        &self,
+        image: &ImageRow,
+        vmm: &str,
+    ) -> Result<(PathBuf, Option<PathBuf>), OpError> {
+        let row_vmm = vmm.to_string();
         if let Some(k) = &image.kernel {
             return Ok((PathBuf::from(k), image.initrd.as_ref().map(PathBuf::from)));
         }
@@ -251,7 +281,7 @@ impl AppState {
         let k = self
             .db(|s| s.get_kernel(&name))?
             .ok_or(OpError::KernelNotFound { name: name.clone() })?;
-        let path = match self.host.vmm.kind() {
+        let path = match VmmKind::from_str(&row_vmm).unwrap_or(VmmKind::Firecracker) {
             banger_vmm::VmmKind::Firecracker => k.vmlinux.or(k.vmlinuz),
             _ => k.vmlinuz.or(k.vmlinux),
         }
@@ -333,16 +363,21 @@ pub async fn create(
     if let Some(name) = &req.name {
         validate_vm_name(name)?;
     }
-    if let Some(v) = &req.vmm
-        && v != state.host.vmm.kind().to_string().as_str()
-    {
-        return Err(OpError::Invalid {
-            what: format!(
-                "VMM {v:?} is not available; this daemon runs {}",
-                state.host.vmm.kind()
-            ),
-        });
-    }
+    let vmm_kind = match &req.vmm {
+        Some(v) => VmmKind::from_str(v).map_err(|e| OpError::Invalid {
+            what: e.to_string(),
+        })?,
+        None => state.host.vmms.default_kind(),
+    };
+    let vmm = state
+        .host
+        .vmms
+        .get(vmm_kind)
+        .cloned()
+        .map_err(|why| OpError::VmmUnavailable {
+            kind: vmm_kind.to_string(),
+            why,
+        })?;
     let image_ref = req
         .image
         .clone()
@@ -350,7 +385,7 @@ pub async fn create(
     progress.stage("resolve image", image_ref.clone());
     let images = state.db(|s| s.list_images())?;
     let image = resolve_image(&images, &image_ref)?.clone();
-    state.kernel_of(&image)?;
+    state.kernel_of(&image, vmm_kind.as_str())?;
 
     // Allocate name, id, address, MAC, TAP and vsock CID, and insert the row: one step under
     // the store mutex, so concurrent creates never get the same lease.
@@ -378,7 +413,7 @@ pub async fn create(
             name,
             image_id: image.id.clone(),
             state: VmState::Creating.as_str().to_string(),
-            vmm: state.host.vmm.kind().to_string(),
+            vmm: vmm.kind().to_string(),
             cpus: req.cpus.map_or(DEFAULT_CPUS, |c| c as u32),
             memory_mib: req.memory_mib.map_or(DEFAULT_MEMORY_MIB, |m| m as u64),
             disk_bytes: req
@@ -537,19 +572,25 @@ async fn boot(state: &Arc<AppState>, row: &mut VmRow, progress: &Progress) -> Re
         format!("{} on {}", spec.tap, state.opts.config.bridge_name),
     );
     net_up(state, row).await?;
-    progress.stage("start VMM", state.host.vmm.kind().to_string());
+    let vmm = state.vmm_of(row)?;
+    // Read before boot, while nothing else has the disk open.
+    let has_sshd = {
+        let runner = state.host.runner.clone();
+        let root = spec.root_disk.clone();
+        tokio::task::spawn_blocking(move || {
+            banger_disk::debugfs::exists(runner.as_ref(), &root, "/usr/sbin/sshd").unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false)
+    };
+    progress.stage("start VMM", vmm.kind().to_string());
     tokio::fs::create_dir_all(&spec.run_dir)
         .await
         .map_err(OpError::io("create", &spec.run_dir))?;
-    let running = state
-        .host
-        .vmm
-        .start(&spec)
-        .await
-        .map_err(|source| OpError::Vmm {
-            vm: row.name.clone(),
-            source: Box::new(source),
-        })?;
+    let running = vmm.start(&spec).await.map_err(|source| OpError::Vmm {
+        vm: row.name.clone(),
+        source: Box::new(source),
+    })?;
     row.pid = Some(running.pid);
     row.state = VmState::Running.as_str().to_string();
     row.started_at = Some(now());
@@ -557,7 +598,43 @@ async fn boot(state: &Arc<AppState>, row: &mut VmRow, progress: &Progress) -> Re
     state.set_vm(row)?;
     progress.stage("wait agent", format!("pid {}", running.pid));
     wait_agent(state, &row.name, &running.agent).await?;
+    if has_sshd && let Some(ip) = row.ip.clone() {
+        progress.stage("wait ssh", format!("{ip}:22"));
+        let secs = state.opts.config.ssh_wait_secs;
+        if !wait_ssh(&ip, Duration::from_secs(secs)).await {
+            // Not fatal: the VM runs and its agent answers; `vm run`/`vm ssh` report it.
+            progress.stage(
+                "wait ssh",
+                format!(
+                    "sshd did not answer within {secs}s (see banger vm logs {})",
+                    row.name
+                ),
+            );
+        }
+    }
     Ok(())
+}
+
+/// Waits until something answers on `ip:22` with an SSH banner, or `deadline` passes.
+pub async fn wait_ssh(ip: &str, deadline: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let Ok(addr) = format!("{ip}:22").parse::<std::net::SocketAddr>() else {
+        return false;
+    };
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        let probe = async {
+            let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+            let mut buf = [0u8; 4];
+            s.read_exact(&mut buf).await.ok()?;
+            (&buf == b"SSH-").then_some(())
+        };
+        if let Ok(Some(())) = tokio::time::timeout(Duration::from_secs(3), probe).await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
 }
 
 async fn net_up(state: &Arc<AppState>, row: &VmRow) -> Result<(), OpError> {
@@ -620,7 +697,8 @@ pub async fn rollback_create(state: &Arc<AppState>, row: &VmRow) {
     if let Some(pid) = row.pid {
         kill_and_wait(pid).await;
     } else if let Ok(spec) = state.spec(row)
-        && let Some(run) = state.host.vmm.find_live(&spec).await
+        && let Ok(vmm) = state.vmm_of(row)
+        && let Some(run) = vmm.find_live(&spec).await
     {
         kill_and_wait(run.pid).await;
     }
@@ -647,15 +725,17 @@ async fn kill_and_wait(pid: u32) {
 /// The running VMM of `row` with pid `pid`: found by its control socket when it answers,
 /// else assembled from what is stored (a shutdown request then fails and stop kills it).
 async fn running_of(state: &Arc<AppState>, row: &VmRow, pid: u32) -> Running {
-    if let Ok(spec) = state.spec(row) {
-        if let Some(live) = state.host.vmm.find_live(&spec).await {
+    if let Ok(spec) = state.spec(row)
+        && let Ok(vmm) = state.vmm_of(row)
+    {
+        if let Some(live) = vmm.find_live(&spec).await {
             return live;
         }
         return Running {
             vm_id: row.id.clone(),
             pid,
             api_socket: spec.run_dir.join("api.sock"),
-            agent: state.host.vmm.agent_endpoint(&spec),
+            agent: vmm.agent_endpoint(&spec),
         };
     }
     Running {
@@ -695,9 +775,12 @@ async fn wait_agent(
                 last,
             });
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(AGENT_POLL).await;
     }
 }
+
+/// How often [`wait_agent`] retries while the guest boots.
+const AGENT_POLL: Duration = Duration::from_millis(20);
 
 async fn agent_stream(
     endpoint: &AgentEndpoint,
@@ -748,7 +831,7 @@ pub fn endpoint_of(state: &AppState, row: &VmRow) -> Result<AgentEndpoint, OpErr
             vm: row.name.clone(),
         });
     }
-    Ok(state.host.vmm.agent_endpoint(&state.spec(row)?))
+    Ok(state.vmm_of(row)?.agent_endpoint(&state.spec(row)?))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -906,7 +989,15 @@ async fn stop_locked(state: &Arc<AppState>, row: &mut VmRow, grace: Duration) ->
         && banger_vmm::process::alive(pid)
     {
         let running = running_of(state, row, pid).await;
-        match banger_vmm::process::stop(state.host.vmm.as_ref(), &running, grace).await {
+        let stopped = match state.vmm_of(row) {
+            Ok(vmm) => banger_vmm::process::stop(vmm.as_ref(), &running, grace).await,
+            // No backend to ask politely: force it off.
+            Err(_) => {
+                kill_and_wait(pid).await;
+                Ok(banger_vmm::StopOutcome::Forced)
+            }
+        };
+        match stopped {
             Ok(banger_vmm::StopOutcome::Forced) => {
                 note = Some(format!(
                     "guest did not shut down within {}s; forced off",
@@ -1110,7 +1201,11 @@ pub async fn reconcile_running(state: &Arc<AppState>, id: &str) {
     if pid_ok {
         return;
     }
-    if let Some(live) = state.host.vmm.find_live(&spec).await {
+    let live = match state.vmm_of(&row) {
+        Ok(vmm) => vmm.find_live(&spec).await,
+        Err(_) => None,
+    };
+    if let Some(live) = live {
         tracing::info!(vm = %row.name, old = ?row.pid, new = live.pid, "reconcile: found the live VMM again");
         row.pid = Some(live.pid);
         let _ = state.set_vm(&row);

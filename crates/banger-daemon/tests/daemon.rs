@@ -108,13 +108,14 @@ async fn errors_carry_the_op_id_in_header_and_body() {
     let store = banger_store::Store::open(&layout.db_path()).unwrap();
     let opts = DaemonOptions {
         layout: layout.clone(),
+        agent_bin: None,
         config: Config::default(),
         config_warnings: Vec::new(),
         build: BuildInfo::current(),
     };
     let parts = banger_daemon::server::Parts {
         host: banger_daemon::server::Host {
-            vmm: Arc::new(banger_vmm::fake::FakeVmm::new()),
+            vmms: banger_daemon::server::Vmms::single(Arc::new(banger_vmm::fake::FakeVmm::new())),
             net: Arc::new(banger_net::DirectNetOps::new(
                 banger_core::runner::fake::FakeRunner::new(),
             )),

@@ -55,7 +55,7 @@ pub const FSTAB_MARKER: &str = "# banger-work";
 /// `nofail` so a VM without a work disk still boots, and a 10 s device timeout instead of
 /// systemd's 90 s.
 pub const FSTAB_LINE: &str =
-    "/dev/vdb /root ext4 defaults,nofail,x-systemd.device-timeout=10s 0 2 # banger-work";
+    "/dev/vdb /root ext4 defaults,nofail,x-systemd.device-timeout=120s 0 2 # banger-work";
 
 /// The static network configuration of one VM.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -60,6 +60,21 @@ pub struct KernelRow {
     pub created_at: String,
 }
 
+fn kernel_from_row(r: &Row<'_>) -> rusqlite::Result<KernelRow> {
+    Ok(KernelRow {
+        name: r.get(0)?,
+        version: r.get(1)?,
+        dir: r.get(2)?,
+        vmlinux: r.get(3)?,
+        vmlinuz: r.get(4)?,
+        initrd: r.get(5)?,
+        modules: r.get(6)?,
+        sha256: r.get(7)?,
+        source: r.get(8)?,
+        created_at: r.get(9)?,
+    })
+}
+
 impl Store {
     pub fn list_images(&self) -> Result<Vec<ImageRow>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM images ORDER BY name");
@@ -122,26 +137,57 @@ impl Store {
         Ok(())
     }
 
+    pub fn list_kernels(&self) -> Result<Vec<KernelRow>, StoreError> {
+        let mut stmt = self
+            .conn()
+            .prepare(
+                "SELECT name, version, dir, vmlinux, vmlinuz, initrd, modules, sha256, source, \
+                 created_at FROM kernels ORDER BY name",
+            )
+            .map_err(self.query_error("list kernels"))?;
+        stmt.query_map([], kernel_from_row)
+            .and_then(|rows| rows.collect())
+            .map_err(self.query_error("list kernels"))
+    }
+
+    /// Inserts or replaces the kernel `k.name`.
+    pub fn upsert_kernel(&self, k: &KernelRow) -> Result<(), rusqlite::Error> {
+        self.conn().execute(
+            "INSERT INTO kernels (name, version, dir, vmlinux, vmlinuz, initrd, modules, sha256, \
+             source, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+             ON CONFLICT (name) DO UPDATE SET version = excluded.version, dir = excluded.dir, \
+             vmlinux = excluded.vmlinux, vmlinuz = excluded.vmlinuz, initrd = excluded.initrd, \
+             modules = excluded.modules, sha256 = excluded.sha256, source = excluded.source, \
+             created_at = excluded.created_at",
+            params![
+                k.name,
+                k.version,
+                k.dir,
+                k.vmlinux,
+                k.vmlinuz,
+                k.initrd,
+                k.modules,
+                k.sha256,
+                k.source,
+                k.created_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_kernel(&self, name: &str) -> Result<(), rusqlite::Error> {
+        self.conn()
+            .execute("DELETE FROM kernels WHERE name = ?1", [name])?;
+        Ok(())
+    }
+
     pub fn get_kernel(&self, name: &str) -> Result<Option<KernelRow>, StoreError> {
         self.conn()
             .query_row(
                 "SELECT name, version, dir, vmlinux, vmlinuz, initrd, modules, sha256, source, \
                  created_at FROM kernels WHERE name = ?1",
                 [name],
-                |r| {
-                    Ok(KernelRow {
-                        name: r.get(0)?,
-                        version: r.get(1)?,
-                        dir: r.get(2)?,
-                        vmlinux: r.get(3)?,
-                        vmlinuz: r.get(4)?,
-                        initrd: r.get(5)?,
-                        modules: r.get(6)?,
-                        sha256: r.get(7)?,
-                        source: r.get(8)?,
-                        created_at: r.get(9)?,
-                    })
-                },
+                kernel_from_row,
             )
             .optional()
             .map_err(self.query_error(format!("read kernel {name}")))

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::firecracker::api::ApiError;
 use crate::process::{CleanupError, SpawnError};
+use crate::qemu::qmp::QmpError;
 
 /// A failed [`Vmm`](crate::Vmm) operation. Every variant names the VM.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,13 @@ pub enum VmmError {
         vm_id: String,
         path: PathBuf,
         len: usize,
+    },
+
+    #[error("VM {vm_id}: the {what} is invalid: {reason}")]
+    InvalidSpec {
+        vm_id: String,
+        what: &'static str,
+        reason: String,
     },
 
     #[error("VM {vm_id}: the {what} path {} is not valid UTF-8, which the VMM API requires", path.display())]
@@ -97,6 +105,13 @@ pub enum VmmError {
         vm_id: String,
         source: Box<ApiError>,
     },
+
+    /// A QEMU QMP command failed (boxed like [`VmmError::Api`]).
+    #[error("VM {vm_id}: {source}")]
+    Qmp {
+        vm_id: String,
+        source: Box<QmpError>,
+    },
 }
 
 impl VmmError {
@@ -105,6 +120,7 @@ impl VmmError {
         match self {
             Self::InvalidVmId { vm_id, .. }
             | Self::SocketPathTooLong { vm_id, .. }
+            | Self::InvalidSpec { vm_id, .. }
             | Self::NonUtf8Path { vm_id, .. }
             | Self::RunDir { vm_id, .. }
             | Self::AlreadyRunning { vm_id, .. }
@@ -113,7 +129,8 @@ impl VmmError {
             | Self::Spawn { vm_id, .. }
             | Self::ExitedDuringStart { vm_id, .. }
             | Self::NotReady { vm_id, .. }
-            | Self::Api { vm_id, .. } => vm_id,
+            | Self::Api { vm_id, .. }
+            | Self::Qmp { vm_id, .. } => vm_id,
         }
     }
 }

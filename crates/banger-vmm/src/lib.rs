@@ -1,7 +1,8 @@
 //! banger's VMM backends: the [`Vmm`] seam the daemon holds as `Arc<dyn Vmm>` (chosen by
-//! config), its Firecracker implementation ([`firecracker::FirecrackerVmm`]), a hand-written
-//! fake for the daemon's tests ([`fake::FakeVmm`]) and the process control every backend
-//! shares ([`process`]).
+//! config), its Firecracker implementation ([`firecracker::FirecrackerVmm`]), its QEMU
+//! implementation for hosts without hardware virtualization ([`qemu::QemuVmm`]), a
+//! hand-written fake for the daemon's tests ([`fake::FakeVmm`]) and the process control every
+//! backend shares ([`process`]).
 //!
 //! A backend turns a [`VmSpec`] (everything one VM needs to boot) into a [`Running`] VMM (its
 //! pid, its control socket and where its guest agent answers), asks a guest to shut down, and
@@ -24,9 +25,9 @@
 //!   nothing depends on that thread's timing.
 //! - **Socket paths must be short.** A Unix socket address holds at most 108 bytes
 //!   (`sun_path`) including the terminating NUL, so a socket path has at most 107 bytes
-//!   ([`MAX_SOCKET_PATH`]). Firecracker's API socket and its vsock socket live in the VM's
-//!   `run_dir`, which must therefore be a short path (under the runtime directory, not under a
-//!   deep state directory). A too-long path is refused before anything is spawned
+//!   ([`MAX_SOCKET_PATH`]). Firecracker's API and vsock sockets (QEMU's QMP and agent
+//!   sockets) live in the VM's `run_dir`, which must therefore be a short path (under the
+//!   runtime directory, not under a deep state directory). A too-long path is refused before anything is spawned
 //!   ([`VmmError::SocketPathTooLong`]) instead of failing inside the VMM with an obscure bind
 //!   error.
 //! - **Stale sockets are removed before a start.** Firecracker refuses to start when its API
@@ -36,13 +37,15 @@
 //! - **A failed start leaves nothing running**, including a start whose future is dropped
 //!   (the daemon's cancellation is drop): a guard kills the VMM's process group and removes its
 //!   sockets, on a thread of its own when it has to run from `Drop`.
-//! - **The library never reads the environment.** [`firecracker::FirecrackerVmm::locate`] is
-//!   handed the configured path, `BANGER_FIRECRACKER_BIN` and `PATH` by its caller.
+//! - **The library never reads the environment.** [`firecracker::FirecrackerVmm::locate`] and
+//!   [`qemu::QemuVmm::locate`] are handed the configured path, `BANGER_FIRECRACKER_BIN` or
+//!   `BANGER_QEMU_BIN`, and `PATH` by their caller.
 
 pub mod error;
 pub mod fake;
 pub mod firecracker;
 pub mod process;
+pub mod qemu;
 
 use std::fmt;
 use std::future::Future;
@@ -55,6 +58,7 @@ use serde::{Deserialize, Serialize};
 pub use error::VmmError;
 pub use firecracker::FirecrackerVmm;
 pub use process::{Signal, StopOutcome};
+pub use qemu::QemuVmm;
 
 /// A boxed, sendable future: what the [`Vmm`] methods return (no `async-trait` crate).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -67,7 +71,8 @@ pub fn socket_path_fits(path: &Path) -> bool {
     path.as_os_str().len() <= MAX_SOCKET_PATH
 }
 
-/// Which VMM runs the VMs.
+/// Which VMM runs the VMs: Firecracker ([`FirecrackerVmm`], needs KVM with hardware
+/// virtualization) or QEMU ([`QemuVmm`], KVM when usable, else TCG software emulation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VmmKind {
@@ -117,14 +122,15 @@ impl FromStr for VmmKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmSpec {
     /// The VM's id: 1 to 64 ASCII letters, digits or `-` (banger uses 16+ hex chars). Passed
-    /// to Firecracker as `--id`.
+    /// to Firecracker as `--id`, to QEMU as `-name`.
     pub vm_id: String,
     pub vcpus: u32,
     pub memory_mib: u64,
-    /// Uncompressed kernel image (Firecracker needs an ELF `vmlinux`).
+    /// The kernel image: Firecracker needs an uncompressed ELF `vmlinux`; QEMU boots a
+    /// `vmlinuz` (bzImage).
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
-    /// The kernel command line.
+    /// The kernel command line (QEMU drops `pci=off` from it: see [`qemu::kernel_args`]).
     pub boot_args: String,
     /// The root file system (read-write).
     pub root_disk: PathBuf,
@@ -173,10 +179,9 @@ pub struct Running {
 
 /// A VMM backend. The daemon holds one as `Arc<dyn Vmm>`.
 ///
-/// Implementations: [`firecracker::FirecrackerVmm`], [`fake::FakeVmm`] (tests). A QEMU backend
-/// fits the same shape: QMP socket as `api_socket`, `system_powerdown` for
-/// [`request_shutdown`](Vmm::request_shutdown), the agent over a virtio-serial chardev socket
-/// ([`AgentEndpoint::Unix`]).
+/// Implementations: [`firecracker::FirecrackerVmm`], [`qemu::QemuVmm`] (QMP socket as
+/// `api_socket`, `system_powerdown` for [`request_shutdown`](Vmm::request_shutdown), the agent
+/// over a virtio-serial chardev socket, [`AgentEndpoint::Unix`]), [`fake::FakeVmm`] (tests).
 pub trait Vmm: Send + Sync + fmt::Debug {
     /// Which VMM this is.
     fn kind(&self) -> VmmKind;

@@ -6,6 +6,10 @@
 //! The binaries are not built by `cargo test -p banger-vmm`; build them first with
 //! `cargo build -p banger-fake-firecracker -p banger-agent` (or `cargo build --workspace`).
 //! Without them every test here says so and passes without running.
+//!
+//! The QEMU backend's tests, against the real QEMU, are in [`qemu`].
+
+mod qemu;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -173,6 +173,28 @@ impl Home {
         Some(home)
     }
 
+    /// A home whose CLI and daemon run in a fresh network namespace, with `config`.
+    pub fn in_netns(config: &str) -> Self {
+        let mut home = Self::new();
+        let ns = format!(
+            "bgt{}-{}",
+            std::process::id(),
+            NETNS_SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        let st = Command::new("ip")
+            .args(["netns", "add", &ns])
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip netns add {ns}");
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &ns, "ip", "link", "set", "lo", "up"])
+            .status();
+        home.netns = Some(ns);
+        std::fs::create_dir_all(home.path().join("config")).unwrap();
+        std::fs::write(home.path().join("config/config.toml"), config).unwrap();
+        home
+    }
+
     /// Builds a small ext4 rootfs and a stand-in kernel, and registers them as `name`.
     pub fn make_image(&self, name: &str) {
         let src = self.path().join("img-src");

@@ -1,0 +1,205 @@
+//! Real guests: the golden image booted by QEMU (TCG here), driven through the real CLI.
+//!
+//! Needs root, `qemu-system-x86_64`, `mmdebstrap`, an installed kernel package (`/boot`) and a
+//! static guest agent in `BANGER_AGENT_BIN` (`scripts/test` provides all of them). Without
+//! them the tests skip with the reason -- unless `BANGER_REQUIRE_GUEST_TESTS=1` (set by
+//! `scripts/test`), when a missing prerequisite fails the test instead.
+//!
+//! The golden image is built once per build and agent (a bundle cached under
+//! `target/guest-cache`, guarded by a file lock) and imported into each test's home.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+fn prerequisites() -> Result<PathBuf, String> {
+    if !is_root() {
+        return Err("needs root (network namespace, bridge, TAP)".into());
+    }
+    for tool in ["qemu-system-x86_64", "mmdebstrap"] {
+        let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+            .any(|d| d.join(tool).is_file());
+        if !found {
+            return Err(format!(
+                "{tool} is not installed (scripts/setup installs it)"
+            ));
+        }
+    }
+    let has_kernel = std::fs::read_dir("/boot")
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .unwrap_or(false);
+    if !has_kernel {
+        return Err("no kernel package installed (apt-get install linux-image-cloud-amd64)".into());
+    }
+    let agent = std::env::var_os("BANGER_AGENT_BIN")
+        .map(PathBuf::from)
+        .ok_or("BANGER_AGENT_BIN is not set to a static banger-agent (scripts/test sets it)")?;
+    if !banger_core::elf::is_static(&agent).unwrap_or(false) {
+        return Err(format!("{} is not a static binary", agent.display()));
+    }
+    Ok(agent)
+}
+
+/// A home in its own network namespace with the host kernel and the golden image.
+#[allow(clippy::print_stderr)] // the visible reason for a skip
+fn guest_home() -> Option<Home> {
+    let agent = match prerequisites() {
+        Ok(a) => a,
+        Err(why) => {
+            if std::env::var("BANGER_REQUIRE_GUEST_TESTS").is_ok_and(|v| v == "1") {
+                panic!("real-guest test prerequisites missing: {why}");
+            }
+            eprintln!("skipped: {why}");
+            return None;
+        }
+    };
+    let home = Home::in_netns(
+        "vmm = \"qemu\"\nagent_wait_secs = 180\nssh_wait_secs = 180\nstop_grace_secs = 60\n",
+    );
+    home.ok(&["kernel", "import", "host", "--from", "/"]);
+    golden_image(&home, &agent);
+    Some(home)
+}
+
+/// Builds the golden bundle once (per banger commit and agent build) and imports it.
+fn golden_image(home: &Home, agent: &Path) {
+    let version: serde_json::Value =
+        serde_json::from_str(&home.ok(&["version", "--json"])).unwrap();
+    let agent_len = std::fs::metadata(agent).unwrap().len();
+    let key = format!(
+        "{}-{}-{agent_len}",
+        version["commit"].as_str().unwrap(),
+        version["build_epoch"]
+    );
+    let cache = bin_dir().join("../guest-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let lock = std::fs::File::create(cache.join(".lock")).unwrap();
+    lock.lock().unwrap();
+    let bundle = cache.join(format!("debian-bookworm-{key}.tar.zst"));
+    if bundle.exists() {
+        home.ok(&["image", "import", bundle.to_str().unwrap()]);
+    } else {
+        let t = Instant::now();
+        home.ok(&["image", "bootstrap", "debian-bookworm"]);
+        eprintln_timing("image bootstrap", t.elapsed());
+        let built = home.path().join("state/bundles/debian-bookworm.tar.zst");
+        std::fs::copy(&built, cache.join(".partial")).unwrap();
+        std::fs::rename(cache.join(".partial"), &bundle).unwrap();
+    }
+    drop(lock);
+}
+
+#[allow(clippy::print_stderr)] // timings are part of the test report
+fn eprintln_timing(what: &str, d: Duration) {
+    eprintln!("timing: {what} took {:.1}s", d.as_secs_f64());
+}
+
+fn out(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn err(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn vm_run_reports_the_guest_kernel_and_exit_codes() {
+    let Some(home) = guest_home() else { return };
+    let kernel: serde_json::Value =
+        serde_json::from_str(&home.ok(&["kernel", "show", "host", "--json"])).unwrap();
+    let t = Instant::now();
+    let o = home.run(&["vm", "run", "--rm", "--", "uname", "-r"]);
+    eprintln_timing("vm run --rm -- uname -r", t.elapsed());
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(
+        out(&o).trim(),
+        kernel["version"].as_str().unwrap(),
+        "{}",
+        err(&o)
+    );
+    assert!(home.vms().is_empty(), "--rm left a VM");
+
+    let o = home.run(&["vm", "run", "--rm", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(o.status.code(), Some(7), "{}", err(&o));
+    assert!(
+        home.vms().is_empty(),
+        "--rm left a VM after a failing command"
+    );
+    assert!(
+        !err(&o).contains("still running"),
+        "--rm must not print the reminder"
+    );
+}
+
+#[test]
+fn guest_lifecycle_persists_work_and_cleans_up() {
+    let Some(home) = guest_home() else { return };
+    let o = home.run(&["vm", "create", "--name", "box"]);
+    assert!(o.status.success(), "{}", err(&o));
+    for stage in ["start VMM", "wait agent", "wait ssh", "ready in"] {
+        assert!(
+            err(&o).contains(stage),
+            "stage {stage:?} missing:\n{}",
+            err(&o)
+        );
+    }
+    let vm = home.vm("box");
+    assert_eq!(vm["vmm"], "qemu");
+    let (dir, tap) = (
+        vm["dir"].as_str().unwrap().to_string(),
+        vm["tap"].as_str().unwrap().to_string(),
+    );
+
+    let o = home.run(&[
+        "vm",
+        "ssh",
+        "box",
+        "--",
+        "sh",
+        "-c",
+        "echo kept > /root/marker && hostname",
+    ]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o).trim(), "box");
+
+    let ports = home.ok(&["vm", "ports", "box"]);
+    assert!(
+        ports
+            .lines()
+            .any(|l| l.starts_with("tcp") && l.contains("box.vm:22") && l.contains("sshd")),
+        "{ports}"
+    );
+    let health: serde_json::Value =
+        serde_json::from_str(&home.ok(&["vm", "health", "box", "--json"])).unwrap();
+    assert_eq!(health["hostname"], "box");
+
+    let t = Instant::now();
+    let stop = home.ok(&["vm", "stop", "box"]);
+    let took = t.elapsed();
+    eprintln_timing("vm stop", took);
+    assert_eq!(
+        stop.trim(),
+        "stopped box",
+        "the guest must shut down within the grace period"
+    );
+    assert!(took < Duration::from_secs(60));
+
+    let o = home.run(&["vm", "start", "box"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let o = home.run(&["vm", "ssh", "box", "--", "cat", "/root/marker"]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o), "kept\n", "work under /root survives stop/start");
+
+    home.ok(&["vm", "delete", "box"]);
+    assert!(home.vms().is_empty());
+    assert!(pids_mentioning(&dir).is_empty(), "a QEMU process is left");
+    assert!(!home.link_exists(&tap), "TAP left");
+    assert!(!Path::new(&dir).exists(), "disks left");
+    let _ = Command::new("true").status();
+}

@@ -1,0 +1,242 @@
+//! Images built by banger itself: `image bootstrap` (Debian packages → mmdebstrap tar →
+//! bundle → managed image) and `image import` (a bundle file → managed image).
+//!
+//! A bundle is unpacked into `images/<id>` through a staging directory, so a failed import
+//! leaves nothing; the row is written last.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use banger_api::types::{BootstrapImage, Image, ImportBundle};
+use banger_store::ImageRow;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::OpError;
+use crate::server::AppState;
+use crate::vms::{Progress, now};
+
+/// The static guest agent to inject, checked.
+fn agent_bin(state: &AppState) -> Result<PathBuf, OpError> {
+    let Some(path) = state.opts.agent_bin.clone() else {
+        return Err(OpError::Invalid {
+            what: "the guest agent binary was not found next to bangerd; set BANGER_AGENT_BIN \
+                   or build with scripts/build"
+                .into(),
+        });
+    };
+    match banger_core::elf::is_static(&path) {
+        Ok(true) => Ok(path),
+        Ok(false) => Err(OpError::Invalid {
+            what: format!(
+                "the guest agent {} is dynamically linked and would not run in guests; build it \
+                 with scripts/build (RUSTFLAGS='-C target-feature=+crt-static') or point \
+                 BANGER_AGENT_BIN at a static build",
+                path.display()
+            ),
+        }),
+        Err(why) => Err(OpError::Invalid {
+            what: format!("the guest agent {}: {why}", path.display()),
+        }),
+    }
+}
+
+fn image_err(what: &'static str) -> impl FnOnce(banger_image::ImageError) -> OpError {
+    move |source| OpError::Image {
+        what,
+        source: Box::new(source),
+    }
+}
+
+/// Builds `debian-<suite>` from Debian packages and registers it.
+pub async fn bootstrap(
+    state: Arc<AppState>,
+    req: BootstrapImage,
+    progress: Progress,
+    cancel: CancellationToken,
+) -> Result<Image, OpError> {
+    banger_core::names::validate_image_name(&req.name)?;
+    let suite = req
+        .name
+        .strip_prefix("debian-")
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| OpError::Invalid {
+            what: format!(
+                "cannot bootstrap {:?}: banger builds debian-SUITE images (e.g. debian-bookworm)",
+                req.name
+            ),
+        })?
+        .to_string();
+    if state.find_image(&req.name).is_ok() {
+        return Err(OpError::ImageNameTaken { name: req.name });
+    }
+    let kernel = match &req.kernel_ref {
+        Some(k) => state.find_kernel(k)?,
+        None => {
+            let mut all = state.db(|s| s.list_kernels())?;
+            all.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+            all.pop().ok_or_else(|| OpError::Invalid {
+                what: "no kernel is imported; import this host's kernel first with: banger \
+                       kernel import host --from / (on Debian: apt-get install \
+                       linux-image-cloud-amd64)"
+                    .into(),
+            })?
+        }
+    };
+    let agent = agent_bin(&state)?;
+    progress.stage("kernel", format!("{} ({})", kernel.name, kernel.version));
+    let cache = state.opts.layout.state_dir.join("cache");
+    let work = tempfile::Builder::new()
+        .prefix("bootstrap-")
+        .tempdir_in({
+            std::fs::create_dir_all(&cache).map_err(OpError::io("create", &cache))?;
+            &cache
+        })
+        .map_err(OpError::io("create a work dir in", &cache))?;
+    let tar = work.path().join("rootfs.tar");
+    let runner = state.host.runner.clone();
+    let spec = banger_image::bootstrap::DebianBootstrap::new(&suite);
+    progress.stage("mmdebstrap", format!("Debian {suite} from Debian packages"));
+    let p = progress.clone();
+    let tar2 = tar.clone();
+    let r2 = runner.clone();
+    tokio::task::spawn_blocking(move || {
+        banger_image::bootstrap::debian_rootfs_tar(r2.as_ref(), &spec, &tar2, &mut |m| {
+            p.stage("mmdebstrap", m)
+        })
+    })
+    .await
+    .map_err(|e| OpError::Join(e.to_string()))?
+    .map_err(image_err("mmdebstrap"))?;
+    if cancel.is_cancelled() {
+        return Err(OpError::Cancelled);
+    }
+    progress.stage(
+        "make bundle",
+        "rootfs tar to ext4 with the guest agent and units",
+    );
+    let bundles = state.opts.layout.state_dir.join("bundles");
+    let req2 = banger_image::bundle::MakeBundle {
+        rootfs_tars: vec![banger_image::flatten::TarInput::Path(tar)],
+        name: req.name.clone(),
+        distro: format!("debian-{suite}"),
+        arch: std::env::consts::ARCH.to_string(),
+        kernel_ref: kernel.name.clone(),
+        description: format!("Debian {suite} built by banger from Debian packages"),
+        size: req.size,
+        agent_bin: agent,
+        modules_dir: kernel.modules.as_ref().map(PathBuf::from),
+        out_dir: bundles,
+        work_dir: work.path().to_path_buf(),
+    };
+    let p = progress.clone();
+    let bundle = tokio::task::spawn_blocking(move || {
+        banger_image::bundle::make_bundle(runner.as_ref(), req2, &mut |m| p.stage("make bundle", m))
+    })
+    .await
+    .map_err(|e| OpError::Join(e.to_string()))?
+    .map_err(image_err("make bundle"))?;
+    drop(work);
+    if cancel.is_cancelled() {
+        return Err(OpError::Cancelled);
+    }
+    progress.stage(
+        "register",
+        format!(
+            "{} ({} bytes, sha256 {})",
+            bundle.path.display(),
+            bundle.size_bytes,
+            bundle.sha256
+        ),
+    );
+    let image = register_bundle(&state, &bundle.path, None, None).await?;
+    progress.stage(
+        "ready",
+        format!("ready in {:.1}s", progress.elapsed().as_secs_f64()),
+    );
+    Ok(image)
+}
+
+/// `image import`: registers a bundle file.
+pub async fn import(state: Arc<AppState>, req: ImportBundle) -> Result<Image, OpError> {
+    if !req.path.is_absolute() || !req.path.is_file() {
+        return Err(OpError::Invalid {
+            what: format!("bundle {} is not a file", req.path.display()),
+        });
+    }
+    register_bundle(
+        &state,
+        &req.path,
+        req.name.as_deref(),
+        req.kernel_ref.as_deref(),
+    )
+    .await
+}
+
+async fn register_bundle(
+    state: &Arc<AppState>,
+    bundle: &Path,
+    name: Option<&str>,
+    kernel_ref: Option<&str>,
+) -> Result<Image, OpError> {
+    if let Some(n) = name {
+        banger_core::names::validate_image_name(n)?;
+    }
+    let _g = state.locks.images.lock().await;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let dir = state.opts.layout.state_dir.join("images").join(&id);
+    std::fs::create_dir_all(dir.parent().unwrap_or(Path::new("/")))
+        .map_err(OpError::io("create", &dir))?;
+    let (b, d) = (bundle.to_path_buf(), dir.clone());
+    let manifest =
+        tokio::task::spawn_blocking(move || banger_image::bundle::read_bundle(&b, &d, None))
+            .await
+            .map_err(|e| OpError::Join(e.to_string()))?
+            .map_err(image_err("read bundle"))?;
+    let cleanup = |dir: &Path| {
+        let _ = std::fs::remove_dir_all(dir);
+    };
+    let name = name.unwrap_or(&manifest.name).to_string();
+    let kernel_ref = kernel_ref.unwrap_or(&manifest.kernel_ref).to_string();
+    if state.find_image(&name).is_ok() {
+        cleanup(&dir);
+        return Err(OpError::ImageNameTaken { name });
+    }
+    if state.db(|s| s.get_kernel(&kernel_ref))?.is_none() {
+        cleanup(&dir);
+        return Err(OpError::Invalid {
+            what: format!(
+                "the bundle boots kernel {kernel_ref:?}, which is not imported; import it (banger \
+                 kernel import {kernel_ref} --from DIR) or pass --kernel-ref"
+            ),
+        });
+    }
+    let rootfs = dir.join("rootfs.ext4");
+    let rootfs_bytes = std::fs::metadata(&rootfs)
+        .map_err(OpError::io("stat", &rootfs))?
+        .len();
+    let row = ImageRow {
+        id,
+        name,
+        dir: dir.display().to_string(),
+        rootfs: rootfs.display().to_string(),
+        rootfs_bytes,
+        kernel: None,
+        initrd: None,
+        modules: None,
+        kernel_ref: Some(kernel_ref),
+        work_seed: None,
+        distro: Some(manifest.distro.clone()).filter(|d| !d.is_empty()),
+        arch: Some(manifest.arch.clone()).filter(|a| !a.is_empty()),
+        description: Some(manifest.description.clone()).filter(|d| !d.is_empty()),
+        created_at: now(),
+    };
+    if let Err(e) = state.db(|s| s.insert_image(&row)) {
+        cleanup(&dir);
+        return Err(OpError::StoreWrite {
+            what: format!("insert image {}", row.name),
+            source: e,
+        });
+    }
+    tracing::info!(image = %row.name, bundle = %bundle.display(), "bundle registered");
+    Ok(state.image_view(&row))
+}

@@ -1,0 +1,818 @@
+//! Integration tests with the real tools (`mkfs.ext4`, `debugfs`, `e2fsck`, `sha256sum`):
+//! bundles built from hand-made tars, read back with debugfs, unpacked again; failures
+//! injected through a runner that fails one program. `make_bundle_as_non_root` re-runs
+//! itself as `nobody` when started as root. `real_mmdebstrap_bundle` bootstraps a real
+//! Debian (`--variant=essential`) only with `BANGER_TEST_MMDEBSTRAP=1`.
+
+use std::fs::{self, File};
+use std::io::{Cursor, Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use banger_core::runner::{CommandOutput, CommandRunner, SpawnError, SystemRunner};
+use banger_disk::{FileKind, Inode, exists, read_file, stat};
+use banger_image::bundle::{MANIFEST_FILE, ROOTFS_FILE, sha256_file};
+use banger_image::guest::{AGENT_PATH, ENABLE_LINKS, MODULES_LOAD_PATH, NETWORK_UP_PATH};
+use banger_image::{
+    BundleInfo, DebianBootstrap, ImageError, MakeBundle, Manifest, TarInput, Variant,
+    debian_rootfs_tar, make_bundle, read_bundle,
+};
+use tar::EntryType;
+
+const MIB: u64 = 1 << 20;
+
+/// Prints a line of the test report: why a test was skipped, or timings.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        #[allow(clippy::print_stderr, reason = "skips and timings are part of the test report")]
+        {
+            eprintln!($($arg)*);
+        }
+    }};
+}
+
+fn runner() -> SystemRunner {
+    SystemRunner::new()
+}
+
+fn run(program: &str, args: &[&str]) -> CommandOutput {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    runner().run(program, &args).unwrap()
+}
+
+/// One tar entry.
+struct E<'a> {
+    name: &'a str,
+    kind: EntryType,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    data: &'a [u8],
+    link: &'a str,
+    dev: (u32, u32),
+}
+
+fn e(name: &str, kind: EntryType, mode: u32) -> E<'_> {
+    E {
+        name,
+        kind,
+        mode,
+        uid: 0,
+        gid: 0,
+        data: b"",
+        link: "",
+        dev: (0, 0),
+    }
+}
+
+fn tar_of(entries: &[E<'_>]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for en in entries {
+        let mut h = tar::Header::new_gnu();
+        {
+            let gnu = h.as_gnu_mut().unwrap();
+            gnu.name[..en.name.len()].copy_from_slice(en.name.as_bytes());
+            gnu.linkname[..en.link.len()].copy_from_slice(en.link.as_bytes());
+        }
+        h.set_entry_type(en.kind);
+        h.set_mode(en.mode);
+        h.set_uid(en.uid);
+        h.set_gid(en.gid);
+        h.set_mtime(1_700_000_000);
+        h.set_size(en.data.len() as u64);
+        h.set_device_major(en.dev.0).unwrap();
+        h.set_device_minor(en.dev.1).unwrap();
+        h.set_cksum();
+        b.append(&h, en.data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// A small rootfs, as two layers (the second gzip-compressed) written to `dir`.
+fn rootfs_layers(dir: &Path) -> Vec<PathBuf> {
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let layer1 = tar_of(&[
+        e("./", EntryType::Directory, 0o755),
+        e("etc/", EntryType::Directory, 0o755),
+        E {
+            data: b"root:x:0:0:root:/root:/bin/bash\n",
+            ..e("etc/passwd", EntryType::Regular, 0o644)
+        },
+        E {
+            data: b"key",
+            ..e("etc/ssh/ssh_host_rsa_key", EntryType::Regular, 0o600)
+        },
+        e("usr/", EntryType::Directory, 0o755),
+        e("usr/bin/", EntryType::Directory, 0o755),
+        e("usr/lib/", EntryType::Directory, 0o755),
+        E {
+            data: b"\x7fELF passwd",
+            ..e("usr/bin/passwd", EntryType::Regular, 0o4755)
+        },
+        E {
+            data: b"\x7fELF wall",
+            gid: 5,
+            ..e("usr/bin/wall", EntryType::Regular, 0o2755)
+        },
+        E {
+            link: "usr/bin/passwd",
+            ..e("usr/bin/passwd-again", EntryType::Link, 0)
+        },
+        E {
+            link: "usr/bin",
+            ..e("bin", EntryType::Symlink, 0o777)
+        },
+        E {
+            link: "usr/lib",
+            ..e("lib", EntryType::Symlink, 0o777)
+        },
+        E {
+            uid: 1000,
+            gid: 1000,
+            ..e("home/dev/", EntryType::Directory, 0o750)
+        },
+        E {
+            uid: 1000,
+            gid: 1000,
+            data: b"mine",
+            ..e("home/dev/notes", EntryType::Regular, 0o600)
+        },
+        E {
+            data: &big,
+            ..e("usr/lib/big.bin", EntryType::Regular, 0o644)
+        },
+        e("tmp/", EntryType::Directory, 0o1777),
+        E {
+            dev: (1, 3),
+            ..e("dev/null", EntryType::Char, 0o666)
+        },
+        E {
+            dev: (8, 0),
+            gid: 6,
+            ..e("dev/sda", EntryType::Block, 0o660)
+        },
+        e("run/initctl", EntryType::Fifo, 0o600),
+        e("old/", EntryType::Directory, 0o755),
+        E {
+            data: b"old",
+            ..e("old/file", EntryType::Regular, 0o644)
+        },
+        e(".dockerenv", EntryType::Regular, 0o644),
+    ]);
+    let layer2 = tar_of(&[
+        e("old/.wh.file", EntryType::Regular, 0o644),
+        E {
+            data: b"new",
+            ..e("old/new", EntryType::Regular, 0o644)
+        },
+        e("run/.containerenv", EntryType::Regular, 0o644),
+    ]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&layer2).unwrap();
+    let layer2 = gz.finish().unwrap();
+    let p1 = dir.join("layer1.tar");
+    let p2 = dir.join("layer2.tar.gz");
+    fs::write(&p1, layer1).unwrap();
+    fs::write(&p2, layer2).unwrap();
+    vec![p1, p2]
+}
+
+fn agent(dir: &Path) -> PathBuf {
+    let path = dir.join("banger-agent");
+    fs::write(&path, b"\x7fELF the agent").unwrap();
+    path
+}
+
+fn modules(dir: &Path) -> PathBuf {
+    let m = dir.join("modules/6.1.0-test");
+    fs::create_dir_all(m.join("kernel/drivers/net")).unwrap();
+    fs::write(m.join("kernel/drivers/net/virtio_net.ko"), b"ko").unwrap();
+    fs::write(
+        m.join("modules.builtin"),
+        "kernel/drivers/block/virtio_blk.ko\n",
+    )
+    .unwrap();
+    m
+}
+
+fn request(dir: &Path, tars: Vec<PathBuf>, size: Option<u64>) -> MakeBundle {
+    let work = dir.join("work");
+    fs::create_dir_all(&work).unwrap();
+    MakeBundle {
+        rootfs_tars: tars.into_iter().map(TarInput::Path).collect(),
+        name: "test-image".to_string(),
+        distro: "debian".to_string(),
+        arch: "x86_64".to_string(),
+        kernel_ref: "test-kernel".to_string(),
+        description: "a test image".to_string(),
+        size,
+        agent_bin: agent(dir),
+        modules_dir: Some(modules(dir)),
+        out_dir: dir.join("out"),
+        work_dir: work,
+    }
+}
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn inode(image: &Path, path: &str) -> Inode {
+    stat(&runner(), image, path)
+        .unwrap()
+        .unwrap_or_else(|| panic!("{path} missing from {}", image.display()))
+}
+
+fn raw_stat(image: &Path, path: &str) -> String {
+    let out = run(
+        "debugfs",
+        &["-R", &format!("stat \"{path}\""), &image.to_string_lossy()],
+    );
+    out.stdout
+}
+
+/// The names and types of a bundle's members, in order.
+fn members(bundle: &Path) -> Vec<(String, EntryType)> {
+    let decoder = zstd::Decoder::new(File::open(bundle).unwrap()).unwrap();
+    let mut archive = tar::Archive::new(decoder);
+    archive
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.path().unwrap().display().to_string(),
+                e.header().entry_type(),
+            )
+        })
+        .collect()
+}
+
+/// Checks the image built from [`rootfs_layers`].
+fn check_image(image: &Path) {
+    let i = inode(image, "/usr/bin/passwd");
+    assert_eq!(
+        (i.kind, i.mode, i.uid, i.gid),
+        (FileKind::Regular, 0o4755, 0, 0)
+    );
+    let i = inode(image, "/usr/bin/wall");
+    assert_eq!((i.mode, i.uid, i.gid), (0o2755, 0, 5));
+    let i = inode(image, "/usr/bin/passwd-again");
+    assert_eq!((i.mode, i.size), (0o4755, 11));
+    assert!(raw_stat(image, "/usr/bin/passwd-again").contains("Links: 2"));
+    let i = inode(image, "/home/dev");
+    assert_eq!(
+        (i.kind, i.mode, i.uid, i.gid),
+        (FileKind::Directory, 0o750, 1000, 1000)
+    );
+    let i = inode(image, "/home/dev/notes");
+    assert_eq!((i.mode, i.uid, i.gid), (0o600, 1000, 1000));
+    assert_eq!(
+        read_file(&runner(), image, "/home/dev/notes").unwrap(),
+        b"mine"
+    );
+    let i = inode(image, "/tmp");
+    assert_eq!(i.mode, 0o1777);
+    let i = inode(image, "/dev/null");
+    assert_eq!((i.kind, i.mode, i.uid), (FileKind::CharDevice, 0o666, 0));
+    assert!(raw_stat(image, "/dev/null").contains("Device major/minor number: 01:03"));
+    let i = inode(image, "/dev/sda");
+    assert_eq!((i.kind, i.mode, i.gid), (FileKind::BlockDevice, 0o660, 6));
+    assert!(raw_stat(image, "/dev/sda").contains("Device major/minor number: 08:00"));
+    let i = inode(image, "/run/initctl");
+    assert_eq!((i.kind, i.mode), (FileKind::Fifo, 0o600));
+    assert_eq!(inode(image, "/bin").kind, FileKind::Symlink);
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(
+        read_file(&runner(), image, "/usr/lib/big.bin").unwrap(),
+        big
+    );
+    // Whiteouts, runtime markers, host keys.
+    assert!(!exists(&runner(), image, "/old/file").unwrap());
+    assert!(exists(&runner(), image, "/old/new").unwrap());
+    assert!(!exists(&runner(), image, "/.dockerenv").unwrap());
+    assert!(!exists(&runner(), image, "/run/.containerenv").unwrap());
+    assert!(!exists(&runner(), image, "/etc/ssh/ssh_host_rsa_key").unwrap());
+    // The guest payload.
+    let i = inode(image, AGENT_PATH);
+    assert_eq!(
+        (i.kind, i.mode, i.uid, i.gid),
+        (FileKind::Regular, 0o755, 0, 0)
+    );
+    assert_eq!(
+        read_file(&runner(), image, AGENT_PATH).unwrap(),
+        b"\x7fELF the agent"
+    );
+    assert_eq!(inode(image, NETWORK_UP_PATH).mode, 0o755);
+    for unit in [
+        "banger-network.service",
+        "banger-agent.service",
+        "banger-firstboot.service",
+    ] {
+        let i = inode(image, &format!("/etc/systemd/system/{unit}"));
+        assert_eq!((i.kind, i.mode, i.uid), (FileKind::Regular, 0o644, 0));
+    }
+    for (link, unit) in ENABLE_LINKS {
+        assert_eq!(inode(image, link).kind, FileKind::Symlink);
+        let text = raw_stat(image, link);
+        assert!(
+            text.contains(&format!("Fast link dest: \"/etc/systemd/system/{unit}\"")),
+            "{text}"
+        );
+    }
+    // Modules went through the /lib -> usr/lib symlink.
+    let i = inode(
+        image,
+        "/usr/lib/modules/6.1.0-test/kernel/drivers/net/virtio_net.ko",
+    );
+    assert_eq!((i.mode, i.uid), (0o644, 0));
+    let conf = String::from_utf8(read_file(&runner(), image, MODULES_LOAD_PATH).unwrap()).unwrap();
+    let listed: Vec<&str> = conf.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(listed, ["virtio_net", "virtio_blk"]);
+    let root = inode(image, "/");
+    assert_eq!((root.mode, root.uid), (0o755, 0));
+    let fsck = run("e2fsck", &["-fn", &image.to_string_lossy()]);
+    assert_eq!(fsck.code, Some(0), "{}\n{}", fsck.stdout, fsck.stderr);
+}
+
+/// Builds the bundle and checks everything; shared by the root and non-root runs.
+fn bundle_round_trip(dir: &Path) -> BundleInfo {
+    let tars = rootfs_layers(dir);
+    let req = request(dir, tars, Some(64 * MIB));
+    let work = req.work_dir.clone();
+    let mut lines = Vec::new();
+    let info = make_bundle(&runner(), req, &mut |l| lines.push(l.to_string())).unwrap();
+    assert_eq!(info.path, dir.join("out/test-image.tar.zst"));
+    assert_eq!(
+        info.manifest,
+        Manifest {
+            name: "test-image".into(),
+            distro: "debian".into(),
+            arch: "x86_64".into(),
+            kernel_ref: "test-kernel".into(),
+            description: "a test image".into(),
+        }
+    );
+    assert_eq!(listing(&dir.join("out")), ["test-image.tar.zst"]);
+    assert_eq!(listing(&work), Vec::<String>::new(), "staging left behind");
+    assert_eq!(info.size_bytes, fs::metadata(&info.path).unwrap().len());
+    let sum = run("sha256sum", &[&info.path.to_string_lossy()]);
+    assert_eq!(sum.stdout.split_whitespace().next().unwrap(), info.sha256);
+    assert_eq!(
+        members(&info.path),
+        [
+            (MANIFEST_FILE.to_string(), EntryType::Regular),
+            (ROOTFS_FILE.to_string(), EntryType::Regular)
+        ]
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("applying owners and modes")),
+        "{lines:?}"
+    );
+
+    let dest = dir.join("unpacked/test-image");
+    fs::create_dir_all(dir.join("unpacked")).unwrap();
+    let manifest = read_bundle(&info.path, &dest, Some(&info.sha256.to_uppercase())).unwrap();
+    assert_eq!(manifest, info.manifest);
+    assert_eq!(listing(&dir.join("unpacked")), ["test-image"]);
+    assert_eq!(listing(&dest), [MANIFEST_FILE, ROOTFS_FILE]);
+    let json: serde_json::Value =
+        serde_json::from_slice(&fs::read(dest.join(MANIFEST_FILE)).unwrap()).unwrap();
+    assert_eq!(json["name"], "test-image");
+    assert_eq!(json["kernel_ref"], "test-kernel");
+    let image = dest.join(ROOTFS_FILE);
+    let meta = fs::metadata(&image).unwrap();
+    assert_eq!(meta.len(), 64 * MIB);
+    assert!(
+        meta.blocks() * 512 < meta.len() / 4,
+        "not sparse: {} of {} bytes allocated",
+        meta.blocks() * 512,
+        meta.len()
+    );
+    check_image(&image);
+    info
+}
+
+#[test]
+fn make_bundle_then_read_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    bundle_round_trip(dir.path());
+}
+
+#[test]
+fn default_size_is_one_gib_and_stays_cheap() {
+    let dir = tempfile::tempdir().unwrap();
+    let tars = rootfs_layers(dir.path());
+    let req = request(dir.path(), tars, None);
+    let started = Instant::now();
+    let info = make_bundle(&runner(), req, &mut |l| {
+        note!("{:6.2} s {l}", started.elapsed().as_secs_f64())
+    })
+    .unwrap();
+    let took = started.elapsed();
+    // 1 GiB of mostly holes compresses to almost nothing.
+    assert!(info.size_bytes < 8 * MIB, "{} bytes", info.size_bytes);
+    let dest = dir.path().join("img");
+    let started = Instant::now();
+    read_bundle(&info.path, &dest, None).unwrap();
+    note!("read_bundle: {:.2} s", started.elapsed().as_secs_f64());
+    let meta = fs::metadata(dest.join(ROOTFS_FILE)).unwrap();
+    assert_eq!(meta.len(), 1 << 30);
+    assert!(
+        meta.blocks() * 512 < 64 * MIB,
+        "{} allocated",
+        meta.blocks() * 512
+    );
+    note!(
+        "1 GiB image: bundle of {} KiB in {:.1} s",
+        info.size_bytes >> 10,
+        took.as_secs_f64()
+    );
+}
+
+/// Runs real commands, except that `program` (when its first argument is `first_arg`,
+/// if given) fails.
+#[derive(Debug)]
+struct FailingRunner {
+    program: &'static str,
+    first_arg: Option<&'static str>,
+}
+
+impl CommandRunner for FailingRunner {
+    fn run(&self, program: &str, args: &[String]) -> Result<CommandOutput, SpawnError> {
+        let hit = program == self.program
+            && self
+                .first_arg
+                .is_none_or(|a| args.first().map(String::as_str) == Some(a));
+        if hit {
+            return Ok(CommandOutput {
+                command: format!("{program} {}", args.join(" ")),
+                code: Some(1),
+                stdout: String::new(),
+                stderr: format!("{program}: injected failure\n"),
+            });
+        }
+        runner().run(program, args)
+    }
+}
+
+#[test]
+fn a_failure_leaves_no_output() {
+    for (program, first_arg, needle) in [
+        ("mkfs.ext4", None, "building the ext4 image"),
+        // The special files' debugfs run and the metadata batch both start with -w.
+        ("debugfs", Some("-w"), "injected failure"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let tars = rootfs_layers(dir.path());
+        let req = request(dir.path(), tars, Some(64 * MIB));
+        let work = req.work_dir.clone();
+        let failing = FailingRunner { program, first_arg };
+        let err = make_bundle(&failing, req, &mut |_| {}).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(needle), "{text}");
+        assert!(text.contains("injected failure"), "{text}");
+        assert!(!dir.path().join("out").exists(), "{program}: output left");
+        assert_eq!(
+            listing(&work),
+            Vec::<String>::new(),
+            "{program}: staging left"
+        );
+    }
+    // A refused tar entry: nothing either.
+    let dir = tempfile::tempdir().unwrap();
+    let evil = dir.path().join("evil.tar");
+    fs::write(
+        &evil,
+        tar_of(&[E {
+            data: b"x",
+            ..e("../../escape", EntryType::Regular, 0o644)
+        }]),
+    )
+    .unwrap();
+    let req = request(dir.path(), vec![evil], Some(64 * MIB));
+    let work = req.work_dir.clone();
+    let err = make_bundle(&runner(), req, &mut |_| {}).unwrap_err();
+    assert!(matches!(err, ImageError::Entry { .. }), "{err}");
+    assert!(!dir.path().join("out").exists());
+    assert_eq!(listing(&work), Vec::<String>::new());
+    assert!(!dir.path().join("escape").exists());
+}
+
+#[test]
+fn make_bundle_refuses_a_bad_name_before_doing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut req = request(dir.path(), vec![dir.path().join("none.tar")], None);
+    req.name = "../evil".to_string();
+    let err = make_bundle(&runner(), req, &mut |_| {}).unwrap_err();
+    assert!(matches!(err, ImageError::Name(_)), "{err}");
+    assert_eq!(listing(&dir.path().join("work")), Vec::<String>::new());
+}
+
+fn valid_manifest_json() -> Vec<u8> {
+    br#"{"name":"img","distro":"debian","arch":"x86_64","kernel_ref":"k","description":"d"}"#
+        .to_vec()
+}
+
+/// A bundle member: name, type, data, link target.
+type Member<'a> = (&'a str, EntryType, &'a [u8], &'a str);
+
+/// Writes a hand-made bundle with `entries`.
+fn handmade(path: &Path, entries: &[Member<'_>]) {
+    let encoder = zstd::Encoder::new(File::create(path).unwrap(), 3).unwrap();
+    let mut b = tar::Builder::new(encoder);
+    for (name, kind, data, link) in entries {
+        let mut h = tar::Header::new_gnu();
+        {
+            let gnu = h.as_gnu_mut().unwrap();
+            gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+            gnu.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        }
+        h.set_entry_type(*kind);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap();
+}
+
+#[test]
+fn read_bundle_refuses_anything_but_the_two_files() {
+    let manifest = valid_manifest_json();
+    let image = vec![0u8; 8192];
+    let bad_name =
+        br#"{"name":"../x","distro":"debian","arch":"x86_64","kernel_ref":"k","description":""}"#;
+    let cases: Vec<(Vec<Member<'_>>, &str)> = vec![
+        (
+            vec![
+                ("manifest.json", EntryType::Regular, &manifest, ""),
+                ("rootfs.ext4", EntryType::Regular, &image, ""),
+                ("extra.txt", EntryType::Regular, b"x", ""),
+            ],
+            "unexpected member \"extra.txt\"",
+        ),
+        (
+            vec![
+                ("manifest.json", EntryType::Regular, &manifest, ""),
+                ("../rootfs.ext4", EntryType::Regular, &image, ""),
+            ],
+            "unexpected member \"../rootfs.ext4\"",
+        ),
+        (
+            vec![
+                ("manifest.json", EntryType::Regular, &manifest, ""),
+                ("rootfs.ext4", EntryType::Symlink, b"", "/etc/shadow"),
+            ],
+            "is a Symlink entry",
+        ),
+        (
+            vec![
+                ("manifest.json", EntryType::Regular, &manifest, ""),
+                ("rootfs.ext4", EntryType::Link, b"", "manifest.json"),
+            ],
+            "is a Link entry",
+        ),
+        (
+            vec![("rootfs.ext4", EntryType::Regular, &image, "")],
+            "no manifest.json",
+        ),
+        (
+            vec![("manifest.json", EntryType::Regular, &manifest, "")],
+            "no rootfs.ext4",
+        ),
+        (
+            vec![
+                ("manifest.json", EntryType::Regular, bad_name, ""),
+                ("rootfs.ext4", EntryType::Regular, &image, ""),
+            ],
+            "image name \"../x\"",
+        ),
+        (
+            vec![
+                ("manifest.json", EntryType::Regular, b"{not json", ""),
+                ("rootfs.ext4", EntryType::Regular, &image, ""),
+            ],
+            "manifest of",
+        ),
+    ];
+    for (entries, needle) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("b.tar.zst");
+        handmade(&bundle, &entries);
+        let dest = dir.path().join("dest");
+        let err = read_bundle(&bundle, &dest, None).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(needle), "{needle}: {text}");
+        assert_eq!(listing(dir.path()), ["b.tar.zst"], "{needle}: left behind");
+    }
+    // "./" prefixes are fine, in any order.
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("b.tar.zst");
+    handmade(
+        &bundle,
+        &[
+            ("./rootfs.ext4", EntryType::Regular, &image, ""),
+            ("./manifest.json", EntryType::Regular, &manifest, ""),
+        ],
+    );
+    let m = read_bundle(&bundle, &dir.path().join("ok"), None).unwrap();
+    assert_eq!(m.name, "img");
+    assert_eq!(fs::read(dir.path().join("ok/rootfs.ext4")).unwrap(), image);
+    // An existing destination is refused.
+    let err = read_bundle(&bundle, &dir.path().join("ok"), None).unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+}
+
+#[test]
+fn read_bundle_checks_the_sha256_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("b.tar.zst");
+    let image: Vec<u8> = (0..100_000u32).map(|i| (i % 7) as u8).collect();
+    handmade(
+        &bundle,
+        &[
+            (
+                "manifest.json",
+                EntryType::Regular,
+                &valid_manifest_json(),
+                "",
+            ),
+            ("rootfs.ext4", EntryType::Regular, &image, ""),
+        ],
+    );
+    let good = sha256_file(&bundle).unwrap();
+    let wrong = "0".repeat(64);
+    let dest = dir.path().join("dest");
+    let err = read_bundle(&bundle, &dest, Some(&wrong)).unwrap_err();
+    match &err {
+        ImageError::Sha256Mismatch {
+            expected, actual, ..
+        } => {
+            assert_eq!(expected, &wrong);
+            assert_eq!(actual, &good);
+        }
+        other => panic!("unexpected {other}"),
+    }
+    assert_eq!(listing(dir.path()), ["b.tar.zst"]);
+    assert!(matches!(
+        read_bundle(&bundle, &dest, Some("abc")),
+        Err(ImageError::Invalid { .. })
+    ));
+
+    // A truncated download: the digest explains the broken stream.
+    let mut bytes = Vec::new();
+    File::open(&bundle)
+        .unwrap()
+        .read_to_end(&mut bytes)
+        .unwrap();
+    let cut = dir.path().join("cut.tar.zst");
+    fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let err = read_bundle(&cut, &dest, Some(&good)).unwrap_err();
+    assert!(matches!(err, ImageError::Sha256Mismatch { .. }), "{err}");
+    let err = read_bundle(&cut, &dest, None).unwrap_err();
+    assert!(matches!(err, ImageError::Bundle { .. }), "{err}");
+    assert_eq!(listing(dir.path()), ["b.tar.zst", "cut.tar.zst"]);
+
+    read_bundle(&bundle, &dest, Some(&good)).unwrap();
+    assert_eq!(fs::read(dest.join(ROOTFS_FILE)).unwrap(), image);
+}
+
+#[test]
+fn make_bundle_reads_a_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let tars = rootfs_layers(dir.path());
+    let mut req = request(dir.path(), Vec::new(), Some(64 * MIB));
+    req.modules_dir = None;
+    req.rootfs_tars = vec![
+        TarInput::Reader {
+            name: "stdin".into(),
+            reader: Box::new(Cursor::new(fs::read(&tars[0]).unwrap())),
+        },
+        TarInput::Path(tars[1].clone()),
+    ];
+    let info = make_bundle(&runner(), req, &mut |_| {}).unwrap();
+    let dest = dir.path().join("img");
+    read_bundle(&info.path, &dest, Some(&info.sha256)).unwrap();
+    let image = dest.join(ROOTFS_FILE);
+    assert_eq!(inode(&image, "/usr/bin/passwd").mode, 0o4755);
+    assert!(!exists(&runner(), &image, MODULES_LOAD_PATH).unwrap());
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Set in the environment of the copy of this test that runs as `nobody`.
+const AS_USER_DIR: &str = "BANGER_IMAGE_TEST_AS_USER_DIR";
+
+/// Owners, setuid bits and device nodes must survive a build by an ordinary user: when
+/// started as root, this test runs itself again as `nobody` (setpriv) in a directory that
+/// user can write; otherwise it runs directly.
+#[test]
+fn make_bundle_as_non_root() {
+    if let Some(dir) = std::env::var_os(AS_USER_DIR) {
+        assert!(!is_root(), "the copy must not run as root");
+        let info = bundle_round_trip(Path::new(&dir));
+        // The bundle belongs to the user who built it.
+        assert_eq!(
+            fs::metadata(&info.path).unwrap().uid(),
+            // SAFETY: getuid has no preconditions and cannot fail.
+            unsafe { libc::getuid() }
+        );
+        return;
+    }
+    if !is_root() {
+        let dir = tempfile::tempdir().unwrap();
+        bundle_round_trip(dir.path());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&exe)
+        .args([
+            "--exact",
+            "make_bundle_as_non_root",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(AS_USER_DIR, dir.path())
+        .env("TMPDIR", dir.path())
+        .output()
+        .expect("setpriv runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "as nobody: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("1 passed"), "{stdout}");
+}
+
+/// A real Debian (`--variant=essential`, the fastest) bootstrapped with mmdebstrap and
+/// bundled; needs network access to a Debian mirror, so only with
+/// `BANGER_TEST_MMDEBSTRAP=1` (`BANGER_DEBIAN_MIRROR` picks the mirror).
+#[test]
+fn real_mmdebstrap_bundle() {
+    if std::env::var("BANGER_TEST_MMDEBSTRAP").as_deref() != Ok("1") {
+        note!("skipped: set BANGER_TEST_MMDEBSTRAP=1");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tar = dir.path().join("debian.tar");
+    let spec = DebianBootstrap {
+        variant: Variant::Essential,
+        packages: Vec::new(),
+        mirror: std::env::var("BANGER_DEBIAN_MIRROR").ok(),
+        ..DebianBootstrap::new("bookworm")
+    };
+    let started = Instant::now();
+    let mut log = |l: &str| note!("  {:6.1} s {l}", started.elapsed().as_secs_f64());
+    debian_rootfs_tar(&runner(), &spec, &tar, &mut log).unwrap();
+    let bootstrap = started.elapsed();
+    assert_eq!(listing(dir.path()), ["debian.tar"]);
+
+    let mut req = request(dir.path(), vec![tar], None);
+    req.modules_dir = None;
+    let started = Instant::now();
+    let info = make_bundle(&runner(), req, &mut log).unwrap();
+    let bundling = started.elapsed();
+    let dest = dir.path().join("img");
+    read_bundle(&info.path, &dest, Some(&info.sha256)).unwrap();
+    let image = dest.join(ROOTFS_FILE);
+    let hostname = read_file(&runner(), &image, "/etc/hostname").unwrap();
+    assert_eq!(hostname, b"localhost\n");
+    assert!(!exists(&runner(), &image, "/etc/resolv.conf").unwrap());
+    let su = inode(&image, "/usr/bin/su");
+    assert_eq!((su.mode, su.uid), (0o4755, 0));
+    assert_eq!(inode(&image, AGENT_PATH).mode, 0o755);
+    let fsck = run("e2fsck", &["-fn", &image.to_string_lossy()]);
+    assert_eq!(fsck.code, Some(0), "{}\n{}", fsck.stdout, fsck.stderr);
+    note!(
+        "mmdebstrap: {:.1} s, tar {} MiB; make_bundle: {:.1} s, bundle {} MiB",
+        bootstrap.as_secs_f64(),
+        fs::metadata(dir.path().join("debian.tar"))
+            .map(|m| m.len() >> 20)
+            .unwrap_or(0),
+        bundling.as_secs_f64(),
+        info.size_bytes >> 20
+    );
+}

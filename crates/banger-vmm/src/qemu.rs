@@ -1,0 +1,1068 @@
+//! The QEMU backend: [`QemuVmm`], for hosts where Firecracker cannot run (no hardware
+//! virtualization: QEMU's TCG emulates the CPU in software).
+//!
+//! Start sequence, each step bounded by a timeout ([`Timeouts`]):
+//!
+//! 1. check the spec ([`Vmm::validate`]): the VM id (QEMU's `-name`), socket paths that fit in
+//!    `sun_path`, a TAP name and a MAC;
+//! 2. create `run_dir`; refuse if a VMM already answers QMP on `run_dir/qmp.sock`, otherwise
+//!    remove stale sockets there;
+//! 3. spawn `qemu-system-x86_64` with the whole machine on its command line ([`qemu_args`])
+//!    detached, stdout (the guest's serial console) appended to the console log, stderr to
+//!    the VMM log;
+//! 4. wait until QMP answers `query-status`, noticing an early exit (then the error quotes
+//!    the log's tail). QEMU runs the guest as soon as it answers: nothing else to configure.
+//!
+//! Any failure after the spawn — or a start future dropped half-way — kills QEMU's process
+//! group and removes its sockets.
+//!
+//! # The machine, and why
+//!
+//! - **`q35` with PCI virtio devices, not `microvm`.** Under TCG a `microvm` guest has no
+//!   clock to calibrate the TSC against: no HPET, no ACPI PM timer, and no port 0x61 for the
+//!   PIT's slow path. The kernel's fast PIT calibration is timing-sensitive and fails on a
+//!   loaded host; the Debian cloud kernel then waits forever for a timer tick that, with
+//!   `microvm`'s ACPI interrupt routing, never comes (QEMU 7.2, Debian's 6.1 cloud kernel,
+//!   a busy 2-core host: about half the boots hung).
+//!   `q35` has an HPET (a stable clocksource too), boots the same kernel every time, and its
+//!   devices sit in fixed PCI slots, so the guest sees them in a fixed order: the root disk
+//!   (slot 2) is `/dev/vda`, the work disk (slot 3) `/dev/vdb`. The Debian cloud kernel has
+//!   `virtio_pci` and `virtio_blk` as modules; its initramfs loads them.
+//!   `sata`, `smbus`, `usb` and `vmport` are off: nothing uses them and probing them costs
+//!   boot time under TCG. The i8042 stays, so `reboot=k` resets the machine at once.
+//! - **`pci=off` is removed from the kernel command line** ([`kernel_args`]): it is there for
+//!   Firecracker (no PCI bus), and would hide every device of this machine.
+//! - **KVM only with hardware virtualization** ([`accel_for`]): `/dev/kvm` can exist without
+//!   `vmx`/`svm` (a PVM-only KVM inside a VM), and stock guest kernels hang under it. TCG
+//!   runs one host thread per vCPU (`thread=multi`); `-cpu max` offers the guest every
+//!   feature TCG emulates, `-cpu host` passes the host CPU through under KVM.
+//! - **`-no-reboot`**: a guest reboot or power-off ends the QEMU process, like Firecracker.
+//!   `system_powerdown` ([`Vmm::request_shutdown`]) presses the ACPI power button; the guest
+//!   needs the ACPI `button` driver (a module on Debian) and something that acts on the key
+//!   (systemd-logind).
+//! - **The agent's channel is a virtio-serial port** named `banger.agent`, whose host end is
+//!   the Unix socket `run_dir/agent.sock` ([`AgentEndpoint::Unix`]). vsock needs
+//!   `/dev/vhost-vsock` on the host: a `vhost-vsock-pci` device with the VM's CID is added
+//!   only when it exists, and the agent is reached over the serial port either way.
+//! - **Option values are escaped**: in `key=value,...` options a `,` in a value is written
+//!   `,,`, so any path works. Disks are `-blockdev` nodes with an explicit `file` driver, so a
+//!   `:` in a path is never read as a protocol prefix.
+//! - **Finding a live QEMU**: QMP must answer and `query-name` must return the VM id
+//!   (`-name`). The pid comes from the QMP socket's peer credentials, else from a
+//!   `/proc/*/cmdline` scan for the exact QMP `-chardev` argument.
+//! - **QMP serves one client at a time**: a second client gets no greeting until the first
+//!   leaves, so every QMP session here is short and bounded by a timeout.
+
+pub mod qmp;
+
+use std::ffi::{OsStr, OsString};
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use banger_agent::proto::SERIAL_PORT_NAME;
+
+use crate::process::{self, ChildExit, Spawned, StartGuard};
+use crate::{
+    AgentEndpoint, BoxFuture, Running, VmSpec, Vmm, VmmError, VmmKind, check_socket_path,
+    validate_vm_id,
+};
+use qmp::{QmpClient, QmpError};
+
+/// File name of the QMP socket in the VM's run directory.
+pub const QMP_SOCKET: &str = "qmp.sock";
+/// File name of the agent's virtio-serial socket in the VM's run directory.
+pub const AGENT_SOCKET: &str = "agent.sock";
+/// The environment variable naming the binary (read by the caller, see
+/// [`QemuVmm::locate`]).
+pub const BIN_ENV: &str = "BANGER_QEMU_BIN";
+/// The binary looked up on `PATH`.
+pub const BIN_NAME: &str = "qemu-system-x86_64";
+/// The KVM device probed by [`accel_for`].
+pub const DEV_KVM: &str = "/dev/kvm";
+/// Where the CPU flags are read by [`accel_for`].
+pub const PROC_CPUINFO: &str = "/proc/cpuinfo";
+/// The host device a `vhost-vsock-pci` device needs.
+pub const DEV_VHOST_VSOCK: &str = "/dev/vhost-vsock";
+
+/// The machine type and the options that turn off what banger does not use.
+const MACHINE: &str = "q35,sata=off,smbus=off,usb=off,vmport=off";
+/// Kernel command line words removed for this machine (see the module docs).
+const DROPPED_KERNEL_ARGS: &[&str] = &["pci=off"];
+
+/// Lines and bytes of a log quoted when QEMU exits during start.
+const TAIL_LINES: usize = 20;
+const TAIL_BYTES: u64 = 4096;
+/// Pause between two readiness probes.
+const READY_POLL: Duration = Duration::from_millis(20);
+
+/// The QMP socket of a VM whose run directory is `run_dir`.
+pub fn qmp_socket(run_dir: &Path) -> PathBuf {
+    run_dir.join(QMP_SOCKET)
+}
+
+/// The agent's socket of a VM whose run directory is `run_dir`.
+pub fn agent_socket(run_dir: &Path) -> PathBuf {
+    run_dir.join(AGENT_SOCKET)
+}
+
+/// How QEMU runs the guest's CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Accel {
+    /// Hardware virtualization through `/dev/kvm`.
+    Kvm,
+    /// QEMU's software emulation (slow, works everywhere).
+    Tcg,
+}
+
+impl Accel {
+    /// `kvm` or `tcg`, as QEMU names them.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kvm => "kvm",
+            Self::Tcg => "tcg",
+        }
+    }
+}
+
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What [`probe_accel`] found, for a diagnosis: whether `/dev/kvm` opens read-write and
+/// which hardware virtualization flag the CPU has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccelProbe {
+    /// `Ok` when the KVM device opened read-write, else why not.
+    pub kvm: Result<(), String>,
+    /// `vmx` or `svm` when `/proc/cpuinfo`'s flags have it.
+    pub cpu_flag: Option<&'static str>,
+}
+
+impl AccelProbe {
+    /// KVM when the device is usable and the CPU has hardware virtualization, else TCG.
+    pub fn accel(&self) -> Accel {
+        if self.kvm.is_ok() && self.cpu_flag.is_some() {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        }
+    }
+
+    /// Why [`accel`](Self::accel) chose what it chose, in one sentence.
+    pub fn reason(&self) -> String {
+        match (&self.kvm, self.cpu_flag) {
+            (Ok(()), Some(flag)) => {
+                format!("KVM: the KVM device is usable and the CPU has {flag}")
+            }
+            (Ok(()), None) => "TCG (software emulation, slow): the KVM device is usable but the CPU flags have neither vmx nor svm (a PVM-only KVM, under which stock kernels hang)".to_string(),
+            (Err(why), _) => format!("TCG (software emulation, slow): the KVM device cannot be opened read-write: {why}"),
+        }
+    }
+}
+
+/// Probes the host: opens `dev_kvm` read-write and looks for `vmx` or `svm` in the `flags`
+/// lines of `cpuinfo` (normally [`DEV_KVM`] and [`PROC_CPUINFO`]). Never fails: anything
+/// unreadable counts as absent.
+pub fn probe_accel(dev_kvm: &Path, cpuinfo: &Path) -> AccelProbe {
+    let kvm = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev_kvm)
+        .map(drop)
+        .map_err(|e| format!("{}: {e}", dev_kvm.display()));
+    let flags = std::fs::read_to_string(cpuinfo).unwrap_or_default();
+    let cpu_flag = flags
+        .lines()
+        .filter(|line| {
+            line.split(':')
+                .next()
+                .is_some_and(|key| key.trim() == "flags")
+        })
+        .flat_map(|line| line.split(':').nth(1).unwrap_or("").split_whitespace())
+        .find_map(|flag| match flag {
+            "vmx" => Some("vmx"),
+            "svm" => Some("svm"),
+            _ => None,
+        });
+    AccelProbe { kvm, cpu_flag }
+}
+
+/// KVM only when `dev_kvm` opens read-write and `cpuinfo` shows `vmx` or `svm`; else TCG.
+pub fn accel_for(dev_kvm: &Path, cpuinfo: &Path) -> Accel {
+    probe_accel(dev_kvm, cpuinfo).accel()
+}
+
+/// What the command line depends on besides the VM: how the CPUs run and whether a vsock
+/// device is added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QemuOptions {
+    pub accel: Accel,
+    /// Add `vhost-vsock-pci` with the VM's CID (needs `/dev/vhost-vsock` on the host).
+    pub vhost_vsock: bool,
+}
+
+/// How long the QEMU backend waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From spawn until QMP answers.
+    pub ready: Duration,
+    /// One QMP session (connect, greeting, each command).
+    pub qmp: Duration,
+    /// One probe of a socket that may be stale (readiness, [`Vmm::find_live`]).
+    pub probe: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            ready: Duration::from_secs(10),
+            qmp: Duration::from_secs(5),
+            probe: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why no QEMU binary could be chosen.
+#[derive(Debug, thiserror::Error)]
+pub enum LocateError {
+    #[error("qemu_bin {} (from the config file) cannot be used: {reason}", path.display())]
+    Config { path: PathBuf, reason: String },
+    #[error("{BIN_ENV}={} cannot be used: {reason}", path.display())]
+    Env { path: PathBuf, reason: String },
+    #[error(
+        "no `{BIN_NAME}` executable on PATH ({searched}): install QEMU (Debian: apt install qemu-system-x86), or set qemu_bin in the config file or {BIN_ENV}"
+    )]
+    NotOnPath { searched: String },
+}
+
+/// Why `path` is not an executable regular file, if it is not.
+fn unusable(path: &Path) -> Option<String> {
+    match std::fs::metadata(path) {
+        Err(e) => Some(e.to_string()),
+        Ok(m) if !m.is_file() => Some("not a regular file".to_string()),
+        Ok(m) if m.permissions().mode() & 0o111 == 0 => Some("not executable".to_string()),
+        Ok(_) => None,
+    }
+}
+
+/// Runs VMs with QEMU.
+#[derive(Debug, Clone)]
+pub struct QemuVmm {
+    bin: PathBuf,
+    env: Vec<(OsString, OsString)>,
+    timeouts: Timeouts,
+    /// Fixed by [`with_accel`](Self::with_accel); probed at each start otherwise.
+    accel: Option<Accel>,
+    /// Fixed by [`with_vhost_vsock`](Self::with_vhost_vsock); probed at each start otherwise.
+    vhost_vsock: Option<bool>,
+}
+
+impl QemuVmm {
+    /// A backend running `bin`, with default [`Timeouts`]; the accelerator and vsock are
+    /// probed at each start ([`options`](Self::options)).
+    pub fn new(bin: impl Into<PathBuf>) -> Self {
+        Self {
+            bin: bin.into(),
+            env: Vec::new(),
+            timeouts: Timeouts::default(),
+            accel: None,
+            vhost_vsock: None,
+        }
+    }
+
+    /// Chooses the binary: the config file's `qemu_bin`, else `BANGER_QEMU_BIN` (`env_bin`),
+    /// else `qemu-system-x86_64` in a directory of `path_var` (`PATH`). The caller reads the
+    /// environment; empty values count as unset. An explicit choice that is not an
+    /// executable file is an error, not a reason to fall through to the next source.
+    pub fn locate(
+        config_bin: Option<PathBuf>,
+        env_bin: Option<OsString>,
+        path_var: Option<&OsStr>,
+    ) -> Result<Self, LocateError> {
+        if let Some(path) = config_bin.filter(|p| !p.as_os_str().is_empty()) {
+            return match unusable(&path) {
+                None => Ok(Self::new(path)),
+                Some(reason) => Err(LocateError::Config { path, reason }),
+            };
+        }
+        if let Some(path) = env_bin.filter(|p| !p.is_empty()).map(PathBuf::from) {
+            return match unusable(&path) {
+                None => Ok(Self::new(path)),
+                Some(reason) => Err(LocateError::Env { path, reason }),
+            };
+        }
+        let path_var = path_var.unwrap_or_default();
+        std::env::split_paths(path_var)
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .map(|dir| dir.join(BIN_NAME))
+            .find(|candidate| unusable(candidate).is_none())
+            .map(Self::new)
+            .ok_or_else(|| LocateError::NotOnPath {
+                searched: path_var.to_string_lossy().into_owned(),
+            })
+    }
+
+    /// Adds a variable to the environment QEMU is started with (on top of the daemon's).
+    pub fn with_env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// Uses `accel` instead of probing the host at each start.
+    pub fn with_accel(mut self, accel: Accel) -> Self {
+        self.accel = Some(accel);
+        self
+    }
+
+    /// Adds (or never adds) the vsock device instead of checking for `/dev/vhost-vsock` at
+    /// each start.
+    pub fn with_vhost_vsock(mut self, enabled: bool) -> Self {
+        self.vhost_vsock = Some(enabled);
+        self
+    }
+
+    /// The binary it runs.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
+    /// The options the next start uses: the fixed ones, or what the host offers now
+    /// ([`accel_for`] on [`DEV_KVM`] and [`PROC_CPUINFO`]; [`DEV_VHOST_VSOCK`] exists).
+    pub fn options(&self) -> QemuOptions {
+        QemuOptions {
+            accel: self
+                .accel
+                .unwrap_or_else(|| accel_for(Path::new(DEV_KVM), Path::new(PROC_CPUINFO))),
+            vhost_vsock: self
+                .vhost_vsock
+                .unwrap_or_else(|| Path::new(DEV_VHOST_VSOCK).exists()),
+        }
+    }
+
+    fn client(&self, socket: &Path, timeout: Duration) -> QmpClient {
+        QmpClient::new(socket).with_timeout(timeout)
+    }
+
+    async fn start_vm(&self, spec: &VmSpec) -> Result<Running, VmmError> {
+        let options = self.options();
+        let args = qemu_args(spec, options)?;
+        let vm_id = spec.vm_id.as_str();
+        let qmp_sock = qmp_socket(&spec.run_dir);
+
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&spec.run_dir)
+            .map_err(|source| VmmError::RunDir {
+                vm_id: vm_id.to_string(),
+                path: spec.run_dir.clone(),
+                source,
+            })?;
+        match self
+            .client(&qmp_sock, self.timeouts.probe)
+            .query_status()
+            .await
+        {
+            Ok((_, peer)) => {
+                return Err(VmmError::AlreadyRunning {
+                    vm_id: vm_id.to_string(),
+                    pid: pid_for_socket(&spec.run_dir, peer),
+                    socket: qmp_sock,
+                });
+            }
+            Err(error) if !error.is_connect() => {
+                // Something accepts connections there but does not answer: not ours to remove.
+                return Err(VmmError::AlreadyRunning {
+                    vm_id: vm_id.to_string(),
+                    pid: pid_for_socket(&spec.run_dir, None),
+                    socket: qmp_sock,
+                });
+            }
+            Err(_) => {}
+        }
+        let removed =
+            process::cleanup_sockets(&spec.run_dir).map_err(|source| VmmError::StaleSockets {
+                vm_id: vm_id.to_string(),
+                source,
+            })?;
+        if !removed.is_empty() {
+            tracing::debug!(vm_id, ?removed, "removed stale sockets");
+        }
+
+        let (console, console_from) = open_log(vm_id, &spec.console_log)?;
+        let (vmm_log, vmm_log_from) = open_log(vm_id, &spec.vmm_log)?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(console)
+            .stderr(vmm_log)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        let spawned = process::spawn_detached(cmd).map_err(|source| VmmError::Spawn {
+            vm_id: vm_id.to_string(),
+            source,
+        })?;
+        let pid = spawned.pid();
+        tracing::debug!(
+            vm_id,
+            pid,
+            bin = %self.bin.display(),
+            accel = %options.accel,
+            vhost_vsock = options.vhost_vsock,
+            "spawned qemu"
+        );
+        let guard = StartGuard::new(pid, &spec.run_dir);
+        let launch = Launch {
+            spec,
+            spawned,
+            qmp_sock: &qmp_sock,
+            console_from,
+            vmm_log_from,
+        };
+        match self.wait_ready(&launch).await {
+            Ok(()) => {
+                guard.disarm();
+                Ok(Running {
+                    vm_id: vm_id.to_string(),
+                    pid,
+                    api_socket: qmp_sock,
+                    agent: self.agent_endpoint(spec),
+                })
+            }
+            Err(error) => {
+                guard.abort().await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn wait_ready(&self, launch: &Launch<'_>) -> Result<(), VmmError> {
+        let deadline = Instant::now() + self.timeouts.ready;
+        let probe = self.client(launch.qmp_sock, self.timeouts.probe);
+        loop {
+            if let Some(exit) = launch.spawned.exit() {
+                return Err(self.exited(launch, exit));
+            }
+            let last_error = match probe.query_status().await {
+                Ok(_) => return Ok(()),
+                Err(error) => error,
+            };
+            if let Some(exit) = launch.spawned.exit() {
+                return Err(self.exited(launch, exit));
+            }
+            if Instant::now() >= deadline {
+                return Err(VmmError::NotReady {
+                    vm_id: launch.spec.vm_id.clone(),
+                    bin: self.bin.clone(),
+                    socket: launch.qmp_sock.to_path_buf(),
+                    after: self.timeouts.ready,
+                    last_error: last_error.to_string(),
+                });
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+    }
+
+    /// The error for a QEMU that exited during start, quoting what it wrote during this
+    /// start (its stderr; else the console).
+    fn exited(&self, launch: &Launch<'_>, exit: ChildExit) -> VmmError {
+        let spec = launch.spec;
+        let mut log = spec.vmm_log.clone();
+        let mut tail = process::tail(&spec.vmm_log, launch.vmm_log_from, TAIL_LINES, TAIL_BYTES);
+        if tail.is_empty() {
+            let console = process::tail(
+                &spec.console_log,
+                launch.console_from,
+                TAIL_LINES,
+                TAIL_BYTES,
+            );
+            if console.is_empty() {
+                tail = "(it wrote nothing to the VMM or console log)".to_string();
+            } else {
+                log = spec.console_log.clone();
+                tail = console;
+            }
+        }
+        VmmError::ExitedDuringStart {
+            vm_id: spec.vm_id.clone(),
+            bin: self.bin.clone(),
+            status: exit.to_string(),
+            log,
+            tail,
+        }
+    }
+
+    async fn find_vm(&self, spec: &VmSpec) -> Option<Running> {
+        let socket = qmp_socket(&spec.run_dir);
+        let found = async {
+            let mut session = self.client(&socket, self.timeouts.probe).connect().await?;
+            let name = session.query_name().await?;
+            session.query_status().await?;
+            Ok::<_, QmpError>((name, session.peer_pid()))
+        };
+        let (name, peer) = match found.await {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::debug!(vm_id = spec.vm_id, %error, "no live VMM");
+                return None;
+            }
+        };
+        if name.as_deref() != Some(spec.vm_id.as_str()) {
+            tracing::warn!(
+                vm_id = spec.vm_id,
+                found = ?name,
+                socket = %socket.display(),
+                "the VMM on this VM's socket runs another VM"
+            );
+            return None;
+        }
+        let pid = pid_for_socket(&spec.run_dir, peer)?;
+        Some(Running {
+            vm_id: spec.vm_id.clone(),
+            pid,
+            api_socket: socket,
+            agent: self.agent_endpoint(spec),
+        })
+    }
+}
+
+/// The pid serving the QMP socket in `run_dir`: the socket's peer credentials when they name
+/// a live process, else the first live process with the exact QMP `-chardev` argument.
+fn pid_for_socket(run_dir: &Path, peer: Option<u32>) -> Option<u32> {
+    peer.filter(|pid| process::alive(*pid)).or_else(|| {
+        process::pids_with_arg(&qmp_chardev_arg(run_dir))
+            .first()
+            .copied()
+    })
+}
+
+/// Opens a log for appending; also returns its length, where this start's output begins.
+fn open_log(vm_id: &str, path: &Path) -> Result<(File, u64), VmmError> {
+    let error = |source| VmmError::OpenLog {
+        vm_id: vm_id.to_string(),
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(error)?;
+    let len = file.metadata().map_err(error)?.len();
+    Ok((file, len))
+}
+
+/// A QEMU being started: what the readiness wait needs.
+struct Launch<'a> {
+    spec: &'a VmSpec,
+    spawned: Spawned,
+    qmp_sock: &'a Path,
+    /// Lengths of the logs before the spawn: what QEMU wrote starts there.
+    console_from: u64,
+    vmm_log_from: u64,
+}
+
+impl Vmm for QemuVmm {
+    fn kind(&self) -> VmmKind {
+        VmmKind::Qemu
+    }
+
+    fn validate(&self, spec: &VmSpec) -> Result<(), VmmError> {
+        qemu_args(spec, self.options()).map(drop)
+    }
+
+    fn start<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Result<Running, VmmError>> {
+        Box::pin(self.start_vm(spec))
+    }
+
+    fn request_shutdown<'a>(&'a self, run: &'a Running) -> BoxFuture<'a, Result<(), VmmError>> {
+        Box::pin(async move {
+            self.client(&run.api_socket, self.timeouts.qmp)
+                .system_powerdown()
+                .await
+                .map_err(|source| VmmError::Qmp {
+                    vm_id: run.vm_id.clone(),
+                    source: Box::new(source),
+                })
+        })
+    }
+
+    fn find_live<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Option<Running>> {
+        Box::pin(self.find_vm(spec))
+    }
+
+    fn agent_endpoint(&self, spec: &VmSpec) -> AgentEndpoint {
+        AgentEndpoint::Unix(agent_socket(&spec.run_dir))
+    }
+}
+
+/// `value` for a QEMU `key=value,...` option: every `,` doubled.
+fn escape(value: &OsStr) -> OsString {
+    let mut out = Vec::with_capacity(value.len());
+    for &b in value.as_bytes() {
+        out.push(b);
+        if b == b',' {
+            out.push(b',');
+        }
+    }
+    OsString::from_vec(out)
+}
+
+/// `prefix` + escaped `value` + `suffix`.
+fn option(prefix: &str, value: &OsStr, suffix: &str) -> OsString {
+    let mut out = OsString::from(prefix);
+    out.push(escape(value));
+    out.push(suffix);
+    out
+}
+
+/// The QMP `-chardev` argument for `run_dir`; also what a `/proc` scan looks for.
+fn qmp_chardev_arg(run_dir: &Path) -> OsString {
+    option(
+        "socket,id=qmp,path=",
+        qmp_socket(run_dir).as_os_str(),
+        ",server=on,wait=off",
+    )
+}
+
+/// The kernel command line QEMU passes: `boot_args` without the words this machine cannot
+/// boot with (`pci=off`), whitespace normalized to single spaces.
+pub fn kernel_args(boot_args: &str) -> String {
+    boot_args
+        .split_whitespace()
+        .filter(|word| !DROPPED_KERNEL_ARGS.contains(word))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A MAC address as QEMU takes it: six pairs of hex digits separated by `:`.
+fn valid_mac(mac: &str) -> bool {
+    let parts: Vec<&str> = mac.split(':').collect();
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Checks `spec` and returns QEMU's arguments (without the program) for it, see the module
+/// docs for the choices. In order: identity and machine (`-name`, `-machine`, `-accel`,
+/// `-cpu`, `-smp`, `-m`, no default devices, no config file, no display, `-no-reboot`), the
+/// kernel (`-kernel`, `-initrd` when set, `-append`), the root disk (PCI slot 2), the work
+/// disk (slot 3), the network card on the TAP (slot 4), the virtio-serial controller (slot 5)
+/// with the agent's port, the vsock device (slot 6) when enabled, QMP, and the serial console
+/// on stdio.
+pub fn qemu_args(spec: &VmSpec, options: QemuOptions) -> Result<Vec<OsString>, VmmError> {
+    let vm_id = spec.vm_id.as_str();
+    validate_vm_id(vm_id)?;
+    check_socket_path(vm_id, &qmp_socket(&spec.run_dir))?;
+    check_socket_path(vm_id, &agent_socket(&spec.run_dir))?;
+    let invalid = |what, reason: String| VmmError::InvalidSpec {
+        vm_id: vm_id.to_string(),
+        what,
+        reason,
+    };
+    if spec.tap.is_empty() {
+        // With an empty ifname a privileged QEMU would create a TAP of its own.
+        return Err(invalid("TAP device name", "it is empty".to_string()));
+    }
+    if !valid_mac(&spec.mac) {
+        return Err(invalid(
+            "MAC address",
+            format!("{:?} is not six hex pairs separated by ':'", spec.mac),
+        ));
+    }
+    if spec.vcpus == 0 {
+        return Err(invalid("vCPU count", "it is 0".to_string()));
+    }
+    if spec.memory_mib == 0 {
+        return Err(invalid("memory size", "it is 0 MiB".to_string()));
+    }
+
+    let mut args: Vec<OsString> = Vec::new();
+    let mut push = |items: &[&OsStr]| args.extend(items.iter().map(|s| s.to_os_string()));
+    let s = OsStr::new;
+    let (accel, cpu) = match options.accel {
+        Accel::Kvm => ("kvm", "host"),
+        Accel::Tcg => ("tcg,thread=multi", "max"),
+    };
+    let smp = spec.vcpus.to_string();
+    let memory = format!("{}M", spec.memory_mib);
+    push(&[s("-name"), s(vm_id)]);
+    push(&[s("-machine"), s(MACHINE)]);
+    push(&[s("-accel"), s(accel), s("-cpu"), s(cpu)]);
+    push(&[s("-smp"), s(&smp), s("-m"), s(&memory)]);
+    push(&[
+        s("-nodefaults"),
+        s("-no-user-config"),
+        s("-display"),
+        s("none"),
+        s("-no-reboot"),
+    ]);
+    push(&[s("-kernel"), spec.kernel.as_os_str()]);
+    if let Some(initrd) = &spec.initrd {
+        push(&[s("-initrd"), initrd.as_os_str()]);
+    }
+    let append = kernel_args(&spec.boot_args);
+    push(&[s("-append"), s(&append)]);
+    for (node, disk, slot) in [("root", &spec.root_disk, 2), ("work", &spec.work_disk, 3)] {
+        let blockdev = option(
+            &format!("node-name={node},driver=raw,file.driver=file,file.filename="),
+            disk.as_os_str(),
+            "",
+        );
+        let device = format!("virtio-blk-pci,drive={node},bus=pcie.0,addr={slot:#x}");
+        push(&[s("-blockdev"), &blockdev, s("-device"), s(&device)]);
+    }
+    let netdev = option(
+        "tap,id=net0,ifname=",
+        OsStr::new(&spec.tap),
+        ",script=no,downscript=no",
+    );
+    let nic = format!(
+        "virtio-net-pci,netdev=net0,mac={},bus=pcie.0,addr=0x4",
+        spec.mac
+    );
+    push(&[s("-netdev"), &netdev, s("-device"), s(&nic)]);
+    let agent = option(
+        "socket,id=agent,path=",
+        agent_socket(&spec.run_dir).as_os_str(),
+        ",server=on,wait=off",
+    );
+    let port = format!("virtserialport,bus=serial0.0,chardev=agent,name={SERIAL_PORT_NAME}");
+    push(&[
+        s("-device"),
+        s("virtio-serial-pci,id=serial0,bus=pcie.0,addr=0x5"),
+        s("-chardev"),
+        &agent,
+        s("-device"),
+        s(&port),
+    ]);
+    if options.vhost_vsock {
+        let vsock = format!(
+            "vhost-vsock-pci,guest-cid={},bus=pcie.0,addr=0x6",
+            spec.vsock_cid
+        );
+        push(&[s("-device"), s(&vsock)]);
+    }
+    let qmp = qmp_chardev_arg(&spec.run_dir);
+    push(&[
+        s("-chardev"),
+        &qmp,
+        s("-mon"),
+        s("chardev=qmp,mode=control"),
+    ]);
+    push(&[s("-serial"), s("stdio")]);
+    Ok(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            vm_id: "0123456789abcdef".into(),
+            vcpus: 2,
+            memory_mib: 1024,
+            kernel: "/k/vmlinuz".into(),
+            initrd: None,
+            boot_args: "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw".into(),
+            root_disk: "/vm/root.ext4".into(),
+            work_disk: "/vm/work.ext4".into(),
+            tap: "bgtap5".into(),
+            mac: "06:00:AC:1E:00:05".into(),
+            vsock_cid: 5,
+            run_dir: "/run/b/0123".into(),
+            console_log: "/vm/console.log".into(),
+            vmm_log: "/vm/vmm.log".into(),
+        }
+    }
+
+    fn argv(spec: &VmSpec, accel: Accel, vhost_vsock: bool) -> Vec<String> {
+        qemu_args(spec, QemuOptions { accel, vhost_vsock })
+            .expect("valid spec")
+            .into_iter()
+            .map(|a| a.into_string().expect("UTF-8"))
+            .collect()
+    }
+
+    /// The arguments every start has, with the accelerator and CPU, the kernel part and the
+    /// vsock part as given.
+    fn expected(accel: &[&str], kernel: &[&str], vsock: &[&str]) -> Vec<String> {
+        let mut v: Vec<&str> = vec![
+            "-name",
+            "0123456789abcdef",
+            "-machine",
+            "q35,sata=off,smbus=off,usb=off,vmport=off",
+        ];
+        v.extend_from_slice(accel);
+        v.extend_from_slice(&[
+            "-smp",
+            "2",
+            "-m",
+            "1024M",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ]);
+        v.extend_from_slice(kernel);
+        v.extend_from_slice(&[
+            "-append",
+            "console=ttyS0 reboot=k panic=1 root=/dev/vda rw",
+            "-blockdev",
+            "node-name=root,driver=raw,file.driver=file,file.filename=/vm/root.ext4",
+            "-device",
+            "virtio-blk-pci,drive=root,bus=pcie.0,addr=0x2",
+            "-blockdev",
+            "node-name=work,driver=raw,file.driver=file,file.filename=/vm/work.ext4",
+            "-device",
+            "virtio-blk-pci,drive=work,bus=pcie.0,addr=0x3",
+            "-netdev",
+            "tap,id=net0,ifname=bgtap5,script=no,downscript=no",
+            "-device",
+            "virtio-net-pci,netdev=net0,mac=06:00:AC:1E:00:05,bus=pcie.0,addr=0x4",
+            "-device",
+            "virtio-serial-pci,id=serial0,bus=pcie.0,addr=0x5",
+            "-chardev",
+            "socket,id=agent,path=/run/b/0123/agent.sock,server=on,wait=off",
+            "-device",
+            "virtserialport,bus=serial0.0,chardev=agent,name=banger.agent",
+        ]);
+        v.extend_from_slice(vsock);
+        v.extend_from_slice(&[
+            "-chardev",
+            "socket,id=qmp,path=/run/b/0123/qmp.sock,server=on,wait=off",
+            "-mon",
+            "chardev=qmp,mode=control",
+            "-serial",
+            "stdio",
+        ]);
+        v.into_iter().map(String::from).collect()
+    }
+
+    const TCG: &[&str] = &["-accel", "tcg,thread=multi", "-cpu", "max"];
+    const KVM: &[&str] = &["-accel", "kvm", "-cpu", "host"];
+    const VSOCK: &[&str] = &["-device", "vhost-vsock-pci,guest-cid=5,bus=pcie.0,addr=0x6"];
+
+    #[test]
+    fn tcg_without_initrd_or_vsock() {
+        assert_eq!(
+            argv(&spec(), Accel::Tcg, false),
+            expected(TCG, &["-kernel", "/k/vmlinuz"], &[])
+        );
+    }
+
+    #[test]
+    fn kvm_with_initrd_and_vsock() {
+        let mut spec = spec();
+        spec.initrd = Some("/k/initrd.img".into());
+        assert_eq!(
+            argv(&spec, Accel::Kvm, true),
+            expected(
+                KVM,
+                &["-kernel", "/k/vmlinuz", "-initrd", "/k/initrd.img"],
+                VSOCK
+            )
+        );
+    }
+
+    #[test]
+    fn tcg_with_initrd_and_vsock_and_kvm_without() {
+        let mut with_initrd = spec();
+        with_initrd.initrd = Some("/k/initrd.img".into());
+        assert_eq!(
+            argv(&with_initrd, Accel::Tcg, true),
+            expected(
+                TCG,
+                &["-kernel", "/k/vmlinuz", "-initrd", "/k/initrd.img"],
+                VSOCK
+            )
+        );
+        assert_eq!(
+            argv(&spec(), Accel::Kvm, false),
+            expected(KVM, &["-kernel", "/k/vmlinuz"], &[])
+        );
+    }
+
+    #[test]
+    fn commas_in_option_values_are_doubled() {
+        let mut spec = spec();
+        spec.root_disk = "/vm,a/root:x.ext4".into();
+        spec.run_dir = "/run/a,b".into();
+        spec.kernel = "/k,1/vmlinuz".into();
+        let args = argv(&spec, Accel::Tcg, false);
+        assert!(args.contains(
+            &"node-name=root,driver=raw,file.driver=file,file.filename=/vm,,a/root:x.ext4".into()
+        ));
+        assert!(args.contains(&"socket,id=qmp,path=/run/a,,b/qmp.sock,server=on,wait=off".into()));
+        assert!(
+            args.contains(&"socket,id=agent,path=/run/a,,b/agent.sock,server=on,wait=off".into())
+        );
+        // Plain arguments are not option lists: left as they are.
+        assert!(args.contains(&"/k,1/vmlinuz".into()));
+        assert_eq!(escape(OsStr::new(",a,,")), OsString::from(",,a,,,,"));
+    }
+
+    #[test]
+    fn non_utf8_paths_pass_through() {
+        let mut spec = spec();
+        spec.work_disk = PathBuf::from(OsString::from_vec(b"/vm/w\xff.ext4".to_vec()));
+        let args = qemu_args(
+            &spec,
+            QemuOptions {
+                accel: Accel::Tcg,
+                vhost_vsock: false,
+            },
+        )
+        .unwrap();
+        let expected = OsString::from_vec(
+            b"node-name=work,driver=raw,file.driver=file,file.filename=/vm/w\xff.ext4".to_vec(),
+        );
+        assert!(args.contains(&expected));
+    }
+
+    #[test]
+    fn kernel_args_drop_pci_off_only() {
+        assert_eq!(
+            kernel_args("console=ttyS0  pci=off root=/dev/vda rw\tpci=offx"),
+            "console=ttyS0 root=/dev/vda rw pci=offx"
+        );
+        assert_eq!(kernel_args(""), "");
+    }
+
+    #[test]
+    fn bad_specs_are_refused_before_spawning() {
+        let options = QemuOptions {
+            accel: Accel::Tcg,
+            vhost_vsock: false,
+        };
+        let check = |edit: fn(&mut VmSpec), needle: &str| {
+            let mut spec = spec();
+            edit(&mut spec);
+            let err = qemu_args(&spec, options).unwrap_err();
+            assert!(err.to_string().contains(needle), "{err}");
+            assert_eq!(err.vm_id(), spec.vm_id);
+        };
+        check(|s| s.vm_id = "a,b".into(), "','");
+        check(|s| s.tap = String::new(), "TAP device name is invalid");
+        check(
+            |s| s.mac = "06:00:AC:1E:00".into(),
+            "MAC address is invalid",
+        );
+        check(
+            |s| s.mac = "06:00:AC:1E:00:0,".into(),
+            "MAC address is invalid",
+        );
+        check(|s| s.vcpus = 0, "vCPU count");
+        check(|s| s.memory_mib = 0, "memory size");
+        check(
+            |s| s.run_dir = PathBuf::from(format!("/{}", "r".repeat(100))),
+            "at most 107",
+        );
+    }
+
+    #[test]
+    fn accel_needs_a_usable_device_and_cpu_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("kvm");
+        std::fs::write(&dev, "").unwrap();
+        let intel = dir.path().join("intel");
+        std::fs::write(
+            &intel,
+            "processor\t: 0\nflags\t\t: fpu vme vmx sse2\nbugs\t\t: vmx_thing\n",
+        )
+        .unwrap();
+        let amd = dir.path().join("amd");
+        std::fs::write(&amd, "flags\t\t: fpu svm\n").unwrap();
+        let none = dir.path().join("none");
+        // "vmx" only in another line's key or as part of a word does not count.
+        std::fs::write(&none, "vmx flags\t: x\nflags\t\t: fpu vmxx nosvm\n").unwrap();
+        let missing = dir.path().join("missing");
+
+        assert_eq!(accel_for(&dev, &intel), Accel::Kvm);
+        assert_eq!(accel_for(&dev, &amd), Accel::Kvm);
+        assert_eq!(accel_for(&dev, &none), Accel::Tcg);
+        assert_eq!(accel_for(&dev, &missing), Accel::Tcg);
+        assert_eq!(accel_for(&missing, &intel), Accel::Tcg);
+
+        let probe = probe_accel(&dev, &intel);
+        assert_eq!(probe.cpu_flag, Some("vmx"));
+        assert!(probe.reason().starts_with("KVM:"), "{}", probe.reason());
+        let probe = probe_accel(&dev, &none);
+        assert!(
+            probe.reason().contains("neither vmx nor svm"),
+            "{}",
+            probe.reason()
+        );
+        let probe = probe_accel(&missing, &amd);
+        assert_eq!(probe.cpu_flag, Some("svm"));
+        assert!(probe.reason().contains("missing"), "{}", probe.reason());
+        assert_eq!(probe.accel().to_string(), "tcg");
+    }
+
+    #[test]
+    fn locate_prefers_config_then_env_then_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin_dir = dir.path().join("bin");
+        std::fs::create_dir(&bin_dir).unwrap();
+        let on_path = bin_dir.join(BIN_NAME);
+        std::fs::write(&on_path, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&on_path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "").unwrap();
+        let path_var = std::env::join_paths([dir.path().join("nothing"), bin_dir.clone()]).unwrap();
+
+        let found = QemuVmm::locate(None, None, Some(&path_var)).unwrap();
+        assert_eq!(found.bin(), on_path);
+        let found =
+            QemuVmm::locate(None, Some(on_path.clone().into()), Some(OsStr::new(""))).unwrap();
+        assert_eq!(found.bin(), on_path);
+        let found = QemuVmm::locate(Some(on_path.clone()), Some("".into()), None).unwrap();
+        assert_eq!(found.bin(), on_path);
+
+        let err = QemuVmm::locate(Some(plain.clone()), None, Some(&path_var)).unwrap_err();
+        assert!(matches!(err, LocateError::Config { .. }), "{err}");
+        assert!(err.to_string().contains("not executable"), "{err}");
+        let err = QemuVmm::locate(None, Some(plain.into()), Some(&path_var)).unwrap_err();
+        assert!(err.to_string().starts_with("BANGER_QEMU_BIN="), "{err}");
+        let err = QemuVmm::locate(None, None, Some(OsStr::new("/nonexistent"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent"), "{err}");
+        assert!(err.to_string().contains(BIN_NAME), "{err}");
+    }
+
+    #[test]
+    fn agent_is_behind_the_serial_socket() {
+        let vmm = QemuVmm::new("/usr/bin/qemu-system-x86_64")
+            .with_accel(Accel::Tcg)
+            .with_vhost_vsock(false);
+        assert_eq!(vmm.kind(), VmmKind::Qemu);
+        assert_eq!(
+            vmm.options(),
+            QemuOptions {
+                accel: Accel::Tcg,
+                vhost_vsock: false
+            }
+        );
+        assert_eq!(
+            vmm.agent_endpoint(&spec()),
+            AgentEndpoint::Unix("/run/b/0123/agent.sock".into())
+        );
+        assert!(vmm.validate(&spec()).is_ok());
+    }
+}
