@@ -211,7 +211,7 @@ Before=ssh.service ssh.socket
 Type=oneshot
 RemainAfterExit=yes
 ExecStart=/bin/sh -c 'rm -f /etc/ssh/ssh_host_*'
-ExecStart=/bin/sh -c 'if command -v ssh-keygen >/dev/null; then ssh-keygen -A; fi'
+ExecStart=/bin/sh -c 'if command -v ssh-keygen >/dev/null; then ssh-keygen -q -t ed25519 -N \"\" -f /etc/ssh/ssh_host_ed25519_key && ssh-keygen -q -t ecdsa -N \"\" -f /etc/ssh/ssh_host_ecdsa_key; fi'
 ExecStart=/bin/mkdir -p /etc/banger
 ExecStart=/bin/touch /etc/banger/firstboot-done
 
@@ -227,6 +227,19 @@ pub const SSH_DROPIN_TEXT: &str = "\
 [Unit]
 After=root.mount
 ";
+
+/// sshd uses the host keys `banger-firstboot.service` makes. RSA is left out: generating an
+/// RSA key takes tens of seconds on an emulated CPU, on the path to sshd.
+pub const SSHD_DROPIN_PATH: &str = "/etc/ssh/sshd_config.d/banger.conf";
+pub const SSHD_DROPIN_TEXT: &str = "\
+# Installed by banger: host keys are made at first boot (no RSA: too slow on emulated CPUs).
+HostKey /etc/ssh/ssh_host_ed25519_key
+HostKey /etc/ssh/ssh_host_ecdsa_key
+";
+
+/// Units masked (linked to /dev/null): periodic ext4 scrubbing has no place in a disposable
+/// VM and costs seconds of CPU at boot.
+pub const MASKED_UNITS: [&str; 2] = ["e2scrub_reap.service", "e2scrub_all.timer"];
 
 /// The enable links: (link, unit), the link pointing at `/etc/systemd/system/<unit>`.
 pub const ENABLE_LINKS: [(&str, &str); 4] = [
@@ -327,6 +340,23 @@ pub fn inject(tree: &mut Tree, payload: &GuestPayload<'_>) -> Result<GuestReport
         Install::Bytes(SSH_DROPIN_TEXT.as_bytes()),
         file(0o644),
     )?;
+    tree.install(
+        SSHD_DROPIN_PATH,
+        Install::Bytes(SSHD_DROPIN_TEXT.as_bytes()),
+        file(0o644),
+    )?;
+    for unit in MASKED_UNITS {
+        tree.install(
+            &format!("{UNIT_DIR}/{unit}"),
+            Install::Symlink("/dev/null"),
+            Meta::root(
+                EntryKind::Symlink {
+                    target: "/dev/null".to_string(),
+                },
+                0o777,
+            ),
+        )?;
+    }
     for (link, unit) in ENABLE_LINKS {
         let target = format!("{UNIT_DIR}/{unit}");
         tree.install(
@@ -560,6 +590,11 @@ mod tests {
         assert_eq!(meta(AGENT_PATH), Meta::root(EntryKind::File, 0o755));
         assert_eq!(meta(NETWORK_UP_PATH), Meta::root(EntryKind::File, 0o755));
         assert_eq!(meta(SSH_DROPIN_PATH), Meta::root(EntryKind::File, 0o644));
+        assert_eq!(meta(SSHD_DROPIN_PATH), Meta::root(EntryKind::File, 0o644));
+        assert!(matches!(
+            meta(&format!("{UNIT_DIR}/e2scrub_reap.service")).kind,
+            EntryKind::Symlink { ref target } if target == "/dev/null"
+        ));
         assert_eq!(
             meta("/usr/local/lib/banger"),
             Meta::root(EntryKind::Dir, 0o755)

@@ -27,11 +27,11 @@ use std::fs::{DirBuilder, File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use banger_agent::proto::AGENT_VSOCK_PORT;
 
-use crate::process::{self, ChildExit, Spawned, StartGuard};
+use crate::process::{self, Launch, StartGuard};
 use crate::{
     AgentEndpoint, BoxFuture, Running, VmSpec, Vmm, VmmError, VmmKind, check_socket_path,
     validate_vm_id,
@@ -54,8 +54,6 @@ pub const BIN_NAME: &str = "firecracker";
 pub const IFACE_ID: &str = "eth0";
 
 /// Lines and bytes of a log quoted when the VMM exits during start.
-const TAIL_LINES: usize = 20;
-const TAIL_BYTES: u64 = 4096;
 /// Pause between two readiness probes.
 const READY_POLL: Duration = Duration::from_millis(10);
 /// How long to wait for the exit status after the API stopped answering mid-start.
@@ -258,7 +256,7 @@ impl FirecrackerVmm {
         let launch = Launch {
             spec,
             spawned,
-            api_sock: &api_sock,
+            control_sock: &api_sock,
             console_from,
             vmm_log_from,
         };
@@ -293,15 +291,24 @@ impl FirecrackerVmm {
         launch: &Launch<'_>,
         requests: &[ApiRequest],
     ) -> Result<(), VmmError> {
-        self.wait_ready(launch).await?;
-        let client = self.client(launch.api_sock, self.timeouts.api);
+        let probe = self.client(launch.control_sock, self.timeouts.probe);
+        let probe = &probe;
+        launch
+            .wait_ready(
+                &self.bin,
+                self.timeouts.ready,
+                READY_POLL,
+                move || async move { probe.describe().await.map(|_| ()) },
+            )
+            .await?;
+        let client = self.client(launch.control_sock, self.timeouts.api);
         for request in requests {
             if let Err(source) = client.put(&request.path, &request.body).await {
                 if !matches!(source, ApiError::Status { .. }) {
                     // The API stopped answering: if the VMM died, say so with its log.
                     let mut spawned = launch.spawned.clone();
                     if let Ok(exit) = tokio::time::timeout(EXIT_GRACE, spawned.wait()).await {
-                        return Err(self.exited(launch, exit));
+                        return Err(launch.exited(&self.bin, exit));
                     }
                 }
                 return Err(VmmError::Api {
@@ -311,61 +318,6 @@ impl FirecrackerVmm {
             }
         }
         Ok(())
-    }
-
-    async fn wait_ready(&self, launch: &Launch<'_>) -> Result<(), VmmError> {
-        let deadline = Instant::now() + self.timeouts.ready;
-        let probe = self.client(launch.api_sock, self.timeouts.probe);
-        loop {
-            if let Some(exit) = launch.spawned.exit() {
-                return Err(self.exited(launch, exit));
-            }
-            let last_error = match probe.describe().await {
-                Ok(_) => return Ok(()),
-                Err(error) => error,
-            };
-            if let Some(exit) = launch.spawned.exit() {
-                return Err(self.exited(launch, exit));
-            }
-            if Instant::now() >= deadline {
-                return Err(VmmError::NotReady {
-                    vm_id: launch.spec.vm_id.clone(),
-                    bin: self.bin.clone(),
-                    socket: launch.api_sock.to_path_buf(),
-                    after: self.timeouts.ready,
-                    last_error: last_error.to_string(),
-                });
-            }
-            tokio::time::sleep(READY_POLL).await;
-        }
-    }
-
-    /// The error for a VMM that exited during start, quoting what it wrote during this start.
-    fn exited(&self, launch: &Launch<'_>, exit: ChildExit) -> VmmError {
-        let spec = launch.spec;
-        let mut log = spec.vmm_log.clone();
-        let mut tail = process::tail(&spec.vmm_log, launch.vmm_log_from, TAIL_LINES, TAIL_BYTES);
-        if tail.is_empty() {
-            let console = process::tail(
-                &spec.console_log,
-                launch.console_from,
-                TAIL_LINES,
-                TAIL_BYTES,
-            );
-            if console.is_empty() {
-                tail = "(it wrote nothing to the VMM or console log)".to_string();
-            } else {
-                log = spec.console_log.clone();
-                tail = console;
-            }
-        }
-        VmmError::ExitedDuringStart {
-            vm_id: spec.vm_id.clone(),
-            bin: self.bin.clone(),
-            status: exit.to_string(),
-            log,
-            tail,
-        }
     }
 
     async fn find_vm(&self, spec: &VmSpec) -> Option<Running> {
@@ -421,15 +373,6 @@ fn open_log(vm_id: &str, path: &Path) -> Result<(File, u64), VmmError> {
 }
 
 /// A VMM being started: what the readiness wait and the configuration need.
-struct Launch<'a> {
-    spec: &'a VmSpec,
-    spawned: Spawned,
-    api_sock: &'a Path,
-    /// Lengths of the logs before the spawn: what the VMM wrote starts there.
-    console_from: u64,
-    vmm_log_from: u64,
-}
-
 impl Vmm for FirecrackerVmm {
     fn kind(&self) -> VmmKind {
         VmmKind::Firecracker

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::{Running, Vmm};
+use crate::{Running, VmSpec, Vmm, VmmError};
 
 /// How long [`stop`] waits for a process to disappear after `SIGKILL`.
 pub const KILL_WAIT: Duration = Duration::from_secs(5);
@@ -707,6 +707,87 @@ pub(crate) fn tail(path: &Path, from: u64, max_lines: usize, max_bytes: u64) -> 
     }
     let keep = lines.len().saturating_sub(max_lines);
     lines[keep..].join("\n").trim().to_string()
+}
+
+/// How many lines and bytes of a log an error quotes.
+const TAIL_LINES: usize = 20;
+const TAIL_BYTES: u64 = 4096;
+
+/// A VMM process being started: what both backends need to wait for its control socket and
+/// to explain an early exit with what it wrote during this start.
+pub(crate) struct Launch<'a> {
+    pub(crate) spec: &'a VmSpec,
+    pub(crate) spawned: Spawned,
+    /// Its control socket (Firecracker's API socket, QEMU's QMP socket).
+    pub(crate) control_sock: &'a Path,
+    /// Lengths of the logs before the spawn: what the VMM wrote starts there.
+    pub(crate) console_from: u64,
+    pub(crate) vmm_log_from: u64,
+}
+
+impl Launch<'_> {
+    /// The error for a VMM that exited during start, quoting what it wrote during this start
+    /// (its stderr; else the console).
+    pub(crate) fn exited(&self, bin: &Path, exit: ChildExit) -> VmmError {
+        let spec = self.spec;
+        let mut log = spec.vmm_log.clone();
+        let mut tail = tail(&spec.vmm_log, self.vmm_log_from, TAIL_LINES, TAIL_BYTES);
+        if tail.is_empty() {
+            let console = self::tail(&spec.console_log, self.console_from, TAIL_LINES, TAIL_BYTES);
+            if console.is_empty() {
+                tail = "(it wrote nothing to the VMM or console log)".to_string();
+            } else {
+                log = spec.console_log.clone();
+                tail = console;
+            }
+        }
+        VmmError::ExitedDuringStart {
+            vm_id: spec.vm_id.clone(),
+            bin: bin.to_path_buf(),
+            status: exit.to_string(),
+            log,
+            tail,
+        }
+    }
+
+    /// Polls `probe` every `poll` until it succeeds, the process exits (an error quoting its
+    /// log), or `ready` passes ([`VmmError::NotReady`] with the last probe error).
+    pub(crate) async fn wait_ready<F, Fut, E>(
+        &self,
+        bin: &Path,
+        ready: Duration,
+        poll: Duration,
+        mut probe: F,
+    ) -> Result<(), VmmError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), E>>,
+        E: fmt::Display,
+    {
+        let deadline = Instant::now() + ready;
+        loop {
+            if let Some(exit) = self.spawned.exit() {
+                return Err(self.exited(bin, exit));
+            }
+            let last_error = match probe().await {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            if let Some(exit) = self.spawned.exit() {
+                return Err(self.exited(bin, exit));
+            }
+            if Instant::now() >= deadline {
+                return Err(VmmError::NotReady {
+                    vm_id: self.spec.vm_id.clone(),
+                    bin: bin.to_path_buf(),
+                    socket: self.control_sock.to_path_buf(),
+                    after: ready,
+                    last_error: last_error.to_string(),
+                });
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
 }
 
 #[cfg(test)]

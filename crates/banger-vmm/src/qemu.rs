@@ -61,11 +61,11 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use banger_agent::proto::SERIAL_PORT_NAME;
 
-use crate::process::{self, ChildExit, Spawned, StartGuard};
+use crate::process::{self, Launch, StartGuard};
 use crate::{
     AgentEndpoint, BoxFuture, Running, VmSpec, Vmm, VmmError, VmmKind, check_socket_path,
     validate_vm_id,
@@ -94,8 +94,6 @@ const MACHINE: &str = "q35,sata=off,smbus=off,usb=off,vmport=off";
 const DROPPED_KERNEL_ARGS: &[&str] = &["pci=off"];
 
 /// Lines and bytes of a log quoted when QEMU exits during start.
-const TAIL_LINES: usize = 20;
-const TAIL_BYTES: u64 = 4096;
 /// Pause between two readiness probes.
 const READY_POLL: Duration = Duration::from_millis(20);
 
@@ -429,11 +427,21 @@ impl QemuVmm {
         let launch = Launch {
             spec,
             spawned,
-            qmp_sock: &qmp_sock,
+            control_sock: &qmp_sock,
             console_from,
             vmm_log_from,
         };
-        match self.wait_ready(&launch).await {
+        let probe = self.client(&qmp_sock, self.timeouts.probe);
+        let probe = &probe;
+        let ready = launch
+            .wait_ready(
+                &self.bin,
+                self.timeouts.ready,
+                READY_POLL,
+                move || async move { probe.query_status().await.map(|_| ()) },
+            )
+            .await;
+        match ready {
             Ok(()) => {
                 guard.disarm();
                 Ok(Running {
@@ -447,62 +455,6 @@ impl QemuVmm {
                 guard.abort().await;
                 Err(error)
             }
-        }
-    }
-
-    async fn wait_ready(&self, launch: &Launch<'_>) -> Result<(), VmmError> {
-        let deadline = Instant::now() + self.timeouts.ready;
-        let probe = self.client(launch.qmp_sock, self.timeouts.probe);
-        loop {
-            if let Some(exit) = launch.spawned.exit() {
-                return Err(self.exited(launch, exit));
-            }
-            let last_error = match probe.query_status().await {
-                Ok(_) => return Ok(()),
-                Err(error) => error,
-            };
-            if let Some(exit) = launch.spawned.exit() {
-                return Err(self.exited(launch, exit));
-            }
-            if Instant::now() >= deadline {
-                return Err(VmmError::NotReady {
-                    vm_id: launch.spec.vm_id.clone(),
-                    bin: self.bin.clone(),
-                    socket: launch.qmp_sock.to_path_buf(),
-                    after: self.timeouts.ready,
-                    last_error: last_error.to_string(),
-                });
-            }
-            tokio::time::sleep(READY_POLL).await;
-        }
-    }
-
-    /// The error for a QEMU that exited during start, quoting what it wrote during this
-    /// start (its stderr; else the console).
-    fn exited(&self, launch: &Launch<'_>, exit: ChildExit) -> VmmError {
-        let spec = launch.spec;
-        let mut log = spec.vmm_log.clone();
-        let mut tail = process::tail(&spec.vmm_log, launch.vmm_log_from, TAIL_LINES, TAIL_BYTES);
-        if tail.is_empty() {
-            let console = process::tail(
-                &spec.console_log,
-                launch.console_from,
-                TAIL_LINES,
-                TAIL_BYTES,
-            );
-            if console.is_empty() {
-                tail = "(it wrote nothing to the VMM or console log)".to_string();
-            } else {
-                log = spec.console_log.clone();
-                tail = console;
-            }
-        }
-        VmmError::ExitedDuringStart {
-            vm_id: spec.vm_id.clone(),
-            bin: self.bin.clone(),
-            status: exit.to_string(),
-            log,
-            tail,
         }
     }
 
@@ -567,15 +519,6 @@ fn open_log(vm_id: &str, path: &Path) -> Result<(File, u64), VmmError> {
 }
 
 /// A QEMU being started: what the readiness wait needs.
-struct Launch<'a> {
-    spec: &'a VmSpec,
-    spawned: Spawned,
-    qmp_sock: &'a Path,
-    /// Lengths of the logs before the spawn: what QEMU wrote starts there.
-    console_from: u64,
-    vmm_log_from: u64,
-}
-
 impl Vmm for QemuVmm {
     fn kind(&self) -> VmmKind {
         VmmKind::Qemu

@@ -143,22 +143,7 @@ impl Home {
                 fake.display()
             );
         }
-        let mut home = Self::new();
-        let ns = format!(
-            "bgt{}-{}",
-            std::process::id(),
-            NETNS_SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-        );
-        let st = Command::new("ip")
-            .args(["netns", "add", &ns])
-            .status()
-            .unwrap();
-        assert!(st.success(), "ip netns add {ns}");
-        let _ = Command::new("ip")
-            .args(["netns", "exec", &ns, "ip", "link", "set", "lo", "up"])
-            .status();
-        home.netns = Some(ns);
-        std::fs::create_dir_all(home.path().join("config")).unwrap();
+        let home = Self::in_netns("");
         std::fs::write(home.path().join("config/config.toml"), {
             let mut text = format!("firecracker_bin = \"{}\"\n{config}", fake.display());
             for (key, default) in [("stop_grace_secs", "3"), ("agent_wait_secs", "15")] {

@@ -343,3 +343,112 @@ fn completion_scripts() {
     let out = home.run(&["completion", "tcsh"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn bootstrap_without_a_kernel_names_the_command_that_imports_one() {
+    let home = Home::new();
+    let out = home.run(&["image", "bootstrap", "debian-bookworm"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("banger kernel import host --from /"),
+        "{stderr}"
+    );
+    let images: Vec<serde_json::Value> =
+        serde_json::from_slice(&home.run(&["image", "list", "--json"]).stdout).unwrap();
+    assert!(images.is_empty());
+}
+
+#[test]
+fn make_bundle_prints_path_sha_and_size_and_leaves_nothing_on_failure() {
+    let Some(agent) = std::env::var_os("BANGER_AGENT_BIN").map(std::path::PathBuf::from) else {
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("skipped: BANGER_AGENT_BIN (a static banger-agent) is not set");
+        }
+        return;
+    };
+    let home = Home::new();
+    let dir = home.path().join("mb");
+    std::fs::create_dir_all(dir.join("tree/etc")).unwrap();
+    std::fs::write(dir.join("tree/etc/os-release"), "ID=test\n").unwrap();
+    std::fs::write(dir.join("tree/.dockerenv"), "").unwrap();
+    let tar = dir.join("rootfs.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(dir.join("tree"))
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out_dir = dir.join("out");
+    let args = |tar: &str| {
+        vec![
+            "internal".to_string(),
+            "make-bundle".into(),
+            "--rootfs-tar".into(),
+            tar.to_string(),
+            "--name".into(),
+            "tiny".into(),
+            "--distro".into(),
+            "test".into(),
+            "--arch".into(),
+            "x86_64".into(),
+            "--kernel-ref".into(),
+            "host".into(),
+            "--size".into(),
+            "64M".into(),
+            "--out".into(),
+            out_dir.display().to_string(),
+        ]
+    };
+    let run = |a: Vec<String>| {
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        home.cmd(&refs)
+            .env("BANGER_AGENT_BIN", &agent)
+            .output()
+            .unwrap()
+    };
+    // A missing tar fails and leaves no bundle behind.
+    let bad = run(args("/nonexistent/rootfs.tar"));
+    assert_eq!(bad.status.code(), Some(1));
+    let bad_err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        bad_err
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with("banger: make-bundle failed"),
+        "{bad_err}"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&out_dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "partial output: {leftovers:?}");
+
+    let ok = run(args(tar.to_str().unwrap()));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let stdout = String::from_utf8(ok.stdout).unwrap();
+    let field = |k: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("{k} missing: {stdout}"))
+    };
+    let path = field("path");
+    assert!(path.ends_with("tiny.tar.zst"), "{path}");
+    assert!(Path::new(&path).is_file());
+    assert_eq!(field("sha256").len(), 64);
+    let listing = Command::new("tar").arg("-tf").arg(&path).output().unwrap();
+    let members = String::from_utf8_lossy(&listing.stdout).to_string();
+    let mut members: Vec<&str> = members.lines().collect();
+    members.sort();
+    assert_eq!(members, ["manifest.json", "rootfs.ext4"]);
+}

@@ -147,9 +147,36 @@ fn multi_ref_actions_proceed_past_missing_refs() {
     );
     assert!(err.contains("1 of 3 failed"), "{err}");
     assert!(home.vms().iter().all(|v| v["state"] == "stopped"));
+    // `set` grows a stopped VM's disks and records new resources.
+    assert_eq!(
+        home.ok(&["vm", "set", "a1", "--work-disk", "9G", "--cpus", "3"]),
+        "updated a1\n"
+    );
+    let a1 = home.vm("a1");
+    assert_eq!(
+        (a1["work_disk_bytes"].as_u64(), a1["cpus"].as_u64()),
+        (Some(9 << 30), Some(3))
+    );
+    let work = Path::new(a1["dir"].as_str().unwrap()).join("work.ext4");
+    assert_eq!(std::fs::metadata(&work).unwrap().len(), 9 << 30);
+    let out = home.run(&["vm", "set", "a1", "--work-disk", "1G"]);
+    assert_eq!(out.status.code(), Some(1), "shrinking must be refused");
+    assert!(stderr(&out).contains("cannot shrink"), "{}", stderr(&out));
     // Ambiguous prefixes are reported too.
     let out = home.run(&["vm", "start", "a1", "b"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // While running, disks cannot be resized; CPUs apply at the next start.
+    let out = home.run(&["vm", "set", "a1", "--disk", "2G"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("stop it before resizing"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        home.ok(&["vm", "set", "a1", "--cpus", "2"]),
+        "updated a1 (takes effect at the next start)\n"
+    );
     let out = home.run(&["vm", "delete", "a1", "b2"]);
     assert!(out.status.success());
 }
