@@ -1093,14 +1093,9 @@ pub async fn set(
         });
     }
     let dir = PathBuf::from(&row.dir);
-    for (what, new, cur, file) in [
-        ("disk", settings.disk_bytes, row.disk_bytes, "root.ext4"),
-        (
-            "work disk",
-            settings.work_disk_bytes,
-            row.work_disk_bytes,
-            "work.ext4",
-        ),
+    for (what, new, cur) in [
+        ("disk", settings.disk_bytes, row.disk_bytes),
+        ("work disk", settings.work_disk_bytes, row.work_disk_bytes),
     ] {
         if let Some(new) = new
             && new < cur
@@ -1113,7 +1108,6 @@ pub async fn set(
                 ),
             });
         }
-        let _ = file;
     }
     for (new, file) in [
         (settings.disk_bytes, "root.ext4"),

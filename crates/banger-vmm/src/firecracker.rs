@@ -24,14 +24,15 @@ pub mod api;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{DirBuilder, File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use banger_agent::proto::AGENT_VSOCK_PORT;
 
-use crate::process::{self, Launch, StartGuard};
+pub use crate::process::LocateError;
+use crate::process::{self, BinarySource, Launch, StartGuard};
 use crate::{
     AgentEndpoint, BoxFuture, Running, VmSpec, Vmm, VmmError, VmmKind, check_socket_path,
     validate_vm_id,
@@ -50,6 +51,14 @@ pub const VSOCK_SOCKET: &str = "vsock.sock";
 pub const BIN_ENV: &str = "BANGER_FIRECRACKER_BIN";
 /// The binary looked up on `PATH`.
 pub const BIN_NAME: &str = "firecracker";
+
+/// Where the binary comes from (see [`process::locate_binary`]).
+pub const SOURCE: BinarySource = BinarySource {
+    name: BIN_NAME,
+    config_key: "firecracker_bin",
+    env_var: BIN_ENV,
+    install_hint: "install Firecracker",
+};
 /// The guest network interface id.
 pub const IFACE_ID: &str = "eth0";
 
@@ -90,29 +99,6 @@ impl Default for Timeouts {
     }
 }
 
-/// Why no Firecracker binary could be chosen.
-#[derive(Debug, thiserror::Error)]
-pub enum LocateError {
-    #[error("firecracker_bin {} (from the config file) cannot be used: {reason}", path.display())]
-    Config { path: PathBuf, reason: String },
-    #[error("{BIN_ENV}={} cannot be used: {reason}", path.display())]
-    Env { path: PathBuf, reason: String },
-    #[error(
-        "no `{BIN_NAME}` executable on PATH ({searched}): install Firecracker, or set firecracker_bin in the config file or {BIN_ENV}"
-    )]
-    NotOnPath { searched: String },
-}
-
-/// Why `path` is not an executable regular file, if it is not.
-fn unusable(path: &Path) -> Option<String> {
-    match std::fs::metadata(path) {
-        Err(e) => Some(e.to_string()),
-        Ok(m) if !m.is_file() => Some("not a regular file".to_string()),
-        Ok(m) if m.permissions().mode() & 0o111 == 0 => Some("not executable".to_string()),
-        Ok(_) => None,
-    }
-}
-
 /// Runs VMs with Firecracker.
 #[derive(Debug, Clone)]
 pub struct FirecrackerVmm {
@@ -140,27 +126,7 @@ impl FirecrackerVmm {
         env_bin: Option<OsString>,
         path_var: Option<&OsStr>,
     ) -> Result<Self, LocateError> {
-        if let Some(path) = config_bin.filter(|p| !p.as_os_str().is_empty()) {
-            return match unusable(&path) {
-                None => Ok(Self::new(path)),
-                Some(reason) => Err(LocateError::Config { path, reason }),
-            };
-        }
-        if let Some(path) = env_bin.filter(|p| !p.is_empty()).map(PathBuf::from) {
-            return match unusable(&path) {
-                None => Ok(Self::new(path)),
-                Some(reason) => Err(LocateError::Env { path, reason }),
-            };
-        }
-        let path_var = path_var.unwrap_or_default();
-        std::env::split_paths(path_var)
-            .filter(|dir| !dir.as_os_str().is_empty())
-            .map(|dir| dir.join(BIN_NAME))
-            .find(|candidate| unusable(candidate).is_none())
-            .map(Self::new)
-            .ok_or_else(|| LocateError::NotOnPath {
-                searched: path_var.to_string_lossy().into_owned(),
-            })
+        process::locate_binary(&SOURCE, config_bin, env_bin, path_var).map(Self::new)
     }
 
     /// Adds a variable to the environment the VMM is started with (on top of the daemon's).
@@ -646,7 +612,11 @@ mod tests {
     fn executable(dir: &Path, name: &str) -> PathBuf {
         let path = dir.join(name);
         std::fs::write(&path, "#!/bin/sh\n").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            &path,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+        )
+        .unwrap();
         path
     }
 

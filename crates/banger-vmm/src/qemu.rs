@@ -58,14 +58,15 @@ pub mod qmp;
 use std::ffi::{OsStr, OsString};
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use banger_agent::proto::SERIAL_PORT_NAME;
 
-use crate::process::{self, Launch, StartGuard};
+pub use crate::process::LocateError;
+use crate::process::{self, BinarySource, Launch, StartGuard};
 use crate::{
     AgentEndpoint, BoxFuture, Running, VmSpec, Vmm, VmmError, VmmKind, check_socket_path,
     validate_vm_id,
@@ -81,6 +82,14 @@ pub const AGENT_SOCKET: &str = "agent.sock";
 pub const BIN_ENV: &str = "BANGER_QEMU_BIN";
 /// The binary looked up on `PATH`.
 pub const BIN_NAME: &str = "qemu-system-x86_64";
+
+/// Where the binary comes from (see [`process::locate_binary`]).
+pub const SOURCE: BinarySource = BinarySource {
+    name: BIN_NAME,
+    config_key: "qemu_bin",
+    env_var: BIN_ENV,
+    install_hint: "install QEMU (Debian: apt install qemu-system-x86)",
+};
 /// The KVM device probed by [`accel_for`].
 pub const DEV_KVM: &str = "/dev/kvm";
 /// Where the CPU flags are read by [`accel_for`].
@@ -226,29 +235,6 @@ impl Default for Timeouts {
     }
 }
 
-/// Why no QEMU binary could be chosen.
-#[derive(Debug, thiserror::Error)]
-pub enum LocateError {
-    #[error("qemu_bin {} (from the config file) cannot be used: {reason}", path.display())]
-    Config { path: PathBuf, reason: String },
-    #[error("{BIN_ENV}={} cannot be used: {reason}", path.display())]
-    Env { path: PathBuf, reason: String },
-    #[error(
-        "no `{BIN_NAME}` executable on PATH ({searched}): install QEMU (Debian: apt install qemu-system-x86), or set qemu_bin in the config file or {BIN_ENV}"
-    )]
-    NotOnPath { searched: String },
-}
-
-/// Why `path` is not an executable regular file, if it is not.
-fn unusable(path: &Path) -> Option<String> {
-    match std::fs::metadata(path) {
-        Err(e) => Some(e.to_string()),
-        Ok(m) if !m.is_file() => Some("not a regular file".to_string()),
-        Ok(m) if m.permissions().mode() & 0o111 == 0 => Some("not executable".to_string()),
-        Ok(_) => None,
-    }
-}
-
 /// Runs VMs with QEMU.
 #[derive(Debug, Clone)]
 pub struct QemuVmm {
@@ -283,27 +269,7 @@ impl QemuVmm {
         env_bin: Option<OsString>,
         path_var: Option<&OsStr>,
     ) -> Result<Self, LocateError> {
-        if let Some(path) = config_bin.filter(|p| !p.as_os_str().is_empty()) {
-            return match unusable(&path) {
-                None => Ok(Self::new(path)),
-                Some(reason) => Err(LocateError::Config { path, reason }),
-            };
-        }
-        if let Some(path) = env_bin.filter(|p| !p.is_empty()).map(PathBuf::from) {
-            return match unusable(&path) {
-                None => Ok(Self::new(path)),
-                Some(reason) => Err(LocateError::Env { path, reason }),
-            };
-        }
-        let path_var = path_var.unwrap_or_default();
-        std::env::split_paths(path_var)
-            .filter(|dir| !dir.as_os_str().is_empty())
-            .map(|dir| dir.join(BIN_NAME))
-            .find(|candidate| unusable(candidate).is_none())
-            .map(Self::new)
-            .ok_or_else(|| LocateError::NotOnPath {
-                searched: path_var.to_string_lossy().into_owned(),
-            })
+        process::locate_binary(&SOURCE, config_bin, env_bin, path_var).map(Self::new)
     }
 
     /// Adds a variable to the environment QEMU is started with (on top of the daemon's).
@@ -966,7 +932,11 @@ mod tests {
         std::fs::create_dir(&bin_dir).unwrap();
         let on_path = bin_dir.join(BIN_NAME);
         std::fs::write(&on_path, "#!/bin/sh\n").unwrap();
-        std::fs::set_permissions(&on_path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            &on_path,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+        )
+        .unwrap();
         let plain = dir.path().join("plain");
         std::fs::write(&plain, "").unwrap();
         let path_var = std::env::join_paths([dir.path().join("nothing"), bin_dir.clone()]).unwrap();
