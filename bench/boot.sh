@@ -78,6 +78,6 @@ until ip netns exec "$ns" ssh -q -i "$key" -o StrictHostKeyChecking=no -o UserKn
   sleep 0.2
 done
 bare_ms=$(( $(now_ms) - t0 ))
-kill -9 "$bare_pid"; bare_pid=
+kill -9 "$bare_pid"; wait "$bare_pid" 2>/dev/null || true; bare_pid=
 echo "bare qemu boot to sshd + one ssh command: ${bare_ms} ms"
 echo "banger overhead: vm run / bare = $(awk -v a="$run_ms" -v b="$bare_ms" 'BEGIN{printf "%.2f", a/b}')x (+$(( run_ms - bare_ms )) ms)"
