@@ -3,12 +3,14 @@
 //! - [`types`]: request and response bodies, shared by `bangerd` and `banger`.
 //! - [`error`]: the error body every failed request returns, and its kinds.
 //! - [`client`]: a small HTTP/1.1 client over the daemon's Unix socket.
+//! - [`probe`]: waiting for a guest's sshd, shared by the daemon and the CLI.
 //!
 //! Every response carries the request's operation id in the [`OP_ID_HEADER`] header; the same
 //! id is in the daemon's log lines for that request and in error bodies.
 
 pub mod client;
 pub mod error;
+pub mod probe;
 pub mod types;
 
 pub use client::{Client, ClientError};

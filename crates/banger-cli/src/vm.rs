@@ -1,10 +1,9 @@
 //! `banger vm ...` and `banger image ...`: turn flags into API requests, render the answers.
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use banger_agent::proto::{Health, Ports};
 use banger_api::Client;
@@ -215,7 +214,7 @@ pub async fn run(cmd: VmCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
             }
             // A VM that just started may not have its sshd up yet.
             let ip = vm.ip.clone().unwrap_or_default();
-            if !wait_ssh(&ip, Duration::from_secs(info.wait_secs)).await {
+            if !banger_api::probe::wait_ssh(&ip, Duration::from_secs(info.wait_secs)).await {
                 return Err(CliError::SshTimeout {
                     vm: vm.name.clone(),
                     ip,
@@ -249,7 +248,6 @@ async fn create(
     label: &str,
 ) -> Result<Vm, CliError> {
     let prefix = ctx.ui.paint_err(Style::Dim, &format!("[{label}]"));
-    let mut lines: Vec<String> = Vec::new();
     let mut err = std::io::stderr();
     let vm: Vm = client
         .stream("/vms", req, |stage, detail, _ms| {
@@ -259,7 +257,6 @@ async fn create(
                 format!("{prefix} {stage}: {detail}")
             };
             let _ = writeln!(err, "{line}");
-            lines.push(line);
         })
         .await?;
     Ok(vm)
@@ -567,30 +564,6 @@ async fn still_running_reminder(
     Ok(())
 }
 
-/// Waits until something answers on `ip:22` with an SSH banner.
-async fn wait_ssh(ip: &str, deadline: Duration) -> bool {
-    let Ok(addr) = format!("{ip}:22").parse::<SocketAddr>() else {
-        return false;
-    };
-    let end = Instant::now() + deadline;
-    while Instant::now() < end {
-        let probe = tokio::task::spawn_blocking(move || {
-            use std::io::Read;
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-            let mut buf = [0u8; 4];
-            s.read_exact(&mut buf).ok()?;
-            (&buf == b"SSH-").then_some(())
-        })
-        .await;
-        if matches!(probe, Ok(Some(()))) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    false
-}
-
 async fn run_vm(ctx: &mut Ctx, a: RunArgs) -> Result<u8, CliError> {
     let req = create_request(&a.create)?;
     let (client, _) = connect(ctx).await?;
@@ -603,7 +576,7 @@ async fn run_vm(ctx: &mut Ctx, a: RunArgs) -> Result<u8, CliError> {
         vm.ip.clone().unwrap_or_default()
     ))?;
     let ip = vm.ip.clone().unwrap_or_default();
-    if !wait_ssh(&ip, Duration::from_secs(secs)).await {
+    if !banger_api::probe::wait_ssh(&ip, Duration::from_secs(secs)).await {
         // Keep the VM for a post-mortem, even with --rm.
         return Err(CliError::SshTimeout {
             vm: vm.name.clone(),

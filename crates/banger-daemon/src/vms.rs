@@ -450,9 +450,6 @@ pub async fn create(
     })?;
     let lock = state.locks.vm(&row.id);
     let _guard = lock.lock().await;
-    let span = tracing::info_span!("vm", vm = %row.name, id = %row.id);
-    let _enter = span.enter();
-    drop(_enter);
     let result = tokio::select! {
         r = create_steps(&state, row.clone(), &image, &progress) => r,
         _ = cancel.cancelled() => Err(OpError::Cancelled),
@@ -601,7 +598,7 @@ async fn boot(state: &Arc<AppState>, row: &mut VmRow, progress: &Progress) -> Re
     if has_sshd && let Some(ip) = row.ip.clone() {
         progress.stage("wait ssh", format!("{ip}:22"));
         let secs = state.opts.config.ssh_wait_secs;
-        if !wait_ssh(&ip, Duration::from_secs(secs)).await {
+        if !banger_api::probe::wait_ssh(&ip, Duration::from_secs(secs)).await {
             // Not fatal: the VM runs and its agent answers; `vm run`/`vm ssh` report it.
             progress.stage(
                 "wait ssh",
@@ -613,28 +610,6 @@ async fn boot(state: &Arc<AppState>, row: &mut VmRow, progress: &Progress) -> Re
         }
     }
     Ok(())
-}
-
-/// Waits until something answers on `ip:22` with an SSH banner, or `deadline` passes.
-pub async fn wait_ssh(ip: &str, deadline: Duration) -> bool {
-    use tokio::io::AsyncReadExt;
-    let Ok(addr) = format!("{ip}:22").parse::<std::net::SocketAddr>() else {
-        return false;
-    };
-    let end = Instant::now() + deadline;
-    while Instant::now() < end {
-        let probe = async {
-            let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-            let mut buf = [0u8; 4];
-            s.read_exact(&mut buf).await.ok()?;
-            (&buf == b"SSH-").then_some(())
-        };
-        if let Ok(Some(())) = tokio::time::timeout(Duration::from_secs(3), probe).await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    false
 }
 
 async fn net_up(state: &Arc<AppState>, row: &VmRow) -> Result<(), OpError> {
