@@ -23,7 +23,7 @@
 pub mod api;
 
 use std::ffi::{OsStr, OsString};
-use std::fs::{DirBuilder, File, OpenOptions};
+use std::fs::DirBuilder;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -201,8 +201,8 @@ impl FirecrackerVmm {
             tracing::debug!(vm_id, ?removed, "removed stale sockets");
         }
 
-        let (console, console_from) = open_log(vm_id, &spec.console_log)?;
-        let (vmm_log, vmm_log_from) = open_log(vm_id, &spec.vmm_log)?;
+        let (console, console_from) = process::open_log(vm_id, &spec.console_log)?;
+        let (vmm_log, vmm_log_from) = process::open_log(vm_id, &spec.vmm_log)?;
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--api-sock")
             .arg(&api_sock)
@@ -305,7 +305,7 @@ impl FirecrackerVmm {
             );
             return None;
         }
-        let pid = pid_for_socket(&socket, peer)?;
+        let pid = process::pid_serving(peer, socket.as_os_str())?;
         Some(Running {
             vm_id: spec.vm_id.clone(),
             pid,
@@ -313,29 +313,6 @@ impl FirecrackerVmm {
             agent: self.agent_endpoint(spec),
         })
     }
-}
-
-/// The pid serving `socket`: the socket's peer credentials when they name a live process,
-/// else the first live process with `socket` as an argument.
-fn pid_for_socket(socket: &Path, peer: Option<u32>) -> Option<u32> {
-    peer.filter(|pid| process::alive(*pid))
-        .or_else(|| process::pids_with_arg(socket.as_os_str()).first().copied())
-}
-
-/// Opens a log for appending; also returns its length, where this start's output begins.
-fn open_log(vm_id: &str, path: &Path) -> Result<(File, u64), VmmError> {
-    let error = |source| VmmError::OpenLog {
-        vm_id: vm_id.to_string(),
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(error)?;
-    let len = file.metadata().map_err(error)?.len();
-    Ok((file, len))
 }
 
 /// A VMM being started: what the readiness wait and the configuration need.
@@ -697,14 +674,20 @@ mod tests {
         let child = process::spawn_detached(cmd).unwrap();
         let pid = child.pid();
 
-        assert_eq!(pid_for_socket(&socket, None), Some(pid));
+        assert_eq!(process::pid_serving(None, socket.as_os_str()), Some(pid));
         // A stale peer pid (a dead process) is ignored too.
-        assert_eq!(pid_for_socket(&socket, Some(u32::MAX)), Some(pid));
         assert_eq!(
-            pid_for_socket(&socket, Some(std::process::id())),
+            process::pid_serving(Some(u32::MAX), socket.as_os_str()),
+            Some(pid)
+        );
+        assert_eq!(
+            process::pid_serving(Some(std::process::id()), socket.as_os_str()),
             Some(std::process::id())
         );
-        assert_eq!(pid_for_socket(&dir.path().join("other.sock"), None), None);
+        assert_eq!(
+            process::pid_serving(None, dir.path().join("other.sock").as_os_str()),
+            None
+        );
 
         process::signal_group(pid, crate::Signal::KILL).unwrap();
         assert!(process::wait_exit(pid, Duration::from_secs(5)).await);

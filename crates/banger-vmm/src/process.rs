@@ -11,7 +11,7 @@
 
 use std::ffi::OsStr;
 use std::fmt;
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
@@ -880,6 +880,30 @@ pub fn locate_binary(
             install_hint: source.install_hint,
             searched: path_var.to_string_lossy().into_owned(),
         })
+}
+
+/// The pid serving a control socket: the socket's peer credentials when they name a live
+/// process, else the first live process with `arg` (the socket path, or the VMM argument
+/// naming it) among its arguments.
+pub(crate) fn pid_serving(peer: Option<u32>, arg: &OsStr) -> Option<u32> {
+    peer.filter(|pid| alive(*pid))
+        .or_else(|| pids_with_arg(arg).first().copied())
+}
+
+/// Opens a log for appending; also returns its length, where this start's output begins.
+pub(crate) fn open_log(vm_id: &str, path: &Path) -> Result<(File, u64), VmmError> {
+    let error = |source| VmmError::OpenLog {
+        vm_id: vm_id.to_string(),
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(error)?;
+    let len = file.metadata().map_err(error)?.len();
+    Ok((file, len))
 }
 
 #[cfg(test)]

@@ -56,7 +56,7 @@
 pub mod qmp;
 
 use std::ffi::{OsStr, OsString};
-use std::fs::{DirBuilder, File, OpenOptions};
+use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -345,7 +345,7 @@ impl QemuVmm {
             Ok((_, peer)) => {
                 return Err(VmmError::AlreadyRunning {
                     vm_id: vm_id.to_string(),
-                    pid: pid_for_socket(&spec.run_dir, peer),
+                    pid: process::pid_serving(peer, &qmp_chardev_arg(&spec.run_dir)),
                     socket: qmp_sock,
                 });
             }
@@ -353,7 +353,7 @@ impl QemuVmm {
                 // Something accepts connections there but does not answer: not ours to remove.
                 return Err(VmmError::AlreadyRunning {
                     vm_id: vm_id.to_string(),
-                    pid: pid_for_socket(&spec.run_dir, None),
+                    pid: process::pid_serving(None, &qmp_chardev_arg(&spec.run_dir)),
                     socket: qmp_sock,
                 });
             }
@@ -368,8 +368,8 @@ impl QemuVmm {
             tracing::debug!(vm_id, ?removed, "removed stale sockets");
         }
 
-        let (console, console_from) = open_log(vm_id, &spec.console_log)?;
-        let (vmm_log, vmm_log_from) = open_log(vm_id, &spec.vmm_log)?;
+        let (console, console_from) = process::open_log(vm_id, &spec.console_log)?;
+        let (vmm_log, vmm_log_from) = process::open_log(vm_id, &spec.vmm_log)?;
         let mut cmd = Command::new(&self.bin);
         cmd.args(&args)
             .stdin(Stdio::null())
@@ -448,7 +448,7 @@ impl QemuVmm {
             );
             return None;
         }
-        let pid = pid_for_socket(&spec.run_dir, peer)?;
+        let pid = process::pid_serving(peer, &qmp_chardev_arg(&spec.run_dir))?;
         Some(Running {
             vm_id: spec.vm_id.clone(),
             pid,
@@ -456,32 +456,6 @@ impl QemuVmm {
             agent: self.agent_endpoint(spec),
         })
     }
-}
-
-/// The pid serving the QMP socket in `run_dir`: the socket's peer credentials when they name
-/// a live process, else the first live process with the exact QMP `-chardev` argument.
-fn pid_for_socket(run_dir: &Path, peer: Option<u32>) -> Option<u32> {
-    peer.filter(|pid| process::alive(*pid)).or_else(|| {
-        process::pids_with_arg(&qmp_chardev_arg(run_dir))
-            .first()
-            .copied()
-    })
-}
-
-/// Opens a log for appending; also returns its length, where this start's output begins.
-fn open_log(vm_id: &str, path: &Path) -> Result<(File, u64), VmmError> {
-    let error = |source| VmmError::OpenLog {
-        vm_id: vm_id.to_string(),
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(error)?;
-    let len = file.metadata().map_err(error)?.len();
-    Ok((file, len))
 }
 
 /// A QEMU being started: what the readiness wait needs.
