@@ -554,7 +554,8 @@ mod tests {
         // A stand-in agent that records its arguments and waits to be stopped.
         std::fs::write(
             &script,
-            "#!/bin/sh\necho \"$@\" > \"$0.args\"\nexec sleep 30\n",
+            // Written aside and renamed, so the test never reads a half-written file.
+            "#!/bin/sh\necho \"$@\" > \"$0.args.tmp\" && mv \"$0.args.tmp\" \"$0.args\"\nexec sleep 30\n",
         )
         .expect("write");
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
