@@ -452,3 +452,64 @@ fn make_bundle_prints_path_sha_and_size_and_leaves_nothing_on_failure() {
     members.sort();
     assert_eq!(members, ["manifest.json", "rootfs.ext4"]);
 }
+
+#[test]
+fn kernels_import_list_show_and_rm_guarded_by_images() {
+    let home = Home::new();
+    // A directory of loose files, as an unpacked kernel package would be.
+    let tree = home.path().join("kpkg");
+    std::fs::create_dir_all(tree.join("boot")).unwrap();
+    std::fs::create_dir_all(tree.join("lib/modules/6.9.1-test/kernel")).unwrap();
+    let mut elf = b"\x7fELF\x02\x01\x01".to_vec();
+    elf.resize(4096, 0);
+    std::fs::write(tree.join("boot/vmlinux-6.9.1-test"), &elf).unwrap();
+    std::fs::write(tree.join("boot/initrd.img-6.9.1-test"), b"initrd").unwrap();
+    std::fs::write(tree.join("lib/modules/6.9.1-test/modules.dep"), b"").unwrap();
+
+    let out = home.ok(&["kernel", "import", "k1", "--from", tree.to_str().unwrap()]);
+    assert_eq!(out, "imported kernel k1 (6.9.1-test)\n");
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&home.ok(&["kernel", "list", "--json"])).unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["version"], "6.9.1-test");
+    let show: serde_json::Value =
+        serde_json::from_str(&home.ok(&["kernel", "show", "k1", "--json"])).unwrap();
+    assert!(Path::new(show["vmlinux"].as_str().unwrap()).is_file());
+    assert!(Path::new(show["initrd"].as_str().unwrap()).is_file());
+    // A second import under the same name needs --force.
+    let again = home.run(&["kernel", "import", "k1", "--from", tree.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    home.ok(&[
+        "kernel",
+        "import",
+        "k1",
+        "--from",
+        tree.to_str().unwrap(),
+        "--force",
+    ]);
+
+    // An image booting it keeps it from being removed.
+    let rootfs = home.path().join("rootfs.ext4");
+    std::fs::write(&rootfs, vec![0u8; 1 << 20]).unwrap();
+    home.ok(&[
+        "image",
+        "register",
+        "--name",
+        "img",
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "--kernel-ref",
+        "k1",
+    ]);
+    let rm = home.run(&["kernel", "rm", "k1"]);
+    assert_eq!(rm.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&rm.stderr).contains("used by image(s) img"));
+    home.ok(&["image", "delete", "img"]);
+    assert_eq!(home.ok(&["kernel", "rm", "k1"]), "removed kernel k1\n");
+    assert_eq!(home.ok(&["kernel", "list", "--json"]).trim(), "[]");
+    assert!(!Path::new(show["dir"].as_str().unwrap()).exists());
+    // Bad names are refused before anything happens.
+    let bad = home.run(&["kernel", "import", "../x", "--from", tree.to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(1));
+}
