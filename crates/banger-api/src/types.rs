@@ -125,15 +125,9 @@ pub struct CreateVm {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// Signed so that a zero or negative value reaches validation instead of wrapping.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpus: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory_mib: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disk_bytes: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub work_disk_bytes: Option<u64>,
+    /// CPUs, memory and disk sizes (flattened: the same top-level JSON keys as `vm set`).
+    #[serde(flatten)]
+    pub resources: VmSettings,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -183,7 +177,8 @@ impl VmAction {
     }
 }
 
-/// New settings for `vm set`; signed so non-positive values reach validation.
+/// A VM's resources as requested by `vm create` and `vm set`: only what the user gave.
+/// Signed so that a zero or negative value reaches validation instead of wrapping.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]

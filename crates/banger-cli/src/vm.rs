@@ -52,6 +52,26 @@ fn cpus_flag(v: Option<i64>) -> Result<Option<i64>, CliError> {
     }
 }
 
+/// `--cpus`, `--memory`, `--disk` and `--work-disk` (of `vm create`, `vm run` and `vm set`),
+/// checked as the daemon will check them again.
+fn settings_flags(
+    cpus: Option<i64>,
+    memory: &Option<String>,
+    disk: &Option<String>,
+    work_disk: &Option<String>,
+) -> Result<VmSettings, CliError> {
+    let memory_mib = memory_flag(memory)?;
+    if memory_mib == Some(0) {
+        return Err(CliError::Usage("--memory must be at least 1 MiB".into()));
+    }
+    Ok(VmSettings {
+        cpus: cpus_flag(cpus)?,
+        memory_mib,
+        disk_bytes: size_flag("disk", disk)?,
+        work_disk_bytes: size_flag("work-disk", work_disk)?,
+    })
+}
+
 /// Builds the create request from flags, checked as the daemon will check it again.
 pub fn create_request(f: &CreateFlags) -> Result<CreateVm, CliError> {
     if let Some(n) = &f.name {
@@ -60,17 +80,10 @@ pub fn create_request(f: &CreateFlags) -> Result<CreateVm, CliError> {
     if let Some(i) = &f.image {
         validate_image_name(i).map_err(|e| CliError::Usage(e.to_string()))?;
     }
-    let memory_mib = memory_flag(&f.memory)?;
-    if memory_mib == Some(0) {
-        return Err(CliError::Usage("--memory must be at least 1 MiB".into()));
-    }
     Ok(CreateVm {
         name: f.name.clone(),
         image: f.image.clone(),
-        cpus: cpus_flag(f.cpus)?,
-        memory_mib,
-        disk_bytes: size_flag("disk", &f.disk)?,
-        work_disk_bytes: size_flag("work-disk", &f.work_disk)?,
+        resources: settings_flags(f.cpus, &f.memory, &f.disk, &f.work_disk)?,
         nat: f.nat.then_some(true),
         vmm: match f.vmm.as_deref() {
             None => None,
@@ -100,12 +113,7 @@ pub async fn run(cmd: VmCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
         VmCommand::Kill(k) => act(ctx, VmAction::Kill, k.refs.refs, Some(k.signal), None).await,
         VmCommand::Delete(r) => act(ctx, VmAction::Delete, r.refs, None, None).await,
         VmCommand::Set(s) => {
-            let settings = VmSettings {
-                cpus: cpus_flag(s.cpus)?,
-                memory_mib: memory_flag(&s.memory)?,
-                disk_bytes: size_flag("disk", &s.disk)?,
-                work_disk_bytes: size_flag("work-disk", &s.work_disk)?,
-            };
+            let settings = settings_flags(s.cpus, &s.memory, &s.disk, &s.work_disk)?;
             if settings == VmSettings::default() {
                 return Err(CliError::Usage(
                     "nothing to set: give --cpus, --memory, --disk or --work-disk".into(),
@@ -674,7 +682,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(
-            (ok.cpus, ok.memory_mib, ok.name, ok.nat),
+            (ok.resources.cpus, ok.resources.memory_mib, ok.name, ok.nat),
             (Some(4), Some(1024), None, None)
         );
     }

@@ -297,30 +297,27 @@ impl AppState {
 // ---------------------------------------------------------------------------------------------
 // Create
 
-/// Checks a requested cpu count and memory size (also done by the CLI).
-pub fn check_resources(cpus: Option<i64>, memory_mib: Option<i64>) -> Result<(), OpError> {
-    if let Some(c) = cpus
+/// Checks requested resources (the CLI checks them too): 1 to 256 CPUs, memory above 0 MiB,
+/// disk sizes above 0.
+pub fn check_settings(s: &VmSettings) -> Result<(), OpError> {
+    let invalid = |what: String| Err(OpError::Invalid { what });
+    if let Some(c) = s.cpus
         && !(1..=256).contains(&c)
     {
-        return Err(OpError::Invalid {
-            what: format!("cpus must be between 1 and 256, got {c}"),
-        });
+        return invalid(format!("cpus must be between 1 and 256, got {c}"));
     }
-    if let Some(m) = memory_mib
+    if let Some(m) = s.memory_mib
         && !(1..=(1 << 24)).contains(&m)
     {
-        return Err(OpError::Invalid {
-            what: format!("memory must be more than 0 MiB, got {m} MiB"),
-        });
+        return invalid(format!("memory must be more than 0 MiB, got {m} MiB"));
     }
-    Ok(())
-}
-
-fn check_size(what: &str, v: Option<u64>) -> Result<(), OpError> {
-    if v == Some(0) {
-        return Err(OpError::Invalid {
-            what: format!("{what} must be larger than 0"),
-        });
+    for (what, v) in [
+        ("disk size", s.disk_bytes),
+        ("work disk size", s.work_disk_bytes),
+    ] {
+        if v == Some(0) {
+            return invalid(format!("{what} must be larger than 0"));
+        }
     }
     Ok(())
 }
@@ -357,9 +354,7 @@ pub async fn create(
     progress: Progress,
     cancel: CancellationToken,
 ) -> Result<Vm, OpError> {
-    check_resources(req.cpus, req.memory_mib)?;
-    check_size("disk size", req.disk_bytes)?;
-    check_size("work disk size", req.work_disk_bytes)?;
+    check_settings(&req.resources)?;
     if let Some(name) = &req.name {
         validate_vm_name(name)?;
     }
@@ -414,13 +409,20 @@ pub async fn create(
             image_id: image.id.clone(),
             state: VmState::Creating.as_str().to_string(),
             vmm: vmm.kind().to_string(),
-            cpus: req.cpus.map_or(DEFAULT_CPUS, |c| c as u32),
-            memory_mib: req.memory_mib.map_or(DEFAULT_MEMORY_MIB, |m| m as u64),
+            cpus: req.resources.cpus.map_or(DEFAULT_CPUS, |c| c as u32),
+            memory_mib: req
+                .resources
+                .memory_mib
+                .map_or(DEFAULT_MEMORY_MIB, |m| m as u64),
             disk_bytes: req
+                .resources
                 .disk_bytes
                 .unwrap_or(image.rootfs_bytes)
                 .max(image.rootfs_bytes),
-            work_disk_bytes: req.work_disk_bytes.unwrap_or(DEFAULT_WORK_DISK.bytes()),
+            work_disk_bytes: req
+                .resources
+                .work_disk_bytes
+                .unwrap_or(DEFAULT_WORK_DISK.bytes()),
             nat: req.nat.unwrap_or(false),
             ip: Some(ip.to_string()),
             mac: Some(format_mac(&mac_for_ip(ip))),
@@ -817,9 +819,7 @@ pub fn endpoint_of(state: &AppState, row: &VmRow) -> Result<AgentEndpoint, OpErr
 pub async fn act(state: Arc<AppState>, req: ActionRequest) -> Result<Vec<ActionOutcome>, OpError> {
     if req.action == VmAction::Set {
         let s = req.settings.clone().unwrap_or_default();
-        check_resources(s.cpus, s.memory_mib)?;
-        check_size("disk size", s.disk_bytes)?;
-        check_size("work disk size", s.work_disk_bytes)?;
+        check_settings(&s)?;
         if s == VmSettings::default() {
             return Err(OpError::Invalid {
                 what: "nothing to set: give --cpus, --memory, --disk or --work-disk".into(),
@@ -1265,12 +1265,20 @@ mod tests {
 
     #[test]
     fn resources_are_checked() {
-        assert!(check_resources(Some(0), None).is_err());
-        assert!(check_resources(Some(-1), None).is_err());
-        assert!(check_resources(None, Some(0)).is_err());
-        assert!(check_resources(None, Some(-512)).is_err());
-        assert!(check_resources(Some(2), Some(512)).is_ok());
-        assert!(check_size("disk", Some(0)).is_err());
+        let check = |cpus, memory_mib, disk_bytes| {
+            check_settings(&VmSettings {
+                cpus,
+                memory_mib,
+                disk_bytes,
+                work_disk_bytes: None,
+            })
+        };
+        assert!(check(Some(0), None, None).is_err());
+        assert!(check(Some(-1), None, None).is_err());
+        assert!(check(None, Some(0), None).is_err());
+        assert!(check(None, Some(-512), None).is_err());
+        assert!(check(Some(2), Some(512), None).is_ok());
+        assert!(check(None, None, Some(0)).is_err());
     }
 
     #[test]
