@@ -1,7 +1,21 @@
 //! A small HTTP/1.1 client for the daemon's Unix socket: one connection per request, JSON in
 //! and out, and typed errors that keep the socket path and the daemon's op id.
+//!
+//! A daemon that accepts a connection but never answers (stopped with SIGSTOP, wedged) must
+//! not hang the CLI. With [`Client::with_timeout`]:
+//! - a plain call ([`Client::get`], [`Client::post`], [`Client::delete`]) must be answered
+//!   within the timeout;
+//! - a long call ([`Client::post_long`]: stopping VMs, importing images) may take as long as it
+//!   needs while the daemon stays responsive: every timeout period without an answer, the
+//!   client asks `GET /v1/status` on a second connection, and fails when that goes unanswered;
+//! - a stream ([`Client::stream`]) must deliver a line (a stage or the daemon's 500 ms
+//!   heartbeat) at least once per timeout period.
+//!
+//! The error ([`ClientError::NoAnswer`]) names the daemon's pid, read from the connected
+//! socket (`SO_PEERCRED`), and its log file when the caller gave one.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -51,6 +65,67 @@ pub enum ClientError {
     },
     #[error(transparent)]
     Api(#[from] ApiError),
+    #[error("{}", no_answer_message(.socket, .method, .path, *.waited, *.pid, .log.as_deref(), *.stream))]
+    NoAnswer {
+        socket: PathBuf,
+        method: Method,
+        path: String,
+        waited: Duration,
+        /// The daemon's pid, from the connection's peer credentials.
+        pid: Option<u32>,
+        log: Option<PathBuf>,
+        /// The answer had begun streaming and then went silent.
+        stream: bool,
+    },
+}
+
+/// `2 s`, or `250 ms` below a second.
+fn human(d: Duration) -> String {
+    if d.as_millis() % 1000 == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
+fn no_answer_message(
+    socket: &Path,
+    method: &Method,
+    path: &str,
+    waited: Duration,
+    pid: Option<u32>,
+    log: Option<&Path>,
+    stream: bool,
+) -> String {
+    let who = match pid {
+        Some(p) => format!("the daemon (pid {p})"),
+        None => "the daemon".to_string(),
+    };
+    let what = if stream {
+        format!(
+            "started answering {method} {path} on {} but then sent nothing for {}",
+            socket.display(),
+            human(waited)
+        )
+    } else {
+        format!(
+            "accepted {method} {path} on {} but did not answer within {}",
+            socket.display(),
+            human(waited)
+        )
+    };
+    let mut msg = format!("{who} {what}: it is stopped (SIGSTOP) or wedged");
+    if let Some(log) = log {
+        msg.push_str(&format!("; its log is {}", log.display()));
+    }
+    match pid {
+        Some(p) => msg.push_str(&format!(
+            "; resume it with kill -CONT {p}, or end it with kill -9 {p} and run banger again"
+        )),
+        None => msg.push_str("; end the bangerd process and run banger again"),
+    }
+    msg.push_str(" (BANGER_CLIENT_TIMEOUT sets how long banger waits)");
+    msg
 }
 
 impl ClientError {
@@ -82,17 +157,66 @@ impl ClientError {
 #[derive(Debug, Clone)]
 pub struct Client {
     socket: PathBuf,
+    timeout: Option<Duration>,
+    log: Option<PathBuf>,
+}
+
+/// How long a call may wait for the daemon (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Patience {
+    /// The answer must come within the timeout.
+    Answer,
+    /// The daemon must keep answering `/status` within the timeout.
+    WhileAlive,
 }
 
 impl Client {
+    /// A client without a timeout: it waits as long as the daemon takes.
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Self {
             socket: socket.into(),
+            timeout: None,
+            log: None,
         }
+    }
+
+    /// Gives up on a daemon that stays silent for `timeout` (see the module doc).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The daemon's log file, named in [`ClientError::NoAnswer`].
+    pub fn with_log(mut self, log: impl Into<PathBuf>) -> Self {
+        self.log = Some(log.into());
+        self
+    }
+
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
     }
 
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    fn no_answer(
+        &self,
+        method: &Method,
+        path: &str,
+        waited: Duration,
+        pid: Option<u32>,
+        stream: bool,
+    ) -> ClientError {
+        ClientError::NoAnswer {
+            socket: self.socket.clone(),
+            method: method.clone(),
+            path: path.to_string(),
+            waited,
+            pid,
+            log: self.log.clone(),
+            stream,
+        }
     }
 
     /// `GET /v1{path}`.
@@ -109,6 +233,17 @@ impl Client {
         self.call(Method::POST, path, Some(body)).await
     }
 
+    /// `POST /v1{path}` for an operation that may take long (stopping VMs, importing images):
+    /// no deadline for the answer as long as the daemon keeps answering `/status`.
+    pub async fn post_long<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.call_with(Method::POST, path, Some(body), Patience::WhileAlive)
+            .await
+    }
+
     /// `DELETE /v1{path}`.
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call(Method::DELETE, path, None::<&()>).await
@@ -123,21 +258,39 @@ impl Client {
         mut on_stage: impl FnMut(&str, &str, u64),
     ) -> Result<T, ClientError> {
         let full = format!("{API_PREFIX}{path}");
-        let (resp, conn_task) = self.send(Method::POST, &full, Some(body)).await?;
+        let (stream, pid) = self.connect(&Method::POST, &full).await?;
+        let head = self.send(stream, Method::POST, &full, Some(body));
+        let (resp, conn_task) = match self.timeout {
+            None => head.await?,
+            Some(t) => tokio::time::timeout(t, head)
+                .await
+                .map_err(|_| self.no_answer(&Method::POST, &full, t, pid, false))??,
+        };
         let status = resp.status();
         let op_id = op_id_of(&resp);
         let mut body = resp.into_body();
+        // Aborts the connection task on every way out of this function.
+        let _conn = conn_task;
         if !status.is_success() {
-            let bytes = body
-                .collect()
-                .await
-                .map_err(self.http(&Method::POST, &full))?;
-            conn_task.abort();
+            let collect = body.collect();
+            let bytes = match self.timeout {
+                None => collect.await,
+                Some(t) => tokio::time::timeout(t, collect)
+                    .await
+                    .map_err(|_| self.no_answer(&Method::POST, &full, t, pid, true))?,
+            }
+            .map_err(self.http(&Method::POST, &full))?;
             return Err(self.error_from(status, &bytes.to_bytes(), op_id, &Method::POST, &full));
         }
         let mut buf: Vec<u8> = Vec::new();
         loop {
-            let Some(frame) = body.frame().await else {
+            let next = match self.timeout {
+                None => body.frame().await,
+                Some(t) => tokio::time::timeout(t, body.frame())
+                    .await
+                    .map_err(|_| self.no_answer(&Method::POST, &full, t, pid, true))?,
+            };
+            let Some(frame) = next else {
                 break;
             };
             let frame = frame.map_err(self.http(&Method::POST, &full))?;
@@ -165,11 +318,9 @@ impl Client {
                         elapsed_ms,
                     } => on_stage(&stage, &detail, elapsed_ms),
                     Event::Result { result } => {
-                        conn_task.abort();
                         return Ok(result);
                     }
                     Event::Error { mut error } => {
-                        conn_task.abort();
                         if error.op_id.is_empty() {
                             error.op_id = op_id;
                         }
@@ -178,7 +329,6 @@ impl Client {
                 }
             }
         }
-        conn_task.abort();
         Err(ClientError::Decode {
             socket: self.socket.clone(),
             method: Method::POST,
@@ -198,19 +348,39 @@ impl Client {
         }
     }
 
-    /// Connects, sends one request, and returns the response head with a streaming body.
+    /// Connects to the socket; returns the stream and the daemon's pid (`SO_PEERCRED`).
+    async fn connect(
+        &self,
+        method: &Method,
+        full: &str,
+    ) -> Result<(UnixStream, Option<u32>), ClientError> {
+        let connect = UnixStream::connect(&self.socket);
+        let stream = match self.timeout {
+            None => connect.await,
+            Some(t) => tokio::time::timeout(t, connect)
+                .await
+                .map_err(|_| self.no_answer(method, full, t, None, false))?,
+        }
+        .map_err(|source| ClientError::Connect {
+            socket: self.socket.clone(),
+            source,
+        })?;
+        let pid = stream
+            .peer_cred()
+            .ok()
+            .and_then(|c| c.pid())
+            .and_then(|p| u32::try_from(p).ok());
+        Ok((stream, pid))
+    }
+
+    /// Sends one request on `stream` and returns the response head with a streaming body.
     async fn send<B: Serialize>(
         &self,
+        stream: UnixStream,
         method: Method,
         full: &str,
         body: Option<&B>,
-    ) -> Result<
-        (
-            hyper::Response<hyper::body::Incoming>,
-            tokio::task::JoinHandle<()>,
-        ),
-        ClientError,
-    > {
+    ) -> Result<(hyper::Response<hyper::body::Incoming>, AbortOnDrop), ClientError> {
         let bytes = match body {
             Some(b) => serde_json::to_vec(b).map_err(|e| ClientError::Decode {
                 socket: self.socket.clone(),
@@ -221,21 +391,14 @@ impl Client {
             })?,
             None => Vec::new(),
         };
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| ClientError::Connect {
-                    socket: self.socket.clone(),
-                    source,
-                })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(self.http(&method, full))?;
         // Dropping the future of this call (Ctrl-C) closes the socket, which the daemon sees
         // as a cancellation.
-        let conn_task = tokio::spawn(async move {
+        let conn_task = AbortOnDrop(tokio::spawn(async move {
             let _ = conn.await;
-        });
+        }));
         let req = Request::builder()
             .method(method.clone())
             .uri(full)
@@ -281,15 +444,74 @@ impl Client {
         }
     }
 
-    /// Sends one request and decodes the JSON answer (or the error body).
+    /// Sends one request and decodes the JSON answer (or the error body); with a timeout, the
+    /// answer must come within it.
     pub async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
+        self.call_with(method, path, body, Patience::Answer).await
+    }
+
+    async fn call_with<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        patience: Patience,
+    ) -> Result<T, ClientError> {
         let full = format!("{API_PREFIX}{path}");
-        let (resp, conn_task) = self.send(method.clone(), &full, body).await?;
+        let Some(t) = self.timeout else {
+            let (stream, _) = self.connect(&method, &full).await?;
+            return self.exchange(stream, method, &full, body).await;
+        };
+        let started = tokio::time::Instant::now();
+        let (stream, pid) = self.connect(&method, &full).await?;
+        let exchange = self.exchange(stream, method.clone(), &full, body);
+        if patience == Patience::Answer {
+            return tokio::time::timeout_at(started + t, exchange)
+                .await
+                .map_err(|_| self.no_answer(&method, &full, t, pid, false))?;
+        }
+        tokio::pin!(exchange);
+        loop {
+            tokio::select! {
+                r = &mut exchange => return r,
+                _ = tokio::time::sleep(t) => {
+                    // Still working, or stuck? A live daemon answers its status at once.
+                    if !self.answers_status(t).await {
+                        return Err(self.no_answer(&method, &full, started.elapsed(), pid, false));
+                    }
+                }
+            }
+        }
+    }
+
+    /// False when `GET /v1/status` on a new connection is not answered within `t` (an absent
+    /// daemon counts as answering: the pending call then fails on its own).
+    async fn answers_status(&self, t: Duration) -> bool {
+        let full = format!("{API_PREFIX}/status");
+        let probe = async {
+            let (stream, _) = self.connect(&Method::GET, &full).await?;
+            self.exchange::<(), serde_json::Value>(stream, Method::GET, &full, None)
+                .await
+        };
+        tokio::time::timeout(t, probe).await.is_ok()
+    }
+
+    /// One request on a connected stream, its whole answer decoded.
+    async fn exchange<B: Serialize, T: DeserializeOwned>(
+        &self,
+        stream: UnixStream,
+        method: Method,
+        full: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let full = full.to_string();
+        let (resp, conn_task) = self.send(stream, method.clone(), &full, body).await?;
+        let _conn = conn_task;
         let status = resp.status();
         let op_id = op_id_of(&resp);
         let body = resp
@@ -298,7 +520,6 @@ impl Client {
             .await
             .map_err(self.http(&method, &full))?
             .to_bytes();
-        conn_task.abort();
         if status.is_success() {
             let text: &[u8] = if body.is_empty() { b"null" } else { &body };
             return serde_json::from_slice(text).map_err(|e| ClientError::Decode {
@@ -310,5 +531,224 @@ impl Client {
             });
         }
         Err(self.error_from(status, &body, op_id, &method, &full))
+    }
+}
+
+/// Aborts the connection task when the call ends, however it ends (answer, error, timeout).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixListener;
+
+    /// What the test daemon does with a request for a path.
+    #[derive(Clone, Copy)]
+    enum Behaviour {
+        /// Reads the request and never answers.
+        Silent,
+        /// Answers `{}` after a delay.
+        After(Duration),
+        /// Streams `n` heartbeats `every` apart, then a result.
+        Heartbeats { n: u32, every: Duration },
+        /// Sends one stage, then nothing.
+        StageThenSilence,
+    }
+
+    async fn read_head(conn: &mut tokio::net::UnixStream) -> String {
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if conn.read(&mut b).await.unwrap_or(0) == 0 {
+                break;
+            }
+            head.push(b[0]);
+        }
+        String::from_utf8_lossy(&head).to_string()
+    }
+
+    /// Serves `behave(path)` on a socket in `dir`; `/v1/status` answers at once unless the
+    /// behaviour for it says otherwise.
+    fn serve(dir: &Path, behave: fn(&str) -> Behaviour) -> PathBuf {
+        let sock = dir.join("d.sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let head = read_head(&mut conn).await;
+                    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                    match behave(&path) {
+                        Behaviour::Silent => {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                        }
+                        Behaviour::After(d) => {
+                            tokio::time::sleep(d).await;
+                            let _ = conn
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                                .await;
+                        }
+                        Behaviour::Heartbeats { n, every } => {
+                            let _ = conn
+                                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                                .await;
+                            for _ in 0..n {
+                                tokio::time::sleep(every).await;
+                                let _ = conn.write_all(b"1\r\n\n\r\n").await;
+                            }
+                            let line = b"{\"event\":\"result\",\"result\":7}\n";
+                            let _ = conn
+                                .write_all(format!("{:x}\r\n", line.len()).as_bytes())
+                                .await;
+                            let _ = conn.write_all(line).await;
+                            let _ = conn.write_all(b"\r\n0\r\n\r\n").await;
+                        }
+                        Behaviour::StageThenSilence => {
+                            let _ = conn
+                                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                                .await;
+                            let line =
+                                b"{\"event\":\"stage\",\"stage\":\"prepare\",\"detail\":\"\",\"elapsed_ms\":1}\n";
+                            let _ = conn
+                                .write_all(format!("{:x}\r\n", line.len()).as_bytes())
+                                .await;
+                            let _ = conn.write_all(line).await;
+                            let _ = conn.write_all(b"\r\n").await;
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                        }
+                    }
+                });
+            }
+        });
+        sock
+    }
+
+    fn client(sock: &Path, ms: u64) -> Client {
+        Client::new(sock)
+            .with_timeout(Duration::from_millis(ms))
+            .with_log("/state/bangerd.log")
+    }
+
+    #[tokio::test]
+    async fn adversarial_silent_daemon_times_out_naming_pid_and_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = serve(dir.path(), |_| Behaviour::Silent);
+        let t0 = Instant::now();
+        let err = client(&sock, 300)
+            .get::<serde_json::Value>("/status")
+            .await
+            .unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        assert!(
+            !err.is_unreachable(),
+            "a silent daemon is there, not absent"
+        );
+        let msg = err.to_string();
+        let pid = std::process::id();
+        assert!(
+            msg.starts_with(&format!(
+                "the daemon (pid {pid}) accepted GET /v1/status on {} but did not answer within 300 ms",
+                sock.display()
+            )),
+            "{msg}"
+        );
+        assert!(msg.contains("its log is /state/bangerd.log"), "{msg}");
+        assert!(msg.contains(&format!("kill -CONT {pid}")), "{msg}");
+        // Without a timeout the same call would wait: the default is the caller's choice.
+        assert!(
+            tokio::time::timeout(
+                Duration::from_millis(500),
+                Client::new(&sock).get::<serde_json::Value>("/status")
+            )
+            .await
+            .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn long_call_waits_while_the_daemon_answers_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = serve(dir.path(), |p| {
+            if p == "/v1/status" {
+                Behaviour::After(Duration::ZERO)
+            } else {
+                Behaviour::After(Duration::from_millis(1200))
+            }
+        });
+        let c = client(&sock, 300);
+        let v: serde_json::Value = c.post_long("/vms/actions", &()).await.unwrap();
+        assert_eq!(v, serde_json::json!({}));
+        // The same call with a plain deadline gives up.
+        let err = c
+            .post::<_, serde_json::Value>("/vms/actions", &())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ClientError::NoAnswer { stream: false, .. }),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn adversarial_long_call_to_a_wedged_daemon_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = serve(dir.path(), |_| Behaviour::Silent);
+        let t0 = Instant::now();
+        let err = client(&sock, 300)
+            .post_long::<_, serde_json::Value>("/images", &())
+            .await
+            .unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        let msg = err.to_string();
+        assert!(msg.contains("accepted POST /v1/images"), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
+    }
+
+    #[tokio::test]
+    async fn stream_lives_on_heartbeats_and_fails_when_silent() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = serve(dir.path(), |p| {
+            if p == "/v1/ok" {
+                Behaviour::Heartbeats {
+                    n: 8,
+                    every: Duration::from_millis(100),
+                }
+            } else {
+                Behaviour::StageThenSilence
+            }
+        });
+        let c = client(&sock, 300);
+        // 800 ms in all, longer than the timeout, but never 300 ms without a line.
+        let r: u32 = c.stream("/ok", &(), |_, _, _| {}).await.unwrap();
+        assert_eq!(r, 7);
+        let mut stages = Vec::new();
+        let t0 = Instant::now();
+        let err = c
+            .stream::<_, u32>("/vms", &(), |s, _, _| stages.push(s.to_string()))
+            .await
+            .unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        assert_eq!(stages, ["prepare"]);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("started answering POST /v1/vms")
+                && msg.contains("sent nothing for 300 ms"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
     }
 }

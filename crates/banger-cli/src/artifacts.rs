@@ -28,7 +28,7 @@ pub async fn image(cmd: ImageCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
             };
             req.check_kernel_source().map_err(CliError::Usage)?;
             let (client, _) = connect(ctx).await?;
-            let img: Image = client.post("/images", &req).await?;
+            let img: Image = client.post_long("/images", &req).await?;
             ctx.ui.line(&format!(
                 "registered image {} ({})",
                 img.name,
@@ -133,7 +133,7 @@ pub async fn image(cmd: ImageCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
             let path = std::path::absolute(&i.bundle).unwrap_or(i.bundle.clone());
             let (client, _) = connect(ctx).await?;
             let img: Image = client
-                .post(
+                .post_long(
                     "/images/import",
                     &banger_api::types::ImportBundle {
                         path,
@@ -170,7 +170,7 @@ pub async fn kernel(cmd: crate::args::KernelCommand, ctx: &mut Ctx) -> Result<u8
             let from = std::path::absolute(&a.from).unwrap_or(a.from.clone());
             let (client, _) = connect(ctx).await?;
             let k: Kernel = client
-                .post(
+                .post_long(
                     "/kernels",
                     &ImportKernel {
                         name: a.name.clone(),

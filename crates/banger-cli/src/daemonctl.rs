@@ -3,8 +3,13 @@
 //! The CLI starts `bangerd` on demand, detached (its own session, so it outlives the CLI and
 //! the terminal), and waits until it answers. When the running daemon's build identity
 //! differs from this CLI's, the CLI asks it to shut down and starts its own build instead.
+//!
+//! Before it talks to a socket the CLI checks the layout's dirs (ours, not writable by others)
+//! and that the socket is a socket of ours, not a symlink; every call has a timeout
+//! (`BANGER_CLIENT_TIMEOUT`, default 30 s), so a stopped or wedged daemon gives an error naming
+//! its pid and log instead of a silent hang.
 
-use std::fs::OpenOptions;
+use std::ffi::OsStr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -14,6 +19,7 @@ use banger_api::Client;
 use banger_api::types::{DaemonStatus, ShutdownReply};
 use banger_core::build::BuildInfo;
 use banger_core::layout::Layout;
+use banger_core::private::{self, FileMode};
 
 use crate::error::CliError;
 
@@ -21,6 +27,54 @@ use crate::error::CliError;
 pub const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the CLI waits for an old daemon to exit.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a call waits for a silent daemon unless `BANGER_CLIENT_TIMEOUT` says otherwise.
+pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The variable that sets the client timeout.
+pub const CLIENT_TIMEOUT_ENV: &str = "BANGER_CLIENT_TIMEOUT";
+
+/// How the CLI talks to its daemon: as whom, and how long it waits for a silent one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conn {
+    pub euid: u32,
+    pub timeout: Duration,
+}
+
+/// Parses `BANGER_CLIENT_TIMEOUT`: seconds (`30`, `2.5`) or milliseconds (`500ms`), more than
+/// 0 and at most an hour. Unset or empty means [`DEFAULT_CLIENT_TIMEOUT`].
+pub fn client_timeout(value: Option<&OsStr>) -> Result<Duration, CliError> {
+    let Some(raw) = value.filter(|v| !v.is_empty()) else {
+        return Ok(DEFAULT_CLIENT_TIMEOUT);
+    };
+    let text = raw.to_string_lossy().trim().to_string();
+    let bad = |why: &str| CliError::BadEnv {
+        var: CLIENT_TIMEOUT_ENV,
+        value: text.clone(),
+        why: why.to_string(),
+    };
+    let (number, scale) = match text.strip_suffix("ms") {
+        Some(n) => (n.trim(), 0.001),
+        None => (text.strip_suffix('s').unwrap_or(&text).trim(), 1.0),
+    };
+    let secs = number
+        .parse::<f64>()
+        .map_err(|_| bad("expected seconds (30, 2.5) or milliseconds (500ms)"))?
+        * scale;
+    if !(secs.is_finite() && secs >= 0.001 && secs <= 3600.0) {
+        return Err(bad("must be between 1ms and 3600 s"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A client for the layout's daemon, once the dirs and the socket are checked: every existing
+/// root dir must be ours and not writable by others, and the socket path absent or a socket of
+/// ours (never a symlink), so banger never talks to a daemon another user planted.
+pub fn client(layout: &Layout, conn: Conn) -> Result<Client, CliError> {
+    layout.check_existing(conn.euid)?;
+    private::check_socket(&layout.socket_path(), conn.euid)?;
+    Ok(Client::new(layout.socket_path())
+        .with_timeout(conn.timeout)
+        .with_log(layout.log_file()))
+}
 
 /// Finds a companion binary: next to the running executable first, then on `PATH`.
 pub fn find_companion(name: &str, path_var: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
@@ -49,9 +103,10 @@ pub enum Ensured {
 /// Returns a client to a daemon of this build, starting or replacing one as needed.
 pub async fn ensure(
     layout: &Layout,
+    conn: Conn,
     path_var: Option<&std::ffi::OsStr>,
 ) -> Result<(Client, DaemonStatus, Ensured), CliError> {
-    let client = Client::new(layout.socket_path());
+    let client = client(layout, conn)?;
     let me = BuildInfo::current();
     let mut how = Ensured::Started;
     match client.get::<DaemonStatus>("/status").await {
@@ -63,7 +118,7 @@ pub async fn ensure(
         Err(e) if e.is_unreachable() => {}
         Err(e) => return Err(e.into()),
     }
-    let status = start(layout, &client, path_var).await?;
+    let status = start(layout, conn, &client, path_var).await?;
     Ok((client, status, how))
 }
 
@@ -115,25 +170,17 @@ pub fn alive(pid: u32) -> bool {
 
 async fn start(
     layout: &Layout,
+    conn: Conn,
     client: &Client,
     path_var: Option<&std::ffi::OsStr>,
 ) -> Result<DaemonStatus, CliError> {
     let exe = std::env::current_exe().unwrap_or_default();
     let bin = find_companion("bangerd", path_var)
         .ok_or_else(|| CliError::DaemonBinaryMissing { exe: exe.clone() })?;
-    std::fs::create_dir_all(&layout.state_dir).map_err(|source| CliError::Dir {
-        path: layout.state_dir.clone(),
-        source,
-    })?;
+    // The daemon checks these again; the CLI creates the stderr file, so it checks first.
+    layout.ensure_state_dir(conn.euid)?;
     let out_path = layout.state_dir.join("bangerd.stderr");
-    let out = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&out_path)
-        .map_err(|source| CliError::Dir {
-            path: out_path.clone(),
-            source,
-        })?;
+    let out = private::open_file(&out_path, FileMode::Append, conn.euid)?;
     let start_len = out.metadata().map(|m| m.len()).unwrap_or(0);
     let err_handle = out.try_clone().map_err(|source| CliError::Dir {
         path: out_path.clone(),
@@ -159,7 +206,13 @@ async fn start(
     let mut exited_at: Option<(Instant, String)> = None;
     let mut last_err = String::from("no answer yet");
     while Instant::now() < deadline {
-        match client.get::<DaemonStatus>("/status").await {
+        // Each poll is bounded too: a daemon that binds and then hangs cannot stall this loop.
+        let poll = client.clone().with_timeout(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(100), conn.timeout),
+        );
+        match poll.get::<DaemonStatus>("/status").await {
             Ok(status) => return Ok(status),
             Err(e) => last_err = e.to_string(),
         }
@@ -205,6 +258,23 @@ mod tests {
     fn alive_sees_self_and_not_nonsense() {
         assert!(alive(std::process::id()));
         assert!(!alive(u32::MAX - 1));
+    }
+
+    #[test]
+    fn client_timeout_from_env() {
+        let t = |v: &str| client_timeout(Some(OsStr::new(v)));
+        assert_eq!(client_timeout(None).unwrap(), DEFAULT_CLIENT_TIMEOUT);
+        assert_eq!(t("").unwrap(), DEFAULT_CLIENT_TIMEOUT);
+        assert_eq!(t("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(t("2.5s").unwrap(), Duration::from_millis(2500));
+        assert_eq!(t("500ms").unwrap(), Duration::from_millis(500));
+        for bad in ["0", "-1", "soon", "1h", "3601", "nan", "inf"] {
+            let e = t(bad).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("BANGER_CLIENT_TIMEOUT=\"{bad}\" is invalid")),
+                "{e}"
+            );
+        }
     }
 
     #[test]

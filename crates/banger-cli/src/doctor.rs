@@ -14,7 +14,7 @@ use banger_core::layout::Layout;
 use banger_store::{MIGRATIONS, Store, StoreError};
 use serde::Serialize;
 
-use crate::daemonctl::find_companion;
+use crate::daemonctl::{Conn, find_companion};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -68,12 +68,15 @@ pub struct Host {
     pub qemu_env: Option<std::ffi::OsString>,
     /// `BANGER_VMM`.
     pub vmm_env: Option<std::ffi::OsString>,
+    /// Who runs doctor, and how long it waits for a silent daemon.
+    pub conn: Conn,
 }
 
 impl Host {
     /// This host, with environment values the caller read.
     pub fn real(
         path_var: Option<std::ffi::OsString>,
+        conn: Conn,
         env: impl Fn(&str) -> Option<std::ffi::OsString>,
     ) -> Self {
         Self {
@@ -84,6 +87,7 @@ impl Host {
             firecracker_env: env("BANGER_FIRECRACKER_BIN"),
             qemu_env: env("BANGER_QEMU_BIN"),
             vmm_env: env("BANGER_VMM"),
+            conn,
         }
     }
 }
@@ -91,8 +95,9 @@ impl Host {
 /// Runs every check.
 pub async fn run(layout: &Layout, host: &Host) -> Vec<Check> {
     let mut checks = vec![
+        dirs_check(layout, host.conn.euid),
         config_check(layout),
-        daemon_check(layout).await,
+        daemon_check(layout, host.conn).await,
         store_check(layout),
         binary_check("bangerd", host.path_var.as_deref(), false),
         binary_check("banger-agent", host.path_var.as_deref(), true),
@@ -137,8 +142,39 @@ fn config_check(layout: &Layout) -> Check {
     }
 }
 
-async fn daemon_check(layout: &Layout) -> Check {
-    let client = Client::new(layout.socket_path());
+/// The config, state and runtime dirs that exist belong to this user and are private.
+fn dirs_check(layout: &Layout, euid: u32) -> Check {
+    match layout.check_existing(euid) {
+        Ok(()) => check(
+            "dirs",
+            Status::Pass,
+            format!(
+                "{}, {} and {} are yours and not writable by others (or not created yet)",
+                layout.config_dir.display(),
+                layout.state_dir.display(),
+                layout.runtime_dir.display()
+            ),
+            None,
+        ),
+        // The error names the dir, its owner and mode, and the fix.
+        Err(e) => check("dirs", Status::Fail, chain(&e), None),
+    }
+}
+
+async fn daemon_check(layout: &Layout, conn: Conn) -> Check {
+    let client: Client = match crate::daemonctl::client(layout, conn) {
+        Ok(c) => c,
+        Err(e) => {
+            return check(
+                "daemon",
+                Status::Fail,
+                crate::error::render(&e, false)
+                    .trim_start_matches("banger: ")
+                    .to_string(),
+                None,
+            );
+        }
+    };
     match client.get::<DaemonStatus>("/status").await {
         Ok(st) if st.build == BuildInfo::current() => check(
             "daemon",

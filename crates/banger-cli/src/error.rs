@@ -39,6 +39,14 @@ pub enum CliError {
     },
     #[error("the old daemon (pid {pid}) did not stop within {secs} s")]
     DaemonStuck { pid: u32, secs: u64 },
+    #[error(transparent)]
+    Private(#[from] banger_core::private::PrivateError),
+    #[error("{var}={value:?} is invalid: {why}")]
+    BadEnv {
+        var: &'static str,
+        value: String,
+        why: String,
+    },
     #[error("cannot prepare directory {path}")]
     Dir {
         path: PathBuf,

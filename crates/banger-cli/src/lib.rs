@@ -37,6 +37,8 @@ pub struct Ctx {
     pub ui: Ui,
     pub path_var: Option<OsString>,
     layout: Result<Layout, LayoutError>,
+    /// `BANGER_CLIENT_TIMEOUT`, unparsed: only commands that talk to the daemon check it.
+    client_timeout: Option<OsString>,
 }
 
 impl Ctx {
@@ -45,6 +47,14 @@ impl Ctx {
         self.layout
             .as_ref()
             .map_err(|e| CliError::Layout(e.clone()))
+    }
+
+    /// Who the CLI is and how long it waits for a silent daemon.
+    pub fn conn(&self) -> Result<daemonctl::Conn, CliError> {
+        Ok(daemonctl::Conn {
+            euid: uid(),
+            timeout: daemonctl::client_timeout(self.client_timeout.as_deref())?,
+        })
     }
 }
 
@@ -61,6 +71,7 @@ pub fn main() -> ExitCode {
         ui: Ui::stdio(no_color),
         path_var: std::env::var_os("PATH"),
         layout: Layout::resolve(|k| std::env::var_os(k), uid()),
+        client_timeout: std::env::var_os(daemonctl::CLIENT_TIMEOUT_ENV),
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -125,7 +136,8 @@ fn version(ctx: &mut Ctx, json: bool) -> Result<u8, CliError> {
 /// Connects to a daemon of this build, telling the user when one was started or replaced.
 pub async fn connect(ctx: &mut Ctx) -> Result<(banger_api::Client, DaemonStatus), CliError> {
     let layout = ctx.layout()?.clone();
-    let (client, status, how) = daemonctl::ensure(&layout, ctx.path_var.as_deref()).await?;
+    let (client, status, how) =
+        daemonctl::ensure(&layout, ctx.conn()?, ctx.path_var.as_deref()).await?;
     if let daemonctl::Ensured::Replaced { old } = how {
         let msg = format!(
             "replaced daemon {} with {} (pid {})",
@@ -196,7 +208,7 @@ fn write_str(ctx: &mut Ctx, s: &str) -> Result<(), CliError> {
 
 async fn daemon_stop(ctx: &mut Ctx) -> Result<u8, CliError> {
     let layout = ctx.layout()?.clone();
-    let client = banger_api::Client::new(layout.socket_path());
+    let client = daemonctl::client(&layout, ctx.conn()?)?;
     match client.get::<DaemonStatus>("/status").await {
         Ok(st) => {
             daemonctl::stop(&client, st.pid).await?;
@@ -210,7 +222,7 @@ async fn daemon_stop(ctx: &mut Ctx) -> Result<u8, CliError> {
 
 async fn run_doctor(ctx: &mut Ctx, json: bool) -> Result<u8, CliError> {
     let layout = ctx.layout()?.clone();
-    let host = doctor::Host::real(ctx.path_var.clone(), |k| std::env::var_os(k));
+    let host = doctor::Host::real(ctx.path_var.clone(), ctx.conn()?, |k| std::env::var_os(k));
     let checks = doctor::run(&layout, &host).await;
     let failed = checks
         .iter()

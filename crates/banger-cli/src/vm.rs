@@ -278,8 +278,9 @@ async fn act(
     settings: Option<VmSettings>,
 ) -> Result<u8, CliError> {
     let (client, _) = connect(ctx).await?;
+    // Stopping or starting many VMs takes as long as it takes, while the daemon is alive.
     let outcomes: Vec<ActionOutcome> = client
-        .post(
+        .post_long(
             "/vms/actions",
             &ActionRequest {
                 action,
@@ -598,7 +599,7 @@ async fn run_vm(ctx: &mut Ctx, a: RunArgs) -> Result<u8, CliError> {
         // A fresh, short deadline of its own: an interrupted session must not skip cleanup.
         let cleanup = tokio::time::timeout(
             Duration::from_secs(60),
-            client.post::<_, Vec<ActionOutcome>>(
+            client.post_long::<_, Vec<ActionOutcome>>(
                 "/vms/actions",
                 &ActionRequest {
                     action: VmAction::Delete,

@@ -5,10 +5,18 @@
 //! (`DIR/config`, `DIR/state`, `DIR/run`), which is what every test and script uses.
 //!
 //! This module never reads the process environment itself: the caller hands it a lookup
-//! function, so it stays a pure function of its inputs.
+//! function, so it stays a pure function of its inputs. Resolving creates nothing; the dirs
+//! are created and checked (owned by the user, not writable by others) by [`Layout::ensure_state_dir`],
+//! [`Layout::ensure_runtime_dir`] and [`Layout::check_existing`], see [`crate::private`].
 
 use std::ffi::OsString;
+use std::fs::File;
 use std::path::{Path, PathBuf};
+
+use crate::private::{self, DirRole, PrivateError};
+
+/// Where the runtime dir goes when `XDG_RUNTIME_DIR` is unset: `/tmp/banger-UID`.
+pub const FALLBACK_RUNTIME_ROOT: &str = "/tmp";
 
 /// The longest path a Unix socket address can hold (`sun_path` is 108 bytes with the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
@@ -37,6 +45,16 @@ impl Layout {
     /// Resolves the roots from environment lookups (`env("BANGER_HOME")` etc.) and the user id
     /// (used for the runtime-dir fallback when `XDG_RUNTIME_DIR` is unset).
     pub fn resolve(env: impl Fn(&str) -> Option<OsString>, uid: u32) -> Result<Self, LayoutError> {
+        Self::resolve_in(env, uid, Path::new(FALLBACK_RUNTIME_ROOT))
+    }
+
+    /// [`Layout::resolve`] with the directory that holds the `banger-UID` runtime-dir fallback
+    /// (`/tmp` in production; tests point it at a private directory).
+    pub fn resolve_in(
+        env: impl Fn(&str) -> Option<OsString>,
+        uid: u32,
+        fallback_runtime_root: &Path,
+    ) -> Result<Self, LayoutError> {
         let abs = |var: &'static str| -> Result<Option<PathBuf>, LayoutError> {
             match env(var).filter(|v| !v.is_empty()) {
                 None => Ok(None),
@@ -67,7 +85,7 @@ impl Layout {
             };
             let runtime_dir = match abs("XDG_RUNTIME_DIR")? {
                 Some(p) => p.join("banger"),
-                None => PathBuf::from(format!("/tmp/banger-{uid}")),
+                None => fallback_runtime_root.join(format!("banger-{uid}")),
             };
             Self {
                 config_dir: config_base.join("banger"),
@@ -90,6 +108,35 @@ impl Layout {
             state_dir: home.join("state"),
             runtime_dir: home.join("run"),
         }
+    }
+
+    /// Creates the state dir (0700) if missing and checks it belongs to `euid` and is not
+    /// writable by group or others.
+    pub fn ensure_state_dir(&self, euid: u32) -> Result<File, PrivateError> {
+        private::ensure_dir(DirRole::State, &self.state_dir, euid)
+    }
+
+    /// Creates the runtime dir (0700) if missing and checks it like the state dir: a
+    /// `/tmp/banger-UID` made by another user is refused.
+    pub fn ensure_runtime_dir(&self, euid: u32) -> Result<File, PrivateError> {
+        private::ensure_dir(DirRole::Runtime, &self.runtime_dir, euid)
+    }
+
+    /// Checks the dirs that exist (config, state, runtime) without creating any.
+    pub fn check_existing(&self, euid: u32) -> Result<(), PrivateError> {
+        for (role, dir) in self.dirs() {
+            private::check_existing_dir(role, dir, euid)?;
+        }
+        Ok(())
+    }
+
+    /// The three roots with their roles.
+    pub fn dirs(&self) -> [(DirRole, &Path); 3] {
+        [
+            (DirRole::Config, &self.config_dir),
+            (DirRole::State, &self.state_dir),
+            (DirRole::Runtime, &self.runtime_dir),
+        ]
     }
 
     pub fn config_file(&self) -> PathBuf {
@@ -115,7 +162,7 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> + use<> {
         let map: HashMap<String, OsString> = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), OsString::from(v)))
@@ -162,6 +209,65 @@ mod tests {
         assert_eq!(l.config_dir, PathBuf::from("/c/banger"));
         assert_eq!(l.state_dir, PathBuf::from("/s/banger"));
         assert_eq!(l.runtime_dir, PathBuf::from("/tmp/banger-7"));
+    }
+
+    #[test]
+    fn fallback_runtime_root_is_injectable() {
+        let l =
+            Layout::resolve_in(env(&[("HOME", "/home/u")]), 42, Path::new("/private/t")).unwrap();
+        assert_eq!(l.runtime_dir, PathBuf::from("/private/t/banger-42"));
+    }
+
+    #[test]
+    #[allow(clippy::print_stderr)] // the visible reason for a skip
+    fn adversarial_squatted_tmp_fallback_is_refused() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        if euid != 0 {
+            eprintln!("skipped: needs root to make a directory owned by another user");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home");
+        let e = env(&[("HOME", home.to_str().unwrap())]);
+        let l = Layout::resolve_in(&e, euid, tmp.path()).unwrap();
+        // Another user got there first: /tmp/banger-0 exists, theirs, 0777, with a planted
+        // symlink where the lock goes.
+        let squat = tmp.path().join(format!("banger-{euid}"));
+        std::fs::create_dir(&squat).unwrap();
+        std::fs::set_permissions(&squat, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let canary = tmp.path().join("canary");
+        std::fs::write(&canary, "precious").unwrap();
+        std::os::unix::fs::symlink(&canary, squat.join("bangerd.lock")).unwrap();
+        std::os::unix::fs::lchown(&squat, Some(65534), Some(65534)).unwrap();
+        let err = l.ensure_runtime_dir(euid).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!(
+                "runtime dir {} is owned by uid 65534",
+                squat.display()
+            )),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("mode 0777") && msg.contains("XDG_RUNTIME_DIR"),
+            "{msg}"
+        );
+        assert!(l.check_existing(euid).is_err());
+        assert_eq!(std::fs::read_to_string(&canary).unwrap(), "precious");
+        assert_eq!(std::fs::metadata(&squat).unwrap().uid(), 65534);
+        // The state dir is ours and gets created 0700; the squatted one is left alone.
+        l.ensure_state_dir(euid).unwrap();
+        assert_eq!(
+            std::fs::metadata(&l.state_dir).unwrap().mode() & 0o777,
+            0o700
+        );
+        // Once the squatter's dir is gone, banger makes its own.
+        std::fs::remove_dir_all(&squat).unwrap();
+        l.ensure_runtime_dir(euid).unwrap();
+        let m = std::fs::symlink_metadata(&squat).unwrap();
+        assert!(m.is_dir() && m.uid() == euid && m.mode() & 0o777 == 0o700);
     }
 
     #[test]

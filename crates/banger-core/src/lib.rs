@@ -3,6 +3,8 @@
 //! - [`names`]: what a VM, image or kernel may be called.
 //! - [`size`]: parsing and printing byte sizes (`4G`, `512MiB`, a bare number is MiB).
 //! - [`layout`]: where config, state and runtime files live (`BANGER_HOME` moves all three).
+//! - [`private`]: creating and checking banger's own dirs and files (ours, not writable by
+//!   others, never through a symlink).
 //! - [`config`]: the TOML config file, with warnings for unknown keys.
 //! - [`build`]: the build identity every banger binary carries.
 //! - [`elf`]: whether a binary is static.
@@ -13,5 +15,6 @@ pub mod config;
 pub mod elf;
 pub mod layout;
 pub mod names;
+pub mod private;
 pub mod runner;
 pub mod size;

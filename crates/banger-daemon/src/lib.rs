@@ -14,7 +14,10 @@
 //! - [`lock`]: the single-instance lock.
 //! - [`logging`]: JSON logs to the state dir.
 //!
-//! Start-up order: dirs → lock → store (migrations) → socket → serve. Shutdown (SIGTERM,
+//! Start-up order: dirs → lock → store (migrations) → socket → serve. The config, state and
+//! runtime dirs must belong to the daemon's user and not be writable by others (else it
+//! refuses to start, naming the dir, its owner, its mode and the fix); the lock, log, key and
+//! socket are never opened or replaced through a symlink. Shutdown (SIGTERM,
 //! SIGINT or `POST /v1/shutdown`): stop accepting, finish in-flight requests, remove the
 //! socket, release the lock.
 
@@ -32,13 +35,14 @@ pub mod stats;
 pub mod vms;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use banger_core::build::BuildInfo;
 use banger_core::config::{Config, ConfigError};
 use banger_core::layout::{Layout, LayoutError};
+use banger_core::private::{self, DirRole, PrivateError, SocketState};
 use banger_core::runner::{CommandRunner, SystemRunner};
 use banger_store::{Store, StoreError};
 use clap::Parser;
@@ -61,8 +65,10 @@ pub enum DaemonError {
     Layout(#[from] LayoutError),
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot create directory {path}")]
-    CreateDir {
+    #[error(transparent)]
+    Private(#[from] PrivateError),
+    #[error("cannot remove the stale socket {path}")]
+    RemoveSocket {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -100,7 +106,7 @@ pub enum DaemonError {
     #[error("BANGER_VMM: {0}")]
     Vmm(String),
     #[error("cannot prepare the managed SSH key")]
-    Ssh(#[source] error::OpError),
+    Ssh(#[source] ssh::SshKeyError),
     #[error("serving the API on {path} failed")]
     Serve {
         path: PathBuf,
@@ -144,10 +150,12 @@ fn run_from_env() -> Result<(), DaemonError> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let uid = unsafe { libc::geteuid() };
     let layout = Layout::resolve(|k| std::env::var_os(k), uid)?;
+    // A config dir others can write could point firecracker_bin at their program.
+    private::check_existing_dir(DirRole::Config, &layout.config_dir, uid)?;
     let loaded = Config::load(&layout.config_file())?;
     let level = std::env::var("BANGER_LOG").unwrap_or_else(|_| loaded.config.log_level.clone());
-    create_dir(&layout.state_dir, 0o700)?;
-    logging::init(&layout.log_file(), &level).map_err(|source| DaemonError::Logging {
+    layout.ensure_state_dir(uid)?;
+    logging::init(&layout.log_file(), &level, uid).map_err(|source| DaemonError::Logging {
         path: layout.log_file(),
         source,
     })?;
@@ -246,17 +254,29 @@ fn guest_dns(config: &Config, resolv_conf: &str) -> Vec<std::net::Ipv4Addr> {
         .collect()
 }
 
-fn create_dir(path: &std::path::Path, mode: u32) -> Result<(), DaemonError> {
-    std::fs::create_dir_all(path).map_err(|source| DaemonError::CreateDir {
-        path: path.to_path_buf(),
+/// Binds the daemon socket at `socket` (mode 0600). Called with the lock held, so a socket
+/// left at the path belongs to a dead daemon and is removed, but only once `lstat` shows it is
+/// a socket of ours: a symlink or any other file there is refused, never followed or replaced.
+fn bind_socket(socket: &Path, euid: u32) -> Result<UnixListener, DaemonError> {
+    if private::check_socket(socket, euid)? == SocketState::Ours {
+        std::fs::remove_file(socket).map_err(|source| DaemonError::RemoveSocket {
+            path: socket.to_path_buf(),
+            source,
+        })?;
+    }
+    // bind(2) creates the path itself and fails if anything appeared there meanwhile.
+    let listener = UnixListener::bind(socket).map_err(|source| DaemonError::Bind {
+        path: socket.to_path_buf(),
         source,
     })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+    private::check_socket(socket, euid)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
         DaemonError::Chmod {
-            path: path.to_path_buf(),
+            path: socket.to_path_buf(),
             source,
         }
-    })
+    })?;
+    Ok(listener)
 }
 
 /// Runs the daemon until it is told to stop.
@@ -270,11 +290,12 @@ pub async fn run(opts: DaemonOptions, host: server::Host, uid: u32) -> Result<()
                 value: opts.config.bridge_subnet.clone(),
                 source,
             })?;
-    create_dir(&layout.state_dir, 0o700)?;
-    create_dir(&layout.runtime_dir, 0o700)?;
-    let _lock = lock::DaemonLock::acquire(&layout.lock_path())?;
+    layout.ensure_state_dir(uid)?;
+    layout.ensure_runtime_dir(uid)?;
+    let _lock = lock::DaemonLock::acquire(&layout.lock_path(), uid)?;
     let store = Store::open(&layout.db_path())?;
-    let ssh = ssh::ensure_key(host.runner.as_ref(), &layout.state_dir).map_err(DaemonError::Ssh)?;
+    let ssh =
+        ssh::ensure_key(host.runner.as_ref(), &layout.state_dir, uid).map_err(DaemonError::Ssh)?;
     let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let parts = server::Parts {
         guest_dns: guest_dns(&opts.config, &resolv),
@@ -284,18 +305,7 @@ pub async fn run(opts: DaemonOptions, host: server::Host, uid: u32) -> Result<()
         uid,
     };
     let socket = layout.socket_path();
-    // We hold the lock, so a socket file left here belongs to a dead daemon.
-    let _ = std::fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket).map_err(|source| DaemonError::Bind {
-        path: socket.clone(),
-        source,
-    })?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(
-        |source| DaemonError::Chmod {
-            path: socket.clone(),
-            source,
-        },
-    )?;
+    let listener = bind_socket(&socket, uid)?;
     tracing::info!(
         socket = %socket.display(),
         pid = std::process::id(),
@@ -307,7 +317,9 @@ pub async fn run(opts: DaemonOptions, host: server::Host, uid: u32) -> Result<()
     let monitor = tokio::spawn(vms::monitor(state.clone()));
     let result = server::serve(listener, state).await;
     monitor.abort();
-    let _ = std::fs::remove_file(&socket);
+    if private::check_socket(&socket, uid).is_ok_and(|s| s == SocketState::Ours) {
+        let _ = std::fs::remove_file(&socket);
+    }
     tracing::info!("bangerd stopped");
     result.map_err(|source| DaemonError::Serve {
         path: socket,

@@ -6,7 +6,8 @@
 //! and it is not recorded), so the next open applies it again.
 //!
 //! [`Store::open_read_only`] is for diagnostics: it never creates the file, never migrates,
-//! and the connection refuses writes.
+//! the connection refuses writes, and it creates no `-wal` or `-shm` file next to the
+//! database (see its doc for how it stays consistent while a daemon writes).
 
 pub mod images;
 pub mod migrations;
@@ -69,6 +70,24 @@ pub enum StoreError {
     },
 }
 
+/// A `file:` URI for `path` with `query`: every byte outside the unreserved set (and `/`) is
+/// percent-encoded, so `?`, `#` and `%` in a path cannot become URI syntax.
+fn file_uri(path: &Path, query: &str) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut uri = String::from("file:");
+    for &b in path.as_os_str().as_bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                uri.push(b as char)
+            }
+            _ => uri.push_str(&format!("%{b:02X}")),
+        }
+    }
+    uri.push('?');
+    uri.push_str(query);
+    uri
+}
+
 /// An open database.
 #[derive(Debug)]
 pub struct Store {
@@ -91,7 +110,11 @@ impl Store {
                 source,
             })?;
         }
-        let conn = Connection::open(path).map_err(|source| StoreError::Open {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+        )
+        .map_err(|source| StoreError::Open {
             path: path.to_path_buf(),
             source,
         })?;
@@ -105,17 +128,39 @@ impl Store {
         Ok(store)
     }
 
-    /// Opens an existing database for reading only: never creates it, never migrates, and
-    /// every write on the connection fails.
+    /// Opens an existing database for reading only: never creates it, never migrates, every
+    /// write on the connection fails, and no file appears next to it.
+    ///
+    /// SQLite in WAL mode creates `-wal` and `-shm` files even for a read-only connection, so:
+    /// - No `-wal` file: no connection has the database open (an open WAL connection keeps its
+    ///   `-wal`; the last one to close checkpoints it into the main file and deletes it), so the
+    ///   main file holds every committed transaction. It is opened `immutable=1`: read as a
+    ///   plain file, no locks, no `-wal`/`-shm`. A daemon that starts while this connection
+    ///   reads writes into a new `-wal`, not into the main file (the main file only changes at a
+    ///   checkpoint, after a thousand pages of writes or when the writer closes), so the pages
+    ///   read stay a consistent snapshot of the last checkpoint.
+    /// - A `-wal` file: a daemon has the database open (or died without checkpointing), and
+    ///   committed data may be only in the WAL. It is opened `mode=ro` through SQLite's WAL
+    ///   protocol (shared memory in the existing `-shm`), which reads consistent, current data
+    ///   while the daemon writes; the files it uses already exist.
+    ///
+    /// Symlinks are never followed (`SQLITE_OPEN_NOFOLLOW`).
     pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
         if !path.exists() {
             return Err(StoreError::Missing {
                 path: path.to_path_buf(),
             });
         }
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let snapshot = std::fs::symlink_metadata(&wal).is_err();
+        let uri = file_uri(path, if snapshot { "immutable=1" } else { "mode=ro" });
         let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            &uri,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_URI
+                | OpenFlags::SQLITE_OPEN_NOFOLLOW
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|source| StoreError::Open {
             path: path.to_path_buf(),

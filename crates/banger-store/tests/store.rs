@@ -1,6 +1,7 @@
 //! Store integration tests against real SQLite files.
 
 use banger_store::{MIGRATIONS, Migration, Store, StoreError};
+use std::path::Path;
 
 const M1: Migration = Migration {
     id: 1,
@@ -155,4 +156,86 @@ fn read_only_open_does_not_apply_pending_migrations() {
     let ro = Store::open_read_only(&path).unwrap();
     assert_eq!(ro.applied_migrations().unwrap(), vec![1]);
     assert!(!table_exists(&ro, "half"));
+}
+
+fn siblings(path: &Path) -> (bool, bool) {
+    let p = path.display().to_string();
+    (
+        Path::new(&format!("{p}-wal")).exists(),
+        Path::new(&format!("{p}-shm")).exists(),
+    )
+}
+
+#[test]
+fn adversarial_read_only_open_of_a_closed_database_leaves_no_wal_or_shm() {
+    let dir = tempfile::tempdir().unwrap();
+    // Characters that mean something in a URI must stay part of the path.
+    let sub = dir.path().join("a ?#%b");
+    std::fs::create_dir(&sub).unwrap();
+    let path = sub.join("banger.db");
+    {
+        let s = Store::open_with(&path, &[M1]).unwrap();
+        s.conn()
+            .execute("INSERT INTO things (name) VALUES ('kept')", [])
+            .unwrap();
+    }
+    assert_eq!(
+        siblings(&path),
+        (false, false),
+        "a closed store checkpoints"
+    );
+    let before = std::fs::read(&path).unwrap();
+    let ro = Store::open_read_only(&path).unwrap();
+    let name: String = ro
+        .conn()
+        .query_row("SELECT name FROM things", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(name, "kept");
+    assert!(ro.conn().execute("DELETE FROM things", []).is_err());
+    assert_eq!(siblings(&path), (false, false), "while open");
+    drop(ro);
+    assert_eq!(siblings(&path), (false, false), "after close");
+    assert_eq!(std::fs::read(&path).unwrap(), before, "byte-identical");
+    assert_eq!(std::fs::read_dir(&sub).unwrap().count(), 1);
+}
+
+#[test]
+fn read_only_open_reads_committed_wal_data_while_a_writer_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("banger.db");
+    let rw = Store::open_with(&path, &[M1]).unwrap();
+    rw.conn()
+        .execute("INSERT INTO things (name) VALUES ('in-wal')", [])
+        .unwrap();
+    // The row is committed but only in the WAL: an immutable read would miss it.
+    assert_eq!(siblings(&path), (true, true));
+    let ro = Store::open_read_only(&path).unwrap();
+    let count = |ro: &Store| -> i64 {
+        ro.conn()
+            .query_row("SELECT COUNT(*) FROM things", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(count(&ro), 1);
+    // A write committed while the reader is open is seen by its next read, consistently.
+    rw.conn()
+        .execute("INSERT INTO things (name) VALUES ('later')", [])
+        .unwrap();
+    assert_eq!(count(&ro), 2);
+    drop(ro);
+    drop(rw);
+    assert_eq!(siblings(&path), (false, false));
+}
+
+#[test]
+fn read_only_open_refuses_a_symlinked_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real.db");
+    drop(Store::open_with(&real, &[M1]).unwrap());
+    let link = dir.path().join("banger.db");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    assert!(matches!(
+        Store::open_read_only(&link).unwrap_err(),
+        StoreError::Open { .. }
+    ));
+    assert!(Store::open_with(&link, &[M1]).is_err());
 }

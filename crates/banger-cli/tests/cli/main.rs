@@ -5,4 +5,5 @@
 mod common;
 mod foundation;
 mod guest;
+mod host;
 mod vm;
