@@ -451,10 +451,8 @@ pub fn identify(id: &VmmIdentity) -> Result<VmmProcess, IdentityError> {
         });
     };
     // SAFETY: `fd` was just returned by pidfd_open and is owned by nothing else.
-    let process = VmmProcess {
-        pid,
-        fd: unsafe { OwnedFd::from_raw_fd(fd) },
-    };
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let process = VmmProcess { pid, fd };
     let stat = proc_stat(pid)
         .filter(|s| s.state != b'Z' && s.state != b'X')
         .ok_or(IdentityError::Gone { pid })?;
