@@ -1059,8 +1059,6 @@ async fn stop_locked(state: &Arc<AppState>, row: &mut VmRow, grace: Duration) ->
             }
         }
     }
-    // A VMM spawned but not recorded (a start that failed half-way) goes too.
-    kill_vmms_of(state, row).await;
     release(state, row).await;
     row.state = VmState::Stopped.as_str().to_string();
     row.pid = None;

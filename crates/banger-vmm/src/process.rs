@@ -251,6 +251,8 @@ struct ProcStat {
     /// The state letter (`R`, `S`, `Z`...).
     state: u8,
     ppid: u32,
+    /// Field 6, the session id.
+    session: u32,
     /// Field 22, `starttime`: clock ticks after boot when the process started.
     start_time: u64,
 }
@@ -265,10 +267,12 @@ fn proc_stat(pid: u32) -> Option<ProcStat> {
     let mut fields = rest.split_ascii_whitespace();
     let state = fields.next()?.bytes().next()?;
     let ppid = fields.next()?.parse().ok()?;
-    let start_time = fields.nth(17)?.parse().ok()?;
+    let session = fields.nth(1)?.parse().ok()?;
+    let start_time = fields.nth(15)?.parse().ok()?;
     Some(ProcStat {
         state,
         ppid,
+        session,
         start_time,
     })
 }
@@ -406,9 +410,10 @@ fn cmdline_names_dir(pid: u32, dir: &Path) -> bool {
     })
 }
 
-/// Live processes (other than this one) whose command line names a path inside `run_dir`,
-/// in ascending pid order: the VMM of a VM whose pid was never recorded (a daemon killed
-/// between spawning it and storing its pid) and anything it started there.
+/// Live session leaders (other than this process) whose command line names a path inside
+/// `run_dir`, in ascending pid order: the VMM of a VM whose pid was never recorded (a daemon
+/// killed between spawning it and storing its pid). Every VMM leads its own session
+/// ([`spawn_detached`]); a process that merely mentions the directory does not.
 pub fn pids_in_dir(run_dir: &Path) -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
@@ -417,7 +422,10 @@ pub fn pids_in_dir(run_dir: &Path) -> Vec<u32> {
     let mut pids: Vec<u32> = entries
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != own && cmdline_names_dir(pid, run_dir) && alive(pid))
+        .filter(|&pid| pid != own && cmdline_names_dir(pid, run_dir))
+        .filter(|&pid| {
+            proc_stat(pid).is_some_and(|s| s.session == pid && s.state != b'Z' && s.state != b'X')
+        })
         .collect();
     pids.sort_unstable();
     pids
@@ -1362,7 +1370,9 @@ mod tests {
         })
         .expect("identified by its command line");
         assert_eq!(pids_in_dir(dir.path()), vec![child.pid()]);
-        process.signal(Signal::TERM).expect("SIGTERM through the pidfd");
+        process
+            .signal(Signal::TERM)
+            .expect("SIGTERM through the pidfd");
         assert!(process.wait_exit(Duration::from_secs(5)).await);
         assert!(process.exited());
         child.wait().await;
@@ -1393,7 +1403,10 @@ mod tests {
                 "{err}"
             );
             assert!(err.vmm_gone());
-            assert!(err.to_string().contains("belongs to another process"), "{err}");
+            assert!(
+                err.to_string().contains("belongs to another process"),
+                "{err}"
+            );
         }
         assert!(alive(child.pid()), "a mismatch signals nothing");
         signal_group(child.pid(), Signal::KILL).unwrap();
@@ -1410,7 +1423,10 @@ mod tests {
             matches!(&err, IdentityError::CommandLine { comm, .. } if comm == "sleep"),
             "{err}"
         );
-        assert!(err.to_string().contains(&dir.path().display().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&dir.path().display().to_string()),
+            "{err}"
+        );
         // A directory whose name only extends the run dir's is another directory.
         let longer = PathBuf::from(format!("{}x", other_dir.path().display()));
         assert!(matches!(
@@ -1429,6 +1445,15 @@ mod tests {
             assert!(pids_in_dir(bad).is_empty(), "{bad:?}");
         }
         assert!(pids_in_dir(dir.path()).is_empty());
+        // A process that names the run dir but does not lead its own session is no VMM.
+        let mut plain = Command::new("sleep")
+            .arg0(dir.path().join("vmm"))
+            .arg("3600")
+            .spawn()
+            .unwrap();
+        assert!(pids_in_dir(dir.path()).is_empty());
+        plain.kill().unwrap();
+        plain.wait().unwrap();
         assert!(alive(child.pid()), "a mismatch signals nothing");
         signal_group(child.pid(), Signal::KILL).unwrap();
     }
@@ -1453,10 +1478,16 @@ mod tests {
             assert!(Instant::now() < deadline, "true never became a zombie");
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert!(matches!(identify(&gone(pid)), Err(IdentityError::Gone { .. })));
+        assert!(matches!(
+            identify(&gone(pid)),
+            Err(IdentityError::Gone { .. })
+        ));
         assert!(wait_exit(pid, Duration::from_secs(1)).await);
         // Reaped: no process has that pid any more.
-        assert!(matches!(identify(&gone(pid)), Err(IdentityError::Gone { .. })));
+        assert!(matches!(
+            identify(&gone(pid)),
+            Err(IdentityError::Gone { .. })
+        ));
         for bad in [0, 1, u32::MAX, 1 << 31] {
             assert!(
                 matches!(identify(&gone(bad)), Err(IdentityError::InvalidPid { .. })),
@@ -1484,10 +1515,15 @@ mod tests {
             agent: crate::AgentEndpoint::Unix(dir.path().join("agent.sock")),
         };
         assert_eq!(
-            stop(&vmm, &running, Duration::from_millis(100)).await.unwrap(),
+            stop(&vmm, &running, Duration::from_millis(100))
+                .await
+                .unwrap(),
             StopOutcome::NotRunning
         );
-        assert!(vmm.calls().is_empty(), "not even a shutdown request was sent");
+        assert!(
+            vmm.calls().is_empty(),
+            "not even a shutdown request was sent"
+        );
         assert!(alive(child.pid()));
         signal_group(child.pid(), Signal::KILL).unwrap();
     }
