@@ -7,6 +7,26 @@
 //! Creation is all-or-nothing: every resource it takes (row, IP, TAP, disks, VMM process) is
 //! undone by [`rollback_create`] when a later step fails or the client goes away, so nothing
 //! half-made remains.
+//!
+//! # States, and what a daemon crash leaves
+//!
+//! A VM is `creating` from its row's insert until its agent answered and sshd was waited
+//! for; only then is it `running`, and the stream's `ready` follows at once. A start of a
+//! stopped VM keeps it `stopped` until the agent answered, with its run directory made before
+//! the network comes up and the VMM's pid (and start time) stored as soon as the VMM is
+//! spawned. So a daemon killed anywhere leaves rows [`reconcile`] can finish on restart: a
+//! `creating` row is rolled back completely, and a `stopped` row with a pid or a run
+//! directory (an unfinished start) has its VMM killed and its TAP, NAT rule and run directory
+//! released. A VMM spawned but not yet recorded is found by its command line, which names the
+//! VM's run directory.
+//!
+//! # Signalling VMMs
+//!
+//! A stored pid is never trusted: every path that signals a VMM (stop, kill, delete,
+//! rollback, reconcile, the monitor) first checks with [`banger_vmm::process::identify`] that
+//! the pid is still that VM's VMM (start time, command line) and then signals through the
+//! pidfd. A VM whose pid now belongs to another process is treated as "VMM gone": marked
+//! stopped, its resources released, the other process left alone.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -23,7 +43,10 @@ use banger_net::plan::{allocate, format_mac, mac_for_ip, tap_name_for};
 use banger_store::{ImageRow, VmRow};
 use std::str::FromStr;
 
-use banger_vmm::{AgentEndpoint, Running, VmSpec, Vmm, VmmKind};
+use banger_vmm::process::identify;
+use banger_vmm::{
+    AgentEndpoint, IdentityError, Running, VmSpec, Vmm, VmmIdentity, VmmKind, VmmProcess,
+};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
@@ -429,6 +452,7 @@ pub async fn create(
             tap: Some(tap_name_for(&id)),
             vsock_cid: Some(cid),
             pid: None,
+            vmm_start_time: None,
             dir: dir.display().to_string(),
             error: None,
             workspace_json: None,
@@ -563,9 +587,16 @@ async fn ensure_work_seed(state: &Arc<AppState>, image: &ImageRow) -> Result<Pat
     Ok(out)
 }
 
-/// Network up, VMM started, agent answering; the row is updated to `running`.
+/// Network up, VMM started, agent answering, sshd waited for; only then is the row
+/// `running`. Until then it keeps its state (`creating`, or `stopped` for a start): the run
+/// directory exists before the TAP does, and the VMM's pid and start time are stored as soon
+/// as it runs, so that [`reconcile`] can undo a boot the daemon did not live to finish.
 async fn boot(state: &Arc<AppState>, row: &mut VmRow, progress: &Progress) -> Result<(), OpError> {
     let spec = state.spec(row)?;
+    // The mark of a boot under way (see the module docs); release removes it.
+    tokio::fs::create_dir_all(&spec.run_dir)
+        .await
+        .map_err(OpError::io("create", &spec.run_dir))?;
     progress.stage(
         "network",
         format!("{} on {}", spec.tap, state.opts.config.bridge_name),
@@ -583,16 +614,12 @@ async fn boot(state: &Arc<AppState>, row: &mut VmRow, progress: &Progress) -> Re
         .unwrap_or(false)
     };
     progress.stage("start VMM", vmm.kind().to_string());
-    tokio::fs::create_dir_all(&spec.run_dir)
-        .await
-        .map_err(OpError::io("create", &spec.run_dir))?;
     let running = vmm.start(&spec).await.map_err(|source| OpError::Vmm {
         vm: row.name.clone(),
         source: Box::new(source),
     })?;
     row.pid = Some(running.pid);
-    row.state = VmState::Running.as_str().to_string();
-    row.started_at = Some(now());
+    row.vmm_start_time = running.start_time;
     row.error = None;
     state.set_vm(row)?;
     progress.stage("wait agent", format!("pid {}", running.pid));
@@ -611,6 +638,9 @@ async fn boot(state: &Arc<AppState>, row: &mut VmRow, progress: &Progress) -> Re
             );
         }
     }
+    row.state = VmState::Running.as_str().to_string();
+    row.started_at = Some(now());
+    state.set_vm(row)?;
     Ok(())
 }
 
@@ -671,14 +701,7 @@ async fn release(state: &Arc<AppState>, row: &VmRow) {
 pub async fn rollback_create(state: &Arc<AppState>, row: &VmRow) {
     let current = state.db(|s| s.get_vm(&row.id)).ok().flatten();
     let row = current.as_ref().unwrap_or(row);
-    if let Some(pid) = row.pid {
-        kill_and_wait(pid).await;
-    } else if let Ok(spec) = state.spec(row)
-        && let Ok(vmm) = state.vmm_of(row)
-        && let Some(run) = vmm.find_live(&spec).await
-    {
-        kill_and_wait(run.pid).await;
-    }
+    kill_vmms_of(state, row).await;
     release(state, row).await;
     let dir = PathBuf::from(&row.dir);
     if let Err(e) = tokio::fs::remove_dir_all(&dir).await
@@ -692,15 +715,72 @@ pub async fn rollback_create(state: &Arc<AppState>, row: &VmRow) {
     state.locks.forget(&row.id);
 }
 
-async fn kill_and_wait(pid: u32) {
-    if let Err(e) = banger_vmm::process::signal(pid, banger_vmm::process::Signal::KILL) {
-        tracing::warn!(pid, error = %chain(&e), "cannot kill VMM");
+/// The identity `row`'s VMM was recorded with, if a pid was stored.
+fn identity_of(state: &AppState, row: &VmRow) -> Option<VmmIdentity> {
+    row.pid.map(|pid| VmmIdentity {
+        pid,
+        start_time: row.vmm_start_time,
+        run_dir: state.run_dir(&row.id),
+    })
+}
+
+/// The VMM `row` names, if its stored pid is still that VMM ([`identify`]). `Ok(None)`: the
+/// VMM is gone (no pid, it exited, or the pid belongs to another process now).
+fn vmm_process(state: &AppState, row: &VmRow) -> Result<Option<VmmProcess>, IdentityError> {
+    let Some(identity) = identity_of(state, row) else {
+        return Ok(None);
+    };
+    match identify(&identity) {
+        Ok(process) => Ok(Some(process)),
+        Err(IdentityError::Gone { .. }) => Ok(None),
+        Err(error) if error.vmm_gone() => {
+            tracing::warn!(vm = %row.name, %error, "the stored VMM pid is another process now; leaving it alone");
+            Ok(None)
+        }
+        Err(error) => Err(error),
     }
-    banger_vmm::process::wait_exit(pid, Duration::from_secs(5)).await;
+}
+
+/// Kills every VMM of `row`: the recorded one (after the identity check) and any process
+/// whose command line names the VM's run directory (a VMM spawned by a daemon that died
+/// before storing its pid, or re-found after the stored pid went stale).
+async fn kill_vmms_of(state: &Arc<AppState>, row: &VmRow) {
+    if let Some(identity) = identity_of(state, row) {
+        kill_and_wait(&row.name, &identity).await;
+    }
+    let run_dir = state.run_dir(&row.id);
+    for pid in banger_vmm::process::pids_in_dir(&run_dir) {
+        let identity = VmmIdentity {
+            pid,
+            start_time: None,
+            run_dir: run_dir.clone(),
+        };
+        kill_and_wait(&row.name, &identity).await;
+    }
+}
+
+/// Sends `SIGKILL` to the VMM `identity` names, through its pidfd, once [`identify`] agreed,
+/// and waits for it to exit. A pid that is not that VMM (any more) is left alone.
+async fn kill_and_wait(vm: &str, identity: &VmmIdentity) {
+    let process = match identify(identity) {
+        Ok(process) => process,
+        Err(IdentityError::Gone { .. }) => return,
+        Err(error) => {
+            tracing::warn!(vm, pid = identity.pid, %error, "not killing the VMM");
+            return;
+        }
+    };
+    if let Err(e) = process.signal(banger_vmm::process::Signal::KILL) {
+        tracing::warn!(vm, pid = identity.pid, error = %chain(&e), "cannot kill VMM");
+    }
+    if !process.wait_exit(Duration::from_secs(5)).await {
+        tracing::warn!(vm, pid = identity.pid, "VMM still alive 5s after SIGKILL");
+    }
 }
 
 /// The running VMM of `row` with pid `pid`: found by its control socket when it answers,
-/// else assembled from what is stored (a shutdown request then fails and stop kills it).
+/// else assembled from what is stored (a shutdown request then fails and stop kills it,
+/// once [`identify`] agreed that the pid is still that VMM).
 async fn running_of(state: &Arc<AppState>, row: &VmRow, pid: u32) -> Running {
     if let Ok(spec) = state.spec(row)
         && let Ok(vmm) = state.vmm_of(row)
@@ -711,6 +791,7 @@ async fn running_of(state: &Arc<AppState>, row: &VmRow, pid: u32) -> Running {
         return Running {
             vm_id: row.id.clone(),
             pid,
+            start_time: row.vmm_start_time,
             api_socket: spec.run_dir.join("api.sock"),
             agent: vmm.agent_endpoint(&spec),
         };
@@ -718,17 +799,10 @@ async fn running_of(state: &Arc<AppState>, row: &VmRow, pid: u32) -> Running {
     Running {
         vm_id: row.id.clone(),
         pid,
+        start_time: row.vmm_start_time,
         api_socket: state.run_dir(&row.id).join("api.sock"),
         agent: AgentEndpoint::Unix(PathBuf::new()),
     }
-}
-
-/// Whether process `pid`'s command line mentions `dir` (guards against a reused pid).
-fn cmdline_mentions(pid: u32, dir: &Path) -> bool {
-    let needle = dir.display().to_string();
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains(&needle))
-        .unwrap_or(false)
 }
 
 /// Polls the guest agent until it answers or the deadline passes.
@@ -960,15 +1034,14 @@ pub async fn stop(state: &Arc<AppState>, id: &str) -> Result<Option<String>, OpE
 /// Stops the VMM (graceful, then forced after `grace`), releases resources, marks stopped.
 async fn stop_locked(state: &Arc<AppState>, row: &mut VmRow, grace: Duration) -> Option<String> {
     let mut note = None;
-    if let Some(pid) = row.pid
-        && banger_vmm::process::alive(pid)
-    {
+    if let Some(pid) = row.pid {
+        // process::stop checks that the pid is still this VM's VMM before signalling it.
         let running = running_of(state, row, pid).await;
         let stopped = match state.vmm_of(row) {
             Ok(vmm) => banger_vmm::process::stop(vmm.as_ref(), &running, grace).await,
             // No backend to ask politely: force it off.
             Err(_) => {
-                kill_and_wait(pid).await;
+                kill_and_wait(&row.name, &running.identity()).await;
                 Ok(banger_vmm::StopOutcome::Forced)
             }
         };
@@ -989,6 +1062,7 @@ async fn stop_locked(state: &Arc<AppState>, row: &mut VmRow, grace: Duration) ->
     release(state, row).await;
     row.state = VmState::Stopped.as_str().to_string();
     row.pid = None;
+    row.vmm_start_time = None;
     if let Err(e) = state.set_vm(row) {
         tracing::error!(vm = %row.name, error = %chain(&e), "cannot record stop");
     }
@@ -1009,17 +1083,27 @@ pub async fn kill(
     let lock = state.locks.vm(id);
     let _g = lock.lock().await;
     let mut row = reload(state, id)?;
-    let Some(pid) = row.pid.filter(|p| banger_vmm::process::alive(*p)) else {
+    let command_error = |e: &dyn std::error::Error| OpError::Command {
+        what: "kill",
+        detail: chain(e),
+    };
+    let Some(process) = vmm_process(state, &row).map_err(|e| command_error(&e))? else {
+        if row.state == VmState::Running.as_str() {
+            // Its VMM is gone (or its pid is another process now): record that.
+            release(state, &row).await;
+            row.state = VmState::Stopped.as_str().to_string();
+            row.pid = None;
+            row.vmm_start_time = None;
+            state.set_vm(&row)?;
+        }
         return Err(OpError::NotRunning { vm: row.name });
     };
-    banger_vmm::process::signal(pid, signal).map_err(|e| OpError::Command {
-        what: "kill",
-        detail: chain(&e),
-    })?;
-    if banger_vmm::process::wait_exit(pid, Duration::from_secs(3)).await {
+    process.signal(signal).map_err(|e| command_error(&e))?;
+    if process.wait_exit(Duration::from_secs(3)).await {
         release(state, &row).await;
         row.state = VmState::Stopped.as_str().to_string();
         row.pid = None;
+        row.vmm_start_time = None;
         state.set_vm(&row)?;
         Ok(None)
     } else {
@@ -1031,9 +1115,7 @@ pub async fn delete(state: &Arc<AppState>, id: &str) -> Result<Option<String>, O
     let lock = state.locks.vm(id);
     let _g = lock.lock().await;
     let row = reload(state, id)?;
-    if let Some(pid) = row.pid {
-        kill_and_wait(pid).await;
-    }
+    kill_vmms_of(state, &row).await;
     release(state, &row).await;
     let dir = PathBuf::from(&row.dir);
     if let Err(e) = tokio::fs::remove_dir_all(&dir).await
@@ -1122,8 +1204,10 @@ pub async fn set(
 // Reconciliation
 
 /// Brings stored state in line with the host: called at daemon start and whenever a VMM
-/// exits. Half-created VMs are rolled back; running VMs whose VMM died are marked stopped and
-/// their resources released; a live VMM with a stale stored pid is found again by its socket.
+/// exits. Half-created VMs are rolled back; unfinished starts of stopped VMs are undone;
+/// running VMs whose VMM died (or whose pid now belongs to another process) are marked
+/// stopped and their resources released; a live VMM with a stale stored pid is found again
+/// by its socket.
 pub async fn reconcile(state: &Arc<AppState>) {
     let rows = match state.vm_rows() {
         Ok(r) => r,
@@ -1141,9 +1225,33 @@ pub async fn reconcile(state: &Arc<AppState>) {
                 rollback_create(state, &row).await;
             }
             Some(VmState::Running) => reconcile_running(state, &row.id).await,
-            _ => {}
+            Some(VmState::Stopped | VmState::Error) => reconcile_stopped(state, &row.id).await,
+            None => {}
         }
     }
+}
+
+/// Undoes a start of a stopped VM that never finished (the daemon died during it): its VMM
+/// is killed, its TAP, NAT rule and run directory released, its pid cleared.
+async fn reconcile_stopped(state: &Arc<AppState>, id: &str) {
+    let lock = state.locks.vm(id);
+    let Ok(_g) = lock.try_lock() else { return };
+    let Ok(mut row) = reload(state, id) else {
+        return;
+    };
+    let run_dir = state.run_dir(&row.id);
+    let unfinished = row.pid.is_some()
+        || tokio::fs::try_exists(&run_dir).await.unwrap_or(true)
+        || !banger_vmm::process::pids_in_dir(&run_dir).is_empty();
+    if row.state == VmState::Running.as_str() || !unfinished {
+        return;
+    }
+    tracing::warn!(vm = %row.name, pid = ?row.pid, "reconcile: a start never finished; undoing it");
+    kill_vmms_of(state, &row).await;
+    release(state, &row).await;
+    row.pid = None;
+    row.vmm_start_time = None;
+    let _ = state.set_vm(&row);
 }
 
 /// Checks one running VM; marks it stopped when its VMM is gone.
@@ -1164,11 +1272,13 @@ pub async fn reconcile_running(state: &Arc<AppState>, id: &str) {
             return;
         }
     };
-    let pid_ok = row
-        .pid
-        .is_some_and(|p| banger_vmm::process::alive(p) && cmdline_mentions(p, &spec.run_dir));
-    if pid_ok {
-        return;
+    match vmm_process(state, &row) {
+        Ok(Some(_)) => return,
+        Ok(None) => {}
+        Err(error) => {
+            tracing::error!(vm = %row.name, %error, "reconcile: cannot check the VMM");
+            return;
+        }
     }
     let live = match state.vmm_of(&row) {
         Ok(vmm) => vmm.find_live(&spec).await,
@@ -1177,18 +1287,26 @@ pub async fn reconcile_running(state: &Arc<AppState>, id: &str) {
     if let Some(live) = live {
         tracing::info!(vm = %row.name, old = ?row.pid, new = live.pid, "reconcile: found the live VMM again");
         row.pid = Some(live.pid);
+        row.vmm_start_time = live.start_time;
         let _ = state.set_vm(&row);
         return;
     }
     if let Some(p) = row.pid {
-        // Reaps it when it is our zombie child.
+        // Reaps it when it is our zombie child (the pid is still held then, so it is ours).
         banger_vmm::process::wait_exit(p, Duration::ZERO).await;
     }
     tracing::warn!(vm = %row.name, pid = ?row.pid, "reconcile: VMM is gone; marking stopped");
     release(state, &row).await;
     row.state = VmState::Stopped.as_str().to_string();
     row.pid = None;
+    row.vmm_start_time = None;
     let _ = state.set_vm(&row);
+}
+
+/// Whether `row`'s VMM still runs: its stored pid passes [`identify`]. A pid that exited or
+/// now belongs to another process does not.
+fn vmm_running(state: &AppState, row: &VmRow) -> bool {
+    identity_of(state, row).is_some_and(|identity| identify(&identity).is_ok())
 }
 
 /// Watches running VMs and reconciles the ones whose VMM exited. Runs until the daemon stops.
@@ -1198,7 +1316,7 @@ pub async fn monitor(state: Arc<AppState>) {
         tick.tick().await;
         let Ok(rows) = state.vm_rows() else { continue };
         for row in rows.iter().filter(|r| r.state == VmState::Running.as_str()) {
-            if row.pid.is_none_or(|p| !banger_vmm::process::alive(p)) {
+            if !vmm_running(&state, row) {
                 reconcile_running(&state, &row.id).await;
             }
         }
@@ -1226,6 +1344,7 @@ mod tests {
             tap: None,
             vsock_cid: None,
             pid: None,
+            vmm_start_time: None,
             dir: "/x".into(),
             error: None,
             workspace_json: None,

@@ -35,6 +35,13 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "kernels_images_vms",
         sql: include_str!("migrations/0002_kernels_images_vms.sql"),
     },
+    Migration {
+        id: 3,
+        name: "vms_vmm_start_time",
+        // When the VMM process started (field 22 of /proc/PID/stat): with `pid`, what tells
+        // the VMM from a later process that got the same pid.
+        sql: "ALTER TABLE vms ADD COLUMN vmm_start_time INTEGER CHECK (vmm_start_time >= 0);",
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -22,6 +22,8 @@ pub struct VmRow {
     pub tap: Option<String>,
     pub vsock_cid: Option<u32>,
     pub pid: Option<u32>,
+    /// When the VMM with `pid` started (clock ticks after boot, `/proc/PID/stat` field 22).
+    pub vmm_start_time: Option<u64>,
     pub dir: String,
     pub error: Option<String>,
     pub workspace_json: Option<String>,
@@ -31,7 +33,7 @@ pub struct VmRow {
 
 const COLUMNS: &str = "id, name, image_id, state, vmm, cpus, memory_mib, disk_bytes, \
     work_disk_bytes, nat, ip, mac, tap, vsock_cid, pid, dir, error, workspace_json, created_at, \
-    started_at";
+    started_at, vmm_start_time";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<VmRow> {
     Ok(VmRow {
@@ -55,6 +57,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<VmRow> {
         workspace_json: r.get(17)?,
         created_at: r.get(18)?,
         started_at: r.get(19)?,
+        vmm_start_time: r.get(20)?,
     })
 }
 
@@ -84,7 +87,7 @@ impl Store {
         self.conn().execute(
             &format!(
                 "INSERT INTO vms ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
-                 ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+                 ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
             ),
             params![
                 vm.id,
@@ -106,7 +109,8 @@ impl Store {
                 vm.error,
                 vm.workspace_json,
                 vm.created_at,
-                vm.started_at
+                vm.started_at,
+                vm.vmm_start_time
             ],
         )?;
         Ok(())
@@ -118,7 +122,7 @@ impl Store {
             .execute(
                 "UPDATE vms SET state = ?2, cpus = ?3, memory_mib = ?4, disk_bytes = ?5, \
                  work_disk_bytes = ?6, nat = ?7, pid = ?8, error = ?9, workspace_json = ?10, \
-                 started_at = ?11 WHERE id = ?1",
+                 started_at = ?11, vmm_start_time = ?12 WHERE id = ?1",
                 params![
                     vm.id,
                     vm.state,
@@ -130,7 +134,8 @@ impl Store {
                     vm.pid,
                     vm.error,
                     vm.workspace_json,
-                    vm.started_at
+                    vm.started_at,
+                    vm.vmm_start_time
                 ],
             )
             .map_err(self.query_error(format!("update vm {}", vm.id)))?;

@@ -2,13 +2,16 @@
 //!
 //! It records every call, can be told to fail the next start or shutdown request, and runs a
 //! real process per VM — `sleep 3600`, spawned detached like a VMM — so that liveness, signals,
-//! [`process::stop`] and pid bookkeeping exercise the real code. Nothing answers on its
+//! [`process::stop`] and pid bookkeeping exercise the real code. Its `argv[0]` is
+//! `run_dir/fake-vmm`, so its command line names the VM's run directory as a real VMM's does
+//! and [`process::identify`] accepts it. Nothing answers on its
 //! sockets: its agent endpoint is [`AgentEndpoint::Unix`] at `run_dir/agent.sock`, where a test
 //! can run `banger-agent --listen-unix`.
 //!
 //! Dropping the fake kills every process it started that is still running.
 
 use std::collections::{HashMap, VecDeque};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -20,6 +23,8 @@ use crate::{AgentEndpoint, BoxFuture, Running, VmSpec, Vmm, VmmError, VmmKind};
 pub const API_SOCKET: &str = "api.sock";
 /// The fake's agent socket name in `run_dir`.
 pub const AGENT_SOCKET: &str = "agent.sock";
+/// The fake's `argv[0]`, in `run_dir`.
+pub const ARGV0: &str = "fake-vmm";
 
 /// One call made to the fake.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +134,7 @@ impl FakeVmm {
         Running {
             vm_id: spec.vm_id.clone(),
             pid: 0,
+            start_time: None,
             api_socket: spec.run_dir.join(API_SOCKET),
             agent: self.agent_endpoint(spec),
         }
@@ -152,7 +158,8 @@ impl FakeVmm {
             });
         }
         let mut cmd = Command::new(&self.sleep_bin);
-        cmd.arg("3600")
+        cmd.arg0(spec.run_dir.join(ARGV0))
+            .arg("3600")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -161,6 +168,7 @@ impl FakeVmm {
             source,
         })?;
         running.pid = spawned.pid();
+        running.start_time = spawned.start_time();
         state
             .vms
             .insert(spec.vm_id.clone(), (running.clone(), spawned));

@@ -217,6 +217,7 @@ impl FirecrackerVmm {
             source,
         })?;
         let pid = spawned.pid();
+        let start_time = spawned.start_time();
         tracing::debug!(vm_id, pid, bin = %self.bin.display(), "spawned firecracker");
         let guard = StartGuard::new(pid, &spec.run_dir);
         let launch = Launch {
@@ -233,6 +234,7 @@ impl FirecrackerVmm {
                 Ok(Running {
                     vm_id: vm_id.to_string(),
                     pid,
+                    start_time,
                     api_socket: api_sock,
                     agent: self.agent_endpoint(spec),
                 })
@@ -309,6 +311,7 @@ impl FirecrackerVmm {
         Some(Running {
             vm_id: spec.vm_id.clone(),
             pid,
+            start_time: process::start_time(pid),
             api_socket: socket,
             agent: self.agent_endpoint(spec),
         })

@@ -57,7 +57,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::VmmError;
 pub use firecracker::FirecrackerVmm;
-pub use process::{Signal, StopOutcome};
+pub use process::{IdentityError, Signal, StopOutcome, VmmIdentity, VmmProcess};
 pub use qemu::QemuVmm;
 
 /// A boxed, sendable future: what the [`Vmm`] methods return (no `async-trait` crate).
@@ -171,10 +171,30 @@ pub struct Running {
     /// The VMM process. A VMM started by [`Vmm::start`] leads its own session and process
     /// group, so this is also its process group id.
     pub pid: u32,
-    /// The VMM's control socket: Firecracker's API socket (QEMU: its QMP socket).
+    /// When the VMM process started ([`process::start_time`]): with the pid, what identifies
+    /// it. Stored with the VM, so a pid reused by another process is never taken for it.
+    pub start_time: Option<u64>,
+    /// The VMM's control socket: Firecracker's API socket (QEMU: its QMP socket), in the VM's
+    /// run directory.
     pub api_socket: PathBuf,
     /// Where the guest agent answers.
     pub agent: AgentEndpoint,
+}
+
+impl Running {
+    /// What [`process::identify`] checks before anything signals this VMM: its pid, start
+    /// time and run directory (where its control socket lives).
+    pub fn identity(&self) -> process::VmmIdentity {
+        process::VmmIdentity {
+            pid: self.pid,
+            start_time: self.start_time,
+            run_dir: self
+                .api_socket
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// A VMM backend. The daemon holds one as `Arc<dyn Vmm>`.

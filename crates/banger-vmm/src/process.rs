@@ -13,6 +13,7 @@ use std::ffi::OsStr;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::process::CommandExt;
@@ -244,18 +245,42 @@ pub(crate) fn signal_group(pgid: u32, sig: Signal) -> Result<(), SignalError> {
     }
 }
 
-/// State letter and parent pid from `/proc/<pid>/stat`, `None` when the process does not
-/// exist.
-fn stat(pid: u32) -> Option<(u8, u32)> {
+/// What banger reads from `/proc/<pid>/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ProcStat {
+    /// The state letter (`R`, `S`, `Z`...).
+    state: u8,
+    ppid: u32,
+    /// Field 6, the session id.
+    session: u32,
+    /// Field 22, `starttime`: clock ticks after boot when the process started.
+    start_time: u64,
+}
+
+/// Reads `/proc/<pid>/stat`; `None` when the process does not exist.
+fn proc_stat(pid: u32) -> Option<ProcStat> {
     let text = fs::read(format!("/proc/{pid}/stat")).ok()?;
     // "pid (comm) S ppid ...": comm may contain spaces and parentheses, so parse after the
-    // last ')'.
+    // last ')'. What follows starts with field 3, so field 22 is the 20th.
     let close = text.iter().rposition(|&b| b == b')')?;
     let rest = std::str::from_utf8(&text[close + 1..]).ok()?;
     let mut fields = rest.split_ascii_whitespace();
     let state = fields.next()?.bytes().next()?;
     let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
+    let session = fields.nth(1)?.parse().ok()?;
+    let start_time = fields.nth(15)?.parse().ok()?;
+    Some(ProcStat {
+        state,
+        ppid,
+        session,
+        start_time,
+    })
+}
+
+/// When process `pid` started (clock ticks after boot, field 22 of `/proc/<pid>/stat`): with
+/// the pid, what tells this process from a later one that got the same pid.
+pub fn start_time(pid: u32) -> Option<u64> {
+    proc_stat(pid).map(|s| s.start_time)
 }
 
 /// Whether `pid` is a running (or sleeping, stopped...) process. Zombies and dead tasks count
@@ -264,7 +289,7 @@ pub fn alive(pid: u32) -> bool {
     if pid == 0 || libc::pid_t::try_from(pid).is_err() {
         return false;
     }
-    matches!(stat(pid), Some((state, _)) if state != b'Z' && state != b'X')
+    proc_stat(pid).is_some_and(|s| s.state != b'Z' && s.state != b'X')
 }
 
 /// Reaps `pid` if it is a zombie child of this process (never blocks, never touches other
@@ -273,7 +298,10 @@ fn reap_if_zombie_child(pid: u32) {
     let Some(target) = target_pid(pid) else {
         return;
     };
-    let Some((b'Z', ppid)) = stat(pid) else {
+    let Some(ProcStat {
+        state: b'Z', ppid, ..
+    }) = proc_stat(pid)
+    else {
         return;
     };
     if ppid != std::process::id() {
@@ -321,6 +349,219 @@ pub(crate) fn wait_exit_blocking(pid: u32, timeout: Duration) -> bool {
     }
 }
 
+/// What identifies the VMM of one VM: its pid, when that process started, and the run
+/// directory its command line names. Recorded when the VMM is spawned and stored with the VM,
+/// so that a pid reused by an unrelated process is recognised as such.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmmIdentity {
+    pub pid: u32,
+    /// [`start_time`] of the VMM; `None` when it was not recorded (only the command line is
+    /// checked then).
+    pub start_time: Option<u64>,
+    /// The VM's run directory ([`VmSpec::run_dir`]): an argument of every VMM banger starts
+    /// names a path in it (its API, QMP or agent socket).
+    pub run_dir: PathBuf,
+}
+
+/// Why a pid is not (or no longer) the VMM a [`VmmIdentity`] names.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("pid {pid} is not a process a VMM can be")]
+    InvalidPid { pid: u32 },
+    #[error("pid {pid} has exited")]
+    Gone { pid: u32 },
+    #[error(
+        "pid {pid} started at tick {found}, the VMM at tick {expected}: the pid now belongs to another process"
+    )]
+    StartTime { pid: u32, expected: u64, found: u64 },
+    #[error(
+        "pid {pid} ({comm}) names nothing in {} on its command line: it is not this VM's VMM",
+        run_dir.display()
+    )]
+    CommandLine {
+        pid: u32,
+        comm: String,
+        run_dir: PathBuf,
+    },
+    #[error("cannot open a pidfd for pid {pid} (Linux 5.3 or later is needed): {source}")]
+    Pidfd { pid: u32, source: io::Error },
+}
+
+impl IdentityError {
+    /// Whether the VMM is gone: it exited, or its pid now belongs to another process. The
+    /// other errors mean the check itself could not be made.
+    pub fn vmm_gone(&self) -> bool {
+        !matches!(self, Self::Pidfd { .. })
+    }
+}
+
+/// Whether some argument of process `pid` names a path inside `dir` (contains `dir/`). A
+/// relative or root `dir` names nothing: every absolute path would match it.
+fn cmdline_names_dir(pid: u32, dir: &Path) -> bool {
+    if !dir.is_absolute() || dir.parent().is_none() {
+        return false;
+    }
+    let mut needle = dir.as_os_str().as_bytes().to_vec();
+    needle.push(b'/');
+    fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        cmdline
+            .split(|&b| b == 0)
+            .any(|arg| arg.windows(needle.len()).any(|w| w == needle.as_slice()))
+    })
+}
+
+/// Live session leaders (other than this process) whose command line names a path inside
+/// `run_dir`, in ascending pid order: the VMM of a VM whose pid was never recorded (a daemon
+/// killed between spawning it and storing its pid). Every VMM leads its own session
+/// ([`spawn_detached`]); a process that merely mentions the directory does not.
+pub fn pids_in_dir(run_dir: &Path) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let own = std::process::id();
+    let mut pids: Vec<u32> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != own && cmdline_names_dir(pid, run_dir))
+        .filter(|&pid| {
+            proc_stat(pid).is_some_and(|s| s.session == pid && s.state != b'Z' && s.state != b'X')
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// The one identity check every path that signals a VMM goes through: opens a pidfd for
+/// `id.pid`, then checks that the process it names is alive, started at `id.start_time` and
+/// names `id.run_dir` on its command line. What was read from `/proc` belongs to the pidfd's
+/// process because that process is still alive after the reads (a pid is never reused while
+/// its process exists), and every signal then goes through the pidfd: the pid cannot be
+/// recycled between the check and the signal.
+pub fn identify(id: &VmmIdentity) -> Result<VmmProcess, IdentityError> {
+    let pid = id.pid;
+    let Some(target) = target_pid(pid) else {
+        return Err(IdentityError::InvalidPid { pid });
+    };
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new file descriptor or -1;
+    // it touches no memory of this process.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, target, 0) };
+    if fd < 0 {
+        let source = io::Error::last_os_error();
+        return Err(match source.raw_os_error() {
+            Some(libc::ESRCH) => IdentityError::Gone { pid },
+            _ => IdentityError::Pidfd { pid, source },
+        });
+    }
+    let Ok(fd) = RawFd::try_from(fd) else {
+        return Err(IdentityError::Pidfd {
+            pid,
+            source: io::Error::other("pidfd_open returned an out-of-range descriptor"),
+        });
+    };
+    // SAFETY: `fd` was just returned by pidfd_open and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let process = VmmProcess { pid, fd };
+    let stat = proc_stat(pid)
+        .filter(|s| s.state != b'Z' && s.state != b'X')
+        .ok_or(IdentityError::Gone { pid })?;
+    if let Some(expected) = id.start_time
+        && stat.start_time != expected
+    {
+        return Err(IdentityError::StartTime {
+            pid,
+            expected,
+            found: stat.start_time,
+        });
+    }
+    if !cmdline_names_dir(pid, &id.run_dir) {
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        return Err(IdentityError::CommandLine {
+            pid,
+            comm: comm.trim().to_string(),
+            run_dir: id.run_dir.clone(),
+        });
+    }
+    if process.exited() {
+        // It died during the reads: they may describe a newer process with the same pid.
+        return Err(IdentityError::Gone { pid });
+    }
+    Ok(process)
+}
+
+/// A VMM [`identify`] checked, held by a pidfd: signals reach this process or none.
+#[derive(Debug)]
+pub struct VmmProcess {
+    pid: u32,
+    fd: OwnedFd,
+}
+
+impl VmmProcess {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Sends `sig` through the pidfd.
+    pub fn signal(&self, sig: Signal) -> Result<(), SignalError> {
+        // SAFETY: pidfd_send_signal(2) on a pidfd we own, with a null siginfo (the kernel
+        // fills it in as kill(2) would) and no flags; it touches no memory of this process.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.as_raw_fd(),
+                sig.raw(),
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let source = io::Error::last_os_error();
+        let pid = self.pid;
+        if source.raw_os_error() == Some(libc::ESRCH) {
+            Err(SignalError::NoSuchProcess { pid, signal: sig })
+        } else {
+            Err(SignalError::Failed {
+                pid,
+                signal: sig,
+                source,
+            })
+        }
+    }
+
+    /// Whether the process has exited (a pidfd becomes readable then, zombie or reaped).
+    pub fn exited(&self) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll(2) on one valid pollfd, with a zero timeout; it writes only `revents`.
+        let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
+        rc > 0 && pfd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
+    }
+
+    /// Waits at most `timeout` for the process to exit (reaping it when it is a zombie child
+    /// of this process); returns whether it did.
+    pub async fn wait_exit(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut pause = POLL_FIRST;
+        loop {
+            if self.exited() {
+                // The zombie still holds the pid, so this can only reap our own VMM.
+                reap_if_zombie_child(self.pid);
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(POLL_MAX);
+        }
+    }
+}
+
 /// How [`stop`] ended a VMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopOutcome {
@@ -343,6 +584,11 @@ pub enum StopError {
         pid: u32,
         source: SignalError,
     },
+    #[error("VM {vm_id}: cannot check the VMM before stopping it: {source}")]
+    Identify {
+        vm_id: String,
+        source: IdentityError,
+    },
     #[error("VM {vm_id}: VMM pid {pid} is still alive {after:?} after SIGKILL")]
     StillAlive {
         vm_id: String,
@@ -351,12 +597,14 @@ pub enum StopError {
     },
 }
 
-/// Stops a VMM: asks the guest to shut down ([`Vmm::request_shutdown`]), waits up to `grace`
-/// for the process to exit, then sends `SIGKILL` and waits up to [`KILL_WAIT`].
+/// Stops a VMM: checks that `running.pid` is still that VMM ([`identify`]), asks the guest
+/// to shut down ([`Vmm::request_shutdown`]), waits up to `grace` for the process to exit,
+/// then sends `SIGKILL` through the pidfd and waits up to [`KILL_WAIT`].
 ///
-/// Never hangs: the request itself is bounded by `grace`, and a failing request (the VMM API
-/// is dead or refuses) goes straight to the kill. Sockets are left to the caller
-/// ([`cleanup_sockets`]; a later start removes stale ones anyway).
+/// A pid that now belongs to another process is never signalled: the VMM is gone
+/// ([`StopOutcome::NotRunning`]). Never hangs: the request itself is bounded by `grace`, and a
+/// failing request (the VMM API is dead or refuses) goes straight to the kill. Sockets are
+/// left to the caller ([`cleanup_sockets`]; a later start removes stale ones anyway).
 pub async fn stop<V: Vmm + ?Sized>(
     vmm: &V,
     running: &Running,
@@ -364,15 +612,28 @@ pub async fn stop<V: Vmm + ?Sized>(
 ) -> Result<StopOutcome, StopError> {
     let pid = running.pid;
     let vm_id = running.vm_id.as_str();
-    if !alive(pid) {
-        reap_if_zombie_child(pid);
-        return Ok(StopOutcome::NotRunning);
-    }
+    let process = match identify(&running.identity()) {
+        Ok(process) => process,
+        Err(IdentityError::Gone { .. }) => {
+            reap_if_zombie_child(pid);
+            return Ok(StopOutcome::NotRunning);
+        }
+        Err(error) if error.vmm_gone() => {
+            tracing::warn!(vm_id, pid, %error, "not signalling a process that is not the VMM");
+            return Ok(StopOutcome::NotRunning);
+        }
+        Err(source) => {
+            return Err(StopError::Identify {
+                vm_id: vm_id.to_string(),
+                source,
+            });
+        }
+    };
     let deadline = Instant::now() + grace;
     let accepted = match tokio::time::timeout(grace, vmm.request_shutdown(running)).await {
         Ok(Ok(())) => {
             let left = deadline.saturating_duration_since(Instant::now());
-            if wait_exit(pid, left).await {
+            if process.wait_exit(left).await {
                 return Ok(StopOutcome::Graceful);
             }
             tracing::warn!(
@@ -397,9 +658,10 @@ pub async fn stop<V: Vmm + ?Sized>(
             false
         }
     };
-    match signal(pid, Signal::KILL) {
+    match process.signal(Signal::KILL) {
         Ok(()) => {}
         Err(SignalError::NoSuchProcess { .. }) => {
+            reap_if_zombie_child(pid);
             return Ok(if accepted {
                 StopOutcome::Graceful
             } else {
@@ -414,7 +676,7 @@ pub async fn stop<V: Vmm + ?Sized>(
             });
         }
     }
-    if wait_exit(pid, KILL_WAIT).await {
+    if process.wait_exit(KILL_WAIT).await {
         Ok(StopOutcome::Forced)
     } else {
         Err(StopError::StillAlive {
@@ -530,6 +792,7 @@ impl fmt::Display for ChildExit {
 #[derive(Debug, Clone)]
 pub struct Spawned {
     pid: u32,
+    start_time: Option<u64>,
     exit: watch::Receiver<Option<ChildExit>>,
 }
 
@@ -537,6 +800,11 @@ impl Spawned {
     /// The child's pid, which is also its session and process group id.
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Its [`start_time`], read before anything could reap it (so it is this child's).
+    pub fn start_time(&self) -> Option<u64> {
+        self.start_time
     }
 
     /// How it ended, once it has.
@@ -583,6 +851,8 @@ pub fn spawn_detached(mut cmd: Command) -> Result<Spawned, SpawnError> {
         source,
     })?;
     let pid = child.id();
+    // Nothing reaps the child before the reaper thread exists, so this pid is still ours.
+    let start_time = start_time(pid);
     let (tx, rx) = watch::channel(None);
     let reaper = std::thread::Builder::new()
         .name(format!("reap-{pid}"))
@@ -608,7 +878,11 @@ pub fn spawn_detached(mut cmd: Command) -> Result<Spawned, SpawnError> {
             source,
         });
     }
-    Ok(Spawned { pid, exit: rx })
+    Ok(Spawned {
+        pid,
+        start_time,
+        exit: rx,
+    })
 }
 
 /// Kills a VMM that is being started unless disarmed: its whole process group gets
@@ -1051,13 +1325,207 @@ mod tests {
         let child = Command::new("true").spawn().expect("spawn true");
         let pid = child.id();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while stat(pid).map(|(s, _)| s) != Some(b'Z') {
+        while proc_stat(pid).map(|s| s.state) != Some(b'Z') {
             assert!(Instant::now() < deadline, "true never became a zombie");
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(!alive(pid));
         assert!(wait_exit(pid, Duration::from_secs(1)).await);
-        assert_eq!(stat(pid), None, "the zombie was reaped");
+        assert_eq!(proc_stat(pid), None, "the zombie was reaped");
+    }
+
+    /// A `sleep 3600` whose `argv[0]` is `dir/vmm`: its command line names `dir` like a VMM's.
+    fn sleeper_in(dir: &Path) -> Spawned {
+        let mut cmd = Command::new("sleep");
+        cmd.arg0(dir.join("vmm"))
+            .arg("3600")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        spawn_detached(cmd).expect("spawn sleep")
+    }
+
+    fn identity(child: &Spawned, run_dir: &Path) -> VmmIdentity {
+        VmmIdentity {
+            pid: child.pid(),
+            start_time: child.start_time(),
+            run_dir: run_dir.to_path_buf(),
+        }
+    }
+
+    #[tokio::test]
+    async fn identify_accepts_the_vmm_and_signals_it_through_its_pidfd() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = sleeper_in(dir.path());
+        let id = identity(&child, dir.path());
+        assert_eq!(id.start_time, start_time(child.pid()));
+        assert!(id.start_time.is_some());
+        let process = identify(&id).expect("the VMM is identified");
+        assert_eq!(process.pid(), child.pid());
+        assert!(!process.exited());
+        // Without a recorded start time the command line alone decides.
+        identify(&VmmIdentity {
+            start_time: None,
+            ..id.clone()
+        })
+        .expect("identified by its command line");
+        assert_eq!(pids_in_dir(dir.path()), vec![child.pid()]);
+        process
+            .signal(Signal::TERM)
+            .expect("SIGTERM through the pidfd");
+        assert!(process.wait_exit(Duration::from_secs(5)).await);
+        assert!(process.exited());
+        child.wait().await;
+        assert!(matches!(identify(&id), Err(IdentityError::Gone { .. })));
+        assert!(matches!(
+            process.signal(Signal::KILL),
+            Err(SignalError::NoSuchProcess { .. })
+        ));
+        assert!(pids_in_dir(dir.path()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn adversarial_pid_reuse_wrong_start_time_is_not_the_vmm() {
+        let dir = tempfile::tempdir().unwrap();
+        let child = sleeper_in(dir.path());
+        let recorded = child.start_time().unwrap();
+        for other in [recorded + 1, recorded.saturating_sub(1), 0, u64::MAX] {
+            if other == recorded {
+                continue;
+            }
+            let err = identify(&VmmIdentity {
+                start_time: Some(other),
+                ..identity(&child, dir.path())
+            })
+            .unwrap_err();
+            assert!(
+                matches!(err, IdentityError::StartTime { expected, found, .. } if expected == other && found == recorded),
+                "{err}"
+            );
+            assert!(err.vmm_gone());
+            assert!(
+                err.to_string().contains("belongs to another process"),
+                "{err}"
+            );
+        }
+        assert!(alive(child.pid()), "a mismatch signals nothing");
+        signal_group(child.pid(), Signal::KILL).unwrap();
+    }
+
+    #[tokio::test]
+    async fn adversarial_pid_reuse_wrong_command_line_is_not_the_vmm() {
+        let dir = tempfile::tempdir().unwrap();
+        let other_dir = tempfile::tempdir().unwrap();
+        // An unrelated process: right pid and start time, but it names another directory.
+        let child = sleeper_in(other_dir.path());
+        let err = identify(&identity(&child, dir.path())).unwrap_err();
+        assert!(
+            matches!(&err, IdentityError::CommandLine { comm, .. } if comm == "sleep"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(&dir.path().display().to_string()),
+            "{err}"
+        );
+        // A directory whose name only extends the run dir's is another directory.
+        let longer = PathBuf::from(format!("{}x", other_dir.path().display()));
+        assert!(matches!(
+            identify(&identity(&child, &longer)),
+            Err(IdentityError::CommandLine { .. })
+        ));
+        // "/" and relative paths name nothing (every absolute path is "in" `/`).
+        for bad in [Path::new("/"), Path::new(""), Path::new("tmp")] {
+            assert!(
+                matches!(
+                    identify(&identity(&child, bad)),
+                    Err(IdentityError::CommandLine { .. })
+                ),
+                "{bad:?}"
+            );
+            assert!(pids_in_dir(bad).is_empty(), "{bad:?}");
+        }
+        assert!(pids_in_dir(dir.path()).is_empty());
+        // A process that names the run dir but does not lead its own session is no VMM.
+        let mut plain = Command::new("sleep")
+            .arg0(dir.path().join("vmm"))
+            .arg("3600")
+            .spawn()
+            .unwrap();
+        assert!(pids_in_dir(dir.path()).is_empty());
+        plain.kill().unwrap();
+        plain.wait().unwrap();
+        assert!(alive(child.pid()), "a mismatch signals nothing");
+        signal_group(child.pid(), Signal::KILL).unwrap();
+    }
+
+    #[tokio::test]
+    #[allow(
+        clippy::zombie_processes,
+        reason = "the zombie is made on purpose, and wait_exit reaps it"
+    )]
+    async fn adversarial_pid_reuse_dead_and_invalid_pids_are_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = |pid| VmmIdentity {
+            pid,
+            start_time: None,
+            run_dir: dir.path().to_path_buf(),
+        };
+        // A zombie is dead, even though its pid is still taken.
+        let zombie = Command::new("true").spawn().expect("spawn true");
+        let pid = zombie.id();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while proc_stat(pid).map(|s| s.state) != Some(b'Z') {
+            assert!(Instant::now() < deadline, "true never became a zombie");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(matches!(
+            identify(&gone(pid)),
+            Err(IdentityError::Gone { .. })
+        ));
+        assert!(wait_exit(pid, Duration::from_secs(1)).await);
+        // Reaped: no process has that pid any more.
+        assert!(matches!(
+            identify(&gone(pid)),
+            Err(IdentityError::Gone { .. })
+        ));
+        for bad in [0, 1, u32::MAX, 1 << 31] {
+            assert!(
+                matches!(identify(&gone(bad)), Err(IdentityError::InvalidPid { .. })),
+                "{bad}"
+            );
+        }
+        // This process is alive but is not a VMM of that directory.
+        assert!(matches!(
+            identify(&gone(std::process::id())),
+            Err(IdentityError::CommandLine { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn adversarial_pid_reuse_stop_never_signals_another_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let other_dir = tempfile::tempdir().unwrap();
+        let child = sleeper_in(other_dir.path());
+        let vmm = crate::fake::FakeVmm::new();
+        let running = Running {
+            vm_id: "aaaa000000000009".into(),
+            pid: child.pid(),
+            start_time: child.start_time(),
+            api_socket: dir.path().join("api.sock"),
+            agent: crate::AgentEndpoint::Unix(dir.path().join("agent.sock")),
+        };
+        assert_eq!(
+            stop(&vmm, &running, Duration::from_millis(100))
+                .await
+                .unwrap(),
+            StopOutcome::NotRunning
+        );
+        assert!(
+            vmm.calls().is_empty(),
+            "not even a shutdown request was sent"
+        );
+        assert!(alive(child.pid()));
+        signal_group(child.pid(), Signal::KILL).unwrap();
     }
 
     #[test]

@@ -381,6 +381,7 @@ impl QemuVmm {
             source,
         })?;
         let pid = spawned.pid();
+        let start_time = spawned.start_time();
         tracing::debug!(
             vm_id,
             pid,
@@ -413,6 +414,7 @@ impl QemuVmm {
                 Ok(Running {
                     vm_id: vm_id.to_string(),
                     pid,
+                    start_time,
                     api_socket: qmp_sock,
                     agent: self.agent_endpoint(spec),
                 })
@@ -452,6 +454,7 @@ impl QemuVmm {
         Some(Running {
             vm_id: spec.vm_id.clone(),
             pid,
+            start_time: process::start_time(pid),
             api_socket: socket,
             agent: self.agent_endpoint(spec),
         })

@@ -472,3 +472,396 @@ fn images_register_show_and_refuse_delete_in_use() {
     home.ok(&["image", "delete", "test-img"]);
     assert!(!Path::new(rootfs).exists());
 }
+
+/// `kill -9` of the daemon at every stage of `vm create`: after a restart there is either a
+/// running VM the CLI was told about, or nothing at all.
+mod adversarial_daemon_killed_during_create {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::wait_until;
+    use crate::common::*;
+
+    /// Wrappers that make stages slow enough to be hit: `debugfs` (prepare disks) and
+    /// `ip tuntap` (network) wait before running the real tool (as a child, so that the
+    /// wrapper's command line names the wrapper until the tool is done), and the VMM waits
+    /// before it becomes the fake Firecracker (`exec`, so its pid stays the VMM's).
+    fn slow_tools(home: &Home) -> PathBuf {
+        let dir = home.path().join("slow");
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = |name: &str, body: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        script("debugfs", "sleep 0.3\n/usr/sbin/debugfs \"$@\"\n".into());
+        script(
+            "ip",
+            "case \"$1\" in tuntap) sleep 1 ;; esac\n/usr/sbin/ip \"$@\"\n".into(),
+        );
+        let fake = bin_dir().join("banger-fake-firecracker");
+        script(
+            "firecracker",
+            format!("sleep 1\nexec {} \"$@\"\n", fake.display()),
+        );
+        dir
+    }
+
+    /// A home whose daemon runs the slow tools, waits long for the agent and for sshd, and
+    /// has an image `ssh-img` whose rootfs has an sshd (so "wait ssh" happens).
+    fn slow_home() -> Option<(Home, PathBuf)> {
+        let home = Home::for_vms("")?;
+        let slow = slow_tools(&home);
+        home.ok(&["daemon", "stop"]);
+        std::fs::write(
+            home.path().join("config/config.toml"),
+            format!(
+                "firecracker_bin = \"{}\"\nstop_grace_secs = 3\nagent_wait_secs = 30\nssh_wait_secs = 30\n",
+                slow.join("firecracker").display()
+            ),
+        )
+        .unwrap();
+        let src = home.path().join("ssh-src");
+        std::fs::create_dir_all(src.join("usr/sbin")).unwrap();
+        std::fs::create_dir_all(src.join("root")).unwrap();
+        std::fs::write(src.join("usr/sbin/sshd"), "#!/bin/sh\n").unwrap();
+        let rootfs = home.path().join("ssh-rootfs.ext4");
+        let st = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&src)
+            .arg(&rootfs)
+            .arg("64M")
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        home.ok(&[
+            "image",
+            "register",
+            "--name",
+            "ssh-img",
+            "--rootfs",
+            rootfs.to_str().unwrap(),
+            "--kernel",
+            home.path().join("vmlinux").to_str().unwrap(),
+        ]);
+        home.ok(&["daemon", "stop"]);
+        Some((home, slow))
+    }
+
+    /// TAP devices banger made in this home's namespace.
+    fn taps(home: &Home) -> Vec<String> {
+        let out = home.in_ns(&["ip", "-o", "link", "show"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|n| n.trim().split('@').next().unwrap_or_default().to_string())
+            .filter(|n| n.starts_with("bgr"))
+            .collect()
+    }
+
+    /// Starts `vm create` (with the slow tools on PATH, and `agent` as the agent binary),
+    /// kills the daemon with SIGKILL when the stage `stage` is reported, waits for the
+    /// CLI and for the tools the dead daemon left running, and returns the CLI's stderr.
+    fn kill_daemon_at(home: &Home, slow: &Path, image: &str, agent: &str, stage: &str) -> String {
+        let path = format!(
+            "{}:{}",
+            slow.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut child = home
+            .cmd(&["vm", "create", "--name", "crash", "--image", image])
+            .env("PATH", &path)
+            .env("BANGER_AGENT_BIN", agent)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut seen = Vec::new();
+        let wanted = format!("] {stage}");
+        loop {
+            let line = lines
+                .next()
+                .unwrap_or_else(|| panic!("create ended before {stage:?}: {seen:#?}"))
+                .unwrap();
+            seen.push(line.clone());
+            if line.contains(&wanted) {
+                break;
+            }
+        }
+        let dpid = home.status()["pid"].as_u64().unwrap();
+        Command::new("kill")
+            .args(["-9", &dpid.to_string()])
+            .status()
+            .unwrap();
+        seen.extend(lines.map_while(Result::ok));
+        let _ = child.wait();
+        wait_until("daemon gone", 5, || !pid_alive(dpid));
+        // A tool the daemon had started finishes on its own; let it, before the restart.
+        let slow_text = slow.display().to_string();
+        wait_until("tools of the dead daemon", 10, || {
+            pids_mentioning(&slow_text)
+                .iter()
+                .all(|p| is_vmm_wrapper(*p, &slow_text))
+        });
+        seen.join("\n")
+    }
+
+    /// Whether `pid` is the VMM wrapper (about to become the fake Firecracker): a VMM, which
+    /// the restarted daemon must find, not a tool to wait for.
+    fn is_vmm_wrapper(pid: u32, slow: &str) -> bool {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains(&format!("{slow}/firecracker")))
+            .unwrap_or(false)
+    }
+
+    /// After the restart: nothing of the VM is left anywhere.
+    fn assert_nothing_left(home: &Home, err: &str) {
+        assert!(
+            !err.contains("ready in"),
+            "the CLI was told it is ready:\n{err}"
+        );
+        let vms = home.vms();
+        assert!(vms.is_empty(), "rows left: {vms:?}\n{err}");
+        let vm_dirs: Vec<_> = std::fs::read_dir(home.path().join("state/vms"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(vm_dirs.is_empty(), "disks left: {vm_dirs:?}");
+        assert!(taps(home).is_empty(), "TAPs left: {:?}", taps(home));
+        let run_vms = home.path().join("run/vms").display().to_string();
+        wait_until("no VMM left", 5, || pids_mentioning(&run_vms).is_empty());
+        let run_dirs: Vec<_> = std::fs::read_dir(&run_vms)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(run_dirs.is_empty(), "run dirs left: {run_dirs:?}");
+    }
+
+    fn agent() -> String {
+        std::env::var("BANGER_AGENT_BIN").unwrap_or_default()
+    }
+
+    /// One case: kill at `stage`, restart, and check that nothing is left.
+    fn case(stage: &str, image: &str, agent: &str) {
+        let Some((home, slow)) = slow_home() else {
+            return;
+        };
+        let err = kill_daemon_at(&home, &slow, image, agent, stage);
+        assert_nothing_left(&home, &err);
+        let log = std::fs::read_to_string(home.path().join("state/bangerd.log")).unwrap();
+        // Once a row existed, the restarted daemon says it rolled it back.
+        if stage != "resolve image" {
+            assert!(
+                log.contains("creation never finished; rolling back"),
+                "{log}"
+            );
+        }
+        // The home still works: a create now succeeds.
+        home.ok(&["vm", "create", "--name", "after", "--image", "test-img"]);
+        assert_eq!(home.vm("after")["state"], "running");
+    }
+
+    #[test]
+    fn adversarial_daemon_killed_at_resolve_image() {
+        case("resolve image", "test-img", &agent());
+    }
+
+    #[test]
+    fn adversarial_daemon_killed_at_prepare_disks() {
+        case("prepare disks", "test-img", &agent());
+    }
+
+    #[test]
+    fn adversarial_daemon_killed_at_network() {
+        case("network", "test-img", &agent());
+    }
+
+    /// The VMM is spawned but its pid not yet stored: found by its command line.
+    #[test]
+    fn adversarial_daemon_killed_at_start_vmm() {
+        case("start VMM", "test-img", &agent());
+    }
+
+    /// The case of the issue: the VMM runs, the agent never answers.
+    #[test]
+    fn adversarial_daemon_killed_at_wait_agent() {
+        case("wait agent", "test-img", "/nonexistent/banger-agent");
+    }
+
+    /// The agent answered; sshd never does.
+    #[test]
+    fn adversarial_daemon_killed_at_wait_ssh() {
+        case("wait ssh", "ssh-img", &agent());
+    }
+
+    /// Killed once the CLI saw "ready": the VM stays, running, after the restart.
+    #[test]
+    fn adversarial_daemon_killed_after_ready() {
+        let Some((home, slow)) = slow_home() else {
+            return;
+        };
+        let err = kill_daemon_at(&home, &slow, "test-img", &agent(), "ready");
+        assert!(err.contains("ready in"), "{err}");
+        let vm = home.vm("crash");
+        assert_eq!(vm["state"], "running");
+        assert!(pid_alive(vm["pid"].as_u64().unwrap()));
+        assert_eq!(taps(&home), vec![vm["tap"].as_str().unwrap().to_string()]);
+        assert!(home.ok(&["vm", "ping", "crash"]).starts_with("pong"));
+    }
+
+    /// A `vm start` of a stopped VM interrupted by a daemon crash leaves it stopped, with no
+    /// VMM, TAP or run dir.
+    #[test]
+    fn adversarial_daemon_killed_during_start() {
+        let Some((home, slow)) = slow_home() else {
+            return;
+        };
+        home.ok(&["vm", "create", "--name", "sleepy", "--image", "test-img"]);
+        home.ok(&["vm", "stop", "sleepy"]);
+        home.ok(&["daemon", "stop"]);
+        // The next daemon's VMMs start no agent: the start waits at "wait agent".
+        let path = format!(
+            "{}:{}",
+            slow.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut start = home
+            .cmd(&["vm", "start", "sleepy"])
+            .env("PATH", &path)
+            .env("BANGER_AGENT_BIN", "/nonexistent/banger-agent")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let vmm = loop {
+            let vm = home.vm("sleepy");
+            if let Some(pid) = vm["pid"].as_u64().filter(|p| pid_alive(*p)) {
+                assert_eq!(vm["state"], "stopped", "running before the agent answered");
+                break pid;
+            }
+            assert!(Instant::now() < deadline, "the VMM never started");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let dpid = home.status()["pid"].as_u64().unwrap();
+        Command::new("kill")
+            .args(["-9", &dpid.to_string()])
+            .status()
+            .unwrap();
+        let _ = start.wait();
+        wait_until("daemon gone", 5, || !pid_alive(dpid));
+        let vm = home.vm("sleepy");
+        assert_eq!(vm["state"], "stopped");
+        assert!(vm["pid"].is_null(), "{vm}");
+        wait_until("VMM killed", 5, || !pid_alive(vmm));
+        assert!(taps(&home).is_empty(), "TAPs left: {:?}", taps(&home));
+        let run_vms = home.path().join("run/vms").display().to_string();
+        assert!(pids_mentioning(&run_vms).is_empty());
+        assert!(
+            !Path::new(&run_vms)
+                .join(&vm["id"].as_str().unwrap()[..12])
+                .exists()
+        );
+        assert!(
+            Path::new(vm["dir"].as_str().unwrap())
+                .join("root.ext4")
+                .exists()
+        );
+        // And it starts fine afterwards.
+        home.ok(&["vm", "start", "sleepy"]);
+        assert_eq!(home.vm("sleepy")["state"], "running");
+    }
+}
+
+/// A VM whose stored VMM pid belongs to an unrelated process (the VMM died and its pid was
+/// reused): the daemon never signals that process and treats the VMM as gone.
+mod adversarial_pid_reuse {
+    use std::process::{Command, Stdio};
+
+    use super::wait_until;
+    use crate::common::*;
+
+    /// Creates a VM, kills its VMM with the daemon stopped, and stores the pid (and start
+    /// time) of an unrelated `sleep` in its row, as if the pid had been reused.
+    fn reused(home: &Home, name: &str) -> (std::process::Child, String) {
+        home.ok(&["vm", "create", "--name", name, "--image", "test-img"]);
+        let vm = home.vm(name);
+        let id = vm["id"].as_str().unwrap().to_string();
+        let tap = vm["tap"].as_str().unwrap().to_string();
+        home.ok(&["daemon", "stop"]);
+        let vmm = vm["pid"].as_u64().unwrap();
+        Command::new("kill")
+            .args(["-9", &vmm.to_string()])
+            .status()
+            .unwrap();
+        wait_until("VMM gone", 5, || !pid_alive(vmm));
+        let sleeper = Command::new("sleep")
+            .arg("1000")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let store = banger_store::Store::open(&home.path().join("state/banger.db")).unwrap();
+        let mut row = store.get_vm(&id).unwrap().unwrap();
+        row.pid = Some(sleeper.id());
+        row.vmm_start_time = start_time(sleeper.id());
+        store.update_vm(&row).unwrap();
+        (sleeper, tap)
+    }
+
+    /// Field 22 of `/proc/PID/stat`: when the process started.
+    fn start_time(pid: u32) -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (_, rest) = stat.rsplit_once(')')?;
+        rest.split_whitespace().nth(19)?.parse().ok()
+    }
+
+    fn check(home: &Home, name: &str, sleeper: &mut std::process::Child, tap: &str) {
+        assert!(
+            sleeper.try_wait().unwrap().is_none(),
+            "the unrelated process was signalled"
+        );
+        let vm = home.vm(name);
+        assert_eq!(vm["state"], "stopped");
+        assert!(vm["pid"].is_null());
+        assert!(!home.link_exists(tap), "TAP not released");
+        sleeper.kill().unwrap();
+        sleeper.wait().unwrap();
+    }
+
+    /// Found by reconcile when the daemon starts again.
+    #[test]
+    fn adversarial_pid_reuse_found_at_daemon_start() {
+        let Some(home) = Home::for_vms("") else {
+            return;
+        };
+        let (mut sleeper, tap) = reused(&home, "reused");
+        check(&home, "reused", &mut sleeper, &tap);
+    }
+
+    /// `vm stop`, `vm kill` and `vm delete` of such a VM leave the process alone.
+    #[test]
+    fn adversarial_pid_reuse_stop_kill_delete() {
+        let Some(home) = Home::for_vms("") else {
+            return;
+        };
+        for (name, action) in [("s1", "stop"), ("k1", "kill"), ("d1", "delete")] {
+            let (mut sleeper, tap) = reused(&home, name);
+            // Whichever comes first (reconcile at start, or the action), the result is the
+            // same: the VM is stopped (or deleted) and the sleeper lives.
+            let _ = home.run(&["vm", action, name]);
+            if action == "delete" {
+                let out = home.run(&["vm", "show", name]);
+                assert_eq!(out.status.code(), Some(1), "deleted VM still shown");
+                assert!(sleeper.try_wait().unwrap().is_none(), "sleeper signalled");
+                assert!(!home.link_exists(&tap));
+                sleeper.kill().unwrap();
+                sleeper.wait().unwrap();
+            } else {
+                check(&home, name, &mut sleeper, &tap);
+            }
+        }
+    }
+}
