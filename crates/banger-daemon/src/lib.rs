@@ -273,6 +273,9 @@ pub async fn run(opts: DaemonOptions, host: server::Host, uid: u32) -> Result<()
     create_dir(&layout.state_dir, 0o700)?;
     create_dir(&layout.runtime_dir, 0o700)?;
     let _lock = lock::DaemonLock::acquire(&layout.lock_path())?;
+    // Holding the lock: temporary files left by a killed daemon are ours to remove.
+    images::reset_scratch_dir(&layout.state_dir)
+        .map_err(|(path, source)| DaemonError::CreateDir { path, source })?;
     let store = Store::open(&layout.db_path())?;
     let ssh = ssh::ensure_key(host.runner.as_ref(), &layout.state_dir).map_err(DaemonError::Ssh)?;
     let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();

@@ -8,19 +8,26 @@ use std::io::Read;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use banger_core::runner::{CommandRunner, SystemRunner};
 use banger_disk::guest::FSTAB_LINE;
 use banger_disk::{
     CloneKind, Debugfs, DiskError, FileKind, GuestConfig, authorize_ssh_key, clone_file,
-    clone_work_disk, dump_dir, exists, grow, list_dir, make_work_seed, mkfs_from_dir, read_file,
-    stat, write_guest_config,
+    clone_work_disk, exists, grow, list_dir, make_work_seed, mkfs_from_dir, read_file, stat,
+    write_guest_config,
 };
 
 const MIB: u64 = 1 << 20;
 
 fn runner() -> SystemRunner {
     SystemRunner::new()
+}
+
+/// The scratch directory handed to the library by tests that do not check it.
+fn scratch() -> &'static Path {
+    static DIR: LazyLock<tempfile::TempDir> = LazyLock::new(|| tempfile::tempdir().unwrap());
+    DIR.path()
 }
 
 /// Builds a 64 MiB ext4 image `name` in `dir` from `tree`.
@@ -43,7 +50,7 @@ fn run(program: &str, args: &[&str]) -> banger_core::runner::CommandOutput {
 }
 
 fn read_text(image: &Path, path: &str) -> String {
-    String::from_utf8(read_file(&runner(), image, path).unwrap()).unwrap()
+    String::from_utf8(read_file(&runner(), image, path, scratch()).unwrap()).unwrap()
 }
 
 /// `e2fsck -fn` exits 0 on a clean filesystem.
@@ -165,7 +172,7 @@ fn mkfs_from_dir_keeps_files_dirs_symlinks_and_setuid() {
     assert_eq!(fs::metadata(&image).unwrap().len(), 64 * MIB);
     assert_eq!(read_text(&image, "/hello.txt"), "hello world\n");
     assert_eq!(
-        read_file(&r, &image, "/sub/deeper/data.bin").unwrap(),
+        read_file(&r, &image, "/sub/deeper/data.bin", scratch()).unwrap(),
         [0u8, 1, 2, 255, 0, 10]
     );
     let sub = stat(&r, &image, "/sub").unwrap().unwrap();
@@ -203,33 +210,17 @@ fn mkfs_from_dir_keeps_files_dirs_symlinks_and_setuid() {
     assert!(!exists(&r, &image, "/nope").unwrap());
     assert!(exists(&r, &image, "/sub/deeper").unwrap());
     assert!(matches!(
-        read_file(&r, &image, "/nope"),
+        read_file(&r, &image, "/nope", scratch()),
         Err(DiskError::NotFound { .. })
     ));
     assert!(matches!(
-        read_file(&r, &image, "/sub"),
+        read_file(&r, &image, "/sub", scratch()),
         Err(DiskError::WrongType {
             found: FileKind::Directory,
             ..
         })
     ));
     assert_fsck_clean(&image);
-
-    // dump_dir copies a directory out.
-    let out = dir.path().join("dumped");
-    dump_dir(&r, &image, "/sub", &out).unwrap();
-    assert_eq!(
-        fs::read(out.join("deeper/data.bin")).unwrap(),
-        [0u8, 1, 2, 255, 0, 10]
-    );
-    assert!(matches!(
-        dump_dir(&r, &image, "/sub", &out),
-        Err(DiskError::Invalid { .. })
-    ));
-    assert!(matches!(
-        dump_dir(&r, &image, "/nope", &dir.path().join("x")),
-        Err(DiskError::NotFound { .. })
-    ));
 }
 
 #[test]
@@ -255,7 +246,7 @@ fn debugfs_batch_overwrites_sets_owner_and_mode() -> Result<(), DiskError> {
     fs::write(&host, b"#!/bin/sh\necho tool\n").unwrap();
     fs::set_permissions(&host, fs::Permissions::from_mode(0o755)).unwrap();
 
-    let mut batch = Debugfs::new();
+    let mut batch = Debugfs::new(scratch());
     batch
         .mkdir("/usr/local/bin")?
         .mkdir("/etc")?
@@ -292,7 +283,7 @@ fn debugfs_batch_overwrites_sets_owner_and_mode() -> Result<(), DiskError> {
     );
 
     // A second batch replaces existing files and symlinks, and mkdir of existing dirs is fine.
-    let mut again = Debugfs::new();
+    let mut again = Debugfs::new(scratch());
     again
         .mkdir("/usr/local/bin")?
         .write_bytes(b"second, longer than the first\n", "/etc/motd")?
@@ -316,7 +307,7 @@ fn a_failing_debugfs_command_fails_the_batch_with_its_message() -> Result<(), Di
     let image = empty_image(dir.path(), "img.ext4");
     let r = runner();
 
-    let mut batch = Debugfs::new();
+    let mut batch = Debugfs::new(scratch());
     batch
         .write_bytes(b"ok\n", "/before")?
         .write_bytes(b"x\n", "/no/such/dir/file")?
@@ -348,7 +339,7 @@ fn a_failing_debugfs_command_fails_the_batch_with_its_message() -> Result<(), Di
     assert_eq!(read_text(&image, "/before"), "ok\n");
     assert_eq!(read_text(&image, "/after"), "after\n");
 
-    let mut sif = Debugfs::new();
+    let mut sif = Debugfs::new(scratch());
     sif.set_owner("/missing", 1, 1)?;
     let err = sif.run(&r, &image).unwrap_err().to_string();
     assert!(err.contains("sif \"/missing\" uid 1"), "{err}");
@@ -357,7 +348,7 @@ fn a_failing_debugfs_command_fails_the_batch_with_its_message() -> Result<(), Di
         "{err}"
     );
 
-    let mut over_file = Debugfs::new();
+    let mut over_file = Debugfs::new(scratch());
     over_file.mkdir("/before/sub")?;
     let err = over_file.run(&r, &image).unwrap_err();
     assert!(
@@ -368,13 +359,13 @@ fn a_failing_debugfs_command_fails_the_batch_with_its_message() -> Result<(), Di
     // Not an ext4 image at all.
     let junk = dir.path().join("junk");
     fs::write(&junk, b"not a filesystem").unwrap();
-    let mut write = Debugfs::new();
+    let mut write = Debugfs::new(scratch());
     write.write_bytes(b"x", "/x")?;
     let err = write.run(&r, &junk).unwrap_err().to_string();
     assert!(err.contains("`open the image` failed"), "{err}");
     assert!(err.contains("while trying to open"), "{err}");
     // With a mkdir, the lookup of existing directories fails first.
-    let mut mkdir = Debugfs::new();
+    let mut mkdir = Debugfs::new(scratch());
     mkdir.mkdir("/x")?;
     let err = mkdir.run(&r, &junk).unwrap_err().to_string();
     assert!(err.contains("while trying to open"), "{err}");
@@ -463,8 +454,8 @@ fn guest_config_is_written_and_rewritten_without_duplicates() {
     let image = image_from(dir.path(), "rootfs.ext4", &tree);
     let r = runner();
 
-    write_guest_config(&r, &image, &guest_config()).unwrap();
-    write_guest_config(&r, &image, &guest_config()).unwrap();
+    write_guest_config(&r, &image, &guest_config(), scratch()).unwrap();
+    write_guest_config(&r, &image, &guest_config(), scratch()).unwrap();
 
     assert_eq!(read_text(&image, "/etc/hostname"), "dev-box\n");
     assert_eq!(
@@ -497,7 +488,7 @@ fn guest_config_is_written_and_rewritten_without_duplicates() {
 
     // An image without /etc/fstab gets one with just our line.
     let bare = empty_image(dir.path(), "bare.ext4");
-    write_guest_config(&r, &bare, &guest_config()).unwrap();
+    write_guest_config(&r, &bare, &guest_config(), scratch()).unwrap();
     assert_eq!(read_text(&bare, "/etc/fstab"), format!("{FSTAB_LINE}\n"));
 }
 
@@ -511,7 +502,7 @@ fn rootfs_with_home(dir: &Path) -> Result<PathBuf, DiskError> {
     fs::write(tree.join("root/user-file"), b"mine\n").unwrap();
     symlink(".bashrc", tree.join("root/.profile")).unwrap();
     let image = image_from(dir, "rootfs.ext4", &tree);
-    let mut fix = Debugfs::new();
+    let mut fix = Debugfs::new(scratch());
     fix.set_owner("/root", 0, 0)?
         .set_mode("/root", 0o040700)?
         .set_owner("/root/.bashrc", 0, 0)?
@@ -532,7 +523,9 @@ fn check_seed_and_work_disk(dir: &Path) -> Result<(), DiskError> {
     let r = runner();
     let rootfs = rootfs_with_home(dir)?;
     let seed = dir.join("work-seed.ext4");
-    make_work_seed(&r, &rootfs, &seed, 64 * MIB)?;
+    let tmp = dir.join("scratch");
+    fs::create_dir(&tmp).unwrap();
+    make_work_seed(&r, &rootfs, &seed, 64 * MIB, &tmp)?;
 
     assert_eq!(read_text(&seed, "/.bashrc"), "export PS1='vm$ '\n");
     assert_eq!(read_text(&seed, "/.config/app/settings"), "k=v\n");
@@ -552,8 +545,9 @@ fn check_seed_and_work_disk(dir: &Path) -> Result<(), DiskError> {
     assert_fsck_clean(&seed);
     let leftovers: Vec<_> = fs::read_dir(dir)
         .unwrap()
+        .chain(fs::read_dir(&tmp).unwrap())
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".banger-"))
+        .filter(|e| e.file_name().to_string_lossy().contains("banger-"))
         .collect();
     assert!(
         leftovers.is_empty(),
@@ -570,8 +564,8 @@ fn check_seed_and_work_disk(dir: &Path) -> Result<(), DiskError> {
     assert_eq!(fs_bytes(&seed), 64 * MIB, "the seed must not change");
 
     let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBanger banger@host";
-    authorize_ssh_key(&r, &work, key)?;
-    authorize_ssh_key(&r, &work, key)?;
+    authorize_ssh_key(&r, &work, key, &tmp)?;
+    authorize_ssh_key(&r, &work, key, &tmp)?;
     assert_eq!(
         read_text(&work, "/.ssh/authorized_keys"),
         format!("{key}\n")
@@ -584,6 +578,11 @@ fn check_seed_and_work_disk(dir: &Path) -> Result<(), DiskError> {
         (FileKind::Directory, 0, 0, 0o700)
     );
     assert_fsck_clean(&work);
+    assert_eq!(
+        fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "scratch left non-empty"
+    );
     Ok(())
 }
 
@@ -596,7 +595,7 @@ fn work_seed_and_work_disk() -> Result<(), DiskError> {
     let r = runner();
     let bare = empty_image(dir.path(), "bare.ext4");
     let seed = dir.path().join("empty-seed.ext4");
-    make_work_seed(&r, &bare, &seed, 64 * MIB)?;
+    make_work_seed(&r, &bare, &seed, 64 * MIB, scratch())?;
     let names: Vec<String> = list_dir(&r, &seed, "/")?
         .into_iter()
         .map(|e| e.name)
@@ -611,7 +610,7 @@ fn work_seed_and_work_disk() -> Result<(), DiskError> {
     fs::write(tree.join("root/big"), vec![1u8; 8 * MIB as usize]).unwrap();
     let big = image_from(dir.path(), "big.ext4", &tree);
     let small = dir.path().join("small-seed.ext4");
-    assert!(make_work_seed(&r, &big, &small, 4 * MIB).is_err());
+    assert!(make_work_seed(&r, &big, &small, 4 * MIB, scratch()).is_err());
     assert!(!small.exists());
     Ok(())
 }

@@ -8,6 +8,7 @@ use std::fs::{self, File};
 use std::io::{Cursor, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 use std::time::Instant;
 
 use banger_core::runner::{CommandOutput, CommandRunner, SpawnError, SystemRunner};
@@ -34,6 +35,12 @@ macro_rules! note {
 
 fn runner() -> SystemRunner {
     SystemRunner::new()
+}
+
+/// The scratch directory handed to `read_file` by tests.
+fn scratch() -> &'static Path {
+    static DIR: LazyLock<tempfile::TempDir> = LazyLock::new(|| tempfile::tempdir().unwrap());
+    DIR.path()
 }
 
 fn run(program: &str, args: &[&str]) -> CommandOutput {
@@ -276,7 +283,7 @@ fn check_image(image: &Path) {
     let i = inode(image, "/home/dev/notes");
     assert_eq!((i.mode, i.uid, i.gid), (0o600, 1000, 1000));
     assert_eq!(
-        read_file(&runner(), image, "/home/dev/notes").unwrap(),
+        read_file(&runner(), image, "/home/dev/notes", scratch()).unwrap(),
         b"mine"
     );
     let i = inode(image, "/tmp");
@@ -292,7 +299,7 @@ fn check_image(image: &Path) {
     assert_eq!(inode(image, "/bin").kind, FileKind::Symlink);
     let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     assert_eq!(
-        read_file(&runner(), image, "/usr/lib/big.bin").unwrap(),
+        read_file(&runner(), image, "/usr/lib/big.bin", scratch()).unwrap(),
         big
     );
     // Whiteouts, runtime markers, host keys.
@@ -308,7 +315,7 @@ fn check_image(image: &Path) {
         (FileKind::Regular, 0o755, 0, 0)
     );
     assert_eq!(
-        read_file(&runner(), image, AGENT_PATH).unwrap(),
+        read_file(&runner(), image, AGENT_PATH, scratch()).unwrap(),
         b"\x7fELF the agent"
     );
     assert_eq!(inode(image, NETWORK_UP_PATH).mode, 0o755);
@@ -334,7 +341,9 @@ fn check_image(image: &Path) {
         "/usr/lib/modules/6.1.0-test/kernel/drivers/net/virtio_net.ko",
     );
     assert_eq!((i.mode, i.uid), (0o644, 0));
-    let conf = String::from_utf8(read_file(&runner(), image, MODULES_LOAD_PATH).unwrap()).unwrap();
+    let conf =
+        String::from_utf8(read_file(&runner(), image, MODULES_LOAD_PATH, scratch()).unwrap())
+            .unwrap();
     let listed: Vec<&str> = conf.lines().filter(|l| !l.starts_with('#')).collect();
     assert_eq!(listed, ["virtio_net", "virtio_blk"]);
     let root = inode(image, "/");
@@ -798,7 +807,7 @@ fn real_mmdebstrap_bundle() {
     let dest = dir.path().join("img");
     read_bundle(&info.path, &dest, Some(&info.sha256)).unwrap();
     let image = dest.join(ROOTFS_FILE);
-    let hostname = read_file(&runner(), &image, "/etc/hostname").unwrap();
+    let hostname = read_file(&runner(), &image, "/etc/hostname", scratch()).unwrap();
     assert_eq!(hostname, b"localhost\n");
     assert!(!exists(&runner(), &image, "/etc/resolv.conf").unwrap());
     let su = inode(&image, "/usr/bin/su");
