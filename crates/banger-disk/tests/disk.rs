@@ -661,3 +661,359 @@ fn work_seed_as_non_root() -> Result<(), DiskError> {
     assert!(stdout.contains("1 passed"), "{stdout}");
     Ok(())
 }
+
+/// The adversarial corpus for work seeds: crafted ext4 images whose `/root` tries to
+/// reach the host through the seed extraction. Every case asserts a clear error, that a
+/// decoy tree outside the private directories is unchanged, and that nothing is left:
+/// no seed, nothing in the scratch directory.
+mod adversarial_seed {
+    use super::*;
+
+    /// A byte patch of a crafted image's directory entry named `name`.
+    enum Patch {
+        /// Rename the entry (same length).
+        Name(&'static [u8], &'static [u8]),
+        /// Point the entry at another inode, given by the path of its owner in the image.
+        Inode(&'static [u8], &'static str),
+        /// Change the entry's file type byte.
+        FileType(&'static [u8], u8),
+    }
+
+    /// The offset of the name of the only directory entry called `name` in `image`: a
+    /// match preceded by its length byte, 4-byte aligned header.
+    fn find_entry(image: &[u8], name: &[u8]) -> usize {
+        let hits: Vec<usize> = image
+            .windows(name.len())
+            .enumerate()
+            .filter(|(i, w)| {
+                *w == name
+                    && *i >= 8
+                    && (*i - 8) % 4 == 0
+                    && image[*i - 2] as usize == name.len()
+                    && (1..=7).contains(&image[*i - 1])
+            })
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(hits.len(), 1, "entry {name:?} found {} times", hits.len());
+        hits[0]
+    }
+
+    /// The inode number of `path` in `image` (`debugfs -R 'stat PATH'`).
+    fn inode_of(image: &Path, path: &str) -> u32 {
+        let out = run(
+            "debugfs",
+            &["-R", &format!("stat {path}"), &image.to_string_lossy()],
+        );
+        out.stdout
+            .split_whitespace()
+            .skip_while(|w| *w != "Inode:")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no inode for {path}: {}", out.stdout))
+    }
+
+    /// A 64 MiB ext4 image of `tree` without directory checksums or hash trees (so its
+    /// directory blocks are plain linear lists), then byte-patched.
+    fn crafted(dir: &Path, name: &str, tree: &Path, patches: &[Patch]) -> PathBuf {
+        let image = dir.join(name);
+        let out = run(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-F",
+                "-O",
+                "^metadata_csum,^dir_index",
+                "-d",
+                &tree.to_string_lossy(),
+                &image.to_string_lossy(),
+                "64M",
+            ],
+        );
+        assert!(out.success(), "{}", out.stderr);
+        let mut bytes = fs::read(&image).unwrap();
+        for patch in patches {
+            match patch {
+                Patch::Name(from, to) => {
+                    assert_eq!(from.len(), to.len());
+                    let i = find_entry(&bytes, from);
+                    bytes[i..i + to.len()].copy_from_slice(to);
+                }
+                Patch::Inode(entry, owner) => {
+                    let ino = inode_of(&image, owner);
+                    let i = find_entry(&bytes, entry);
+                    bytes[i - 8..i - 4].copy_from_slice(&ino.to_le_bytes());
+                }
+                Patch::FileType(entry, ft) => {
+                    let i = find_entry(&bytes, entry);
+                    bytes[i - 1] = *ft;
+                }
+            }
+        }
+        fs::write(&image, bytes).unwrap();
+        image
+    }
+
+    /// Every path, type, mode, link target and content under `dir`, never following a
+    /// symlink.
+    fn snapshot(dir: &Path) -> Vec<(PathBuf, u32, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(p) = stack.pop() {
+            let meta = fs::symlink_metadata(&p).unwrap();
+            let data = if meta.is_dir() {
+                let mut names: Vec<PathBuf> = fs::read_dir(&p)
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .collect();
+                names.sort();
+                stack.extend(names);
+                Vec::new()
+            } else if meta.file_type().is_symlink() {
+                fs::read_link(&p)
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes()
+            } else {
+                fs::read(&p).unwrap()
+            };
+            out.push((p, meta.mode(), data));
+        }
+        out.sort();
+        out
+    }
+
+    /// One case's world: a decoy tree (a canary file and a directory) outside every
+    /// private directory, a source tree with `/root`, a scratch directory.
+    struct Case {
+        dir: tempfile::TempDir,
+    }
+
+    impl Case {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let decoy = dir.path().join("decoy");
+            fs::create_dir_all(decoy.join("dir")).unwrap();
+            fs::write(decoy.join("canary"), b"original canary\n").unwrap();
+            fs::write(decoy.join("dir/kept"), b"kept\n").unwrap();
+            fs::create_dir_all(dir.path().join("tree/root")).unwrap();
+            fs::create_dir(dir.path().join("scratch")).unwrap();
+            Case { dir }
+        }
+        fn path(&self) -> &Path {
+            self.dir.path()
+        }
+        fn decoy(&self) -> PathBuf {
+            self.path().join("decoy")
+        }
+        /// `/root` of the source tree.
+        fn home(&self) -> PathBuf {
+            self.path().join("tree/root")
+        }
+        fn image(&self, patches: &[Patch]) -> PathBuf {
+            crafted(
+                self.path(),
+                "crafted.ext4",
+                &self.path().join("tree"),
+                patches,
+            )
+        }
+
+        /// Making a seed of `image` fails with an error containing every `expected`
+        /// fragment, and changes and leaves nothing.
+        fn refused(&self, image: &Path, expected: &[&str]) {
+            let before = snapshot(&self.decoy());
+            let scratch = self.path().join("scratch");
+            let seed = self.path().join("seed.ext4");
+            let err = make_work_seed(&runner(), image, &seed, 64 * MIB, &scratch).unwrap_err();
+            let text = err.to_string();
+            for fragment in expected {
+                assert!(text.contains(fragment), "expected {fragment:?} in: {text}");
+            }
+            assert!(text.contains("crafted.ext4"), "the image is named: {text}");
+            assert_eq!(snapshot(&self.decoy()), before, "the decoy changed");
+            assert!(!seed.exists(), "a seed was left");
+            let left: Vec<_> = fs::read_dir(&scratch).unwrap().collect();
+            assert!(left.is_empty(), "scratch left: {left:?}");
+            let top: Vec<String> = fs::read_dir(self.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            for name in &top {
+                assert!(
+                    ["decoy", "tree", "scratch", "crafted.ext4"].contains(&name.as_str()),
+                    "unexpected {name} next to the image: {top:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn adversarial_seed_name_with_a_slash_climbing_out() {
+        let case = Case::new();
+        fs::write(case.home().join("XQZPAT01"), b"escaped\n").unwrap();
+        let image = case.image(&[Patch::Name(b"XQZPAT01", b"../../ES")]);
+        case.refused(
+            &image,
+            &["cannot read /root", "name contains a path separator"],
+        );
+        assert!(!case.path().join("ES").exists());
+    }
+
+    #[test]
+    fn adversarial_seed_extra_dot_dot_entry() {
+        let case = Case::new();
+        fs::write(case.home().join("Q9"), b"up\n").unwrap();
+        let image = case.image(&[Patch::Name(b"Q9", b"..")]);
+        case.refused(&image, &["refusing \"/root/..\"", "a duplicate name"]);
+    }
+
+    #[test]
+    fn adversarial_seed_extra_dot_entry() {
+        let case = Case::new();
+        fs::create_dir(case.home().join("sub")).unwrap();
+        fs::write(case.home().join("sub/Q"), b"here\n").unwrap();
+        let image = case.image(&[Patch::Name(b"Q", b".")]);
+        case.refused(&image, &["refusing \"/root/sub/.\"", "a duplicate name"]);
+    }
+
+    #[test]
+    fn adversarial_seed_duplicate_files() {
+        let case = Case::new();
+        fs::write(case.home().join("XQZPAT01"), b"one\n").unwrap();
+        fs::write(case.home().join("XQZPAT02"), b"two\n").unwrap();
+        let image = case.image(&[Patch::Name(b"XQZPAT02", b"XQZPAT01")]);
+        case.refused(&image, &["refusing \"/root/XQZPAT01\"", "a duplicate name"]);
+    }
+
+    #[test]
+    fn adversarial_seed_symlink_then_same_named_file_aims_at_the_canary() {
+        let case = Case::new();
+        symlink(case.decoy().join("canary"), case.home().join("XQZPAT01")).unwrap();
+        fs::write(case.home().join("XQZPAT02"), b"overwritten!\n").unwrap();
+        let image = case.image(&[Patch::Name(b"XQZPAT02", b"XQZPAT01")]);
+        case.refused(&image, &["refusing \"/root/XQZPAT01\"", "a duplicate name"]);
+    }
+
+    #[test]
+    fn adversarial_seed_symlink_then_same_named_directory_aims_at_the_decoy() {
+        let case = Case::new();
+        symlink(case.decoy().join("dir"), case.home().join("XQZPAT01")).unwrap();
+        fs::create_dir(case.home().join("XQZPAT02")).unwrap();
+        fs::write(case.home().join("XQZPAT02/planted"), b"planted\n").unwrap();
+        let image = case.image(&[Patch::Name(b"XQZPAT02", b"XQZPAT01")]);
+        case.refused(&image, &["refusing \"/root/XQZPAT01\"", "a duplicate name"]);
+    }
+
+    #[test]
+    fn adversarial_seed_deep_tree() {
+        let case = Case::new();
+        let mut deep = case.home();
+        for _ in 0..100 {
+            deep.push("d");
+        }
+        fs::create_dir_all(&deep).unwrap();
+        let image = case.image(&[]);
+        case.refused(
+            &image,
+            &["/d/d/d/", "directories nested deeper than 64 levels"],
+        );
+    }
+
+    #[test]
+    fn adversarial_seed_directory_cycle() {
+        let case = Case::new();
+        fs::create_dir_all(case.home().join("sub/XQZPAT01")).unwrap();
+        // sub/XQZPAT01 becomes sub itself: an endless tree.
+        let image = case.image(&[Patch::Inode(b"XQZPAT01", "/root/sub")]);
+        case.refused(
+            &image,
+            &[
+                "/root/sub/XQZPAT01/XQZPAT01/",
+                "directories nested deeper than 64 levels",
+            ],
+        );
+    }
+
+    #[test]
+    fn adversarial_seed_huge_sparse_file() {
+        let case = Case::new();
+        let huge = File::create(case.home().join("huge")).unwrap();
+        huge.set_len(1 << 40).unwrap();
+        let image = case.image(&[]);
+        assert!(fs::metadata(&image).unwrap().len() == 64 * MIB);
+        case.refused(
+            &image,
+            &[
+                "refusing \"/root/huge\"",
+                "the files add up to more than 67108864 bytes",
+            ],
+        );
+    }
+
+    #[test]
+    fn adversarial_seed_entry_type_disagrees_with_inode() {
+        let case = Case::new();
+        fs::write(case.home().join("XQZPAT01"), b"a file\n").unwrap();
+        // The entry claims a directory (type 2); its inode is a regular file.
+        let image = case.image(&[Patch::FileType(b"XQZPAT01", 2)]);
+        case.refused(
+            &image,
+            &[
+                "refusing \"/root/XQZPAT01\"",
+                "its directory entry says directory but its inode is a regular file",
+            ],
+        );
+    }
+
+    #[test]
+    fn adversarial_seed_name_with_a_newline() {
+        let case = Case::new();
+        fs::write(case.home().join("new\nline"), b"x\n").unwrap();
+        let image = case.image(&[]);
+        case.refused(
+            &image,
+            &[
+                "refusing \"/root/new\\nline\"",
+                "a name containing a newline or carriage return",
+            ],
+        );
+    }
+
+    #[test]
+    fn adversarial_seed_name_not_utf8() {
+        use std::os::unix::ffi::OsStrExt;
+        let case = Case::new();
+        let name = std::ffi::OsStr::from_bytes(b"bad\xffname");
+        fs::write(case.home().join(name), b"x\n").unwrap();
+        let image = case.image(&[]);
+        case.refused(
+            &image,
+            &[
+                "refusing \"/root/bad\u{fffd}name\"",
+                "a name that is not valid UTF-8",
+            ],
+        );
+    }
+
+    /// The control: the same crafting without a patch gives a working seed, so the
+    /// refusals above come from the patches.
+    #[test]
+    fn adversarial_seed_control_unpatched_image_works() {
+        let case = Case::new();
+        symlink(case.decoy().join("canary"), case.home().join("XQZPAT01")).unwrap();
+        fs::write(case.home().join("XQZPAT02"), b"two\n").unwrap();
+        fs::create_dir_all(case.home().join("sub/XQZPAT03")).unwrap();
+        let image = case.image(&[]);
+        let before = snapshot(&case.decoy());
+        let scratch = case.path().join("scratch");
+        let seed = case.path().join("seed.ext4");
+        make_work_seed(&runner(), &image, &seed, 64 * MIB, &scratch).unwrap();
+        assert_eq!(read_text(&seed, "/XQZPAT02"), "two\n");
+        let link = stat(&runner(), &seed, "/XQZPAT01").unwrap().unwrap();
+        assert_eq!(link.kind, FileKind::Symlink);
+        assert!(exists(&runner(), &seed, "/sub/XQZPAT03").unwrap());
+        assert_eq!(snapshot(&case.decoy()), before);
+        assert_eq!(fs::read_dir(&scratch).unwrap().count(), 0);
+        assert_fsck_clean(&seed);
+    }
+}
