@@ -6,6 +6,7 @@
 //! file ([`check_input_file`]) and its unpacked rootfs must pass `e2fsck -fn`
 //! ([`check_rootfs`]) before any row is written.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -90,6 +91,7 @@ pub async fn bootstrap(
     let cache = state.opts.layout.state_dir.join("cache");
     let work = tempfile::Builder::new()
         .prefix("bootstrap-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir_in({
             std::fs::create_dir_all(&cache).map_err(OpError::io("create", &cache))?;
             &cache

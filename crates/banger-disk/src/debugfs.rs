@@ -293,9 +293,9 @@ fn write_command_file(path: &Path, lines: &[String]) -> Result<(), DiskError> {
 
 /// A private (0700) temporary directory under `scratch`, removed when dropped.
 pub(crate) fn private_tempdir(scratch: &Path, prefix: &str) -> Result<TempDir, DiskError> {
-    // tempfile creates directories with mode 0700.
     tempfile::Builder::new()
         .prefix(prefix)
+        .permissions(fs::Permissions::from_mode(0o700))
         .tempdir_in(scratch)
         .map_err(DiskError::io(scratch, "create a temporary directory in"))
 }
@@ -1371,5 +1371,94 @@ debugfs: stat \"/nope\"
             "/no"
         ));
         assert!(!is_missing_line("stat: Filesystem not open", "/nope"));
+    }
+
+    #[test]
+    fn adversarial_lines_that_could_reach_the_shell_are_refused() {
+        for line in [
+            "!touch /tmp/pwned",
+            " !touch /tmp/pwned",
+            "\t!id",
+            "#comment",
+            "",
+            "statx \"/a\"",
+            "stat \"/a\"\n!id",
+            "stat \"/a\"\r!id",
+            "stat \"/a\0\"",
+            "\u{1b}[2Jstat \"/a\"",
+        ] {
+            let err = check_line(line).unwrap_err();
+            assert!(
+                matches!(err, DiskError::UnsafeDebugfsLine { .. }),
+                "{line:?}: {err}"
+            );
+        }
+        // Long enough that debugfs's 8191-byte fgets would split it at a `!`.
+        let long = format!("stat \"{}!touch /tmp/pwned\"", "x".repeat(8191 - 6));
+        let err = check_line(&long).unwrap_err().to_string();
+        assert!(err.contains("debugfs would split it"), "{err}");
+        check_line(&format!("stat {}", quote(&"x".repeat(MAX_LINE - 7)))).unwrap();
+        check_line("sif \"/a b\" mode 0100644").unwrap();
+    }
+
+    #[test]
+    fn adversarial_a_path_of_quotes_is_refused_with_its_path() {
+        // 3000 quotes double to 6000 bytes: over MAX_WORD, refused before any line exists.
+        let path = format!("/{}!id", "\"".repeat(3000));
+        let mut b = Debugfs::new(&std::env::temp_dir());
+        let err = b.set_owner(&path, 0, 0).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("quoted form is 6006 bytes"), "{text}");
+        assert!(text.contains("!id"), "the path is named: {text}");
+        assert!(b.set_mode(&path, 0o100644).is_err());
+        assert!(b.symlink("/l", &path).is_err());
+        assert!(b.is_empty());
+        // Just below the bound is fine.
+        let ok = format!("/{}", "\"".repeat((MAX_WORD - 3) / 2));
+        b.set_owner(&ok, 0, 0).unwrap();
+        for line in script(&b.ops) {
+            check_line(&line).unwrap();
+        }
+    }
+
+    #[test]
+    fn adversarial_a_bad_line_runs_nothing_and_leaves_nothing() {
+        let scratch = tempfile::tempdir().unwrap();
+        let runner = FakeRunner::new();
+        let lines = vec!["stat \"/a\"".to_string(), "!touch /tmp/pwned".to_string()];
+        let err =
+            run_command_file(&runner, Path::new("img"), &lines, true, scratch.path()).unwrap_err();
+        assert!(err.to_string().contains("!touch"), "{err}");
+        assert!(runner.calls().is_empty());
+        assert_eq!(fs::read_dir(scratch.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn temporary_files_go_under_the_scratch_dir() {
+        let scratch = tempfile::tempdir().unwrap();
+        let runner = FakeRunner::new();
+        let out = run_command_file(
+            &runner,
+            Path::new("img"),
+            &["stat \"/a\"".to_string()],
+            false,
+            scratch.path(),
+        )
+        .unwrap();
+        let call = &runner.calls()[0];
+        assert!(
+            call.contains(&scratch.path().display().to_string()),
+            "{call}"
+        );
+        assert!(out.command.starts_with("debugfs -f "), "{}", out.command);
+        assert_eq!(fs::read_dir(scratch.path()).unwrap().count(), 0);
+        let mut b = Debugfs::new(scratch.path());
+        b.write_bytes(b"x", "/f").unwrap();
+        let staged: Vec<_> = fs::read_dir(scratch.path()).unwrap().collect();
+        assert_eq!(staged.len(), 1);
+        let meta = staged[0].as_ref().unwrap().metadata().unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+        drop(b);
+        assert_eq!(fs::read_dir(scratch.path()).unwrap().count(), 0);
     }
 }

@@ -131,6 +131,7 @@ pub fn build_rootfs(
     }
     let scratch = tempfile::Builder::new()
         .prefix(".banger-rootfs-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir_in(work_dir)
         .map_err(ImageError::io(work_dir, "create a staging directory in"))?;
     let mut tree = flatten(tars, &scratch.path().join("tree"), progress)?;
@@ -342,6 +343,7 @@ pub fn make_bundle(
         .map_err(|reason| ImageError::invalid("manifest", manifest.name.clone(), reason))?;
     let tmp = tempfile::Builder::new()
         .prefix(".banger-bundle-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir_in(&req.work_dir)
         .map_err(ImageError::io(
             &req.work_dir,
@@ -493,6 +495,7 @@ pub fn read_bundle(
     };
     let staging = tempfile::Builder::new()
         .prefix(".banger-unpack-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir_in(parent)
         .map_err(ImageError::io(parent, "create a staging directory in"))?;
     let (manifest, actual) = match extract(bundle, staging.path()) {
