@@ -825,3 +825,195 @@ fn real_mmdebstrap_bundle() {
         info.size_bytes >> 20
     );
 }
+
+/// The adversarial corpus for rootfs tars: names crafted to turn a debugfs command line
+/// into a shell command (`!` after a line split, lines starting with `!` or `#`). Every
+/// case asserts that no shell command ran (its canary file is absent), that nothing is
+/// left (no image, nothing in the work directory) when the build is refused, and that
+/// the error names the entry.
+mod adversarial_tar {
+    use super::*;
+    use banger_image::bundle::{RootfsOptions, build_rootfs};
+
+    /// A tar of `(path, type, link target)` entries with GNU long names.
+    fn long_tar(entries: &[(&str, EntryType, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind, link) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_mode(if *kind == EntryType::Directory {
+                0o755
+            } else {
+                0o644
+            });
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1_700_000_000);
+            h.set_size(0);
+            if kind.is_symlink() {
+                b.append_link(&mut h, path, link).unwrap();
+            } else {
+                b.append_data(&mut h, path, &[][..]).unwrap();
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// The file a `!touch` payload of these cases would create (relative: in the
+    /// directory debugfs runs in, the test's).
+    fn canary_name() -> String {
+        format!("banger-pwned-{}", std::process::id())
+    }
+
+    fn canary_absent(dir: &Path) {
+        let name = canary_name();
+        for place in [std::env::current_dir().unwrap(), dir.to_path_buf()] {
+            assert!(
+                !place.join(&name).exists(),
+                "a shell command ran in {}",
+                place.display()
+            );
+        }
+    }
+
+    /// `n` double quotes split into directory components of at most 250 bytes.
+    fn quotes_path(n: usize) -> String {
+        let mut parts = Vec::new();
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(250);
+            parts.push("\"".repeat(k));
+            left -= k;
+        }
+        parts.join("/")
+    }
+
+    /// Builds a 64 MiB rootfs from `tar` in a fresh directory; returns the result, the
+    /// directory, and the image path.
+    fn build(
+        tar: Vec<u8>,
+    ) -> (
+        Result<banger_image::bundle::RootfsReport, ImageError>,
+        tempfile::TempDir,
+        PathBuf,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        fs::create_dir(&work).unwrap();
+        let opts = RootfsOptions {
+            size: Some(64 * MIB),
+            agent_bin: agent(dir.path()),
+            modules_dir: None,
+        };
+        let image = dir.path().join("rootfs.ext4");
+        let result = build_rootfs(
+            &runner(),
+            vec![TarInput::Reader {
+                name: "crafted.tar".into(),
+                reader: Box::new(Cursor::new(tar)),
+            }],
+            &opts,
+            &work,
+            &image,
+            &mut |_| {},
+        );
+        (result, dir, image)
+    }
+
+    fn refused(tar: Vec<u8>, expected: &[&str]) {
+        let (result, dir, image) = build(tar);
+        let err = result.expect_err("the build must be refused");
+        let text = err.to_string();
+        for fragment in expected {
+            assert!(text.contains(fragment), "expected {fragment:?} in: {text}");
+        }
+        assert!(!image.exists(), "an image was left");
+        assert_eq!(
+            listing(&dir.path().join("work")),
+            Vec::<String>::new(),
+            "work dir left"
+        );
+        canary_absent(dir.path());
+    }
+
+    #[test]
+    fn adversarial_tar_long_path_of_quotes_with_a_bang() {
+        // 3400 quotes double to 6800 bytes on a debugfs line; the last component is a
+        // shell command that would run if a line were ever split just before it.
+        let dirs = quotes_path(3400);
+        let file = format!("{dirs}/!touch {}", canary_name());
+        let tar = long_tar(&[(&file, EntryType::Regular, "")]);
+        // Refused at its first directory already, which the error names.
+        refused(
+            tar,
+            &[
+                "re-applying owners and modes: invalid guest path \"/\\\"",
+                "its quoted form is 3509 bytes, more than the 3072",
+            ],
+        );
+    }
+
+    #[test]
+    fn adversarial_tar_long_path_of_quotes_for_a_special_file() {
+        // The fifo goes through banger-image's own mknod script (`cd DIR`).
+        let dirs = quotes_path(3200);
+        let fifo = format!("{dirs}/fifo");
+        let tar = long_tar(&[(&fifo, EntryType::Fifo, "")]);
+        refused(
+            tar,
+            &[
+                "making special files: invalid directory \"/\\\"",
+                "bytes, more than the 3072",
+            ],
+        );
+    }
+
+    #[test]
+    fn adversarial_tar_names_with_newlines_are_skipped() {
+        let evil = format!("x\n!touch {}", canary_name());
+        let tar = long_tar(&[
+            (&evil, EntryType::Regular, ""),
+            ("dir\n#/", EntryType::Directory, ""),
+            ("ok", EntryType::Regular, ""),
+        ]);
+        let (result, dir, image) = build(tar);
+        let report = result.unwrap();
+        assert_eq!(
+            report
+                .skipped
+                .get("name contains a newline or a carriage return"),
+            Some(&2),
+            "{:?}",
+            report.skipped
+        );
+        assert!(exists(&runner(), &image, "/ok").unwrap());
+        assert!(!exists(&runner(), &image, "/x").unwrap());
+        canary_absent(dir.path());
+    }
+
+    #[test]
+    fn adversarial_tar_names_starting_with_bang_and_hash_are_kept_verbatim() {
+        let bang = format!("!touch {}", canary_name());
+        let tar = long_tar(&[
+            (&bang, EntryType::Regular, ""),
+            ("#comment", EntryType::Regular, ""),
+            ("#dir/", EntryType::Directory, ""),
+            ("#dir/!x", EntryType::Fifo, ""),
+            ("\"!quoted\"", EntryType::Regular, ""),
+            ("!link", EntryType::Symlink, "!target"),
+        ]);
+        let (result, dir, image) = build(tar);
+        result.unwrap();
+        for path in [
+            format!("/{bang}"),
+            "/#comment".to_string(),
+            "/#dir".to_string(),
+            "/\"!quoted\"".to_string(),
+        ] {
+            assert!(exists(&runner(), &image, &path).unwrap(), "{path} missing");
+        }
+        assert_eq!(inode(&image, "/#dir/!x").kind, FileKind::Fifo);
+        assert_eq!(inode(&image, "/!link").kind, FileKind::Symlink);
+        canary_absent(dir.path());
+    }
+}
