@@ -5,4 +5,5 @@
 mod common;
 mod foundation;
 mod guest;
+mod inputs;
 mod vm;
