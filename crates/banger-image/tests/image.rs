@@ -1017,3 +1017,334 @@ mod adversarial_tar {
         canary_absent(dir.path());
     }
 }
+
+/// The adversarial corpus for bundles (`image import`): members that try to escape the
+/// unpack directory (`..`, absolute paths, GNU long names, pax paths), links, extra,
+/// missing and repeated members, and manifests with names that would become paths. The
+/// member names never choose a host path (the two files are written to fixed names), so
+/// every case asserts that the canary next to the destination and the decoy tree are
+/// unchanged, that no destination or staging directory is left, and that the error
+/// names what is wrong.
+mod adversarial_bundle {
+    use super::*;
+
+    const CANARY: &[u8] = b"canary: must never change\n";
+
+    /// A test directory holding a canary file and a decoy tree beside the destination.
+    struct Scene {
+        dir: tempfile::TempDir,
+    }
+
+    impl Scene {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            fs::write(dir.path().join("canary"), CANARY).unwrap();
+            fs::create_dir_all(dir.path().join("decoy/etc")).unwrap();
+            fs::write(dir.path().join("decoy/etc/shadow"), b"root:*:1::::::\n").unwrap();
+            fs::write(dir.path().join("decoy/rootfs.ext4"), b"decoy image").unwrap();
+            Scene { dir }
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.dir.path().join(name)
+        }
+
+        /// Every file under the test directory with its contents (symlinks by target).
+        fn snapshot(&self) -> Vec<(String, Vec<u8>)> {
+            fn walk(dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+                for e in fs::read_dir(dir).unwrap() {
+                    let p = e.unwrap().path();
+                    let m = fs::symlink_metadata(&p).unwrap();
+                    if m.file_type().is_symlink() {
+                        let t = fs::read_link(&p).unwrap();
+                        out.push((
+                            p.display().to_string(),
+                            t.as_os_str().as_encoded_bytes().to_vec(),
+                        ));
+                    } else if m.is_dir() {
+                        out.push((p.display().to_string(), Vec::new()));
+                        walk(&p, out);
+                    } else {
+                        out.push((p.display().to_string(), fs::read(&p).unwrap()));
+                    }
+                }
+            }
+            let mut out = Vec::new();
+            walk(self.dir.path(), &mut out);
+            out.sort();
+            out
+        }
+
+        /// Writes the bundle `entries`, reads it into `dest` and expects a refusal
+        /// containing `expected`; then checks that nothing changed and nothing is left.
+        fn refused(&self, entries: &[Member<'_>], expected: &str) {
+            let bundle = self.path("b.tar.zst");
+            handmade(&bundle, entries);
+            let before = self.snapshot();
+            let dest = self.path("dest");
+            let err = read_bundle(&bundle, &dest, None).expect_err(expected);
+            let text = err.to_string();
+            assert!(
+                matches!(err, ImageError::Bundle { .. } | ImageError::Manifest { .. }),
+                "{expected}: {text}"
+            );
+            assert!(text.contains(expected), "expected {expected:?} in: {text}");
+            assert!(text.contains("b.tar.zst"), "the bundle is named: {text}");
+            assert_eq!(
+                self.snapshot(),
+                before,
+                "{expected}: something changed or was left"
+            );
+            assert_eq!(fs::read(self.path("canary")).unwrap(), CANARY);
+            assert!(!dest.exists(), "{expected}: destination left");
+            fs::remove_file(&bundle).unwrap();
+        }
+    }
+
+    fn manifest_named(name: &str) -> Vec<u8> {
+        format!(
+            r#"{{"name":{},"distro":"debian","arch":"x86_64","kernel_ref":"k","description":"d"}}"#,
+            serde_json::to_string(name).unwrap()
+        )
+        .into_bytes()
+    }
+
+    const IMAGE: &[u8] = &[0x55; 8192];
+
+    #[test]
+    fn adversarial_bundle_member_climbing_out_with_dot_dot() {
+        let s = Scene::new();
+        let m = valid_manifest_json();
+        for name in [
+            "../canary",
+            "./../canary",
+            "rootfs.ext4/../../canary",
+            "decoy/../../canary",
+        ] {
+            s.refused(
+                &[
+                    ("manifest.json", EntryType::Regular, &m, ""),
+                    (name, EntryType::Regular, b"overwritten\n", ""),
+                    ("rootfs.ext4", EntryType::Regular, IMAGE, ""),
+                ],
+                &format!("unexpected member {name:?}"),
+            );
+        }
+    }
+
+    #[test]
+    fn adversarial_bundle_member_with_an_absolute_path() {
+        let s = Scene::new();
+        let m = valid_manifest_json();
+        let target = s.path("canary").display().to_string();
+        s.refused(
+            &[
+                ("manifest.json", EntryType::Regular, &m, ""),
+                (&target, EntryType::Regular, b"overwritten\n", ""),
+            ],
+            &format!("unexpected member {target:?}"),
+        );
+        s.refused(
+            &[
+                ("manifest.json", EntryType::Regular, &m, ""),
+                ("/rootfs.ext4", EntryType::Regular, IMAGE, ""),
+            ],
+            "unexpected member \"/rootfs.ext4\"",
+        );
+    }
+
+    #[test]
+    fn adversarial_bundle_long_name_and_pax_path_climbing_out() {
+        let s = Scene::new();
+        let m = valid_manifest_json();
+        // A GNU long name (longer than the 100-byte header field) replaces the header's
+        // innocent-looking name.
+        let long = format!("{}canary\0", "../".repeat(40));
+        s.refused(
+            &[
+                ("manifest.json", EntryType::Regular, &m, ""),
+                ("././@LongLink", EntryType::GNULongName, long.as_bytes(), ""),
+                ("rootfs.ext4", EntryType::Regular, b"overwritten\n", ""),
+            ],
+            "unexpected member \"../../../",
+        );
+        // A pax `path` record does the same.
+        let record = "path=../canary\n";
+        let pax = format!("{} {record}", record.len() + 3);
+        s.refused(
+            &[
+                ("manifest.json", EntryType::Regular, &m, ""),
+                ("PaxHeader", EntryType::XHeader, pax.as_bytes(), ""),
+                ("rootfs.ext4", EntryType::Regular, b"overwritten\n", ""),
+            ],
+            "unexpected member \"../canary\"",
+        );
+    }
+
+    #[test]
+    fn adversarial_bundle_symlink_then_same_named_file() {
+        // The classic: a symlink named like a member, pointing at the canary, then the
+        // member itself, which a naive extractor would write through the symlink.
+        let s = Scene::new();
+        let m = valid_manifest_json();
+        let target = s.path("canary").display().to_string();
+        for (first, second) in [
+            ("rootfs.ext4", "rootfs.ext4"),
+            ("manifest.json", "manifest.json"),
+        ] {
+            s.refused(
+                &[
+                    (first, EntryType::Symlink, b"", &target),
+                    (second, EntryType::Regular, b"overwritten\n", ""),
+                ],
+                &format!("member {first:?} is a Symlink entry"),
+            );
+        }
+        // A symlinked directory member then a file below it.
+        s.refused(
+            &[
+                (
+                    "d",
+                    EntryType::Symlink,
+                    b"",
+                    &s.dir.path().display().to_string(),
+                ),
+                ("d/canary", EntryType::Regular, b"overwritten\n", ""),
+            ],
+            "member \"d\" is a Symlink entry",
+        );
+    }
+
+    #[test]
+    fn adversarial_bundle_hard_link_device_fifo_and_directory_members() {
+        let s = Scene::new();
+        let m = valid_manifest_json();
+        let target = s.path("canary").display().to_string();
+        for (kind, shown) in [
+            (EntryType::Link, "Link"),
+            (EntryType::Char, "Char"),
+            (EntryType::Block, "Block"),
+            (EntryType::Fifo, "Fifo"),
+            (EntryType::Directory, "Directory"),
+        ] {
+            s.refused(
+                &[
+                    ("manifest.json", EntryType::Regular, &m, ""),
+                    ("rootfs.ext4", kind, b"", &target),
+                ],
+                &format!("member \"rootfs.ext4\" is a {shown} entry"),
+            );
+        }
+    }
+
+    #[test]
+    fn adversarial_bundle_extra_missing_and_repeated_members() {
+        let s = Scene::new();
+        let m = valid_manifest_json();
+        let cases: Vec<(Vec<Member<'_>>, &str)> = vec![
+            (
+                vec![
+                    ("manifest.json", EntryType::Regular, &m, ""),
+                    ("rootfs.ext4", EntryType::Regular, IMAGE, ""),
+                    ("canary", EntryType::Regular, b"overwritten\n", ""),
+                ],
+                "unexpected member \"canary\"",
+            ),
+            (
+                vec![("rootfs.ext4", EntryType::Regular, IMAGE, "")],
+                "no manifest.json",
+            ),
+            (
+                vec![("manifest.json", EntryType::Regular, &m, "")],
+                "no rootfs.ext4",
+            ),
+            (vec![], "no manifest.json"),
+            (
+                vec![
+                    ("manifest.json", EntryType::Regular, &m, ""),
+                    ("rootfs.ext4", EntryType::Regular, IMAGE, ""),
+                    ("./rootfs.ext4", EntryType::Regular, b"second", ""),
+                ],
+                "rootfs.ext4 appears twice",
+            ),
+            (
+                vec![
+                    ("manifest.json", EntryType::Regular, &m, ""),
+                    ("manifest.json", EntryType::Regular, &m, ""),
+                    ("rootfs.ext4", EntryType::Regular, IMAGE, ""),
+                ],
+                "manifest.json appears twice",
+            ),
+        ];
+        for (entries, expected) in cases {
+            s.refused(&entries, expected);
+        }
+    }
+
+    #[test]
+    fn adversarial_bundle_manifest_names_that_would_be_paths() {
+        let s = Scene::new();
+        for (name, expected) in [
+            ("../x", "image name \"../x\""),
+            ("../../canary", "image name \"../../canary\""),
+            ("a/b", "image name \"a/b\""),
+            (".hidden", "image name \".hidden\""),
+            ("..", "image name \"..\""),
+            ("", "image name must not be empty"),
+            ("x\n!id", "image name \"x\\n!id\""),
+            ("\u{1b}[2Jx", "image name \"\\u{1b}[2Jx\""),
+        ] {
+            let m = manifest_named(name);
+            s.refused(
+                &[
+                    ("manifest.json", EntryType::Regular, &m, ""),
+                    ("rootfs.ext4", EntryType::Regular, IMAGE, ""),
+                ],
+                expected,
+            );
+        }
+        // Not a manifest at all, and one too large to be read.
+        let huge = vec![b' '; (1 << 20) + 1];
+        s.refused(
+            &[
+                ("manifest.json", EntryType::Regular, b"[1,2]", ""),
+                ("rootfs.ext4", EntryType::Regular, IMAGE, ""),
+            ],
+            "manifest of",
+        );
+        s.refused(
+            &[
+                ("manifest.json", EntryType::Regular, &huge, ""),
+                ("rootfs.ext4", EntryType::Regular, IMAGE, ""),
+            ],
+            "the limit is 1048576",
+        );
+    }
+
+    #[test]
+    fn adversarial_bundle_control_a_good_bundle_is_read() {
+        // The cases above fail for their crafted part: the same scene with plain
+        // members works, and still touches nothing but the destination.
+        let s = Scene::new();
+        let bundle = s.path("b.tar.zst");
+        handmade(
+            &bundle,
+            &[
+                (
+                    "manifest.json",
+                    EntryType::Regular,
+                    &valid_manifest_json(),
+                    "",
+                ),
+                ("rootfs.ext4", EntryType::Regular, IMAGE, ""),
+            ],
+        );
+        read_bundle(&bundle, &s.path("dest"), None).unwrap();
+        assert_eq!(fs::read(s.path("dest/rootfs.ext4")).unwrap(), IMAGE);
+        assert_eq!(fs::read(s.path("canary")).unwrap(), CANARY);
+        assert_eq!(
+            listing(s.dir.path()),
+            ["b.tar.zst", "canary", "decoy", "dest"]
+        );
+    }
+}
