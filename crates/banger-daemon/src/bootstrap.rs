@@ -2,8 +2,11 @@
 //! bundle → managed image) and `image import` (a bundle file → managed image).
 //!
 //! A bundle is unpacked into `images/<id>` through a staging directory, so a failed import
-//! leaves nothing; the row is written last.
+//! leaves nothing; the row is written last. The bundle file is checked like any input
+//! file ([`check_input_file`]) and its unpacked rootfs must pass `e2fsck -fn`
+//! ([`check_rootfs`]) before any row is written.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -12,6 +15,7 @@ use banger_store::ImageRow;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::OpError;
+use crate::images::{InputKind, check_input_file, check_rootfs};
 use crate::server::AppState;
 use crate::vms::{Progress, now};
 
@@ -87,6 +91,7 @@ pub async fn bootstrap(
     let cache = state.opts.layout.state_dir.join("cache");
     let work = tempfile::Builder::new()
         .prefix("bootstrap-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir_in({
             std::fs::create_dir_all(&cache).map_err(OpError::io("create", &cache))?;
             &cache
@@ -158,11 +163,7 @@ pub async fn bootstrap(
 
 /// `image import`: registers a bundle file.
 pub async fn import(state: Arc<AppState>, req: ImportBundle) -> Result<Image, OpError> {
-    if !req.path.is_absolute() || !req.path.is_file() {
-        return Err(OpError::Invalid {
-            what: format!("bundle {} is not a file", req.path.display()),
-        });
-    }
+    check_input_file("bundle", &req.path, InputKind::Any)?;
     register_bundle(
         &state,
         &req.path,
@@ -195,6 +196,20 @@ async fn register_bundle(
     let cleanup = |dir: &Path| {
         let _ = std::fs::remove_dir_all(dir);
     };
+    let rootfs = dir.join("rootfs.ext4");
+    let (runner, r2, what) = (
+        state.host.runner.clone(),
+        rootfs.clone(),
+        format!("the rootfs of bundle {}", bundle.display()),
+    );
+    let checked = tokio::task::spawn_blocking(move || check_rootfs(runner.as_ref(), &what, &r2))
+        .await
+        .map_err(|e| OpError::Join(e.to_string()))
+        .and_then(|r| r);
+    if let Err(e) = checked {
+        cleanup(&dir);
+        return Err(e);
+    }
     let name = name.unwrap_or(&manifest.name).to_string();
     let kernel_ref = kernel_ref.unwrap_or(&manifest.kernel_ref).to_string();
     if state.find_image(&name).is_ok() {
@@ -210,7 +225,6 @@ async fn register_bundle(
             ),
         });
     }
-    let rootfs = dir.join("rootfs.ext4");
     let rootfs_bytes = std::fs::metadata(&rootfs)
         .map_err(OpError::io("stat", &rootfs))?
         .len();

@@ -1,7 +1,23 @@
 //! Managed images: registered from local files, each owning copies of its artifacts under
 //! `state/images/<id>/`. Image mutations hold the image lock. Registration stages into
 //! `<id>.staging` and publishes by renaming, so a failure leaves nothing behind.
+//!
+//! Files taken in from outside are untrusted. Each `--rootfs`, `--kernel` and `--initrd`
+//! is checked before anything is created ([`check_input_file`]): an absolute path to a
+//! non-empty regular file, not a symlink, a directory, a device, a fifo, or a file of
+//! `/proc` or `/sys` (whose sizes lie: `/proc/self/environ` says 0, `/proc/kcore` says
+//! 128 TiB); a kernel must start like an ELF or a bzImage. The staged copy of a rootfs
+//! must then pass `e2fsck -fn` ([`banger_disk::check_clean`]) -- checking the copy, not
+//! the original, so a file swapped meanwhile gains nothing. Every refusal is a bad
+//! request naming the file.
+//!
+//! The daemon's temporary files (debugfs command files, staged contents, work seed
+//! trees) go to its scratch directory `state/tmp` ([`AppState::scratch_dir`]), mode
+//! 0700, emptied at every start ([`reset_scratch_dir`]) -- never to the shared `/tmp`.
 
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,7 +29,36 @@ use crate::error::{OpError, chain};
 use crate::server::AppState;
 use crate::vms::now;
 
+/// The daemon's scratch directory under `state_dir`.
+fn scratch_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("tmp")
+}
+
+/// Empties the scratch directory `state_dir/tmp` (what a killed daemon left there) and
+/// creates it again with mode 0700. Called at start, holding the daemon lock. A symlink
+/// in its place is removed, never followed.
+pub fn reset_scratch_dir(state_dir: &Path) -> Result<(), (PathBuf, std::io::Error)> {
+    let dir = scratch_path(state_dir);
+    let err = |e| (dir.clone(), e);
+    match std::fs::symlink_metadata(&dir) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&dir).map_err(err)?,
+        Ok(_) => std::fs::remove_file(&dir).map_err(err)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(err)
+}
+
 impl AppState {
+    /// Where operations put their temporary files: `state/tmp`, mode 0700, emptied at
+    /// start (see the module docs).
+    pub fn scratch_dir(&self) -> PathBuf {
+        scratch_path(&self.opts.layout.state_dir)
+    }
+
     pub fn image_view(&self, row: &ImageRow) -> Image {
         let used_by = self
             .vm_rows()
@@ -50,21 +95,104 @@ impl AppState {
     }
 }
 
-fn require_file(what: &str, p: &Path) -> Result<(), OpError> {
+/// `statfs` magic numbers of the pseudo filesystems whose files are never images.
+const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+const SYSFS_MAGIC: i64 = 0x6265_6572;
+
+/// What an input file must be beyond a non-empty regular file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    /// Anything (an initrd).
+    Any,
+    /// An ELF `vmlinux` or an x86 bzImage.
+    Kernel,
+}
+
+/// Checks a file handed in by the user before anything is created (see the module docs);
+/// `what` names it in the error (`"rootfs"`, `"kernel"`...).
+pub fn check_input_file(what: &str, p: &Path, kind: InputKind) -> Result<(), OpError> {
+    let bad = |why: String| OpError::Invalid {
+        what: format!("{what} {}: {why}", p.display()),
+    };
     if !p.is_absolute() {
         return Err(OpError::Invalid {
             what: format!("{what} path {} must be absolute", p.display()),
         });
     }
-    match std::fs::metadata(p) {
-        Ok(m) if m.is_file() => Ok(()),
-        Ok(_) => Err(OpError::Invalid {
-            what: format!("{what} {} is not a regular file", p.display()),
-        }),
-        Err(e) => Err(OpError::Invalid {
-            what: format!("{what} {}: {e}", p.display()),
-        }),
+    let lmeta = std::fs::symlink_metadata(p).map_err(|e| bad(e.to_string()))?;
+    let ft = lmeta.file_type();
+    let found = if ft.is_symlink() {
+        Some("a symlink (pass the file it points to)")
+    } else if ft.is_dir() {
+        Some("a directory")
+    } else if ft.is_block_device() || ft.is_char_device() {
+        Some("a device")
+    } else if ft.is_fifo() {
+        Some("a fifo")
+    } else if ft.is_socket() {
+        Some("a socket")
+    } else {
+        None
+    };
+    if let Some(found) = found {
+        return Err(bad(format!("is {found}, not a regular file")));
     }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(p)
+        .map_err(|e| bad(format!("cannot open: {e}")))?;
+    let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
+    if !meta.is_file() || meta.ino() != lmeta.ino() || meta.dev() != lmeta.dev() {
+        return Err(bad("changed while being checked".to_string()));
+    }
+    let fs_type = rustix::fs::fstatfs(&file)
+        .map_err(|e| bad(format!("cannot statfs: {e}")))?
+        .f_type as i64;
+    if fs_type == PROC_SUPER_MAGIC || fs_type == SYSFS_MAGIC {
+        return Err(bad("is a file of /proc or /sys, not an image".to_string()));
+    }
+    if meta.len() == 0 {
+        return Err(bad("is empty".to_string()));
+    }
+    if kind == InputKind::Kernel {
+        check_kernel_magic(file).map_err(bad)?;
+    }
+    Ok(())
+}
+
+/// Whether `file` starts like an ELF (`vmlinux`) or has the bzImage `HdrS` magic at 0x202.
+fn check_kernel_magic(file: File) -> Result<(), String> {
+    let mut head = Vec::with_capacity(0x206);
+    file.take(0x206)
+        .read_to_end(&mut head)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if head.starts_with(b"\x7fELF") || head.get(0x202..0x206) == Some(&b"HdrS"[..]) {
+        Ok(())
+    } else {
+        Err("is neither an ELF vmlinux nor a bzImage kernel".to_string())
+    }
+}
+
+/// Checks that the image `rootfs` (a staged copy) is a clean ext4 filesystem; a refusal
+/// is the user's problem ([`OpError::Invalid`]) and says what e2fsck found.
+pub fn check_rootfs(
+    runner: &dyn banger_core::runner::CommandRunner,
+    what: &str,
+    rootfs: &Path,
+) -> Result<(), OpError> {
+    banger_disk::check_clean(runner, rootfs).map_err(|e| match e {
+        banger_disk::DiskError::NotCleanExt4 { detail, code, .. } => OpError::Invalid {
+            what: format!(
+                "{what} is not a clean ext4 filesystem (e2fsck -fn exit code {}): {detail}",
+                code.map_or("none".to_string(), |c| c.to_string())
+            ),
+        },
+        other => OpError::Disk {
+            vm: format!("({what})"),
+            source: Box::new(other),
+        },
+    })
 }
 
 /// Registers local files as a managed image.
@@ -72,12 +200,12 @@ pub async fn register(state: Arc<AppState>, req: RegisterImage) -> Result<Image,
     validate_image_name(&req.name)?;
     req.check_kernel_source()
         .map_err(|what| OpError::Invalid { what })?;
-    require_file("rootfs", &req.rootfs)?;
+    check_input_file("rootfs", &req.rootfs, InputKind::Any)?;
     if let Some(k) = &req.kernel {
-        require_file("kernel", k)?;
+        check_input_file("kernel", k, InputKind::Kernel)?;
     }
     if let Some(i) = &req.initrd {
-        require_file("initrd", i)?;
+        check_input_file("initrd", i, InputKind::Any)?;
     }
     if let Some(m) = &req.modules
         && !m.is_dir()
@@ -99,7 +227,7 @@ pub async fn register(state: Arc<AppState>, req: RegisterImage) -> Result<Image,
     let images_dir = state.opts.layout.state_dir.join("images");
     let staging = images_dir.join(format!("{id}.staging"));
     let final_dir = images_dir.join(&id);
-    let result = stage(&staging, &req).await;
+    let result = stage(&state, &staging, &req).await;
     let staged = match result {
         Ok(s) => s,
         Err(e) => {
@@ -142,10 +270,11 @@ struct Staged {
     rootfs_bytes: u64,
 }
 
-async fn stage(staging: &Path, req: &RegisterImage) -> Result<Staged, OpError> {
+async fn stage(state: &AppState, staging: &Path, req: &RegisterImage) -> Result<Staged, OpError> {
     tokio::fs::create_dir_all(staging)
         .await
         .map_err(OpError::io("create", staging))?;
+    let runner = state.host.runner.clone();
     let req = req.clone();
     let staging = staging.to_path_buf();
     tokio::task::spawn_blocking(move || -> Result<Staged, OpError> {
@@ -158,6 +287,11 @@ async fn stage(staging: &Path, req: &RegisterImage) -> Result<Staged, OpError> {
                 })
         };
         copy(&req.rootfs, "rootfs.ext4")?;
+        check_rootfs(
+            runner.as_ref(),
+            &format!("rootfs {}", req.rootfs.display()),
+            &staging.join("rootfs.ext4"),
+        )?;
         if let Some(k) = &req.kernel {
             copy(k, "kernel")?;
         }

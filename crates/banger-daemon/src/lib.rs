@@ -67,6 +67,12 @@ pub enum DaemonError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Private(#[from] PrivateError),
+    #[error("cannot reset the scratch directory {path}")]
+    Scratch {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot remove the stale socket {path}")]
     RemoveSocket {
         path: PathBuf,
@@ -293,6 +299,9 @@ pub async fn run(opts: DaemonOptions, host: server::Host, uid: u32) -> Result<()
     layout.ensure_state_dir(uid)?;
     layout.ensure_runtime_dir(uid)?;
     let _lock = lock::DaemonLock::acquire(&layout.lock_path(), uid)?;
+    // Holding the lock: temporary files left by a killed daemon are ours to remove.
+    images::reset_scratch_dir(&layout.state_dir)
+        .map_err(|(path, source)| DaemonError::Scratch { path, source })?;
     let store = Store::open(&layout.db_path())?;
     let ssh =
         ssh::ensure_key(host.runner.as_ref(), &layout.state_dir, uid).map_err(DaemonError::Ssh)?;

@@ -542,14 +542,15 @@ async fn prepare_disks(
         mac: row.mac.clone().unwrap_or_default(),
     };
     let pubkey = state.ssh.public_key.clone();
+    let tmp = state.scratch_dir();
     tokio::task::spawn_blocking(move || -> Result<(), banger_disk::DiskError> {
         banger_disk::copy::clone_file(&rootfs, &root)?;
         if disk_bytes > std::fs::metadata(&root).map(|m| m.len()).unwrap_or(0) {
             banger_disk::ext4::grow(runner.as_ref(), &root, disk_bytes)?;
         }
-        banger_disk::guest::write_guest_config(runner.as_ref(), &root, &guest)?;
+        banger_disk::guest::write_guest_config(runner.as_ref(), &root, &guest, &tmp)?;
         banger_disk::work::clone_work_disk(runner.as_ref(), &seed, &work, work_bytes)?;
-        banger_disk::guest::authorize_ssh_key(runner.as_ref(), &work, &pubkey)?;
+        banger_disk::guest::authorize_ssh_key(runner.as_ref(), &work, &pubkey, &tmp)?;
         Ok(())
     })
     .await
@@ -573,8 +574,9 @@ async fn ensure_work_seed(state: &Arc<AppState>, image: &ImageRow) -> Result<Pat
     let runner = state.host.runner.clone();
     let rootfs = PathBuf::from(&image.rootfs);
     let out2 = out.clone();
+    let tmp = state.scratch_dir();
     tokio::task::spawn_blocking(move || {
-        banger_disk::work::make_work_seed(runner.as_ref(), &rootfs, &out2, WORK_SEED_SIZE)
+        banger_disk::work::make_work_seed(runner.as_ref(), &rootfs, &out2, WORK_SEED_SIZE, &tmp)
     })
     .await
     .map_err(|e| OpError::Join(e.to_string()))?

@@ -5,7 +5,8 @@
 //!   ONE `debugfs -w -f CMDFILE IMAGE` run (preceded by one read-only lookup when it
 //!   creates directories: debugfs's `mkdir` over an existing directory corrupts the
 //!   filesystem, so existing ones are skipped).
-//! - [`stat`], [`exists`], [`read_file`], [`list_dir`] and [`dump_dir`] read an image.
+//! - [`stat`], [`exists`], [`read_file`] and [`list_dir`] read an image. There is no
+//!   `rdump`: it resolves the image's names on the host (see [`crate::work`]).
 //!
 //! # Error detection
 //!
@@ -20,7 +21,33 @@
 //!
 //! Paths are quoted for debugfs's command parser (`"..."`, a `"` doubled), so names with
 //! spaces work; paths containing a newline, a carriage return or a NUL cannot be expressed
-//! and are refused.
+//! and are refused, and so is a path whose quoted form is longer than [`MAX_WORD`] bytes
+//! (the error names the path).
+//!
+//! # Command files cannot become shell commands
+//!
+//! debugfs reads a `-f` command file with `fgets` into a `BUFSIZ` (8192-byte) buffer: a
+//! longer line is cut and its rest is read as the next command line. Every line (from
+//! `-f` or `-R`) goes to libss's `ss_execute_line`, which skips leading blanks and hands
+//! a line starting with `!` to `system()`; a line starting with `#` is echoed, not run.
+//! libss has a switch for that escape (`ss_data.flags.escape_disabled`, returning
+//! `SS_ET_ESCAPE_DISABLED`), but it is internal to libss (`ss_internal.h`), set to 0 by
+//! `ss_create_invocation` and never changed by debugfs: no option, environment variable
+//! or input mode (`-f FILE`, `-f -`, `-R`) turns it off (checked in e2fsprogs 1.47.0 and
+//! its master of March 2026: `lib/ss/execute_cmd.c`, `lib/ss/invocation.c`,
+//! `debugfs/debugfs.c` `source_file`). `system()` runs `/bin/sh` by absolute path, so a
+//! restricted `PATH`/`SHELL` would not stop it either. The defence is therefore that
+//! banger never writes such a line: every command line of every script and request goes
+//! through one checker ([`check_line`]) right before debugfs runs. A line must start
+//! with one of the few command words banger uses, be at most [`MAX_LINE`] bytes (far
+//! below the 8191 bytes `fgets` keeps, so no line is ever split), and contain no newline,
+//! carriage return or NUL. A failed check runs nothing.
+//!
+//! # Temporary files
+//!
+//! Command files and staged file contents live in a private (0700) temporary directory
+//! created under a directory the caller hands in (the daemon's state dir), never in the
+//! shared `/tmp`.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -159,6 +186,7 @@ pub(crate) fn guest_path(path: &str) -> Result<String, DiskError> {
     if out.is_empty() {
         out.push('/');
     }
+    check_word("guest path", &out)?;
     Ok(out)
 }
 
@@ -173,6 +201,142 @@ fn check_chars(s: &str) -> Result<(), &'static str> {
 /// only `"` is special, written `""`.
 pub(crate) fn quote(word: &str) -> String {
     format!("\"{}\"", word.replace('"', "\"\""))
+}
+
+/// `word` quoted for a debugfs command line ([`quote`]), refused when debugfs cannot
+/// express it (a newline, carriage return or NUL) or its quoted form is longer than
+/// [`MAX_WORD`] bytes; `what` names the word in the error. For callers writing their own
+/// commands ([`run_command_file`]).
+pub fn quote_checked(what: &'static str, word: &str) -> Result<String, DiskError> {
+    check_chars(word).map_err(|reason| DiskError::invalid(what, word, reason))?;
+    check_word(what, word)?;
+    Ok(quote(word))
+}
+
+/// The longest quoted word (a path or symlink target) a command line may hold. Two of
+/// them plus a command word stay below [`MAX_LINE`].
+pub const MAX_WORD: usize = 3072;
+
+/// The longest command line banger writes for debugfs: far below the 8191 bytes debugfs's
+/// `fgets` keeps of a line (see the module docs).
+pub const MAX_LINE: usize = 7168;
+
+/// The debugfs commands banger writes; a line must start with one of them.
+const COMMANDS: &[&str] = &[
+    "stat", "mkdir", "rm", "write", "symlink", "sif", "ls", "cd", "mknod", "dump",
+];
+
+/// Refuses a word whose quoted form would make a command line too long.
+fn check_word(what: &'static str, word: &str) -> Result<(), DiskError> {
+    let quoted = word.len() + word.matches('"').count() + 2;
+    if quoted > MAX_WORD {
+        return Err(DiskError::invalid(
+            what,
+            word,
+            format!(
+                "its quoted form is {quoted} bytes, more than the {MAX_WORD} a debugfs command line can safely hold"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The one check every debugfs command line goes through right before debugfs runs (see
+/// the module docs): a known command word first, at most [`MAX_LINE`] bytes, no newline,
+/// carriage return or NUL.
+pub fn check_line(line: &str) -> Result<(), DiskError> {
+    let bad = |reason: String| DiskError::UnsafeDebugfsLine {
+        line: line.chars().take(200).collect(),
+        reason,
+    };
+    if line.len() > MAX_LINE {
+        return Err(bad(format!(
+            "{} bytes, more than {MAX_LINE} (debugfs would split it)",
+            line.len()
+        )));
+    }
+    if line.contains(['\n', '\r', '\0']) {
+        return Err(bad("contains a newline, carriage return or NUL".to_string()));
+    }
+    let word = line.split(' ').next().unwrap_or_default();
+    if !COMMANDS.contains(&word)
+        || !line[word.len()..].is_empty() && !line[word.len()..].starts_with(' ')
+    {
+        return Err(bad(
+            "does not start with a known debugfs command word (a `!` line would be run by the shell)"
+                .to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks every line of `lines` ([`check_line`]) and writes them, one per line, to the
+/// file `path` (created, never overwritten, mode 0600).
+fn write_command_file(path: &Path, lines: &[String]) -> Result<(), DiskError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    for line in lines {
+        check_line(line)?;
+    }
+    let mut text = lines.join("\n");
+    text.push('\n');
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(DiskError::io(path, "create"))?;
+    file.write_all(text.as_bytes())
+        .map_err(DiskError::io(path, "write"))
+}
+
+/// A private (0700) temporary directory under `scratch`, removed when dropped.
+pub(crate) fn private_tempdir(scratch: &Path, prefix: &str) -> Result<TempDir, DiskError> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .permissions(fs::Permissions::from_mode(0o700))
+        .tempdir_in(scratch)
+        .map_err(DiskError::io(scratch, "create a temporary directory in"))
+}
+
+/// Runs the debugfs command file made of `lines` on `image` (`debugfs [-w] -f FILE
+/// IMAGE`), after checking every line ([`check_line`]); the file lives in a private
+/// temporary directory under `scratch`, removed afterwards. For callers with their own
+/// commands (banger-image's `mknod`s): the output is theirs to judge.
+pub fn run_command_file(
+    runner: &dyn CommandRunner,
+    image: &Path,
+    lines: &[String],
+    writable: bool,
+    scratch: &Path,
+) -> Result<CommandOutput, DiskError> {
+    let dir = private_tempdir(scratch, "banger-debugfs-")?;
+    run_command_file_in(runner, image, lines, writable, dir.path())
+}
+
+fn run_command_file_in(
+    runner: &dyn CommandRunner,
+    image: &Path,
+    lines: &[String],
+    writable: bool,
+    dir: &Path,
+) -> Result<CommandOutput, DiskError> {
+    let cmdfile = dir.join("commands");
+    write_command_file(&cmdfile, lines)?;
+    let mut args = Vec::new();
+    if writable {
+        args.push("-w".to_string());
+    }
+    args.extend([
+        "-f".to_string(),
+        cmdfile.to_string_lossy().into_owned(),
+        image.to_string_lossy().into_owned(),
+    ]);
+    let out = runner.run("debugfs", &args);
+    // The command file is not needed any more; the directory goes with its owner.
+    let _ = fs::remove_file(&cmdfile);
+    Ok(out?)
 }
 
 /// The parent directories of a normalised absolute path, shallowest first, without `/`.
@@ -209,7 +373,7 @@ pub(crate) struct Op {
 /// ```no_run
 /// # fn demo(runner: &dyn banger_core::runner::CommandRunner) -> Result<(), banger_disk::DiskError> {
 /// use banger_disk::Debugfs;
-/// let mut batch = Debugfs::new();
+/// let mut batch = Debugfs::new(std::path::Path::new("/var/lib/banger/tmp"));
 /// batch
 ///     .mkdir("/etc/banger")?
 ///     .write_bytes(b"BANGER_IP=172.30.0.5\n", "/etc/banger/network.env")?
@@ -217,8 +381,10 @@ pub(crate) struct Op {
 /// batch.run(runner, std::path::Path::new("rootfs.ext4"))?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Debugfs {
+    /// Where the private staging directory is created.
+    scratch: PathBuf,
     ops: Vec<Op>,
     /// Directories already created by this batch (to make `mkdir` of ancestors once).
     made_dirs: BTreeSet<String>,
@@ -228,9 +394,16 @@ pub struct Debugfs {
 }
 
 impl Debugfs {
-    /// An empty batch.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty batch whose staged files and command file will live in a private
+    /// temporary directory created under `scratch` (never the shared `/tmp`).
+    pub fn new(scratch: &Path) -> Self {
+        Debugfs {
+            scratch: scratch.to_path_buf(),
+            ops: Vec::new(),
+            made_dirs: BTreeSet::new(),
+            staging: None,
+            staged: 0,
+        }
     }
 
     /// Whether the batch has no operations.
@@ -280,6 +453,7 @@ impl Debugfs {
         })?;
         check_chars(host_str)
             .map_err(|reason| DiskError::invalid("host file", host_str, reason))?;
+        check_word("host file", host_str)?;
         self.push_write(host_str, &guest);
         Ok(self)
     }
@@ -318,6 +492,7 @@ impl Debugfs {
             )
         })?;
         check_chars(host).map_err(|reason| DiskError::invalid("staging path", host, reason))?;
+        check_word("staging path", host)?;
         let host = host.to_string();
         self.push_write(&host, &guest);
         Ok(self)
@@ -332,6 +507,7 @@ impl Debugfs {
         }
         check_chars(target)
             .map_err(|reason| DiskError::invalid("symlink target", target, reason))?;
+        check_word("symlink target", target)?;
         let q = quote(&guest);
         self.ops.push(Op {
             lines: vec![format!("rm {q}"), format!("symlink {q} {}", quote(target))],
@@ -377,13 +553,7 @@ impl Debugfs {
         if let Some(dir) = &self.staging {
             return Ok(dir.path().to_path_buf());
         }
-        let dir = tempfile::Builder::new()
-            .prefix("banger-debugfs-")
-            .tempdir()
-            .map_err(DiskError::io(
-                std::env::temp_dir(),
-                "create a staging directory in",
-            ))?;
+        let dir = private_tempdir(&self.scratch, "banger-debugfs-")?;
         let path = dir.path().to_path_buf();
         self.staging = Some(dir);
         Ok(path)
@@ -410,7 +580,10 @@ impl Debugfs {
             .filter_map(|op| op.creates_dir.clone())
             .collect();
         let mut present = BTreeSet::new();
-        for (dir, inode) in dirs.iter().zip(stat_many(runner, image, &dirs)?) {
+        for (dir, inode) in dirs
+            .iter()
+            .zip(stat_many(runner, image, &dirs, &self.scratch)?)
+        {
             match inode {
                 None => {}
                 Some(inode) if inode.kind == FileKind::Directory => {
@@ -431,17 +604,7 @@ impl Debugfs {
             return Ok(());
         }
         let dir = self.staging_dir()?;
-        let cmdfile = dir.join("commands");
-        fs::write(&cmdfile, script(&ops)).map_err(DiskError::io(&cmdfile, "write"))?;
-        let out = runner.run(
-            "debugfs",
-            &[
-                "-w".to_string(),
-                "-f".to_string(),
-                cmdfile.to_string_lossy().into_owned(),
-                image.to_string_lossy().into_owned(),
-            ],
-        )?;
+        let out = run_command_file_in(runner, image, &script(&ops), true, &dir)?;
         check_batch(image, &ops, &out)
     }
 }
@@ -450,14 +613,12 @@ fn marker(i: usize) -> String {
     format!("{MARKER_DIR}/{i}")
 }
 
-fn script(ops: &[Op]) -> String {
-    let mut s = format!("stat {}\n", quote(&marker(0)));
+/// The command lines of a batch, markers interleaved (see the module docs).
+fn script(ops: &[Op]) -> Vec<String> {
+    let mut s = vec![format!("stat {}", quote(&marker(0)))];
     for (i, op) in ops.iter().enumerate() {
-        for line in &op.lines {
-            s.push_str(line);
-            s.push('\n');
-        }
-        s.push_str(&format!("stat {}\n", quote(&marker(i + 1))));
+        s.extend(op.lines.iter().cloned());
+        s.push(format!("stat {}", quote(&marker(i + 1))));
     }
     s
 }
@@ -554,6 +715,7 @@ fn request(
     image: &Path,
     request: String,
 ) -> Result<CommandOutput, DiskError> {
+    check_line(&request)?;
     Ok(runner.run(
         "debugfs",
         &[
@@ -639,12 +801,14 @@ pub fn exists(runner: &dyn CommandRunner, image: &Path, path: &str) -> Result<bo
 }
 
 /// Reads the regular file `path` from `image`. Binary-safe: the file is dumped to a
-/// private temporary file (`debugfs -R 'dump PATH TMP'`) and read from there. A missing
-/// path is [`DiskError::NotFound`]; a directory or symlink is [`DiskError::WrongType`].
+/// file in a private temporary directory under `scratch` (`debugfs -R 'dump PATH TMP'`)
+/// and read from there. A missing path is [`DiskError::NotFound`]; a directory or
+/// symlink is [`DiskError::WrongType`].
 pub fn read_file(
     runner: &dyn CommandRunner,
     image: &Path,
     path: &str,
+    scratch: &Path,
 ) -> Result<Vec<u8>, DiskError> {
     let path = guest_path(path)?;
     let inode = stat(runner, image, &path)?.ok_or_else(|| DiskError::NotFound {
@@ -652,13 +816,7 @@ pub fn read_file(
         path: path.clone(),
     })?;
     expect_kind(image, &path, &inode, FileKind::Regular)?;
-    let dir = tempfile::Builder::new()
-        .prefix("banger-read-")
-        .tempdir()
-        .map_err(DiskError::io(
-            std::env::temp_dir(),
-            "create a temporary directory in",
-        ))?;
+    let dir = private_tempdir(scratch, "banger-read-")?;
     let dest = dir.path().join("file");
     let command = format!("dump {} {}", quote(&path), quote(&dest.to_string_lossy()));
     let out = request(runner, image, command.clone())?;
@@ -703,24 +861,9 @@ fn read_batch(
     runner: &dyn CommandRunner,
     image: &Path,
     commands: &[String],
+    scratch: &Path,
 ) -> Result<(CommandOutput, Vec<String>), DiskError> {
-    let tmp = tempfile::Builder::new()
-        .prefix("banger-debugfs-")
-        .tempdir()
-        .map_err(DiskError::io(
-            std::env::temp_dir(),
-            "create a temporary directory in",
-        ))?;
-    let cmdfile = tmp.path().join("commands");
-    fs::write(&cmdfile, commands.join("\n") + "\n").map_err(DiskError::io(&cmdfile, "write"))?;
-    let out = runner.run(
-        "debugfs",
-        &[
-            "-f".to_string(),
-            cmdfile.to_string_lossy().into_owned(),
-            image.to_string_lossy().into_owned(),
-        ],
-    )?;
+    let out = run_command_file(runner, image, commands, false, scratch)?;
     let sections = split_sections(&out.command, commands, &out.stdout)?;
     Ok((out, sections))
 }
@@ -767,6 +910,7 @@ pub(crate) fn stat_many(
     runner: &dyn CommandRunner,
     image: &Path,
     paths: &[String],
+    scratch: &Path,
 ) -> Result<Vec<Option<Inode>>, DiskError> {
     if paths.is_empty() {
         return Ok(Vec::new());
@@ -776,7 +920,7 @@ pub(crate) fn stat_many(
         .map(|p| guest_path(p))
         .collect::<Result<_, _>>()?;
     let commands: Vec<String> = paths.iter().map(|p| format!("stat {}", quote(p))).collect();
-    let (out, sections) = read_batch(runner, image, &commands)?;
+    let (out, sections) = read_batch(runner, image, &commands, scratch)?;
     let unexpected: Vec<&str> = error_lines(&out.stderr)
         .into_iter()
         .filter(|line| !paths.iter().any(|p| is_missing_line(line, p)))
@@ -816,28 +960,6 @@ fn is_missing_line(line: &str, path: &str) -> bool {
             reason.starts_with("File not found by ext2_lookup")
                 || reason.starts_with("Ext2 inode is not a directory")
         })
-}
-
-/// Lists several directories in one `debugfs -f` run; the result has one list per
-/// directory, in order. Every directory must exist.
-pub(crate) fn list_dirs(
-    runner: &dyn CommandRunner,
-    image: &Path,
-    dirs: &[String],
-) -> Result<Vec<Vec<DirEntry>>, DiskError> {
-    if dirs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let commands: Vec<String> = dirs
-        .iter()
-        .map(|d| guest_path(d).map(|d| format!("ls -p {}", quote(&d))))
-        .collect::<Result<_, _>>()?;
-    let (out, sections) = read_batch(runner, image, &commands)?;
-    expect_clean(image, &format!("ls -p of {} directories", dirs.len()), &out)?;
-    sections
-        .iter()
-        .map(|section| parse_ls(&out.command, section))
-        .collect()
 }
 
 /// Parses the lines of one `ls -p` output.
@@ -887,74 +1009,6 @@ pub(crate) fn parse_ls_line(line: &str) -> Option<Option<DirEntry>> {
     }))
 }
 
-/// Copies the directory `guest_dir` of `image` with everything under it to `host_dir`,
-/// which must not exist yet (`debugfs -R 'rdump DIR TMP'`, then a rename). Regular
-/// files, directories and symlinks are copied with their modes; device nodes, fifos and
-/// sockets are skipped (debugfs's `rdump` does that). Owners are kept when running as
-/// root; otherwise the files belong to the caller (debugfs's "Operation not permitted
-/// while changing ownership" complaints are expected then and ignored).
-pub fn dump_dir(
-    runner: &dyn CommandRunner,
-    image: &Path,
-    guest_dir: &str,
-    host_dir: &Path,
-) -> Result<(), DiskError> {
-    let guest = guest_path(guest_dir)?;
-    if guest == "/" {
-        return Err(DiskError::invalid(
-            "guest directory",
-            guest_dir,
-            "dumping the whole filesystem is not supported",
-        ));
-    }
-    if host_dir.symlink_metadata().is_ok() {
-        return Err(DiskError::invalid(
-            "dump destination",
-            host_dir.display().to_string(),
-            "already exists",
-        ));
-    }
-    let inode = stat(runner, image, &guest)?.ok_or_else(|| DiskError::NotFound {
-        image: image.to_path_buf(),
-        path: guest.clone(),
-    })?;
-    expect_kind(image, &guest, &inode, FileKind::Directory)?;
-
-    let parent = match host_dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".banger-rdump-")
-        .tempdir_in(&parent)
-        .map_err(DiskError::io(&parent, "create a temporary directory in"))?;
-    let command = format!(
-        "rdump {} {}",
-        quote(&guest),
-        quote(&tmp.path().to_string_lossy())
-    );
-    let out = request(runner, image, command.clone())?;
-    let errors: Vec<&str> = error_lines(&out.stderr)
-        .into_iter()
-        .filter(|l| !l.contains(": Operation not permitted while changing ownership of "))
-        .collect();
-    if !errors.is_empty() {
-        return Err(DiskError::Debugfs {
-            image: image.to_path_buf(),
-            command,
-            message: errors.join("; "),
-        });
-    }
-    if !out.success() {
-        return Err(DiskError::command(&out));
-    }
-    let base = guest.rsplit('/').next().unwrap_or_default();
-    let dumped = tmp.path().join(base);
-    fs::rename(&dumped, host_dir)
-        .map_err(DiskError::io(&dumped, "move the dumped directory from"))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -983,7 +1037,7 @@ write: File not found by ext2_lookup
     }
 
     fn sample_batch() -> Debugfs {
-        let mut b = Debugfs::new();
+        let mut b = Debugfs::new(&std::env::temp_dir());
         b.write(Path::new("/etc/hostname"), "/hostname").unwrap();
         b.mkdir("/newdir").unwrap();
         b.write(Path::new("/etc/hostname"), "/nodir/file").unwrap();
@@ -992,13 +1046,13 @@ write: File not found by ext2_lookup
 
     #[test]
     fn script_interleaves_markers_and_quotes_paths() {
-        let mut b = Debugfs::new();
+        let mut b = Debugfs::new(&std::env::temp_dir());
         b.mkdir("/etc/my dir").unwrap();
         b.set_owner("/etc/my dir", 0, 0).unwrap();
         b.set_mode("/a\"b", 0o104755).unwrap();
         b.symlink("/l", "../t").unwrap();
         assert_eq!(
-            script(&b.ops),
+            script(&b.ops).join("\n") + "\n",
             "stat \"/.banger-debugfs-marker/0\"
 mkdir \"/etc\"
 stat \"/.banger-debugfs-marker/1\"
@@ -1018,7 +1072,7 @@ stat \"/.banger-debugfs-marker/5\"
 
     #[test]
     fn mkdir_creates_each_ancestor_once() {
-        let mut b = Debugfs::new();
+        let mut b = Debugfs::new(&std::env::temp_dir());
         b.mkdir("/etc/systemd/network").unwrap();
         b.mkdir("/etc/banger/").unwrap();
         let mkdirs: Vec<&str> = b.ops.iter().map(|op| op.lines[0].as_str()).collect();
@@ -1128,7 +1182,7 @@ mkdir: Filesystem not open
 
     #[test]
     fn invalid_arguments_are_refused_early() {
-        let mut b = Debugfs::new();
+        let mut b = Debugfs::new(&std::env::temp_dir());
         assert!(matches!(
             b.mkdir("relative"),
             Err(DiskError::Invalid { .. })
@@ -1157,7 +1211,7 @@ mkdir: Filesystem not open
 
     #[test]
     fn write_bytes_stages_a_0644_file() {
-        let mut b = Debugfs::new();
+        let mut b = Debugfs::new(&std::env::temp_dir());
         b.write_bytes(b"hello\n", "/etc/hostname").unwrap();
         let line = &b.ops[0].lines[1];
         let staged = line
@@ -1176,7 +1230,9 @@ mkdir: Filesystem not open
     #[test]
     fn empty_batch_runs_nothing() {
         let runner = FakeRunner::new();
-        Debugfs::new().run(&runner, Path::new("img")).unwrap();
+        Debugfs::new(&std::env::temp_dir())
+            .run(&runner, Path::new("img"))
+            .unwrap();
         assert!(runner.calls().is_empty());
     }
 
@@ -1234,7 +1290,7 @@ Fragment:  Address: 0    Number: 0    Size: 0
             err.to_string().contains("while trying to open /bad"),
             "{err}"
         );
-        let err = read_file(&runner, img, "/nope").unwrap_err();
+        let err = read_file(&runner, img, "/nope", &std::env::temp_dir()).unwrap_err();
         assert!(matches!(err, DiskError::NotFound { .. }), "{err}");
     }
 
@@ -1315,5 +1371,94 @@ debugfs: stat \"/nope\"
             "/no"
         ));
         assert!(!is_missing_line("stat: Filesystem not open", "/nope"));
+    }
+
+    #[test]
+    fn adversarial_lines_that_could_reach_the_shell_are_refused() {
+        for line in [
+            "!touch /tmp/pwned",
+            " !touch /tmp/pwned",
+            "\t!id",
+            "#comment",
+            "",
+            "statx \"/a\"",
+            "stat \"/a\"\n!id",
+            "stat \"/a\"\r!id",
+            "stat \"/a\0\"",
+            "\u{1b}[2Jstat \"/a\"",
+        ] {
+            let err = check_line(line).unwrap_err();
+            assert!(
+                matches!(err, DiskError::UnsafeDebugfsLine { .. }),
+                "{line:?}: {err}"
+            );
+        }
+        // Long enough that debugfs's 8191-byte fgets would split it at a `!`.
+        let long = format!("stat \"{}!touch /tmp/pwned\"", "x".repeat(8191 - 6));
+        let err = check_line(&long).unwrap_err().to_string();
+        assert!(err.contains("debugfs would split it"), "{err}");
+        check_line(&format!("stat {}", quote(&"x".repeat(MAX_LINE - 7)))).unwrap();
+        check_line("sif \"/a b\" mode 0100644").unwrap();
+    }
+
+    #[test]
+    fn adversarial_a_path_of_quotes_is_refused_with_its_path() {
+        // 3000 quotes double to 6000 bytes: over MAX_WORD, refused before any line exists.
+        let path = format!("/{}!id", "\"".repeat(3000));
+        let mut b = Debugfs::new(&std::env::temp_dir());
+        let err = b.set_owner(&path, 0, 0).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("quoted form is 6006 bytes"), "{text}");
+        assert!(text.contains("!id"), "the path is named: {text}");
+        assert!(b.set_mode(&path, 0o100644).is_err());
+        assert!(b.symlink("/l", &path).is_err());
+        assert!(b.is_empty());
+        // Just below the bound is fine.
+        let ok = format!("/{}", "\"".repeat((MAX_WORD - 3) / 2));
+        b.set_owner(&ok, 0, 0).unwrap();
+        for line in script(&b.ops) {
+            check_line(&line).unwrap();
+        }
+    }
+
+    #[test]
+    fn adversarial_a_bad_line_runs_nothing_and_leaves_nothing() {
+        let scratch = tempfile::tempdir().unwrap();
+        let runner = FakeRunner::new();
+        let lines = vec!["stat \"/a\"".to_string(), "!touch /tmp/pwned".to_string()];
+        let err =
+            run_command_file(&runner, Path::new("img"), &lines, true, scratch.path()).unwrap_err();
+        assert!(err.to_string().contains("!touch"), "{err}");
+        assert!(runner.calls().is_empty());
+        assert_eq!(fs::read_dir(scratch.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn temporary_files_go_under_the_scratch_dir() {
+        let scratch = tempfile::tempdir().unwrap();
+        let runner = FakeRunner::new();
+        let out = run_command_file(
+            &runner,
+            Path::new("img"),
+            &["stat \"/a\"".to_string()],
+            false,
+            scratch.path(),
+        )
+        .unwrap();
+        let call = &runner.calls()[0];
+        assert!(
+            call.contains(&scratch.path().display().to_string()),
+            "{call}"
+        );
+        assert!(out.command.starts_with("debugfs -f "), "{}", out.command);
+        assert_eq!(fs::read_dir(scratch.path()).unwrap().count(), 0);
+        let mut b = Debugfs::new(scratch.path());
+        b.write_bytes(b"x", "/f").unwrap();
+        let staged: Vec<_> = fs::read_dir(scratch.path()).unwrap().collect();
+        assert_eq!(staged.len(), 1);
+        let meta = staged[0].as_ref().unwrap().metadata().unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+        drop(b);
+        assert_eq!(fs::read_dir(scratch.path()).unwrap().count(), 0);
     }
 }

@@ -83,6 +83,48 @@ pub enum DiskError {
         /// The requested size in bytes.
         requested: u64,
     },
+    /// A debugfs command line failed the safety check (see [`crate::debugfs::check_line`]);
+    /// nothing was run.
+    #[error("refusing to run the debugfs command line {line:?}: {reason}")]
+    UnsafeDebugfsLine {
+        /// The line (its first 200 characters).
+        line: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `e2fsck -fn` found the image is not a clean ext4 filesystem.
+    #[error("{} is not a clean ext4 filesystem (`{command}`, {}): {detail}", image.display(), exit_status(*code))]
+    NotCleanExt4 {
+        /// The image.
+        image: PathBuf,
+        /// The command line that checked it.
+        command: String,
+        /// e2fsck's exit code.
+        code: Option<i32>,
+        /// The first lines e2fsck printed.
+        detail: String,
+    },
+    /// A name inside an image cannot be copied safely to the host.
+    #[error("refusing {path:?} in {}: {reason}", image.display())]
+    UnsafeEntry {
+        /// The image.
+        image: PathBuf,
+        /// The path inside the image (escaped where it is not printable).
+        path: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// Reading an ext4 image with the built-in reader failed.
+    #[error("cannot read {path} in {}: {source}", image.display())]
+    Ext4Read {
+        /// The image.
+        image: PathBuf,
+        /// The path inside the image.
+        path: String,
+        /// What the reader said.
+        #[source]
+        source: ext4_view::Ext4Error,
+    },
     /// An argument cannot be used (a guest path with a newline, a bad MAC address...).
     #[error("invalid {what} {value:?}: {reason}")]
     Invalid {

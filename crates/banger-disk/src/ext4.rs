@@ -3,6 +3,7 @@
 //! - [`mkfs_from_dir`]: a new image populated from a host directory (`mkfs.ext4 -d`).
 //! - [`grow`]: enlarge an image and its filesystem (`e2fsck -fy`, then `resize2fs`).
 //! - [`size_of_tree`] and [`default_image_size`]: how large an image for a tree should be.
+//! - [`check_clean`]: refuse anything but a clean ext4 filesystem (`e2fsck -fn`).
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -80,6 +81,33 @@ pub fn mkfs_from_dir(
         let _ = fs::remove_file(out);
     }
     result
+}
+
+/// Checks that `image` is a clean ext4 filesystem without changing it (`e2fsck -fn
+/// IMAGE`: force a full check, answer "no" to every fix). Anything but exit code 0 -- not
+/// ext4 at all, errors found, an unreadable file -- is [`DiskError::NotCleanExt4`] with
+/// e2fsck's first lines. For images taken in from outside (`image register`, bundles).
+pub fn check_clean(runner: &dyn CommandRunner, image: &Path) -> Result<(), DiskError> {
+    let out = runner.run(
+        "e2fsck",
+        &["-fn".to_string(), image.to_string_lossy().into_owned()],
+    )?;
+    if out.code == Some(0) {
+        return Ok(());
+    }
+    let text = format!("{}\n{}", out.stderr, out.stdout);
+    let detail: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("e2fsck "))
+        .take(4)
+        .collect();
+    Err(DiskError::NotCleanExt4 {
+        image: image.to_path_buf(),
+        command: out.command.clone(),
+        code: out.code,
+        detail: detail.join("; "),
+    })
 }
 
 /// Grows the ext4 image `image` to `new_size` bytes: extends the file, checks the

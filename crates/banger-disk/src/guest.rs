@@ -242,11 +242,12 @@ fn read_optional(
     runner: &dyn CommandRunner,
     image: &Path,
     path: &str,
+    scratch: &Path,
 ) -> Result<Option<String>, DiskError> {
     match debugfs::stat(runner, image, path)? {
         None => Ok(None),
         Some(inode) if inode.kind == FileKind::Regular => {
-            let bytes = debugfs::read_file(runner, image, path)?;
+            let bytes = debugfs::read_file(runner, image, path, scratch)?;
             Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
         }
         Some(inode) => Err(DiskError::WrongType {
@@ -260,15 +261,17 @@ fn read_optional(
 
 /// Writes the guest configuration (see the module docs) into the root filesystem image
 /// `rootfs_image` in one debugfs batch (files mode 0644, owner 0:0; missing directories
-/// created). The image's `/etc/fstab` is read first so its lines are kept.
+/// created). The image's `/etc/fstab` is read first so its lines are kept. Temporary
+/// files live in a private directory under `scratch`.
 pub fn write_guest_config(
     runner: &dyn CommandRunner,
     rootfs_image: &Path,
     config: &GuestConfig,
+    scratch: &Path,
 ) -> Result<(), DiskError> {
     config.validate()?;
-    let fstab = read_optional(runner, rootfs_image, "/etc/fstab")?.unwrap_or_default();
-    let mut batch = Debugfs::new();
+    let fstab = read_optional(runner, rootfs_image, "/etc/fstab", scratch)?.unwrap_or_default();
+    let mut batch = Debugfs::new(scratch);
     batch.mkdir("/etc/banger")?.mkdir("/etc/systemd/network")?;
     for file in config.files(&fstab) {
         batch.write_bytes(file.contents.as_bytes(), file.path)?;
@@ -282,11 +285,13 @@ pub const AUTHORIZED_KEYS: &str = "/.ssh/authorized_keys";
 
 /// Authorizes `pubkey_line` (one OpenSSH public key line) for root in the work disk
 /// image: `/.ssh` (mode 0700) and `/.ssh/authorized_keys` (mode 0600), both owned by 0:0.
-/// Keys already in the file are kept; the key is added once.
+/// Keys already in the file are kept; the key is added once. Temporary files live in a
+/// private directory under `scratch`.
 pub fn authorize_ssh_key(
     runner: &dyn CommandRunner,
     work_disk_image: &Path,
     pubkey_line: &str,
+    scratch: &Path,
 ) -> Result<(), DiskError> {
     let key = pubkey_line.trim();
     if key.is_empty() || key.contains(['\n', '\r']) {
@@ -296,7 +301,8 @@ pub fn authorize_ssh_key(
             "must be one non-empty line",
         ));
     }
-    let existing = read_optional(runner, work_disk_image, AUTHORIZED_KEYS)?.unwrap_or_default();
+    let existing =
+        read_optional(runner, work_disk_image, AUTHORIZED_KEYS, scratch)?.unwrap_or_default();
     let mut contents = String::new();
     for line in existing.lines().filter(|l| !l.trim().is_empty()) {
         contents.push_str(line);
@@ -306,7 +312,7 @@ pub fn authorize_ssh_key(
         contents.push_str(key);
         contents.push('\n');
     }
-    let mut batch = Debugfs::new();
+    let mut batch = Debugfs::new(scratch);
     batch
         .mkdir("/.ssh")?
         .set_owner("/.ssh", 0, 0)?
@@ -431,9 +437,19 @@ DNS=1.1.1.1
             hostname: "bad name".into(),
             ..config()
         };
-        assert!(write_guest_config(&runner, Path::new("/img"), &c).is_err());
+        assert!(
+            write_guest_config(&runner, Path::new("/img"), &c, Path::new("/nonexistent")).is_err()
+        );
         assert!(runner.calls().is_empty());
-        assert!(authorize_ssh_key(&runner, Path::new("/img"), "a\nb").is_err());
+        assert!(
+            authorize_ssh_key(
+                &runner,
+                Path::new("/img"),
+                "a\nb",
+                Path::new("/nonexistent")
+            )
+            .is_err()
+        );
         assert!(runner.calls().is_empty());
     }
 

@@ -5,63 +5,62 @@
 //! seed grown to the requested size ([`clone_work_disk`]): a reflink or sparse copy plus
 //! a resize, much faster than building a filesystem per VM.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
 use banger_core::runner::CommandRunner;
 
 use crate::copy::{self, CloneKind};
-use crate::debugfs::{self, Debugfs, DirEntry, FileKind};
+use crate::debugfs::{self, Debugfs};
+use crate::extract::{self, Limits};
 use crate::{DiskError, ext4};
 
 /// The filesystem label of work seeds (and so of every work disk).
 pub const WORK_LABEL: &str = "banger-work";
 
+/// The most entries a seed copies from an image's `/root`.
+pub const MAX_SEED_ENTRIES: usize = 100_000;
+
+/// The deepest directory nesting a seed copies from an image's `/root`.
+pub const MAX_SEED_DEPTH: usize = 64;
+
 /// Builds the work seed `out` (an ext4 of `size` bytes) from the `/root` directory of
 /// `rootfs_image`; an image without `/root` gives an empty seed. The seed's top directory
 /// is owned by 0:0 with mode 0700; every file, directory and symlink below keeps the
 /// owner, group and mode it has in the image, also when not running as root (they are
-/// re-applied from the image's listing with one debugfs batch). Device nodes, fifos and
-/// sockets are not copied. On failure `out` is removed.
+/// re-applied with one debugfs batch). Device nodes, fifos and sockets are not copied.
+///
+/// The image is untrusted: `/root` is read by banger's own reader (see
+/// [`crate::extract`]), which refuses names with `/`, NUL, `.`/`..` entries and duplicate
+/// names ([`DiskError::UnsafeEntry`]), never follows a symlink, and stops at
+/// [`MAX_SEED_ENTRIES`] entries, [`MAX_SEED_DEPTH`] levels and files adding up to more
+/// than `size` bytes. The copy is staged in a private (0700) temporary directory under
+/// `scratch`, removed at the end. On failure `out` is removed.
 pub fn make_work_seed(
     runner: &dyn CommandRunner,
     rootfs_image: &Path,
     out: &Path,
     size: u64,
+    scratch: &Path,
 ) -> Result<(), DiskError> {
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".banger-seed-")
-        .tempdir_in(&parent)
-        .map_err(DiskError::io(&parent, "create a temporary directory in"))?;
+    let tmp = debugfs::private_tempdir(scratch, "banger-seed-")?;
     let tree = tmp.path().join("root");
-
-    let owners = match debugfs::stat(runner, rootfs_image, "/root")? {
+    let limits = Limits {
+        max_bytes: size,
+        max_entries: MAX_SEED_ENTRIES,
+        max_depth: MAX_SEED_DEPTH,
+    };
+    let owners = match extract::extract_dir(rootfs_image, "/root", &tree, limits)? {
+        Some(owners) => owners,
         None => {
             fs::create_dir(&tree).map_err(DiskError::io(&tree, "create"))?;
-            BTreeMap::new()
-        }
-        Some(inode) if inode.kind == FileKind::Directory => {
-            debugfs::dump_dir(runner, rootfs_image, "/root", &tree)?;
-            source_metadata(runner, rootfs_image, &tree)?
-        }
-        Some(inode) => {
-            return Err(DiskError::WrongType {
-                image: rootfs_image.to_path_buf(),
-                path: "/root".to_string(),
-                found: inode.kind,
-                expected: FileKind::Directory,
-            });
+            Default::default()
         }
     };
 
     ext4::mkfs_from_dir(runner, &tree, out, size, WORK_LABEL)?;
     let result = (|| {
-        let mut batch = Debugfs::new();
+        let mut batch = Debugfs::new(scratch);
         batch.set_owner("/", 0, 0)?.set_mode("/", 0o040700)?;
         for (path, entry) in &owners {
             batch
@@ -75,54 +74,6 @@ pub fn make_work_seed(
         let _ = fs::remove_file(out);
     }
     result
-}
-
-/// The owner, group and mode of every regular file, directory and symlink under the
-/// image's `/root`, keyed by path in the seed (`/.bashrc`). The directories to list are
-/// those `rdump` produced in `tree`: one `ls -p` per directory, in one debugfs run.
-fn source_metadata(
-    runner: &dyn CommandRunner,
-    image: &Path,
-    tree: &Path,
-) -> Result<BTreeMap<String, DirEntry>, DiskError> {
-    // Seed-relative directory paths: "" is the top.
-    let mut dirs = vec![String::new()];
-    let mut i = 0;
-    while i < dirs.len() {
-        let host = tree.join(dirs[i].trim_start_matches('/'));
-        for entry in fs::read_dir(&host).map_err(DiskError::io(&host, "list"))? {
-            let entry = entry.map_err(DiskError::io(&host, "list"))?;
-            let ft = entry
-                .file_type()
-                .map_err(DiskError::io(entry.path(), "stat"))?;
-            if ft.is_dir() {
-                let name = entry.file_name();
-                let name = name.to_str().ok_or_else(|| {
-                    DiskError::invalid(
-                        "file name",
-                        entry.path().display().to_string(),
-                        "not valid UTF-8",
-                    )
-                })?;
-                dirs.push(format!("{}/{name}", dirs[i]));
-            }
-        }
-        i += 1;
-    }
-    let guest_dirs: Vec<String> = dirs.iter().map(|d| format!("/root{d}")).collect();
-    let listings = debugfs::list_dirs(runner, image, &guest_dirs)?;
-    let mut out = BTreeMap::new();
-    for (dir, entries) in dirs.iter().zip(listings) {
-        for entry in entries {
-            if matches!(
-                entry.kind,
-                FileKind::Regular | FileKind::Directory | FileKind::Symlink
-            ) {
-                out.insert(format!("{dir}/{}", entry.name), entry);
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Creates the work disk `out` as a copy of `seed` (reflink when possible, sparse

@@ -8,19 +8,26 @@ use std::io::Read;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use banger_core::runner::{CommandRunner, SystemRunner};
 use banger_disk::guest::FSTAB_LINE;
 use banger_disk::{
     CloneKind, Debugfs, DiskError, FileKind, GuestConfig, authorize_ssh_key, clone_file,
-    clone_work_disk, dump_dir, exists, grow, list_dir, make_work_seed, mkfs_from_dir, read_file,
-    stat, write_guest_config,
+    clone_work_disk, exists, grow, list_dir, make_work_seed, mkfs_from_dir, read_file, stat,
+    write_guest_config,
 };
 
 const MIB: u64 = 1 << 20;
 
 fn runner() -> SystemRunner {
     SystemRunner::new()
+}
+
+/// The scratch directory handed to the library by tests that do not check it.
+fn scratch() -> &'static Path {
+    static DIR: LazyLock<tempfile::TempDir> = LazyLock::new(|| tempfile::tempdir().unwrap());
+    DIR.path()
 }
 
 /// Builds a 64 MiB ext4 image `name` in `dir` from `tree`.
@@ -43,7 +50,7 @@ fn run(program: &str, args: &[&str]) -> banger_core::runner::CommandOutput {
 }
 
 fn read_text(image: &Path, path: &str) -> String {
-    String::from_utf8(read_file(&runner(), image, path).unwrap()).unwrap()
+    String::from_utf8(read_file(&runner(), image, path, scratch()).unwrap()).unwrap()
 }
 
 /// `e2fsck -fn` exits 0 on a clean filesystem.
@@ -165,7 +172,7 @@ fn mkfs_from_dir_keeps_files_dirs_symlinks_and_setuid() {
     assert_eq!(fs::metadata(&image).unwrap().len(), 64 * MIB);
     assert_eq!(read_text(&image, "/hello.txt"), "hello world\n");
     assert_eq!(
-        read_file(&r, &image, "/sub/deeper/data.bin").unwrap(),
+        read_file(&r, &image, "/sub/deeper/data.bin", scratch()).unwrap(),
         [0u8, 1, 2, 255, 0, 10]
     );
     let sub = stat(&r, &image, "/sub").unwrap().unwrap();
@@ -203,33 +210,17 @@ fn mkfs_from_dir_keeps_files_dirs_symlinks_and_setuid() {
     assert!(!exists(&r, &image, "/nope").unwrap());
     assert!(exists(&r, &image, "/sub/deeper").unwrap());
     assert!(matches!(
-        read_file(&r, &image, "/nope"),
+        read_file(&r, &image, "/nope", scratch()),
         Err(DiskError::NotFound { .. })
     ));
     assert!(matches!(
-        read_file(&r, &image, "/sub"),
+        read_file(&r, &image, "/sub", scratch()),
         Err(DiskError::WrongType {
             found: FileKind::Directory,
             ..
         })
     ));
     assert_fsck_clean(&image);
-
-    // dump_dir copies a directory out.
-    let out = dir.path().join("dumped");
-    dump_dir(&r, &image, "/sub", &out).unwrap();
-    assert_eq!(
-        fs::read(out.join("deeper/data.bin")).unwrap(),
-        [0u8, 1, 2, 255, 0, 10]
-    );
-    assert!(matches!(
-        dump_dir(&r, &image, "/sub", &out),
-        Err(DiskError::Invalid { .. })
-    ));
-    assert!(matches!(
-        dump_dir(&r, &image, "/nope", &dir.path().join("x")),
-        Err(DiskError::NotFound { .. })
-    ));
 }
 
 #[test]
@@ -255,7 +246,7 @@ fn debugfs_batch_overwrites_sets_owner_and_mode() -> Result<(), DiskError> {
     fs::write(&host, b"#!/bin/sh\necho tool\n").unwrap();
     fs::set_permissions(&host, fs::Permissions::from_mode(0o755)).unwrap();
 
-    let mut batch = Debugfs::new();
+    let mut batch = Debugfs::new(scratch());
     batch
         .mkdir("/usr/local/bin")?
         .mkdir("/etc")?
@@ -292,7 +283,7 @@ fn debugfs_batch_overwrites_sets_owner_and_mode() -> Result<(), DiskError> {
     );
 
     // A second batch replaces existing files and symlinks, and mkdir of existing dirs is fine.
-    let mut again = Debugfs::new();
+    let mut again = Debugfs::new(scratch());
     again
         .mkdir("/usr/local/bin")?
         .write_bytes(b"second, longer than the first\n", "/etc/motd")?
@@ -316,7 +307,7 @@ fn a_failing_debugfs_command_fails_the_batch_with_its_message() -> Result<(), Di
     let image = empty_image(dir.path(), "img.ext4");
     let r = runner();
 
-    let mut batch = Debugfs::new();
+    let mut batch = Debugfs::new(scratch());
     batch
         .write_bytes(b"ok\n", "/before")?
         .write_bytes(b"x\n", "/no/such/dir/file")?
@@ -348,7 +339,7 @@ fn a_failing_debugfs_command_fails_the_batch_with_its_message() -> Result<(), Di
     assert_eq!(read_text(&image, "/before"), "ok\n");
     assert_eq!(read_text(&image, "/after"), "after\n");
 
-    let mut sif = Debugfs::new();
+    let mut sif = Debugfs::new(scratch());
     sif.set_owner("/missing", 1, 1)?;
     let err = sif.run(&r, &image).unwrap_err().to_string();
     assert!(err.contains("sif \"/missing\" uid 1"), "{err}");
@@ -357,7 +348,7 @@ fn a_failing_debugfs_command_fails_the_batch_with_its_message() -> Result<(), Di
         "{err}"
     );
 
-    let mut over_file = Debugfs::new();
+    let mut over_file = Debugfs::new(scratch());
     over_file.mkdir("/before/sub")?;
     let err = over_file.run(&r, &image).unwrap_err();
     assert!(
@@ -368,13 +359,13 @@ fn a_failing_debugfs_command_fails_the_batch_with_its_message() -> Result<(), Di
     // Not an ext4 image at all.
     let junk = dir.path().join("junk");
     fs::write(&junk, b"not a filesystem").unwrap();
-    let mut write = Debugfs::new();
+    let mut write = Debugfs::new(scratch());
     write.write_bytes(b"x", "/x")?;
     let err = write.run(&r, &junk).unwrap_err().to_string();
     assert!(err.contains("`open the image` failed"), "{err}");
     assert!(err.contains("while trying to open"), "{err}");
     // With a mkdir, the lookup of existing directories fails first.
-    let mut mkdir = Debugfs::new();
+    let mut mkdir = Debugfs::new(scratch());
     mkdir.mkdir("/x")?;
     let err = mkdir.run(&r, &junk).unwrap_err().to_string();
     assert!(err.contains("while trying to open"), "{err}");
@@ -463,8 +454,8 @@ fn guest_config_is_written_and_rewritten_without_duplicates() {
     let image = image_from(dir.path(), "rootfs.ext4", &tree);
     let r = runner();
 
-    write_guest_config(&r, &image, &guest_config()).unwrap();
-    write_guest_config(&r, &image, &guest_config()).unwrap();
+    write_guest_config(&r, &image, &guest_config(), scratch()).unwrap();
+    write_guest_config(&r, &image, &guest_config(), scratch()).unwrap();
 
     assert_eq!(read_text(&image, "/etc/hostname"), "dev-box\n");
     assert_eq!(
@@ -497,7 +488,7 @@ fn guest_config_is_written_and_rewritten_without_duplicates() {
 
     // An image without /etc/fstab gets one with just our line.
     let bare = empty_image(dir.path(), "bare.ext4");
-    write_guest_config(&r, &bare, &guest_config()).unwrap();
+    write_guest_config(&r, &bare, &guest_config(), scratch()).unwrap();
     assert_eq!(read_text(&bare, "/etc/fstab"), format!("{FSTAB_LINE}\n"));
 }
 
@@ -511,7 +502,7 @@ fn rootfs_with_home(dir: &Path) -> Result<PathBuf, DiskError> {
     fs::write(tree.join("root/user-file"), b"mine\n").unwrap();
     symlink(".bashrc", tree.join("root/.profile")).unwrap();
     let image = image_from(dir, "rootfs.ext4", &tree);
-    let mut fix = Debugfs::new();
+    let mut fix = Debugfs::new(scratch());
     fix.set_owner("/root", 0, 0)?
         .set_mode("/root", 0o040700)?
         .set_owner("/root/.bashrc", 0, 0)?
@@ -532,7 +523,9 @@ fn check_seed_and_work_disk(dir: &Path) -> Result<(), DiskError> {
     let r = runner();
     let rootfs = rootfs_with_home(dir)?;
     let seed = dir.join("work-seed.ext4");
-    make_work_seed(&r, &rootfs, &seed, 64 * MIB)?;
+    let tmp = dir.join("scratch");
+    fs::create_dir(&tmp).unwrap();
+    make_work_seed(&r, &rootfs, &seed, 64 * MIB, &tmp)?;
 
     assert_eq!(read_text(&seed, "/.bashrc"), "export PS1='vm$ '\n");
     assert_eq!(read_text(&seed, "/.config/app/settings"), "k=v\n");
@@ -552,8 +545,9 @@ fn check_seed_and_work_disk(dir: &Path) -> Result<(), DiskError> {
     assert_fsck_clean(&seed);
     let leftovers: Vec<_> = fs::read_dir(dir)
         .unwrap()
+        .chain(fs::read_dir(&tmp).unwrap())
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".banger-"))
+        .filter(|e| e.file_name().to_string_lossy().contains("banger-"))
         .collect();
     assert!(
         leftovers.is_empty(),
@@ -570,8 +564,8 @@ fn check_seed_and_work_disk(dir: &Path) -> Result<(), DiskError> {
     assert_eq!(fs_bytes(&seed), 64 * MIB, "the seed must not change");
 
     let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBanger banger@host";
-    authorize_ssh_key(&r, &work, key)?;
-    authorize_ssh_key(&r, &work, key)?;
+    authorize_ssh_key(&r, &work, key, &tmp)?;
+    authorize_ssh_key(&r, &work, key, &tmp)?;
     assert_eq!(
         read_text(&work, "/.ssh/authorized_keys"),
         format!("{key}\n")
@@ -584,6 +578,11 @@ fn check_seed_and_work_disk(dir: &Path) -> Result<(), DiskError> {
         (FileKind::Directory, 0, 0, 0o700)
     );
     assert_fsck_clean(&work);
+    assert_eq!(
+        fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "scratch left non-empty"
+    );
     Ok(())
 }
 
@@ -596,7 +595,7 @@ fn work_seed_and_work_disk() -> Result<(), DiskError> {
     let r = runner();
     let bare = empty_image(dir.path(), "bare.ext4");
     let seed = dir.path().join("empty-seed.ext4");
-    make_work_seed(&r, &bare, &seed, 64 * MIB)?;
+    make_work_seed(&r, &bare, &seed, 64 * MIB, scratch())?;
     let names: Vec<String> = list_dir(&r, &seed, "/")?
         .into_iter()
         .map(|e| e.name)
@@ -611,7 +610,7 @@ fn work_seed_and_work_disk() -> Result<(), DiskError> {
     fs::write(tree.join("root/big"), vec![1u8; 8 * MIB as usize]).unwrap();
     let big = image_from(dir.path(), "big.ext4", &tree);
     let small = dir.path().join("small-seed.ext4");
-    assert!(make_work_seed(&r, &big, &small, 4 * MIB).is_err());
+    assert!(make_work_seed(&r, &big, &small, 4 * MIB, scratch()).is_err());
     assert!(!small.exists());
     Ok(())
 }
@@ -661,4 +660,360 @@ fn work_seed_as_non_root() -> Result<(), DiskError> {
     );
     assert!(stdout.contains("1 passed"), "{stdout}");
     Ok(())
+}
+
+/// The adversarial corpus for work seeds: crafted ext4 images whose `/root` tries to
+/// reach the host through the seed extraction. Every case asserts a clear error, that a
+/// decoy tree outside the private directories is unchanged, and that nothing is left:
+/// no seed, nothing in the scratch directory.
+mod adversarial_seed {
+    use super::*;
+
+    /// A byte patch of a crafted image's directory entry named `name`.
+    enum Patch {
+        /// Rename the entry (same length).
+        Name(&'static [u8], &'static [u8]),
+        /// Point the entry at another inode, given by the path of its owner in the image.
+        Inode(&'static [u8], &'static str),
+        /// Change the entry's file type byte.
+        FileType(&'static [u8], u8),
+    }
+
+    /// The offset of the name of the only directory entry called `name` in `image`: a
+    /// match preceded by its length byte, 4-byte aligned header.
+    fn find_entry(image: &[u8], name: &[u8]) -> usize {
+        let hits: Vec<usize> = image
+            .windows(name.len())
+            .enumerate()
+            .filter(|(i, w)| {
+                *w == name
+                    && *i >= 8
+                    && (*i - 8) % 4 == 0
+                    && image[*i - 2] as usize == name.len()
+                    && (1..=7).contains(&image[*i - 1])
+            })
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(hits.len(), 1, "entry {name:?} found {} times", hits.len());
+        hits[0]
+    }
+
+    /// The inode number of `path` in `image` (`debugfs -R 'stat PATH'`).
+    fn inode_of(image: &Path, path: &str) -> u32 {
+        let out = run(
+            "debugfs",
+            &["-R", &format!("stat {path}"), &image.to_string_lossy()],
+        );
+        out.stdout
+            .split_whitespace()
+            .skip_while(|w| *w != "Inode:")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no inode for {path}: {}", out.stdout))
+    }
+
+    /// A 64 MiB ext4 image of `tree` without directory checksums or hash trees (so its
+    /// directory blocks are plain linear lists), then byte-patched.
+    fn crafted(dir: &Path, name: &str, tree: &Path, patches: &[Patch]) -> PathBuf {
+        let image = dir.join(name);
+        let out = run(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-F",
+                "-O",
+                "^metadata_csum,^dir_index",
+                "-d",
+                &tree.to_string_lossy(),
+                &image.to_string_lossy(),
+                "64M",
+            ],
+        );
+        assert!(out.success(), "{}", out.stderr);
+        let mut bytes = fs::read(&image).unwrap();
+        for patch in patches {
+            match patch {
+                Patch::Name(from, to) => {
+                    assert_eq!(from.len(), to.len());
+                    let i = find_entry(&bytes, from);
+                    bytes[i..i + to.len()].copy_from_slice(to);
+                }
+                Patch::Inode(entry, owner) => {
+                    let ino = inode_of(&image, owner);
+                    let i = find_entry(&bytes, entry);
+                    bytes[i - 8..i - 4].copy_from_slice(&ino.to_le_bytes());
+                }
+                Patch::FileType(entry, ft) => {
+                    let i = find_entry(&bytes, entry);
+                    bytes[i - 1] = *ft;
+                }
+            }
+        }
+        fs::write(&image, bytes).unwrap();
+        image
+    }
+
+    /// Every path, type, mode, link target and content under `dir`, never following a
+    /// symlink.
+    fn snapshot(dir: &Path) -> Vec<(PathBuf, u32, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(p) = stack.pop() {
+            let meta = fs::symlink_metadata(&p).unwrap();
+            let data = if meta.is_dir() {
+                let mut names: Vec<PathBuf> = fs::read_dir(&p)
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .collect();
+                names.sort();
+                stack.extend(names);
+                Vec::new()
+            } else if meta.file_type().is_symlink() {
+                fs::read_link(&p)
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes()
+            } else {
+                fs::read(&p).unwrap()
+            };
+            out.push((p, meta.mode(), data));
+        }
+        out.sort();
+        out
+    }
+
+    /// One case's world: a decoy tree (a canary file and a directory) outside every
+    /// private directory, a source tree with `/root`, a scratch directory.
+    struct Case {
+        dir: tempfile::TempDir,
+    }
+
+    impl Case {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let decoy = dir.path().join("decoy");
+            fs::create_dir_all(decoy.join("dir")).unwrap();
+            fs::write(decoy.join("canary"), b"original canary\n").unwrap();
+            fs::write(decoy.join("dir/kept"), b"kept\n").unwrap();
+            fs::create_dir_all(dir.path().join("tree/root")).unwrap();
+            fs::create_dir(dir.path().join("scratch")).unwrap();
+            Case { dir }
+        }
+        fn path(&self) -> &Path {
+            self.dir.path()
+        }
+        fn decoy(&self) -> PathBuf {
+            self.path().join("decoy")
+        }
+        /// `/root` of the source tree.
+        fn home(&self) -> PathBuf {
+            self.path().join("tree/root")
+        }
+        fn image(&self, patches: &[Patch]) -> PathBuf {
+            crafted(
+                self.path(),
+                "crafted.ext4",
+                &self.path().join("tree"),
+                patches,
+            )
+        }
+
+        /// Making a seed of `image` fails with an error containing every `expected`
+        /// fragment, and changes and leaves nothing.
+        fn refused(&self, image: &Path, expected: &[&str]) {
+            let before = snapshot(&self.decoy());
+            let scratch = self.path().join("scratch");
+            let seed = self.path().join("seed.ext4");
+            let err = make_work_seed(&runner(), image, &seed, 64 * MIB, &scratch).unwrap_err();
+            let text = err.to_string();
+            for fragment in expected {
+                assert!(text.contains(fragment), "expected {fragment:?} in: {text}");
+            }
+            assert!(text.contains("crafted.ext4"), "the image is named: {text}");
+            assert_eq!(snapshot(&self.decoy()), before, "the decoy changed");
+            assert!(!seed.exists(), "a seed was left");
+            let left: Vec<_> = fs::read_dir(&scratch).unwrap().collect();
+            assert!(left.is_empty(), "scratch left: {left:?}");
+            let top: Vec<String> = fs::read_dir(self.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            for name in &top {
+                assert!(
+                    ["decoy", "tree", "scratch", "crafted.ext4"].contains(&name.as_str()),
+                    "unexpected {name} next to the image: {top:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn adversarial_seed_name_with_a_slash_climbing_out() {
+        let case = Case::new();
+        fs::write(case.home().join("XQZPAT01"), b"escaped\n").unwrap();
+        let image = case.image(&[Patch::Name(b"XQZPAT01", b"../../ES")]);
+        case.refused(
+            &image,
+            &["cannot read /root", "name contains a path separator"],
+        );
+        assert!(!case.path().join("ES").exists());
+    }
+
+    #[test]
+    fn adversarial_seed_extra_dot_dot_entry() {
+        let case = Case::new();
+        fs::write(case.home().join("Q9"), b"up\n").unwrap();
+        let image = case.image(&[Patch::Name(b"Q9", b"..")]);
+        case.refused(&image, &["refusing \"/root/..\"", "a duplicate name"]);
+    }
+
+    #[test]
+    fn adversarial_seed_extra_dot_entry() {
+        let case = Case::new();
+        fs::create_dir(case.home().join("sub")).unwrap();
+        fs::write(case.home().join("sub/Q"), b"here\n").unwrap();
+        let image = case.image(&[Patch::Name(b"Q", b".")]);
+        case.refused(&image, &["refusing \"/root/sub/.\"", "a duplicate name"]);
+    }
+
+    #[test]
+    fn adversarial_seed_duplicate_files() {
+        let case = Case::new();
+        fs::write(case.home().join("XQZPAT01"), b"one\n").unwrap();
+        fs::write(case.home().join("XQZPAT02"), b"two\n").unwrap();
+        let image = case.image(&[Patch::Name(b"XQZPAT02", b"XQZPAT01")]);
+        case.refused(&image, &["refusing \"/root/XQZPAT01\"", "a duplicate name"]);
+    }
+
+    #[test]
+    fn adversarial_seed_symlink_then_same_named_file_aims_at_the_canary() {
+        let case = Case::new();
+        symlink(case.decoy().join("canary"), case.home().join("XQZPAT01")).unwrap();
+        fs::write(case.home().join("XQZPAT02"), b"overwritten!\n").unwrap();
+        let image = case.image(&[Patch::Name(b"XQZPAT02", b"XQZPAT01")]);
+        case.refused(&image, &["refusing \"/root/XQZPAT01\"", "a duplicate name"]);
+    }
+
+    #[test]
+    fn adversarial_seed_symlink_then_same_named_directory_aims_at_the_decoy() {
+        let case = Case::new();
+        symlink(case.decoy().join("dir"), case.home().join("XQZPAT01")).unwrap();
+        fs::create_dir(case.home().join("XQZPAT02")).unwrap();
+        fs::write(case.home().join("XQZPAT02/planted"), b"planted\n").unwrap();
+        let image = case.image(&[Patch::Name(b"XQZPAT02", b"XQZPAT01")]);
+        case.refused(&image, &["refusing \"/root/XQZPAT01\"", "a duplicate name"]);
+    }
+
+    #[test]
+    fn adversarial_seed_deep_tree() {
+        let case = Case::new();
+        let mut deep = case.home();
+        for _ in 0..100 {
+            deep.push("d");
+        }
+        fs::create_dir_all(&deep).unwrap();
+        let image = case.image(&[]);
+        case.refused(
+            &image,
+            &["/d/d/d/", "directories nested deeper than 64 levels"],
+        );
+    }
+
+    #[test]
+    fn adversarial_seed_directory_cycle() {
+        let case = Case::new();
+        fs::create_dir_all(case.home().join("sub/XQZPAT01")).unwrap();
+        // sub/XQZPAT01 becomes sub itself: an endless tree.
+        let image = case.image(&[Patch::Inode(b"XQZPAT01", "/root/sub")]);
+        case.refused(
+            &image,
+            &[
+                "/root/sub/XQZPAT01/XQZPAT01/",
+                "directories nested deeper than 64 levels",
+            ],
+        );
+    }
+
+    #[test]
+    fn adversarial_seed_huge_sparse_file() {
+        let case = Case::new();
+        let huge = File::create(case.home().join("huge")).unwrap();
+        huge.set_len(1 << 40).unwrap();
+        let image = case.image(&[]);
+        assert!(fs::metadata(&image).unwrap().len() == 64 * MIB);
+        case.refused(
+            &image,
+            &[
+                "refusing \"/root/huge\"",
+                "the files add up to more than 67108864 bytes",
+            ],
+        );
+    }
+
+    #[test]
+    fn adversarial_seed_entry_type_disagrees_with_inode() {
+        let case = Case::new();
+        fs::write(case.home().join("XQZPAT01"), b"a file\n").unwrap();
+        // The entry claims a directory (type 2); its inode is a regular file.
+        let image = case.image(&[Patch::FileType(b"XQZPAT01", 2)]);
+        case.refused(
+            &image,
+            &[
+                "refusing \"/root/XQZPAT01\"",
+                "its directory entry says directory but its inode is a regular file",
+            ],
+        );
+    }
+
+    #[test]
+    fn adversarial_seed_name_with_a_newline() {
+        let case = Case::new();
+        fs::write(case.home().join("new\nline"), b"x\n").unwrap();
+        let image = case.image(&[]);
+        case.refused(
+            &image,
+            &[
+                "refusing \"/root/new\\nline\"",
+                "a name containing a newline or carriage return",
+            ],
+        );
+    }
+
+    #[test]
+    fn adversarial_seed_name_not_utf8() {
+        use std::os::unix::ffi::OsStrExt;
+        let case = Case::new();
+        let name = std::ffi::OsStr::from_bytes(b"bad\xffname");
+        fs::write(case.home().join(name), b"x\n").unwrap();
+        let image = case.image(&[]);
+        case.refused(
+            &image,
+            &[
+                "refusing \"/root/bad\u{fffd}name\"",
+                "a name that is not valid UTF-8",
+            ],
+        );
+    }
+
+    /// The control: the same crafting without a patch gives a working seed, so the
+    /// refusals above come from the patches.
+    #[test]
+    fn adversarial_seed_control_unpatched_image_works() {
+        let case = Case::new();
+        symlink(case.decoy().join("canary"), case.home().join("XQZPAT01")).unwrap();
+        fs::write(case.home().join("XQZPAT02"), b"two\n").unwrap();
+        fs::create_dir_all(case.home().join("sub/XQZPAT03")).unwrap();
+        let image = case.image(&[]);
+        let before = snapshot(&case.decoy());
+        let scratch = case.path().join("scratch");
+        let seed = case.path().join("seed.ext4");
+        make_work_seed(&runner(), &image, &seed, 64 * MIB, &scratch).unwrap();
+        assert_eq!(read_text(&seed, "/XQZPAT02"), "two\n");
+        let link = stat(&runner(), &seed, "/XQZPAT01").unwrap().unwrap();
+        assert_eq!(link.kind, FileKind::Symlink);
+        assert!(exists(&runner(), &seed, "/sub/XQZPAT03").unwrap());
+        assert_eq!(snapshot(&case.decoy()), before);
+        assert_eq!(fs::read_dir(&scratch).unwrap().count(), 0);
+        assert_fsck_clean(&seed);
+    }
 }

@@ -18,6 +18,7 @@
 //! stderr.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use banger_core::runner::CommandRunner;
@@ -183,6 +184,7 @@ pub fn debian_rootfs_tar(
     };
     let tmp = tempfile::Builder::new()
         .prefix(".banger-bootstrap-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir_in(parent)
         .map_err(ImageError::io(parent, "create a staging directory in"))?;
     // mmdebstrap picks the output format from the extension.

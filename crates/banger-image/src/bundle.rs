@@ -29,7 +29,8 @@ use std::path::{Path, PathBuf};
 
 use banger_core::names::validate_image_name;
 use banger_core::runner::CommandRunner;
-use banger_disk::{Debugfs, default_image_size, mkfs_from_dir, size_of_tree};
+use banger_disk::debugfs::quote_checked;
+use banger_disk::{Debugfs, default_image_size, mkfs_from_dir, run_command_file, size_of_tree};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -130,6 +131,7 @@ pub fn build_rootfs(
     }
     let scratch = tempfile::Builder::new()
         .prefix(".banger-rootfs-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir_in(work_dir)
         .map_err(ImageError::io(work_dir, "create a staging directory in"))?;
     let mut tree = flatten(tars, &scratch.path().join("tree"), progress)?;
@@ -156,7 +158,7 @@ pub fn build_rootfs(
             "applying owners and modes to {} entries",
             tree.entries().len()
         ));
-        apply_metadata(runner, image, &tree)?;
+        apply_metadata(runner, image, &tree, scratch.path())?;
         Ok(special_files)
     })();
     let special_files = match result {
@@ -179,8 +181,13 @@ pub fn build_rootfs(
 
 /// Re-applies every entry's owner, group and mode (symlinks: owner and group) in one
 /// debugfs batch.
-fn apply_metadata(runner: &dyn CommandRunner, image: &Path, tree: &Tree) -> Result<(), ImageError> {
-    let mut batch = Debugfs::new();
+fn apply_metadata(
+    runner: &dyn CommandRunner,
+    image: &Path,
+    tree: &Tree,
+    scratch: &Path,
+) -> Result<(), ImageError> {
+    let mut batch = Debugfs::new(scratch);
     let step = "re-applying owners and modes";
     for (path, meta) in tree.entries() {
         batch
@@ -195,15 +202,11 @@ fn apply_metadata(runner: &dyn CommandRunner, image: &Path, tree: &Tree) -> Resu
     batch.run(runner, image).map_err(ImageError::disk(step))
 }
 
-/// Quotes a word for debugfs's command parser: inside double quotes only `"` is special,
-/// written `""`.
-fn debugfs_quote(word: &str) -> String {
-    format!("\"{}\"", word.replace('"', "\"\""))
-}
-
-/// The debugfs script creating the special files of `tree`, and how many it creates.
-fn mknod_script(tree: &Tree) -> (String, usize) {
-    let mut script = String::new();
+/// The debugfs command lines creating the special files of `tree`, and how many it
+/// creates; a path debugfs cannot take safely is refused, with its path.
+fn mknod_script(tree: &Tree) -> Result<(Vec<String>, usize), ImageError> {
+    let step = "making special files";
+    let mut script = Vec::new();
     let mut cwd = "/".to_string();
     let mut count = 0;
     for (path, meta) in tree.entries() {
@@ -219,13 +222,16 @@ fn mknod_script(tree: &Tree) -> (String, usize) {
             None => continue,
         };
         if dir != cwd {
-            script.push_str(&format!("cd {}\n", debugfs_quote(dir)));
+            let dir_word = quote_checked("directory", dir).map_err(ImageError::disk(step))?;
+            script.push(format!("cd {dir_word}"));
             cwd = dir.to_string();
         }
-        script.push_str(&format!("mknod {} {spec}\n", debugfs_quote(name)));
+        quote_checked("special file", path).map_err(ImageError::disk(step))?;
+        let name = quote_checked("special file", name).map_err(ImageError::disk(step))?;
+        script.push(format!("mknod {name} {spec}"));
         count += 1;
     }
-    (script, count)
+    Ok((script, count))
 }
 
 /// Creates the device nodes and fifos of `tree` in `image` (see the module docs).
@@ -235,21 +241,12 @@ fn make_special_files(
     tree: &Tree,
     scratch: &Path,
 ) -> Result<usize, ImageError> {
-    let (script, count) = mknod_script(tree);
+    let (script, count) = mknod_script(tree)?;
     if count == 0 {
         return Ok(0);
     }
-    let cmdfile = scratch.join("mknod.debugfs");
-    fs::write(&cmdfile, script).map_err(ImageError::io(&cmdfile, "write"))?;
-    let out = runner.run(
-        "debugfs",
-        &[
-            "-w".to_string(),
-            "-f".to_string(),
-            cmdfile.to_string_lossy().into_owned(),
-            image.to_string_lossy().into_owned(),
-        ],
-    )?;
+    let out = run_command_file(runner, image, &script, true, scratch)
+        .map_err(ImageError::disk("making special files"))?;
     let errors: Vec<&str> = out
         .stderr
         .lines()
@@ -346,6 +343,7 @@ pub fn make_bundle(
         .map_err(|reason| ImageError::invalid("manifest", manifest.name.clone(), reason))?;
     let tmp = tempfile::Builder::new()
         .prefix(".banger-bundle-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir_in(&req.work_dir)
         .map_err(ImageError::io(
             &req.work_dir,
@@ -497,6 +495,7 @@ pub fn read_bundle(
     };
     let staging = tempfile::Builder::new()
         .prefix(".banger-unpack-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir_in(parent)
         .map_err(ImageError::io(parent, "create a staging directory in"))?;
     let (manifest, actual) = match extract(bundle, staging.path()) {
@@ -955,10 +954,10 @@ mod tests {
             reader: Box::new(io::Cursor::new(bytes)),
         })
         .unwrap();
-        let (script, count) = mknod_script(&tree);
+        let (script, count) = mknod_script(&tree).unwrap();
         assert_eq!(count, 5);
         assert_eq!(
-            script,
+            script.join("\n") + "\n",
             "cd \"/dev\"\nmknod \"null\" c 1 3\nmknod \"sda\" b 8 0\nmknod \"zero\" c 1 5\n\
              cd \"/run\"\nmknod \"initctl\" p\ncd \"/\"\nmknod \"top \"\"q\"\"\" p\n"
         );

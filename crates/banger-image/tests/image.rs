@@ -8,6 +8,7 @@ use std::fs::{self, File};
 use std::io::{Cursor, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 use std::time::Instant;
 
 use banger_core::runner::{CommandOutput, CommandRunner, SpawnError, SystemRunner};
@@ -34,6 +35,12 @@ macro_rules! note {
 
 fn runner() -> SystemRunner {
     SystemRunner::new()
+}
+
+/// The scratch directory handed to `read_file` by tests.
+fn scratch() -> &'static Path {
+    static DIR: LazyLock<tempfile::TempDir> = LazyLock::new(|| tempfile::tempdir().unwrap());
+    DIR.path()
 }
 
 fn run(program: &str, args: &[&str]) -> CommandOutput {
@@ -276,7 +283,7 @@ fn check_image(image: &Path) {
     let i = inode(image, "/home/dev/notes");
     assert_eq!((i.mode, i.uid, i.gid), (0o600, 1000, 1000));
     assert_eq!(
-        read_file(&runner(), image, "/home/dev/notes").unwrap(),
+        read_file(&runner(), image, "/home/dev/notes", scratch()).unwrap(),
         b"mine"
     );
     let i = inode(image, "/tmp");
@@ -292,7 +299,7 @@ fn check_image(image: &Path) {
     assert_eq!(inode(image, "/bin").kind, FileKind::Symlink);
     let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     assert_eq!(
-        read_file(&runner(), image, "/usr/lib/big.bin").unwrap(),
+        read_file(&runner(), image, "/usr/lib/big.bin", scratch()).unwrap(),
         big
     );
     // Whiteouts, runtime markers, host keys.
@@ -308,7 +315,7 @@ fn check_image(image: &Path) {
         (FileKind::Regular, 0o755, 0, 0)
     );
     assert_eq!(
-        read_file(&runner(), image, AGENT_PATH).unwrap(),
+        read_file(&runner(), image, AGENT_PATH, scratch()).unwrap(),
         b"\x7fELF the agent"
     );
     assert_eq!(inode(image, NETWORK_UP_PATH).mode, 0o755);
@@ -334,7 +341,9 @@ fn check_image(image: &Path) {
         "/usr/lib/modules/6.1.0-test/kernel/drivers/net/virtio_net.ko",
     );
     assert_eq!((i.mode, i.uid), (0o644, 0));
-    let conf = String::from_utf8(read_file(&runner(), image, MODULES_LOAD_PATH).unwrap()).unwrap();
+    let conf =
+        String::from_utf8(read_file(&runner(), image, MODULES_LOAD_PATH, scratch()).unwrap())
+            .unwrap();
     let listed: Vec<&str> = conf.lines().filter(|l| !l.starts_with('#')).collect();
     assert_eq!(listed, ["virtio_net", "virtio_blk"]);
     let root = inode(image, "/");
@@ -798,7 +807,7 @@ fn real_mmdebstrap_bundle() {
     let dest = dir.path().join("img");
     read_bundle(&info.path, &dest, Some(&info.sha256)).unwrap();
     let image = dest.join(ROOTFS_FILE);
-    let hostname = read_file(&runner(), &image, "/etc/hostname").unwrap();
+    let hostname = read_file(&runner(), &image, "/etc/hostname", scratch()).unwrap();
     assert_eq!(hostname, b"localhost\n");
     assert!(!exists(&runner(), &image, "/etc/resolv.conf").unwrap());
     let su = inode(&image, "/usr/bin/su");
@@ -815,4 +824,527 @@ fn real_mmdebstrap_bundle() {
         bundling.as_secs_f64(),
         info.size_bytes >> 20
     );
+}
+
+/// The adversarial corpus for rootfs tars: names crafted to turn a debugfs command line
+/// into a shell command (`!` after a line split, lines starting with `!` or `#`). Every
+/// case asserts that no shell command ran (its canary file is absent), that nothing is
+/// left (no image, nothing in the work directory) when the build is refused, and that
+/// the error names the entry.
+mod adversarial_tar {
+    use super::*;
+    use banger_image::bundle::{RootfsOptions, build_rootfs};
+
+    /// A tar of `(path, type, link target)` entries with GNU long names.
+    fn long_tar(entries: &[(&str, EntryType, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind, link) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_mode(if *kind == EntryType::Directory {
+                0o755
+            } else {
+                0o644
+            });
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1_700_000_000);
+            h.set_size(0);
+            if kind.is_symlink() {
+                b.append_link(&mut h, path, link).unwrap();
+            } else {
+                b.append_data(&mut h, path, &[][..]).unwrap();
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// The file a `!touch` payload of these cases would create (relative: in the
+    /// directory debugfs runs in, the test's).
+    fn canary_name() -> String {
+        format!("banger-pwned-{}", std::process::id())
+    }
+
+    fn canary_absent(dir: &Path) {
+        let name = canary_name();
+        for place in [std::env::current_dir().unwrap(), dir.to_path_buf()] {
+            assert!(
+                !place.join(&name).exists(),
+                "a shell command ran in {}",
+                place.display()
+            );
+        }
+    }
+
+    /// `n` double quotes split into directory components of at most 250 bytes.
+    fn quotes_path(n: usize) -> String {
+        let mut parts = Vec::new();
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(250);
+            parts.push("\"".repeat(k));
+            left -= k;
+        }
+        parts.join("/")
+    }
+
+    /// Builds a 64 MiB rootfs from `tar` in a fresh directory; returns the result, the
+    /// directory, and the image path.
+    fn build(
+        tar: Vec<u8>,
+    ) -> (
+        Result<banger_image::bundle::RootfsReport, ImageError>,
+        tempfile::TempDir,
+        PathBuf,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        fs::create_dir(&work).unwrap();
+        let opts = RootfsOptions {
+            size: Some(64 * MIB),
+            agent_bin: agent(dir.path()),
+            modules_dir: None,
+        };
+        let image = dir.path().join("rootfs.ext4");
+        let result = build_rootfs(
+            &runner(),
+            vec![TarInput::Reader {
+                name: "crafted.tar".into(),
+                reader: Box::new(Cursor::new(tar)),
+            }],
+            &opts,
+            &work,
+            &image,
+            &mut |_| {},
+        );
+        (result, dir, image)
+    }
+
+    fn refused(tar: Vec<u8>, expected: &[&str]) {
+        let (result, dir, image) = build(tar);
+        let err = result.expect_err("the build must be refused");
+        let text = err.to_string();
+        for fragment in expected {
+            assert!(text.contains(fragment), "expected {fragment:?} in: {text}");
+        }
+        assert!(!image.exists(), "an image was left");
+        assert_eq!(
+            listing(&dir.path().join("work")),
+            Vec::<String>::new(),
+            "work dir left"
+        );
+        canary_absent(dir.path());
+    }
+
+    #[test]
+    fn adversarial_tar_long_path_of_quotes_with_a_bang() {
+        // 3400 quotes double to 6800 bytes on a debugfs line; the last component is a
+        // shell command that would run if a line were ever split just before it.
+        let dirs = quotes_path(3400);
+        let file = format!("{dirs}/!touch {}", canary_name());
+        let tar = long_tar(&[(&file, EntryType::Regular, "")]);
+        // Refused at its first directory already, which the error names.
+        refused(
+            tar,
+            &[
+                "re-applying owners and modes: invalid guest path \"/\\\"",
+                "its quoted form is 3509 bytes, more than the 3072",
+            ],
+        );
+    }
+
+    #[test]
+    fn adversarial_tar_long_path_of_quotes_for_a_special_file() {
+        // The fifo goes through banger-image's own mknod script (`cd DIR`).
+        let dirs = quotes_path(3200);
+        let fifo = format!("{dirs}/fifo");
+        let tar = long_tar(&[(&fifo, EntryType::Fifo, "")]);
+        refused(
+            tar,
+            &[
+                "making special files: invalid directory \"/\\\"",
+                "bytes, more than the 3072",
+            ],
+        );
+    }
+
+    #[test]
+    fn adversarial_tar_names_with_newlines_are_skipped() {
+        let evil = format!("x\n!touch {}", canary_name());
+        let tar = long_tar(&[
+            (&evil, EntryType::Regular, ""),
+            ("dir\n#/", EntryType::Directory, ""),
+            ("ok", EntryType::Regular, ""),
+        ]);
+        let (result, dir, image) = build(tar);
+        let report = result.unwrap();
+        assert_eq!(
+            report
+                .skipped
+                .get("name contains a newline or a carriage return"),
+            Some(&2),
+            "{:?}",
+            report.skipped
+        );
+        assert!(exists(&runner(), &image, "/ok").unwrap());
+        assert!(!exists(&runner(), &image, "/x").unwrap());
+        canary_absent(dir.path());
+    }
+
+    #[test]
+    fn adversarial_tar_names_starting_with_bang_and_hash_are_kept_verbatim() {
+        let bang = format!("!touch {}", canary_name());
+        let tar = long_tar(&[
+            (&bang, EntryType::Regular, ""),
+            ("#comment", EntryType::Regular, ""),
+            ("#dir/", EntryType::Directory, ""),
+            ("#dir/!x", EntryType::Fifo, ""),
+            ("\"!quoted\"", EntryType::Regular, ""),
+            ("!link", EntryType::Symlink, "!target"),
+        ]);
+        let (result, dir, image) = build(tar);
+        result.unwrap();
+        for path in [
+            format!("/{bang}"),
+            "/#comment".to_string(),
+            "/#dir".to_string(),
+            "/\"!quoted\"".to_string(),
+        ] {
+            assert!(exists(&runner(), &image, &path).unwrap(), "{path} missing");
+        }
+        assert_eq!(inode(&image, "/#dir/!x").kind, FileKind::Fifo);
+        assert_eq!(inode(&image, "/!link").kind, FileKind::Symlink);
+        canary_absent(dir.path());
+    }
+}
+
+/// The adversarial corpus for bundles (`image import`): members that try to escape the
+/// unpack directory (`..`, absolute paths, GNU long names, pax paths), links, extra,
+/// missing and repeated members, and manifests with names that would become paths. The
+/// member names never choose a host path (the two files are written to fixed names), so
+/// every case asserts that the canary next to the destination and the decoy tree are
+/// unchanged, that no destination or staging directory is left, and that the error
+/// names what is wrong.
+mod adversarial_bundle {
+    use super::*;
+
+    const CANARY: &[u8] = b"canary: must never change\n";
+
+    /// A test directory holding a canary file and a decoy tree beside the destination.
+    struct Scene {
+        dir: tempfile::TempDir,
+    }
+
+    impl Scene {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            fs::write(dir.path().join("canary"), CANARY).unwrap();
+            fs::create_dir_all(dir.path().join("decoy/etc")).unwrap();
+            fs::write(dir.path().join("decoy/etc/shadow"), b"root:*:1::::::\n").unwrap();
+            fs::write(dir.path().join("decoy/rootfs.ext4"), b"decoy image").unwrap();
+            Scene { dir }
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.dir.path().join(name)
+        }
+
+        /// Every file under the test directory with its contents (symlinks by target).
+        fn snapshot(&self) -> Vec<(String, Vec<u8>)> {
+            fn walk(dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+                for e in fs::read_dir(dir).unwrap() {
+                    let p = e.unwrap().path();
+                    let m = fs::symlink_metadata(&p).unwrap();
+                    if m.file_type().is_symlink() {
+                        let t = fs::read_link(&p).unwrap();
+                        out.push((
+                            p.display().to_string(),
+                            t.as_os_str().as_encoded_bytes().to_vec(),
+                        ));
+                    } else if m.is_dir() {
+                        out.push((p.display().to_string(), Vec::new()));
+                        walk(&p, out);
+                    } else {
+                        out.push((p.display().to_string(), fs::read(&p).unwrap()));
+                    }
+                }
+            }
+            let mut out = Vec::new();
+            walk(self.dir.path(), &mut out);
+            out.sort();
+            out
+        }
+
+        /// Writes the bundle `entries`, reads it into `dest` and expects a refusal
+        /// containing `expected`; then checks that nothing changed and nothing is left.
+        fn refused(&self, entries: &[Member<'_>], expected: &str) {
+            let bundle = self.path("b.tar.zst");
+            handmade(&bundle, entries);
+            let before = self.snapshot();
+            let dest = self.path("dest");
+            let err = read_bundle(&bundle, &dest, None).expect_err(expected);
+            let text = err.to_string();
+            assert!(
+                matches!(err, ImageError::Bundle { .. } | ImageError::Manifest { .. }),
+                "{expected}: {text}"
+            );
+            assert!(text.contains(expected), "expected {expected:?} in: {text}");
+            assert!(text.contains("b.tar.zst"), "the bundle is named: {text}");
+            assert_eq!(
+                self.snapshot(),
+                before,
+                "{expected}: something changed or was left"
+            );
+            assert_eq!(fs::read(self.path("canary")).unwrap(), CANARY);
+            assert!(!dest.exists(), "{expected}: destination left");
+            fs::remove_file(&bundle).unwrap();
+        }
+    }
+
+    fn manifest_named(name: &str) -> Vec<u8> {
+        format!(
+            r#"{{"name":{},"distro":"debian","arch":"x86_64","kernel_ref":"k","description":"d"}}"#,
+            serde_json::to_string(name).unwrap()
+        )
+        .into_bytes()
+    }
+
+    const IMAGE: &[u8] = &[0x55; 8192];
+
+    #[test]
+    fn adversarial_bundle_member_climbing_out_with_dot_dot() {
+        let s = Scene::new();
+        let m = valid_manifest_json();
+        for name in [
+            "../canary",
+            "./../canary",
+            "rootfs.ext4/../../canary",
+            "decoy/../../canary",
+        ] {
+            s.refused(
+                &[
+                    ("manifest.json", EntryType::Regular, &m, ""),
+                    (name, EntryType::Regular, b"overwritten\n", ""),
+                    ("rootfs.ext4", EntryType::Regular, IMAGE, ""),
+                ],
+                &format!("unexpected member {name:?}"),
+            );
+        }
+    }
+
+    #[test]
+    fn adversarial_bundle_member_with_an_absolute_path() {
+        let s = Scene::new();
+        let m = valid_manifest_json();
+        let target = s.path("canary").display().to_string();
+        s.refused(
+            &[
+                ("manifest.json", EntryType::Regular, &m, ""),
+                (&target, EntryType::Regular, b"overwritten\n", ""),
+            ],
+            &format!("unexpected member {target:?}"),
+        );
+        s.refused(
+            &[
+                ("manifest.json", EntryType::Regular, &m, ""),
+                ("/rootfs.ext4", EntryType::Regular, IMAGE, ""),
+            ],
+            "unexpected member \"/rootfs.ext4\"",
+        );
+    }
+
+    #[test]
+    fn adversarial_bundle_long_name_and_pax_path_climbing_out() {
+        let s = Scene::new();
+        let m = valid_manifest_json();
+        // A GNU long name (longer than the 100-byte header field) replaces the header's
+        // innocent-looking name.
+        let long = format!("{}canary\0", "../".repeat(40));
+        s.refused(
+            &[
+                ("manifest.json", EntryType::Regular, &m, ""),
+                ("././@LongLink", EntryType::GNULongName, long.as_bytes(), ""),
+                ("rootfs.ext4", EntryType::Regular, b"overwritten\n", ""),
+            ],
+            "unexpected member \"../../../",
+        );
+        // A pax `path` record does the same.
+        let record = "path=../canary\n";
+        let pax = format!("{} {record}", record.len() + 3);
+        s.refused(
+            &[
+                ("manifest.json", EntryType::Regular, &m, ""),
+                ("PaxHeader", EntryType::XHeader, pax.as_bytes(), ""),
+                ("rootfs.ext4", EntryType::Regular, b"overwritten\n", ""),
+            ],
+            "unexpected member \"../canary\"",
+        );
+    }
+
+    #[test]
+    fn adversarial_bundle_symlink_then_same_named_file() {
+        // The classic: a symlink named like a member, pointing at the canary, then the
+        // member itself, which a naive extractor would write through the symlink.
+        let s = Scene::new();
+        let m = valid_manifest_json();
+        let target = s.path("canary").display().to_string();
+        for (first, second) in [
+            ("rootfs.ext4", "rootfs.ext4"),
+            ("manifest.json", "manifest.json"),
+        ] {
+            s.refused(
+                &[
+                    (first, EntryType::Symlink, b"", &target),
+                    (second, EntryType::Regular, b"overwritten\n", ""),
+                ],
+                &format!("member {first:?} is a Symlink entry"),
+            );
+        }
+        // A symlinked directory member then a file below it.
+        s.refused(
+            &[
+                (
+                    "d",
+                    EntryType::Symlink,
+                    b"",
+                    &s.dir.path().display().to_string(),
+                ),
+                ("d/canary", EntryType::Regular, b"overwritten\n", ""),
+            ],
+            "member \"d\" is a Symlink entry",
+        );
+    }
+
+    #[test]
+    fn adversarial_bundle_hard_link_device_fifo_and_directory_members() {
+        let s = Scene::new();
+        let m = valid_manifest_json();
+        let target = s.path("canary").display().to_string();
+        for (kind, shown) in [
+            (EntryType::Link, "Link"),
+            (EntryType::Char, "Char"),
+            (EntryType::Block, "Block"),
+            (EntryType::Fifo, "Fifo"),
+            (EntryType::Directory, "Directory"),
+        ] {
+            s.refused(
+                &[
+                    ("manifest.json", EntryType::Regular, &m, ""),
+                    ("rootfs.ext4", kind, b"", &target),
+                ],
+                &format!("member \"rootfs.ext4\" is a {shown} entry"),
+            );
+        }
+    }
+
+    #[test]
+    fn adversarial_bundle_extra_missing_and_repeated_members() {
+        let s = Scene::new();
+        let m = valid_manifest_json();
+        let cases: Vec<(Vec<Member<'_>>, &str)> = vec![
+            (
+                vec![
+                    ("manifest.json", EntryType::Regular, &m, ""),
+                    ("rootfs.ext4", EntryType::Regular, IMAGE, ""),
+                    ("canary", EntryType::Regular, b"overwritten\n", ""),
+                ],
+                "unexpected member \"canary\"",
+            ),
+            (
+                vec![("rootfs.ext4", EntryType::Regular, IMAGE, "")],
+                "no manifest.json",
+            ),
+            (
+                vec![("manifest.json", EntryType::Regular, &m, "")],
+                "no rootfs.ext4",
+            ),
+            (vec![], "no manifest.json"),
+            (
+                vec![
+                    ("manifest.json", EntryType::Regular, &m, ""),
+                    ("rootfs.ext4", EntryType::Regular, IMAGE, ""),
+                    ("./rootfs.ext4", EntryType::Regular, b"second", ""),
+                ],
+                "rootfs.ext4 appears twice",
+            ),
+            (
+                vec![
+                    ("manifest.json", EntryType::Regular, &m, ""),
+                    ("manifest.json", EntryType::Regular, &m, ""),
+                    ("rootfs.ext4", EntryType::Regular, IMAGE, ""),
+                ],
+                "manifest.json appears twice",
+            ),
+        ];
+        for (entries, expected) in cases {
+            s.refused(&entries, expected);
+        }
+    }
+
+    #[test]
+    fn adversarial_bundle_manifest_names_that_would_be_paths() {
+        let s = Scene::new();
+        for (name, expected) in [
+            ("../x", "image name \"../x\""),
+            ("../../canary", "image name \"../../canary\""),
+            ("a/b", "image name \"a/b\""),
+            (".hidden", "image name \".hidden\""),
+            ("..", "image name \"..\""),
+            ("", "image name must not be empty"),
+            ("x\n!id", "image name \"x\\n!id\""),
+            ("\u{1b}[2Jx", "image name \"\\u{1b}[2Jx\""),
+        ] {
+            let m = manifest_named(name);
+            s.refused(
+                &[
+                    ("manifest.json", EntryType::Regular, &m, ""),
+                    ("rootfs.ext4", EntryType::Regular, IMAGE, ""),
+                ],
+                expected,
+            );
+        }
+        // Not a manifest at all, and one too large to be read.
+        let huge = vec![b' '; (1 << 20) + 1];
+        s.refused(
+            &[
+                ("manifest.json", EntryType::Regular, b"[1,2]", ""),
+                ("rootfs.ext4", EntryType::Regular, IMAGE, ""),
+            ],
+            "manifest of",
+        );
+        s.refused(
+            &[
+                ("manifest.json", EntryType::Regular, &huge, ""),
+                ("rootfs.ext4", EntryType::Regular, IMAGE, ""),
+            ],
+            "the limit is 1048576",
+        );
+    }
+
+    #[test]
+    fn adversarial_bundle_control_a_good_bundle_is_read() {
+        // The cases above fail for their crafted part: the same scene with plain
+        // members works, and still touches nothing but the destination.
+        let s = Scene::new();
+        let bundle = s.path("b.tar.zst");
+        handmade(
+            &bundle,
+            &[
+                (
+                    "manifest.json",
+                    EntryType::Regular,
+                    &valid_manifest_json(),
+                    "",
+                ),
+                ("rootfs.ext4", EntryType::Regular, IMAGE, ""),
+            ],
+        );
+        read_bundle(&bundle, &s.path("dest"), None).unwrap();
+        assert_eq!(fs::read(s.path("dest/rootfs.ext4")).unwrap(), IMAGE);
+        assert_eq!(fs::read(s.path("canary")).unwrap(), CANARY);
+        assert_eq!(
+            listing(s.dir.path()),
+            ["b.tar.zst", "canary", "decoy", "dest"]
+        );
+    }
 }

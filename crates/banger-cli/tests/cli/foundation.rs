@@ -490,8 +490,18 @@ fn kernels_import_list_show_and_rm_guarded_by_images() {
     ]);
 
     // An image booting it keeps it from being removed.
+    // A real (empty) ext4: image register checks it with e2fsck.
     let rootfs = home.path().join("rootfs.ext4");
-    std::fs::write(&rootfs, vec![0u8; 1 << 20]).unwrap();
+    let empty = home.path().join("empty-tree");
+    std::fs::create_dir_all(&empty).unwrap();
+    let st = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&empty)
+        .arg(&rootfs)
+        .arg("8M")
+        .status()
+        .unwrap();
+    assert!(st.success());
     home.ok(&[
         "image",
         "register",

@@ -6,4 +6,5 @@ mod common;
 mod foundation;
 mod guest;
 mod host;
+mod inputs;
 mod vm;

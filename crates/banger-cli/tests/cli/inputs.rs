@@ -1,0 +1,275 @@
+//! The adversarial corpus for files handed to `image register` and `image import`: each
+//! bad `--rootfs`, `--kernel`, `--initrd` or bundle is refused at once as a bad request
+//! naming the file, and leaves no image row, no image directory and no temporary file;
+//! the files it pointed at are unchanged. Also: the daemon's scratch directory.
+
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::common::Home;
+
+fn mkfs(tree: &Path, image: &Path, features: &[&str]) {
+    let mut c = Command::new("mkfs.ext4");
+    c.args(["-q", "-F"])
+        .args(features)
+        .arg("-d")
+        .arg(tree)
+        .arg(image)
+        .arg("32M");
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Replaces the only occurrence of `from` in `file` by `to` (same length).
+fn patch(file: &Path, from: &[u8], to: &[u8]) {
+    let mut bytes = std::fs::read(file).unwrap();
+    let hits: Vec<usize> = bytes
+        .windows(from.len())
+        .enumerate()
+        .filter(|(_, w)| *w == from)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(hits.len(), 1, "{from:?}");
+    bytes[hits[0]..hits[0] + to.len()].copy_from_slice(to);
+    std::fs::write(file, bytes).unwrap();
+}
+
+/// The inputs of the cases: a good rootfs and kernel, and bad ones.
+struct Inputs {
+    dir: PathBuf,
+}
+
+impl Inputs {
+    fn new(home: &Home) -> Self {
+        let dir = home.path().join("inputs");
+        std::fs::create_dir_all(dir.join("tree/root")).unwrap();
+        std::fs::write(dir.join("tree/root/.bashrc"), "# ok\n").unwrap();
+        mkfs(&dir.join("tree"), &dir.join("good.ext4"), &[]);
+        std::fs::write(dir.join("vmlinux"), b"\x7fELF fake kernel").unwrap();
+        let random: Vec<u8> = (0..1u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(dir.join("random.bin"), random).unwrap();
+        std::fs::write(dir.join("empty"), b"").unwrap();
+        symlink(dir.join("good.ext4"), dir.join("link.ext4")).unwrap();
+        symlink(dir.join("vmlinux"), dir.join("link-vmlinux")).unwrap();
+        let fifo = dir.join("fifo");
+        let st = Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(st.success());
+        // /root holds an entry named ../../ES: e2fsck refuses the image.
+        std::fs::create_dir_all(dir.join("evil/root")).unwrap();
+        std::fs::write(dir.join("evil/root/XQZPAT01"), b"escaped\n").unwrap();
+        let evil = dir.join("evil.ext4");
+        mkfs(
+            &dir.join("evil"),
+            &evil,
+            &["-O", "^metadata_csum,^dir_index"],
+        );
+        patch(&evil, b"XQZPAT01", b"../../ES");
+        Inputs { dir }
+    }
+
+    fn p(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    /// Every input file's bytes (symlinks by target), to check nothing changed.
+    fn snapshot(&self) -> Vec<(String, Vec<u8>)> {
+        let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&self.dir)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                let meta = std::fs::symlink_metadata(&p).unwrap();
+                let data = if meta.file_type().is_symlink() {
+                    std::fs::read_link(&p)
+                        .unwrap()
+                        .display()
+                        .to_string()
+                        .into_bytes()
+                } else if meta.is_file() {
+                    std::fs::read(&p).unwrap()
+                } else {
+                    Vec::new()
+                };
+                (p.display().to_string(), data)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+/// `banger ARGS` fails as a bad request whose message contains `expected`, and nothing
+/// is left: no image, no image directory, nothing in the scratch directory.
+fn refused(home: &Home, inputs: &Inputs, args: &[&str], expected: &str) {
+    let before = inputs.snapshot();
+    let out = home.run(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    // (A note about a replaced daemon may come first.)
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("banger: bad request: ")),
+        "{args:?}: not a bad request: {stderr}"
+    );
+    assert!(
+        stderr.contains(expected),
+        "{args:?}: expected {expected:?} in {stderr}"
+    );
+    assert_eq!(
+        home.ok(&["image", "list", "--json"]).trim(),
+        "[]",
+        "{args:?}"
+    );
+    let images: Vec<_> = std::fs::read_dir(home.path().join("state/images"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(images.is_empty(), "{args:?}: left {images:?}");
+    let tmp: Vec<_> = std::fs::read_dir(home.path().join("state/tmp"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(tmp.is_empty(), "{args:?}: scratch left {tmp:?}");
+    assert_eq!(inputs.snapshot(), before, "{args:?}: an input changed");
+}
+
+fn register<'a>(rootfs: &'a str, kernel: &'a str) -> Vec<&'a str> {
+    vec![
+        "image", "register", "--name", "bad", "--rootfs", rootfs, "--kernel", kernel,
+    ]
+}
+
+#[test]
+fn adversarial_bad_rootfs_inputs_are_refused() {
+    let home = Home::new();
+    let i = Inputs::new(&home);
+    let k = i.p("vmlinux");
+    for (rootfs, expected) in [
+        (i.p("random.bin"), "is not a clean ext4 filesystem"),
+        (i.p("empty"), "is empty"),
+        (
+            "/proc/self/environ".to_string(),
+            "is a file of /proc or /sys",
+        ),
+        ("/proc/kcore".to_string(), "/proc/kcore"),
+        (i.p("link.ext4"), "is a symlink"),
+        (i.dir.display().to_string(), "is a directory"),
+        ("/dev/null".to_string(), "is a device"),
+        (i.p("fifo"), "is a fifo"),
+        (i.p("evil.ext4"), "has illegal characters in its name"),
+        (i.p("missing.ext4"), "No such file or directory"),
+    ] {
+        refused(&home, &i, &register(&rootfs, &k), expected);
+    }
+}
+
+#[test]
+fn adversarial_bad_kernel_and_initrd_inputs_are_refused() {
+    let home = Home::new();
+    let i = Inputs::new(&home);
+    let r = i.p("good.ext4");
+    for (kernel, expected) in [
+        (
+            i.p("random.bin"),
+            "is neither an ELF vmlinux nor a bzImage kernel",
+        ),
+        (i.p("empty"), "is empty"),
+        (
+            "/proc/self/environ".to_string(),
+            "is a file of /proc or /sys",
+        ),
+        (i.p("link-vmlinux"), "is a symlink"),
+        (i.dir.display().to_string(), "is a directory"),
+        ("/dev/zero".to_string(), "is a device"),
+    ] {
+        refused(&home, &i, &register(&r, &kernel), expected);
+    }
+    let k = i.p("vmlinux");
+    let mut args = register(&r, &k);
+    args.extend(["--initrd", "/proc/self/environ"]);
+    refused(
+        &home,
+        &i,
+        &args,
+        "initrd /proc/self/environ: is a file of /proc or /sys",
+    );
+    // The good inputs do register: the refusals above were about the bad file.
+    home.ok(&register(&r, &k));
+}
+
+/// Writes a bundle (`manifest.json` then `rootfs.ext4`, zstd) holding `rootfs`.
+fn bundle_of(dir: &Path, name: &str, rootfs: &Path) -> PathBuf {
+    let stage = dir.join(format!("{name}.stage"));
+    std::fs::create_dir_all(&stage).unwrap();
+    std::fs::write(
+        stage.join("manifest.json"),
+        br#"{"name":"imported","distro":"debian","arch":"x86_64","kernel_ref":"k","description":"d"}"#,
+    )
+    .unwrap();
+    std::fs::copy(rootfs, stage.join("rootfs.ext4")).unwrap();
+    let out = dir.join(format!("{name}.tar.zst"));
+    let st = Command::new("tar")
+        .arg("--zstd")
+        .arg("-C")
+        .arg(&stage)
+        .arg("-cf")
+        .arg(&out)
+        .args(["manifest.json", "rootfs.ext4"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::remove_dir_all(&stage).unwrap();
+    out
+}
+
+#[test]
+fn adversarial_bad_bundles_are_refused() {
+    let home = Home::new();
+    let i = Inputs::new(&home);
+    let random = bundle_of(&i.dir, "random", &i.dir.join("random.bin"));
+    let evil = bundle_of(&i.dir, "evil", &i.dir.join("evil.ext4"));
+    symlink(&random, i.dir.join("link.tar.zst")).unwrap();
+    for (bundle, expected) in [
+        (
+            random.display().to_string(),
+            "is not a clean ext4 filesystem",
+        ),
+        (
+            evil.display().to_string(),
+            "has illegal characters in its name",
+        ),
+        (
+            "/proc/self/environ".to_string(),
+            "is a file of /proc or /sys",
+        ),
+        (i.p("link.tar.zst"), "is a symlink"),
+        (i.p("empty"), "is empty"),
+    ] {
+        refused(&home, &i, &["image", "import", &bundle], expected);
+    }
+}
+
+#[test]
+fn scratch_dir_is_private_and_emptied_at_start() {
+    let home = Home::new();
+    home.ok(&["daemon", "status"]);
+    let tmp = home.path().join("state/tmp");
+    let mode = std::fs::metadata(&tmp).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    home.ok(&["daemon", "stop"]);
+    // What a SIGKILLed daemon would leave.
+    std::fs::create_dir(tmp.join("banger-debugfs-left")).unwrap();
+    std::fs::write(tmp.join("banger-debugfs-left/commands"), "stat \"/\"\n").unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    home.ok(&["daemon", "status"]);
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+    let mode = std::fs::metadata(&tmp).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+}
