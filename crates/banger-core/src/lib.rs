@@ -2,6 +2,7 @@
 //!
 //! - [`names`]: what a VM, image or kernel may be called.
 //! - [`size`]: parsing and printing byte sizes (`4G`, `512MiB`, a bare number is MiB).
+//! - [`limits`]: the bounds on a VM's CPUs, memory and disk sizes.
 //! - [`layout`]: where config, state and runtime files live (`BANGER_HOME` moves all three).
 //! - [`config`]: the TOML config file, with warnings for unknown keys.
 //! - [`build`]: the build identity every banger binary carries.
@@ -12,6 +13,7 @@ pub mod build;
 pub mod config;
 pub mod elf;
 pub mod layout;
+pub mod limits;
 pub mod names;
 pub mod runner;
 pub mod size;
