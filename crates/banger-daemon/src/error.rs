@@ -200,7 +200,7 @@ fn spawn_kind(e: &banger_core::runner::SpawnError) -> ErrorKind {
 fn store_kind(e: &StoreError) -> ErrorKind {
     use banger_store::rusqlite::ErrorCode;
     match e {
-        StoreError::Constraint { constraint, .. } => match constraint {
+        StoreError::Constraint { constraint, .. } => match **constraint {
             // Callers turn the name conflicts they expect into `NameTaken`; any other
             // uniqueness or reference conflict is a conflict with another row.
             Constraint::Unique { .. } | Constraint::ForeignKey => ErrorKind::Conflict,

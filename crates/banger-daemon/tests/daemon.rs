@@ -799,6 +799,7 @@ mod adversarial {
     /// A full disk while registering an image: `insufficient storage`, not `internal`, and
     /// nothing of the image is left.
     #[tokio::test]
+    #[allow(clippy::print_stderr)] // the visible reason for a skip
     async fn adversarial_full_disk_is_insufficient_storage() {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {

@@ -72,7 +72,7 @@ pub enum StoreError {
     Constraint {
         path: PathBuf,
         what: String,
-        constraint: Constraint,
+        constraint: Box<Constraint>,
         #[source]
         source: rusqlite::Error,
     },
@@ -81,10 +81,16 @@ pub enum StoreError {
 impl StoreError {
     /// Whether this is a UNIQUE (or primary key) conflict on exactly `table.column`.
     pub fn is_unique_conflict(&self, table: &str, column: &str) -> bool {
-        matches!(self, Self::Constraint {
-            constraint: Constraint::Unique { table: t, columns },
-            ..
-        } if t == table && columns.len() == 1 && columns[0] == column)
+        matches!(self.constraint(), Some(Constraint::Unique { table: t, columns })
+            if t == table && columns.len() == 1 && columns[0] == column)
+    }
+
+    /// The constraint a write broke, if that is what this error is.
+    pub fn constraint(&self) -> Option<&Constraint> {
+        match self {
+            Self::Constraint { constraint, .. } => Some(constraint),
+            _ => None,
+        }
     }
 
     /// The SQLite result code behind this error, when there is one (busy, full disk...).
@@ -340,7 +346,7 @@ impl Store {
             Some(constraint) => StoreError::Constraint {
                 path,
                 what,
-                constraint,
+                constraint: Box::new(constraint),
                 source,
             },
             None => StoreError::Query { path, what, source },
