@@ -533,6 +533,7 @@ fn adversarial_cli_out_of_range_and_unknown_fields() {
     // The counters see the one VM that exists, so they would see a new one.
     assert_eq!((before.vms, before.vm_dirs, before.taps), (1, 1, 1));
     assert!(before.vmms >= 1, "the VMM of a is not seen");
+    let long_name = "a".repeat(64);
     // The CLI's own checks (banger's caps), before any daemon call.
     for (args, needle) in [
         (vec!["--cpus", "256"], "cpus must be between 1 and 255"),
@@ -555,6 +556,17 @@ fn adversarial_cli_out_of_range_and_unknown_fields() {
             "work disk size must be between",
         ),
         (vec!["--work-disk", "0"], "must be larger than 0"),
+        (vec!["--cpus", "0"], "cpus must be between 1 and 255"),
+        (
+            vec!["--cpus", "-1"],
+            "between 1 and 255 (the most an x86 guest can address without interrupt remapping), got -1",
+        ),
+        (vec!["--memory", "0"], "--memory must be larger than 0"),
+        (vec!["--disk", "0"], "--disk must be larger than 0"),
+        (
+            vec!["--name", &long_name],
+            "64 characters long; the limit is 63",
+        ),
     ] {
         let mut a = vec!["vm", "create", "--image", "test-img"];
         a.extend(args.iter().copied());
@@ -568,6 +580,25 @@ fn adversarial_cli_out_of_range_and_unknown_fields() {
         assert!(!err.contains("(op "), "{args:?} reached the daemon: {err}");
         assert_unchanged(&home, &before, &format!("{args:?}"));
     }
+    // `vm set` checks banger's caps too, before any daemon call.
+    for (args, needle) in [
+        (["--cpus", "256"], "cpus must be between 1 and 255"),
+        (["--memory", "2T"], "memory must be between 1 MiB and 1 TiB"),
+        (
+            ["--work-disk", "17T"],
+            "work disk size must be between 1 byte and 16 TiB",
+        ),
+    ] {
+        let out = home.run(&["vm", "set", "a", args[0], args[1]]);
+        assert_eq!(out.status.code(), Some(1), "set {args:?} accepted");
+        let err = stderr(&out);
+        assert!(err.contains(needle), "set {args:?}: {err}");
+        assert!(
+            !err.contains("(op "),
+            "set {args:?} reached the daemon: {err}"
+        );
+    }
+    assert_eq!(home.vm("a")["cpus"], 2);
     // The backend's limit, checked by the daemon: Firecracker takes at most 32 vCPUs.
     let out = home.run(&["vm", "create", "--image", "test-img", "--cpus", "33"]);
     assert_eq!(out.status.code(), Some(1));
