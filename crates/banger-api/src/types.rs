@@ -1,9 +1,45 @@
 //! Request and response bodies.
+//!
+//! Every request body refuses fields it does not know (`#[serde(deny_unknown_fields)]`): a
+//! typo such as `{"cpu": 8}` is a bad request naming the field, never a silent default.
+//! Responses stay lenient, so a client can read a daemon that added a field. A request body,
+//! and every object nested in one, must be a JSON object: serde's derived structs also take an
+//! array and fill the fields by position, which [`JsonObject`] refuses.
 
 use std::path::PathBuf;
 
+use std::marker::PhantomData;
+
 use banger_core::build::BuildInfo;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// `T` read from a JSON object and nothing else (not an array, whose elements a derived
+/// struct would take by position). The daemon reads every request body through it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonObject<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for JsonObject<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Only<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Only<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Only(PhantomData)).map(JsonObject)
+    }
+}
+
+/// For an optional nested object: `null` or absent is `None`, an object is read as `T`.
+fn optional_object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    Ok(Option::<JsonObject<T>>::deserialize(d)?.map(|o| o.0))
+}
 
 /// `GET /v1/status`: who the running daemon is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,7 +155,12 @@ pub struct Vm {
 }
 
 /// `POST /v1/vms`: only the fields the user set; the daemon fills in defaults.
+///
+/// On the wire the resources sit at the top level, next to `name` (the same keys as `vm set`'s
+/// settings). serde's `flatten` cannot refuse unknown fields, so the body is read through
+/// [`CreateVmWire`], which lists every key and refuses the rest.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "CreateVmWire")]
 pub struct CreateVm {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -132,6 +173,45 @@ pub struct CreateVm {
     pub nat: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vmm: Option<String>,
+}
+
+/// The JSON shape of [`CreateVm`], every key listed so that unknown ones are refused.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename = "CreateVm")]
+struct CreateVmWire {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    image: Option<String>,
+    #[serde(default)]
+    cpus: Option<i64>,
+    #[serde(default)]
+    memory_mib: Option<i64>,
+    #[serde(default)]
+    disk_bytes: Option<u64>,
+    #[serde(default)]
+    work_disk_bytes: Option<u64>,
+    #[serde(default)]
+    nat: Option<bool>,
+    #[serde(default)]
+    vmm: Option<String>,
+}
+
+impl From<CreateVmWire> for CreateVm {
+    fn from(w: CreateVmWire) -> Self {
+        Self {
+            name: w.name,
+            image: w.image,
+            resources: VmSettings {
+                cpus: w.cpus,
+                memory_mib: w.memory_mib,
+                disk_bytes: w.disk_bytes,
+                work_disk_bytes: w.work_disk_bytes,
+            },
+            nat: w.nat,
+            vmm: w.vmm,
+        }
+    }
 }
 
 /// One line of a streamed long operation (NDJSON): stages, then a result or an error.
@@ -180,6 +260,7 @@ impl VmAction {
 /// A VM's resources as requested by `vm create` and `vm set`: only what the user gave.
 /// Signed so that a zero or negative value reaches validation instead of wrapping.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VmSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<i64>,
@@ -191,8 +272,21 @@ pub struct VmSettings {
     pub work_disk_bytes: Option<u64>,
 }
 
+impl VmSettings {
+    /// The values to check against [`banger_core::limits`].
+    pub fn requested(&self) -> banger_core::limits::Requested {
+        banger_core::limits::Requested {
+            cpus: self.cpus,
+            memory_mib: self.memory_mib,
+            disk_bytes: self.disk_bytes,
+            work_disk_bytes: self.work_disk_bytes,
+        }
+    }
+}
+
 /// `POST /v1/vms/actions`: one action on many VM references.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ActionRequest {
     pub action: VmAction,
     pub refs: Vec<String>,
@@ -200,7 +294,11 @@ pub struct ActionRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<String>,
     /// For `set`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_object"
+    )]
     pub settings: Option<VmSettings>,
 }
 
@@ -273,6 +371,7 @@ pub struct Image {
 
 /// `POST /v1/images`: register local files as a managed image.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RegisterImage {
     pub name: String,
     pub rootfs: PathBuf,
@@ -331,6 +430,7 @@ pub struct Kernel {
 /// `POST /v1/kernels`: import a kernel from a directory tree (`/` works on a host with a
 /// kernel package installed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ImportKernel {
     pub name: String,
     pub from: PathBuf,
@@ -342,6 +442,7 @@ pub struct ImportKernel {
 
 /// `POST /v1/images/bootstrap`: build an image from distribution packages (streamed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BootstrapImage {
     /// `debian-SUITE`, e.g. `debian-bookworm`.
     pub name: String,
@@ -356,6 +457,7 @@ pub struct BootstrapImage {
 /// `POST /v1/images/import`: register a bundle (`.tar.zst` with `rootfs.ext4` and
 /// `manifest.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ImportBundle {
     pub path: PathBuf,
     /// Register under this name instead of the manifest's.
@@ -364,4 +466,95 @@ pub struct ImportBundle {
     /// Boot this kernel instead of the manifest's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_ref: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_vm_keeps_its_flat_json_shape() {
+        let req = CreateVm {
+            name: Some("web".into()),
+            image: Some("img".into()),
+            resources: VmSettings {
+                cpus: Some(4),
+                memory_mib: Some(512),
+                disk_bytes: Some(1 << 30),
+                work_disk_bytes: Some(2 << 30),
+            },
+            nat: Some(true),
+            vmm: Some("qemu".into()),
+        };
+        let json = serde_json::to_value(&req).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"name": "web", "image": "img", "cpus": 4, "memory_mib": 512,
+                "disk_bytes": 1u64 << 30, "work_disk_bytes": 2u64 << 30, "nat": true,
+                "vmm": "qemu"})
+        );
+        assert_eq!(serde_json::from_value::<CreateVm>(json).unwrap(), req);
+        assert_eq!(
+            serde_json::from_str::<CreateVm>("{}").unwrap(),
+            CreateVm::default()
+        );
+    }
+
+    #[test]
+    fn request_bodies_refuse_unknown_fields() {
+        fn refused<T: serde::de::DeserializeOwned + std::fmt::Debug>(body: &str, field: &str) {
+            let e = serde_json::from_str::<T>(body).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("unknown field `{field}`")),
+                "{body}: {e}"
+            );
+        }
+        refused::<CreateVm>(r#"{"cpu": 8}"#, "cpu");
+        refused::<CreateVm>(r#"{"name": "a", "resources": {}}"#, "resources");
+        refused::<VmSettings>(r#"{"cpus": 1, "memory": 5}"#, "memory");
+        refused::<ActionRequest>(r#"{"action": "stop", "refs": [], "force": true}"#, "force");
+        refused::<ActionRequest>(
+            r#"{"action": "set", "refs": ["a"], "settings": {"cpu": 2}}"#,
+            "cpu",
+        );
+        refused::<RegisterImage>(r#"{"name": "a", "rootfs": "/r", "kernal": "/k"}"#, "kernal");
+        refused::<ImportKernel>(r#"{"name": "a", "from": "/", "forced": true}"#, "forced");
+        refused::<BootstrapImage>(r#"{"name": "debian-x", "suite": "x"}"#, "suite");
+        refused::<ImportBundle>(r#"{"path": "/b", "kernel": "k"}"#, "kernel");
+    }
+
+    #[test]
+    fn bodies_must_be_objects() {
+        // A derived struct alone takes an array, by position: JsonObject refuses it.
+        assert!(serde_json::from_str::<CreateVm>(r#"["web"]"#).is_ok());
+        for body in ["[]", r#"["web", "img", 4]"#, "42", "\"x\"", "null", "true"] {
+            let e = serde_json::from_str::<JsonObject<CreateVm>>(body).unwrap_err();
+            assert!(
+                e.to_string().contains("expected a JSON object"),
+                "{body}: {e}"
+            );
+        }
+        let ok: JsonObject<CreateVm> = serde_json::from_str(r#"{"cpus": 2}"#).unwrap();
+        assert_eq!(ok.0.resources.cpus, Some(2));
+        let e = serde_json::from_str::<ActionRequest>(
+            r#"{"action": "set", "refs": ["a"], "settings": [4]}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("expected a JSON object"), "{e}");
+        let none: ActionRequest =
+            serde_json::from_str(r#"{"action": "stop", "refs": [], "settings": null}"#).unwrap();
+        assert_eq!(none.settings, None);
+        let round = ActionRequest {
+            action: VmAction::Set,
+            refs: vec!["a".into()],
+            signal: None,
+            settings: Some(VmSettings {
+                cpus: Some(3),
+                ..Default::default()
+            }),
+        };
+        let back: ActionRequest =
+            serde_json::from_str(&serde_json::to_string(&round).unwrap()).unwrap();
+        assert_eq!(back, round);
+    }
 }

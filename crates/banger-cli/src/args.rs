@@ -46,7 +46,7 @@ diagnostics never create, migrate or write anything. Exits 1 when any check fail
     )]
     Doctor(JsonFlag),
     /// Create, run and manage VMs.
-    #[command(subcommand)]
+    #[command(subcommand, long_about = VM_LONG_ABOUT)]
     Vm(VmCommand),
     /// List running VMs (same as `banger vm list`).
     #[command(after_long_help = "Examples:\n  banger ps\n  banger ps -a\n  banger ps -q")]
@@ -91,22 +91,23 @@ pub struct JsonFlag {
 /// fills in the defaults shown here.
 #[derive(Debug, Args, Clone, Default)]
 pub struct CreateFlags {
-    /// VM name: 1-63 of a-z, 0-9 and '-' [default: a generated name like brave-otter]
+    /// VM name: 1-63 of a-z, 0-9 and '-', not 12+ hex digits (ids look like that) [default: a
+    /// generated name like brave-otter]
     #[arg(long)]
     pub name: Option<String>,
     /// Image name or id [default: debian-bookworm, or config default_image]
     #[arg(long)]
     pub image: Option<String>,
-    /// Virtual CPUs [default: 2]
+    /// Virtual CPUs: 1-32 on Firecracker, 1-255 on QEMU [default: 2]
     #[arg(long, allow_negative_numbers = true)]
     pub cpus: Option<i64>,
-    /// Memory, e.g. 2G or 512M; a bare number is MiB [default: 2048M]
+    /// Memory, e.g. 2G or 512M; a bare number is MiB; at most 1T (QEMU: 990G) [default: 2048M]
     #[arg(long, allow_hyphen_values = true)]
     pub memory: Option<String>,
-    /// Size of the VM's root disk (grows the image's) [default: the image's size]
+    /// Size of the VM's root disk (grows the image's), at most 16T [default: the image's size]
     #[arg(long, allow_hyphen_values = true)]
     pub disk: Option<String>,
-    /// Size of the work disk mounted at /root [default: 8G]
+    /// Size of the work disk mounted at /root, at most 16T [default: 8G]
     #[arg(long = "work-disk", allow_hyphen_values = true)]
     pub work_disk: Option<String>,
     /// Give the VM outbound network access (NAT through the host)
@@ -202,9 +203,16 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
+/// `banger vm --help`: what the group does and how a VM reference is resolved.
+pub const VM_LONG_ABOUT: &str = "Create, run and manage VMs.\n\nA VM reference (REF) is resolved in this order: 12 or more hex \
+digits are an id, never a name (the VM with that id, or the only one whose id starts with it); \
+otherwise the VM with exactly that name; otherwise the only VM whose name or id starts with it. \
+Several matches are an error that lists them. VM names of 12 or more hex digits are refused, so \
+an id copied from `banger vm list` always means that VM.";
+
 #[derive(Debug, Args)]
 pub struct Refs {
-    /// VM names or ids (unique prefixes work)
+    /// VM names or ids: an id (12+ hex digits) is never taken for a name; unique prefixes work
     #[arg(required = true)]
     pub refs: Vec<String>,
 }

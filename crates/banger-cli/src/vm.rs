@@ -10,7 +10,8 @@ use banger_api::Client;
 use banger_api::types::{
     ActionOutcome, ActionRequest, CreateVm, Ping, SshInfo, Vm, VmAction, VmSettings, VmStats,
 };
-use banger_core::names::{validate_image_name, validate_vm_name};
+use banger_core::limits::VmLimits;
+use banger_core::names::{looks_like_id, validate_image_name, validate_vm_name};
 use banger_core::size::{ByteSize, parse_size};
 
 use crate::args::{CreateFlags, ListArgs, RunArgs, VmCommand};
@@ -43,33 +44,25 @@ fn memory_flag(v: &Option<String>) -> Result<Option<i64>, CliError> {
     Ok(size_flag("memory", v)?.map(|b| (b / (1 << 20)) as i64))
 }
 
-fn cpus_flag(v: Option<i64>) -> Result<Option<i64>, CliError> {
-    match v {
-        Some(c) if c <= 0 => Err(CliError::Usage(format!(
-            "--cpus must be larger than 0, got {c}"
-        ))),
-        other => Ok(other),
-    }
-}
-
 /// `--cpus`, `--memory`, `--disk` and `--work-disk` (of `vm create`, `vm run` and `vm set`),
-/// checked as the daemon will check them again.
+/// checked against banger's own caps ([`VmLimits::BANGER`]: the same for every backend and
+/// host) before the daemon is called; the daemon checks them again, and against the VM's
+/// backend (Firecracker: at most 32 vCPUs).
 fn settings_flags(
     cpus: Option<i64>,
     memory: &Option<String>,
     disk: &Option<String>,
     work_disk: &Option<String>,
 ) -> Result<VmSettings, CliError> {
-    let memory_mib = memory_flag(memory)?;
-    if memory_mib == Some(0) {
-        return Err(CliError::Usage("--memory must be at least 1 MiB".into()));
-    }
-    Ok(VmSettings {
-        cpus: cpus_flag(cpus)?,
-        memory_mib,
+    let settings = VmSettings {
+        cpus,
+        memory_mib: memory_flag(memory)?,
         disk_bytes: size_flag("disk", disk)?,
         work_disk_bytes: size_flag("work-disk", work_disk)?,
-    })
+    };
+    banger_core::limits::check(&settings.requested(), &VmLimits::BANGER)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    Ok(settings)
 }
 
 /// Builds the create request from flags, checked as the daemon will check it again.
@@ -77,7 +70,10 @@ pub fn create_request(f: &CreateFlags) -> Result<CreateVm, CliError> {
     if let Some(n) = &f.name {
         validate_vm_name(n).map_err(|e| CliError::Usage(e.to_string()))?;
     }
-    if let Some(i) = &f.image {
+    // An image reference is a name or an id (prefix); only a name has rules to check.
+    if let Some(i) = &f.image
+        && !looks_like_id(i)
+    {
         validate_image_name(i).map_err(|e| CliError::Usage(e.to_string()))?;
     }
     Ok(CreateVm {
@@ -676,6 +672,44 @@ mod tests {
             disk: Some("0G".into()),
             ..Default::default()
         }));
+        // banger's own caps, whatever the backend.
+        for (cpus, memory, disk) in [
+            (Some(256), None, None),
+            (Some(i64::MAX), None, None),
+            (None, Some("2T"), None),
+            (None, Some("512K"), None),
+            (None, None, Some("17T")),
+        ] {
+            let f = CreateFlags {
+                cpus,
+                memory: memory.map(String::from),
+                disk: disk.map(String::from),
+                ..Default::default()
+            };
+            assert!(bad(f.clone()), "{f:?}");
+        }
+        let e = create_request(&CreateFlags {
+            cpus: Some(256),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("between 1 and 255"), "{e}");
+        // Names that look like ids are refused; an image may be given by id.
+        assert!(bad(CreateFlags {
+            name: Some("0123456789ab".into()),
+            ..Default::default()
+        }));
+        assert!(bad(CreateFlags {
+            image: Some("-rf".into()),
+            ..Default::default()
+        }));
+        assert!(
+            create_request(&CreateFlags {
+                image: Some("0123456789abcdef".into()),
+                ..Default::default()
+            })
+            .is_ok()
+        );
         let ok = create_request(&CreateFlags {
             memory: Some("1G".into()),
             cpus: Some(4),

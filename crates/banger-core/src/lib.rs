@@ -2,6 +2,7 @@
 //!
 //! - [`names`]: what a VM, image or kernel may be called.
 //! - [`size`]: parsing and printing byte sizes (`4G`, `512MiB`, a bare number is MiB).
+//! - [`limits`]: the bounds on a VM's CPUs, memory and disk sizes.
 //! - [`layout`]: where config, state and runtime files live (`BANGER_HOME` moves all three).
 //! - [`private`]: creating and checking banger's own dirs and files (ours, not writable by
 //!   others, never through a symlink).
@@ -14,6 +15,7 @@ pub mod build;
 pub mod config;
 pub mod elf;
 pub mod layout;
+pub mod limits;
 pub mod names;
 pub mod private;
 pub mod runner;

@@ -4,8 +4,24 @@
 //! paths, so it is a DNS label: 1–63 characters of `[a-z0-9-]`, not starting or ending with `-`.
 //! Names are never normalised: `Web` is refused, not lowered.
 //!
-//! Image and kernel names become directory names: letters, digits, `.`, `-`, `_`, at most 128
-//! characters, and never `.` or `..` or anything starting with a dot.
+//! Image and kernel names become directory names and command-line arguments: letters, digits,
+//! `.`, `-`, `_`, at most 128 characters, never `.` or `..` or anything starting with a dot
+//! (hidden files, traversal), and never starting with `-` (it would read as a flag).
+//!
+//! # Names never look like ids
+//!
+//! VMs and images have ids of 32 lowercase hex digits; `vm list` and `image list` show their
+//! first 12. A VM or image name of [`ID_LIKE_MIN`] or more characters, all `0-9a-f`, is refused
+//! ([`looks_like_id`]), so an id copied from a list can never resolve to another object.
+//!
+//! A reference given by the user (`banger vm show REF`) is resolved in this order:
+//!
+//! 1. a reference that [`looks_like_id`] is an id, never a name: the object whose id it is, or
+//!    the only one whose id starts with it;
+//! 2. otherwise the object with exactly that name;
+//! 3. otherwise the only object whose name or id starts with it (VMs; images: id prefixes only).
+//!
+//! Several matches in step 1 or 3 are an error that lists them, never a guess.
 
 /// Why a name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,6 +48,26 @@ pub enum NameError {
         name: String,
         edge: char,
     },
+    #[error("{what} name {name:?} must not start with '{edge}'")]
+    BadStart {
+        what: &'static str,
+        name: String,
+        edge: char,
+    },
+    #[error(
+        "{what} name {name:?} looks like an id ({ID_LIKE_MIN} or more hex digits), and ids are \
+         looked up before names; use a name with a character outside 0-9a-f"
+    )]
+    LooksLikeId { what: &'static str, name: String },
+}
+
+/// The shortest all-hex string taken for an id: the length of the ids `vm list` shows.
+pub const ID_LIKE_MIN: usize = 12;
+
+/// Whether `s` reads as an id or an id prefix from a list: [`ID_LIKE_MIN`] or more characters,
+/// all lowercase hex digits.
+pub fn looks_like_id(s: &str) -> bool {
+    s.len() >= ID_LIKE_MIN && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// The longest VM name: one DNS label.
@@ -72,12 +108,25 @@ pub fn validate_vm_name(name: &str) -> Result<(), NameError> {
             edge: '-',
         });
     }
+    if looks_like_id(name) {
+        return Err(NameError::LooksLikeId {
+            what: WHAT,
+            name: name.to_string(),
+        });
+    }
     Ok(())
 }
 
-/// Checks an image name.
+/// Checks an image name (images are looked up by id too, so it must not look like one).
 pub fn validate_image_name(name: &str) -> Result<(), NameError> {
-    validate_artifact_name("image", name)
+    validate_artifact_name("image", name)?;
+    if looks_like_id(name) {
+        return Err(NameError::LooksLikeId {
+            what: "image",
+            name: name.to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// Checks a kernel name.
@@ -109,12 +158,13 @@ fn validate_artifact_name(what: &'static str, name: &str) -> Result<(), NameErro
             allowed: "letters, digits, '.', '-' and '_'",
         });
     }
-    // A leading dot would allow "." and ".." (path traversal) and hidden files.
-    if name.starts_with('.') {
-        return Err(NameError::BadEdge {
+    // A leading dot would allow "." and ".." (path traversal) and hidden files; a leading
+    // dash reads as a flag to every program the name is handed to.
+    if let Some(edge @ ('.' | '-')) = name.chars().next() {
+        return Err(NameError::BadStart {
             what,
             name: name.to_string(),
-            edge: '.',
+            edge,
         });
     }
     Ok(())
@@ -126,8 +176,8 @@ mod tests {
 
     #[test]
     fn vm_names() {
-        let long63 = "a".repeat(63);
-        let long64 = "a".repeat(64);
+        let long63 = "x".repeat(63);
+        let long64 = "x".repeat(64);
         let cases: &[(&str, bool)] = &[
             ("", false),
             ("a", true),
@@ -157,6 +207,15 @@ mod tests {
             ("0", true),
             ("web_box", false),
             ("a--b", true),
+            // 12 or more hex digits read as an id.
+            ("0123456789ab", false),
+            ("deadbeefcafe", false),
+            ("0123456789abcdef0123456789abcdef", false),
+            ("0123456789a", true),
+            ("0123456789ag", true),
+            ("0123456789ab-x", true),
+            ("000000000000", false),
+            ("1234567890123", false),
         ];
         for (name, ok) in cases {
             assert_eq!(
@@ -176,6 +235,18 @@ mod tests {
         assert!(e.contains("64 characters"), "{e}");
         let e = validate_vm_name("-a").unwrap_err().to_string();
         assert!(e.contains("start or end"), "{e}");
+        let e = validate_vm_name("0123456789ab").unwrap_err().to_string();
+        assert!(e.contains("looks like an id"), "{e}");
+    }
+
+    #[test]
+    fn ids_are_recognised() {
+        assert!(looks_like_id("0123456789ab"));
+        assert!(looks_like_id(&"f".repeat(32)));
+        assert!(!looks_like_id("0123456789a"));
+        assert!(!looks_like_id("0123456789AB"), "ids are lowercase");
+        assert!(!looks_like_id("0123456789ab-"));
+        assert!(!looks_like_id(""));
     }
 
     #[test]
@@ -193,11 +264,20 @@ mod tests {
             ("a b", false),
             ("a:b", false),
             ("ünicode", false),
+            ("-rf", false),
+            ("--help", false),
+            ("-", false),
+            ("a-", true),
         ];
         for (name, ok) in cases {
             assert_eq!(validate_image_name(name).is_ok(), *ok, "image {name:?}");
             assert_eq!(validate_kernel_name(name).is_ok(), *ok, "kernel {name:?}");
         }
         assert!(validate_image_name(&"a".repeat(129)).is_err());
+        // Images are looked up by id too; kernels only by name.
+        assert!(validate_image_name("0123456789abcdef").is_err());
+        assert!(validate_kernel_name("0123456789abcdef").is_ok());
+        let e = validate_kernel_name("-x").unwrap_err().to_string();
+        assert_eq!(e, "kernel name \"-x\" must not start with '-'");
     }
 }

@@ -246,10 +246,7 @@ async fn register_bundle(
     };
     if let Err(e) = state.db(|s| s.insert_image(&row)) {
         cleanup(&dir);
-        return Err(OpError::StoreWrite {
-            what: format!("insert image {}", row.name),
-            source: e,
-        });
+        return Err(OpError::image_insert(e, &row.name));
     }
     tracing::info!(image = %row.name, bundle = %bundle.display(), "bundle registered");
     Ok(state.image_view(&row))

@@ -1,10 +1,20 @@
 //! Errors of the daemon's operations, with context, and their mapping to API error kinds.
+//!
+//! The mapping is honest and exhaustive: every variant, and every variant of the library
+//! errors it wraps, is classified by name, with no catch-all arm, so a new variant cannot
+//! silently become a 500. The user's mistakes (bad values, bad bundles and images, a missing
+//! kernel) are `bad request` or `not found`; a full disk or quota anywhere in the cause chain
+//! (`ENOSPC`, `EDQUOT`, `EFBIG`, or a tool saying so) is `insufficient storage`; a host program
+//! or VMM that cannot run is `unavailable`; only banger's own failures are `internal`. A
+//! store constraint is `already exists` only where the caller matched the `UNIQUE(name)`
+//! conflict; any other constraint is a `conflict` or `internal`.
 
 use std::path::PathBuf;
 
 use banger_api::{ApiError, ErrorKind};
+use banger_core::limits::LimitError;
 use banger_core::names::NameError;
-use banger_store::StoreError;
+use banger_store::{Constraint, StoreError};
 
 /// Why an operation on a VM or image failed.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +34,8 @@ pub enum OpError {
     Name(#[from] NameError),
     #[error("{what}")]
     Invalid { what: String },
+    #[error(transparent)]
+    Limit(#[from] LimitError),
     #[error("a VM named {name:?} already exists")]
     NameTaken { name: String },
     #[error("a kernel named {name:?} already exists (use --force to replace it)")]
@@ -72,12 +84,6 @@ pub enum OpError {
     Cancelled,
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("database write failed: {what}")]
-    StoreWrite {
-        what: String,
-        #[source]
-        source: banger_store::rusqlite::Error,
-    },
     #[error("VM {vm:?}: disk preparation failed")]
     Disk {
         vm: String,
@@ -115,7 +121,9 @@ impl OpError {
             Self::VmNotFound { .. } | Self::ImageNotFound { .. } | Self::KernelNotFound { .. } => {
                 ErrorKind::NotFound
             }
-            Self::Ambiguous { .. } | Self::Name(_) | Self::Invalid { .. } => ErrorKind::BadRequest,
+            Self::Ambiguous { .. } | Self::Name(_) | Self::Invalid { .. } | Self::Limit(_) => {
+                ErrorKind::BadRequest
+            }
             Self::NameTaken { .. } | Self::ImageNameTaken { .. } | Self::KernelNameTaken { .. } => {
                 ErrorKind::AlreadyExists
             }
@@ -128,13 +136,194 @@ impl OpError {
             | Self::Agent { .. }
             | Self::VmmUnavailable { .. } => ErrorKind::Unavailable,
             Self::Cancelled => ErrorKind::Cancelled,
-            _ => ErrorKind::Internal,
+            Self::Store(e) => store_kind(e),
+            Self::Kernel { source, .. } => kernel_kind(source),
+            Self::Image { source, .. } => image_kind(source),
+            Self::Disk { source, .. } => disk_kind(source),
+            Self::Vmm { source, .. } => vmm_kind(source),
+            Self::Net { source, .. } => net_kind(source),
+            Self::Io { source, .. } => io_kind(source),
+            Self::Command { detail, .. } => text_kind(detail),
+            Self::Join(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// An image row that could not be inserted: its name taken (`UNIQUE(name)`), else the
+    /// store's own error, classified by its constraint.
+    pub fn image_insert(e: StoreError, name: &str) -> Self {
+        if e.is_unique_conflict("images", "name") {
+            Self::ImageNameTaken {
+                name: name.to_string(),
+            }
+        } else {
+            Self::Store(e)
         }
     }
 
     pub fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| Self::Io { op, path, source }
+    }
+}
+
+/// An I/O error: a full disk or quota, or a file larger than the host's filesystem holds, is
+/// the host's storage; anything else is banger's own failure.
+fn io_kind(e: &std::io::Error) -> ErrorKind {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG) => ErrorKind::InsufficientStorage,
+        _ => ErrorKind::Internal,
+    }
+}
+
+/// What a host tool printed: tools report a full disk with the C library's words.
+fn text_kind(text: &str) -> ErrorKind {
+    const STORAGE: [&str; 3] = [
+        "No space left on device",
+        "Disk quota exceeded",
+        "File too large",
+    ];
+    if STORAGE.iter().any(|s| text.contains(s)) {
+        ErrorKind::InsufficientStorage
+    } else {
+        ErrorKind::Internal
+    }
+}
+
+/// A host program that cannot be started (not installed) makes the operation unavailable.
+fn spawn_kind(e: &banger_core::runner::SpawnError) -> ErrorKind {
+    match io_kind(&e.source) {
+        ErrorKind::InsufficientStorage => ErrorKind::InsufficientStorage,
+        _ => ErrorKind::Unavailable,
+    }
+}
+
+fn store_kind(e: &StoreError) -> ErrorKind {
+    use banger_store::rusqlite::ErrorCode;
+    match e {
+        StoreError::Constraint { constraint, .. } => match **constraint {
+            // Callers turn the name conflicts they expect into `NameTaken`; any other
+            // uniqueness or reference conflict is a conflict with another row.
+            Constraint::Unique { .. } | Constraint::ForeignKey => ErrorKind::Conflict,
+            // The daemon checks values before storing them: a broken CHECK is its own bug.
+            Constraint::Check { .. } | Constraint::NotNull { .. } | Constraint::Other { .. } => {
+                ErrorKind::Internal
+            }
+        },
+        StoreError::CreateDir { source, .. } => io_kind(source),
+        StoreError::Open { .. }
+        | StoreError::Missing { .. }
+        | StoreError::Configure { .. }
+        | StoreError::Migration { .. }
+        | StoreError::TooNew { .. }
+        | StoreError::Query { .. } => match e.sqlite_code() {
+            Some(ErrorCode::DiskFull) => ErrorKind::InsufficientStorage,
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => ErrorKind::Unavailable,
+            _ => ErrorKind::Internal,
+        },
+    }
+}
+
+fn disk_kind(e: &banger_disk::DiskError) -> ErrorKind {
+    use banger_disk::DiskError as D;
+    match e {
+        D::Io { source, .. } => io_kind(source),
+        D::Spawn(s) => spawn_kind(s),
+        D::Command { detail, .. } => text_kind(detail),
+        D::Debugfs { message, .. } => text_kind(message),
+        D::UnexpectedOutput { .. } => ErrorKind::Internal,
+        // The image lacks what a VM needs, or a request asks for the impossible.
+        D::NotFound { .. } | D::WrongType { .. } | D::Shrink { .. } | D::Invalid { .. } => {
+            ErrorKind::BadRequest
+        }
+        // An untrusted image (or a name taken from one) that banger refuses to act on.
+        D::UnsafeDebugfsLine { .. }
+        | D::NotCleanExt4 { .. }
+        | D::UnsafeEntry { .. }
+        | D::Ext4Read { .. } => ErrorKind::BadRequest,
+    }
+}
+
+fn image_kind(e: &banger_image::ImageError) -> ErrorKind {
+    use banger_image::ImageError as I;
+    match e {
+        I::Io { source, .. } => io_kind(source),
+        // A tar that cannot be read is a bad input, unless the host ran out of room.
+        I::TarRead { source, .. } => match io_kind(source) {
+            ErrorKind::InsufficientStorage => ErrorKind::InsufficientStorage,
+            _ => ErrorKind::BadRequest,
+        },
+        I::Entry { .. }
+        | I::Compression { .. }
+        | I::Bundle { .. }
+        | I::Manifest { .. }
+        | I::Name(_)
+        | I::Sha256Mismatch { .. }
+        | I::Invalid { .. } => ErrorKind::BadRequest,
+        I::Disk { source, .. } => disk_kind(source),
+        I::Spawn(s) => spawn_kind(s),
+        I::Command { stderr_tail, .. } => text_kind(stderr_tail),
+        I::Mknod { message, .. } => text_kind(message),
+    }
+}
+
+fn kernel_kind(e: &banger_kernel::KernelError) -> ErrorKind {
+    use banger_kernel::KernelError as K;
+    match e {
+        K::NotFound { .. } | K::VersionNotFound { .. } | K::NotInStore { .. } => {
+            ErrorKind::NotFound
+        }
+        K::BadRoot { .. }
+        | K::BadVersion { .. }
+        | K::UnsupportedFileType { .. }
+        | K::Extract { .. }
+        | K::BadName(_)
+        | K::NoKernelImage { .. } => ErrorKind::BadRequest,
+        K::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+        // Reading the user's tree: unreadable input is theirs.
+        K::Read { source, .. } => match io_kind(source) {
+            ErrorKind::InsufficientStorage => ErrorKind::InsufficientStorage,
+            _ => ErrorKind::BadRequest,
+        },
+        K::Write { source, .. }
+        | K::Copy { source, .. }
+        | K::Rename { source, .. }
+        | K::Remove { source, .. } => io_kind(source),
+        K::BadManifest { .. } => ErrorKind::Internal,
+    }
+}
+
+fn vmm_kind(e: &banger_vmm::VmmError) -> ErrorKind {
+    use banger_vmm::VmmError as V;
+    match e {
+        V::InvalidSpec { .. } | V::NonUtf8Path { .. } => ErrorKind::BadRequest,
+        V::InvalidVmId { .. } | V::SocketPathTooLong { .. } | V::StaleSockets { .. } => {
+            ErrorKind::Internal
+        }
+        V::AlreadyRunning { .. } => ErrorKind::Conflict,
+        V::RunDir { source, .. } | V::OpenLog { source, .. } => io_kind(source),
+        // The VMM cannot run, or refused this guest (its log tail is in the message).
+        V::Spawn { .. } => ErrorKind::Unavailable,
+        V::ExitedDuringStart { tail, .. } => match text_kind(tail) {
+            ErrorKind::InsufficientStorage => ErrorKind::InsufficientStorage,
+            _ => ErrorKind::Unavailable,
+        },
+        V::NotReady { .. } => ErrorKind::Unavailable,
+        V::Api { .. } | V::Qmp { .. } => ErrorKind::Internal,
+    }
+}
+
+fn net_kind(e: &banger_net::NetError) -> ErrorKind {
+    use banger_net::NetError as N;
+    match e {
+        N::InvalidName(_) | N::NotAGuestAddress { .. } => ErrorKind::Internal,
+        N::Spawn(s) => spawn_kind(s),
+        N::CommandFailed { stderr, .. } => text_kind(stderr),
+        N::UnexpectedOutput { .. } => ErrorKind::Internal,
+        // Someone else's link is in the way: the host's state conflicts with this VM.
+        N::NoSuchLink { .. }
+        | N::NotABridge { .. }
+        | N::NotATap { .. }
+        | N::IncompatibleTap { .. } => ErrorKind::Conflict,
     }
 }
 
@@ -156,5 +345,176 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 impl From<OpError> for ApiError {
     fn from(e: OpError) -> Self {
         ApiError::new(e.kind(), chain(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    fn os(code: i32) -> io::Error {
+        io::Error::from_raw_os_error(code)
+    }
+
+    fn disk(source: banger_disk::DiskError) -> OpError {
+        OpError::Disk {
+            vm: "web".into(),
+            source: Box::new(source),
+        }
+    }
+
+    fn disk_io(code: i32) -> OpError {
+        disk(banger_disk::DiskError::Io {
+            path: "/s/vms/x/work.ext4".into(),
+            op: "set the length of",
+            source: os(code),
+        })
+    }
+
+    fn store_err(sql_setup: &'static str, sql: &str) -> StoreError {
+        let dir = tempfile::tempdir().unwrap();
+        let s = banger_store::Store::open_with(
+            &dir.path().join("t.db"),
+            &[banger_store::Migration {
+                id: 1,
+                name: "t",
+                sql: sql_setup,
+            }],
+        )
+        .unwrap();
+        let e = s.conn().execute_batch(sql).unwrap_err();
+        s.write_error("write")(e)
+    }
+
+    #[test]
+    fn adversarial_full_disks_are_insufficient_storage() {
+        for code in [libc::ENOSPC, libc::EDQUOT, libc::EFBIG] {
+            assert_eq!(
+                disk_io(code).kind(),
+                ErrorKind::InsufficientStorage,
+                "{code}"
+            );
+            let e = OpError::Io {
+                op: "create",
+                path: "/s".into(),
+                source: os(code),
+            };
+            assert_eq!(e.kind(), ErrorKind::InsufficientStorage);
+        }
+        // A tool that says so (mkfs.ext4, resize2fs, debugfs, cp).
+        let tool = disk(banger_disk::DiskError::Command {
+            command: "resize2fs /s/work.ext4".into(),
+            code: Some(1),
+            detail: "resize2fs: No space left on device while trying to resize".into(),
+        });
+        assert_eq!(tool.kind(), ErrorKind::InsufficientStorage);
+        let image = OpError::Image {
+            what: "read bundle",
+            source: Box::new(banger_image::ImageError::Disk {
+                step: "copy rootfs",
+                source: banger_disk::DiskError::Io {
+                    path: "/s".into(),
+                    op: "write",
+                    source: os(libc::ENOSPC),
+                },
+            }),
+        };
+        assert_eq!(image.kind(), ErrorKind::InsufficientStorage);
+        // Other I/O failures stay banger's own.
+        assert_eq!(disk_io(libc::EIO).kind(), ErrorKind::Internal);
+    }
+
+    #[test]
+    fn adversarial_user_input_is_not_internal() {
+        let bundle = OpError::Image {
+            what: "read bundle",
+            source: Box::new(banger_image::ImageError::Bundle {
+                bundle: "/x.tar.zst".into(),
+                reason: "no manifest.json".into(),
+            }),
+        };
+        assert_eq!(bundle.kind(), ErrorKind::BadRequest);
+        let unreadable_tar = OpError::Image {
+            what: "read bundle",
+            source: Box::new(banger_image::ImageError::TarRead {
+                tar: "/x.tar.zst".into(),
+                entry: None,
+                source: io::Error::new(io::ErrorKind::InvalidData, "bad zstd frame"),
+            }),
+        };
+        assert_eq!(unreadable_tar.kind(), ErrorKind::BadRequest);
+        let no_kernel = OpError::Kernel {
+            name: "host".into(),
+            source: Box::new(banger_kernel::KernelError::NotFound {
+                root: "/empty".into(),
+                looked_for: "boot/vmlinuz-*".into(),
+                found: Vec::new(),
+            }),
+        };
+        assert_eq!(no_kernel.kind(), ErrorKind::NotFound);
+        let shrink = disk(banger_disk::DiskError::Shrink {
+            image: "/w".into(),
+            current: 2,
+            requested: 1,
+        });
+        assert_eq!(shrink.kind(), ErrorKind::BadRequest);
+        let no_tool = disk(banger_disk::DiskError::Spawn(
+            banger_core::runner::SpawnError {
+                command: "mkfs.ext4 x".into(),
+                source: os(libc::ENOENT),
+            },
+        ));
+        assert_eq!(no_tool.kind(), ErrorKind::Unavailable);
+        let exited = OpError::Vmm {
+            vm: "web".into(),
+            source: Box::new(banger_vmm::VmmError::ExitedDuringStart {
+                vm_id: "x".into(),
+                bin: "/usr/bin/firecracker".into(),
+                status: "exit status 1".into(),
+                log: "/s/vmm.log".into(),
+                tail: "Invalid ELF magic number".into(),
+            }),
+        };
+        assert_eq!(exited.kind(), ErrorKind::Unavailable);
+        let limit = OpError::from(LimitError {
+            what: "cpus",
+            min: "1".into(),
+            max: "32".into(),
+            set_by: "Firecracker accepts",
+            got: "33".into(),
+        });
+        assert_eq!(limit.kind(), ErrorKind::BadRequest);
+    }
+
+    #[test]
+    fn adversarial_constraints_are_not_already_exists() {
+        let setup = "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT UNIQUE, ip TEXT UNIQUE, \
+                     n INTEGER CHECK (n > 0));";
+        let unique_ip = store_err(
+            setup,
+            "INSERT INTO t VALUES (1, 'a', 'x', 1); INSERT INTO t VALUES (2, 'b', 'x', 1);",
+        );
+        assert!(unique_ip.is_unique_conflict("t", "ip"));
+        let e = OpError::Store(unique_ip);
+        assert_eq!(e.kind(), ErrorKind::Conflict);
+        assert!(e.to_string().contains("same ip"), "{e}");
+        let check = OpError::Store(store_err(setup, "INSERT INTO t VALUES (1, 'a', 'x', 0);"));
+        assert_eq!(check.kind(), ErrorKind::Internal);
+        // Only the caller's match on UNIQUE(name) says "already exists".
+        let name = store_err(
+            "CREATE TABLE images (id TEXT PRIMARY KEY, name TEXT UNIQUE);",
+            "INSERT INTO images VALUES ('1', 'a'); INSERT INTO images VALUES ('2', 'a');",
+        );
+        let e = OpError::image_insert(name, "a");
+        assert!(matches!(e, OpError::ImageNameTaken { .. }), "{e:?}");
+        assert_eq!(e.kind(), ErrorKind::AlreadyExists);
+        let other = store_err(
+            "CREATE TABLE images (id TEXT PRIMARY KEY, name TEXT UNIQUE);",
+            "INSERT INTO images VALUES ('1', 'a'); INSERT INTO images VALUES ('1', 'b');",
+        );
+        let e = OpError::image_insert(other, "b");
+        assert_eq!(e.kind(), ErrorKind::Conflict, "{e:?}");
     }
 }

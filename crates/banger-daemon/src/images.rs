@@ -257,10 +257,7 @@ pub async fn register(state: Arc<AppState>, req: RegisterImage) -> Result<Image,
     };
     if let Err(e) = state.db(|s| s.insert_image(&row)) {
         let _ = tokio::fs::remove_dir_all(&final_dir).await;
-        return Err(OpError::StoreWrite {
-            what: format!("insert image {}", row.name),
-            source: e,
-        });
+        return Err(OpError::image_insert(e, &row.name));
     }
     tracing::info!(image = %row.name, id = %row.id, "image registered");
     Ok(state.image_view(&row))
@@ -346,12 +343,7 @@ pub async fn delete(state: Arc<AppState>, reference: &str) -> Result<(), OpError
             vms: users,
         });
     }
-    state
-        .db(|s| s.delete_image(&row.id))
-        .map_err(|e| OpError::StoreWrite {
-            what: format!("delete image {}", row.name),
-            source: e,
-        })?;
+    state.db(|s| s.delete_image(&row.id))?;
     if let Err(e) = tokio::fs::remove_dir_all(&row.dir).await {
         tracing::warn!(image = %row.name, error = %chain(&e), "cannot remove image dir");
     }

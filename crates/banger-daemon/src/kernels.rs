@@ -93,12 +93,7 @@ pub async fn import(state: Arc<AppState>, req: ImportKernel) -> Result<Kernel, O
         source: manifest.source.clone(),
         created_at: now(),
     };
-    state
-        .db(|s| s.upsert_kernel(&row))
-        .map_err(|source| OpError::StoreWrite {
-            what: format!("record kernel {}", row.name),
-            source,
-        })?;
+    state.db(|s| s.upsert_kernel(&row))?;
     tracing::info!(kernel = %row.name, version = %row.version, "kernel imported");
     Ok(state.kernel_view(&row))
 }
@@ -114,12 +109,7 @@ pub async fn remove(state: Arc<AppState>, name: &str) -> Result<(), OpError> {
             images: view.used_by,
         });
     }
-    state
-        .db(|s| s.delete_kernel(&row.name))
-        .map_err(|source| OpError::StoreWrite {
-            what: format!("delete kernel {}", row.name),
-            source,
-        })?;
+    state.db(|s| s.delete_kernel(&row.name))?;
     let store = state.kernels_dir();
     let n = row.name.clone();
     let removed = tokio::task::spawn_blocking(move || banger_kernel::remove(&store, &n)).await;

@@ -1,6 +1,10 @@
 //! HTTP handlers: decode the request, call the operation, encode the answer. Long operations
 //! (`POST /v1/vms`) stream NDJSON events; the stream holds a cancellation guard, so a client
 //! that goes away cancels the operation, which then rolls back.
+//!
+//! Bodies are read with [`ApiJson`], never axum's `Json` directly: a body that is not JSON, is
+//! not the request's shape, or carries a field the request does not have (every request type
+//! refuses unknown fields) gets the typed error body, kind `bad request`, naming the problem.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,16 +13,18 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use banger_agent::proto::{Health, Ports};
 use banger_api::types::{
     ActionOutcome, ActionRequest, BootstrapImage, CreateVm, Event, Image, ImportBundle,
-    ImportKernel, Kernel, Ping, RegisterImage, SshInfo, Vm, VmState, VmStats,
+    ImportKernel, JsonObject, Kernel, Ping, RegisterImage, SshInfo, Vm, VmState, VmStats,
 };
+use banger_api::{ApiError, ErrorKind};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
 use crate::error::OpError;
@@ -29,6 +35,53 @@ type S = State<Arc<AppState>>;
 
 /// How often a streamed operation writes a blank line while it has nothing to report.
 const HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// A JSON request body whose rejection is an API error body (see the module docs).
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, St: Send + Sync> FromRequest<St> for ApiJson<T> {
+    type Rejection = HandlerError;
+
+    async fn from_request(req: Request, state: &St) -> Result<Self, Self::Rejection> {
+        use axum::extract::rejection::JsonRejection as R;
+        // The full path, as the client sent it (the nested router strips `/v1`).
+        let path = req
+            .extensions()
+            .get::<axum::extract::OriginalUri>()
+            .map_or_else(|| req.uri().path().to_string(), |u| u.path().to_string());
+        let route = format!("{} {path}", req.method());
+        let rejection = match Json::<JsonObject<T>>::from_request(req, state).await {
+            Ok(Json(JsonObject(v))) => return Ok(Self(v)),
+            Err(r) => r,
+        };
+        // The innermost message is serde's ("unknown field `cpu`, expected one of ...").
+        let innermost = |e: &dyn std::error::Error| {
+            let mut e = e;
+            while let Some(s) = e.source() {
+                e = s;
+            }
+            e.to_string()
+        };
+        let why = match &rejection {
+            R::JsonDataError(e) => format!("does not fit the request: {}", innermost(e)),
+            R::JsonSyntaxError(e) => format!("is not valid JSON: {}", innermost(e)),
+            R::MissingJsonContentType(_) => {
+                "must be sent with content-type: application/json".to_string()
+            }
+            other => other.body_text(),
+        };
+        let kind = if rejection.status().is_server_error() {
+            ErrorKind::Internal
+        } else {
+            ErrorKind::BadRequest
+        };
+        Err(HandlerError(ApiError::new(
+            kind,
+            format!("the body of {route} {why}"),
+        )))
+    }
+}
 
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
@@ -57,14 +110,21 @@ pub async fn show_vm(
     Ok(Json(state.vm_view(&row)))
 }
 
-pub async fn create_vm(State(state): S, Json(req): Json<CreateVm>) -> Response {
-    stream_op(move |progress, cancel| vms::create(state, req, progress, cancel))
+pub async fn create_vm(
+    State(state): S,
+    Extension(op): Extension<OpId>,
+    ApiJson(req): ApiJson<CreateVm>,
+) -> Response {
+    stream_op(op, move |progress, cancel| {
+        vms::create(state, req, progress, cancel)
+    })
 }
 
 /// Runs a long operation in its own task and streams its stages, then its result or error,
 /// as NDJSON [`Event`]s. The response body holds the operation's cancellation guard: when the
 /// client goes away, hyper drops the body and the operation is cancelled (and rolls back).
-pub fn stream_op<T, F, Fut>(op: F) -> Response
+/// An error event carries the request's op id, as error bodies do.
+pub fn stream_op<T, F, Fut>(op_id: OpId, op: F) -> Response
 where
     T: serde::Serialize + Send + 'static,
     F: FnOnce(vms::Progress, tokio_util::sync::CancellationToken) -> Fut,
@@ -79,7 +139,11 @@ where
         async move {
             let ev = match fut.await {
                 Ok(result) => Event::Result { result },
-                Err(e) => Event::Error { error: e.into() },
+                Err(e) => {
+                    let mut error: ApiError = e.into();
+                    error.op_id = op_id.0;
+                    Event::Error { error }
+                }
             };
             let _ = done_tx.send(ev);
         }
@@ -156,7 +220,7 @@ mod erased {
 pub async fn vm_actions(
     State(state): S,
     Extension(op): Extension<OpId>,
-    Json(req): Json<ActionRequest>,
+    ApiJson(req): ApiJson<ActionRequest>,
 ) -> Result<Json<Vec<ActionOutcome>>, HandlerError> {
     let mut outcomes = vms::act(state, req).await?;
     for e in outcomes.iter_mut().filter_map(|o| o.error.as_mut()) {
@@ -251,7 +315,7 @@ pub async fn show_image(
 
 pub async fn register_image(
     State(state): S,
-    Json(req): Json<RegisterImage>,
+    ApiJson(req): ApiJson<RegisterImage>,
 ) -> Result<Json<Image>, HandlerError> {
     Ok(Json(images::register(state, req).await?))
 }
@@ -279,7 +343,7 @@ pub async fn show_kernel(
 
 pub async fn import_kernel(
     State(state): S,
-    Json(req): Json<ImportKernel>,
+    ApiJson(req): ApiJson<ImportKernel>,
 ) -> Result<Json<Kernel>, HandlerError> {
     Ok(Json(kernels::import(state, req).await?))
 }
@@ -292,13 +356,19 @@ pub async fn delete_kernel(
     Ok(Json(serde_json::json!({ "deleted": name })))
 }
 
-pub async fn bootstrap_image(State(state): S, Json(req): Json<BootstrapImage>) -> Response {
-    stream_op(move |progress, cancel| bootstrap::bootstrap(state, req, progress, cancel))
+pub async fn bootstrap_image(
+    State(state): S,
+    Extension(op): Extension<OpId>,
+    ApiJson(req): ApiJson<BootstrapImage>,
+) -> Response {
+    stream_op(op, move |progress, cancel| {
+        bootstrap::bootstrap(state, req, progress, cancel)
+    })
 }
 
 pub async fn import_bundle(
     State(state): S,
-    Json(req): Json<ImportBundle>,
+    ApiJson(req): ApiJson<ImportBundle>,
 ) -> Result<Json<Image>, HandlerError> {
     Ok(Json(bootstrap::import(state, req).await?))
 }

@@ -37,7 +37,8 @@ use std::time::{Duration, Instant};
 use banger_api::types::{
     ActionOutcome, ActionRequest, CreateVm, Vm, VmAction, VmSettings, VmState,
 };
-use banger_core::names::validate_vm_name;
+use banger_core::limits::VmLimits;
+use banger_core::names::{looks_like_id, validate_vm_name};
 use banger_core::size::ByteSize;
 use banger_net::plan::{allocate, format_mac, mac_for_ip, tap_name_for};
 use banger_store::{ImageRow, VmRow};
@@ -134,26 +135,35 @@ impl Progress {
 // ---------------------------------------------------------------------------------------------
 // Lookups
 
-/// Finds the VM a user reference means: exact id, exact name, then a unique id or name prefix.
+/// Finds the VM a user reference means, in the order documented in [`banger_core::names`]:
+/// a reference that looks like an id (12 or more hex digits) matches ids only, exactly or as
+/// a unique prefix, so an id copied from `vm list` never reaches another VM; otherwise the
+/// exact name, then a unique prefix of a name or an id. Several matches are an error.
 pub fn resolve<'a>(rows: &'a [VmRow], reference: &str) -> Result<&'a VmRow, OpError> {
+    let not_found = || OpError::VmNotFound {
+        reference: reference.to_string(),
+    };
+    if reference.is_empty() {
+        return Err(not_found());
+    }
     if let Some(r) = rows.iter().find(|r| r.id == reference) {
         return Ok(r);
     }
-    if let Some(r) = rows.iter().find(|r| r.name == reference) {
-        return Ok(r);
-    }
-    let matches: Vec<&VmRow> = if reference.is_empty() {
-        Vec::new()
+    let matches: Vec<&VmRow> = if looks_like_id(reference) {
+        rows.iter()
+            .filter(|r| r.id.starts_with(reference))
+            .collect()
     } else {
+        if let Some(r) = rows.iter().find(|r| r.name == reference) {
+            return Ok(r);
+        }
         rows.iter()
             .filter(|r| r.id.starts_with(reference) || r.name.starts_with(reference))
             .collect()
     };
     match matches.as_slice() {
         [one] => Ok(one),
-        [] => Err(OpError::VmNotFound {
-            reference: reference.to_string(),
-        }),
+        [] => Err(not_found()),
         many => Err(OpError::Ambiguous {
             reference: reference.to_string(),
             candidates: many.iter().map(|r| r.name.clone()).collect(),
@@ -161,19 +171,41 @@ pub fn resolve<'a>(rows: &'a [VmRow], reference: &str) -> Result<&'a VmRow, OpEr
     }
 }
 
+/// Finds the image a reference means: the exact id; a reference that looks like an id
+/// matches ids only (exact or unique prefix); otherwise the exact name, then a unique id
+/// prefix. Several matches are an error, never a guess.
 fn resolve_image<'a>(rows: &'a [ImageRow], reference: &str) -> Result<&'a ImageRow, OpError> {
-    rows.iter()
-        .find(|r| r.name == reference || r.id == reference)
-        .or_else(|| {
-            let m: Vec<_> = rows
-                .iter()
-                .filter(|r| !reference.is_empty() && r.id.starts_with(reference))
-                .collect();
-            (m.len() == 1).then(|| m[0])
-        })
-        .ok_or_else(|| OpError::ImageNotFound {
-            reference: reference.to_string(),
-        })
+    let not_found = || OpError::ImageNotFound {
+        reference: reference.to_string(),
+    };
+    if reference.is_empty() {
+        return Err(not_found());
+    }
+    if let Some(r) = rows.iter().find(|r| r.id == reference) {
+        return Ok(r);
+    }
+    if !looks_like_id(reference)
+        && let Some(r) = rows.iter().find(|r| r.name == reference)
+    {
+        return Ok(r);
+    }
+    let matches: Vec<&ImageRow> = rows
+        .iter()
+        .filter(|r| r.id.starts_with(reference))
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(one),
+        [] => Err(not_found()),
+        many => Err(OpError::Invalid {
+            what: format!(
+                "{reference:?} matches several images: {}",
+                many.iter()
+                    .map(|r| r.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
+    }
 }
 
 impl AppState {
@@ -320,29 +352,12 @@ impl AppState {
 // ---------------------------------------------------------------------------------------------
 // Create
 
-/// Checks requested resources (the CLI checks them too): 1 to 256 CPUs, memory above 0 MiB,
-/// disk sizes above 0.
-pub fn check_settings(s: &VmSettings) -> Result<(), OpError> {
-    let invalid = |what: String| Err(OpError::Invalid { what });
-    if let Some(c) = s.cpus
-        && !(1..=256).contains(&c)
-    {
-        return invalid(format!("cpus must be between 1 and 256, got {c}"));
-    }
-    if let Some(m) = s.memory_mib
-        && !(1..=(1 << 24)).contains(&m)
-    {
-        return invalid(format!("memory must be more than 0 MiB, got {m} MiB"));
-    }
-    for (what, v) in [
-        ("disk size", s.disk_bytes),
-        ("work disk size", s.work_disk_bytes),
-    ] {
-        if v == Some(0) {
-            return invalid(format!("{what} must be larger than 0"));
-        }
-    }
-    Ok(())
+/// Checks requested resources against `limits`, the VM's backend's ([`Vmm::limits`]), before
+/// anything is made or stored (the CLI checks banger's own caps first): at least 1 CPU, 1 MiB
+/// and 1 byte; at most the backend's vCPUs and memory and banger's disk cap, with the real
+/// limit in the message.
+pub fn check_settings(s: &VmSettings, limits: &VmLimits) -> Result<(), OpError> {
+    Ok(banger_core::limits::check(&s.requested(), limits)?)
 }
 
 /// A friendly default name: adjective-noun, made unique with a number when needed.
@@ -377,7 +392,6 @@ pub async fn create(
     progress: Progress,
     cancel: CancellationToken,
 ) -> Result<Vm, OpError> {
-    check_settings(&req.resources)?;
     if let Some(name) = &req.name {
         validate_vm_name(name)?;
     }
@@ -396,6 +410,7 @@ pub async fn create(
             kind: vmm_kind.to_string(),
             why,
         })?;
+    check_settings(&req.resources, &vmm.limits())?;
     let image_ref = req
         .image
         .clone()
@@ -459,18 +474,14 @@ pub async fn create(
             created_at: now(),
             started_at: None,
         };
-        s.insert_vm(&row).map_err(|e| match e {
-            banger_store::rusqlite::Error::SqliteFailure(f, _)
-                if f.code == banger_store::rusqlite::ErrorCode::ConstraintViolation =>
-            {
+        s.insert_vm(&row).map_err(|e| {
+            if e.is_unique_conflict("vms", "name") {
                 OpError::NameTaken {
                     name: row.name.clone(),
                 }
+            } else {
+                OpError::Store(e)
             }
-            other => OpError::StoreWrite {
-                what: format!("insert vm {}", row.name),
-                source: other,
-            },
         })?;
         Ok(row)
     })?;
@@ -895,7 +906,8 @@ pub fn endpoint_of(state: &AppState, row: &VmRow) -> Result<AgentEndpoint, OpErr
 pub async fn act(state: Arc<AppState>, req: ActionRequest) -> Result<Vec<ActionOutcome>, OpError> {
     if req.action == VmAction::Set {
         let s = req.settings.clone().unwrap_or_default();
-        check_settings(&s)?;
+        // banger's own caps for every VM at once; each VM's backend is checked in `set`.
+        check_settings(&s, &VmLimits::BANGER)?;
         if s == VmSettings::default() {
             return Err(OpError::Invalid {
                 what: "nothing to set: give --cpus, --memory, --disk or --work-disk".into(),
@@ -1142,6 +1154,14 @@ pub async fn set(
     let lock = state.locks.vm(id);
     let _g = lock.lock().await;
     let mut row = reload(state, id)?;
+    // The VM's own backend's limits (its kind's, when that backend is missing here).
+    let limits = match state.vmm_of(&row) {
+        Ok(vmm) => vmm.limits(),
+        Err(_) => VmmKind::from_str(&row.vmm).map_or(VmLimits::BANGER, VmmKind::limits),
+    };
+    check_settings(settings, &limits).map_err(|e| OpError::Invalid {
+        what: format!("VM {}: {e}", row.name),
+    })?;
     let running = row.state == VmState::Running.as_str();
     let grows_disk = settings.disk_bytes.is_some() || settings.work_disk_bytes.is_some();
     if running && grows_disk {
@@ -1385,21 +1405,84 @@ mod tests {
     }
 
     #[test]
-    fn resources_are_checked() {
-        let check = |cpus, memory_mib, disk_bytes| {
-            check_settings(&VmSettings {
-                cpus,
-                memory_mib,
-                disk_bytes,
-                work_disk_bytes: None,
-            })
+    fn resources_are_checked_against_the_backend() {
+        let check = |kind: VmmKind, cpus, memory_mib, disk_bytes| {
+            check_settings(
+                &VmSettings {
+                    cpus,
+                    memory_mib,
+                    disk_bytes,
+                    work_disk_bytes: None,
+                },
+                &kind.limits(),
+            )
         };
-        assert!(check(Some(0), None, None).is_err());
-        assert!(check(Some(-1), None, None).is_err());
-        assert!(check(None, Some(0), None).is_err());
-        assert!(check(None, Some(-512), None).is_err());
-        assert!(check(Some(2), Some(512), None).is_ok());
-        assert!(check(None, None, Some(0)).is_err());
+        use VmmKind::{Firecracker as Fc, Qemu};
+        assert!(check(Fc, Some(0), None, None).is_err());
+        assert!(check(Fc, Some(-1), None, None).is_err());
+        assert!(check(Fc, None, Some(0), None).is_err());
+        assert!(check(Fc, None, Some(-512), None).is_err());
+        assert!(check(Fc, Some(2), Some(512), None).is_ok());
+        assert!(check(Fc, None, None, Some(0)).is_err());
+        assert!(check(Fc, Some(32), None, None).is_ok());
+        let e = check(Fc, Some(33), None, None).unwrap_err();
+        assert!(matches!(e, OpError::Limit(_)), "{e:?}");
+        assert_eq!(e.kind(), banger_api::ErrorKind::BadRequest);
+        assert!(e.to_string().contains("between 1 and 32"), "{e}");
+        assert!(check(Qemu, Some(33), None, None).is_ok());
+        assert!(check(Qemu, Some(256), None, None).is_err());
+        assert!(check(Qemu, None, Some(991 << 10), None).is_err());
+        assert!(check(Fc, None, Some(991 << 10), None).is_ok());
+        assert!(check(Fc, None, None, Some(u64::MAX)).is_err());
+    }
+
+    #[test]
+    fn an_id_from_the_list_never_resolves_to_another_vm() {
+        let a = "0123456789ab0000000000000000aaaa";
+        // A name that starts with A's listed id (allowed: it has non-hex characters).
+        let rows = vec![row(a, "first"), row("ffff0000", "0123456789ab-x")];
+        assert_eq!(resolve(&rows, &a[..12]).unwrap().id, a);
+        assert_eq!(resolve(&rows, a).unwrap().id, a);
+        assert_eq!(
+            resolve(&rows, "0123456789ab-x").unwrap().name,
+            "0123456789ab-x"
+        );
+        // A short prefix still matches both: ambiguous, never a guess.
+        assert!(matches!(
+            resolve(&rows, "0123"),
+            Err(OpError::Ambiguous { .. })
+        ));
+        // An id-like reference is never matched against names.
+        let rows = vec![row("aaaa", "0123456789abcdef")];
+        assert!(matches!(
+            resolve(&rows, "0123456789abcdef"),
+            Err(OpError::VmNotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn image_resolution_order() {
+        let img = |id: &str, name: &str| ImageRow {
+            id: id.into(),
+            name: name.into(),
+            ..Default::default()
+        };
+        let rows = vec![
+            img("0123456789ab0000", "base"),
+            img("abcd", "0123"),
+            img("0123ffff00000000", "other"),
+        ];
+        assert_eq!(resolve_image(&rows, "base").unwrap().id, "0123456789ab0000");
+        // An exact name wins over an id prefix...
+        assert_eq!(resolve_image(&rows, "0123").unwrap().id, "abcd");
+        // ...but an id-like reference is an id only.
+        assert_eq!(resolve_image(&rows, "0123456789ab").unwrap().name, "base");
+        assert!(resolve_image(&rows, "0123f").is_ok());
+        assert!(resolve_image(&rows, "").is_err());
+        assert!(matches!(
+            resolve_image(&[img("aa1", "x"), img("aa2", "y")], "aa"),
+            Err(OpError::Invalid { .. })
+        ));
     }
 
     #[test]

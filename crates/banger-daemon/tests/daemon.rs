@@ -489,3 +489,733 @@ mod adversarial_pid_reuse {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Adversarial API bodies, sent raw to the daemon's socket (no CLI checks in front). Each case
+// asserts the error kind and message, and that nothing was made: no VM row or change, no VM
+// directory, no host command (TAP, disk tool), no VMM start, and no file changed in the
+// daemon's private directory.
+
+mod adversarial {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    use banger_core::runner::fake::FakeRunner;
+    use banger_daemon::server::{Host, Parts, Vmms};
+    use banger_net::DirectNetOps;
+    use banger_store::{ImageRow, VmRow};
+    use banger_vmm::VmmKind;
+    use banger_vmm::fake::FakeVmm;
+
+    use super::*;
+
+    pub struct Daemon {
+        pub dir: tempfile::TempDir,
+        pub sock: PathBuf,
+        pub state: Arc<AppState>,
+        pub runner: Arc<FakeRunner>,
+        pub net: Arc<DirectNetOps<FakeRunner>>,
+        pub fc: Arc<FakeVmm>,
+        pub qemu: Arc<FakeVmm>,
+        server: tokio::task::JoinHandle<std::io::Result<()>>,
+    }
+
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            self.server.abort();
+        }
+    }
+
+    /// A daemon with a Firecracker and a QEMU (both fakes), every host command recorded, an
+    /// image `test-img`, and a stopped VM `old` on Firecracker (for `vm set`).
+    pub async fn daemon() -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("bgd")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let layout = Layout::under(dir.path());
+        std::fs::create_dir_all(&layout.runtime_dir).unwrap();
+        let store = banger_store::Store::open(&layout.db_path()).unwrap();
+        store
+            .insert_image(&ImageRow {
+                id: "1mg0000000000000000000000000abcd".into(),
+                name: "test-img".into(),
+                dir: dir.path().join("img").display().to_string(),
+                rootfs: dir.path().join("img/rootfs.ext4").display().to_string(),
+                rootfs_bytes: 1 << 20,
+                kernel: Some(dir.path().join("img/kernel").display().to_string()),
+                created_at: "2026-01-01T00:00:00Z".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        store.insert_vm(&old_vm(dir.path())).unwrap();
+        let runner = Arc::new(FakeRunner::new());
+        let net = Arc::new(DirectNetOps::new(FakeRunner::new()));
+        let fc = Arc::new(FakeVmm::new());
+        let qemu = Arc::new(FakeVmm::new().with_kind(VmmKind::Qemu));
+        let opts = DaemonOptions {
+            layout: layout.clone(),
+            agent_bin: None,
+            config: Config::default(),
+            config_warnings: Vec::new(),
+            build: BuildInfo::current(),
+        };
+        let parts = Parts {
+            host: Host {
+                vmms: Vmms::new(
+                    vec![fc.clone(), qemu.clone()],
+                    Vec::new(),
+                    VmmKind::Firecracker,
+                ),
+                net: net.clone(),
+                runner: runner.clone(),
+            },
+            subnet: "172.30.0.0/24".parse().unwrap(),
+            ssh: banger_daemon::ssh::SshKey {
+                private_key: dir.path().join("key"),
+                public_key: "ssh-ed25519 AAAA test".into(),
+            },
+            guest_dns: Vec::new(),
+            uid: 0,
+        };
+        let state = Arc::new(AppState::new(opts, store, parts));
+        let sock = layout.socket_path();
+        let listener = UnixListener::bind(&sock).unwrap();
+        let server = tokio::spawn(serve_router(
+            listener,
+            router(state.clone()),
+            std::future::pending(),
+        ));
+        Daemon {
+            dir,
+            sock,
+            state,
+            runner,
+            net,
+            fc,
+            qemu,
+            server,
+        }
+    }
+
+    pub fn old_vm(home: &Path) -> VmRow {
+        VmRow {
+            id: "0123456789ab00000000000000000000".into(),
+            name: "old".into(),
+            image_id: "1mg0000000000000000000000000abcd".into(),
+            state: "stopped".into(),
+            vmm: "firecracker".into(),
+            cpus: 2,
+            memory_mib: 2048,
+            disk_bytes: 1 << 30,
+            work_disk_bytes: 8 << 30,
+            nat: false,
+            ip: Some("172.30.0.2".into()),
+            mac: None,
+            tap: Some("tap-old".into()),
+            vsock_cid: Some(3),
+            pid: None,
+            vmm_start_time: None,
+            dir: home.join("state/vms/old").display().to_string(),
+            error: None,
+            workspace_json: None,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            started_at: None,
+        }
+    }
+
+    /// Every file under `dir` but the database, with its size and modification time.
+    fn tree(dir: &Path) -> BTreeMap<PathBuf, (u64, std::time::SystemTime)> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                let m = std::fs::symlink_metadata(&p).unwrap();
+                let name = p.file_name().unwrap().to_string_lossy().to_string();
+                if name.starts_with("banger.db") || name.ends_with(".sock") {
+                    continue;
+                }
+                if m.is_dir() {
+                    stack.push(p.clone());
+                }
+                out.insert(p, (m.len(), m.modified().unwrap()));
+            }
+        }
+        out
+    }
+
+    /// The error a request got: the body of a refused request, or the error event of a
+    /// streamed one. `None` when it succeeded.
+    pub fn error_of(answer: &str) -> Option<serde_json::Value> {
+        if let Some(i) = answer.find(r#"{"event":"error""#) {
+            let line = answer[i..].lines().next().unwrap();
+            let ev: serde_json::Value = serde_json::from_str(line).unwrap();
+            return Some(ev["error"].clone());
+        }
+        let (head, body) = answer.split_once("\r\n\r\n")?;
+        if head.starts_with("HTTP/1.1 2") {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(body)
+            .unwrap_or_else(|e| panic!("not a typed error body ({e}): {answer}"));
+        Some(v["error"].clone())
+    }
+
+    pub async fn post(sock: &Path, path: &str, content_type: Option<&str>, body: &str) -> String {
+        let ct = content_type
+            .map(|c| format!("content-type: {c}\r\n"))
+            .unwrap_or_default();
+        raw_request(
+            sock,
+            &format!(
+                "POST {path} HTTP/1.1\r\nhost: x\r\n{ct}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+        .await
+    }
+
+    /// One refused request: `kind` and every `needles` in the message, nothing made.
+    pub async fn refused(d: &Daemon, path: &str, body: &str, kind: &str, needles: &[&str]) {
+        refused_as(d, path, Some("application/json"), body, kind, needles).await
+    }
+
+    pub async fn refused_as(
+        d: &Daemon,
+        path: &str,
+        content_type: Option<&str>,
+        body: &str,
+        kind: &str,
+        needles: &[&str],
+    ) {
+        let before = tree(d.dir.path());
+        let vms_before = d.state.db(|s| s.list_vms()).unwrap();
+        let images_before = d.state.db(|s| s.list_images()).unwrap();
+        let kernels_before = d.state.db(|s| s.list_kernels()).unwrap();
+        let answer = post(&d.sock, path, content_type, body).await;
+        let err = error_of(&answer).unwrap_or_else(|| panic!("{path} {body}: accepted: {answer}"));
+        assert_eq!(err["kind"], kind, "{path} {body}: {err}");
+        let msg = err["message"].as_str().unwrap();
+        for n in needles {
+            assert!(msg.contains(n), "{path} {body}: {n:?} not in {msg:?}");
+        }
+        assert_eq!(err["op_id"].as_str().unwrap().len(), 12, "{err}");
+        assert_eq!(
+            d.state.db(|s| s.list_vms()).unwrap(),
+            vms_before,
+            "{body}: VM rows changed"
+        );
+        assert_eq!(
+            d.state.db(|s| s.list_images()).unwrap(),
+            images_before,
+            "{body}"
+        );
+        assert_eq!(
+            d.state.db(|s| s.list_kernels()).unwrap(),
+            kernels_before,
+            "{body}"
+        );
+        assert_eq!(tree(d.dir.path()), before, "{body}: files changed");
+        assert!(
+            d.runner.calls().is_empty(),
+            "{body}: ran {:?}",
+            d.runner.calls()
+        );
+        assert!(
+            d.net.runner().calls().is_empty(),
+            "{body}: network commands (TAP) {:?}",
+            d.net.runner().calls()
+        );
+        assert!(
+            d.fc.calls().is_empty() && d.qemu.calls().is_empty(),
+            "{body}: VMM used"
+        );
+    }
+
+    /// A control: the same body with valid values passes every check and stops only at the
+    /// missing image, so the refusals above are the checks', not the harness's.
+    async fn passes_checks(d: &Daemon, body: &str) {
+        let answer = post(&d.sock, "/v1/vms", Some("application/json"), body).await;
+        let err = error_of(&answer).unwrap();
+        assert_eq!(err["kind"], "not_found", "{body}: {err}");
+        assert!(
+            err["message"]
+                .as_str()
+                .unwrap()
+                .contains("no image matches"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn adversarial_api_unknown_fields_and_bad_types() {
+        let d = daemon().await;
+        let vms = "/v1/vms";
+        let unknown = "bad_request";
+        for (body, needles) in [
+            // The issue's own example: a typo must not become a 2-CPU VM.
+            (
+                r#"{"image":"test-img","cpu":8}"#,
+                vec!["unknown field `cpu`", "POST /v1/vms"],
+            ),
+            (
+                r#"{"image":"test-img","memory":"4G"}"#,
+                vec!["unknown field `memory`"],
+            ),
+            (
+                r#"{"image":"test-img","resources":{"cpus":2}}"#,
+                vec!["unknown field `resources`"],
+            ),
+            (
+                r#"{"image":"test-img","Name":"x"}"#,
+                vec!["unknown field `Name`"],
+            ),
+            (r#"{"image":5}"#, vec!["invalid type: integer `5`"]),
+            (r#"{"cpus":"8"}"#, vec!["invalid type: string \"8\""]),
+            (r#"{"cpus":1.5}"#, vec!["invalid type: floating point"]),
+            (
+                r#"{"cpus":18446744073709551615}"#,
+                vec!["18446744073709551615"],
+            ),
+            (r#"{"disk_bytes":-1}"#, vec!["invalid value: integer `-1`"]),
+            (
+                r#"{"disk_bytes":18446744073709551616}"#,
+                vec!["does not fit the request"],
+            ),
+            (r#"{"nat":"yes"}"#, vec!["invalid type: string \"yes\""]),
+            (r#"{"cpus":1,"cpus":2}"#, vec!["duplicate field `cpus`"]),
+            ("[]", vec!["invalid type: sequence, expected a JSON object"]),
+            (r#"["web","test-img",4]"#, vec!["expected a JSON object"]),
+            (
+                r#""x""#,
+                vec!["invalid type: string \"x\", expected a JSON object"],
+            ),
+            ("42", vec!["expected a JSON object"]),
+            ("null", vec!["expected a JSON object"]),
+            (r#"{"cpus": 8"#, vec!["is not valid JSON"]),
+            ("", vec!["is not valid JSON"]),
+            ("{\"name\":\"a\0\"}", vec!["is not valid JSON"]),
+        ] {
+            refused(&d, vms, body, unknown, &needles).await;
+        }
+        refused_as(
+            &d,
+            vms,
+            None,
+            r#"{"image":"test-img"}"#,
+            unknown,
+            &["content-type"],
+        )
+        .await;
+        refused_as(
+            &d,
+            vms,
+            Some("text/plain"),
+            "{}",
+            unknown,
+            &["content-type"],
+        )
+        .await;
+        // Nested and other routes.
+        for (path, body, needle) in [
+            (
+                "/v1/vms/actions",
+                r#"{"action":"stop","refs":["old"],"force":true}"#,
+                "unknown field `force`",
+            ),
+            (
+                "/v1/vms/actions",
+                r#"{"action":"set","refs":["old"],"settings":{"cpu":8}}"#,
+                "settings.cpu: unknown field `cpu`",
+            ),
+            (
+                "/v1/vms/actions",
+                r#"{"action":"set","refs":["old"],"settings":[8]}"#,
+                "settings: invalid type: sequence, expected a JSON object",
+            ),
+            (
+                "/v1/vms/actions",
+                r#"["set",["old"]]"#,
+                "expected a JSON object",
+            ),
+            (
+                "/v1/vms/actions",
+                r#"{"action":"explode","refs":["old"]}"#,
+                "unknown variant `explode`",
+            ),
+            (
+                "/v1/vms/actions",
+                r#"{"action":"stop","refs":"old"}"#,
+                "invalid type: string",
+            ),
+            (
+                "/v1/images",
+                r#"{"name":"x","rootfs":"/r","kernal":"/k"}"#,
+                "unknown field `kernal`",
+            ),
+            (
+                "/v1/kernels",
+                r#"{"name":"k","from":"/","forced":true}"#,
+                "unknown field `forced`",
+            ),
+            (
+                "/v1/images/import",
+                r#"{"path":"/b","kernel":"k"}"#,
+                "unknown field `kernel`",
+            ),
+            (
+                "/v1/images/bootstrap",
+                r#"{"name":"debian-x","suite":"x"}"#,
+                "unknown field `suite`",
+            ),
+        ] {
+            refused(&d, path, body, unknown, &[needle]).await;
+        }
+        assert_eq!(
+            d.state
+                .db(|s| s.get_vm(&old_vm(d.dir.path()).id))
+                .unwrap()
+                .unwrap()
+                .cpus,
+            2
+        );
+        passes_checks(
+            &d,
+            r#"{"image":"nope","cpus":8,"memory_mib":512,"nat":true}"#,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn adversarial_api_out_of_range_values() {
+        let d = daemon().await;
+        let bad = "bad_request";
+        let fc_cpus = "cpus must be between 1 and 32 (the most Firecracker accepts)";
+        for (body, needles) in [
+            (r#"{"image":"test-img","cpus":0}"#, vec![fc_cpus, "got 0"]),
+            (r#"{"image":"test-img","cpus":-1}"#, vec![fc_cpus, "got -1"]),
+            (r#"{"image":"test-img","cpus":33}"#, vec![fc_cpus, "got 33"]),
+            (
+                r#"{"image":"test-img","cpus":9223372036854775807}"#,
+                vec![fc_cpus],
+            ),
+            (
+                r#"{"image":"test-img","cpus":-9223372036854775808}"#,
+                vec![fc_cpus],
+            ),
+            (
+                r#"{"image":"test-img","vmm":"qemu","cpus":256}"#,
+                vec!["between 1 and 255 (the most QEMU's q35"],
+            ),
+            (
+                r#"{"image":"test-img","memory_mib":0}"#,
+                vec!["memory must be between 1 MiB and 1 TiB"],
+            ),
+            (
+                r#"{"image":"test-img","memory_mib":-5}"#,
+                vec!["got -5 MiB"],
+            ),
+            (
+                r#"{"image":"test-img","memory_mib":1048577}"#,
+                vec!["1 TiB (the most banger gives a VM)"],
+            ),
+            (
+                r#"{"image":"test-img","memory_mib":9223372036854775807}"#,
+                vec!["memory must be between"],
+            ),
+            (
+                r#"{"image":"test-img","vmm":"qemu","memory_mib":1014784}"#,
+                vec!["990 GiB", "40-bit"],
+            ),
+            (
+                r#"{"image":"test-img","disk_bytes":0}"#,
+                vec!["disk size must be between 1 byte and 16 TiB"],
+            ),
+            (
+                r#"{"image":"test-img","disk_bytes":18446744073709551615}"#,
+                vec!["16 TiB (the most ext4 holds"],
+            ),
+            (
+                r#"{"image":"test-img","disk_bytes":17592186044417}"#,
+                vec!["disk size must be"],
+            ),
+            (
+                r#"{"image":"test-img","work_disk_bytes":0}"#,
+                vec!["work disk size must be between"],
+            ),
+            (
+                r#"{"image":"test-img","work_disk_bytes":9223372036854775808}"#,
+                vec!["work disk size"],
+            ),
+        ] {
+            refused(&d, "/v1/vms", body, bad, &needles).await;
+        }
+        // `vm set` on a Firecracker VM: banger's caps for all, then the VM's backend.
+        let set =
+            |settings: &str| format!(r#"{{"action":"set","refs":["old"],"settings":{settings}}}"#);
+        for (settings, needle) in [
+            (r#"{"cpus":0}"#, "cpus must be between 1 and 255"),
+            (r#"{"cpus":256}"#, "cpus must be between 1 and 255"),
+            (r#"{"memory_mib":0}"#, "memory must be between"),
+            (r#"{"work_disk_bytes":18446744073709551615}"#, "16 TiB"),
+        ] {
+            refused(&d, "/v1/vms/actions", &set(settings), bad, &[needle]).await;
+        }
+        // 33 passes banger's caps but not Firecracker's: refused for that VM, row unchanged.
+        let answer = post(
+            &d.sock,
+            "/v1/vms/actions",
+            Some("application/json"),
+            &set(r#"{"cpus":33}"#),
+        )
+        .await;
+        let (_, body) = answer.split_once("\r\n\r\n").unwrap();
+        let outcomes: serde_json::Value = serde_json::from_str(body).unwrap();
+        let e = &outcomes[0]["error"];
+        assert_eq!(e["kind"], bad, "{outcomes}");
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .contains("VM old: cpus must be between 1 and 32"),
+            "{e}"
+        );
+        assert_eq!(
+            d.state
+                .db(|s| s.get_vm(&old_vm(d.dir.path()).id))
+                .unwrap()
+                .unwrap(),
+            old_vm(d.dir.path())
+        );
+        assert!(d.runner.calls().is_empty());
+        // Controls: the limits themselves are accepted.
+        passes_checks(
+            &d,
+            r#"{"image":"nope","cpus":32,"memory_mib":1048576,"disk_bytes":17592186044416}"#,
+        )
+        .await;
+        passes_checks(
+            &d,
+            r#"{"image":"nope","vmm":"qemu","cpus":255,"memory_mib":1013760}"#,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn adversarial_api_names_and_ids() {
+        let d = daemon().await;
+        let old = old_vm(d.dir.path());
+        let bad = "bad_request";
+        let long = "a".repeat(64);
+        let huge = "b".repeat(100_000);
+        for (body, needle) in [
+            // Names that read as ids: the old VM's listed 12, its full id, longer hex.
+            (
+                format!(r#"{{"image":"test-img","name":"{}"}}"#, &old.id[..12]),
+                "looks like an id",
+            ),
+            (
+                format!(r#"{{"image":"test-img","name":"{}"}}"#, old.id),
+                "looks like an id",
+            ),
+            (
+                r#"{"image":"test-img","name":"deadbeefcafe0"}"#.to_string(),
+                "looks like an id",
+            ),
+            (
+                r#"{"image":"test-img","name":"000000000000"}"#.to_string(),
+                "looks like an id",
+            ),
+            (
+                r#"{"image":"test-img","name":"-web"}"#.to_string(),
+                "must not start or end with '-'",
+            ),
+            (
+                format!(r#"{{"image":"test-img","name":"{long}"}}"#),
+                "64 characters long; the limit is 63",
+            ),
+            (
+                format!(r#"{{"image":"test-img","name":"{huge}"}}"#),
+                "100000 characters long",
+            ),
+            (
+                r#"{"image":"test-img","name":""}"#.to_string(),
+                "must not be empty",
+            ),
+            (
+                r#"{"image":"test-img","name":"web\n127.0.0.1 evil"}"#.to_string(),
+                "contains '\\n'",
+            ),
+        ] {
+            refused(&d, "/v1/vms", &body, bad, &[needle]).await;
+        }
+        // Image and kernel names cannot start with '-' (they would read as flags) or, for
+        // images, look like ids.
+        let rootfs = d.dir.path().join("rootfs.ext4");
+        std::fs::write(&rootfs, b"x").unwrap();
+        for (path, body, needle) in [
+            (
+                "/v1/images",
+                format!(
+                    r#"{{"name":"-rf","rootfs":"{}","kernel":"{0}"}}"#,
+                    rootfs.display()
+                ),
+                "must not start with '-'",
+            ),
+            (
+                "/v1/images",
+                format!(
+                    r#"{{"name":"0123456789abcdef","rootfs":"{}","kernel":"{0}"}}"#,
+                    rootfs.display()
+                ),
+                "looks like an id",
+            ),
+            (
+                "/v1/kernels",
+                r#"{"name":"--help","from":"/"}"#.to_string(),
+                "must not start with '-'",
+            ),
+            (
+                "/v1/images/import",
+                format!(r#"{{"path":"{}","name":"-x"}}"#, rootfs.display()),
+                "must not start with '-'",
+            ),
+            (
+                "/v1/images/bootstrap",
+                r#"{"name":"-debian-bookworm"}"#.to_string(),
+                "must not start with '-'",
+            ),
+        ] {
+            refused(&d, path, &body, bad, &[needle]).await;
+        }
+        // The old VM still resolves by its listed id.
+        let client = banger_api::Client::new(&d.sock);
+        let vm: banger_api::types::Vm = client
+            .get(&format!("/vms/{}", &old.id[..12]))
+            .await
+            .unwrap();
+        assert_eq!(vm.name, "old");
+    }
+
+    #[test]
+    fn adversarial_error_kinds_map_to_status_and_word() {
+        use banger_api::ErrorKind;
+        let k = ErrorKind::InsufficientStorage;
+        assert_eq!((k.http_status(), k.word()), (507, "insufficient storage"));
+        assert_eq!(
+            serde_json::to_string(&k).unwrap(),
+            "\"insufficient_storage\""
+        );
+    }
+
+    /// A full disk while registering an image: `insufficient storage`, not `internal`, and
+    /// nothing of the image is left.
+    #[tokio::test]
+    #[allow(clippy::print_stderr)] // the visible reason for a skip
+    async fn adversarial_full_disk_is_insufficient_storage() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root (mounts a small tmpfs)");
+            return;
+        }
+        let d = daemon().await;
+        let src = tempfile::tempdir().unwrap();
+        // A real ext4 holding 4 MiB of incompressible data: it needs real blocks.
+        std::fs::create_dir_all(src.path().join("tree")).unwrap();
+        let data: Vec<u8> = (0..4u32 << 20)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        std::fs::write(src.path().join("tree/blob"), data).unwrap();
+        let rootfs = src.path().join("rootfs.ext4");
+        let st = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(src.path().join("tree"))
+            .arg(&rootfs)
+            .arg("16M")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let kernel = src.path().join("vmlinux");
+        std::fs::write(&kernel, b"\x7fELF").unwrap();
+        // The images directory on a 1 MiB tmpfs.
+        let images = d.dir.path().join("state/images");
+        std::fs::create_dir_all(&images).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(&images)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        struct Unmount(PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(&self.0).status();
+            }
+        }
+        let _unmount = Unmount(images.clone());
+        let body = format!(
+            r#"{{"name":"big","rootfs":"{}","kernel":"{}"}}"#,
+            rootfs.display(),
+            kernel.display()
+        );
+        let answer = post(&d.sock, "/v1/images", Some("application/json"), &body).await;
+        let err = error_of(&answer).unwrap();
+        assert_eq!(err["kind"], "insufficient_storage", "{err}");
+        assert!(answer.starts_with("HTTP/1.1 507"), "{answer}");
+        assert!(
+            err["message"]
+                .as_str()
+                .unwrap()
+                .contains("No space left on device"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(&images).unwrap().count(),
+            0,
+            "staging left behind"
+        );
+        assert_eq!(d.state.db(|s| s.list_images()).unwrap().len(), 1);
+    }
+
+    /// Bytes that are not a bundle: the user's problem, `bad request`, nothing registered.
+    #[tokio::test]
+    async fn adversarial_bad_bundle_is_a_bad_request() {
+        let d = daemon().await;
+        let src = tempfile::tempdir().unwrap();
+        for (name, bytes) in [
+            ("junk.tar.zst", b"not a bundle at all".to_vec()),
+            ("empty.tar.zst", Vec::new()),
+            // A valid zstd frame holding something that is not a tar.
+            ("notar.tar.zst", zstd_of(b"hello")),
+        ] {
+            let path = src.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            let body = format!(r#"{{"path":"{}"}}"#, path.display());
+            let answer = post(
+                &d.sock,
+                "/v1/images/import",
+                Some("application/json"),
+                &body,
+            )
+            .await;
+            let err = error_of(&answer).unwrap();
+            assert_eq!(err["kind"], "bad_request", "{name}: {err}");
+            assert!(
+                err["message"].as_str().unwrap().contains(name),
+                "{name}: {err}"
+            );
+            assert_eq!(d.state.db(|s| s.list_images()).unwrap().len(), 1, "{name}");
+            let images = d.dir.path().join("state/images");
+            assert!(
+                !images.exists() || std::fs::read_dir(&images).unwrap().count() == 0,
+                "{name}: left {:?}",
+                std::fs::read_dir(&images).unwrap().collect::<Vec<_>>()
+            );
+        }
+    }
+
+    fn zstd_of(data: &[u8]) -> Vec<u8> {
+        zstd::encode_all(data, 1).unwrap()
+    }
+}

@@ -115,7 +115,7 @@ pub enum DiskError {
         reason: String,
     },
     /// Reading an ext4 image with the built-in reader failed.
-    #[error("cannot read {path} in {}: {source}", image.display())]
+    #[error("cannot read {path} in {}", image.display())]
     Ext4Read {
         /// The image.
         image: PathBuf,

@@ -95,7 +95,9 @@ impl Store {
             .map_err(self.query_error(format!("read image {id}")))
     }
 
-    pub fn insert_image(&self, img: &ImageRow) -> Result<(), rusqlite::Error> {
+    /// Inserts a new image. Fails with [`StoreError::Constraint`] when its id or name is taken
+    /// or its `kernel_ref` names no kernel.
+    pub fn insert_image(&self, img: &ImageRow) -> Result<(), StoreError> {
         self.conn().execute(
             &format!(
                 "INSERT INTO images ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
@@ -117,7 +119,8 @@ impl Store {
                 img.description,
                 img.created_at
             ],
-        )?;
+        )
+        .map_err(self.write_error(format!("insert image {}", img.name)))?;
         Ok(())
     }
 
@@ -127,13 +130,15 @@ impl Store {
                 "UPDATE images SET work_seed = ?2 WHERE id = ?1",
                 params![id, seed],
             )
-            .map_err(self.query_error(format!("update image {id}")))?;
+            .map_err(self.write_error(format!("update image {id}")))?;
         Ok(())
     }
 
-    pub fn delete_image(&self, id: &str) -> Result<(), rusqlite::Error> {
+    /// Deletes an image; a VM still using it is a [`StoreError::Constraint`] (foreign key).
+    pub fn delete_image(&self, id: &str) -> Result<(), StoreError> {
         self.conn()
-            .execute("DELETE FROM images WHERE id = ?1", [id])?;
+            .execute("DELETE FROM images WHERE id = ?1", [id])
+            .map_err(self.write_error(format!("delete image {id}")))?;
         Ok(())
     }
 
@@ -151,7 +156,7 @@ impl Store {
     }
 
     /// Inserts or replaces the kernel `k.name`.
-    pub fn upsert_kernel(&self, k: &KernelRow) -> Result<(), rusqlite::Error> {
+    pub fn upsert_kernel(&self, k: &KernelRow) -> Result<(), StoreError> {
         self.conn().execute(
             "INSERT INTO kernels (name, version, dir, vmlinux, vmlinuz, initrd, modules, sha256, \
              source, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
@@ -171,13 +176,16 @@ impl Store {
                 k.source,
                 k.created_at
             ],
-        )?;
+        )
+        .map_err(self.write_error(format!("record kernel {}", k.name)))?;
         Ok(())
     }
 
-    pub fn delete_kernel(&self, name: &str) -> Result<(), rusqlite::Error> {
+    /// Deletes a kernel; an image still booting it is a [`StoreError::Constraint`].
+    pub fn delete_kernel(&self, name: &str) -> Result<(), StoreError> {
         self.conn()
-            .execute("DELETE FROM kernels WHERE name = ?1", [name])?;
+            .execute("DELETE FROM kernels WHERE name = ?1", [name])
+            .map_err(self.write_error(format!("delete kernel {name}")))?;
         Ok(())
     }
 

@@ -68,6 +68,140 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// A write broke a constraint of the schema; [`Constraint`] says which.
+    #[error("cannot {what} in {path}: {constraint}")]
+    Constraint {
+        path: PathBuf,
+        what: String,
+        constraint: Box<Constraint>,
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+impl StoreError {
+    /// Whether this is a UNIQUE (or primary key) conflict on exactly `table.column`.
+    pub fn is_unique_conflict(&self, table: &str, column: &str) -> bool {
+        matches!(self.constraint(), Some(Constraint::Unique { table: t, columns })
+            if t == table && columns.len() == 1 && columns[0] == column)
+    }
+
+    /// The constraint a write broke, if that is what this error is.
+    pub fn constraint(&self) -> Option<&Constraint> {
+        match self {
+            Self::Constraint { constraint, .. } => Some(constraint),
+            _ => None,
+        }
+    }
+
+    /// The SQLite result code behind this error, when there is one (busy, full disk...).
+    pub fn sqlite_code(&self) -> Option<rusqlite::ErrorCode> {
+        let source = match self {
+            Self::Open { source, .. }
+            | Self::Configure { source, .. }
+            | Self::Migration { source, .. }
+            | Self::Query { source, .. }
+            | Self::Constraint { source, .. } => source,
+            Self::Missing { .. } | Self::CreateDir { .. } | Self::TooNew { .. } => return None,
+        };
+        source.sqlite_error_code()
+    }
+}
+
+/// Which constraint of the schema a write broke, read from SQLite's extended result code and
+/// message (`UNIQUE constraint failed: vms.name`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Constraint {
+    /// Another row already has this value (UNIQUE or PRIMARY KEY).
+    Unique {
+        table: String,
+        columns: Vec<String>,
+    },
+    /// A referenced row does not exist, or a referencing row still does.
+    ForeignKey,
+    /// A CHECK expression failed (SQLite names the expression).
+    Check {
+        expression: String,
+    },
+    NotNull {
+        table: String,
+        column: String,
+    },
+    /// Any other constraint, with SQLite's message.
+    Other {
+        message: String,
+    },
+}
+
+impl std::fmt::Display for Constraint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unique { table, columns } => {
+                write!(
+                    f,
+                    "another row of {table} has the same {}",
+                    columns.join(", ")
+                )
+            }
+            Self::ForeignKey => f.write_str("a row it refers to (or that refers to it) is missing"),
+            Self::Check { expression } => write!(f, "check {expression:?} failed"),
+            Self::NotNull { table, column } => write!(f, "{table}.{column} must not be NULL"),
+            Self::Other { message } => f.write_str(message),
+        }
+    }
+}
+
+impl Constraint {
+    /// The constraint `e` broke, or `None` when `e` is not a constraint violation.
+    pub fn of(e: &rusqlite::Error) -> Option<Self> {
+        let rusqlite::Error::SqliteFailure(f, msg) = e else {
+            return None;
+        };
+        if f.code != rusqlite::ErrorCode::ConstraintViolation {
+            return None;
+        }
+        let msg = msg.clone().unwrap_or_default();
+        // "UNIQUE constraint failed: vms.name, vms.ip" -> ("vms", ["name", "ip"])
+        let qualified = |prefix: &str| -> Option<(String, Vec<String>)> {
+            let rest = msg.strip_prefix(prefix)?;
+            let mut table = String::new();
+            let mut columns = Vec::new();
+            for part in rest.split(',').map(str::trim) {
+                let (t, c) = part.split_once('.')?;
+                table = t.to_string();
+                columns.push(c.to_string());
+            }
+            Some((table, columns))
+        };
+        use rusqlite::ffi;
+        Some(match f.extended_code {
+            ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
+                match qualified("UNIQUE constraint failed: ") {
+                    Some((table, columns)) => Self::Unique { table, columns },
+                    None => Self::Other { message: msg },
+                }
+            }
+            // `ON DELETE RESTRICT` reports as a trigger constraint with the same message.
+            ffi::SQLITE_CONSTRAINT_FOREIGNKEY => Self::ForeignKey,
+            ffi::SQLITE_CONSTRAINT_TRIGGER if msg == "FOREIGN KEY constraint failed" => {
+                Self::ForeignKey
+            }
+            ffi::SQLITE_CONSTRAINT_CHECK => Self::Check {
+                expression: msg
+                    .strip_prefix("CHECK constraint failed: ")
+                    .unwrap_or(&msg)
+                    .to_string(),
+            },
+            ffi::SQLITE_CONSTRAINT_NOTNULL => match qualified("NOT NULL constraint failed: ") {
+                Some((table, mut columns)) if columns.len() == 1 => Self::NotNull {
+                    table,
+                    column: columns.remove(0),
+                },
+                _ => Self::Other { message: msg },
+            },
+            _ => Self::Other { message: msg },
+        })
+    }
 }
 
 /// A `file:` URI for `path` with `query`: every byte outside the unreserved set (and `/`) is
@@ -243,5 +377,24 @@ impl Store {
         let path = self.path.clone();
         let what = what.into();
         move |source| StoreError::Query { path, what, source }
+    }
+
+    /// Like [`query_error`](Store::query_error) for writes: a broken constraint becomes
+    /// [`StoreError::Constraint`], saying which.
+    pub fn write_error(
+        &self,
+        what: impl Into<String>,
+    ) -> impl FnOnce(rusqlite::Error) -> StoreError {
+        let path = self.path.clone();
+        let what = what.into();
+        move |source| match Constraint::of(&source) {
+            Some(constraint) => StoreError::Constraint {
+                path,
+                what,
+                constraint: Box::new(constraint),
+                source,
+            },
+            None => StoreError::Query { path, what, source },
+        }
     }
 }

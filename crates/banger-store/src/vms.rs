@@ -82,8 +82,10 @@ impl Store {
             .map_err(self.query_error(format!("read vm {id}")))
     }
 
-    /// Inserts a new VM. Fails (constraint) when the name, IP, TAP or CID is taken.
-    pub fn insert_vm(&self, vm: &VmRow) -> Result<(), rusqlite::Error> {
+    /// Inserts a new VM. Fails with [`StoreError::Constraint`] when the id, name, IP, TAP or
+    /// CID is taken ([`StoreError::is_unique_conflict`] tells which) or a value breaks the
+    /// schema.
+    pub fn insert_vm(&self, vm: &VmRow) -> Result<(), StoreError> {
         self.conn().execute(
             &format!(
                 "INSERT INTO vms ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
@@ -112,7 +114,8 @@ impl Store {
                 vm.started_at,
                 vm.vmm_start_time
             ],
-        )?;
+        )
+        .map_err(self.write_error(format!("insert vm {}", vm.name)))?;
         Ok(())
     }
 
@@ -138,14 +141,14 @@ impl Store {
                     vm.vmm_start_time
                 ],
             )
-            .map_err(self.query_error(format!("update vm {}", vm.id)))?;
+            .map_err(self.write_error(format!("update vm {}", vm.id)))?;
         Ok(())
     }
 
     pub fn delete_vm(&self, id: &str) -> Result<(), StoreError> {
         self.conn()
             .execute("DELETE FROM vms WHERE id = ?1", [id])
-            .map_err(self.query_error(format!("delete vm {id}")))?;
+            .map_err(self.write_error(format!("delete vm {id}")))?;
         Ok(())
     }
 }

@@ -239,3 +239,120 @@ fn read_only_open_refuses_a_symlinked_database() {
     ));
     assert!(Store::open_with(&link, &[M1]).is_err());
 }
+
+fn image(id: &str, name: &str) -> banger_store::ImageRow {
+    banger_store::ImageRow {
+        id: id.into(),
+        name: name.into(),
+        dir: "/d".into(),
+        rootfs: "/d/rootfs.ext4".into(),
+        rootfs_bytes: 1 << 20,
+        kernel: Some("/d/kernel".into()),
+        created_at: "2026-01-01T00:00:00Z".into(),
+        ..Default::default()
+    }
+}
+
+fn vm(id: &str, name: &str, ip: &str) -> banger_store::VmRow {
+    banger_store::VmRow {
+        id: id.into(),
+        name: name.into(),
+        image_id: "img1".into(),
+        state: "creating".into(),
+        vmm: "firecracker".into(),
+        cpus: 1,
+        memory_mib: 128,
+        disk_bytes: 1 << 20,
+        work_disk_bytes: 1 << 20,
+        nat: false,
+        ip: Some(ip.into()),
+        mac: None,
+        tap: Some(format!("tap-{id}")),
+        vsock_cid: None,
+        pid: None,
+        vmm_start_time: None,
+        dir: "/v".into(),
+        error: None,
+        workspace_json: None,
+        created_at: "2026-01-01T00:00:00Z".into(),
+        started_at: None,
+    }
+}
+
+fn vm_count(s: &Store) -> i64 {
+    s.conn()
+        .query_row("SELECT COUNT(*) FROM vms", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// A store constraint failure says which constraint it was: only `UNIQUE(name)` may become
+/// "already exists" in the daemon.
+#[test]
+fn adversarial_store_constraints_are_typed() {
+    use banger_store::Constraint;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("banger.db")).unwrap();
+    s.insert_image(&image("img1", "base")).unwrap();
+    s.insert_vm(&vm("a1", "web", "172.30.0.2")).unwrap();
+
+    // The name is taken: UNIQUE on vms.name, and nothing else.
+    let e = s.insert_vm(&vm("a2", "web", "172.30.0.3")).unwrap_err();
+    assert!(e.is_unique_conflict("vms", "name"), "{e:?}");
+    assert!(!e.is_unique_conflict("vms", "ip"));
+    assert!(
+        e.to_string()
+            .contains("another row of vms has the same name"),
+        "{e}"
+    );
+
+    // The address lease is taken: a UNIQUE conflict, but not on the name.
+    let e = s.insert_vm(&vm("a3", "db", "172.30.0.2")).unwrap_err();
+    assert!(e.is_unique_conflict("vms", "ip"), "{e:?}");
+    assert!(!e.is_unique_conflict("vms", "name"));
+
+    // The id is taken (primary key).
+    let mut same_id = vm("a1", "other", "172.30.0.9");
+    same_id.tap = Some("tap-other".into());
+    let e = s.insert_vm(&same_id).unwrap_err();
+    assert!(e.is_unique_conflict("vms", "id"), "{e:?}");
+
+    // A CHECK constraint: never a uniqueness conflict.
+    let mut bad = vm("a4", "zero", "172.30.0.4");
+    bad.cpus = 0;
+    let e = s.insert_vm(&bad).unwrap_err();
+    assert!(
+        matches!(e.constraint(), Some(Constraint::Check { expression }) if expression.contains("cpus")),
+        "{e:?}"
+    );
+    assert!(!e.is_unique_conflict("vms", "name"));
+
+    // A foreign key: the image does not exist.
+    let mut orphan = vm("a5", "orphan", "172.30.0.5");
+    orphan.image_id = "nope".into();
+    let e = s.insert_vm(&orphan).unwrap_err();
+    assert!(
+        matches!(e.constraint(), Some(Constraint::ForeignKey)),
+        "{e:?}"
+    );
+
+    // A foreign key the other way: an image in use cannot be deleted.
+    let e = s.delete_image("img1").unwrap_err();
+    assert!(
+        matches!(e.constraint(), Some(Constraint::ForeignKey)),
+        "{e:?}"
+    );
+
+    // An out-of-range value (above SQLite's i64) is refused before SQL, not a constraint.
+    let mut huge = vm("a6", "huge", "172.30.0.6");
+    huge.disk_bytes = u64::MAX;
+    let e = s.insert_vm(&huge).unwrap_err();
+    assert!(matches!(e, StoreError::Query { .. }), "{e:?}");
+
+    // An image name conflict is typed the same way.
+    let e = s.insert_image(&image("img2", "base")).unwrap_err();
+    assert!(e.is_unique_conflict("images", "name"), "{e:?}");
+
+    // None of the refused writes left a row.
+    assert_eq!(vm_count(&s), 1);
+    assert_eq!(s.list_images().unwrap().len(), 1);
+}

@@ -53,6 +53,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::str::FromStr;
 
+use banger_core::limits::{Bound, VmLimits};
 use serde::{Deserialize, Serialize};
 
 pub use error::VmmError;
@@ -87,6 +88,41 @@ impl VmmKind {
             Self::Firecracker => "firecracker",
             Self::Qemu => "qemu",
         }
+    }
+}
+
+impl VmmKind {
+    /// The largest VM this backend runs, within banger's own caps ([`VmLimits::BANGER`]):
+    ///
+    /// - Firecracker: at most 32 vCPUs (`MachineConfiguration.vcpu_count` in its API,
+    ///   `MAX_SUPPORTED_VCPUS` in its source); its API sets no memory maximum.
+    /// - QEMU (`q35`, no IOMMU): at most 255 vCPUs (8-bit xAPIC ids: more needs interrupt
+    ///   remapping, and QEMU refuses it under TCG), and at most 990 GiB of memory: `q35` keeps
+    ///   2 GiB of RAM below 4 GiB and maps the rest above it, followed by a 32 GiB 64-bit PCI
+    ///   hole, which must end inside the 40-bit (1 TiB) physical address space QEMU gives a
+    ///   TCG guest. (A KVM guest gets the host's address width, usually wider.)
+    pub fn limits(self) -> VmLimits {
+        match self {
+            Self::Firecracker => VmLimits {
+                vcpus: Bound {
+                    max: 32,
+                    set_by: "Firecracker accepts",
+                },
+                ..VmLimits::BANGER
+            },
+            Self::Qemu => VmLimits {
+                vcpus: Bound {
+                    max: 255,
+                    set_by: "QEMU's q35 machine addresses without an IOMMU",
+                },
+                memory_mib: Bound {
+                    max: 990 << 10,
+                    set_by: "QEMU's q35 machine fits in a 40-bit guest address space",
+                },
+                ..VmLimits::BANGER
+            },
+        }
+        .within_banger()
     }
 }
 
@@ -206,6 +242,13 @@ pub trait Vmm: Send + Sync + fmt::Debug {
     /// Which VMM this is.
     fn kind(&self) -> VmmKind;
 
+    /// The largest VM this backend accepts (vCPUs, memory, disk sizes), within banger's own
+    /// caps. The daemon refuses a `vm create` or `vm set` beyond them before it makes or stores
+    /// anything. Defaults to [`VmmKind::limits`] of [`kind`](Vmm::kind).
+    fn limits(&self) -> VmLimits {
+        self.kind().limits()
+    }
+
     /// Checks what can be checked without touching the host: the VM id, socket path lengths,
     /// paths the VMM API needs as text. [`start`](Vmm::start) checks the same first; the
     /// daemon can call this to refuse a bad VM before creating anything.
@@ -295,6 +338,24 @@ mod tests {
             "unknown VMM \"kvmtool\": expected \"firecracker\" or \"qemu\""
         );
         assert!(serde_json::from_str::<VmmKind>("\"Qemu\"").is_err());
+    }
+
+    #[test]
+    fn backend_limits() {
+        let fc = VmmKind::Firecracker.limits();
+        assert_eq!(fc.vcpus.max, 32);
+        assert_eq!(fc.memory_mib, VmLimits::BANGER.memory_mib);
+        assert_eq!(fc.disk_bytes, VmLimits::BANGER.disk_bytes);
+        let q = VmmKind::Qemu.limits();
+        assert_eq!(q.vcpus.max, 255);
+        assert_eq!(q.memory_mib.max, 990 * 1024);
+        for l in [fc, q] {
+            assert!(l.vcpus.max <= VmLimits::BANGER.vcpus.max);
+            assert!(l.memory_mib.max <= VmLimits::BANGER.memory_mib.max);
+        }
+        // The fake stands in for its kind.
+        let fake = fake::FakeVmm::new();
+        assert_eq!(Vmm::limits(&fake), fake.kind().limits());
     }
 
     #[test]

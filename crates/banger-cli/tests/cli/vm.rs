@@ -865,3 +865,264 @@ mod adversarial_pid_reuse {
         }
     }
 }
+
+/// Everything a refused create could have left: rows, VM directories, TAPs, VMM processes.
+struct Leftovers {
+    vms: usize,
+    vm_dirs: usize,
+    taps: usize,
+    vmms: usize,
+}
+
+fn leftovers(home: &Home) -> Leftovers {
+    let vm_dirs = std::fs::read_dir(home.path().join("state/vms"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let links = String::from_utf8_lossy(&home.in_ns(&["ip", "-o", "link", "show"]).stdout)
+        .lines()
+        .filter(|l| l.contains("tap") || l.contains("bgr"))
+        .count();
+    Leftovers {
+        vms: home.vms().len(),
+        vm_dirs,
+        taps: links,
+        vmms: pids_mentioning(&format!("{}/run/vms", home.path().display())).len(),
+    }
+}
+
+fn assert_unchanged(home: &Home, before: &Leftovers, case: &str) {
+    let now = leftovers(home);
+    assert_eq!(now.vms, before.vms, "{case}: a VM row was created");
+    assert_eq!(
+        now.vm_dirs, before.vm_dirs,
+        "{case}: a VM directory was created"
+    );
+    assert_eq!(now.taps, before.taps, "{case}: a TAP was created");
+    assert_eq!(now.vmms, before.vmms, "{case}: a VMM was started");
+}
+
+/// The error a raw API call got (refused body or streamed error event).
+fn api_error(reply: &str) -> serde_json::Value {
+    if let Some(i) = reply.find(r#"{"event":"error""#) {
+        let ev: serde_json::Value =
+            serde_json::from_str(reply[i..].lines().next().unwrap()).unwrap();
+        return ev["error"].clone();
+    }
+    let (_, body) = reply.split_once("\r\n\r\n").unwrap();
+    serde_json::from_str::<serde_json::Value>(body)
+        .unwrap_or_else(|e| panic!("not a typed error body ({e}): {reply}"))["error"]
+        .clone()
+}
+
+/// The issue's cases through the real binaries: what the CLI refuses before calling, and what
+/// the daemon refuses when the CLI is bypassed. Nothing is made either way.
+#[test]
+fn adversarial_cli_out_of_range_and_unknown_fields() {
+    let Some(home) = Home::for_vms("") else {
+        return;
+    };
+    home.ok(&["vm", "create", "--name", "a", "--image", "test-img"]);
+    let before = leftovers(&home);
+    // The counters see the one VM that exists, so they would see a new one.
+    assert_eq!((before.vms, before.vm_dirs, before.taps), (1, 1, 1));
+    assert!(before.vmms >= 1, "the VMM of a is not seen");
+    let long_name = "a".repeat(64);
+    // The CLI's own checks (banger's caps), before any daemon call.
+    for (args, needle) in [
+        (vec!["--cpus", "256"], "cpus must be between 1 and 255"),
+        (
+            vec!["--cpus", "9223372036854775807"],
+            "cpus must be between 1 and 255",
+        ),
+        (
+            vec!["--memory", "2T"],
+            "memory must be between 1 MiB and 1 TiB",
+        ),
+        (vec!["--memory", "512K"], "memory must be between 1 MiB"),
+        (vec!["--memory", "99999999999T"], "is too large"),
+        (
+            vec!["--disk", "17T"],
+            "disk size must be between 1 byte and 16 TiB",
+        ),
+        (
+            vec!["--work-disk", "16385G"],
+            "work disk size must be between",
+        ),
+        (vec!["--work-disk", "0"], "must be larger than 0"),
+        (vec!["--cpus", "0"], "cpus must be between 1 and 255"),
+        (
+            vec!["--cpus", "-1"],
+            "between 1 and 255 (the most an x86 guest can address without interrupt remapping), got -1",
+        ),
+        (vec!["--memory", "0"], "--memory must be larger than 0"),
+        (vec!["--disk", "0"], "--disk must be larger than 0"),
+        (
+            vec!["--name", &long_name],
+            "64 characters long; the limit is 63",
+        ),
+    ] {
+        let mut a = vec!["vm", "create", "--image", "test-img"];
+        a.extend(args.iter().copied());
+        let out = home.run(&a);
+        assert_eq!(out.status.code(), Some(1), "{args:?} accepted");
+        let err = stderr(&out);
+        assert!(
+            err.starts_with("banger: ") && err.contains(needle),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("(op "), "{args:?} reached the daemon: {err}");
+        assert_unchanged(&home, &before, &format!("{args:?}"));
+    }
+    // `vm set` checks banger's caps too, before any daemon call.
+    for (args, needle) in [
+        (["--cpus", "256"], "cpus must be between 1 and 255"),
+        (["--memory", "2T"], "memory must be between 1 MiB and 1 TiB"),
+        (
+            ["--work-disk", "17T"],
+            "work disk size must be between 1 byte and 16 TiB",
+        ),
+    ] {
+        let out = home.run(&["vm", "set", "a", args[0], args[1]]);
+        assert_eq!(out.status.code(), Some(1), "set {args:?} accepted");
+        let err = stderr(&out);
+        assert!(err.contains(needle), "set {args:?}: {err}");
+        assert!(
+            !err.contains("(op "),
+            "set {args:?} reached the daemon: {err}"
+        );
+    }
+    assert_eq!(home.vm("a")["cpus"], 2);
+    // The backend's limit, checked by the daemon: Firecracker takes at most 32 vCPUs.
+    let out = home.run(&["vm", "create", "--image", "test-img", "--cpus", "33"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("banger: bad request: cpus must be between 1 and 32 (the most Firecracker accepts), got 33"),
+        "{err}"
+    );
+    assert_unchanged(&home, &before, "--cpus 33");
+    let out = home.run(&["vm", "set", "a", "--cpus", "33"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("VM a: cpus must be between 1 and 32"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(home.vm("a")["cpus"], 2);
+    // Raw bodies straight to the socket.
+    for (body, needle) in [
+        (r#"{"image":"test-img","cpu":8}"#, "unknown field `cpu`"),
+        (r#"{"image":"test-img","cpus":"8"}"#, "invalid type"),
+        (r#"{"image":"test-img","cpus":33}"#, "between 1 and 32"),
+        (
+            r#"{"image":"test-img","memory_mib":18446744073709551615}"#,
+            "memory_mib",
+        ),
+        (
+            r#"{"image":"test-img","disk_bytes":18446744073709551615}"#,
+            "16 TiB",
+        ),
+        (r#"["x","test-img",8]"#, "expected a JSON object"),
+    ] {
+        let reply = raw_post(&home.socket(), "/v1/vms", body);
+        let e = api_error(&reply);
+        assert_eq!(e["kind"], "bad_request", "{body}: {e}");
+        assert!(
+            e["message"].as_str().unwrap().contains(needle),
+            "{body}: {e}"
+        );
+        assert_unchanged(&home, &before, body);
+    }
+    let reply = raw_post(
+        &home.socket(),
+        "/v1/vms/actions",
+        r#"{"action":"set","refs":["a"],"settings":{"cpu":8}}"#,
+    );
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(
+        api_error(&reply)["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `cpu`")
+    );
+    assert_eq!(home.vm("a")["cpus"], 2);
+}
+
+/// An id shown by `vm list` can never resolve to another VM.
+#[test]
+fn adversarial_cli_ids_never_resolve_to_another_vm() {
+    let Some(home) = Home::for_vms("") else {
+        return;
+    };
+    home.ok(&["vm", "create", "--name", "first", "--image", "test-img"]);
+    let listed = home.ok(&["vm", "ls", "-q"]).trim().to_string();
+    assert_eq!(listed.len(), 12);
+    let full = home.vm("first")["id"].as_str().unwrap().to_string();
+    let before = leftovers(&home);
+    for name in [
+        listed.clone(),
+        full.clone(),
+        format!("{listed}0"),
+        "000000000000".into(),
+    ] {
+        let out = home.run(&["vm", "create", "--name", &name, "--image", "test-img"]);
+        assert_eq!(out.status.code(), Some(1), "{name} accepted");
+        let err = stderr(&out);
+        assert!(err.contains("looks like an id"), "{name}: {err}");
+        assert_unchanged(&home, &before, &name);
+        // Bypassing the CLI does not help.
+        let reply = raw_post(
+            &home.socket(),
+            "/v1/vms",
+            &format!(r#"{{"name":"{name}","image":"test-img"}}"#),
+        );
+        let e = api_error(&reply);
+        assert_eq!(e["kind"], "bad_request", "{e}");
+        assert!(
+            e["message"].as_str().unwrap().contains("looks like an id"),
+            "{e}"
+        );
+        assert_unchanged(&home, &before, &name);
+    }
+    // A name that starts with the listed id is allowed (it is not all hex), and the listed id
+    // still means the first VM, never this one.
+    let tricky = format!("{listed}-x");
+    home.ok(&["vm", "create", "--name", &tricky, "--image", "test-img"]);
+    assert_eq!(home.vm(&listed)["name"], "first");
+    assert_eq!(home.vm(&full)["name"], "first");
+    assert_eq!(home.vm(&tricky)["name"], tricky.as_str());
+    // Deleting by the listed id deletes the first VM.
+    assert_eq!(home.ok(&["vm", "delete", &listed]), "deleted first\n");
+    assert_eq!(home.vms().len(), 1);
+    assert_eq!(home.vms()[0]["name"], tricky.as_str());
+    // Image and kernel names cannot start with '-'.
+    for args in [
+        vec![
+            "image",
+            "register",
+            "--name=-rf",
+            "--rootfs",
+            "/etc/hostname",
+            "--kernel",
+            "/etc/hostname",
+        ],
+        vec!["kernel", "import", "--from", "/", "--", "-x"],
+        vec!["image", "bootstrap", "--", "-debian-bookworm"],
+    ] {
+        let out = home.run(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?} accepted: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains("must not start with '-'"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let images: Vec<serde_json::Value> =
+        serde_json::from_str(&home.ok(&["image", "list", "--json"])).unwrap();
+    assert_eq!(images.len(), 1);
+}
