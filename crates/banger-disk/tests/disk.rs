@@ -825,7 +825,13 @@ mod adversarial_seed {
             let scratch = self.path().join("scratch");
             let seed = self.path().join("seed.ext4");
             let err = make_work_seed(&runner(), image, &seed, 64 * MIB, &scratch).unwrap_err();
-            let text = err.to_string();
+            // The whole chain, as the CLI prints it.
+            let mut text = err.to_string();
+            let mut source = std::error::Error::source(&err);
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
             for fragment in expected {
                 assert!(text.contains(fragment), "expected {fragment:?} in: {text}");
             }
