@@ -132,12 +132,12 @@ fn multi_ref_actions_proceed_past_missing_refs() {
         return;
     };
     home.ok(&["vm", "create", "--name", "a1", "--image", "test-img"]);
-    home.ok(&["vm", "create", "--name", "b2", "--image", "test-img"]);
-    let out = home.run(&["vm", "stop", "a1", "nope", "b2", "a1"]);
+    home.ok(&["vm", "create", "--name", "w2", "--image", "test-img"]);
+    let out = home.run(&["vm", "stop", "a1", "nope", "w2", "a1"]);
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
-        stdout, "stopped a1\nstopped b2\n",
+        stdout, "stopped a1\nstopped w2\n",
         "first-seen order, deduplicated"
     );
     let err = stderr(&out);
@@ -162,8 +162,8 @@ fn multi_ref_actions_proceed_past_missing_refs() {
     let out = home.run(&["vm", "set", "a1", "--work-disk", "1G"]);
     assert_eq!(out.status.code(), Some(1), "shrinking must be refused");
     assert!(stderr(&out).contains("cannot shrink"), "{}", stderr(&out));
-    // Ambiguous prefixes are reported too.
-    let out = home.run(&["vm", "start", "a1", "b"]);
+    // A unique prefix resolves (`w` cannot also prefix an id: ids are hex).
+    let out = home.run(&["vm", "start", "a1", "w"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     // While running, disks cannot be resized; CPUs apply at the next start.
     let out = home.run(&["vm", "set", "a1", "--disk", "2G"]);
@@ -177,7 +177,7 @@ fn multi_ref_actions_proceed_past_missing_refs() {
         home.ok(&["vm", "set", "a1", "--cpus", "2"]),
         "updated a1 (takes effect at the next start)\n"
     );
-    let out = home.run(&["vm", "delete", "a1", "b2"]);
+    let out = home.run(&["vm", "delete", "a1", "w2"]);
     assert!(out.status.success());
 }
 
