@@ -4,12 +4,17 @@
 //! guest's vsock, [`connect_unix`] for the host test mode or a QEMU serial chardev socket — and
 //! then one request is made over it with [`get_json`] (or [`health`] / [`ports`]). Each request
 //! uses its own stream and asks the agent to close it afterwards.
+//!
+//! The guest is not trusted: an answer is read only up to [`MAX_ANSWER_LEN`] (body) and
+//! [`MAX_HEAD_LEN`] (status line and headers), and the whole exchange is bounded by the
+//! caller's timeout, so a guest answering gigabytes, never finishing, or trickling bytes costs
+//! the daemon a few MiB for a few seconds and gets a clear error.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
 use hyper::body::Bytes;
 use hyper::{Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
@@ -24,6 +29,18 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Longest acknowledgement line accepted in the hybrid vsock handshake.
 const MAX_ACK_LEN: usize = 64;
+
+/// Largest answer body read from an agent, in bytes. `/ports` is the big one: a listener is
+/// about 150 bytes plus its command line, so 4 MiB holds thousands of listeners with long
+/// command lines, while a hostile guest can make the daemon buffer no more than this.
+pub const MAX_ANSWER_LEN: usize = 4 << 20;
+
+/// Largest status line plus headers read from an agent, in bytes (hyper's read buffer; its
+/// minimum is 8 KiB). The agent sends a handful of short headers.
+pub const MAX_HEAD_LEN: usize = 64 << 10;
+
+/// How much of a refused answer's body an error message quotes, in bytes.
+const MAX_QUOTED: usize = 512;
 
 /// A failure reaching the agent or understanding its answer.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +84,20 @@ pub enum ClientError {
     #[error("agent GET {path}: request failed: {source}")]
     Request { path: String, source: hyper::Error },
     #[error("agent GET {path}: cannot read answer body: {source}")]
-    Body { path: String, source: hyper::Error },
+    Body {
+        path: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(
+        "agent GET {path}: the answer is larger than the {limit}-byte limit{}; the guest agent is broken or hostile",
+        declared.map(|n| format!(" (it announced {n} bytes)")).unwrap_or_default()
+    )]
+    TooLarge {
+        path: String,
+        limit: usize,
+        /// The answer's `Content-Length`, when it announced one.
+        declared: Option<u64>,
+    },
     #[error("agent GET {path}: answered {status}: {message}")]
     Status {
         path: String,
@@ -216,7 +246,9 @@ where
     T: DeserializeOwned,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(MAX_HEAD_LEN)
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(|source| ClientError::Handshake {
             path: path.to_string(),
@@ -244,15 +276,7 @@ where
             source,
         })?;
     let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|source| ClientError::Body {
-            path: path.to_string(),
-            source,
-        })?
-        .to_bytes();
+    let body = read_capped(resp, path).await?;
 
     if !status.is_success() {
         return Err(ClientError::Status {
@@ -267,16 +291,62 @@ where
     })
 }
 
-/// The agent's `error` message, or the raw body when it is not an [`ErrorBody`].
+/// Reads an answer's body, refusing one larger than [`MAX_ANSWER_LEN`]: at once when its
+/// `Content-Length` says so, else as soon as the bytes read pass the limit.
+async fn read_capped(
+    resp: hyper::Response<hyper::body::Incoming>,
+    path: &str,
+) -> Result<Bytes, ClientError> {
+    let too_large = |declared| ClientError::TooLarge {
+        path: path.to_string(),
+        limit: MAX_ANSWER_LEN,
+        declared,
+    };
+    let declared = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_ANSWER_LEN as u64) {
+        return Err(too_large(declared));
+    }
+    match Limited::new(resp.into_body(), MAX_ANSWER_LEN)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(too_large(declared)),
+        Err(source) => Err(ClientError::Body {
+            path: path.to_string(),
+            source,
+        }),
+    }
+}
+
+/// The agent's `error` message, or the raw body when it is not an [`ErrorBody`]; at most
+/// [`MAX_QUOTED`] bytes of either, since the guest chose them.
 fn error_message(status: StatusCode, body: &[u8]) -> String {
     match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(e) => e.error,
+        Ok(e) => shorten(e.error.as_bytes()),
         Err(_) if body.is_empty() => status
             .canonical_reason()
             .unwrap_or("no message")
             .to_string(),
-        Err(_) => String::from_utf8_lossy(body).into_owned(),
+        Err(_) => shorten(body),
     }
+}
+
+/// `bytes` as text, cut to [`MAX_QUOTED`] bytes with a note saying how long it was.
+fn shorten(bytes: &[u8]) -> String {
+    if bytes.len() <= MAX_QUOTED {
+        return String::from_utf8_lossy(bytes).into_owned();
+    }
+    let head = String::from_utf8_lossy(&bytes[..MAX_QUOTED]);
+    format!(
+        "{}... ({} bytes in all)",
+        head.trim_end_matches('\u{fffd}'),
+        bytes.len()
+    )
 }
 
 #[cfg(test)]
@@ -303,6 +373,23 @@ mod tests {
         );
         assert_eq!(error_message(StatusCode::BAD_GATEWAY, b""), "Bad Gateway");
         assert_eq!(error_message(StatusCode::BAD_GATEWAY, b"oops"), "oops");
+    }
+
+    #[test]
+    fn error_message_quotes_at_most_the_limit() {
+        let long = vec![b'x'; 10_000];
+        let text = error_message(StatusCode::BAD_GATEWAY, &long);
+        assert!(text.len() < MAX_QUOTED + 40, "{}", text.len());
+        assert!(text.ends_with("... (10000 bytes in all)"), "{text}");
+        let body = serde_json::to_vec(&ErrorBody {
+            error: "e".repeat(2000),
+        })
+        .unwrap();
+        let text = error_message(StatusCode::NOT_FOUND, &body);
+        assert!(
+            text.starts_with("eee") && text.ends_with("(2000 bytes in all)"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
