@@ -14,6 +14,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use banger_core::quote::quote_prefix;
 use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
 use hyper::body::Bytes;
 use hyper::{Request, StatusCode, header};
@@ -40,7 +41,7 @@ pub const MAX_ANSWER_LEN: usize = 4 << 20;
 pub const MAX_HEAD_LEN: usize = 64 << 10;
 
 /// How much of a refused answer's body an error message quotes, in bytes.
-const MAX_QUOTED: usize = 512;
+const MAX_QUOTED: usize = banger_core::quote::DEFAULT_QUOTE;
 
 /// A failure reaching the agent or understanding its answer.
 #[derive(Debug, thiserror::Error)]
@@ -327,26 +328,13 @@ async fn read_capped(
 /// [`MAX_QUOTED`] bytes of either, since the guest chose them.
 fn error_message(status: StatusCode, body: &[u8]) -> String {
     match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(e) => shorten(e.error.as_bytes()),
+        Ok(e) => quote_prefix(e.error.as_bytes(), MAX_QUOTED),
         Err(_) if body.is_empty() => status
             .canonical_reason()
             .unwrap_or("no message")
             .to_string(),
-        Err(_) => shorten(body),
+        Err(_) => quote_prefix(body, MAX_QUOTED),
     }
-}
-
-/// `bytes` as text, cut to [`MAX_QUOTED`] bytes with a note saying how long it was.
-fn shorten(bytes: &[u8]) -> String {
-    if bytes.len() <= MAX_QUOTED {
-        return String::from_utf8_lossy(bytes).into_owned();
-    }
-    let head = String::from_utf8_lossy(&bytes[..MAX_QUOTED]);
-    format!(
-        "{}... ({} bytes in all)",
-        head.trim_end_matches('\u{fffd}'),
-        bytes.len()
-    )
 }
 
 #[cfg(test)]
