@@ -13,6 +13,7 @@
 //! - [`ops`]: per-request operation ids and cancellation accounting.
 //! - [`lock`]: the single-instance lock.
 //! - [`logging`]: JSON logs to the state dir.
+//! - [`logcap`]: rotating VM console and VMM logs at `max_log_size`.
 //!
 //! Start-up order: dirs → lock → store (migrations) → socket → serve. Shutdown (SIGTERM,
 //! SIGINT or `POST /v1/shutdown`): stop accepting, finish in-flight requests, remove the
@@ -23,6 +24,7 @@ pub mod error;
 pub mod images;
 pub mod kernels;
 pub mod lock;
+pub mod logcap;
 pub mod logging;
 pub mod ops;
 pub mod routes;
