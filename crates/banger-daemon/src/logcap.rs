@@ -20,21 +20,11 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-/// File name of a VM's console log (the guest's serial output) in its state directory.
-pub const CONSOLE_LOG: &str = "console.log";
-/// File name of a VM's VMM log (the VMM's stderr) in its state directory.
-pub const VMM_LOG: &str = "vmm.log";
+pub use banger_core::logs::{CONSOLE_LOG, VMM_LOG, rotated_path};
 
 /// The logs a guest can fill, in a VM's state directory.
 pub fn vm_logs(vm_dir: &Path) -> [PathBuf; 2] {
     [vm_dir.join(CONSOLE_LOG), vm_dir.join(VMM_LOG)]
-}
-
-/// Where the older half of `log` goes: `<log>.1`.
-pub fn rotated_path(log: &Path) -> PathBuf {
-    let mut name = log.as_os_str().to_owned();
-    name.push(".1");
-    PathBuf::from(name)
 }
 
 /// A failure capping one log.
