@@ -766,6 +766,60 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn adversarial_vmm_api_headers_that_never_end_hit_the_deadline() {
+        let started = std::time::Instant::now();
+        let (err, sent) = describe_against(
+            "HTTP/1.1 200 OK\r\n",
+            b"x-again: and again\r\n",
+            Duration::from_millis(20),
+            Duration::from_millis(300),
+        )
+        .await;
+        assert!(matches!(err, ApiError::Timeout { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert!(sent < MAX_HEAD_LEN as u64, "{sent}");
+    }
+
+    #[tokio::test]
+    async fn adversarial_vmm_api_malformed_answer_is_an_http_error() {
+        let (err, _) = describe_against(
+            "SSH-2.0-OpenSSH_9.6\r\n\x1b[2J\r\n\r\n",
+            b"",
+            Duration::ZERO,
+            DEFAULT_TIMEOUT,
+        )
+        .await;
+        assert!(matches!(err, ApiError::Http { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn adversarial_vmm_api_content_length_longer_than_the_body_is_a_body_error() {
+        // Announces 100 bytes, sends one, hangs up: no half body is decoded as an answer.
+        let (err, _) = describe_against(
+            "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{",
+            b"",
+            Duration::ZERO,
+            DEFAULT_TIMEOUT,
+        )
+        .await;
+        assert!(matches!(err, ApiError::Body { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn adversarial_vmm_api_content_length_shorter_than_the_body_is_a_decode_error() {
+        // A whole, valid answer follows a length of 2: only the two announced bytes count, so
+        // the client never takes more than the peer declared.
+        let (err, _) = describe_against(
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{\"id\":\"vm1\",\"state\":\"Running\"}",
+            b"",
+            Duration::ZERO,
+            DEFAULT_TIMEOUT,
+        )
+        .await;
+        assert!(matches!(err, ApiError::Decode { .. }), "{err}");
+    }
+
+    #[tokio::test]
     async fn adversarial_vmm_api_long_fault_message_is_quoted_short() {
         let fault = format!("{{\"fault_message\":\"{}\"}}", "f".repeat(50_000));
         let head = format!(

@@ -644,6 +644,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn adversarial_vmm_qmp_trickled_answer_hits_the_deadline() {
+        // Greets and accepts capabilities, then answers one byte every 20 ms, never a newline.
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("qmp.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            write.write_all(b"{\"QMP\": {}}\r\n").await.unwrap();
+            let mut lines = BufReader::new(read).lines();
+            let caps: Value =
+                serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+            write
+                .write_all(format!("{}\r\n", ok(&caps, json!({}))).as_bytes())
+                .await
+                .unwrap();
+            lines.next_line().await.unwrap().unwrap();
+            let mut sent = 0u64;
+            while write.write_all(b"{").await.is_ok() && sent < 10_000 {
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            sent
+        });
+        let started = std::time::Instant::now();
+        let err = QmpClient::new(&socket)
+            .with_timeout(Duration::from_millis(300))
+            .query_status()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, QmpError::Timeout { .. }), "{err}");
+        assert!(err.to_string().starts_with("QMP query-status on "), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        let sent = tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the trickling server kept going after the client gave up")
+            .unwrap();
+        assert!(sent < 100, "{sent}");
+    }
+
+    #[tokio::test]
     async fn adversarial_vmm_qmp_huge_garbage_lines_are_quoted_short() {
         let mut line = vec![b'x'; 60_000];
         line.extend_from_slice(b"\n");
