@@ -16,6 +16,7 @@ use banger_core::size::{ByteSize, parse_size};
 
 use crate::args::{CreateFlags, ListArgs, RunArgs, VmCommand};
 use crate::error::CliError;
+use crate::escape::{Mode, escape};
 use crate::logview::{Event, Tail};
 use crate::ui::{self, Style};
 use crate::{Ctx, connect};
@@ -209,7 +210,9 @@ pub async fn run(cmd: VmCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
             } else {
                 ctx.ui.line(&format!(
                     "pong from {} in {:.1} ms (agent {})",
-                    p.name, p.rtt_ms, p.agent_version
+                    p.name,
+                    p.rtt_ms,
+                    escape(&p.agent_version, Mode::Cell)
                 ))?;
             }
             Ok(0)
@@ -264,6 +267,9 @@ async fn create(
     let mut err = std::io::stderr();
     let vm: Vm = client
         .stream("/vms", req, |stage, detail, _ms| {
+            // Stage details may quote an image or a guest.
+            let (stage, detail) = (escape(stage, Mode::Text), escape(detail, Mode::Text));
+            let (stage, detail) = (stage.as_ref(), detail.as_ref());
             let line = if detail.is_empty() || stage == "ready" && detail.starts_with("ready") {
                 format!("{prefix} {}", if stage == "ready" { detail } else { stage })
             } else {
@@ -302,16 +308,16 @@ async fn act(
                 if let Some(n) = &o.note {
                     line.push_str(&format!(" ({n})"));
                 }
-                ctx.ui.line(&line)?;
+                ctx.ui.line(&escape(&line, Mode::Text))?;
             }
             (Some(e), _) => {
                 failed += 1;
                 let op = ctx.ui.paint_err(Style::Dim, &format!("(op {})", e.op_id));
-                let who = o.vm.as_deref().unwrap_or(&o.reference);
+                let who = escape(o.vm.as_deref().unwrap_or(&o.reference), Mode::Cell);
                 ctx.ui.note(&format!(
                     "banger: {who}: {}: {} {op}",
                     e.kind.word(),
-                    e.message
+                    escape(&e.message, Mode::Text)
                 ))?;
             }
             (None, None) => {}
