@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use banger_core::quote::quote_prefix;
-use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
+use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper::{Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+use crate::capped::{self, CappedError};
 use crate::proto::{ErrorBody, Health, Ports};
 
 /// A reasonable bound for one agent request.
@@ -292,36 +293,25 @@ where
     })
 }
 
-/// Reads an answer's body, refusing one larger than [`MAX_ANSWER_LEN`]: at once when its
-/// `Content-Length` says so, else as soon as the bytes read pass the limit.
+/// Reads an answer's body, refusing one larger than [`MAX_ANSWER_LEN`].
 async fn read_capped(
     resp: hyper::Response<hyper::body::Incoming>,
     path: &str,
 ) -> Result<Bytes, ClientError> {
-    let too_large = |declared| ClientError::TooLarge {
-        path: path.to_string(),
-        limit: MAX_ANSWER_LEN,
-        declared,
-    };
-    let declared = resp
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_ANSWER_LEN as u64) {
-        return Err(too_large(declared));
-    }
-    match Limited::new(resp.into_body(), MAX_ANSWER_LEN)
-        .collect()
+    let (parts, body) = resp.into_parts();
+    capped::read_capped(&parts.headers, body, MAX_ANSWER_LEN)
         .await
-    {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(too_large(declared)),
-        Err(source) => Err(ClientError::Body {
-            path: path.to_string(),
-            source,
-        }),
-    }
+        .map_err(|e| match e {
+            CappedError::TooLarge { declared } => ClientError::TooLarge {
+                path: path.to_string(),
+                limit: MAX_ANSWER_LEN,
+                declared,
+            },
+            CappedError::Read(source) => ClientError::Body {
+                path: path.to_string(),
+                source,
+            },
+        })
 }
 
 /// The agent's `error` message, or the raw body when it is not an [`ErrorBody`]; at most

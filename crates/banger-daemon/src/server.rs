@@ -20,12 +20,13 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use banger_agent::capped::{CappedError, read_capped};
 use banger_api::error::{ApiError, ErrorBody, ErrorKind};
 use banger_api::types::{DaemonStatus, ShutdownReply};
 use banger_api::{API_PREFIX, OP_ID_HEADER};
 use banger_core::quote::quote_prefix;
 use banger_store::Store;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::UnixListener;
@@ -274,19 +275,11 @@ async fn limit_body(req: Request, next: Next) -> Response {
             ),
         )
     };
-    let declared = parts
-        .headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_REQUEST_BODY as u64) {
-        return too_large(declared);
-    }
-    let read = Limited::new(body, MAX_REQUEST_BODY).collect();
+    let read = read_capped(&parts.headers, body, MAX_REQUEST_BODY);
     let bytes = match tokio::time::timeout(limits.body_read_timeout, read).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.is::<LengthLimitError>() => return too_large(declared),
-        Ok(Err(e)) => {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(CappedError::TooLarge { declared })) => return too_large(declared),
+        Ok(Err(CappedError::Read(e))) => {
             return refusal(
                 StatusCode::BAD_REQUEST,
                 format!("cannot read the request body: {e}"),

@@ -15,8 +15,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use banger_agent::capped::{CappedError, read_capped};
 use banger_core::quote::{DEFAULT_QUOTE, quote_prefix};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
@@ -403,42 +404,31 @@ impl ApiClient {
         })
     }
 
-    /// Reads an answer's body, refusing one larger than [`MAX_ANSWER_LEN`]: at once when its
-    /// `Content-Length` says so, else as soon as the bytes read pass the limit.
+    /// Reads an answer's body, refusing one larger than [`MAX_ANSWER_LEN`].
     async fn read_capped(
         &self,
         method: &Method,
         path: &str,
         response: hyper::Response<hyper::body::Incoming>,
     ) -> Result<Bytes, ApiError> {
-        let too_large = |declared| ApiError::TooLarge {
-            socket: self.socket.clone(),
-            method: method.clone(),
-            path: path.to_string(),
-            limit: MAX_ANSWER_LEN,
-            declared,
-        };
-        let declared = response
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|n| n > MAX_ANSWER_LEN as u64) {
-            return Err(too_large(declared));
-        }
-        match Limited::new(response.into_body(), MAX_ANSWER_LEN)
-            .collect()
+        let (parts, body) = response.into_parts();
+        read_capped(&parts.headers, body, MAX_ANSWER_LEN)
             .await
-        {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(e) if e.is::<LengthLimitError>() => Err(too_large(declared)),
-            Err(source) => Err(ApiError::Body {
-                socket: self.socket.clone(),
-                method: method.clone(),
-                path: path.to_string(),
-                source,
-            }),
-        }
+            .map_err(|e| match e {
+                CappedError::TooLarge { declared } => ApiError::TooLarge {
+                    socket: self.socket.clone(),
+                    method: method.clone(),
+                    path: path.to_string(),
+                    limit: MAX_ANSWER_LEN,
+                    declared,
+                },
+                CappedError::Read(source) => ApiError::Body {
+                    socket: self.socket.clone(),
+                    method: method.clone(),
+                    path: path.to_string(),
+                    source,
+                },
+            })
     }
 }
 
