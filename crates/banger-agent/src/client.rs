@@ -4,12 +4,18 @@
 //! guest's vsock, [`connect_unix`] for the host test mode or a QEMU serial chardev socket — and
 //! then one request is made over it with [`get_json`] (or [`health`] / [`ports`]). Each request
 //! uses its own stream and asks the agent to close it afterwards.
+//!
+//! The guest is not trusted: an answer is read only up to [`MAX_ANSWER_LEN`] (body) and
+//! [`MAX_HEAD_LEN`] (status line and headers), and the whole exchange is bounded by the
+//! caller's timeout, so a guest answering gigabytes, never finishing, or trickling bytes costs
+//! the daemon a few MiB for a few seconds and gets a clear error.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty};
+use banger_core::quote::quote_prefix;
+use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper::{Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
@@ -17,6 +23,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+use crate::capped::{self, CappedError};
 use crate::proto::{ErrorBody, Health, Ports};
 
 /// A reasonable bound for one agent request.
@@ -24,6 +31,18 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Longest acknowledgement line accepted in the hybrid vsock handshake.
 const MAX_ACK_LEN: usize = 64;
+
+/// Largest answer body read from an agent, in bytes. `/ports` is the big one: a listener is
+/// about 150 bytes plus its command line, so 4 MiB holds thousands of listeners with long
+/// command lines, while a hostile guest can make the daemon buffer no more than this.
+pub const MAX_ANSWER_LEN: usize = 4 << 20;
+
+/// Largest status line plus headers read from an agent, in bytes (hyper's read buffer; its
+/// minimum is 8 KiB). The agent sends a handful of short headers.
+pub const MAX_HEAD_LEN: usize = 64 << 10;
+
+/// How much of a refused answer's body an error message quotes, in bytes.
+const MAX_QUOTED: usize = banger_core::quote::DEFAULT_QUOTE;
 
 /// A failure reaching the agent or understanding its answer.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +86,20 @@ pub enum ClientError {
     #[error("agent GET {path}: request failed: {source}")]
     Request { path: String, source: hyper::Error },
     #[error("agent GET {path}: cannot read answer body: {source}")]
-    Body { path: String, source: hyper::Error },
+    Body {
+        path: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(
+        "agent GET {path}: the answer is larger than the {limit}-byte limit{}; the guest agent is broken or hostile",
+        declared.map(|n| format!(" (it announced {n} bytes)")).unwrap_or_default()
+    )]
+    TooLarge {
+        path: String,
+        limit: usize,
+        /// The answer's `Content-Length`, when it announced one.
+        declared: Option<u64>,
+    },
     #[error("agent GET {path}: answered {status}: {message}")]
     Status {
         path: String,
@@ -216,7 +248,9 @@ where
     T: DeserializeOwned,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(MAX_HEAD_LEN)
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(|source| ClientError::Handshake {
             path: path.to_string(),
@@ -244,15 +278,7 @@ where
             source,
         })?;
     let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|source| ClientError::Body {
-            path: path.to_string(),
-            source,
-        })?
-        .to_bytes();
+    let body = read_capped(resp, path).await?;
 
     if !status.is_success() {
         return Err(ClientError::Status {
@@ -267,15 +293,37 @@ where
     })
 }
 
-/// The agent's `error` message, or the raw body when it is not an [`ErrorBody`].
+/// Reads an answer's body, refusing one larger than [`MAX_ANSWER_LEN`].
+async fn read_capped(
+    resp: hyper::Response<hyper::body::Incoming>,
+    path: &str,
+) -> Result<Bytes, ClientError> {
+    let (parts, body) = resp.into_parts();
+    capped::read_capped(&parts.headers, body, MAX_ANSWER_LEN)
+        .await
+        .map_err(|e| match e {
+            CappedError::TooLarge { declared } => ClientError::TooLarge {
+                path: path.to_string(),
+                limit: MAX_ANSWER_LEN,
+                declared,
+            },
+            CappedError::Read(source) => ClientError::Body {
+                path: path.to_string(),
+                source,
+            },
+        })
+}
+
+/// The agent's `error` message, or the raw body when it is not an [`ErrorBody`]; at most
+/// [`MAX_QUOTED`] bytes of either, since the guest chose them.
 fn error_message(status: StatusCode, body: &[u8]) -> String {
     match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(e) => e.error,
+        Ok(e) => quote_prefix(e.error.as_bytes(), MAX_QUOTED),
         Err(_) if body.is_empty() => status
             .canonical_reason()
             .unwrap_or("no message")
             .to_string(),
-        Err(_) => String::from_utf8_lossy(body).into_owned(),
+        Err(_) => quote_prefix(body, MAX_QUOTED),
     }
 }
 
@@ -303,6 +351,23 @@ mod tests {
         );
         assert_eq!(error_message(StatusCode::BAD_GATEWAY, b""), "Bad Gateway");
         assert_eq!(error_message(StatusCode::BAD_GATEWAY, b"oops"), "oops");
+    }
+
+    #[test]
+    fn error_message_quotes_at_most_the_limit() {
+        let long = vec![b'x'; 10_000];
+        let text = error_message(StatusCode::BAD_GATEWAY, &long);
+        assert!(text.len() < MAX_QUOTED + 40, "{}", text.len());
+        assert!(text.ends_with("... (10000 bytes in all)"), "{text}");
+        let body = serde_json::to_vec(&ErrorBody {
+            error: "e".repeat(2000),
+        })
+        .unwrap();
+        let text = error_message(StatusCode::NOT_FOUND, &body);
+        assert!(
+            text.starts_with("eee") && text.ends_with("(2000 bytes in all)"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

@@ -8,7 +8,9 @@
 //! - [`serial`]: an async stream over the virtio-serial character device.
 //! - [`server`]: the HTTP server and its vsock, Unix socket and serial transports.
 //! - [`client`]: the daemon's side: Firecracker's hybrid vsock handshake and requests.
+//! - [`capped`]: reading an untrusted HTTP body up to a limit.
 
+pub mod capped;
 pub mod client;
 pub mod procfs;
 pub mod proto;

@@ -272,15 +272,14 @@ impl Client {
         // Aborts the connection task on every way out of this function.
         let _conn = conn_task;
         if !status.is_success() {
-            let collect = body.collect();
+            let read = read_error_body(body);
             let bytes = match self.timeout {
-                None => collect.await,
-                Some(t) => tokio::time::timeout(t, collect)
+                None => read.await,
+                Some(t) => tokio::time::timeout(t, read)
                     .await
                     .map_err(|_| self.no_answer(&Method::POST, &full, t, pid, true))?,
-            }
-            .map_err(self.http(&Method::POST, &full))?;
-            return Err(self.error_from(status, &bytes.to_bytes(), op_id, &Method::POST, &full));
+            };
+            return Err(self.error_from(status, &bytes, op_id, &Method::POST, &full));
         }
         let mut buf: Vec<u8> = Vec::new();
         loop {
@@ -439,7 +438,11 @@ impl Client {
                 method: method.clone(),
                 path: path.to_string(),
                 status,
-                detail: String::from_utf8_lossy(body).chars().take(500).collect(),
+                detail: if body.is_empty() {
+                    "empty body".to_string()
+                } else {
+                    banger_core::quote::quote_prefix(body, banger_core::quote::DEFAULT_QUOTE)
+                },
             },
         }
     }
@@ -514,24 +517,46 @@ impl Client {
         let _conn = conn_task;
         let status = resp.status();
         let op_id = op_id_of(&resp);
+        if !status.is_success() {
+            let body = read_error_body(resp.into_body()).await;
+            return Err(self.error_from(status, &body, op_id, &method, &full));
+        }
         let body = resp
             .into_body()
             .collect()
             .await
             .map_err(self.http(&method, &full))?
             .to_bytes();
-        if status.is_success() {
-            let text: &[u8] = if body.is_empty() { b"null" } else { &body };
-            return serde_json::from_slice(text).map_err(|e| ClientError::Decode {
-                socket: self.socket.clone(),
-                method: method.clone(),
-                path: full.clone(),
-                status,
-                detail: e.to_string(),
-            });
-        }
-        Err(self.error_from(status, &body, op_id, &method, &full))
+        let text: &[u8] = if body.is_empty() { b"null" } else { &body };
+        serde_json::from_slice(text).map_err(|e| ClientError::Decode {
+            socket: self.socket.clone(),
+            method: method.clone(),
+            path: full.clone(),
+            status,
+            detail: e.to_string(),
+        })
     }
+}
+
+/// Largest error body read, in bytes: the daemon's are a few hundred.
+const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// Reads at most [`MAX_ERROR_BODY`] bytes of an error answer, and keeps what arrived when the
+/// connection fails midway: whatever the daemon managed to say is reported, never dropped.
+async fn read_error_body(mut body: hyper::body::Incoming) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    while bytes.len() < MAX_ERROR_BODY {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    let room = MAX_ERROR_BODY - bytes.len();
+                    bytes.extend_from_slice(&data[..data.len().min(room)]);
+                }
+            }
+            Some(Err(_)) | None => break,
+        }
+    }
+    bytes
 }
 
 /// Aborts the connection task when the call ends, however it ends (answer, error, timeout).
@@ -750,5 +775,90 @@ mod tests {
             msg.contains(&format!("pid {}", std::process::id())),
             "{msg}"
         );
+    }
+}
+
+#[cfg(test)]
+mod error_body_tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixListener;
+
+    use super::*;
+
+    /// Answers one request with `head` then `body_chunk` repeated `times` times, then closes.
+    async fn answer(listener: UnixListener, head: &'static str, body_chunk: Vec<u8>, times: usize) {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut req = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return;
+            }
+            req.extend_from_slice(&buf[..n]);
+        }
+        let _ = s.write_all(head.as_bytes()).await;
+        for _ in 0..times {
+            if s.write_all(&body_chunk).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn status_error(head: &'static str, chunk: &[u8], times: usize) -> ClientError {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("d.sock");
+        let server = tokio::spawn(answer(
+            UnixListener::bind(&sock).unwrap(),
+            head,
+            chunk.to_vec(),
+            times,
+        ));
+        let err = Client::new(&sock)
+            .get::<serde_json::Value>("/status")
+            .await
+            .unwrap_err();
+        server.await.unwrap();
+        err
+    }
+
+    #[tokio::test]
+    async fn a_plain_text_error_body_is_reported_as_it_was() {
+        let err = status_error(
+            "HTTP/1.1 502 Bad Gateway\r\ncontent-length: 13\r\n\r\n",
+            b"proxy says no",
+            1,
+        )
+        .await;
+        let msg = err.to_string();
+        assert!(
+            msg.contains("status 502") && msg.ends_with(": proxy says no"),
+            "{msg}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_error_body_cut_off_midway_still_reports_what_arrived() {
+        // Announces more than it sends, then closes: the part that came is quoted.
+        let err = status_error(
+            "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 1000\r\n\r\n",
+            b"the disk is on fire",
+            1,
+        )
+        .await;
+        assert!(err.to_string().ends_with(": the disk is on fire"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_huge_error_body_is_read_only_up_to_the_cap() {
+        let err = status_error(
+            "HTTP/1.1 500 Internal Server Error\r\ntransfer-encoding: chunked\r\n\r\n",
+            &[b"400\r\n".as_slice(), &[b'x'; 0x400], b"\r\n"].concat(),
+            1 << 20,
+        )
+        .await;
+        let msg = err.to_string();
+        assert!(msg.len() < 1024, "{} bytes of error", msg.len());
+        assert!(msg.contains("(65536 bytes in all)"), "{msg}");
     }
 }

@@ -8,6 +8,7 @@ use banger_core::size::ByteSize;
 
 use crate::args::ImageCommand;
 use crate::error::CliError;
+use crate::escape::{Mode, escape};
 use crate::ui::{self, Style};
 use crate::vm::{enc, size_flag};
 use crate::{Ctx, connect};
@@ -31,7 +32,7 @@ pub async fn image(cmd: ImageCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
             let img: Image = client.post_long("/images", &req).await?;
             ctx.ui.line(&format!(
                 "registered image {} ({})",
-                img.name,
+                escape(&img.name, Mode::Cell),
                 ByteSize(img.rootfs_bytes)
             ))?;
             Ok(0)
@@ -118,13 +119,15 @@ pub async fn image(cmd: ImageCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
                         size,
                     },
                     |stage, detail, _| {
+                        let (stage, detail) =
+                            (escape(stage, Mode::Text), escape(detail, Mode::Text));
                         let _ = writeln!(err, "{prefix} {stage}: {detail}");
                     },
                 )
                 .await?;
             ctx.ui.line(&format!(
                 "built image {} ({})",
-                img.name,
+                escape(&img.name, Mode::Cell),
                 ByteSize(img.rootfs_bytes)
             ))?;
             Ok(0)
@@ -144,7 +147,7 @@ pub async fn image(cmd: ImageCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
                 .await?;
             ctx.ui.line(&format!(
                 "imported image {} ({})",
-                img.name,
+                escape(&img.name, Mode::Cell),
                 ByteSize(img.rootfs_bytes)
             ))?;
             Ok(0)
@@ -301,7 +304,7 @@ pub fn make_bundle(a: crate::args::MakeBundleArgs, ctx: &mut Ctx) -> Result<u8, 
     let runner = banger_core::runner::SystemRunner::new();
     let mut err = std::io::stderr();
     let info = banger_image::bundle::make_bundle(&runner, req, &mut |m| {
-        let _ = writeln!(err, "[make-bundle] {m}");
+        let _ = writeln!(err, "[make-bundle] {}", escape(m, Mode::Text));
     })
     .map_err(|e| CliError::Bundle(Box::new(e)))?;
     let text = ui::key_values(&[

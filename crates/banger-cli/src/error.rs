@@ -7,6 +7,7 @@ use banger_api::{ApiError, ClientError};
 use banger_core::config::ConfigError;
 use banger_core::layout::LayoutError;
 
+use crate::escape;
 use crate::ui::{Style, paint};
 
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +93,9 @@ impl CliError {
     }
 }
 
-/// Renders the whole error chain once: `banger: msg: cause: cause (op id)`.
+/// Renders the whole error chain once: `banger: msg: cause: cause (op id)`. Messages may
+/// quote a guest (an agent's error, the tail of a console log), so the text is escaped
+/// ([`escape::Mode::Text`]: lines are kept, control sequences are not).
 pub fn render(err: &CliError, color: bool) -> String {
     let mut msg = format!("banger: {err}");
     let op_id = match err {
@@ -113,6 +116,7 @@ pub fn render(err: &CliError, color: bool) -> String {
             }
         }
     }
+    let mut msg = escape::escape(&msg, escape::Mode::Text).into_owned();
     if let Some(op) = op_id {
         msg.push(' ');
         msg.push_str(&paint(color, Style::Dim, &format!("(op {op})")));
@@ -135,6 +139,20 @@ mod tests {
             "banger: not found: vm \"web\" does not exist (op 0123456789ab)"
         );
         assert!(render(&err, true).ends_with("\x1b[2m(op 0123456789ab)\x1b[0m"));
+    }
+
+    #[test]
+    fn adversarial_guest_text_in_an_error_is_escaped() {
+        let api = ApiError::new(
+            ErrorKind::Unavailable,
+            "VM \"web\": agent GET /ports: answered 500: \x1b[2J\x1b]0;pwned\x07gone\nline 2",
+        );
+        let text = render(&CliError::Client(ClientError::Api(api)), false);
+        assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+        assert!(
+            text.ends_with("\\x1b[2J\\x1b]0;pwned\\x07gone\nline 2"),
+            "{text}"
+        );
     }
 
     #[test]

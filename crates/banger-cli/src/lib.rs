@@ -6,6 +6,8 @@
 //! - [`vm`]: the `vm` commands.
 //! - [`artifacts`]: the `image`, `kernel` and `internal make-bundle` commands.
 //! - [`ui`]: colour, tables and JSON on the terminal.
+//! - [`escape`]: escaping text from guests, images and bundles before it is printed.
+//! - [`logview`]: printing and following a VM's logs (`vm logs [-f]`) across rotations.
 //! - [`error`]: errors and their one-line rendering (`banger: ...`).
 //!
 //! This crate is the program's front: it alone reads the process environment (`BANGER_HOME`,
@@ -16,6 +18,8 @@ pub mod artifacts;
 pub mod daemonctl;
 pub mod doctor;
 pub mod error;
+pub mod escape;
+pub mod logview;
 pub mod ui;
 pub mod vm;
 
@@ -231,7 +235,7 @@ async fn run_doctor(ctx: &mut Ctx, json: bool) -> Result<u8, CliError> {
     if json {
         ctx.ui.json(&checks)?;
     } else {
-        let rows: Vec<Vec<String>> = checks
+        let rows: Vec<Vec<ui::Cell>> = checks
             .iter()
             .map(|c| {
                 let style = match c.status {
@@ -239,13 +243,14 @@ async fn run_doctor(ctx: &mut Ctx, json: bool) -> Result<u8, CliError> {
                     doctor::Status::Warn => Style::Yellow,
                     doctor::Status::Fail => Style::Red,
                 };
-                let mut detail = c.detail.clone();
+                let mut detail = ui::Cell::plain(c.detail.clone());
                 if let Some(fix) = &c.fix {
-                    detail.push_str(&ctx.ui.paint(Style::Dim, &format!(" (fix: {fix})")));
+                    let dim = ctx.ui.cell(Style::Dim, format!(" (fix: {fix})"));
+                    detail = detail.append(dim);
                 }
                 vec![
-                    ctx.ui.paint(style, c.status.label()),
-                    c.check.clone(),
+                    ctx.ui.cell(style, c.status.label()),
+                    c.check.clone().into(),
                     detail,
                 ]
             })

@@ -1,8 +1,14 @@
 //! Terminal output: colour only on a TTY and never with `NO_COLOR`, aligned tables, JSON.
+//!
+//! Tables and key/value lists escape every cell ([`escape::Mode::Cell`]): a value from a
+//! guest or an image can neither send an escape sequence nor start a fake row. Colour is
+//! added by banger after escaping, through [`Cell`].
 
 use std::io::{self, Write};
 
 use serde::Serialize;
+
+use crate::escape::{self, Mode};
 
 /// Where output goes and how it is styled.
 pub struct Ui {
@@ -10,6 +16,7 @@ pub struct Ui {
     err: Box<dyn Write>,
     color_out: bool,
     color_err: bool,
+    tty_out: bool,
 }
 
 impl std::fmt::Debug for Ui {
@@ -59,9 +66,20 @@ impl Ui {
         Self {
             color_out: !no_color && io::stdout().is_terminal(),
             color_err: !no_color && io::stderr().is_terminal(),
+            tty_out: io::stdout().is_terminal(),
             out: Box::new(io::stdout()),
             err: Box::new(io::stderr()),
         }
+    }
+
+    /// Whether stdout is a terminal (untrusted text printed raw must then be escaped).
+    pub fn stdout_is_terminal(&self) -> bool {
+        self.tty_out
+    }
+
+    /// A table cell styled for stdout: coloured only when stdout gets colour.
+    pub fn cell(&self, style: Style, text: impl Into<String>) -> Cell {
+        Cell::plain(String::new()).then(text, self.color_out.then_some(style))
     }
 
     pub fn out(&mut self) -> &mut dyn Write {
@@ -114,11 +132,69 @@ pub fn visible_width(s: &str) -> usize {
     width
 }
 
+/// One cell of a table or value of a key/value list: text in parts, each escaped and then
+/// painted with its style (if any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cell {
+    parts: Vec<(String, Option<Style>)>,
+}
+
+impl Cell {
+    pub fn plain(text: impl Into<String>) -> Self {
+        Self {
+            parts: vec![(text.into(), None)],
+        }
+    }
+
+    /// This cell followed by `text` in `style`.
+    pub fn then(mut self, text: impl Into<String>, style: Option<Style>) -> Self {
+        self.parts.push((text.into(), style));
+        self
+    }
+
+    /// This cell followed by `other`.
+    pub fn append(mut self, other: Cell) -> Self {
+        self.parts.extend(other.parts);
+        self
+    }
+
+    /// The escaped, painted text.
+    fn render(&self) -> String {
+        self.parts
+            .iter()
+            .map(|(text, style)| {
+                let text = escape::escape(text, Mode::Cell);
+                match style {
+                    Some(style) => paint(true, *style, &text),
+                    None => text.into_owned(),
+                }
+            })
+            .collect()
+    }
+}
+
+impl From<String> for Cell {
+    fn from(text: String) -> Self {
+        Self::plain(text)
+    }
+}
+
+impl From<&str> for Cell {
+    fn from(text: &str) -> Self {
+        Self::plain(text)
+    }
+}
+
 /// Renders rows aligned under headers, columns separated by two spaces, no trailing blanks.
-pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+/// Every cell is escaped (see the module docs).
+pub fn table<C: Clone + Into<Cell>>(headers: &[&str], rows: &[Vec<C>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|c| c.clone().into().render()).collect())
+        .collect();
     let cols = headers.len();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in rows {
+    for row in &rows {
         for (i, cell) in row.iter().enumerate().take(cols) {
             widths[i] = widths[i].max(visible_width(cell));
         }
@@ -139,18 +215,18 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         out.push('\n');
     };
     render(&mut headers.iter().copied(), &mut out);
-    for row in rows {
+    for row in &rows {
         render(&mut row.iter().map(String::as_str), &mut out);
     }
     out
 }
 
-/// Key/value lines with the keys padded to one width.
-pub fn key_values(pairs: &[(&str, String)]) -> String {
+/// Key/value lines with the keys padded to one width; every value is escaped.
+pub fn key_values<C: Clone + Into<Cell>>(pairs: &[(&str, C)]) -> String {
     let w = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     pairs
         .iter()
-        .map(|(k, v)| format!("{k:<w$}  {v}\n"))
+        .map(|(k, v)| format!("{k:<w$}  {}\n", v.clone().into().render()))
         .collect()
 }
 
@@ -179,13 +255,42 @@ mod tests {
         let t = table(
             &["S", "X"],
             &[
-                vec![red.clone(), "a".into()],
+                vec![Cell::plain("").then("FAIL", Some(Style::Red)), "a".into()],
                 vec!["PASS".into(), "b".into()],
             ],
         );
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines[1], format!("{red}  a"));
         assert_eq!(lines[2], "PASS  b");
+    }
+
+    #[test]
+    fn adversarial_table_cells_cannot_add_rows_or_escape_sequences() {
+        let t = table(
+            &["PROCESS", "COMMAND"],
+            &[vec![
+                "x\x1b[2J".to_string(),
+                "sleep 1\nroot  /bin/evil\r".to_string(),
+            ]],
+        );
+        assert_eq!(t.lines().count(), 2, "{t}");
+        assert!(!t.contains('\x1b') && !t.contains('\r'), "{t:?}");
+        assert!(t.contains("x\\x1b[2J  sleep 1\\nroot  /bin/evil\\r"), "{t}");
+    }
+
+    #[test]
+    fn adversarial_key_values_escape_values_but_keep_banger_colour() {
+        let kv = key_values(&[
+            ("hostname", Cell::plain("evil\u{202e}\x1b]0;title\x07")),
+            (
+                "status",
+                Cell::plain("").then("healthy", Some(Style::Green)),
+            ),
+        ]);
+        assert_eq!(
+            kv,
+            "hostname  evil\\u{202e}\\x1b]0;title\\x07\nstatus    \x1b[32mhealthy\x1b[0m\n"
+        );
     }
 
     #[test]
@@ -198,7 +303,7 @@ mod tests {
     #[test]
     fn key_values_pad() {
         assert_eq!(
-            key_values(&[("pid", "1".into()), ("socket", "/s".into())]),
+            key_values(&[("pid", "1".to_string()), ("socket", "/s".to_string())]),
             "pid     1\nsocket  /s\n"
         );
     }

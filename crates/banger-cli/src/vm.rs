@@ -11,11 +11,14 @@ use banger_api::types::{
     ActionOutcome, ActionRequest, CreateVm, Ping, SshInfo, Vm, VmAction, VmSettings, VmStats,
 };
 use banger_core::limits::VmLimits;
+use banger_core::logs::rotated_path;
 use banger_core::names::{looks_like_id, validate_image_name, validate_vm_name};
 use banger_core::size::{ByteSize, parse_size};
 
 use crate::args::{CreateFlags, ListArgs, RunArgs, VmCommand};
 use crate::error::CliError;
+use crate::escape::{Mode, escape};
+use crate::logview::{Event, Tail};
 use crate::ui::{self, Style};
 use crate::{Ctx, connect};
 
@@ -181,10 +184,13 @@ pub async fn run(cmd: VmCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
                 ctx.ui.json(&h)?;
             } else {
                 let text = ui::key_values(&[
-                    ("status", ctx.ui.paint(Style::Green, "healthy")),
-                    ("hostname", h.hostname.clone()),
-                    ("agent", format!("{} (commit {})", h.version, h.commit)),
-                    ("uptime", format!("{}s", h.uptime_secs)),
+                    ("status", ctx.ui.cell(Style::Green, "healthy")),
+                    ("hostname", h.hostname.clone().into()),
+                    (
+                        "agent",
+                        format!("{} (commit {})", h.version, h.commit).into(),
+                    ),
+                    ("uptime", format!("{}s", h.uptime_secs).into()),
                 ]);
                 ctx.ui.out().write_all(text.as_bytes())?;
             }
@@ -200,7 +206,9 @@ pub async fn run(cmd: VmCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
             } else {
                 ctx.ui.line(&format!(
                     "pong from {} in {:.1} ms (agent {})",
-                    p.name, p.rtt_ms, p.agent_version
+                    p.name,
+                    p.rtt_ms,
+                    escape(&p.agent_version, Mode::Cell)
                 ))?;
             }
             Ok(0)
@@ -255,6 +263,9 @@ async fn create(
     let mut err = std::io::stderr();
     let vm: Vm = client
         .stream("/vms", req, |stage, detail, _ms| {
+            // Stage details may quote an image or a guest.
+            let (stage, detail) = (escape(stage, Mode::Text), escape(detail, Mode::Text));
+            let (stage, detail) = (stage.as_ref(), detail.as_ref());
             let line = if detail.is_empty() || stage == "ready" && detail.starts_with("ready") {
                 format!("{prefix} {}", if stage == "ready" { detail } else { stage })
             } else {
@@ -294,16 +305,16 @@ async fn act(
                 if let Some(n) = &o.note {
                     line.push_str(&format!(" ({n})"));
                 }
-                ctx.ui.line(&line)?;
+                ctx.ui.line(&escape(&line, Mode::Text))?;
             }
             (Some(e), _) => {
                 failed += 1;
                 let op = ctx.ui.paint_err(Style::Dim, &format!("(op {})", e.op_id));
-                let who = o.vm.as_deref().unwrap_or(&o.reference);
+                let who = escape(o.vm.as_deref().unwrap_or(&o.reference), Mode::Cell);
                 ctx.ui.note(&format!(
                     "banger: {who}: {}: {} {op}",
                     e.kind.word(),
-                    e.message
+                    escape(&e.message, Mode::Text)
                 ))?;
             }
             (None, None) => {}
@@ -333,24 +344,24 @@ async fn list(ctx: &mut Ctx, l: &ListArgs) -> Result<u8, CliError> {
             ctx.ui.line(&v.id[..12.min(v.id.len())])?;
         }
     } else {
-        let rows: Vec<Vec<String>> = vms
+        let rows: Vec<Vec<ui::Cell>> = vms
             .iter()
             .map(|v| {
                 let state = match v.state {
-                    banger_api::types::VmState::Running => ctx.ui.paint(Style::Green, "running"),
-                    banger_api::types::VmState::Error => ctx.ui.paint(Style::Red, "error"),
-                    s => s.to_string(),
+                    banger_api::types::VmState::Running => ctx.ui.cell(Style::Green, "running"),
+                    banger_api::types::VmState::Error => ctx.ui.cell(Style::Red, "error"),
+                    s => s.to_string().into(),
                 };
                 vec![
-                    v.id[..12.min(v.id.len())].to_string(),
-                    v.name.clone(),
+                    v.id[..12.min(v.id.len())].into(),
+                    v.name.clone().into(),
                     state,
-                    v.image.clone(),
-                    v.ip.clone().unwrap_or_default(),
-                    v.cpus.to_string(),
-                    ByteSize::mib(v.memory_mib).to_string(),
-                    v.vmm.clone(),
-                    v.workspace.clone().unwrap_or_else(|| "-".into()),
+                    v.image.clone().into(),
+                    v.ip.clone().unwrap_or_default().into(),
+                    v.cpus.to_string().into(),
+                    ByteSize::mib(v.memory_mib).to_string().into(),
+                    v.vmm.clone().into(),
+                    v.workspace.clone().unwrap_or_else(|| "-".into()).into(),
                 ]
             })
             .collect();
@@ -407,41 +418,56 @@ fn show(ctx: &mut Ctx, vm: &Vm) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `vm logs [-f]`: the console log, then the VMM log under a header; byte for byte to a pipe or
+/// a file, escaped on a terminal (see [`crate::logview`]).
 async fn logs(ctx: &mut Ctx, reference: &str, follow: bool) -> Result<u8, CliError> {
     let (client, _) = connect(ctx).await?;
     let vm: Vm = client.get(&format!("/vms/{}", enc(reference))).await?;
-    let files = [
-        ("console", vm.console_log.clone()),
-        ("vmm", vm.vmm_log.clone()),
+    let escape = ctx.ui.stdout_is_terminal();
+    let mut tails = [
+        ("console", Tail::new(vm.console_log.clone(), escape)),
+        ("vmm", Tail::new(vm.vmm_log.clone(), escape)),
     ];
-    let mut offsets = [0u64; 2];
-    for (i, (label, path)) in files.iter().enumerate() {
-        let data = std::fs::read(path).unwrap_or_default();
-        offsets[i] = data.len() as u64;
-        if i == 1 && !data.is_empty() {
-            ctx.ui.line(&ctx.ui.paint(
+    for (i, (label, tail)) in tails.iter_mut().enumerate() {
+        if i == 1 && !tail.is_empty() {
+            let header = ctx.ui.paint(
                 Style::Dim,
-                &format!("--- {label} log ({}) ---", path.display()),
-            ))?;
+                &format!("--- {label} log ({}) ---", tail.path().display()),
+            );
+            ctx.ui.line(&header)?;
         }
-        ctx.ui.out().write_all(&data)?;
+        tail.dump(ctx.ui.out())?;
     }
     if !follow {
+        for (_, tail) in &mut tails {
+            tail.finish(ctx.ui.out())?;
+        }
         return Ok(0);
     }
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(0),
+            _ = tokio::signal::ctrl_c() => {
+                for (_, tail) in &mut tails {
+                    tail.finish(ctx.ui.out())?;
+                }
+                ctx.ui.out().flush()?;
+                return Ok(0);
+            }
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
-        for (i, (_, path)) in files.iter().enumerate() {
-            let data = std::fs::read(path).unwrap_or_default();
-            if (data.len() as u64) > offsets[i] {
-                ctx.ui.out().write_all(&data[offsets[i] as usize..])?;
-                ctx.ui.out().flush()?;
-                offsets[i] = data.len() as u64;
+        for (label, tail) in &mut tails {
+            if tail.poll(ctx.ui.out())? == Event::Rotated {
+                let note = ctx.ui.paint_err(
+                    Style::Dim,
+                    &format!(
+                        "--- {label} log rotated by the daemon (max_log_size); its older part is in {} ---",
+                        rotated_path(tail.path()).display()
+                    ),
+                );
+                ctx.ui.note(&note)?;
             }
         }
+        ctx.ui.out().flush()?;
     }
 }
 
@@ -455,6 +481,15 @@ async fn ports(ctx: &mut Ctx, reference: &str, json: bool) -> Result<u8, CliErro
         ctx.ui.json(&p)?;
         return Ok(0);
     }
+    ctx.ui
+        .out()
+        .write_all(ports_table(&vm.name, &p).as_bytes())?;
+    Ok(0)
+}
+
+/// The `vm ports` table. Process names and command lines come from the guest; the table
+/// escapes them, so they cannot add rows or reach the terminal as control sequences.
+fn ports_table(vm_name: &str, p: &Ports) -> String {
     let mut seen = std::collections::BTreeSet::new();
     let mut rows = Vec::new();
     for l in &p.listeners {
@@ -465,14 +500,12 @@ async fn ports(ctx: &mut Ctx, reference: &str, json: bool) -> Result<u8, CliErro
         }
         rows.push(vec![
             proto,
-            format!("{}.vm:{}", vm.name, l.port),
+            format!("{vm_name}.vm:{}", l.port),
             l.process.clone().unwrap_or_else(|| "-".into()),
             l.command.clone().unwrap_or_default(),
         ]);
     }
-    let text = ui::table(&["PROTO", "ENDPOINT", "PROCESS", "COMMAND"], &rows);
-    ctx.ui.out().write_all(text.as_bytes())?;
-    Ok(0)
+    ui::table(&["PROTO", "ENDPOINT", "PROCESS", "COMMAND"], &rows)
 }
 
 /// Shell-quotes one word for the remote shell.
@@ -726,5 +759,49 @@ mod tests {
     fn path_segments_are_encoded() {
         assert_eq!(enc("web-1"), "web-1");
         assert_eq!(enc("a/b c"), "a%2Fb%20c");
+    }
+
+    // Adversarial corpus: terminal escaping of guest text in `vm ports` and `vm logs`.
+
+    fn listener(port: u16, process: &str, command: &str) -> banger_agent::proto::Listener {
+        banger_agent::proto::Listener {
+            proto: banger_agent::proto::Proto::Tcp,
+            family: banger_agent::proto::Family::Ipv4,
+            address: "0.0.0.0".into(),
+            port,
+            pid: Some(u32::from(port)),
+            process: Some(process.into()),
+            command: Some(command.into()),
+        }
+    }
+
+    #[test]
+    fn adversarial_ports_table_escapes_guest_process_names_and_commands() {
+        let ports = Ports {
+            listeners: vec![
+                listener(
+                    8000,
+                    "py\x1b]0;pwned\x07",
+                    "python3 -m http.server\x1b[2J\x1b[H",
+                ),
+                listener(
+                    8001,
+                    "evil",
+                    "sleep 9\ntcp    web.vm:22    sshd    /usr/sbin/sshd -D",
+                ),
+                listener(8002, "rtl\u{202e}dhss", "x\ry\tz\u{9b}31m"),
+            ],
+        };
+        let t = ports_table("web", &ports);
+        // A header and exactly three rows: the embedded newline faked none.
+        assert_eq!(t.lines().count(), 4, "{t}");
+        assert!(!t.lines().any(|l| l.starts_with("tcp    web.vm:22")), "{t}");
+        for bad in ['\x1b', '\x07', '\r', '\t', '\u{202e}', '\u{9b}'] {
+            assert!(!t.contains(bad), "{bad:?} reached the table: {t:?}");
+        }
+        assert!(t.contains("py\\x1b]0;pwned\\x07"), "{t}");
+        assert!(t.contains("sleep 9\\ntcp    web.vm:22"), "{t}");
+        assert!(t.contains("rtl\\u{202e}dhss"), "{t}");
+        assert!(t.contains("x\\ry\\tz\\u{9b}31m"), "{t}");
     }
 }

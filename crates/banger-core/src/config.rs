@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::size::{ByteSize, parse_size};
+
 /// Values of the `vmm` key.
 pub const VMM_CHOICES: [&str; 3] = ["auto", "firecracker", "qemu"];
 
@@ -62,6 +64,28 @@ pub struct Config {
     pub ssh_wait_secs: u64,
     /// Nameservers written into guests; empty means the host's non-loopback nameservers.
     pub guest_dns: Vec<std::net::Ipv4Addr>,
+    /// Most disk one VM log (console or VMM) takes with its rotated `.1` part. A size as the
+    /// size rules read it (`64M`, `1G`, a bare number is MiB), at least [`MIN_LOG_SIZE`].
+    #[serde(deserialize_with = "size_value")]
+    pub max_log_size: ByteSize,
+}
+
+/// The smallest `max_log_size`: below it rotation would churn on a normal boot's output.
+pub const MIN_LOG_SIZE: ByteSize = ByteSize::mib(1);
+
+/// A size written as a string (`"64MiB"`) or a bare number (MiB), read by [`parse_size`].
+fn size_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Number(u64),
+    }
+    let text = match Raw::deserialize(d)? {
+        Raw::Text(t) => t,
+        Raw::Number(n) => n.to_string(),
+    };
+    parse_size(&text).map_err(serde::de::Error::custom)
 }
 
 impl Default for Config {
@@ -78,6 +102,7 @@ impl Default for Config {
             agent_wait_secs: 60,
             ssh_wait_secs: 90,
             guest_dns: Vec::new(),
+            max_log_size: ByteSize::mib(64),
         }
     }
 }
@@ -192,6 +217,13 @@ impl Config {
                 return Err(bad(key, v.to_string(), "must be 1 to 3600 seconds".into()));
             }
         }
+        if self.max_log_size < MIN_LOG_SIZE {
+            return Err(bad(
+                "max_log_size",
+                self.max_log_size.to_string(),
+                format!("must be at least {MIN_LOG_SIZE}"),
+            ));
+        }
         Ok(())
     }
 }
@@ -230,6 +262,32 @@ mod tests {
             "{:?}",
             l.warnings
         );
+    }
+
+    #[test]
+    fn max_log_size_follows_the_size_rules() {
+        assert_eq!(Config::default().max_log_size, ByteSize::mib(64));
+        for (text, want) in [
+            ("max_log_size = \"128M\"", ByteSize::mib(128)),
+            ("max_log_size = \"1GiB\"", ByteSize::gib(1)),
+            ("max_log_size = \"1.5M\"", ByteSize(3 << 19)),
+            ("max_log_size = 16", ByteSize::mib(16)),
+        ] {
+            assert_eq!(parse(text).unwrap().config.max_log_size, want, "{text}");
+        }
+        let e = parse("max_log_size = \"12 parsecs\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("12 parsecs") && e.contains("max_log_size"),
+            "{e}"
+        );
+        let e = parse("max_log_size = \"512K\"\n").unwrap_err().to_string();
+        assert!(
+            e.contains("max_log_size") && e.contains("at least 1 MiB"),
+            "{e}"
+        );
+        assert!(parse("max_log_size = -1\n").is_err());
     }
 
     #[test]

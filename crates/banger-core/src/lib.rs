@@ -10,13 +10,17 @@
 //! - [`build`]: the build identity every banger binary carries.
 //! - [`elf`]: whether a binary is static.
 //! - [`runner`]: the seam through which libraries run host commands.
+//! - [`logs`]: the names of a VM's console and VMM logs and their rotated parts.
+//! - [`quote`]: quoting a bounded prefix of a peer's bytes in an error message.
 
 pub mod build;
 pub mod config;
 pub mod elf;
 pub mod layout;
 pub mod limits;
+pub mod logs;
 pub mod names;
 pub mod private;
+pub mod quote;
 pub mod runner;
 pub mod size;

@@ -13,6 +13,7 @@
 //! - [`ops`]: per-request operation ids and cancellation accounting.
 //! - [`lock`]: the single-instance lock.
 //! - [`logging`]: JSON logs to the state dir.
+//! - [`logcap`]: rotating VM console and VMM logs at `max_log_size`.
 //!
 //! Start-up order: dirs → lock → store (migrations) → socket → serve. The config, state and
 //! runtime dirs must belong to the daemon's user and not be writable by others (else it
@@ -26,6 +27,7 @@ pub mod error;
 pub mod images;
 pub mod kernels;
 pub mod lock;
+pub mod logcap;
 pub mod logging;
 pub mod ops;
 pub mod routes;

@@ -3,21 +3,32 @@
 //! Every route is wrapped by [`instrument`]: it gives the request an operation id, runs the
 //! handler inside a tracing span carrying that id, sets the `x-banger-op` response header,
 //! writes the id into error bodies, and tracks the operation (see [`crate::ops`]).
+//!
+//! No client can pin the daemon's memory or a connection: a request's head must arrive within
+//! [`ServeLimits::header_read_timeout`] and fit in [`MAX_REQUEST_HEAD`] bytes, and its body
+//! within [`ServeLimits::body_read_timeout`] and [`MAX_REQUEST_BODY`] bytes (refused with a
+//! typed `413`/`408` error body otherwise, before any handler runs).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use axum::body::Body;
 use axum::extract::{OriginalUri, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use banger_agent::capped::{CappedError, read_capped};
 use banger_api::error::{ApiError, ErrorBody, ErrorKind};
 use banger_api::types::{DaemonStatus, ShutdownReply};
 use banger_api::{API_PREFIX, OP_ID_HEADER};
+use banger_core::quote::quote_prefix;
 use banger_store::Store;
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::UnixListener;
 use tokio::sync::Notify;
 use tracing::Instrument;
@@ -207,9 +218,92 @@ pub fn router(state: Arc<AppState>) -> Router {
     instrument(Router::new().nest(API_PREFIX, api).fallback(not_found), ops)
 }
 
-/// Wraps `router` with operation ids, spans, the op header and op accounting.
+/// Largest request body the daemon reads, in bytes. Every API body is a small JSON document
+/// (names, paths, sizes, a list of VM references); 1 MiB is thousands of times the largest
+/// real one, and all a client can make the daemon buffer.
+pub const MAX_REQUEST_BODY: usize = 1 << 20;
+
+/// Largest request line plus headers, in bytes (hyper's read buffer; its minimum is 8 KiB).
+pub const MAX_REQUEST_HEAD: usize = 64 << 10;
+
+/// How long a client may take to send what a request needs, per connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// From the connection (or the previous answer) to the end of the request head. hyper
+    /// closes a connection that exceeds it.
+    pub header_read_timeout: Duration,
+    /// From the end of the head to the end of the body.
+    pub body_read_timeout: Duration,
+}
+
+impl Default for ServeLimits {
+    /// 10 s each: the CLI sends a request in one write, so anything slower is a stuck or
+    /// hostile client, and 10 s is still generous for a loaded machine.
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Wraps `router` with operation ids, spans, the op header and op accounting, and the request
+/// body limits (inside the op layer, so their refusals carry an op id too).
 pub fn instrument(router: Router, ops: Arc<OpTracker>) -> Router {
-    router.layer(middleware::from_fn_with_state(ops, op_middleware))
+    router
+        .layer(middleware::from_fn(limit_body))
+        .layer(middleware::from_fn_with_state(ops, op_middleware))
+}
+
+/// Reads the whole request body, at most [`MAX_REQUEST_BODY`] bytes within the body read
+/// timeout, before the handler runs; refuses at once a body whose `Content-Length` is over.
+async fn limit_body(req: Request, next: Next) -> Response {
+    let limits = req
+        .extensions()
+        .get::<ServeLimits>()
+        .copied()
+        .unwrap_or_default();
+    let (parts, body) = req.into_parts();
+    let too_large = |declared: Option<u64>| {
+        refusal(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body is larger than the {MAX_REQUEST_BODY}-byte limit{}",
+                declared
+                    .map(|n| format!(" (Content-Length {n})"))
+                    .unwrap_or_default()
+            ),
+        )
+    };
+    let read = read_capped(&parts.headers, body, MAX_REQUEST_BODY);
+    let bytes = match tokio::time::timeout(limits.body_read_timeout, read).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(CappedError::TooLarge { declared })) => return too_large(declared),
+        Ok(Err(CappedError::Read(e))) => {
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request body: {e}"),
+            );
+        }
+        Err(_elapsed) => {
+            return refusal(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s",
+                    limits.body_read_timeout.as_secs_f64()
+                ),
+            );
+        }
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+/// A `bad_request` error body with its own HTTP status (413, 408...).
+fn refusal(status: StatusCode, message: String) -> Response {
+    tracing::info!(status = status.as_u16(), error = %message, "request refused");
+    let error = ApiError::new(ErrorKind::BadRequest, message);
+    (status, Json(ErrorBody { error })).into_response()
 }
 
 async fn op_middleware(
@@ -243,20 +337,74 @@ async fn op_middleware(
     resp
 }
 
-/// Writes the op id into an error body produced by a handler.
+/// Largest error body [`stamp_error_body`] reads; what follows is cut (handlers' error bodies
+/// are a few hundred bytes).
+const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// Writes the op id into an error body. A body that is not an [`ErrorBody`] (axum's own
+/// rejections are plain text) becomes one, with a kind from the status and the text as its
+/// message, so every error the API returns is typed and nothing in it is lost or replaced.
 async fn stamp_error_body(resp: Response, op_id: &str) -> Response {
     let (mut parts, body) = resp.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
-        return (parts.status, "error body unreadable").into_response();
-    };
-    match serde_json::from_slice::<ErrorBody>(&bytes) {
-        Ok(mut eb) => {
-            eb.error.op_id = op_id.to_string();
-            parts.headers.remove(axum::http::header::CONTENT_LENGTH);
-            (parts, Json(eb)).into_response()
+    let (bytes, trouble) = read_prefix(body, MAX_ERROR_BODY).await;
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    let mut error = match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Ok(eb) => eb.error,
+        Err(_) => {
+            let text = quote_prefix(bytes.trim_ascii(), MAX_ERROR_BODY);
+            let mut message = if text.is_empty() {
+                parts
+                    .status
+                    .canonical_reason()
+                    .unwrap_or("request failed")
+                    .to_string()
+            } else {
+                text
+            };
+            if let Some(trouble) = trouble {
+                message.push_str(&format!(" ({trouble})"));
+            }
+            parts.headers.remove(axum::http::header::CONTENT_TYPE);
+            ApiError::new(kind_of_status(parts.status), message)
         }
-        Err(_) => Response::from_parts(parts, axum::body::Body::from(bytes)),
+    };
+    error.op_id = op_id.to_string();
+    (parts, Json(ErrorBody { error })).into_response()
+}
+
+/// The error kind an HTTP status stands for, for error bodies that did not say.
+fn kind_of_status(status: StatusCode) -> ErrorKind {
+    match status.as_u16() {
+        404 | 405 => ErrorKind::NotFound,
+        409 => ErrorKind::Conflict,
+        499 => ErrorKind::Cancelled,
+        503 => ErrorKind::Unavailable,
+        400..=499 => ErrorKind::BadRequest,
+        _ => ErrorKind::Internal,
     }
+}
+
+/// Reads at most `limit` bytes of `body`; also says, when the body was longer or failed,
+/// what happened to the rest.
+async fn read_prefix(body: Body, limit: usize) -> (Vec<u8>, Option<String>) {
+    let mut body = body;
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                if bytes.len() + data.len() > limit {
+                    bytes.extend_from_slice(&data[..limit - bytes.len()]);
+                    return (bytes, Some(format!("cut at {limit} bytes")));
+                }
+                bytes.extend_from_slice(&data);
+            }
+            Err(e) => return (bytes, Some(format!("the rest could not be read: {e}"))),
+        }
+    }
+    (bytes, None)
 }
 
 /// The operation id of the current request (a request extension).
@@ -308,13 +456,92 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>) -> std::io::Res
     serve_router(listener, app, stop).await
 }
 
-/// Serves any router on a Unix listener until `stop` completes.
+/// Serves any router on a Unix listener until `stop` completes, with the default
+/// [`ServeLimits`].
 pub async fn serve_router(
     listener: UnixListener,
     app: Router,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
+    serve_router_with(listener, app, stop, ServeLimits::default()).await
+}
+
+/// Serves `app` on `listener` until `stop` completes, then lets the requests in flight finish.
+///
+/// HTTP/1.1 only (all banger speaks), through hyper directly rather than `axum::serve`, which
+/// has no timer and so no header read timeout.
+pub async fn serve_router_with(
+    listener: UnixListener,
+    app: Router,
+    stop: impl Future<Output = ()> + Send + 'static,
+    limits: ServeLimits,
+) -> std::io::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, or a connection reset before it was accepted:
+                    // wait a little instead of spinning, and keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let router = TowerToHyperService::new(app.clone());
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+            req.extensions_mut().insert(limits);
+            hyper::service::Service::call(&router, req)
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(MAX_REQUEST_HEAD)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn error_bodies_are_read_up_to_the_limit_and_say_so() {
+        let (bytes, trouble) = read_prefix(Body::from("short"), 10).await;
+        assert_eq!((bytes.as_slice(), trouble), (b"short".as_slice(), None));
+        let (bytes, trouble) = read_prefix(Body::from("0123456789abcdef"), 10).await;
+        assert_eq!(bytes, b"0123456789");
+        assert_eq!(trouble.as_deref(), Some("cut at 10 bytes"));
+    }
+
+    #[tokio::test]
+    async fn a_plain_text_error_becomes_a_typed_body_with_its_text() {
+        let resp = (StatusCode::UNPROCESSABLE_ENTITY, "missing field `name`").into_response();
+        let resp = stamp_error_body(resp, "op123").await;
+        assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let (bytes, _) = read_prefix(resp.into_body(), 1 << 20).await;
+        let eb: ErrorBody = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(eb.error.kind, ErrorKind::BadRequest);
+        assert_eq!(eb.error.message, "missing field `name`");
+        assert_eq!(eb.error.op_id, "op123");
+
+        let resp = StatusCode::SERVICE_UNAVAILABLE.into_response();
+        let (bytes, _) = read_prefix(stamp_error_body(resp, "op").await.into_body(), 1 << 20).await;
+        let eb: ErrorBody = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(eb.error.kind, ErrorKind::Unavailable);
+        assert_eq!(eb.error.message, "Service Unavailable");
+    }
 }

@@ -252,8 +252,8 @@ impl AppState {
             pid: row.pid,
             created_at: row.created_at.clone(),
             started_at: row.started_at.clone(),
-            console_log: dir.join("console.log"),
-            vmm_log: dir.join("vmm.log"),
+            console_log: dir.join(crate::logcap::CONSOLE_LOG),
+            vmm_log: dir.join(crate::logcap::VMM_LOG),
             dir,
             error: row.error.clone(),
             workspace: row
@@ -302,8 +302,8 @@ impl AppState {
             mac: row.mac.clone().unwrap_or_default(),
             vsock_cid: row.vsock_cid.unwrap_or(3),
             run_dir: self.run_dir(&row.id),
-            console_log: dir.join("console.log"),
-            vmm_log: dir.join("vmm.log"),
+            console_log: dir.join(crate::logcap::CONSOLE_LOG),
+            vmm_log: dir.join(crate::logcap::VMM_LOG),
         })
     }
 
@@ -1334,9 +1334,11 @@ fn vmm_running(state: &AppState, row: &VmRow) -> bool {
 /// Watches running VMs and reconciles the ones whose VMM exited. Runs until the daemon stops.
 pub async fn monitor(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut logs = crate::logcap::LogCapper::new(state.opts.config.max_log_size.bytes());
     loop {
         tick.tick().await;
         let Ok(rows) = state.vm_rows() else { continue };
+        logs.check(&rows).await;
         for row in rows.iter().filter(|r| r.state == VmState::Running.as_str()) {
             if !vmm_running(&state, row) {
                 reconcile_running(&state, &row.id).await;

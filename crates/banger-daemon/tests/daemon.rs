@@ -11,7 +11,9 @@ use banger_core::config::Config;
 use banger_core::layout::Layout;
 use banger_daemon::DaemonOptions;
 use banger_daemon::ops::OpTracker;
-use banger_daemon::server::{AppState, instrument, router, serve_router};
+use banger_daemon::server::{
+    AppState, MAX_REQUEST_BODY, ServeLimits, instrument, router, serve_router, serve_router_with,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -100,10 +102,9 @@ async fn client_disconnect_cancels_the_operation() {
     server.await.unwrap().unwrap();
 }
 
-#[tokio::test]
-async fn errors_carry_the_op_id_in_header_and_body() {
-    let dir = tempfile::tempdir().unwrap();
-    let layout = Layout::under(dir.path());
+/// Daemon state over a fresh layout in `dir`, with a fake VMM and fake networking.
+fn test_state(dir: &std::path::Path) -> Arc<AppState> {
+    let layout = Layout::under(dir);
     std::fs::create_dir_all(&layout.runtime_dir).unwrap();
     let store = banger_store::Store::open(&layout.db_path()).unwrap();
     let opts = DaemonOptions {
@@ -123,13 +124,20 @@ async fn errors_carry_the_op_id_in_header_and_body() {
         },
         subnet: "172.30.0.0/24".parse().unwrap(),
         ssh: banger_daemon::ssh::SshKey {
-            private_key: dir.path().join("key"),
+            private_key: dir.join("key"),
             public_key: "ssh-ed25519 AAAA test".into(),
         },
         guest_dns: Vec::new(),
         uid: 0,
     };
-    let state = Arc::new(AppState::new(opts, store, parts));
+    Arc::new(AppState::new(opts, store, parts))
+}
+
+#[tokio::test]
+async fn errors_carry_the_op_id_in_header_and_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = test_state(dir.path());
+    let layout = state.opts.layout.clone();
     let sock = layout.socket_path();
     let listener = UnixListener::bind(&sock).unwrap();
     let server = tokio::spawn(serve_router(listener, router(state.clone()), async {
@@ -1218,4 +1226,250 @@ mod adversarial {
     fn zstd_of(data: &[u8]) -> Vec<u8> {
         zstd::encode_all(data, 1).unwrap()
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Adversarial corpus: daemon request limits. A local client that sends too much, too slowly
+// or only half a request is refused with a typed error or cut off, and the daemon keeps
+// answering everyone else.
+
+/// Serves the real router on a fresh socket with `limits`; the socket path, the server task
+/// and the tempdir holding the socket.
+async fn limited_daemon(
+    limits: ServeLimits,
+) -> (
+    std::path::PathBuf,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = test_state(dir.path());
+    let sock = state.opts.layout.socket_path();
+    let listener = UnixListener::bind(&sock).unwrap();
+    let server = tokio::spawn(serve_router_with(
+        listener,
+        router(state),
+        std::future::pending(),
+        limits,
+    ));
+    (sock, server, dir)
+}
+
+/// The daemon still answers `GET /v1/status` promptly.
+async fn still_answers(sock: &std::path::Path) {
+    let status: banger_api::types::DaemonStatus = tokio::time::timeout(
+        Duration::from_secs(5),
+        banger_api::Client::new(sock).get("/status"),
+    )
+    .await
+    .expect("the daemon stopped answering")
+    .unwrap();
+    assert_eq!(status.pid, std::process::id());
+}
+
+/// Reads until the peer closes (or resets) the connection, within `within`; the text read.
+async fn read_until_closed(s: &mut UnixStream, within: Duration) -> String {
+    let mut out = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = s.read(&mut buf).await {
+            out.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(within, read)
+        .await
+        .expect("the daemon kept the connection open");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The typed error body of an HTTP answer, checked to carry an op id.
+fn typed_error(answer: &str) -> serde_json::Value {
+    let (_, body) = answer.split_once("\r\n\r\n").unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not an error body ({e}): {answer}"));
+    assert_eq!(v["error"]["op_id"].as_str().unwrap().len(), 12, "{answer}");
+    v
+}
+
+#[tokio::test]
+async fn adversarial_daemon_announced_body_over_the_cap_is_refused_unread() {
+    let (sock, server, _dir) = limited_daemon(ServeLimits::default()).await;
+    let mut s = UnixStream::connect(&sock).await.unwrap();
+    // Only the head is sent: the refusal must come without the daemon reading any body.
+    s.write_all(
+        format!(
+            "POST /v1/vms HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            10u64 << 30
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("no refusal before the body")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let v = typed_error(&answer);
+    assert_eq!(v["error"]["kind"], "bad_request");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("{MAX_REQUEST_BODY}-byte limit")),
+        "{msg}"
+    );
+    assert!(msg.contains("Content-Length 10737418240"), "{msg}");
+    drop(s);
+    still_answers(&sock).await;
+    server.abort();
+}
+
+#[tokio::test]
+async fn adversarial_daemon_chunked_body_over_the_cap_is_refused() {
+    let (sock, server, _dir) = limited_daemon(ServeLimits::default()).await;
+    let mut s = UnixStream::connect(&sock).await.unwrap();
+    s.write_all(b"POST /v1/vms HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let chunk = [b"10000\r\n".as_slice(), &[b' '; 0x10000], b"\r\n"].concat();
+    // Push twice the cap, then stop; the answer must already be a refusal.
+    let mut sent = 0;
+    while sent < 2 * MAX_REQUEST_BODY {
+        if s.write_all(&chunk).await.is_err() {
+            break;
+        }
+        sent += chunk.len();
+    }
+    let answer = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let v = typed_error(&answer);
+    assert_eq!(v["error"]["kind"], "bad_request");
+    still_answers(&sock).await;
+    server.abort();
+}
+
+#[tokio::test]
+async fn adversarial_daemon_half_a_header_is_cut_off_after_the_timeout() {
+    let limits = ServeLimits {
+        header_read_timeout: Duration::from_millis(300),
+        ..ServeLimits::default()
+    };
+    let (sock, server, _dir) = limited_daemon(limits).await;
+    let started = std::time::Instant::now();
+    let mut slow = UnixStream::connect(&sock).await.unwrap();
+    slow.write_all(b"GET /v1/status HTTP/1.1\r\nhos")
+        .await
+        .unwrap();
+    // Others are served meanwhile.
+    still_answers(&sock).await;
+    let answer = read_until_closed(&mut slow, Duration::from_secs(5)).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+    // hyper answers 408 or just closes; never with the status the request asked for.
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    still_answers(&sock).await;
+    server.abort();
+}
+
+#[tokio::test]
+async fn adversarial_daemon_idle_connection_is_cut_off_after_the_timeout() {
+    let limits = ServeLimits {
+        header_read_timeout: Duration::from_millis(300),
+        ..ServeLimits::default()
+    };
+    let (sock, server, _dir) = limited_daemon(limits).await;
+    let mut idle = UnixStream::connect(&sock).await.unwrap();
+    let answer = read_until_closed(&mut idle, Duration::from_secs(5)).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    server.abort();
+}
+
+#[tokio::test]
+async fn adversarial_daemon_body_that_never_finishes_times_out_typed() {
+    let limits = ServeLimits {
+        body_read_timeout: Duration::from_millis(300),
+        ..ServeLimits::default()
+    };
+    let (sock, server, _dir) = limited_daemon(limits).await;
+    let mut s = UnixStream::connect(&sock).await.unwrap();
+    s.write_all(b"POST /v1/vms HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\nconnection: close\r\n\r\n{\"name\"")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let v = typed_error(&answer);
+    assert_eq!(v["error"]["kind"], "bad_request");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not arrive within 0.3 s"),
+        "{v}"
+    );
+    still_answers(&sock).await;
+    server.abort();
+}
+
+#[tokio::test]
+async fn adversarial_daemon_huge_header_is_refused() {
+    let (sock, server, _dir) = limited_daemon(ServeLimits::default()).await;
+    let mut s = UnixStream::connect(&sock).await.unwrap();
+    s.write_all(b"GET /v1/status HTTP/1.1\r\nhost: x\r\nx-big: ")
+        .await
+        .unwrap();
+    let mut sent = 0usize;
+    let filler = [b'a'; 65536];
+    // Push up to 16 MiB of one header; the daemon must stop reading long before.
+    while sent < 16 << 20 {
+        if s.write_all(&filler).await.is_err() {
+            break;
+        }
+        sent += filler.len();
+    }
+    assert!(
+        sent < 16 << 20,
+        "the daemon swallowed {sent} bytes of one header"
+    );
+    let answer = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+    still_answers(&sock).await;
+    server.abort();
+}
+
+#[tokio::test]
+async fn adversarial_daemon_rejections_are_typed_with_their_text_kept() {
+    let (sock, server, _dir) = limited_daemon(ServeLimits::default()).await;
+    let answer = raw_request(
+        &sock,
+        "POST /v1/vms HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1\r\nconnection: close\r\n\r\n{",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let v = typed_error(&answer);
+    assert_eq!(v["error"]["kind"], "bad_request");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(!msg.is_empty() && msg != "error body unreadable", "{msg}");
+    // The typed client reports it as an API error, not an unreadable answer.
+    let err = banger_api::Client::new(&sock)
+        .post::<_, serde_json::Value>("/vms/actions", &serde_json::json!({"nonsense": true}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, banger_api::ClientError::Api(e) if e.kind == banger_api::ErrorKind::BadRequest),
+        "{err:?}"
+    );
+    server.abort();
 }

@@ -965,6 +965,8 @@ pub(crate) fn tail(path: &Path, from: u64, max_lines: usize, max_bytes: u64) -> 
         return String::new();
     };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    // A log shorter than `from` was rotated (truncated) since: all of it is new.
+    let from = if from > len { 0 } else { from };
     let start = len.saturating_sub(max_bytes).max(from);
     if start >= len || file.seek(SeekFrom::Start(start)).is_err() {
         return String::new();
@@ -1165,6 +1167,10 @@ pub(crate) fn pid_serving(peer: Option<u32>, arg: &OsStr) -> Option<u32> {
 }
 
 /// Opens a log for appending; also returns its length, where this start's output begins.
+///
+/// `O_APPEND` matters beyond this start: the daemon caps logs by truncating them in place
+/// (`banger_daemon::logcap`), and only an appending writer continues at the new end instead
+/// of leaving a hole the size of everything written before.
 pub(crate) fn open_log(vm_id: &str, path: &Path) -> Result<(File, u64), VmmError> {
     let error = |source| VmmError::OpenLog {
         vm_id: vm_id.to_string(),
@@ -1573,6 +1579,11 @@ mod tests {
         let from = text.len() as u64 - 8;
         assert_eq!(tail(&path, from, 10, 4096), "line 50");
         assert_eq!(tail(&path, text.len() as u64, 10, 4096), "");
+        // Rotated since `from` was taken: the log restarted, so all of it counts.
+        assert_eq!(
+            tail(&path, text.len() as u64 + 100, 2, 4096),
+            "line 49\nline 50"
+        );
         assert_eq!(tail(&dir.path().join("missing"), 0, 5, 100), "");
     }
 }

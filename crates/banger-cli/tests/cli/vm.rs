@@ -1126,3 +1126,52 @@ fn adversarial_cli_ids_never_resolve_to_another_vm() {
         serde_json::from_str(&home.ok(&["image", "list", "--json"])).unwrap();
     assert_eq!(images.len(), 1);
 }
+
+/// Adversarial corpus, log caps: a guest floods its console far past `max_log_size` while the
+/// VM runs; the daemon's monitor rotates the log, the disk the log takes stays bounded, and
+/// `vm logs` (to a pipe: byte for byte) still shows the newest output.
+#[test]
+fn adversarial_log_console_flood_is_capped_by_the_running_daemon() {
+    let Some(home) = Home::for_vms("max_log_size = \"1M\"\n") else {
+        return;
+    };
+    home.ok(&["vm", "create", "--name", "flood", "--image", "test-img"]);
+    let vm = home.vm("flood");
+    let dir = Path::new(vm["dir"].as_str().unwrap()).to_path_buf();
+    let console = dir.join("console.log");
+    let older = dir.join("console.log.1");
+    // Written the way the VMM writes: appending, 8 MiB of lines with escape sequences.
+    let line = b"guest says \x1b[31mhello\x1b[0m over and over\r\n";
+    let flood: Vec<u8> = line.iter().copied().cycle().take(8 << 20).collect();
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&console)
+            .unwrap();
+        f.write_all(&flood).unwrap();
+        f.write_all(b"THE LAST LINE\r\n").unwrap();
+    }
+    let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    wait_until("the daemon rotated the console log", 10, || {
+        len(&console) < (1 << 20) && len(&older) > 0
+    });
+    assert!(
+        len(&console) + len(&older) <= 1 << 20,
+        "log and .1 hold {} bytes",
+        len(&console) + len(&older)
+    );
+    let out = home.cmd(&["vm", "logs", "flood"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout.len() <= 1 << 21, "{} bytes", out.stdout.len());
+    // To a pipe, the guest's bytes arrive exactly, escape sequences included.
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("THE LAST LINE\r\n"), "newest output missing");
+    assert!(
+        text.contains("guest says \x1b[31mhello\x1b[0m over and over\r\n"),
+        "piped output was altered"
+    );
+    let log = std::fs::read_to_string(home.path().join("state/bangerd.log")).unwrap();
+    assert!(log.contains("log rotated"), "{log}");
+    home.ok(&["vm", "delete", "flood"]);
+}

@@ -5,13 +5,19 @@
 //! A refused request becomes [`ApiError::Status`] carrying the method, the path, the status and
 //! Firecracker's `fault_message`, which says what was wrong ("The kernel file cannot be
 //! opened: ...").
+//!
+//! The VMM runs beside a guest and its socket could be taken over, so answers are not
+//! trusted: the head is read into at most [`MAX_HEAD_LEN`] bytes, the body up to
+//! [`MAX_ANSWER_LEN`] bytes, and every request is bounded by the timeout.
 
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
+use banger_agent::capped::{CappedError, read_capped};
+use banger_core::quote::{DEFAULT_QUOTE, quote_prefix};
+use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
@@ -20,6 +26,14 @@ use tokio::net::UnixStream;
 
 /// Bound of one API request unless [`ApiClient::with_timeout`] says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest answer body read from the API, in bytes. Firecracker answers banger's requests with
+/// an empty body, `InstanceInfo` (about 100 bytes) or a one-line `fault_message`; 64 KiB
+/// leaves room for any of them and for verbose future faults.
+pub const MAX_ANSWER_LEN: usize = 64 << 10;
+
+/// Largest status line plus headers read from the API (hyper's read buffer, at least 8 KiB).
+pub const MAX_HEAD_LEN: usize = 64 << 10;
 
 /// A failed API request.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +64,26 @@ pub enum ApiError {
         method: Method,
         path: String,
         source: hyper::Error,
+    },
+    #[error(
+        "{method} {path} on {}: the answer is larger than the {limit}-byte limit{}",
+        socket.display(),
+        declared.map(|n| format!(" (it announced {n} bytes)")).unwrap_or_default()
+    )]
+    TooLarge {
+        socket: PathBuf,
+        method: Method,
+        path: String,
+        limit: usize,
+        /// The answer's `Content-Length`, when it announced one.
+        declared: Option<u64>,
+    },
+    #[error("{method} {path} on {}: cannot read the answer body: {source}", socket.display())]
+    Body {
+        socket: PathBuf,
+        method: Method,
+        path: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("{method} {path} on {}: no answer within {after:?}", socket.display())]
     Timeout {
@@ -248,7 +282,7 @@ impl ApiClient {
             method: method.clone(),
             path: "/".to_string(),
             status: answer.status,
-            detail: format!("{e}: {}", String::from_utf8_lossy(&answer.body)),
+            detail: format!("{e}: {}", quote_prefix(&answer.body, DEFAULT_QUOTE)),
         })?;
         Ok((info, answer.peer_pid))
     }
@@ -333,7 +367,9 @@ impl ApiClient {
             .and_then(|cred| cred.pid())
             .and_then(|pid| u32::try_from(pid).ok())
             .filter(|pid| *pid > 0);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+            .max_buf_size(MAX_HEAD_LEN)
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(http)?;
         // The connection's own error, if any, surfaces through send_request / the body.
@@ -360,33 +396,56 @@ impl ApiClient {
         })?;
         let response = sender.send_request(request).await.map_err(http)?;
         let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(http)?
-            .to_bytes();
+        let body = self.read_capped(method, path, response).await?;
         Ok(Answer {
             status,
             body,
             peer_pid,
         })
     }
+
+    /// Reads an answer's body, refusing one larger than [`MAX_ANSWER_LEN`].
+    async fn read_capped(
+        &self,
+        method: &Method,
+        path: &str,
+        response: hyper::Response<hyper::body::Incoming>,
+    ) -> Result<Bytes, ApiError> {
+        let (parts, body) = response.into_parts();
+        read_capped(&parts.headers, body, MAX_ANSWER_LEN)
+            .await
+            .map_err(|e| match e {
+                CappedError::TooLarge { declared } => ApiError::TooLarge {
+                    socket: self.socket.clone(),
+                    method: method.clone(),
+                    path: path.to_string(),
+                    limit: MAX_ANSWER_LEN,
+                    declared,
+                },
+                CappedError::Read(source) => ApiError::Body {
+                    socket: self.socket.clone(),
+                    method: method.clone(),
+                    path: path.to_string(),
+                    source,
+                },
+            })
+    }
 }
 
-/// Firecracker's `{"fault_message": ...}`, else the raw body, else the status's reason.
+/// Firecracker's `{"fault_message": ...}`, else the raw body, else the status's reason; at
+/// most [`DEFAULT_QUOTE`] bytes of either.
 fn fault_message(status: StatusCode, body: &[u8]) -> String {
     #[derive(Deserialize)]
     struct Fault {
         fault_message: String,
     }
     match serde_json::from_slice::<Fault>(body) {
-        Ok(fault) => fault.fault_message,
+        Ok(fault) => quote_prefix(fault.fault_message.as_bytes(), DEFAULT_QUOTE),
         Err(_) if body.iter().all(u8::is_ascii_whitespace) => status
             .canonical_reason()
             .unwrap_or("no message")
             .to_string(),
-        Err(_) => String::from_utf8_lossy(body).trim().to_string(),
+        Err(_) => quote_prefix(body.trim_ascii(), DEFAULT_QUOTE),
     }
 }
 
@@ -555,5 +614,212 @@ mod tests {
             .unwrap_err();
         assert!(err.is_connect(), "{err}");
         assert!(err.to_string().contains("missing.sock"), "{err}");
+    }
+
+    // Adversarial corpus: a hostile Firecracker API socket. Each case asserts a clear error
+    // naming the request and the socket, and that the hostile server could push only a bounded
+    // number of bytes before the client stopped reading.
+
+    /// What a hostile server may push past a cap before the client's refusal reaches it.
+    const SLACK: u64 = 4 << 20;
+    const GIB: u64 = 1 << 30;
+
+    /// Accepts one connection, reads the request head, writes `head`, then (unless it is empty)
+    /// `chunk` until the client goes away (at most 8 GiB), one write per `pause`; returns the
+    /// bytes sent.
+    async fn hostile(
+        listener: UnixListener,
+        head: Vec<u8>,
+        chunk: Vec<u8>,
+        pause: Duration,
+    ) -> u64 {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return 0,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+            }
+        }
+        let mut sent = 0u64;
+        if stream.write_all(&head).await.is_err() {
+            return 0;
+        }
+        sent += head.len() as u64;
+        while !chunk.is_empty() && sent < 8 * GIB {
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            if stream.write_all(&chunk).await.is_err() {
+                break;
+            }
+            sent += chunk.len() as u64;
+        }
+        sent
+    }
+
+    /// `GET /` against a hostile server; the error and the bytes the server sent.
+    async fn describe_against(
+        head: &str,
+        chunk: &[u8],
+        pause: Duration,
+        timeout: Duration,
+    ) -> (ApiError, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let server = tokio::spawn(hostile(
+            listener,
+            head.as_bytes().to_vec(),
+            chunk.to_vec(),
+            pause,
+        ));
+        let err = ApiClient::new(&socket)
+            .with_timeout(timeout)
+            .describe()
+            .await
+            .unwrap_err();
+        let sent = tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the hostile server kept going after the client gave up")
+            .unwrap();
+        assert!(err.to_string().starts_with("GET / on "), "{err}");
+        assert!(err.to_string().contains("api.sock"), "{err}");
+        (err, sent)
+    }
+
+    #[tokio::test]
+    async fn adversarial_vmm_api_announced_huge_body_is_refused_unread() {
+        let (err, sent) = describe_against(
+            &format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", 8 * GIB),
+            &[b' '; 65536],
+            Duration::ZERO,
+            DEFAULT_TIMEOUT,
+        )
+        .await;
+        assert!(
+            matches!(
+                err,
+                ApiError::TooLarge {
+                    declared: Some(_),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("65536-byte limit"), "{err}");
+        assert!(sent < SLACK, "{sent}");
+    }
+
+    #[tokio::test]
+    async fn adversarial_vmm_api_endless_body_stops_at_the_cap() {
+        let (err, sent) = describe_against(
+            "HTTP/1.1 400 Bad Request\r\ntransfer-encoding: chunked\r\n\r\n",
+            &[b"1000\r\n".as_slice(), &[b'x'; 0x1000], b"\r\n"].concat(),
+            Duration::ZERO,
+            DEFAULT_TIMEOUT,
+        )
+        .await;
+        assert!(
+            matches!(err, ApiError::TooLarge { declared: None, .. }),
+            "{err}"
+        );
+        assert!(sent < MAX_ANSWER_LEN as u64 + SLACK, "{sent}");
+    }
+
+    #[tokio::test]
+    async fn adversarial_vmm_api_huge_header_is_refused() {
+        let (err, sent) = describe_against(
+            "HTTP/1.1 200 OK\r\nx-big: ",
+            &[b'a'; 65536],
+            Duration::ZERO,
+            DEFAULT_TIMEOUT,
+        )
+        .await;
+        assert!(matches!(err, ApiError::Http { .. }), "{err}");
+        assert!(sent < MAX_HEAD_LEN as u64 + SLACK, "{sent}");
+    }
+
+    #[tokio::test]
+    async fn adversarial_vmm_api_trickle_hits_the_deadline() {
+        let started = std::time::Instant::now();
+        let (err, _) = describe_against(
+            "HTTP/1.1 200 OK\r\ncontent-length: 60000\r\n\r\n",
+            b"{",
+            Duration::from_millis(20),
+            Duration::from_millis(300),
+        )
+        .await;
+        assert!(matches!(err, ApiError::Timeout { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn adversarial_vmm_api_headers_that_never_end_hit_the_deadline() {
+        let started = std::time::Instant::now();
+        let (err, sent) = describe_against(
+            "HTTP/1.1 200 OK\r\n",
+            b"x-again: and again\r\n",
+            Duration::from_millis(20),
+            Duration::from_millis(300),
+        )
+        .await;
+        assert!(matches!(err, ApiError::Timeout { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert!(sent < MAX_HEAD_LEN as u64, "{sent}");
+    }
+
+    #[tokio::test]
+    async fn adversarial_vmm_api_malformed_answer_is_an_http_error() {
+        let (err, _) = describe_against(
+            "SSH-2.0-OpenSSH_9.6\r\n\x1b[2J\r\n\r\n",
+            b"",
+            Duration::ZERO,
+            DEFAULT_TIMEOUT,
+        )
+        .await;
+        assert!(matches!(err, ApiError::Http { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn adversarial_vmm_api_content_length_longer_than_the_body_is_a_body_error() {
+        // Announces 100 bytes, sends one, hangs up: no half body is decoded as an answer.
+        let (err, _) = describe_against(
+            "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{",
+            b"",
+            Duration::ZERO,
+            DEFAULT_TIMEOUT,
+        )
+        .await;
+        assert!(matches!(err, ApiError::Body { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn adversarial_vmm_api_content_length_shorter_than_the_body_is_a_decode_error() {
+        // A whole, valid answer follows a length of 2: only the two announced bytes count, so
+        // the client never takes more than the peer declared.
+        let (err, _) = describe_against(
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{\"id\":\"vm1\",\"state\":\"Running\"}",
+            b"",
+            Duration::ZERO,
+            DEFAULT_TIMEOUT,
+        )
+        .await;
+        assert!(matches!(err, ApiError::Decode { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn adversarial_vmm_api_long_fault_message_is_quoted_short() {
+        let fault = format!("{{\"fault_message\":\"{}\"}}", "f".repeat(50_000));
+        let head = format!(
+            "HTTP/1.1 400 Bad Request\r\ncontent-length: {}\r\n\r\n{fault}",
+            fault.len()
+        );
+        let (err, _) = describe_against(&head, b"", Duration::ZERO, DEFAULT_TIMEOUT).await;
+        let msg = err.to_string();
+        assert!(matches!(err, ApiError::Status { .. }), "{msg}");
+        assert!(msg.len() < 1024, "{} bytes of error", msg.len());
+        assert!(msg.ends_with("(50000 bytes in all)"), "{msg}");
     }
 }

@@ -10,11 +10,16 @@
 //! accepted by the kernel but gets no greeting until the first one leaves. Sessions are
 //! therefore short (connect, one or two commands, close), and every step is bounded by the
 //! client's timeout, so a busy or wedged QEMU yields [`QmpError::Timeout`] instead of a hang.
+//!
+//! What comes back is not trusted to be small: a line longer than [`MAX_LINE`] or more than
+//! [`MAX_SKIPPED_EVENTS`] events before an answer end the session with
+//! [`QmpError::Protocol`], and error messages quote at most a short prefix of a message.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use banger_core::quote::{DEFAULT_QUOTE, quote_prefix};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -23,8 +28,15 @@ use tokio::net::UnixStream;
 /// Per-operation bound of a [`QmpClient`] unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Longest QMP line accepted, in bytes: QEMU's answers to the commands used here are short.
-const MAX_LINE: usize = 1 << 20;
+/// Longest QMP line accepted, in bytes. The greeting and the answers to the commands used
+/// here (`qmp_capabilities`, `query-status`, `query-name`, `system_powerdown`, `quit`) are
+/// under 1 KiB, and so are the events QEMU emits meanwhile; 64 KiB bounds what one line may
+/// make the daemon buffer.
+pub const MAX_LINE: usize = 64 << 10;
+
+/// Most events skipped while waiting for one answer. QEMU emits a few (`POWERDOWN`,
+/// `RTC_CHANGE`...) around a command; thousands mean a flood, not a reply on its way.
+pub const MAX_SKIPPED_EVENTS: usize = 1000;
 
 /// A failed QMP exchange, naming the socket and the command.
 #[derive(Debug, thiserror::Error)]
@@ -265,15 +277,26 @@ impl QmpSession {
                 source,
             });
         }
+        let mut skipped = 0usize;
         loop {
             let mut message = self.read_message(command).await?;
             if message.get("event").is_some() {
+                skipped += 1;
+                if skipped > MAX_SKIPPED_EVENTS {
+                    return Err(self.protocol(
+                        command,
+                        format!("more than {MAX_SKIPPED_EVENTS} events and still no answer"),
+                    ));
+                }
                 continue;
             }
             if message.get("id").and_then(Value::as_u64) != Some(id) {
                 // An answer to someone else's command cannot happen on our own connection,
                 // but an answer without our id is not ours either.
-                return Err(self.protocol(command, format!("answer without id {id}: {message}")));
+                return Err(self.protocol(
+                    command,
+                    format!("answer without id {id}: {}", quoted(&message)),
+                ));
             }
             if let Some(value) = message.get_mut("return") {
                 return Ok(value.take());
@@ -289,11 +312,14 @@ impl QmpSession {
                 return Err(QmpError::Command {
                     socket: self.socket.clone(),
                     command: command.to_string(),
-                    class: text("class"),
-                    desc: text("desc"),
+                    class: quote_prefix(text("class").as_bytes(), DEFAULT_QUOTE),
+                    desc: quote_prefix(text("desc").as_bytes(), DEFAULT_QUOTE),
                 });
             }
-            return Err(self.protocol(command, format!("neither return nor error: {message}")));
+            return Err(self.protocol(
+                command,
+                format!("neither return nor error: {}", quoted(&message)),
+            ));
         }
     }
 
@@ -320,22 +346,29 @@ impl QmpSession {
                 Some(i) => (i + 1, true),
                 None => (buf.len(), false),
             };
+            // Checked before copying: the line never holds more than the limit.
+            if line.len() + used > MAX_LINE {
+                return Err(self.protocol(
+                    command,
+                    format!("a line longer than the {MAX_LINE}-byte limit"),
+                ));
+            }
             line.extend_from_slice(&buf[..used]);
             self.stream.consume(used);
-            if line.len() > MAX_LINE {
-                return Err(self.protocol(command, format!("a line longer than {MAX_LINE} bytes")));
-            }
             if done {
                 break;
             }
         }
-        let text = String::from_utf8_lossy(&line);
-        let value: Value = serde_json::from_str(text.trim())
-            .map_err(|e| self.protocol(command, format!("{e}: {}", text.trim())))?;
+        let value: Value = serde_json::from_slice(line.trim_ascii()).map_err(|e| {
+            self.protocol(
+                command,
+                format!("{e}: {}", quote_prefix(line.trim_ascii(), DEFAULT_QUOTE)),
+            )
+        })?;
         if value.is_object() {
             Ok(value)
         } else {
-            Err(self.protocol(command, format!("not a JSON object: {value}")))
+            Err(self.protocol(command, format!("not a JSON object: {}", quoted(&value))))
         }
     }
 
@@ -345,7 +378,7 @@ impl QmpSession {
         value: Value,
     ) -> Result<T, QmpError> {
         serde_json::from_value(value.clone())
-            .map_err(|e| self.protocol(command, format!("{e}: {value}")))
+            .map_err(|e| self.protocol(command, format!("{e}: {}", quoted(&value))))
     }
 
     fn protocol(&self, command: &str, detail: String) -> QmpError {
@@ -355,6 +388,11 @@ impl QmpSession {
             detail,
         }
     }
+}
+
+/// A message as JSON text, at most [`DEFAULT_QUOTE`] bytes of it, for an error message.
+fn quoted(value: &Value) -> String {
+    quote_prefix(value.to_string().as_bytes(), DEFAULT_QUOTE)
 }
 
 /// Runs `future`, or fails with [`QmpError::Timeout`] after `timeout`.
@@ -532,5 +570,126 @@ mod tests {
         assert!(matches!(err, QmpError::Protocol { .. }), "{err}");
         assert!(err.to_string().contains("HTTP/1.1 400"), "{err}");
         server.await.unwrap();
+    }
+
+    // Adversarial corpus: a hostile QMP socket. Each case asserts a clear error naming the
+    // command and the socket, and that the server could push only a bounded number of bytes.
+
+    const SLACK: u64 = 4 << 20;
+
+    /// Greets, answers `qmp_capabilities`, then on the next request writes `flood` over and
+    /// over until the client goes away (at most 1 GiB); returns the bytes written after the
+    /// greeting.
+    async fn flooding(listener: UnixListener, flood: Vec<u8>) -> u64 {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (read, mut write) = stream.into_split();
+        write.write_all(b"{\"QMP\": {}}\r\n").await.unwrap();
+        let mut lines = BufReader::new(read).lines();
+        let caps: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+        write
+            .write_all(format!("{}\r\n", ok(&caps, json!({}))).as_bytes())
+            .await
+            .unwrap();
+        if lines.next_line().await.ok().flatten().is_none() {
+            return 0;
+        }
+        let mut sent = 0u64;
+        while sent < 1 << 30 {
+            if write.write_all(&flood).await.is_err() {
+                break;
+            }
+            sent += flood.len() as u64;
+        }
+        sent
+    }
+
+    async fn status_against(flood: &[u8]) -> (QmpError, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("qmp.sock");
+        let server = tokio::spawn(flooding(
+            UnixListener::bind(&socket).unwrap(),
+            flood.to_vec(),
+        ));
+        let err = QmpClient::new(&socket).query_status().await.unwrap_err();
+        let sent = tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the hostile server kept going after the client gave up")
+            .unwrap();
+        let msg = err.to_string();
+        assert!(msg.starts_with("QMP query-status on "), "{msg}");
+        assert!(msg.contains("qmp.sock"), "{msg}");
+        assert!(msg.len() < 2048, "{} bytes of error", msg.len());
+        (err, sent)
+    }
+
+    #[tokio::test]
+    async fn adversarial_vmm_qmp_endless_line_stops_at_the_limit() {
+        let (err, sent) = status_against(&[b'{'; 65536]).await;
+        assert!(matches!(err, QmpError::Protocol { .. }), "{err}");
+        assert!(err.to_string().contains("65536-byte limit"), "{err}");
+        assert!(sent < MAX_LINE as u64 + SLACK, "{sent}");
+    }
+
+    #[tokio::test]
+    async fn adversarial_vmm_qmp_event_flood_ends_the_wait() {
+        let event = br#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "RTC_CHANGE", "data": {"offset": 0}}"#;
+        let (err, sent) = status_against(&[event.as_slice(), b"\r\n"].concat()).await;
+        assert!(matches!(err, QmpError::Protocol { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("more than 1000 events and still no answer"),
+            "{err}"
+        );
+        assert!(sent < 1000 * 100 + SLACK, "{sent}");
+    }
+
+    #[tokio::test]
+    async fn adversarial_vmm_qmp_trickled_answer_hits_the_deadline() {
+        // Greets and accepts capabilities, then answers one byte every 20 ms, never a newline.
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("qmp.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            write.write_all(b"{\"QMP\": {}}\r\n").await.unwrap();
+            let mut lines = BufReader::new(read).lines();
+            let caps: Value =
+                serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+            write
+                .write_all(format!("{}\r\n", ok(&caps, json!({}))).as_bytes())
+                .await
+                .unwrap();
+            lines.next_line().await.unwrap().unwrap();
+            let mut sent = 0u64;
+            while write.write_all(b"{").await.is_ok() && sent < 10_000 {
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            sent
+        });
+        let started = std::time::Instant::now();
+        let err = QmpClient::new(&socket)
+            .with_timeout(Duration::from_millis(300))
+            .query_status()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, QmpError::Timeout { .. }), "{err}");
+        assert!(err.to_string().starts_with("QMP query-status on "), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        let sent = tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the trickling server kept going after the client gave up")
+            .unwrap();
+        assert!(sent < 100, "{sent}");
+    }
+
+    #[tokio::test]
+    async fn adversarial_vmm_qmp_huge_garbage_lines_are_quoted_short() {
+        let mut line = vec![b'x'; 60_000];
+        line.extend_from_slice(b"\n");
+        let (err, _) = status_against(&line).await;
+        assert!(matches!(err, QmpError::Protocol { .. }), "{err}");
+        assert!(err.to_string().contains("(60000 bytes in all)"), "{err}");
     }
 }
