@@ -25,6 +25,34 @@ async fn raw_request(sock: &std::path::Path, req: &str) -> String {
     out
 }
 
+/// A daemon state on `store` in `layout`, with the fake VMM and a network that only records.
+fn app_state(dir: &std::path::Path, layout: &Layout, store: banger_store::Store) -> Arc<AppState> {
+    let opts = DaemonOptions {
+        layout: layout.clone(),
+        agent_bin: None,
+        config: Config::default(),
+        config_warnings: Vec::new(),
+        build: BuildInfo::current(),
+    };
+    let parts = banger_daemon::server::Parts {
+        host: banger_daemon::server::Host {
+            vmms: banger_daemon::server::Vmms::single(Arc::new(banger_vmm::fake::FakeVmm::new())),
+            net: Arc::new(banger_net::DirectNetOps::new(
+                banger_core::runner::fake::FakeRunner::new(),
+            )),
+            runner: Arc::new(banger_core::runner::SystemRunner::new()),
+        },
+        subnet: "172.30.0.0/24".parse().unwrap(),
+        ssh: banger_daemon::ssh::SshKey {
+            private_key: dir.join("key"),
+            public_key: "ssh-ed25519 AAAA test".into(),
+        },
+        guest_dns: Vec::new(),
+        uid: 0,
+    };
+    Arc::new(AppState::new(opts, store, parts))
+}
+
 #[tokio::test]
 async fn client_disconnect_cancels_the_operation() {
     let dir = tempfile::tempdir().unwrap();
@@ -107,30 +135,7 @@ fn test_state(dir: &std::path::Path) -> Arc<AppState> {
     let layout = Layout::under(dir);
     std::fs::create_dir_all(&layout.runtime_dir).unwrap();
     let store = banger_store::Store::open(&layout.db_path()).unwrap();
-    let opts = DaemonOptions {
-        layout: layout.clone(),
-        agent_bin: None,
-        config: Config::default(),
-        config_warnings: Vec::new(),
-        build: BuildInfo::current(),
-    };
-    let parts = banger_daemon::server::Parts {
-        host: banger_daemon::server::Host {
-            vmms: banger_daemon::server::Vmms::single(Arc::new(banger_vmm::fake::FakeVmm::new())),
-            net: Arc::new(banger_net::DirectNetOps::new(
-                banger_core::runner::fake::FakeRunner::new(),
-            )),
-            runner: Arc::new(banger_core::runner::SystemRunner::new()),
-        },
-        subnet: "172.30.0.0/24".parse().unwrap(),
-        ssh: banger_daemon::ssh::SshKey {
-            private_key: dir.join("key"),
-            public_key: "ssh-ed25519 AAAA test".into(),
-        },
-        guest_dns: Vec::new(),
-        uid: 0,
-    };
-    Arc::new(AppState::new(opts, store, parts))
+    app_state(dir, &layout, store)
 }
 
 #[tokio::test]
@@ -194,10 +199,7 @@ mod adversarial_pid_reuse {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use banger_core::build::BuildInfo;
-    use banger_core::config::Config;
     use banger_core::layout::Layout;
-    use banger_daemon::DaemonOptions;
     use banger_daemon::server::AppState;
     use banger_daemon::vms;
     use banger_store::{ImageRow, VmRow};
@@ -227,32 +229,7 @@ mod adversarial_pid_reuse {
                 ..ImageRow::default()
             })
             .unwrap();
-        let opts = DaemonOptions {
-            layout: layout.clone(),
-            agent_bin: None,
-            config: Config::default(),
-            config_warnings: Vec::new(),
-            build: BuildInfo::current(),
-        };
-        let parts = banger_daemon::server::Parts {
-            host: banger_daemon::server::Host {
-                vmms: banger_daemon::server::Vmms::single(Arc::new(
-                    banger_vmm::fake::FakeVmm::new(),
-                )),
-                net: Arc::new(banger_net::DirectNetOps::new(
-                    banger_core::runner::fake::FakeRunner::new(),
-                )),
-                runner: Arc::new(banger_core::runner::SystemRunner::new()),
-            },
-            subnet: "172.30.0.0/24".parse().unwrap(),
-            ssh: banger_daemon::ssh::SshKey {
-                private_key: dir.path().join("key"),
-                public_key: "ssh-ed25519 AAAA test".into(),
-            },
-            guest_dns: Vec::new(),
-            uid: 0,
-        };
-        let state = Arc::new(AppState::new(opts, store, parts));
+        let state = super::app_state(dir.path(), &layout, store);
         Harness {
             _dir: dir,
             layout,

@@ -1,10 +1,15 @@
-//! Process control shared by every backend: spawning a VMM detached, liveness, signals,
-//! waiting for an exit, the stop sequence, and removing stale sockets.
+//! Process control shared by every backend: spawning a VMM detached, identifying it, liveness,
+//! signals, waiting for an exit, the stop sequence, and removing stale sockets.
 //!
 //! Liveness is read from `/proc/<pid>/stat`: a zombie (state `Z`) or a dead task (`X`) counts
 //! as dead, because a VMM that exited but was not reaped yet runs nothing. Pids are `u32` as
 //! std hands them out; `0`, `1` and values beyond `pid_t` are refused wherever a signal would
 //! be sent, because `kill(0, ...)`, `kill(-1, ...)` and init are never a VMM.
+//!
+//! A stored pid is never trusted: [`identify`] checks that a pid is still the VMM a
+//! [`VmmIdentity`] names (start time, command line naming the VM's run dir) and hands back a
+//! [`VmmProcess`] holding a pidfd, through which every signal to a VMM is sent; [`stop`] does
+//! so itself. A pid reused by another process is never signalled.
 //!
 //! Every wait here is bounded: [`stop`] asks the guest to shut down, waits at most its grace
 //! period, sends `SIGKILL`, waits at most [`KILL_WAIT`], and then reports instead of hanging.
@@ -206,7 +211,13 @@ pub fn signal(pid: u32, sig: Signal) -> Result<(), SignalError> {
         return Err(SignalError::InvalidPid { pid, signal: sig });
     };
     // SAFETY: kill(2) with a positive pid only sends a signal; no memory is shared.
-    if unsafe { libc::kill(target, sig.raw()) } == 0 {
+    let sent = unsafe { libc::kill(target, sig.raw()) } == 0;
+    signal_outcome(sent, pid, sig)
+}
+
+/// The result of a signal syscall that succeeded (`sent`) or set `errno`.
+fn signal_outcome(sent: bool, pid: u32, sig: Signal) -> Result<(), SignalError> {
+    if sent {
         return Ok(());
     }
     let source = io::Error::last_os_error();
@@ -315,11 +326,19 @@ fn reap_if_zombie_child(pid: u32) {
 /// Waits until `pid` is gone (or a zombie), polling, for at most `timeout`. Reaps it when it
 /// is a zombie child of this process. Returns whether it is gone.
 pub async fn wait_exit(pid: u32, timeout: Duration) -> bool {
+    poll_until(timeout, || {
+        reap_if_zombie_child(pid);
+        !alive(pid)
+    })
+    .await
+}
+
+/// Checks `done` with growing pauses until it holds (`true`) or `timeout` passes (`false`).
+async fn poll_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     let mut pause = POLL_FIRST;
     loop {
-        reap_if_zombie_child(pid);
-        if !alive(pid) {
+        if done() {
             return true;
         }
         let now = Instant::now();
@@ -513,20 +532,7 @@ impl VmmProcess {
                 0,
             )
         };
-        if rc == 0 {
-            return Ok(());
-        }
-        let source = io::Error::last_os_error();
-        let pid = self.pid;
-        if source.raw_os_error() == Some(libc::ESRCH) {
-            Err(SignalError::NoSuchProcess { pid, signal: sig })
-        } else {
-            Err(SignalError::Failed {
-                pid,
-                signal: sig,
-                source,
-            })
-        }
+        signal_outcome(rc == 0, self.pid, sig)
     }
 
     /// Whether the process has exited (a pidfd becomes readable then, zombie or reaped).
@@ -544,21 +550,12 @@ impl VmmProcess {
     /// Waits at most `timeout` for the process to exit (reaping it when it is a zombie child
     /// of this process); returns whether it did.
     pub async fn wait_exit(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut pause = POLL_FIRST;
-        loop {
-            if self.exited() {
-                // The zombie still holds the pid, so this can only reap our own VMM.
-                reap_if_zombie_child(self.pid);
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(POLL_MAX);
+        let exited = poll_until(timeout, || self.exited()).await;
+        if exited {
+            // The zombie still holds the pid, so this can only reap our own VMM.
+            reap_if_zombie_child(self.pid);
         }
+        exited
     }
 }
 

@@ -722,20 +722,23 @@ mod adversarial_daemon_killed_during_create {
         home.ok(&["vm", "create", "--name", "sleepy", "--image", "test-img"]);
         home.ok(&["vm", "stop", "sleepy"]);
         home.ok(&["daemon", "stop"]);
-        // The next daemon's VMMs start no agent: the start waits at "wait agent".
+        // The next daemon's VMMs start no agent: the start waits at "wait agent". It is
+        // started first, so that the polling below cannot start one with the real agent.
         let path = format!(
             "{}:{}",
             slow.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let mut start = home
-            .cmd(&["vm", "start", "sleepy"])
-            .env("PATH", &path)
-            .env("BANGER_AGENT_BIN", "/nonexistent/banger-agent")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let with_env = |args: &[&str]| {
+            let mut cmd = home.cmd(args);
+            cmd.env("PATH", &path)
+                .env("BANGER_AGENT_BIN", "/nonexistent/banger-agent")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            cmd
+        };
+        assert!(with_env(&["vm", "list"]).status().unwrap().success());
+        let mut start = with_env(&["vm", "start", "sleepy"]).spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         let vmm = loop {
             let vm = home.vm("sleepy");
