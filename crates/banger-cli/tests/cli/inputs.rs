@@ -104,6 +104,22 @@ impl Inputs {
     }
 }
 
+/// No image row, nothing under `state/images` (no image or staging directory) and
+/// nothing in the scratch directory; `case` names the case in a failure.
+fn nothing_left(home: &Home, case: &str) {
+    assert_eq!(home.ok(&["image", "list", "--json"]).trim(), "[]", "{case}");
+    let images: Vec<_> = std::fs::read_dir(home.path().join("state/images"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(images.is_empty(), "{case}: left {images:?}");
+    let tmp: Vec<_> = std::fs::read_dir(home.path().join("state/tmp"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(tmp.is_empty(), "{case}: scratch left {tmp:?}");
+}
+
 /// `banger ARGS` fails as a bad request whose message contains `expected`, and nothing
 /// is left: no image, no image directory, nothing in the scratch directory.
 fn refused(home: &Home, inputs: &Inputs, args: &[&str], expected: &str) {
@@ -122,21 +138,7 @@ fn refused(home: &Home, inputs: &Inputs, args: &[&str], expected: &str) {
         stderr.contains(expected),
         "{args:?}: expected {expected:?} in {stderr}"
     );
-    assert_eq!(
-        home.ok(&["image", "list", "--json"]).trim(),
-        "[]",
-        "{args:?}"
-    );
-    let images: Vec<_> = std::fs::read_dir(home.path().join("state/images"))
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(images.is_empty(), "{args:?}: left {images:?}");
-    let tmp: Vec<_> = std::fs::read_dir(home.path().join("state/tmp"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    assert!(tmp.is_empty(), "{args:?}: scratch left {tmp:?}");
+    nothing_left(home, &format!("{args:?}"));
     assert_eq!(inputs.snapshot(), before, "{args:?}: an input changed");
 }
 
@@ -362,19 +364,7 @@ fn adversarial_crafted_bundles_are_refused_through_the_daemon() {
             "expected {expected:?} in {stderr}"
         );
         assert_eq!(std::fs::read(&canary).unwrap(), b"canary\n", "{expected}");
-        assert_eq!(
-            home.ok(&["image", "list", "--json"]).trim(),
-            "[]",
-            "{expected}"
-        );
-        let images: Vec<_> = std::fs::read_dir(home.path().join("state/images"))
-            .map(|d| d.flatten().map(|e| e.file_name()).collect())
-            .unwrap_or_default();
-        assert!(images.is_empty(), "{expected}: left {images:?}");
-        let tmp = std::fs::read_dir(home.path().join("state/tmp"))
-            .unwrap()
-            .count();
-        assert_eq!(tmp, 0, "{expected}: scratch left");
+        nothing_left(&home, &expected);
         assert_eq!(i.snapshot(), before, "{expected}: an input changed");
     }
     // The same members, plainly named, import (with the kernel the manifest names).
