@@ -1023,3 +1023,56 @@ mod adversarial_seed {
         assert_fsck_clean(&seed);
     }
 }
+
+/// The debugfs line bound, end to end with the real debugfs: the longest words banger
+/// accepts -- a guest path of quotes (which double when quoted) and a host path whose last
+/// component is a shell command -- make a `write HOST GUEST` line of over 6000 bytes that
+/// debugfs reads whole, so the `!` never starts a line and no shell runs; one byte more
+/// is refused before debugfs runs. (debugfs 1.47 cuts `-f` lines at 8191 bytes and hands
+/// a rest starting with `!` to `system()`; see the `debugfs` module docs.)
+#[test]
+fn adversarial_debugfs_longest_accepted_lines_are_read_whole() -> Result<(), DiskError> {
+    use banger_disk::debugfs::MAX_WORD;
+    let dir = tempfile::tempdir().unwrap();
+    let image = empty_image(dir.path(), "img.ext4");
+    // The payload is relative: it would run in the test's directory.
+    let canary = format!("banger-pwned-{}", std::process::id());
+    let payload = format!("!touch {canary} #");
+    let mut host = dir.path().to_path_buf();
+    while host.as_os_str().len() + 1 + 250 + 1 + payload.len() + 2 <= MAX_WORD {
+        host.push("h".repeat(250));
+    }
+    let room = MAX_WORD - 2 - host.as_os_str().len() - 1 - payload.len();
+    host.push(format!("{}{payload}", "h".repeat(room.min(200))));
+    fs::create_dir_all(host.parent().unwrap()).unwrap();
+    fs::write(&host, b"data\n").unwrap();
+    // 1500 quotes in components of 250: 3010 bytes quoted.
+    let guest = format!("/{}/f", vec!["\"".repeat(250); 6].join("/"));
+    let quoted = |w: &str| w.len() + w.matches('"').count() + 2;
+    let line = 6 + quoted(&host.to_string_lossy()) + 1 + quoted(&guest);
+    assert!(line > 6000, "{line}");
+    let mut batch = Debugfs::new(scratch());
+    batch
+        .mkdir(&guest[..guest.len() - 2])?
+        .write(&host, &guest)?;
+    batch.run(&runner(), &image)?;
+    for place in [std::env::current_dir().unwrap(), dir.path().to_path_buf()] {
+        assert!(!place.join(&canary).exists(), "a shell command ran");
+    }
+    assert_eq!(read_text(&image, &guest), "data\n");
+    assert_fsck_clean(&image);
+
+    // A guest path quoting to one byte more than the bound is refused, before debugfs
+    // runs.
+    let longer = format!("/{}", "\"".repeat((MAX_WORD - 2) / 2));
+    assert_eq!(quoted(&longer), MAX_WORD + 1);
+    let mut over = Debugfs::new(scratch());
+    let err = over.write(&host, &longer).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("its quoted form is 3073 bytes, more than the 3072"),
+        "{err}"
+    );
+    assert!(over.is_empty());
+    Ok(())
+}

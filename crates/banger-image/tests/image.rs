@@ -1186,7 +1186,6 @@ mod adversarial_bundle {
         // The classic: a symlink named like a member, pointing at the canary, then the
         // member itself, which a naive extractor would write through the symlink.
         let s = Scene::new();
-        let m = valid_manifest_json();
         let target = s.path("canary").display().to_string();
         for (first, second) in [
             ("rootfs.ext4", "rootfs.ext4"),

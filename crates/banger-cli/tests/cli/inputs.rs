@@ -104,6 +104,22 @@ impl Inputs {
     }
 }
 
+/// No image row, nothing under `state/images` (no image or staging directory) and
+/// nothing in the scratch directory; `case` names the case in a failure.
+fn nothing_left(home: &Home, case: &str) {
+    assert_eq!(home.ok(&["image", "list", "--json"]).trim(), "[]", "{case}");
+    let images: Vec<_> = std::fs::read_dir(home.path().join("state/images"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(images.is_empty(), "{case}: left {images:?}");
+    let tmp: Vec<_> = std::fs::read_dir(home.path().join("state/tmp"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(tmp.is_empty(), "{case}: scratch left {tmp:?}");
+}
+
 /// `banger ARGS` fails as a bad request whose message contains `expected`, and nothing
 /// is left: no image, no image directory, nothing in the scratch directory.
 fn refused(home: &Home, inputs: &Inputs, args: &[&str], expected: &str) {
@@ -122,21 +138,7 @@ fn refused(home: &Home, inputs: &Inputs, args: &[&str], expected: &str) {
         stderr.contains(expected),
         "{args:?}: expected {expected:?} in {stderr}"
     );
-    assert_eq!(
-        home.ok(&["image", "list", "--json"]).trim(),
-        "[]",
-        "{args:?}"
-    );
-    let images: Vec<_> = std::fs::read_dir(home.path().join("state/images"))
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(images.is_empty(), "{args:?}: left {images:?}");
-    let tmp: Vec<_> = std::fs::read_dir(home.path().join("state/tmp"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    assert!(tmp.is_empty(), "{args:?}: scratch left {tmp:?}");
+    nothing_left(home, &format!("{args:?}"));
     assert_eq!(inputs.snapshot(), before, "{args:?}: an input changed");
 }
 
@@ -254,6 +256,135 @@ fn adversarial_bad_bundles_are_refused() {
     ] {
         refused(&home, &i, &["image", "import", &bundle], expected);
     }
+}
+
+/// A bundle whose members are `members` (name in the archive, file in `dir`), packed by
+/// tar with `-P` so names climbing out with `..` or absolute ones are kept as written.
+fn crafted_bundle(dir: &Path, name: &str, members: &[(&str, &str)]) -> PathBuf {
+    let out = dir.join(format!("{name}.tar.zst"));
+    let mut c = Command::new("tar");
+    c.args(["-P", "--zstd", "-C"]).arg(dir).arg("-cf").arg(&out);
+    for (inside, file) in members {
+        c.arg(format!("--transform=s,^{file}$,{inside},"));
+    }
+    c.args(members.iter().map(|(_, file)| *file));
+    let st = c.status().unwrap();
+    assert!(st.success());
+    out
+}
+
+#[test]
+fn adversarial_crafted_bundles_are_refused_through_the_daemon() {
+    // The member names never choose a host path: each bundle is refused, the canary
+    // beside the images directory and every input are unchanged, and nothing is left
+    // (row, image directory, staging directory, scratch file).
+    let home = Home::new();
+    let i = Inputs::new(&home);
+    let canary = home.path().join("state/canary");
+    std::fs::create_dir_all(home.path().join("state")).unwrap();
+    std::fs::write(&canary, b"canary\n").unwrap();
+    std::fs::write(
+        i.dir.join("manifest.json"),
+        br#"{"name":"imported","distro":"debian","arch":"x86_64","kernel_ref":"k","description":"d"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        i.dir.join("bad-name.json"),
+        br#"{"name":"../x","distro":"debian","arch":"x86_64","kernel_ref":"k","description":"d"}"#,
+    )
+    .unwrap();
+    let abs = canary.display().to_string();
+    let cases: Vec<(PathBuf, String)> = vec![
+        (
+            crafted_bundle(
+                &i.dir,
+                "dotdot",
+                &[
+                    ("manifest.json", "manifest.json"),
+                    ("../../canary", "good.ext4"),
+                ],
+            ),
+            "unexpected member \"../../canary\"".to_string(),
+        ),
+        (
+            crafted_bundle(
+                &i.dir,
+                "absolute",
+                &[("manifest.json", "manifest.json"), (&abs, "good.ext4")],
+            ),
+            format!("unexpected member {abs:?}"),
+        ),
+        (
+            crafted_bundle(
+                &i.dir,
+                "symlink",
+                &[
+                    ("manifest.json", "manifest.json"),
+                    ("rootfs.ext4", "link.ext4"),
+                ],
+            ),
+            "member \"rootfs.ext4\" is a Symlink entry".to_string(),
+        ),
+        (
+            crafted_bundle(&i.dir, "missing", &[("manifest.json", "manifest.json")]),
+            "no rootfs.ext4".to_string(),
+        ),
+        (
+            crafted_bundle(
+                &i.dir,
+                "extra",
+                &[
+                    ("manifest.json", "manifest.json"),
+                    ("rootfs.ext4", "good.ext4"),
+                    ("extra", "vmlinux"),
+                ],
+            ),
+            "unexpected member \"extra\"".to_string(),
+        ),
+        (
+            crafted_bundle(
+                &i.dir,
+                "badname",
+                &[
+                    ("manifest.json", "bad-name.json"),
+                    ("rootfs.ext4", "good.ext4"),
+                ],
+            ),
+            "image name \"../x\"".to_string(),
+        ),
+    ];
+    for (bundle, expected) in cases {
+        let args = ["image", "import", bundle.to_str().unwrap()];
+        let before = i.snapshot();
+        let out = home.run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{expected}: {stderr}");
+        assert!(
+            stderr.contains(&expected),
+            "expected {expected:?} in {stderr}"
+        );
+        assert_eq!(std::fs::read(&canary).unwrap(), b"canary\n", "{expected}");
+        nothing_left(&home, &expected);
+        assert_eq!(i.snapshot(), before, "{expected}: an input changed");
+    }
+    // The same members, plainly named, import (with the kernel the manifest names).
+    let kpkg = home.path().join("kpkg");
+    std::fs::create_dir_all(kpkg.join("boot")).unwrap();
+    let mut elf = b"\x7fELF\x02\x01\x01".to_vec();
+    elf.resize(4096, 0);
+    std::fs::write(kpkg.join("boot/vmlinux-6.9.1-test"), &elf).unwrap();
+    home.ok(&["kernel", "import", "k", "--from", kpkg.to_str().unwrap()]);
+    let good = crafted_bundle(
+        &i.dir,
+        "good",
+        &[
+            ("manifest.json", "manifest.json"),
+            ("rootfs.ext4", "good.ext4"),
+        ],
+    );
+    home.ok(&["image", "import", good.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&canary).unwrap(), b"canary\n");
+    assert!(home.ok(&["image", "list"]).contains("imported"));
 }
 
 #[test]
