@@ -16,8 +16,9 @@ pub enum CliError {
     Layout(#[from] LayoutError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// Boxed: the client's errors carry paths and context, and `CliError` is returned everywhere.
     #[error(transparent)]
-    Client(#[from] ClientError),
+    Client(Box<ClientError>),
     #[error("cannot find the bangerd binary next to {exe} or on PATH")]
     DaemonBinaryMissing { exe: PathBuf },
     #[error("cannot start the daemon {bin}")]
@@ -80,6 +81,12 @@ pub enum CliError {
     SshTimeout { vm: String, ip: String, secs: u64 },
 }
 
+impl From<ClientError> for CliError {
+    fn from(e: ClientError) -> Self {
+        CliError::Client(Box::new(e))
+    }
+}
+
 impl From<std::io::Error> for CliError {
     fn from(e: std::io::Error) -> Self {
         Self::Output(e)
@@ -99,9 +106,10 @@ impl CliError {
 pub fn render(err: &CliError, color: bool) -> String {
     let mut msg = format!("banger: {err}");
     let op_id = match err {
-        CliError::Client(ClientError::Api(ApiError { op_id, .. })) if !op_id.is_empty() => {
-            Some(op_id.clone())
-        }
+        CliError::Client(c) => match c.as_ref() {
+            ClientError::Api(ApiError { op_id, .. }) if !op_id.is_empty() => Some(op_id.clone()),
+            _ => None,
+        },
         _ => None,
     };
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(err);
@@ -133,7 +141,7 @@ mod tests {
     fn api_errors_show_kind_word_and_dim_op() {
         let mut api = ApiError::new(ErrorKind::NotFound, "vm \"web\" does not exist");
         api.op_id = "0123456789ab".into();
-        let err = CliError::Client(ClientError::Api(api));
+        let err = CliError::from(ClientError::Api(api));
         assert_eq!(
             render(&err, false),
             "banger: not found: vm \"web\" does not exist (op 0123456789ab)"
@@ -147,7 +155,7 @@ mod tests {
             ErrorKind::Unavailable,
             "VM \"web\": agent GET /ports: answered 500: \x1b[2J\x1b]0;pwned\x07gone\nline 2",
         );
-        let text = render(&CliError::Client(ClientError::Api(api)), false);
+        let text = render(&CliError::from(ClientError::Api(api)), false);
         assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
         assert!(
             text.ends_with("\\x1b[2J\\x1b]0;pwned\\x07gone\nline 2"),
