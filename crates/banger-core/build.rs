@@ -33,12 +33,22 @@ fn main() {
     println!("cargo:rustc-env=BANGER_BUILD_COMMIT={commit}");
     println!("cargo:rustc-env=BANGER_BUILD_EPOCH={epoch}");
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
-    // Re-stamp when the checked-out commit or the index changes.
-    for p in [
-        "../../.git/HEAD",
-        "../../.git/index",
-        "../../.git/refs/heads",
-    ] {
-        println!("cargo:rerun-if-changed={p}");
+    // Re-stamp when the checked-out commit or the index changes. Ask git where they are: in a
+    // worktree `.git` is a file, and a path that does not exist would re-run this script on
+    // every build (each binary then gets its own build time, and the CLI keeps replacing
+    // daemons it takes for another build).
+    for name in ["HEAD", "index", "refs/heads"] {
+        let path = Command::new("git")
+            .args(["rev-parse", "--path-format=absolute", "--git-path", name])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|p| std::path::Path::new(p).exists());
+        if let Some(p) = path {
+            println!("cargo:rerun-if-changed={p}");
+        }
     }
+    // Outside a git checkout nothing above applies: stamp once.
+    println!("cargo:rerun-if-changed=build.rs");
 }
