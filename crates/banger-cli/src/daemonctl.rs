@@ -59,7 +59,7 @@ pub fn client_timeout(value: Option<&OsStr>) -> Result<Duration, CliError> {
         .parse::<f64>()
         .map_err(|_| bad("expected seconds (30, 2.5) or milliseconds (500ms)"))?
         * scale;
-    if !(secs.is_finite() && secs >= 0.001 && secs <= 3600.0) {
+    if !(secs.is_finite() && (0.001..=3600.0).contains(&secs)) {
         return Err(bad("must be between 1ms and 3600 s"));
     }
     Ok(Duration::from_secs_f64(secs))
