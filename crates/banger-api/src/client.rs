@@ -722,7 +722,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn stream_lives_on_heartbeats_and_fails_when_silent() {
+    async fn adversarial_stream_lives_on_heartbeats_and_fails_when_silent() {
         let dir = tempfile::tempdir().unwrap();
         let sock = serve(dir.path(), |p| {
             if p == "/v1/ok" {

@@ -584,7 +584,7 @@ fn adversarial_doctor_with_the_daemon_stopped_leaves_no_wal_or_shm() {
 }
 
 #[test]
-fn doctor_reads_committed_data_from_the_wal_of_a_running_or_killed_daemon() {
+fn adversarial_doctor_with_a_running_or_killed_daemon_reads_the_wal_and_creates_nothing() {
     let home = Home::new();
     import_kernel(&home);
     let state = home.path().join("state");
