@@ -65,18 +65,24 @@ pub enum ClientError {
     },
     #[error(transparent)]
     Api(#[from] ApiError),
-    #[error("{}", no_answer_message(.socket, .method, .path, *.waited, *.pid, .log.as_deref(), *.stream))]
-    NoAnswer {
-        socket: PathBuf,
-        method: Method,
-        path: String,
-        waited: Duration,
-        /// The daemon's pid, from the connection's peer credentials.
-        pid: Option<u32>,
-        log: Option<PathBuf>,
-        /// The answer had begun streaming and then went silent.
-        stream: bool,
-    },
+    /// A daemon that accepted the connection stayed silent past the timeout.
+    #[error(transparent)]
+    NoAnswer(Box<NoAnswer>),
+}
+
+/// What [`ClientError::NoAnswer`] knows about the silent daemon.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", no_answer_message(.socket, .method, .path, *.waited, *.pid, .log.as_deref(), *.stream))]
+pub struct NoAnswer {
+    pub socket: PathBuf,
+    pub method: Method,
+    pub path: String,
+    pub waited: Duration,
+    /// The daemon's pid, from the connection's peer credentials.
+    pub pid: Option<u32>,
+    pub log: Option<PathBuf>,
+    /// The answer had begun streaming and then went silent.
+    pub stream: bool,
 }
 
 /// `2 s`, or `250 ms` below a second.
@@ -208,7 +214,7 @@ impl Client {
         pid: Option<u32>,
         stream: bool,
     ) -> ClientError {
-        ClientError::NoAnswer {
+        ClientError::NoAnswer(Box::new(NoAnswer {
             socket: self.socket.clone(),
             method: method.clone(),
             path: path.to_string(),
@@ -216,7 +222,7 @@ impl Client {
             pid,
             log: self.log.clone(),
             stream,
-        }
+        }))
     }
 
     /// `GET /v1{path}`.
@@ -717,7 +723,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, ClientError::NoAnswer { stream: false, .. }),
+            matches!(&err, ClientError::NoAnswer(n) if !n.stream),
             "{err}"
         );
     }
@@ -741,7 +747,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn stream_lives_on_heartbeats_and_fails_when_silent() {
+    async fn adversarial_stream_lives_on_heartbeats_and_fails_when_silent() {
         let dir = tempfile::tempdir().unwrap();
         let sock = serve(dir.path(), |p| {
             if p == "/v1/ok" {

@@ -184,6 +184,21 @@ fn open_dir_nofollow(role: DirRole, path: &Path) -> Result<File, PrivateError> {
         })
 }
 
+/// Opens `path` without following a symlink and checks the opened directory.
+fn open_checked_dir(
+    role: DirRole,
+    path: &Path,
+    euid: u32,
+) -> Result<(File, std::fs::Metadata), PrivateError> {
+    let dir = open_dir_nofollow(role, path)?;
+    let meta = dir.metadata().map_err(|source| PrivateError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    check_dir_meta(role, path, &meta, euid)?;
+    Ok((dir, meta))
+}
+
 /// Creates `path` (mode 0700) if it is missing, and checks that it is a real directory owned
 /// by `euid` and not writable by group or others. Missing parents are created with mode 0700
 /// too. Returns the directory, opened (`O_DIRECTORY | O_NOFOLLOW`).
@@ -221,12 +236,7 @@ pub fn ensure_dir(role: DirRole, path: &Path, euid: u32) -> Result<File, Private
             });
         }
     };
-    let dir = open_dir_nofollow(role, path)?;
-    let meta = dir.metadata().map_err(|source| PrivateError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    check_dir_meta(role, path, &meta, euid)?;
+    let (dir, meta) = open_checked_dir(role, path, euid)?;
     if created && meta.mode() & 0o777 != 0o700 {
         // The umask may have taken bits away; make it exactly 0700 (fchmod on our descriptor).
         dir.set_permissions(std::fs::Permissions::from_mode(0o700))
@@ -252,12 +262,7 @@ pub fn check_existing_dir(role: DirRole, path: &Path, euid: u32) -> Result<bool,
         }
         Ok(_) => {}
     }
-    let dir = open_dir_nofollow(role, path)?;
-    let meta = dir.metadata().map_err(|source| PrivateError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    check_dir_meta(role, path, &meta, euid)?;
+    open_checked_dir(role, path, euid)?;
     Ok(true)
 }
 

@@ -227,7 +227,7 @@ fn read_only_open_reads_committed_wal_data_while_a_writer_is_open() {
 }
 
 #[test]
-fn read_only_open_refuses_a_symlinked_database() {
+fn adversarial_symlinked_database_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let real = dir.path().join("real.db");
     drop(Store::open_with(&real, &[M1]).unwrap());

@@ -5,7 +5,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use crate::common::*;
 
@@ -159,14 +158,7 @@ fn concurrent_first_calls_share_one_daemon() {
 fn killed_daemon_is_replaced_on_next_call() {
     let home = Home::new();
     let pid = home.status()["pid"].as_u64().unwrap();
-    Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pid_alive(pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    kill9_and_wait(pid);
     assert!(
         home.socket().exists(),
         "a killed daemon leaves its socket file"

@@ -584,7 +584,7 @@ fn adversarial_doctor_with_the_daemon_stopped_leaves_no_wal_or_shm() {
 }
 
 #[test]
-fn doctor_reads_committed_data_from_the_wal_of_a_running_or_killed_daemon() {
+fn adversarial_doctor_with_a_running_or_killed_daemon_reads_the_wal_and_creates_nothing() {
     let home = Home::new();
     import_kernel(&home);
     let state = home.path().join("state");
@@ -595,14 +595,7 @@ fn doctor_reads_committed_data_from_the_wal_of_a_running_or_killed_daemon() {
     assert_eq!(names(&state), names_before);
     // Killed: nobody checkpointed the WAL.
     let pid = home.status()["pid"].as_u64().unwrap();
-    Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pid_alive(pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    kill9_and_wait(pid);
     assert!(state.join("banger.db-wal").exists());
     let db_hash = bytes(&state.join("banger.db"));
     let wal_hash = bytes(&state.join("banger.db-wal"));
