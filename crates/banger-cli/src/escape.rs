@@ -190,6 +190,25 @@ mod tests {
     }
 
     #[test]
+    fn adversarial_hyperlinks_and_carriage_return_overwrites_never_pass() {
+        // OSC 8: a link whose visible text hides where it points.
+        let link = "\x1b]8;;http://evil.example/\x07docs\x1b]8;;\x07";
+        let want = "\\x1b]8;;http://evil.example/\\x07docs\\x1b]8;;\\x07";
+        assert_eq!(escape(link, Mode::Cell), want);
+        assert_eq!(escape(link, Mode::Text), want);
+        // `\r` returns to the line start: "FAILED" would be overprinted by "OK    ".
+        let overwrite = "check: FAILED\rcheck: OK    \n";
+        assert_eq!(
+            escape(overwrite, Mode::Text),
+            "check: FAILED\\rcheck: OK    \n"
+        );
+        assert_eq!(
+            escape(overwrite, Mode::Cell),
+            "check: FAILED\\rcheck: OK    \\n"
+        );
+    }
+
+    #[test]
     fn adversarial_bidi_overrides_and_separators_are_escaped() {
         assert_eq!(
             escape("user\u{202e}gnp.exe", Mode::Cell),
