@@ -20,7 +20,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use banger_agent::capped::{CappedError, read_capped};
+use banger_agent_proto::capped::{CappedError, read_capped};
 use banger_api::error::{ApiError, ErrorBody, ErrorKind};
 use banger_api::types::{DaemonStatus, ShutdownReply};
 use banger_api::{API_PREFIX, OP_ID_HEADER};

@@ -15,7 +15,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use banger_agent::capped::{CappedError, read_capped};
+use banger_agent_proto::capped::{CappedError, read_capped};
 use banger_core::quote::{DEFAULT_QUOTE, quote_prefix};
 use http_body_util::Full;
 use hyper::body::Bytes;

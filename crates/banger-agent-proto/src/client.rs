@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use crate::capped::{self, CappedError};
-use crate::proto::{ErrorBody, Health, Ports};
+use crate::wire::{ErrorBody, Health, Ports};
 
 /// A reasonable bound for one agent request.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
