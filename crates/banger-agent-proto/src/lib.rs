@@ -5,9 +5,8 @@
 //! they depend on this crate alone.
 //!
 //! - [`wire`]: the JSON types and constants shared by the agent and the host.
-//! - [`client`]: the host's side: Firecracker's hybrid vsock handshake, Unix sockets, requests.
-//! - [`capped`]: reading an untrusted HTTP body up to a limit.
+//! - [`client`]: the host's side: Firecracker's hybrid vsock handshake, Unix sockets, requests
+//!   (over `banger-http`, with the answer capped).
 
-pub mod capped;
 pub mod client;
 pub mod wire;
