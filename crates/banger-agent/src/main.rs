@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use banger_agent::procfs::{DEFAULT_PROC_ROOT, ProcFs};
-use banger_agent::proto::GUEST_SERIAL_PATH;
 use banger_agent::server::{self, Agent, ListenPlan};
+use banger_agent_proto::wire::GUEST_SERIAL_PATH;
 use banger_core::build::BuildInfo;
 use clap::{Parser, Subcommand};
 

@@ -11,7 +11,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use crate::proto::{Family, Listener, Proto};
+use banger_agent_proto::wire::{Family, Listener, Proto};
 
 /// The default procfs mount point.
 pub const DEFAULT_PROC_ROOT: &str = "/proc";

@@ -29,8 +29,8 @@ use tokio::task::JoinSet;
 use tokio_vsock::{VMADDR_CID_ANY, VsockAddr, VsockListener};
 
 use crate::procfs::{ProcError, ProcFs};
-use crate::proto::{AGENT_VSOCK_PORT, ErrorBody, Health, Ports};
 use crate::serial::SerialStream;
+use banger_agent_proto::wire::{AGENT_VSOCK_PORT, ErrorBody, Health, Ports};
 
 /// How long the serial loop waits before reopening the device after a connection ends.
 pub const SERIAL_REOPEN_DELAY: Duration = Duration::from_millis(200);
@@ -457,7 +457,7 @@ pub fn termination_signal() -> Result<impl Future<Output = ()>, ServerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::{self, ClientError};
+    use banger_agent_proto::client::{self, ClientError};
     use std::collections::VecDeque;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};

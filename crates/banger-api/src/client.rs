@@ -17,10 +17,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use banger_http::Connection;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
@@ -370,11 +370,7 @@ impl Client {
             socket: self.socket.clone(),
             source,
         })?;
-        let pid = stream
-            .peer_cred()
-            .ok()
-            .and_then(|c| c.pid())
-            .and_then(|p| u32::try_from(p).ok());
+        let pid = banger_http::peer_pid(&stream);
         Ok((stream, pid))
     }
 
@@ -385,7 +381,7 @@ impl Client {
         method: Method,
         full: &str,
         body: Option<&B>,
-    ) -> Result<(hyper::Response<hyper::body::Incoming>, AbortOnDrop), ClientError> {
+    ) -> Result<(hyper::Response<hyper::body::Incoming>, Connection), ClientError> {
         let bytes = match body {
             Some(b) => serde_json::to_vec(b).map_err(|e| ClientError::Decode {
                 socket: self.socket.clone(),
@@ -396,14 +392,11 @@ impl Client {
             })?,
             None => Vec::new(),
         };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        // Dropping the future of this call (Ctrl-C) drops the connection and closes the
+        // socket, which the daemon sees as a cancellation.
+        let (mut sender, conn_task) = banger_http::handshake(stream, None)
             .await
             .map_err(self.http(&method, full))?;
-        // Dropping the future of this call (Ctrl-C) closes the socket, which the daemon sees
-        // as a cancellation.
-        let conn_task = AbortOnDrop(tokio::spawn(async move {
-            let _ = conn.await;
-        }));
         let req = Request::builder()
             .method(method.clone())
             .uri(full)
@@ -563,15 +556,6 @@ async fn read_error_body(mut body: hyper::body::Incoming) -> Vec<u8> {
         }
     }
     bytes
-}
-
-/// Aborts the connection task when the call ends, however it ends (answer, error, timeout).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use banger_agent::proto::{Health, Ports};
+use banger_agent_proto::wire::{Health, Ports};
 use banger_api::Client;
 use banger_api::types::{
     ActionOutcome, ActionRequest, CreateVm, Ping, SshInfo, Vm, VmAction, VmSettings, VmStats,
@@ -763,10 +763,10 @@ mod tests {
 
     // Adversarial corpus: terminal escaping of guest text in `vm ports` and `vm logs`.
 
-    fn listener(port: u16, process: &str, command: &str) -> banger_agent::proto::Listener {
-        banger_agent::proto::Listener {
-            proto: banger_agent::proto::Proto::Tcp,
-            family: banger_agent::proto::Family::Ipv4,
+    fn listener(port: u16, process: &str, command: &str) -> banger_agent_proto::wire::Listener {
+        banger_agent_proto::wire::Listener {
+            proto: banger_agent_proto::wire::Proto::Tcp,
+            family: banger_agent_proto::wire::Family::Ipv4,
             address: "0.0.0.0".into(),
             port,
             pid: Some(u32::from(port)),

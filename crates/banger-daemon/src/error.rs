@@ -74,7 +74,7 @@ pub enum OpError {
     Agent {
         vm: String,
         #[source]
-        source: banger_agent::client::ClientError,
+        source: banger_agent_proto::client::ClientError,
     },
     #[error("the {kind} VMM is unavailable: {why}")]
     VmmUnavailable { kind: String, why: String },

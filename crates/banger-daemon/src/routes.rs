@@ -17,7 +17,7 @@ use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use banger_agent::proto::{Health, Ports};
+use banger_agent_proto::wire::{Health, Ports};
 use banger_api::types::{
     ActionOutcome, ActionRequest, BootstrapImage, CreateVm, Event, Image, ImportBundle,
     ImportKernel, JsonObject, Kernel, Ping, RegisterImage, SshInfo, Vm, VmState, VmStats,

@@ -849,18 +849,18 @@ const AGENT_POLL: Duration = Duration::from_millis(20);
 async fn agent_stream(
     endpoint: &AgentEndpoint,
     timeout: Duration,
-) -> Result<tokio::net::UnixStream, banger_agent::client::ClientError> {
+) -> Result<tokio::net::UnixStream, banger_agent_proto::client::ClientError> {
     let fut = async {
         match endpoint {
             AgentEndpoint::HybridVsock { uds, port } => {
-                banger_agent::client::connect_hybrid_vsock(uds, *port).await
+                banger_agent_proto::client::connect_hybrid_vsock(uds, *port).await
             }
-            AgentEndpoint::Unix(path) => banger_agent::client::connect_unix(path).await,
+            AgentEndpoint::Unix(path) => banger_agent_proto::client::connect_unix(path).await,
         }
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
-        Err(_) => Err(banger_agent::client::ClientError::Timeout {
+        Err(_) => Err(banger_agent_proto::client::ClientError::Timeout {
             path: match endpoint {
                 AgentEndpoint::HybridVsock { uds, .. } => uds.display().to_string(),
                 AgentEndpoint::Unix(p) => p.display().to_string(),
@@ -874,18 +874,18 @@ async fn agent_stream(
 pub async fn agent_health(
     endpoint: &AgentEndpoint,
     timeout: Duration,
-) -> Result<banger_agent::proto::Health, banger_agent::client::ClientError> {
+) -> Result<banger_agent_proto::wire::Health, banger_agent_proto::client::ClientError> {
     let stream = agent_stream(endpoint, timeout).await?;
-    banger_agent::client::health(stream, timeout).await
+    banger_agent_proto::client::health(stream, timeout).await
 }
 
 /// Asks the agent at `endpoint` for the guest's listening sockets.
 pub async fn agent_ports(
     endpoint: &AgentEndpoint,
     timeout: Duration,
-) -> Result<banger_agent::proto::Ports, banger_agent::client::ClientError> {
+) -> Result<banger_agent_proto::wire::Ports, banger_agent_proto::client::ClientError> {
     let stream = agent_stream(endpoint, timeout).await?;
-    banger_agent::client::ports(stream, timeout).await
+    banger_agent_proto::client::ports(stream, timeout).await
 }
 
 /// The agent endpoint of a running VM.

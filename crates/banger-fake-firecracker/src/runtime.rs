@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use banger_agent_proto::wire::AGENT_VSOCK_PORT;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -34,7 +35,7 @@ use tokio::task::JoinHandle;
 use crate::api::{RequestLog, Server};
 use crate::console::{self, Console};
 use crate::state::{FileInfo, GuestStart, Host, Vm};
-use crate::vsock::{self, AGENT_VSOCK_PORT, Agent, AgentLookupError, Muxer};
+use crate::vsock::{self, Agent, AgentLookupError, Muxer};
 use crate::{Config, Exit, RunError};
 
 /// How long the guest takes to shut down after Ctrl-Alt-Del.

@@ -7,7 +7,8 @@
 //! ways; otherwise it closes the connection. The fake does the same, with the
 //! "guest" being a real `banger-agent` it starts in host test mode
 //! (`banger-agent --listen-unix <uds_path>.agent.sock`): only the agent's port
-//! ([`AGENT_VSOCK_PORT`]) is forwarded, to that socket.
+//! ([`AGENT_VSOCK_PORT`](banger_agent_proto::wire::AGENT_VSOCK_PORT)) is forwarded, to that
+//! socket.
 //!
 //! While the microVM is paused the muxer neither accepts nor relays (the
 //! connection waits, as with a paused Firecracker); a snapshot resets the
@@ -27,11 +28,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
-
-/// The vsock port banger's guest agent listens on. Mirrors
-/// `banger_agent::proto::AGENT_VSOCK_PORT`; not imported because the agent
-/// crate's library is built independently of this test double.
-pub const AGENT_VSOCK_PORT: u32 = 10789;
 
 /// First host-side port Firecracker assigns to host-initiated connections.
 pub const FIRST_HOST_PORT: u32 = 1 << 30;
@@ -341,6 +337,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use banger_agent_proto::wire::AGENT_VSOCK_PORT;
+
     use super::*;
 
     #[test]

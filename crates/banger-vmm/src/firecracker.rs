@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use banger_agent::proto::AGENT_VSOCK_PORT;
+use banger_agent_proto::wire::AGENT_VSOCK_PORT;
 
 pub use crate::process::LocateError;
 use crate::process::{self, BinarySource, Launch, StartGuard};

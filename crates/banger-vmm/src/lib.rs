@@ -192,10 +192,10 @@ pub struct VmSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum AgentEndpoint {
     /// Firecracker's hybrid vsock: connect to `uds`, send `CONNECT <port>\n`, read `OK ...\n`
-    /// (`banger_agent::client::connect_hybrid_vsock`).
+    /// (`banger_agent_proto::client::connect_hybrid_vsock`).
     HybridVsock { uds: PathBuf, port: u32 },
     /// A Unix socket that is the agent's stream, e.g. QEMU's chardev socket wired to the
-    /// guest's virtio-serial port (`banger_agent::client::connect_unix`).
+    /// guest's virtio-serial port (`banger_agent_proto::client::connect_unix`).
     Unix(PathBuf),
 }
 

@@ -63,7 +63,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use banger_agent::proto::SERIAL_PORT_NAME;
+use banger_agent_proto::wire::SERIAL_PORT_NAME;
 
 pub use crate::process::LocateError;
 use crate::process::{self, BinarySource, Launch, StartGuard};

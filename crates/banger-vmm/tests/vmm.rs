@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use banger_agent::client::{connect_hybrid_vsock, health};
+use banger_agent_proto::client::{connect_hybrid_vsock, health};
 use banger_vmm::firecracker::api::{ApiClient, InstanceState};
 use banger_vmm::firecracker::{self, FirecrackerVmm, Timeouts};
 use banger_vmm::process::{self, Signal, StopOutcome};
@@ -111,7 +111,7 @@ fn api_socket(spec: &VmSpec) -> PathBuf {
 }
 
 /// Asks the agent for `/healthz` through hybrid vsock, retrying while it comes up.
-async fn agent_health(run: &Running) -> banger_agent::proto::Health {
+async fn agent_health(run: &Running) -> banger_agent_proto::wire::Health {
     let AgentEndpoint::HybridVsock { uds, port } = &run.agent else {
         panic!(
             "Firecracker's agent is behind hybrid vsock: {:?}",

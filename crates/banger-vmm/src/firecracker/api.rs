@@ -15,12 +15,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use banger_agent::capped::{CappedError, read_capped};
 use banger_core::quote::{DEFAULT_QUOTE, quote_prefix};
+use banger_http::capped::{CappedError, read_capped};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode, header};
-use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::net::UnixStream;
 
@@ -231,15 +230,6 @@ struct Answer {
     peer_pid: Option<u32>,
 }
 
-/// Aborts the connection task when the request is done or abandoned.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// A client bound to one Firecracker API socket.
 #[derive(Debug, Clone)]
 pub struct ApiClient {
@@ -361,21 +351,10 @@ impl ApiClient {
                     path: path.to_string(),
                     source,
                 })?;
-        let peer_pid = stream
-            .peer_cred()
-            .ok()
-            .and_then(|cred| cred.pid())
-            .and_then(|pid| u32::try_from(pid).ok())
-            .filter(|pid| *pid > 0);
-        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-            .max_buf_size(MAX_HEAD_LEN)
-            .handshake(TokioIo::new(stream))
+        let peer_pid = banger_http::peer_pid(&stream);
+        let (mut sender, _conn) = banger_http::handshake(stream, Some(MAX_HEAD_LEN))
             .await
             .map_err(http)?;
-        // The connection's own error, if any, surfaces through send_request / the body.
-        let _conn = AbortOnDrop(tokio::spawn(async move {
-            let _ = conn.await;
-        }));
 
         let builder = Request::builder()
             .method(method.clone())

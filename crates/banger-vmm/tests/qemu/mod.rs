@@ -20,7 +20,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use banger_agent::client::{connect_unix, health};
+use banger_agent_proto::client::{connect_unix, health};
 use banger_core::runner::SystemRunner;
 use banger_vmm::process::{self, StopOutcome};
 use banger_vmm::qemu::{self, Accel, QemuVmm, Timeouts};
@@ -287,7 +287,7 @@ fn console_value(console: &str, prefix: &str, key: &str) -> Option<String> {
 }
 
 /// Asks the agent for `/healthz` over the virtio-serial socket, retrying while it comes up.
-async fn agent_health(run: &Running) -> banger_agent::proto::Health {
+async fn agent_health(run: &Running) -> banger_agent_proto::wire::Health {
     let AgentEndpoint::Unix(socket) = &run.agent else {
         panic!("QEMU's agent is behind a Unix socket: {:?}", run.agent);
     };

@@ -15,16 +15,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use banger_core::quote::quote_prefix;
+use banger_http::capped::{self, CappedError};
 use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper::{Request, StatusCode, header};
-use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use crate::capped::{self, CappedError};
-use crate::proto::{ErrorBody, Health, Ports};
+use crate::wire::{ErrorBody, Health, Ports};
 
 /// A reasonable bound for one agent request.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -234,32 +233,17 @@ where
     get_json(stream, "/ports", timeout).await
 }
 
-/// Aborts the connection task when the request is done or abandoned (timeout).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 async fn request<T, S>(stream: S, path: &str) -> Result<T, ClientError>
 where
     T: DeserializeOwned,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-        .max_buf_size(MAX_HEAD_LEN)
-        .handshake(TokioIo::new(stream))
+    let (mut sender, _conn) = banger_http::handshake(stream, Some(MAX_HEAD_LEN))
         .await
         .map_err(|source| ClientError::Handshake {
             path: path.to_string(),
             source,
         })?;
-    // The connection's own error, if any, surfaces through send_request / the body.
-    let _conn = AbortOnDrop(tokio::spawn(async move {
-        let _ = conn.await;
-    }));
 
     let req = Request::get(path)
         .header(header::HOST, "banger-agent")
