@@ -182,7 +182,7 @@ async fn register_bundle(
     if let Some(n) = name {
         banger_core::names::validate_image_name(n)?;
     }
-    let _g = state.locks.images.lock().await;
+    let _g = state.locks.images().await;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let dir = state.opts.layout.state_dir.join("images").join(&id);
     std::fs::create_dir_all(dir.parent().unwrap_or(Path::new("/")))

@@ -63,15 +63,32 @@ const WORK_SEED_SIZE: u64 = 256 << 20;
 /// Kernel command line for guests: serial console, reboot on panic, root on the first disk.
 pub const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw";
 
-/// Per-VM locks and the image lock. Lock order: a VM lock, then (briefly) the store mutex;
-/// the image lock is taken before a VM lock when both are needed.
+/// The daemon's locks, and the one order they are taken in (also in ARCHITECTURE.md):
+///
+/// 1. the daemon lock (the single-instance file lock, held for the process lifetime);
+/// 2. the image lock ([`Locks::images`]): image and kernel mutations, and work seeds;
+/// 3. a VM lock ([`Locks::vm`]): every operation on that VM, for its whole duration;
+/// 4. the store mutex ([`AppState::db`]), for single queries only, never across an await.
+///
+/// A task holding a later lock never waits for an earlier one: a VM operation that needs
+/// the image lock (create, for its image's work seed) takes it *before* its VM lock. Work
+/// that needs the image lock takes its guard ([`ImagesGuard`]) as proof it is held.
 #[derive(Debug, Default)]
 pub struct Locks {
     vms: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    pub images: tokio::sync::Mutex<()>,
+    images: tokio::sync::Mutex<()>,
 }
 
+/// Proof that the image lock is held (see [`Locks`]).
+pub type ImagesGuard<'a> = tokio::sync::MutexGuard<'a, ()>;
+
 impl Locks {
+    /// Waits for the image lock. Never call while holding a VM lock (see [`Locks`]).
+    pub async fn images(&self) -> ImagesGuard<'_> {
+        self.images.lock().await
+    }
+
+    /// The lock of VM `id`; take it after the image lock when both are needed.
     pub fn vm(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut map = self.vms.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(id.to_string()).or_default().clone()
@@ -416,6 +433,13 @@ pub async fn create(
         .clone()
         .unwrap_or_else(|| state.opts.config.default_image.clone());
     progress.stage("resolve image", image_ref.clone());
+    // Lock order (see [`Locks`]): the image lock first, held from resolving the image until
+    // its work seed is ready (the VM's row names the image by then, so it cannot be deleted
+    // under the VM), then the new VM's lock.
+    let images_guard = tokio::select! {
+        g = state.locks.images() => g,
+        _ = cancel.cancelled() => return Err(OpError::Cancelled),
+    };
     let images = state.db(|s| s.list_images())?;
     let image = resolve_image(&images, &image_ref)?.clone();
     state.kernel_of(&image, vmm_kind.as_str())?;
@@ -488,7 +512,7 @@ pub async fn create(
     let lock = state.locks.vm(&row.id);
     let _guard = lock.lock().await;
     let result = tokio::select! {
-        r = create_steps(&state, row.clone(), &image, &progress) => r,
+        r = create_steps(&state, row.clone(), &image, images_guard, &progress) => r,
         _ = cancel.cancelled() => Err(OpError::Cancelled),
     };
     match result {
@@ -505,13 +529,14 @@ async fn create_steps(
     state: &Arc<AppState>,
     mut row: VmRow,
     image: &ImageRow,
+    images_guard: ImagesGuard<'_>,
     progress: &Progress,
 ) -> Result<Vm, OpError> {
     progress.stage(
         "prepare disks",
         format!("{}", PathBuf::from(&row.dir).display()),
     );
-    prepare_disks(state, &row, image).await?;
+    prepare_disks(state, &row, image, images_guard).await?;
     boot(state, &mut row, progress).await?;
     progress.stage(
         "ready",
@@ -520,17 +545,20 @@ async fn create_steps(
     Ok(state.vm_view(&row))
 }
 
-/// Clones the image's disks for the VM and writes its identity into them.
+/// Clones the image's disks for the VM and writes its identity into them. The image lock
+/// (`images_guard`) is released as soon as the image's work seed is ready.
 async fn prepare_disks(
     state: &Arc<AppState>,
     row: &VmRow,
     image: &ImageRow,
+    images_guard: ImagesGuard<'_>,
 ) -> Result<(), OpError> {
     let dir = PathBuf::from(&row.dir);
     tokio::fs::create_dir_all(&dir)
         .await
         .map_err(OpError::io("create", &dir))?;
-    let seed = ensure_work_seed(state, image).await?;
+    let seed = ensure_work_seed(state, image, &images_guard).await?;
+    drop(images_guard);
     let runner = state.host.runner.clone();
     let vm = row.name.clone();
     let rootfs = PathBuf::from(&image.rootfs);
@@ -572,9 +600,12 @@ async fn prepare_disks(
     })
 }
 
-/// The image's work seed (made once, under the image lock).
-async fn ensure_work_seed(state: &Arc<AppState>, image: &ImageRow) -> Result<PathBuf, OpError> {
-    let _g = state.locks.images.lock().await;
+/// The image's work seed, made once; the caller holds the image lock (`_images`).
+async fn ensure_work_seed(
+    state: &Arc<AppState>,
+    image: &ImageRow,
+    _images: &ImagesGuard<'_>,
+) -> Result<PathBuf, OpError> {
     let current = state.db(|s| s.get_image(&image.id))?;
     if let Some(seed) = current.and_then(|i| i.work_seed)
         && Path::new(&seed).exists()

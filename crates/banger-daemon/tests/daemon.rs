@@ -27,6 +27,27 @@ async fn raw_request(sock: &std::path::Path, req: &str) -> String {
 
 /// A daemon state on `store` in `layout`, with the fake VMM and a network that only records.
 fn app_state(dir: &std::path::Path, layout: &Layout, store: banger_store::Store) -> Arc<AppState> {
+    state_on(
+        dir,
+        layout,
+        store,
+        banger_daemon::server::Host {
+            vmms: banger_daemon::server::Vmms::single(Arc::new(banger_vmm::fake::FakeVmm::new())),
+            net: Arc::new(banger_net::DirectNetOps::new(
+                banger_core::runner::fake::FakeRunner::new(),
+            )),
+            runner: Arc::new(banger_core::runner::SystemRunner::new()),
+        },
+    )
+}
+
+/// A daemon state on `store` in `layout` with the default config, over the host seams `host`.
+fn state_on(
+    dir: &std::path::Path,
+    layout: &Layout,
+    store: banger_store::Store,
+    host: banger_daemon::server::Host,
+) -> Arc<AppState> {
     let opts = DaemonOptions {
         layout: layout.clone(),
         agent_bin: None,
@@ -35,13 +56,7 @@ fn app_state(dir: &std::path::Path, layout: &Layout, store: banger_store::Store)
         build: BuildInfo::current(),
     };
     let parts = banger_daemon::server::Parts {
-        host: banger_daemon::server::Host {
-            vmms: banger_daemon::server::Vmms::single(Arc::new(banger_vmm::fake::FakeVmm::new())),
-            net: Arc::new(banger_net::DirectNetOps::new(
-                banger_core::runner::fake::FakeRunner::new(),
-            )),
-            runner: Arc::new(banger_core::runner::SystemRunner::new()),
-        },
+        host,
         subnet: "172.30.0.0/24".parse().unwrap(),
         ssh: banger_daemon::ssh::SshKey {
             private_key: dir.join("key"),
@@ -486,7 +501,7 @@ mod adversarial {
     use std::path::{Path, PathBuf};
 
     use banger_core::runner::fake::FakeRunner;
-    use banger_daemon::server::{Host, Parts, Vmms};
+    use banger_daemon::server::{Host, Vmms};
     use banger_net::DirectNetOps;
     use banger_store::{ImageRow, VmRow};
     use banger_vmm::VmmKind;
@@ -538,32 +553,16 @@ mod adversarial {
         let net = Arc::new(DirectNetOps::new(FakeRunner::new()));
         let fc = Arc::new(FakeVmm::new());
         let qemu = Arc::new(FakeVmm::new().with_kind(VmmKind::Qemu));
-        let opts = DaemonOptions {
-            layout: layout.clone(),
-            agent_bin: None,
-            config: Config::default(),
-            config_warnings: Vec::new(),
-            build: BuildInfo::current(),
+        let host = Host {
+            vmms: Vmms::new(
+                vec![fc.clone(), qemu.clone()],
+                Vec::new(),
+                VmmKind::Firecracker,
+            ),
+            net: net.clone(),
+            runner: runner.clone(),
         };
-        let parts = Parts {
-            host: Host {
-                vmms: Vmms::new(
-                    vec![fc.clone(), qemu.clone()],
-                    Vec::new(),
-                    VmmKind::Firecracker,
-                ),
-                net: net.clone(),
-                runner: runner.clone(),
-            },
-            subnet: "172.30.0.0/24".parse().unwrap(),
-            ssh: banger_daemon::ssh::SshKey {
-                private_key: dir.path().join("key"),
-                public_key: "ssh-ed25519 AAAA test".into(),
-            },
-            guest_dns: Vec::new(),
-            uid: 0,
-        };
-        let state = Arc::new(AppState::new(opts, store, parts));
+        let state = state_on(dir.path(), &layout, store, host);
         let sock = layout.socket_path();
         let listener = UnixListener::bind(&sock).unwrap();
         let server = tokio::spawn(serve_router(
@@ -1449,4 +1448,210 @@ async fn adversarial_daemon_rejections_are_typed_with_their_text_kept() {
         "{err:?}"
     );
     server.abort();
+}
+
+/// The lock order (image lock, then a VM lock; see `banger_daemon::vms::Locks`): an image
+/// mutation and a create of a VM on that image, run concurrently, never deadlock, and always
+/// end in one of the consistent outcomes. Unprivileged: real e2fsprogs on small files, a
+/// fake VMM and a network that only records.
+mod lock_order {
+    use std::net::Ipv4Addr;
+    use std::path::{Path, PathBuf};
+
+    use banger_api::types::{CreateVm, VmSettings};
+    use banger_daemon::error::OpError;
+    use banger_daemon::server::{Host, Vmms};
+    use banger_daemon::vms::Progress;
+    use banger_net::{NetError, NetOps, Subnet};
+    use banger_store::ImageRow;
+    use banger_vmm::VmmError;
+    use banger_vmm::fake::FakeVmm;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+
+    /// Host networking that only keeps the set of TAPs that exist.
+    #[derive(Debug, Default)]
+    struct Taps(std::sync::Mutex<std::collections::BTreeSet<String>>);
+
+    impl Taps {
+        fn list(&self) -> Vec<String> {
+            self.0.lock().unwrap().iter().cloned().collect()
+        }
+    }
+
+    impl NetOps for Taps {
+        fn ensure_bridge(&self, _: &str, _: &Subnet) -> Result<(), NetError> {
+            Ok(())
+        }
+        fn create_tap(&self, name: &str, _: &str, _: Option<u32>) -> Result<(), NetError> {
+            self.0.lock().unwrap().insert(name.to_string());
+            Ok(())
+        }
+        fn delete_tap(&self, name: &str) -> Result<(), NetError> {
+            self.0.lock().unwrap().remove(name);
+            Ok(())
+        }
+        fn list_links(&self, prefix: &str) -> Result<Vec<String>, NetError> {
+            Ok(self
+                .list()
+                .into_iter()
+                .filter(|t| t.starts_with(prefix))
+                .collect())
+        }
+        fn link_exists(&self, name: &str) -> Result<bool, NetError> {
+            Ok(self.0.lock().unwrap().contains(name))
+        }
+        fn enable_nat(&self, _: &Subnet, _: Ipv4Addr, _: Option<&str>) -> Result<(), NetError> {
+            Ok(())
+        }
+        fn disable_nat(&self, _: Ipv4Addr) -> Result<(), NetError> {
+            Ok(())
+        }
+    }
+
+    struct Race {
+        dir: tempfile::TempDir,
+        state: Arc<AppState>,
+        fc: Arc<FakeVmm>,
+        taps: Arc<Taps>,
+        /// A clean ext4 every image's rootfs and work seed is copied from.
+        ext4: PathBuf,
+    }
+
+    fn race() -> Race {
+        let dir = tempfile::Builder::new()
+            .prefix("bgl")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let layout = Layout::under(dir.path());
+        std::fs::create_dir_all(&layout.runtime_dir).unwrap();
+        std::fs::create_dir_all(&layout.state_dir).unwrap();
+        banger_daemon::images::reset_scratch_dir(&layout.state_dir).unwrap();
+        let ext4 = dir.path().join("template.ext4");
+        let st = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&ext4)
+            .arg("8M")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let fc = Arc::new(FakeVmm::new());
+        let taps = Arc::new(Taps::default());
+        let host = Host {
+            vmms: Vmms::single(fc.clone()),
+            net: taps.clone(),
+            runner: Arc::new(banger_core::runner::SystemRunner::new()),
+        };
+        let store = banger_store::Store::open(&layout.db_path()).unwrap();
+        let state = state_on(dir.path(), &layout, store, host);
+        Race {
+            dir,
+            state,
+            fc,
+            taps,
+            ext4,
+        }
+    }
+
+    /// A registered image `race-N` whose files exist (rootfs, kernel, work seed), so a
+    /// create on it gets as far as starting the VMM.
+    fn add_image(r: &Race, n: usize) -> String {
+        let name = format!("race-{n}");
+        let dir = r.dir.path().join("images").join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(&r.ext4, dir.join("rootfs.ext4")).unwrap();
+        std::fs::copy(&r.ext4, dir.join("work-seed.ext4")).unwrap();
+        std::fs::write(dir.join("kernel"), b"\x7fELF").unwrap();
+        let at = |f: &str| dir.join(f).display().to_string();
+        r.state
+            .db(|s| {
+                s.insert_image(&ImageRow {
+                    id: format!("{n:04x}{}", "e".repeat(28)),
+                    name: name.clone(),
+                    dir: dir.display().to_string(),
+                    rootfs: at("rootfs.ext4"),
+                    rootfs_bytes: 8 << 20,
+                    kernel: Some(at("kernel")),
+                    work_seed: Some(at("work-seed.ext4")),
+                    created_at: "2026-01-01T00:00:00Z".into(),
+                    ..Default::default()
+                })
+            })
+            .unwrap();
+        name
+    }
+
+    fn vm_dirs(r: &Race) -> Vec<PathBuf> {
+        let vms = r.state.opts.layout.state_dir.join("vms");
+        match std::fs::read_dir(&vms) {
+            Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[allow(clippy::print_stderr)] // how the races fell, for whoever reads the output
+    async fn image_delete_and_create_on_that_image_never_deadlock() {
+        let r = race();
+        let (mut deleted_first, mut in_use, mut created_first) = (0, 0, 0);
+        for n in 0..50 {
+            let image = add_image(&r, n);
+            // The create gets past its disks and fails at the VMM start, then rolls back.
+            r.fc.fail_next_start(VmmError::InvalidSpec {
+                vm_id: "any".into(),
+                what: "kernel",
+                reason: "the test refuses every start".into(),
+            });
+            let create = tokio::spawn(banger_daemon::vms::create(
+                r.state.clone(),
+                CreateVm {
+                    image: Some(image.clone()),
+                    resources: VmSettings {
+                        work_disk_bytes: Some(8 << 20),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+                Progress::new(None),
+                CancellationToken::new(),
+            ));
+            let delete = {
+                let (state, image) = (r.state.clone(), image.clone());
+                tokio::spawn(async move { banger_daemon::images::delete(state, &image).await })
+            };
+            let (created, deleted) = tokio::time::timeout(Duration::from_secs(20), async {
+                (create.await.unwrap(), delete.await.unwrap())
+            })
+            .await
+            .unwrap_or_else(|_| panic!("iteration {n}: create and image delete deadlocked"));
+            match (&created, &deleted) {
+                // The delete came first: the create found no image, and made nothing.
+                (Err(OpError::ImageNotFound { .. }), Ok(())) => deleted_first += 1,
+                // The create's row named the image first: the delete was refused, and the
+                // create failed where the test made it fail, then rolled back.
+                (Err(OpError::Vmm { .. }), Err(OpError::ImageInUse { .. })) => {
+                    in_use += 1;
+                    banger_daemon::images::delete(r.state.clone(), &image)
+                        .await
+                        .unwrap_or_else(|e| panic!("iteration {n}: image still used: {e}"));
+                }
+                // The create finished (and rolled back) before the delete looked.
+                (Err(OpError::Vmm { .. }), Ok(())) => created_first += 1,
+                other => panic!("iteration {n}: inconsistent outcome {other:?}"),
+            }
+            assert_eq!(
+                r.state.vm_rows().unwrap(),
+                Vec::new(),
+                "iteration {n}: a VM row was left behind"
+            );
+            assert_eq!(vm_dirs(&r), Vec::<PathBuf>::new(), "iteration {n}");
+            assert_eq!(r.taps.list(), Vec::<String>::new(), "iteration {n}");
+            assert!(r.state.db(|s| s.list_images()).unwrap().is_empty());
+            assert!(!Path::new(&r.dir.path().join("images").join(&image)).exists());
+        }
+        eprintln!(
+            "delete first: {deleted_first}, refused as in use: {in_use}, create first: {created_first}"
+        );
+    }
 }
