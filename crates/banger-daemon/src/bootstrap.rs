@@ -14,10 +14,11 @@ use banger_api::types::{BootstrapImage, Image, ImportBundle};
 use banger_store::ImageRow;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now;
 use crate::error::OpError;
 use crate::images::{InputKind, check_input_file, check_rootfs};
-use crate::server::AppState;
-use crate::vms::{Progress, now};
+use crate::progress::Progress;
+use crate::state::AppState;
 
 /// The static guest agent to inject, checked.
 fn agent_bin(state: &AppState) -> Result<PathBuf, OpError> {

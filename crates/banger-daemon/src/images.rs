@@ -25,9 +25,9 @@ use banger_api::types::{Image, RegisterImage};
 use banger_core::names::validate_image_name;
 use banger_store::ImageRow;
 
+use crate::clock::now;
 use crate::error::{OpError, chain};
-use crate::server::AppState;
-use crate::vms::now;
+use crate::state::AppState;
 
 /// The daemon's scratch directory under `state_dir`.
 fn scratch_path(state_dir: &Path) -> PathBuf {

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use banger_api::types::{ImportKernel, Kernel};
 use banger_store::KernelRow;
 
+use crate::clock::now;
 use crate::error::{OpError, chain};
-use crate::server::AppState;
-use crate::vms::now;
+use crate::state::AppState;
 
 impl AppState {
     fn kernels_dir(&self) -> PathBuf {

@@ -1,6 +1,6 @@
 //! The VM lifecycle: create, start, stop, restart, kill, delete, set, and reconciliation.
 //!
-//! Every operation on one VM holds that VM's lock (see [`Locks`]) for its whole duration, so
+//! Every operation on one VM holds that VM's lock (see [`Locks`](crate::state::Locks)) for its whole duration, so
 //! one VM's operations are serialised while different VMs progress in parallel. The store
 //! mutex is taken only around single queries, never across an await.
 //!
@@ -28,7 +28,7 @@
 //! pidfd. A VM whose pid now belongs to another process is treated as "VMM gone": marked
 //! stopped, its resources released, the other process left alone.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,11 +48,12 @@ use banger_vmm::process::identify;
 use banger_vmm::{
     AgentEndpoint, IdentityError, Running, VmSpec, Vmm, VmmIdentity, VmmKind, VmmProcess,
 };
-use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now;
 use crate::error::{OpError, chain};
-use crate::server::AppState;
+use crate::progress::Progress;
+use crate::state::{AppState, ImagesGuard};
 
 /// Defaults for `vm create`, also shown in the CLI's help.
 pub const DEFAULT_CPUS: u32 = 2;
@@ -62,92 +63,6 @@ pub const DEFAULT_WORK_DISK: ByteSize = ByteSize::gib(8);
 const WORK_SEED_SIZE: u64 = 256 << 20;
 /// Kernel command line for guests: serial console, reboot on panic, root on the first disk.
 pub const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw";
-
-/// The daemon's locks, and the one order they are taken in (also in ARCHITECTURE.md):
-///
-/// 1. the daemon lock (the single-instance file lock, held for the process lifetime);
-/// 2. the image lock ([`Locks::images`]): image and kernel mutations, and work seeds;
-/// 3. a VM lock ([`Locks::vm`]): every operation on that VM, for its whole duration;
-/// 4. the store mutex ([`AppState::db`]), for single queries only, never across an await.
-///
-/// A task holding a later lock never waits for an earlier one: a VM operation that needs
-/// the image lock (create, for its image's work seed) takes it *before* its VM lock. Work
-/// that needs the image lock takes its guard ([`ImagesGuard`]) as proof it is held.
-#[derive(Debug, Default)]
-pub struct Locks {
-    vms: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    images: tokio::sync::Mutex<()>,
-}
-
-/// Proof that the image lock is held (see [`Locks`]).
-pub type ImagesGuard<'a> = tokio::sync::MutexGuard<'a, ()>;
-
-impl Locks {
-    /// Waits for the image lock. Never call while holding a VM lock (see [`Locks`]).
-    pub async fn images(&self) -> ImagesGuard<'_> {
-        self.images.lock().await
-    }
-
-    /// The lock of VM `id`; take it after the image lock when both are needed.
-    pub fn vm(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = self.vms.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(id.to_string()).or_default().clone()
-    }
-
-    fn forget(&self, id: &str) {
-        let mut map = self.vms.lock().unwrap_or_else(|e| e.into_inner());
-        map.remove(id);
-    }
-}
-
-/// Seconds since the epoch as RFC 3339.
-pub fn now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    banger_core::build::format_rfc3339(secs)
-}
-
-/// One stage report of a long operation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stage {
-    pub stage: String,
-    pub detail: String,
-    pub elapsed_ms: u64,
-}
-
-/// Streams stage events of one long operation.
-#[derive(Debug, Clone)]
-pub struct Progress {
-    tx: Option<UnboundedSender<Stage>>,
-    start: Instant,
-}
-
-impl Progress {
-    pub fn new(tx: Option<UnboundedSender<Stage>>) -> Self {
-        Self {
-            tx,
-            start: Instant::now(),
-        }
-    }
-
-    pub fn stage(&self, stage: &str, detail: impl Into<String>) {
-        let detail = detail.into();
-        tracing::info!(stage, detail = %detail, "stage");
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(Stage {
-                stage: stage.to_string(),
-                detail,
-                elapsed_ms: self.start.elapsed().as_millis() as u64,
-            });
-        }
-    }
-
-    pub fn elapsed(&self) -> Duration {
-        self.start.elapsed()
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Lookups
@@ -226,16 +141,6 @@ fn resolve_image<'a>(rows: &'a [ImageRow], reference: &str) -> Result<&'a ImageR
 }
 
 impl AppState {
-    /// Runs `f` with the store locked. Never call across an await.
-    pub fn db<T>(&self, f: impl FnOnce(&banger_store::Store) -> T) -> T {
-        let guard = self.store.lock().unwrap_or_else(|e| e.into_inner());
-        f(&guard)
-    }
-
-    pub fn vm_rows(&self) -> Result<Vec<VmRow>, OpError> {
-        Ok(self.db(|s| s.list_vms())?)
-    }
-
     pub fn find_vm(&self, reference: &str) -> Result<VmRow, OpError> {
         let rows = self.vm_rows()?;
         resolve(&rows, reference).cloned()
@@ -360,10 +265,6 @@ impl AppState {
         .ok_or(OpError::KernelNotFound { name })?;
         Ok((PathBuf::from(path), k.initrd.map(PathBuf::from)))
     }
-
-    fn set_vm(&self, row: &VmRow) -> Result<(), OpError> {
-        Ok(self.db(|s| s.update_vm(row))?)
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -433,7 +334,7 @@ pub async fn create(
         .clone()
         .unwrap_or_else(|| state.opts.config.default_image.clone());
     progress.stage("resolve image", image_ref.clone());
-    // Lock order (see [`Locks`]): the image lock first, held from resolving the image until
+    // Lock order (see [`Locks`](crate::state::Locks)): the image lock first, held from resolving the image until
     // its work seed is ready (the VM's row names the image by then, so it cannot be deleted
     // under the VM), then the new VM's lock.
     let images_guard = tokio::select! {

@@ -12,8 +12,9 @@ use banger_core::layout::Layout;
 use banger_daemon::DaemonOptions;
 use banger_daemon::ops::OpTracker;
 use banger_daemon::server::{
-    AppState, MAX_REQUEST_BODY, ServeLimits, instrument, router, serve_router, serve_router_with,
+    MAX_REQUEST_BODY, ServeLimits, instrument, router, serve_router, serve_router_with,
 };
+use banger_daemon::state::AppState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -31,8 +32,8 @@ fn app_state(dir: &std::path::Path, layout: &Layout, store: banger_store::Store)
         dir,
         layout,
         store,
-        banger_daemon::server::Host {
-            vmms: banger_daemon::server::Vmms::single(Arc::new(banger_vmm::fake::FakeVmm::new())),
+        banger_daemon::state::Host {
+            vmms: banger_daemon::state::Vmms::single(Arc::new(banger_vmm::fake::FakeVmm::new())),
             net: Arc::new(banger_net::DirectNetOps::new(
                 banger_core::runner::fake::FakeRunner::new(),
             )),
@@ -46,7 +47,7 @@ fn state_on(
     dir: &std::path::Path,
     layout: &Layout,
     store: banger_store::Store,
-    host: banger_daemon::server::Host,
+    host: banger_daemon::state::Host,
 ) -> Arc<AppState> {
     let opts = DaemonOptions {
         layout: layout.clone(),
@@ -55,7 +56,7 @@ fn state_on(
         config_warnings: Vec::new(),
         build: BuildInfo::current(),
     };
-    let parts = banger_daemon::server::Parts {
+    let parts = banger_daemon::state::Parts {
         host,
         subnet: "172.30.0.0/24".parse().unwrap(),
         ssh: banger_daemon::ssh::SshKey {
@@ -215,7 +216,7 @@ mod adversarial_pid_reuse {
     use std::time::{Duration, Instant};
 
     use banger_core::layout::Layout;
-    use banger_daemon::server::AppState;
+    use banger_daemon::state::AppState;
     use banger_daemon::vms;
     use banger_store::{ImageRow, VmRow};
     use banger_vmm::process::{Signal, alive, start_time};
@@ -501,7 +502,7 @@ mod adversarial {
     use std::path::{Path, PathBuf};
 
     use banger_core::runner::fake::FakeRunner;
-    use banger_daemon::server::{Host, Vmms};
+    use banger_daemon::state::{Host, Vmms};
     use banger_net::DirectNetOps;
     use banger_store::{ImageRow, VmRow};
     use banger_vmm::VmmKind;
@@ -1450,7 +1451,7 @@ async fn adversarial_daemon_rejections_are_typed_with_their_text_kept() {
     server.abort();
 }
 
-/// The lock order (image lock, then a VM lock; see `banger_daemon::vms::Locks`): an image
+/// The lock order (image lock, then a VM lock; see `banger_daemon::state::Locks`): an image
 /// mutation and a create of a VM on that image, run concurrently, never deadlock, and always
 /// end in one of the consistent outcomes. Unprivileged: real e2fsprogs on small files, a
 /// fake VMM and a network that only records.
@@ -1460,8 +1461,8 @@ mod lock_order {
 
     use banger_api::types::{CreateVm, VmSettings};
     use banger_daemon::error::OpError;
-    use banger_daemon::server::{Host, Vmms};
-    use banger_daemon::vms::Progress;
+    use banger_daemon::progress::Progress;
+    use banger_daemon::state::{Host, Vmms};
     use banger_net::{NetError, NetOps, Subnet};
     use banger_store::ImageRow;
     use banger_vmm::VmmError;
