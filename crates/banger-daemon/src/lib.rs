@@ -1,7 +1,8 @@
 //! `bangerd`, the per-user daemon. It owns banger's state (the SQLite store) and serves the
 //! HTTP+JSON API on a Unix socket (mode 0600) in the runtime dir.
 //!
-//! The modules form layers; each uses only the ones below it (no import loop):
+//! The modules form layers; each uses only the ones below it (no import loop, as the
+//! daemon test `module_graph` checks):
 //!
 //! - [`server`]: the router, the op-id middleware and serving on the socket.
 //! - [`routes`]: the HTTP handlers: decode, call a service, encode.

@@ -1656,3 +1656,212 @@ mod lock_order {
         );
     }
 }
+
+/// The daemon's modules form layers: the `crate::` references between the files of `src/`
+/// (comments and string literals left out) make a graph without a cycle.
+mod module_graph {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::Path;
+
+    type Graph = BTreeMap<String, BTreeSet<String>>;
+
+    /// `text` with its comments and the contents of its string and char literals removed.
+    fn code_of(text: &str) -> String {
+        let b = text.as_bytes();
+        let (mut out, mut i) = (String::new(), 0);
+        while i < b.len() {
+            match b[i] {
+                b'/' if b.get(i + 1) == Some(&b'/') => {
+                    while i < b.len() && b[i] != b'\n' {
+                        i += 1;
+                    }
+                }
+                b'/' if b.get(i + 1) == Some(&b'*') => {
+                    i += 2;
+                    while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
+                        i += 1;
+                    }
+                    i += 2;
+                }
+                b'"' => {
+                    i += 1;
+                    while i < b.len() && b[i] != b'"' {
+                        i += if b[i] == b'\\' { 2 } else { 1 };
+                    }
+                    i += 1;
+                    out.push_str("\"\"");
+                }
+                // A char literal ('x', '\n', '"'); a lifetime ('a) is kept.
+                b'\'' if b.get(i + 2) == Some(&b'\'') => i += 3,
+                b'\'' if b.get(i + 1) == Some(&b'\\') => {
+                    i += 2;
+                    while i < b.len() && b[i] != b'\'' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                _ => {
+                    let c = text[i..].chars().next().unwrap();
+                    out.push(c);
+                    i += c.len_utf8();
+                }
+            }
+        }
+        out
+    }
+
+    fn ident_at(s: &str) -> &str {
+        let s = s.trim_start();
+        let end = s
+            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(s.len());
+        &s[..end]
+    }
+
+    /// The first path segments named right after `crate::`: one, or a `{...}` group's.
+    fn names_after_crate(code: &str) -> BTreeSet<String> {
+        let mut names = BTreeSet::new();
+        for (at, _) in code.match_indices("crate::") {
+            let rest = &code[at + "crate::".len()..];
+            if let Some(group) = rest.strip_prefix('{') {
+                let (mut depth, mut item_start) = (0, 0);
+                for (i, c) in group.char_indices() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' if depth == 0 => {
+                            names.insert(ident_at(&group[item_start..i]).to_string());
+                            break;
+                        }
+                        '}' => depth -= 1,
+                        ',' if depth == 0 => {
+                            names.insert(ident_at(&group[item_start..i]).to_string());
+                            item_start = i + 1;
+                        }
+                        _ => {}
+                    }
+                }
+            } else {
+                names.insert(ident_at(rest).to_string());
+            }
+        }
+        names.remove("");
+        names
+    }
+
+    /// Module -> the modules it refers to. An item of the crate root counts as `lib`; the
+    /// crate root also names its modules without `crate::`.
+    fn graph(src: &Path) -> Graph {
+        let files: BTreeMap<String, String> = std::fs::read_dir(src)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "rs"))
+            .filter(|p| p.file_stem().unwrap() != "main")
+            .map(|p| {
+                let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+                (name, code_of(&std::fs::read_to_string(&p).unwrap()))
+            })
+            .collect();
+        let mut graph = Graph::new();
+        for (module, code) in &files {
+            let mut names = names_after_crate(code);
+            if module == "lib" {
+                for other in files.keys() {
+                    let path = format!("{other}::");
+                    let named = code.match_indices(&path).any(|(at, _)| {
+                        !code[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ':')
+                    });
+                    if named {
+                        names.insert(other.clone());
+                    }
+                }
+            }
+            let targets = names
+                .into_iter()
+                .map(|n| {
+                    if files.contains_key(&n) {
+                        n
+                    } else {
+                        "lib".into()
+                    }
+                })
+                .filter(|n| n != module)
+                .collect();
+            graph.insert(module.clone(), targets);
+        }
+        graph
+    }
+
+    /// A cycle of `graph` (its modules in order, the first repeated at the end), if any.
+    fn cycle(graph: &Graph) -> Option<Vec<String>> {
+        fn visit(
+            g: &Graph,
+            m: &str,
+            path: &mut Vec<String>,
+            done: &mut BTreeSet<String>,
+        ) -> Option<Vec<String>> {
+            if let Some(at) = path.iter().position(|p| p == m) {
+                let mut found = path[at..].to_vec();
+                found.push(m.to_string());
+                return Some(found);
+            }
+            if done.contains(m) {
+                return None;
+            }
+            path.push(m.to_string());
+            for next in g.get(m).into_iter().flatten() {
+                if let Some(found) = visit(g, next, path, done) {
+                    return Some(found);
+                }
+            }
+            path.pop();
+            done.insert(m.to_string());
+            None
+        }
+        let mut done = BTreeSet::new();
+        graph
+            .keys()
+            .find_map(|m| visit(graph, m, &mut Vec::new(), &mut done))
+    }
+
+    #[test]
+    fn daemon_modules_import_no_loop() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let graph = graph(&src);
+        assert!(
+            graph["routes"].contains("vms"),
+            "the graph was read: {graph:?}"
+        );
+        assert_eq!(cycle(&graph), None, "import loop in {graph:#?}");
+    }
+
+    #[test]
+    fn the_loop_check_finds_a_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |f: &str, text: &str| std::fs::write(dir.path().join(f), text).unwrap();
+        write(
+            "lib.rs",
+            "pub mod a;\npub mod b;\npub fn run() { a::go(); }\n",
+        );
+        write(
+            "a.rs",
+            "use crate::{b::{self, X}, lib_item};\n// crate::c\n",
+        );
+        write(
+            "b.rs",
+            "const S: &str = \"crate::a\";\nfn f() -> char { '\"' }\nuse crate::a;\n",
+        );
+        write("c.rs", "fn f<'a>(_: &'a str) {}\n");
+        let graph = graph(dir.path());
+        assert_eq!(graph["lib"], BTreeSet::from(["a".to_string()]));
+        assert_eq!(
+            graph["a"],
+            BTreeSet::from(["b".to_string(), "lib".to_string()])
+        );
+        assert_eq!(graph["b"], BTreeSet::from(["a".to_string()]));
+        assert_eq!(
+            cycle(&graph).unwrap(),
+            ["a", "b", "a"].map(String::from),
+            "{graph:?}"
+        );
+    }
+}
