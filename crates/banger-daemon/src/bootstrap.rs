@@ -14,10 +14,11 @@ use banger_api::types::{BootstrapImage, Image, ImportBundle};
 use banger_store::ImageRow;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now;
 use crate::error::OpError;
 use crate::images::{InputKind, check_input_file, check_rootfs};
-use crate::server::AppState;
-use crate::vms::{Progress, now};
+use crate::progress::Progress;
+use crate::state::AppState;
 
 /// The static guest agent to inject, checked.
 fn agent_bin(state: &AppState) -> Result<PathBuf, OpError> {
@@ -182,7 +183,7 @@ async fn register_bundle(
     if let Some(n) = name {
         banger_core::names::validate_image_name(n)?;
     }
-    let _g = state.locks.images.lock().await;
+    let _g = state.locks.images().await;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let dir = state.opts.layout.state_dir.join("images").join(&id);
     std::fs::create_dir_all(dir.parent().unwrap_or(Path::new("/")))

@@ -25,9 +25,9 @@ use banger_api::types::{Image, RegisterImage};
 use banger_core::names::validate_image_name;
 use banger_store::ImageRow;
 
+use crate::clock::now;
 use crate::error::{OpError, chain};
-use crate::server::AppState;
-use crate::vms::now;
+use crate::state::AppState;
 
 /// The daemon's scratch directory under `state_dir`.
 fn scratch_path(state_dir: &Path) -> PathBuf {
@@ -219,7 +219,7 @@ pub async fn register(state: Arc<AppState>, req: RegisterImage) -> Result<Image,
     {
         return Err(OpError::KernelNotFound { name: k.clone() });
     }
-    let _g = state.locks.images.lock().await;
+    let _g = state.locks.images().await;
     if state.find_image(&req.name).is_ok() {
         return Err(OpError::ImageNameTaken { name: req.name });
     }
@@ -329,7 +329,7 @@ fn copy_tree(src: &Path, dst: &Path) -> Result<(), OpError> {
 
 /// Deletes an image and its files; refused while a VM uses it.
 pub async fn delete(state: Arc<AppState>, reference: &str) -> Result<(), OpError> {
-    let _g = state.locks.images.lock().await;
+    let _g = state.locks.images().await;
     let row = state.find_image(reference)?;
     let users: Vec<String> = state
         .vm_rows()?

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use banger_api::types::{ImportKernel, Kernel};
 use banger_store::KernelRow;
 
+use crate::clock::now;
 use crate::error::{OpError, chain};
-use crate::server::AppState;
-use crate::vms::now;
+use crate::state::AppState;
 
 impl AppState {
     fn kernels_dir(&self) -> PathBuf {
@@ -58,7 +58,7 @@ pub async fn import(state: Arc<AppState>, req: ImportKernel) -> Result<Kernel, O
             ),
         });
     }
-    let _g = state.locks.images.lock().await;
+    let _g = state.locks.images().await;
     if !req.force && state.db(|s| s.get_kernel(&req.name))?.is_some() {
         return Err(OpError::KernelNameTaken { name: req.name });
     }
@@ -100,7 +100,7 @@ pub async fn import(state: Arc<AppState>, req: ImportKernel) -> Result<Kernel, O
 
 /// Removes a kernel; refused while an image boots it.
 pub async fn remove(state: Arc<AppState>, name: &str) -> Result<(), OpError> {
-    let _g = state.locks.images.lock().await;
+    let _g = state.locks.images().await;
     let row = state.find_kernel(name)?;
     let view = state.kernel_view(&row);
     if !view.used_by.is_empty() {

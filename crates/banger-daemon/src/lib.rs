@@ -1,19 +1,23 @@
 //! `bangerd`, the per-user daemon. It owns banger's state (the SQLite store) and serves the
 //! HTTP+JSON API on a Unix socket (mode 0600) in the runtime dir.
 //!
+//! The modules form layers; each uses only the ones below it (no import loop, as the
+//! daemon test `module_graph` checks):
+//!
 //! - [`server`]: the router, the op-id middleware and serving on the socket.
-//! - [`routes`]: the HTTP handlers.
-//! - [`vms`]: the VM lifecycle, per-VM locks, reconciliation and the VMM monitor.
-//! - [`images`]: managed images.
-//! - [`bootstrap`]: images built from Debian packages, and bundle imports.
-//! - [`kernels`]: imported kernels.
-//! - [`ssh`]: the managed SSH key.
-//! - [`stats`]: VMM process statistics from `/proc`.
-//! - [`error`]: operation errors and their API kinds.
-//! - [`ops`]: per-request operation ids and cancellation accounting.
-//! - [`lock`]: the single-instance lock.
-//! - [`logging`]: JSON logs to the state dir.
-//! - [`logcap`]: rotating VM console and VMM logs at `max_log_size`.
+//! - [`routes`]: the HTTP handlers: decode, call a service, encode.
+//! - The services: [`vms`] (the VM lifecycle, reconciliation and the VMM monitor),
+//!   [`bootstrap`] (images built from Debian packages, and bundle imports, on top of
+//!   [`images`]), [`images`] (managed images), [`kernels`] (imported kernels).
+//! - [`state`]: the state every service shares ([`state::AppState`]: options, store, host
+//!   seams) and the locks with their one order ([`state::Locks`]).
+//! - Below everything: [`options`] (what the daemon is handed), [`progress`] (stage
+//!   events of long operations), [`clock`] (timestamps), [`error`] (operation errors and
+//!   their API kinds), [`ops`] (per-request operation ids and cancellation accounting),
+//!   [`ssh`] (the managed SSH key), [`stats`] (VMM process statistics from `/proc`),
+//!   [`logcap`] (rotating VM console and VMM logs at `max_log_size`).
+//! - Used by the entry point only: [`lock`] (the single-instance lock), [`logging`] (JSON
+//!   logs to the state dir).
 //!
 //! Start-up order: dirs → lock → store (migrations) → socket → serve. The config, state and
 //! runtime dirs must belong to the daemon's user and not be writable by others (else it
@@ -23,6 +27,7 @@
 //! socket, release the lock.
 
 pub mod bootstrap;
+pub mod clock;
 pub mod error;
 pub mod images;
 pub mod kernels;
@@ -30,9 +35,12 @@ pub mod lock;
 pub mod logcap;
 pub mod logging;
 pub mod ops;
+pub mod options;
+pub mod progress;
 pub mod routes;
 pub mod server;
 pub mod ssh;
+pub mod state;
 pub mod stats;
 pub mod vms;
 
@@ -50,16 +58,7 @@ use banger_store::{Store, StoreError};
 use clap::Parser;
 use tokio::net::UnixListener;
 
-/// Everything the daemon is handed at start.
-#[derive(Debug, Clone)]
-pub struct DaemonOptions {
-    pub layout: Layout,
-    /// The static guest agent injected into images banger builds.
-    pub agent_bin: Option<PathBuf>,
-    pub config: Config,
-    pub config_warnings: Vec<String>,
-    pub build: BuildInfo,
-}
+pub use options::DaemonOptions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -171,7 +170,7 @@ fn run_from_env() -> Result<(), DaemonError> {
         tracing::warn!(warning = %w, "config");
     }
     let runner: Arc<dyn CommandRunner> = Arc::new(SystemRunner::new());
-    let host = server::Host {
+    let host = state::Host {
         vmms: choose_vmms(&loaded.config)?,
         net: Arc::new(banger_net::DirectNetOps::new(SystemRunner::new())),
         runner,
@@ -199,7 +198,7 @@ fn run_from_env() -> Result<(), DaemonError> {
 /// The VMM backends found on this host and the default for new VMs (config `vmm`, overridden
 /// by `BANGER_VMM`). A missing backend is logged, not fatal: the daemon serves everything
 /// else, and creating a VM on it reports why it is unavailable.
-fn choose_vmms(config: &Config) -> Result<server::Vmms, DaemonError> {
+fn choose_vmms(config: &Config) -> Result<state::Vmms, DaemonError> {
     let path = std::env::var_os("PATH");
     let mut available: Vec<Arc<dyn banger_vmm::Vmm>> = Vec::new();
     let mut missing = Vec::new();
@@ -246,7 +245,7 @@ fn choose_vmms(config: &Config) -> Result<server::Vmms, DaemonError> {
     for (kind, why) in &missing {
         tracing::info!(vmm = %kind, %why, "VMM backend not available");
     }
-    Ok(server::Vmms::new(available, missing, default))
+    Ok(state::Vmms::new(available, missing, default))
 }
 
 /// Nameservers for guests: the config's, else the host's non-loopback ones.
@@ -288,7 +287,7 @@ fn bind_socket(socket: &Path, euid: u32) -> Result<UnixListener, DaemonError> {
 }
 
 /// Runs the daemon until it is told to stop.
-pub async fn run(opts: DaemonOptions, host: server::Host, uid: u32) -> Result<(), DaemonError> {
+pub async fn run(opts: DaemonOptions, host: state::Host, uid: u32) -> Result<(), DaemonError> {
     let layout = &opts.layout;
     let subnet: banger_net::Subnet =
         opts.config
@@ -308,7 +307,7 @@ pub async fn run(opts: DaemonOptions, host: server::Host, uid: u32) -> Result<()
     let ssh =
         ssh::ensure_key(host.runner.as_ref(), &layout.state_dir, uid).map_err(DaemonError::Ssh)?;
     let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let parts = server::Parts {
+    let parts = state::Parts {
         guest_dns: guest_dns(&opts.config, &resolv),
         host,
         subnet,
@@ -323,7 +322,7 @@ pub async fn run(opts: DaemonOptions, host: server::Host, uid: u32) -> Result<()
         version = %opts.build,
         "bangerd listening"
     );
-    let state = Arc::new(server::AppState::new(opts.clone(), store, parts));
+    let state = Arc::new(state::AppState::new(opts.clone(), store, parts));
     vms::reconcile(&state).await;
     let monitor = tokio::spawn(vms::monitor(state.clone()));
     let result = server::serve(listener, state).await;

@@ -77,6 +77,10 @@ impl Drop for OpGuard<'_> {
     }
 }
 
+/// The operation id of the current request (a request extension).
+#[derive(Debug, Clone)]
+pub struct OpId(pub String);
+
 #[cfg(test)]
 mod tests {
     use super::*;

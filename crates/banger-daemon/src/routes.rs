@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::StatusCode;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use banger_agent_proto::wire::{Health, Ports};
+use banger_api::error::ErrorBody;
 use banger_api::types::{
     ActionOutcome, ActionRequest, BootstrapImage, CreateVm, Event, Image, ImportBundle,
     ImportKernel, JsonObject, Kernel, Ping, RegisterImage, SshInfo, Vm, VmState, VmStats,
@@ -28,8 +30,33 @@ use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
 use crate::error::OpError;
-use crate::server::{AppState, HandlerError, OpId};
+use crate::ops::OpId;
+use crate::progress::{Progress, Stage};
+use crate::state::AppState;
 use crate::{bootstrap, images, kernels, stats, vms};
+
+/// An error leaving a handler: becomes `{"error": {...}}` with the kind's HTTP status.
+#[derive(Debug)]
+pub struct HandlerError(pub ApiError);
+
+impl<E: Into<ApiError>> From<E> for HandlerError {
+    fn from(e: E) -> Self {
+        Self(e.into())
+    }
+}
+
+impl IntoResponse for HandlerError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.kind.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if self.0.kind == ErrorKind::Internal {
+            tracing::error!(error = %self.0.message, "request failed");
+        } else {
+            tracing::info!(kind = ?self.0.kind, error = %self.0.message, "request refused");
+        }
+        (status, Json(ErrorBody { error: self.0 })).into_response()
+    }
+}
 
 type S = State<Arc<AppState>>;
 
@@ -127,14 +154,14 @@ pub async fn create_vm(
 pub fn stream_op<T, F, Fut>(op_id: OpId, op: F) -> Response
 where
     T: serde::Serialize + Send + 'static,
-    F: FnOnce(vms::Progress, tokio_util::sync::CancellationToken) -> Fut,
+    F: FnOnce(Progress, tokio_util::sync::CancellationToken) -> Fut,
     Fut: std::future::Future<Output = Result<T, OpError>> + Send + 'static,
 {
-    let (stage_tx, mut stage_rx) = tokio::sync::mpsc::unbounded_channel::<vms::Stage>();
+    let (stage_tx, mut stage_rx) = tokio::sync::mpsc::unbounded_channel::<Stage>();
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<Event<T>>();
     let cancel = tokio_util::sync::CancellationToken::new();
     let guard = cancel.clone().drop_guard();
-    let fut = op(vms::Progress::new(Some(stage_tx)), cancel);
+    let fut = op(Progress::new(Some(stage_tx)), cancel);
     tokio::spawn(
         async move {
             let ev = match fut.await {

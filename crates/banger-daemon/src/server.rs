@@ -10,8 +10,8 @@
 //! typed `413`/`408` error body otherwise, before any handler runs).
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{OriginalUri, Request, State};
@@ -25,161 +25,15 @@ use banger_api::types::{DaemonStatus, ShutdownReply};
 use banger_api::{API_PREFIX, OP_ID_HEADER};
 use banger_core::quote::quote_prefix;
 use banger_http::capped::{CappedError, read_capped};
-use banger_store::Store;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::UnixListener;
-use tokio::sync::Notify;
 use tracing::Instrument;
 
-use std::net::Ipv4Addr;
-
-use banger_core::runner::CommandRunner;
-use banger_net::{NetOps, Subnet};
-use banger_vmm::{Vmm, VmmKind};
-
-use crate::DaemonOptions;
-use crate::ops::{OpTracker, new_op_id};
-use crate::routes;
-use crate::ssh::SshKey;
-use crate::vms::Locks;
-
-/// Shared daemon state handed to every handler.
-#[derive(Debug)]
-pub struct AppState {
-    pub opts: DaemonOptions,
-    pub store: Mutex<Store>,
-    pub ops: Arc<OpTracker>,
-    pub started_at: u64,
-    /// The seams to the host: VMM backend, network operations, command runner.
-    pub host: Host,
-    pub locks: Locks,
-    pub subnet: Subnet,
-    pub ssh: SshKey,
-    pub guest_dns: Vec<Ipv4Addr>,
-    /// The user VMMs and TAPs belong to.
-    pub uid: u32,
-    shutdown: Notify,
-}
-
-/// Everything the daemon touches on the host, injected at construction.
-#[derive(Debug, Clone)]
-pub struct Host {
-    /// The VMM backends this host can run, and the one new VMs get by default.
-    pub vmms: Vmms,
-    pub net: Arc<dyn NetOps>,
-    pub runner: Arc<dyn CommandRunner>,
-}
-
-/// The available VMM backends. A VM keeps the backend it was created with.
-#[derive(Debug, Clone)]
-pub struct Vmms {
-    available: Vec<Arc<dyn Vmm>>,
-    /// Why a backend is missing, for error messages.
-    missing: Vec<(VmmKind, String)>,
-    default: VmmKind,
-}
-
-impl Vmms {
-    pub fn new(
-        available: Vec<Arc<dyn Vmm>>,
-        missing: Vec<(VmmKind, String)>,
-        default: VmmKind,
-    ) -> Self {
-        Self {
-            available,
-            missing,
-            default,
-        }
-    }
-
-    /// One backend, the default.
-    pub fn single(vmm: Arc<dyn Vmm>) -> Self {
-        let default = vmm.kind();
-        Self::new(vec![vmm], Vec::new(), default)
-    }
-
-    pub fn default_kind(&self) -> VmmKind {
-        self.default
-    }
-
-    pub fn kinds(&self) -> Vec<VmmKind> {
-        self.available.iter().map(|v| v.kind()).collect()
-    }
-
-    /// The backend of `kind`, or why it is unavailable.
-    pub fn get(&self, kind: VmmKind) -> Result<&Arc<dyn Vmm>, String> {
-        if let Some(v) = self.available.iter().find(|v| v.kind() == kind) {
-            return Ok(v);
-        }
-        Err(self
-            .missing
-            .iter()
-            .find(|(k, _)| *k == kind)
-            .map(|(_, why)| why.clone())
-            .unwrap_or_else(|| format!("the {kind} backend is not available on this host")))
-    }
-}
-
-/// What [`AppState::new`] needs besides the options and the store.
-#[derive(Debug)]
-pub struct Parts {
-    pub host: Host,
-    pub subnet: Subnet,
-    pub ssh: SshKey,
-    pub guest_dns: Vec<Ipv4Addr>,
-    pub uid: u32,
-}
-
-impl AppState {
-    pub fn new(opts: DaemonOptions, store: Store, parts: Parts) -> Self {
-        Self {
-            opts,
-            store: Mutex::new(store),
-            ops: Arc::new(OpTracker::default()),
-            started_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-            host: parts.host,
-            locks: Locks::default(),
-            subnet: parts.subnet,
-            ssh: parts.ssh,
-            guest_dns: parts.guest_dns,
-            uid: parts.uid,
-            shutdown: Notify::new(),
-        }
-    }
-
-    /// Asks the server to stop accepting requests and exit.
-    pub fn request_shutdown(&self) {
-        self.shutdown.notify_one();
-    }
-}
-
-/// An error leaving a handler: becomes `{"error": {...}}` with the kind's HTTP status.
-#[derive(Debug)]
-pub struct HandlerError(pub ApiError);
-
-impl<E: Into<ApiError>> From<E> for HandlerError {
-    fn from(e: E) -> Self {
-        Self(e.into())
-    }
-}
-
-impl IntoResponse for HandlerError {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.kind.http_status())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        if self.0.kind == ErrorKind::Internal {
-            tracing::error!(error = %self.0.message, "request failed");
-        } else {
-            tracing::info!(kind = ?self.0.kind, error = %self.0.message, "request refused");
-        }
-        (status, Json(ErrorBody { error: self.0 })).into_response()
-    }
-}
+use crate::ops::{OpId, OpTracker, new_op_id};
+use crate::routes::{self, HandlerError};
+use crate::state::AppState;
 
 /// The daemon's routes.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -406,10 +260,6 @@ async fn read_prefix(body: Body, limit: usize) -> (Vec<u8>, Option<String>) {
     }
     (bytes, None)
 }
-
-/// The operation id of the current request (a request extension).
-#[derive(Debug, Clone)]
-pub struct OpId(pub String);
 
 async fn not_found(method: Method, OriginalUri(uri): OriginalUri) -> HandlerError {
     HandlerError(ApiError::new(

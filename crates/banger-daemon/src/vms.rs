@@ -1,6 +1,6 @@
 //! The VM lifecycle: create, start, stop, restart, kill, delete, set, and reconciliation.
 //!
-//! Every operation on one VM holds that VM's lock (see [`Locks`]) for its whole duration, so
+//! Every operation on one VM holds that VM's lock (see [`Locks`](crate::state::Locks)) for its whole duration, so
 //! one VM's operations are serialised while different VMs progress in parallel. The store
 //! mutex is taken only around single queries, never across an await.
 //!
@@ -28,7 +28,7 @@
 //! pidfd. A VM whose pid now belongs to another process is treated as "VMM gone": marked
 //! stopped, its resources released, the other process left alone.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,11 +48,12 @@ use banger_vmm::process::identify;
 use banger_vmm::{
     AgentEndpoint, IdentityError, Running, VmSpec, Vmm, VmmIdentity, VmmKind, VmmProcess,
 };
-use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now;
 use crate::error::{OpError, chain};
-use crate::server::AppState;
+use crate::progress::Progress;
+use crate::state::{AppState, ImagesGuard};
 
 /// Defaults for `vm create`, also shown in the CLI's help.
 pub const DEFAULT_CPUS: u32 = 2;
@@ -62,75 +63,6 @@ pub const DEFAULT_WORK_DISK: ByteSize = ByteSize::gib(8);
 const WORK_SEED_SIZE: u64 = 256 << 20;
 /// Kernel command line for guests: serial console, reboot on panic, root on the first disk.
 pub const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw";
-
-/// Per-VM locks and the image lock. Lock order: a VM lock, then (briefly) the store mutex;
-/// the image lock is taken before a VM lock when both are needed.
-#[derive(Debug, Default)]
-pub struct Locks {
-    vms: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    pub images: tokio::sync::Mutex<()>,
-}
-
-impl Locks {
-    pub fn vm(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = self.vms.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(id.to_string()).or_default().clone()
-    }
-
-    fn forget(&self, id: &str) {
-        let mut map = self.vms.lock().unwrap_or_else(|e| e.into_inner());
-        map.remove(id);
-    }
-}
-
-/// Seconds since the epoch as RFC 3339.
-pub fn now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    banger_core::build::format_rfc3339(secs)
-}
-
-/// One stage report of a long operation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stage {
-    pub stage: String,
-    pub detail: String,
-    pub elapsed_ms: u64,
-}
-
-/// Streams stage events of one long operation.
-#[derive(Debug, Clone)]
-pub struct Progress {
-    tx: Option<UnboundedSender<Stage>>,
-    start: Instant,
-}
-
-impl Progress {
-    pub fn new(tx: Option<UnboundedSender<Stage>>) -> Self {
-        Self {
-            tx,
-            start: Instant::now(),
-        }
-    }
-
-    pub fn stage(&self, stage: &str, detail: impl Into<String>) {
-        let detail = detail.into();
-        tracing::info!(stage, detail = %detail, "stage");
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(Stage {
-                stage: stage.to_string(),
-                detail,
-                elapsed_ms: self.start.elapsed().as_millis() as u64,
-            });
-        }
-    }
-
-    pub fn elapsed(&self) -> Duration {
-        self.start.elapsed()
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Lookups
@@ -209,16 +141,6 @@ fn resolve_image<'a>(rows: &'a [ImageRow], reference: &str) -> Result<&'a ImageR
 }
 
 impl AppState {
-    /// Runs `f` with the store locked. Never call across an await.
-    pub fn db<T>(&self, f: impl FnOnce(&banger_store::Store) -> T) -> T {
-        let guard = self.store.lock().unwrap_or_else(|e| e.into_inner());
-        f(&guard)
-    }
-
-    pub fn vm_rows(&self) -> Result<Vec<VmRow>, OpError> {
-        Ok(self.db(|s| s.list_vms())?)
-    }
-
     pub fn find_vm(&self, reference: &str) -> Result<VmRow, OpError> {
         let rows = self.vm_rows()?;
         resolve(&rows, reference).cloned()
@@ -343,10 +265,6 @@ impl AppState {
         .ok_or(OpError::KernelNotFound { name })?;
         Ok((PathBuf::from(path), k.initrd.map(PathBuf::from)))
     }
-
-    fn set_vm(&self, row: &VmRow) -> Result<(), OpError> {
-        Ok(self.db(|s| s.update_vm(row))?)
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -416,6 +334,13 @@ pub async fn create(
         .clone()
         .unwrap_or_else(|| state.opts.config.default_image.clone());
     progress.stage("resolve image", image_ref.clone());
+    // Lock order (see [`Locks`](crate::state::Locks)): the image lock first, held from resolving the image until
+    // its work seed is ready (the VM's row names the image by then, so it cannot be deleted
+    // under the VM), then the new VM's lock.
+    let images_guard = tokio::select! {
+        g = state.locks.images() => g,
+        _ = cancel.cancelled() => return Err(OpError::Cancelled),
+    };
     let images = state.db(|s| s.list_images())?;
     let image = resolve_image(&images, &image_ref)?.clone();
     state.kernel_of(&image, vmm_kind.as_str())?;
@@ -488,7 +413,7 @@ pub async fn create(
     let lock = state.locks.vm(&row.id);
     let _guard = lock.lock().await;
     let result = tokio::select! {
-        r = create_steps(&state, row.clone(), &image, &progress) => r,
+        r = create_steps(&state, row.clone(), &image, images_guard, &progress) => r,
         _ = cancel.cancelled() => Err(OpError::Cancelled),
     };
     match result {
@@ -505,13 +430,14 @@ async fn create_steps(
     state: &Arc<AppState>,
     mut row: VmRow,
     image: &ImageRow,
+    images_guard: ImagesGuard<'_>,
     progress: &Progress,
 ) -> Result<Vm, OpError> {
     progress.stage(
         "prepare disks",
         format!("{}", PathBuf::from(&row.dir).display()),
     );
-    prepare_disks(state, &row, image).await?;
+    prepare_disks(state, &row, image, images_guard).await?;
     boot(state, &mut row, progress).await?;
     progress.stage(
         "ready",
@@ -520,17 +446,20 @@ async fn create_steps(
     Ok(state.vm_view(&row))
 }
 
-/// Clones the image's disks for the VM and writes its identity into them.
+/// Clones the image's disks for the VM and writes its identity into them. The image lock
+/// (`images_guard`) is released as soon as the image's work seed is ready.
 async fn prepare_disks(
     state: &Arc<AppState>,
     row: &VmRow,
     image: &ImageRow,
+    images_guard: ImagesGuard<'_>,
 ) -> Result<(), OpError> {
     let dir = PathBuf::from(&row.dir);
     tokio::fs::create_dir_all(&dir)
         .await
         .map_err(OpError::io("create", &dir))?;
-    let seed = ensure_work_seed(state, image).await?;
+    let seed = ensure_work_seed(state, image, &images_guard).await?;
+    drop(images_guard);
     let runner = state.host.runner.clone();
     let vm = row.name.clone();
     let rootfs = PathBuf::from(&image.rootfs);
@@ -572,9 +501,12 @@ async fn prepare_disks(
     })
 }
 
-/// The image's work seed (made once, under the image lock).
-async fn ensure_work_seed(state: &Arc<AppState>, image: &ImageRow) -> Result<PathBuf, OpError> {
-    let _g = state.locks.images.lock().await;
+/// The image's work seed, made once; the caller holds the image lock (`_images`).
+async fn ensure_work_seed(
+    state: &Arc<AppState>,
+    image: &ImageRow,
+    _images: &ImagesGuard<'_>,
+) -> Result<PathBuf, OpError> {
     let current = state.db(|s| s.get_image(&image.id))?;
     if let Some(seed) = current.and_then(|i| i.work_seed)
         && Path::new(&seed).exists()

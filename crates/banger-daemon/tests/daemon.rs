@@ -12,8 +12,9 @@ use banger_core::layout::Layout;
 use banger_daemon::DaemonOptions;
 use banger_daemon::ops::OpTracker;
 use banger_daemon::server::{
-    AppState, MAX_REQUEST_BODY, ServeLimits, instrument, router, serve_router, serve_router_with,
+    MAX_REQUEST_BODY, ServeLimits, instrument, router, serve_router, serve_router_with,
 };
+use banger_daemon::state::AppState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -27,6 +28,27 @@ async fn raw_request(sock: &std::path::Path, req: &str) -> String {
 
 /// A daemon state on `store` in `layout`, with the fake VMM and a network that only records.
 fn app_state(dir: &std::path::Path, layout: &Layout, store: banger_store::Store) -> Arc<AppState> {
+    state_on(
+        dir,
+        layout,
+        store,
+        banger_daemon::state::Host {
+            vmms: banger_daemon::state::Vmms::single(Arc::new(banger_vmm::fake::FakeVmm::new())),
+            net: Arc::new(banger_net::DirectNetOps::new(
+                banger_core::runner::fake::FakeRunner::new(),
+            )),
+            runner: Arc::new(banger_core::runner::SystemRunner::new()),
+        },
+    )
+}
+
+/// A daemon state on `store` in `layout` with the default config, over the host seams `host`.
+fn state_on(
+    dir: &std::path::Path,
+    layout: &Layout,
+    store: banger_store::Store,
+    host: banger_daemon::state::Host,
+) -> Arc<AppState> {
     let opts = DaemonOptions {
         layout: layout.clone(),
         agent_bin: None,
@@ -34,14 +56,8 @@ fn app_state(dir: &std::path::Path, layout: &Layout, store: banger_store::Store)
         config_warnings: Vec::new(),
         build: BuildInfo::current(),
     };
-    let parts = banger_daemon::server::Parts {
-        host: banger_daemon::server::Host {
-            vmms: banger_daemon::server::Vmms::single(Arc::new(banger_vmm::fake::FakeVmm::new())),
-            net: Arc::new(banger_net::DirectNetOps::new(
-                banger_core::runner::fake::FakeRunner::new(),
-            )),
-            runner: Arc::new(banger_core::runner::SystemRunner::new()),
-        },
+    let parts = banger_daemon::state::Parts {
+        host,
         subnet: "172.30.0.0/24".parse().unwrap(),
         ssh: banger_daemon::ssh::SshKey {
             private_key: dir.join("key"),
@@ -200,7 +216,7 @@ mod adversarial_pid_reuse {
     use std::time::{Duration, Instant};
 
     use banger_core::layout::Layout;
-    use banger_daemon::server::AppState;
+    use banger_daemon::state::AppState;
     use banger_daemon::vms;
     use banger_store::{ImageRow, VmRow};
     use banger_vmm::process::{Signal, alive, start_time};
@@ -486,7 +502,7 @@ mod adversarial {
     use std::path::{Path, PathBuf};
 
     use banger_core::runner::fake::FakeRunner;
-    use banger_daemon::server::{Host, Parts, Vmms};
+    use banger_daemon::state::{Host, Vmms};
     use banger_net::DirectNetOps;
     use banger_store::{ImageRow, VmRow};
     use banger_vmm::VmmKind;
@@ -538,32 +554,16 @@ mod adversarial {
         let net = Arc::new(DirectNetOps::new(FakeRunner::new()));
         let fc = Arc::new(FakeVmm::new());
         let qemu = Arc::new(FakeVmm::new().with_kind(VmmKind::Qemu));
-        let opts = DaemonOptions {
-            layout: layout.clone(),
-            agent_bin: None,
-            config: Config::default(),
-            config_warnings: Vec::new(),
-            build: BuildInfo::current(),
+        let host = Host {
+            vmms: Vmms::new(
+                vec![fc.clone(), qemu.clone()],
+                Vec::new(),
+                VmmKind::Firecracker,
+            ),
+            net: net.clone(),
+            runner: runner.clone(),
         };
-        let parts = Parts {
-            host: Host {
-                vmms: Vmms::new(
-                    vec![fc.clone(), qemu.clone()],
-                    Vec::new(),
-                    VmmKind::Firecracker,
-                ),
-                net: net.clone(),
-                runner: runner.clone(),
-            },
-            subnet: "172.30.0.0/24".parse().unwrap(),
-            ssh: banger_daemon::ssh::SshKey {
-                private_key: dir.path().join("key"),
-                public_key: "ssh-ed25519 AAAA test".into(),
-            },
-            guest_dns: Vec::new(),
-            uid: 0,
-        };
-        let state = Arc::new(AppState::new(opts, store, parts));
+        let state = state_on(dir.path(), &layout, store, host);
         let sock = layout.socket_path();
         let listener = UnixListener::bind(&sock).unwrap();
         let server = tokio::spawn(serve_router(
@@ -1449,4 +1449,419 @@ async fn adversarial_daemon_rejections_are_typed_with_their_text_kept() {
         "{err:?}"
     );
     server.abort();
+}
+
+/// The lock order (image lock, then a VM lock; see `banger_daemon::state::Locks`): an image
+/// mutation and a create of a VM on that image, run concurrently, never deadlock, and always
+/// end in one of the consistent outcomes. Unprivileged: real e2fsprogs on small files, a
+/// fake VMM and a network that only records.
+mod lock_order {
+    use std::net::Ipv4Addr;
+    use std::path::{Path, PathBuf};
+
+    use banger_api::types::{CreateVm, VmSettings};
+    use banger_daemon::error::OpError;
+    use banger_daemon::progress::Progress;
+    use banger_daemon::state::{Host, Vmms};
+    use banger_net::{NetError, NetOps, Subnet};
+    use banger_store::ImageRow;
+    use banger_vmm::VmmError;
+    use banger_vmm::fake::FakeVmm;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+
+    /// Host networking that only keeps the set of TAPs that exist.
+    #[derive(Debug, Default)]
+    struct Taps(std::sync::Mutex<std::collections::BTreeSet<String>>);
+
+    impl Taps {
+        fn list(&self) -> Vec<String> {
+            self.0.lock().unwrap().iter().cloned().collect()
+        }
+    }
+
+    impl NetOps for Taps {
+        fn ensure_bridge(&self, _: &str, _: &Subnet) -> Result<(), NetError> {
+            Ok(())
+        }
+        fn create_tap(&self, name: &str, _: &str, _: Option<u32>) -> Result<(), NetError> {
+            self.0.lock().unwrap().insert(name.to_string());
+            Ok(())
+        }
+        fn delete_tap(&self, name: &str) -> Result<(), NetError> {
+            self.0.lock().unwrap().remove(name);
+            Ok(())
+        }
+        fn list_links(&self, prefix: &str) -> Result<Vec<String>, NetError> {
+            Ok(self
+                .list()
+                .into_iter()
+                .filter(|t| t.starts_with(prefix))
+                .collect())
+        }
+        fn link_exists(&self, name: &str) -> Result<bool, NetError> {
+            Ok(self.0.lock().unwrap().contains(name))
+        }
+        fn enable_nat(&self, _: &Subnet, _: Ipv4Addr, _: Option<&str>) -> Result<(), NetError> {
+            Ok(())
+        }
+        fn disable_nat(&self, _: Ipv4Addr) -> Result<(), NetError> {
+            Ok(())
+        }
+    }
+
+    struct Race {
+        dir: tempfile::TempDir,
+        state: Arc<AppState>,
+        fc: Arc<FakeVmm>,
+        taps: Arc<Taps>,
+        /// A clean ext4 every image's rootfs and work seed is copied from.
+        ext4: PathBuf,
+    }
+
+    fn race() -> Race {
+        let dir = tempfile::Builder::new()
+            .prefix("bgl")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let layout = Layout::under(dir.path());
+        std::fs::create_dir_all(&layout.runtime_dir).unwrap();
+        std::fs::create_dir_all(&layout.state_dir).unwrap();
+        banger_daemon::images::reset_scratch_dir(&layout.state_dir).unwrap();
+        let ext4 = dir.path().join("template.ext4");
+        let st = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&ext4)
+            .arg("8M")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let fc = Arc::new(FakeVmm::new());
+        let taps = Arc::new(Taps::default());
+        let host = Host {
+            vmms: Vmms::single(fc.clone()),
+            net: taps.clone(),
+            runner: Arc::new(banger_core::runner::SystemRunner::new()),
+        };
+        let store = banger_store::Store::open(&layout.db_path()).unwrap();
+        let state = state_on(dir.path(), &layout, store, host);
+        Race {
+            dir,
+            state,
+            fc,
+            taps,
+            ext4,
+        }
+    }
+
+    /// A registered image `race-N` whose files exist (rootfs, kernel, work seed), so a
+    /// create on it gets as far as starting the VMM.
+    fn add_image(r: &Race, n: usize) -> String {
+        let name = format!("race-{n}");
+        let dir = r.dir.path().join("images").join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(&r.ext4, dir.join("rootfs.ext4")).unwrap();
+        std::fs::copy(&r.ext4, dir.join("work-seed.ext4")).unwrap();
+        std::fs::write(dir.join("kernel"), b"\x7fELF").unwrap();
+        let at = |f: &str| dir.join(f).display().to_string();
+        r.state
+            .db(|s| {
+                s.insert_image(&ImageRow {
+                    id: format!("{n:04x}{}", "e".repeat(28)),
+                    name: name.clone(),
+                    dir: dir.display().to_string(),
+                    rootfs: at("rootfs.ext4"),
+                    rootfs_bytes: 8 << 20,
+                    kernel: Some(at("kernel")),
+                    work_seed: Some(at("work-seed.ext4")),
+                    created_at: "2026-01-01T00:00:00Z".into(),
+                    ..Default::default()
+                })
+            })
+            .unwrap();
+        name
+    }
+
+    fn vm_dirs(r: &Race) -> Vec<PathBuf> {
+        let vms = r.state.opts.layout.state_dir.join("vms");
+        match std::fs::read_dir(&vms) {
+            Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[allow(clippy::print_stderr)] // how the races fell, for whoever reads the output
+    async fn image_delete_and_create_on_that_image_never_deadlock() {
+        let r = race();
+        let (mut deleted_first, mut in_use, mut created_first) = (0, 0, 0);
+        for n in 0..50 {
+            let image = add_image(&r, n);
+            // The create gets past its disks and fails at the VMM start, then rolls back.
+            r.fc.fail_next_start(VmmError::InvalidSpec {
+                vm_id: "any".into(),
+                what: "kernel",
+                reason: "the test refuses every start".into(),
+            });
+            let create = tokio::spawn(banger_daemon::vms::create(
+                r.state.clone(),
+                CreateVm {
+                    image: Some(image.clone()),
+                    resources: VmSettings {
+                        work_disk_bytes: Some(8 << 20),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+                Progress::new(None),
+                CancellationToken::new(),
+            ));
+            let delete = {
+                let (state, image) = (r.state.clone(), image.clone());
+                tokio::spawn(async move { banger_daemon::images::delete(state, &image).await })
+            };
+            let (created, deleted) = tokio::time::timeout(Duration::from_secs(20), async {
+                (create.await.unwrap(), delete.await.unwrap())
+            })
+            .await
+            .unwrap_or_else(|_| panic!("iteration {n}: create and image delete deadlocked"));
+            match (&created, &deleted) {
+                // The delete came first: the create found no image, and made nothing.
+                (Err(OpError::ImageNotFound { .. }), Ok(())) => deleted_first += 1,
+                // The create's row named the image first: the delete was refused, and the
+                // create failed where the test made it fail, then rolled back.
+                (Err(OpError::Vmm { .. }), Err(OpError::ImageInUse { .. })) => {
+                    in_use += 1;
+                    banger_daemon::images::delete(r.state.clone(), &image)
+                        .await
+                        .unwrap_or_else(|e| panic!("iteration {n}: image still used: {e}"));
+                }
+                // The create finished (and rolled back) before the delete looked.
+                (Err(OpError::Vmm { .. }), Ok(())) => created_first += 1,
+                other => panic!("iteration {n}: inconsistent outcome {other:?}"),
+            }
+            assert_eq!(
+                r.state.vm_rows().unwrap(),
+                Vec::new(),
+                "iteration {n}: a VM row was left behind"
+            );
+            assert_eq!(vm_dirs(&r), Vec::<PathBuf>::new(), "iteration {n}");
+            assert_eq!(r.taps.list(), Vec::<String>::new(), "iteration {n}");
+            assert!(r.state.db(|s| s.list_images()).unwrap().is_empty());
+            assert!(!Path::new(&r.dir.path().join("images").join(&image)).exists());
+        }
+        eprintln!(
+            "delete first: {deleted_first}, refused as in use: {in_use}, create first: {created_first}"
+        );
+    }
+}
+
+/// The daemon's modules form layers: the `crate::` references between the files of `src/`
+/// (comments and string literals left out) make a graph without a cycle.
+mod module_graph {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::Path;
+
+    type Graph = BTreeMap<String, BTreeSet<String>>;
+
+    /// `text` with its comments and the contents of its string and char literals removed.
+    fn code_of(text: &str) -> String {
+        let b = text.as_bytes();
+        let (mut out, mut i) = (String::new(), 0);
+        while i < b.len() {
+            match b[i] {
+                b'/' if b.get(i + 1) == Some(&b'/') => {
+                    while i < b.len() && b[i] != b'\n' {
+                        i += 1;
+                    }
+                }
+                b'/' if b.get(i + 1) == Some(&b'*') => {
+                    i += 2;
+                    while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
+                        i += 1;
+                    }
+                    i += 2;
+                }
+                b'"' => {
+                    i += 1;
+                    while i < b.len() && b[i] != b'"' {
+                        i += if b[i] == b'\\' { 2 } else { 1 };
+                    }
+                    i += 1;
+                    out.push_str("\"\"");
+                }
+                // A char literal ('x', '\n', '"'); a lifetime ('a) is kept.
+                b'\'' if b.get(i + 2) == Some(&b'\'') => i += 3,
+                b'\'' if b.get(i + 1) == Some(&b'\\') => {
+                    i += 2;
+                    while i < b.len() && b[i] != b'\'' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                _ => {
+                    let c = text[i..].chars().next().unwrap();
+                    out.push(c);
+                    i += c.len_utf8();
+                }
+            }
+        }
+        out
+    }
+
+    fn ident_at(s: &str) -> &str {
+        let s = s.trim_start();
+        let end = s
+            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(s.len());
+        &s[..end]
+    }
+
+    /// The first path segments named right after `crate::`: one, or a `{...}` group's.
+    fn names_after_crate(code: &str) -> BTreeSet<String> {
+        let mut names = BTreeSet::new();
+        for (at, _) in code.match_indices("crate::") {
+            let rest = &code[at + "crate::".len()..];
+            if let Some(group) = rest.strip_prefix('{') {
+                let (mut depth, mut item_start) = (0, 0);
+                for (i, c) in group.char_indices() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' if depth == 0 => {
+                            names.insert(ident_at(&group[item_start..i]).to_string());
+                            break;
+                        }
+                        '}' => depth -= 1,
+                        ',' if depth == 0 => {
+                            names.insert(ident_at(&group[item_start..i]).to_string());
+                            item_start = i + 1;
+                        }
+                        _ => {}
+                    }
+                }
+            } else {
+                names.insert(ident_at(rest).to_string());
+            }
+        }
+        names.remove("");
+        names
+    }
+
+    /// Module -> the modules it refers to. An item of the crate root counts as `lib`; the
+    /// crate root also names its modules without `crate::`.
+    fn graph(src: &Path) -> Graph {
+        let files: BTreeMap<String, String> = std::fs::read_dir(src)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "rs"))
+            .filter(|p| p.file_stem().unwrap() != "main")
+            .map(|p| {
+                let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+                (name, code_of(&std::fs::read_to_string(&p).unwrap()))
+            })
+            .collect();
+        let mut graph = Graph::new();
+        for (module, code) in &files {
+            let mut names = names_after_crate(code);
+            if module == "lib" {
+                for other in files.keys() {
+                    let path = format!("{other}::");
+                    let named = code.match_indices(&path).any(|(at, _)| {
+                        !code[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ':')
+                    });
+                    if named {
+                        names.insert(other.clone());
+                    }
+                }
+            }
+            let targets = names
+                .into_iter()
+                .map(|n| {
+                    if files.contains_key(&n) {
+                        n
+                    } else {
+                        "lib".into()
+                    }
+                })
+                .filter(|n| n != module)
+                .collect();
+            graph.insert(module.clone(), targets);
+        }
+        graph
+    }
+
+    /// A cycle of `graph` (its modules in order, the first repeated at the end), if any.
+    fn cycle(graph: &Graph) -> Option<Vec<String>> {
+        fn visit(
+            g: &Graph,
+            m: &str,
+            path: &mut Vec<String>,
+            done: &mut BTreeSet<String>,
+        ) -> Option<Vec<String>> {
+            if let Some(at) = path.iter().position(|p| p == m) {
+                let mut found = path[at..].to_vec();
+                found.push(m.to_string());
+                return Some(found);
+            }
+            if done.contains(m) {
+                return None;
+            }
+            path.push(m.to_string());
+            for next in g.get(m).into_iter().flatten() {
+                if let Some(found) = visit(g, next, path, done) {
+                    return Some(found);
+                }
+            }
+            path.pop();
+            done.insert(m.to_string());
+            None
+        }
+        let mut done = BTreeSet::new();
+        graph
+            .keys()
+            .find_map(|m| visit(graph, m, &mut Vec::new(), &mut done))
+    }
+
+    #[test]
+    fn daemon_modules_import_no_loop() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let graph = graph(&src);
+        assert!(
+            graph["routes"].contains("vms"),
+            "the graph was read: {graph:?}"
+        );
+        assert_eq!(cycle(&graph), None, "import loop in {graph:#?}");
+    }
+
+    #[test]
+    fn the_loop_check_finds_a_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |f: &str, text: &str| std::fs::write(dir.path().join(f), text).unwrap();
+        write(
+            "lib.rs",
+            "pub mod a;\npub mod b;\npub fn run() { a::go(); }\n",
+        );
+        write(
+            "a.rs",
+            "use crate::{b::{self, X}, lib_item};\n// crate::c\n",
+        );
+        write(
+            "b.rs",
+            "const S: &str = \"crate::a\";\nfn f() -> char { '\"' }\nuse crate::a;\n",
+        );
+        write("c.rs", "fn f<'a>(_: &'a str) {}\n");
+        let graph = graph(dir.path());
+        assert_eq!(graph["lib"], BTreeSet::from(["a".to_string()]));
+        assert_eq!(
+            graph["a"],
+            BTreeSet::from(["b".to_string(), "lib".to_string()])
+        );
+        assert_eq!(graph["b"], BTreeSet::from(["a".to_string()]));
+        assert_eq!(
+            cycle(&graph).unwrap(),
+            ["a", "b", "a"].map(String::from),
+            "{graph:?}"
+        );
+    }
 }

@@ -23,7 +23,6 @@ use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::KernelError;
-use crate::find::find_bytes;
 
 /// The first bytes of every ELF file.
 pub(crate) const ELF_MAGIC: &[u8] = b"\x7fELF";
@@ -572,6 +571,27 @@ fn hex(bytes: &[u8]) -> String {
         .join(" ")
 }
 
+/// Where `needle` first occurs in `haystack` (`None` for an empty needle). Also used to
+/// scan an uncompressed kernel for its version banner.
+pub(crate) fn find_bytes(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || haystack.len() < needle.len() {
+        return None;
+    }
+    let first = needle[0];
+    let mut i = 0;
+    while i + needle.len() <= haystack.len() {
+        let pos = haystack[i..=haystack.len() - needle.len()]
+            .iter()
+            .position(|&b| b == first)?;
+        let at = i + pos;
+        if &haystack[at..at + needle.len()] == needle {
+            return Some(at);
+        }
+        i = at + 1;
+    }
+    None
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -870,5 +890,13 @@ pub(crate) mod tests {
             assert_eq!(Compression::detect(&data), Some(format));
         }
         assert_eq!(Compression::detect(b"\x7fELF"), None);
+    }
+
+    #[test]
+    fn find_bytes_finds_the_first_match() {
+        assert_eq!(find_bytes(b"xxabcabc", b"abc"), Some(2));
+        assert_eq!(find_bytes(b"aab", b"ab"), Some(1));
+        assert_eq!(find_bytes(b"ab", b"abc"), None);
+        assert_eq!(find_bytes(b"xyz", b"a"), None);
     }
 }

@@ -25,7 +25,7 @@ use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::KernelError;
-use crate::extract;
+use crate::extract::{self, find_bytes};
 use crate::version::compare_versions;
 
 /// Where module trees live, relative to the root.
@@ -374,25 +374,6 @@ fn linux_banner_version(data: &[u8]) -> Option<String> {
             return String::from_utf8(rest[..end].to_vec()).ok();
         }
         from = start;
-    }
-    None
-}
-
-pub(crate) fn find_bytes(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || haystack.len() < needle.len() {
-        return None;
-    }
-    let first = needle[0];
-    let mut i = 0;
-    while i + needle.len() <= haystack.len() {
-        let pos = haystack[i..=haystack.len() - needle.len()]
-            .iter()
-            .position(|&b| b == first)?;
-        let at = i + pos;
-        if &haystack[at..at + needle.len()] == needle {
-            return Some(at);
-        }
-        i = at + 1;
     }
     None
 }
@@ -837,13 +818,5 @@ mod tests {
         assert_eq!(resolve_in_root(root, Path::new("loop1")).unwrap(), None);
         assert_eq!(resolve_in_root(root, Path::new("missing/x")).unwrap(), None);
         assert_eq!(resolve_in_root(root, Path::new("a/file/x")).unwrap(), None);
-    }
-
-    #[test]
-    fn find_bytes_finds_the_first_match() {
-        assert_eq!(find_bytes(b"xxabcabc", b"abc"), Some(2));
-        assert_eq!(find_bytes(b"aab", b"ab"), Some(1));
-        assert_eq!(find_bytes(b"ab", b"abc"), None);
-        assert_eq!(find_bytes(b"xyz", b"a"), None);
     }
 }

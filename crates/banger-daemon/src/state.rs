@@ -1,0 +1,185 @@
+//! The state every service shares: options, the store, the host seams, the locks.
+//!
+//! This module sits below every service and the server; it knows no VM, image or route
+//! logic, only how to reach the store ([`AppState::db`]) and the locks' order ([`Locks`]).
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use banger_core::runner::CommandRunner;
+use banger_net::{NetOps, Subnet};
+use banger_store::{Store, VmRow};
+use banger_vmm::{Vmm, VmmKind};
+use tokio::sync::Notify;
+
+use crate::error::OpError;
+use crate::ops::OpTracker;
+use crate::options::DaemonOptions;
+use crate::ssh::SshKey;
+
+/// Shared daemon state handed to every handler.
+#[derive(Debug)]
+pub struct AppState {
+    pub opts: DaemonOptions,
+    pub store: Mutex<Store>,
+    pub ops: Arc<OpTracker>,
+    pub started_at: u64,
+    /// The seams to the host: VMM backend, network operations, command runner.
+    pub host: Host,
+    pub locks: Locks,
+    pub subnet: Subnet,
+    pub ssh: SshKey,
+    pub guest_dns: Vec<Ipv4Addr>,
+    /// The user VMMs and TAPs belong to.
+    pub uid: u32,
+    pub(crate) shutdown: Notify,
+}
+
+/// Everything the daemon touches on the host, injected at construction.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// The VMM backends this host can run, and the one new VMs get by default.
+    pub vmms: Vmms,
+    pub net: Arc<dyn NetOps>,
+    pub runner: Arc<dyn CommandRunner>,
+}
+
+/// The available VMM backends. A VM keeps the backend it was created with.
+#[derive(Debug, Clone)]
+pub struct Vmms {
+    available: Vec<Arc<dyn Vmm>>,
+    /// Why a backend is missing, for error messages.
+    missing: Vec<(VmmKind, String)>,
+    default: VmmKind,
+}
+
+impl Vmms {
+    pub fn new(
+        available: Vec<Arc<dyn Vmm>>,
+        missing: Vec<(VmmKind, String)>,
+        default: VmmKind,
+    ) -> Self {
+        Self {
+            available,
+            missing,
+            default,
+        }
+    }
+
+    /// One backend, the default.
+    pub fn single(vmm: Arc<dyn Vmm>) -> Self {
+        let default = vmm.kind();
+        Self::new(vec![vmm], Vec::new(), default)
+    }
+
+    pub fn default_kind(&self) -> VmmKind {
+        self.default
+    }
+
+    pub fn kinds(&self) -> Vec<VmmKind> {
+        self.available.iter().map(|v| v.kind()).collect()
+    }
+
+    /// The backend of `kind`, or why it is unavailable.
+    pub fn get(&self, kind: VmmKind) -> Result<&Arc<dyn Vmm>, String> {
+        if let Some(v) = self.available.iter().find(|v| v.kind() == kind) {
+            return Ok(v);
+        }
+        Err(self
+            .missing
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, why)| why.clone())
+            .unwrap_or_else(|| format!("the {kind} backend is not available on this host")))
+    }
+}
+
+/// What [`AppState::new`] needs besides the options and the store.
+#[derive(Debug)]
+pub struct Parts {
+    pub host: Host,
+    pub subnet: Subnet,
+    pub ssh: SshKey,
+    pub guest_dns: Vec<Ipv4Addr>,
+    pub uid: u32,
+}
+
+impl AppState {
+    pub fn new(opts: DaemonOptions, store: Store, parts: Parts) -> Self {
+        Self {
+            opts,
+            store: Mutex::new(store),
+            ops: Arc::new(OpTracker::default()),
+            started_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            host: parts.host,
+            locks: Locks::default(),
+            subnet: parts.subnet,
+            ssh: parts.ssh,
+            guest_dns: parts.guest_dns,
+            uid: parts.uid,
+            shutdown: Notify::new(),
+        }
+    }
+
+    /// Asks the server to stop accepting requests and exit.
+    pub fn request_shutdown(&self) {
+        self.shutdown.notify_one();
+    }
+
+    /// Runs `f` with the store locked. Never call across an await.
+    pub fn db<T>(&self, f: impl FnOnce(&banger_store::Store) -> T) -> T {
+        let guard = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        f(&guard)
+    }
+
+    pub fn vm_rows(&self) -> Result<Vec<VmRow>, OpError> {
+        Ok(self.db(|s| s.list_vms())?)
+    }
+
+    pub fn set_vm(&self, row: &VmRow) -> Result<(), OpError> {
+        Ok(self.db(|s| s.update_vm(row))?)
+    }
+}
+
+/// The daemon's locks, and the one order they are taken in (also in ARCHITECTURE.md):
+///
+/// 1. the daemon lock (the single-instance file lock, held for the process lifetime);
+/// 2. the image lock ([`Locks::images`]): image and kernel mutations, and work seeds;
+/// 3. a VM lock ([`Locks::vm`]): every operation on that VM, for its whole duration;
+/// 4. the store mutex ([`AppState::db`]), for single queries only, never across an await.
+///
+/// A task holding a later lock never waits for an earlier one: a VM operation that needs
+/// the image lock (create, for its image's work seed) takes it *before* its VM lock. Work
+/// that needs the image lock takes its guard ([`ImagesGuard`]) as proof it is held.
+#[derive(Debug, Default)]
+pub struct Locks {
+    vms: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    images: tokio::sync::Mutex<()>,
+}
+
+/// Proof that the image lock is held (see [`Locks`]).
+pub type ImagesGuard<'a> = tokio::sync::MutexGuard<'a, ()>;
+
+impl Locks {
+    /// Waits for the image lock. Never call while holding a VM lock (see [`Locks`]).
+    pub async fn images(&self) -> ImagesGuard<'_> {
+        self.images.lock().await
+    }
+
+    /// The lock of VM `id`; take it after the image lock when both are needed.
+    pub fn vm(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.vms.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(id.to_string()).or_default().clone()
+    }
+
+    /// Drops the lock of a VM that no longer exists.
+    pub(crate) fn forget(&self, id: &str) {
+        let mut map = self.vms.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(id);
+    }
+}
