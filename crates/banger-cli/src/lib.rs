@@ -86,6 +86,8 @@ pub fn main() -> ExitCode {
     };
     match rt.block_on(run(cli.command, &mut ctx)) {
         Ok(code) => ExitCode::from(code),
+        // Whoever read stdout has what they wanted (`| head -1`).
+        Err(CliError::StdoutClosed(_)) => ExitCode::SUCCESS,
         Err(e) => fail(&mut ctx, &e),
     }
 }
@@ -111,8 +113,11 @@ pub async fn run(command: Command, ctx: &mut Ctx) -> Result<u8, CliError> {
         Command::Kernel(k) => artifacts::kernel(k, ctx).await,
         Command::Internal(args::InternalCommand::MakeBundle(a)) => artifacts::make_bundle(a, ctx),
         Command::Completion { shell } => {
-            let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "banger", ctx.ui.out());
+            // clap_complete panics on a write error, so the script is written to memory first
+            // and then to stdout, where a closed pipe is an error like any other write.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "banger", &mut script);
+            ctx.ui.out().write_all(&script)?;
             Ok(0)
         }
     }

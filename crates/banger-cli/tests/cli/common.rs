@@ -254,3 +254,38 @@ pub fn pid_alive(pid: u64) -> bool {
             .unwrap_or_default()
             .contains(") Z")
 }
+
+/// Runs `cmd` with stdout a pipe whose reader is already gone, the way `| head -c 0` leaves it:
+/// every write to stdout fails with `EPIPE`.
+pub fn with_closed_stdout(cmd: &mut Command) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    cmd.stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+/// Runs `cmd`, reads one byte of its stdout and closes the pipe (`| head -c 1`).
+pub fn reading_one_byte(cmd: &mut Command) -> Output {
+    use std::io::Read as _;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut byte = [0u8; 1];
+    child.stdout.take().unwrap().read_exact(&mut byte).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Asserts `out` is a quiet success: status 0 and nothing on stderr.
+#[track_caller]
+pub fn assert_quiet_success(what: &str, out: &Output) {
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{what}: {:?}, stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -336,6 +336,54 @@ fn completion_scripts() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// A reader that leaves early (`banger ... | head -1`) is not an error: every command stops
+/// with status 0 and says nothing on stderr, whether the pipe was closed before the first byte
+/// or after one.
+#[test]
+fn closed_stdout_exits_quietly_with_status_0() {
+    let home = Home::new();
+    home.status(); // the daemon is up, so no command below has anything to say on stderr
+    // The bash script (about 80 KB) outgrows the pipe, so the one-byte reader closes it while
+    // banger is still writing; help is small and may be written whole before the reader goes.
+    let big: &[&[&str]] = &[
+        &["completion", "bash"],
+        &["--help"],
+        &["vm", "create", "--help"],
+    ];
+    for args in big {
+        let out = with_closed_stdout(&mut home.cmd(args));
+        assert_quiet_success(&format!("{args:?} | head -c 0"), &out);
+        let out = reading_one_byte(&mut home.cmd(args));
+        assert_quiet_success(&format!("{args:?} | head -c 1"), &out);
+    }
+    let small: &[&[&str]] = &[
+        &["completion", "zsh"],
+        &["version"],
+        &["version", "--json"],
+        &["daemon", "status"],
+        &["daemon", "status", "--json"],
+        &["vm", "list"],
+        &["vm", "list", "--json"],
+        &["image", "list"],
+        &["kernel", "list", "--json"],
+        &["doctor", "--json"],
+    ];
+    for args in small {
+        assert_quiet_success(
+            &format!("{args:?} | head -c 0"),
+            &with_closed_stdout(&mut home.cmd(args)),
+        );
+    }
+    assert_quiet_success(
+        "vm list --json | head -c 1",
+        &reading_one_byte(&mut home.cmd(&["vm", "list", "--json"])),
+    );
+    // An error is still an error when stdout is closed: it goes to stderr with status 1.
+    let out = with_closed_stdout(&mut home.cmd(&["vm", "show", "nope"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("banger: "));
+}
+
 #[test]
 fn bootstrap_without_a_kernel_names_the_command_that_imports_one() {
     let home = Home::new();
