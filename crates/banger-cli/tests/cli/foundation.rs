@@ -19,7 +19,7 @@ fn version_is_shared_by_all_binaries() {
     let time = v["build_time"].as_str().unwrap();
     assert!(out.contains(version) && out.contains(commit) && out.contains(time));
     let bin_dir = Path::new(BANGER).parent().unwrap();
-    let d = Command::new(bin_dir.join("bangerd"))
+    let d = cleared_env(&mut Command::new(bin_dir.join("bangerd")), home.path())
         .arg("--version")
         .output()
         .unwrap();
@@ -30,7 +30,10 @@ fn version_is_shared_by_all_binaries() {
     );
     let agent = bin_dir.join("banger-agent");
     if agent.exists() {
-        let a = Command::new(agent).arg("version").output().unwrap();
+        let a = cleared_env(&mut Command::new(agent), home.path())
+            .arg("version")
+            .output()
+            .unwrap();
         let a = String::from_utf8(a.stdout).unwrap();
         assert!(
             a.contains(version) && a.contains(commit) && a.contains(time),
@@ -255,7 +258,8 @@ fn daemon_of_another_build_is_replaced() {
 #[test]
 fn errors_print_banger_prefix_and_exit_1() {
     // A relative BANGER_HOME is refused before anything is created.
-    let out = Command::new(BANGER)
+    let scratch = Home::new();
+    let out = cleared_env(&mut Command::new(BANGER), scratch.path())
         .args(["daemon", "status"])
         .env("BANGER_HOME", "relative/home")
         .output()

@@ -648,8 +648,9 @@ mod adversarial_daemon_killed_during_create {
         assert!(run_dirs.is_empty(), "run dirs left: {run_dirs:?}");
     }
 
+    /// The workspace's agent, which the fake Firecracker runs on the host.
     fn agent() -> String {
-        std::env::var("BANGER_AGENT_BIN").unwrap_or_default()
+        bin_dir().join("banger-agent").display().to_string()
     }
 
     /// One case: kill at `stage`, restart, and check that nothing is left.
