@@ -167,16 +167,7 @@ async fn daemon_status(ctx: &mut Ctx, json: bool) -> Result<u8, CliError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let listeners = if st.listeners.is_empty() {
-        "none".to_string()
-    } else {
-        st.listeners
-            .iter()
-            .map(|l| format!("{} {}", l.name, l.address))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let pairs = [
+    let mut pairs = vec![
         ("version", st.build.version.clone()),
         ("commit", st.build.commit.clone()),
         ("built", st.build.build_time()),
@@ -193,7 +184,6 @@ async fn daemon_status(ctx: &mut Ctx, json: bool) -> Result<u8, CliError> {
                 now.saturating_sub(st.started_at)
             ),
         ),
-        ("listeners", listeners),
         (
             "requests",
             format!(
@@ -202,6 +192,14 @@ async fn daemon_status(ctx: &mut Ctx, json: bool) -> Result<u8, CliError> {
             ),
         ),
     ];
+    // Listeners besides the socket (none yet) are shown when the daemon has some.
+    if !st.listeners.is_empty() {
+        let listeners = st
+            .listeners
+            .iter()
+            .map(|l| format!("{} {}", l.name, l.address));
+        pairs.push(("listeners", listeners.collect::<Vec<_>>().join(", ")));
+    }
     write_str(ctx, &ui::key_values(&pairs))?;
     for w in &st.config_warnings {
         ctx.ui
