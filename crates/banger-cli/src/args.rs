@@ -7,10 +7,10 @@ use clap_complete::Shell;
 #[command(
     name = "banger",
     version = banger_version(),
-    about = "Disposable, hardware-isolated Linux machines with your repo inside",
-    long_about = "banger gives you a disposable Linux machine (a microVM) in one command, with \
-your git repository copied inside, and long-lived VMs to ssh into, exec in, and export work \
-back from as a patch. A per-user daemon (bangerd) owns all state; it starts on demand.",
+    about = "Disposable Linux microVMs, one command away",
+    long_about = "banger gives you a disposable Linux machine (a microVM) in one command, and \
+long-lived VMs to stop, start, ssh into and delete. A per-user daemon (bangerd) owns all state; \
+it starts on demand.",
     after_long_help = "Examples:\n  banger version\n  banger doctor\n  banger daemon status\n  banger completion bash > /etc/bash_completion.d/banger",
     propagate_version = true
 )]
@@ -72,7 +72,7 @@ diagnostics never create, migrate or write anything. Exits 1 when any check fail
 
 #[derive(Debug, Subcommand)]
 pub enum DaemonCommand {
-    /// Show the running daemon (starting it if needed): build, pid, socket, paths, listeners.
+    /// Show the running daemon (starting it if needed): build, pid, socket, paths, requests.
     #[command(after_long_help = "Examples:\n  banger daemon status\n  banger daemon status --json")]
     Status(JsonFlag),
     /// Stop the running daemon. VMs keep running; the next banger command starts it again.
@@ -138,7 +138,8 @@ is kept for inspection (banger vm logs NAME).",
     /// Boot stopped VMs.
     #[command(after_long_help = "Examples:\n  banger vm start web\n  banger vm start web db")]
     Start(Refs),
-    /// Shut VMs down (Ctrl-Alt-Del, then forced off after the grace period).
+    /// Shut VMs down: ask the guest (Firecracker: Ctrl-Alt-Del; QEMU: the ACPI power button),
+    /// then force it off after the grace period.
     #[command(
         after_long_help = "Examples:\n  banger vm stop web\n  banger vm stop $(banger ps -q)"
     )]
@@ -446,6 +447,28 @@ mod tests {
                         .unwrap_or_default();
                     assert!(help.contains("Examples:"), "{name} has no examples");
                 }
+            }
+        }
+        walk(&Cli::command(), "banger");
+    }
+
+    /// Help promises only what exists: no command runs a command outside ssh (exec), copies a
+    /// repository in or exports work as a patch (yet).
+    #[test]
+    fn help_promises_only_what_exists() {
+        fn walk(cmd: &clap::Command, path: &str) {
+            let texts = [cmd.get_about(), cmd.get_long_about()];
+            for text in texts
+                .into_iter()
+                .flatten()
+                .map(|t| t.to_string().to_lowercase())
+            {
+                for word in ["exec", "patch", "repositor", "your repo"] {
+                    assert!(!text.contains(word), "{path} promises {word}: {text}");
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()));
             }
         }
         walk(&Cli::command(), "banger");

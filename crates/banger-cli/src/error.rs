@@ -8,7 +8,7 @@ use banger_core::config::ConfigError;
 use banger_core::layout::LayoutError;
 
 use crate::escape;
-use crate::ui::{Style, paint};
+use crate::ui::{StdoutClosed, Style, paint};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -59,6 +59,10 @@ pub enum CliError {
     Runtime(#[source] std::io::Error),
     #[error("cannot write output")]
     Output(#[source] std::io::Error),
+    /// Stdout's reader went away (`banger ... | head -1`): not a failure, the program stops
+    /// quietly with status 0.
+    #[error(transparent)]
+    StdoutClosed(#[from] StdoutClosed),
     #[error("doctor found {0} failing check(s)")]
     DoctorFailed(usize),
     #[error("{0}")]
@@ -89,14 +93,21 @@ impl From<ClientError> for CliError {
 
 impl From<std::io::Error> for CliError {
     fn from(e: std::io::Error) -> Self {
-        Self::Output(e)
+        if StdoutClosed::is(&e) {
+            Self::StdoutClosed(StdoutClosed)
+        } else {
+            Self::Output(e)
+        }
     }
 }
 
 impl CliError {
     /// The process exit status for this error.
     pub fn exit_code(&self) -> u8 {
-        1
+        match self {
+            Self::StdoutClosed(_) => 0,
+            _ => 1,
+        }
     }
 }
 

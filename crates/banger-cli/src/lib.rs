@@ -86,6 +86,8 @@ pub fn main() -> ExitCode {
     };
     match rt.block_on(run(cli.command, &mut ctx)) {
         Ok(code) => ExitCode::from(code),
+        // Whoever read stdout has what they wanted (`| head -1`).
+        Err(CliError::StdoutClosed(_)) => ExitCode::SUCCESS,
         Err(e) => fail(&mut ctx, &e),
     }
 }
@@ -111,8 +113,11 @@ pub async fn run(command: Command, ctx: &mut Ctx) -> Result<u8, CliError> {
         Command::Kernel(k) => artifacts::kernel(k, ctx).await,
         Command::Internal(args::InternalCommand::MakeBundle(a)) => artifacts::make_bundle(a, ctx),
         Command::Completion { shell } => {
-            let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "banger", ctx.ui.out());
+            // clap_complete panics on a write error, so the script is written to memory first
+            // and then to stdout, where a closed pipe is an error like any other write.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "banger", &mut script);
+            ctx.ui.out().write_all(&script)?;
             Ok(0)
         }
     }
@@ -162,16 +167,7 @@ async fn daemon_status(ctx: &mut Ctx, json: bool) -> Result<u8, CliError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let listeners = if st.listeners.is_empty() {
-        "none".to_string()
-    } else {
-        st.listeners
-            .iter()
-            .map(|l| format!("{} {}", l.name, l.address))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let pairs = [
+    let mut pairs = vec![
         ("version", st.build.version.clone()),
         ("commit", st.build.commit.clone()),
         ("built", st.build.build_time()),
@@ -188,7 +184,6 @@ async fn daemon_status(ctx: &mut Ctx, json: bool) -> Result<u8, CliError> {
                 now.saturating_sub(st.started_at)
             ),
         ),
-        ("listeners", listeners),
         (
             "requests",
             format!(
@@ -197,6 +192,14 @@ async fn daemon_status(ctx: &mut Ctx, json: bool) -> Result<u8, CliError> {
             ),
         ),
     ];
+    // Listeners besides the socket (none yet) are shown when the daemon has some.
+    if !st.listeners.is_empty() {
+        let listeners = st
+            .listeners
+            .iter()
+            .map(|l| format!("{} {}", l.name, l.address));
+        pairs.push(("listeners", listeners.collect::<Vec<_>>().join(", ")));
+    }
     write_str(ctx, &ui::key_values(&pairs))?;
     for w in &st.config_warnings {
         ctx.ui

@@ -1,5 +1,12 @@
 //! Terminal output: colour only on a TTY and never with `NO_COLOR`, aligned tables, JSON.
 //!
+//! Every byte for stdout goes through one writer, [`Ui::out`]. Rust starts a program with
+//! `SIGPIPE` ignored (and a spawned child gets it back at its default), so a reader that goes
+//! away early (`banger vm list --json | head -c 1`) shows up here as an `EPIPE` write error,
+//! never as a signal. That writer marks such an error as [`StdoutClosed`]; the CLI turns it
+//! into a quiet exit with status 0, as ripgrep does, while a broken pipe anywhere else (the
+//! daemon's socket) stays an error.
+//!
 //! Tables and key/value lists escape every cell ([`escape::Mode::Cell`]): a value from a
 //! guest or an image can neither send an escape sequence nor start a fake row. Colour is
 //! added by banger after escaping, through [`Cell`].
@@ -67,7 +74,7 @@ impl Ui {
             color_out: !no_color && io::stdout().is_terminal(),
             color_err: !no_color && io::stderr().is_terminal(),
             tty_out: io::stdout().is_terminal(),
-            out: Box::new(io::stdout()),
+            out: Box::new(PipeAware(io::stdout())),
             err: Box::new(io::stderr()),
         }
     }
@@ -114,6 +121,48 @@ impl Ui {
     /// A line on stderr (notices, warnings).
     pub fn note(&mut self, text: &str) -> io::Result<()> {
         writeln!(self.err, "{text}")
+    }
+}
+
+/// Why a write to stdout failed when its reader went away: the payload of the
+/// [`io::ErrorKind::BrokenPipe`] error [`Ui::out`] returns then.
+#[derive(Debug, thiserror::Error)]
+#[error("stdout was closed by its reader")]
+pub struct StdoutClosed;
+
+impl StdoutClosed {
+    /// Whether `e` is stdout's reader going away (and not a broken pipe elsewhere).
+    pub fn is(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|inner| inner.is::<StdoutClosed>())
+    }
+}
+
+/// A writer whose broken-pipe errors say [`StdoutClosed`].
+struct PipeAware<W>(W);
+
+impl<W: Write> PipeAware<W> {
+    fn mark<T>(r: io::Result<T>) -> io::Result<T> {
+        r.map_err(|e| {
+            if e.kind() == io::ErrorKind::BrokenPipe {
+                io::Error::new(io::ErrorKind::BrokenPipe, StdoutClosed)
+            } else {
+                e
+            }
+        })
+    }
+}
+
+impl<W: Write> Write for PipeAware<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Self::mark(self.0.write(buf))
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        Self::mark(self.0.write_all(buf))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Self::mark(self.0.flush())
     }
 }
 
@@ -298,6 +347,33 @@ mod tests {
         assert_eq!(paint(false, Style::Dim, "x"), "x");
         assert_eq!(paint(true, Style::Dim, "x"), "\x1b[2mx\x1b[0m");
         assert_eq!(visible_width(&paint(true, Style::Bold, "abc")), 3);
+    }
+
+    /// A writer whose reader has gone away.
+    struct Closed;
+
+    impl Write for Closed {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+    }
+
+    #[test]
+    fn broken_pipe_on_stdout_is_marked_and_other_errors_are_not() {
+        let mut out = PipeAware(Closed);
+        let e = out.write_all(b"x").unwrap_err();
+        assert!(StdoutClosed::is(&e), "{e:?}");
+        assert!(StdoutClosed::is(&out.flush().unwrap_err()));
+        // A broken pipe that did not come through stdout's writer is not the reader leaving.
+        assert!(!StdoutClosed::is(&io::ErrorKind::BrokenPipe.into()));
+        let mut full = PipeAware(&mut [0u8; 1][..]);
+        let e = full.write_all(b"xy").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WriteZero);
+        assert!(!StdoutClosed::is(&e));
     }
 
     #[test]

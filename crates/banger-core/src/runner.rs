@@ -166,9 +166,11 @@ fn quote(word: &str) -> String {
     }
 }
 
+#[cfg(any(test, feature = "fake"))]
 pub mod fake {
     //! A hand-written [`CommandRunner`] for tests (of this crate and of the crates that
-    //! run commands through it): records every command line and answers from a script.
+    //! run commands through it, with the `fake` feature from their `[dev-dependencies]`):
+    //! records every command line and answers from a script.
 
     use std::collections::{HashMap, VecDeque};
     use std::io;

@@ -1,8 +1,8 @@
 //! banger's VMM backends: the [`Vmm`] seam the daemon holds as `Arc<dyn Vmm>` (chosen by
 //! config), its Firecracker implementation ([`firecracker::FirecrackerVmm`]), its QEMU
 //! implementation for hosts without hardware virtualization ([`qemu::QemuVmm`]), a
-//! hand-written fake for the daemon's tests ([`fake::FakeVmm`]) and the process control every
-//! backend shares ([`process`]).
+//! hand-written fake for the daemon's tests (`fake::FakeVmm`, compiled only for tests and with
+//! the `fake` feature) and the process control every backend shares ([`process`]).
 //!
 //! A backend turns a [`VmSpec`] (everything one VM needs to boot) into a [`Running`] VMM (its
 //! pid, its control socket and where its guest agent answers), asks a guest to shut down, and
@@ -42,6 +42,7 @@
 //!   `BANGER_QEMU_BIN`, and `PATH` by their caller.
 
 pub mod error;
+#[cfg(any(test, feature = "fake"))]
 pub mod fake;
 pub mod firecracker;
 pub mod process;
@@ -237,7 +238,7 @@ impl Running {
 ///
 /// Implementations: [`firecracker::FirecrackerVmm`], [`qemu::QemuVmm`] (QMP socket as
 /// `api_socket`, `system_powerdown` for [`request_shutdown`](Vmm::request_shutdown), the agent
-/// over a virtio-serial chardev socket, [`AgentEndpoint::Unix`]), [`fake::FakeVmm`] (tests).
+/// over a virtio-serial chardev socket, [`AgentEndpoint::Unix`]), `fake::FakeVmm` (tests; the `fake` feature).
 pub trait Vmm: Send + Sync + fmt::Debug {
     /// Which VMM this is.
     fn kind(&self) -> VmmKind;

@@ -1,15 +1,36 @@
 //! Shared helpers: a private banger home, running the real binaries.
+//!
+//! The binaries run with a cleared environment (jj's rule, [`cleared_env`]): only `PATH`,
+//! `HOME` and `BANGER_HOME` reach them, plus what a test sets on purpose ([`Home::set_env`],
+//! `Command::env`), so a developer's `BANGER_VMM`, `BANGER_QEMU_BIN`, `BANGER_FIRECRACKER_BIN`
+//! or `BANGER_AGENT_BIN` cannot change a test's outcome. The daemon is started by the CLI and
+//! inherits the CLI's environment, and so do the VMMs it starts.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub const BANGER: &str = env!("CARGO_BIN_EXE_banger");
+
+/// Clears `c`'s environment down to `PATH` and `HOME` (the test's own) and `BANGER_HOME`
+/// (`home`); see the module docs.
+pub fn cleared_env<'c>(c: &'c mut Command, home: &Path) -> &'c mut Command {
+    c.env_clear().env("BANGER_HOME", home);
+    for key in ["PATH", "HOME"] {
+        if let Some(value) = std::env::var_os(key) {
+            c.env(key, value);
+        }
+    }
+    c
+}
 
 /// A private banger home; stops its daemon when dropped.
 pub struct Home {
     pub dir: tempfile::TempDir,
     /// Network namespace the CLI (and so its daemon) runs in.
     pub netns: Option<String>,
+    /// Variables this home's commands get on purpose, on top of [`cleared_env`].
+    env: Vec<(&'static str, OsString)>,
 }
 
 impl Home {
@@ -19,7 +40,16 @@ impl Home {
             .prefix("bgr")
             .tempdir_in("/tmp")
             .unwrap();
-        Self { dir, netns: None }
+        Self {
+            dir,
+            netns: None,
+            env: Vec::new(),
+        }
+    }
+
+    /// Gives every command of this home (and so its daemon) `key=value`.
+    pub fn set_env(&mut self, key: &'static str, value: impl Into<OsString>) {
+        self.env.push((key, value.into()));
     }
 
     pub fn path(&self) -> &Path {
@@ -35,10 +65,11 @@ impl Home {
             }
             None => Command::new(BANGER),
         };
-        c.args(args)
-            .env("BANGER_HOME", self.path())
-            .env_remove("NO_COLOR")
-            .env_remove("BANGER_LOG");
+        c.args(args);
+        cleared_env(&mut c, self.path());
+        for (key, value) in &self.env {
+            c.env(key, value);
+        }
         c
     }
 
@@ -253,4 +284,39 @@ pub fn pid_alive(pid: u64) -> bool {
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .unwrap_or_default()
             .contains(") Z")
+}
+
+/// Runs `cmd` with stdout a pipe whose reader is already gone, the way `| head -c 0` leaves it:
+/// every write to stdout fails with `EPIPE`.
+pub fn with_closed_stdout(cmd: &mut Command) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    cmd.stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+/// Runs `cmd`, reads one byte of its stdout and closes the pipe (`| head -c 1`).
+pub fn reading_one_byte(cmd: &mut Command) -> Output {
+    use std::io::Read as _;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut byte = [0u8; 1];
+    child.stdout.take().unwrap().read_exact(&mut byte).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Asserts `out` is a quiet success: status 0 and nothing on stderr.
+#[track_caller]
+pub fn assert_quiet_success(what: &str, out: &Output) {
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{what}: {:?}, stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

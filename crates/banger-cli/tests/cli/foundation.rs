@@ -19,7 +19,7 @@ fn version_is_shared_by_all_binaries() {
     let time = v["build_time"].as_str().unwrap();
     assert!(out.contains(version) && out.contains(commit) && out.contains(time));
     let bin_dir = Path::new(BANGER).parent().unwrap();
-    let d = Command::new(bin_dir.join("bangerd"))
+    let d = cleared_env(&mut Command::new(bin_dir.join("bangerd")), home.path())
         .arg("--version")
         .output()
         .unwrap();
@@ -30,7 +30,10 @@ fn version_is_shared_by_all_binaries() {
     );
     let agent = bin_dir.join("banger-agent");
     if agent.exists() {
-        let a = Command::new(agent).arg("version").output().unwrap();
+        let a = cleared_env(&mut Command::new(agent), home.path())
+            .arg("version")
+            .output()
+            .unwrap();
         let a = String::from_utf8(a.stdout).unwrap();
         assert!(
             a.contains(version) && a.contains(commit) && a.contains(time),
@@ -95,6 +98,8 @@ fn daemon_starts_on_demand_once_and_stops() {
     let text = home.ok(&["daemon", "status"]);
     assert!(text.contains(&format!("pid        {pid}")), "{text}");
     assert!(text.contains("log file"), "{text}");
+    // The daemon has no listener besides its socket, so there is no listeners row to show.
+    assert!(!text.contains("listeners"), "{text}");
     // The daemon logs JSON lines with op ids.
     let log = std::fs::read_to_string(home.path().join("state/bangerd.log")).unwrap();
     let listening: serde_json::Value = log
@@ -255,7 +260,8 @@ fn daemon_of_another_build_is_replaced() {
 #[test]
 fn errors_print_banger_prefix_and_exit_1() {
     // A relative BANGER_HOME is refused before anything is created.
-    let out = Command::new(BANGER)
+    let scratch = Home::new();
+    let out = cleared_env(&mut Command::new(BANGER), scratch.path())
         .args(["daemon", "status"])
         .env("BANGER_HOME", "relative/home")
         .output()
@@ -334,6 +340,54 @@ fn completion_scripts() {
     }
     let out = home.run(&["completion", "tcsh"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// A reader that leaves early (`banger ... | head -1`) is not an error: every command stops
+/// with status 0 and says nothing on stderr, whether the pipe was closed before the first byte
+/// or after one.
+#[test]
+fn closed_stdout_exits_quietly_with_status_0() {
+    let home = Home::new();
+    home.status(); // the daemon is up, so no command below has anything to say on stderr
+    // The bash script (about 80 KB) outgrows the pipe, so the one-byte reader closes it while
+    // banger is still writing; help is small and may be written whole before the reader goes.
+    let big: &[&[&str]] = &[
+        &["completion", "bash"],
+        &["--help"],
+        &["vm", "create", "--help"],
+    ];
+    for args in big {
+        let out = with_closed_stdout(&mut home.cmd(args));
+        assert_quiet_success(&format!("{args:?} | head -c 0"), &out);
+        let out = reading_one_byte(&mut home.cmd(args));
+        assert_quiet_success(&format!("{args:?} | head -c 1"), &out);
+    }
+    let small: &[&[&str]] = &[
+        &["completion", "zsh"],
+        &["version"],
+        &["version", "--json"],
+        &["daemon", "status"],
+        &["daemon", "status", "--json"],
+        &["vm", "list"],
+        &["vm", "list", "--json"],
+        &["image", "list"],
+        &["kernel", "list", "--json"],
+        &["doctor", "--json"],
+    ];
+    for args in small {
+        assert_quiet_success(
+            &format!("{args:?} | head -c 0"),
+            &with_closed_stdout(&mut home.cmd(args)),
+        );
+    }
+    assert_quiet_success(
+        "vm list --json | head -c 1",
+        &reading_one_byte(&mut home.cmd(&["vm", "list", "--json"])),
+    );
+    // An error is still an error when stdout is closed: it goes to stderr with status 1.
+    let out = with_closed_stdout(&mut home.cmd(&["vm", "show", "nope"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("banger: "));
 }
 
 #[test]

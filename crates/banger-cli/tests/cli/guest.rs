@@ -59,9 +59,10 @@ fn guest_home() -> Option<Home> {
             return None;
         }
     };
-    let home = Home::in_netns(
+    let mut home = Home::in_netns(
         "vmm = \"qemu\"\nagent_wait_secs = 180\nssh_wait_secs = 180\nstop_grace_secs = 60\n",
     );
+    home.set_env("BANGER_AGENT_BIN", &agent);
     home.ok(&["kernel", "import", "host", "--from", "/"]);
     golden_image(&home, &agent);
     Some(home)
@@ -85,7 +86,8 @@ fn golden_image(home: &Home, agent: &Path) {
     if !bundle.exists() {
         // Built by a home in the host's network namespace: mmdebstrap downloads packages,
         // and the test namespaces have no route out.
-        let builder = Home::new();
+        let mut builder = Home::new();
+        builder.set_env("BANGER_AGENT_BIN", agent);
         builder.ok(&["kernel", "import", "host", "--from", "/"]);
         let t = Instant::now();
         builder.ok(&["image", "bootstrap", "debian-bookworm"]);

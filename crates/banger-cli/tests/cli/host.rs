@@ -69,9 +69,7 @@ fn assert_no_daemon(home: &Home) {
 
 /// `bangerd` run directly (as the CLI would), with this home.
 fn bangerd(home: &Home) -> Output {
-    Command::new(bin_dir().join("bangerd"))
-        .env("BANGER_HOME", home.path())
-        .env_remove("BANGER_LOG")
+    cleared_env(&mut Command::new(bin_dir().join("bangerd")), home.path())
         .output()
         .unwrap()
 }

@@ -95,6 +95,14 @@ fn create_stop_start_delete() {
     assert_eq!(stats["pid"].as_u64().unwrap(), pid);
     let logs = home.ok(&["vm", "logs", "web"]);
     assert!(!logs.is_empty(), "console log is empty");
+    for args in [
+        &["vm", "logs", "web"][..],
+        &["vm", "logs", "-f", "web"],
+        &["ps"],
+    ] {
+        let out = with_closed_stdout(&mut home.cmd(args));
+        assert_quiet_success(&format!("{args:?} | head -c 0"), &out);
+    }
 
     let out = home.ok(&["vm", "stop", "web"]);
     assert!(out.starts_with("stopped web"), "{out}");
@@ -640,8 +648,9 @@ mod adversarial_daemon_killed_during_create {
         assert!(run_dirs.is_empty(), "run dirs left: {run_dirs:?}");
     }
 
+    /// The workspace's agent, which the fake Firecracker runs on the host.
     fn agent() -> String {
-        std::env::var("BANGER_AGENT_BIN").unwrap_or_default()
+        bin_dir().join("banger-agent").display().to_string()
     }
 
     /// One case: kill at `stage`, restart, and check that nothing is left.
