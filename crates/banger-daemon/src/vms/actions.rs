@@ -1,0 +1,360 @@
+//! Actions on existing VMs: start, stop, restart, kill, delete, set, each under the VM's
+//! lock; and [`act`], which applies one action to several VMs concurrently, answering in the
+//! order the references were given.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use banger_api::types::{ActionOutcome, ActionRequest, VmAction, VmSettings, VmState};
+use banger_core::limits::VmLimits;
+use banger_core::size::ByteSize;
+use banger_store::VmRow;
+use std::str::FromStr;
+
+use banger_vmm::VmmKind;
+
+use super::boot::{boot, release};
+use super::create::check_settings;
+use super::lookup::resolve;
+use super::vmm::{kill_and_wait, kill_vmms_of, running_of, vmm_process};
+use crate::error::{OpError, chain};
+use crate::progress::Progress;
+use crate::state::AppState;
+
+/// Runs one action on many references: resolved from one snapshot, deduplicated, run
+/// concurrently, reported in first-seen order. Bad references do not stop the good ones.
+pub async fn act(state: Arc<AppState>, req: ActionRequest) -> Result<Vec<ActionOutcome>, OpError> {
+    if req.action == VmAction::Set {
+        let s = req.settings.clone().unwrap_or_default();
+        // banger's own caps for every VM at once; each VM's backend is checked in `set`.
+        check_settings(&s, &VmLimits::BANGER)?;
+        if s == VmSettings::default() {
+            return Err(OpError::Invalid {
+                what: "nothing to set: give --cpus, --memory, --disk or --work-disk".into(),
+            });
+        }
+    }
+    let signal = match (&req.action, &req.signal) {
+        (VmAction::Kill, Some(s)) => {
+            s.parse::<banger_vmm::process::Signal>()
+                .map_err(|e| OpError::Invalid {
+                    what: e.to_string(),
+                })?
+        }
+        _ => banger_vmm::process::Signal::KILL,
+    };
+    let rows = state.vm_rows()?;
+    let mut seen: Vec<String> = Vec::new();
+    let mut outcomes: Vec<ActionOutcome> = Vec::new();
+    let mut jobs = Vec::new();
+    for reference in &req.refs {
+        match resolve(&rows, reference) {
+            Ok(row) => {
+                if seen.contains(&row.id) {
+                    continue;
+                }
+                seen.push(row.id.clone());
+                let idx = outcomes.len();
+                outcomes.push(ActionOutcome {
+                    reference: reference.clone(),
+                    vm: Some(row.name.clone()),
+                    error: None,
+                    note: None,
+                });
+                let (state, row, req) = (state.clone(), row.clone(), req.clone());
+                jobs.push(async move {
+                    let r = match req.action {
+                        VmAction::Start => start(&state, &row.id).await,
+                        VmAction::Stop => stop(&state, &row.id).await,
+                        VmAction::Restart => restart(&state, &row.id).await,
+                        VmAction::Kill => kill(&state, &row.id, signal).await,
+                        VmAction::Delete => delete(&state, &row.id).await,
+                        VmAction::Set => {
+                            set(&state, &row.id, &req.settings.clone().unwrap_or_default()).await
+                        }
+                    };
+                    (idx, r)
+                });
+            }
+            Err(e) => outcomes.push(ActionOutcome {
+                reference: reference.clone(),
+                vm: None,
+                error: Some(e.into()),
+                note: None,
+            }),
+        }
+    }
+    for (idx, r) in futures_join_all(jobs).await {
+        match r {
+            Ok(note) => outcomes[idx].note = note,
+            Err(e) => outcomes[idx].error = Some(e.into()),
+        }
+    }
+    Ok(outcomes)
+}
+
+/// Runs futures concurrently on this task and collects their outputs in order.
+async fn futures_join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut set = Vec::with_capacity(futs.len());
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
+pub(super) fn reload(state: &AppState, id: &str) -> Result<VmRow, OpError> {
+    state
+        .db(|s| s.get_vm(id))?
+        .ok_or_else(|| OpError::VmNotFound {
+            reference: id.to_string(),
+        })
+}
+
+pub async fn start(state: &Arc<AppState>, id: &str) -> Result<Option<String>, OpError> {
+    let lock = state.locks.vm(id);
+    let _g = lock.lock().await;
+    let mut row = reload(state, id)?;
+    match VmState::parse(&row.state) {
+        Some(VmState::Running) => return Ok(Some("already running".into())),
+        Some(VmState::Creating) => {
+            return Err(OpError::WrongState {
+                vm: row.name,
+                state: "being created".into(),
+                wanted: "wait for it to finish",
+            });
+        }
+        _ => {}
+    }
+    let progress = Progress::new(None);
+    if let Err(e) = boot(state, &mut row, &progress).await {
+        stop_locked(state, &mut row, Duration::from_secs(1)).await;
+        row.error = Some(chain(&e));
+        let _ = state.set_vm(&row);
+        return Err(e);
+    }
+    Ok(None)
+}
+
+pub async fn stop(state: &Arc<AppState>, id: &str) -> Result<Option<String>, OpError> {
+    let lock = state.locks.vm(id);
+    let _g = lock.lock().await;
+    let mut row = reload(state, id)?;
+    if row.state != VmState::Running.as_str() {
+        return Ok(Some(format!("already {}", row.state)));
+    }
+    let grace = Duration::from_secs(state.opts.config.stop_grace_secs);
+    let outcome = stop_locked(state, &mut row, grace).await;
+    Ok(outcome)
+}
+
+/// Stops the VMM (graceful, then forced after `grace`), releases resources, marks stopped.
+async fn stop_locked(state: &Arc<AppState>, row: &mut VmRow, grace: Duration) -> Option<String> {
+    let mut note = None;
+    if let Some(pid) = row.pid {
+        // process::stop checks that the pid is still this VM's VMM before signalling it.
+        let running = running_of(state, row, pid).await;
+        let stopped = match state.vmm_of(row) {
+            Ok(vmm) => banger_vmm::process::stop(vmm.as_ref(), &running, grace).await,
+            // No backend to ask politely: force it off.
+            Err(_) => {
+                kill_and_wait(&row.name, &running.identity()).await;
+                Ok(banger_vmm::StopOutcome::Forced)
+            }
+        };
+        match stopped {
+            Ok(banger_vmm::StopOutcome::Forced) => {
+                note = Some(format!(
+                    "guest did not shut down within {}s; forced off",
+                    grace.as_secs()
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(vm = %row.name, error = %chain(&e), "cannot stop VMM");
+                note = Some(chain(&e));
+            }
+        }
+    }
+    release(state, row).await;
+    row.state = VmState::Stopped.as_str().to_string();
+    row.pid = None;
+    row.vmm_start_time = None;
+    if let Err(e) = state.set_vm(row) {
+        tracing::error!(vm = %row.name, error = %chain(&e), "cannot record stop");
+    }
+    note
+}
+
+pub async fn restart(state: &Arc<AppState>, id: &str) -> Result<Option<String>, OpError> {
+    let note = stop(state, id).await?;
+    start(state, id).await?;
+    Ok(note.filter(|n| !n.starts_with("already")))
+}
+
+pub async fn kill(
+    state: &Arc<AppState>,
+    id: &str,
+    signal: banger_vmm::process::Signal,
+) -> Result<Option<String>, OpError> {
+    let lock = state.locks.vm(id);
+    let _g = lock.lock().await;
+    let mut row = reload(state, id)?;
+    let command_error = |e: &dyn std::error::Error| OpError::Command {
+        what: "kill",
+        detail: chain(e),
+    };
+    let Some(process) = vmm_process(state, &row).map_err(|e| command_error(&e))? else {
+        if row.state == VmState::Running.as_str() {
+            // Its VMM is gone (or its pid is another process now): record that.
+            release(state, &row).await;
+            row.state = VmState::Stopped.as_str().to_string();
+            row.pid = None;
+            row.vmm_start_time = None;
+            state.set_vm(&row)?;
+        }
+        return Err(OpError::NotRunning { vm: row.name });
+    };
+    process.signal(signal).map_err(|e| command_error(&e))?;
+    if process.wait_exit(Duration::from_secs(3)).await {
+        release(state, &row).await;
+        row.state = VmState::Stopped.as_str().to_string();
+        row.pid = None;
+        row.vmm_start_time = None;
+        state.set_vm(&row)?;
+        Ok(None)
+    } else {
+        Ok(Some(format!("sent {signal}; the VMM is still running")))
+    }
+}
+
+pub async fn delete(state: &Arc<AppState>, id: &str) -> Result<Option<String>, OpError> {
+    let lock = state.locks.vm(id);
+    let _g = lock.lock().await;
+    let row = reload(state, id)?;
+    kill_vmms_of(state, &row).await;
+    release(state, &row).await;
+    let dir = PathBuf::from(&row.dir);
+    if let Err(e) = tokio::fs::remove_dir_all(&dir).await
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(OpError::Io {
+            op: "remove",
+            path: dir,
+            source: e,
+        });
+    }
+    state.db(|s| s.delete_vm(&row.id))?;
+    state.locks.forget(&row.id);
+    Ok(None)
+}
+
+pub async fn set(
+    state: &Arc<AppState>,
+    id: &str,
+    settings: &VmSettings,
+) -> Result<Option<String>, OpError> {
+    let lock = state.locks.vm(id);
+    let _g = lock.lock().await;
+    let mut row = reload(state, id)?;
+    // The VM's own backend's limits (its kind's, when that backend is missing here).
+    let limits = match state.vmm_of(&row) {
+        Ok(vmm) => vmm.limits(),
+        Err(_) => VmmKind::from_str(&row.vmm).map_or(VmLimits::BANGER, VmmKind::limits),
+    };
+    check_settings(settings, &limits).map_err(|e| OpError::Invalid {
+        what: format!("VM {}: {e}", row.name),
+    })?;
+    let running = row.state == VmState::Running.as_str();
+    let grows_disk = settings.disk_bytes.is_some() || settings.work_disk_bytes.is_some();
+    if running && grows_disk {
+        return Err(OpError::WrongState {
+            vm: row.name,
+            state: "running".into(),
+            wanted: "stop it before resizing disks",
+        });
+    }
+    let dir = PathBuf::from(&row.dir);
+    for (what, new, cur) in [
+        ("disk", settings.disk_bytes, row.disk_bytes),
+        ("work disk", settings.work_disk_bytes, row.work_disk_bytes),
+    ] {
+        if let Some(new) = new
+            && new < cur
+        {
+            return Err(OpError::Invalid {
+                what: format!(
+                    "{what} cannot shrink from {} to {}",
+                    ByteSize(cur),
+                    ByteSize(new)
+                ),
+            });
+        }
+    }
+    for (new, file) in [
+        (settings.disk_bytes, "root.ext4"),
+        (settings.work_disk_bytes, "work.ext4"),
+    ] {
+        if let Some(new) = new {
+            let runner = state.host.runner.clone();
+            let path = dir.join(file);
+            tokio::task::spawn_blocking(move || {
+                banger_disk::ext4::grow(runner.as_ref(), &path, new)
+            })
+            .await
+            .map_err(|e| OpError::Join(e.to_string()))?
+            .map_err(|source| OpError::Disk {
+                vm: row.name.clone(),
+                source: Box::new(source),
+            })?;
+        }
+    }
+    if let Some(c) = settings.cpus {
+        row.cpus = c as u32;
+    }
+    if let Some(m) = settings.memory_mib {
+        row.memory_mib = m as u64;
+    }
+    if let Some(d) = settings.disk_bytes {
+        row.disk_bytes = d;
+    }
+    if let Some(w) = settings.work_disk_bytes {
+        row.work_disk_bytes = w;
+    }
+    state.set_vm(&row)?;
+    Ok(running.then(|| "takes effect at the next start".to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn join_all_keeps_order() {
+        let futs: Vec<_> = (0..5u64)
+            .map(|i| async move {
+                tokio::time::sleep(Duration::from_millis(50 - i * 10)).await;
+                i
+            })
+            .collect();
+        assert_eq!(futures_join_all(futs).await, vec![0, 1, 2, 3, 4]);
+    }
+}

@@ -1,0 +1,129 @@
+//! Boot: network up, VMM started, agent answering, sshd waited for; and [`release`], which
+//! undoes what a boot took (TAP, NAT rule, run directory).
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use banger_api::types::VmState;
+use banger_store::VmRow;
+
+use super::agent::wait_agent;
+use crate::clock::now;
+use crate::error::{OpError, chain};
+use crate::progress::Progress;
+use crate::state::AppState;
+
+/// Network up, VMM started, agent answering, sshd waited for; only then is the row
+/// `running`. Until then it keeps its state (`creating`, or `stopped` for a start): the run
+/// directory exists before the TAP does, and the VMM's pid and start time are stored as soon
+/// as it runs, so that [`reconcile`] can undo a boot the daemon did not live to finish.
+pub(super) async fn boot(
+    state: &Arc<AppState>,
+    row: &mut VmRow,
+    progress: &Progress,
+) -> Result<(), OpError> {
+    let spec = state.spec(row)?;
+    // The mark of a boot under way (see the module docs); release removes it.
+    tokio::fs::create_dir_all(&spec.run_dir)
+        .await
+        .map_err(OpError::io("create", &spec.run_dir))?;
+    progress.stage(
+        "network",
+        format!("{} on {}", spec.tap, state.opts.config.bridge_name),
+    );
+    net_up(state, row).await?;
+    let vmm = state.vmm_of(row)?;
+    // Read before boot, while nothing else has the disk open.
+    let has_sshd = {
+        let runner = state.host.runner.clone();
+        let root = spec.root_disk.clone();
+        tokio::task::spawn_blocking(move || {
+            banger_disk::debugfs::exists(runner.as_ref(), &root, "/usr/sbin/sshd").unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false)
+    };
+    progress.stage("start VMM", vmm.kind().to_string());
+    let running = vmm.start(&spec).await.map_err(|source| OpError::Vmm {
+        vm: row.name.clone(),
+        source: Box::new(source),
+    })?;
+    row.pid = Some(running.pid);
+    row.vmm_start_time = running.start_time;
+    row.error = None;
+    state.set_vm(row)?;
+    progress.stage("wait agent", format!("pid {}", running.pid));
+    wait_agent(state, &row.name, &running.agent).await?;
+    if has_sshd && let Some(ip) = row.ip.clone() {
+        progress.stage("wait ssh", format!("{ip}:22"));
+        let secs = state.opts.config.ssh_wait_secs;
+        if !banger_api::probe::wait_ssh(&ip, Duration::from_secs(secs)).await {
+            // Not fatal: the VM runs and its agent answers; `vm run`/`vm ssh` report it.
+            progress.stage(
+                "wait ssh",
+                format!(
+                    "sshd did not answer within {secs}s (see banger vm logs {})",
+                    row.name
+                ),
+            );
+        }
+    }
+    row.state = VmState::Running.as_str().to_string();
+    row.started_at = Some(now());
+    state.set_vm(row)?;
+    Ok(())
+}
+
+async fn net_up(state: &Arc<AppState>, row: &VmRow) -> Result<(), OpError> {
+    let net = state.host.net.clone();
+    let bridge = state.opts.config.bridge_name.clone();
+    let subnet = state.subnet;
+    let tap = row.tap.clone().unwrap_or_default();
+    let nat = row.nat;
+    let ip: Option<Ipv4Addr> = row.ip.as_deref().and_then(|i| i.parse().ok());
+    let uid = Some(state.uid);
+    tokio::task::spawn_blocking(move || -> Result<(), banger_net::NetError> {
+        net.ensure_bridge(&bridge, &subnet)?;
+        net.create_tap(&tap, &bridge, uid)?;
+        if nat && let Some(ip) = ip {
+            net.enable_nat(&subnet, ip, None)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| OpError::Join(e.to_string()))?
+    .map_err(|source| OpError::Net {
+        vm: row.name.clone(),
+        source,
+    })
+}
+
+/// Undoes what a start took: TAP, NAT rule, sockets. Best effort; failures are logged.
+pub(super) async fn release(state: &Arc<AppState>, row: &VmRow) {
+    let net = state.host.net.clone();
+    let tap = row.tap.clone();
+    let ip: Option<Ipv4Addr> = row.ip.as_deref().and_then(|i| i.parse().ok());
+    let nat = row.nat;
+    let name = row.name.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(tap) = tap
+            && let Err(e) = net.delete_tap(&tap)
+        {
+            tracing::warn!(vm = %name, error = %chain(&e), "cannot delete TAP");
+        }
+        if nat
+            && let Some(ip) = ip
+            && let Err(e) = net.disable_nat(ip)
+        {
+            tracing::warn!(vm = %name, error = %chain(&e), "cannot remove NAT rule");
+        }
+    })
+    .await;
+    let run_dir = state.run_dir(&row.id);
+    if let Err(e) = tokio::fs::remove_dir_all(&run_dir).await
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(vm = %row.name, dir = %run_dir.display(), error = %e, "cannot remove run dir");
+    }
+}

@@ -1,0 +1,358 @@
+//! Create: validate, allocate and insert the row, prepare disks, boot; or roll all of it back.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use banger_api::types::{CreateVm, Vm, VmSettings, VmState};
+use banger_core::limits::VmLimits;
+use banger_core::names::validate_vm_name;
+use banger_core::size::ByteSize;
+use banger_net::plan::{allocate, format_mac, mac_for_ip, tap_name_for};
+use banger_store::{ImageRow, VmRow};
+use std::str::FromStr;
+
+use banger_vmm::VmmKind;
+use tokio_util::sync::CancellationToken;
+
+use super::boot::{boot, release};
+use super::lookup::resolve_image;
+use super::vmm::kill_vmms_of;
+use crate::clock::now;
+use crate::error::{OpError, chain};
+use crate::progress::Progress;
+use crate::state::{AppState, ImagesGuard};
+
+pub const DEFAULT_CPUS: u32 = 2;
+pub const DEFAULT_MEMORY_MIB: u64 = 2048;
+pub const DEFAULT_WORK_DISK: ByteSize = ByteSize::gib(8);
+/// Size of an image's work seed (sparse: only the image's /root contents take space).
+const WORK_SEED_SIZE: u64 = 256 << 20;
+
+/// Checks requested resources against `limits`, the VM's backend's ([`Vmm::limits`](banger_vmm::Vmm::limits)), before
+/// anything is made or stored (the CLI checks banger's own caps first): at least 1 CPU, 1 MiB
+/// and 1 byte; at most the backend's vCPUs and memory and banger's disk cap, with the real
+/// limit in the message.
+pub fn check_settings(s: &VmSettings, limits: &VmLimits) -> Result<(), OpError> {
+    Ok(banger_core::limits::check(&s.requested(), limits)?)
+}
+
+/// A friendly default name: adjective-noun, made unique with a number when needed.
+fn generate_name(taken: &BTreeSet<String>) -> String {
+    const ADJ: &[&str] = &[
+        "brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "kind", "lucky", "merry",
+        "nimble", "proud", "quick", "silly", "witty", "zesty",
+    ];
+    const NOUN: &[&str] = &[
+        "otter", "falcon", "badger", "heron", "lynx", "marten", "newt", "osprey", "panda", "quail",
+        "raven", "stoat", "tapir", "walrus", "yak", "zebra",
+    ];
+    let seed = uuid::Uuid::new_v4().as_u128();
+    let base = format!(
+        "{}-{}",
+        ADJ[(seed % ADJ.len() as u128) as usize],
+        NOUN[((seed >> 16) % NOUN.len() as u128) as usize]
+    );
+    if !taken.contains(&base) {
+        return base;
+    }
+    (2..)
+        .map(|n| format!("{base}-{n}"))
+        .find(|n| !taken.contains(n))
+        .unwrap_or(base)
+}
+
+/// Creates and boots a VM, streaming stages. On failure or cancellation nothing remains.
+pub async fn create(
+    state: Arc<AppState>,
+    req: CreateVm,
+    progress: Progress,
+    cancel: CancellationToken,
+) -> Result<Vm, OpError> {
+    if let Some(name) = &req.name {
+        validate_vm_name(name)?;
+    }
+    let vmm_kind = match &req.vmm {
+        Some(v) => VmmKind::from_str(v).map_err(|e| OpError::Invalid {
+            what: e.to_string(),
+        })?,
+        None => state.host.vmms.default_kind(),
+    };
+    let vmm = state
+        .host
+        .vmms
+        .get(vmm_kind)
+        .cloned()
+        .map_err(|why| OpError::VmmUnavailable {
+            kind: vmm_kind.to_string(),
+            why,
+        })?;
+    check_settings(&req.resources, &vmm.limits())?;
+    let image_ref = req
+        .image
+        .clone()
+        .unwrap_or_else(|| state.opts.config.default_image.clone());
+    progress.stage("resolve image", image_ref.clone());
+    // Lock order (see [`Locks`](crate::state::Locks)): the image lock first, held from resolving the image until
+    // its work seed is ready (the VM's row names the image by then, so it cannot be deleted
+    // under the VM), then the new VM's lock.
+    let images_guard = tokio::select! {
+        g = state.locks.images() => g,
+        _ = cancel.cancelled() => return Err(OpError::Cancelled),
+    };
+    let images = state.db(|s| s.list_images())?;
+    let image = resolve_image(&images, &image_ref)?.clone();
+    state.kernel_of(&image, vmm_kind.as_str())?;
+
+    // Allocate name, id, address, MAC, TAP and vsock CID, and insert the row: one step under
+    // the store mutex, so concurrent creates never get the same lease.
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let dir = state.vm_dir(&id);
+    let row = state.db(|s| -> Result<VmRow, OpError> {
+        let rows = s.list_vms()?;
+        let names: BTreeSet<String> = rows.iter().map(|r| r.name.clone()).collect();
+        let name = match &req.name {
+            Some(n) if names.contains(n) => return Err(OpError::NameTaken { name: n.clone() }),
+            Some(n) => n.clone(),
+            None => generate_name(&names),
+        };
+        let used: BTreeSet<Ipv4Addr> = rows
+            .iter()
+            .filter_map(|r| r.ip.as_deref()?.parse().ok())
+            .collect();
+        let ip = allocate(&state.subnet, &used).ok_or_else(|| OpError::SubnetFull {
+            subnet: state.subnet.to_string(),
+        })?;
+        let cids: BTreeSet<u32> = rows.iter().filter_map(|r| r.vsock_cid).collect();
+        let cid = (3u32..).find(|c| !cids.contains(c)).unwrap_or(3);
+        let row = VmRow {
+            id: id.clone(),
+            name,
+            image_id: image.id.clone(),
+            state: VmState::Creating.as_str().to_string(),
+            vmm: vmm.kind().to_string(),
+            cpus: req.resources.cpus.map_or(DEFAULT_CPUS, |c| c as u32),
+            memory_mib: req
+                .resources
+                .memory_mib
+                .map_or(DEFAULT_MEMORY_MIB, |m| m as u64),
+            disk_bytes: req
+                .resources
+                .disk_bytes
+                .unwrap_or(image.rootfs_bytes)
+                .max(image.rootfs_bytes),
+            work_disk_bytes: req
+                .resources
+                .work_disk_bytes
+                .unwrap_or(DEFAULT_WORK_DISK.bytes()),
+            nat: req.nat.unwrap_or(false),
+            ip: Some(ip.to_string()),
+            mac: Some(format_mac(&mac_for_ip(ip))),
+            tap: Some(tap_name_for(&id)),
+            vsock_cid: Some(cid),
+            pid: None,
+            vmm_start_time: None,
+            dir: dir.display().to_string(),
+            error: None,
+            workspace_json: None,
+            created_at: now(),
+            started_at: None,
+        };
+        s.insert_vm(&row).map_err(|e| {
+            if e.is_unique_conflict("vms", "name") {
+                OpError::NameTaken {
+                    name: row.name.clone(),
+                }
+            } else {
+                OpError::Store(e)
+            }
+        })?;
+        Ok(row)
+    })?;
+    let lock = state.locks.vm(&row.id);
+    let _guard = lock.lock().await;
+    let result = tokio::select! {
+        r = create_steps(&state, row.clone(), &image, images_guard, &progress) => r,
+        _ = cancel.cancelled() => Err(OpError::Cancelled),
+    };
+    match result {
+        Ok(vm) => Ok(vm),
+        Err(e) => {
+            tracing::warn!(vm = %row.name, error = %chain(&e), "create failed; rolling back");
+            rollback_create(&state, &row).await;
+            Err(e)
+        }
+    }
+}
+
+async fn create_steps(
+    state: &Arc<AppState>,
+    mut row: VmRow,
+    image: &ImageRow,
+    images_guard: ImagesGuard<'_>,
+    progress: &Progress,
+) -> Result<Vm, OpError> {
+    progress.stage(
+        "prepare disks",
+        format!("{}", PathBuf::from(&row.dir).display()),
+    );
+    prepare_disks(state, &row, image, images_guard).await?;
+    boot(state, &mut row, progress).await?;
+    progress.stage(
+        "ready",
+        format!("ready in {:.1}s", progress.elapsed().as_secs_f64()),
+    );
+    Ok(state.vm_view(&row))
+}
+
+/// Clones the image's disks for the VM and writes its identity into them. The image lock
+/// (`images_guard`) is released as soon as the image's work seed is ready.
+async fn prepare_disks(
+    state: &Arc<AppState>,
+    row: &VmRow,
+    image: &ImageRow,
+    images_guard: ImagesGuard<'_>,
+) -> Result<(), OpError> {
+    let dir = PathBuf::from(&row.dir);
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(OpError::io("create", &dir))?;
+    let seed = ensure_work_seed(state, image, &images_guard).await?;
+    drop(images_guard);
+    let runner = state.host.runner.clone();
+    let vm = row.name.clone();
+    let rootfs = PathBuf::from(&image.rootfs);
+    let root = dir.join("root.ext4");
+    let work = dir.join("work.ext4");
+    let (disk_bytes, work_bytes) = (row.disk_bytes, row.work_disk_bytes);
+    let ip: Ipv4Addr = row
+        .ip
+        .as_deref()
+        .and_then(|i| i.parse().ok())
+        .ok_or_else(|| OpError::Invalid {
+            what: format!("VM {vm} has no address"),
+        })?;
+    let guest = banger_disk::guest::GuestConfig {
+        hostname: row.name.clone(),
+        ip,
+        prefix: state.subnet.prefix(),
+        gateway: state.subnet.gateway(),
+        dns: state.guest_dns.clone(),
+        mac: row.mac.clone().unwrap_or_default(),
+    };
+    let pubkey = state.ssh.public_key.clone();
+    let tmp = state.scratch_dir();
+    tokio::task::spawn_blocking(move || -> Result<(), banger_disk::DiskError> {
+        banger_disk::copy::clone_file(&rootfs, &root)?;
+        if disk_bytes > std::fs::metadata(&root).map(|m| m.len()).unwrap_or(0) {
+            banger_disk::ext4::grow(runner.as_ref(), &root, disk_bytes)?;
+        }
+        banger_disk::guest::write_guest_config(runner.as_ref(), &root, &guest, &tmp)?;
+        banger_disk::work::clone_work_disk(runner.as_ref(), &seed, &work, work_bytes)?;
+        banger_disk::guest::authorize_ssh_key(runner.as_ref(), &work, &pubkey, &tmp)?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| OpError::Join(e.to_string()))?
+    .map_err(|source| OpError::Disk {
+        vm,
+        source: Box::new(source),
+    })
+}
+
+/// The image's work seed, made once; the caller holds the image lock (`_images`).
+async fn ensure_work_seed(
+    state: &Arc<AppState>,
+    image: &ImageRow,
+    _images: &ImagesGuard<'_>,
+) -> Result<PathBuf, OpError> {
+    let current = state.db(|s| s.get_image(&image.id))?;
+    if let Some(seed) = current.and_then(|i| i.work_seed)
+        && Path::new(&seed).exists()
+    {
+        return Ok(PathBuf::from(seed));
+    }
+    let out = PathBuf::from(&image.dir).join("work-seed.ext4");
+    let runner = state.host.runner.clone();
+    let rootfs = PathBuf::from(&image.rootfs);
+    let out2 = out.clone();
+    let tmp = state.scratch_dir();
+    tokio::task::spawn_blocking(move || {
+        banger_disk::work::make_work_seed(runner.as_ref(), &rootfs, &out2, WORK_SEED_SIZE, &tmp)
+    })
+    .await
+    .map_err(|e| OpError::Join(e.to_string()))?
+    .map_err(|source| OpError::Disk {
+        vm: format!("(image {})", image.name),
+        source: Box::new(source),
+    })?;
+    let seed = out.display().to_string();
+    state.db(|s| s.set_image_work_seed(&image.id, &seed))?;
+    Ok(out)
+}
+
+/// Removes every trace of a VM whose creation did not finish.
+pub async fn rollback_create(state: &Arc<AppState>, row: &VmRow) {
+    let current = state.db(|s| s.get_vm(&row.id)).ok().flatten();
+    let row = current.as_ref().unwrap_or(row);
+    kill_vmms_of(state, row).await;
+    release(state, row).await;
+    let dir = PathBuf::from(&row.dir);
+    if let Err(e) = tokio::fs::remove_dir_all(&dir).await
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(vm = %row.name, error = %e, "cannot remove VM dir");
+    }
+    if let Err(e) = state.db(|s| s.delete_vm(&row.id)) {
+        tracing::error!(vm = %row.name, error = %chain(&e), "cannot delete VM row");
+    }
+    state.locks.forget(&row.id);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_are_checked_against_the_backend() {
+        let check = |kind: VmmKind, cpus, memory_mib, disk_bytes| {
+            check_settings(
+                &VmSettings {
+                    cpus,
+                    memory_mib,
+                    disk_bytes,
+                    work_disk_bytes: None,
+                },
+                &kind.limits(),
+            )
+        };
+        use VmmKind::{Firecracker as Fc, Qemu};
+        assert!(check(Fc, Some(0), None, None).is_err());
+        assert!(check(Fc, Some(-1), None, None).is_err());
+        assert!(check(Fc, None, Some(0), None).is_err());
+        assert!(check(Fc, None, Some(-512), None).is_err());
+        assert!(check(Fc, Some(2), Some(512), None).is_ok());
+        assert!(check(Fc, None, None, Some(0)).is_err());
+        assert!(check(Fc, Some(32), None, None).is_ok());
+        let e = check(Fc, Some(33), None, None).unwrap_err();
+        assert!(matches!(e, OpError::Limit(_)), "{e:?}");
+        assert_eq!(e.kind(), banger_api::ErrorKind::BadRequest);
+        assert!(e.to_string().contains("between 1 and 32"), "{e}");
+        assert!(check(Qemu, Some(33), None, None).is_ok());
+        assert!(check(Qemu, Some(256), None, None).is_err());
+        assert!(check(Qemu, None, Some(991 << 10), None).is_err());
+        assert!(check(Fc, None, Some(991 << 10), None).is_ok());
+        assert!(check(Fc, None, None, Some(u64::MAX)).is_err());
+    }
+
+    #[test]
+    fn generated_names_are_valid_and_unique() {
+        let mut taken = BTreeSet::new();
+        for _ in 0..300 {
+            let n = generate_name(&taken);
+            validate_vm_name(&n).unwrap();
+            assert!(taken.insert(n));
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! The VM lifecycle: create, start, stop, restart, kill, delete, set, and reconciliation.
+//!
+//! Every operation on one VM holds that VM's lock (see [`Locks`](crate::state::Locks)) for its whole duration, so
+//! one VM's operations are serialised while different VMs progress in parallel. The store
+//! mutex is taken only around single queries, never across an await.
+//!
+//! Creation is all-or-nothing: every resource it takes (row, IP, TAP, disks, VMM process) is
+//! undone by [`rollback_create`] when a later step fails or the client goes away, so nothing
+//! half-made remains.
+//!
+//! # States, and what a daemon crash leaves
+//!
+//! A VM is `creating` from its row's insert until its agent answered and sshd was waited
+//! for; only then is it `running`, and the stream's `ready` follows at once. A start of a
+//! stopped VM keeps it `stopped` until the agent answered, with its run directory made before
+//! the network comes up and the VMM's pid (and start time) stored as soon as the VMM is
+//! spawned. So a daemon killed anywhere leaves rows [`reconcile`] can finish on restart: a
+//! `creating` row is rolled back completely, and a `stopped` row with a pid or a run
+//! directory (an unfinished start) has its VMM killed and its TAP, NAT rule and run directory
+//! released. A VMM spawned but not yet recorded is found by its command line, which names the
+//! VM's run directory.
+//!
+//! # Signalling VMMs
+//!
+//! A stored pid is never trusted: every path that signals a VMM (stop, kill, delete,
+//! rollback, reconcile, the monitor) first checks with [`banger_vmm::process::identify`] that
+//! the pid is still that VM's VMM (start time, command line) and then signals through the
+//! pidfd. A VM whose pid now belongs to another process is treated as "VMM gone": marked
+//! stopped, its resources released, the other process left alone.
+//!
+//! # Layout
+//!
+//! - `lookup`: what a user's reference means (VMs and, for create, images).
+//! - `view`: a row's API view, run and VM directories, the VM's backend and boot spec.
+//! - `create`: create, its stages and its rollback.
+//! - `boot`: network up, VMM started, agent waited for; and the release of what a boot took.
+//! - `vmm`: the VM's VMM process, identified before it is signalled.
+//! - `agent`: the VM's guest agent (readiness, health, ports).
+//! - `actions`: start, stop, restart, kill, delete, set, and multi-VM actions.
+//! - `reconcile`: stored state brought in line with the host, and the VMM monitor.
+
+mod actions;
+mod agent;
+mod boot;
+mod create;
+mod lookup;
+mod reconcile;
+mod view;
+mod vmm;
+
+pub use actions::{act, delete, kill, restart, set, start, stop};
+pub use agent::{agent_health, agent_ports, endpoint_of};
+pub use create::{
+    DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_WORK_DISK, check_settings, create, rollback_create,
+};
+pub use lookup::resolve;
+pub use reconcile::{monitor, reconcile, reconcile_running};
+pub use view::BOOT_ARGS;

@@ -1,0 +1,138 @@
+//! A VM row seen from outside: its API view, its directories, its backend and boot spec.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use banger_api::types::{Vm, VmState};
+use banger_store::{ImageRow, VmRow};
+use std::str::FromStr;
+
+use banger_vmm::{VmSpec, Vmm, VmmKind};
+
+use crate::error::OpError;
+use crate::state::AppState;
+
+/// Kernel command line for guests: serial console, reboot on panic, root on the first disk.
+pub const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw";
+
+impl AppState {
+    /// The API view of a row.
+    pub fn vm_view(&self, row: &VmRow) -> Vm {
+        let image = self
+            .db(|s| s.get_image(&row.image_id))
+            .ok()
+            .flatten()
+            .map(|i| i.name)
+            .unwrap_or_else(|| row.image_id.clone());
+        let dir = PathBuf::from(&row.dir);
+        Vm {
+            id: row.id.clone(),
+            name: row.name.clone(),
+            state: VmState::parse(&row.state).unwrap_or(VmState::Error),
+            image,
+            image_id: row.image_id.clone(),
+            vmm: row.vmm.clone(),
+            cpus: row.cpus,
+            memory_mib: row.memory_mib,
+            disk_bytes: row.disk_bytes,
+            work_disk_bytes: row.work_disk_bytes,
+            nat: row.nat,
+            ip: row.ip.clone(),
+            mac: row.mac.clone(),
+            tap: row.tap.clone(),
+            vsock_cid: row.vsock_cid,
+            pid: row.pid,
+            created_at: row.created_at.clone(),
+            started_at: row.started_at.clone(),
+            console_log: dir.join(crate::logcap::CONSOLE_LOG),
+            vmm_log: dir.join(crate::logcap::VMM_LOG),
+            dir,
+            error: row.error.clone(),
+            workspace: row
+                .workspace_json
+                .as_deref()
+                .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+                .and_then(|v| {
+                    v.get("guest_path")
+                        .and_then(|p| p.as_str())
+                        .map(String::from)
+                }),
+        }
+    }
+
+    pub(crate) fn run_dir(&self, id: &str) -> PathBuf {
+        self.opts
+            .layout
+            .runtime_dir
+            .join("vms")
+            .join(&id[..12.min(id.len())])
+    }
+
+    pub(crate) fn vm_dir(&self, id: &str) -> PathBuf {
+        self.opts.layout.state_dir.join("vms").join(id)
+    }
+
+    /// Everything the VMM needs to boot `row`.
+    pub(crate) fn spec(&self, row: &VmRow) -> Result<VmSpec, OpError> {
+        let image =
+            self.db(|s| s.get_image(&row.image_id))?
+                .ok_or_else(|| OpError::ImageNotFound {
+                    reference: row.image_id.clone(),
+                })?;
+        let (kernel, initrd) = self.kernel_of(&image, &row.vmm)?;
+        let dir = PathBuf::from(&row.dir);
+        Ok(VmSpec {
+            vm_id: row.id.clone(),
+            vcpus: row.cpus,
+            memory_mib: row.memory_mib,
+            kernel,
+            initrd,
+            boot_args: BOOT_ARGS.to_string(),
+            root_disk: dir.join("root.ext4"),
+            work_disk: dir.join("work.ext4"),
+            tap: row.tap.clone().unwrap_or_default(),
+            mac: row.mac.clone().unwrap_or_default(),
+            vsock_cid: row.vsock_cid.unwrap_or(3),
+            run_dir: self.run_dir(&row.id),
+            console_log: dir.join(crate::logcap::CONSOLE_LOG),
+            vmm_log: dir.join(crate::logcap::VMM_LOG),
+        })
+    }
+
+    /// The backend a VM runs on.
+    pub fn vmm_of(&self, row: &VmRow) -> Result<Arc<dyn Vmm>, OpError> {
+        let kind = VmmKind::from_str(&row.vmm).map_err(|e| OpError::Invalid {
+            what: format!("VM {}: {e}", row.name),
+        })?;
+        self.host
+            .vmms
+            .get(kind)
+            .cloned()
+            .map_err(|why| OpError::VmmUnavailable {
+                kind: kind.to_string(),
+                why,
+            })
+    }
+
+    /// The kernel (and initrd) an image boots with on the `vmm` backend.
+    pub(crate) fn kernel_of(
+        &self,
+        image: &ImageRow,
+        vmm: &str,
+    ) -> Result<(PathBuf, Option<PathBuf>), OpError> {
+        let row_vmm = vmm.to_string();
+        if let Some(k) = &image.kernel {
+            return Ok((PathBuf::from(k), image.initrd.as_ref().map(PathBuf::from)));
+        }
+        let name = image.kernel_ref.clone().unwrap_or_default();
+        let k = self
+            .db(|s| s.get_kernel(&name))?
+            .ok_or(OpError::KernelNotFound { name: name.clone() })?;
+        let path = match VmmKind::from_str(&row_vmm).unwrap_or(VmmKind::Firecracker) {
+            banger_vmm::VmmKind::Firecracker => k.vmlinux.or(k.vmlinuz),
+            _ => k.vmlinuz.or(k.vmlinux),
+        }
+        .ok_or(OpError::KernelNotFound { name })?;
+        Ok((PathBuf::from(path), k.initrd.map(PathBuf::from)))
+    }
+}
