@@ -1876,6 +1876,117 @@ mod module_graph {
     }
 
     #[test]
+    fn kernel_modules_import_no_loop() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../banger-kernel/src");
+        let graph = graph(&src);
+        assert!(
+            graph.contains_key("extract"),
+            "the graph was read: {graph:?}"
+        );
+        assert_eq!(cycle(&graph), None, "import loop in {graph:#?}");
+    }
+
+    /// The crate map of ARCHITECTURE.md: crate -> the workspace crates it names after `→`.
+    /// A line that starts with blanks continues the one above; `a, b → x` gives both `a`
+    /// and `b` the same dependencies; `(none)` is no dependency; `(...)` after a name is a
+    /// note (the binary's name).
+    fn documented_crate_map(doc: &str) -> Graph {
+        let section = doc
+            .split("## Crate map")
+            .nth(1)
+            .expect("a Crate map section");
+        let block = section.split("```").nth(1).expect("a fenced crate map");
+        let mut entries: Vec<String> = Vec::new();
+        for line in block.lines().skip(1) {
+            match entries.last_mut() {
+                Some(last) if line.starts_with(' ') => {
+                    last.push(' ');
+                    last.push_str(line.trim());
+                }
+                _ if line.trim().is_empty() => {}
+                _ => entries.push(line.trim().to_string()),
+            }
+        }
+        let names = |list: &str| -> BTreeSet<String> {
+            list.split(',')
+                .map(|n| n.split('(').next().unwrap().trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect()
+        };
+        let mut map = Graph::new();
+        for entry in entries {
+            let (crates, deps) = entry.split_once('→').expect("`crate → deps`");
+            for krate in names(crates) {
+                map.insert(krate, names(deps));
+            }
+        }
+        map
+    }
+
+    /// The workspace's crates and their normal dependencies on each other, from cargo.
+    fn real_crate_map() -> Graph {
+        let out = std::process::Command::new(env!("CARGO"))
+            .args([
+                "metadata",
+                "--format-version",
+                "1",
+                "--no-deps",
+                "--offline",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("cargo metadata runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let packages = meta["packages"].as_array().unwrap();
+        let members: BTreeSet<String> = packages
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect();
+        packages
+            .iter()
+            .map(|p| {
+                let deps = p["dependencies"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|d| d["kind"].is_null())
+                    .map(|d| d["name"].as_str().unwrap().to_string())
+                    .filter(|d| members.contains(d))
+                    .collect();
+                (p["name"].as_str().unwrap().to_string(), deps)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_architecture_crate_map_is_the_real_one() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let doc = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+        let (documented, real) = (documented_crate_map(&doc), real_crate_map());
+        assert!(
+            real.contains_key("banger-daemon"),
+            "cargo answered: {real:?}"
+        );
+        for (krate, deps) in &real {
+            assert_eq!(
+                documented.get(krate),
+                Some(deps),
+                "ARCHITECTURE.md's crate map is wrong for {krate}"
+            );
+        }
+        assert_eq!(
+            documented.keys().collect::<Vec<_>>(),
+            real.keys().collect::<Vec<_>>(),
+            "ARCHITECTURE.md names crates that do not exist"
+        );
+    }
+
+    #[test]
     fn the_vm_service_modules_import_no_loop() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/vms");
         let graph = sub_graph(&dir);
