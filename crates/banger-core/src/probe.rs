@@ -114,6 +114,22 @@ pub struct BinarySource {
     pub install_hint: &'static str,
 }
 
+/// Firecracker: `firecracker_bin`, `BANGER_FIRECRACKER_BIN`, `firecracker` on `PATH`.
+pub const FIRECRACKER: BinarySource = BinarySource {
+    name: "firecracker",
+    config_key: "firecracker_bin",
+    env_var: "BANGER_FIRECRACKER_BIN",
+    install_hint: "install Firecracker",
+};
+
+/// QEMU: `qemu_bin`, `BANGER_QEMU_BIN`, `qemu-system-x86_64` on `PATH`.
+pub const QEMU: BinarySource = BinarySource {
+    name: "qemu-system-x86_64",
+    config_key: "qemu_bin",
+    env_var: "BANGER_QEMU_BIN",
+    install_hint: "install QEMU (Debian: apt install qemu-system-x86)",
+};
+
 /// Which of a [`BinarySource`]'s choices a located binary came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
