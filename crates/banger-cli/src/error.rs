@@ -136,33 +136,13 @@ impl CliError {
         }
     }
 
-    /// The daemon's operation id, when the daemon answered with an error that has one.
+    /// The daemon's operation id, when the daemon answered with an error that has one (only a
+    /// client error can carry one).
     pub fn op_id(&self) -> Option<&str> {
-        let client = match self {
-            Self::Client(c) => c.as_ref(),
-            Self::Layout(_)
-            | Self::Config(_)
-            | Self::DaemonBinaryMissing { .. }
-            | Self::DaemonSpawn { .. }
-            | Self::DaemonStartTimeout { .. }
-            | Self::DaemonExited { .. }
-            | Self::DaemonStuck { .. }
-            | Self::Private(_)
-            | Self::BadEnv { .. }
-            | Self::Dir { .. }
-            | Self::Runtime(_)
-            | Self::Output(_)
-            | Self::StdoutClosed(_)
-            | Self::DoctorFailed(_)
-            | Self::Usage(_)
-            | Self::Agent(_)
-            | Self::Bundle(_)
-            | Self::Partial { .. }
-            | Self::Spawn { .. }
-            | Self::Ssh { .. }
-            | Self::SshTimeout { .. } => return None,
+        let Self::Client(client) = self else {
+            return None;
         };
-        match client {
+        match client.as_ref() {
             ClientError::Api(ApiError { op_id, .. }) => {
                 Some(op_id.as_str()).filter(|id| !id.is_empty())
             }

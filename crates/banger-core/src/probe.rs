@@ -196,31 +196,29 @@ pub fn locate(
     env_bin: Option<&OsStr>,
     path: &SearchPath,
 ) -> Result<Located, LocateError> {
-    if let Some(p) = config_bin.filter(|p| !p.as_os_str().is_empty()) {
-        return match unusable(p) {
+    // An explicit choice is used as is, or refused with why it cannot run.
+    let explicit = |p: &Path, origin, refuse: fn(&BinarySource, PathBuf, String) -> LocateError| {
+        match unusable(p) {
             None => Ok(Located {
                 path: p.to_path_buf(),
-                origin: Origin::Config,
+                origin,
             }),
-            Some(reason) => Err(LocateError::Config {
-                config_key: source.config_key,
-                path: p.to_path_buf(),
-                reason,
-            }),
-        };
+            Some(reason) => Err(refuse(source, p.to_path_buf(), reason)),
+        }
+    };
+    if let Some(p) = config_bin.filter(|p| !p.as_os_str().is_empty()) {
+        return explicit(p, Origin::Config, |s, path, reason| LocateError::Config {
+            config_key: s.config_key,
+            path,
+            reason,
+        });
     }
     if let Some(p) = env_bin.filter(|p| !p.is_empty()).map(Path::new) {
-        return match unusable(p) {
-            None => Ok(Located {
-                path: p.to_path_buf(),
-                origin: Origin::Env,
-            }),
-            Some(reason) => Err(LocateError::Env {
-                env_var: source.env_var,
-                path: p.to_path_buf(),
-                reason,
-            }),
-        };
+        return explicit(p, Origin::Env, |s, path, reason| LocateError::Env {
+            env_var: s.env_var,
+            path,
+            reason,
+        });
     }
     path.find(source.name)
         .map(|p| Located {
