@@ -272,18 +272,10 @@ pub fn make_bundle(a: crate::args::MakeBundleArgs, ctx: &mut Ctx) -> Result<u8, 
     } else {
         TarInput::Path(a.rootfs_tar.clone().into())
     };
-    let agent = std::env::var_os("BANGER_AGENT_BIN")
-        .map(std::path::PathBuf::from)
-        .or_else(|| crate::daemonctl::find_companion("banger-agent", ctx.path_var.as_deref()))
-        .ok_or_else(|| {
-            CliError::Usage("cannot find the banger-agent binary (set BANGER_AGENT_BIN)".into())
-        })?;
-    if !banger_core::elf::is_static(&agent).unwrap_or(false) {
-        return Err(CliError::Usage(format!(
-            "{} is not a static binary; build it with scripts/build",
-            agent.display()
-        )));
-    }
+    let agent = ctx.env.agent().ok_or_else(|| {
+        CliError::Usage("cannot find the banger-agent binary (set BANGER_AGENT_BIN)".into())
+    })?;
+    banger_core::probe::check_agent(&agent).map_err(CliError::Agent)?;
     std::fs::create_dir_all(&a.out).map_err(|source| CliError::Dir {
         path: a.out.clone(),
         source,
@@ -301,7 +293,9 @@ pub fn make_bundle(a: crate::args::MakeBundleArgs, ctx: &mut Ctx) -> Result<u8, 
         out_dir: a.out.clone(),
         work_dir: a.out.clone(),
     };
-    let runner = banger_core::runner::SystemRunner::new();
+    let runner = banger_core::runner::SystemRunner::new().with_path(
+        banger_core::probe::SearchPath::programs(ctx.env.path.as_deref()),
+    );
     let mut err = std::io::stderr();
     let info = banger_image::bundle::make_bundle(&runner, req, &mut |m| {
         let _ = writeln!(err, "[make-bundle] {}", escape(m, Mode::Text));

@@ -11,16 +11,19 @@
 
 use std::ffi::OsStr;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use banger_api::Client;
 use banger_api::types::{DaemonStatus, ShutdownReply};
 use banger_core::build::BuildInfo;
+use banger_core::error::chain;
 use banger_core::layout::Layout;
 use banger_core::private::{self, FileMode};
+use banger_core::probe;
 
+use crate::HostEnv;
 use crate::error::CliError;
 
 /// How long the CLI waits for a new daemon to answer.
@@ -76,22 +79,6 @@ pub fn client(layout: &Layout, conn: Conn) -> Result<Client, CliError> {
         .with_log(layout.log_file()))
 }
 
-/// Finds a companion binary: next to the running executable first, then on `PATH`.
-pub fn find_companion(name: &str, path_var: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-    {
-        let candidate = dir.join(name);
-        if candidate.is_file() {
-            return Some(candidate);
-        }
-    }
-    std::env::split_paths(path_var?)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
 /// What happened while making sure a daemon of this build runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ensured {
@@ -104,7 +91,7 @@ pub enum Ensured {
 pub async fn ensure(
     layout: &Layout,
     conn: Conn,
-    path_var: Option<&std::ffi::OsStr>,
+    env: &HostEnv,
 ) -> Result<(Client, DaemonStatus, Ensured), CliError> {
     let client = client(layout, conn)?;
     let me = BuildInfo::current();
@@ -118,7 +105,7 @@ pub async fn ensure(
         Err(e) if e.is_unreachable() => {}
         Err(e) => return Err(e.into()),
     }
-    let status = start(layout, conn, &client, path_var).await?;
+    let status = start(layout, conn, &client, env).await?;
     Ok((client, status, how))
 }
 
@@ -172,11 +159,14 @@ async fn start(
     layout: &Layout,
     conn: Conn,
     client: &Client,
-    path_var: Option<&std::ffi::OsStr>,
+    env: &HostEnv,
 ) -> Result<DaemonStatus, CliError> {
-    let exe = std::env::current_exe().unwrap_or_default();
-    let bin = find_companion("bangerd", path_var)
-        .ok_or_else(|| CliError::DaemonBinaryMissing { exe: exe.clone() })?;
+    let bin =
+        probe::find_companion("bangerd", env.exe_dir(), &env.search_path()).ok_or_else(|| {
+            CliError::DaemonBinaryMissing {
+                exe: env.exe.clone().unwrap_or_default(),
+            }
+        })?;
     // The daemon checks these again; the CLI creates the stderr file, so it checks first.
     layout.ensure_state_dir(conn.euid)?;
     let out_path = layout.state_dir.join("bangerd.stderr");
@@ -214,7 +204,7 @@ async fn start(
         );
         match poll.get::<DaemonStatus>("/status").await {
             Ok(status) => return Ok(status),
-            Err(e) => last_err = e.to_string(),
+            Err(e) => last_err = chain(&e),
         }
         if exited_at.is_none()
             && let Ok(Some(st)) = child.try_wait()
@@ -275,18 +265,5 @@ mod tests {
                 "{e}"
             );
         }
-    }
-
-    #[test]
-    fn companion_found_on_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("banger-test-companion");
-        std::fs::write(&f, "").unwrap();
-        let path = std::env::join_paths([Path::new("/nonexistent"), dir.path()]).unwrap();
-        assert_eq!(
-            find_companion("banger-test-companion", Some(&path)),
-            Some(f)
-        );
-        assert_eq!(find_companion("banger-test-absent", Some(&path)), None);
     }
 }

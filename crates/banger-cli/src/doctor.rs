@@ -2,19 +2,25 @@
 //!
 //! Nothing here writes: the store is opened read-only (and not at all when it does not exist),
 //! the daemon is asked for its status but never started, and no directory is created.
+//!
+//! The host facts (binaries on `PATH`, KVM, the agent's static check) come from
+//! [`banger_core::probe`], the same probe the daemon uses, so doctor reports what the daemon
+//! will find.
 
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use banger_api::Client;
 use banger_api::types::DaemonStatus;
 use banger_core::build::BuildInfo;
 use banger_core::config::Config;
+use banger_core::error::chain;
 use banger_core::layout::Layout;
+use banger_core::probe::{self, KvmDevice, LocateError, Located, SearchPath};
 use banger_store::{MIGRATIONS, Store, StoreError};
 use serde::Serialize;
 
-use crate::daemonctl::{Conn, find_companion};
+use crate::HostEnv;
+use crate::daemonctl::Conn;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -61,32 +67,20 @@ pub struct Host {
     pub cpuinfo: PathBuf,
     /// `/proc/self/status`, for the effective capabilities.
     pub proc_status: PathBuf,
-    pub path_var: Option<std::ffi::OsString>,
-    /// `BANGER_FIRECRACKER_BIN`.
-    pub firecracker_env: Option<std::ffi::OsString>,
-    /// `BANGER_QEMU_BIN`.
-    pub qemu_env: Option<std::ffi::OsString>,
-    /// `BANGER_VMM`.
-    pub vmm_env: Option<std::ffi::OsString>,
+    /// The environment `banger` read (`PATH`, `BANGER_AGENT_BIN`, the VMM overrides).
+    pub env: HostEnv,
     /// Who runs doctor, and how long it waits for a silent daemon.
     pub conn: Conn,
 }
 
 impl Host {
-    /// This host, with environment values the caller read.
-    pub fn real(
-        path_var: Option<std::ffi::OsString>,
-        conn: Conn,
-        env: impl Fn(&str) -> Option<std::ffi::OsString>,
-    ) -> Self {
+    /// This host, with the environment the caller read.
+    pub fn real(env: HostEnv, conn: Conn) -> Self {
         Self {
-            dev_kvm: PathBuf::from("/dev/kvm"),
-            cpuinfo: PathBuf::from("/proc/cpuinfo"),
+            dev_kvm: PathBuf::from(probe::DEV_KVM),
+            cpuinfo: PathBuf::from(probe::PROC_CPUINFO),
             proc_status: PathBuf::from("/proc/self/status"),
-            path_var,
-            firecracker_env: env("BANGER_FIRECRACKER_BIN"),
-            qemu_env: env("BANGER_QEMU_BIN"),
-            vmm_env: env("BANGER_VMM"),
+            env,
             conn,
         }
     }
@@ -99,14 +93,14 @@ pub async fn run(layout: &Layout, host: &Host) -> Vec<Check> {
         config_check(layout),
         daemon_check(layout, host.conn).await,
         store_check(layout),
-        binary_check("bangerd", host.path_var.as_deref(), false),
-        binary_check("banger-agent", host.path_var.as_deref(), true),
+        daemon_binary_check(&host.env),
+        agent_binary_check(&host.env),
         kvm_check(&host.dev_kvm, &host.cpuinfo),
         net_admin_check(&host.proc_status),
     ];
     checks.extend(vmm_checks(layout, host));
     checks.extend(artifact_checks(layout));
-    checks.extend(tool_checks(host.path_var.as_deref()));
+    checks.extend(tool_checks(&SearchPath::programs(host.env.path.as_deref())));
     checks
 }
 
@@ -134,9 +128,7 @@ fn config_check(layout: &Layout) -> Check {
         Err(e) => check(
             "config",
             Status::Fail,
-            crate::error::render(&e.into(), false)
-                .trim_start_matches("banger: ")
-                .to_string(),
+            chain(&e),
             Some("fix the config file (see docs/config.md)"),
         ),
     }
@@ -165,14 +157,7 @@ async fn daemon_check(layout: &Layout, conn: Conn) -> Check {
     let client: Client = match crate::daemonctl::client(layout, conn) {
         Ok(c) => c,
         Err(e) => {
-            return check(
-                "daemon",
-                Status::Fail,
-                crate::error::render(&e, false)
-                    .trim_start_matches("banger: ")
-                    .to_string(),
-                None,
-            );
+            return check("daemon", Status::Fail, chain(&e), None);
         }
     };
     match client.get::<DaemonStatus>("/status").await {
@@ -200,7 +185,7 @@ async fn daemon_check(layout: &Layout, conn: Conn) -> Check {
         Err(e) => check(
             "daemon",
             Status::Fail,
-            e.to_string(),
+            chain(&e),
             Some("banger daemon stop"),
         ),
     }
@@ -247,95 +232,72 @@ fn store_check(layout: &Layout) -> Check {
     }
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}
+const BUILD_FIX: &str = "build and install banger as the README says (scripts/build)";
 
-fn binary_check(name: &str, path_var: Option<&OsStr>, must_be_static: bool) -> Check {
-    let label = format!("{name} binary");
-    let env_path = (name == "banger-agent")
-        .then(|| std::env::var_os("BANGER_AGENT_BIN"))
-        .flatten()
-        .map(PathBuf::from);
-    let Some(path) = env_path.or_else(|| find_companion(name, path_var)) else {
-        return check(
-            &label,
+fn daemon_binary_check(env: &HostEnv) -> Check {
+    const NAME: &str = "bangerd binary";
+    match probe::find_companion("bangerd", env.exe_dir(), &env.search_path()) {
+        Some(path) => check(NAME, Status::Pass, path.display().to_string(), None),
+        None => check(
+            NAME,
             Status::Fail,
             "not found next to banger or on PATH",
-            Some("build and install banger as the README says (scripts/build)"),
+            Some(BUILD_FIX),
+        ),
+    }
+}
+
+/// The guest agent, found as the daemon and `make-bundle` find it, and static.
+fn agent_binary_check(env: &HostEnv) -> Check {
+    const NAME: &str = "banger-agent binary";
+    let Some(path) = env.agent() else {
+        return check(
+            NAME,
+            Status::Fail,
+            "not found next to banger or on PATH (or set BANGER_AGENT_BIN)",
+            Some(BUILD_FIX),
         );
     };
-    if !must_be_static {
-        return check(&label, Status::Pass, path.display().to_string(), None);
-    }
-    match banger_core::elf::is_static(&path) {
-        Ok(true) => check(
-            &label,
+    match probe::check_agent(&path) {
+        Ok(()) => check(
+            NAME,
             Status::Pass,
             format!("{} (static)", path.display()),
             None,
         ),
-        Ok(false) => check(
-            &label,
+        Err(e @ probe::AgentError::Dynamic { .. }) => check(
+            NAME,
             Status::Fail,
-            format!(
-                "{} is dynamically linked; guests cannot run it",
-                path.display()
-            ),
+            chain(&e),
             Some("build it static: scripts/build (RUSTFLAGS='-C target-feature=+crt-static')"),
         ),
-        Err(why) => check(
-            &label,
-            Status::Fail,
-            format!("{}: {why}", path.display()),
-            None,
-        ),
+        Err(e @ probe::AgentError::Unreadable { .. }) => check(NAME, Status::Fail, chain(&e), None),
     }
 }
 
 fn kvm_check(dev_kvm: &Path, cpuinfo: &Path) -> Check {
     const NAME: &str = "/dev/kvm";
-    if !dev_kvm.exists() {
-        return check(
+    let probe = probe::probe_kvm(dev_kvm, cpuinfo);
+    match (&probe.device, probe.cpu_flag) {
+        (KvmDevice::Absent, _) => check(
             NAME,
             Status::Warn,
             "absent: Firecracker cannot run; QEMU runs guests under TCG (slow)",
             Some("enable virtualization in firmware and load kvm_intel or kvm_amd"),
-        );
-    }
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(dev_kvm)
-    {
-        return check(
+        ),
+        (KvmDevice::Denied(why), _) => check(
             NAME,
             Status::Warn,
-            format!("present but not usable by this user: {e}"),
+            format!("present but not usable by this user: {why}"),
             Some("add yourself to the kvm group: sudo usermod -aG kvm $USER"),
-        );
-    }
-    let flags = std::fs::read_to_string(cpuinfo).unwrap_or_default();
-    let hw = flags
-        .lines()
-        .filter(|l| l.starts_with("flags"))
-        .flat_map(|l| l.split_whitespace())
-        .find(|f| *f == "vmx" || *f == "svm");
-    match hw {
-        Some(f) => check(
+        ),
+        (KvmDevice::Usable, Some(flag)) => check(
             NAME,
             Status::Pass,
-            format!("usable, hardware virtualization ({f})"),
+            format!("usable, hardware virtualization ({flag})"),
             None,
         ),
-        None => check(
+        (KvmDevice::Usable, None) => check(
             NAME,
             Status::Warn,
             "present, but the CPU has no vmx/svm (a PVM-only KVM): stock guest kernels hang under it; QEMU will use TCG and Firecracker cannot run",
@@ -344,25 +306,21 @@ fn kvm_check(dev_kvm: &Path, cpuinfo: &Path) -> Check {
     }
 }
 
-/// Where a VMM binary comes from: config, env, else PATH. `None` when not found.
-fn locate_bin(
-    configured: Option<PathBuf>,
-    env: Option<&std::ffi::OsStr>,
-    name: &str,
-    path_var: Option<&OsStr>,
-) -> Option<(PathBuf, &'static str)> {
-    if let Some(p) = configured {
-        return Some((p, "config"));
+/// A VMM binary, located as the daemon's backend locates it ([`probe::locate`] with the
+/// same [`probe::FIRECRACKER`] or [`probe::QEMU`] source).
+const FIRECRACKER_FIX: &str = "install Firecracker on a host with hardware virtualization";
+const QEMU_FIX: &str = "apt-get install qemu-system-x86";
+
+fn vmm_binary_check(name: &str, located: &Result<Located, LocateError>, fix: &str) -> Check {
+    match located {
+        Ok(l) => check(
+            name,
+            Status::Pass,
+            format!("{} (from {})", l.path.display(), l.origin.as_str()),
+            None,
+        ),
+        Err(e) => check(name, Status::Warn, chain(e), Some(fix)),
     }
-    if let Some(p) = env.filter(|p| !p.is_empty()) {
-        return Some((PathBuf::from(p), "environment"));
-    }
-    let p = path_var.and_then(|pv| {
-        std::env::split_paths(pv)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    })?;
-    Some((p, "PATH"))
 }
 
 /// The backend new VMs get and its acceleration, plus each backend's binary.
@@ -370,58 +328,33 @@ fn vmm_checks(layout: &Layout, host: &Host) -> Vec<Check> {
     let config = Config::load(&layout.config_file())
         .map(|l| l.config)
         .unwrap_or_default();
-    let fc = locate_bin(
-        config.firecracker_bin.clone(),
-        host.firecracker_env.as_deref(),
-        "firecracker",
-        host.path_var.as_deref(),
-    )
-    .filter(|(p, _)| p.is_file());
-    let qemu = locate_bin(
-        config.qemu_bin.clone(),
-        host.qemu_env.as_deref(),
-        "qemu-system-x86_64",
-        host.path_var.as_deref(),
-    )
-    .filter(|(p, _)| p.is_file());
+    let path = host.env.search_path();
+    let fc = probe::locate(
+        &probe::FIRECRACKER,
+        config.firecracker_bin.as_deref(),
+        host.env.firecracker_bin.as_deref(),
+        &path,
+    );
+    let qemu = probe::locate(
+        &probe::QEMU,
+        config.qemu_bin.as_deref(),
+        host.env.qemu_bin.as_deref(),
+        &path,
+    );
     let choice = host
-        .vmm_env
+        .env
+        .vmm
         .as_ref()
         .and_then(|v| v.to_str())
         .filter(|v| !v.is_empty())
         .map(str::to_string)
         .unwrap_or(config.vmm.clone());
-    let show = |b: &Option<(PathBuf, &'static str)>| {
-        b.as_ref()
-            .map(|(p, from)| format!("{} (from {from})", p.display()))
-    };
     let mut checks = vec![
-        match &fc {
-            Some(_) => check(
-                "firecracker",
-                Status::Pass,
-                show(&fc).unwrap_or_default(),
-                None,
-            ),
-            None => check(
-                "firecracker",
-                Status::Warn,
-                "not found (config firecracker_bin, BANGER_FIRECRACKER_BIN, PATH)",
-                Some("install Firecracker on a host with hardware virtualization"),
-            ),
-        },
-        match &qemu {
-            Some(_) => check("qemu", Status::Pass, show(&qemu).unwrap_or_default(), None),
-            None => check(
-                "qemu",
-                Status::Warn,
-                "qemu-system-x86_64 not found (config qemu_bin, BANGER_QEMU_BIN, PATH)",
-                Some("apt-get install qemu-system-x86"),
-            ),
-        },
+        vmm_binary_check("firecracker", &fc, FIRECRACKER_FIX),
+        vmm_binary_check("qemu", &qemu, QEMU_FIX),
     ];
-    let hw = hardware_virt(&host.dev_kvm, &host.cpuinfo);
-    checks.push(match banger_core::config::choose_vmm(&choice, fc.is_some(), qemu.is_some()) {
+    let hw = probe::probe_kvm(&host.dev_kvm, &host.cpuinfo).hardware_virt();
+    checks.push(match banger_core::config::choose_vmm(&choice, fc.is_ok(), qemu.is_ok()) {
         Ok("qemu") => check(
             "VMM backend",
             Status::Pass,
@@ -451,11 +384,6 @@ fn vmm_checks(layout: &Layout, host: &Host) -> Vec<Check> {
         ),
     });
     checks
-}
-
-/// Whether KVM can run stock guest kernels here: /dev/kvm usable and the CPU has vmx/svm.
-fn hardware_virt(dev_kvm: &Path, cpuinfo: &Path) -> bool {
-    kvm_check(dev_kvm, cpuinfo).status == Status::Pass
 }
 
 /// The default image and at least one kernel, read from the store (read-only).
@@ -559,7 +487,9 @@ fn net_admin_check(proc_status: &Path) -> Check {
     }
 }
 
-fn tool_checks(path_var: Option<&OsStr>) -> Vec<Check> {
+/// The host programs the daemon runs, looked up where its runner looks
+/// ([`SearchPath::programs`]: `PATH`, then the system dirs).
+fn tool_checks(path: &SearchPath) -> Vec<Check> {
     // (check name, any of these binaries, apt package)
     let tools: &[(&str, &[&str], &str)] = &[
         ("mkfs.ext4", &["mkfs.ext4"], "e2fsprogs"),
@@ -569,30 +499,19 @@ fn tool_checks(path_var: Option<&OsStr>) -> Vec<Check> {
         ("ssh", &["ssh"], "openssh-client"),
         ("git", &["git"], "git"),
     ];
-    let dirs: Vec<PathBuf> = path_var
-        .map(|p| std::env::split_paths(p).collect())
-        .unwrap_or_default();
-    // Admin tools live in sbin, which a user's PATH may lack.
-    let extra = [PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")];
     tools
         .iter()
-        .map(|(name, bins, pkg)| {
-            let found = bins.iter().find_map(|b| {
-                dirs.iter()
-                    .chain(extra.iter())
-                    .map(|d| d.join(b))
-                    .find(|p| p.is_file())
-            });
-            match found {
+        .map(
+            |(name, bins, pkg)| match bins.iter().find_map(|b| path.find(b)) {
                 Some(p) => check(name, Status::Pass, p.display().to_string(), None),
                 None => check(
                     name,
                     Status::Fail,
-                    "not found on PATH",
+                    format!("not found on PATH or in the system dirs ({path})"),
                     Some(&format!("apt-get install {pkg}")),
                 ),
-            }
-        })
+            },
+        )
         .collect()
 }
 
@@ -630,10 +549,62 @@ mod tests {
     #[test]
     fn missing_tool_fails_with_fix() {
         let dir = tempfile::tempdir().unwrap();
-        let checks = tool_checks(Some(dir.path().as_os_str()));
+        let checks = tool_checks(&SearchPath::from_var(Some(dir.path().as_os_str())));
         let git = checks.iter().find(|c| c.check == "git").unwrap();
-        // git is not in sbin and the PATH is empty, so it must be reported missing.
+        // Only an empty dir is searched, so git must be reported missing.
         assert_eq!(git.status, Status::Fail);
         assert_eq!(git.fix.as_deref(), Some("apt-get install git"));
+        let tool = dir.path().join("git");
+        std::fs::write(&tool, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let checks = tool_checks(&SearchPath::from_var(Some(dir.path().as_os_str())));
+        let git = checks.iter().find(|c| c.check == "git").unwrap();
+        assert_eq!(
+            (git.status, git.detail.as_str()),
+            (Status::Pass, tool.to_str().unwrap())
+        );
+    }
+
+    fn env_with_path(dir: &Path) -> HostEnv {
+        HostEnv {
+            path: Some(dir.as_os_str().to_owned()),
+            ..HostEnv::default()
+        }
+    }
+
+    #[test]
+    fn the_agent_variable_is_handed_in_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = env_with_path(dir.path());
+        let c = agent_binary_check(&env);
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.detail.contains("not found"), "{}", c.detail);
+        // A dynamically linked binary named by BANGER_AGENT_BIN (this test binary).
+        env.agent_bin = std::env::current_exe().ok().map(Into::into);
+        let c = agent_binary_check(&env);
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.detail.contains("dynamically linked"), "{}", c.detail);
+        assert!(c.fix.as_deref().unwrap().contains("crt-static"));
+    }
+
+    #[test]
+    fn vmm_binaries_say_where_they_came_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let fc = dir.path().join("firecracker");
+        std::fs::write(&fc, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&fc, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let path = SearchPath::from_var(Some(dir.path().as_os_str()));
+        let found = probe::locate(&probe::FIRECRACKER, None, None, &path);
+        let c = vmm_binary_check("firecracker", &found, FIRECRACKER_FIX);
+        assert_eq!(c.status, Status::Pass);
+        assert_eq!(c.detail, format!("{} (from PATH)", fc.display()));
+        // An explicit choice that cannot run is reported as such, not as "not found".
+        let bad = dir.path().join("nothing");
+        let found = probe::locate(&probe::QEMU, None, Some(bad.as_os_str()), &path);
+        let c = vmm_binary_check("qemu", &found, QEMU_FIX);
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.detail.starts_with("BANGER_QEMU_BIN="), "{}", c.detail);
+        assert_eq!(c.fix.as_deref(), Some("apt-get install qemu-system-x86"));
     }
 }

@@ -1,11 +1,14 @@
-//! The CLI's errors and how they are shown: `banger: <message>` with every cause in the chain,
+//! The CLI's errors and how they are shown: `banger: <message>` with every cause in the chain
+//! ([`banger_core::error::chain`]: no message repeats its source, so each cause shows once),
 //! the daemon's error kind as a short word and its op id dimmed at the end.
 
 use std::path::PathBuf;
 
 use banger_api::{ApiError, ClientError};
 use banger_core::config::ConfigError;
+use banger_core::error::chain;
 use banger_core::layout::LayoutError;
+use banger_core::probe::AgentError;
 
 use crate::escape;
 use crate::ui::{StdoutClosed, Style, paint};
@@ -67,6 +70,8 @@ pub enum CliError {
     DoctorFailed(usize),
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
     #[error("make-bundle failed")]
     Bundle(#[source] Box<banger_image::ImageError>),
     #[error("{failed} of {total} failed")]
@@ -102,11 +107,49 @@ impl From<std::io::Error> for CliError {
 }
 
 impl CliError {
-    /// The process exit status for this error.
+    /// The process exit status for this error: 0 when stdout's reader went away, else 1. Every
+    /// variant is named, so a new one must choose.
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::StdoutClosed(_) => 0,
-            _ => 1,
+            Self::Layout(_)
+            | Self::Config(_)
+            | Self::Client(_)
+            | Self::DaemonBinaryMissing { .. }
+            | Self::DaemonSpawn { .. }
+            | Self::DaemonStartTimeout { .. }
+            | Self::DaemonExited { .. }
+            | Self::DaemonStuck { .. }
+            | Self::Private(_)
+            | Self::BadEnv { .. }
+            | Self::Dir { .. }
+            | Self::Runtime(_)
+            | Self::Output(_)
+            | Self::DoctorFailed(_)
+            | Self::Usage(_)
+            | Self::Agent(_)
+            | Self::Bundle(_)
+            | Self::Partial { .. }
+            | Self::Spawn { .. }
+            | Self::Ssh { .. }
+            | Self::SshTimeout { .. } => 1,
+        }
+    }
+
+    /// The daemon's operation id, when the daemon answered with an error that has one (only a
+    /// client error can carry one).
+    pub fn op_id(&self) -> Option<&str> {
+        let Self::Client(client) = self else {
+            return None;
+        };
+        match client.as_ref() {
+            ClientError::Api(ApiError { op_id, .. }) => {
+                Some(op_id.as_str()).filter(|id| !id.is_empty())
+            }
+            ClientError::Connect { .. }
+            | ClientError::Http { .. }
+            | ClientError::Decode { .. }
+            | ClientError::NoAnswer(_) => None,
         }
     }
 }
@@ -115,28 +158,9 @@ impl CliError {
 /// quote a guest (an agent's error, the tail of a console log), so the text is escaped
 /// ([`escape::Mode::Text`]: lines are kept, control sequences are not).
 pub fn render(err: &CliError, color: bool) -> String {
-    let mut msg = format!("banger: {err}");
-    let op_id = match err {
-        CliError::Client(c) => match c.as_ref() {
-            ClientError::Api(ApiError { op_id, .. }) if !op_id.is_empty() => Some(op_id.clone()),
-            _ => None,
-        },
-        _ => None,
-    };
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = src {
-        src = e.source();
-        if let Some(s) = src {
-            let text = s.to_string();
-            // transparent wrappers repeat their inner message; print each message once.
-            if !msg.ends_with(&text) {
-                msg.push_str(": ");
-                msg.push_str(&text);
-            }
-        }
-    }
+    let msg = format!("banger: {}", chain(err));
     let mut msg = escape::escape(&msg, escape::Mode::Text).into_owned();
-    if let Some(op) = op_id {
+    if let Some(op) = err.op_id() {
         msg.push(' ');
         msg.push_str(&paint(color, Style::Dim, &format!("(op {op})")));
     }
@@ -170,6 +194,31 @@ mod tests {
         assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
         assert!(
             text.ends_with("\\x1b[2J\\x1b]0;pwned\\x07gone\nline 2"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn exit_code_is_zero_only_for_a_closed_stdout() {
+        assert_eq!(CliError::StdoutClosed(StdoutClosed).exit_code(), 0);
+        assert_eq!(CliError::Usage("x".into()).exit_code(), 1);
+        let api = CliError::from(ClientError::Api(ApiError::new(ErrorKind::Internal, "boom")));
+        assert_eq!(api.exit_code(), 1);
+        assert_eq!(api.op_id(), None, "an empty op id is no op id");
+    }
+
+    #[test]
+    fn transparent_wrappers_show_their_cause_once() {
+        // CliError::Client and ClientError::Api are both transparent.
+        let err = CliError::Private(banger_core::private::PrivateError::Open {
+            path: "/s/bangerd.stderr".into(),
+            source: std::io::Error::from_raw_os_error(libc::ELOOP),
+        });
+        let cause = std::io::Error::from_raw_os_error(libc::ELOOP).to_string();
+        let text = render(&err, false);
+        assert_eq!(text.matches(&cause).count(), 1, "{text}");
+        assert!(
+            text.starts_with("banger: cannot open /s/bangerd.stderr: "),
             "{text}"
         );
     }

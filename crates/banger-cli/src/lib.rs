@@ -11,7 +11,8 @@
 //! - [`error`]: errors and their one-line rendering (`banger: ...`).
 //!
 //! This crate is the program's front: it alone reads the process environment (`BANGER_HOME`,
-//! XDG dirs, `PATH`, `NO_COLOR`) and hands plain values to the libraries.
+//! XDG dirs, `PATH`, `NO_COLOR`, the `BANGER_*` overrides), once, in [`main`] ([`HostEnv`]),
+//! and hands plain values to the libraries.
 
 pub mod args;
 pub mod artifacts;
@@ -24,22 +25,75 @@ pub mod ui;
 pub mod vm;
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use banger_api::types::DaemonStatus;
 use banger_core::build::{BuildInfo, format_rfc3339};
 use banger_core::layout::{Layout, LayoutError};
+use banger_core::probe::{self, SearchPath};
 use clap::{CommandFactory, Parser};
 
 use crate::args::{Cli, Command, DaemonCommand};
 use crate::error::CliError;
 use crate::ui::{Style, Ui};
 
+/// The host's environment as the commands see it, read once by [`main`].
+#[derive(Debug, Clone, Default)]
+pub struct HostEnv {
+    /// `PATH`.
+    pub path: Option<OsString>,
+    /// The running `banger` executable; its companions (`bangerd`, `banger-agent`) are looked
+    /// for next to it first.
+    pub exe: Option<PathBuf>,
+    /// `BANGER_AGENT_BIN`.
+    pub agent_bin: Option<OsString>,
+    /// `BANGER_FIRECRACKER_BIN`.
+    pub firecracker_bin: Option<OsString>,
+    /// `BANGER_QEMU_BIN`.
+    pub qemu_bin: Option<OsString>,
+    /// `BANGER_VMM`.
+    pub vmm: Option<OsString>,
+}
+
+impl HostEnv {
+    /// Reads the process environment.
+    pub fn read() -> Self {
+        Self {
+            path: std::env::var_os("PATH"),
+            exe: std::env::current_exe().ok(),
+            agent_bin: std::env::var_os(probe::AGENT_BIN_ENV),
+            firecracker_bin: std::env::var_os(probe::FIRECRACKER.env_var),
+            qemu_bin: std::env::var_os(probe::QEMU.env_var),
+            vmm: std::env::var_os("BANGER_VMM"),
+        }
+    }
+
+    /// `PATH`'s directories, where binaries are looked up.
+    pub fn search_path(&self) -> SearchPath {
+        SearchPath::from_var(self.path.as_deref())
+    }
+
+    /// The directory of the running executable.
+    pub fn exe_dir(&self) -> Option<&std::path::Path> {
+        self.exe.as_deref().and_then(std::path::Path::parent)
+    }
+
+    /// The guest agent binary: `BANGER_AGENT_BIN`, else next to `banger`, else on `PATH`.
+    pub fn agent(&self) -> Option<PathBuf> {
+        probe::locate_agent(
+            self.agent_bin.as_deref(),
+            self.exe_dir(),
+            &self.search_path(),
+        )
+    }
+}
+
 /// Everything a command may use, resolved once from the environment.
 #[derive(Debug)]
 pub struct Ctx {
     pub ui: Ui,
-    pub path_var: Option<OsString>,
+    pub env: HostEnv,
     layout: Result<Layout, LayoutError>,
     /// `BANGER_CLIENT_TIMEOUT`, unparsed: only commands that talk to the daemon check it.
     client_timeout: Option<OsString>,
@@ -73,7 +127,7 @@ pub fn main() -> ExitCode {
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let mut ctx = Ctx {
         ui: Ui::stdio(no_color),
-        path_var: std::env::var_os("PATH"),
+        env: HostEnv::read(),
         layout: Layout::resolve(|k| std::env::var_os(k), uid()),
         client_timeout: std::env::var_os(daemonctl::CLIENT_TIMEOUT_ENV),
     };
@@ -145,8 +199,7 @@ fn version(ctx: &mut Ctx, json: bool) -> Result<u8, CliError> {
 /// Connects to a daemon of this build, telling the user when one was started or replaced.
 pub async fn connect(ctx: &mut Ctx) -> Result<(banger_api::Client, DaemonStatus), CliError> {
     let layout = ctx.layout()?.clone();
-    let (client, status, how) =
-        daemonctl::ensure(&layout, ctx.conn()?, ctx.path_var.as_deref()).await?;
+    let (client, status, how) = daemonctl::ensure(&layout, ctx.conn()?, &ctx.env).await?;
     if let daemonctl::Ensured::Replaced { old } = how {
         let msg = format!(
             "replaced daemon {} with {} (pid {})",
@@ -229,7 +282,7 @@ async fn daemon_stop(ctx: &mut Ctx) -> Result<u8, CliError> {
 
 async fn run_doctor(ctx: &mut Ctx, json: bool) -> Result<u8, CliError> {
     let layout = ctx.layout()?.clone();
-    let host = doctor::Host::real(ctx.path_var.clone(), ctx.conn()?, |k| std::env::var_os(k));
+    let host = doctor::Host::real(ctx.env.clone(), ctx.conn()?);
     let checks = doctor::run(&layout, &host).await;
     let failed = checks
         .iter()

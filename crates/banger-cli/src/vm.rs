@@ -639,13 +639,21 @@ async fn run_vm(ctx: &mut Ctx, a: RunArgs) -> Result<u8, CliError> {
             ),
         )
         .await;
-        match cleanup {
-            Ok(Ok(o)) if o.iter().all(|o| o.error.is_none()) => {
-                ctx.ui.note(&format!("{tag} deleted {}", vm.name))?;
-            }
-            _ => ctx.ui.note(&format!(
-                "banger: could not delete VM {}; delete it with: banger vm delete {}",
-                vm.name, vm.name
+        // Why the VM is still there, if it is.
+        let failure = match cleanup {
+            Ok(Ok(outcomes)) => outcomes
+                .into_iter()
+                .find_map(|o| o.error.map(|e| e.to_string())),
+            Ok(Err(e)) => Some(banger_core::error::chain(&e)),
+            Err(_) => Some("the daemon did not answer within 60 s".to_string()),
+        };
+        match failure {
+            None => ctx.ui.note(&format!("{tag} deleted {}", vm.name))?,
+            Some(why) => ctx.ui.note(&format!(
+                "banger: could not delete VM {}: {}; delete it with: banger vm delete {}",
+                vm.name,
+                crate::escape::escape(&why, crate::escape::Mode::Text),
+                vm.name
             ))?,
         }
     } else if a.command.is_empty() {

@@ -9,6 +9,9 @@
 //! - [`config`]: the TOML config file, with warnings for unknown keys.
 //! - [`build`]: the build identity every banger binary carries.
 //! - [`elf`]: whether a binary is static.
+//! - [`probe`]: the host probe `doctor` and the daemon share: programs on a `PATH`, VMM and
+//!   companion binaries, KVM usability, the agent's static check.
+//! - [`error`]: rendering an error with its cause chain, once.
 //! - [`runner`]: the seam through which libraries run host commands.
 //! - [`logs`]: the names of a VM's console and VMM logs and their rotated parts.
 //! - [`quote`]: quoting a bounded prefix of a peer's bytes in an error message.
@@ -16,11 +19,13 @@
 pub mod build;
 pub mod config;
 pub mod elf;
+pub mod error;
 pub mod layout;
 pub mod limits;
 pub mod logs;
 pub mod names;
 pub mod private;
+pub mod probe;
 pub mod quote;
 pub mod runner;
 pub mod size;

@@ -6,8 +6,10 @@
 //! integration tests exercise the real commands without touching the host's network.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
+
+use crate::probe::SearchPath;
 
 /// What a finished command produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +34,7 @@ impl CommandOutput {
 
 /// A command could not be started at all (program missing, not executable...).
 #[derive(Debug, thiserror::Error)]
-#[error("could not run `{command}`: {source}")]
+#[error("could not run `{command}`")]
 pub struct SpawnError {
     /// The command line that was attempted.
     pub command: String,
@@ -53,19 +55,31 @@ pub trait CommandRunner: Send + Sync + std::fmt::Debug {
 }
 
 /// Runs real processes, in the caller's network namespace or in a named one.
-#[derive(Debug, Clone, Default)]
+///
+/// A bare program name (`ip`) is looked up in the runner's [`SearchPath`], which its creator
+/// hands it: the daemon and the CLI build it from the `PATH` they read
+/// ([`SearchPath::programs`]); this crate never reads the environment.
+#[derive(Debug, Clone)]
 pub struct SystemRunner {
     netns: Option<String>,
+    path: SearchPath,
 }
 
-/// Directories searched after `$PATH` for bare program names: `ip`, `nft` and
-/// `sysctl` live in sbin directories that unprivileged users' `$PATH` often lacks.
-const FALLBACK_DIRS: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
+impl Default for SystemRunner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl SystemRunner {
-    /// Runs commands in the caller's own network namespace.
+    /// Runs commands in the caller's own network namespace, finding bare program names in
+    /// the [`SYSTEM_DIRS`](crate::probe::SYSTEM_DIRS) only; [`with_path`](Self::with_path)
+    /// hands it a `PATH` to search first.
     pub fn new() -> Self {
-        Self { netns: None }
+        Self {
+            netns: None,
+            path: SearchPath::programs(None),
+        }
     }
 
     /// Runs every command as `ip netns exec NETNS <program> <args>`; the namespace
@@ -73,18 +87,43 @@ impl SystemRunner {
     pub fn in_netns(netns: impl Into<String>) -> Self {
         Self {
             netns: Some(netns.into()),
+            ..Self::new()
         }
+    }
+
+    /// Finds bare program names in `path` (normally [`SearchPath::programs`] of the caller's
+    /// `PATH`).
+    pub fn with_path(mut self, path: SearchPath) -> Self {
+        self.path = path;
+        self
     }
 
     /// The network namespace commands run in, if not the caller's.
     pub fn netns(&self) -> Option<&str> {
         self.netns.as_deref()
     }
+
+    /// Where bare program names are looked up.
+    pub fn path(&self) -> &SearchPath {
+        &self.path
+    }
+
+    /// `program` as it is run: a name with a `/` as is, a bare name found in the search path,
+    /// and an unknown name unchanged (spawning it then fails with a "not found" error that
+    /// names it).
+    fn resolve(&self, program: &str) -> PathBuf {
+        if program.contains('/') {
+            return PathBuf::from(program);
+        }
+        self.path
+            .find(program)
+            .unwrap_or_else(|| PathBuf::from(program))
+    }
 }
 
 impl CommandRunner for SystemRunner {
     fn run(&self, program: &str, args: &[String]) -> Result<CommandOutput, SpawnError> {
-        let program = resolve_program(program);
+        let program = self.resolve(program);
         let (exe, argv): (PathBuf, Vec<String>) = match &self.netns {
             None => (program, args.to_vec()),
             Some(ns) => {
@@ -95,7 +134,7 @@ impl CommandRunner for SystemRunner {
                     program.to_string_lossy().into_owned(),
                 ];
                 argv.extend(args.iter().cloned());
-                (resolve_program("ip"), argv)
+                (self.resolve("ip"), argv)
             }
         };
         let command = render_command(&exe.to_string_lossy(), &argv);
@@ -121,27 +160,6 @@ impl CommandRunner for SystemRunner {
         }
         Ok(out)
     }
-}
-
-/// Finds a bare program name in `$PATH`, then in [`FALLBACK_DIRS`]; a name with a
-/// `/` is used as is, and an unknown name is returned unchanged (spawning it then
-/// fails with a "not found" error that names it).
-fn resolve_program(program: &str) -> PathBuf {
-    if program.contains('/') {
-        return PathBuf::from(program);
-    }
-    let path_var = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path_var)
-        .chain(FALLBACK_DIRS.iter().map(PathBuf::from))
-        .map(|dir| dir.join(program))
-        .find(|candidate| is_executable(candidate))
-        .unwrap_or_else(|| PathBuf::from(program))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// Renders a command line for humans, single-quoting arguments that a shell would
@@ -293,13 +311,34 @@ mod tests {
 
     #[test]
     fn resolves_bare_names_and_keeps_paths() {
-        assert_eq!(resolve_program("/opt/x/ip"), PathBuf::from("/opt/x/ip"));
-        let sh = resolve_program("sh");
+        let runner = SystemRunner::new();
+        assert_eq!(runner.resolve("/opt/x/ip"), PathBuf::from("/opt/x/ip"));
+        let sh = runner.resolve("sh");
         assert!(sh.is_absolute(), "{sh:?}");
         assert_eq!(
-            resolve_program("banger-no-such-program"),
+            runner.resolve("banger-no-such-program"),
             PathBuf::from("banger-no-such-program")
         );
+    }
+
+    #[test]
+    fn bare_names_are_found_on_the_path_it_is_handed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tool = dir.path().join("banger-test-tool");
+        std::fs::write(&tool, "#!/bin/sh\necho \"from $0\"\n").unwrap();
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Not on the system dirs: unknown to a runner that was handed no PATH.
+        let err = SystemRunner::new()
+            .run("banger-test-tool", &[])
+            .unwrap_err();
+        assert_eq!(err.source.kind(), io::ErrorKind::NotFound);
+        let runner =
+            SystemRunner::new().with_path(SearchPath::programs(Some(dir.path().as_os_str())));
+        let out = runner.run("banger-test-tool", &[]).unwrap();
+        assert_eq!(out.stdout, format!("from {}\n", tool.display()));
+        // The system dirs still follow the handed PATH.
+        assert!(runner.resolve("sh").is_absolute());
     }
 
     #[test]
@@ -327,9 +366,9 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.command, "banger-no-such-program --flag");
         assert_eq!(err.source.kind(), io::ErrorKind::NotFound);
-        assert!(
-            err.to_string()
-                .contains("could not run `banger-no-such-program --flag`")
+        assert_eq!(
+            crate::error::chain(&err),
+            "could not run `banger-no-such-program --flag`: No such file or directory (os error 2)"
         );
     }
 

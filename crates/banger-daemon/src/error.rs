@@ -327,20 +327,8 @@ fn net_kind(e: &banger_net::NetError) -> ErrorKind {
     }
 }
 
-/// The whole cause chain in one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        let t = c.to_string();
-        if !s.ends_with(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = c.source();
-    }
-    s
-}
+/// The whole cause chain in one line: banger's one renderer, shared with the CLI and doctor.
+pub use banger_core::error::chain;
 
 impl From<OpError> for ApiError {
     fn from(e: OpError) -> Self {

@@ -44,6 +44,7 @@ pub mod state;
 pub mod stats;
 pub mod vms;
 
+use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -53,6 +54,7 @@ use banger_core::build::BuildInfo;
 use banger_core::config::{Config, ConfigError};
 use banger_core::layout::{Layout, LayoutError};
 use banger_core::private::{self, DirRole, PrivateError, SocketState};
+use banger_core::probe::{self, SearchPath};
 use banger_core::runner::{CommandRunner, SystemRunner};
 use banger_store::{Store, StoreError};
 use clap::Parser;
@@ -137,12 +139,7 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Before logging is up, stderr is the only channel; the CLI captures it.
-            let mut msg = format!("bangerd: {e}");
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
+            let msg = format!("bangerd: {}", banger_core::error::chain(&e));
             tracing::error!(error = %msg, "daemon failed");
             #[allow(clippy::print_stderr)]
             {
@@ -169,18 +166,24 @@ fn run_from_env() -> Result<(), DaemonError> {
     for w in &loaded.warnings {
         tracing::warn!(warning = %w, "config");
     }
-    let runner: Arc<dyn CommandRunner> = Arc::new(SystemRunner::new());
+    // Host programs are found on the PATH the daemon was started with, then in the system
+    // dirs; the libraries are handed it and read no environment.
+    let path_var = std::env::var_os("PATH");
+    let system = SystemRunner::new().with_path(SearchPath::programs(path_var.as_deref()));
+    let runner: Arc<dyn CommandRunner> = Arc::new(system.clone());
     let host = state::Host {
-        vmms: choose_vmms(&loaded.config)?,
-        net: Arc::new(banger_net::DirectNetOps::new(SystemRunner::new())),
+        vmms: choose_vmms(&loaded.config, path_var.as_deref())?,
+        net: Arc::new(banger_net::DirectNetOps::new(system)),
         runner,
     };
-    let agent_bin = std::env::var_os("BANGER_AGENT_BIN")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let p = std::env::current_exe().ok()?.parent()?.join("banger-agent");
-            p.is_file().then_some(p)
-        });
+    // The guest agent, found as `banger doctor` finds it: BANGER_AGENT_BIN, else next to
+    // bangerd, else on PATH.
+    let exe = std::env::current_exe().ok();
+    let agent_bin = probe::locate_agent(
+        std::env::var_os(probe::AGENT_BIN_ENV).as_deref(),
+        exe.as_deref().and_then(Path::parent),
+        &SearchPath::from_var(path_var.as_deref()),
+    );
     let opts = DaemonOptions {
         layout,
         agent_bin,
@@ -198,22 +201,21 @@ fn run_from_env() -> Result<(), DaemonError> {
 /// The VMM backends found on this host and the default for new VMs (config `vmm`, overridden
 /// by `BANGER_VMM`). A missing backend is logged, not fatal: the daemon serves everything
 /// else, and creating a VM on it reports why it is unavailable.
-fn choose_vmms(config: &Config) -> Result<state::Vmms, DaemonError> {
-    let path = std::env::var_os("PATH");
+fn choose_vmms(config: &Config, path: Option<&OsStr>) -> Result<state::Vmms, DaemonError> {
     let mut available: Vec<Arc<dyn banger_vmm::Vmm>> = Vec::new();
     let mut missing = Vec::new();
     match banger_vmm::FirecrackerVmm::locate(
         config.firecracker_bin.clone(),
         std::env::var_os(banger_vmm::firecracker::BIN_ENV),
-        path.as_deref(),
+        path,
     ) {
         Ok(fc) => available.push(Arc::new(fc)),
         Err(e) => missing.push((banger_vmm::VmmKind::Firecracker, e.to_string())),
     }
     match banger_vmm::qemu::QemuVmm::locate(
         config.qemu_bin.clone(),
-        std::env::var_os("BANGER_QEMU_BIN"),
-        path.as_deref(),
+        std::env::var_os(banger_vmm::qemu::BIN_ENV),
+        path,
     ) {
         Ok(q) => available.push(Arc::new(q)),
         Err(e) => missing.push((banger_vmm::VmmKind::Qemu, e.to_string())),

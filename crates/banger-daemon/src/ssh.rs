@@ -85,7 +85,7 @@ pub fn ensure_key(
         let out = runner
             .run("ssh-keygen", &args)
             .map_err(|e| SshKeyError::Keygen {
-                detail: e.to_string(),
+                detail: crate::error::chain(&e),
             })?;
         if !out.success() {
             return Err(SshKeyError::Keygen {

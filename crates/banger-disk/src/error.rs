@@ -12,7 +12,7 @@ use crate::debugfs::FileKind;
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
     /// A file operation on the host failed.
-    #[error("could not {op} {}: {source}", path.display())]
+    #[error("could not {op} {}", path.display())]
     Io {
         /// The host path the operation was about.
         path: PathBuf,
@@ -174,5 +174,32 @@ impl DiskError {
             code: out.code,
             detail: detail.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use banger_core::error::chain;
+
+    #[test]
+    fn a_message_never_repeats_its_source() {
+        let cause = io::Error::from_raw_os_error(libc::ENOSPC);
+        let text = cause.to_string();
+        let err = DiskError::io("/s/rootfs.ext4", "set the length of")(cause);
+        assert_eq!(
+            err.to_string(),
+            "could not set the length of /s/rootfs.ext4"
+        );
+        let rendered = chain(&err);
+        assert_eq!(rendered.matches(&text).count(), 1, "{rendered}");
+        let spawn = DiskError::from(banger_core::runner::SpawnError {
+            command: "mkfs.ext4 /s/x".into(),
+            source: io::Error::from_raw_os_error(libc::ENOENT),
+        });
+        assert_eq!(
+            chain(&spawn),
+            "could not run `mkfs.ext4 /s/x`: No such file or directory (os error 2)"
+        );
     }
 }

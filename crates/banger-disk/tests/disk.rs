@@ -826,12 +826,7 @@ mod adversarial_seed {
             let seed = self.path().join("seed.ext4");
             let err = make_work_seed(&runner(), image, &seed, 64 * MIB, &scratch).unwrap_err();
             // The whole chain, as the CLI prints it.
-            let mut text = err.to_string();
-            let mut source = std::error::Error::source(&err);
-            while let Some(s) = source {
-                text.push_str(&format!(": {s}"));
-                source = s.source();
-            }
+            let text = banger_core::error::chain(&err);
             for fragment in expected {
                 assert!(text.contains(fragment), "expected {fragment:?} in: {text}");
             }

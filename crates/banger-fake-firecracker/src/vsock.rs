@@ -18,13 +18,13 @@
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use banger_core::probe::{self, SearchPath};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
@@ -70,36 +70,24 @@ pub enum AgentLookupError {
     },
 }
 
-fn is_executable(path: &Path) -> bool {
-    path.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
 /// Finds the agent: `explicit` (from `BANGER_AGENT_BIN`) if given, else next
-/// to the fake's executable, else on `path_var` (`PATH`).
+/// to the fake's executable, else on `path_var` (`PATH`), with banger's host probe.
 pub fn locate_agent(
     explicit: Option<&Path>,
     exe_dir: Option<&Path>,
     path_var: Option<&OsStr>,
 ) -> Result<PathBuf, AgentLookupError> {
     if let Some(bin) = explicit {
-        return match is_executable(bin) {
-            true => Ok(bin.to_owned()),
-            false => Err(AgentLookupError::ExplicitMissing(bin.to_owned())),
+        return match probe::unusable(bin) {
+            None => Ok(bin.to_owned()),
+            Some(_) => Err(AgentLookupError::ExplicitMissing(bin.to_owned())),
         };
     }
-    let beside = exe_dir.map(|d| d.join(AGENT_BIN_NAME));
-    let on_path = path_var
-        .into_iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join(AGENT_BIN_NAME));
-    beside
-        .into_iter()
-        .chain(on_path)
-        .find(|p| is_executable(p))
-        .ok_or_else(|| AgentLookupError::NotFound {
+    probe::find_companion(AGENT_BIN_NAME, exe_dir, &SearchPath::from_var(path_var)).ok_or_else(
+        || AgentLookupError::NotFound {
             exe_dir: exe_dir.map_or_else(|| "(unknown)".to_owned(), |d| d.display().to_string()),
-        })
+        },
+    )
 }
 
 /// Why the agent could not be started.
@@ -337,6 +325,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use banger_agent_proto::wire::AGENT_VSOCK_PORT;
 
     use super::*;

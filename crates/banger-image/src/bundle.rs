@@ -901,10 +901,8 @@ mod tests {
             source: e,
         })
         .unwrap_err();
-        assert!(
-            err.to_string().contains("ends after 10 of 20 bytes"),
-            "{err}"
-        );
+        let text = banger_core::error::chain(&err);
+        assert!(text.contains("ends after 10 of 20 bytes"), "{text}");
     }
 
     #[test]

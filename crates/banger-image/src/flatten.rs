@@ -1524,10 +1524,8 @@ mod tests {
             matches!(&err, ImageError::TarRead { tar, entry: Some(e), .. } if tar == "cut" && e == "big"),
             "{err}"
         );
-        assert!(
-            err.to_string().contains("truncated: 1000 of 4096 bytes"),
-            "{err}"
-        );
+        let text = banger_core::error::chain(&err);
+        assert!(text.contains("truncated: 1000 of 4096 bytes"), "{text}");
     }
 
     #[test]

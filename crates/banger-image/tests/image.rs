@@ -488,7 +488,7 @@ fn a_failure_leaves_no_output() {
         let work = req.work_dir.clone();
         let failing = FailingRunner { program, first_arg };
         let err = make_bundle(&failing, req, &mut |_| {}).unwrap_err();
-        let text = err.to_string();
+        let text = banger_core::error::chain(&err);
         assert!(text.contains(needle), "{text}");
         assert!(text.contains("injected failure"), "{text}");
         assert!(!dir.path().join("out").exists(), "{program}: output left");
@@ -923,7 +923,7 @@ mod adversarial_tar {
     fn refused(tar: Vec<u8>, expected: &[&str]) {
         let (result, dir, image) = build(tar);
         let err = result.expect_err("the build must be refused");
-        let text = err.to_string();
+        let text = banger_core::error::chain(&err);
         for fragment in expected {
             assert!(text.contains(fragment), "expected {fragment:?} in: {text}");
         }

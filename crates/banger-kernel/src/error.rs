@@ -10,7 +10,7 @@ use banger_core::names::NameError;
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     /// The root given to [`find_kernel`](crate::find_kernel) is not a readable directory.
-    #[error("cannot search {root} for a kernel: {source}")]
+    #[error("cannot search {root} for a kernel")]
     BadRoot {
         root: PathBuf,
         #[source]
@@ -39,21 +39,21 @@ pub enum KernelError {
         reason: &'static str,
     },
     /// A file or directory could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
     /// A file or directory could not be created or written.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
     /// A file could not be copied.
-    #[error("cannot copy {from} to {to}: {source}")]
+    #[error("cannot copy {from} to {to}")]
     Copy {
         from: PathBuf,
         to: PathBuf,
@@ -61,7 +61,7 @@ pub enum KernelError {
         source: io::Error,
     },
     /// A rename (staging → published, old version aside) failed.
-    #[error("cannot rename {from} to {to}: {source}")]
+    #[error("cannot rename {from} to {to}")]
     Rename {
         from: PathBuf,
         to: PathBuf,
@@ -69,7 +69,7 @@ pub enum KernelError {
         source: io::Error,
     },
     /// A file or directory could not be removed.
-    #[error("cannot remove {path}: {source}")]
+    #[error("cannot remove {path}")]
     Remove {
         path: PathBuf,
         #[source]
@@ -98,7 +98,7 @@ pub enum KernelError {
     #[error("kernel {name:?} is not in the store ({path} does not exist)")]
     NotInStore { name: String, path: PathBuf },
     /// A `manifest.json` that is not valid.
-    #[error("invalid kernel manifest {path}: {source}")]
+    #[error("invalid kernel manifest {path}")]
     BadManifest {
         path: PathBuf,
         #[source]
@@ -119,5 +119,43 @@ fn list_or_none(items: &[String]) -> String {
         "none".to_string()
     } else {
         items.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use banger_core::error::chain;
+
+    #[test]
+    fn a_message_never_repeats_its_source() {
+        let errors = [
+            KernelError::Read {
+                path: "/boot/vmlinuz".into(),
+                source: io::Error::from_raw_os_error(libc::EACCES),
+            },
+            KernelError::Rename {
+                from: "/k/.staging".into(),
+                to: "/k/6.1".into(),
+                source: io::Error::from_raw_os_error(libc::EACCES),
+            },
+        ];
+        let cause = io::Error::from_raw_os_error(libc::EACCES).to_string();
+        for err in errors {
+            assert!(!err.to_string().contains(&cause), "{err}");
+            let rendered = chain(&err);
+            assert!(rendered.ends_with(&format!(": {cause}")), "{rendered}");
+            assert_eq!(rendered.matches(&cause).count(), 1, "{rendered}");
+        }
+        let bad = serde_json::from_str::<u32>("x").unwrap_err();
+        let why = bad.to_string();
+        let err = KernelError::BadManifest {
+            path: "/k/6.1/manifest.json".into(),
+            source: bad,
+        };
+        assert_eq!(
+            chain(&err),
+            format!("invalid kernel manifest /k/6.1/manifest.json: {why}")
+        );
     }
 }

@@ -681,6 +681,12 @@ mod tests {
             matches!(err, NetError::Spawn(ref e) if e.command == LINKS_CMD),
             "{err:?}"
         );
+        // The cause is shown once, by the chain, not by the message.
+        let cause = std::io::Error::from(std::io::ErrorKind::NotFound).to_string();
+        assert_eq!(
+            banger_core::error::chain(&err),
+            format!("could not run `{LINKS_CMD}`: {cause}")
+        );
     }
 
     #[test]

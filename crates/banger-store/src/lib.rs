@@ -398,3 +398,26 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::*;
+
+    #[test]
+    fn a_message_never_repeats_its_source() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory is not a database: opening it fails with SQLite's reason.
+        let err = Store::open(dir.path()).unwrap_err();
+        let cause = err
+            .source()
+            .expect("the SQLite error is the source")
+            .to_string();
+        assert!(!err.to_string().contains(&cause), "{err}: {cause}");
+        assert!(
+            err.to_string().contains(&dir.path().display().to_string()),
+            "{err}"
+        );
+    }
+}

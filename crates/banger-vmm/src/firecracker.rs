@@ -48,17 +48,12 @@ pub const API_SOCKET: &str = "api.sock";
 pub const VSOCK_SOCKET: &str = "vsock.sock";
 /// The environment variable naming the binary (read by the caller, see
 /// [`FirecrackerVmm::locate`]).
-pub const BIN_ENV: &str = "BANGER_FIRECRACKER_BIN";
+pub const BIN_ENV: &str = SOURCE.env_var;
 /// The binary looked up on `PATH`.
-pub const BIN_NAME: &str = "firecracker";
+pub const BIN_NAME: &str = SOURCE.name;
 
 /// Where the binary comes from (see [`process::locate_binary`]).
-pub const SOURCE: BinarySource = BinarySource {
-    name: BIN_NAME,
-    config_key: "firecracker_bin",
-    env_var: BIN_ENV,
-    install_hint: "install Firecracker",
-};
+pub const SOURCE: BinarySource = banger_core::probe::FIRECRACKER;
 /// The guest network interface id.
 pub const IFACE_ID: &str = "eth0";
 

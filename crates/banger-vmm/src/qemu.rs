@@ -79,17 +79,12 @@ pub const QMP_SOCKET: &str = "qmp.sock";
 pub const AGENT_SOCKET: &str = "agent.sock";
 /// The environment variable naming the binary (read by the caller, see
 /// [`QemuVmm::locate`]).
-pub const BIN_ENV: &str = "BANGER_QEMU_BIN";
+pub const BIN_ENV: &str = SOURCE.env_var;
 /// The binary looked up on `PATH`.
-pub const BIN_NAME: &str = "qemu-system-x86_64";
+pub const BIN_NAME: &str = SOURCE.name;
 
 /// Where the binary comes from (see [`process::locate_binary`]).
-pub const SOURCE: BinarySource = BinarySource {
-    name: BIN_NAME,
-    config_key: "qemu_bin",
-    env_var: BIN_ENV,
-    install_hint: "install QEMU (Debian: apt install qemu-system-x86)",
-};
+pub const SOURCE: BinarySource = banger_core::probe::QEMU;
 /// The KVM device probed by [`accel_for`].
 pub const DEV_KVM: &str = "/dev/kvm";
 /// Where the CPU flags are read by [`accel_for`].

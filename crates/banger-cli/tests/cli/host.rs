@@ -602,3 +602,43 @@ fn adversarial_doctor_with_a_running_or_killed_daemon_reads_the_wal_and_creates_
     assert_eq!(bytes(&state.join("banger.db")), db_hash);
     assert_eq!(bytes(&state.join("banger.db-wal")), wal_hash);
 }
+
+/// `doctor --json`'s row for the check called `name`.
+fn doctor_check(home: &Home, name: &str) -> serde_json::Value {
+    let out = home.run(&["doctor", "--json"]);
+    let checks: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    checks
+        .into_iter()
+        .find(|c| c["check"] == name)
+        .unwrap_or_else(|| panic!("no {name:?} check: {}", stderr(&out)))
+}
+
+#[test]
+fn doctor_checks_the_binaries_banger_was_handed() {
+    let mut home = Home::new();
+    // The agent banger was pointed at is the one checked: here a dynamically linked one
+    // (banger itself), which guests could not run.
+    home.set_env("BANGER_AGENT_BIN", BANGER);
+    let agent = doctor_check(&home, "banger-agent binary");
+    let detail = agent["detail"].as_str().unwrap();
+    assert_eq!(agent["status"], "FAIL", "{agent}");
+    assert!(
+        detail.contains(BANGER) && detail.contains("dynamically linked"),
+        "{agent}"
+    );
+    // A VMM override that cannot run is reported as such, naming the variable, with its cause
+    // once.
+    home.set_env("BANGER_QEMU_BIN", "/nonexistent/qemu");
+    let qemu = doctor_check(&home, "qemu");
+    let detail = qemu["detail"].as_str().unwrap();
+    assert_eq!(qemu["status"], "WARN", "{qemu}");
+    assert!(
+        detail.starts_with("BANGER_QEMU_BIN=/nonexistent/qemu cannot be used: "),
+        "{qemu}"
+    );
+    assert_eq!(
+        detail.matches("No such file or directory").count(),
+        1,
+        "{qemu}"
+    );
+}
