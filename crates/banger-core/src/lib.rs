@@ -11,7 +11,8 @@
 //! - [`elf`]: whether a binary is static.
 //! - [`runner`]: the seam through which libraries run host commands.
 //! - [`logs`]: the names of a VM's console and VMM logs and their rotated parts.
-//! - [`quote`]: quoting a bounded prefix of a peer's bytes in an error message.
+//! - [`quote`]: quoting a bounded prefix of a peer's bytes in an error message, and a word
+//!   for a POSIX shell.
 
 pub mod build;
 pub mod config;
