@@ -49,8 +49,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             _ => positional.push(PathBuf::from(arg)),
         }
     }
-    let [path, out] = <[PathBuf; 2]>::try_from(positional)
-        .map_err(|_| "usage: stream PATH OUT.tar [flags]")?;
+    let [path, out] =
+        <[PathBuf; 2]>::try_from(positional).map_err(|_| "usage: stream PATH OUT.tar [flags]")?;
     let git = Git::new(Arc::new(SystemRunner::new()));
     let plan = inspect(&git, &path, &options)?;
     let mut stdout = std::io::stdout();
@@ -59,7 +59,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     if let Some(guest) = script {
-        write!(stdout, "{}", prepare_script(&plan, &guest, Existing::Refuse)?)?;
+        write!(
+            stdout,
+            "{}",
+            prepare_script(&plan, &guest, Existing::Refuse)?
+        )?;
         return Ok(());
     }
     let scratch = tempfile::tempdir()?;
@@ -70,7 +74,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         "{} bytes, {} entries{}",
         stats.bytes,
         stats.entries,
-        if stats.fetched_base { ", base fetched" } else { "" }
+        if stats.fetched_base {
+            ", base fetched"
+        } else {
+            ""
+        }
     )?;
     Ok(())
 }

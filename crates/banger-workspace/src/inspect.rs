@@ -155,23 +155,15 @@ pub struct Inspection {
     pub submodules: Vec<String>,
     /// Untracked, non-ignored files of the repository (counted from the root).
     pub untracked: usize,
-    /// Whether those travel.
-    pub include_untracked: bool,
+    /// Of those, the ones that stay behind (all of them without `include_untracked`, and
+    /// with `--from`).
+    pub skipped_untracked: usize,
 }
 
 impl Inspection {
-    /// How many untracked files stay behind.
-    pub fn skipped_untracked(&self) -> usize {
-        if self.include_untracked && self.from.is_none() {
-            0
-        } else {
-            self.untracked
-        }
-    }
-
     /// The one-line notice for skipped untracked files, when some are.
     pub fn untracked_notice(&self) -> Option<String> {
-        match self.skipped_untracked() {
+        match self.skipped_untracked {
             0 => None,
             1 => Some("1 untracked file not copied (use --include-untracked)".to_string()),
             n => Some(format!(
@@ -304,9 +296,7 @@ pub fn inspect(
     }
     let root = find_root(git, path, &canonical)?;
 
-    let head = git
-        .query(&root, &["rev-parse", "-q", "--verify", "HEAD^{commit}"])?
-        .ok_or_else(|| InspectError::NoCommits { root: root.clone() })?;
+    let head = current_head(git, &root)?;
     let branch = git.query(&root, &["symbolic-ref", "-q", "--short", "HEAD"])?;
     let origin_url = git.query(&root, &["config", "--get", "remote.origin.url"])?;
     let identity = Identity {
@@ -404,8 +394,21 @@ pub fn inspect(
         deleted,
         submodules,
         untracked: status.untracked.len(),
-        include_untracked: options.include_untracked,
+        skipped_untracked: if options.include_untracked && options.from.is_none() {
+            0
+        } else {
+            status.untracked.len()
+        },
     })
+}
+
+/// The commit HEAD points at in the repository at `root` now (for `vm exec`'s "HEAD moved
+/// since prepare" warning).
+pub fn current_head(git: &Git, root: &Path) -> Result<String, InspectError> {
+    git.query(root, &["rev-parse", "-q", "--verify", "HEAD^{commit}"])?
+        .ok_or_else(|| InspectError::NoCommits {
+            root: root.to_path_buf(),
+        })
 }
 
 /// The work tree root enclosing `canonical`, with a typed error for every way it is not one.
@@ -662,7 +665,7 @@ impl fmt::Display for Inspection {
         for path in &self.deleted {
             writeln!(f, "D {}", shown(path))?;
         }
-        match (self.untracked, self.skipped_untracked()) {
+        match (self.untracked, self.skipped_untracked) {
             (0, _) => writeln!(f, "untracked: none"),
             (n, 0) => writeln!(f, "untracked: {n} shipped"),
             (_, n) => writeln!(
@@ -702,7 +705,7 @@ mod tests {
             deleted: vec!["old".into()],
             submodules: vec![],
             untracked: 2,
-            include_untracked: false,
+            skipped_untracked: 2,
         }
     }
 
@@ -727,9 +730,12 @@ mod tests {
             plan.untracked_notice().as_deref(),
             Some("2 untracked files not copied (use --include-untracked)")
         );
-        plan.include_untracked = true;
+        plan.skipped_untracked = 1;
+        assert_eq!(
+            plan.untracked_notice().as_deref(),
+            Some("1 untracked file not copied (use --include-untracked)")
+        );
+        plan.skipped_untracked = 0;
         assert_eq!(plan.untracked_notice(), None);
-        plan.from = Some("v1".into());
-        assert_eq!(plan.skipped_untracked(), 2);
     }
 }

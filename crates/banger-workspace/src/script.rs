@@ -50,8 +50,8 @@ pub const EXIT_NO_BASE: i32 = 4;
 /// A script's inputs are not usable.
 #[derive(Debug, thiserror::Error)]
 pub enum ScriptError {
-    /// The guest path is not an absolute path below `/`.
-    #[error("guest path {0:?} is not an absolute path below /")]
+    /// The guest path is not an absolute path at least two levels down.
+    #[error("guest path {0:?} is not an absolute path at least two levels down (like /root/repo)")]
     GuestPath(String),
     /// A base commit that git would read as an option, or empty.
     #[error("{0:?} is not a commit name")]
@@ -59,9 +59,13 @@ pub enum ScriptError {
 }
 
 fn check_guest_path(path: &str) -> Result<(), ScriptError> {
-    let trimmed = path.trim_end_matches('/');
+    // Two levels at least: a replace removes the path, and `/root` is the work disk.
+    let levels = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .count();
     if !path.starts_with('/')
-        || trimmed.is_empty()
+        || levels < 2
         || path.chars().any(char::is_control)
         || path.split('/').any(|part| part == "..")
     {
@@ -189,7 +193,15 @@ mod tests {
 
     #[test]
     fn guest_paths_must_be_absolute_and_plain() {
-        for bad in ["", "/", "relative", "/root/../etc", "/root/re\npo"] {
+        for bad in [
+            "",
+            "/",
+            "/root",
+            "/root/",
+            "relative",
+            "/root/../etc",
+            "/root/re\npo",
+        ] {
             assert!(check_guest_path(bad).is_err(), "{bad:?}");
         }
         check_guest_path("/root/my repo").unwrap();

@@ -273,7 +273,8 @@ fn prepare(sandbox: &Sandbox, path: &Path, options: &InspectOptions) -> Prepared
         0,
         "the temporary clone is removed"
     );
-    let guest = sandbox.path("guest/root/repo");
+    // A guest path a shell would split and unquote: the scripts quote it.
+    let guest = sandbox.path("guest/root/my 'repo' $HOME");
     let script = prepare_script(&plan, guest.to_str().unwrap(), Existing::Refuse).unwrap();
     let out = sandbox.guest_sh(&script, Some(&stream));
     assert!(
@@ -440,8 +441,28 @@ fn a_repository_round_trips_from_a_subdirectory() {
         .host_git(&root, &["rev-parse", "HEAD"])
         .trim()
         .to_string();
+    // (The test's own `git status` may refresh the index: read it after.)
+    let host_status = sandbox.host_git(&root, &["status", "--porcelain"]);
+    let host_index = fs::read(root.join(".git/index")).unwrap();
+    // A tracked file whose stat no longer matches the index: a `git status` that may
+    // write would refresh the index now.
+    fs::File::options()
+        .write(true)
+        .open(root.join("src/lib.rs"))
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+        .unwrap();
     let prepared = prepare(&sandbox, &root.join("src"), &InspectOptions::default());
     let plan = &prepared.plan;
+    assert_eq!(
+        fs::read(root.join(".git/index")).unwrap(),
+        host_index,
+        "inspecting and streaming never write the host's index"
+    );
+    assert_eq!(
+        sandbox.host_git(&root, &["status", "--porcelain"]),
+        host_status
+    );
 
     assert_eq!(plan.root, root.canonicalize().unwrap());
     assert_eq!(plan.path, root.join("src").canonicalize().unwrap());
@@ -469,7 +490,7 @@ fn a_repository_round_trips_from_a_subdirectory() {
     assert_eq!(sources(plan), expected);
     assert_eq!(plan.deleted, ["gone.txt"]);
     assert_eq!(plan.untracked, 1, "notes.txt, counted from the root");
-    assert_eq!(plan.skipped_untracked(), 1);
+    assert_eq!(plan.skipped_untracked, 1);
     assert!(!prepared.stats.fetched_base);
 
     // The stream: root-owned, the clone's git dir plus exactly the modified files.
@@ -578,7 +599,7 @@ fn untracked_files_travel_only_when_asked_and_ignored_ones_never() {
     };
     let prepared = prepare(&sandbox, &root, &options);
     assert_eq!(sources(&prepared.plan)["notes.txt"], FileSource::Untracked);
-    assert_eq!(prepared.plan.skipped_untracked(), 0);
+    assert_eq!(prepared.plan.skipped_untracked, 0);
     assert_eq!(prepared.plan.untracked_notice(), None);
     assert!(!sources(&prepared.plan).contains_key(".env"));
     let entries = stream_entries(&prepared.stream);
@@ -1030,4 +1051,51 @@ fn a_stream_to_a_closed_output_is_a_write_error() {
         "{err:?}"
     );
     assert_eq!(fs::read_dir(&scratch).unwrap().count(), 0);
+}
+
+#[test]
+fn a_linked_worktree_ships_as_an_overlay_but_not_as_a_full_copy() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.repo("repo", &[("a.txt", b"a\n")]);
+    let linked = sandbox.path("linked");
+    sandbox.host_git(
+        &root,
+        &[
+            "worktree",
+            "add",
+            "-q",
+            "-b",
+            "side",
+            linked.to_str().unwrap(),
+        ],
+    );
+    write(&linked, "a.txt", b"changed in the linked worktree\n");
+    let prepared = prepare(&sandbox, &linked, &InspectOptions::default());
+    assert_eq!(prepared.plan.branch.as_deref(), Some("side"));
+    assert_eq!(
+        fs::read(prepared.guest.join("a.txt")).unwrap(),
+        b"changed in the linked worktree\n"
+    );
+    let full = InspectOptions {
+        full_copy: true,
+        ..InspectOptions::default()
+    };
+    let err = inspect(&sandbox.git(), &linked, &full).unwrap_err();
+    assert!(
+        matches!(err, InspectError::LinkedWorktree { .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_file_name_that_is_not_utf8_is_refused() {
+    use std::os::unix::ffi::OsStrExt;
+    let sandbox = Sandbox::new();
+    let root = sandbox.repo("repo", &[("a.txt", b"a\n")]);
+    let name = std::ffi::OsStr::from_bytes(b"bad-\xff-name");
+    fs::write(root.join(name), b"x").unwrap();
+    sandbox.commit_all(&root, "a name git keeps as bytes");
+    let err = inspect(&sandbox.git(), &root, &InspectOptions::default()).unwrap_err();
+    assert!(matches!(err, InspectError::NonUtf8Path { .. }), "{err:?}");
+    assert!(err.to_string().contains("not UTF-8"), "{err}");
 }
