@@ -28,8 +28,9 @@
 //! work tree against the base (`refs/banger/base`, or a commit given): committed and
 //! uncommitted work, added, deleted, renamed, mode-changed and binary files. It never
 //! touches the guest's index or work tree: it copies the index to a temporary file and runs
-//! `git add -A` and `git diff --cached` with `GIT_INDEX_FILE` pointing at the copy. Exit 4
-//! when the base does not resolve, nothing on stdout on any failure.
+//! `git add -A` and `git diff --cached` with `GIT_INDEX_FILE` pointing at the copy (new
+//! blobs land in the object store, nothing else changes). Exit 5 when the guest path holds
+//! no repository, 4 when the base does not resolve; nothing on stdout on any failure.
 
 use banger_core::quote::shell_word as q;
 
@@ -46,6 +47,8 @@ pub const BASE_REF: &str = "refs/banger/base";
 pub const EXIT_NOT_EMPTY: i32 = 3;
 /// Exit status of a script whose base commit is missing or does not resolve.
 pub const EXIT_NO_BASE: i32 = 4;
+/// Exit status of an export where the guest path holds no repository.
+pub const EXIT_NO_WORKSPACE: i32 = 5;
 
 /// A script's inputs are not usable.
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +169,7 @@ pub fn export_script(guest_path: &str, base: Option<&str>) -> Result<String, Scr
         r#"set -eu
 dest={dest}
 want={want}
+[ -d "$dest/.git" ] || {{ echo "banger: no workspace at $dest" >&2; exit {EXIT_NO_WORKSPACE}; }}
 cd -- "$dest"
 base=$(git rev-parse -q --verify "$want^{{commit}}") || {{ echo "banger: $want is not a commit in $dest" >&2; exit {EXIT_NO_BASE}; }}
 tmp=$(mktemp -d)

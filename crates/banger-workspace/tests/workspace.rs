@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use banger_core::runner::{CommandOutput, CommandRunner, SpawnError};
+use banger_core::quote::shell_word;
+use banger_core::runner::SystemRunner;
 use banger_workspace::{
     Change, ChangedFile, Existing, Export, FileSource, Git, InspectError, InspectOptions,
     Inspection, StreamStats, TransferMode, export_script, inspect, parse_export, prepare_script,
@@ -59,17 +60,24 @@ impl Sandbox {
         cmd
     }
 
-    /// The library's git, run on the "host" side of the sandbox.
+    /// The library's git: banger-core's `SystemRunner` running a wrapper that gives git the
+    /// host side's `HOME` and config (the runner passes on the test's own environment).
     fn git(&self) -> Git {
-        Git::new(Arc::new(SandboxRunner {
-            home: self.home("host"),
-        }))
+        let wrapper = self.path("host-git");
+        let home = self.home("host");
+        let script = format!(
+            "#!/bin/sh\nexport HOME={home} GIT_CONFIG_GLOBAL={home}/.gitconfig GIT_CONFIG_NOSYSTEM=1\nexec git \"$@\"\n",
+            home = shell_word(home.to_str().unwrap()),
+        );
+        fs::write(&wrapper, script).unwrap();
+        chmod(&wrapper, "", 0o755);
+        Git::with_program(Arc::new(SystemRunner::new()), wrapper.to_str().unwrap())
     }
 
-    /// Runs git on the host side; panics with its stderr on failure.
-    fn host_git(&self, dir: &Path, args: &[&str]) -> String {
+    /// Runs git as `who` ("host" or "guest"); panics with its stderr on failure.
+    fn git_as(&self, who: &str, dir: &Path, args: &[&str]) -> String {
         let out = self
-            .command("git", "host")
+            .command("git", who)
             .arg("-C")
             .arg(dir)
             .args(args)
@@ -77,28 +85,19 @@ impl Sandbox {
             .unwrap();
         assert!(
             out.status.success(),
-            "git {args:?} in {}: {}",
+            "{who} git {args:?} in {}: {}",
             dir.display(),
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap()
     }
 
-    /// Runs git in the guest stand-in.
+    fn host_git(&self, dir: &Path, args: &[&str]) -> String {
+        self.git_as("host", dir, args)
+    }
+
     fn guest_git(&self, dir: &Path, args: &[&str]) -> String {
-        let out = self
-            .command("git", "guest")
-            .arg("-C")
-            .arg(dir)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "guest git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        self.git_as("guest", dir, args)
     }
 
     /// Runs a generated guest script with `/bin/sh`, `stdin` from a file (or nothing).
@@ -131,50 +130,20 @@ impl Sandbox {
     }
 }
 
-/// A real-process runner with the sandbox's environment (banger-core's `SystemRunner`
-/// inherits the test's, which would read the machine's git config).
-#[derive(Debug)]
-struct SandboxRunner {
-    home: PathBuf,
-}
-
-impl CommandRunner for SandboxRunner {
-    fn run(&self, program: &str, args: &[String]) -> Result<CommandOutput, SpawnError> {
-        let command = std::iter::once(program)
-            .chain(args.iter().map(String::as_str))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let out = Command::new(program)
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", &self.home)
-            .env("GIT_CONFIG_GLOBAL", self.home.join(".gitconfig"))
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("LC_ALL", "C")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| SpawnError {
-                command: command.clone(),
-                source,
-            })?;
-        Ok(CommandOutput {
-            command,
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
-    }
-}
-
 fn write(root: &Path, path: &str, bytes: &[u8]) {
     let path = root.join(path);
     fs::create_dir_all(path.parent().unwrap()).unwrap();
     fs::write(path, bytes).unwrap();
 }
 
+/// Sets the mode of `root/path` (`path` empty: of `root` itself).
 fn chmod(root: &Path, path: &str, mode: u32) {
-    fs::set_permissions(root.join(path), fs::Permissions::from_mode(mode)).unwrap();
+    let target = if path.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(path)
+    };
+    fs::set_permissions(target, fs::Permissions::from_mode(mode)).unwrap();
 }
 
 /// Binary bytes git cannot diff as text (NULs, every byte value).
@@ -733,7 +702,7 @@ fn from_a_commit_outside_the_depth_window_fetches_it() {
 }
 
 #[test]
-fn export_takes_an_explicit_base_and_refuses_an_unknown_one() {
+fn export_takes_an_explicit_base_and_refuses_an_unknown_one_or_no_workspace() {
     let sandbox = Sandbox::new();
     let root = sandbox.repo("repo", &[("a.txt", b"a\n")]);
     let prepared = prepare(&sandbox, &root, &InspectOptions::default());
@@ -756,6 +725,18 @@ fn export_takes_an_explicit_base_and_refuses_an_unknown_one() {
     );
     assert!(out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-commit is not a commit"));
+
+    let nowhere = sandbox.path("guest/root/none");
+    let out = sandbox.guest_sh(
+        &export_script(nowhere.to_str().unwrap(), None).unwrap(),
+        None,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(banger_workspace::script::EXIT_NO_WORKSPACE)
+    );
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no workspace at"));
 }
 
 #[test]
