@@ -564,9 +564,21 @@ fn untracked_files_travel_only_when_asked_and_ignored_ones_never() {
     let root = rich_repo(&sandbox);
     let options = InspectOptions {
         include_untracked: true,
+        branch: Some("guest/feature".into()),
         ..InspectOptions::default()
     };
     let prepared = prepare(&sandbox, &root, &options);
+    assert_eq!(
+        sandbox
+            .guest_git(&prepared.guest, &["symbolic-ref", "--short", "HEAD"])
+            .trim(),
+        "guest/feature",
+        "a guest-only branch from HEAD, the overlay on top"
+    );
+    assert_eq!(
+        fs::read(prepared.guest.join("README.md")).unwrap(),
+        b"# app\n\nmodified on the host\n"
+    );
     assert_eq!(sources(&prepared.plan)["notes.txt"], FileSource::Untracked);
     assert_eq!(prepared.plan.skipped_untracked, 0);
     assert_eq!(prepared.plan.untracked_notice(), None);
