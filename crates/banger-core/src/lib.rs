@@ -14,7 +14,8 @@
 //! - [`error`]: rendering an error with its cause chain, once.
 //! - [`runner`]: the seam through which libraries run host commands.
 //! - [`logs`]: the names of a VM's console and VMM logs and their rotated parts.
-//! - [`quote`]: quoting a bounded prefix of a peer's bytes in an error message.
+//! - [`quote`]: quoting a bounded prefix of a peer's bytes in an error message, and a word
+//!   for a POSIX shell.
 
 pub mod build;
 pub mod config;

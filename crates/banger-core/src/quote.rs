@@ -1,5 +1,7 @@
-//! Quoting bytes a peer chose (a guest, a VMM, a daemon) in an error message: never more than
-//! a bounded prefix, so a hostile answer cannot turn one error line into megabytes.
+//! Quoting: bytes a peer chose (a guest, a VMM, a daemon) in an error message, never more
+//! than a bounded prefix, so a hostile answer cannot turn one error line into megabytes; and
+//! one word for a POSIX shell ([`shell_word`]), for command lines shown to humans and for
+//! the scripts banger runs in a guest.
 
 /// How many bytes of a peer's answer an error message quotes unless told otherwise.
 pub const DEFAULT_QUOTE: usize = 512;
@@ -18,9 +20,33 @@ pub fn quote_prefix(bytes: &[u8], max: usize) -> String {
     )
 }
 
+/// `word` as one word for a POSIX shell: unchanged when it is made only of characters no
+/// shell splits or interprets, else in single quotes (a `'` inside becomes `'\''`).
+pub fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:+,@%".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shell_words_are_quoted_only_when_a_shell_would_read_them() {
+        assert_eq!(shell_word("/root/repo"), "/root/repo");
+        assert_eq!(shell_word(""), "''");
+        assert_eq!(shell_word("a b"), "'a b'");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+        assert_eq!(shell_word("$(x)"), "'$(x)'");
+        assert_eq!(shell_word("line\nbreak"), "'line\nbreak'");
+    }
 
     #[test]
     fn short_text_is_kept_whole() {

@@ -167,21 +167,9 @@ impl CommandRunner for SystemRunner {
 pub(crate) fn render_command(program: &str, args: &[String]) -> String {
     std::iter::once(program)
         .chain(args.iter().map(String::as_str))
-        .map(quote)
+        .map(crate::quote::shell_word)
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-fn quote(word: &str) -> String {
-    let plain = !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:+,@%".contains(c));
-    if plain {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
 }
 
 #[cfg(any(test, feature = "fake"))]

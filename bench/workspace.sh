@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Workspace transfer, part 1 (host side, no VM): for a generated repository with COMMITS
+# commits (default 2000) and about 100 MiB of history, the bytes and time of banger's
+# transfer stream (`banger-workspace`'s `stream` example: a depth-10 no-checkout clone plus
+# the work tree's changes, as one tar) against `git clone --depth 10 --no-checkout` of the
+# same repository. Goal: at most 1.1x the clone's bytes.
+#
+#   bench/workspace.sh [COMMITS]
+#
+# The clone's bytes are the files of its `.git` (what it wrote; sample hooks included), and
+# its pack alone is printed too. Both sides read the repository through git's file://
+# transport, cold page cache not forced. The repository's work tree has one modified file and
+# one untracked file, so the stream carries a (small) overlay.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+commits=${1:-2000}
+work=$(mktemp -d /tmp/bgws.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+export GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1 LC_ALL=C
+now_ms() { date +%s%3N; }
+
+cargo build -q -p banger-workspace --example stream
+stream_bin=$PWD/target/debug/examples/stream
+
+# The repository: 200 small text files, 20 binary files of which each commit rewrites one
+# with 52 KiB of fresh random bytes (incompressible: ~100 MiB of history over 2000
+# commits, about 1 MiB in HEAD's tree), and a text file every commit appends to.
+repo=$work/repo
+git init -q -b main "$repo"
+t0=$(now_ms)
+{
+  size=53248
+  for i in $(seq 1 "$commits"); do
+    printf 'commit refs/heads/main\ncommitter Bench <bench@example.com> %d +0000\ndata <<EOF\ncommit %d\nEOF\n' $((1700000000 + i)) "$i"
+    if (( i == 1 )); then
+      for f in $(seq 1 200); do printf 'M 100644 inline src/file%03d.rs\ndata <<EOF\n// source file %d\nfn f%d() {}\nEOF\n' "$f" "$f" "$f"; done
+    fi
+    printf 'M 100644 inline data/blob%02d.bin\ndata %d\n' $((i % 20)) "$size"
+    head -c "$size" /dev/urandom
+    printf '\nM 100644 inline CHANGELOG\ndata <<EOF\nentry %d\nEOF\n\n' "$i"
+  done
+} | git -C "$repo" fast-import --quiet
+git -C "$repo" reset -q --hard main
+git -C "$repo" gc -q
+gen_ms=$(( $(now_ms) - t0 ))
+history=$(du -sb "$repo/.git/objects" | cut -f1)
+echo "repository: $(git -C "$repo" rev-list --count HEAD) commits, $(( history / 1048576 )) MiB of objects (packed), generated in $(( gen_ms / 1000 )) s"
+echo 'changed on the host' >> "$repo/src/file001.rs"
+echo 'scratch' > "$repo/notes.txt"
+
+median() { printf '%s\n' "$@" | sort -n | sed -n "$(( ($# + 1) / 2 ))p"; }
+
+# git clone --depth 10 --no-checkout, RUNS times (median)
+runs=5
+clone_times=()
+for i in $(seq 1 "$runs"); do
+  rm -rf "$work/clone"
+  t0=$(now_ms)
+  git clone -q --depth 10 --no-checkout "file://$repo" "$work/clone"
+  clone_times+=($(( $(now_ms) - t0 )))
+done
+clone_ms=$(median "${clone_times[@]}")
+clone_bytes=$(find "$work/clone/.git" -type f -printf '%s\n' | awk '{s += $1} END {print s}')
+pack_bytes=$(find "$work/clone/.git/objects/pack" -name '*.pack' -printf '%s\n' | awk '{s += $1} END {print s}')
+
+# banger's stream (inspection included: the stream cannot be written without it)
+stream_times=()
+for i in $(seq 1 "$runs"); do
+  t0=$(now_ms)
+  "$stream_bin" "$repo" "$work/stream.tar" 2>"$work/stream.err"
+  stream_times+=($(( $(now_ms) - t0 )))
+done
+stream_ms=$(median "${stream_times[@]}")
+stream_bytes=$(stat -c %s "$work/stream.tar")
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a / b}'; }
+echo "git clone --depth 10 --no-checkout: $clone_bytes bytes in .git (pack $pack_bytes), median ${clone_ms} ms (${clone_times[*]})"
+echo "banger transfer stream:             $stream_bytes bytes ($(cat "$work/stream.err")), median ${stream_ms} ms (${stream_times[*]})"
+echo "ratio (stream / clone .git): $(ratio "$stream_bytes" "$clone_bytes")   (stream / pack: $(ratio "$stream_bytes" "$pack_bytes"); goal <= 1.1)"
+echo "time ratio (stream / clone): $(ratio "$stream_ms" "$clone_ms")"
