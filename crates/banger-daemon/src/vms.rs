@@ -46,7 +46,8 @@ use std::str::FromStr;
 
 use banger_vmm::process::identify;
 use banger_vmm::{
-    AgentEndpoint, IdentityError, Running, VmSpec, Vmm, VmmIdentity, VmmKind, VmmProcess,
+    AgentEndpoint, IdentityError, KernelFiles, Running, VmSpec, Vmm, VmmIdentity, VmmKind,
+    VmmProcess,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -61,8 +62,9 @@ pub const DEFAULT_MEMORY_MIB: u64 = 2048;
 pub const DEFAULT_WORK_DISK: ByteSize = ByteSize::gib(8);
 /// Size of an image's work seed (sparse: only the image's /root contents take space).
 const WORK_SEED_SIZE: u64 = 256 << 20;
-/// Kernel command line for guests: serial console, reboot on panic, root on the first disk.
-pub const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw";
+/// Kernel command line for guests, the same on every backend (each adds what its machine
+/// needs): serial console, reboot on panic, root on the first disk.
+pub const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 root=/dev/vda rw";
 
 // ---------------------------------------------------------------------------------------------
 // Lookups
@@ -209,14 +211,17 @@ impl AppState {
                 .ok_or_else(|| OpError::ImageNotFound {
                     reference: row.image_id.clone(),
                 })?;
-        let (kernel, initrd) = self.kernel_of(&image, &row.vmm)?;
+        Ok(self.spec_with(row, self.kernel_of(&image)?))
+    }
+
+    /// Everything the VMM needs to boot `row`, whose image has the kernel files `kernel`.
+    fn spec_with(&self, row: &VmRow, kernel: KernelFiles) -> VmSpec {
         let dir = PathBuf::from(&row.dir);
-        Ok(VmSpec {
+        VmSpec {
             vm_id: row.id.clone(),
             vcpus: row.cpus,
             memory_mib: row.memory_mib,
             kernel,
-            initrd,
             boot_args: BOOT_ARGS.to_string(),
             root_disk: dir.join("root.ext4"),
             work_disk: dir.join("work.ext4"),
@@ -226,7 +231,7 @@ impl AppState {
             run_dir: self.run_dir(&row.id),
             console_log: dir.join(crate::logcap::CONSOLE_LOG),
             vmm_log: dir.join(crate::logcap::VMM_LOG),
-        })
+        }
     }
 
     /// The backend a VM runs on.
@@ -244,26 +249,17 @@ impl AppState {
             })
     }
 
-    /// The kernel (and initrd) an image boots with on the `vmm` backend.
-    fn kernel_of(
-        &self,
-        image: &ImageRow,
-        vmm: &str,
-    ) -> Result<(PathBuf, Option<PathBuf>), OpError> {
-        let row_vmm = vmm.to_string();
+    /// The kernel files (and initrd) an image boots with; the backend picks the one it boots.
+    fn kernel_of(&self, image: &ImageRow) -> Result<KernelFiles, OpError> {
         if let Some(k) = &image.kernel {
-            return Ok((PathBuf::from(k), image.initrd.as_ref().map(PathBuf::from)));
+            return Ok(KernelFiles::either(k).with_initrd(image.initrd.as_ref().map(PathBuf::from)));
         }
         let name = image.kernel_ref.clone().unwrap_or_default();
         let k = self
             .db(|s| s.get_kernel(&name))?
-            .ok_or(OpError::KernelNotFound { name: name.clone() })?;
-        let path = match VmmKind::from_str(&row_vmm).unwrap_or(VmmKind::Firecracker) {
-            banger_vmm::VmmKind::Firecracker => k.vmlinux.or(k.vmlinuz),
-            _ => k.vmlinuz.or(k.vmlinux),
-        }
-        .ok_or(OpError::KernelNotFound { name })?;
-        Ok((PathBuf::from(path), k.initrd.map(PathBuf::from)))
+            .ok_or(OpError::KernelNotFound { name })?;
+        let path = |p: Option<String>| p.map(PathBuf::from);
+        Ok(KernelFiles::formats(path(k.vmlinux), path(k.vmlinuz)).with_initrd(path(k.initrd)))
     }
 }
 
@@ -343,7 +339,7 @@ pub async fn create(
     };
     let images = state.db(|s| s.list_images())?;
     let image = resolve_image(&images, &image_ref)?.clone();
-    state.kernel_of(&image, vmm_kind.as_str())?;
+    let kernel = state.kernel_of(&image)?;
 
     // Allocate name, id, address, MAC, TAP and vsock CID, and insert the row: one step under
     // the store mutex, so concurrent creates never get the same lease.
@@ -399,6 +395,12 @@ pub async fn create(
             created_at: now(),
             started_at: None,
         };
+        // Nothing exists for the VM yet: a spec its backend refuses creates nothing.
+        vmm.validate(&state.spec_with(&row, kernel.clone()))
+            .map_err(|source| OpError::Vmm {
+                vm: row.name.clone(),
+                source: Box::new(source),
+            })?;
         s.insert_vm(&row).map_err(|e| {
             if e.is_unique_conflict("vms", "name") {
                 OpError::NameTaken {

@@ -45,6 +45,7 @@ pub mod error;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 pub mod firecracker;
+mod launch;
 pub mod process;
 pub mod qemu;
 
@@ -163,11 +164,11 @@ pub struct VmSpec {
     pub vm_id: String,
     pub vcpus: u32,
     pub memory_mib: u64,
-    /// The kernel image: Firecracker needs an uncompressed ELF `vmlinux`; QEMU boots a
-    /// `vmlinuz` (bzImage).
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
-    /// The kernel command line (QEMU drops `pci=off` from it: see [`qemu::kernel_args`]).
+    /// The kernel files the VM can boot from; the backend picks the one it boots
+    /// ([`KernelFiles::pick`]).
+    pub kernel: KernelFiles,
+    /// The backend-neutral kernel command line (console, root device, panic and reboot
+    /// behaviour); each backend adds what its machine needs (Firecracker: `pci=off`).
     pub boot_args: String,
     /// The root file system (read-write).
     pub root_disk: PathBuf,
@@ -187,6 +188,96 @@ pub struct VmSpec {
     pub console_log: PathBuf,
     /// Receives the VMM's stderr (appended).
     pub vmm_log: PathBuf,
+}
+
+/// A kernel image's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KernelFormat {
+    /// An uncompressed ELF kernel, `vmlinux`: what Firecracker boots.
+    Vmlinux,
+    /// A compressed x86 boot image, `vmlinuz`: what QEMU boots.
+    BzImage,
+}
+
+impl KernelFormat {
+    /// How messages name it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Vmlinux => "an ELF vmlinux",
+            Self::BzImage => "a bzImage (vmlinuz)",
+        }
+    }
+}
+
+/// A VM's kernel image files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelImage {
+    /// One file, an ELF `vmlinux` or a bzImage, of a format nobody recorded (an image
+    /// registered with its own kernel: checked to be one of the two then). Every backend
+    /// boots it as it is.
+    Either(PathBuf),
+    /// An imported kernel's files by format (its `vmlinux`, and its `vmlinuz` when it has
+    /// one).
+    Formats {
+        vmlinux: Option<PathBuf>,
+        bzimage: Option<PathBuf>,
+    },
+}
+
+/// The kernel files the daemon has for a VM, handed to the backend in [`VmSpec::kernel`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelFiles {
+    pub image: KernelImage,
+    pub initrd: Option<PathBuf>,
+}
+
+impl KernelFiles {
+    /// One kernel file of either format ([`KernelImage::Either`]), no initrd.
+    pub fn either(path: impl Into<PathBuf>) -> Self {
+        Self {
+            image: KernelImage::Either(path.into()),
+            initrd: None,
+        }
+    }
+
+    /// An imported kernel's files by format ([`KernelImage::Formats`]), no initrd.
+    pub fn formats(vmlinux: Option<PathBuf>, bzimage: Option<PathBuf>) -> Self {
+        Self {
+            image: KernelImage::Formats { vmlinux, bzimage },
+            initrd: None,
+        }
+    }
+
+    /// The same kernel with `initrd`.
+    pub fn with_initrd(mut self, initrd: Option<PathBuf>) -> Self {
+        self.initrd = initrd;
+        self
+    }
+
+    /// The file a backend that boots `format` best boots: the file of that format, else the
+    /// other one (QEMU boots a `vmlinux` through its PVH entry; a Firecracker with bzImage
+    /// support boots a bzImage, an older one refuses it and says so); `None` when there is
+    /// no kernel file at all.
+    pub fn pick(&self, format: KernelFormat) -> Option<&Path> {
+        match &self.image {
+            KernelImage::Either(path) => Some(path),
+            KernelImage::Formats { vmlinux, bzimage } => {
+                let (first, second) = match format {
+                    KernelFormat::Vmlinux => (vmlinux, bzimage),
+                    KernelFormat::BzImage => (bzimage, vmlinux),
+                };
+                first.as_deref().or(second.as_deref())
+            }
+        }
+    }
+
+    /// [`pick`](Self::pick), or [`VmmError::NoKernel`] naming the VM `vm_id`.
+    pub fn pick_for(&self, vm_id: &str, format: KernelFormat) -> Result<&Path, VmmError> {
+        self.pick(format).ok_or_else(|| VmmError::NoKernel {
+            vm_id: vm_id.to_string(),
+            wanted: format,
+        })
+    }
 }
 
 /// Where the guest agent answers, from the host.
@@ -250,9 +341,10 @@ pub trait Vmm: Send + Sync + fmt::Debug {
         self.kind().limits()
     }
 
-    /// Checks what can be checked without touching the host: the VM id, socket path lengths,
-    /// paths the VMM API needs as text. [`start`](Vmm::start) checks the same first; the
-    /// daemon can call this to refuse a bad VM before creating anything.
+    /// Checks what can be checked without touching the host: the VM id, socket path lengths
+    /// in its run directory, a kernel file this backend boots, and what the VMM takes as
+    /// text (Firecracker: UTF-8 paths; QEMU: TAP name, MAC). [`start`](Vmm::start) checks
+    /// the same first; the daemon calls this before it creates anything for a new VM.
     fn validate(&self, spec: &VmSpec) -> Result<(), VmmError>;
 
     /// Spawns the VMM detached ([`process::spawn_detached`]: own session and process group, so
