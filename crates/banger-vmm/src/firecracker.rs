@@ -32,7 +32,6 @@ use std::time::Duration;
 
 use banger_agent_proto::wire::AGENT_VSOCK_PORT;
 
-use crate::error::chain;
 use crate::launch::{self, Backend, Launch, Probe};
 pub use crate::process::LocateError;
 use crate::process::{self, BinarySource};
@@ -161,35 +160,6 @@ impl FirecrackerVmm {
         check_socket_path(&spec.vm_id, &vsock_socket(&spec.run_dir))?;
         boot_requests(spec)
     }
-
-    async fn find_vm(&self, spec: &VmSpec) -> Option<Running> {
-        let socket = api_socket(&spec.run_dir);
-        let probe = self.client(&socket, self.timeouts.probe);
-        let (info, peer) = match probe.describe_with_peer().await {
-            Ok(found) => found,
-            Err(error) => {
-                tracing::debug!(vm_id = spec.vm_id, error = %chain(&error), "no live VMM");
-                return None;
-            }
-        };
-        if info.id != spec.vm_id {
-            tracing::warn!(
-                vm_id = spec.vm_id,
-                found = info.id,
-                socket = %socket.display(),
-                "the VMM on this VM's socket runs another VM"
-            );
-            return None;
-        }
-        let pid = process::pid_serving(peer, socket.as_os_str())?;
-        Some(Running {
-            vm_id: spec.vm_id.clone(),
-            pid,
-            start_time: process::start_time(pid),
-            api_socket: socket,
-            agent: self.agent_endpoint(spec),
-        })
-    }
 }
 
 /// Firecracker's steps of the start template: spawned with only its API socket and VM id,
@@ -241,6 +211,14 @@ impl Backend for FirecrackerVmm {
             "--id".into(),
             spec.vm_id.clone().into(),
         ]
+    }
+
+    async fn query_vm(&self, socket: &Path) -> Result<(Option<String>, Option<u32>), ApiError> {
+        let (info, peer) = self
+            .client(socket, self.timeouts.probe)
+            .describe_with_peer()
+            .await?;
+        Ok((Some(info.id), peer))
     }
 
     async fn ready(&self, socket: &Path) -> Result<(), ApiError> {
@@ -302,7 +280,7 @@ impl Vmm for FirecrackerVmm {
     }
 
     fn find_live<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Option<Running>> {
-        Box::pin(self.find_vm(spec))
+        Box::pin(launch::find_live(self, spec))
     }
 
     fn agent_endpoint(&self, spec: &VmSpec) -> AgentEndpoint {

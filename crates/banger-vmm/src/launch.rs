@@ -1,5 +1,5 @@
-//! The start template both backends share ([`start`]), with their own steps as the hooks of
-//! [`Backend`]:
+//! What both backends share, with their own steps as the hooks of [`Backend`]: the start
+//! template ([`start`]) and the search for a live VMM ([`find_live`]). A start goes:
 //!
 //! 1. check the spec and plan the start ([`Backend::plan`], also what [`Vmm::validate`]
 //!    runs);
@@ -47,8 +47,9 @@ pub(crate) enum Probe {
 pub(crate) trait Backend: Vmm {
     /// What [`plan`](Backend::plan) worked out for the spawn and the configuration.
     type Plan: Send + Sync;
-    /// What a failed readiness probe reports (quoted by [`VmmError::NotReady`]).
-    type ProbeError: fmt::Display + Send;
+    /// Why a probe of the control socket failed (a readiness probe's is quoted by
+    /// [`VmmError::NotReady`]).
+    type ProbeError: std::error::Error + Send + 'static;
 
     /// The binary it runs, and what it adds to the daemon's environment.
     fn bin(&self) -> &Path;
@@ -66,6 +67,12 @@ pub(crate) trait Backend: Vmm {
     fn control_arg(&self, run_dir: &Path) -> OsString;
     /// Asks whether a VMM answers on `socket` (before the spawn).
     fn probe(&self, socket: &Path) -> impl Future<Output = Probe> + Send;
+    /// Asks the VMM on `socket` which VM it runs (`None` when it does not say) and its pid
+    /// (the socket's peer credentials), for [`find_live`].
+    fn query_vm(
+        &self,
+        socket: &Path,
+    ) -> impl Future<Output = Result<(Option<String>, Option<u32>), Self::ProbeError>> + Send;
     /// The VMM's arguments (without the program).
     fn args(&self, spec: &VmSpec, plan: &Self::Plan, control_socket: &Path) -> Vec<OsString>;
     /// One readiness probe of the freshly spawned VMM's control socket.
@@ -160,18 +167,49 @@ pub(crate) async fn start<B: Backend>(backend: &B, spec: &VmSpec) -> Result<Runn
     }
 }
 
+/// [`Vmm::find_live`] for both backends: the VMM on `spec`'s control socket must answer and
+/// name `spec`'s VM; its pid comes from the socket's peer credentials, else from a
+/// `/proc/*/cmdline` scan for [`Backend::control_arg`].
+pub(crate) async fn find_live<B: Backend>(backend: &B, spec: &VmSpec) -> Option<Running> {
+    let socket = backend.control_socket(&spec.run_dir);
+    let (name, peer) = match backend.query_vm(&socket).await {
+        Ok(found) => found,
+        Err(error) => {
+            tracing::debug!(vm_id = spec.vm_id, error = %chain(&error), "no live VMM");
+            return None;
+        }
+    };
+    if name.as_deref() != Some(spec.vm_id.as_str()) {
+        tracing::warn!(
+            vm_id = spec.vm_id,
+            found = ?name,
+            socket = %socket.display(),
+            "the VMM on this VM's socket runs another VM"
+        );
+        return None;
+    }
+    let pid = process::pid_serving(peer, &backend.control_arg(&spec.run_dir))?;
+    Some(Running {
+        vm_id: spec.vm_id.clone(),
+        pid,
+        start_time: process::start_time(pid),
+        api_socket: socket,
+        agent: backend.agent_endpoint(spec),
+    })
+}
+
 /// Kills a VMM that is being started unless disarmed: its whole process group gets
 /// `SIGKILL`, and once it is gone every socket in its run directory is removed. Dropping an
 /// armed guard (a cancelled start) does the same on a thread of its own.
 #[derive(Debug)]
-pub(crate) struct StartGuard {
+struct StartGuard {
     pid: u32,
     run_dir: PathBuf,
     armed: bool,
 }
 
 impl StartGuard {
-    pub(crate) fn new(pid: u32, run_dir: &Path) -> Self {
+    fn new(pid: u32, run_dir: &Path) -> Self {
         Self {
             pid,
             run_dir: run_dir.to_path_buf(),
@@ -180,13 +218,13 @@ impl StartGuard {
     }
 
     /// The start succeeded: leave the VMM running.
-    pub(crate) fn disarm(mut self) {
+    fn disarm(mut self) {
         self.armed = false;
     }
 
     /// The start failed: kill, wait for the exit, remove the sockets. The guard stays armed
     /// until the end, so an abort that is itself dropped half-way still cleans up.
-    pub(crate) async fn abort(mut self) {
+    async fn abort(mut self) {
         kill_group(self.pid);
         if !wait_exit(self.pid, KILL_WAIT).await {
             tracing::warn!(
@@ -283,7 +321,7 @@ impl Launch<'_> {
 
     /// Polls `probe` every `poll` until it succeeds, the process exits (an error quoting its
     /// log), or `ready` passes ([`VmmError::NotReady`] with the last probe error).
-    pub(crate) async fn wait_ready<F, Fut, E>(
+    async fn wait_ready<F, Fut, E>(
         &self,
         bin: &Path,
         ready: Duration,

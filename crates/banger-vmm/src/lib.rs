@@ -6,7 +6,7 @@
 //!
 //! A backend turns a [`VmSpec`] (everything one VM needs to boot) into a [`Running`] VMM (its
 //! pid, its control socket and where its guest agent answers), asks a guest to shut down, and
-//! re-finds a live VMM after the daemon restarted. Stopping is generic ([`process::stop`]):
+//! re-finds a live VMM after the daemon restarted. Stopping is generic ([`process::stop()`]):
 //! ask politely, wait a grace period, then `SIGKILL`, and never hang.
 //!
 //! # Why things are as they are
@@ -359,7 +359,7 @@ pub trait Vmm: Send + Sync + fmt::Debug {
 
     /// Asks the guest to shut down (Firecracker: `SendCtrlAltDel`; QEMU: `system_powerdown`)
     /// and returns once the VMM accepted the request, not when the VMM has exited: see
-    /// [`process::stop`] for the whole sequence.
+    /// [`process::stop()`] for the whole sequence.
     fn request_shutdown<'a>(&'a self, run: &'a Running) -> BoxFuture<'a, Result<(), VmmError>>;
 
     /// Finds a live VMM running `spec`'s VM by its control socket (it must answer, and report

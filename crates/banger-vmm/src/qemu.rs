@@ -65,7 +65,6 @@ use std::time::Duration;
 
 use banger_agent_proto::wire::SERIAL_PORT_NAME;
 
-use crate::error::chain;
 use crate::launch::{self, Backend, Launch, Probe};
 pub use crate::process::LocateError;
 use crate::process::{self, BinarySource};
@@ -319,40 +318,6 @@ impl QemuVmm {
     fn client(&self, socket: &Path, timeout: Duration) -> QmpClient {
         QmpClient::new(socket).with_timeout(timeout)
     }
-
-    async fn find_vm(&self, spec: &VmSpec) -> Option<Running> {
-        let socket = qmp_socket(&spec.run_dir);
-        let found = async {
-            let mut session = self.client(&socket, self.timeouts.probe).connect().await?;
-            let name = session.query_name().await?;
-            session.query_status().await?;
-            Ok::<_, QmpError>((name, session.peer_pid()))
-        };
-        let (name, peer) = match found.await {
-            Ok(found) => found,
-            Err(error) => {
-                tracing::debug!(vm_id = spec.vm_id, error = %chain(&error), "no live VMM");
-                return None;
-            }
-        };
-        if name.as_deref() != Some(spec.vm_id.as_str()) {
-            tracing::warn!(
-                vm_id = spec.vm_id,
-                found = ?name,
-                socket = %socket.display(),
-                "the VMM on this VM's socket runs another VM"
-            );
-            return None;
-        }
-        let pid = process::pid_serving(peer, &qmp_chardev_arg(&spec.run_dir))?;
-        Some(Running {
-            vm_id: spec.vm_id.clone(),
-            pid,
-            start_time: process::start_time(pid),
-            api_socket: socket,
-            agent: self.agent_endpoint(spec),
-        })
-    }
 }
 
 /// QEMU's steps of the start template: the whole machine on its command line, so nothing is
@@ -410,6 +375,14 @@ impl Backend for QemuVmm {
         args.clone()
     }
 
+    /// `query-name` (QEMU's `-name`, the VM id), then `query-status`, in one session.
+    async fn query_vm(&self, socket: &Path) -> Result<(Option<String>, Option<u32>), QmpError> {
+        let mut session = self.client(socket, self.timeouts.probe).connect().await?;
+        let name = session.query_name().await?;
+        session.query_status().await?;
+        Ok((name, session.peer_pid()))
+    }
+
     async fn ready(&self, socket: &Path) -> Result<(), QmpError> {
         self.client(socket, self.timeouts.probe)
             .query_status()
@@ -449,7 +422,7 @@ impl Vmm for QemuVmm {
     }
 
     fn find_live<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Option<Running>> {
-        Box::pin(self.find_vm(spec))
+        Box::pin(launch::find_live(self, spec))
     }
 
     fn agent_endpoint(&self, spec: &VmSpec) -> AgentEndpoint {

@@ -19,10 +19,10 @@ use super::wait::{poll_until, reap_if_zombie_child};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmmIdentity {
     pub pid: u32,
-    /// [`start_time`] of the VMM; `None` when it was not recorded (only the command line is
+    /// [`start_time`](super::start_time) of the VMM; `None` when it was not recorded (only the command line is
     /// checked then).
     pub start_time: Option<u64>,
-    /// The VM's run directory ([`VmSpec::run_dir`]): an argument of every VMM banger starts
+    /// The VM's run directory ([`VmSpec::run_dir`](crate::VmSpec::run_dir)): an argument of every VMM banger starts
     /// names a path in it (its API, QMP or agent socket).
     pub run_dir: PathBuf,
 }

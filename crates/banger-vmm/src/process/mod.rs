@@ -1,7 +1,8 @@
-//! Process control shared by every backend: spawning a VMM detached ([`spawn`]), what `/proc`
-//! says about a process ([`procfs`]), signals ([`signal`]), waiting for an exit ([`wait`]),
-//! identifying a VMM before signalling it ([`identity`]), the stop sequence ([`stop`]),
-//! removing stale sockets ([`sockets`]), its logs ([`logs`]) and choosing its binary
+//! Process control shared by every backend, one module per concern: spawning a VMM
+//! detached ([`spawn`]), what `/proc` says about a process ([`procfs`]), signals
+//! ([`signal`](mod@signal)), waiting for an exit ([`wait`]), identifying a VMM before
+//! signalling it ([`identity`]), the stop sequence ([`stop`](mod@stop)), removing stale
+//! sockets ([`sockets`]), its logs ([`logs`]) and choosing its binary
 //! ([`locate`]). Everything is re-exported here: callers write `process::alive`,
 //! `process::stop`...
 //!

@@ -72,7 +72,7 @@ pub(super) fn cmdline_names_dir(pid: u32, dir: &Path) -> bool {
 /// Live session leaders (other than this process) whose command line names a path inside
 /// `run_dir`, in ascending pid order: the VMM of a VM whose pid was never recorded (a daemon
 /// killed between spawning it and storing its pid). Every VMM leads its own session
-/// ([`spawn_detached`]); a process that merely mentions the directory does not.
+/// ([`spawn_detached`](super::spawn_detached)); a process that merely mentions the directory does not.
 pub fn pids_in_dir(run_dir: &Path) -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();

@@ -198,7 +198,7 @@ pub(super) fn signal_outcome(sent: bool, pid: u32, sig: Signal) -> Result<(), Si
 }
 
 /// Sends `sig` to the process group `pgid` (a process that leads its own group, as every VMM
-/// spawned by [`spawn_detached`] does). A group that no longer exists is not an error.
+/// spawned by [`spawn_detached`](super::spawn_detached) does). A group that no longer exists is not an error.
 pub(crate) fn signal_group(pgid: u32, sig: Signal) -> Result<(), SignalError> {
     let Some(target) = target_pid(pgid) else {
         return Err(SignalError::InvalidPid {

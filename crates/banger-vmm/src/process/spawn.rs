@@ -34,7 +34,7 @@ pub enum SpawnError {
 pub enum ChildExit {
     /// Its status, as collected by the reaper thread.
     Status(ExitStatus),
-    /// It was reaped by someone else (e.g. [`wait_exit`]), so the status is unknown.
+    /// It was reaped by someone else (e.g. [`wait_exit`](super::wait_exit)), so the status is unknown.
     Unknown,
 }
 

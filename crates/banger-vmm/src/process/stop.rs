@@ -55,7 +55,7 @@ pub enum StopError {
 /// A pid that now belongs to another process is never signalled: the VMM is gone
 /// ([`StopOutcome::NotRunning`]). Never hangs: the request itself is bounded by `grace`, and a
 /// failing request (the VMM API is dead or refuses) goes straight to the kill. Sockets are
-/// left to the caller ([`cleanup_sockets`]; a later start removes stale ones anyway).
+/// left to the caller ([`cleanup_sockets`](super::cleanup_sockets); a later start removes stale ones anyway).
 pub async fn stop<V: Vmm + ?Sized>(
     vmm: &V,
     running: &Running,
