@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use banger_agent_proto::wire::AGENT_VSOCK_PORT;
 
-use crate::launch::{self, Backend, Launch, Probe};
+use crate::launch::{self, Backend, Launch};
 pub use crate::process::LocateError;
 use crate::process::{self, BinarySource};
 use crate::{
@@ -192,16 +192,16 @@ impl Backend for FirecrackerVmm {
         api_socket(run_dir).into_os_string()
     }
 
-    async fn probe(&self, socket: &Path) -> Probe {
-        match self
+    async fn probe(&self, socket: &Path) -> Result<Option<u32>, ApiError> {
+        let (_, peer) = self
             .client(socket, self.timeouts.probe)
             .describe_with_peer()
-            .await
-        {
-            Ok((_, peer)) => Probe::Answers { peer },
-            Err(error) if !error.is_connect() => Probe::Silent,
-            Err(_) => Probe::Nobody,
-        }
+            .await?;
+        Ok(peer)
+    }
+
+    fn is_connect(error: &ApiError) -> bool {
+        error.is_connect()
     }
 
     fn args(&self, spec: &VmSpec, _: &Vec<ApiRequest>, control_socket: &Path) -> Vec<OsString> {

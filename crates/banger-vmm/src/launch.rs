@@ -32,17 +32,6 @@ use crate::process::{
 };
 use crate::{Running, VmSpec, Vmm, VmmError};
 
-/// What a probe of a control socket that may be stale found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Probe {
-    /// A VMM answered; its pid when the socket's peer credentials gave one.
-    Answers { peer: Option<u32> },
-    /// Something accepts connections but does not answer: not ours to remove.
-    Silent,
-    /// Nothing listens: the socket, if any, is stale.
-    Nobody,
-}
-
 /// A backend's own steps in [`start`].
 pub(crate) trait Backend: Vmm {
     /// What [`plan`](Backend::plan) worked out for the spawn and the configuration.
@@ -65,8 +54,15 @@ pub(crate) trait Backend: Vmm {
     /// An argument of the VMM's command line that names its control socket: what a
     /// `/proc/*/cmdline` scan looks for when the socket's peer is unknown.
     fn control_arg(&self, run_dir: &Path) -> OsString;
-    /// Asks whether a VMM answers on `socket` (before the spawn).
-    fn probe(&self, socket: &Path) -> impl Future<Output = Probe> + Send;
+    /// Asks whether a VMM answers on `socket` (before the spawn); its pid when the socket's
+    /// peer credentials give one.
+    fn probe(
+        &self,
+        socket: &Path,
+    ) -> impl Future<Output = Result<Option<u32>, Self::ProbeError>> + Send;
+    /// Whether a failed probe found nothing listening (a stale socket, or none), rather than
+    /// something that accepts connections but does not answer.
+    fn is_connect(error: &Self::ProbeError) -> bool;
     /// Asks the VMM on `socket` which VM it runs (`None` when it does not say) and its pid
     /// (the socket's peer credentials), for [`find_live`].
     fn query_vm(
@@ -106,9 +102,11 @@ pub(crate) async fn start<B: Backend>(backend: &B, spec: &VmSpec) -> Result<Runn
         socket: control_sock.clone(),
     };
     match backend.probe(&control_sock).await {
-        Probe::Answers { peer } => return Err(already(peer)),
-        Probe::Silent => return Err(already(None)),
-        Probe::Nobody => {}
+        Ok(peer) => return Err(already(peer)),
+        // Something accepts connections there but does not answer: not ours to remove.
+        Err(error) if !B::is_connect(&error) => return Err(already(None)),
+        // Nothing listens: the socket, if any, is stale.
+        Err(_) => {}
     }
     let removed = cleanup_sockets(&spec.run_dir).map_err(|source| VmmError::StaleSockets {
         vm_id: vm_id.to_string(),

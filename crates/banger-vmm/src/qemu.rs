@@ -65,7 +65,7 @@ use std::time::Duration;
 
 use banger_agent_proto::wire::SERIAL_PORT_NAME;
 
-use crate::launch::{self, Backend, Launch, Probe};
+use crate::launch::{self, Backend, Launch};
 pub use crate::process::LocateError;
 use crate::process::{self, BinarySource};
 use crate::{
@@ -352,16 +352,16 @@ impl Backend for QemuVmm {
         qmp_chardev_arg(run_dir)
     }
 
-    async fn probe(&self, socket: &Path) -> Probe {
-        match self
+    async fn probe(&self, socket: &Path) -> Result<Option<u32>, QmpError> {
+        let (_, peer) = self
             .client(socket, self.timeouts.probe)
             .query_status()
-            .await
-        {
-            Ok((_, peer)) => Probe::Answers { peer },
-            Err(error) if !error.is_connect() => Probe::Silent,
-            Err(_) => Probe::Nobody,
-        }
+            .await?;
+        Ok(peer)
+    }
+
+    fn is_connect(error: &QmpError) -> bool {
+        error.is_connect()
     }
 
     fn args(&self, spec: &VmSpec, plan: &Self::Plan, _: &Path) -> Vec<OsString> {
