@@ -1,8 +1,8 @@
 //! What both backends share, with their own steps as the hooks of [`Backend`]: the start
 //! template ([`start`]) and the search for a live VMM ([`find_live`]). A start goes:
 //!
-//! 1. check the spec and plan the start ([`Backend::plan`], also what [`Vmm::validate`]
-//!    runs);
+//! 1. check the spec (what [`Vmm::validate`] checks) and plan the start
+//!    ([`Backend::plan`]);
 //! 2. create the run directory (mode 0700); refuse if a VMM already answers on the control
 //!    socket ([`Backend::probe`]), otherwise remove the stale sockets there;
 //! 3. open the logs (appending) and spawn the VMM detached ([`process::spawn_detached`]) with
@@ -47,7 +47,8 @@ pub(crate) trait Backend: Vmm {
     /// probes.
     fn ready_wait(&self) -> (Duration, Duration);
 
-    /// Checks `spec` without touching the host and plans the start.
+    /// Checks `spec` (what [`Vmm::validate`] checks) and plans the start (QEMU probes the
+    /// host's accelerator here).
     fn plan(&self, spec: &VmSpec) -> Result<Self::Plan, VmmError>;
     /// The control socket of a VM whose run directory is `run_dir`.
     fn control_socket(&self, run_dir: &Path) -> PathBuf;

@@ -11,6 +11,11 @@
 //!
 //! # Why things are as they are
 //!
+//! - **Backends own their details; the daemon never asks which one it has.** It hands over
+//!   the kernel files an image has ([`KernelFiles`]) and a backend-neutral command line;
+//!   the backend picks the file it boots and adds its own arguments (Firecracker:
+//!   `pci=off`), names its sockets, and knows when its VMM is ready. Both backends run the
+//!   same start template (`launch::start`), each supplying only its own steps.
 //! - **The VMM gets its own session** (`setsid` in the child before `exec`, see
 //!   [`process::spawn_detached`]). A VM outlives the request that started it and the daemon
 //!   itself (a daemon of a newer build replaces the old one while VMs keep running). In its own
@@ -255,9 +260,10 @@ impl KernelFiles {
     }
 
     /// The file a backend that boots `format` best boots: the file of that format, else the
-    /// other one (QEMU boots a `vmlinux` through its PVH entry; a Firecracker with bzImage
-    /// support boots a bzImage, an older one refuses it and says so); `None` when there is
-    /// no kernel file at all.
+    /// other one (QEMU boots a `vmlinux` that has a PVH entry point; a Firecracker with
+    /// bzImage support boots a bzImage, an older one refuses it and says so); `None` when
+    /// there is no kernel file at all. Behaviour as before the backends chose: each prefers
+    /// its format and falls back to the other.
     pub fn pick(&self, format: KernelFormat) -> Option<&Path> {
         match &self.image {
             KernelImage::Either(path) => Some(path),
@@ -449,6 +455,30 @@ mod tests {
         // The fake stands in for its kind.
         let fake = fake::FakeVmm::new();
         assert_eq!(Vmm::limits(&fake), fake.kind().limits());
+    }
+
+    #[test]
+    fn each_format_prefers_its_file_and_takes_the_other() {
+        use KernelFormat::{BzImage, Vmlinux};
+        let (elf, bz) = (PathBuf::from("/k/vmlinux"), PathBuf::from("/k/vmlinuz"));
+        let both = KernelFiles::formats(Some(elf.clone()), Some(bz.clone()));
+        assert_eq!(both.pick(Vmlinux), Some(elf.as_path()));
+        assert_eq!(both.pick(BzImage), Some(bz.as_path()));
+        let only_elf = KernelFiles::formats(Some(elf.clone()), None);
+        assert_eq!(only_elf.pick(BzImage), Some(elf.as_path()));
+        let only_bz = KernelFiles::formats(None, Some(bz.clone()));
+        assert_eq!(only_bz.pick(Vmlinux), Some(bz.as_path()));
+        let either = KernelFiles::either("/k/kernel").with_initrd(Some("/k/initrd".into()));
+        assert_eq!(either.pick(Vmlinux), Some(Path::new("/k/kernel")));
+        assert_eq!(either.pick(BzImage), Some(Path::new("/k/kernel")));
+        assert_eq!(either.initrd.as_deref(), Some(Path::new("/k/initrd")));
+        let none = KernelFiles::formats(None, None);
+        assert_eq!(none.pick(Vmlinux), None);
+        let err = none.pick_for("vm-1", BzImage).unwrap_err();
+        assert!(
+            matches!(&err, VmmError::NoKernel { vm_id, wanted: BzImage } if vm_id == "vm-1"),
+            "{err}"
+        );
     }
 
     #[test]

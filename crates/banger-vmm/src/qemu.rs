@@ -401,8 +401,13 @@ impl Vmm for QemuVmm {
         VmmKind::Qemu
     }
 
+    /// [`qemu_args`]'s checks, which do not depend on the options: the host is not probed.
     fn validate(&self, spec: &VmSpec) -> Result<(), VmmError> {
-        self.plan(spec).map(drop)
+        let options = QemuOptions {
+            accel: Accel::Tcg,
+            vhost_vsock: false,
+        };
+        qemu_args(spec, options).map(drop)
     }
 
     fn start<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Result<Running, VmmError>> {
