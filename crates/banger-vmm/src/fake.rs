@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -147,7 +147,7 @@ impl FakeVmm {
             vm_id: spec.vm_id.clone(),
             pid: 0,
             start_time: None,
-            api_socket: spec.run_dir.join(API_SOCKET),
+            api_socket: self.control_socket(&spec.run_dir),
             agent: self.agent_endpoint(spec),
         }
     }
@@ -273,6 +273,10 @@ impl Vmm for FakeVmm {
 
     fn agent_endpoint(&self, spec: &VmSpec) -> AgentEndpoint {
         AgentEndpoint::Unix(spec.run_dir.join(AGENT_SOCKET))
+    }
+
+    fn control_socket(&self, run_dir: &Path) -> PathBuf {
+        run_dir.join(API_SOCKET)
     }
 }
 

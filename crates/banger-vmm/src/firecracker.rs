@@ -184,10 +184,6 @@ impl Backend for FirecrackerVmm {
         self.validate_and_plan(spec)
     }
 
-    fn control_socket(&self, run_dir: &Path) -> PathBuf {
-        api_socket(run_dir)
-    }
-
     fn control_arg(&self, run_dir: &Path) -> OsString {
         api_socket(run_dir).into_os_string()
     }
@@ -288,6 +284,10 @@ impl Vmm for FirecrackerVmm {
             uds: vsock_socket(&spec.run_dir),
             port: AGENT_VSOCK_PORT,
         }
+    }
+
+    fn control_socket(&self, run_dir: &Path) -> PathBuf {
+        api_socket(run_dir)
     }
 }
 
@@ -594,6 +594,10 @@ mod tests {
             }
         );
         assert_eq!(vmm.kind(), VmmKind::Firecracker);
+        assert_eq!(
+            vmm.control_socket(Path::new("/run/b/x")),
+            Path::new("/run/b/x/api.sock")
+        );
     }
 
     fn executable(dir: &Path, name: &str) -> PathBuf {

@@ -50,8 +50,6 @@ pub(crate) trait Backend: Vmm {
     /// Checks `spec` (what [`Vmm::validate`] checks) and plans the start (QEMU probes the
     /// host's accelerator here).
     fn plan(&self, spec: &VmSpec) -> Result<Self::Plan, VmmError>;
-    /// The control socket of a VM whose run directory is `run_dir`.
-    fn control_socket(&self, run_dir: &Path) -> PathBuf;
     /// An argument of the VMM's command line that names its control socket: what a
     /// `/proc/*/cmdline` scan looks for when the socket's peer is unknown.
     fn control_arg(&self, run_dir: &Path) -> OsString;

@@ -375,6 +375,11 @@ pub trait Vmm: Send + Sync + fmt::Debug {
 
     /// Where the guest agent of `spec`'s VM answers once it runs.
     fn agent_endpoint(&self, spec: &VmSpec) -> AgentEndpoint;
+
+    /// The control socket of the VMM of a VM whose run directory is `run_dir` (Firecracker:
+    /// `api.sock`, QEMU: `qmp.sock`): the [`Running::api_socket`] of a VMM this backend
+    /// starts.
+    fn control_socket(&self, run_dir: &Path) -> PathBuf;
 }
 
 /// Longest VM id Firecracker accepts as `--id`.

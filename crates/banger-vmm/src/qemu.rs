@@ -344,10 +344,6 @@ impl Backend for QemuVmm {
         Ok((options, qemu_args(spec, options)?))
     }
 
-    fn control_socket(&self, run_dir: &Path) -> PathBuf {
-        qmp_socket(run_dir)
-    }
-
     fn control_arg(&self, run_dir: &Path) -> OsString {
         qmp_chardev_arg(run_dir)
     }
@@ -432,6 +428,10 @@ impl Vmm for QemuVmm {
 
     fn agent_endpoint(&self, spec: &VmSpec) -> AgentEndpoint {
         AgentEndpoint::Unix(agent_socket(&spec.run_dir))
+    }
+
+    fn control_socket(&self, run_dir: &Path) -> PathBuf {
+        qmp_socket(run_dir)
     }
 }
 
@@ -918,6 +918,10 @@ mod tests {
         assert_eq!(
             vmm.agent_endpoint(&spec()),
             AgentEndpoint::Unix("/run/b/0123/agent.sock".into())
+        );
+        assert_eq!(
+            vmm.control_socket(Path::new("/run/b/0123")),
+            Path::new("/run/b/0123/qmp.sock")
         );
         assert!(vmm.validate(&spec()).is_ok());
     }
