@@ -296,6 +296,7 @@ fn vmm_kind(e: &banger_vmm::VmmError) -> ErrorKind {
     use banger_vmm::VmmError as V;
     match e {
         V::InvalidSpec { .. } | V::NonUtf8Path { .. } => ErrorKind::BadRequest,
+        V::NoKernel { .. } => ErrorKind::NotFound,
         V::InvalidVmId { .. } | V::SocketPathTooLong { .. } | V::StaleSockets { .. } => {
             ErrorKind::Internal
         }

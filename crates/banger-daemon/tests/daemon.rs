@@ -2028,3 +2028,171 @@ mod module_graph {
         );
     }
 }
+
+/// A create the VM's backend refuses in [`Vmm::validate`](banger_vmm::Vmm::validate) is
+/// refused before anything exists for the VM: no row, no directory, no TAP, no disk, no VMM.
+mod create_validation {
+    use std::path::{Path, PathBuf};
+
+    use banger_api::types::CreateVm;
+    use banger_core::runner::fake::FakeRunner;
+    use banger_daemon::error::OpError;
+    use banger_daemon::progress::Progress;
+    use banger_daemon::state::{Host, Vmms};
+    use banger_net::DirectNetOps;
+    use banger_store::ImageRow;
+    use banger_vmm::VmmError;
+    use banger_vmm::fake::{FakeCall, FakeVmm};
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        layout: Layout,
+        state: Arc<AppState>,
+        vmm: Arc<FakeVmm>,
+        net: Arc<DirectNetOps<FakeRunner>>,
+        runner: Arc<FakeRunner>,
+    }
+
+    /// A daemon whose roots are under `home` (in a fresh temporary directory) with one image,
+    /// `img`, whose files need not exist: nothing gets as far as reading them.
+    fn setup(home: impl FnOnce(&Path) -> PathBuf) -> Setup {
+        let dir = tempfile::Builder::new()
+            .prefix("bgv")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let home = home(dir.path());
+        let layout = Layout::under(&home);
+        std::fs::create_dir_all(&layout.runtime_dir).unwrap();
+        std::fs::create_dir_all(&layout.state_dir).unwrap();
+        let vmm = Arc::new(FakeVmm::new());
+        let net = Arc::new(DirectNetOps::new(FakeRunner::new()));
+        let runner = Arc::new(FakeRunner::new());
+        let host = Host {
+            vmms: Vmms::single(vmm.clone()),
+            net: net.clone(),
+            runner: runner.clone(),
+        };
+        let store = banger_store::Store::open(&layout.db_path()).unwrap();
+        let state = state_on(&home, &layout, store, host);
+        let images = dir.path().join("img");
+        let at = |f: &str| images.join(f).display().to_string();
+        state
+            .db(|s| {
+                s.insert_image(&ImageRow {
+                    id: "f".repeat(32),
+                    name: "img".into(),
+                    dir: images.display().to_string(),
+                    rootfs: at("rootfs.ext4"),
+                    rootfs_bytes: 8 << 20,
+                    kernel: Some(at("vmlinux")),
+                    created_at: "2026-01-01T00:00:00Z".into(),
+                    ..Default::default()
+                })
+            })
+            .unwrap();
+        Setup {
+            _dir: dir,
+            layout,
+            state,
+            vmm,
+            net,
+            runner,
+        }
+    }
+
+    async fn create(s: &Setup) -> Result<banger_api::types::Vm, OpError> {
+        banger_daemon::vms::create(
+            s.state.clone(),
+            CreateVm {
+                name: Some("web".into()),
+                image: Some("img".into()),
+                ..Default::default()
+            },
+            Progress::new(None),
+            CancellationToken::new(),
+        )
+        .await
+    }
+
+    fn entries(dir: &Path) -> Vec<PathBuf> {
+        match std::fs::read_dir(dir) {
+            Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Nothing of a VM exists: no row, no VM or run directory, no host command (TAP, disks),
+    /// and the backend was asked to validate once and never to start.
+    fn assert_nothing_made(s: &Setup) {
+        assert_eq!(
+            s.state.vm_rows().unwrap(),
+            Vec::new(),
+            "a VM row was stored"
+        );
+        assert_eq!(
+            entries(&s.layout.state_dir.join("vms")),
+            Vec::<PathBuf>::new()
+        );
+        assert_eq!(
+            entries(&s.layout.runtime_dir.join("vms")),
+            Vec::<PathBuf>::new()
+        );
+        assert_eq!(
+            s.net.runner().calls(),
+            Vec::<String>::new(),
+            "host networking ran"
+        );
+        assert_eq!(s.runner.calls(), Vec::<String>::new(), "a disk command ran");
+        let calls = s.vmm.calls();
+        assert!(
+            matches!(calls.as_slice(), [FakeCall::Validate(spec)] if spec.vm_id.len() == 32),
+            "{calls:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_spec_creates_nothing() {
+        let s = setup(|d| d.join("home"));
+        s.vmm.fail_next_validate(VmmError::InvalidSpec {
+            vm_id: "any".into(),
+            what: "memory size",
+            reason: "the test refuses it".into(),
+        });
+        let err = create(&s).await.unwrap_err();
+        assert!(
+            matches!(&err, OpError::Vmm { source, .. } if matches!(**source, VmmError::InvalidSpec { .. })),
+            "{err:?}"
+        );
+        assert_eq!(err.kind(), banger_api::ErrorKind::BadRequest);
+        assert_nothing_made(&s);
+        // The same create passes validation once nothing refuses it, and gets as far as
+        // the disks (whose image files do not exist), then rolls back.
+        let err = create(&s).await.unwrap_err();
+        assert!(matches!(err, OpError::Disk { .. }), "{err:?}");
+        assert_eq!(s.state.vm_rows().unwrap(), Vec::new());
+        assert!(matches!(
+            s.vmm.calls().as_slice(),
+            [FakeCall::Validate(_), FakeCall::Validate(_)]
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_run_directory_too_deep_for_socket_paths_creates_nothing() {
+        // The VM's run directory is `<runtime_dir>/vms/<12 chars>`: its sockets cannot fit
+        // in `sun_path` under a runtime directory this deep.
+        let s = setup(|d| d.join("h".repeat(100)));
+        let err = create(&s).await.unwrap_err();
+        assert!(
+            matches!(&err, OpError::Vmm { source, .. } if matches!(**source, VmmError::SocketPathTooLong { .. })),
+            "{err:?}"
+        );
+        assert!(
+            banger_daemon::error::chain(&err).contains("a Unix socket path holds at most 107"),
+            "{err}"
+        );
+        assert_nothing_made(&s);
+    }
+}

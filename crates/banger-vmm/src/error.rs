@@ -5,6 +5,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::KernelFormat;
 use crate::firecracker::api::ApiError;
 use crate::process::{CleanupError, SpawnError};
 use crate::qemu::qmp::QmpError;
@@ -39,7 +40,15 @@ pub enum VmmError {
         path: PathBuf,
     },
 
-    #[error("VM {vm_id}: cannot create the run directory {}: {source}", path.display())]
+    #[error("VM {vm_id}: no kernel file to boot ({} is what this VMM boots)", wanted.describe())]
+    NoKernel {
+        vm_id: String,
+        /// The format the backend boots best (it takes the other one too when that is all
+        /// there is: [`KernelFiles::pick`](crate::KernelFiles::pick)).
+        wanted: KernelFormat,
+    },
+
+    #[error("VM {vm_id}: cannot create the run directory {}", path.display())]
     RunDir {
         vm_id: String,
         path: PathBuf,
@@ -57,17 +66,17 @@ pub enum VmmError {
         pid: Option<u32>,
     },
 
-    #[error("VM {vm_id}: cannot remove stale sockets: {source}")]
+    #[error("VM {vm_id}: cannot remove stale sockets")]
     StaleSockets { vm_id: String, source: CleanupError },
 
-    #[error("VM {vm_id}: cannot open the log file {}: {source}", path.display())]
+    #[error("VM {vm_id}: cannot open the log file {}", path.display())]
     OpenLog {
         vm_id: String,
         path: PathBuf,
         source: io::Error,
     },
 
-    #[error("VM {vm_id}: {source}")]
+    #[error("VM {vm_id}: cannot start the VMM")]
     Spawn { vm_id: String, source: SpawnError },
 
     #[error(
@@ -100,14 +109,14 @@ pub enum VmmError {
     },
 
     /// A Firecracker API request failed (boxed: it is the largest variant by far).
-    #[error("VM {vm_id}: {source}")]
+    #[error("VM {vm_id}: a Firecracker API request failed")]
     Api {
         vm_id: String,
         source: Box<ApiError>,
     },
 
     /// A QEMU QMP command failed (boxed like [`VmmError::Api`]).
-    #[error("VM {vm_id}: {source}")]
+    #[error("VM {vm_id}: a QMP command failed")]
     Qmp {
         vm_id: String,
         source: Box<QmpError>,
@@ -122,6 +131,7 @@ impl VmmError {
             | Self::SocketPathTooLong { vm_id, .. }
             | Self::InvalidSpec { vm_id, .. }
             | Self::NonUtf8Path { vm_id, .. }
+            | Self::NoKernel { vm_id, .. }
             | Self::RunDir { vm_id, .. }
             | Self::AlreadyRunning { vm_id, .. }
             | Self::StaleSockets { vm_id, .. }
@@ -132,5 +142,155 @@ impl VmmError {
             | Self::Api { vm_id, .. }
             | Self::Qmp { vm_id, .. } => vm_id,
         }
+    }
+}
+
+pub(crate) use banger_core::error::chain;
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use hyper::Method;
+
+    use super::*;
+    use crate::process::{IdentityError, Signal, SignalError, StopError};
+
+    fn io() -> io::Error {
+        io::Error::other("the disk is on fire")
+    }
+
+    /// No level of `error`'s chain repeats the level below it.
+    fn assert_no_repeat(error: &dyn Error) {
+        let mut level = error;
+        while let Some(source) = level.source() {
+            let (outer, inner) = (level.to_string(), source.to_string());
+            assert!(
+                !outer.contains(&inner),
+                "{outer:?} repeats its source {inner:?}"
+            );
+            level = source;
+        }
+    }
+
+    #[test]
+    fn no_message_repeats_its_source() {
+        let vm_id = || "0123456789abcdef".to_string();
+        let socket = || PathBuf::from("/run/b/0123/api.sock");
+        let api = Box::new;
+        let errors: Vec<Box<dyn Error>> = vec![
+            Box::new(VmmError::RunDir {
+                vm_id: vm_id(),
+                path: "/run/b/0123".into(),
+                source: io(),
+            }),
+            Box::new(VmmError::StaleSockets {
+                vm_id: vm_id(),
+                source: CleanupError::Remove {
+                    path: socket(),
+                    source: io(),
+                },
+            }),
+            Box::new(VmmError::StaleSockets {
+                vm_id: vm_id(),
+                source: CleanupError::ReadDir {
+                    dir: "/run/b/0123".into(),
+                    source: io(),
+                },
+            }),
+            Box::new(VmmError::OpenLog {
+                vm_id: vm_id(),
+                path: "/l/vmm.log".into(),
+                source: io(),
+            }),
+            Box::new(VmmError::Spawn {
+                vm_id: vm_id(),
+                source: SpawnError::Spawn {
+                    program: "/usr/bin/firecracker".into(),
+                    source: io(),
+                },
+            }),
+            Box::new(VmmError::Spawn {
+                vm_id: vm_id(),
+                source: SpawnError::Reaper {
+                    program: "/usr/bin/firecracker".into(),
+                    pid: 42,
+                    source: io(),
+                },
+            }),
+            Box::new(VmmError::Api {
+                vm_id: vm_id(),
+                source: api(ApiError::Connect {
+                    socket: socket(),
+                    method: Method::PUT,
+                    path: "/actions".into(),
+                    source: io(),
+                }),
+            }),
+            Box::new(VmmError::Api {
+                vm_id: vm_id(),
+                source: api(ApiError::Encode {
+                    method: Method::PUT,
+                    path: "/actions".into(),
+                    source: serde_json::from_str::<u8>("x").unwrap_err(),
+                }),
+            }),
+            Box::new(VmmError::Api {
+                vm_id: vm_id(),
+                source: api(ApiError::Body {
+                    socket: socket(),
+                    method: Method::GET,
+                    path: "/".into(),
+                    source: Box::new(io()),
+                }),
+            }),
+            Box::new(VmmError::Qmp {
+                vm_id: vm_id(),
+                source: Box::new(QmpError::Connect {
+                    socket: socket(),
+                    command: "query-status".into(),
+                    source: io(),
+                }),
+            }),
+            Box::new(VmmError::Qmp {
+                vm_id: vm_id(),
+                source: Box::new(QmpError::Io {
+                    socket: socket(),
+                    command: "query-status".into(),
+                    source: io(),
+                }),
+            }),
+            Box::new(StopError::Kill {
+                vm_id: vm_id(),
+                pid: 42,
+                source: SignalError::Failed {
+                    pid: 42,
+                    signal: Signal::KILL,
+                    source: io(),
+                },
+            }),
+            Box::new(StopError::Identify {
+                vm_id: vm_id(),
+                source: IdentityError::Pidfd {
+                    pid: 42,
+                    source: io(),
+                },
+            }),
+        ];
+        for error in &errors {
+            assert!(error.source().is_some(), "{error}");
+            assert_no_repeat(error.as_ref());
+            // The cause still reaches whoever renders the chain.
+            assert!(
+                chain(error.as_ref()).ends_with(": the disk is on fire")
+                    || chain(error.as_ref()).contains("expected value"),
+                "{}",
+                chain(error.as_ref())
+            );
+        }
+        assert_eq!(
+            chain(errors[4].as_ref()),
+            "VM 0123456789abcdef: cannot start the VMM: cannot start /usr/bin/firecracker: the disk is on fire"
+        );
     }
 }

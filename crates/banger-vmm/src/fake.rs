@@ -8,16 +8,20 @@
 //! sockets: its agent endpoint is [`AgentEndpoint::Unix`] at `run_dir/agent.sock`, where a test
 //! can run `banger-agent --listen-unix`.
 //!
+//! Its [`Vmm::validate`] and [`Vmm::start`] check the VM id, the socket path lengths in the run
+//! directory and that there is a kernel file, as a real backend does; a test can make the next
+//! validation fail ([`FakeVmm::fail_next_validate`]).
+//!
 //! Dropping the fake kills every process it started that is still running.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::process::{self, Signal, Spawned};
-use crate::{AgentEndpoint, BoxFuture, Running, VmSpec, Vmm, VmmError, VmmKind};
+use crate::{AgentEndpoint, BoxFuture, KernelFormat, Running, VmSpec, Vmm, VmmError, VmmKind};
 
 /// The fake's control socket name in `run_dir` (nothing listens there).
 pub const API_SOCKET: &str = "api.sock";
@@ -29,6 +33,7 @@ pub const ARGV0: &str = "fake-vmm";
 /// One call made to the fake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FakeCall {
+    Validate(VmSpec),
     Start(VmSpec),
     RequestShutdown(Running),
     FindLive(VmSpec),
@@ -46,6 +51,7 @@ pub enum ShutdownBehaviour {
 #[derive(Debug)]
 struct State {
     calls: Vec<FakeCall>,
+    validate_errors: VecDeque<VmmError>,
     start_errors: VecDeque<VmmError>,
     shutdown_errors: VecDeque<VmmError>,
     shutdown: ShutdownBehaviour,
@@ -76,6 +82,7 @@ impl FakeVmm {
             sleep_bin: PathBuf::from("sleep"),
             state: Mutex::new(State {
                 calls: Vec::new(),
+                validate_errors: VecDeque::new(),
                 start_errors: VecDeque::new(),
                 shutdown_errors: VecDeque::new(),
                 shutdown: ShutdownBehaviour::Exit,
@@ -104,6 +111,11 @@ impl FakeVmm {
     /// Every call so far, in order.
     pub fn calls(&self) -> Vec<FakeCall> {
         self.state().calls.clone()
+    }
+
+    /// The next [`Vmm::validate`] fails with `error` (errors queue up, one per call).
+    pub fn fail_next_validate(&self, error: VmmError) {
+        self.state().validate_errors.push_back(error);
     }
 
     /// The next [`Vmm::start`] fails with `error` (errors queue up, one per call).
@@ -135,8 +147,28 @@ impl FakeVmm {
             vm_id: spec.vm_id.clone(),
             pid: 0,
             start_time: None,
-            api_socket: spec.run_dir.join(API_SOCKET),
+            api_socket: self.control_socket(&spec.run_dir),
             agent: self.agent_endpoint(spec),
+        }
+    }
+
+    /// What a real backend checks too: the VM id, its control socket's path length, a kernel
+    /// file.
+    fn check(spec: &VmSpec) -> Result<(), VmmError> {
+        crate::validate_vm_id(&spec.vm_id)?;
+        crate::check_socket_path(&spec.vm_id, &spec.run_dir.join(API_SOCKET))?;
+        crate::check_socket_path(&spec.vm_id, &spec.run_dir.join(AGENT_SOCKET))?;
+        spec.kernel
+            .pick_for(&spec.vm_id, KernelFormat::Vmlinux)
+            .map(drop)
+    }
+
+    fn validate_vm(&self, spec: &VmSpec) -> Result<(), VmmError> {
+        let mut state = self.state();
+        state.calls.push(FakeCall::Validate(spec.clone()));
+        match state.validate_errors.pop_front() {
+            Some(error) => Err(error),
+            None => Self::check(spec),
         }
     }
 
@@ -146,6 +178,7 @@ impl FakeVmm {
         if let Some(error) = state.start_errors.pop_front() {
             return Err(error);
         }
+        Self::check(spec)?;
         let mut running = self.running(spec);
         if let Some((live, spawned)) = state.vms.get(&spec.vm_id)
             && spawned.exit().is_none()
@@ -220,9 +253,10 @@ impl Vmm for FakeVmm {
         self.kind
     }
 
-    /// Checks the VM id only.
+    /// An injected error ([`FakeVmm::fail_next_validate`]), else the checks a real backend
+    /// makes on the VM id, the socket paths and the kernel.
     fn validate(&self, spec: &VmSpec) -> Result<(), VmmError> {
-        crate::validate_vm_id(&spec.vm_id)
+        self.validate_vm(spec)
     }
 
     fn start<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Result<Running, VmmError>> {
@@ -240,6 +274,10 @@ impl Vmm for FakeVmm {
     fn agent_endpoint(&self, spec: &VmSpec) -> AgentEndpoint {
         AgentEndpoint::Unix(spec.run_dir.join(AGENT_SOCKET))
     }
+
+    fn control_socket(&self, run_dir: &Path) -> PathBuf {
+        run_dir.join(API_SOCKET)
+    }
 }
 
 #[cfg(test)]
@@ -248,6 +286,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::KernelFiles;
     use crate::process::{SpawnError, StopOutcome, alive, stop, wait_exit};
 
     fn spec(id: &str) -> VmSpec {
@@ -255,8 +294,7 @@ mod tests {
             vm_id: id.to_string(),
             vcpus: 1,
             memory_mib: 128,
-            kernel: "/k".into(),
-            initrd: None,
+            kernel: KernelFiles::either("/k"),
             boot_args: String::new(),
             root_disk: "/r".into(),
             work_disk: "/w".into(),
@@ -349,7 +387,7 @@ mod tests {
             },
         });
         let err = fake.start(&spec).await.unwrap_err();
-        assert!(err.to_string().contains("boom"), "{err}");
+        assert!(crate::error::chain(&err).contains("boom"), "{err}");
         assert_eq!(fake.pid_of(&spec.vm_id), None);
         let run = fake.start(&spec).await.unwrap();
         assert!(alive(run.pid));
@@ -369,6 +407,47 @@ mod tests {
         let fake = FakeVmm::new().with_sleep_bin("/nonexistent/sleep");
         let err = fake.start(&spec("aaaa000000000006")).await.unwrap_err();
         assert!(matches!(err, VmmError::Spawn { .. }), "{err}");
-        assert!(err.to_string().contains("/nonexistent/sleep"), "{err}");
+        assert!(
+            crate::error::chain(&err).contains("/nonexistent/sleep"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn validate_checks_like_a_backend_and_takes_injected_errors() {
+        let fake = FakeVmm::new();
+        let good = spec("aaaa000000000007");
+        assert!(fake.validate(&good).is_ok());
+        let mut no_kernel = good.clone();
+        no_kernel.kernel = KernelFiles::formats(None, None);
+        assert!(matches!(
+            fake.validate(&no_kernel),
+            Err(VmmError::NoKernel { .. })
+        ));
+        let mut long = good.clone();
+        long.run_dir = PathBuf::from(format!("/{}", "r".repeat(100)));
+        assert!(matches!(
+            fake.validate(&long),
+            Err(VmmError::SocketPathTooLong { .. })
+        ));
+        fake.fail_next_validate(VmmError::InvalidSpec {
+            vm_id: good.vm_id.clone(),
+            what: "memory size",
+            reason: "the test refuses it".into(),
+        });
+        assert!(matches!(
+            fake.validate(&good),
+            Err(VmmError::InvalidSpec { .. })
+        ));
+        assert!(
+            fake.validate(&good).is_ok(),
+            "an injected error comes back once"
+        );
+        assert_eq!(fake.calls().len(), 5);
+        assert!(
+            fake.calls()
+                .iter()
+                .all(|c| matches!(c, FakeCall::Validate(_)))
+        );
     }
 }

@@ -1,9 +1,11 @@
 //! The Firecracker backend: [`FirecrackerVmm`].
 //!
-//! Start sequence, each step bounded by a timeout ([`Timeouts`]):
+//! Start sequence (the shared start template, `launch::start`, with Firecracker's steps),
+//! each step bounded by a timeout ([`Timeouts`]):
 //!
 //! 1. check the spec ([`Vmm::validate`]): the id Firecracker takes as `--id`, socket paths
-//!    that fit in `sun_path`, paths the API takes as JSON strings;
+//!    that fit in `sun_path`, a kernel file (the ELF `vmlinux`, else the bzImage), paths the
+//!    API takes as JSON strings;
 //! 2. create `run_dir`; refuse if a VMM already answers on `run_dir/api.sock`, otherwise
 //!    remove stale sockets there (Firecracker refuses an existing API socket path);
 //! 3. spawn `<bin> --api-sock <run_dir>/api.sock --id <vm_id>` detached, stdout appended to
@@ -12,7 +14,9 @@
 //!    tail);
 //! 5. `PUT` the configuration ([`boot_requests`]): `/machine-config`, `/boot-source`,
 //!    `/drives/root`, `/drives/work`, `/network-interfaces/eth0`, `/vsock` (host side at
-//!    `run_dir/vsock.sock`), then `/actions` `InstanceStart`.
+//!    `run_dir/vsock.sock`), then `/actions` `InstanceStart`. The kernel command line is the
+//!    daemon's backend-neutral one plus `pci=off` ([`kernel_args`]): Firecracker's machine
+//!    has no PCI bus.
 //!
 //! Any failure after the spawn kills the VMM's process group and removes its sockets.
 //!
@@ -23,19 +27,17 @@
 pub mod api;
 
 use std::ffi::{OsStr, OsString};
-use std::fs::DirBuilder;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use banger_agent_proto::wire::AGENT_VSOCK_PORT;
 
+use crate::launch::{self, Backend, Launch};
 pub use crate::process::LocateError;
-use crate::process::{self, BinarySource, Launch, StartGuard};
+use crate::process::{self, BinarySource};
 use crate::{
-    AgentEndpoint, BoxFuture, Running, VmSpec, Vmm, VmmError, VmmKind, check_socket_path,
-    validate_vm_id,
+    AgentEndpoint, BoxFuture, KernelFormat, Running, VmSpec, Vmm, VmmError, VmmKind,
+    check_socket_path, validate_vm_id,
 };
 use api::{
     ActionType, ApiClient, ApiError, BootSource, Drive, InstanceAction, MachineConfig,
@@ -57,7 +59,6 @@ pub const SOURCE: BinarySource = banger_core::probe::FIRECRACKER;
 /// The guest network interface id.
 pub const IFACE_ID: &str = "eth0";
 
-/// Lines and bytes of a log quoted when the VMM exits during start.
 /// Pause between two readiness probes.
 const READY_POLL: Duration = Duration::from_millis(10);
 /// How long to wait for the exit status after the API stopped answering mid-start.
@@ -148,122 +149,82 @@ impl FirecrackerVmm {
         ApiClient::new(socket).with_timeout(timeout)
     }
 
-    async fn start_vm(&self, spec: &VmSpec) -> Result<Running, VmmError> {
-        let requests = self.validate_and_plan(spec)?;
-        let vm_id = spec.vm_id.as_str();
-        let api_sock = api_socket(&spec.run_dir);
-
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&spec.run_dir)
-            .map_err(|source| VmmError::RunDir {
-                vm_id: vm_id.to_string(),
-                path: spec.run_dir.clone(),
-                source,
-            })?;
-        let probe = self.client(&api_sock, self.timeouts.probe);
-        match probe.describe_with_peer().await {
-            Ok((_, peer)) => {
-                return Err(VmmError::AlreadyRunning {
-                    vm_id: vm_id.to_string(),
-                    pid: peer.or_else(|| {
-                        process::pids_with_arg(api_sock.as_os_str())
-                            .first()
-                            .copied()
-                    }),
-                    socket: api_sock,
-                });
-            }
-            Err(error) if !error.is_connect() => {
-                // Something accepts connections there but does not answer: not ours to remove.
-                return Err(VmmError::AlreadyRunning {
-                    vm_id: vm_id.to_string(),
-                    socket: api_sock.clone(),
-                    pid: process::pids_with_arg(api_sock.as_os_str())
-                        .first()
-                        .copied(),
-                });
-            }
-            Err(_) => {}
-        }
-        let removed =
-            process::cleanup_sockets(&spec.run_dir).map_err(|source| VmmError::StaleSockets {
-                vm_id: vm_id.to_string(),
-                source,
-            })?;
-        if !removed.is_empty() {
-            tracing::debug!(vm_id, ?removed, "removed stale sockets");
-        }
-
-        let (console, console_from) = process::open_log(vm_id, &spec.console_log)?;
-        let (vmm_log, vmm_log_from) = process::open_log(vm_id, &spec.vmm_log)?;
-        let mut cmd = Command::new(&self.bin);
-        cmd.arg("--api-sock")
-            .arg(&api_sock)
-            .arg("--id")
-            .arg(vm_id)
-            .stdin(Stdio::null())
-            .stdout(console)
-            .stderr(vmm_log)
-            .envs(self.env.iter().map(|(k, v)| (k, v)));
-        let spawned = process::spawn_detached(cmd).map_err(|source| VmmError::Spawn {
-            vm_id: vm_id.to_string(),
-            source,
-        })?;
-        let pid = spawned.pid();
-        let start_time = spawned.start_time();
-        tracing::debug!(vm_id, pid, bin = %self.bin.display(), "spawned firecracker");
-        let guard = StartGuard::new(pid, &spec.run_dir);
-        let launch = Launch {
-            spec,
-            spawned,
-            control_sock: &api_sock,
-            console_from,
-            vmm_log_from,
-        };
-
-        match self.configure(&launch, &requests).await {
-            Ok(()) => {
-                guard.disarm();
-                Ok(Running {
-                    vm_id: vm_id.to_string(),
-                    pid,
-                    start_time,
-                    api_socket: api_sock,
-                    agent: self.agent_endpoint(spec),
-                })
-            }
-            Err(error) => {
-                guard.abort().await;
-                Err(error)
-            }
-        }
-    }
-
     fn validate_and_plan(&self, spec: &VmSpec) -> Result<Vec<ApiRequest>, VmmError> {
         validate_vm_id(&spec.vm_id)?;
         check_socket_path(&spec.vm_id, &api_socket(&spec.run_dir))?;
         check_socket_path(&spec.vm_id, &vsock_socket(&spec.run_dir))?;
         boot_requests(spec)
     }
+}
 
-    /// Waits for the API, then sends the boot sequence.
+/// Firecracker's steps of the start template: spawned with only its API socket and VM id,
+/// then configured and booted through its API.
+impl Backend for FirecrackerVmm {
+    type Plan = Vec<ApiRequest>;
+    type ProbeError = ApiError;
+
+    fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    fn env(&self) -> &[(OsString, OsString)] {
+        &self.env
+    }
+
+    fn ready_wait(&self) -> (Duration, Duration) {
+        (self.timeouts.ready, READY_POLL)
+    }
+
+    fn plan(&self, spec: &VmSpec) -> Result<Vec<ApiRequest>, VmmError> {
+        self.validate_and_plan(spec)
+    }
+
+    fn control_arg(&self, run_dir: &Path) -> OsString {
+        api_socket(run_dir).into_os_string()
+    }
+
+    async fn probe(&self, socket: &Path) -> Result<Option<u32>, ApiError> {
+        let (_, peer) = self
+            .client(socket, self.timeouts.probe)
+            .describe_with_peer()
+            .await?;
+        Ok(peer)
+    }
+
+    fn is_connect(error: &ApiError) -> bool {
+        error.is_connect()
+    }
+
+    fn args(&self, spec: &VmSpec, _: &Vec<ApiRequest>, control_socket: &Path) -> Vec<OsString> {
+        vec![
+            "--api-sock".into(),
+            control_socket.into(),
+            "--id".into(),
+            spec.vm_id.clone().into(),
+        ]
+    }
+
+    async fn query_vm(&self, socket: &Path) -> Result<(Option<String>, Option<u32>), ApiError> {
+        let (info, peer) = self
+            .client(socket, self.timeouts.probe)
+            .describe_with_peer()
+            .await?;
+        Ok((Some(info.id), peer))
+    }
+
+    async fn ready(&self, socket: &Path) -> Result<(), ApiError> {
+        self.client(socket, self.timeouts.probe)
+            .describe()
+            .await
+            .map(drop)
+    }
+
+    /// Sends the boot sequence.
     async fn configure(
         &self,
         launch: &Launch<'_>,
-        requests: &[ApiRequest],
+        requests: &Vec<ApiRequest>,
     ) -> Result<(), VmmError> {
-        let probe = self.client(launch.control_sock, self.timeouts.probe);
-        let probe = &probe;
-        launch
-            .wait_ready(
-                &self.bin,
-                self.timeouts.ready,
-                READY_POLL,
-                move || async move { probe.describe().await.map(|_| ()) },
-            )
-            .await?;
         let client = self.client(launch.control_sock, self.timeouts.api);
         for request in requests {
             if let Err(source) = client.put(&request.path, &request.body).await {
@@ -282,38 +243,8 @@ impl FirecrackerVmm {
         }
         Ok(())
     }
-
-    async fn find_vm(&self, spec: &VmSpec) -> Option<Running> {
-        let socket = api_socket(&spec.run_dir);
-        let probe = self.client(&socket, self.timeouts.probe);
-        let (info, peer) = match probe.describe_with_peer().await {
-            Ok(found) => found,
-            Err(error) => {
-                tracing::debug!(vm_id = spec.vm_id, %error, "no live VMM");
-                return None;
-            }
-        };
-        if info.id != spec.vm_id {
-            tracing::warn!(
-                vm_id = spec.vm_id,
-                found = info.id,
-                socket = %socket.display(),
-                "the VMM on this VM's socket runs another VM"
-            );
-            return None;
-        }
-        let pid = process::pid_serving(peer, socket.as_os_str())?;
-        Some(Running {
-            vm_id: spec.vm_id.clone(),
-            pid,
-            start_time: process::start_time(pid),
-            api_socket: socket,
-            agent: self.agent_endpoint(spec),
-        })
-    }
 }
 
-/// A VMM being started: what the readiness wait and the configuration need.
 impl Vmm for FirecrackerVmm {
     fn kind(&self) -> VmmKind {
         VmmKind::Firecracker
@@ -324,7 +255,7 @@ impl Vmm for FirecrackerVmm {
     }
 
     fn start<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Result<Running, VmmError>> {
-        Box::pin(self.start_vm(spec))
+        Box::pin(launch::start(self, spec))
     }
 
     fn request_shutdown<'a>(&'a self, run: &'a Running) -> BoxFuture<'a, Result<(), VmmError>> {
@@ -340,7 +271,7 @@ impl Vmm for FirecrackerVmm {
     }
 
     fn find_live<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Option<Running>> {
-        Box::pin(self.find_vm(spec))
+        Box::pin(launch::find_live(self, spec))
     }
 
     fn agent_endpoint(&self, spec: &VmSpec) -> AgentEndpoint {
@@ -348,6 +279,10 @@ impl Vmm for FirecrackerVmm {
             uds: vsock_socket(&spec.run_dir),
             port: AGENT_VSOCK_PORT,
         }
+    }
+
+    fn control_socket(&self, run_dir: &Path) -> PathBuf {
+        api_socket(run_dir)
     }
 }
 
@@ -374,13 +309,34 @@ fn request(path: &str, body: impl serde::Serialize) -> ApiRequest {
     }
 }
 
+/// What Firecracker's machine adds to the backend-neutral kernel command line: it has no PCI
+/// bus, so the guest kernel must not probe for one.
+pub const KERNEL_ARGS: &[&str] = &["pci=off"];
+
+/// The kernel command line Firecracker passes: `boot_args` followed by [`KERNEL_ARGS`] (each
+/// once), whitespace normalized to single spaces.
+pub fn kernel_args(boot_args: &str) -> String {
+    let mut words: Vec<&str> = boot_args.split_whitespace().collect();
+    for arg in KERNEL_ARGS {
+        if !words.contains(arg) {
+            words.push(arg);
+        }
+    }
+    words.join(" ")
+}
+
 /// The requests that configure and boot `spec`'s VM, in order: `/machine-config`,
 /// `/boot-source`, `/drives/root`, `/drives/work`, `/network-interfaces/eth0`, `/vsock`,
 /// `/actions` (`InstanceStart`). Fails when a path is not UTF-8 (the API takes JSON strings).
 pub fn boot_requests(spec: &VmSpec) -> Result<Vec<ApiRequest>, VmmError> {
     let id = spec.vm_id.as_str();
-    let kernel = utf8(id, "kernel", &spec.kernel)?;
+    let kernel = utf8(
+        id,
+        "kernel",
+        spec.kernel.pick_for(id, KernelFormat::Vmlinux)?,
+    )?;
     let initrd = spec
+        .kernel
         .initrd
         .as_deref()
         .map(|p| utf8(id, "initrd", p))
@@ -401,7 +357,7 @@ pub fn boot_requests(spec: &VmSpec) -> Result<Vec<ApiRequest>, VmmError> {
             "/boot-source",
             BootSource {
                 kernel_image_path: kernel.to_string(),
-                boot_args: spec.boot_args.clone(),
+                boot_args: kernel_args(&spec.boot_args),
                 initrd_path: initrd.map(str::to_string),
             },
         ),
@@ -450,18 +406,19 @@ pub fn boot_requests(spec: &VmSpec) -> Result<Vec<ApiRequest>, VmmError> {
 #[cfg(test)]
 mod tests {
     use std::os::unix::ffi::OsStringExt;
+    use std::process::{Command, Stdio};
 
     use serde_json::json;
 
     use super::*;
+    use crate::KernelFiles;
 
     fn spec() -> VmSpec {
         VmSpec {
             vm_id: "0123456789abcdef".to_string(),
             vcpus: 2,
             memory_mib: 2048,
-            kernel: "/k/vmlinux".into(),
-            initrd: None,
+            kernel: KernelFiles::formats(Some("/k/vmlinux".into()), Some("/k/vmlinuz".into())),
             boot_args: "console=ttyS0 reboot=k panic=1".to_string(),
             root_disk: "/d/root.ext4".into(),
             work_disk: "/d/work.ext4".into(),
@@ -488,7 +445,7 @@ mod tests {
             ),
             (
                 "/boot-source",
-                json!({"kernel_image_path": "/k/vmlinux", "boot_args": "console=ttyS0 reboot=k panic=1"}),
+                json!({"kernel_image_path": "/k/vmlinux", "boot_args": "console=ttyS0 reboot=k panic=1 pci=off"}),
             ),
             (
                 "/drives/root",
@@ -518,11 +475,61 @@ mod tests {
     #[test]
     fn initrd_is_sent_when_present() {
         let mut spec = spec();
-        spec.initrd = Some("/k/initrd.img".into());
+        spec.kernel.initrd = Some("/k/initrd.img".into());
         let requests = boot_requests(&spec).unwrap();
         assert_eq!(
             requests[1].body,
-            json!({"kernel_image_path": "/k/vmlinux", "boot_args": "console=ttyS0 reboot=k panic=1", "initrd_path": "/k/initrd.img"})
+            json!({"kernel_image_path": "/k/vmlinux", "boot_args": "console=ttyS0 reboot=k panic=1 pci=off", "initrd_path": "/k/initrd.img"})
+        );
+    }
+
+    #[test]
+    fn kernel_args_add_pci_off_once() {
+        assert_eq!(
+            kernel_args("console=ttyS0  root=/dev/vda rw"),
+            "console=ttyS0 root=/dev/vda rw pci=off"
+        );
+        assert_eq!(
+            kernel_args("pci=off console=ttyS0"),
+            "pci=off console=ttyS0"
+        );
+        assert_eq!(kernel_args(""), "pci=off");
+    }
+
+    #[test]
+    fn the_vmlinux_is_booted_else_the_bzimage() {
+        let kernel_of = |kernel: KernelFiles| {
+            let mut spec = spec();
+            spec.kernel = kernel;
+            boot_requests(&spec).map(|r| r[1].body["kernel_image_path"].clone())
+        };
+        assert_eq!(
+            kernel_of(KernelFiles::formats(None, Some("/k/vmlinuz".into()))).unwrap(),
+            "/k/vmlinuz"
+        );
+        assert_eq!(
+            kernel_of(KernelFiles::either("/k/kernel")).unwrap(),
+            "/k/kernel"
+        );
+        let err = kernel_of(KernelFiles::formats(None, None)).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                VmmError::NoKernel {
+                    wanted: KernelFormat::Vmlinux,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let mut spec = spec();
+        spec.kernel = KernelFiles::formats(None, None);
+        let err = FirecrackerVmm::new("/bin/firecracker")
+            .validate(&spec)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "VM 0123456789abcdef: no kernel file to boot (an ELF vmlinux is what this VMM boots)"
         );
     }
 
@@ -582,6 +589,10 @@ mod tests {
             }
         );
         assert_eq!(vmm.kind(), VmmKind::Firecracker);
+        assert_eq!(
+            vmm.control_socket(Path::new("/run/b/x")),
+            Path::new("/run/b/x/api.sock")
+        );
     }
 
     fn executable(dir: &Path, name: &str) -> PathBuf {

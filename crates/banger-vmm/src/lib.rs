@@ -6,11 +6,16 @@
 //!
 //! A backend turns a [`VmSpec`] (everything one VM needs to boot) into a [`Running`] VMM (its
 //! pid, its control socket and where its guest agent answers), asks a guest to shut down, and
-//! re-finds a live VMM after the daemon restarted. Stopping is generic ([`process::stop`]):
+//! re-finds a live VMM after the daemon restarted. Stopping is generic ([`process::stop()`]):
 //! ask politely, wait a grace period, then `SIGKILL`, and never hang.
 //!
 //! # Why things are as they are
 //!
+//! - **Backends own their details; the daemon never asks which one it has.** It hands over
+//!   the kernel files an image has ([`KernelFiles`]) and a backend-neutral command line;
+//!   the backend picks the file it boots and adds its own arguments (Firecracker:
+//!   `pci=off`), names its sockets, and knows when its VMM is ready. Both backends run the
+//!   same start template (`launch::start`), each supplying only its own steps.
 //! - **The VMM gets its own session** (`setsid` in the child before `exec`, see
 //!   [`process::spawn_detached`]). A VM outlives the request that started it and the daemon
 //!   itself (a daemon of a newer build replaces the old one while VMs keep running). In its own
@@ -45,6 +50,7 @@ pub mod error;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 pub mod firecracker;
+mod launch;
 pub mod process;
 pub mod qemu;
 
@@ -163,11 +169,11 @@ pub struct VmSpec {
     pub vm_id: String,
     pub vcpus: u32,
     pub memory_mib: u64,
-    /// The kernel image: Firecracker needs an uncompressed ELF `vmlinux`; QEMU boots a
-    /// `vmlinuz` (bzImage).
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
-    /// The kernel command line (QEMU drops `pci=off` from it: see [`qemu::kernel_args`]).
+    /// The kernel files the VM can boot from; the backend picks the one it boots
+    /// ([`KernelFiles::pick`]).
+    pub kernel: KernelFiles,
+    /// The backend-neutral kernel command line (console, root device, panic and reboot
+    /// behaviour); each backend adds what its machine needs (Firecracker: `pci=off`).
     pub boot_args: String,
     /// The root file system (read-write).
     pub root_disk: PathBuf,
@@ -187,6 +193,97 @@ pub struct VmSpec {
     pub console_log: PathBuf,
     /// Receives the VMM's stderr (appended).
     pub vmm_log: PathBuf,
+}
+
+/// A kernel image's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KernelFormat {
+    /// An uncompressed ELF kernel, `vmlinux`: what Firecracker boots.
+    Vmlinux,
+    /// A compressed x86 boot image, `vmlinuz`: what QEMU boots.
+    BzImage,
+}
+
+impl KernelFormat {
+    /// How messages name it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Vmlinux => "an ELF vmlinux",
+            Self::BzImage => "a bzImage (vmlinuz)",
+        }
+    }
+}
+
+/// A VM's kernel image files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelImage {
+    /// One file, an ELF `vmlinux` or a bzImage, of a format nobody recorded (an image
+    /// registered with its own kernel: checked to be one of the two then). Every backend
+    /// boots it as it is.
+    Either(PathBuf),
+    /// An imported kernel's files by format (its `vmlinux`, and its `vmlinuz` when it has
+    /// one).
+    Formats {
+        vmlinux: Option<PathBuf>,
+        bzimage: Option<PathBuf>,
+    },
+}
+
+/// The kernel files the daemon has for a VM, handed to the backend in [`VmSpec::kernel`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelFiles {
+    pub image: KernelImage,
+    pub initrd: Option<PathBuf>,
+}
+
+impl KernelFiles {
+    /// One kernel file of either format ([`KernelImage::Either`]), no initrd.
+    pub fn either(path: impl Into<PathBuf>) -> Self {
+        Self {
+            image: KernelImage::Either(path.into()),
+            initrd: None,
+        }
+    }
+
+    /// An imported kernel's files by format ([`KernelImage::Formats`]), no initrd.
+    pub fn formats(vmlinux: Option<PathBuf>, bzimage: Option<PathBuf>) -> Self {
+        Self {
+            image: KernelImage::Formats { vmlinux, bzimage },
+            initrd: None,
+        }
+    }
+
+    /// The same kernel with `initrd`.
+    pub fn with_initrd(mut self, initrd: Option<PathBuf>) -> Self {
+        self.initrd = initrd;
+        self
+    }
+
+    /// The file a backend that boots `format` best boots: the file of that format, else the
+    /// other one (QEMU boots a `vmlinux` that has a PVH entry point; a Firecracker with
+    /// bzImage support boots a bzImage, an older one refuses it and says so); `None` when
+    /// there is no kernel file at all. Behaviour as before the backends chose: each prefers
+    /// its format and falls back to the other.
+    pub fn pick(&self, format: KernelFormat) -> Option<&Path> {
+        match &self.image {
+            KernelImage::Either(path) => Some(path),
+            KernelImage::Formats { vmlinux, bzimage } => {
+                let (first, second) = match format {
+                    KernelFormat::Vmlinux => (vmlinux, bzimage),
+                    KernelFormat::BzImage => (bzimage, vmlinux),
+                };
+                first.as_deref().or(second.as_deref())
+            }
+        }
+    }
+
+    /// [`pick`](Self::pick), or [`VmmError::NoKernel`] naming the VM `vm_id`.
+    pub fn pick_for(&self, vm_id: &str, format: KernelFormat) -> Result<&Path, VmmError> {
+        self.pick(format).ok_or_else(|| VmmError::NoKernel {
+            vm_id: vm_id.to_string(),
+            wanted: format,
+        })
+    }
 }
 
 /// Where the guest agent answers, from the host.
@@ -250,9 +347,10 @@ pub trait Vmm: Send + Sync + fmt::Debug {
         self.kind().limits()
     }
 
-    /// Checks what can be checked without touching the host: the VM id, socket path lengths,
-    /// paths the VMM API needs as text. [`start`](Vmm::start) checks the same first; the
-    /// daemon can call this to refuse a bad VM before creating anything.
+    /// Checks what can be checked without touching the host: the VM id, socket path lengths
+    /// in its run directory, a kernel file this backend boots, and what the VMM takes as
+    /// text (Firecracker: UTF-8 paths; QEMU: TAP name, MAC). [`start`](Vmm::start) checks
+    /// the same first; the daemon calls this before it creates anything for a new VM.
     fn validate(&self, spec: &VmSpec) -> Result<(), VmmError>;
 
     /// Spawns the VMM detached ([`process::spawn_detached`]: own session and process group, so
@@ -267,7 +365,7 @@ pub trait Vmm: Send + Sync + fmt::Debug {
 
     /// Asks the guest to shut down (Firecracker: `SendCtrlAltDel`; QEMU: `system_powerdown`)
     /// and returns once the VMM accepted the request, not when the VMM has exited: see
-    /// [`process::stop`] for the whole sequence.
+    /// [`process::stop()`] for the whole sequence.
     fn request_shutdown<'a>(&'a self, run: &'a Running) -> BoxFuture<'a, Result<(), VmmError>>;
 
     /// Finds a live VMM running `spec`'s VM by its control socket (it must answer, and report
@@ -277,6 +375,11 @@ pub trait Vmm: Send + Sync + fmt::Debug {
 
     /// Where the guest agent of `spec`'s VM answers once it runs.
     fn agent_endpoint(&self, spec: &VmSpec) -> AgentEndpoint;
+
+    /// The control socket of the VMM of a VM whose run directory is `run_dir` (Firecracker:
+    /// `api.sock`, QEMU: `qmp.sock`): the [`Running::api_socket`] of a VMM this backend
+    /// starts.
+    fn control_socket(&self, run_dir: &Path) -> PathBuf;
 }
 
 /// Longest VM id Firecracker accepts as `--id`.
@@ -357,6 +460,30 @@ mod tests {
         // The fake stands in for its kind.
         let fake = fake::FakeVmm::new();
         assert_eq!(Vmm::limits(&fake), fake.kind().limits());
+    }
+
+    #[test]
+    fn each_format_prefers_its_file_and_takes_the_other() {
+        use KernelFormat::{BzImage, Vmlinux};
+        let (elf, bz) = (PathBuf::from("/k/vmlinux"), PathBuf::from("/k/vmlinuz"));
+        let both = KernelFiles::formats(Some(elf.clone()), Some(bz.clone()));
+        assert_eq!(both.pick(Vmlinux), Some(elf.as_path()));
+        assert_eq!(both.pick(BzImage), Some(bz.as_path()));
+        let only_elf = KernelFiles::formats(Some(elf.clone()), None);
+        assert_eq!(only_elf.pick(BzImage), Some(elf.as_path()));
+        let only_bz = KernelFiles::formats(None, Some(bz.clone()));
+        assert_eq!(only_bz.pick(Vmlinux), Some(bz.as_path()));
+        let either = KernelFiles::either("/k/kernel").with_initrd(Some("/k/initrd".into()));
+        assert_eq!(either.pick(Vmlinux), Some(Path::new("/k/kernel")));
+        assert_eq!(either.pick(BzImage), Some(Path::new("/k/kernel")));
+        assert_eq!(either.initrd.as_deref(), Some(Path::new("/k/initrd")));
+        let none = KernelFiles::formats(None, None);
+        assert_eq!(none.pick(Vmlinux), None);
+        let err = none.pick_for("vm-1", BzImage).unwrap_err();
+        assert!(
+            matches!(&err, VmmError::NoKernel { vm_id, wanted: BzImage } if vm_id == "vm-1"),
+            "{err}"
+        );
     }
 
     #[test]

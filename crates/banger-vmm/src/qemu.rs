@@ -1,10 +1,11 @@
 //! The QEMU backend: [`QemuVmm`], for hosts where Firecracker cannot run (no hardware
 //! virtualization: QEMU's TCG emulates the CPU in software).
 //!
-//! Start sequence, each step bounded by a timeout ([`Timeouts`]):
+//! Start sequence (the shared start template, `launch::start`, with QEMU's steps), each step
+//! bounded by a timeout ([`Timeouts`]):
 //!
 //! 1. check the spec ([`Vmm::validate`]): the VM id (QEMU's `-name`), socket paths that fit in
-//!    `sun_path`, a TAP name and a MAC;
+//!    `sun_path`, a kernel file (the bzImage, else the ELF `vmlinux`), a TAP name and a MAC;
 //! 2. create `run_dir`; refuse if a VMM already answers QMP on `run_dir/qmp.sock`, otherwise
 //!    remove stale sockets there;
 //! 3. spawn `qemu-system-x86_64` with the whole machine on its command line ([`qemu_args`])
@@ -30,8 +31,9 @@
 //!   `virtio_pci` and `virtio_blk` as modules; its initramfs loads them.
 //!   `sata`, `smbus`, `usb` and `vmport` are off: nothing uses them and probing them costs
 //!   boot time under TCG. The i8042 stays, so `reboot=k` resets the machine at once.
-//! - **`pci=off` is removed from the kernel command line** ([`kernel_args`]): it is there for
-//!   Firecracker (no PCI bus), and would hide every device of this machine.
+//! - **The kernel command line is the daemon's, unchanged** ([`kernel_args`]): it is
+//!   backend-neutral, and what Firecracker adds to it (`pci=off`, it has no PCI bus) would
+//!   hide every device of this machine.
 //! - **KVM only with hardware virtualization** ([`accel_for`]): `/dev/kvm` can exist without
 //!   `vmx`/`svm` (a PVM-only KVM inside a VM), and stock guest kernels hang under it. TCG
 //!   runs one host thread per vCPU (`thread=multi`); `-cpu max` offers the guest every
@@ -56,20 +58,18 @@
 pub mod qmp;
 
 use std::ffi::{OsStr, OsString};
-use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use banger_agent_proto::wire::SERIAL_PORT_NAME;
 
+use crate::launch::{self, Backend, Launch};
 pub use crate::process::LocateError;
-use crate::process::{self, BinarySource, Launch, StartGuard};
+use crate::process::{self, BinarySource};
 use crate::{
-    AgentEndpoint, BoxFuture, Running, VmSpec, Vmm, VmmError, VmmKind, check_socket_path,
-    validate_vm_id,
+    AgentEndpoint, BoxFuture, KernelFormat, Running, VmSpec, Vmm, VmmError, VmmKind,
+    check_socket_path, validate_vm_id,
 };
 use qmp::{QmpClient, QmpError};
 
@@ -94,10 +94,6 @@ pub const DEV_VHOST_VSOCK: &str = "/dev/vhost-vsock";
 
 /// The machine type and the options that turn off what banger does not use.
 const MACHINE: &str = "q35,sata=off,smbus=off,usb=off,vmport=off";
-/// Kernel command line words removed for this machine (see the module docs).
-const DROPPED_KERNEL_ARGS: &[&str] = &["pci=off"];
-
-/// Lines and bytes of a log quoted when QEMU exits during start.
 /// Pause between two readiness probes.
 const READY_POLL: Duration = Duration::from_millis(20);
 
@@ -168,31 +164,21 @@ impl AccelProbe {
     }
 }
 
-/// Probes the host: opens `dev_kvm` read-write and looks for `vmx` or `svm` in the `flags`
-/// lines of `cpuinfo` (normally [`DEV_KVM`] and [`PROC_CPUINFO`]). Never fails: anything
-/// unreadable counts as absent.
+/// Probes the host with the shared host probe ([`banger_core::probe::probe_kvm`], which
+/// `banger doctor` uses too): `dev_kvm` opened read-write, `vmx` or `svm` in `cpuinfo`
+/// (normally [`DEV_KVM`] and [`PROC_CPUINFO`]). Never fails.
 pub fn probe_accel(dev_kvm: &Path, cpuinfo: &Path) -> AccelProbe {
-    let kvm = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(dev_kvm)
-        .map(drop)
-        .map_err(|e| format!("{}: {e}", dev_kvm.display()));
-    let flags = std::fs::read_to_string(cpuinfo).unwrap_or_default();
-    let cpu_flag = flags
-        .lines()
-        .filter(|line| {
-            line.split(':')
-                .next()
-                .is_some_and(|key| key.trim() == "flags")
-        })
-        .flat_map(|line| line.split(':').nth(1).unwrap_or("").split_whitespace())
-        .find_map(|flag| match flag {
-            "vmx" => Some("vmx"),
-            "svm" => Some("svm"),
-            _ => None,
-        });
-    AccelProbe { kvm, cpu_flag }
+    use banger_core::probe::{KvmDevice, probe_kvm};
+    let probe = probe_kvm(dev_kvm, cpuinfo);
+    let kvm = match probe.device {
+        KvmDevice::Usable => Ok(()),
+        KvmDevice::Absent => Err(format!("{}: no such device", dev_kvm.display())),
+        KvmDevice::Denied(why) => Err(format!("{}: {why}", dev_kvm.display())),
+    };
+    AccelProbe {
+        kvm,
+        cpu_flag: probe.cpu_flag,
+    }
 }
 
 /// KVM only when `dev_kvm` opens read-write and `cpuinfo` shows `vmx` or `svm`; else TCG.
@@ -316,158 +302,96 @@ impl QemuVmm {
     fn client(&self, socket: &Path, timeout: Duration) -> QmpClient {
         QmpClient::new(socket).with_timeout(timeout)
     }
+}
 
-    async fn start_vm(&self, spec: &VmSpec) -> Result<Running, VmmError> {
-        let options = self.options();
-        let args = qemu_args(spec, options)?;
-        let vm_id = spec.vm_id.as_str();
-        let qmp_sock = qmp_socket(&spec.run_dir);
+/// QEMU's steps of the start template: the whole machine on its command line, so nothing is
+/// left to configure once QMP answers (QEMU runs the guest at once).
+impl Backend for QemuVmm {
+    /// The options probed when the start was planned, and the arguments for them.
+    type Plan = (QemuOptions, Vec<OsString>);
+    type ProbeError = QmpError;
 
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&spec.run_dir)
-            .map_err(|source| VmmError::RunDir {
-                vm_id: vm_id.to_string(),
-                path: spec.run_dir.clone(),
-                source,
-            })?;
-        match self
-            .client(&qmp_sock, self.timeouts.probe)
-            .query_status()
-            .await
-        {
-            Ok((_, peer)) => {
-                return Err(VmmError::AlreadyRunning {
-                    vm_id: vm_id.to_string(),
-                    pid: process::pid_serving(peer, &qmp_chardev_arg(&spec.run_dir)),
-                    socket: qmp_sock,
-                });
-            }
-            Err(error) if !error.is_connect() => {
-                // Something accepts connections there but does not answer: not ours to remove.
-                return Err(VmmError::AlreadyRunning {
-                    vm_id: vm_id.to_string(),
-                    pid: process::pid_serving(None, &qmp_chardev_arg(&spec.run_dir)),
-                    socket: qmp_sock,
-                });
-            }
-            Err(_) => {}
-        }
-        let removed =
-            process::cleanup_sockets(&spec.run_dir).map_err(|source| VmmError::StaleSockets {
-                vm_id: vm_id.to_string(),
-                source,
-            })?;
-        if !removed.is_empty() {
-            tracing::debug!(vm_id, ?removed, "removed stale sockets");
-        }
-
-        let (console, console_from) = process::open_log(vm_id, &spec.console_log)?;
-        let (vmm_log, vmm_log_from) = process::open_log(vm_id, &spec.vmm_log)?;
-        let mut cmd = Command::new(&self.bin);
-        cmd.args(&args)
-            .stdin(Stdio::null())
-            .stdout(console)
-            .stderr(vmm_log)
-            .envs(self.env.iter().map(|(k, v)| (k, v)));
-        let spawned = process::spawn_detached(cmd).map_err(|source| VmmError::Spawn {
-            vm_id: vm_id.to_string(),
-            source,
-        })?;
-        let pid = spawned.pid();
-        let start_time = spawned.start_time();
-        tracing::debug!(
-            vm_id,
-            pid,
-            bin = %self.bin.display(),
-            accel = %options.accel,
-            vhost_vsock = options.vhost_vsock,
-            "spawned qemu"
-        );
-        let guard = StartGuard::new(pid, &spec.run_dir);
-        let launch = Launch {
-            spec,
-            spawned,
-            control_sock: &qmp_sock,
-            console_from,
-            vmm_log_from,
-        };
-        let probe = self.client(&qmp_sock, self.timeouts.probe);
-        let probe = &probe;
-        let ready = launch
-            .wait_ready(
-                &self.bin,
-                self.timeouts.ready,
-                READY_POLL,
-                move || async move { probe.query_status().await.map(|_| ()) },
-            )
-            .await;
-        match ready {
-            Ok(()) => {
-                guard.disarm();
-                Ok(Running {
-                    vm_id: vm_id.to_string(),
-                    pid,
-                    start_time,
-                    api_socket: qmp_sock,
-                    agent: self.agent_endpoint(spec),
-                })
-            }
-            Err(error) => {
-                guard.abort().await;
-                Err(error)
-            }
-        }
+    fn bin(&self) -> &Path {
+        &self.bin
     }
 
-    async fn find_vm(&self, spec: &VmSpec) -> Option<Running> {
-        let socket = qmp_socket(&spec.run_dir);
-        let found = async {
-            let mut session = self.client(&socket, self.timeouts.probe).connect().await?;
-            let name = session.query_name().await?;
-            session.query_status().await?;
-            Ok::<_, QmpError>((name, session.peer_pid()))
-        };
-        let (name, peer) = match found.await {
-            Ok(found) => found,
-            Err(error) => {
-                tracing::debug!(vm_id = spec.vm_id, %error, "no live VMM");
-                return None;
-            }
-        };
-        if name.as_deref() != Some(spec.vm_id.as_str()) {
-            tracing::warn!(
-                vm_id = spec.vm_id,
-                found = ?name,
-                socket = %socket.display(),
-                "the VMM on this VM's socket runs another VM"
-            );
-            return None;
-        }
-        let pid = process::pid_serving(peer, &qmp_chardev_arg(&spec.run_dir))?;
-        Some(Running {
-            vm_id: spec.vm_id.clone(),
-            pid,
-            start_time: process::start_time(pid),
-            api_socket: socket,
-            agent: self.agent_endpoint(spec),
-        })
+    fn env(&self) -> &[(OsString, OsString)] {
+        &self.env
+    }
+
+    fn ready_wait(&self) -> (Duration, Duration) {
+        (self.timeouts.ready, READY_POLL)
+    }
+
+    fn plan(&self, spec: &VmSpec) -> Result<Self::Plan, VmmError> {
+        let options = self.options();
+        Ok((options, qemu_args(spec, options)?))
+    }
+
+    fn control_arg(&self, run_dir: &Path) -> OsString {
+        qmp_chardev_arg(run_dir)
+    }
+
+    async fn probe(&self, socket: &Path) -> Result<Option<u32>, QmpError> {
+        let (_, peer) = self
+            .client(socket, self.timeouts.probe)
+            .query_status()
+            .await?;
+        Ok(peer)
+    }
+
+    fn is_connect(error: &QmpError) -> bool {
+        error.is_connect()
+    }
+
+    fn args(&self, spec: &VmSpec, plan: &Self::Plan, _: &Path) -> Vec<OsString> {
+        let (options, args) = plan;
+        tracing::debug!(
+            vm_id = spec.vm_id,
+            accel = %options.accel,
+            vhost_vsock = options.vhost_vsock,
+            "starting qemu"
+        );
+        args.clone()
+    }
+
+    /// `query-name` (QEMU's `-name`, the VM id), then `query-status`, in one session.
+    async fn query_vm(&self, socket: &Path) -> Result<(Option<String>, Option<u32>), QmpError> {
+        let mut session = self.client(socket, self.timeouts.probe).connect().await?;
+        let name = session.query_name().await?;
+        session.query_status().await?;
+        Ok((name, session.peer_pid()))
+    }
+
+    async fn ready(&self, socket: &Path) -> Result<(), QmpError> {
+        self.client(socket, self.timeouts.probe)
+            .query_status()
+            .await
+            .map(drop)
+    }
+
+    /// Nothing: QEMU runs the guest as soon as QMP answers.
+    async fn configure(&self, _: &Launch<'_>, _: &Self::Plan) -> Result<(), VmmError> {
+        Ok(())
     }
 }
 
-/// A QEMU being started: what the readiness wait needs.
 impl Vmm for QemuVmm {
     fn kind(&self) -> VmmKind {
         VmmKind::Qemu
     }
 
+    /// [`qemu_args`]'s checks, which do not depend on the options: the host is not probed.
     fn validate(&self, spec: &VmSpec) -> Result<(), VmmError> {
-        qemu_args(spec, self.options()).map(drop)
+        let options = QemuOptions {
+            accel: Accel::Tcg,
+            vhost_vsock: false,
+        };
+        qemu_args(spec, options).map(drop)
     }
 
     fn start<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Result<Running, VmmError>> {
-        Box::pin(self.start_vm(spec))
+        Box::pin(launch::start(self, spec))
     }
 
     fn request_shutdown<'a>(&'a self, run: &'a Running) -> BoxFuture<'a, Result<(), VmmError>> {
@@ -483,11 +407,15 @@ impl Vmm for QemuVmm {
     }
 
     fn find_live<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Option<Running>> {
-        Box::pin(self.find_vm(spec))
+        Box::pin(launch::find_live(self, spec))
     }
 
     fn agent_endpoint(&self, spec: &VmSpec) -> AgentEndpoint {
         AgentEndpoint::Unix(agent_socket(&spec.run_dir))
+    }
+
+    fn control_socket(&self, run_dir: &Path) -> PathBuf {
+        qmp_socket(run_dir)
     }
 }
 
@@ -520,14 +448,10 @@ fn qmp_chardev_arg(run_dir: &Path) -> OsString {
     )
 }
 
-/// The kernel command line QEMU passes: `boot_args` without the words this machine cannot
-/// boot with (`pci=off`), whitespace normalized to single spaces.
+/// The kernel command line QEMU passes: the backend-neutral `boot_args` as they are (this
+/// machine needs nothing more), whitespace normalized to single spaces.
 pub fn kernel_args(boot_args: &str) -> String {
-    boot_args
-        .split_whitespace()
-        .filter(|word| !DROPPED_KERNEL_ARGS.contains(word))
-        .collect::<Vec<_>>()
-        .join(" ")
+    boot_args.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// A MAC address as QEMU takes it: six pairs of hex digits separated by `:`.
@@ -551,6 +475,7 @@ pub fn qemu_args(spec: &VmSpec, options: QemuOptions) -> Result<Vec<OsString>, V
     validate_vm_id(vm_id)?;
     check_socket_path(vm_id, &qmp_socket(&spec.run_dir))?;
     check_socket_path(vm_id, &agent_socket(&spec.run_dir))?;
+    let kernel = spec.kernel.pick_for(vm_id, KernelFormat::BzImage)?;
     let invalid = |what, reason: String| VmmError::InvalidSpec {
         vm_id: vm_id.to_string(),
         what,
@@ -593,8 +518,8 @@ pub fn qemu_args(spec: &VmSpec, options: QemuOptions) -> Result<Vec<OsString>, V
         s("none"),
         s("-no-reboot"),
     ]);
-    push(&[s("-kernel"), spec.kernel.as_os_str()]);
-    if let Some(initrd) = &spec.initrd {
+    push(&[s("-kernel"), kernel.as_os_str()]);
+    if let Some(initrd) = &spec.kernel.initrd {
         push(&[s("-initrd"), initrd.as_os_str()]);
     }
     let append = kernel_args(&spec.boot_args);
@@ -653,15 +578,15 @@ pub fn qemu_args(spec: &VmSpec, options: QemuOptions) -> Result<Vec<OsString>, V
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::KernelFiles;
 
     fn spec() -> VmSpec {
         VmSpec {
             vm_id: "0123456789abcdef".into(),
             vcpus: 2,
             memory_mib: 1024,
-            kernel: "/k/vmlinuz".into(),
-            initrd: None,
-            boot_args: "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw".into(),
+            kernel: KernelFiles::formats(Some("/k/vmlinux".into()), Some("/k/vmlinuz".into())),
+            boot_args: "console=ttyS0 reboot=k panic=1 root=/dev/vda rw".into(),
             root_disk: "/vm/root.ext4".into(),
             work_disk: "/vm/work.ext4".into(),
             tap: "bgtap5".into(),
@@ -752,7 +677,7 @@ mod tests {
     #[test]
     fn kvm_with_initrd_and_vsock() {
         let mut spec = spec();
-        spec.initrd = Some("/k/initrd.img".into());
+        spec.kernel.initrd = Some("/k/initrd.img".into());
         assert_eq!(
             argv(&spec, Accel::Kvm, true),
             expected(
@@ -766,7 +691,7 @@ mod tests {
     #[test]
     fn tcg_with_initrd_and_vsock_and_kvm_without() {
         let mut with_initrd = spec();
-        with_initrd.initrd = Some("/k/initrd.img".into());
+        with_initrd.kernel.initrd = Some("/k/initrd.img".into());
         assert_eq!(
             argv(&with_initrd, Accel::Tcg, true),
             expected(
@@ -786,7 +711,7 @@ mod tests {
         let mut spec = spec();
         spec.root_disk = "/vm,a/root:x.ext4".into();
         spec.run_dir = "/run/a,b".into();
-        spec.kernel = "/k,1/vmlinuz".into();
+        spec.kernel = KernelFiles::either("/k,1/vmlinuz");
         let args = argv(&spec, Accel::Tcg, false);
         assert!(args.contains(
             &"node-name=root,driver=raw,file.driver=file,file.filename=/vm,,a/root:x.ext4".into()
@@ -819,12 +744,42 @@ mod tests {
     }
 
     #[test]
-    fn kernel_args_drop_pci_off_only() {
+    fn kernel_args_are_the_neutral_ones() {
         assert_eq!(
-            kernel_args("console=ttyS0  pci=off root=/dev/vda rw\tpci=offx"),
-            "console=ttyS0 root=/dev/vda rw pci=offx"
+            kernel_args("console=ttyS0  root=/dev/vda rw\tquiet"),
+            "console=ttyS0 root=/dev/vda rw quiet"
         );
         assert_eq!(kernel_args(""), "");
+    }
+
+    #[test]
+    fn the_bzimage_is_booted_else_the_vmlinux() {
+        let mut spec = spec();
+        spec.kernel = KernelFiles::formats(Some("/k/vmlinux".into()), None);
+        assert!(argv(&spec, Accel::Tcg, false).contains(&"/k/vmlinux".to_string()));
+        spec.kernel = KernelFiles::formats(None, None);
+        let err = qemu_args(
+            &spec,
+            QemuOptions {
+                accel: Accel::Tcg,
+                vhost_vsock: false,
+            },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                VmmError::NoKernel {
+                    wanted: KernelFormat::BzImage,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "VM 0123456789abcdef: no kernel file to boot (a bzImage (vmlinuz) is what this VMM boots)"
+        );
     }
 
     #[test]
@@ -947,6 +902,10 @@ mod tests {
         assert_eq!(
             vmm.agent_endpoint(&spec()),
             AgentEndpoint::Unix("/run/b/0123/agent.sock".into())
+        );
+        assert_eq!(
+            vmm.control_socket(Path::new("/run/b/0123")),
+            Path::new("/run/b/0123/qmp.sock")
         );
         assert!(vmm.validate(&spec()).is_ok());
     }

@@ -20,8 +20,10 @@ use banger_agent_proto::client::{connect_hybrid_vsock, health};
 use banger_vmm::firecracker::api::{ApiClient, InstanceState};
 use banger_vmm::firecracker::{self, FirecrackerVmm, Timeouts};
 use banger_vmm::process::{self, Signal, StopOutcome};
-use banger_vmm::{AgentEndpoint, Running, VmSpec, Vmm, VmmError};
+use banger_vmm::{AgentEndpoint, KernelFiles, Running, VmSpec, Vmm, VmmError};
 use serde_json::{Value, json};
+
+use banger_core::error::chain;
 
 /// The test binaries' directory: `target/debug`, parent of `deps` where this test runs.
 fn target_dir() -> PathBuf {
@@ -72,8 +74,7 @@ fn vm(vm_id: &str, cid: u32) -> Vm {
         vm_id: vm_id.to_string(),
         vcpus: 2,
         memory_mib: 512,
-        kernel,
-        initrd: None,
+        kernel: KernelFiles::formats(Some(kernel), None),
         boot_args: "console=ttyS0 reboot=k panic=1".to_string(),
         root_disk,
         work_disk,
@@ -191,8 +192,8 @@ async fn boots_with_the_exact_api_sequence_and_stops_gracefully() {
     let expected = [
         json!({"method": "PUT", "path": "/machine-config", "body": {"vcpu_count": 2, "mem_size_mib": 512}}),
         json!({"method": "PUT", "path": "/boot-source", "body": {
-            "kernel_image_path": spec.kernel.to_str().unwrap(),
-            "boot_args": "console=ttyS0 reboot=k panic=1"}}),
+            "kernel_image_path": vm.dir.path().join("vmlinux").to_str().unwrap(),
+            "boot_args": "console=ttyS0 reboot=k panic=1 pci=off"}}),
         json!({"method": "PUT", "path": "/drives/root", "body": {
             "drive_id": "root", "path_on_host": root, "is_root_device": true, "is_read_only": false}}),
         json!({"method": "PUT", "path": "/drives/work", "body": {
@@ -288,12 +289,12 @@ async fn a_killed_vmm_is_dead_and_its_stale_sockets_do_not_block_a_restart() {
 async fn a_refused_configuration_fails_with_the_fault_and_leaves_nothing() {
     let Some(bins) = bins() else { return };
     let mut vm = vm("00000000000000aa", 7);
-    vm.spec.kernel = vm.dir.path().join("no-such-vmlinux");
+    vm.spec.kernel = KernelFiles::formats(Some(vm.dir.path().join("no-such-vmlinux")), None);
     let vmm = backend(&bins, &vm);
     let spec = &vm.spec;
 
     let err = vmm.start(spec).await.expect_err("missing kernel");
-    let text = err.to_string();
+    let text = chain(&err);
     match &err {
         VmmError::Api { source, .. } => {
             let fault = source.fault_message().expect("a fault message");
@@ -323,7 +324,7 @@ async fn a_binary_that_exits_at_once_is_reported() {
         matches!(&err, VmmError::ExitedDuringStart { status, .. } if status == "exit status: 1"),
         "{err}"
     );
-    assert!(err.to_string().contains("/bin/false"), "{err}");
+    assert!(chain(&err).contains("/bin/false"), "{err}");
     assert!(!api_socket(spec).exists());
 
     // What the VMM printed before dying is in the error.
@@ -338,7 +339,7 @@ async fn a_binary_that_exits_at_once_is_reported() {
         .start(spec)
         .await
         .expect_err("exits 3");
-    let text = err.to_string();
+    let text = chain(&err);
     assert!(text.contains("exit status: 3"), "{text}");
     assert!(
         text.contains("cannot open /dev/kvm: Permission denied"),
@@ -352,7 +353,7 @@ async fn a_binary_that_exits_at_once_is_reported() {
         .await
         .expect_err("no binary");
     assert!(matches!(err, VmmError::Spawn { .. }), "{err}");
-    assert!(err.to_string().contains("missing-vmm"), "{err}");
+    assert!(chain(&err).contains("missing-vmm"), "{err}");
 }
 
 #[tokio::test]

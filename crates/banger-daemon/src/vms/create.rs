@@ -103,7 +103,7 @@ pub async fn create(
     };
     let images = state.db(|s| s.list_images())?;
     let image = resolve_image(&images, &image_ref)?.clone();
-    state.kernel_of(&image, vmm_kind.as_str())?;
+    let kernel = state.kernel_of(&image)?;
 
     // Allocate name, id, address, MAC, TAP and vsock CID, and insert the row: one step under
     // the store mutex, so concurrent creates never get the same lease.
@@ -159,6 +159,12 @@ pub async fn create(
             created_at: now(),
             started_at: None,
         };
+        // Nothing exists for the VM yet: a spec its backend refuses creates nothing.
+        vmm.validate(&state.spec_with(&row, kernel.clone()))
+            .map_err(|source| OpError::Vmm {
+                vm: row.name.clone(),
+                source: Box::new(source),
+            })?;
         s.insert_vm(&row).map_err(|e| {
             if e.is_unique_conflict("vms", "name") {
                 OpError::NameTaken {

@@ -7,13 +7,14 @@ use banger_api::types::{Vm, VmState};
 use banger_store::{ImageRow, VmRow};
 use std::str::FromStr;
 
-use banger_vmm::{VmSpec, Vmm, VmmKind};
+use banger_vmm::{KernelFiles, VmSpec, Vmm, VmmKind};
 
 use crate::error::OpError;
 use crate::state::AppState;
 
-/// Kernel command line for guests: serial console, reboot on panic, root on the first disk.
-pub const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw";
+/// Kernel command line for guests, the same on every backend (each adds what its machine
+/// needs): serial console, reboot on panic, root on the first disk.
+pub const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 root=/dev/vda rw";
 
 impl AppState {
     /// The API view of a row.
@@ -79,14 +80,17 @@ impl AppState {
                 .ok_or_else(|| OpError::ImageNotFound {
                     reference: row.image_id.clone(),
                 })?;
-        let (kernel, initrd) = self.kernel_of(&image, &row.vmm)?;
+        Ok(self.spec_with(row, self.kernel_of(&image)?))
+    }
+
+    /// Everything the VMM needs to boot `row`, whose image has the kernel files `kernel`.
+    pub(crate) fn spec_with(&self, row: &VmRow, kernel: KernelFiles) -> VmSpec {
         let dir = PathBuf::from(&row.dir);
-        Ok(VmSpec {
+        VmSpec {
             vm_id: row.id.clone(),
             vcpus: row.cpus,
             memory_mib: row.memory_mib,
             kernel,
-            initrd,
             boot_args: BOOT_ARGS.to_string(),
             root_disk: dir.join("root.ext4"),
             work_disk: dir.join("work.ext4"),
@@ -96,7 +100,7 @@ impl AppState {
             run_dir: self.run_dir(&row.id),
             console_log: dir.join(crate::logcap::CONSOLE_LOG),
             vmm_log: dir.join(crate::logcap::VMM_LOG),
-        })
+        }
     }
 
     /// The backend a VM runs on.
@@ -114,25 +118,16 @@ impl AppState {
             })
     }
 
-    /// The kernel (and initrd) an image boots with on the `vmm` backend.
-    pub(crate) fn kernel_of(
-        &self,
-        image: &ImageRow,
-        vmm: &str,
-    ) -> Result<(PathBuf, Option<PathBuf>), OpError> {
-        let row_vmm = vmm.to_string();
+    /// The kernel files (and initrd) an image boots with; the backend picks the one it boots.
+    pub(crate) fn kernel_of(&self, image: &ImageRow) -> Result<KernelFiles, OpError> {
         if let Some(k) = &image.kernel {
-            return Ok((PathBuf::from(k), image.initrd.as_ref().map(PathBuf::from)));
+            return Ok(KernelFiles::either(k).with_initrd(image.initrd.as_ref().map(PathBuf::from)));
         }
         let name = image.kernel_ref.clone().unwrap_or_default();
         let k = self
             .db(|s| s.get_kernel(&name))?
-            .ok_or(OpError::KernelNotFound { name: name.clone() })?;
-        let path = match VmmKind::from_str(&row_vmm).unwrap_or(VmmKind::Firecracker) {
-            banger_vmm::VmmKind::Firecracker => k.vmlinux.or(k.vmlinuz),
-            _ => k.vmlinuz.or(k.vmlinux),
-        }
-        .ok_or(OpError::KernelNotFound { name })?;
-        Ok((PathBuf::from(path), k.initrd.map(PathBuf::from)))
+            .ok_or(OpError::KernelNotFound { name })?;
+        let path = |p: Option<String>| p.map(PathBuf::from);
+        Ok(KernelFiles::formats(path(k.vmlinux), path(k.vmlinuz)).with_initrd(path(k.initrd)))
     }
 }

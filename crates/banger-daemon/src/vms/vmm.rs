@@ -92,7 +92,7 @@ pub(super) async fn running_of(state: &Arc<AppState>, row: &VmRow, pid: u32) -> 
             vm_id: row.id.clone(),
             pid,
             start_time: row.vmm_start_time,
-            api_socket: spec.run_dir.join("api.sock"),
+            api_socket: vmm.control_socket(&spec.run_dir),
             agent: vmm.agent_endpoint(&spec),
         };
     }

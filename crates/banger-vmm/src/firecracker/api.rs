@@ -37,27 +37,27 @@ pub const MAX_HEAD_LEN: usize = 64 << 10;
 /// A failed API request.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("{method} {path}: cannot connect to the Firecracker API socket {}: {source}", socket.display())]
+    #[error("{method} {path}: cannot connect to the Firecracker API socket {}", socket.display())]
     Connect {
         socket: PathBuf,
         method: Method,
         path: String,
         source: io::Error,
     },
-    #[error("{method} {path}: the body cannot be encoded: {source}")]
+    #[error("{method} {path}: the body cannot be encoded")]
     Encode {
         method: Method,
         path: String,
         source: serde_json::Error,
     },
-    #[error("{method} {path} on {}: cannot build the request: {source}", socket.display())]
+    #[error("{method} {path} on {}: cannot build the request", socket.display())]
     Build {
         socket: PathBuf,
         method: Method,
         path: String,
         source: hyper::http::Error,
     },
-    #[error("{method} {path} on {}: HTTP exchange failed: {source}", socket.display())]
+    #[error("{method} {path} on {}: HTTP exchange failed", socket.display())]
     Http {
         socket: PathBuf,
         method: Method,
@@ -77,7 +77,7 @@ pub enum ApiError {
         /// The answer's `Content-Length`, when it announced one.
         declared: Option<u64>,
     },
-    #[error("{method} {path} on {}: cannot read the answer body: {source}", socket.display())]
+    #[error("{method} {path} on {}: cannot read the answer body", socket.display())]
     Body {
         socket: PathBuf,
         method: Method,

@@ -41,13 +41,13 @@ pub const MAX_SKIPPED_EVENTS: usize = 1000;
 /// A failed QMP exchange, naming the socket and the command.
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
-    #[error("QMP {command} on {}: cannot connect: {source}", socket.display())]
+    #[error("QMP {command} on {}: cannot connect", socket.display())]
     Connect {
         socket: PathBuf,
         command: String,
         source: io::Error,
     },
-    #[error("QMP {command} on {}: {source}", socket.display())]
+    #[error("QMP {command} on {}: the exchange failed", socket.display())]
     Io {
         socket: PathBuf,
         command: String,

@@ -24,7 +24,7 @@ use banger_agent_proto::client::{connect_unix, health};
 use banger_core::runner::SystemRunner;
 use banger_vmm::process::{self, StopOutcome};
 use banger_vmm::qemu::{self, Accel, QemuVmm, Timeouts};
-use banger_vmm::{AgentEndpoint, Running, VmSpec, Vmm, VmmError};
+use banger_vmm::{AgentEndpoint, KernelFiles, Running, VmSpec, Vmm, VmmError};
 
 use super::{script, target_dir};
 
@@ -230,11 +230,11 @@ fn guest(vm_id: &str, sleep_secs: u32) -> Option<(QemuVmm, Guest)> {
         vm_id: vm_id.to_string(),
         vcpus: 2,
         memory_mib: 512,
-        kernel,
-        initrd: Some(initrd),
-        // What the daemon passes for Firecracker: the backend drops pci=off.
+        // What a kernel import records: the host's vmlinuz, no vmlinux.
+        kernel: KernelFiles::formats(None, Some(kernel)).with_initrd(Some(initrd)),
+        // The daemon's backend-neutral command line: QEMU adds nothing (no pci=off).
         boot_args: format!(
-            "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw banger_test_sleep={sleep_secs}"
+            "console=ttyS0 reboot=k panic=1 root=/dev/vda rw banger_test_sleep={sleep_secs}"
         ),
         root_disk,
         work_disk,
@@ -425,8 +425,7 @@ fn broken_spec(dir: &Path, vm_id: &str) -> VmSpec {
         vm_id: vm_id.to_string(),
         vcpus: 1,
         memory_mib: 128,
-        kernel: dir.join("no-such-vmlinuz"),
-        initrd: None,
+        kernel: KernelFiles::formats(None, Some(dir.join("no-such-vmlinuz"))),
         boot_args: "console=ttyS0".to_string(),
         root_disk: dir.join("root.ext4"),
         work_disk: dir.join("work.ext4"),
