@@ -26,33 +26,22 @@ async fn raw_request(sock: &std::path::Path, req: &str) -> String {
     out
 }
 
-/// A daemon state on `store` in `layout`, with the fake VMM and a network that only records.
-fn app_state(dir: &std::path::Path, layout: &Layout, store: banger_store::Store) -> Arc<AppState> {
-    state_on(
-        dir,
-        layout,
-        store,
-        banger_daemon::state::Host {
-            vmms: banger_daemon::state::Vmms::single(Arc::new(banger_vmm::fake::FakeVmm::new())),
-            net: Arc::new(banger_net::DirectNetOps::new(
-                banger_core::runner::fake::FakeRunner::new(),
-            )),
-            runner: Arc::new(banger_core::runner::SystemRunner::new()),
-        },
-    )
-}
-
-/// A daemon state on `store` in `layout` with the default config, over the host seams `host`.
-fn state_on(
+/// The one way these tests build a daemon: its layout under `dir` (state and runtime dirs
+/// made, the store opened), `config`, and the host seams `host` ([`fake_host`] for the
+/// usual fakes).
+fn state_in(
     dir: &std::path::Path,
-    layout: &Layout,
-    store: banger_store::Store,
     host: banger_daemon::state::Host,
+    config: Config,
 ) -> Arc<AppState> {
+    let layout = Layout::under(dir);
+    std::fs::create_dir_all(&layout.runtime_dir).unwrap();
+    std::fs::create_dir_all(&layout.state_dir).unwrap();
+    let store = banger_store::Store::open(&layout.db_path()).unwrap();
     let opts = DaemonOptions {
-        layout: layout.clone(),
+        layout,
         agent_bin: None,
-        config: Config::default(),
+        config,
         config_warnings: Vec::new(),
         build: BuildInfo::current(),
     };
@@ -67,6 +56,15 @@ fn state_on(
         uid: 0,
     };
     Arc::new(AppState::new(opts, store, parts))
+}
+
+/// The fake VMM, a network that only models the host's, and real commands.
+fn fake_host() -> banger_daemon::state::Host {
+    banger_daemon::state::Host {
+        vmms: banger_daemon::state::Vmms::single(Arc::new(banger_vmm::fake::FakeVmm::new())),
+        net: Arc::new(banger_net::fake::FakeNetOps::new()),
+        runner: Arc::new(banger_core::runner::SystemRunner::new()),
+    }
 }
 
 #[tokio::test]
@@ -146,18 +144,10 @@ async fn client_disconnect_cancels_the_operation() {
     server.await.unwrap().unwrap();
 }
 
-/// Daemon state over a fresh layout in `dir`, with a fake VMM and fake networking.
-fn test_state(dir: &std::path::Path) -> Arc<AppState> {
-    let layout = Layout::under(dir);
-    std::fs::create_dir_all(&layout.runtime_dir).unwrap();
-    let store = banger_store::Store::open(&layout.db_path()).unwrap();
-    app_state(dir, &layout, store)
-}
-
 #[tokio::test]
 async fn errors_carry_the_op_id_in_header_and_body() {
     let dir = tempfile::tempdir().unwrap();
-    let state = test_state(dir.path());
+    let state = state_in(dir.path(), fake_host(), Config::default());
     let layout = state.opts.layout.clone();
     let sock = layout.socket_path();
     let listener = UnixListener::bind(&sock).unwrap();
@@ -215,6 +205,7 @@ mod adversarial_pid_reuse {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
+    use banger_core::config::Config;
     use banger_core::layout::Layout;
     use banger_daemon::state::AppState;
     use banger_daemon::vms;
@@ -229,12 +220,10 @@ mod adversarial_pid_reuse {
 
     fn harness() -> Harness {
         let dir = tempfile::Builder::new().prefix("bgd").tempdir().unwrap();
-        let layout = Layout::under(dir.path());
-        std::fs::create_dir_all(&layout.runtime_dir).unwrap();
-        std::fs::create_dir_all(&layout.state_dir).unwrap();
-        let store = banger_store::Store::open(&layout.db_path()).unwrap();
-        store
-            .insert_image(&ImageRow {
+        let state = super::state_in(dir.path(), super::fake_host(), Config::default());
+        let layout = state.opts.layout.clone();
+        state
+            .db(|s| s.insert_image(&ImageRow {
                 id: "img0".into(),
                 name: "img".into(),
                 dir: dir.path().display().to_string(),
@@ -243,9 +232,8 @@ mod adversarial_pid_reuse {
                 kernel: Some(dir.path().join("vmlinux").display().to_string()),
                 created_at: "t".into(),
                 ..ImageRow::default()
-            })
+            }))
             .unwrap();
-        let state = super::app_state(dir.path(), &layout, store);
         Harness {
             _dir: dir,
             layout,
@@ -534,22 +522,6 @@ mod adversarial {
             .prefix("bgd")
             .tempdir_in("/tmp")
             .unwrap();
-        let layout = Layout::under(dir.path());
-        std::fs::create_dir_all(&layout.runtime_dir).unwrap();
-        let store = banger_store::Store::open(&layout.db_path()).unwrap();
-        store
-            .insert_image(&ImageRow {
-                id: "1mg0000000000000000000000000abcd".into(),
-                name: "test-img".into(),
-                dir: dir.path().join("img").display().to_string(),
-                rootfs: dir.path().join("img/rootfs.ext4").display().to_string(),
-                rootfs_bytes: 1 << 20,
-                kernel: Some(dir.path().join("img/kernel").display().to_string()),
-                created_at: "2026-01-01T00:00:00Z".into(),
-                ..Default::default()
-            })
-            .unwrap();
-        store.insert_vm(&old_vm(dir.path())).unwrap();
         let runner = Arc::new(FakeRunner::new());
         let net = Arc::new(DirectNetOps::new(FakeRunner::new()));
         let fc = Arc::new(FakeVmm::new());
@@ -563,8 +535,23 @@ mod adversarial {
             net: net.clone(),
             runner: runner.clone(),
         };
-        let state = state_on(dir.path(), &layout, store, host);
-        let sock = layout.socket_path();
+        let state = state_in(dir.path(), host, Config::default());
+        let store = state.store.lock().unwrap();
+        store
+            .insert_image(&ImageRow {
+                id: "1mg0000000000000000000000000abcd".into(),
+                name: "test-img".into(),
+                dir: dir.path().join("img").display().to_string(),
+                rootfs: dir.path().join("img/rootfs.ext4").display().to_string(),
+                rootfs_bytes: 1 << 20,
+                kernel: Some(dir.path().join("img/kernel").display().to_string()),
+                created_at: "2026-01-01T00:00:00Z".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        store.insert_vm(&old_vm(dir.path())).unwrap();
+        drop(store);
+        let sock = state.opts.layout.socket_path();
         let listener = UnixListener::bind(&sock).unwrap();
         let server = tokio::spawn(serve_router(
             listener,
@@ -1220,7 +1207,7 @@ async fn limited_daemon(
     tempfile::TempDir,
 ) {
     let dir = tempfile::tempdir().unwrap();
-    let state = test_state(dir.path());
+    let state = state_in(dir.path(), fake_host(), Config::default());
     let sock = state.opts.layout.socket_path();
     let listener = UnixListener::bind(&sock).unwrap();
     let server = tokio::spawn(serve_router_with(
@@ -1456,14 +1443,13 @@ async fn adversarial_daemon_rejections_are_typed_with_their_text_kept() {
 /// end in one of the consistent outcomes. Unprivileged: real e2fsprogs on small files, a
 /// fake VMM and a network that only records.
 mod lock_order {
-    use std::net::Ipv4Addr;
     use std::path::{Path, PathBuf};
 
     use banger_api::types::{CreateVm, VmSettings};
     use banger_daemon::error::OpError;
     use banger_daemon::progress::Progress;
     use banger_daemon::state::{Host, Vmms};
-    use banger_net::{NetError, NetOps, Subnet};
+    use banger_net::fake::FakeNetOps;
     use banger_store::ImageRow;
     use banger_vmm::VmmError;
     use banger_vmm::fake::FakeVmm;
@@ -1471,51 +1457,11 @@ mod lock_order {
 
     use super::*;
 
-    /// Host networking that only keeps the set of TAPs that exist.
-    #[derive(Debug, Default)]
-    struct Taps(std::sync::Mutex<std::collections::BTreeSet<String>>);
-
-    impl Taps {
-        fn list(&self) -> Vec<String> {
-            self.0.lock().unwrap().iter().cloned().collect()
-        }
-    }
-
-    impl NetOps for Taps {
-        fn ensure_bridge(&self, _: &str, _: &Subnet) -> Result<(), NetError> {
-            Ok(())
-        }
-        fn create_tap(&self, name: &str, _: &str, _: Option<u32>) -> Result<(), NetError> {
-            self.0.lock().unwrap().insert(name.to_string());
-            Ok(())
-        }
-        fn delete_tap(&self, name: &str) -> Result<(), NetError> {
-            self.0.lock().unwrap().remove(name);
-            Ok(())
-        }
-        fn list_links(&self, prefix: &str) -> Result<Vec<String>, NetError> {
-            Ok(self
-                .list()
-                .into_iter()
-                .filter(|t| t.starts_with(prefix))
-                .collect())
-        }
-        fn link_exists(&self, name: &str) -> Result<bool, NetError> {
-            Ok(self.0.lock().unwrap().contains(name))
-        }
-        fn enable_nat(&self, _: &Subnet, _: Ipv4Addr, _: Option<&str>) -> Result<(), NetError> {
-            Ok(())
-        }
-        fn disable_nat(&self, _: Ipv4Addr) -> Result<(), NetError> {
-            Ok(())
-        }
-    }
-
     struct Race {
         dir: tempfile::TempDir,
         state: Arc<AppState>,
         fc: Arc<FakeVmm>,
-        taps: Arc<Taps>,
+        net: Arc<FakeNetOps>,
         /// A clean ext4 every image's rootfs and work seed is copied from.
         ext4: PathBuf,
     }
@@ -1525,10 +1471,6 @@ mod lock_order {
             .prefix("bgl")
             .tempdir_in("/tmp")
             .unwrap();
-        let layout = Layout::under(dir.path());
-        std::fs::create_dir_all(&layout.runtime_dir).unwrap();
-        std::fs::create_dir_all(&layout.state_dir).unwrap();
-        banger_daemon::images::reset_scratch_dir(&layout.state_dir).unwrap();
         let ext4 = dir.path().join("template.ext4");
         let st = std::process::Command::new("mkfs.ext4")
             .args(["-q", "-F"])
@@ -1538,19 +1480,19 @@ mod lock_order {
             .unwrap();
         assert!(st.success());
         let fc = Arc::new(FakeVmm::new());
-        let taps = Arc::new(Taps::default());
+        let net = Arc::new(FakeNetOps::new());
         let host = Host {
             vmms: Vmms::single(fc.clone()),
-            net: taps.clone(),
+            net: net.clone(),
             runner: Arc::new(banger_core::runner::SystemRunner::new()),
         };
-        let store = banger_store::Store::open(&layout.db_path()).unwrap();
-        let state = state_on(dir.path(), &layout, store, host);
+        let state = state_in(dir.path(), host, Config::default());
+        banger_daemon::images::reset_scratch_dir(&state.opts.layout.state_dir).unwrap();
         Race {
             dir,
             state,
             fc,
-            taps,
+            net,
             ext4,
         }
     }
@@ -1647,7 +1589,7 @@ mod lock_order {
                 "iteration {n}: a VM row was left behind"
             );
             assert_eq!(vm_dirs(&r), Vec::<PathBuf>::new(), "iteration {n}");
-            assert_eq!(r.taps.list(), Vec::<String>::new(), "iteration {n}");
+            assert_eq!(r.net.taps(), Vec::<String>::new(), "iteration {n}");
             assert!(r.state.db(|s| s.list_images()).unwrap().is_empty());
             assert!(!Path::new(&r.dir.path().join("images").join(&image)).exists());
         }
