@@ -223,16 +223,18 @@ mod adversarial_pid_reuse {
         let state = super::state_in(dir.path(), super::fake_host(), Config::default());
         let layout = state.opts.layout.clone();
         state
-            .db(|s| s.insert_image(&ImageRow {
-                id: "img0".into(),
-                name: "img".into(),
-                dir: dir.path().display().to_string(),
-                rootfs: dir.path().join("rootfs.ext4").display().to_string(),
-                rootfs_bytes: 1 << 20,
-                kernel: Some(dir.path().join("vmlinux").display().to_string()),
-                created_at: "t".into(),
-                ..ImageRow::default()
-            }))
+            .db(|s| {
+                s.insert_image(&ImageRow {
+                    id: "img0".into(),
+                    name: "img".into(),
+                    dir: dir.path().display().to_string(),
+                    rootfs: dir.path().join("rootfs.ext4").display().to_string(),
+                    rootfs_bytes: 1 << 20,
+                    kernel: Some(dir.path().join("vmlinux").display().to_string()),
+                    created_at: "t".into(),
+                    ..ImageRow::default()
+                })
+            })
             .unwrap();
         Harness {
             _dir: dir,
@@ -1857,5 +1859,616 @@ mod module_graph {
             ["a", "b", "a"].map(String::from),
             "{graph:?}"
         );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The VM lifecycle at daemon level, unprivileged: the fake VMM (real `sleep` processes), the
+// fake network model, real e2fsprogs on small files behind a runner that fails the command a
+// test chooses, and a fake guest agent that answers for every VM whose VMM runs.
+
+/// What the lifecycle tests share: a daemon over fakes, an image, and the checks that
+/// nothing of a VM is left.
+mod vm_fixture {
+    use std::collections::BTreeSet;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    use axum::Json;
+    use banger_api::types::{CreateVm, Vm, VmSettings};
+    use banger_core::runner::{CommandOutput, CommandRunner, SpawnError, SystemRunner};
+    use banger_daemon::error::OpError;
+    use banger_daemon::progress::{Progress, Stage};
+    use banger_daemon::state::{Host, Vmms};
+    use banger_net::fake::{FakeNetOps, NetOp};
+    use banger_store::{ImageRow, VmRow};
+    use banger_vmm::fake::{AGENT_SOCKET, FakeCall, FakeVmm};
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+
+    /// Real commands, except that the next run of a program a test named fails (exit 8,
+    /// an operational error for e2fsprogs).
+    #[derive(Debug, Default)]
+    pub struct Runner {
+        real: SystemRunner,
+        fail: Mutex<Vec<String>>,
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl Runner {
+        /// The next run of `program` fails with exit status 8, running nothing.
+        pub fn fail_next(&self, program: &str) {
+            self.fail.lock().unwrap().push(program.to_string());
+        }
+
+        /// The programs run so far, in order.
+        pub fn programs(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl CommandRunner for Runner {
+        fn run(&self, program: &str, args: &[String]) -> Result<CommandOutput, SpawnError> {
+            self.calls.lock().unwrap().push(program.to_string());
+            let mut fail = self.fail.lock().unwrap();
+            if let Some(at) = fail.iter().position(|p| p == program) {
+                fail.remove(at);
+                return Ok(CommandOutput {
+                    command: format!("{program} {}", args.join(" ")),
+                    code: Some(8),
+                    stdout: String::new(),
+                    stderr: format!("injected failure of {program}"),
+                });
+            }
+            drop(fail);
+            self.real.run(program, args)
+        }
+    }
+
+    pub struct Fixture {
+        pub dir: tempfile::TempDir,
+        pub state: Arc<AppState>,
+        pub vmm: Arc<FakeVmm>,
+        pub net: Arc<FakeNetOps>,
+        pub runner: Arc<Runner>,
+        /// A clean 8 MiB ext4 that images are copied from.
+        template: PathBuf,
+        agents: Option<tokio::task::JoinHandle<()>>,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            self.stop_agents();
+        }
+    }
+
+    /// The image every create uses unless told otherwise.
+    pub const IMAGE: &str = "base";
+
+    /// A daemon with `config` over the fakes, an image [`IMAGE`] with its work seed, and
+    /// (with `agents`) a guest agent answering for every VM whose VMM runs.
+    pub fn fixture(config: Config, agents: bool) -> Fixture {
+        let dir = tempfile::Builder::new()
+            .prefix("bgv")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let template = dir.path().join("template.ext4");
+        let out = SystemRunner::new()
+            .run(
+                "mkfs.ext4",
+                &["-q", "-F", &template.display().to_string(), "8M"].map(String::from),
+            )
+            .unwrap();
+        assert!(out.success(), "{out:?}");
+        let (vmm, net, runner) = (
+            Arc::new(FakeVmm::new()),
+            Arc::new(FakeNetOps::new()),
+            Arc::new(Runner::default()),
+        );
+        let state = state_in(dir.path(), host(&vmm, &net, &runner), config);
+        banger_daemon::images::reset_scratch_dir(&state.opts.layout.state_dir).unwrap();
+        let mut f = Fixture {
+            dir,
+            state,
+            vmm,
+            net,
+            runner,
+            template,
+            agents: None,
+        };
+        f.add_image(IMAGE, true);
+        if agents {
+            f.start_agents();
+        }
+        f
+    }
+
+    pub fn host(vmm: &Arc<FakeVmm>, net: &Arc<FakeNetOps>, runner: &Arc<Runner>) -> Host {
+        Host {
+            vmms: Vmms::single(vmm.clone()),
+            net: net.clone(),
+            runner: runner.clone(),
+        }
+    }
+
+    /// A create request for a VM `name` on [`IMAGE`], disks the size of the image's.
+    pub fn request(name: &str) -> CreateVm {
+        CreateVm {
+            name: Some(name.to_string()),
+            image: Some(IMAGE.to_string()),
+            resources: VmSettings {
+                work_disk_bytes: Some(8 << 20),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// The health a fake agent answers.
+    fn health() -> banger_agent_proto::wire::Health {
+        banger_agent_proto::wire::Health {
+            version: "0.0.0".into(),
+            commit: "test".into(),
+            build_epoch: 0,
+            uptime_secs: 1,
+            hostname: "guest".into(),
+        }
+    }
+
+    /// Serves a guest agent in every run directory whose VMM runs (its command line names
+    /// the directory) and that has no agent socket yet, as a booted guest would.
+    async fn answer_agents(run_dirs: PathBuf) {
+        loop {
+            for dir in std::fs::read_dir(&run_dirs)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+            {
+                let sock = dir.join(AGENT_SOCKET);
+                if sock.exists() || banger_vmm::process::pids_in_dir(&dir).is_empty() {
+                    continue;
+                }
+                if let Ok(listener) = UnixListener::bind(&sock) {
+                    let app = Router::new().route("/healthz", get(|| async { Json(health()) }));
+                    tokio::spawn(serve_router(listener, app, std::future::pending()));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    impl Fixture {
+        pub fn start_agents(&mut self) {
+            let run_dirs = self.state.opts.layout.runtime_dir.join("vms");
+            self.agents = Some(tokio::spawn(answer_agents(run_dirs)));
+        }
+
+        /// Guests stop answering (the ones already answering keep their socket).
+        pub fn stop_agents(&mut self) {
+            if let Some(agents) = self.agents.take() {
+                agents.abort();
+            }
+        }
+
+        /// Registers image `name` (rootfs, kernel; a work seed when `seed`).
+        pub fn add_image(&self, name: &str, seed: bool) -> ImageRow {
+            let dir = self.dir.path().join("images").join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::copy(&self.template, dir.join("rootfs.ext4")).unwrap();
+            std::fs::write(dir.join("vmlinux"), b"\x7fELF").unwrap();
+            if seed {
+                std::fs::copy(&self.template, dir.join("work-seed.ext4")).unwrap();
+            }
+            let at = |f: &str| dir.join(f).display().to_string();
+            let image = ImageRow {
+                id: format!(
+                    "{:0>32}",
+                    format!("{:x}", name.len() * 7919 + name.as_bytes()[0] as usize)
+                ),
+                name: name.to_string(),
+                dir: dir.display().to_string(),
+                rootfs: at("rootfs.ext4"),
+                rootfs_bytes: 8 << 20,
+                kernel: Some(at("vmlinux")),
+                work_seed: seed.then(|| at("work-seed.ext4")),
+                created_at: "2026-01-01T00:00:00Z".into(),
+                ..Default::default()
+            };
+            self.state.db(|s| s.insert_image(&image)).unwrap();
+            image
+        }
+
+        /// Creates a VM from `req`, without a client watching.
+        pub async fn create(&self, req: CreateVm) -> Result<Vm, OpError> {
+            banger_daemon::vms::create(
+                self.state.clone(),
+                req,
+                Progress::new(None),
+                CancellationToken::new(),
+            )
+            .await
+        }
+
+        /// Starts a create of `req` in a task; its stages arrive on the receiver.
+        pub fn spawn_create(
+            &self,
+            req: CreateVm,
+            cancel: CancellationToken,
+        ) -> (
+            tokio::task::JoinHandle<Result<Vm, OpError>>,
+            tokio::sync::mpsc::UnboundedReceiver<Stage>,
+        ) {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let task = tokio::spawn(banger_daemon::vms::create(
+                self.state.clone(),
+                req,
+                Progress::new(Some(tx)),
+                cancel,
+            ));
+            (task, rx)
+        }
+
+        pub fn rows(&self) -> Vec<VmRow> {
+            self.state.vm_rows().unwrap()
+        }
+
+        pub fn row(&self, name: &str) -> VmRow {
+            self.rows()
+                .into_iter()
+                .find(|r| r.name == name)
+                .unwrap_or_else(|| panic!("no VM {name}"))
+        }
+
+        pub fn run_dir(&self, id: &str) -> PathBuf {
+            self.state
+                .opts
+                .layout
+                .runtime_dir
+                .join("vms")
+                .join(&id[..12])
+        }
+
+        pub fn vm_dirs(&self) -> BTreeSet<PathBuf> {
+            entries(&self.state.opts.layout.state_dir.join("vms"))
+        }
+
+        pub fn run_dirs(&self) -> BTreeSet<PathBuf> {
+            entries(&self.state.opts.layout.runtime_dir.join("vms"))
+        }
+
+        /// Whether anything was asked to make a bridge, TAP or NAT rule (releasing what
+        /// does not exist is not making anything).
+        pub fn net_made_anything(&self) -> bool {
+            self.net.calls().iter().any(|c| {
+                matches!(
+                    c.op(),
+                    NetOp::EnsureBridge | NetOp::CreateTap | NetOp::EnableNat
+                )
+            })
+        }
+
+        /// The VM ids the fake VMM was asked to start.
+        pub fn started(&self) -> Vec<String> {
+            self.vmm
+                .calls()
+                .into_iter()
+                .filter_map(|c| match c {
+                    FakeCall::Start(spec) => Some(spec.vm_id),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        /// No VM is left, nor anything one took: no row, VM directory or run directory, no
+        /// TAP or NAT rule, and no VMM process of any VM the fake VMM was asked to start.
+        pub fn assert_no_vm_left(&self) {
+            assert_eq!(self.rows(), Vec::new(), "a VM row is left");
+            assert_eq!(self.vm_dirs(), BTreeSet::new(), "a VM directory is left");
+            assert_eq!(self.run_dirs(), BTreeSet::new(), "a run directory is left");
+            assert_eq!(self.net.taps(), Vec::<String>::new(), "a TAP is left");
+            assert_eq!(
+                self.net.nat_rules(),
+                Vec::<std::net::Ipv4Addr>::new(),
+                "a NAT rule is left"
+            );
+            for id in self.started() {
+                assert_eq!(self.vmm.pid_of(&id), None, "the VMM of {id} still runs");
+                assert_eq!(
+                    banger_vmm::process::pids_in_dir(&self.run_dir(&id)),
+                    Vec::<u32>::new(),
+                    "a VMM of {id} still runs"
+                );
+            }
+        }
+
+        /// `row` holds nothing of a running VM: stopped or `error` with no pid, no run
+        /// directory, TAP or NAT rule, and no VMM process; its disks are kept.
+        pub fn assert_released(&self, row: &VmRow) {
+            assert_eq!((row.pid, row.vmm_start_time), (None, None), "{row:?}");
+            assert!(!self.run_dir(&row.id).exists(), "run directory left");
+            let tap = row.tap.clone().unwrap();
+            assert!(!self.net.taps().contains(&tap), "TAP {tap} left");
+            let ip = row.ip.as_deref().unwrap().parse().unwrap();
+            assert!(!self.net.nat_rules().contains(&ip), "NAT rule left");
+            assert_eq!(self.vmm.pid_of(&row.id), None, "VMM still runs");
+            assert!(Path::new(&row.dir).join("root.ext4").exists(), "disks lost");
+        }
+    }
+
+    pub fn entries(dir: &Path) -> BTreeSet<PathBuf> {
+        match std::fs::read_dir(dir) {
+            Ok(list) => list.map(|e| e.unwrap().path()).collect(),
+            Err(_) => BTreeSet::new(),
+        }
+    }
+
+    /// Waits for the stage called `name` of a create, failing after 30 s.
+    pub async fn wait_stage(stages: &mut tokio::sync::mpsc::UnboundedReceiver<Stage>, name: &str) {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(s) = stages.recv().await {
+                if s.stage == name {
+                    return;
+                }
+            }
+            panic!("the create ended before stage {name:?}");
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no stage {name:?} within 30s"));
+    }
+
+    /// A config for fast tests: a guest that does not answer is given up on after 1 s.
+    pub fn quick() -> Config {
+        Config {
+            agent_wait_secs: 1,
+            ..Config::default()
+        }
+    }
+}
+
+/// Create is all-or-nothing: whichever stage fails, nothing of the VM is left, and the
+/// error is that stage's.
+mod create_rollback {
+    use banger_daemon::error::OpError;
+    use banger_net::NetError;
+    use banger_net::fake::NetOp;
+    use banger_vmm::VmmError;
+
+    use super::vm_fixture::*;
+    use super::*;
+
+    fn net_failure(op: &str) -> NetError {
+        NetError::CommandFailed {
+            command: format!("ip {op}"),
+            code: Some(2),
+            stderr: format!("injected {op} failure"),
+        }
+    }
+
+    #[tokio::test]
+    async fn create_rolls_back_when_the_image_does_not_resolve() {
+        let f = fixture(quick(), true);
+        let mut req = request("web");
+        req.image = Some("nope".into());
+        let err = f.create(req).await.unwrap_err();
+        assert!(
+            matches!(&err, OpError::ImageNotFound { reference } if reference == "nope"),
+            "{err:?}"
+        );
+        f.assert_no_vm_left();
+        assert!(f.net.calls().is_empty(), "{:?}", f.net.calls());
+        assert!(f.vmm.calls().is_empty());
+        assert!(f.runner.programs().is_empty());
+    }
+
+    #[tokio::test]
+    async fn create_rolls_back_when_the_name_is_taken() {
+        let f = fixture(quick(), true);
+        let first = f.create(request("web")).await.unwrap();
+        let row = f.row("web");
+        let (dirs, runs, taps) = (f.vm_dirs(), f.run_dirs(), f.net.taps());
+        let (net_calls, vmm_calls) = (f.net.calls().len(), f.vmm.calls().len());
+        let err = f.create(request("web")).await.unwrap_err();
+        assert!(
+            matches!(&err, OpError::NameTaken { name } if name == "web"),
+            "{err:?}"
+        );
+        assert_eq!(f.rows(), vec![row], "the first VM's row changed");
+        assert_eq!(
+            (f.vm_dirs(), f.run_dirs(), f.net.taps()),
+            (dirs, runs, taps)
+        );
+        assert_eq!(f.net.calls().len(), net_calls, "network touched");
+        assert_eq!(f.vmm.calls().len(), vmm_calls, "VMM touched");
+        assert!(f.vmm.pid_of(&first.id).is_some(), "the first VM was hurt");
+    }
+
+    #[tokio::test]
+    async fn create_rolls_back_when_disk_preparation_fails() {
+        let f = fixture(quick(), true);
+        // The clone of the rootfs (a file operation), growing it (e2fsck before resize2fs),
+        // and writing the guest's identity into it (debugfs).
+        let clone = f.add_image("norootfs", true);
+        std::fs::remove_file(&clone.rootfs).unwrap();
+        let mut cases = Vec::new();
+        let mut req = request("clone");
+        req.image = Some("norootfs".into());
+        cases.push((req, None, "rootfs.ext4"));
+        let mut req = request("grow");
+        req.resources.disk_bytes = Some(16 << 20);
+        cases.push((req, Some("e2fsck"), "injected failure of e2fsck"));
+        cases.push((
+            request("debugfs"),
+            Some("debugfs"),
+            "injected failure of debugfs",
+        ));
+        for (req, fail, needle) in cases {
+            let name = req.name.clone().unwrap();
+            if let Some(program) = fail {
+                f.runner.fail_next(program);
+            }
+            let err = f.create(req).await.unwrap_err();
+            assert!(
+                matches!(&err, OpError::Disk { vm, .. } if *vm == name),
+                "{name}: {err:?}"
+            );
+            let text = banger_daemon::error::chain(&err);
+            assert!(text.contains(needle), "{name}: {text}");
+            f.assert_no_vm_left();
+            assert!(!f.net_made_anything(), "{name}: network touched");
+            assert!(f.vmm.calls().is_empty(), "{name}: VMM touched");
+        }
+    }
+
+    #[tokio::test]
+    async fn create_rolls_back_when_the_work_seed_cannot_be_made() {
+        let f = fixture(quick(), true);
+        let image = f.add_image("fresh", false);
+        f.runner.fail_next("mkfs.ext4");
+        let mut req = request("web");
+        req.image = Some("fresh".into());
+        let err = f.create(req).await.unwrap_err();
+        assert!(
+            matches!(&err, OpError::Disk { vm, .. } if vm == "(image fresh)"),
+            "{err:?}"
+        );
+        assert!(
+            banger_daemon::error::chain(&err).contains("injected failure of mkfs.ext4"),
+            "{err}"
+        );
+        f.assert_no_vm_left();
+        let after = f.state.db(|s| s.get_image(&image.id)).unwrap().unwrap();
+        assert_eq!(after.work_seed, None, "a failed seed was recorded");
+        assert!(
+            !std::path::Path::new(&image.dir)
+                .join("work-seed.ext4")
+                .exists()
+        );
+        assert!(!f.net_made_anything() && f.vmm.calls().is_empty());
+        // The control: the same create makes the seed when mkfs works.
+        let mut req = request("web");
+        req.image = Some("fresh".into());
+        f.create(req).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn create_rolls_back_when_the_network_fails() {
+        let f = fixture(quick(), true);
+        for op in [NetOp::EnsureBridge, NetOp::CreateTap, NetOp::EnableNat] {
+            let name = format!("{op:?}").to_lowercase();
+            f.net.fail_next(op, net_failure(&name));
+            let mut req = request(&name);
+            req.nat = Some(true);
+            let err = f.create(req).await.unwrap_err();
+            assert!(
+                matches!(&err, OpError::Net { vm, .. } if *vm == name),
+                "{op:?}: {err:?}"
+            );
+            assert!(
+                banger_daemon::error::chain(&err).contains(&format!("injected {name} failure")),
+                "{op:?}: {err}"
+            );
+            f.assert_no_vm_left();
+            assert!(f.vmm.calls().is_empty(), "{op:?}: the VMM was started");
+        }
+        // The TAP made before the NAT rule failed was deleted again.
+        let created: Vec<_> = f
+            .net
+            .calls()
+            .into_iter()
+            .filter(|c| c.op() == NetOp::CreateTap)
+            .collect();
+        assert_eq!(created.len(), 2, "{created:?}");
+    }
+
+    #[tokio::test]
+    async fn create_rolls_back_when_the_vmm_does_not_start() {
+        let f = fixture(quick(), true);
+        f.vmm.fail_next_start(VmmError::InvalidSpec {
+            vm_id: "any".into(),
+            what: "kernel",
+            reason: "injected start failure".into(),
+        });
+        let mut req = request("web");
+        req.nat = Some(true);
+        let err = f.create(req).await.unwrap_err();
+        assert!(
+            matches!(&err, OpError::Vmm { vm, .. } if vm == "web"),
+            "{err:?}"
+        );
+        assert!(banger_daemon::error::chain(&err).contains("injected start failure"));
+        // The network was up (TAP and NAT rule) before the VMM failed.
+        let ops: Vec<_> = f.net.calls().iter().map(|c| c.op()).collect();
+        assert!(
+            ops.contains(&NetOp::EnableNat) && ops.contains(&NetOp::DisableNat),
+            "{ops:?}"
+        );
+        assert_eq!(f.started().len(), 1);
+        f.assert_no_vm_left();
+    }
+
+    #[tokio::test]
+    async fn create_rolls_back_when_the_agent_never_answers() {
+        let f = fixture(quick(), false);
+        let mut req = request("web");
+        req.nat = Some(true);
+        let started = std::time::Instant::now();
+        let err = f.create(req).await.unwrap_err();
+        assert!(
+            matches!(&err, OpError::AgentTimeout { vm, secs: 1, .. } if vm == "web"),
+            "{err:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(20));
+        // The VMM ran (it was killed by the rollback).
+        assert_eq!(f.started().len(), 1);
+        f.assert_no_vm_left();
+    }
+
+    /// A client that goes away mid-create (here during the agent wait) cancels it, and the
+    /// create rolls back.
+    #[tokio::test]
+    async fn create_rolls_back_when_the_client_goes_away() {
+        // A guest that never answers: the create waits for it until the client leaves.
+        let f = fixture(Config::default(), false);
+        let sock = f.state.opts.layout.socket_path();
+        let server = tokio::spawn(serve_router(
+            UnixListener::bind(&sock).unwrap(),
+            router(f.state.clone()),
+            std::future::pending(),
+        ));
+        let body = r#"{"name":"web","image":"base","work_disk_bytes":8388608,"nat":true}"#;
+        let mut client = UnixStream::connect(&sock).await.unwrap();
+        client
+            .write_all(
+                format!(
+                    "POST /v1/vms HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut seen = String::new();
+        let mut buf = [0u8; 4096];
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while !seen.contains("wait agent") {
+                let n = client.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the stream ended: {seen}");
+                seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no agent wait: {seen}"));
+        assert_eq!(f.rows().len(), 1, "the VM exists while it is created");
+        assert_eq!(f.net.taps().len(), 1);
+        drop(client);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !f.rows().is_empty() || f.state.ops.counts().in_flight > 0 {
+            assert!(std::time::Instant::now() < deadline, "never rolled back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        f.assert_no_vm_left();
+        server.abort();
     }
 }
