@@ -2472,3 +2472,385 @@ mod create_rollback {
         server.abort();
     }
 }
+
+/// Reconciliation after the daemon or a VMM died: stored state brought in line with the
+/// host, and everything a dead VM held given back.
+mod reconcile {
+    use banger_vmm::fake::FakeVmm;
+    use banger_vmm::process::{Signal, signal, wait_exit};
+    use tokio_util::sync::CancellationToken;
+
+    use super::vm_fixture::*;
+    use super::*;
+
+    #[tokio::test]
+    async fn reconcile_marks_dead_vmms_stopped_and_frees_their_resources() {
+        let mut f = fixture(quick(), true);
+        let mut req = request("web");
+        req.nat = Some(true);
+        let vm = f.create(req).await.unwrap();
+        let other = f.create(request("db")).await.unwrap();
+        f.stop_agents();
+        let row = f.row("web");
+        assert_eq!(row.state, "running");
+        let pid = row.pid.unwrap();
+        assert_eq!(f.net.nat_rules().len(), 1);
+        // The VMM dies behind the daemon's back.
+        signal(pid, Signal::KILL).unwrap();
+        assert!(wait_exit(pid, Duration::from_secs(5)).await);
+        banger_daemon::vms::reconcile(&f.state).await;
+        let row = f.row("web");
+        assert_eq!(row.state, "stopped", "{row:?}");
+        f.assert_released(&row);
+        assert_eq!(row.id, vm.id);
+        // The other VM, whose VMM runs, is left alone.
+        let db = f.row("db");
+        assert_eq!((db.state.as_str(), db.pid), ("running", other.pid));
+        assert!(f.run_dir(&db.id).exists());
+        assert_eq!(f.net.taps(), vec![db.tap.clone().unwrap()]);
+    }
+
+    /// A daemon killed in the middle of a create leaves a `creating` row, its disks, run
+    /// directory, TAP, NAT rule and a running VMM; the next daemon's reconcile removes them.
+    #[tokio::test]
+    async fn reconcile_rolls_back_a_create_a_crashed_daemon_left() {
+        let f = fixture(Config::default(), false);
+        let mut req = request("web");
+        req.nat = Some(true);
+        let (create, mut stages) = f.spawn_create(req, CancellationToken::new());
+        wait_stage(&mut stages, "wait agent").await;
+        // The daemon dies: the create stops where it is, without rolling back.
+        create.abort();
+        assert!(create.await.unwrap_err().is_cancelled());
+        let row = f.row("web");
+        assert_eq!(row.state, "creating");
+        let pid = row.pid.expect("the VMM's pid was stored");
+        assert!(banger_vmm::process::alive(pid));
+        assert_eq!(f.net.taps().len(), 1);
+        assert_eq!(f.net.nat_rules().len(), 1);
+
+        // The next daemon: same host (network, processes, files), a new state and VMM backend.
+        let vmm = Arc::new(FakeVmm::new());
+        let restarted = state_in(
+            f.dir.path(),
+            host(&vmm, &f.net, &f.runner),
+            Config::default(),
+        );
+        banger_daemon::vms::reconcile(&restarted).await;
+        assert!(wait_exit(pid, Duration::from_secs(5)).await, "VMM left");
+        assert_eq!(restarted.vm_rows().unwrap(), Vec::new());
+        f.assert_no_vm_left();
+    }
+}
+
+/// Stop asks the guest first and forces the VMM off after the grace period, measured on
+/// tokio's clock: paused here, so the test does not wait the grace period.
+mod stop {
+    use banger_vmm::fake::{FakeCall, ShutdownBehaviour};
+
+    use super::vm_fixture::*;
+    use super::*;
+
+    #[tokio::test]
+    async fn stop_kills_the_vmm_after_the_grace_period_without_waiting_for_it() {
+        let grace = 600;
+        let mut f = fixture(
+            Config {
+                stop_grace_secs: grace,
+                ..quick()
+            },
+            true,
+        );
+        let mut req = request("web");
+        req.nat = Some(true);
+        let vm = f.create(req).await.unwrap();
+        f.stop_agents();
+        // The guest ignores the shutdown request.
+        f.vmm.set_shutdown_behaviour(ShutdownBehaviour::Ignore);
+        tokio::time::pause();
+        let started = std::time::Instant::now();
+        let note = banger_daemon::vms::stop(&f.state, &vm.id).await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(
+            note.as_deref(),
+            Some(format!("guest did not shut down within {grace}s; forced off").as_str())
+        );
+        assert!(took < Duration::from_secs(30), "the stop took {took:?}");
+        assert!(
+            f.vmm
+                .calls()
+                .iter()
+                .any(|c| matches!(c, FakeCall::RequestShutdown(r) if r.vm_id == vm.id)),
+            "the guest was not asked to shut down first"
+        );
+        let row = f.row("web");
+        assert_eq!(row.state, "stopped");
+        f.assert_released(&row);
+        assert!(!banger_vmm::process::alive(vm.pid.unwrap()));
+    }
+
+    /// The control: a guest that shuts down is not forced.
+    #[tokio::test]
+    async fn stop_of_a_guest_that_shuts_down_is_not_forced() {
+        let mut f = fixture(quick(), true);
+        let vm = f.create(request("web")).await.unwrap();
+        f.stop_agents();
+        let note = banger_daemon::vms::stop(&f.state, &vm.id).await.unwrap();
+        assert_eq!(note, None);
+        f.assert_released(&f.row("web"));
+    }
+}
+
+/// Creates running at the same time never share a lease.
+mod concurrency {
+    use std::collections::BTreeSet;
+
+    use super::vm_fixture::*;
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_creates_get_distinct_names_addresses_cids_taps_and_macs() {
+        const N: usize = 16;
+        let f = fixture(Config::default(), true);
+        let creates: Vec<_> = (0..N)
+            .map(|n| {
+                let state = f.state.clone();
+                let mut req = request("x");
+                // Half named by the daemon.
+                req.name = (n % 2 == 0).then(|| format!("vm-{n}"));
+                tokio::spawn(banger_daemon::vms::create(
+                    state,
+                    req,
+                    banger_daemon::progress::Progress::new(None),
+                    tokio_util::sync::CancellationToken::new(),
+                ))
+            })
+            .collect();
+        let mut vms = Vec::new();
+        for c in creates {
+            vms.push(c.await.unwrap().unwrap());
+        }
+        fn distinct<T: Ord + std::fmt::Debug>(what: &str, items: Vec<T>) {
+            let n = items.len();
+            let set: BTreeSet<T> = items.into_iter().collect();
+            assert_eq!(set.len(), n, "{what} shared: {set:?}");
+        }
+        distinct("names", vms.iter().map(|v| v.name.clone()).collect());
+        distinct("ids", vms.iter().map(|v| v.id.clone()).collect());
+        distinct("IPs", vms.iter().map(|v| v.ip.clone().unwrap()).collect());
+        distinct("MACs", vms.iter().map(|v| v.mac.clone().unwrap()).collect());
+        distinct("TAPs", vms.iter().map(|v| v.tap.clone().unwrap()).collect());
+        distinct("CIDs", vms.iter().map(|v| v.vsock_cid.unwrap()).collect());
+        assert!(
+            vms.iter()
+                .all(|v| v.state == banger_api::types::VmState::Running)
+        );
+        assert_eq!(f.net.taps().len(), N);
+        assert_eq!(f.rows().len(), N);
+        // What the VMMs were started with agrees with what is stored.
+        let specs: BTreeSet<(String, u32)> = f
+            .vmm
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                banger_vmm::fake::FakeCall::Start(s) => Some((s.tap, s.vsock_cid)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(specs.len(), N, "{specs:?}");
+    }
+}
+
+/// One action on several references: first-seen order, each reference its own answer.
+mod multi_ref {
+    use banger_store::VmRow;
+
+    use super::vm_fixture::*;
+    use super::*;
+
+    fn stored(f: &Fixture, n: u8, name: &str, state: &str, vmm: &str) -> VmRow {
+        let id = format!("{n:02x}{}", "cd".repeat(15));
+        let row = VmRow {
+            id: id.clone(),
+            name: name.into(),
+            image_id: f.state.db(|s| s.list_images()).unwrap()[0].id.clone(),
+            state: state.into(),
+            vmm: vmm.into(),
+            cpus: 2,
+            memory_mib: 512,
+            disk_bytes: 8 << 20,
+            work_disk_bytes: 8 << 20,
+            nat: false,
+            ip: Some(format!("172.30.0.{}", 10 + n)),
+            mac: None,
+            tap: Some(format!("bgr{}", &id[..12])),
+            vsock_cid: Some(3 + u32::from(n)),
+            pid: None,
+            vmm_start_time: None,
+            dir: f.dir.path().join(name).display().to_string(),
+            error: None,
+            workspace_json: None,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            started_at: None,
+        };
+        f.state.db(|s| s.insert_vm(&row)).unwrap();
+        row
+    }
+
+    #[tokio::test]
+    async fn multi_ref_actions_answer_in_first_seen_order_with_per_reference_errors() {
+        let f = fixture(quick(), false);
+        let db = stored(&f, 1, "db", "stopped", "qemu");
+        let web1 = stored(&f, 2, "web-1", "stopped", "firecracker");
+        let web2 = stored(&f, 3, "web-2", "running", "firecracker");
+        let sock = f.state.opts.layout.socket_path();
+        let server = tokio::spawn(serve_router(
+            UnixListener::bind(&sock).unwrap(),
+            router(f.state.clone()),
+            std::future::pending(),
+        ));
+        // 40 CPUs: within banger's caps and QEMU's, beyond Firecracker's 32.
+        let refs = [
+            "web-2",
+            "nope",
+            "db",
+            &web2.id[..12],
+            "web",
+            "db",
+            "web-1",
+            "nope",
+        ];
+        let body = serde_json::json!({"action": "set", "refs": refs, "settings": {"cpus": 40}});
+        let outcomes: Vec<serde_json::Value> = banger_api::Client::new(&sock)
+            .post("/vms/actions", &body)
+            .await
+            .unwrap();
+        let summary: Vec<(String, Option<String>, Option<String>)> = outcomes
+            .iter()
+            .map(|o| {
+                (
+                    o["reference"].as_str().unwrap().to_string(),
+                    o["vm"].as_str().map(String::from),
+                    o["error"]["kind"].as_str().map(String::from),
+                )
+            })
+            .collect();
+        let row = |r: &str, vm: Option<&str>, kind: Option<&str>| {
+            (r.to_string(), vm.map(String::from), kind.map(String::from))
+        };
+        assert_eq!(
+            summary,
+            vec![
+                row("web-2", Some("web-2"), Some("bad_request")),
+                row("nope", None, Some("not_found")),
+                row("db", Some("db"), None),
+                row("web", None, Some("bad_request")),
+                row("web-1", Some("web-1"), Some("bad_request")),
+                row("nope", None, Some("not_found")),
+            ],
+            "{outcomes:#?}"
+        );
+        let message = |i: usize| {
+            outcomes[i]["error"]["message"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert!(
+            message(0).contains("VM web-2: cpus must be between 1 and 32"),
+            "{}",
+            message(0)
+        );
+        assert!(
+            message(3).contains("matches several VMs: web-1, web-2"),
+            "{}",
+            message(3)
+        );
+        // Only the QEMU VM changed, once.
+        let cpus = |r: &VmRow| f.state.db(|s| s.get_vm(&r.id)).unwrap().unwrap().cpus;
+        assert_eq!((cpus(&db), cpus(&web1), cpus(&web2)), (40, 2, 2));
+        server.abort();
+    }
+}
+
+/// A start that fails leaves the VM `error`, with why, holding nothing; it can be started
+/// again, and is shown and reconciled as such.
+mod error_state {
+    use banger_api::types::{Vm, VmState};
+    use banger_vmm::VmmError;
+
+    use super::vm_fixture::*;
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_start_leaves_the_vm_in_error_and_a_later_start_recovers_it() {
+        let mut f = fixture(quick(), true);
+        let mut req = request("web");
+        req.nat = Some(true);
+        let vm = f.create(req).await.unwrap();
+        banger_daemon::vms::stop(&f.state, &vm.id).await.unwrap();
+        f.vmm.fail_next_start(VmmError::InvalidSpec {
+            vm_id: vm.id.clone(),
+            what: "kernel",
+            reason: "injected start failure".into(),
+        });
+        let err = banger_daemon::vms::start(&f.state, &vm.id)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("web"), "{err}");
+        let row = f.row("web");
+        assert_eq!(row.state, "error", "{row:?}");
+        let why = row.error.clone().unwrap();
+        assert!(why.contains("injected start failure"), "{why}");
+        f.assert_released(&row);
+        // The network was up before the VMM failed, and was given back.
+        assert!(
+            f.net
+                .calls()
+                .iter()
+                .filter(|c| c.op() == banger_net::fake::NetOp::DisableNat)
+                .count()
+                >= 2
+        );
+
+        // Shown as `error`, with the reason, in list (`--all`: it is not running) and show.
+        let sock = f.state.opts.layout.socket_path();
+        let server = tokio::spawn(serve_router(
+            UnixListener::bind(&sock).unwrap(),
+            router(f.state.clone()),
+            std::future::pending(),
+        ));
+        let client = banger_api::Client::new(&sock);
+        let list: Vec<Vm> = client.get("/vms?all=true").await.unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(
+            (list[0].state, list[0].error.as_deref()),
+            (VmState::Error, Some(why.as_str()))
+        );
+        let shown: Vm = client.get("/vms/web").await.unwrap();
+        assert_eq!(shown.state, VmState::Error);
+        // Stop has nothing to do.
+        let note = banger_daemon::vms::stop(&f.state, &vm.id).await.unwrap();
+        assert_eq!(note.as_deref(), Some("already error"));
+
+        // Reconciled like a stopped VM: an unfinished start (a run directory) is undone.
+        std::fs::create_dir_all(f.run_dir(&vm.id)).unwrap();
+        banger_daemon::vms::reconcile(&f.state).await;
+        let row = f.row("web");
+        assert_eq!(row.state, "error");
+        f.assert_released(&row);
+
+        // A start that works clears it.
+        f.start_agents();
+        banger_daemon::vms::start(&f.state, &vm.id).await.unwrap();
+        let row = f.row("web");
+        assert_eq!(
+            (row.state.as_str(), row.error.as_deref()),
+            ("running", None)
+        );
+        assert!(f.vmm.pid_of(&vm.id).is_some());
+        let shown: Vm = client.get("/vms/web").await.unwrap();
+        assert_eq!((shown.state, shown.error), (VmState::Running, None));
+        server.abort();
+    }
+}
