@@ -34,6 +34,21 @@ fn state_in(
     host: banger_daemon::state::Host,
     config: Config,
 ) -> Arc<AppState> {
+    state_timed(
+        dir,
+        host,
+        config,
+        Arc::new(banger_daemon::clock::SystemClock),
+    )
+}
+
+/// [`state_in`] with the wall clock `clock`.
+fn state_timed(
+    dir: &std::path::Path,
+    host: banger_daemon::state::Host,
+    config: Config,
+    clock: Arc<dyn banger_daemon::clock::Clock>,
+) -> Arc<AppState> {
     let layout = Layout::under(dir);
     std::fs::create_dir_all(&layout.runtime_dir).unwrap();
     std::fs::create_dir_all(&layout.state_dir).unwrap();
@@ -54,6 +69,7 @@ fn state_in(
         },
         guest_dns: Vec::new(),
         uid: 0,
+        clock,
     };
     Arc::new(AppState::new(opts, store, parts))
 }
@@ -2852,5 +2868,50 @@ mod error_state {
         let shown: Vm = client.get("/vms/web").await.unwrap();
         assert_eq!((shown.state, shown.error), (VmState::Running, None));
         server.abort();
+    }
+}
+
+/// Timestamps come from the injected clock.
+mod clock {
+    use std::sync::Mutex;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use banger_daemon::clock::Clock;
+
+    use super::vm_fixture::*;
+    use super::*;
+
+    /// A clock that says what the test sets.
+    #[derive(Debug)]
+    struct Manual(Mutex<SystemTime>);
+
+    impl Clock for Manual {
+        fn now(&self) -> SystemTime {
+            *self.0.lock().unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn created_and_started_at_come_from_the_daemons_clock() {
+        let mut f = fixture(quick(), true);
+        let clock: Arc<Manual> = Arc::new(Manual(Mutex::new(
+            UNIX_EPOCH + Duration::from_secs(1_893_553_445),
+        )));
+        // The same daemon, restarted with the manual clock.
+        f.state = state_timed(
+            f.dir.path(),
+            host(&f.vmm, &f.net, &f.runner),
+            quick(),
+            clock.clone(),
+        );
+        assert_eq!(f.state.started_at, 1_893_553_445);
+        let vm = f.create(request("web")).await.unwrap();
+        assert_eq!(vm.created_at, "2030-01-02T03:04:05Z");
+        assert_eq!(vm.started_at.as_deref(), Some("2030-01-02T03:04:05Z"));
+        *clock.0.lock().unwrap() += Duration::from_secs(90);
+        banger_daemon::vms::restart(&f.state, &vm.id).await.unwrap();
+        let row = f.row("web");
+        assert_eq!(row.created_at, "2030-01-02T03:04:05Z");
+        assert_eq!(row.started_at.as_deref(), Some("2030-01-02T03:05:35Z"));
     }
 }
