@@ -74,6 +74,17 @@ fn state_timed(
     Arc::new(AppState::new(opts, store, parts))
 }
 
+/// Makes an empty 8 MiB ext4 at `path` (through the runner, which also finds `mkfs.ext4` in
+/// the sbin directories a user's `PATH` may lack).
+fn make_ext4(path: &std::path::Path) {
+    use banger_core::runner::CommandRunner;
+    let args = ["-q", "-F", &path.display().to_string(), "8M"].map(String::from);
+    let out = banger_core::runner::SystemRunner::new()
+        .run("mkfs.ext4", &args)
+        .unwrap();
+    assert!(out.success(), "{out:?}");
+}
+
 /// The fake VMM, a network that only models the host's, and real commands.
 fn fake_host() -> banger_daemon::state::Host {
     banger_daemon::state::Host {
@@ -1490,13 +1501,7 @@ mod lock_order {
             .tempdir_in("/tmp")
             .unwrap();
         let ext4 = dir.path().join("template.ext4");
-        let st = std::process::Command::new("mkfs.ext4")
-            .args(["-q", "-F"])
-            .arg(&ext4)
-            .arg("8M")
-            .status()
-            .unwrap();
-        assert!(st.success());
+        make_ext4(&ext4);
         let fc = Arc::new(FakeVmm::new());
         let net = Arc::new(FakeNetOps::new());
         let host = Host {
@@ -1970,13 +1975,7 @@ mod vm_fixture {
             .tempdir_in("/tmp")
             .unwrap();
         let template = dir.path().join("template.ext4");
-        let out = SystemRunner::new()
-            .run(
-                "mkfs.ext4",
-                &["-q", "-F", &template.display().to_string(), "8M"].map(String::from),
-            )
-            .unwrap();
-        assert!(out.success(), "{out:?}");
+        make_ext4(&template);
         let (vmm, net, runner) = (
             Arc::new(FakeVmm::new()),
             Arc::new(FakeNetOps::new()),
