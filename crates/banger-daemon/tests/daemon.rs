@@ -2095,6 +2095,17 @@ mod vm_fixture {
             image
         }
 
+        /// Serves the daemon's API on its socket; the socket and the server task.
+        pub fn serve(&self) -> (PathBuf, tokio::task::JoinHandle<std::io::Result<()>>) {
+            let sock = self.state.opts.layout.socket_path();
+            let server = tokio::spawn(serve_router(
+                UnixListener::bind(&sock).unwrap(),
+                router(self.state.clone()),
+                std::future::pending(),
+            ));
+            (sock, server)
+        }
+
         /// Creates a VM from `req`, without a client watching.
         pub async fn create(&self, req: CreateVm) -> Result<Vm, OpError> {
             banger_daemon::vms::create(
@@ -2446,12 +2457,7 @@ mod create_rollback {
     async fn create_rolls_back_when_the_client_goes_away() {
         // A guest that never answers: the create waits for it until the client leaves.
         let f = fixture(Config::default(), false);
-        let sock = f.state.opts.layout.socket_path();
-        let server = tokio::spawn(serve_router(
-            UnixListener::bind(&sock).unwrap(),
-            router(f.state.clone()),
-            std::future::pending(),
-        ));
+        let (sock, server) = f.serve();
         let body = r#"{"name":"web","image":"base","work_disk_bytes":8388608,"nat":true}"#;
         let mut client = UnixStream::connect(&sock).await.unwrap();
         client
@@ -2681,7 +2687,6 @@ mod multi_ref {
     use banger_store::VmRow;
 
     use super::vm_fixture::*;
-    use super::*;
 
     fn stored(f: &Fixture, n: u8, name: &str, state: &str, vmm: &str) -> VmRow {
         let id = format!("{n:02x}{}", "cd".repeat(15));
@@ -2718,12 +2723,7 @@ mod multi_ref {
         let db = stored(&f, 1, "db", "stopped", "qemu");
         let web1 = stored(&f, 2, "web-1", "stopped", "firecracker");
         let web2 = stored(&f, 3, "web-2", "running", "firecracker");
-        let sock = f.state.opts.layout.socket_path();
-        let server = tokio::spawn(serve_router(
-            UnixListener::bind(&sock).unwrap(),
-            router(f.state.clone()),
-            std::future::pending(),
-        ));
+        let (sock, server) = f.serve();
         // 40 CPUs: within banger's caps and QEMU's, beyond Firecracker's 32.
         let refs = [
             "web-2",
@@ -2795,7 +2795,6 @@ mod error_state {
     use banger_vmm::VmmError;
 
     use super::vm_fixture::*;
-    use super::*;
 
     #[tokio::test]
     async fn a_failed_start_leaves_the_vm_in_error_and_a_later_start_recovers_it() {
@@ -2829,12 +2828,7 @@ mod error_state {
         );
 
         // Shown as `error`, with the reason, in list (`--all`: it is not running) and show.
-        let sock = f.state.opts.layout.socket_path();
-        let server = tokio::spawn(serve_router(
-            UnixListener::bind(&sock).unwrap(),
-            router(f.state.clone()),
-            std::future::pending(),
-        ));
+        let (sock, server) = f.serve();
         let client = banger_api::Client::new(&sock);
         let list: Vec<Vm> = client.get("/vms?all=true").await.unwrap();
         assert_eq!(list.len(), 1);
