@@ -14,7 +14,6 @@ use banger_api::types::{BootstrapImage, Image, ImportBundle};
 use banger_store::ImageRow;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::now;
 use crate::error::OpError;
 use crate::images::{InputKind, check_input_file, check_rootfs};
 use crate::progress::Progress;
@@ -243,7 +242,7 @@ async fn register_bundle(
         distro: Some(manifest.distro.clone()).filter(|d| !d.is_empty()),
         arch: Some(manifest.arch.clone()).filter(|a| !a.is_empty()),
         description: Some(manifest.description.clone()).filter(|d| !d.is_empty()),
-        created_at: now(),
+        created_at: state.now(),
     };
     if let Err(e) = state.db(|s| s.insert_image(&row)) {
         cleanup(&dir);

@@ -25,7 +25,6 @@ use banger_api::types::{Image, RegisterImage};
 use banger_core::names::validate_image_name;
 use banger_store::ImageRow;
 
-use crate::clock::now;
 use crate::error::{OpError, chain};
 use crate::state::AppState;
 
@@ -253,7 +252,7 @@ pub async fn register(state: Arc<AppState>, req: RegisterImage) -> Result<Image,
         distro: None,
         arch: Some(std::env::consts::ARCH.to_string()),
         description: req.description.clone(),
-        created_at: now(),
+        created_at: state.now(),
     };
     if let Err(e) = state.db(|s| s.insert_image(&row)) {
         let _ = tokio::fs::remove_dir_all(&final_dir).await;

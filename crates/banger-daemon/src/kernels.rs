@@ -7,7 +7,6 @@ use std::sync::Arc;
 use banger_api::types::{ImportKernel, Kernel};
 use banger_store::KernelRow;
 
-use crate::clock::now;
 use crate::error::{OpError, chain};
 use crate::state::AppState;
 
@@ -91,7 +90,7 @@ pub async fn import(state: Arc<AppState>, req: ImportKernel) -> Result<Kernel, O
         modules: at(&manifest.files.modules),
         sha256: manifest.sha256.clone(),
         source: manifest.source.clone(),
-        created_at: now(),
+        created_at: state.now(),
     };
     state.db(|s| s.upsert_kernel(&row))?;
     tracing::info!(kernel = %row.name, version = %row.version, "kernel imported");

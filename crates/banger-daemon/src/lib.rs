@@ -315,6 +315,7 @@ pub async fn run(opts: DaemonOptions, host: state::Host, uid: u32) -> Result<(),
         subnet,
         ssh,
         uid,
+        clock: Arc::new(clock::SystemClock),
     };
     let socket = layout.socket_path();
     let listener = bind_socket(&socket, uid)?;

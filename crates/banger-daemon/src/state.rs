@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use banger_core::runner::CommandRunner;
 use banger_net::{NetOps, Subnet};
@@ -14,6 +13,7 @@ use banger_store::{Store, VmRow};
 use banger_vmm::{Vmm, VmmKind};
 use tokio::sync::Notify;
 
+use crate::clock::Clock;
 use crate::error::OpError;
 use crate::ops::OpTracker;
 use crate::options::DaemonOptions;
@@ -25,7 +25,10 @@ pub struct AppState {
     pub opts: DaemonOptions,
     pub store: Mutex<Store>,
     pub ops: Arc<OpTracker>,
+    /// When the daemon started, in seconds since the epoch (from [`AppState::clock`]).
     pub started_at: u64,
+    /// The wall clock timestamps are read from.
+    pub clock: Arc<dyn Clock>,
     /// The seams to the host: VMM backend, network operations, command runner.
     pub host: Host,
     pub locks: Locks,
@@ -104,6 +107,8 @@ pub struct Parts {
     pub ssh: SshKey,
     pub guest_dns: Vec<Ipv4Addr>,
     pub uid: u32,
+    /// The wall clock ([`SystemClock`](crate::clock::SystemClock) outside tests).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl AppState {
@@ -112,10 +117,8 @@ impl AppState {
             opts,
             store: Mutex::new(store),
             ops: Arc::new(OpTracker::default()),
-            started_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            started_at: crate::clock::epoch_secs(parts.clock.now()),
+            clock: parts.clock,
             host: parts.host,
             locks: Locks::default(),
             subnet: parts.subnet,
@@ -124,6 +127,11 @@ impl AppState {
             uid: parts.uid,
             shutdown: Notify::new(),
         }
+    }
+
+    /// The time now, as stored in rows (RFC 3339).
+    pub fn now(&self) -> String {
+        crate::clock::rfc3339(self.clock.now())
     }
 
     /// Asks the server to stop accepting requests and exit.

@@ -26,33 +26,37 @@ async fn raw_request(sock: &std::path::Path, req: &str) -> String {
     out
 }
 
-/// A daemon state on `store` in `layout`, with the fake VMM and a network that only records.
-fn app_state(dir: &std::path::Path, layout: &Layout, store: banger_store::Store) -> Arc<AppState> {
-    state_on(
+/// The one way these tests build a daemon: its layout under `dir` (state and runtime dirs
+/// made, the store opened), `config`, and the host seams `host` ([`fake_host`] for the
+/// usual fakes).
+fn state_in(
+    dir: &std::path::Path,
+    host: banger_daemon::state::Host,
+    config: Config,
+) -> Arc<AppState> {
+    state_timed(
         dir,
-        layout,
-        store,
-        banger_daemon::state::Host {
-            vmms: banger_daemon::state::Vmms::single(Arc::new(banger_vmm::fake::FakeVmm::new())),
-            net: Arc::new(banger_net::DirectNetOps::new(
-                banger_core::runner::fake::FakeRunner::new(),
-            )),
-            runner: Arc::new(banger_core::runner::SystemRunner::new()),
-        },
+        host,
+        config,
+        Arc::new(banger_daemon::clock::SystemClock),
     )
 }
 
-/// A daemon state on `store` in `layout` with the default config, over the host seams `host`.
-fn state_on(
+/// [`state_in`] with the wall clock `clock`.
+fn state_timed(
     dir: &std::path::Path,
-    layout: &Layout,
-    store: banger_store::Store,
     host: banger_daemon::state::Host,
+    config: Config,
+    clock: Arc<dyn banger_daemon::clock::Clock>,
 ) -> Arc<AppState> {
+    let layout = Layout::under(dir);
+    std::fs::create_dir_all(&layout.runtime_dir).unwrap();
+    std::fs::create_dir_all(&layout.state_dir).unwrap();
+    let store = banger_store::Store::open(&layout.db_path()).unwrap();
     let opts = DaemonOptions {
-        layout: layout.clone(),
+        layout,
         agent_bin: None,
-        config: Config::default(),
+        config,
         config_warnings: Vec::new(),
         build: BuildInfo::current(),
     };
@@ -65,8 +69,29 @@ fn state_on(
         },
         guest_dns: Vec::new(),
         uid: 0,
+        clock,
     };
     Arc::new(AppState::new(opts, store, parts))
+}
+
+/// Makes an empty 8 MiB ext4 at `path` (through the runner, which also finds `mkfs.ext4` in
+/// the sbin directories a user's `PATH` may lack).
+fn make_ext4(path: &std::path::Path) {
+    use banger_core::runner::CommandRunner;
+    let args = ["-q", "-F", &path.display().to_string(), "8M"].map(String::from);
+    let out = banger_core::runner::SystemRunner::new()
+        .run("mkfs.ext4", &args)
+        .unwrap();
+    assert!(out.success(), "{out:?}");
+}
+
+/// The fake VMM, a network that only models the host's, and real commands.
+fn fake_host() -> banger_daemon::state::Host {
+    banger_daemon::state::Host {
+        vmms: banger_daemon::state::Vmms::single(Arc::new(banger_vmm::fake::FakeVmm::new())),
+        net: Arc::new(banger_net::fake::FakeNetOps::new()),
+        runner: Arc::new(banger_core::runner::SystemRunner::new()),
+    }
 }
 
 #[tokio::test]
@@ -146,18 +171,10 @@ async fn client_disconnect_cancels_the_operation() {
     server.await.unwrap().unwrap();
 }
 
-/// Daemon state over a fresh layout in `dir`, with a fake VMM and fake networking.
-fn test_state(dir: &std::path::Path) -> Arc<AppState> {
-    let layout = Layout::under(dir);
-    std::fs::create_dir_all(&layout.runtime_dir).unwrap();
-    let store = banger_store::Store::open(&layout.db_path()).unwrap();
-    app_state(dir, &layout, store)
-}
-
 #[tokio::test]
 async fn errors_carry_the_op_id_in_header_and_body() {
     let dir = tempfile::tempdir().unwrap();
-    let state = test_state(dir.path());
+    let state = state_in(dir.path(), fake_host(), Config::default());
     let layout = state.opts.layout.clone();
     let sock = layout.socket_path();
     let listener = UnixListener::bind(&sock).unwrap();
@@ -215,6 +232,7 @@ mod adversarial_pid_reuse {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
+    use banger_core::config::Config;
     use banger_core::layout::Layout;
     use banger_daemon::state::AppState;
     use banger_daemon::vms;
@@ -229,23 +247,22 @@ mod adversarial_pid_reuse {
 
     fn harness() -> Harness {
         let dir = tempfile::Builder::new().prefix("bgd").tempdir().unwrap();
-        let layout = Layout::under(dir.path());
-        std::fs::create_dir_all(&layout.runtime_dir).unwrap();
-        std::fs::create_dir_all(&layout.state_dir).unwrap();
-        let store = banger_store::Store::open(&layout.db_path()).unwrap();
-        store
-            .insert_image(&ImageRow {
-                id: "img0".into(),
-                name: "img".into(),
-                dir: dir.path().display().to_string(),
-                rootfs: dir.path().join("rootfs.ext4").display().to_string(),
-                rootfs_bytes: 1 << 20,
-                kernel: Some(dir.path().join("vmlinux").display().to_string()),
-                created_at: "t".into(),
-                ..ImageRow::default()
+        let state = super::state_in(dir.path(), super::fake_host(), Config::default());
+        let layout = state.opts.layout.clone();
+        state
+            .db(|s| {
+                s.insert_image(&ImageRow {
+                    id: "img0".into(),
+                    name: "img".into(),
+                    dir: dir.path().display().to_string(),
+                    rootfs: dir.path().join("rootfs.ext4").display().to_string(),
+                    rootfs_bytes: 1 << 20,
+                    kernel: Some(dir.path().join("vmlinux").display().to_string()),
+                    created_at: "t".into(),
+                    ..ImageRow::default()
+                })
             })
             .unwrap();
-        let state = super::app_state(dir.path(), &layout, store);
         Harness {
             _dir: dir,
             layout,
@@ -534,22 +551,6 @@ mod adversarial {
             .prefix("bgd")
             .tempdir_in("/tmp")
             .unwrap();
-        let layout = Layout::under(dir.path());
-        std::fs::create_dir_all(&layout.runtime_dir).unwrap();
-        let store = banger_store::Store::open(&layout.db_path()).unwrap();
-        store
-            .insert_image(&ImageRow {
-                id: "1mg0000000000000000000000000abcd".into(),
-                name: "test-img".into(),
-                dir: dir.path().join("img").display().to_string(),
-                rootfs: dir.path().join("img/rootfs.ext4").display().to_string(),
-                rootfs_bytes: 1 << 20,
-                kernel: Some(dir.path().join("img/kernel").display().to_string()),
-                created_at: "2026-01-01T00:00:00Z".into(),
-                ..Default::default()
-            })
-            .unwrap();
-        store.insert_vm(&old_vm(dir.path())).unwrap();
         let runner = Arc::new(FakeRunner::new());
         let net = Arc::new(DirectNetOps::new(FakeRunner::new()));
         let fc = Arc::new(FakeVmm::new());
@@ -563,8 +564,23 @@ mod adversarial {
             net: net.clone(),
             runner: runner.clone(),
         };
-        let state = state_on(dir.path(), &layout, store, host);
-        let sock = layout.socket_path();
+        let state = state_in(dir.path(), host, Config::default());
+        let store = state.store.lock().unwrap();
+        store
+            .insert_image(&ImageRow {
+                id: "1mg0000000000000000000000000abcd".into(),
+                name: "test-img".into(),
+                dir: dir.path().join("img").display().to_string(),
+                rootfs: dir.path().join("img/rootfs.ext4").display().to_string(),
+                rootfs_bytes: 1 << 20,
+                kernel: Some(dir.path().join("img/kernel").display().to_string()),
+                created_at: "2026-01-01T00:00:00Z".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        store.insert_vm(&old_vm(dir.path())).unwrap();
+        drop(store);
+        let sock = state.opts.layout.socket_path();
         let listener = UnixListener::bind(&sock).unwrap();
         let server = tokio::spawn(serve_router(
             listener,
@@ -1220,7 +1236,7 @@ async fn limited_daemon(
     tempfile::TempDir,
 ) {
     let dir = tempfile::tempdir().unwrap();
-    let state = test_state(dir.path());
+    let state = state_in(dir.path(), fake_host(), Config::default());
     let sock = state.opts.layout.socket_path();
     let listener = UnixListener::bind(&sock).unwrap();
     let server = tokio::spawn(serve_router_with(
@@ -1456,14 +1472,13 @@ async fn adversarial_daemon_rejections_are_typed_with_their_text_kept() {
 /// end in one of the consistent outcomes. Unprivileged: real e2fsprogs on small files, a
 /// fake VMM and a network that only records.
 mod lock_order {
-    use std::net::Ipv4Addr;
     use std::path::{Path, PathBuf};
 
     use banger_api::types::{CreateVm, VmSettings};
     use banger_daemon::error::OpError;
     use banger_daemon::progress::Progress;
     use banger_daemon::state::{Host, Vmms};
-    use banger_net::{NetError, NetOps, Subnet};
+    use banger_net::fake::FakeNetOps;
     use banger_store::ImageRow;
     use banger_vmm::VmmError;
     use banger_vmm::fake::FakeVmm;
@@ -1471,51 +1486,11 @@ mod lock_order {
 
     use super::*;
 
-    /// Host networking that only keeps the set of TAPs that exist.
-    #[derive(Debug, Default)]
-    struct Taps(std::sync::Mutex<std::collections::BTreeSet<String>>);
-
-    impl Taps {
-        fn list(&self) -> Vec<String> {
-            self.0.lock().unwrap().iter().cloned().collect()
-        }
-    }
-
-    impl NetOps for Taps {
-        fn ensure_bridge(&self, _: &str, _: &Subnet) -> Result<(), NetError> {
-            Ok(())
-        }
-        fn create_tap(&self, name: &str, _: &str, _: Option<u32>) -> Result<(), NetError> {
-            self.0.lock().unwrap().insert(name.to_string());
-            Ok(())
-        }
-        fn delete_tap(&self, name: &str) -> Result<(), NetError> {
-            self.0.lock().unwrap().remove(name);
-            Ok(())
-        }
-        fn list_links(&self, prefix: &str) -> Result<Vec<String>, NetError> {
-            Ok(self
-                .list()
-                .into_iter()
-                .filter(|t| t.starts_with(prefix))
-                .collect())
-        }
-        fn link_exists(&self, name: &str) -> Result<bool, NetError> {
-            Ok(self.0.lock().unwrap().contains(name))
-        }
-        fn enable_nat(&self, _: &Subnet, _: Ipv4Addr, _: Option<&str>) -> Result<(), NetError> {
-            Ok(())
-        }
-        fn disable_nat(&self, _: Ipv4Addr) -> Result<(), NetError> {
-            Ok(())
-        }
-    }
-
     struct Race {
         dir: tempfile::TempDir,
         state: Arc<AppState>,
         fc: Arc<FakeVmm>,
-        taps: Arc<Taps>,
+        net: Arc<FakeNetOps>,
         /// A clean ext4 every image's rootfs and work seed is copied from.
         ext4: PathBuf,
     }
@@ -1525,32 +1500,22 @@ mod lock_order {
             .prefix("bgl")
             .tempdir_in("/tmp")
             .unwrap();
-        let layout = Layout::under(dir.path());
-        std::fs::create_dir_all(&layout.runtime_dir).unwrap();
-        std::fs::create_dir_all(&layout.state_dir).unwrap();
-        banger_daemon::images::reset_scratch_dir(&layout.state_dir).unwrap();
         let ext4 = dir.path().join("template.ext4");
-        let st = std::process::Command::new("mkfs.ext4")
-            .args(["-q", "-F"])
-            .arg(&ext4)
-            .arg("8M")
-            .status()
-            .unwrap();
-        assert!(st.success());
+        make_ext4(&ext4);
         let fc = Arc::new(FakeVmm::new());
-        let taps = Arc::new(Taps::default());
+        let net = Arc::new(FakeNetOps::new());
         let host = Host {
             vmms: Vmms::single(fc.clone()),
-            net: taps.clone(),
+            net: net.clone(),
             runner: Arc::new(banger_core::runner::SystemRunner::new()),
         };
-        let store = banger_store::Store::open(&layout.db_path()).unwrap();
-        let state = state_on(dir.path(), &layout, store, host);
+        let state = state_in(dir.path(), host, Config::default());
+        banger_daemon::images::reset_scratch_dir(&state.opts.layout.state_dir).unwrap();
         Race {
             dir,
             state,
             fc,
-            taps,
+            net,
             ext4,
         }
     }
@@ -1647,7 +1612,7 @@ mod lock_order {
                 "iteration {n}: a VM row was left behind"
             );
             assert_eq!(vm_dirs(&r), Vec::<PathBuf>::new(), "iteration {n}");
-            assert_eq!(r.taps.list(), Vec::<String>::new(), "iteration {n}");
+            assert_eq!(r.net.taps(), Vec::<String>::new(), "iteration {n}");
             assert!(r.state.db(|s| s.list_images()).unwrap().is_empty());
             assert!(!Path::new(&r.dir.path().join("images").join(&image)).exists());
         }
@@ -2075,8 +2040,7 @@ mod create_validation {
             net: net.clone(),
             runner: runner.clone(),
         };
-        let store = banger_store::Store::open(&layout.db_path()).unwrap();
-        let state = state_on(&home, &layout, store, host);
+        let state = state_in(&home, host, Config::default());
         let images = dir.path().join("img");
         let at = |f: &str| images.join(f).display().to_string();
         state
@@ -2194,5 +2158,1040 @@ mod create_validation {
             "{err}"
         );
         assert_nothing_made(&s);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The VM lifecycle at daemon level, unprivileged: the fake VMM (real `sleep` processes), the
+// fake network model, real e2fsprogs on small files behind a runner that fails the command a
+// test chooses, and a fake guest agent that answers for every VM whose VMM runs.
+
+/// What the lifecycle tests share: a daemon over fakes, an image, and the checks that
+/// nothing of a VM is left.
+mod vm_fixture {
+    use std::collections::BTreeSet;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    use axum::Json;
+    use banger_api::types::{CreateVm, Vm, VmSettings};
+    use banger_core::runner::{CommandOutput, CommandRunner, SpawnError, SystemRunner};
+    use banger_daemon::error::OpError;
+    use banger_daemon::progress::{Progress, Stage};
+    use banger_daemon::state::{Host, Vmms};
+    use banger_net::fake::{FakeNetOps, NetOp};
+    use banger_store::{ImageRow, VmRow};
+    use banger_vmm::fake::{AGENT_SOCKET, FakeCall, FakeVmm};
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+
+    /// Real commands, except that the next run of a program a test named fails (exit 8,
+    /// an operational error for e2fsprogs).
+    #[derive(Debug, Default)]
+    pub struct Runner {
+        real: SystemRunner,
+        fail: Mutex<Vec<String>>,
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl Runner {
+        /// The next run of `program` fails with exit status 8, running nothing.
+        pub fn fail_next(&self, program: &str) {
+            self.fail.lock().unwrap().push(program.to_string());
+        }
+
+        /// The programs run so far, in order.
+        pub fn programs(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl CommandRunner for Runner {
+        fn run(&self, program: &str, args: &[String]) -> Result<CommandOutput, SpawnError> {
+            self.calls.lock().unwrap().push(program.to_string());
+            let mut fail = self.fail.lock().unwrap();
+            if let Some(at) = fail.iter().position(|p| p == program) {
+                fail.remove(at);
+                return Ok(CommandOutput {
+                    command: format!("{program} {}", args.join(" ")),
+                    code: Some(8),
+                    stdout: String::new(),
+                    stderr: format!("injected failure of {program}"),
+                });
+            }
+            drop(fail);
+            self.real.run(program, args)
+        }
+    }
+
+    pub struct Fixture {
+        pub dir: tempfile::TempDir,
+        pub state: Arc<AppState>,
+        pub vmm: Arc<FakeVmm>,
+        pub net: Arc<FakeNetOps>,
+        pub runner: Arc<Runner>,
+        /// A clean 8 MiB ext4 that images are copied from.
+        template: PathBuf,
+        agents: Option<tokio::task::JoinHandle<()>>,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            self.stop_agents();
+        }
+    }
+
+    /// The image every create uses unless told otherwise.
+    pub const IMAGE: &str = "base";
+
+    /// A daemon with `config` over the fakes, an image [`IMAGE`] with its work seed, and
+    /// (with `agents`) a guest agent answering for every VM whose VMM runs.
+    pub fn fixture(config: Config, agents: bool) -> Fixture {
+        let dir = tempfile::Builder::new()
+            .prefix("bgv")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let template = dir.path().join("template.ext4");
+        make_ext4(&template);
+        let (vmm, net, runner) = (
+            Arc::new(FakeVmm::new()),
+            Arc::new(FakeNetOps::new()),
+            Arc::new(Runner::default()),
+        );
+        let state = state_in(dir.path(), host(&vmm, &net, &runner), config);
+        banger_daemon::images::reset_scratch_dir(&state.opts.layout.state_dir).unwrap();
+        let mut f = Fixture {
+            dir,
+            state,
+            vmm,
+            net,
+            runner,
+            template,
+            agents: None,
+        };
+        f.add_image(IMAGE, true);
+        if agents {
+            f.start_agents();
+        }
+        f
+    }
+
+    pub fn host(vmm: &Arc<FakeVmm>, net: &Arc<FakeNetOps>, runner: &Arc<Runner>) -> Host {
+        Host {
+            vmms: Vmms::single(vmm.clone()),
+            net: net.clone(),
+            runner: runner.clone(),
+        }
+    }
+
+    /// A create request for a VM `name` on [`IMAGE`], disks the size of the image's.
+    pub fn request(name: &str) -> CreateVm {
+        CreateVm {
+            name: Some(name.to_string()),
+            image: Some(IMAGE.to_string()),
+            resources: VmSettings {
+                work_disk_bytes: Some(8 << 20),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// The health a fake agent answers.
+    fn health() -> banger_agent_proto::wire::Health {
+        banger_agent_proto::wire::Health {
+            version: "0.0.0".into(),
+            commit: "test".into(),
+            build_epoch: 0,
+            uptime_secs: 1,
+            hostname: "guest".into(),
+        }
+    }
+
+    /// Serves a guest agent in every run directory whose VMM runs (its command line names
+    /// the directory) and that has no agent socket yet, as a booted guest would.
+    async fn answer_agents(run_dirs: PathBuf) {
+        loop {
+            for dir in std::fs::read_dir(&run_dirs)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+            {
+                let sock = dir.join(AGENT_SOCKET);
+                if sock.exists() || banger_vmm::process::pids_in_dir(&dir).is_empty() {
+                    continue;
+                }
+                if let Ok(listener) = UnixListener::bind(&sock) {
+                    let app = Router::new().route("/healthz", get(|| async { Json(health()) }));
+                    tokio::spawn(serve_router(listener, app, std::future::pending()));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    impl Fixture {
+        pub fn start_agents(&mut self) {
+            let run_dirs = self.state.opts.layout.runtime_dir.join("vms");
+            self.agents = Some(tokio::spawn(answer_agents(run_dirs)));
+        }
+
+        /// Guests stop answering (the ones already answering keep their socket).
+        pub fn stop_agents(&mut self) {
+            if let Some(agents) = self.agents.take() {
+                agents.abort();
+            }
+        }
+
+        /// Registers image `name` (rootfs, kernel; a work seed when `seed`).
+        pub fn add_image(&self, name: &str, seed: bool) -> ImageRow {
+            let dir = self.dir.path().join("images").join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::copy(&self.template, dir.join("rootfs.ext4")).unwrap();
+            std::fs::write(dir.join("vmlinux"), b"\x7fELF").unwrap();
+            if seed {
+                std::fs::copy(&self.template, dir.join("work-seed.ext4")).unwrap();
+            }
+            let at = |f: &str| dir.join(f).display().to_string();
+            let image = ImageRow {
+                id: format!(
+                    "{:0>32}",
+                    format!("{:x}", name.len() * 7919 + name.as_bytes()[0] as usize)
+                ),
+                name: name.to_string(),
+                dir: dir.display().to_string(),
+                rootfs: at("rootfs.ext4"),
+                rootfs_bytes: 8 << 20,
+                kernel: Some(at("vmlinux")),
+                work_seed: seed.then(|| at("work-seed.ext4")),
+                created_at: "2026-01-01T00:00:00Z".into(),
+                ..Default::default()
+            };
+            self.state.db(|s| s.insert_image(&image)).unwrap();
+            image
+        }
+
+        /// Serves the daemon's API on its socket; the socket and the server task.
+        pub fn serve(&self) -> (PathBuf, tokio::task::JoinHandle<std::io::Result<()>>) {
+            let sock = self.state.opts.layout.socket_path();
+            let server = tokio::spawn(serve_router(
+                UnixListener::bind(&sock).unwrap(),
+                router(self.state.clone()),
+                std::future::pending(),
+            ));
+            (sock, server)
+        }
+
+        /// Creates a VM from `req`, without a client watching.
+        pub async fn create(&self, req: CreateVm) -> Result<Vm, OpError> {
+            banger_daemon::vms::create(
+                self.state.clone(),
+                req,
+                Progress::new(None),
+                CancellationToken::new(),
+            )
+            .await
+        }
+
+        /// Starts a create of `req` in a task; its stages arrive on the receiver.
+        pub fn spawn_create(
+            &self,
+            req: CreateVm,
+            cancel: CancellationToken,
+        ) -> (
+            tokio::task::JoinHandle<Result<Vm, OpError>>,
+            tokio::sync::mpsc::UnboundedReceiver<Stage>,
+        ) {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let task = tokio::spawn(banger_daemon::vms::create(
+                self.state.clone(),
+                req,
+                Progress::new(Some(tx)),
+                cancel,
+            ));
+            (task, rx)
+        }
+
+        pub fn rows(&self) -> Vec<VmRow> {
+            self.state.vm_rows().unwrap()
+        }
+
+        pub fn row(&self, name: &str) -> VmRow {
+            self.rows()
+                .into_iter()
+                .find(|r| r.name == name)
+                .unwrap_or_else(|| panic!("no VM {name}"))
+        }
+
+        pub fn run_dir(&self, id: &str) -> PathBuf {
+            self.state
+                .opts
+                .layout
+                .runtime_dir
+                .join("vms")
+                .join(&id[..12])
+        }
+
+        pub fn vm_dirs(&self) -> BTreeSet<PathBuf> {
+            entries(&self.state.opts.layout.state_dir.join("vms"))
+        }
+
+        pub fn run_dirs(&self) -> BTreeSet<PathBuf> {
+            entries(&self.state.opts.layout.runtime_dir.join("vms"))
+        }
+
+        /// Whether the VMM was asked to do anything besides checking a spec
+        /// ([`Vmm::validate`](banger_vmm::Vmm::validate) runs before anything is made).
+        pub fn vmm_ran(&self) -> bool {
+            self.vmm
+                .calls()
+                .iter()
+                .any(|c| !matches!(c, FakeCall::Validate(_)))
+        }
+
+        /// Whether anything was asked to make a bridge, TAP or NAT rule (releasing what
+        /// does not exist is not making anything).
+        pub fn net_made_anything(&self) -> bool {
+            self.net.calls().iter().any(|c| {
+                matches!(
+                    c.op(),
+                    NetOp::EnsureBridge | NetOp::CreateTap | NetOp::EnableNat
+                )
+            })
+        }
+
+        /// The VM ids the fake VMM was asked to start.
+        pub fn started(&self) -> Vec<String> {
+            self.vmm
+                .calls()
+                .into_iter()
+                .filter_map(|c| match c {
+                    FakeCall::Start(spec) => Some(spec.vm_id),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        /// No VM is left, nor anything one took: no row, VM directory or run directory, no
+        /// TAP or NAT rule, and no VMM process of any VM the fake VMM was asked to start.
+        pub fn assert_no_vm_left(&self) {
+            assert_eq!(self.rows(), Vec::new(), "a VM row is left");
+            assert_eq!(self.vm_dirs(), BTreeSet::new(), "a VM directory is left");
+            assert_eq!(self.run_dirs(), BTreeSet::new(), "a run directory is left");
+            assert_eq!(self.net.taps(), Vec::<String>::new(), "a TAP is left");
+            assert_eq!(
+                self.net.nat_rules(),
+                Vec::<std::net::Ipv4Addr>::new(),
+                "a NAT rule is left"
+            );
+            for id in self.started() {
+                assert_eq!(self.vmm.pid_of(&id), None, "the VMM of {id} still runs");
+                assert_eq!(
+                    banger_vmm::process::pids_in_dir(&self.run_dir(&id)),
+                    Vec::<u32>::new(),
+                    "a VMM of {id} still runs"
+                );
+            }
+        }
+
+        /// `row` holds nothing of a running VM: stopped or `error` with no pid, no run
+        /// directory, TAP or NAT rule, and no VMM process; its disks are kept.
+        pub fn assert_released(&self, row: &VmRow) {
+            assert_eq!((row.pid, row.vmm_start_time), (None, None), "{row:?}");
+            assert!(!self.run_dir(&row.id).exists(), "run directory left");
+            let tap = row.tap.clone().unwrap();
+            assert!(!self.net.taps().contains(&tap), "TAP {tap} left");
+            let ip = row.ip.as_deref().unwrap().parse().unwrap();
+            assert!(!self.net.nat_rules().contains(&ip), "NAT rule left");
+            assert_eq!(self.vmm.pid_of(&row.id), None, "VMM still runs");
+            assert!(Path::new(&row.dir).join("root.ext4").exists(), "disks lost");
+        }
+    }
+
+    pub fn entries(dir: &Path) -> BTreeSet<PathBuf> {
+        match std::fs::read_dir(dir) {
+            Ok(list) => list.map(|e| e.unwrap().path()).collect(),
+            Err(_) => BTreeSet::new(),
+        }
+    }
+
+    /// Waits for the stage called `name` of a create, failing after 30 s.
+    pub async fn wait_stage(stages: &mut tokio::sync::mpsc::UnboundedReceiver<Stage>, name: &str) {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(s) = stages.recv().await {
+                if s.stage == name {
+                    return;
+                }
+            }
+            panic!("the create ended before stage {name:?}");
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no stage {name:?} within 30s"));
+    }
+
+    /// A config for fast tests: a guest that does not answer is given up on after 1 s.
+    pub fn quick() -> Config {
+        Config {
+            agent_wait_secs: 1,
+            ..Config::default()
+        }
+    }
+}
+
+/// Create is all-or-nothing: whichever stage fails, nothing of the VM is left, and the
+/// error is that stage's.
+mod create_rollback {
+    use banger_daemon::error::OpError;
+    use banger_net::NetError;
+    use banger_net::fake::NetOp;
+    use banger_vmm::VmmError;
+
+    use super::vm_fixture::*;
+    use super::*;
+
+    fn net_failure(op: &str) -> NetError {
+        NetError::CommandFailed {
+            command: format!("ip {op}"),
+            code: Some(2),
+            stderr: format!("injected {op} failure"),
+        }
+    }
+
+    #[tokio::test]
+    async fn create_rolls_back_when_the_image_does_not_resolve() {
+        let f = fixture(quick(), true);
+        let mut req = request("web");
+        req.image = Some("nope".into());
+        let err = f.create(req).await.unwrap_err();
+        assert!(
+            matches!(&err, OpError::ImageNotFound { reference } if reference == "nope"),
+            "{err:?}"
+        );
+        f.assert_no_vm_left();
+        assert!(f.net.calls().is_empty(), "{:?}", f.net.calls());
+        assert!(f.vmm.calls().is_empty());
+        assert!(f.runner.programs().is_empty());
+    }
+
+    #[tokio::test]
+    async fn create_rolls_back_when_the_name_is_taken() {
+        let f = fixture(quick(), true);
+        let first = f.create(request("web")).await.unwrap();
+        let row = f.row("web");
+        let (dirs, runs, taps) = (f.vm_dirs(), f.run_dirs(), f.net.taps());
+        let (net_calls, vmm_calls) = (f.net.calls().len(), f.vmm.calls().len());
+        let err = f.create(request("web")).await.unwrap_err();
+        assert!(
+            matches!(&err, OpError::NameTaken { name } if name == "web"),
+            "{err:?}"
+        );
+        assert_eq!(f.rows(), vec![row], "the first VM's row changed");
+        assert_eq!(
+            (f.vm_dirs(), f.run_dirs(), f.net.taps()),
+            (dirs, runs, taps)
+        );
+        assert_eq!(f.net.calls().len(), net_calls, "network touched");
+        assert_eq!(f.vmm.calls().len(), vmm_calls, "VMM touched");
+        assert!(f.vmm.pid_of(&first.id).is_some(), "the first VM was hurt");
+    }
+
+    #[tokio::test]
+    async fn create_rolls_back_when_disk_preparation_fails() {
+        let f = fixture(quick(), true);
+        // The clone of the rootfs (a file operation), growing it (e2fsck before resize2fs),
+        // and writing the guest's identity into it (debugfs).
+        let clone = f.add_image("norootfs", true);
+        std::fs::remove_file(&clone.rootfs).unwrap();
+        let mut cases = Vec::new();
+        let mut req = request("clone");
+        req.image = Some("norootfs".into());
+        cases.push((req, None, "rootfs.ext4"));
+        let mut req = request("grow");
+        req.resources.disk_bytes = Some(16 << 20);
+        cases.push((req, Some("e2fsck"), "injected failure of e2fsck"));
+        cases.push((
+            request("debugfs"),
+            Some("debugfs"),
+            "injected failure of debugfs",
+        ));
+        for (req, fail, needle) in cases {
+            let name = req.name.clone().unwrap();
+            if let Some(program) = fail {
+                f.runner.fail_next(program);
+            }
+            let err = f.create(req).await.unwrap_err();
+            assert!(
+                matches!(&err, OpError::Disk { vm, .. } if *vm == name),
+                "{name}: {err:?}"
+            );
+            let text = banger_daemon::error::chain(&err);
+            assert!(text.contains(needle), "{name}: {text}");
+            f.assert_no_vm_left();
+            assert!(!f.net_made_anything(), "{name}: network touched");
+            assert!(!f.vmm_ran(), "{name}: VMM touched");
+        }
+    }
+
+    #[tokio::test]
+    async fn create_rolls_back_when_the_work_seed_cannot_be_made() {
+        let f = fixture(quick(), true);
+        let image = f.add_image("fresh", false);
+        f.runner.fail_next("mkfs.ext4");
+        let mut req = request("web");
+        req.image = Some("fresh".into());
+        let err = f.create(req).await.unwrap_err();
+        assert!(
+            matches!(&err, OpError::Disk { vm, .. } if vm == "(image fresh)"),
+            "{err:?}"
+        );
+        assert!(
+            banger_daemon::error::chain(&err).contains("injected failure of mkfs.ext4"),
+            "{err}"
+        );
+        f.assert_no_vm_left();
+        let after = f.state.db(|s| s.get_image(&image.id)).unwrap().unwrap();
+        assert_eq!(after.work_seed, None, "a failed seed was recorded");
+        assert!(
+            !std::path::Path::new(&image.dir)
+                .join("work-seed.ext4")
+                .exists()
+        );
+        assert!(!f.net_made_anything() && !f.vmm_ran());
+        // The control: the same create makes the seed when mkfs works.
+        let mut req = request("web");
+        req.image = Some("fresh".into());
+        f.create(req).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn create_rolls_back_when_the_network_fails() {
+        let f = fixture(quick(), true);
+        for op in [NetOp::EnsureBridge, NetOp::CreateTap, NetOp::EnableNat] {
+            let name = format!("{op:?}").to_lowercase();
+            f.net.fail_next(op, net_failure(&name));
+            let mut req = request(&name);
+            req.nat = Some(true);
+            let err = f.create(req).await.unwrap_err();
+            assert!(
+                matches!(&err, OpError::Net { vm, .. } if *vm == name),
+                "{op:?}: {err:?}"
+            );
+            assert!(
+                banger_daemon::error::chain(&err).contains(&format!("injected {name} failure")),
+                "{op:?}: {err}"
+            );
+            f.assert_no_vm_left();
+            assert!(!f.vmm_ran(), "{op:?}: the VMM was started");
+        }
+        // The TAP made before the NAT rule failed was deleted again.
+        let created: Vec<_> = f
+            .net
+            .calls()
+            .into_iter()
+            .filter(|c| c.op() == NetOp::CreateTap)
+            .collect();
+        assert_eq!(created.len(), 2, "{created:?}");
+    }
+
+    #[tokio::test]
+    async fn create_rolls_back_when_the_vmm_does_not_start() {
+        let f = fixture(quick(), true);
+        f.vmm.fail_next_start(VmmError::InvalidSpec {
+            vm_id: "any".into(),
+            what: "kernel",
+            reason: "injected start failure".into(),
+        });
+        let mut req = request("web");
+        req.nat = Some(true);
+        let err = f.create(req).await.unwrap_err();
+        assert!(
+            matches!(&err, OpError::Vmm { vm, .. } if vm == "web"),
+            "{err:?}"
+        );
+        assert!(banger_daemon::error::chain(&err).contains("injected start failure"));
+        // The network was up (TAP and NAT rule) before the VMM failed.
+        let ops: Vec<_> = f.net.calls().iter().map(|c| c.op()).collect();
+        assert!(
+            ops.contains(&NetOp::EnableNat) && ops.contains(&NetOp::DisableNat),
+            "{ops:?}"
+        );
+        assert_eq!(f.started().len(), 1);
+        f.assert_no_vm_left();
+    }
+
+    #[tokio::test]
+    async fn create_rolls_back_when_the_agent_never_answers() {
+        let f = fixture(quick(), false);
+        let mut req = request("web");
+        req.nat = Some(true);
+        let started = std::time::Instant::now();
+        let err = f.create(req).await.unwrap_err();
+        assert!(
+            matches!(&err, OpError::AgentTimeout { vm, secs: 1, .. } if vm == "web"),
+            "{err:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(20));
+        // The VMM ran (it was killed by the rollback).
+        assert_eq!(f.started().len(), 1);
+        f.assert_no_vm_left();
+    }
+
+    /// A client that goes away mid-create (here during the agent wait) cancels it, and the
+    /// create rolls back.
+    #[tokio::test]
+    async fn create_rolls_back_when_the_client_goes_away() {
+        // A guest that never answers: the create waits for it until the client leaves.
+        let f = fixture(Config::default(), false);
+        let (sock, server) = f.serve();
+        let body = r#"{"name":"web","image":"base","work_disk_bytes":8388608,"nat":true}"#;
+        let mut client = UnixStream::connect(&sock).await.unwrap();
+        client
+            .write_all(
+                format!(
+                    "POST /v1/vms HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut seen = String::new();
+        let mut buf = [0u8; 4096];
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while !seen.contains("wait agent") {
+                let n = client.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the stream ended: {seen}");
+                seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no agent wait: {seen}"));
+        assert_eq!(f.rows().len(), 1, "the VM exists while it is created");
+        assert_eq!(f.net.taps().len(), 1);
+        drop(client);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !f.rows().is_empty() || f.state.ops.counts().in_flight > 0 {
+            assert!(std::time::Instant::now() < deadline, "never rolled back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        f.assert_no_vm_left();
+        server.abort();
+    }
+}
+
+/// Reconciliation after the daemon or a VMM died: stored state brought in line with the
+/// host, and everything a dead VM held given back.
+mod reconcile {
+    use banger_vmm::fake::FakeVmm;
+    use banger_vmm::process::{Signal, signal, wait_exit};
+    use tokio_util::sync::CancellationToken;
+
+    use super::vm_fixture::*;
+    use super::*;
+
+    #[tokio::test]
+    async fn reconcile_marks_dead_vmms_stopped_and_frees_their_resources() {
+        let mut f = fixture(quick(), true);
+        let mut req = request("web");
+        req.nat = Some(true);
+        let vm = f.create(req).await.unwrap();
+        let other = f.create(request("db")).await.unwrap();
+        f.stop_agents();
+        let row = f.row("web");
+        assert_eq!(row.state, "running");
+        let pid = row.pid.unwrap();
+        assert_eq!(f.net.nat_rules().len(), 1);
+        // The VMM dies behind the daemon's back.
+        signal(pid, Signal::KILL).unwrap();
+        assert!(wait_exit(pid, Duration::from_secs(5)).await);
+        banger_daemon::vms::reconcile(&f.state).await;
+        let row = f.row("web");
+        assert_eq!(row.state, "stopped", "{row:?}");
+        f.assert_released(&row);
+        assert_eq!(row.id, vm.id);
+        // The other VM, whose VMM runs, is left alone.
+        let db = f.row("db");
+        assert_eq!((db.state.as_str(), db.pid), ("running", other.pid));
+        assert!(f.run_dir(&db.id).exists());
+        assert_eq!(f.net.taps(), vec![db.tap.clone().unwrap()]);
+    }
+
+    /// A daemon killed in the middle of a create leaves a `creating` row, its disks, run
+    /// directory, TAP, NAT rule and a running VMM; the next daemon's reconcile removes them.
+    #[tokio::test]
+    async fn reconcile_rolls_back_a_create_a_crashed_daemon_left() {
+        let f = fixture(Config::default(), false);
+        let mut req = request("web");
+        req.nat = Some(true);
+        let (create, mut stages) = f.spawn_create(req, CancellationToken::new());
+        wait_stage(&mut stages, "wait agent").await;
+        // The daemon dies: the create stops where it is, without rolling back.
+        create.abort();
+        assert!(create.await.unwrap_err().is_cancelled());
+        let row = f.row("web");
+        assert_eq!(row.state, "creating");
+        let pid = row.pid.expect("the VMM's pid was stored");
+        assert!(banger_vmm::process::alive(pid));
+        assert_eq!(f.net.taps().len(), 1);
+        assert_eq!(f.net.nat_rules().len(), 1);
+
+        // The next daemon: same host (network, processes, files), a new state and VMM backend.
+        let vmm = Arc::new(FakeVmm::new());
+        let restarted = state_in(
+            f.dir.path(),
+            host(&vmm, &f.net, &f.runner),
+            Config::default(),
+        );
+        banger_daemon::vms::reconcile(&restarted).await;
+        assert!(wait_exit(pid, Duration::from_secs(5)).await, "VMM left");
+        assert_eq!(restarted.vm_rows().unwrap(), Vec::new());
+        f.assert_no_vm_left();
+    }
+}
+
+/// Stop asks the guest first and forces the VMM off after the grace period, measured on
+/// tokio's clock: paused here, so the test does not wait the grace period.
+mod stop {
+    use banger_vmm::fake::{FakeCall, ShutdownBehaviour};
+
+    use super::vm_fixture::*;
+    use super::*;
+
+    #[tokio::test]
+    async fn stop_kills_the_vmm_after_the_grace_period_without_waiting_for_it() {
+        let grace = 600;
+        let mut f = fixture(
+            Config {
+                stop_grace_secs: grace,
+                ..quick()
+            },
+            true,
+        );
+        let mut req = request("web");
+        req.nat = Some(true);
+        let vm = f.create(req).await.unwrap();
+        f.stop_agents();
+        // The guest ignores the shutdown request.
+        f.vmm.set_shutdown_behaviour(ShutdownBehaviour::Ignore);
+        tokio::time::pause();
+        let started = std::time::Instant::now();
+        let note = banger_daemon::vms::stop(&f.state, &vm.id).await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(
+            note.as_deref(),
+            Some(format!("guest did not shut down within {grace}s; forced off").as_str())
+        );
+        assert!(took < Duration::from_secs(30), "the stop took {took:?}");
+        assert!(
+            f.vmm
+                .calls()
+                .iter()
+                .any(|c| matches!(c, FakeCall::RequestShutdown(r) if r.vm_id == vm.id)),
+            "the guest was not asked to shut down first"
+        );
+        let row = f.row("web");
+        assert_eq!(row.state, "stopped");
+        f.assert_released(&row);
+        assert!(!banger_vmm::process::alive(vm.pid.unwrap()));
+    }
+
+    /// The control: a guest that shuts down is not forced.
+    #[tokio::test]
+    async fn stop_of_a_guest_that_shuts_down_is_not_forced() {
+        let mut f = fixture(quick(), true);
+        let vm = f.create(request("web")).await.unwrap();
+        f.stop_agents();
+        let note = banger_daemon::vms::stop(&f.state, &vm.id).await.unwrap();
+        assert_eq!(note, None);
+        f.assert_released(&f.row("web"));
+    }
+}
+
+/// Creates running at the same time never share a lease.
+mod concurrency {
+    use std::collections::BTreeSet;
+
+    use super::vm_fixture::*;
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_creates_get_distinct_names_addresses_cids_taps_and_macs() {
+        const N: usize = 16;
+        let f = fixture(Config::default(), true);
+        let creates: Vec<_> = (0..N)
+            .map(|n| {
+                let state = f.state.clone();
+                let mut req = request("x");
+                // Half named by the daemon.
+                req.name = (n % 2 == 0).then(|| format!("vm-{n}"));
+                tokio::spawn(banger_daemon::vms::create(
+                    state,
+                    req,
+                    banger_daemon::progress::Progress::new(None),
+                    tokio_util::sync::CancellationToken::new(),
+                ))
+            })
+            .collect();
+        let mut vms = Vec::new();
+        for c in creates {
+            vms.push(c.await.unwrap().unwrap());
+        }
+        fn distinct<T: Ord + std::fmt::Debug>(what: &str, items: Vec<T>) {
+            let n = items.len();
+            let set: BTreeSet<T> = items.into_iter().collect();
+            assert_eq!(set.len(), n, "{what} shared: {set:?}");
+        }
+        distinct("names", vms.iter().map(|v| v.name.clone()).collect());
+        distinct("ids", vms.iter().map(|v| v.id.clone()).collect());
+        distinct("IPs", vms.iter().map(|v| v.ip.clone().unwrap()).collect());
+        distinct("MACs", vms.iter().map(|v| v.mac.clone().unwrap()).collect());
+        distinct("TAPs", vms.iter().map(|v| v.tap.clone().unwrap()).collect());
+        distinct("CIDs", vms.iter().map(|v| v.vsock_cid.unwrap()).collect());
+        assert!(
+            vms.iter()
+                .all(|v| v.state == banger_api::types::VmState::Running)
+        );
+        assert_eq!(f.net.taps().len(), N);
+        assert_eq!(f.rows().len(), N);
+        // What the VMMs were started with agrees with what is stored.
+        let specs: BTreeSet<(String, u32)> = f
+            .vmm
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                banger_vmm::fake::FakeCall::Start(s) => Some((s.tap, s.vsock_cid)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(specs.len(), N, "{specs:?}");
+    }
+}
+
+/// One action on several references: first-seen order, each reference its own answer.
+mod multi_ref {
+    use banger_store::VmRow;
+
+    use super::vm_fixture::*;
+
+    fn stored(f: &Fixture, n: u8, name: &str, state: &str, vmm: &str) -> VmRow {
+        let id = format!("{n:02x}{}", "cd".repeat(15));
+        let row = VmRow {
+            id: id.clone(),
+            name: name.into(),
+            image_id: f.state.db(|s| s.list_images()).unwrap()[0].id.clone(),
+            state: state.into(),
+            vmm: vmm.into(),
+            cpus: 2,
+            memory_mib: 512,
+            disk_bytes: 8 << 20,
+            work_disk_bytes: 8 << 20,
+            nat: false,
+            ip: Some(format!("172.30.0.{}", 10 + n)),
+            mac: None,
+            tap: Some(format!("bgr{}", &id[..12])),
+            vsock_cid: Some(3 + u32::from(n)),
+            pid: None,
+            vmm_start_time: None,
+            dir: f.dir.path().join(name).display().to_string(),
+            error: None,
+            workspace_json: None,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            started_at: None,
+        };
+        f.state.db(|s| s.insert_vm(&row)).unwrap();
+        row
+    }
+
+    #[tokio::test]
+    async fn multi_ref_actions_answer_in_first_seen_order_with_per_reference_errors() {
+        let f = fixture(quick(), false);
+        let db = stored(&f, 1, "db", "stopped", "qemu");
+        let web1 = stored(&f, 2, "web-1", "stopped", "firecracker");
+        let web2 = stored(&f, 3, "web-2", "running", "firecracker");
+        let (sock, server) = f.serve();
+        // 40 CPUs: within banger's caps and QEMU's, beyond Firecracker's 32.
+        let refs = [
+            "web-2",
+            "nope",
+            "db",
+            &web2.id[..12],
+            "web",
+            "db",
+            "web-1",
+            "nope",
+        ];
+        let body = serde_json::json!({"action": "set", "refs": refs, "settings": {"cpus": 40}});
+        let outcomes: Vec<serde_json::Value> = banger_api::Client::new(&sock)
+            .post("/vms/actions", &body)
+            .await
+            .unwrap();
+        let summary: Vec<(String, Option<String>, Option<String>)> = outcomes
+            .iter()
+            .map(|o| {
+                (
+                    o["reference"].as_str().unwrap().to_string(),
+                    o["vm"].as_str().map(String::from),
+                    o["error"]["kind"].as_str().map(String::from),
+                )
+            })
+            .collect();
+        let row = |r: &str, vm: Option<&str>, kind: Option<&str>| {
+            (r.to_string(), vm.map(String::from), kind.map(String::from))
+        };
+        assert_eq!(
+            summary,
+            vec![
+                row("web-2", Some("web-2"), Some("bad_request")),
+                row("nope", None, Some("not_found")),
+                row("db", Some("db"), None),
+                row("web", None, Some("bad_request")),
+                row("web-1", Some("web-1"), Some("bad_request")),
+                row("nope", None, Some("not_found")),
+            ],
+            "{outcomes:#?}"
+        );
+        let message = |i: usize| {
+            outcomes[i]["error"]["message"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert!(
+            message(0).contains("VM web-2: cpus must be between 1 and 32"),
+            "{}",
+            message(0)
+        );
+        assert!(
+            message(3).contains("matches several VMs: web-1, web-2"),
+            "{}",
+            message(3)
+        );
+        // Only the QEMU VM changed, once.
+        let cpus = |r: &VmRow| f.state.db(|s| s.get_vm(&r.id)).unwrap().unwrap().cpus;
+        assert_eq!((cpus(&db), cpus(&web1), cpus(&web2)), (40, 2, 2));
+        server.abort();
+    }
+}
+
+/// A start that fails leaves the VM `error`, with why, holding nothing; it can be started
+/// again, and is shown and reconciled as such.
+mod error_state {
+    use banger_api::types::{Vm, VmState};
+    use banger_vmm::VmmError;
+
+    use super::vm_fixture::*;
+
+    #[tokio::test]
+    async fn a_failed_start_leaves_the_vm_in_error_and_a_later_start_recovers_it() {
+        let mut f = fixture(quick(), true);
+        let mut req = request("web");
+        req.nat = Some(true);
+        let vm = f.create(req).await.unwrap();
+        banger_daemon::vms::stop(&f.state, &vm.id).await.unwrap();
+        f.vmm.fail_next_start(VmmError::InvalidSpec {
+            vm_id: vm.id.clone(),
+            what: "kernel",
+            reason: "injected start failure".into(),
+        });
+        let err = banger_daemon::vms::start(&f.state, &vm.id)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("web"), "{err}");
+        let row = f.row("web");
+        assert_eq!(row.state, "error", "{row:?}");
+        let why = row.error.clone().unwrap();
+        assert!(why.contains("injected start failure"), "{why}");
+        f.assert_released(&row);
+        // The network was up before the VMM failed, and was given back.
+        assert!(
+            f.net
+                .calls()
+                .iter()
+                .filter(|c| c.op() == banger_net::fake::NetOp::DisableNat)
+                .count()
+                >= 2
+        );
+
+        // Shown as `error`, with the reason, in list (`--all`: it is not running) and show.
+        let (sock, server) = f.serve();
+        let client = banger_api::Client::new(&sock);
+        let list: Vec<Vm> = client.get("/vms?all=true").await.unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(
+            (list[0].state, list[0].error.as_deref()),
+            (VmState::Error, Some(why.as_str()))
+        );
+        let shown: Vm = client.get("/vms/web").await.unwrap();
+        assert_eq!(shown.state, VmState::Error);
+        // Stop has nothing to do.
+        let note = banger_daemon::vms::stop(&f.state, &vm.id).await.unwrap();
+        assert_eq!(note.as_deref(), Some("already error"));
+
+        // Reconciled like a stopped VM: an unfinished start (a run directory) is undone.
+        std::fs::create_dir_all(f.run_dir(&vm.id)).unwrap();
+        banger_daemon::vms::reconcile(&f.state).await;
+        let row = f.row("web");
+        assert_eq!(row.state, "error");
+        f.assert_released(&row);
+
+        // A start that works clears it.
+        f.start_agents();
+        banger_daemon::vms::start(&f.state, &vm.id).await.unwrap();
+        let row = f.row("web");
+        assert_eq!(
+            (row.state.as_str(), row.error.as_deref()),
+            ("running", None)
+        );
+        assert!(f.vmm.pid_of(&vm.id).is_some());
+        let shown: Vm = client.get("/vms/web").await.unwrap();
+        assert_eq!((shown.state, shown.error), (VmState::Running, None));
+        server.abort();
+    }
+}
+
+/// Timestamps come from the injected clock.
+mod clock {
+    use std::sync::Mutex;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use banger_daemon::clock::Clock;
+
+    use super::vm_fixture::*;
+    use super::*;
+
+    /// A clock that says what the test sets.
+    #[derive(Debug)]
+    struct Manual(Mutex<SystemTime>);
+
+    impl Clock for Manual {
+        fn now(&self) -> SystemTime {
+            *self.0.lock().unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn created_and_started_at_come_from_the_daemons_clock() {
+        let mut f = fixture(quick(), true);
+        let clock: Arc<Manual> = Arc::new(Manual(Mutex::new(
+            UNIX_EPOCH + Duration::from_secs(1_893_553_445),
+        )));
+        // The same daemon, restarted with the manual clock.
+        f.state = state_timed(
+            f.dir.path(),
+            host(&f.vmm, &f.net, &f.runner),
+            quick(),
+            clock.clone(),
+        );
+        assert_eq!(f.state.started_at, 1_893_553_445);
+        let vm = f.create(request("web")).await.unwrap();
+        assert_eq!(vm.created_at, "2030-01-02T03:04:05Z");
+        assert_eq!(vm.started_at.as_deref(), Some("2030-01-02T03:04:05Z"));
+        *clock.0.lock().unwrap() += Duration::from_secs(90);
+        banger_daemon::vms::restart(&f.state, &vm.id).await.unwrap();
+        let row = f.row("web");
+        assert_eq!(row.created_at, "2030-01-02T03:04:05Z");
+        assert_eq!(row.started_at.as_deref(), Some("2030-01-02T03:05:35Z"));
     }
 }

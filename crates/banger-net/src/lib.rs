@@ -9,10 +9,14 @@
 //!   helper can later implement the same trait over a socket.
 //! - [`runner`] (re-exported from `banger-core`): the [`CommandRunner`] seam and the real
 //!   [`SystemRunner`], which can target a network namespace.
+//! - `fake` (tests, and the `fake` feature): `FakeNetOps`, a model of the host's network
+//!   that records calls and fails the operations a test chooses.
 //!
 //! The library never prints; commands it runs are logged with `tracing` at debug
 //! level.
 
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
 pub mod ops;
 pub mod plan;
 pub use banger_core::runner;

@@ -146,7 +146,9 @@ pub async fn start(state: &Arc<AppState>, id: &str) -> Result<Option<String>, Op
     }
     let progress = Progress::new(None);
     if let Err(e) = boot(state, &mut row, &progress).await {
+        // Released like a stopped VM, and recorded as `error` with why, until a start works.
         stop_locked(state, &mut row, Duration::from_secs(1)).await;
+        row.state = VmState::Error.as_str().to_string();
         row.error = Some(chain(&e));
         let _ = state.set_vm(&row);
         return Err(e);

@@ -9,7 +9,6 @@ use banger_api::types::VmState;
 use banger_store::VmRow;
 
 use super::agent::wait_agent;
-use crate::clock::now;
 use crate::error::{OpError, chain};
 use crate::progress::Progress;
 use crate::state::AppState;
@@ -70,7 +69,7 @@ pub(super) async fn boot(
         }
     }
     row.state = VmState::Running.as_str().to_string();
-    row.started_at = Some(now());
+    row.started_at = Some(state.now());
     state.set_vm(row)?;
     Ok(())
 }

@@ -19,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 use super::boot::{boot, release};
 use super::lookup::resolve_image;
 use super::vmm::kill_vmms_of;
-use crate::clock::now;
 use crate::error::{OpError, chain};
 use crate::progress::Progress;
 use crate::state::{AppState, ImagesGuard};
@@ -156,7 +155,7 @@ pub async fn create(
             dir: dir.display().to_string(),
             error: None,
             workspace_json: None,
-            created_at: now(),
+            created_at: state.now(),
             started_at: None,
         };
         // Nothing exists for the VM yet: a spec its backend refuses creates nothing.

@@ -20,6 +20,10 @@
 //! released. A VMM spawned but not yet recorded is found by its command line, which names the
 //! VM's run directory.
 //!
+//! A start that fails releases what it took, like a stop, and leaves the VM `error` with
+//! the failure in its `error` field; an `error` VM is started (and reconciled) like a
+//! stopped one, and a start that works clears both.
+//!
 //! # Signalling VMMs
 //!
 //! A stored pid is never trusted: every path that signals a VMM (stop, kill, delete,

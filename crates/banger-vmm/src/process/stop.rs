@@ -2,7 +2,7 @@
 //! guest to shut down, wait at most the grace period, `SIGKILL`, wait at most [`KILL_WAIT`],
 //! then report instead of hanging.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::identity::{IdentityError, identify};
 use super::signal::{Signal, SignalError};
@@ -52,6 +52,10 @@ pub enum StopError {
 /// to shut down ([`Vmm::request_shutdown`]), waits up to `grace` for the process to exit,
 /// then sends `SIGKILL` through the pidfd and waits up to [`KILL_WAIT`].
 ///
+/// The grace period is measured on tokio's clock, so a test that pauses it
+/// (`tokio::time::pause`) sees a stop forced without waiting; the wait after `SIGKILL` is
+/// the kernel's, measured in real time.
+///
 /// A pid that now belongs to another process is never signalled: the VMM is gone
 /// ([`StopOutcome::NotRunning`]). Never hangs: the request itself is bounded by `grace`, and a
 /// failing request (the VMM API is dead or refuses) goes straight to the kill. Sockets are
@@ -80,11 +84,11 @@ pub async fn stop<V: Vmm + ?Sized>(
             });
         }
     };
-    let deadline = Instant::now() + grace;
+    let deadline = tokio::time::Instant::now() + grace;
     let accepted = match tokio::time::timeout(grace, vmm.request_shutdown(running)).await {
         Ok(Ok(())) => {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if process.wait_exit(left).await {
+            let exited = tokio::time::timeout_at(deadline, process.wait_exit(grace)).await;
+            if matches!(exited, Ok(true)) {
                 return Ok(StopOutcome::Graceful);
             }
             tracing::warn!(
