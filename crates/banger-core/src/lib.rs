@@ -12,6 +12,8 @@
 //! - [`runner`]: the seam through which libraries run host commands.
 //! - [`logs`]: the names of a VM's console and VMM logs and their rotated parts.
 //! - [`quote`]: quoting a bounded prefix of a peer's bytes in an error message.
+//! - [`vmm_kind`]: which VMM runs a VM, and the config's choice of one.
+//! - [`vm`]: a VM's lifecycle state and guest MAC address.
 
 pub mod build;
 pub mod config;
@@ -24,3 +26,5 @@ pub mod private;
 pub mod quote;
 pub mod runner;
 pub mod size;
+pub mod vm;
+pub mod vmm_kind;
