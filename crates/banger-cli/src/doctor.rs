@@ -11,6 +11,7 @@ use banger_api::types::DaemonStatus;
 use banger_core::build::BuildInfo;
 use banger_core::config::Config;
 use banger_core::layout::Layout;
+use banger_core::vmm_kind::{VmmChoice, VmmKind, choose_vmm};
 use banger_store::{MIGRATIONS, Store, StoreError};
 use serde::Serialize;
 
@@ -175,7 +176,7 @@ async fn daemon_check(layout: &Layout, conn: Conn) -> Check {
             );
         }
     };
-    match client.get::<DaemonStatus>("/status").await {
+    match client.get::<DaemonStatus>(banger_api::Route::Status).await {
         Ok(st) if st.build == BuildInfo::current() => check(
             "daemon",
             Status::Pass,
@@ -384,13 +385,15 @@ fn vmm_checks(layout: &Layout, host: &Host) -> Vec<Check> {
         host.path_var.as_deref(),
     )
     .filter(|(p, _)| p.is_file());
-    let choice = host
+    let choice = match host
         .vmm_env
         .as_ref()
         .and_then(|v| v.to_str())
         .filter(|v| !v.is_empty())
-        .map(str::to_string)
-        .unwrap_or(config.vmm.clone());
+    {
+        Some(v) => v.parse::<VmmChoice>().map_err(|e| e.to_string()),
+        None => Ok(config.vmm),
+    };
     let show = |b: &Option<(PathBuf, &'static str)>| {
         b.as_ref()
             .map(|(p, from)| format!("{} (from {from})", p.display()))
@@ -421,8 +424,17 @@ fn vmm_checks(layout: &Layout, host: &Host) -> Vec<Check> {
         },
     ];
     let hw = hardware_virt(&host.dev_kvm, &host.cpuinfo);
-    checks.push(match banger_core::config::choose_vmm(&choice, fc.is_some(), qemu.is_some()) {
-        Ok("qemu") => check(
+    let found = |k| match k {
+        VmmKind::Firecracker => fc.is_some(),
+        VmmKind::Qemu => qemu.is_some(),
+    };
+    let chosen = choice.and_then(|c| {
+        choose_vmm(c, found)
+            .map(|kind| (c, kind))
+            .map_err(|e| e.to_string())
+    });
+    checks.push(match chosen {
+        Ok((choice, VmmKind::Qemu)) => check(
             "VMM backend",
             Status::Pass,
             format!(
@@ -431,7 +443,7 @@ fn vmm_checks(layout: &Layout, host: &Host) -> Vec<Check> {
             ),
             None,
         ),
-        Ok(kind) => {
+        Ok((choice, kind @ VmmKind::Firecracker)) => {
             if hw {
                 check("VMM backend", Status::Pass, format!("{kind} (vmm = {choice}), acceleration KVM"), None)
             } else {

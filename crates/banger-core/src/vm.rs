@@ -137,11 +137,15 @@ mod tests {
         let m = MacAddr([0x06, 0, 0xac, 0x1e, 0, 0x05]);
         assert_eq!(m.to_string(), "06:00:AC:1E:00:05");
         assert_eq!("06:00:ac:1e:00:05".parse::<MacAddr>(), Ok(m));
-        assert_eq!(
-            serde_json::to_string(&m).unwrap(),
-            "\"06:00:AC:1E:00:05\""
-        );
-        for bad in ["", "06:00:AC:1E:00", "06:00:AC:1E:00:05:07", "6:00:AC:1E:00:05", "zz:00:AC:1E:00:05", "+6:00:AC:1E:00:05"] {
+        assert_eq!(serde_json::to_string(&m).unwrap(), "\"06:00:AC:1E:00:05\"");
+        for bad in [
+            "",
+            "06:00:AC:1E:00",
+            "06:00:AC:1E:00:05:07",
+            "6:00:AC:1E:00:05",
+            "zz:00:AC:1E:00:05",
+            "+6:00:AC:1E:00:05",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
         }
     }

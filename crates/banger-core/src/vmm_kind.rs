@@ -116,7 +116,11 @@ pub enum VmmChoice {
 
 impl VmmChoice {
     /// Every value, as written in the config.
-    pub const NAMES: [&str; 3] = ["auto", VmmKind::Firecracker.as_str(), VmmKind::Qemu.as_str()];
+    pub const NAMES: [&str; 3] = [
+        "auto",
+        VmmKind::Firecracker.as_str(),
+        VmmKind::Qemu.as_str(),
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -243,7 +247,10 @@ mod tests {
         let only = |k: VmmKind| move |x| x == k;
         assert_eq!(choose_vmm(VmmChoice::Auto, both), Ok(Fc));
         assert_eq!(choose_vmm(VmmChoice::Auto, only(Qemu)), Ok(Qemu));
-        assert_eq!(choose_vmm(VmmChoice::Auto, |_| false), Err(NoVmm::NoneFound));
+        assert_eq!(
+            choose_vmm(VmmChoice::Auto, |_| false),
+            Err(NoVmm::NoneFound)
+        );
         assert_eq!(choose_vmm(VmmChoice::Kind(Qemu), both), Ok(Qemu));
         let e = choose_vmm(VmmChoice::Kind(Fc), only(Qemu)).unwrap_err();
         assert_eq!(

@@ -190,11 +190,12 @@ async fn errors_carry_the_op_id_in_header_and_body() {
 
     // The typed client surfaces the same id.
     let client = banger_api::Client::new(&sock);
-    let status: banger_api::types::DaemonStatus = client.get("/status").await.unwrap();
+    let status: banger_api::types::DaemonStatus =
+        client.get(banger_api::Route::Status).await.unwrap();
     assert_eq!(status.build, BuildInfo::current());
     assert_eq!(status.pid, std::process::id());
     let err = client
-        .get::<serde_json::Value>("/missing")
+        .get::<serde_json::Value>(banger_api::Route::Vm("missing"))
         .await
         .unwrap_err();
     match err {
@@ -216,6 +217,8 @@ mod adversarial_pid_reuse {
     use std::time::{Duration, Instant};
 
     use banger_core::layout::Layout;
+    use banger_core::vm::VmState;
+    use banger_core::vmm_kind::VmmKind;
     use banger_daemon::state::AppState;
     use banger_daemon::vms;
     use banger_store::{ImageRow, VmRow};
@@ -309,7 +312,7 @@ mod adversarial_pid_reuse {
 
         /// Inserts a VM row in `state` with `pid` and `start_time` as its VMM, a VM dir with a
         /// disk file, and a run dir.
-        fn insert(&self, n: u8, state: &str, pid: Option<u32>, start: Option<u64>) -> VmRow {
+        fn insert(&self, n: u8, state: VmState, pid: Option<u32>, start: Option<u64>) -> VmRow {
             let id = vm_id(n);
             let dir = self.layout.state_dir.join("vms").join(&id);
             std::fs::create_dir_all(&dir).unwrap();
@@ -319,15 +322,15 @@ mod adversarial_pid_reuse {
                 id: id.clone(),
                 name: format!("vm{n}"),
                 image_id: "img0".into(),
-                state: state.into(),
-                vmm: "firecracker".into(),
+                state,
+                vmm: VmmKind::Firecracker,
                 cpus: 1,
                 memory_mib: 128,
                 disk_bytes: 1 << 20,
                 work_disk_bytes: 1 << 20,
                 nat: false,
-                ip: Some(format!("172.30.0.{}", 10 + n)),
-                mac: Some("06:00:AC:1E:00:0A".into()),
+                ip: Some(std::net::Ipv4Addr::new(172, 30, 0, 10 + n)),
+                mac: Some("06:00:AC:1E:00:0A".parse().unwrap()),
                 tap: Some(format!("bgr{}", &id[..12])),
                 vsock_cid: Some(3 + u32::from(n)),
                 pid,
@@ -349,7 +352,7 @@ mod adversarial_pid_reuse {
         /// The row is stopped with no pid, and its run dir (TAP mark) is gone.
         fn assert_stopped_cleanly(&self, row: &VmRow) {
             let now = self.row(&row.id).expect("row kept");
-            assert_eq!(now.state, "stopped", "{now:?}");
+            assert_eq!(now.state, VmState::Stopped, "{now:?}");
             assert_eq!((now.pid, now.vmm_start_time), (None, None));
             assert!(!self.run_dir(&row.id).exists(), "run dir left behind");
             assert!(Path::new(&row.dir).join("root.ext4").exists(), "disks kept");
@@ -381,7 +384,7 @@ mod adversarial_pid_reuse {
     async fn adversarial_pid_reuse_stop_marks_stopped_and_signals_nothing() {
         let h = harness();
         for (n, bystander, start) in bystanders(&h, 1, 2) {
-            let row = h.insert(n, "running", Some(bystander.pid()), start);
+            let row = h.insert(n, VmState::Running, Some(bystander.pid()), start);
             let note = vms::stop(&h.state, &row.id).await.unwrap();
             assert_eq!(note, None, "nothing was forced");
             assert!(
@@ -396,7 +399,7 @@ mod adversarial_pid_reuse {
     async fn adversarial_pid_reuse_kill_refuses_and_marks_stopped() {
         let h = harness();
         for (n, bystander, start) in bystanders(&h, 1, 2) {
-            let row = h.insert(n, "running", Some(bystander.pid()), start);
+            let row = h.insert(n, VmState::Running, Some(bystander.pid()), start);
             let err = vms::kill(&h.state, &row.id, Signal::KILL)
                 .await
                 .unwrap_err();
@@ -413,7 +416,7 @@ mod adversarial_pid_reuse {
     async fn adversarial_pid_reuse_delete_removes_the_vm_only() {
         let h = harness();
         for (n, bystander, start) in bystanders(&h, 1, 2) {
-            let row = h.insert(n, "running", Some(bystander.pid()), start);
+            let row = h.insert(n, VmState::Running, Some(bystander.pid()), start);
             vms::delete(&h.state, &row.id).await.unwrap();
             assert!(
                 alive(bystander.pid()),
@@ -427,11 +430,11 @@ mod adversarial_pid_reuse {
     async fn adversarial_pid_reuse_reconcile_marks_running_stopped_and_rolls_back_creating() {
         let h = harness();
         let [(n, a, a_start), (m, b, b_start)] = bystanders(&h, 4, 5);
-        let running = h.insert(n, "running", Some(a.pid()), a_start);
-        let creating = h.insert(m, "creating", Some(b.pid()), b_start);
+        let running = h.insert(n, VmState::Running, Some(a.pid()), a_start);
+        let creating = h.insert(m, VmState::Creating, Some(b.pid()), b_start);
         // An unfinished start of a stopped VM whose pid is another process now.
         let [_, (k, c, c_start)] = bystanders(&h, 7, 6);
-        let starting = h.insert(k, "stopped", Some(c.pid()), c_start);
+        let starting = h.insert(k, VmState::Stopped, Some(c.pid()), c_start);
         vms::reconcile(&h.state).await;
         for p in [&a, &b, &c] {
             assert!(alive(p.pid()), "an unrelated process was signalled");
@@ -445,13 +448,13 @@ mod adversarial_pid_reuse {
     async fn adversarial_pid_reuse_monitor_marks_stopped() {
         let h = harness();
         let [(n, a, a_start), (m, b, b_start)] = bystanders(&h, 7, 8);
-        let plain = h.insert(n, "running", Some(a.pid()), a_start);
-        let lookalike = h.insert(m, "running", Some(b.pid()), b_start);
+        let plain = h.insert(n, VmState::Running, Some(a.pid()), a_start);
+        let lookalike = h.insert(m, VmState::Running, Some(b.pid()), b_start);
         let monitor = tokio::spawn(vms::monitor(h.state.clone()));
         let deadline = Instant::now() + Duration::from_secs(10);
         while [&plain, &lookalike]
             .iter()
-            .any(|r| h.row(&r.id).unwrap().state == "running")
+            .any(|r| h.row(&r.id).unwrap().state == VmState::Running)
         {
             assert!(Instant::now() < deadline, "the monitor never noticed");
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -472,12 +475,17 @@ mod adversarial_pid_reuse {
         let h = harness();
         std::fs::create_dir_all(h.run_dir(&vm_id(9))).unwrap();
         let mut unrecorded = vmm_like(&h.run_dir(&vm_id(9)));
-        let creating = h.insert(9, "creating", None, None);
+        let creating = h.insert(9, VmState::Creating, None, None);
         std::fs::create_dir_all(h.run_dir(&vm_id(10))).unwrap();
         let mut recorded = vmm_like(&h.run_dir(&vm_id(10)));
-        let starting = h.insert(10, "stopped", Some(recorded.pid()), recorded.start_time());
+        let starting = h.insert(
+            10,
+            VmState::Stopped,
+            Some(recorded.pid()),
+            recorded.start_time(),
+        );
         // A cleanly stopped VM is left as it is.
-        let clean = h.insert(11, "stopped", None, None);
+        let clean = h.insert(11, VmState::Stopped, None, None);
         std::fs::remove_dir(h.run_dir(&clean.id)).unwrap();
         vms::reconcile(&h.state).await;
         h.assert_gone(&creating);
@@ -502,10 +510,11 @@ mod adversarial {
     use std::path::{Path, PathBuf};
 
     use banger_core::runner::fake::FakeRunner;
+    use banger_core::vm::VmState;
+    use banger_core::vmm_kind::VmmKind;
     use banger_daemon::state::{Host, Vmms};
     use banger_net::DirectNetOps;
     use banger_store::{ImageRow, VmRow};
-    use banger_vmm::VmmKind;
     use banger_vmm::fake::FakeVmm;
 
     use super::*;
@@ -588,14 +597,14 @@ mod adversarial {
             id: "0123456789ab00000000000000000000".into(),
             name: "old".into(),
             image_id: "1mg0000000000000000000000000abcd".into(),
-            state: "stopped".into(),
-            vmm: "firecracker".into(),
+            state: VmState::Stopped,
+            vmm: VmmKind::Firecracker,
             cpus: 2,
             memory_mib: 2048,
             disk_bytes: 1 << 30,
             work_disk_bytes: 8 << 30,
             nat: false,
-            ip: Some("172.30.0.2".into()),
+            ip: Some(std::net::Ipv4Addr::new(172, 30, 0, 2)),
             mac: None,
             tap: Some("tap-old".into()),
             vsock_cid: Some(3),
@@ -811,13 +820,13 @@ mod adversarial {
             ),
             (
                 "/v1/vms/actions",
-                r#"{"action":"set","refs":["old"],"settings":{"cpu":8}}"#,
-                "settings.cpu: unknown field `cpu`",
+                r#"{"action":{"set":{"settings":{"cpu":8}}},"refs":["old"]}"#,
+                "action.set.settings.cpu: unknown field `cpu`",
             ),
             (
                 "/v1/vms/actions",
-                r#"{"action":"set","refs":["old"],"settings":[8]}"#,
-                "settings: invalid type: sequence, expected a JSON object",
+                r#"{"action":{"set":{"settings":[8]}},"refs":["old"]}"#,
+                "action.set.settings: invalid type: sequence, expected a JSON object",
             ),
             (
                 "/v1/vms/actions",
@@ -828,6 +837,16 @@ mod adversarial {
                 "/v1/vms/actions",
                 r#"{"action":"explode","refs":["old"]}"#,
                 "unknown variant `explode`",
+            ),
+            (
+                "/v1/vms/actions",
+                r#"{"action":{"kill":{"signal":"TERM","force":true}},"refs":["old"]}"#,
+                "action.kill.force: unknown field `force`",
+            ),
+            (
+                "/v1/vms/actions",
+                r#"{"action":"kill","refs":["old"]}"#,
+                "action.kill: invalid type: unit variant",
             ),
             (
                 "/v1/vms/actions",
@@ -937,8 +956,9 @@ mod adversarial {
             refused(&d, "/v1/vms", body, bad, &needles).await;
         }
         // `vm set` on a Firecracker VM: banger's caps for all, then the VM's backend.
-        let set =
-            |settings: &str| format!(r#"{{"action":"set","refs":["old"],"settings":{settings}}}"#);
+        let set = |settings: &str| {
+            format!(r#"{{"action":{{"set":{{"settings":{settings}}}}},"refs":["old"]}}"#)
+        };
         for (settings, needle) in [
             (r#"{"cpus":0}"#, "cpus must be between 1 and 255"),
             (r#"{"cpus":256}"#, "cpus must be between 1 and 255"),
@@ -1077,7 +1097,7 @@ mod adversarial {
         // The old VM still resolves by its listed id.
         let client = banger_api::Client::new(&d.sock);
         let vm: banger_api::types::Vm = client
-            .get(&format!("/vms/{}", &old.id[..12]))
+            .get(banger_api::Route::Vm(&old.id[..12]))
             .await
             .unwrap();
         assert_eq!(vm.name, "old");
@@ -1236,7 +1256,7 @@ async fn limited_daemon(
 async fn still_answers(sock: &std::path::Path) {
     let status: banger_api::types::DaemonStatus = tokio::time::timeout(
         Duration::from_secs(5),
-        banger_api::Client::new(sock).get("/status"),
+        banger_api::Client::new(sock).get(banger_api::Route::Status),
     )
     .await
     .expect("the daemon stopped answering")
@@ -1441,7 +1461,10 @@ async fn adversarial_daemon_rejections_are_typed_with_their_text_kept() {
     assert!(!msg.is_empty() && msg != "error body unreadable", "{msg}");
     // The typed client reports it as an API error, not an unreadable answer.
     let err = banger_api::Client::new(&sock)
-        .post::<_, serde_json::Value>("/vms/actions", &serde_json::json!({"nonsense": true}))
+        .post::<_, serde_json::Value>(
+            banger_api::Route::VmActions,
+            &serde_json::json!({"nonsense": true}),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -1628,7 +1651,7 @@ mod lock_order {
             .unwrap_or_else(|_| panic!("iteration {n}: create and image delete deadlocked"));
             match (&created, &deleted) {
                 // The delete came first: the create found no image, and made nothing.
-                (Err(OpError::ImageNotFound { .. }), Ok(())) => deleted_first += 1,
+                (Err(OpError::ImageNotFound { .. }), Ok(_)) => deleted_first += 1,
                 // The create's row named the image first: the delete was refused, and the
                 // create failed where the test made it fail, then rolled back.
                 (Err(OpError::Vmm { .. }), Err(OpError::ImageInUse { .. })) => {
@@ -1638,7 +1661,7 @@ mod lock_order {
                         .unwrap_or_else(|e| panic!("iteration {n}: image still used: {e}"));
                 }
                 // The create finished (and rolled back) before the delete looked.
-                (Err(OpError::Vmm { .. }), Ok(())) => created_first += 1,
+                (Err(OpError::Vmm { .. }), Ok(_)) => created_first += 1,
                 other => panic!("iteration {n}: inconsistent outcome {other:?}"),
             }
             assert_eq!(

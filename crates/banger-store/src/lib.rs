@@ -452,5 +452,4 @@ impl Store {
             _ => write(source),
         }
     }
-
 }

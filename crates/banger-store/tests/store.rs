@@ -305,7 +305,10 @@ fn adversarial_store_constraints_are_typed() {
     );
     assert!(e.is_unique_conflict("vms", "name"), "{e:?}");
     assert!(!e.is_unique_conflict("vms", "ip"));
-    assert!(e.to_string().contains("already has a row named \"web\""), "{e}");
+    assert!(
+        e.to_string().contains("already has a row named \"web\""),
+        "{e}"
+    );
 
     // The address lease is taken: a UNIQUE conflict, but not on the name.
     let e = s.insert_vm(&vm("a3", "db", "172.30.0.2")).unwrap_err();
@@ -428,7 +431,10 @@ fn adversarial_a_corrupt_vm_row_is_an_error_naming_row_and_column() {
                     value,
                     ..
                 } => {
-                    assert_eq!((*table, row.as_str(), *c, value.as_str()), ("vms", id.as_str(), column, bad));
+                    assert_eq!(
+                        (*table, row.as_str(), *c, value.as_str()),
+                        ("vms", id.as_str(), column, bad)
+                    );
                 }
                 other => panic!("{column}: {other:?}"),
             }

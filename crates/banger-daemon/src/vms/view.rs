@@ -3,9 +3,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use banger_api::types::{Vm, VmState};
+use banger_api::types::Vm;
 use banger_store::{ImageRow, VmRow};
-use std::str::FromStr;
 
 use banger_vmm::{VmSpec, Vmm, VmmKind};
 
@@ -28,17 +27,17 @@ impl AppState {
         Vm {
             id: row.id.clone(),
             name: row.name.clone(),
-            state: VmState::parse(&row.state).unwrap_or(VmState::Error),
+            state: row.state,
             image,
             image_id: row.image_id.clone(),
-            vmm: row.vmm.clone(),
+            vmm: row.vmm,
             cpus: row.cpus,
             memory_mib: row.memory_mib,
             disk_bytes: row.disk_bytes,
             work_disk_bytes: row.work_disk_bytes,
             nat: row.nat,
-            ip: row.ip.clone(),
-            mac: row.mac.clone(),
+            ip: row.ip,
+            mac: row.mac,
             tap: row.tap.clone(),
             vsock_cid: row.vsock_cid,
             pid: row.pid,
@@ -79,7 +78,7 @@ impl AppState {
                 .ok_or_else(|| OpError::ImageNotFound {
                     reference: row.image_id.clone(),
                 })?;
-        let (kernel, initrd) = self.kernel_of(&image, &row.vmm)?;
+        let (kernel, initrd) = self.kernel_of(&image, row.vmm)?;
         let dir = PathBuf::from(&row.dir);
         Ok(VmSpec {
             vm_id: row.id.clone(),
@@ -91,7 +90,7 @@ impl AppState {
             root_disk: dir.join("root.ext4"),
             work_disk: dir.join("work.ext4"),
             tap: row.tap.clone().unwrap_or_default(),
-            mac: row.mac.clone().unwrap_or_default(),
+            mac: row.mac.map(|m| m.to_string()).unwrap_or_default(),
             vsock_cid: row.vsock_cid.unwrap_or(3),
             run_dir: self.run_dir(&row.id),
             console_log: dir.join(crate::logcap::CONSOLE_LOG),
@@ -101,26 +100,20 @@ impl AppState {
 
     /// The backend a VM runs on.
     pub fn vmm_of(&self, row: &VmRow) -> Result<Arc<dyn Vmm>, OpError> {
-        let kind = VmmKind::from_str(&row.vmm).map_err(|e| OpError::Invalid {
-            what: format!("VM {}: {e}", row.name),
-        })?;
+        let kind = row.vmm;
         self.host
             .vmms
             .get(kind)
             .cloned()
-            .map_err(|why| OpError::VmmUnavailable {
-                kind: kind.to_string(),
-                why,
-            })
+            .map_err(|why| OpError::VmmUnavailable { kind, why })
     }
 
     /// The kernel (and initrd) an image boots with on the `vmm` backend.
     pub(crate) fn kernel_of(
         &self,
         image: &ImageRow,
-        vmm: &str,
+        vmm: VmmKind,
     ) -> Result<(PathBuf, Option<PathBuf>), OpError> {
-        let row_vmm = vmm.to_string();
         if let Some(k) = &image.kernel {
             return Ok((PathBuf::from(k), image.initrd.as_ref().map(PathBuf::from)));
         }
@@ -128,9 +121,9 @@ impl AppState {
         let k = self
             .db(|s| s.get_kernel(&name))?
             .ok_or(OpError::KernelNotFound { name: name.clone() })?;
-        let path = match VmmKind::from_str(&row_vmm).unwrap_or(VmmKind::Firecracker) {
-            banger_vmm::VmmKind::Firecracker => k.vmlinux.or(k.vmlinuz),
-            _ => k.vmlinuz.or(k.vmlinux),
+        let path = match vmm {
+            VmmKind::Firecracker => k.vmlinux.or(k.vmlinuz),
+            VmmKind::Qemu => k.vmlinuz.or(k.vmlinux),
         }
         .ok_or(OpError::KernelNotFound { name })?;
         Ok((PathBuf::from(path), k.initrd.map(PathBuf::from)))
