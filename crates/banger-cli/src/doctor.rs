@@ -374,14 +374,14 @@ fn vmm_checks(layout: &Layout, host: &Host) -> Vec<Check> {
     let fc = locate_bin(
         config.firecracker_bin.clone(),
         host.firecracker_env.as_deref(),
-        "firecracker",
+        VmmKind::Firecracker.binary(),
         host.path_var.as_deref(),
     )
     .filter(|(p, _)| p.is_file());
     let qemu = locate_bin(
         config.qemu_bin.clone(),
         host.qemu_env.as_deref(),
-        "qemu-system-x86_64",
+        VmmKind::Qemu.binary(),
         host.path_var.as_deref(),
     )
     .filter(|(p, _)| p.is_file());
@@ -401,22 +401,27 @@ fn vmm_checks(layout: &Layout, host: &Host) -> Vec<Check> {
     let mut checks = vec![
         match &fc {
             Some(_) => check(
-                "firecracker",
+                VmmKind::Firecracker.as_str(),
                 Status::Pass,
                 show(&fc).unwrap_or_default(),
                 None,
             ),
             None => check(
-                "firecracker",
+                VmmKind::Firecracker.as_str(),
                 Status::Warn,
                 "not found (config firecracker_bin, BANGER_FIRECRACKER_BIN, PATH)",
                 Some("install Firecracker on a host with hardware virtualization"),
             ),
         },
         match &qemu {
-            Some(_) => check("qemu", Status::Pass, show(&qemu).unwrap_or_default(), None),
+            Some(_) => check(
+                VmmKind::Qemu.as_str(),
+                Status::Pass,
+                show(&qemu).unwrap_or_default(),
+                None,
+            ),
             None => check(
-                "qemu",
+                VmmKind::Qemu.as_str(),
                 Status::Warn,
                 "qemu-system-x86_64 not found (config qemu_bin, BANGER_QEMU_BIN, PATH)",
                 Some("apt-get install qemu-system-x86"),

@@ -33,6 +33,14 @@ impl VmmKind {
         }
     }
 
+    /// The name of the backend's binary, as looked up on `PATH`.
+    pub const fn binary(self) -> &'static str {
+        match self {
+            Self::Firecracker => "firecracker",
+            Self::Qemu => "qemu-system-x86_64",
+        }
+    }
+
     /// The largest VM this backend runs, within banger's own caps ([`VmLimits::BANGER`]):
     ///
     /// - Firecracker: at most 32 vCPUs (`MachineConfiguration.vcpu_count` in its API,
@@ -179,16 +187,8 @@ impl From<VmmChoice> for String {
 pub enum NoVmm {
     #[error("neither firecracker nor qemu-system-x86_64 was found")]
     NoneFound,
-    #[error("vmm = {kind}, but no {} binary was found", binary_name(*.kind))]
+    #[error("vmm = {kind}, but no {} binary was found", kind.binary())]
     NotFound { kind: VmmKind },
-}
-
-/// The binary a kind runs, as `doctor` and [`NoVmm`] name it.
-fn binary_name(kind: VmmKind) -> &'static str {
-    match kind {
-        VmmKind::Firecracker => "firecracker",
-        VmmKind::Qemu => "qemu-system-x86_64",
-    }
 }
 
 /// Which backend new VMs get, given the `choice` and whether each backend's binary was found

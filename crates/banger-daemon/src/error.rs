@@ -45,7 +45,7 @@ pub enum OpError {
     VmLimit {
         vm: String,
         #[source]
-        source: LimitError,
+        source: Box<LimitError>,
     },
     #[error("nothing to set: give --cpus, --memory, --disk or --work-disk")]
     NothingToSet,
@@ -321,7 +321,7 @@ fn store_kind(e: &StoreError) -> ErrorKind {
         // Callers turn it into the name conflict of their table; uncaught, it is a conflict.
         StoreError::NameTaken { .. } => ErrorKind::Conflict,
         // A stored value banger cannot read: its own state is broken.
-        StoreError::Corrupt { .. } => ErrorKind::Internal,
+        StoreError::Corrupt(_) => ErrorKind::Internal,
         StoreError::CreateDir { source, .. } => io_kind(source),
         StoreError::Open { .. }
         | StoreError::Missing { .. }

@@ -85,19 +85,26 @@ pub enum StoreError {
         table: &'static str,
         name: String,
         #[source]
-        source: rusqlite::Error,
+        source: Box<rusqlite::Error>,
     },
     /// A stored value does not decode: the row is reported, never read with a fallback.
-    #[error("row {id} of {table} in {path} has an unreadable {column}")]
-    Corrupt {
-        path: PathBuf,
-        table: &'static str,
-        id: String,
-        column: &'static str,
-        value: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    #[error(transparent)]
+    Corrupt(Box<Corrupt>),
+}
+
+/// Which stored value of which row does not decode (see [`StoreError::Corrupt`]).
+#[derive(Debug, thiserror::Error)]
+#[error("row {id} of {table} in {} has an unreadable {column}", path.display())]
+pub struct Corrupt {
+    pub path: PathBuf,
+    pub table: &'static str,
+    /// The row's primary key.
+    pub id: String,
+    pub column: &'static str,
+    /// The stored text.
+    pub value: String,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 impl StoreError {
@@ -126,12 +133,12 @@ impl StoreError {
             | Self::Configure { source, .. }
             | Self::Migration { source, .. }
             | Self::Query { source, .. }
-            | Self::Constraint { source, .. }
-            | Self::NameTaken { source, .. } => source,
+            | Self::Constraint { source, .. } => source,
+            Self::NameTaken { source, .. } => &**source,
             Self::Missing { .. }
             | Self::CreateDir { .. }
             | Self::TooNew { .. }
-            | Self::Corrupt { .. } => return None,
+            | Self::Corrupt(_) => return None,
         };
         source.sqlite_error_code()
     }
@@ -446,7 +453,7 @@ impl Store {
                     path,
                     table,
                     name,
-                    source,
+                    source: Box::new(source),
                 }
             }
             _ => write(source),

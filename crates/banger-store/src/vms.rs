@@ -11,7 +11,7 @@ use banger_core::vm::{MacAddr, VmState};
 use banger_core::vmm_kind::VmmKind;
 use rusqlite::{OptionalExtension, Row, params};
 
-use crate::{Store, StoreError};
+use crate::{Corrupt, Store, StoreError};
 
 /// The table's name, in errors.
 const TABLE: &str = "vms";
@@ -124,13 +124,15 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Result<VmRow, BadColumn>> {
 impl Store {
     /// The row, or the [`StoreError::Corrupt`] its bad column makes.
     fn decoded(&self, row: Result<VmRow, BadColumn>) -> Result<VmRow, StoreError> {
-        row.map_err(|b| StoreError::Corrupt {
-            path: self.path().to_path_buf(),
-            table: TABLE,
-            id: b.id,
-            column: b.column,
-            value: b.value,
-            source: b.source,
+        row.map_err(|b| {
+            StoreError::Corrupt(Box::new(Corrupt {
+                path: self.path().to_path_buf(),
+                table: TABLE,
+                id: b.id,
+                column: b.column,
+                value: b.value,
+                source: b.source,
+            }))
         })
     }
 

@@ -424,18 +424,10 @@ fn adversarial_a_corrupt_vm_row_is_an_error_naming_row_and_column() {
             .unwrap();
         for e in [s.get_vm(&id).unwrap_err(), s.list_vms().unwrap_err()] {
             match &e {
-                StoreError::Corrupt {
-                    table,
-                    id: row,
-                    column: c,
-                    value,
-                    ..
-                } => {
-                    assert_eq!(
-                        (*table, row.as_str(), *c, value.as_str()),
-                        ("vms", id.as_str(), column, bad)
-                    );
-                }
+                StoreError::Corrupt(c) => assert_eq!(
+                    (c.table, c.id.as_str(), c.column, c.value.as_str()),
+                    ("vms", id.as_str(), column, bad)
+                ),
                 other => panic!("{column}: {other:?}"),
             }
             let msg = e.to_string();
@@ -454,8 +446,8 @@ fn adversarial_a_corrupt_vm_row_is_an_error_naming_row_and_column() {
         .unwrap();
     let e = s.list_vms().unwrap_err();
     assert!(
-        matches!(&e, StoreError::Corrupt { id, column: "state", value, .. } if id == "good" && value == "paused"),
+        matches!(&e, StoreError::Corrupt(c) if c.id == "good" && c.column == "state" && c.value == "paused"),
         "{e:?}"
     );
-    assert!(matches!(s.get_vm("good"), Err(StoreError::Corrupt { .. })));
+    assert!(matches!(s.get_vm("good"), Err(StoreError::Corrupt(_))));
 }

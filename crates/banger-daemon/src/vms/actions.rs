@@ -292,7 +292,7 @@ pub async fn set(
     banger_core::limits::check(&settings.requested(), &limits).map_err(|source| {
         OpError::VmLimit {
             vm: row.name.clone(),
-            source,
+            source: Box::new(source),
         }
     })?;
     let running = row.state == VmState::Running;
