@@ -35,7 +35,13 @@ fn op_id_of<B>(resp: &hyper::Response<B>) -> String {
         .unwrap_or_default()
         .to_string()
 }
+use crate::routes::Route;
 use crate::{API_PREFIX, OP_ID_HEADER};
+
+/// The request target of `route`: [`API_PREFIX`] and the route's path.
+fn full_path(route: Route<'_>) -> String {
+    format!("{API_PREFIX}{}", route.path())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -225,45 +231,45 @@ impl Client {
         }))
     }
 
-    /// `GET /v1{path}`.
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.call(Method::GET, path, None::<&()>).await
+    /// `GET /v1{route}`.
+    pub async fn get<T: DeserializeOwned>(&self, route: Route<'_>) -> Result<T, ClientError> {
+        self.call(Method::GET, route, None::<&()>).await
     }
 
-    /// `POST /v1{path}` with a JSON body.
+    /// `POST /v1{route}` with a JSON body.
     pub async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
-        path: &str,
+        route: Route<'_>,
         body: &B,
     ) -> Result<T, ClientError> {
-        self.call(Method::POST, path, Some(body)).await
+        self.call(Method::POST, route, Some(body)).await
     }
 
-    /// `POST /v1{path}` for an operation that may take long (stopping VMs, importing images):
-    /// no deadline for the answer as long as the daemon keeps answering `/status`.
+    /// `POST /v1{route}` for an operation that may take long (stopping VMs, importing
+    /// images): no deadline for the answer as long as the daemon keeps answering `/status`.
     pub async fn post_long<B: Serialize, T: DeserializeOwned>(
         &self,
-        path: &str,
+        route: Route<'_>,
         body: &B,
     ) -> Result<T, ClientError> {
-        self.call_with(Method::POST, path, Some(body), Patience::WhileAlive)
+        self.call_with(Method::POST, route, Some(body), Patience::WhileAlive)
             .await
     }
 
-    /// `DELETE /v1{path}`.
-    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.call(Method::DELETE, path, None::<&()>).await
+    /// `DELETE /v1{route}`.
+    pub async fn delete<T: DeserializeOwned>(&self, route: Route<'_>) -> Result<T, ClientError> {
+        self.call(Method::DELETE, route, None::<&()>).await
     }
 
-    /// `POST /v1{path}` answered by an NDJSON stream of [`Event`]s: calls `on_stage` for each
+    /// `POST /v1{route}` answered by an NDJSON stream of [`Event`]s: calls `on_stage` for each
     /// stage as it arrives and returns the final result (or the error).
     pub async fn stream<B: Serialize, T: DeserializeOwned>(
         &self,
-        path: &str,
+        route: Route<'_>,
         body: &B,
         mut on_stage: impl FnMut(&str, &str, u64),
     ) -> Result<T, ClientError> {
-        let full = format!("{API_PREFIX}{path}");
+        let full = full_path(route);
         let (stream, pid) = self.connect(&Method::POST, &full).await?;
         let head = self.send(stream, Method::POST, &full, Some(body));
         let (resp, conn_task) = match self.timeout {
@@ -451,20 +457,20 @@ impl Client {
     pub async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
-        path: &str,
+        route: Route<'_>,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
-        self.call_with(method, path, body, Patience::Answer).await
+        self.call_with(method, route, body, Patience::Answer).await
     }
 
     async fn call_with<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
-        path: &str,
+        route: Route<'_>,
         body: Option<&B>,
         patience: Patience,
     ) -> Result<T, ClientError> {
-        let full = format!("{API_PREFIX}{path}");
+        let full = full_path(route);
         let Some(t) = self.timeout else {
             let (stream, _) = self.connect(&method, &full).await?;
             return self.exchange(stream, method, &full, body).await;
@@ -494,7 +500,7 @@ impl Client {
     /// False when `GET /v1/status` on a new connection is not answered within `t` (an absent
     /// daemon counts as answering: the pending call then fails on its own).
     async fn answers_status(&self, t: Duration) -> bool {
-        let full = format!("{API_PREFIX}/status");
+        let full = full_path(Route::Status);
         let probe = async {
             let (stream, _) = self.connect(&Method::GET, &full).await?;
             self.exchange::<(), serde_json::Value>(stream, Method::GET, &full, None)
@@ -658,7 +664,7 @@ mod tests {
         let sock = serve(dir.path(), |_| Behaviour::Silent);
         let t0 = Instant::now();
         let err = client(&sock, 300)
-            .get::<serde_json::Value>("/status")
+            .get::<serde_json::Value>(Route::Status)
             .await
             .unwrap_err();
         assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
@@ -681,7 +687,7 @@ mod tests {
         assert!(
             tokio::time::timeout(
                 Duration::from_millis(500),
-                Client::new(&sock).get::<serde_json::Value>("/status")
+                Client::new(&sock).get::<serde_json::Value>(Route::Status)
             )
             .await
             .is_err()
@@ -699,11 +705,11 @@ mod tests {
             }
         });
         let c = client(&sock, 300);
-        let v: serde_json::Value = c.post_long("/vms/actions", &()).await.unwrap();
+        let v: serde_json::Value = c.post_long(Route::VmActions, &()).await.unwrap();
         assert_eq!(v, serde_json::json!({}));
         // The same call with a plain deadline gives up.
         let err = c
-            .post::<_, serde_json::Value>("/vms/actions", &())
+            .post::<_, serde_json::Value>(Route::VmActions, &())
             .await
             .unwrap_err();
         assert!(
@@ -718,7 +724,7 @@ mod tests {
         let sock = serve(dir.path(), |_| Behaviour::Silent);
         let t0 = Instant::now();
         let err = client(&sock, 300)
-            .post_long::<_, serde_json::Value>("/images", &())
+            .post_long::<_, serde_json::Value>(Route::Images, &())
             .await
             .unwrap_err();
         assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
@@ -734,7 +740,7 @@ mod tests {
     async fn adversarial_stream_lives_on_heartbeats_and_fails_when_silent() {
         let dir = tempfile::tempdir().unwrap();
         let sock = serve(dir.path(), |p| {
-            if p == "/v1/ok" {
+            if p == "/v1/images/bootstrap" {
                 Behaviour::Heartbeats {
                     n: 8,
                     every: Duration::from_millis(100),
@@ -745,12 +751,15 @@ mod tests {
         });
         let c = client(&sock, 300);
         // 800 ms in all, longer than the timeout, but never 300 ms without a line.
-        let r: u32 = c.stream("/ok", &(), |_, _, _| {}).await.unwrap();
+        let r: u32 = c
+            .stream(Route::ImagesBootstrap, &(), |_, _, _| {})
+            .await
+            .unwrap();
         assert_eq!(r, 7);
         let mut stages = Vec::new();
         let t0 = Instant::now();
         let err = c
-            .stream::<_, u32>("/vms", &(), |s, _, _| stages.push(s.to_string()))
+            .stream::<_, u32>(Route::VmCreate, &(), |s, _, _| stages.push(s.to_string()))
             .await
             .unwrap_err();
         assert!(t0.elapsed() < Duration::from_secs(2));
@@ -805,7 +814,7 @@ mod error_body_tests {
             times,
         ));
         let err = Client::new(&sock)
-            .get::<serde_json::Value>("/status")
+            .get::<serde_json::Value>(Route::Status)
             .await
             .unwrap_err();
         server.await.unwrap();

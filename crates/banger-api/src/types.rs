@@ -6,11 +6,13 @@
 //! and every object nested in one, must be a JSON object: serde's derived structs also take an
 //! array and fill the fields by position, which [`JsonObject`] refuses.
 
+use std::marker::PhantomData;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use std::marker::PhantomData;
-
 use banger_core::build::BuildInfo;
+pub use banger_core::vm::{MacAddr, VmState};
+pub use banger_core::vmm_kind::VmmKind;
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// `T` read from a JSON object and nothing else (not an array, whose elements a derived
@@ -34,13 +36,6 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for JsonObject<T> {
     }
 }
 
-/// For an optional nested object: `null` or absent is `None`, an object is read as `T`.
-fn optional_object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> Result<Option<T>, D::Error> {
-    Ok(Option::<JsonObject<T>>::deserialize(d)?.map(|o| o.0))
-}
-
 /// `GET /v1/status`: who the running daemon is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DaemonStatus {
@@ -52,19 +47,10 @@ pub struct DaemonStatus {
     pub log_file: PathBuf,
     /// Seconds since the Unix epoch when the daemon started.
     pub started_at: u64,
-    /// Network listeners the daemon runs besides its socket (DNS, web UI...).
-    pub listeners: Vec<Listener>,
     pub ops: OpCounts,
     /// Warnings from loading the config file.
     #[serde(default)]
     pub config_warnings: Vec<String>,
-}
-
-/// A network service of the daemon.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Listener {
-    pub name: String,
-    pub address: String,
 }
 
 /// Request accounting since the daemon started.
@@ -82,45 +68,6 @@ pub struct ShutdownReply {
     pub pid: u32,
 }
 
-/// Lifecycle state of a VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VmState {
-    /// Being created: disks prepared, VMM starting.
-    Creating,
-    Running,
-    Stopped,
-    /// Creation or start failed; `banger vm delete` removes it.
-    Error,
-}
-
-impl VmState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Creating => "creating",
-            Self::Running => "running",
-            Self::Stopped => "stopped",
-            Self::Error => "error",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "creating" => Self::Creating,
-            "running" => Self::Running,
-            "stopped" => Self::Stopped,
-            "error" => Self::Error,
-            _ => return None,
-        })
-    }
-}
-
-impl std::fmt::Display for VmState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// A VM as the daemon reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Vm {
@@ -130,15 +77,14 @@ pub struct Vm {
     /// The image's name.
     pub image: String,
     pub image_id: String,
-    /// `firecracker` or `qemu`.
-    pub vmm: String,
+    pub vmm: VmmKind,
     pub cpus: u32,
     pub memory_mib: u64,
     pub disk_bytes: u64,
     pub work_disk_bytes: u64,
     pub nat: bool,
-    pub ip: Option<String>,
-    pub mac: Option<String>,
+    pub ip: Option<Ipv4Addr>,
+    pub mac: Option<MacAddr>,
     pub tap: Option<String>,
     pub vsock_cid: Option<u32>,
     /// The VMM process while running.
@@ -172,7 +118,7 @@ pub struct CreateVm {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vmm: Option<String>,
+    pub vmm: Option<VmmKind>,
 }
 
 /// The JSON shape of [`CreateVm`], every key listed so that unknown ones are refused.
@@ -194,7 +140,7 @@ struct CreateVmWire {
     #[serde(default)]
     nat: Option<bool>,
     #[serde(default)]
-    vmm: Option<String>,
+    vmm: Option<VmmKind>,
 }
 
 impl From<CreateVmWire> for CreateVm {
@@ -232,27 +178,76 @@ pub enum Event<T> {
     },
 }
 
-/// What `POST /v1/vms/actions` does to each VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// What `POST /v1/vms/actions` does to each VM; each variant carries exactly its data.
+///
+/// On the wire (externally tagged): `"start"`, `"stop"`, `"restart"`, `"delete"`,
+/// `{"kill": {"signal": "TERM"}}`, `{"set": {"settings": {"cpus": 2}}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", from = "VmActionWire")]
 pub enum VmAction {
     Start,
     Stop,
     Restart,
-    Kill,
+    /// Sends `signal` (a name such as `TERM`, or a number) to the VMM process.
+    Kill {
+        signal: String,
+    },
     Delete,
-    Set,
+    /// Changes the VM's resources.
+    Set {
+        settings: VmSettings,
+    },
 }
 
 impl VmAction {
-    pub fn past_tense(self) -> &'static str {
+    pub fn past_tense(&self) -> &'static str {
         match self {
             Self::Start => "started",
             Self::Stop => "stopped",
             Self::Restart => "restarted",
-            Self::Kill => "killed",
+            Self::Kill { .. } => "killed",
             Self::Delete => "deleted",
-            Self::Set => "updated",
+            Self::Set { .. } => "updated",
+        }
+    }
+}
+
+/// The JSON shape of [`VmAction`]: a variant's data must be an object with exactly its
+/// fields.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case", rename = "VmAction")]
+enum VmActionWire {
+    Start,
+    Stop,
+    Restart,
+    Kill(JsonObject<KillWire>),
+    Delete,
+    Set(JsonObject<SetWire>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KillWire {
+    signal: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetWire {
+    settings: JsonObject<VmSettings>,
+}
+
+impl From<VmActionWire> for VmAction {
+    fn from(w: VmActionWire) -> Self {
+        match w {
+            VmActionWire::Start => Self::Start,
+            VmActionWire::Stop => Self::Stop,
+            VmActionWire::Restart => Self::Restart,
+            VmActionWire::Kill(JsonObject(k)) => Self::Kill { signal: k.signal },
+            VmActionWire::Delete => Self::Delete,
+            VmActionWire::Set(JsonObject(s)) => Self::Set {
+                settings: s.settings.0,
+            },
         }
     }
 }
@@ -288,18 +283,8 @@ impl VmSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActionRequest {
-    pub action: VmAction,
     pub refs: Vec<String>,
-    /// For `kill`: the signal name or number (default KILL).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signal: Option<String>,
-    /// For `set`.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "optional_object"
-    )]
-    pub settings: Option<VmSettings>,
+    pub action: VmAction,
 }
 
 /// The outcome for one reference, in the order the references were first given.
@@ -330,6 +315,65 @@ pub struct VmStats {
     /// Bytes allocated on the host for the root and work disks (sparse files).
     pub root_disk_allocated: u64,
     pub work_disk_allocated: u64,
+}
+
+/// `GET /v1/vms/{ref}/health`: the guest agent's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// Version of the agent binary.
+    pub version: String,
+    /// Commit the agent binary was built from.
+    pub commit: String,
+    /// Seconds since the Unix epoch at which the agent binary was built.
+    pub build_epoch: u64,
+    /// Seconds since the guest booted.
+    pub uptime_secs: u64,
+    pub hostname: String,
+}
+
+/// `GET /v1/vms/{ref}/ports`: the guest's listening sockets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ports {
+    pub listeners: Vec<PortListener>,
+}
+
+/// One listening socket in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortListener {
+    pub proto: Proto,
+    pub family: Family,
+    /// The bound local address, e.g. `0.0.0.0`, `127.0.0.1`, `::` or `::ffff:127.0.0.1`.
+    pub address: String,
+    pub port: u16,
+    /// The process holding the socket (the lowest pid when several share it), when known.
+    pub pid: Option<u32>,
+    /// The process name.
+    pub process: Option<String>,
+    /// The process command line, arguments joined by spaces.
+    pub command: Option<String>,
+}
+
+/// Transport protocol of a listening socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// Address family of a listening socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+/// `DELETE /v1/images/{ref}` and `DELETE /v1/kernels/{name}`: what was deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deleted {
+    /// The name of the image or kernel that was removed.
+    pub deleted: String,
 }
 
 /// `GET /v1/vms/{ref}/ping`.
@@ -390,21 +434,26 @@ pub struct RegisterImage {
 impl RegisterImage {
     /// The two ways to name a kernel are exclusive, and one is required. Checked by the CLI
     /// and again by the daemon.
-    pub fn check_kernel_source(&self) -> Result<(), String> {
+    pub fn check_kernel_source(&self) -> Result<(), KernelSourceError> {
         let files = self.kernel.is_some() || self.initrd.is_some() || self.modules.is_some();
         match (files, self.kernel_ref.is_some()) {
-            (true, true) => {
-                Err("--kernel-ref cannot be combined with --kernel/--initrd/--modules".into())
-            }
-            (false, false) => {
-                Err("a kernel is required: give --kernel FILE or --kernel-ref NAME".into())
-            }
-            (true, false) if self.kernel.is_none() => {
-                Err("--initrd and --modules need --kernel".into())
-            }
-            _ => Ok(()),
+            (true, true) => Err(KernelSourceError::Both),
+            (false, false) => Err(KernelSourceError::Neither),
+            (true, false) if self.kernel.is_none() => Err(KernelSourceError::NoKernelFile),
+            (true, false) | (false, true) => Ok(()),
         }
     }
+}
+
+/// Why a [`RegisterImage`] names its kernel wrongly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KernelSourceError {
+    #[error("--kernel-ref cannot be combined with --kernel/--initrd/--modules")]
+    Both,
+    #[error("a kernel is required: give --kernel FILE or --kernel-ref NAME")]
+    Neither,
+    #[error("--initrd and --modules need --kernel")]
+    NoKernelFile,
 }
 
 /// An imported kernel.
@@ -484,7 +533,7 @@ mod tests {
                 work_disk_bytes: Some(2 << 30),
             },
             nat: Some(true),
-            vmm: Some("qemu".into()),
+            vmm: Some(VmmKind::Qemu),
         };
         let json = serde_json::to_value(&req).unwrap();
         assert_eq!(
@@ -514,8 +563,17 @@ mod tests {
         refused::<VmSettings>(r#"{"cpus": 1, "memory": 5}"#, "memory");
         refused::<ActionRequest>(r#"{"action": "stop", "refs": [], "force": true}"#, "force");
         refused::<ActionRequest>(
-            r#"{"action": "set", "refs": ["a"], "settings": {"cpu": 2}}"#,
+            r#"{"action": {"set": {"settings": {"cpu": 2}}}, "refs": ["a"]}"#,
             "cpu",
+        );
+        refused::<ActionRequest>(
+            r#"{"action": {"kill": {"signal": "TERM", "force": true}}, "refs": ["a"]}"#,
+            "force",
+        );
+        // The old flat shape: `signal` is not a field of the request.
+        refused::<ActionRequest>(
+            r#"{"action": "stop", "refs": ["a"], "signal": "TERM"}"#,
+            "signal",
         );
         refused::<RegisterImage>(r#"{"name": "a", "rootfs": "/r", "kernal": "/k"}"#, "kernal");
         refused::<ImportKernel>(r#"{"name": "a", "from": "/", "forced": true}"#, "forced");
@@ -536,25 +594,66 @@ mod tests {
         }
         let ok: JsonObject<CreateVm> = serde_json::from_str(r#"{"cpus": 2}"#).unwrap();
         assert_eq!(ok.0.resources.cpus, Some(2));
-        let e = serde_json::from_str::<ActionRequest>(
-            r#"{"action": "set", "refs": ["a"], "settings": [4]}"#,
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("expected a JSON object"), "{e}");
-        let none: ActionRequest =
-            serde_json::from_str(r#"{"action": "stop", "refs": [], "settings": null}"#).unwrap();
-        assert_eq!(none.settings, None);
-        let round = ActionRequest {
-            action: VmAction::Set,
-            refs: vec!["a".into()],
-            signal: None,
-            settings: Some(VmSettings {
-                cpus: Some(3),
-                ..Default::default()
-            }),
+        for body in [
+            r#"{"action": {"set": {"settings": [4]}}, "refs": ["a"]}"#,
+            r#"{"action": {"set": [{"cpus": 4}]}, "refs": ["a"]}"#,
+            r#"{"action": {"kill": ["TERM"]}, "refs": ["a"]}"#,
+        ] {
+            let e = serde_json::from_str::<ActionRequest>(body).unwrap_err();
+            assert!(
+                e.to_string().contains("expected a JSON object"),
+                "{body}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn actions_carry_exactly_their_data() {
+        let json = |a: &VmAction| {
+            serde_json::to_value(ActionRequest {
+                refs: vec!["web".into()],
+                action: a.clone(),
+            })
+            .unwrap()
         };
-        let back: ActionRequest =
-            serde_json::from_str(&serde_json::to_string(&round).unwrap()).unwrap();
-        assert_eq!(back, round);
+        let cases = [
+            (VmAction::Start, serde_json::json!("start")),
+            (VmAction::Stop, serde_json::json!("stop")),
+            (VmAction::Restart, serde_json::json!("restart")),
+            (VmAction::Delete, serde_json::json!("delete")),
+            (
+                VmAction::Kill {
+                    signal: "TERM".into(),
+                },
+                serde_json::json!({"kill": {"signal": "TERM"}}),
+            ),
+            (
+                VmAction::Set {
+                    settings: VmSettings {
+                        cpus: Some(3),
+                        ..Default::default()
+                    },
+                },
+                serde_json::json!({"set": {"settings": {"cpus": 3}}}),
+            ),
+        ];
+        for (action, wire) in cases {
+            let v = json(&action);
+            assert_eq!(v, serde_json::json!({"refs": ["web"], "action": wire}));
+            let back: ActionRequest = serde_json::from_value(v).unwrap();
+            assert_eq!(back.action, action);
+        }
+        // A variant without its data, or an unknown one, is refused.
+        for body in [
+            r#"{"action": "kill", "refs": []}"#,
+            r#"{"action": {"kill": {}}, "refs": []}"#,
+            r#"{"action": "set", "refs": []}"#,
+            r#"{"action": "pause", "refs": []}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<ActionRequest>(body).is_err(),
+                "{body}"
+            );
+        }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::io::Write;
 
+use banger_api::Route;
 use banger_api::types::{Image, RegisterImage};
 use banger_core::names::validate_image_name;
 use banger_core::size::ByteSize;
@@ -10,7 +11,7 @@ use crate::args::ImageCommand;
 use crate::error::CliError;
 use crate::escape::{Mode, escape};
 use crate::ui::{self, Style};
-use crate::vm::{enc, size_flag};
+use crate::vm::size_flag;
 use crate::{Ctx, connect};
 
 pub async fn image(cmd: ImageCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
@@ -27,9 +28,10 @@ pub async fn image(cmd: ImageCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
                 kernel_ref: r.kernel_ref.clone(),
                 description: r.description.clone(),
             };
-            req.check_kernel_source().map_err(CliError::Usage)?;
+            req.check_kernel_source()
+                .map_err(|e| CliError::Usage(e.to_string()))?;
             let (client, _) = connect(ctx).await?;
-            let img: Image = client.post_long("/images", &req).await?;
+            let img: Image = client.post_long(Route::Images, &req).await?;
             ctx.ui.line(&format!(
                 "registered image {} ({})",
                 escape(&img.name, Mode::Cell),
@@ -39,7 +41,7 @@ pub async fn image(cmd: ImageCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
         }
         ImageCommand::List(j) => {
             let (client, _) = connect(ctx).await?;
-            let imgs: Vec<Image> = client.get("/images").await?;
+            let imgs: Vec<Image> = client.get(Route::Images).await?;
             if j.json {
                 ctx.ui.json(&imgs)?;
             } else {
@@ -66,9 +68,7 @@ pub async fn image(cmd: ImageCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
         }
         ImageCommand::Show(r) => {
             let (client, _) = connect(ctx).await?;
-            let i: Image = client
-                .get(&format!("/images/{}", enc(&r.reference)))
-                .await?;
+            let i: Image = client.get(Route::Image(&r.reference)).await?;
             if r.json {
                 ctx.ui.json(&i)?;
             } else {
@@ -112,7 +112,7 @@ pub async fn image(cmd: ImageCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
             let mut err = std::io::stderr();
             let img: Image = client
                 .stream(
-                    "/images/bootstrap",
+                    Route::ImagesBootstrap,
                     &banger_api::types::BootstrapImage {
                         name: b.name.clone(),
                         kernel_ref: b.kernel_ref.clone(),
@@ -137,7 +137,7 @@ pub async fn image(cmd: ImageCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
             let (client, _) = connect(ctx).await?;
             let img: Image = client
                 .post_long(
-                    "/images/import",
+                    Route::ImagesImport,
                     &banger_api::types::ImportBundle {
                         path,
                         name: i.name.clone(),
@@ -154,9 +154,7 @@ pub async fn image(cmd: ImageCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
         }
         ImageCommand::Delete(r) => {
             let (client, _) = connect(ctx).await?;
-            let _: serde_json::Value = client
-                .delete(&format!("/images/{}", enc(&r.reference)))
-                .await?;
+            let _: serde_json::Value = client.delete(Route::Image(&r.reference)).await?;
             ctx.ui.line(&format!("deleted image {}", r.reference))?;
             Ok(0)
         }
@@ -174,7 +172,7 @@ pub async fn kernel(cmd: crate::args::KernelCommand, ctx: &mut Ctx) -> Result<u8
             let (client, _) = connect(ctx).await?;
             let k: Kernel = client
                 .post_long(
-                    "/kernels",
+                    Route::Kernels,
                     &ImportKernel {
                         name: a.name.clone(),
                         from,
@@ -189,7 +187,7 @@ pub async fn kernel(cmd: crate::args::KernelCommand, ctx: &mut Ctx) -> Result<u8
         }
         K::List(j) => {
             let (client, _) = connect(ctx).await?;
-            let ks: Vec<Kernel> = client.get("/kernels").await?;
+            let ks: Vec<Kernel> = client.get(Route::Kernels).await?;
             if j.json {
                 ctx.ui.json(&ks)?;
             } else {
@@ -220,7 +218,7 @@ pub async fn kernel(cmd: crate::args::KernelCommand, ctx: &mut Ctx) -> Result<u8
         }
         K::Show(r) => {
             let (client, _) = connect(ctx).await?;
-            let k: Kernel = client.get(&format!("/kernels/{}", enc(&r.name))).await?;
+            let k: Kernel = client.get(Route::Kernel(&r.name)).await?;
             if r.json {
                 ctx.ui.json(&k)?;
             } else {
@@ -252,7 +250,7 @@ pub async fn kernel(cmd: crate::args::KernelCommand, ctx: &mut Ctx) -> Result<u8
         }
         K::Rm(n) => {
             let (client, _) = connect(ctx).await?;
-            let _: serde_json::Value = client.delete(&format!("/kernels/{}", enc(&n.name))).await?;
+            let _: serde_json::Value = client.delete(Route::Kernel(&n.name)).await?;
             ctx.ui.line(&format!("removed kernel {}", n.name))?;
             Ok(0)
         }

@@ -16,6 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use banger_api::Client;
+use banger_api::Route;
 use banger_api::types::{DaemonStatus, ShutdownReply};
 use banger_core::build::BuildInfo;
 use banger_core::error::chain;
@@ -96,7 +97,7 @@ pub async fn ensure(
     let client = client(layout, conn)?;
     let me = BuildInfo::current();
     let mut how = Ensured::Started;
-    match client.get::<DaemonStatus>("/status").await {
+    match client.get::<DaemonStatus>(Route::Status).await {
         Ok(status) if status.build == me => return Ok((client, status, Ensured::AlreadyRunning)),
         Ok(status) => {
             stop(&client, status.pid).await?;
@@ -111,7 +112,7 @@ pub async fn ensure(
 
 /// Asks the daemon with `pid` to shut down and waits for it to exit (killing it if it hangs).
 pub async fn stop(client: &Client, pid: u32) -> Result<(), CliError> {
-    match client.post::<_, ShutdownReply>("/shutdown", &()).await {
+    match client.post::<_, ShutdownReply>(Route::Shutdown, &()).await {
         Ok(_) => {}
         Err(e) if e.is_unreachable() => return Ok(()),
         // An old daemon may not know the route; it gets a signal below instead.
@@ -202,7 +203,7 @@ async fn start(
                 .saturating_duration_since(Instant::now())
                 .clamp(Duration::from_millis(100), conn.timeout),
         );
-        match poll.get::<DaemonStatus>("/status").await {
+        match poll.get::<DaemonStatus>(Route::Status).await {
             Ok(status) => return Ok(status),
             Err(e) => last_err = chain(&e),
         }

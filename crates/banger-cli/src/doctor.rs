@@ -16,6 +16,7 @@ use banger_core::config::Config;
 use banger_core::error::chain;
 use banger_core::layout::Layout;
 use banger_core::probe::{self, KvmDevice, LocateError, Located, SearchPath};
+use banger_core::vmm_kind::{VmmChoice, VmmKind, choose_vmm};
 use banger_store::{MIGRATIONS, Store, StoreError};
 use serde::Serialize;
 
@@ -160,7 +161,7 @@ async fn daemon_check(layout: &Layout, conn: Conn) -> Check {
             return check("daemon", Status::Fail, chain(&e), None);
         }
     };
-    match client.get::<DaemonStatus>("/status").await {
+    match client.get::<DaemonStatus>(banger_api::Route::Status).await {
         Ok(st) if st.build == BuildInfo::current() => check(
             "daemon",
             Status::Pass,
@@ -341,21 +342,32 @@ fn vmm_checks(layout: &Layout, host: &Host) -> Vec<Check> {
         host.env.qemu_bin.as_deref(),
         &path,
     );
-    let choice = host
+    let choice = match host
         .env
         .vmm
         .as_ref()
         .and_then(|v| v.to_str())
         .filter(|v| !v.is_empty())
-        .map(str::to_string)
-        .unwrap_or(config.vmm.clone());
+    {
+        Some(v) => v.parse::<VmmChoice>().map_err(|e| e.to_string()),
+        None => Ok(config.vmm),
+    };
     let mut checks = vec![
-        vmm_binary_check("firecracker", &fc, FIRECRACKER_FIX),
-        vmm_binary_check("qemu", &qemu, QEMU_FIX),
+        vmm_binary_check(VmmKind::Firecracker.as_str(), &fc, FIRECRACKER_FIX),
+        vmm_binary_check(VmmKind::Qemu.as_str(), &qemu, QEMU_FIX),
     ];
     let hw = probe::probe_kvm(&host.dev_kvm, &host.cpuinfo).hardware_virt();
-    checks.push(match banger_core::config::choose_vmm(&choice, fc.is_ok(), qemu.is_ok()) {
-        Ok("qemu") => check(
+    let found = |k| match k {
+        VmmKind::Firecracker => fc.is_ok(),
+        VmmKind::Qemu => qemu.is_ok(),
+    };
+    let chosen = choice.and_then(|c| {
+        choose_vmm(c, found)
+            .map(|kind| (c, kind))
+            .map_err(|e| e.to_string())
+    });
+    checks.push(match chosen {
+        Ok((choice, VmmKind::Qemu)) => check(
             "VMM backend",
             Status::Pass,
             format!(
@@ -364,7 +376,7 @@ fn vmm_checks(layout: &Layout, host: &Host) -> Vec<Check> {
             ),
             None,
         ),
-        Ok(kind) => {
+        Ok((choice, kind @ VmmKind::Firecracker)) => {
             if hw {
                 check("VMM backend", Status::Pass, format!("{kind} (vmm = {choice}), acceleration KVM"), None)
             } else {

@@ -220,7 +220,7 @@ async fn daemon_status(ctx: &mut Ctx, json: bool) -> Result<u8, CliError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let mut pairs = vec![
+    let pairs = vec![
         ("version", st.build.version.clone()),
         ("commit", st.build.commit.clone()),
         ("built", st.build.build_time()),
@@ -245,14 +245,6 @@ async fn daemon_status(ctx: &mut Ctx, json: bool) -> Result<u8, CliError> {
             ),
         ),
     ];
-    // Listeners besides the socket (none yet) are shown when the daemon has some.
-    if !st.listeners.is_empty() {
-        let listeners = st
-            .listeners
-            .iter()
-            .map(|l| format!("{} {}", l.name, l.address));
-        pairs.push(("listeners", listeners.collect::<Vec<_>>().join(", ")));
-    }
     write_str(ctx, &ui::key_values(&pairs))?;
     for w in &st.config_warnings {
         ctx.ui
@@ -269,7 +261,7 @@ fn write_str(ctx: &mut Ctx, s: &str) -> Result<(), CliError> {
 async fn daemon_stop(ctx: &mut Ctx) -> Result<u8, CliError> {
     let layout = ctx.layout()?.clone();
     let client = daemonctl::client(&layout, ctx.conn()?)?;
-    match client.get::<DaemonStatus>("/status").await {
+    match client.get::<DaemonStatus>(banger_api::Route::Status).await {
         Ok(st) => {
             daemonctl::stop(&client, st.pid).await?;
             ctx.ui.line(&format!("stopped bangerd (pid {})", st.pid))?;

@@ -5,10 +5,11 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use banger_agent_proto::wire::{Health, Ports};
 use banger_api::Client;
+use banger_api::Route;
 use banger_api::types::{
-    ActionOutcome, ActionRequest, CreateVm, Ping, SshInfo, Vm, VmAction, VmSettings, VmStats,
+    ActionOutcome, ActionRequest, CreateVm, Health, Ping, Ports, SshInfo, Vm, VmAction, VmSettings,
+    VmStats, VmmKind,
 };
 use banger_core::limits::VmLimits;
 use banger_core::logs::rotated_path;
@@ -84,15 +85,14 @@ pub fn create_request(f: &CreateFlags) -> Result<CreateVm, CliError> {
         image: f.image.clone(),
         resources: settings_flags(f.cpus, &f.memory, &f.disk, &f.work_disk)?,
         nat: f.nat.then_some(true),
-        vmm: match f.vmm.as_deref() {
-            None => None,
-            Some(v @ ("firecracker" | "qemu")) => Some(v.to_string()),
-            Some(other) => {
-                return Err(CliError::Usage(format!(
-                    "--vmm must be firecracker or qemu, got {other:?}"
-                )));
-            }
-        },
+        vmm: f
+            .vmm
+            .as_deref()
+            .map(|v| {
+                v.parse::<VmmKind>()
+                    .map_err(|e| CliError::Usage(format!("--vmm: {e}")))
+            })
+            .transpose()?,
     })
 }
 
@@ -106,11 +106,11 @@ pub async fn run(cmd: VmCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
             Ok(0)
         }
         VmCommand::Run(a) => run_vm(ctx, a).await,
-        VmCommand::Start(r) => act(ctx, VmAction::Start, r.refs, None, None).await,
-        VmCommand::Stop(r) => act(ctx, VmAction::Stop, r.refs, None, None).await,
-        VmCommand::Restart(r) => act(ctx, VmAction::Restart, r.refs, None, None).await,
-        VmCommand::Kill(k) => act(ctx, VmAction::Kill, k.refs.refs, Some(k.signal), None).await,
-        VmCommand::Delete(r) => act(ctx, VmAction::Delete, r.refs, None, None).await,
+        VmCommand::Start(r) => act(ctx, VmAction::Start, r.refs).await,
+        VmCommand::Stop(r) => act(ctx, VmAction::Stop, r.refs).await,
+        VmCommand::Restart(r) => act(ctx, VmAction::Restart, r.refs).await,
+        VmCommand::Kill(k) => act(ctx, VmAction::Kill { signal: k.signal }, k.refs.refs).await,
+        VmCommand::Delete(r) => act(ctx, VmAction::Delete, r.refs).await,
         VmCommand::Set(s) => {
             let settings = settings_flags(s.cpus, &s.memory, &s.disk, &s.work_disk)?;
             if settings == VmSettings::default() {
@@ -118,12 +118,12 @@ pub async fn run(cmd: VmCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
                     "nothing to set: give --cpus, --memory, --disk or --work-disk".into(),
                 ));
             }
-            act(ctx, VmAction::Set, s.refs.refs, None, Some(settings)).await
+            act(ctx, VmAction::Set { settings }, s.refs.refs).await
         }
         VmCommand::List(l) => list(ctx, &l).await,
         VmCommand::Show(r) => {
             let (client, _) = connect(ctx).await?;
-            let vm: Vm = client.get(&format!("/vms/{}", enc(&r.reference))).await?;
+            let vm: Vm = client.get(Route::Vm(&r.reference)).await?;
             if r.json {
                 ctx.ui.json(&vm)?;
             } else {
@@ -134,9 +134,7 @@ pub async fn run(cmd: VmCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
         VmCommand::Logs(l) => logs(ctx, &l.reference, l.follow).await,
         VmCommand::Stats(r) => {
             let (client, _) = connect(ctx).await?;
-            let s: VmStats = client
-                .get(&format!("/vms/{}/stats", enc(&r.reference)))
-                .await?;
+            let s: VmStats = client.get(Route::VmStats(&r.reference)).await?;
             if r.json {
                 ctx.ui.json(&s)?;
             } else {
@@ -177,9 +175,7 @@ pub async fn run(cmd: VmCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
         }
         VmCommand::Health(r) => {
             let (client, _) = connect(ctx).await?;
-            let h: Health = client
-                .get(&format!("/vms/{}/health", enc(&r.reference)))
-                .await?;
+            let h: Health = client.get(Route::VmHealth(&r.reference)).await?;
             if r.json {
                 ctx.ui.json(&h)?;
             } else {
@@ -198,9 +194,7 @@ pub async fn run(cmd: VmCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
         }
         VmCommand::Ping(r) => {
             let (client, _) = connect(ctx).await?;
-            let p: Ping = client
-                .get(&format!("/vms/{}/ping", enc(&r.reference)))
-                .await?;
+            let p: Ping = client.get(Route::VmPing(&r.reference)).await?;
             if r.json {
                 ctx.ui.json(&p)?;
             } else {
@@ -216,8 +210,8 @@ pub async fn run(cmd: VmCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
         VmCommand::Ports(r) => ports(ctx, &r.reference, r.json).await,
         VmCommand::Ssh(s) => {
             let (client, _) = connect(ctx).await?;
-            let vm: Vm = client.get(&format!("/vms/{}", enc(&s.reference))).await?;
-            let info: SshInfo = client.get("/ssh").await?;
+            let vm: Vm = client.get(Route::Vm(&s.reference)).await?;
+            let info: SshInfo = client.get(Route::Ssh).await?;
             if vm.state != banger_api::types::VmState::Running {
                 return Err(CliError::Usage(format!(
                     "VM {} is {}; start it with: banger vm start {}",
@@ -225,7 +219,7 @@ pub async fn run(cmd: VmCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
                 )));
             }
             // A VM that just started may not have its sshd up yet.
-            let ip = vm.ip.clone().unwrap_or_default();
+            let ip = vm.ip.map(|ip| ip.to_string()).unwrap_or_default();
             if !banger_api::probe::wait_ssh(&ip, Duration::from_secs(info.wait_secs)).await {
                 return Err(CliError::SshTimeout {
                     vm: vm.name.clone(),
@@ -242,16 +236,6 @@ pub async fn run(cmd: VmCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
     }
 }
 
-/// Percent-encodes a path segment (names and ids are plain, but user input may not be).
-pub(crate) fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// Creates a VM, printing each stage to stderr as `[label] stage: detail`.
 async fn create(
     ctx: &mut Ctx,
@@ -262,7 +246,7 @@ async fn create(
     let prefix = ctx.ui.paint_err(Style::Dim, &format!("[{label}]"));
     let mut err = std::io::stderr();
     let vm: Vm = client
-        .stream("/vms", req, |stage, detail, _ms| {
+        .stream(Route::VmCreate, req, |stage, detail, _ms| {
             // Stage details may quote an image or a guest.
             let (stage, detail) = (escape(stage, Mode::Text), escape(detail, Mode::Text));
             let (stage, detail) = (stage.as_ref(), detail.as_ref());
@@ -277,23 +261,15 @@ async fn create(
     Ok(vm)
 }
 
-async fn act(
-    ctx: &mut Ctx,
-    action: VmAction,
-    refs: Vec<String>,
-    signal: Option<String>,
-    settings: Option<VmSettings>,
-) -> Result<u8, CliError> {
+async fn act(ctx: &mut Ctx, action: VmAction, refs: Vec<String>) -> Result<u8, CliError> {
     let (client, _) = connect(ctx).await?;
     // Stopping or starting many VMs takes as long as it takes, while the daemon is alive.
     let outcomes: Vec<ActionOutcome> = client
         .post_long(
-            "/vms/actions",
+            Route::VmActions,
             &ActionRequest {
-                action,
                 refs,
-                signal,
-                settings,
+                action: action.clone(),
             },
         )
         .await?;
@@ -332,7 +308,7 @@ async fn act(
 async fn list(ctx: &mut Ctx, l: &ListArgs) -> Result<u8, CliError> {
     let (client, _) = connect(ctx).await?;
     let all = l.all || l.latest;
-    let mut vms: Vec<Vm> = client.get(&format!("/vms?all={all}")).await?;
+    let mut vms: Vec<Vm> = client.get(Route::VmList { all }).await?;
     if l.latest {
         vms.sort_by(|a, b| a.created_at.cmp(&b.created_at));
         vms = vms.pop().into_iter().collect();
@@ -357,10 +333,10 @@ async fn list(ctx: &mut Ctx, l: &ListArgs) -> Result<u8, CliError> {
                     v.name.clone().into(),
                     state,
                     v.image.clone().into(),
-                    v.ip.clone().unwrap_or_default().into(),
+                    v.ip.map(|ip| ip.to_string()).unwrap_or_default().into(),
                     v.cpus.to_string().into(),
                     ByteSize::mib(v.memory_mib).to_string().into(),
-                    v.vmm.clone().into(),
+                    v.vmm.as_str().into(),
                     v.workspace.clone().unwrap_or_else(|| "-".into()).into(),
                 ]
             })
@@ -395,13 +371,13 @@ fn show(ctx: &mut Ctx, vm: &Vm) -> Result<(), CliError> {
         ("name", vm.name.clone()),
         ("state", vm.state.to_string()),
         ("image", vm.image.clone()),
-        ("vmm", vm.vmm.clone()),
+        ("vmm", vm.vmm.to_string()),
         ("cpus", vm.cpus.to_string()),
         ("memory", ByteSize::mib(vm.memory_mib).to_string()),
         ("disk", ByteSize(vm.disk_bytes).to_string()),
         ("work disk", ByteSize(vm.work_disk_bytes).to_string()),
-        ("ip", opt(&vm.ip)),
-        ("mac", opt(&vm.mac)),
+        ("ip", opt(&vm.ip.map(|ip| ip.to_string()))),
+        ("mac", opt(&vm.mac.map(|m| m.to_string()))),
         ("tap", opt(&vm.tap)),
         ("nat", if vm.nat { "on" } else { "off" }.to_string()),
         ("pid", vm.pid.map_or("-".into(), |p| p.to_string())),
@@ -422,7 +398,7 @@ fn show(ctx: &mut Ctx, vm: &Vm) -> Result<(), CliError> {
 /// a file, escaped on a terminal (see [`crate::logview`]).
 async fn logs(ctx: &mut Ctx, reference: &str, follow: bool) -> Result<u8, CliError> {
     let (client, _) = connect(ctx).await?;
-    let vm: Vm = client.get(&format!("/vms/{}", enc(reference))).await?;
+    let vm: Vm = client.get(Route::Vm(reference)).await?;
     let escape = ctx.ui.stdout_is_terminal();
     let mut tails = [
         ("console", Tail::new(vm.console_log.clone(), escape)),
@@ -473,10 +449,8 @@ async fn logs(ctx: &mut Ctx, reference: &str, follow: bool) -> Result<u8, CliErr
 
 async fn ports(ctx: &mut Ctx, reference: &str, json: bool) -> Result<u8, CliError> {
     let (client, _) = connect(ctx).await?;
-    let vm: Vm = client.get(&format!("/vms/{}", enc(reference))).await?;
-    let p: Ports = client
-        .get(&format!("/vms/{}/ports", enc(reference)))
-        .await?;
+    let vm: Vm = client.get(Route::Vm(reference)).await?;
+    let p: Ports = client.get(Route::VmPorts(reference)).await?;
     if json {
         ctx.ui.json(&p)?;
         return Ok(0);
@@ -563,7 +537,7 @@ pub fn ssh_args(ip: &str, key: &Path, command: &[String]) -> Vec<String> {
 fn ssh(vm: &Vm, info: &SshInfo, command: &[String]) -> Result<u8, CliError> {
     let ip = vm
         .ip
-        .clone()
+        .map(|ip| ip.to_string())
         .ok_or_else(|| CliError::Usage(format!("VM {} has no IP", vm.name)))?;
     let status = std::process::Command::new("ssh")
         .args(ssh_args(&ip, &info.private_key, command))
@@ -591,7 +565,7 @@ async fn still_running_reminder(
     client: &Client,
     name: &str,
 ) -> Result<(), CliError> {
-    if let Ok(vm) = client.get::<Vm>(&format!("/vms/{}", enc(name))).await
+    if let Ok(vm) = client.get::<Vm>(Route::Vm(name)).await
         && vm.state == banger_api::types::VmState::Running
     {
         ctx.ui.note(&ctx.ui.paint_err(
@@ -605,15 +579,15 @@ async fn still_running_reminder(
 async fn run_vm(ctx: &mut Ctx, a: RunArgs) -> Result<u8, CliError> {
     let req = create_request(&a.create)?;
     let (client, _) = connect(ctx).await?;
-    let info: SshInfo = client.get("/ssh").await?;
+    let info: SshInfo = client.get(Route::Ssh).await?;
     let vm = create(ctx, &client, &req, "vm create").await?;
     let tag = ctx.ui.paint_err(Style::Dim, "[vm run]");
     let secs = a.ssh_timeout.unwrap_or(info.wait_secs);
     ctx.ui.note(&format!(
         "{tag} wait ssh: {} (up to {secs}s)",
-        vm.ip.clone().unwrap_or_default()
+        vm.ip.map(|ip| ip.to_string()).unwrap_or_default()
     ))?;
-    let ip = vm.ip.clone().unwrap_or_default();
+    let ip = vm.ip.map(|ip| ip.to_string()).unwrap_or_default();
     if !banger_api::probe::wait_ssh(&ip, Duration::from_secs(secs)).await {
         // Keep the VM for a post-mortem, even with --rm.
         return Err(CliError::SshTimeout {
@@ -629,12 +603,10 @@ async fn run_vm(ctx: &mut Ctx, a: RunArgs) -> Result<u8, CliError> {
         let cleanup = tokio::time::timeout(
             Duration::from_secs(60),
             client.post_long::<_, Vec<ActionOutcome>>(
-                "/vms/actions",
+                Route::VmActions,
                 &ActionRequest {
-                    action: VmAction::Delete,
                     refs: vec![vm.id.clone()],
-                    signal: None,
-                    settings: None,
+                    action: VmAction::Delete,
                 },
             ),
         )
@@ -763,18 +735,12 @@ mod tests {
         );
     }
 
-    #[test]
-    fn path_segments_are_encoded() {
-        assert_eq!(enc("web-1"), "web-1");
-        assert_eq!(enc("a/b c"), "a%2Fb%20c");
-    }
-
     // Adversarial corpus: terminal escaping of guest text in `vm ports` and `vm logs`.
 
-    fn listener(port: u16, process: &str, command: &str) -> banger_agent_proto::wire::Listener {
-        banger_agent_proto::wire::Listener {
-            proto: banger_agent_proto::wire::Proto::Tcp,
-            family: banger_agent_proto::wire::Family::Ipv4,
+    fn listener(port: u16, process: &str, command: &str) -> banger_api::types::PortListener {
+        banger_api::types::PortListener {
+            proto: banger_api::types::Proto::Tcp,
+            family: banger_api::types::Family::Ipv4,
             address: "0.0.0.0".into(),
             port,
             pid: Some(u32::from(port)),

@@ -9,30 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::size::{ByteSize, parse_size};
-
-/// Values of the `vmm` key.
-pub const VMM_CHOICES: [&str; 3] = ["auto", "firecracker", "qemu"];
-
-/// Which backend new VMs get: `choice` is the config's `vmm` (or `BANGER_VMM`), and whether
-/// each backend's binary was found. `auto` prefers Firecracker. Shared by the daemon (which
-/// decides) and `banger doctor` (which reports), so both agree.
-pub fn choose_vmm(choice: &str, firecracker: bool, qemu: bool) -> Result<&'static str, String> {
-    match (choice, firecracker, qemu) {
-        ("auto", true, _) | ("firecracker", true, _) => Ok("firecracker"),
-        ("auto", false, true) | ("qemu", _, true) => Ok("qemu"),
-        ("auto", false, false) => {
-            Err("neither firecracker nor qemu-system-x86_64 was found".to_string())
-        }
-        ("firecracker", false, _) => {
-            Err("vmm = firecracker, but no firecracker binary was found".into())
-        }
-        ("qemu", _, false) => Err("vmm = qemu, but no qemu-system-x86_64 binary was found".into()),
-        (other, _, _) => Err(format!(
-            "vmm {other:?} is not one of {}",
-            VMM_CHOICES.join(", ")
-        )),
-    }
-}
+use crate::vmm_kind::VmmChoice;
 
 /// Log levels the daemon accepts.
 pub const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
@@ -45,7 +22,7 @@ pub struct Config {
     pub log_level: String,
     /// VMM backend for new VMs: `auto` (Firecracker when its binary is found, else QEMU),
     /// `firecracker` or `qemu`. `BANGER_VMM` overrides it.
-    pub vmm: String,
+    pub vmm: VmmChoice,
     /// The Firecracker binary; else `BANGER_FIRECRACKER_BIN`, else `firecracker` on PATH.
     pub firecracker_bin: Option<PathBuf>,
     /// The QEMU binary; else `BANGER_QEMU_BIN`, else `qemu-system-x86_64` on PATH.
@@ -92,7 +69,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             log_level: "info".to_string(),
-            vmm: "auto".to_string(),
+            vmm: VmmChoice::Auto,
             firecracker_bin: None,
             qemu_bin: None,
             bridge_name: "banger0".to_string(),
@@ -179,13 +156,6 @@ impl Config {
                 "log_level",
                 self.log_level.clone(),
                 format!("expected one of {}", LOG_LEVELS.join(", ")),
-            ));
-        }
-        if !VMM_CHOICES.contains(&self.vmm.as_str()) {
-            return Err(bad(
-                "vmm",
-                self.vmm.clone(),
-                format!("expected one of {}", VMM_CHOICES.join(", ")),
             ));
         }
         let name = &self.bridge_name;
@@ -291,13 +261,11 @@ mod tests {
     }
 
     #[test]
-    fn vmm_choice() {
-        assert_eq!(choose_vmm("auto", true, true), Ok("firecracker"));
-        assert_eq!(choose_vmm("auto", false, true), Ok("qemu"));
-        assert!(choose_vmm("auto", false, false).is_err());
-        assert_eq!(choose_vmm("qemu", true, true), Ok("qemu"));
-        assert!(choose_vmm("firecracker", false, true).is_err());
-        assert!(choose_vmm("kvmtool", true, true).is_err());
+    fn vmm_is_a_typed_choice() {
+        use crate::vmm_kind::VmmKind;
+        assert_eq!(Config::default().vmm, VmmChoice::Auto);
+        let l = parse("vmm = \"qemu\"\n").unwrap();
+        assert_eq!(l.config.vmm, VmmChoice::Kind(VmmKind::Qemu));
     }
 
     #[test]

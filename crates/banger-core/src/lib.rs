@@ -16,6 +16,8 @@
 //! - [`logs`]: the names of a VM's console and VMM logs and their rotated parts.
 //! - [`quote`]: quoting a bounded prefix of a peer's bytes in an error message, and a word
 //!   for a POSIX shell.
+//! - [`vmm_kind`]: which VMM runs a VM, and the config's choice of one.
+//! - [`vm`]: a VM's lifecycle state and guest MAC address.
 
 pub mod build;
 pub mod config;
@@ -30,3 +32,5 @@ pub mod probe;
 pub mod quote;
 pub mod runner;
 pub mod size;
+pub mod vm;
+pub mod vmm_kind;

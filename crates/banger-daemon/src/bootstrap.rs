@@ -22,25 +22,12 @@ use crate::state::AppState;
 /// The static guest agent to inject, checked.
 fn agent_bin(state: &AppState) -> Result<PathBuf, OpError> {
     let Some(path) = state.opts.agent_bin.clone() else {
-        return Err(OpError::Invalid {
-            what: "the guest agent binary was not found next to bangerd; set BANGER_AGENT_BIN \
-                   or build with scripts/build"
-                .into(),
-        });
+        return Err(OpError::AgentBinMissing);
     };
     match banger_core::elf::is_static(&path) {
         Ok(true) => Ok(path),
-        Ok(false) => Err(OpError::Invalid {
-            what: format!(
-                "the guest agent {} is dynamically linked and would not run in guests; build it \
-                 with scripts/build (RUSTFLAGS='-C target-feature=+crt-static') or point \
-                 BANGER_AGENT_BIN at a static build",
-                path.display()
-            ),
-        }),
-        Err(why) => Err(OpError::Invalid {
-            what: format!("the guest agent {}: {why}", path.display()),
-        }),
+        Ok(false) => Err(OpError::AgentBinDynamic { path }),
+        Err(why) => Err(OpError::AgentBinUnreadable { path, why }),
     }
 }
 
@@ -63,11 +50,8 @@ pub async fn bootstrap(
         .name
         .strip_prefix("debian-")
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| OpError::Invalid {
-            what: format!(
-                "cannot bootstrap {:?}: banger builds debian-SUITE images (e.g. debian-bookworm)",
-                req.name
-            ),
+        .ok_or_else(|| OpError::NotBootstrappable {
+            name: req.name.clone(),
         })?
         .to_string();
     if state.find_image(&req.name).is_ok() {
@@ -78,12 +62,7 @@ pub async fn bootstrap(
         None => {
             let mut all = state.db(|s| s.list_kernels())?;
             all.sort_by(|a, b| a.created_at.cmp(&b.created_at));
-            all.pop().ok_or_else(|| OpError::Invalid {
-                what: "no kernel is imported; import this host's kernel first with: banger \
-                       kernel import host --from / (on Debian: apt-get install \
-                       linux-image-cloud-amd64)"
-                    .into(),
-            })?
+            all.pop().ok_or(OpError::NoKernelImported)?
         }
     };
     let agent = agent_bin(&state)?;
@@ -218,12 +197,7 @@ async fn register_bundle(
     }
     if state.db(|s| s.get_kernel(&kernel_ref))?.is_none() {
         cleanup(&dir);
-        return Err(OpError::Invalid {
-            what: format!(
-                "the bundle boots kernel {kernel_ref:?}, which is not imported; import it (banger \
-                 kernel import {kernel_ref} --from DIR) or pass --kernel-ref"
-            ),
-        });
+        return Err(OpError::BundleKernelMissing { kernel: kernel_ref });
     }
     let rootfs_bytes = std::fs::metadata(&rootfs)
         .map_err(OpError::io("stat", &rootfs))?
@@ -246,8 +220,8 @@ async fn register_bundle(
     };
     if let Err(e) = state.db(|s| s.insert_image(&row)) {
         cleanup(&dir);
-        return Err(OpError::image_insert(e, &row.name));
+        return Err(OpError::image_insert(e));
     }
     tracing::info!(image = %row.name, bundle = %bundle.display(), "bundle registered");
-    Ok(state.image_view(&row))
+    state.image_view(&row)
 }

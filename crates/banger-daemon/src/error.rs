@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use banger_api::{ApiError, ErrorKind};
 use banger_core::limits::LimitError;
 use banger_core::names::NameError;
+use banger_core::size::ByteSize;
 use banger_store::{Constraint, StoreError};
 
 /// Why an operation on a VM or image failed.
@@ -30,12 +31,81 @@ pub enum OpError {
     ImageNotFound { reference: String },
     #[error("kernel {name:?} is not imported (see banger kernel list)")]
     KernelNotFound { name: String },
+    #[error("{reference:?} matches several images: {}", candidates.join(", "))]
+    ImageAmbiguous {
+        reference: String,
+        candidates: Vec<String>,
+    },
     #[error(transparent)]
     Name(#[from] NameError),
-    #[error("{what}")]
-    Invalid { what: String },
     #[error(transparent)]
     Limit(#[from] LimitError),
+    /// A `vm set` beyond the VM's own backend's limits.
+    #[error("VM {vm}")]
+    VmLimit {
+        vm: String,
+        #[source]
+        source: Box<LimitError>,
+    },
+    #[error("nothing to set: give --cpus, --memory, --disk or --work-disk")]
+    NothingToSet,
+    #[error(transparent)]
+    Signal(#[from] banger_vmm::process::ParseSignalError),
+    #[error("{disk} cannot shrink from {from} to {to}")]
+    DiskShrink {
+        vm: String,
+        disk: &'static str,
+        from: ByteSize,
+        to: ByteSize,
+    },
+    /// A VM row without the address its creation gave it: banger's own bug.
+    #[error("VM {vm} has no address")]
+    NoAddress { vm: String },
+    #[error(
+        "the guest agent binary was not found next to bangerd; set BANGER_AGENT_BIN or build with scripts/build"
+    )]
+    AgentBinMissing,
+    #[error(
+        "the guest agent {} is dynamically linked and would not run in guests; build it with scripts/build (RUSTFLAGS='-C target-feature=+crt-static') or point BANGER_AGENT_BIN at a static build",
+        path.display()
+    )]
+    AgentBinDynamic { path: PathBuf },
+    #[error("the guest agent {}: {why}", path.display())]
+    AgentBinUnreadable { path: PathBuf, why: String },
+    #[error("cannot bootstrap {name:?}: banger builds debian-SUITE images (e.g. debian-bookworm)")]
+    NotBootstrappable { name: String },
+    #[error(
+        "no kernel is imported; import this host's kernel first with: banger kernel import host --from / (on Debian: apt-get install linux-image-cloud-amd64)"
+    )]
+    NoKernelImported,
+    #[error(
+        "the bundle boots kernel {kernel:?}, which is not imported; import it (banger kernel import {kernel} --from DIR) or pass --kernel-ref"
+    )]
+    BundleKernelMissing { kernel: String },
+    #[error(transparent)]
+    KernelSource(#[from] banger_api::types::KernelSourceError),
+    /// A file handed in by the user (`what`: rootfs, kernel, initrd) that banger refuses.
+    #[error("{what} {}: {why}", path.display())]
+    InputFile {
+        what: String,
+        path: PathBuf,
+        why: String,
+    },
+    #[error("{what} path {} must be absolute", path.display())]
+    InputNotAbsolute { what: String, path: PathBuf },
+    #[error("modules {} is not a directory", path.display())]
+    ModulesNotADir { path: PathBuf },
+    #[error("--from {} must be an existing directory", path.display())]
+    KernelTreeNotADir { path: PathBuf },
+    #[error(
+        "{what} is not a clean ext4 filesystem (e2fsck -fn exit code {}): {detail}",
+        code.map_or("none".to_string(), |c| c.to_string())
+    )]
+    RootfsNotClean {
+        what: String,
+        code: Option<i32>,
+        detail: String,
+    },
     #[error("a VM named {name:?} already exists")]
     NameTaken { name: String },
     #[error("a kernel named {name:?} already exists (use --force to replace it)")]
@@ -77,7 +147,10 @@ pub enum OpError {
         source: banger_agent_proto::client::ClientError,
     },
     #[error("the {kind} VMM is unavailable: {why}")]
-    VmmUnavailable { kind: String, why: String },
+    VmmUnavailable {
+        kind: banger_core::vmm_kind::VmmKind,
+        why: String,
+    },
     #[error("VM {vm:?} is not running")]
     NotRunning { vm: String },
     #[error("cancelled: the client went away")]
@@ -121,9 +194,28 @@ impl OpError {
             Self::VmNotFound { .. } | Self::ImageNotFound { .. } | Self::KernelNotFound { .. } => {
                 ErrorKind::NotFound
             }
-            Self::Ambiguous { .. } | Self::Name(_) | Self::Invalid { .. } | Self::Limit(_) => {
-                ErrorKind::BadRequest
-            }
+            Self::Ambiguous { .. }
+            | Self::ImageAmbiguous { .. }
+            | Self::Name(_)
+            | Self::Limit(_)
+            | Self::VmLimit { .. }
+            | Self::NothingToSet
+            | Self::Signal(_)
+            | Self::DiskShrink { .. }
+            | Self::NotBootstrappable { .. }
+            | Self::NoKernelImported
+            | Self::BundleKernelMissing { .. }
+            | Self::KernelSource(_)
+            | Self::InputFile { .. }
+            | Self::InputNotAbsolute { .. }
+            | Self::ModulesNotADir { .. }
+            | Self::KernelTreeNotADir { .. }
+            | Self::RootfsNotClean { .. } => ErrorKind::BadRequest,
+            // The daemon's host lacks a usable guest agent to inject.
+            Self::AgentBinMissing
+            | Self::AgentBinDynamic { .. }
+            | Self::AgentBinUnreadable { .. } => ErrorKind::BadRequest,
+            Self::NoAddress { .. } => ErrorKind::Internal,
             Self::NameTaken { .. } | Self::ImageNameTaken { .. } | Self::KernelNameTaken { .. } => {
                 ErrorKind::AlreadyExists
             }
@@ -148,15 +240,21 @@ impl OpError {
         }
     }
 
-    /// An image row that could not be inserted: its name taken (`UNIQUE(name)`), else the
-    /// store's own error, classified by its constraint.
-    pub fn image_insert(e: StoreError, name: &str) -> Self {
-        if e.is_unique_conflict("images", "name") {
-            Self::ImageNameTaken {
-                name: name.to_string(),
-            }
-        } else {
-            Self::Store(e)
+    /// An image row that could not be inserted: its name taken ([`StoreError::NameTaken`]),
+    /// else the store's own error, classified by its constraint.
+    pub fn image_insert(e: StoreError) -> Self {
+        match e {
+            StoreError::NameTaken { name, .. } => Self::ImageNameTaken { name },
+            other => Self::Store(other),
+        }
+    }
+
+    /// A VM row that could not be inserted: its name taken ([`StoreError::NameTaken`]),
+    /// else the store's own error.
+    pub fn vm_insert(e: StoreError) -> Self {
+        match e {
+            StoreError::NameTaken { name, .. } => Self::NameTaken { name },
+            other => Self::Store(other),
         }
     }
 
@@ -169,10 +267,25 @@ impl OpError {
 /// An I/O error: a full disk or quota, or a file larger than the host's filesystem holds, is
 /// the host's storage; anything else is banger's own failure.
 fn io_kind(e: &std::io::Error) -> ErrorKind {
-    match e.raw_os_error() {
-        Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG) => ErrorKind::InsufficientStorage,
-        _ => ErrorKind::Internal,
+    let full = matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG)
+    );
+    storage_or(full, ErrorKind::Internal)
+}
+
+/// `insufficient storage` when the host ran out of room, else `otherwise`.
+fn storage_or(full: bool, otherwise: ErrorKind) -> ErrorKind {
+    if full {
+        ErrorKind::InsufficientStorage
+    } else {
+        otherwise
     }
+}
+
+/// Whether `kind` (of an I/O error or a tool's words) is a full disk or quota.
+fn is_full(kind: ErrorKind) -> bool {
+    kind == ErrorKind::InsufficientStorage
 }
 
 /// What a host tool printed: tools report a full disk with the C library's words.
@@ -182,19 +295,15 @@ fn text_kind(text: &str) -> ErrorKind {
         "Disk quota exceeded",
         "File too large",
     ];
-    if STORAGE.iter().any(|s| text.contains(s)) {
-        ErrorKind::InsufficientStorage
-    } else {
-        ErrorKind::Internal
-    }
+    storage_or(
+        STORAGE.iter().any(|s| text.contains(s)),
+        ErrorKind::Internal,
+    )
 }
 
 /// A host program that cannot be started (not installed) makes the operation unavailable.
 fn spawn_kind(e: &banger_core::runner::SpawnError) -> ErrorKind {
-    match io_kind(&e.source) {
-        ErrorKind::InsufficientStorage => ErrorKind::InsufficientStorage,
-        _ => ErrorKind::Unavailable,
-    }
+    storage_or(is_full(io_kind(&e.source)), ErrorKind::Unavailable)
 }
 
 fn store_kind(e: &StoreError) -> ErrorKind {
@@ -209,6 +318,10 @@ fn store_kind(e: &StoreError) -> ErrorKind {
                 ErrorKind::Internal
             }
         },
+        // Callers turn it into the name conflict of their table; uncaught, it is a conflict.
+        StoreError::NameTaken { .. } => ErrorKind::Conflict,
+        // A stored value banger cannot read: its own state is broken.
+        StoreError::Corrupt(_) => ErrorKind::Internal,
         StoreError::CreateDir { source, .. } => io_kind(source),
         StoreError::Open { .. }
         | StoreError::Missing { .. }
@@ -248,10 +361,7 @@ fn image_kind(e: &banger_image::ImageError) -> ErrorKind {
     match e {
         I::Io { source, .. } => io_kind(source),
         // A tar that cannot be read is a bad input, unless the host ran out of room.
-        I::TarRead { source, .. } => match io_kind(source) {
-            ErrorKind::InsufficientStorage => ErrorKind::InsufficientStorage,
-            _ => ErrorKind::BadRequest,
-        },
+        I::TarRead { source, .. } => storage_or(is_full(io_kind(source)), ErrorKind::BadRequest),
         I::Entry { .. }
         | I::Compression { .. }
         | I::Bundle { .. }
@@ -280,10 +390,7 @@ fn kernel_kind(e: &banger_kernel::KernelError) -> ErrorKind {
         | K::NoKernelImage { .. } => ErrorKind::BadRequest,
         K::AlreadyExists { .. } => ErrorKind::AlreadyExists,
         // Reading the user's tree: unreadable input is theirs.
-        K::Read { source, .. } => match io_kind(source) {
-            ErrorKind::InsufficientStorage => ErrorKind::InsufficientStorage,
-            _ => ErrorKind::BadRequest,
-        },
+        K::Read { source, .. } => storage_or(is_full(io_kind(source)), ErrorKind::BadRequest),
         K::Write { source, .. }
         | K::Copy { source, .. }
         | K::Rename { source, .. }
@@ -304,10 +411,9 @@ fn vmm_kind(e: &banger_vmm::VmmError) -> ErrorKind {
         V::RunDir { source, .. } | V::OpenLog { source, .. } => io_kind(source),
         // The VMM cannot run, or refused this guest (its log tail is in the message).
         V::Spawn { .. } => ErrorKind::Unavailable,
-        V::ExitedDuringStart { tail, .. } => match text_kind(tail) {
-            ErrorKind::InsufficientStorage => ErrorKind::InsufficientStorage,
-            _ => ErrorKind::Unavailable,
-        },
+        V::ExitedDuringStart { tail, .. } => {
+            storage_or(is_full(text_kind(tail)), ErrorKind::Unavailable)
+        }
         V::NotReady { .. } => ErrorKind::Unavailable,
         V::Api { .. } | V::Qmp { .. } => ErrorKind::Internal,
     }
@@ -363,6 +469,21 @@ mod tests {
     }
 
     fn store_err(sql_setup: &'static str, sql: &str) -> StoreError {
+        store_err_as(sql_setup, sql, |s, e| s.write_error("write")(e))
+    }
+
+    /// The error `sql` makes, as an insert of `name` into `images` reports it.
+    fn image_insert_err(sql_setup: &'static str, sql: &str, name: &str) -> StoreError {
+        store_err_as(sql_setup, sql, |s, e| {
+            s.insert_error("insert", "images", name)(e)
+        })
+    }
+
+    fn store_err_as(
+        sql_setup: &'static str,
+        sql: &str,
+        wrap: impl FnOnce(&banger_store::Store, banger_store::rusqlite::Error) -> StoreError,
+    ) -> StoreError {
         let dir = tempfile::tempdir().unwrap();
         let s = banger_store::Store::open_with(
             &dir.path().join("t.db"),
@@ -374,7 +495,7 @@ mod tests {
         )
         .unwrap();
         let e = s.conn().execute_batch(sql).unwrap_err();
-        s.write_error("write")(e)
+        wrap(&s, e)
     }
 
     #[test]
@@ -492,18 +613,20 @@ mod tests {
         let check = OpError::Store(store_err(setup, "INSERT INTO t VALUES (1, 'a', 'x', 0);"));
         assert_eq!(check.kind(), ErrorKind::Internal);
         // Only the caller's match on UNIQUE(name) says "already exists".
-        let name = store_err(
+        let name = image_insert_err(
             "CREATE TABLE images (id TEXT PRIMARY KEY, name TEXT UNIQUE);",
             "INSERT INTO images VALUES ('1', 'a'); INSERT INTO images VALUES ('2', 'a');",
+            "a",
         );
-        let e = OpError::image_insert(name, "a");
+        let e = OpError::image_insert(name);
         assert!(matches!(e, OpError::ImageNameTaken { .. }), "{e:?}");
         assert_eq!(e.kind(), ErrorKind::AlreadyExists);
-        let other = store_err(
+        let other = image_insert_err(
             "CREATE TABLE images (id TEXT PRIMARY KEY, name TEXT UNIQUE);",
             "INSERT INTO images VALUES ('1', 'a'); INSERT INTO images VALUES ('1', 'b');",
+            "b",
         );
-        let e = OpError::image_insert(other, "b");
+        let e = OpError::image_insert(other);
         assert_eq!(e.kind(), ErrorKind::Conflict, "{e:?}");
     }
 }

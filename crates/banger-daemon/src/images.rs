@@ -21,7 +21,7 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt}
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use banger_api::types::{Image, RegisterImage};
+use banger_api::types::{Deleted, Image, RegisterImage};
 use banger_core::names::validate_image_name;
 use banger_store::ImageRow;
 
@@ -58,15 +58,15 @@ impl AppState {
         scratch_path(&self.opts.layout.state_dir)
     }
 
-    pub fn image_view(&self, row: &ImageRow) -> Image {
+    /// The API view of an image row, with the VMs using it.
+    pub fn image_view(&self, row: &ImageRow) -> Result<Image, OpError> {
         let used_by = self
-            .vm_rows()
-            .unwrap_or_default()
+            .vm_rows()?
             .into_iter()
             .filter(|v| v.image_id == row.id)
             .map(|v| v.name)
             .collect();
-        Image {
+        Ok(Image {
             id: row.id.clone(),
             name: row.name.clone(),
             rootfs_bytes: row.rootfs_bytes,
@@ -80,7 +80,7 @@ impl AppState {
             description: row.description.clone(),
             created_at: row.created_at.clone(),
             used_by,
-        }
+        })
     }
 
     pub fn find_image(&self, reference: &str) -> Result<ImageRow, OpError> {
@@ -110,12 +110,15 @@ pub enum InputKind {
 /// Checks a file handed in by the user before anything is created (see the module docs);
 /// `what` names it in the error (`"rootfs"`, `"kernel"`...).
 pub fn check_input_file(what: &str, p: &Path, kind: InputKind) -> Result<(), OpError> {
-    let bad = |why: String| OpError::Invalid {
-        what: format!("{what} {}: {why}", p.display()),
+    let bad = |why: String| OpError::InputFile {
+        what: what.to_string(),
+        path: p.to_path_buf(),
+        why,
     };
     if !p.is_absolute() {
-        return Err(OpError::Invalid {
-            what: format!("{what} path {} must be absolute", p.display()),
+        return Err(OpError::InputNotAbsolute {
+            what: what.to_string(),
+            path: p.to_path_buf(),
         });
     }
     let lmeta = std::fs::symlink_metadata(p).map_err(|e| bad(e.to_string()))?;
@@ -174,18 +177,17 @@ fn check_kernel_magic(file: File) -> Result<(), String> {
 }
 
 /// Checks that the image `rootfs` (a staged copy) is a clean ext4 filesystem; a refusal
-/// is the user's problem ([`OpError::Invalid`]) and says what e2fsck found.
+/// is the user's problem ([`OpError::RootfsNotClean`]) and says what e2fsck found.
 pub fn check_rootfs(
     runner: &dyn banger_core::runner::CommandRunner,
     what: &str,
     rootfs: &Path,
 ) -> Result<(), OpError> {
     banger_disk::check_clean(runner, rootfs).map_err(|e| match e {
-        banger_disk::DiskError::NotCleanExt4 { detail, code, .. } => OpError::Invalid {
-            what: format!(
-                "{what} is not a clean ext4 filesystem (e2fsck -fn exit code {}): {detail}",
-                code.map_or("none".to_string(), |c| c.to_string())
-            ),
+        banger_disk::DiskError::NotCleanExt4 { detail, code, .. } => OpError::RootfsNotClean {
+            what: what.to_string(),
+            code,
+            detail,
         },
         other => OpError::Disk {
             vm: format!("({what})"),
@@ -197,8 +199,7 @@ pub fn check_rootfs(
 /// Registers local files as a managed image.
 pub async fn register(state: Arc<AppState>, req: RegisterImage) -> Result<Image, OpError> {
     validate_image_name(&req.name)?;
-    req.check_kernel_source()
-        .map_err(|what| OpError::Invalid { what })?;
+    req.check_kernel_source()?;
     check_input_file("rootfs", &req.rootfs, InputKind::Any)?;
     if let Some(k) = &req.kernel {
         check_input_file("kernel", k, InputKind::Kernel)?;
@@ -209,9 +210,7 @@ pub async fn register(state: Arc<AppState>, req: RegisterImage) -> Result<Image,
     if let Some(m) = &req.modules
         && !m.is_dir()
     {
-        return Err(OpError::Invalid {
-            what: format!("modules {} is not a directory", m.display()),
-        });
+        return Err(OpError::ModulesNotADir { path: m.clone() });
     }
     if let Some(k) = &req.kernel_ref
         && state.db(|s| s.get_kernel(k))?.is_none()
@@ -256,10 +255,10 @@ pub async fn register(state: Arc<AppState>, req: RegisterImage) -> Result<Image,
     };
     if let Err(e) = state.db(|s| s.insert_image(&row)) {
         let _ = tokio::fs::remove_dir_all(&final_dir).await;
-        return Err(OpError::image_insert(e, &row.name));
+        return Err(OpError::image_insert(e));
     }
     tracing::info!(image = %row.name, id = %row.id, "image registered");
-    Ok(state.image_view(&row))
+    state.image_view(&row)
 }
 
 struct Staged {
@@ -326,8 +325,19 @@ fn copy_tree(src: &Path, dst: &Path) -> Result<(), OpError> {
     Ok(())
 }
 
+/// Every image, by name.
+pub fn list(state: &AppState) -> Result<Vec<Image>, OpError> {
+    let rows = state.db(|s| s.list_images())?;
+    rows.iter().map(|r| state.image_view(r)).collect()
+}
+
+/// The image `reference` names.
+pub fn show(state: &AppState, reference: &str) -> Result<Image, OpError> {
+    state.image_view(&state.find_image(reference)?)
+}
+
 /// Deletes an image and its files; refused while a VM uses it.
-pub async fn delete(state: Arc<AppState>, reference: &str) -> Result<(), OpError> {
+pub async fn delete(state: Arc<AppState>, reference: &str) -> Result<Deleted, OpError> {
     let _g = state.locks.images().await;
     let row = state.find_image(reference)?;
     let users: Vec<String> = state
@@ -346,5 +356,5 @@ pub async fn delete(state: Arc<AppState>, reference: &str) -> Result<(), OpError
     if let Err(e) = tokio::fs::remove_dir_all(&row.dir).await {
         tracing::warn!(image = %row.name, error = %chain(&e), "cannot remove image dir");
     }
-    Ok(())
+    Ok(Deleted { deleted: row.name })
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use banger_api::types::{ImportKernel, Kernel};
+use banger_api::types::{Deleted, ImportKernel, Kernel};
 use banger_store::KernelRow;
 
 use crate::error::{OpError, chain};
@@ -15,15 +15,15 @@ impl AppState {
         self.opts.layout.state_dir.join("kernels")
     }
 
-    pub fn kernel_view(&self, row: &KernelRow) -> Kernel {
+    /// The API view of a kernel row, with the images booting it.
+    pub fn kernel_view(&self, row: &KernelRow) -> Result<Kernel, OpError> {
         let used_by = self
-            .db(|s| s.list_images())
-            .unwrap_or_default()
+            .db(|s| s.list_images())?
             .into_iter()
             .filter(|i| i.kernel_ref.as_deref() == Some(row.name.as_str()))
             .map(|i| i.name)
             .collect();
-        Kernel {
+        Ok(Kernel {
             name: row.name.clone(),
             version: row.version.clone(),
             dir: PathBuf::from(&row.dir),
@@ -35,7 +35,7 @@ impl AppState {
             source: row.source.clone(),
             created_at: row.created_at.clone(),
             used_by,
-        }
+        })
     }
 
     pub fn find_kernel(&self, name: &str) -> Result<KernelRow, OpError> {
@@ -50,11 +50,8 @@ impl AppState {
 pub async fn import(state: Arc<AppState>, req: ImportKernel) -> Result<Kernel, OpError> {
     banger_core::names::validate_kernel_name(&req.name)?;
     if !req.from.is_absolute() || !req.from.is_dir() {
-        return Err(OpError::Invalid {
-            what: format!(
-                "--from {} must be an existing directory",
-                req.from.display()
-            ),
+        return Err(OpError::KernelTreeNotADir {
+            path: req.from.clone(),
         });
     }
     let _g = state.locks.images().await;
@@ -94,14 +91,25 @@ pub async fn import(state: Arc<AppState>, req: ImportKernel) -> Result<Kernel, O
     };
     state.db(|s| s.upsert_kernel(&row))?;
     tracing::info!(kernel = %row.name, version = %row.version, "kernel imported");
-    Ok(state.kernel_view(&row))
+    state.kernel_view(&row)
+}
+
+/// Every imported kernel, by name.
+pub fn list(state: &AppState) -> Result<Vec<Kernel>, OpError> {
+    let rows = state.db(|s| s.list_kernels())?;
+    rows.iter().map(|r| state.kernel_view(r)).collect()
+}
+
+/// The kernel named `name`.
+pub fn show(state: &AppState, name: &str) -> Result<Kernel, OpError> {
+    state.kernel_view(&state.find_kernel(name)?)
 }
 
 /// Removes a kernel; refused while an image boots it.
-pub async fn remove(state: Arc<AppState>, name: &str) -> Result<(), OpError> {
+pub async fn remove(state: Arc<AppState>, name: &str) -> Result<Deleted, OpError> {
     let _g = state.locks.images().await;
     let row = state.find_kernel(name)?;
-    let view = state.kernel_view(&row);
+    let view = state.kernel_view(&row)?;
     if !view.used_by.is_empty() {
         return Err(OpError::KernelInUse {
             name: row.name,
@@ -115,5 +123,5 @@ pub async fn remove(state: Arc<AppState>, name: &str) -> Result<(), OpError> {
     if let Ok(Err(e)) = removed {
         tracing::warn!(kernel = %row.name, error = %chain(&e), "cannot remove kernel files");
     }
-    Ok(())
+    Ok(Deleted { deleted: row.name })
 }

@@ -5,7 +5,8 @@
 //! daemon test `module_graph` checks):
 //!
 //! - [`server`]: the router, the op-id middleware and serving on the socket.
-//! - [`routes`]: the HTTP handlers: decode, call a service, encode.
+//! - [`routes`]: the HTTP handlers: decode, call a service, encode; [`stream`]: long
+//!   operations streamed as NDJSON with a heartbeat and a cancellation guard.
 //! - The services: [`vms`] (the VM lifecycle, reconciliation and the VMM monitor),
 //!   [`bootstrap`] (images built from Debian packages, and bundle imports, on top of
 //!   [`images`]), [`images`] (managed images), [`kernels`] (imported kernels).
@@ -42,6 +43,7 @@ pub mod server;
 pub mod ssh;
 pub mod state;
 pub mod stats;
+pub mod stream;
 pub mod vms;
 
 use std::ffi::OsStr;
@@ -56,6 +58,7 @@ use banger_core::layout::{Layout, LayoutError};
 use banger_core::private::{self, DirRole, PrivateError, SocketState};
 use banger_core::probe::{self, SearchPath};
 use banger_core::runner::{CommandRunner, SystemRunner};
+use banger_core::vmm_kind::{VmmChoice, VmmKind, choose_vmm};
 use banger_store::{Store, StoreError};
 use clap::Parser;
 use tokio::net::UnixListener;
@@ -220,27 +223,20 @@ fn choose_vmms(config: &Config, path: Option<&OsStr>) -> Result<state::Vmms, Dae
         Ok(q) => available.push(Arc::new(q)),
         Err(e) => missing.push((banger_vmm::VmmKind::Qemu, e.to_string())),
     }
-    let choice = std::env::var("BANGER_VMM")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| config.vmm.clone());
+    let choice = match std::env::var("BANGER_VMM").ok().filter(|v| !v.is_empty()) {
+        Some(v) => v
+            .parse::<VmmChoice>()
+            .map_err(|e| DaemonError::Vmm(e.to_string()))?,
+        None => config.vmm,
+    };
     let has = |k| available.iter().any(|v| v.kind() == k);
-    let default = match banger_core::config::choose_vmm(
-        &choice,
-        has(banger_vmm::VmmKind::Firecracker),
-        has(banger_vmm::VmmKind::Qemu),
-    ) {
-        Ok("qemu") => banger_vmm::VmmKind::Qemu,
-        Ok(_) => banger_vmm::VmmKind::Firecracker,
+    let default = match choose_vmm(choice, has) {
+        Ok(kind) => kind,
         Err(why) => {
-            if !banger_core::config::VMM_CHOICES.contains(&choice.as_str()) {
-                return Err(DaemonError::Vmm(why));
-            }
             tracing::warn!(%why, "no usable VMM backend; VM creation will fail until one is installed");
-            if choice == "qemu" {
-                banger_vmm::VmmKind::Qemu
-            } else {
-                banger_vmm::VmmKind::Firecracker
+            match choice {
+                VmmChoice::Kind(kind) => kind,
+                VmmChoice::Auto => VmmKind::Firecracker,
             }
         }
     };

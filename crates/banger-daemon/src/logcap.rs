@@ -126,10 +126,9 @@ impl LogCapper {
 
     /// Caps the logs of `rows` as described on [`LogCapper`], off the async threads.
     pub async fn check(&mut self, rows: &[banger_store::VmRow]) {
-        let running = banger_api::types::VmState::Running.as_str();
         let dirs: Vec<PathBuf> = rows
             .iter()
-            .filter(|r| self.first || r.state == running)
+            .filter(|r| self.first || r.state == banger_api::types::VmState::Running)
             .map(|r| PathBuf::from(&r.dir))
             .collect();
         self.first = false;

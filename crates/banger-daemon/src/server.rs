@@ -35,36 +35,38 @@ use crate::ops::{OpId, OpTracker, new_op_id};
 use crate::routes::{self, HandlerError};
 use crate::state::AppState;
 
-/// The daemon's routes.
+/// The daemon's routes, mounted at the templates [`banger_api::routes`] defines for the
+/// client too.
 pub fn router(state: Arc<AppState>) -> Router {
+    use banger_api::routes::templates as t;
     let ops = state.ops.clone();
     let api = Router::new()
-        .route("/status", get(status))
-        .route("/shutdown", post(shutdown))
-        .route("/ssh", get(routes::ssh_info))
-        .route("/vms", get(routes::list_vms).post(routes::create_vm))
-        .route("/vms/actions", post(routes::vm_actions))
-        .route("/vms/{reference}", get(routes::show_vm))
-        .route("/vms/{reference}/health", get(routes::vm_health))
-        .route("/vms/{reference}/ping", get(routes::vm_ping))
-        .route("/vms/{reference}/ports", get(routes::vm_ports))
-        .route("/vms/{reference}/stats", get(routes::vm_stats))
+        .route(t::STATUS, get(status))
+        .route(t::SHUTDOWN, post(shutdown))
+        .route(t::SSH, get(routes::ssh_info))
+        .route(t::VMS, get(routes::list_vms).post(routes::create_vm))
+        .route(t::VM_ACTIONS, post(routes::vm_actions))
+        .route(t::VM, get(routes::show_vm))
+        .route(t::VM_HEALTH, get(routes::vm_health))
+        .route(t::VM_PING, get(routes::vm_ping))
+        .route(t::VM_PORTS, get(routes::vm_ports))
+        .route(t::VM_STATS, get(routes::vm_stats))
         .route(
-            "/kernels",
+            t::KERNELS,
             get(routes::list_kernels).post(routes::import_kernel),
         )
         .route(
-            "/kernels/{name}",
+            t::KERNEL,
             get(routes::show_kernel).delete(routes::delete_kernel),
         )
         .route(
-            "/images",
+            t::IMAGES,
             get(routes::list_images).post(routes::register_image),
         )
-        .route("/images/bootstrap", post(routes::bootstrap_image))
-        .route("/images/import", post(routes::import_bundle))
+        .route(t::IMAGES_BOOTSTRAP, post(routes::bootstrap_image))
+        .route(t::IMAGES_IMPORT, post(routes::import_bundle))
         .route(
-            "/images/{reference}",
+            t::IMAGE,
             get(routes::show_image).delete(routes::delete_image),
         )
         .fallback(not_found)
@@ -278,7 +280,6 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<DaemonStatus> {
         config_file: l.config_file(),
         log_file: l.log_file(),
         started_at: state.started_at,
-        listeners: Vec::new(),
         ops: state.ops.counts(),
         config_warnings: state.opts.config_warnings.clone(),
     })

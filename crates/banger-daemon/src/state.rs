@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
+use banger_api::types::SshInfo;
 use banger_core::runner::CommandRunner;
 use banger_net::{NetOps, Subnet};
 use banger_store::{Store, VmRow};
@@ -143,6 +144,15 @@ impl AppState {
     pub fn db<T>(&self, f: impl FnOnce(&banger_store::Store) -> T) -> T {
         let guard = self.store.lock().unwrap_or_else(|e| e.into_inner());
         f(&guard)
+    }
+
+    /// How clients reach guests: the managed key and how long to wait for sshd.
+    pub fn ssh_info(&self) -> SshInfo {
+        SshInfo {
+            private_key: self.ssh.private_key.clone(),
+            public_key: self.ssh.public_key.clone(),
+            wait_secs: self.opts.config.ssh_wait_secs,
+        }
     }
 
     pub fn vm_rows(&self) -> Result<Vec<VmRow>, OpError> {

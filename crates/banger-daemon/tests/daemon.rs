@@ -207,11 +207,12 @@ async fn errors_carry_the_op_id_in_header_and_body() {
 
     // The typed client surfaces the same id.
     let client = banger_api::Client::new(&sock);
-    let status: banger_api::types::DaemonStatus = client.get("/status").await.unwrap();
+    let status: banger_api::types::DaemonStatus =
+        client.get(banger_api::Route::Status).await.unwrap();
     assert_eq!(status.build, BuildInfo::current());
     assert_eq!(status.pid, std::process::id());
     let err = client
-        .get::<serde_json::Value>("/missing")
+        .get::<serde_json::Value>(banger_api::Route::Vm("missing"))
         .await
         .unwrap_err();
     match err {
@@ -234,6 +235,8 @@ mod adversarial_pid_reuse {
 
     use banger_core::config::Config;
     use banger_core::layout::Layout;
+    use banger_core::vm::VmState;
+    use banger_core::vmm_kind::VmmKind;
     use banger_daemon::state::AppState;
     use banger_daemon::vms;
     use banger_store::{ImageRow, VmRow};
@@ -326,7 +329,7 @@ mod adversarial_pid_reuse {
 
         /// Inserts a VM row in `state` with `pid` and `start_time` as its VMM, a VM dir with a
         /// disk file, and a run dir.
-        fn insert(&self, n: u8, state: &str, pid: Option<u32>, start: Option<u64>) -> VmRow {
+        fn insert(&self, n: u8, state: VmState, pid: Option<u32>, start: Option<u64>) -> VmRow {
             let id = vm_id(n);
             let dir = self.layout.state_dir.join("vms").join(&id);
             std::fs::create_dir_all(&dir).unwrap();
@@ -336,15 +339,15 @@ mod adversarial_pid_reuse {
                 id: id.clone(),
                 name: format!("vm{n}"),
                 image_id: "img0".into(),
-                state: state.into(),
-                vmm: "firecracker".into(),
+                state,
+                vmm: VmmKind::Firecracker,
                 cpus: 1,
                 memory_mib: 128,
                 disk_bytes: 1 << 20,
                 work_disk_bytes: 1 << 20,
                 nat: false,
-                ip: Some(format!("172.30.0.{}", 10 + n)),
-                mac: Some("06:00:AC:1E:00:0A".into()),
+                ip: Some(std::net::Ipv4Addr::new(172, 30, 0, 10 + n)),
+                mac: Some("06:00:AC:1E:00:0A".parse().unwrap()),
                 tap: Some(format!("bgr{}", &id[..12])),
                 vsock_cid: Some(3 + u32::from(n)),
                 pid,
@@ -366,7 +369,7 @@ mod adversarial_pid_reuse {
         /// The row is stopped with no pid, and its run dir (TAP mark) is gone.
         fn assert_stopped_cleanly(&self, row: &VmRow) {
             let now = self.row(&row.id).expect("row kept");
-            assert_eq!(now.state, "stopped", "{now:?}");
+            assert_eq!(now.state, VmState::Stopped, "{now:?}");
             assert_eq!((now.pid, now.vmm_start_time), (None, None));
             assert!(!self.run_dir(&row.id).exists(), "run dir left behind");
             assert!(Path::new(&row.dir).join("root.ext4").exists(), "disks kept");
@@ -398,7 +401,7 @@ mod adversarial_pid_reuse {
     async fn adversarial_pid_reuse_stop_marks_stopped_and_signals_nothing() {
         let h = harness();
         for (n, bystander, start) in bystanders(&h, 1, 2) {
-            let row = h.insert(n, "running", Some(bystander.pid()), start);
+            let row = h.insert(n, VmState::Running, Some(bystander.pid()), start);
             let note = vms::stop(&h.state, &row.id).await.unwrap();
             assert_eq!(note, None, "nothing was forced");
             assert!(
@@ -413,7 +416,7 @@ mod adversarial_pid_reuse {
     async fn adversarial_pid_reuse_kill_refuses_and_marks_stopped() {
         let h = harness();
         for (n, bystander, start) in bystanders(&h, 1, 2) {
-            let row = h.insert(n, "running", Some(bystander.pid()), start);
+            let row = h.insert(n, VmState::Running, Some(bystander.pid()), start);
             let err = vms::kill(&h.state, &row.id, Signal::KILL)
                 .await
                 .unwrap_err();
@@ -430,7 +433,7 @@ mod adversarial_pid_reuse {
     async fn adversarial_pid_reuse_delete_removes_the_vm_only() {
         let h = harness();
         for (n, bystander, start) in bystanders(&h, 1, 2) {
-            let row = h.insert(n, "running", Some(bystander.pid()), start);
+            let row = h.insert(n, VmState::Running, Some(bystander.pid()), start);
             vms::delete(&h.state, &row.id).await.unwrap();
             assert!(
                 alive(bystander.pid()),
@@ -444,11 +447,11 @@ mod adversarial_pid_reuse {
     async fn adversarial_pid_reuse_reconcile_marks_running_stopped_and_rolls_back_creating() {
         let h = harness();
         let [(n, a, a_start), (m, b, b_start)] = bystanders(&h, 4, 5);
-        let running = h.insert(n, "running", Some(a.pid()), a_start);
-        let creating = h.insert(m, "creating", Some(b.pid()), b_start);
+        let running = h.insert(n, VmState::Running, Some(a.pid()), a_start);
+        let creating = h.insert(m, VmState::Creating, Some(b.pid()), b_start);
         // An unfinished start of a stopped VM whose pid is another process now.
         let [_, (k, c, c_start)] = bystanders(&h, 7, 6);
-        let starting = h.insert(k, "stopped", Some(c.pid()), c_start);
+        let starting = h.insert(k, VmState::Stopped, Some(c.pid()), c_start);
         vms::reconcile(&h.state).await;
         for p in [&a, &b, &c] {
             assert!(alive(p.pid()), "an unrelated process was signalled");
@@ -462,13 +465,13 @@ mod adversarial_pid_reuse {
     async fn adversarial_pid_reuse_monitor_marks_stopped() {
         let h = harness();
         let [(n, a, a_start), (m, b, b_start)] = bystanders(&h, 7, 8);
-        let plain = h.insert(n, "running", Some(a.pid()), a_start);
-        let lookalike = h.insert(m, "running", Some(b.pid()), b_start);
+        let plain = h.insert(n, VmState::Running, Some(a.pid()), a_start);
+        let lookalike = h.insert(m, VmState::Running, Some(b.pid()), b_start);
         let monitor = tokio::spawn(vms::monitor(h.state.clone()));
         let deadline = Instant::now() + Duration::from_secs(10);
         while [&plain, &lookalike]
             .iter()
-            .any(|r| h.row(&r.id).unwrap().state == "running")
+            .any(|r| h.row(&r.id).unwrap().state == VmState::Running)
         {
             assert!(Instant::now() < deadline, "the monitor never noticed");
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -489,12 +492,17 @@ mod adversarial_pid_reuse {
         let h = harness();
         std::fs::create_dir_all(h.run_dir(&vm_id(9))).unwrap();
         let mut unrecorded = vmm_like(&h.run_dir(&vm_id(9)));
-        let creating = h.insert(9, "creating", None, None);
+        let creating = h.insert(9, VmState::Creating, None, None);
         std::fs::create_dir_all(h.run_dir(&vm_id(10))).unwrap();
         let mut recorded = vmm_like(&h.run_dir(&vm_id(10)));
-        let starting = h.insert(10, "stopped", Some(recorded.pid()), recorded.start_time());
+        let starting = h.insert(
+            10,
+            VmState::Stopped,
+            Some(recorded.pid()),
+            recorded.start_time(),
+        );
         // A cleanly stopped VM is left as it is.
-        let clean = h.insert(11, "stopped", None, None);
+        let clean = h.insert(11, VmState::Stopped, None, None);
         std::fs::remove_dir(h.run_dir(&clean.id)).unwrap();
         vms::reconcile(&h.state).await;
         h.assert_gone(&creating);
@@ -519,10 +527,11 @@ mod adversarial {
     use std::path::{Path, PathBuf};
 
     use banger_core::runner::fake::FakeRunner;
+    use banger_core::vm::VmState;
+    use banger_core::vmm_kind::VmmKind;
     use banger_daemon::state::{Host, Vmms};
     use banger_net::DirectNetOps;
     use banger_store::{ImageRow, VmRow};
-    use banger_vmm::VmmKind;
     use banger_vmm::fake::FakeVmm;
 
     use super::*;
@@ -604,14 +613,14 @@ mod adversarial {
             id: "0123456789ab00000000000000000000".into(),
             name: "old".into(),
             image_id: "1mg0000000000000000000000000abcd".into(),
-            state: "stopped".into(),
-            vmm: "firecracker".into(),
+            state: VmState::Stopped,
+            vmm: VmmKind::Firecracker,
             cpus: 2,
             memory_mib: 2048,
             disk_bytes: 1 << 30,
             work_disk_bytes: 8 << 30,
             nat: false,
-            ip: Some("172.30.0.2".into()),
+            ip: Some(std::net::Ipv4Addr::new(172, 30, 0, 2)),
             mac: None,
             tap: Some("tap-old".into()),
             vsock_cid: Some(3),
@@ -827,13 +836,13 @@ mod adversarial {
             ),
             (
                 "/v1/vms/actions",
-                r#"{"action":"set","refs":["old"],"settings":{"cpu":8}}"#,
-                "settings.cpu: unknown field `cpu`",
+                r#"{"action":{"set":{"settings":{"cpu":8}}},"refs":["old"]}"#,
+                "action.set.settings.cpu: unknown field `cpu`",
             ),
             (
                 "/v1/vms/actions",
-                r#"{"action":"set","refs":["old"],"settings":[8]}"#,
-                "settings: invalid type: sequence, expected a JSON object",
+                r#"{"action":{"set":{"settings":[8]}},"refs":["old"]}"#,
+                "action.set.settings: invalid type: sequence, expected a JSON object",
             ),
             (
                 "/v1/vms/actions",
@@ -844,6 +853,16 @@ mod adversarial {
                 "/v1/vms/actions",
                 r#"{"action":"explode","refs":["old"]}"#,
                 "unknown variant `explode`",
+            ),
+            (
+                "/v1/vms/actions",
+                r#"{"action":{"kill":{"signal":"TERM","force":true}},"refs":["old"]}"#,
+                "action.kill.force: unknown field `force`",
+            ),
+            (
+                "/v1/vms/actions",
+                r#"{"action":"kill","refs":["old"]}"#,
+                "action.kill: invalid type: unit variant",
             ),
             (
                 "/v1/vms/actions",
@@ -953,8 +972,9 @@ mod adversarial {
             refused(&d, "/v1/vms", body, bad, &needles).await;
         }
         // `vm set` on a Firecracker VM: banger's caps for all, then the VM's backend.
-        let set =
-            |settings: &str| format!(r#"{{"action":"set","refs":["old"],"settings":{settings}}}"#);
+        let set = |settings: &str| {
+            format!(r#"{{"action":{{"set":{{"settings":{settings}}}}},"refs":["old"]}}"#)
+        };
         for (settings, needle) in [
             (r#"{"cpus":0}"#, "cpus must be between 1 and 255"),
             (r#"{"cpus":256}"#, "cpus must be between 1 and 255"),
@@ -1093,7 +1113,7 @@ mod adversarial {
         // The old VM still resolves by its listed id.
         let client = banger_api::Client::new(&d.sock);
         let vm: banger_api::types::Vm = client
-            .get(&format!("/vms/{}", &old.id[..12]))
+            .get(banger_api::Route::Vm(&old.id[..12]))
             .await
             .unwrap();
         assert_eq!(vm.name, "old");
@@ -1252,7 +1272,7 @@ async fn limited_daemon(
 async fn still_answers(sock: &std::path::Path) {
     let status: banger_api::types::DaemonStatus = tokio::time::timeout(
         Duration::from_secs(5),
-        banger_api::Client::new(sock).get("/status"),
+        banger_api::Client::new(sock).get(banger_api::Route::Status),
     )
     .await
     .expect("the daemon stopped answering")
@@ -1457,7 +1477,10 @@ async fn adversarial_daemon_rejections_are_typed_with_their_text_kept() {
     assert!(!msg.is_empty() && msg != "error body unreadable", "{msg}");
     // The typed client reports it as an API error, not an unreadable answer.
     let err = banger_api::Client::new(&sock)
-        .post::<_, serde_json::Value>("/vms/actions", &serde_json::json!({"nonsense": true}))
+        .post::<_, serde_json::Value>(
+            banger_api::Route::VmActions,
+            &serde_json::json!({"nonsense": true}),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -1593,7 +1616,7 @@ mod lock_order {
             .unwrap_or_else(|_| panic!("iteration {n}: create and image delete deadlocked"));
             match (&created, &deleted) {
                 // The delete came first: the create found no image, and made nothing.
-                (Err(OpError::ImageNotFound { .. }), Ok(())) => deleted_first += 1,
+                (Err(OpError::ImageNotFound { .. }), Ok(_)) => deleted_first += 1,
                 // The create's row named the image first: the delete was refused, and the
                 // create failed where the test made it fail, then rolled back.
                 (Err(OpError::Vmm { .. }), Err(OpError::ImageInUse { .. })) => {
@@ -1603,7 +1626,7 @@ mod lock_order {
                         .unwrap_or_else(|e| panic!("iteration {n}: image still used: {e}"));
                 }
                 // The create finished (and rolled back) before the delete looked.
-                (Err(OpError::Vmm { .. }), Ok(())) => created_first += 1,
+                (Err(OpError::Vmm { .. }), Ok(_)) => created_first += 1,
                 other => panic!("iteration {n}: inconsistent outcome {other:?}"),
             }
             assert_eq!(
@@ -2503,7 +2526,7 @@ mod vm_fixture {
             assert!(!self.run_dir(&row.id).exists(), "run directory left");
             let tap = row.tap.clone().unwrap();
             assert!(!self.net.taps().contains(&tap), "TAP {tap} left");
-            let ip = row.ip.as_deref().unwrap().parse().unwrap();
+            let ip = row.ip.unwrap();
             assert!(!self.net.nat_rules().contains(&ip), "NAT rule left");
             assert_eq!(self.vmm.pid_of(&row.id), None, "VMM still runs");
             assert!(Path::new(&row.dir).join("root.ext4").exists(), "disks lost");
@@ -2800,7 +2823,7 @@ mod reconcile {
         let other = f.create(request("db")).await.unwrap();
         f.stop_agents();
         let row = f.row("web");
-        assert_eq!(row.state, "running");
+        assert_eq!(row.state, banger_api::types::VmState::Running);
         let pid = row.pid.unwrap();
         assert_eq!(f.net.nat_rules().len(), 1);
         // The VMM dies behind the daemon's back.
@@ -2808,7 +2831,7 @@ mod reconcile {
         assert!(wait_exit(pid, Duration::from_secs(5)).await);
         banger_daemon::vms::reconcile(&f.state).await;
         let row = f.row("web");
-        assert_eq!(row.state, "stopped", "{row:?}");
+        assert_eq!(row.state, banger_api::types::VmState::Stopped, "{row:?}");
         f.assert_released(&row);
         assert_eq!(row.id, vm.id);
         // The other VM, whose VMM runs, is left alone.
@@ -2831,7 +2854,7 @@ mod reconcile {
         create.abort();
         assert!(create.await.unwrap_err().is_cancelled());
         let row = f.row("web");
-        assert_eq!(row.state, "creating");
+        assert_eq!(row.state, banger_api::types::VmState::Creating);
         let pid = row.pid.expect("the VMM's pid was stored");
         assert!(banger_vmm::process::alive(pid));
         assert_eq!(f.net.taps().len(), 1);
@@ -2892,7 +2915,7 @@ mod stop {
             "the guest was not asked to shut down first"
         );
         let row = f.row("web");
-        assert_eq!(row.state, "stopped");
+        assert_eq!(row.state, banger_api::types::VmState::Stopped);
         f.assert_released(&row);
         assert!(!banger_vmm::process::alive(vm.pid.unwrap()));
     }
@@ -2981,14 +3004,14 @@ mod multi_ref {
             id: id.clone(),
             name: name.into(),
             image_id: f.state.db(|s| s.list_images()).unwrap()[0].id.clone(),
-            state: state.into(),
-            vmm: vmm.into(),
+            state: state.parse().unwrap(),
+            vmm: vmm.parse().unwrap(),
             cpus: 2,
             memory_mib: 512,
             disk_bytes: 8 << 20,
             work_disk_bytes: 8 << 20,
             nat: false,
-            ip: Some(format!("172.30.0.{}", 10 + n)),
+            ip: Some(std::net::Ipv4Addr::new(172, 30, 0, 10 + n)),
             mac: None,
             tap: Some(format!("bgr{}", &id[..12])),
             vsock_cid: Some(3 + u32::from(n)),
@@ -3022,9 +3045,9 @@ mod multi_ref {
             "web-1",
             "nope",
         ];
-        let body = serde_json::json!({"action": "set", "refs": refs, "settings": {"cpus": 40}});
+        let body = serde_json::json!({"action": {"set": {"settings": {"cpus": 40}}}, "refs": refs});
         let outcomes: Vec<serde_json::Value> = banger_api::Client::new(&sock)
-            .post("/vms/actions", &body)
+            .post(banger_api::routes::Route::VmActions, &body)
             .await
             .unwrap();
         let summary: Vec<(String, Option<String>, Option<String>)> = outcomes
@@ -3100,7 +3123,7 @@ mod error_state {
             .unwrap_err();
         assert!(err.to_string().contains("web"), "{err}");
         let row = f.row("web");
-        assert_eq!(row.state, "error", "{row:?}");
+        assert_eq!(row.state, VmState::Error, "{row:?}");
         let why = row.error.clone().unwrap();
         assert!(why.contains("injected start failure"), "{why}");
         f.assert_released(&row);
@@ -3117,13 +3140,19 @@ mod error_state {
         // Shown as `error`, with the reason, in list (`--all`: it is not running) and show.
         let (sock, server) = f.serve();
         let client = banger_api::Client::new(&sock);
-        let list: Vec<Vm> = client.get("/vms?all=true").await.unwrap();
+        let list: Vec<Vm> = client
+            .get(banger_api::routes::Route::VmList { all: true })
+            .await
+            .unwrap();
         assert_eq!(list.len(), 1);
         assert_eq!(
             (list[0].state, list[0].error.as_deref()),
             (VmState::Error, Some(why.as_str()))
         );
-        let shown: Vm = client.get("/vms/web").await.unwrap();
+        let shown: Vm = client
+            .get(banger_api::routes::Route::Vm("web"))
+            .await
+            .unwrap();
         assert_eq!(shown.state, VmState::Error);
         // Stop has nothing to do.
         let note = banger_daemon::vms::stop(&f.state, &vm.id).await.unwrap();
@@ -3133,7 +3162,7 @@ mod error_state {
         std::fs::create_dir_all(f.run_dir(&vm.id)).unwrap();
         banger_daemon::vms::reconcile(&f.state).await;
         let row = f.row("web");
-        assert_eq!(row.state, "error");
+        assert_eq!(row.state, VmState::Error);
         f.assert_released(&row);
 
         // A start that works clears it.
@@ -3145,7 +3174,10 @@ mod error_state {
             ("running", None)
         );
         assert!(f.vmm.pid_of(&vm.id).is_some());
-        let shown: Vm = client.get("/vms/web").await.unwrap();
+        let shown: Vm = client
+            .get(banger_api::routes::Route::Vm("web"))
+            .await
+            .unwrap();
         assert_eq!((shown.state, shown.error), (VmState::Running, None));
         server.abort();
     }

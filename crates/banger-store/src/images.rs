@@ -95,8 +95,9 @@ impl Store {
             .map_err(self.query_error(format!("read image {id}")))
     }
 
-    /// Inserts a new image. Fails with [`StoreError::Constraint`] when its id or name is taken
-    /// or its `kernel_ref` names no kernel.
+    /// Inserts a new image. Fails with [`StoreError::NameTaken`] when its name is taken, and
+    /// with [`StoreError::Constraint`] when its id is taken or its `kernel_ref` names no
+    /// kernel.
     pub fn insert_image(&self, img: &ImageRow) -> Result<(), StoreError> {
         self.conn().execute(
             &format!(
@@ -120,7 +121,7 @@ impl Store {
                 img.created_at
             ],
         )
-        .map_err(self.write_error(format!("insert image {}", img.name)))?;
+        .map_err(self.insert_error(format!("insert image {}", img.name), "images", &img.name))?;
         Ok(())
     }
 

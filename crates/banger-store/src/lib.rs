@@ -77,11 +77,43 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// An insert's `name` is already another row's (`UNIQUE(name)` of `table`); any other
+    /// constraint is [`StoreError::Constraint`].
+    #[error("{table} in {path} already has a row named {name:?}")]
+    NameTaken {
+        path: PathBuf,
+        table: &'static str,
+        name: String,
+        #[source]
+        source: Box<rusqlite::Error>,
+    },
+    /// A stored value does not decode: the row is reported, never read with a fallback.
+    #[error(transparent)]
+    Corrupt(Box<Corrupt>),
+}
+
+/// Which stored value of which row does not decode (see [`StoreError::Corrupt`]).
+#[derive(Debug, thiserror::Error)]
+#[error("row {id} of {table} in {} has an unreadable {column}", path.display())]
+pub struct Corrupt {
+    pub path: PathBuf,
+    pub table: &'static str,
+    /// The row's primary key.
+    pub id: String,
+    pub column: &'static str,
+    /// The stored text.
+    pub value: String,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 impl StoreError {
-    /// Whether this is a UNIQUE (or primary key) conflict on exactly `table.column`.
+    /// Whether this is a UNIQUE (or primary key) conflict on exactly `table.column`
+    /// ([`StoreError::NameTaken`] for `name`).
     pub fn is_unique_conflict(&self, table: &str, column: &str) -> bool {
+        if let Self::NameTaken { table: t, .. } = self {
+            return *t == table && column == "name";
+        }
         matches!(self.constraint(), Some(Constraint::Unique { table: t, columns })
             if t == table && columns.len() == 1 && columns[0] == column)
     }
@@ -102,7 +134,11 @@ impl StoreError {
             | Self::Migration { source, .. }
             | Self::Query { source, .. }
             | Self::Constraint { source, .. } => source,
-            Self::Missing { .. } | Self::CreateDir { .. } | Self::TooNew { .. } => return None,
+            Self::NameTaken { source, .. } => &**source,
+            Self::Missing { .. }
+            | Self::CreateDir { .. }
+            | Self::TooNew { .. }
+            | Self::Corrupt(_) => return None,
         };
         source.sqlite_error_code()
     }
@@ -395,6 +431,32 @@ impl Store {
                 source,
             },
             None => StoreError::Query { path, what, source },
+        }
+    }
+
+    /// Like [`write_error`](Store::write_error) for an insert into `table`: a conflict on
+    /// its `UNIQUE(name)` is [`StoreError::NameTaken`].
+    pub fn insert_error(
+        &self,
+        what: impl Into<String>,
+        table: &'static str,
+        name: &str,
+    ) -> impl FnOnce(rusqlite::Error) -> StoreError {
+        let path = self.path.clone();
+        let name = name.to_string();
+        let write = self.write_error(what);
+        move |source| match Constraint::of(&source) {
+            Some(Constraint::Unique { table: t, columns })
+                if t == table && columns.len() == 1 && columns[0] == "name" =>
+            {
+                StoreError::NameTaken {
+                    path,
+                    table,
+                    name,
+                    source: Box::new(source),
+                }
+            }
+            _ => write(source),
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Store integration tests against real SQLite files.
 
+use banger_core::vm::{MacAddr, VmState};
+use banger_core::vmm_kind::VmmKind;
 use banger_store::{MIGRATIONS, Migration, Store, StoreError};
 use std::path::Path;
 
@@ -258,14 +260,14 @@ fn vm(id: &str, name: &str, ip: &str) -> banger_store::VmRow {
         id: id.into(),
         name: name.into(),
         image_id: "img1".into(),
-        state: "creating".into(),
-        vmm: "firecracker".into(),
+        state: VmState::Creating,
+        vmm: VmmKind::Firecracker,
         cpus: 1,
         memory_mib: 128,
         disk_bytes: 1 << 20,
         work_disk_bytes: 1 << 20,
         nat: false,
-        ip: Some(ip.into()),
+        ip: Some(ip.parse().unwrap()),
         mac: None,
         tap: Some(format!("tap-{id}")),
         vsock_cid: None,
@@ -295,13 +297,16 @@ fn adversarial_store_constraints_are_typed() {
     s.insert_image(&image("img1", "base")).unwrap();
     s.insert_vm(&vm("a1", "web", "172.30.0.2")).unwrap();
 
-    // The name is taken: UNIQUE on vms.name, and nothing else.
+    // The name is taken: its own error, UNIQUE on vms.name and nothing else.
     let e = s.insert_vm(&vm("a2", "web", "172.30.0.3")).unwrap_err();
+    assert!(
+        matches!(&e, StoreError::NameTaken { table: "vms", name, .. } if name == "web"),
+        "{e:?}"
+    );
     assert!(e.is_unique_conflict("vms", "name"), "{e:?}");
     assert!(!e.is_unique_conflict("vms", "ip"));
     assert!(
-        e.to_string()
-            .contains("another row of vms has the same name"),
+        e.to_string().contains("already has a row named \"web\""),
         "{e}"
     );
 
@@ -350,9 +355,99 @@ fn adversarial_store_constraints_are_typed() {
 
     // An image name conflict is typed the same way.
     let e = s.insert_image(&image("img2", "base")).unwrap_err();
-    assert!(e.is_unique_conflict("images", "name"), "{e:?}");
+    assert!(
+        matches!(&e, StoreError::NameTaken { table: "images", name, .. } if name == "base"),
+        "{e:?}"
+    );
+    // An image id conflict is not a name conflict.
+    let e = s.insert_image(&image("img1", "other")).unwrap_err();
+    assert!(e.is_unique_conflict("images", "id"), "{e:?}");
+    assert!(!matches!(e, StoreError::NameTaken { .. }), "{e:?}");
 
     // None of the refused writes left a row.
     assert_eq!(vm_count(&s), 1);
     assert_eq!(s.list_images().unwrap().len(), 1);
+}
+
+#[test]
+fn vm_rows_round_trip_their_typed_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("banger.db")).unwrap();
+    s.insert_image(&image("img1", "base")).unwrap();
+    let mut row = vm("a1", "web", "172.30.0.2");
+    row.mac = Some(MacAddr([0x06, 0, 0xac, 0x1e, 0, 0x02]));
+    row.vmm = VmmKind::Qemu;
+    s.insert_vm(&row).unwrap();
+    assert_eq!(s.get_vm("a1").unwrap(), Some(row.clone()));
+    let stored: (String, String, String, String) = s
+        .conn()
+        .query_row("SELECT state, vmm, ip, mac FROM vms", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .unwrap();
+    assert_eq!(
+        stored,
+        (
+            "creating".into(),
+            "qemu".into(),
+            "172.30.0.2".into(),
+            "06:00:AC:1E:00:02".into()
+        )
+    );
+    row.state = VmState::Running;
+    s.update_vm(&row).unwrap();
+    assert_eq!(s.list_vms().unwrap(), vec![row]);
+}
+
+/// A row whose stored value does not decode is reported with its table, id and column by
+/// both readers, never read with a fallback value.
+#[test]
+fn adversarial_a_corrupt_vm_row_is_an_error_naming_row_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("banger.db")).unwrap();
+    s.insert_image(&image("img1", "base")).unwrap();
+    s.insert_vm(&vm("good", "web", "172.30.0.2")).unwrap();
+    // `state` has a CHECK; the others can be corrupted directly.
+    for (column, bad) in [
+        ("vmm", "kvmtool"),
+        ("ip", "172.30.0.999"),
+        ("mac", "06:00:AC"),
+    ] {
+        let id = format!("bad-{column}");
+        s.insert_vm(&vm(&id, &id, &format!("172.30.1.{}", column.len())))
+            .unwrap();
+        s.conn()
+            .execute(
+                &format!("UPDATE vms SET {column} = ?1 WHERE id = ?2"),
+                [bad, id.as_str()],
+            )
+            .unwrap();
+        for e in [s.get_vm(&id).unwrap_err(), s.list_vms().unwrap_err()] {
+            match &e {
+                StoreError::Corrupt(c) => assert_eq!(
+                    (c.table, c.id.as_str(), c.column, c.value.as_str()),
+                    ("vms", id.as_str(), column, bad)
+                ),
+                other => panic!("{column}: {other:?}"),
+            }
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&format!("row {id} of vms")) && msg.contains(column),
+                "{msg}"
+            );
+        }
+        s.delete_vm(&id).unwrap();
+    }
+    // A state outside the enum, written past the CHECK (an older or foreign schema).
+    s.conn()
+        .execute_batch(
+            "PRAGMA ignore_check_constraints = ON;              UPDATE vms SET state = 'paused' WHERE id = 'good';              PRAGMA ignore_check_constraints = OFF;",
+        )
+        .unwrap();
+    let e = s.list_vms().unwrap_err();
+    assert!(
+        matches!(&e, StoreError::Corrupt(c) if c.id == "good" && c.column == "state" && c.value == "paused"),
+        "{e:?}"
+    );
+    assert!(matches!(s.get_vm("good"), Err(StoreError::Corrupt(_))));
 }

@@ -58,10 +58,8 @@ use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::str::FromStr;
 
-use banger_core::limits::{Bound, VmLimits};
-use serde::{Deserialize, Serialize};
+use banger_core::limits::VmLimits;
 
 pub use error::VmmError;
 pub use firecracker::FirecrackerVmm;
@@ -79,87 +77,8 @@ pub fn socket_path_fits(path: &Path) -> bool {
     path.as_os_str().len() <= MAX_SOCKET_PATH
 }
 
-/// Which VMM runs the VMs: Firecracker ([`FirecrackerVmm`], needs KVM with hardware
-/// virtualization) or QEMU ([`QemuVmm`], KVM when usable, else TCG software emulation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VmmKind {
-    Firecracker,
-    Qemu,
-}
-
-impl VmmKind {
-    /// The lowercase name used in config, JSON and messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Firecracker => "firecracker",
-            Self::Qemu => "qemu",
-        }
-    }
-}
-
-impl VmmKind {
-    /// The largest VM this backend runs, within banger's own caps ([`VmLimits::BANGER`]):
-    ///
-    /// - Firecracker: at most 32 vCPUs (`MachineConfiguration.vcpu_count` in its API,
-    ///   `MAX_SUPPORTED_VCPUS` in its source); its API sets no memory maximum.
-    /// - QEMU (`q35`, no IOMMU): at most 255 vCPUs (8-bit xAPIC ids: more needs interrupt
-    ///   remapping, and QEMU refuses it under TCG), and at most 990 GiB of memory: `q35` keeps
-    ///   2 GiB of RAM below 4 GiB and maps the rest above it, followed by a 32 GiB 64-bit PCI
-    ///   hole, which must end inside the 40-bit (1 TiB) physical address space QEMU gives a
-    ///   TCG guest. (A KVM guest gets the host's address width, usually wider.)
-    pub fn limits(self) -> VmLimits {
-        match self {
-            Self::Firecracker => VmLimits {
-                vcpus: Bound {
-                    max: 32,
-                    set_by: "Firecracker accepts",
-                },
-                ..VmLimits::BANGER
-            },
-            Self::Qemu => VmLimits {
-                vcpus: Bound {
-                    max: 255,
-                    set_by: "QEMU's q35 machine addresses without an IOMMU",
-                },
-                memory_mib: Bound {
-                    max: 990 << 10,
-                    set_by: "QEMU's q35 machine fits in a 40-bit guest address space",
-                },
-                ..VmLimits::BANGER
-            },
-        }
-        .within_banger()
-    }
-}
-
-impl fmt::Display for VmmKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A VMM name that is neither `firecracker` nor `qemu`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown VMM {input:?}: expected \"firecracker\" or \"qemu\"")]
-pub struct ParseVmmKindError {
-    pub input: String,
-}
-
-impl FromStr for VmmKind {
-    type Err = ParseVmmKindError;
-
-    /// Accepts `firecracker` and `qemu`, in any case, surrounding whitespace ignored.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "firecracker" => Ok(Self::Firecracker),
-            "qemu" => Ok(Self::Qemu),
-            _ => Err(ParseVmmKindError {
-                input: s.to_string(),
-            }),
-        }
-    }
-}
+/// Which VMM runs the VMs: the one kind shared with the config, store and API.
+pub use banger_core::vmm_kind::{ParseVmmKindError, VmmKind};
 
 /// Everything needed to boot one VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -428,35 +347,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn vmm_kind_round_trips() {
-        for kind in [VmmKind::Firecracker, VmmKind::Qemu] {
-            assert_eq!(kind.to_string().parse::<VmmKind>(), Ok(kind));
-            let json = serde_json::to_string(&kind).unwrap();
-            assert_eq!(json, format!("\"{kind}\""));
-            assert_eq!(serde_json::from_str::<VmmKind>(&json).unwrap(), kind);
-        }
-        assert_eq!(" QEMU ".parse::<VmmKind>(), Ok(VmmKind::Qemu));
-        let err = "kvmtool".parse::<VmmKind>().unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "unknown VMM \"kvmtool\": expected \"firecracker\" or \"qemu\""
-        );
-        assert!(serde_json::from_str::<VmmKind>("\"Qemu\"").is_err());
-    }
-
-    #[test]
-    fn backend_limits() {
-        let fc = VmmKind::Firecracker.limits();
-        assert_eq!(fc.vcpus.max, 32);
-        assert_eq!(fc.memory_mib, VmLimits::BANGER.memory_mib);
-        assert_eq!(fc.disk_bytes, VmLimits::BANGER.disk_bytes);
-        let q = VmmKind::Qemu.limits();
-        assert_eq!(q.vcpus.max, 255);
-        assert_eq!(q.memory_mib.max, 990 * 1024);
-        for l in [fc, q] {
-            assert!(l.vcpus.max <= VmLimits::BANGER.vcpus.max);
-            assert!(l.memory_mib.max <= VmLimits::BANGER.memory_mib.max);
-        }
+    fn the_fake_has_its_kinds_limits() {
         // The fake stands in for its kind.
         let fake = fake::FakeVmm::new();
         assert_eq!(Vmm::limits(&fake), fake.kind().limits());

@@ -98,7 +98,9 @@ fn daemon_starts_on_demand_once_and_stops() {
     let text = home.ok(&["daemon", "status"]);
     assert!(text.contains(&format!("pid        {pid}")), "{text}");
     assert!(text.contains("log file"), "{text}");
-    // The daemon has no listener besides its socket, so there is no listeners row to show.
+    // The daemon has no listener besides its socket: neither its answer nor the text
+    // promises one.
+    assert!(st.get("listeners").is_none(), "{st}");
     assert!(!text.contains("listeners"), "{text}");
     // The daemon logs JSON lines with op ids.
     let log = std::fs::read_to_string(home.path().join("state/bangerd.log")).unwrap();

@@ -407,7 +407,7 @@ fn fake_daemon(home: &Home, serve_other: fn(&mut std::os::unix::net::UnixStream)
     let status = serde_json::json!({
         "build": {"version": build["version"], "commit": build["commit"], "build_epoch": build["build_epoch"]},
         "pid": std::process::id(), "socket": home.socket(), "state_dir": "/x", "config_file": "/x",
-        "log_file": "/x", "started_at": 1, "listeners": [],
+        "log_file": "/x", "started_at": 1,
         "ops": {"in_flight": 0, "completed": 0, "cancelled": 0}
     })
     .to_string();

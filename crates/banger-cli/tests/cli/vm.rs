@@ -255,7 +255,7 @@ fn names_are_unique_and_validated_in_cli_and_daemon() {
     let reply = raw_post(
         &home.socket(),
         "/v1/vms/actions",
-        r#"{"action":"set","refs":["web"],"settings":{"memory_mib":0}}"#,
+        r#"{"action":{"set":{"settings":{"memory_mib":0}}},"refs":["web"]}"#,
     );
     assert!(reply.contains("bad_request"), "{reply}");
     assert_eq!(home.vm("web")["memory_mib"], 2048);
@@ -1048,7 +1048,7 @@ fn adversarial_cli_out_of_range_and_unknown_fields() {
     let reply = raw_post(
         &home.socket(),
         "/v1/vms/actions",
-        r#"{"action":"set","refs":["a"],"settings":{"cpu":8}}"#,
+        r#"{"action":{"set":{"settings":{"cpu":8}}},"refs":["a"]}"#,
     );
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     assert!(

@@ -10,9 +10,6 @@ use banger_api::types::{ActionOutcome, ActionRequest, VmAction, VmSettings, VmSt
 use banger_core::limits::VmLimits;
 use banger_core::size::ByteSize;
 use banger_store::VmRow;
-use std::str::FromStr;
-
-use banger_vmm::VmmKind;
 
 use super::boot::{boot, release};
 use super::create::check_settings;
@@ -25,25 +22,7 @@ use crate::state::AppState;
 /// Runs one action on many references: resolved from one snapshot, deduplicated, run
 /// concurrently, reported in first-seen order. Bad references do not stop the good ones.
 pub async fn act(state: Arc<AppState>, req: ActionRequest) -> Result<Vec<ActionOutcome>, OpError> {
-    if req.action == VmAction::Set {
-        let s = req.settings.clone().unwrap_or_default();
-        // banger's own caps for every VM at once; each VM's backend is checked in `set`.
-        check_settings(&s, &VmLimits::BANGER)?;
-        if s == VmSettings::default() {
-            return Err(OpError::Invalid {
-                what: "nothing to set: give --cpus, --memory, --disk or --work-disk".into(),
-            });
-        }
-    }
-    let signal = match (&req.action, &req.signal) {
-        (VmAction::Kill, Some(s)) => {
-            s.parse::<banger_vmm::process::Signal>()
-                .map_err(|e| OpError::Invalid {
-                    what: e.to_string(),
-                })?
-        }
-        _ => banger_vmm::process::Signal::KILL,
-    };
+    let job = Job::of(req.action)?;
     let rows = state.vm_rows()?;
     let mut seen: Vec<String> = Vec::new();
     let mut outcomes: Vec<ActionOutcome> = Vec::new();
@@ -62,17 +41,15 @@ pub async fn act(state: Arc<AppState>, req: ActionRequest) -> Result<Vec<ActionO
                     error: None,
                     note: None,
                 });
-                let (state, row, req) = (state.clone(), row.clone(), req.clone());
+                let (state, row, job) = (state.clone(), row.clone(), job.clone());
                 jobs.push(async move {
-                    let r = match req.action {
-                        VmAction::Start => start(&state, &row.id).await,
-                        VmAction::Stop => stop(&state, &row.id).await,
-                        VmAction::Restart => restart(&state, &row.id).await,
-                        VmAction::Kill => kill(&state, &row.id, signal).await,
-                        VmAction::Delete => delete(&state, &row.id).await,
-                        VmAction::Set => {
-                            set(&state, &row.id, &req.settings.clone().unwrap_or_default()).await
-                        }
+                    let r = match &job {
+                        Job::Start => start(&state, &row.id).await,
+                        Job::Stop => stop(&state, &row.id).await,
+                        Job::Restart => restart(&state, &row.id).await,
+                        Job::Kill(signal) => kill(&state, &row.id, *signal).await,
+                        Job::Delete => delete(&state, &row.id).await,
+                        Job::Set(settings) => set(&state, &row.id, settings).await,
                     };
                     (idx, r)
                 });
@@ -92,6 +69,38 @@ pub async fn act(state: Arc<AppState>, req: ActionRequest) -> Result<Vec<ActionO
         }
     }
     Ok(outcomes)
+}
+
+/// An action checked once for all its VMs, before any is touched: its data parsed.
+#[derive(Debug, Clone)]
+enum Job {
+    Start,
+    Stop,
+    Restart,
+    Kill(banger_vmm::process::Signal),
+    Delete,
+    Set(VmSettings),
+}
+
+impl Job {
+    fn of(action: VmAction) -> Result<Self, OpError> {
+        Ok(match action {
+            VmAction::Start => Self::Start,
+            VmAction::Stop => Self::Stop,
+            VmAction::Restart => Self::Restart,
+            VmAction::Kill { signal } => Self::Kill(signal.parse()?),
+            VmAction::Delete => Self::Delete,
+            VmAction::Set { settings } => {
+                // banger's own caps for every VM at once; each VM's backend is checked in
+                // `set`.
+                check_settings(&settings, &VmLimits::BANGER)?;
+                if settings == VmSettings::default() {
+                    return Err(OpError::NothingToSet);
+                }
+                Self::Set(settings)
+            }
+        })
+    }
 }
 
 /// Runs futures concurrently on this task and collects their outputs in order.
@@ -133,22 +142,22 @@ pub async fn start(state: &Arc<AppState>, id: &str) -> Result<Option<String>, Op
     let lock = state.locks.vm(id);
     let _g = lock.lock().await;
     let mut row = reload(state, id)?;
-    match VmState::parse(&row.state) {
-        Some(VmState::Running) => return Ok(Some("already running".into())),
-        Some(VmState::Creating) => {
+    match row.state {
+        VmState::Running => return Ok(Some("already running".into())),
+        VmState::Creating => {
             return Err(OpError::WrongState {
                 vm: row.name,
                 state: "being created".into(),
                 wanted: "wait for it to finish",
             });
         }
-        _ => {}
+        VmState::Stopped | VmState::Error => {}
     }
     let progress = Progress::new(None);
     if let Err(e) = boot(state, &mut row, &progress).await {
         // Released like a stopped VM, and recorded as `error` with why, until a start works.
         stop_locked(state, &mut row, Duration::from_secs(1)).await;
-        row.state = VmState::Error.as_str().to_string();
+        row.state = VmState::Error;
         row.error = Some(chain(&e));
         let _ = state.set_vm(&row);
         return Err(e);
@@ -160,7 +169,7 @@ pub async fn stop(state: &Arc<AppState>, id: &str) -> Result<Option<String>, OpE
     let lock = state.locks.vm(id);
     let _g = lock.lock().await;
     let mut row = reload(state, id)?;
-    if row.state != VmState::Running.as_str() {
+    if row.state != VmState::Running {
         return Ok(Some(format!("already {}", row.state)));
     }
     let grace = Duration::from_secs(state.opts.config.stop_grace_secs);
@@ -197,7 +206,7 @@ async fn stop_locked(state: &Arc<AppState>, row: &mut VmRow, grace: Duration) ->
         }
     }
     release(state, row).await;
-    row.state = VmState::Stopped.as_str().to_string();
+    row.state = VmState::Stopped;
     row.pid = None;
     row.vmm_start_time = None;
     if let Err(e) = state.set_vm(row) {
@@ -225,10 +234,10 @@ pub async fn kill(
         detail: chain(e),
     };
     let Some(process) = vmm_process(state, &row).map_err(|e| command_error(&e))? else {
-        if row.state == VmState::Running.as_str() {
+        if row.state == VmState::Running {
             // Its VMM is gone (or its pid is another process now): record that.
             release(state, &row).await;
-            row.state = VmState::Stopped.as_str().to_string();
+            row.state = VmState::Stopped;
             row.pid = None;
             row.vmm_start_time = None;
             state.set_vm(&row)?;
@@ -238,7 +247,7 @@ pub async fn kill(
     process.signal(signal).map_err(|e| command_error(&e))?;
     if process.wait_exit(Duration::from_secs(3)).await {
         release(state, &row).await;
-        row.state = VmState::Stopped.as_str().to_string();
+        row.state = VmState::Stopped;
         row.pid = None;
         row.vmm_start_time = None;
         state.set_vm(&row)?;
@@ -280,12 +289,15 @@ pub async fn set(
     // The VM's own backend's limits (its kind's, when that backend is missing here).
     let limits = match state.vmm_of(&row) {
         Ok(vmm) => vmm.limits(),
-        Err(_) => VmmKind::from_str(&row.vmm).map_or(VmLimits::BANGER, VmmKind::limits),
+        Err(_) => row.vmm.limits(),
     };
-    check_settings(settings, &limits).map_err(|e| OpError::Invalid {
-        what: format!("VM {}: {e}", row.name),
+    banger_core::limits::check(&settings.requested(), &limits).map_err(|source| {
+        OpError::VmLimit {
+            vm: row.name.clone(),
+            source: Box::new(source),
+        }
     })?;
-    let running = row.state == VmState::Running.as_str();
+    let running = row.state == VmState::Running;
     let grows_disk = settings.disk_bytes.is_some() || settings.work_disk_bytes.is_some();
     if running && grows_disk {
         return Err(OpError::WrongState {
@@ -302,12 +314,11 @@ pub async fn set(
         if let Some(new) = new
             && new < cur
         {
-            return Err(OpError::Invalid {
-                what: format!(
-                    "{what} cannot shrink from {} to {}",
-                    ByteSize(cur),
-                    ByteSize(new)
-                ),
+            return Err(OpError::DiskShrink {
+                vm: row.name,
+                disk: what,
+                from: ByteSize(cur),
+                to: ByteSize(new),
             });
         }
     }

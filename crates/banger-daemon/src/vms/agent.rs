@@ -1,9 +1,11 @@
-//! The VM's guest agent: waiting for it to answer, its health and its listening ports.
+//! The VM's guest agent: waiting for it to answer, its health, a ping and its listening
+//! ports. The agent's wire answers become the API's own types here.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use banger_api::types::VmState;
+use banger_agent_proto::wire;
+use banger_api::types::{Family, Health, Ping, PortListener, Ports, Proto, VmState};
 use banger_store::VmRow;
 
 use banger_vmm::AgentEndpoint;
@@ -83,10 +85,106 @@ pub async fn agent_ports(
 
 /// The agent endpoint of a running VM.
 pub fn endpoint_of(state: &AppState, row: &VmRow) -> Result<AgentEndpoint, OpError> {
-    if row.state != VmState::Running.as_str() {
+    if row.state != VmState::Running {
         return Err(OpError::NotRunning {
             vm: row.name.clone(),
         });
     }
     Ok(state.vmm_of(row)?.agent_endpoint(&state.spec(row)?))
+}
+
+/// How long the health, ping and ports routes wait for the agent.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The agent's health answer for the running VM `reference` names.
+pub async fn health(state: &AppState, reference: &str) -> Result<Health, OpError> {
+    let (_, h) = health_of(state, reference).await?;
+    Ok(Health {
+        version: h.version,
+        commit: h.commit,
+        build_epoch: h.build_epoch,
+        uptime_secs: h.uptime_secs,
+        hostname: h.hostname,
+    })
+}
+
+/// A health round trip to the agent of the running VM `reference` names, timed.
+pub async fn ping(state: &AppState, reference: &str) -> Result<Ping, OpError> {
+    let t = Instant::now();
+    let (row, h) = health_of(state, reference).await?;
+    Ok(Ping {
+        name: row.name,
+        rtt_ms: t.elapsed().as_secs_f64() * 1000.0,
+        agent_version: h.version,
+    })
+}
+
+/// The listening sockets of the guest of the running VM `reference` names.
+pub async fn ports(state: &AppState, reference: &str) -> Result<Ports, OpError> {
+    let row = state.find_vm(reference)?;
+    let ep = endpoint_of(state, &row)?;
+    let p = agent_ports(&ep, AGENT_TIMEOUT)
+        .await
+        .map_err(|source| OpError::Agent {
+            vm: row.name.clone(),
+            source,
+        })?;
+    Ok(Ports {
+        listeners: p.listeners.into_iter().map(port_listener).collect(),
+    })
+}
+
+async fn health_of(state: &AppState, reference: &str) -> Result<(VmRow, wire::Health), OpError> {
+    let row = state.find_vm(reference)?;
+    let ep = endpoint_of(state, &row)?;
+    match agent_health(&ep, AGENT_TIMEOUT).await {
+        Ok(h) => Ok((row, h)),
+        Err(source) => Err(OpError::Agent {
+            vm: row.name,
+            source,
+        }),
+    }
+}
+
+fn port_listener(l: wire::Listener) -> PortListener {
+    PortListener {
+        proto: match l.proto {
+            wire::Proto::Tcp => Proto::Tcp,
+            wire::Proto::Udp => Proto::Udp,
+        },
+        family: match l.family {
+            wire::Family::Ipv4 => Family::Ipv4,
+            wire::Family::Ipv6 => Family::Ipv6,
+        },
+        address: l.address,
+        port: l.port,
+        pid: l.pid,
+        process: l.process,
+        command: l.command,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_listeners_keep_every_field() {
+        let wire = wire::Listener {
+            proto: wire::Proto::Udp,
+            family: wire::Family::Ipv6,
+            address: "::".into(),
+            port: 53,
+            pid: Some(7),
+            process: Some("dnsd".into()),
+            command: Some("dnsd -f".into()),
+        };
+        let api = port_listener(wire.clone());
+        // Field for field, the same JSON as the agent's.
+        assert_eq!(
+            serde_json::to_value(&api).unwrap(),
+            serde_json::to_value(&wire).unwrap()
+        );
+        assert_eq!((api.proto, api.family), (Proto::Udp, Family::Ipv6));
+    }
 }

@@ -54,7 +54,7 @@ pub(super) async fn boot(
     state.set_vm(row)?;
     progress.stage("wait agent", format!("pid {}", running.pid));
     wait_agent(state, &row.name, &running.agent).await?;
-    if has_sshd && let Some(ip) = row.ip.clone() {
+    if has_sshd && let Some(ip) = row.ip.map(|ip| ip.to_string()) {
         progress.stage("wait ssh", format!("{ip}:22"));
         let secs = state.opts.config.ssh_wait_secs;
         if !banger_api::probe::wait_ssh(&ip, Duration::from_secs(secs)).await {
@@ -68,7 +68,7 @@ pub(super) async fn boot(
             );
         }
     }
-    row.state = VmState::Running.as_str().to_string();
+    row.state = VmState::Running;
     row.started_at = Some(state.now());
     state.set_vm(row)?;
     Ok(())
@@ -80,7 +80,7 @@ async fn net_up(state: &Arc<AppState>, row: &VmRow) -> Result<(), OpError> {
     let subnet = state.subnet;
     let tap = row.tap.clone().unwrap_or_default();
     let nat = row.nat;
-    let ip: Option<Ipv4Addr> = row.ip.as_deref().and_then(|i| i.parse().ok());
+    let ip: Option<Ipv4Addr> = row.ip;
     let uid = Some(state.uid);
     tokio::task::spawn_blocking(move || -> Result<(), banger_net::NetError> {
         net.ensure_bridge(&bridge, &subnet)?;
@@ -102,7 +102,7 @@ async fn net_up(state: &Arc<AppState>, row: &VmRow) -> Result<(), OpError> {
 pub(super) async fn release(state: &Arc<AppState>, row: &VmRow) {
     let net = state.host.net.clone();
     let tap = row.tap.clone();
-    let ip: Option<Ipv4Addr> = row.ip.as_deref().and_then(|i| i.parse().ok());
+    let ip: Option<Ipv4Addr> = row.ip;
     let nat = row.nat;
     let name = row.name.clone();
     let _ = tokio::task::spawn_blocking(move || {

@@ -5,15 +5,12 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use banger_api::types::{CreateVm, Vm, VmSettings, VmState};
+use banger_api::types::{CreateVm, MacAddr, Vm, VmSettings, VmState};
 use banger_core::limits::VmLimits;
 use banger_core::names::validate_vm_name;
 use banger_core::size::ByteSize;
-use banger_net::plan::{allocate, format_mac, mac_for_ip, tap_name_for};
+use banger_net::plan::{allocate, mac_for_ip, tap_name_for};
 use banger_store::{ImageRow, VmRow};
-use std::str::FromStr;
-
-use banger_vmm::VmmKind;
 use tokio_util::sync::CancellationToken;
 
 use super::boot::{boot, release};
@@ -72,19 +69,14 @@ pub async fn create(
     if let Some(name) = &req.name {
         validate_vm_name(name)?;
     }
-    let vmm_kind = match &req.vmm {
-        Some(v) => VmmKind::from_str(v).map_err(|e| OpError::Invalid {
-            what: e.to_string(),
-        })?,
-        None => state.host.vmms.default_kind(),
-    };
+    let vmm_kind = req.vmm.unwrap_or_else(|| state.host.vmms.default_kind());
     let vmm = state
         .host
         .vmms
         .get(vmm_kind)
         .cloned()
         .map_err(|why| OpError::VmmUnavailable {
-            kind: vmm_kind.to_string(),
+            kind: vmm_kind,
             why,
         })?;
     check_settings(&req.resources, &vmm.limits())?;
@@ -116,10 +108,7 @@ pub async fn create(
             Some(n) => n.clone(),
             None => generate_name(&names),
         };
-        let used: BTreeSet<Ipv4Addr> = rows
-            .iter()
-            .filter_map(|r| r.ip.as_deref()?.parse().ok())
-            .collect();
+        let used: BTreeSet<Ipv4Addr> = rows.iter().filter_map(|r| r.ip).collect();
         let ip = allocate(&state.subnet, &used).ok_or_else(|| OpError::SubnetFull {
             subnet: state.subnet.to_string(),
         })?;
@@ -129,8 +118,8 @@ pub async fn create(
             id: id.clone(),
             name,
             image_id: image.id.clone(),
-            state: VmState::Creating.as_str().to_string(),
-            vmm: vmm.kind().to_string(),
+            state: VmState::Creating,
+            vmm: vmm.kind(),
             cpus: req.resources.cpus.map_or(DEFAULT_CPUS, |c| c as u32),
             memory_mib: req
                 .resources
@@ -146,8 +135,8 @@ pub async fn create(
                 .work_disk_bytes
                 .unwrap_or(DEFAULT_WORK_DISK.bytes()),
             nat: req.nat.unwrap_or(false),
-            ip: Some(ip.to_string()),
-            mac: Some(format_mac(&mac_for_ip(ip))),
+            ip: Some(ip),
+            mac: Some(MacAddr(mac_for_ip(ip))),
             tap: Some(tap_name_for(&id)),
             vsock_cid: Some(cid),
             pid: None,
@@ -164,15 +153,7 @@ pub async fn create(
                 vm: row.name.clone(),
                 source: Box::new(source),
             })?;
-        s.insert_vm(&row).map_err(|e| {
-            if e.is_unique_conflict("vms", "name") {
-                OpError::NameTaken {
-                    name: row.name.clone(),
-                }
-            } else {
-                OpError::Store(e)
-            }
-        })?;
+        s.insert_vm(&row).map_err(OpError::vm_insert)?;
         Ok(row)
     })?;
     let lock = state.locks.vm(&row.id);
@@ -233,18 +214,14 @@ async fn prepare_disks(
     let (disk_bytes, work_bytes) = (row.disk_bytes, row.work_disk_bytes);
     let ip: Ipv4Addr = row
         .ip
-        .as_deref()
-        .and_then(|i| i.parse().ok())
-        .ok_or_else(|| OpError::Invalid {
-            what: format!("VM {vm} has no address"),
-        })?;
+        .ok_or_else(|| OpError::NoAddress { vm: vm.clone() })?;
     let guest = banger_disk::guest::GuestConfig {
         hostname: row.name.clone(),
         ip,
         prefix: state.subnet.prefix(),
         gateway: state.subnet.gateway(),
         dns: state.guest_dns.clone(),
-        mac: row.mac.clone().unwrap_or_default(),
+        mac: row.mac.map(|m| m.to_string()).unwrap_or_default(),
     };
     let pubkey = state.ssh.public_key.clone();
     let tmp = state.scratch_dir();
@@ -317,6 +294,8 @@ pub async fn rollback_create(state: &Arc<AppState>, row: &VmRow) {
 
 #[cfg(test)]
 mod tests {
+    use banger_vmm::VmmKind;
+
     use super::*;
 
     #[test]

@@ -70,14 +70,9 @@ pub(super) fn resolve_image<'a>(
     match matches.as_slice() {
         [one] => Ok(one),
         [] => Err(not_found()),
-        many => Err(OpError::Invalid {
-            what: format!(
-                "{reference:?} matches several images: {}",
-                many.iter()
-                    .map(|r| r.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+        many => Err(OpError::ImageAmbiguous {
+            reference: reference.to_string(),
+            candidates: many.iter().map(|r| r.name.clone()).collect(),
         }),
     }
 }
@@ -91,6 +86,9 @@ impl AppState {
 
 #[cfg(test)]
 mod tests {
+    use banger_core::vm::VmState;
+    use banger_core::vmm_kind::VmmKind;
+
     use super::*;
 
     fn row(id: &str, name: &str) -> VmRow {
@@ -98,8 +96,8 @@ mod tests {
             id: id.into(),
             name: name.into(),
             image_id: "img".into(),
-            state: "stopped".into(),
-            vmm: "firecracker".into(),
+            state: VmState::Stopped,
+            vmm: VmmKind::Firecracker,
             cpus: 1,
             memory_mib: 128,
             disk_bytes: 1,
@@ -193,7 +191,7 @@ mod tests {
         assert!(resolve_image(&rows, "").is_err());
         assert!(matches!(
             resolve_image(&[img("aa1", "x"), img("aa2", "y")], "aa"),
-            Err(OpError::Invalid { .. })
+            Err(OpError::ImageAmbiguous { .. })
         ));
     }
 }

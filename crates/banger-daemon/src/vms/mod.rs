@@ -39,7 +39,8 @@
 //! - `create`: create, its stages and its rollback.
 //! - `boot`: network up, VMM started, agent waited for; and the release of what a boot took.
 //! - `vmm`: the VM's VMM process, identified before it is signalled.
-//! - `agent`: the VM's guest agent (readiness, health, ports).
+//! - `agent`: the VM's guest agent (readiness, health, ping, ports).
+//! - `query`: the VM list, one VM, its VMM's statistics.
 //! - `actions`: start, stop, restart, kill, delete, set, and multi-VM actions.
 //! - `reconcile`: stored state brought in line with the host, and the VMM monitor.
 
@@ -48,15 +49,17 @@ mod agent;
 mod boot;
 mod create;
 mod lookup;
+mod query;
 mod reconcile;
 mod view;
 mod vmm;
 
 pub use actions::{act, delete, kill, restart, set, start, stop};
-pub use agent::{agent_health, agent_ports, endpoint_of};
+pub use agent::{agent_health, agent_ports, endpoint_of, health, ping, ports};
 pub use create::{
     DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_WORK_DISK, check_settings, create, rollback_create,
 };
 pub use lookup::resolve;
+pub use query::{list, show, stats};
 pub use reconcile::{monitor, reconcile, reconcile_running};
 pub use view::BOOT_ARGS;

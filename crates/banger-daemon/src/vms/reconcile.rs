@@ -27,16 +27,15 @@ pub async fn reconcile(state: &Arc<AppState>) {
         }
     };
     for row in rows {
-        match VmState::parse(&row.state) {
-            Some(VmState::Creating) => {
+        match row.state {
+            VmState::Creating => {
                 let lock = state.locks.vm(&row.id);
                 let Ok(_g) = lock.try_lock() else { continue };
                 tracing::warn!(vm = %row.name, "reconcile: creation never finished; rolling back");
                 rollback_create(state, &row).await;
             }
-            Some(VmState::Running) => reconcile_running(state, &row.id).await,
-            Some(VmState::Stopped | VmState::Error) => reconcile_stopped(state, &row.id).await,
-            None => {}
+            VmState::Running => reconcile_running(state, &row.id).await,
+            VmState::Stopped | VmState::Error => reconcile_stopped(state, &row.id).await,
         }
     }
 }
@@ -53,7 +52,7 @@ async fn reconcile_stopped(state: &Arc<AppState>, id: &str) {
     let unfinished = row.pid.is_some()
         || tokio::fs::try_exists(&run_dir).await.unwrap_or(true)
         || !banger_vmm::process::pids_in_dir(&run_dir).is_empty();
-    if row.state == VmState::Running.as_str() || !unfinished {
+    if row.state == VmState::Running || !unfinished {
         return;
     }
     tracing::warn!(vm = %row.name, pid = ?row.pid, "reconcile: a start never finished; undoing it");
@@ -72,7 +71,7 @@ pub async fn reconcile_running(state: &Arc<AppState>, id: &str) {
     let Ok(mut row) = reload(state, id) else {
         return;
     };
-    if row.state != VmState::Running.as_str() {
+    if row.state != VmState::Running {
         return;
     }
     let spec = match state.spec(&row) {
@@ -107,7 +106,7 @@ pub async fn reconcile_running(state: &Arc<AppState>, id: &str) {
     }
     tracing::warn!(vm = %row.name, pid = ?row.pid, "reconcile: VMM is gone; marking stopped");
     release(state, &row).await;
-    row.state = VmState::Stopped.as_str().to_string();
+    row.state = VmState::Stopped;
     row.pid = None;
     row.vmm_start_time = None;
     let _ = state.set_vm(&row);
@@ -121,7 +120,7 @@ pub async fn monitor(state: Arc<AppState>) {
         tick.tick().await;
         let Ok(rows) = state.vm_rows() else { continue };
         logs.check(&rows).await;
-        for row in rows.iter().filter(|r| r.state == VmState::Running.as_str()) {
+        for row in rows.iter().filter(|r| r.state == VmState::Running) {
             if !vmm_running(&state, row) {
                 reconcile_running(&state, &row.id).await;
             }

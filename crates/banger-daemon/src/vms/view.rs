@@ -3,11 +3,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use banger_api::types::{Vm, VmState};
+use banger_api::types::Vm;
 use banger_store::{ImageRow, VmRow};
-use std::str::FromStr;
 
-use banger_vmm::{KernelFiles, VmSpec, Vmm, VmmKind};
+use banger_vmm::{KernelFiles, VmSpec, Vmm};
 
 use crate::error::OpError;
 use crate::state::AppState;
@@ -29,17 +28,17 @@ impl AppState {
         Vm {
             id: row.id.clone(),
             name: row.name.clone(),
-            state: VmState::parse(&row.state).unwrap_or(VmState::Error),
+            state: row.state,
             image,
             image_id: row.image_id.clone(),
-            vmm: row.vmm.clone(),
+            vmm: row.vmm,
             cpus: row.cpus,
             memory_mib: row.memory_mib,
             disk_bytes: row.disk_bytes,
             work_disk_bytes: row.work_disk_bytes,
             nat: row.nat,
-            ip: row.ip.clone(),
-            mac: row.mac.clone(),
+            ip: row.ip,
+            mac: row.mac,
             tap: row.tap.clone(),
             vsock_cid: row.vsock_cid,
             pid: row.pid,
@@ -95,7 +94,7 @@ impl AppState {
             root_disk: dir.join("root.ext4"),
             work_disk: dir.join("work.ext4"),
             tap: row.tap.clone().unwrap_or_default(),
-            mac: row.mac.clone().unwrap_or_default(),
+            mac: row.mac.map(|m| m.to_string()).unwrap_or_default(),
             vsock_cid: row.vsock_cid.unwrap_or(3),
             run_dir: self.run_dir(&row.id),
             console_log: dir.join(crate::logcap::CONSOLE_LOG),
@@ -105,17 +104,12 @@ impl AppState {
 
     /// The backend a VM runs on.
     pub fn vmm_of(&self, row: &VmRow) -> Result<Arc<dyn Vmm>, OpError> {
-        let kind = VmmKind::from_str(&row.vmm).map_err(|e| OpError::Invalid {
-            what: format!("VM {}: {e}", row.name),
-        })?;
+        let kind = row.vmm;
         self.host
             .vmms
             .get(kind)
             .cloned()
-            .map_err(|why| OpError::VmmUnavailable {
-                kind: kind.to_string(),
-                why,
-            })
+            .map_err(|why| OpError::VmmUnavailable { kind, why })
     }
 
     /// The kernel files (and initrd) an image boots with; the backend picks the one it boots.
