@@ -59,6 +59,13 @@ impl SerialStream {
             path: path.to_path_buf(),
             source,
         })?;
+        Self::from_pollable(file, path)
+    }
+
+    /// Wraps an already open pollable file as it is, terminal modes untouched (the master of
+    /// an exec session's pty, whose line discipline the process expects). It is made
+    /// non-blocking. `path` names it in errors.
+    pub fn from_pollable(file: File, path: &Path) -> Result<Self, SerialError> {
         set_nonblocking(&file).map_err(|source| SerialError::NonBlocking {
             path: path.to_path_buf(),
             source,

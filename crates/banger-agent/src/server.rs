@@ -12,6 +12,7 @@ use std::future::Future;
 use std::io;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,16 +21,21 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper::upgrade::Upgraded;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixListener;
 use tokio::task::JoinSet;
+use tokio_util::task::TaskTracker;
 use tokio_vsock::{VMADDR_CID_ANY, VsockAddr, VsockListener};
 
 use crate::procfs::{ProcError, ProcFs};
 use crate::serial::SerialStream;
+use crate::{exec, mux};
+use banger_agent_proto::exec::{EXEC_PATH, UPGRADE_EXEC};
+use banger_agent_proto::mux::{MUX_PATH, UPGRADE_MUX};
 use banger_agent_proto::wire::{AGENT_VSOCK_PORT, ErrorBody, Health, Ports};
 
 /// How long the serial loop waits before reopening the device after a connection ends.
@@ -115,12 +121,27 @@ impl Agent {
         })
     }
 
-    async fn respond(self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-        let path = req.uri().path();
-        let resp = match (req.method(), path) {
+    async fn respond(
+        self,
+        req: Request<Incoming>,
+        sessions: TaskTracker,
+        peer: Arc<str>,
+    ) -> Result<Response<Full<Bytes>>, Infallible> {
+        let path = req.uri().path().to_string();
+        let resp = match (req.method(), path.as_str()) {
             (&Method::GET, "/healthz") => self.blocking(|a| a.health()).await,
             (&Method::GET, "/ports") => self.blocking(|a| a.ports()).await,
-            (_, "/healthz" | "/ports") => error(
+            (&Method::GET, EXEC_PATH) => upgrade(req, UPGRADE_EXEC, &sessions, move |io| {
+                Box::pin(async move {
+                    if let Err(e) = exec::run_session(io, &peer).await {
+                        tracing::warn!("{e}");
+                    }
+                })
+            }),
+            (&Method::GET, MUX_PATH) => upgrade(req, UPGRADE_MUX, &sessions, move |io| {
+                mux::serve(self, io, format!("{peer} mux"))
+            }),
+            (_, "/healthz" | "/ports" | EXEC_PATH | MUX_PATH) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{} {path}: only GET is allowed", req.method()),
             ),
@@ -153,6 +174,53 @@ impl Agent {
     }
 }
 
+/// The boxed future of an upgraded session.
+type Session = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Answers an upgrade request for `protocol`: `101 Switching Protocols`, and once hyper hands
+/// the connection over, `session` runs on it as a task of the connection's `sessions`. A
+/// request without `Upgrade: protocol` is a 400.
+fn upgrade<F>(
+    mut req: Request<Incoming>,
+    protocol: &'static str,
+    sessions: &TaskTracker,
+    session: F,
+) -> Response<Full<Bytes>>
+where
+    F: FnOnce(TokioIo<Upgraded>) -> Session + Send + 'static,
+{
+    let asked = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(protocol));
+    if !asked {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "GET {} needs the headers Connection: Upgrade and Upgrade: {protocol}",
+                req.uri().path()
+            ),
+        );
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    sessions.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => session(TokioIo::new(upgraded)).await,
+            Err(e) => tracing::debug!("upgrade to {protocol} failed: {e}"),
+        }
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    resp.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("upgrade"),
+    );
+    resp.headers_mut()
+        .insert(header::UPGRADE, header::HeaderValue::from_static(protocol));
+    resp
+}
+
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
     match serde_json::to_vec(value) {
         Ok(body) => {
@@ -179,21 +247,32 @@ fn error(status: StatusCode, message: String) -> Response<Full<Bytes>> {
     json(status, &ErrorBody { error: message })
 }
 
-/// Serves HTTP/1.1 (keep-alive) on one stream until the peer closes it or it fails.
+/// Serves HTTP/1.1 (keep-alive) on one stream until the peer closes it or it fails; when the
+/// stream was upgraded (exec, mux), until the upgraded session ends too, so the serial loop
+/// does not reopen the device under a running session.
 pub async fn serve_connection<S>(agent: Agent, stream: S, peer: &str) -> Result<(), ConnectionError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req| agent.clone().respond(req));
-    http1::Builder::new()
+    let sessions = TaskTracker::new();
+    let svc = {
+        let sessions = sessions.clone();
+        let peer: Arc<str> = Arc::from(peer);
+        service_fn(move |req| agent.clone().respond(req, sessions.clone(), peer.clone()))
+    };
+    let served = http1::Builder::new()
         .timer(TokioTimer::new())
         .keep_alive(true)
         .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades()
         .await
         .map_err(|source| ConnectionError {
             peer: peer.to_string(),
             source,
-        })
+        });
+    sessions.close();
+    sessions.wait().await;
+    served
 }
 
 /// Listens on the Unix socket `path`, first removing a stale socket file left there.
@@ -283,7 +362,7 @@ pub async fn serve_serial(agent: Agent, path: PathBuf, retry: Duration) {
 pub async fn serve_reopening<F, S, E>(agent: Agent, mut open: F, name: &str, retry: Duration)
 where
     F: FnMut() -> Result<S, E>,
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     E: Display,
 {
     let mut open_failing = false;
