@@ -55,15 +55,15 @@ const MAX_QUOTED: usize = banger_core::quote::DEFAULT_QUOTE;
 /// A failure reaching the agent or understanding its answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to {}: {source}", socket.display())]
+    #[error("cannot connect to {}", socket.display())]
     Connect { socket: PathBuf, source: io::Error },
-    #[error("cannot send \"CONNECT {port}\" on {}: {source}", socket.display())]
+    #[error("cannot send \"CONNECT {port}\" on {}", socket.display())]
     HandshakeSend {
         socket: PathBuf,
         port: u32,
         source: io::Error,
     },
-    #[error("cannot read the reply to \"CONNECT {port}\" on {}: {source}", socket.display())]
+    #[error("cannot read the reply to \"CONNECT {port}\" on {}", socket.display())]
     HandshakeRecv {
         socket: PathBuf,
         port: u32,
@@ -84,16 +84,16 @@ pub enum ClientError {
         port: u32,
         got: String,
     },
-    #[error("agent GET {path}: HTTP handshake failed: {source}")]
+    #[error("agent GET {path}: HTTP handshake failed")]
     Handshake { path: String, source: hyper::Error },
-    #[error("agent GET {path}: cannot build request: {source}")]
+    #[error("agent GET {path}: cannot build request")]
     BuildRequest {
         path: String,
         source: hyper::http::Error,
     },
-    #[error("agent GET {path}: request failed: {source}")]
+    #[error("agent GET {path}: request failed")]
     Request { path: String, source: hyper::Error },
-    #[error("agent GET {path}: cannot read answer body: {source}")]
+    #[error("agent GET {path}: cannot read answer body")]
     Body {
         path: String,
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -114,7 +114,7 @@ pub enum ClientError {
         status: u16,
         message: String,
     },
-    #[error("agent GET {path}: answer is not the expected JSON: {source}")]
+    #[error("agent GET {path}: answer is not the expected JSON")]
     Decode {
         path: String,
         source: serde_json::Error,

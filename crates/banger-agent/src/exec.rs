@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::process::{Child, Command};
 use tokio::sync::{Mutex, mpsc};
 
+use crate::error_chain;
 use crate::serial::SerialStream;
 
 /// A failure in one exec session. The process, if it was started, is killed and reaped.
@@ -330,7 +331,7 @@ fn spawn(request: &ExecRequest) -> Result<Process, SpawnFailure> {
                     )
                 })?;
                 SerialStream::from_pollable(File::from(fd), Path::new(what))
-                    .map_err(|e| failure(SpawnErrorKind::Other, e.to_string()))
+                    .map_err(|e| failure(SpawnErrorKind::Other, error_chain(&e)))
             };
             let reader = stream("pty master (output)")?;
             let writer = stream("pty master (input)")?;

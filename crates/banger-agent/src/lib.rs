@@ -17,3 +17,38 @@ pub mod mux;
 pub mod procfs;
 pub mod serial;
 pub mod server;
+
+/// An error and its causes in one line, each message once (messages never repeat their
+/// source, so the causes are added here): what the agent logs and answers.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !text.ends_with(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn messages_name_the_context_and_the_chain_adds_the_cause_once() {
+        let e = server::ServerError::BindUnix {
+            path: PathBuf::from("/run/a.sock"),
+            source: std::io::Error::other("address in use"),
+        };
+        assert_eq!(e.to_string(), "cannot listen on unix socket /run/a.sock");
+        assert_eq!(
+            error_chain(&e),
+            "cannot listen on unix socket /run/a.sock: address in use"
+        );
+    }
+}

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use banger_agent::error_chain;
 use banger_agent::procfs::{DEFAULT_PROC_ROOT, ProcFs};
 use banger_agent::server::{self, Agent, ListenPlan};
 use banger_agent_proto::wire::GUEST_SERIAL_PATH;
@@ -61,7 +62,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            tracing::error!("cannot start the async runtime: {e}");
+            tracing::error!("cannot start the async runtime: {}", error_chain(&e));
             return ExitCode::FAILURE;
         }
     };
@@ -79,7 +80,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
+            tracing::error!("{}", error_chain(&e));
             ExitCode::FAILURE
         }
     }

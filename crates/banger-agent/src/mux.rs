@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinSet;
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
+use crate::error_chain;
 use crate::server::{Agent, serve_connection};
 
 /// Serves the multiplexed connection `io` until it ends; then every substream still served
@@ -31,12 +32,12 @@ where
                     let agent = agent.clone();
                     streams.spawn(async move {
                         if let Err(e) = serve_connection(agent, stream.compat(), &name).await {
-                            tracing::debug!("{e}");
+                            tracing::debug!("{}", error_chain(&e));
                         }
                     });
                 }
                 Some(Err(e)) => {
-                    tracing::debug!("{peer}: multiplexed connection failed: {e}");
+                    tracing::debug!("{peer}: multiplexed connection failed: {}", error_chain(&e));
                     break;
                 }
                 None => break,

@@ -31,7 +31,7 @@ const TABLES: [(&str, Proto, Family, bool); 4] = [
 /// A failure reading or understanding a procfs file.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcError {
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Read { path: PathBuf, source: io::Error },
     #[error("cannot parse {} line {line}: {reason}", path.display())]
     Parse {

@@ -20,13 +20,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// A failure opening or preparing a serial device.
 #[derive(Debug, thiserror::Error)]
 pub enum SerialError {
-    #[error("cannot open serial device {}: {source}", path.display())]
+    #[error("cannot open serial device {}", path.display())]
     Open { path: PathBuf, source: io::Error },
-    #[error("cannot switch {} to raw mode: {source}", path.display())]
+    #[error("cannot switch {} to raw mode", path.display())]
     Raw { path: PathBuf, source: io::Error },
-    #[error("cannot make {} non-blocking: {source}", path.display())]
+    #[error("cannot make {} non-blocking", path.display())]
     NonBlocking { path: PathBuf, source: io::Error },
-    #[error("cannot poll {} (not a pollable device?): {source}", path.display())]
+    #[error("cannot poll {} (not a pollable device?)", path.display())]
     Register { path: PathBuf, source: io::Error },
 }
 

@@ -7,7 +7,6 @@
 //! resolves, then removes the Unix socket file it created.
 
 use std::convert::Infallible;
-use std::fmt::Display;
 use std::future::Future;
 use std::io;
 use std::os::unix::fs::FileTypeExt;
@@ -33,7 +32,7 @@ use tokio_vsock::{VMADDR_CID_ANY, VsockAddr, VsockListener};
 
 use crate::procfs::{ProcError, ProcFs};
 use crate::serial::SerialStream;
-use crate::{exec, mux};
+use crate::{error_chain, exec, mux};
 use banger_agent_proto::exec::{EXEC_PATH, UPGRADE_EXEC};
 use banger_agent_proto::mux::{MUX_PATH, UPGRADE_MUX};
 use banger_agent_proto::wire::{AGENT_VSOCK_PORT, ErrorBody, Health, Ports};
@@ -47,13 +46,13 @@ const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// A failure starting or running the agent's listeners.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot remove stale socket {}: {source}", path.display())]
+    #[error("cannot remove stale socket {}", path.display())]
     RemoveStale { path: PathBuf, source: io::Error },
     #[error("refusing to replace {}: it exists and is not a socket", path.display())]
     NotASocket { path: PathBuf },
-    #[error("cannot listen on unix socket {}: {source}", path.display())]
+    #[error("cannot listen on unix socket {}", path.display())]
     BindUnix { path: PathBuf, source: io::Error },
-    #[error("cannot listen on vsock port {port}: {source}")]
+    #[error("cannot listen on vsock port {port}")]
     BindVsock { port: u32, source: io::Error },
     #[error("serial device {} does not exist", path.display())]
     SerialMissing { path: PathBuf },
@@ -61,7 +60,7 @@ pub enum ServerError {
     NoListeners,
     #[error("a listener stopped unexpectedly (serving {names}): {reason}")]
     ListenerStopped { names: String, reason: String },
-    #[error("cannot install handler for {signal}: {source}")]
+    #[error("cannot install handler for {signal}")]
     Signal {
         signal: &'static str,
         source: io::Error,
@@ -70,7 +69,7 @@ pub enum ServerError {
 
 /// A failure on one HTTP connection.
 #[derive(Debug, thiserror::Error)]
-#[error("HTTP connection on {peer} failed: {source}")]
+#[error("HTTP connection on {peer} failed")]
 pub struct ConnectionError {
     pub peer: String,
     #[source]
@@ -134,7 +133,7 @@ impl Agent {
             (&Method::GET, EXEC_PATH) => upgrade(req, UPGRADE_EXEC, &sessions, move |io| {
                 Box::pin(async move {
                     if let Err(e) = exec::run_session(io, &peer).await {
-                        tracing::warn!("{e}");
+                        tracing::warn!("{}", error_chain(&e));
                     }
                 })
             }),
@@ -165,7 +164,7 @@ impl Agent {
         let agent = self.clone();
         match tokio::task::spawn_blocking(move || read(&agent)).await {
             Ok(Ok(value)) => json(StatusCode::OK, &value),
-            Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, error_chain(&e)),
             Err(e) => error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("reading /proc failed: {e}"),
@@ -207,7 +206,7 @@ where
     sessions.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => session(TokioIo::new(upgraded)).await,
-            Err(e) => tracing::debug!("upgrade to {protocol} failed: {e}"),
+            Err(e) => tracing::debug!("upgrade to {protocol} failed: {}", error_chain(&e)),
         }
     });
     let mut resp = Response::new(Full::new(Bytes::new()));
@@ -315,7 +314,7 @@ pub async fn serve_unix(agent: Agent, listener: UnixListener, name: String) {
                 let peer = name.clone();
                 conns.spawn(async move {
                     if let Err(e) = serve_connection(agent, stream, &peer).await {
-                        tracing::debug!("{e}");
+                        tracing::debug!("{}", error_chain(&e));
                     }
                 });
             }
@@ -338,7 +337,7 @@ pub async fn serve_vsock(agent: Agent, listener: VsockListener, port: u32) {
                 let peer = format!("vsock {}:{}", addr.cid(), addr.port());
                 conns.spawn(async move {
                     if let Err(e) = serve_connection(agent, stream, &peer).await {
-                        tracing::debug!("{e}");
+                        tracing::debug!("{}", error_chain(&e));
                     }
                 });
             }
@@ -363,7 +362,7 @@ pub async fn serve_reopening<F, S, E>(agent: Agent, mut open: F, name: &str, ret
 where
     F: FnMut() -> Result<S, E>,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    E: Display,
+    E: std::error::Error,
 {
     let mut open_failing = false;
     loop {
@@ -375,12 +374,12 @@ where
                 }
                 match serve_connection(agent.clone(), stream, name).await {
                     Ok(()) => tracing::debug!("{name}: connection ended, reopening"),
-                    Err(e) => tracing::debug!("{e}; reopening"),
+                    Err(e) => tracing::debug!("{}; reopening", error_chain(&e)),
                 }
             }
             Err(e) => {
                 if !open_failing {
-                    tracing::warn!("{e}; retrying every {retry:?}");
+                    tracing::warn!("{}; retrying every {retry:?}", error_chain(&e));
                     open_failing = true;
                 }
             }
@@ -451,7 +450,7 @@ pub async fn run(
         Some(port) => match bind_vsock(port) {
             Ok(listener) => Some((port, listener)),
             Err(e) if unix.is_some() || plan.serial.is_some() => {
-                tracing::warn!("{e}; serving on the other transports only");
+                tracing::warn!("{}; serving on the other transports only", error_chain(&e));
                 None
             }
             Err(e) => {
@@ -710,7 +709,7 @@ mod tests {
                     .lock()
                     .unwrap()
                     .pop_front()
-                    .ok_or("serial device not there")
+                    .ok_or_else(|| io::Error::other("serial device not there"))
             }
         };
         let a = agent(dir.path());

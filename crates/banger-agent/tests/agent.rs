@@ -826,3 +826,56 @@ async fn exec_true_round_trip_over_the_unix_socket_is_fast() {
     // machine gets a wide margin.
     assert!(median < Duration::from_millis(200), "median {median:?}");
 }
+
+#[tokio::test]
+async fn exec_host_overrunning_its_stdin_credit_ends_the_session_and_the_process() {
+    use banger_agent_proto::exec::{Frame, MAX_DATA_CHUNK, STDIN_WINDOW, read_frame, write_frame};
+    let agent = Agent::start_unix(&[]).await;
+    let mut s = agent.connect().await;
+    s.write_all(
+        b"GET /exec HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: banger-exec/1\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1);
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    write_frame(&mut s, &Frame::Start(ExecRequest::new(["sleep", "1000"])))
+        .await
+        .unwrap();
+    let pid = match read_frame(&mut s).await.unwrap() {
+        Some(Frame::Started(started)) => started.pid,
+        other => panic!("expected started, got {other:?}"),
+    };
+    // `sleep` reads no stdin, so no credit comes back; send past the window regardless.
+    let chunk = Bytes::from(vec![b'x'; MAX_DATA_CHUNK]);
+    for _ in 0..=(STDIN_WINDOW as usize / MAX_DATA_CHUNK) {
+        if write_frame(&mut s, &Frame::Stdin(chunk.clone()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    // The agent ends the session: no exit status, the connection closes, the process dies.
+    let end = tokio::time::timeout(T, async {
+        loop {
+            match read_frame(&mut s).await {
+                Ok(Some(Frame::StdinCredit(_))) => continue,
+                other => break other,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
+    wait_gone(pid).await;
+}

@@ -62,6 +62,18 @@ pub enum ExecError {
         #[source]
         source: FrameError,
     },
+    #[error("exec of {program:?}: cannot send the command")]
+    Send {
+        program: String,
+        #[source]
+        source: FrameError,
+    },
+    #[error("exec of {program:?}: cannot read the agent's answer to the start")]
+    StartAnswer {
+        program: String,
+        #[source]
+        source: FrameError,
+    },
     #[error("exec of {program:?}: the agent broke the protocol: {message}")]
     Protocol { program: String, message: String },
     #[error("exec session with pid {pid}: the agent closed the session before the exit status")]
@@ -109,7 +121,10 @@ where
         .map_err(ExecError::Connect)?;
     write_frame(&mut io, &Frame::Start(request))
         .await
-        .map_err(|e| protocol(format!("cannot send the command: {e}")))?;
+        .map_err(|source| ExecError::Send {
+            program: program.to_string(),
+            source,
+        })?;
     let pid = match read_frame(&mut io).await {
         Ok(Some(Frame::Started(s))) => s.pid,
         Ok(Some(Frame::SpawnFailed(f))) => {
@@ -126,7 +141,12 @@ where
             )));
         }
         Ok(None) => return Err(protocol("closed the session before starting".to_string())),
-        Err(e) => return Err(protocol(format!("cannot read the start answer: {e}"))),
+        Err(source) => {
+            return Err(ExecError::StartAnswer {
+                program: program.to_string(),
+                source,
+            });
+        }
     };
 
     let (rd, wr) = tokio::io::split(io);
