@@ -43,7 +43,8 @@
 //! # Semantics
 //!
 //! - The process is the leader of a new session and process group (`setsid`). Signals are
-//!   sent to that group, as a terminal sends Ctrl-C to its foreground group.
+//!   sent to that group or, with a PTY, to the terminal's foreground process group (a job
+//!   control shell's running job), as a terminal sends Ctrl-C to its foreground group.
 //! - With [`ExecRequest::pty`] the process gets a new pseudo-terminal as stdin, stdout, stderr
 //!   and controlling terminal, sized as asked; `Resize` sets its window size (`TIOCSWINSZ`,
 //!   so the foreground group gets `SIGWINCH`). All output arrives as `Stdout`; `StdinEof` is
@@ -55,11 +56,15 @@
 //! - The end is [`ExitStatus::Code`] or, for a process killed by a signal,
 //!   [`ExitStatus::Signal`]; [`ExitStatus::shell_code`] maps the latter to `128 + n` (130 for
 //!   SIGINT), as shells report it.
-//! - The session ends with the connection. When the host goes away (the connection ends
-//!   before the agent sent `Exit`), the agent kills the process group with SIGKILL and reaps
-//!   the process: a host that disconnects leaves no orphan. Processes still running in the
-//!   group after `Exit` was sent (daemons started in the background) are left alone, as
-//!   `ssh host 'cmd &'` does.
+//! - `Exit` is sent once the process ended and both output streams reached their end, so a
+//!   background process that keeps stdout or stderr open keeps the session open, as with
+//!   `ssh host 'server &'` (redirect its output to let the session end).
+//! - The session ends with the connection. When the host goes away (the connection ends, or
+//!   is half-closed, before the agent sent `Exit`: stdin ends with `StdinEof`, not with a
+//!   shutdown), the agent kills the process group and every other process of the session
+//!   with SIGKILL and reaps the process: a host that disconnects leaves no orphan. Only a
+//!   process that made a session of its own (`setsid`, a daemon on purpose) survives.
+//!   Processes still running after `Exit` was sent are left alone.
 
 use std::collections::BTreeMap;
 use std::io;

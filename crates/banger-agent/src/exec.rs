@@ -6,8 +6,10 @@
 //! a pump per output stream (stdout, stderr, or the pty master) writing frames as the
 //! connection takes them, a stdin feeder writing what the host sent and granting credit back,
 //! the control reader (stdin, signals, resizes from the host) and the wait for the process.
-//! If the host goes away first, the process group is killed with SIGKILL and reaped; a
-//! [`Group`] guard does the same if the session is dropped mid-way (agent shutdown).
+//! If the host goes away first, the process group and the rest of the session are killed
+//! with SIGKILL and the process is reaped; a guard does the same if the session is dropped
+//! mid-way (agent shutdown). Signals from the host go to the process group, or with a pty to
+//! the terminal's foreground group.
 
 use std::fs::File;
 use std::io;
@@ -28,6 +30,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{Mutex, mpsc};
 
 use crate::error_chain;
+use crate::procfs::ProcFs;
 use crate::serial::SerialStream;
 
 /// A failure in one exec session. The process, if it was started, is killed and reaped.
@@ -66,7 +69,9 @@ async fn send<S: AsyncWrite>(out: &Out<S>, frame: &Frame) -> Result<(), FrameErr
 /// Runs one exec session on `io` until the process ended and the host has its exit status,
 /// or the host went away (then the process group is killed). `peer` names the host in
 /// errors.
-pub async fn run_session<S>(io: S, peer: &str) -> Result<(), SessionError>
+///
+/// `procfs` finds the processes of the session when it must be killed.
+pub async fn run_session<S>(io: S, peer: &str, procfs: ProcFs) -> Result<(), SessionError>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -110,7 +115,11 @@ where
         stderr,
         master,
     } = process;
-    let mut group = Group { pid, armed: true };
+    let mut group = Group {
+        pid,
+        armed: true,
+        procfs,
+    };
     tracing::debug!("exec from {peer}: started {:?} as pid {pid}", request.argv);
     send(&out, &Frame::Started(Started { pid }))
         .await
@@ -177,17 +186,29 @@ enum Outcome {
     HostGone(Result<(), SessionError>),
 }
 
-/// The process group of a session, killed with SIGKILL when dropped armed.
+/// The processes of a session, killed with SIGKILL when dropped armed.
 #[derive(Debug)]
 struct Group {
     pid: u32,
     armed: bool,
+    procfs: ProcFs,
 }
 
 impl Group {
+    /// Kills the process group, then every other process still in the session (a shell's
+    /// jobs have process groups of their own). A process that left the session with its own
+    /// `setsid` is a daemon on purpose and is left alone.
     fn kill(&mut self) {
         self.armed = false;
         signal_group(self.pid, libc::SIGKILL);
+        for member in self.procfs.session_members(self.pid) {
+            if let Some(pid) = i32::try_from(member)
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+            {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
     }
 }
 
@@ -215,6 +236,15 @@ fn signal_group(pid: u32, signal: i32) {
     {
         tracing::warn!("cannot send signal {signal} to process group {pid}: {e}");
     }
+}
+
+/// Where a signal goes: the terminal's foreground process group with a pty (a shell's
+/// running job, as Ctrl-C on a terminal), the session's own group otherwise.
+fn foreground(pid: u32, master: Option<&OwnedFd>) -> u32 {
+    master
+        .and_then(|m| rustix::termios::tcgetpgrp(m).ok())
+        .and_then(|pgrp| u32::try_from(pgrp.as_raw_nonzero().get()).ok())
+        .unwrap_or(pid)
 }
 
 /// A task aborted when this is dropped.
@@ -526,7 +556,7 @@ async fn control<R: AsyncRead + Unpin>(
             Frame::StdinEof => {
                 let _ = stdin.send(StdinMsg::Eof);
             }
-            Frame::Signal(signal) => signal_group(pid, signal.number()),
+            Frame::Signal(signal) => signal_group(foreground(pid, master), signal.number()),
             Frame::Resize(size) => {
                 if let Some(master) = master
                     && size.rows > 0

@@ -131,8 +131,9 @@ impl Agent {
             (&Method::GET, "/healthz") => self.blocking(|a| a.health()).await,
             (&Method::GET, "/ports") => self.blocking(|a| a.ports()).await,
             (&Method::GET, EXEC_PATH) => upgrade(req, UPGRADE_EXEC, &sessions, move |io| {
+                let procfs = self.inner.procfs.clone();
                 Box::pin(async move {
-                    if let Err(e) = exec::run_session(io, &peer).await {
+                    if let Err(e) = exec::run_session(io, &peer, procfs).await {
                         tracing::warn!("{}", error_chain(&e));
                     }
                 })

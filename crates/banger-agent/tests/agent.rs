@@ -879,3 +879,56 @@ async fn exec_host_overrunning_its_stdin_credit_ends_the_session_and_the_process
     assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
     wait_gone(pid).await;
 }
+
+#[tokio::test]
+async fn exec_pty_signal_reaches_the_foreground_job_of_a_job_control_shell() {
+    let agent = Agent::start_unix(&[]).await;
+    // With job control the shell runs `sleep` in a process group of its own, the terminal's
+    // foreground group: that is where Ctrl-C must go. Sent to the shell's group instead, it
+    // would leave `sleep` running for 30 s (the shell traps it), and the test would time out.
+    let mut req = ExecRequest::new([
+        "sh",
+        "-c",
+        "set -m; trap 'echo trapped' INT; echo ready; sleep 30; echo \"status $?\"",
+    ]);
+    req.pty = Some(PtySize { rows: 24, cols: 80 });
+    let mut session = exec(agent.connect().await, req, T).await.unwrap();
+    read_until(&mut session, "ready").await;
+    // Let the shell start the job and hand it the terminal.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    session.signal(Signal::Int).await.unwrap();
+    let rest = read_until(&mut session, "status 130").await;
+    assert!(rest.contains("status 130"), "{rest}");
+    assert_eq!(collect(session).await.status, ExitStatus::Code(0));
+}
+
+#[tokio::test]
+#[allow(clippy::print_stderr, reason = "says why the test was skipped")]
+async fn exec_host_disconnect_kills_processes_that_left_the_process_group() {
+    if std::process::Command::new("python3")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: needs python3 to move a process to a group of its own");
+        return;
+    }
+    let agent = Agent::start_unix(&[]).await;
+    let mut session = exec(
+        agent.connect().await,
+        ExecRequest::new([
+            "python3",
+            "-c",
+            "import os, time\nif os.fork() == 0:\n    os.setpgid(0, 0)\n    print(os.getpid(), flush=True)\n    time.sleep(1000)\nelse:\n    time.sleep(1000)\n",
+        ]),
+        T,
+    )
+    .await
+    .unwrap();
+    let leader = session.pid();
+    let moved: u32 = read_line(&mut session).await.trim().parse().unwrap();
+    assert!(!gone(moved));
+    drop(session);
+    wait_gone(leader).await;
+    wait_gone(moved).await;
+}
