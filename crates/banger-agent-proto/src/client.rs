@@ -345,6 +345,9 @@ where
             },
         }
     };
+    // No other request follows: without the sender, a connection kept alive after an answer
+    // that is not 101 ends once that answer's body is read.
+    drop(sender);
     let drive = async {
         if !conn_done {
             let _ = conn.await;

@@ -455,11 +455,13 @@ async fn exec_against_an_agent_without_exec_names_its_answer() {
             );
             let _ = s.write_all(head.as_bytes()).await;
             let _ = s.write_all(body).await;
+            // Keeps the connection open, as an agent doing keep-alive does.
+            tokio::time::sleep(Duration::from_secs(3)).await;
             0
         })
     })
     .await;
-    let err = exec(stream, ExecRequest::new(["cmd"]), T)
+    let err = exec(stream, ExecRequest::new(["cmd"]), Duration::from_secs(1))
         .await
         .unwrap_err();
     match &err {
@@ -471,7 +473,7 @@ async fn exec_against_an_agent_without_exec_names_its_answer() {
         }
         other => panic!("expected the agent's 404, got {other}"),
     }
-    server.await.unwrap();
+    server.abort();
 }
 
 #[tokio::test]

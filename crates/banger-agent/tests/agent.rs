@@ -855,9 +855,10 @@ async fn exec_host_overrunning_its_stdin_credit_ends_the_session_and_the_process
         Some(Frame::Started(started)) => started.pid,
         other => panic!("expected started, got {other:?}"),
     };
-    // `sleep` reads no stdin, so no credit comes back; send past the window regardless.
+    // `sleep` reads no stdin: only what its pipe buffer takes is credited back. Send twice
+    // the window regardless.
     let chunk = Bytes::from(vec![b'x'; MAX_DATA_CHUNK]);
-    for _ in 0..=(STDIN_WINDOW as usize / MAX_DATA_CHUNK) {
+    for _ in 0..2 * (STDIN_WINDOW as usize / MAX_DATA_CHUNK) {
         if write_frame(&mut s, &Frame::Stdin(chunk.clone()))
             .await
             .is_err()
