@@ -567,7 +567,7 @@ where
     let expected = sha256(&input);
     let len = input.len();
     let feeder = tokio::spawn(async move {
-        stdin.write(&input).await.unwrap();
+        stdin.write_all(&input).await.unwrap();
         stdin.close().await.unwrap();
     });
     let ran = collect(session).await;
@@ -605,7 +605,7 @@ async fn exec_signal_reaches_a_process_that_does_not_read_its_stdin() {
     let mut stdin = session.take_stdin().unwrap();
     // More than the pipe and the credit window hold: the writer stalls, the signal does not.
     let feeder = tokio::spawn(async move {
-        let _ = stdin.write(&vec![b'x'; 4 << 20]).await;
+        let _ = stdin.write_all(&vec![b'x'; 4 << 20]).await;
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     session.signal(Signal::Term).await.unwrap();
@@ -659,7 +659,7 @@ async fn exec_pty_session_sees_a_terminal_of_the_asked_size_and_resizes() {
         .await
         .unwrap();
     let mut stdin = session.take_stdin().unwrap();
-    stdin.write(b"hello\r").await.unwrap();
+    stdin.write_all(b"hello\r").await.unwrap();
     let rest = read_until(&mut session, "got hello").await;
     assert!(rest.contains("40 120"), "{rest}");
     assert_eq!(collect(session).await.status, ExitStatus::Code(0));
@@ -762,9 +762,9 @@ async fn serial_stream_carries_concurrent_exec_sessions_and_health_through_the_m
     let health = client::health(m.open().await.unwrap(), T).await.unwrap();
     assert_eq!(health.version, BuildInfo::current().version);
     let mut stdin_two = two.take_stdin().unwrap();
-    stdin_two.write(b"second\n").await.unwrap();
+    stdin_two.write_all(b"second\n").await.unwrap();
     let mut stdin_one = one.take_stdin().unwrap();
-    stdin_one.write(b"first\n").await.unwrap();
+    stdin_one.write_all(b"first\n").await.unwrap();
     let (one, two) = tokio::join!(collect(one), collect(two));
     assert_eq!(
         (one.status, two.status),

@@ -1,8 +1,8 @@
 //! The host's end of an exec session ([`crate::exec`] is the protocol).
 //!
 //! [`exec`] upgrades a stream to an exec session, starts the command and returns an
-//! [`ExecSession`] once the guest process runs: its stdin is an [`ExecStdin`] (dropping or
-//! closing it sends end of input), its output and exit status come as [`ExecEvent`]s from
+//! [`ExecSession`] once the guest process runs: its stdin is an [`ExecStdin`] (an
+//! `AsyncWrite`; dropping or shutting it down sends end of input), its output and exit status come as [`ExecEvent`]s from
 //! [`ExecSession::next_event`], and [`ExecControl`] (cloneable, for a Ctrl-C handler or a
 //! window-size watcher) forwards signals and resizes. Dropping the session closes the
 //! connection, which makes the agent kill the process group.
@@ -12,14 +12,18 @@
 //! reader then stops reading, so the agent stops writing), and stdin waits for the agent's
 //! credit rather than queueing.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use hyper::body::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
+use tokio_util::sync::PollSender;
 
 use super::{ClientError, upgrade};
 use crate::exec::{
@@ -159,7 +163,11 @@ where
     let writer = tokio::spawn(write_loop(wr, stdin_rx, control_rx, credit, sent));
     Ok(ExecSession {
         pid,
-        stdin: Some(ExecStdin { pid, tx: stdin_tx }),
+        stdin: Some(ExecStdin {
+            pid,
+            tx: PollSender::new(stdin_tx),
+            eof_sent: false,
+        }),
         control: ExecControl {
             pid,
             tx: control_tx,
@@ -253,46 +261,74 @@ impl ExecSession {
     }
 }
 
+#[derive(Debug)]
 enum StdinMsg {
     Data(Bytes),
     Eof,
 }
 
-/// The process's stdin. Dropping it sends end of input, like closing a pipe.
+/// The process's stdin, an [`AsyncWrite`]: each write hands at most [`MAX_DATA_CHUNK`]
+/// bytes to the session and waits while the session's small queue is full (the agent's
+/// credit is used up: the process is not reading). `shutdown` sends end of input, and so does
+/// dropping it, like closing a pipe. Flushing does not wait for the agent.
 #[derive(Debug)]
 pub struct ExecStdin {
     pid: u32,
-    tx: mpsc::Sender<StdinMsg>,
-}
-
-impl std::fmt::Debug for StdinMsg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StdinMsg::Data(b) => write!(f, "Data({} bytes)", b.len()),
-            StdinMsg::Eof => write!(f, "Eof"),
-        }
-    }
+    tx: PollSender<StdinMsg>,
+    eof_sent: bool,
 }
 
 impl ExecStdin {
-    /// Sends `data` to the process; waits while the agent's credit is used up (the process
-    /// is not reading).
-    pub async fn write(&mut self, data: &[u8]) -> Result<(), ExecError> {
-        for chunk in data.chunks(MAX_DATA_CHUNK) {
-            self.tx
-                .send(StdinMsg::Data(Bytes::copy_from_slice(chunk)))
-                .await
-                .map_err(|_| ExecError::Ended { pid: self.pid })?;
-        }
-        Ok(())
-    }
-
     /// Sends end of input (ignored by a PTY session; send Ctrl-D there).
-    pub async fn close(self) -> Result<(), ExecError> {
-        self.tx
-            .send(StdinMsg::Eof)
+    pub async fn close(mut self) -> Result<(), ExecError> {
+        self.shutdown()
             .await
             .map_err(|_| ExecError::Ended { pid: self.pid })
+    }
+
+    fn ended(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            format!("exec session with pid {} is over", self.pid),
+        )
+    }
+}
+
+impl AsyncWrite for ExecStdin {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if self.eof_sent || ready!(self.tx.poll_reserve(cx)).is_err() {
+            return Poll::Ready(Err(self.ended()));
+        }
+        let n = buf.len().min(MAX_DATA_CHUNK);
+        match self
+            .tx
+            .send_item(StdinMsg::Data(Bytes::copy_from_slice(&buf[..n])))
+        {
+            Ok(()) => Poll::Ready(Ok(n)),
+            Err(_) => Poll::Ready(Err(self.ended())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.eof_sent {
+            return Poll::Ready(Ok(()));
+        }
+        if ready!(self.tx.poll_reserve(cx)).is_err() || self.tx.send_item(StdinMsg::Eof).is_err() {
+            return Poll::Ready(Err(self.ended()));
+        }
+        self.eof_sent = true;
+        Poll::Ready(Ok(()))
     }
 }
 
