@@ -286,11 +286,7 @@ where
     let body = read_capped(resp, path).await?;
 
     if !status.is_success() {
-        return Err(ClientError::Status {
-            path: path.to_string(),
-            status: status.as_u16(),
-            message: error_message(status, &body),
-        });
+        return Err(status_error(path, status, &body));
     }
     serde_json::from_slice(&body).map_err(|source| ClientError::Decode {
         path: path.to_string(),
@@ -358,11 +354,7 @@ where
         let (body, ()) = tokio::join!(read_capped(resp, path), drive);
         let body = body?;
         if !status.is_success() {
-            return Err(ClientError::Status {
-                path: path.to_string(),
-                status: status.as_u16(),
-                message: error_message(status, &body),
-            });
+            return Err(status_error(path, status, &body));
         }
         return Err(ClientError::NotUpgraded {
             path: path.to_string(),
@@ -398,6 +390,15 @@ async fn read_capped(
                 source,
             },
         })
+}
+
+/// A non-2xx answer to `path` as an error carrying the agent's message.
+fn status_error(path: &str, status: StatusCode, body: &[u8]) -> ClientError {
+    ClientError::Status {
+        path: path.to_string(),
+        status: status.as_u16(),
+        message: error_message(status, body),
+    }
 }
 
 /// The agent's `error` message, or the raw body when it is not an [`ErrorBody`]; at most

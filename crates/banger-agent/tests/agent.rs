@@ -620,7 +620,7 @@ async fn exec_signal_reaches_a_process_that_does_not_read_its_stdin() {
     feeder.abort();
 }
 
-/// Reads PTY output until it contains `want`; returns everything read.
+/// Reads stdout until it contains `want`; returns everything read.
 async fn read_until(session: &mut ExecSession, want: &str) -> String {
     let mut seen = String::new();
     while !seen.contains(want) {
@@ -681,27 +681,12 @@ async fn exec_host_disconnect_kills_the_process_group() {
     .await
     .unwrap();
     let shell = session.pid();
-    let out = read_line(&mut session).await;
+    let out = read_until(&mut session, "\n").await;
     let sleeper: u32 = out.trim().parse().unwrap();
     assert!(!gone(shell) && !gone(sleeper));
     drop(session);
     wait_gone(shell).await;
     wait_gone(sleeper).await;
-}
-
-async fn read_line(session: &mut ExecSession) -> String {
-    let mut line = String::new();
-    while !line.ends_with('\n') {
-        match tokio::time::timeout(T, session.next_event())
-            .await
-            .unwrap()
-            .unwrap()
-        {
-            Some(ExecEvent::Stdout(b)) => line.push_str(&String::from_utf8_lossy(&b)),
-            other => panic!("expected a line, got {other:?} after {line:?}"),
-        }
-    }
-    line
 }
 
 #[tokio::test]
@@ -786,7 +771,7 @@ async fn serial_stream_carries_concurrent_exec_sessions_and_health_through_the_m
     )
     .await
     .unwrap();
-    assert_eq!(read_line(&mut sleeper).await, "up\n");
+    assert_eq!(read_until(&mut sleeper, "\n").await, "up\n");
     let pid = sleeper.pid();
     drop(m);
     wait_gone(pid).await;
@@ -927,7 +912,7 @@ async fn exec_host_disconnect_kills_processes_that_left_the_process_group() {
     .await
     .unwrap();
     let leader = session.pid();
-    let moved: u32 = read_line(&mut session).await.trim().parse().unwrap();
+    let moved: u32 = read_until(&mut session, "\n").await.trim().parse().unwrap();
     assert!(!gone(moved));
     drop(session);
     wait_gone(leader).await;
