@@ -1,9 +1,13 @@
 //! What the daemon uses to talk to an agent.
 //!
 //! A transport is opened first — [`connect_hybrid_vsock`] for Firecracker's host side of the
-//! guest's vsock, [`connect_unix`] for the host test mode or a QEMU serial chardev socket — and
-//! then one request is made over it with [`get_json`] (or [`health`] / [`ports`]). Each request
-//! uses its own stream and asks the agent to close it afterwards.
+//! guest's vsock, [`connect_unix`] for the host test mode or a QEMU serial chardev socket, or
+//! a substream of a [`mux::Mux`] over the serial socket — and then one request is made over
+//! it with [`get_json`] (or [`health`] / [`ports`]), or one exec session is run on it with
+//! [`exec::exec`]. Each request uses its own stream and asks the agent to close it afterwards.
+//!
+//! - [`exec`]: running a command in the guest ([`crate::exec`] is the protocol).
+//! - [`mux`]: several streams over one virtio-serial stream ([`crate::mux`] is the protocol).
 //!
 //! The guest is not trusted: an answer is read only up to [`MAX_ANSWER_LEN`] (body) and
 //! [`MAX_HEAD_LEN`] (status line and headers), and the whole exchange is bounded by the
@@ -18,12 +22,17 @@ use banger_core::quote::quote_prefix;
 use banger_http::capped::{self, CappedError};
 use http_body_util::Empty;
 use hyper::body::Bytes;
+use hyper::upgrade::Upgraded;
 use hyper::{Request, StatusCode, header};
+use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use crate::wire::{ErrorBody, Health, Ports};
+
+pub mod exec;
+pub mod mux;
 
 /// A reasonable bound for one agent request.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -46,15 +55,15 @@ const MAX_QUOTED: usize = banger_core::quote::DEFAULT_QUOTE;
 /// A failure reaching the agent or understanding its answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to {}: {source}", socket.display())]
+    #[error("cannot connect to {}", socket.display())]
     Connect { socket: PathBuf, source: io::Error },
-    #[error("cannot send \"CONNECT {port}\" on {}: {source}", socket.display())]
+    #[error("cannot send \"CONNECT {port}\" on {}", socket.display())]
     HandshakeSend {
         socket: PathBuf,
         port: u32,
         source: io::Error,
     },
-    #[error("cannot read the reply to \"CONNECT {port}\" on {}: {source}", socket.display())]
+    #[error("cannot read the reply to \"CONNECT {port}\" on {}", socket.display())]
     HandshakeRecv {
         socket: PathBuf,
         port: u32,
@@ -75,16 +84,16 @@ pub enum ClientError {
         port: u32,
         got: String,
     },
-    #[error("agent GET {path}: HTTP handshake failed: {source}")]
+    #[error("agent GET {path}: HTTP handshake failed")]
     Handshake { path: String, source: hyper::Error },
-    #[error("agent GET {path}: cannot build request: {source}")]
+    #[error("agent GET {path}: cannot build request")]
     BuildRequest {
         path: String,
         source: hyper::http::Error,
     },
-    #[error("agent GET {path}: request failed: {source}")]
+    #[error("agent GET {path}: request failed")]
     Request { path: String, source: hyper::Error },
-    #[error("agent GET {path}: cannot read answer body: {source}")]
+    #[error("agent GET {path}: cannot read answer body")]
     Body {
         path: String,
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -105,13 +114,25 @@ pub enum ClientError {
         status: u16,
         message: String,
     },
-    #[error("agent GET {path}: answer is not the expected JSON: {source}")]
+    #[error("agent GET {path}: answer is not the expected JSON")]
     Decode {
         path: String,
         source: serde_json::Error,
     },
     #[error("agent GET {path}: no answer within {after:?}")]
     Timeout { path: String, after: Duration },
+    #[error("agent GET {path}: answered {status} instead of 101 Switching Protocols to {protocol}")]
+    NotUpgraded {
+        path: String,
+        protocol: String,
+        status: u16,
+    },
+    #[error("agent GET {path}: the connection was not handed over after 101 Switching Protocols")]
+    Upgrade {
+        path: String,
+        #[source]
+        source: hyper::Error,
+    },
 }
 
 /// Connects to a Unix socket: the agent's `--listen-unix` socket or a QEMU chardev socket
@@ -265,16 +286,89 @@ where
     let body = read_capped(resp, path).await?;
 
     if !status.is_success() {
-        return Err(ClientError::Status {
-            path: path.to_string(),
-            status: status.as_u16(),
-            message: error_message(status, &body),
-        });
+        return Err(status_error(path, status, &body));
     }
     serde_json::from_slice(&body).map_err(|source| ClientError::Decode {
         path: path.to_string(),
         source,
     })
+}
+
+/// Asks the agent to switch `stream` to `protocol` with `GET path` and `Upgrade: protocol`,
+/// and returns the stream once the agent agreed (`101 Switching Protocols`). An agent that
+/// answers anything else is [`ClientError::Status`] with its error message (when it sent an
+/// error answer) or [`ClientError::NotUpgraded`]. Callers bound it with a timeout.
+pub(crate) async fn upgrade<S>(
+    stream: S,
+    path: &str,
+    protocol: &str,
+) -> Result<TokioIo<Upgraded>, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(MAX_HEAD_LEN)
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        .await
+        .map_err(|source| ClientError::Handshake {
+            path: path.to_string(),
+            source,
+        })?;
+    let req = Request::get(path)
+        .header(header::HOST, "banger-agent")
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, protocol)
+        .body(Empty::<Bytes>::new())
+        .map_err(|source| ClientError::BuildRequest {
+            path: path.to_string(),
+            source,
+        })?;
+    // The connection is driven in this future. It ends once it has handed the stream over,
+    // which may be before the answer is seen here.
+    let mut conn = conn.with_upgrades();
+    let mut conn_done = false;
+    let send = sender.send_request(req);
+    tokio::pin!(send);
+    let resp = loop {
+        tokio::select! {
+            resp = &mut send => break resp.map_err(|source| ClientError::Request {
+                path: path.to_string(),
+                source,
+            })?,
+            ended = &mut conn, if !conn_done => match ended {
+                Ok(()) => conn_done = true,
+                Err(source) => return Err(ClientError::Request { path: path.to_string(), source }),
+            },
+        }
+    };
+    // No other request follows: without the sender, a connection kept alive after an answer
+    // that is not 101 ends once that answer's body is read.
+    drop(sender);
+    let drive = async {
+        if !conn_done {
+            let _ = conn.await;
+        }
+    };
+    let status = resp.status();
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        let (body, ()) = tokio::join!(read_capped(resp, path), drive);
+        let body = body?;
+        if !status.is_success() {
+            return Err(status_error(path, status, &body));
+        }
+        return Err(ClientError::NotUpgraded {
+            path: path.to_string(),
+            protocol: protocol.to_string(),
+            status: status.as_u16(),
+        });
+    }
+    let (upgraded, ()) = tokio::join!(hyper::upgrade::on(resp), drive);
+    upgraded
+        .map(TokioIo::new)
+        .map_err(|source| ClientError::Upgrade {
+            path: path.to_string(),
+            source,
+        })
 }
 
 /// Reads an answer's body, refusing one larger than [`MAX_ANSWER_LEN`].
@@ -296,6 +390,15 @@ async fn read_capped(
                 source,
             },
         })
+}
+
+/// A non-2xx answer to `path` as an error carrying the agent's message.
+fn status_error(path: &str, status: StatusCode, body: &[u8]) -> ClientError {
+    ClientError::Status {
+        path: path.to_string(),
+        status: status.as_u16(),
+        message: error_message(status, body),
+    }
 }
 
 /// The agent's `error` message, or the raw body when it is not an [`ErrorBody`]; at most

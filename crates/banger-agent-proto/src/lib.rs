@@ -5,8 +5,12 @@
 //! they depend on this crate alone.
 //!
 //! - [`wire`]: the JSON types and constants shared by the agent and the host.
+//! - [`exec`]: the exec protocol (an HTTP upgrade, then frames) and its frame codec.
+//! - [`mux`]: the multiplexer that carries several sessions over one virtio-serial stream.
 //! - [`client`]: the host's side: Firecracker's hybrid vsock handshake, Unix sockets, requests
 //!   (over `banger-http`, with the answer capped).
 
 pub mod client;
+pub mod exec;
+pub mod mux;
 pub mod wire;

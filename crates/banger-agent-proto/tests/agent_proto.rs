@@ -397,7 +397,10 @@ async fn adversarial_agent_deeply_nested_json_is_a_decode_error() {
         .await
         .unwrap_err();
     assert!(matches!(err, ClientError::Decode { .. }), "{err}");
-    assert!(err.to_string().contains("recursion limit"), "{err}");
+    // The message names the request; the cause says why, once.
+    let cause = std::error::Error::source(&err).unwrap().to_string();
+    assert!(cause.contains("recursion limit"), "{cause}");
+    assert!(!err.to_string().contains("recursion limit"), "{err}");
     server.await.unwrap();
 }
 
@@ -414,4 +417,196 @@ async fn adversarial_agent_endless_vsock_acknowledgement_is_refused() {
     assert!(matches!(err, ClientError::HandshakeRefused { .. }), "{err}");
     let sent = tokio::time::timeout(T, server).await.unwrap().unwrap();
     assert!(sent < SLACK, "{sent}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exec against hostile or old agents: every failure is a clear error, memory stays bounded.
+
+use banger_agent_proto::client::exec::{ExecError, ExecEvent, exec};
+use banger_agent_proto::exec::{
+    ExecRequest, ExitStatus, Frame, FrameError, MAX_FRAME_PAYLOAD, Started, read_frame, write_frame,
+};
+use hyper::body::Bytes;
+
+const SWITCH: &[u8] =
+    b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: banger-exec/1\r\n\r\n";
+
+/// Accepts the upgrade, reads the start frame and answers `Started { pid: 7 }`.
+async fn start_session(s: &mut UnixStream) {
+    s.write_all(SWITCH).await.unwrap();
+    match read_frame(s).await.unwrap() {
+        Some(Frame::Start(req)) => assert_eq!(req.argv, ["cmd"]),
+        other => panic!("expected a start frame, got {other:?}"),
+    }
+    write_frame(s, &Frame::Started(Started { pid: 7 }))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn exec_against_an_agent_without_exec_names_its_answer() {
+    let (_dir, server, stream) = hostile_agent(|mut s| {
+        Box::pin(async move {
+            let body =
+                br#"{"error":"no such endpoint: GET /exec (try GET /healthz or GET /ports)"}"#;
+            let head = format!(
+                "HTTP/1.1 404 Not Found\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(body).await;
+            // Keeps the connection open, as an agent doing keep-alive does.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            0
+        })
+    })
+    .await;
+    let err = exec(stream, ExecRequest::new(["cmd"]), Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    match &err {
+        ExecError::Connect(ClientError::Status {
+            status, message, ..
+        }) => {
+            assert_eq!(*status, 404);
+            assert!(message.contains("no such endpoint"), "{message}");
+        }
+        other => panic!("expected the agent's 404, got {other}"),
+    }
+    server.abort();
+}
+
+#[tokio::test]
+async fn exec_against_a_silent_agent_times_out() {
+    let (_dir, server, stream) = hostile_agent(|mut s| {
+        Box::pin(async move {
+            s.write_all(SWITCH).await.unwrap();
+            let _ = read_frame(&mut s).await;
+            // Never answers the start.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            0
+        })
+    })
+    .await;
+    let err = exec(
+        stream,
+        ExecRequest::new(["cmd"]),
+        Duration::from_millis(200),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ExecError::Timeout { .. }), "{err}");
+    assert!(err.to_string().contains("\"cmd\""), "{err}");
+    server.abort();
+}
+
+#[tokio::test]
+async fn exec_refuses_an_oversized_frame_and_unasked_credit() {
+    let (_dir, server, stream) = hostile_agent(|mut s| {
+        Box::pin(async move {
+            start_session(&mut s).await;
+            write_frame(&mut s, &Frame::Stdout(Bytes::from_static(b"ok")))
+                .await
+                .unwrap();
+            // A header announcing 4 GiB.
+            let _ = s.write_all(&[18, 0xff, 0xff, 0xff, 0xff]).await;
+            0
+        })
+    })
+    .await;
+    let mut session = exec(stream, ExecRequest::new(["cmd"]), T).await.unwrap();
+    assert_eq!(session.pid(), 7);
+    assert_eq!(
+        session.next_event().await.unwrap(),
+        Some(ExecEvent::Stdout(Bytes::from_static(b"ok")))
+    );
+    let err = session.next_event().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ExecError::Frame {
+                source: FrameError::TooLarge { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(session.next_event().await.unwrap().is_none());
+    server.await.unwrap();
+
+    let (_dir, server, stream) = hostile_agent(|mut s| {
+        Box::pin(async move {
+            start_session(&mut s).await;
+            // Credit for stdin that was never sent would let the host overrun the window.
+            let _ = write_frame(&mut s, &Frame::StdinCredit(u32::MAX)).await;
+            0
+        })
+    })
+    .await;
+    let mut session = exec(stream, ExecRequest::new(["cmd"]), T).await.unwrap();
+    let err = session.next_event().await.unwrap_err();
+    assert!(matches!(err, ExecError::Protocol { .. }), "{err}");
+    assert!(err.to_string().contains("credit"), "{err}");
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn exec_against_an_agent_flooding_output_buffers_a_bounded_amount() {
+    let (_dir, server, stream) = hostile_agent(|mut s| {
+        Box::pin(async move {
+            start_session(&mut s).await;
+            let frame = Frame::Stdout(Bytes::from(vec![b'x'; MAX_FRAME_PAYLOAD]))
+                .encode()
+                .unwrap();
+            flood(&mut s, b"", &frame, 8 * GIB).await
+        })
+    })
+    .await;
+    let mut session = exec(stream, ExecRequest::new(["cmd"]), T).await.unwrap();
+    // The caller reads nothing for a while: the session stops reading from the agent.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(session.take_stdin());
+    drop(session);
+    let sent = tokio::time::timeout(T, server)
+        .await
+        .expect("the flood did not stop once the session was dropped")
+        .unwrap();
+    let bound = (client::exec::EVENT_QUEUE as u64 + 2) * MAX_FRAME_PAYLOAD as u64 + SLACK;
+    assert!(sent < bound, "the agent pushed {sent} bytes, over {bound}");
+}
+
+#[tokio::test]
+async fn exec_against_an_agent_closing_before_the_exit_status_is_an_error() {
+    let (_dir, server, stream) = hostile_agent(|mut s| {
+        Box::pin(async move {
+            start_session(&mut s).await;
+            0
+        })
+    })
+    .await;
+    let session = exec(stream, ExecRequest::new(["cmd"]), T).await.unwrap();
+    let err = session.wait().await.unwrap_err();
+    assert!(matches!(err, ExecError::Closed { pid: 7 }), "{err}");
+    server.await.unwrap();
+
+    let (_dir, server, stream) = hostile_agent(|mut s| {
+        Box::pin(async move {
+            start_session(&mut s).await;
+            let _ = write_frame(&mut s, &Frame::Exit(ExitStatus::Code(4))).await;
+            0
+        })
+    })
+    .await;
+    let session = exec(stream, ExecRequest::new(["cmd"]), T).await.unwrap();
+    assert_eq!(session.wait().await.unwrap(), ExitStatus::Code(4));
+    server.await.unwrap();
+
+    let err = exec(
+        tokio::io::duplex(64).0,
+        ExecRequest::new(Vec::<String>::new()),
+        T,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ExecError::EmptyCommand), "{err}");
 }

@@ -1,14 +1,54 @@
 //! banger's guest agent.
 //!
 //! It runs as root in every VM and answers the host over HTTP/1.1: `GET /healthz` (build
-//! identity, uptime, hostname) and `GET /ports` (listening sockets with their processes). The
+//! identity, uptime, hostname), `GET /ports` (listening sockets with their processes), and
+//! two upgrades: `GET /exec` (run a command) and `GET /mux` (many streams over one). The
 //! wire types, constants and the host's client live in `banger-agent-proto`; this crate is
 //! the guest's side only.
 //!
+//! - [`exec`]: running a command for the host, stdio streamed, signals and a pty.
+//! - [`mux`]: serving several streams over one (the virtio-serial port).
 //! - [`procfs`]: listening sockets and machine facts read from `/proc`.
 //! - [`serial`]: an async stream over the virtio-serial character device.
 //! - [`server`]: the HTTP server and its vsock, Unix socket and serial transports.
 
+pub mod exec;
+pub mod mux;
 pub mod procfs;
 pub mod serial;
 pub mod server;
+
+/// An error and its causes in one line, each message once (messages never repeat their
+/// source, so the causes are added here): what the agent logs and answers.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !text.ends_with(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn messages_name_the_context_and_the_chain_adds_the_cause_once() {
+        let e = server::ServerError::BindUnix {
+            path: PathBuf::from("/run/a.sock"),
+            source: std::io::Error::other("address in use"),
+        };
+        assert_eq!(e.to_string(), "cannot listen on unix socket /run/a.sock");
+        assert_eq!(
+            error_chain(&e),
+            "cannot listen on unix socket /run/a.sock: address in use"
+        );
+    }
+}

@@ -4,13 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use banger_agent::error_chain;
 use banger_agent::procfs::{DEFAULT_PROC_ROOT, ProcFs};
 use banger_agent::server::{self, Agent, ListenPlan};
 use banger_agent_proto::wire::GUEST_SERIAL_PATH;
 use banger_core::build::BuildInfo;
 use clap::{Parser, Subcommand};
 
-/// banger's guest agent: serves /healthz and /ports over vsock, virtio-serial or a Unix socket.
+/// banger's guest agent: serves /healthz, /ports and exec sessions over vsock, virtio-serial or a Unix socket.
 ///
 /// With no listener flag it serves vsock port 10789 plus /dev/virtio-ports/banger.agent when
 /// that device exists. With any listener flag it serves exactly what the flags name.
@@ -61,7 +62,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            tracing::error!("cannot start the async runtime: {e}");
+            tracing::error!("cannot start the async runtime: {}", error_chain(&e));
             return ExitCode::FAILURE;
         }
     };
@@ -79,7 +80,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
+            tracing::error!("{}", error_chain(&e));
             ExitCode::FAILURE
         }
     }

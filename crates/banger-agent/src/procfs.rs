@@ -31,7 +31,7 @@ const TABLES: [(&str, Proto, Family, bool); 4] = [
 /// A failure reading or understanding a procfs file.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcError {
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Read { path: PathBuf, source: io::Error },
     #[error("cannot parse {} line {line}: {reason}", path.display())]
     Parse {
@@ -198,6 +198,26 @@ impl ProcFs {
         Ok(owners)
     }
 
+    /// The processes of session `sid` (those whose `stat` names it as their session), the
+    /// leader included. Processes that cannot be read (gone meanwhile) are left out.
+    pub fn session_members(&self, sid: u32) -> Vec<u32> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        let mut members: Vec<u32> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read_to_string(self.root.join(pid.to_string()).join("stat"))
+                    .ok()
+                    .and_then(|stat| stat_session(&stat))
+                    == Some(sid)
+            })
+            .collect();
+        members.sort_unstable();
+        members
+    }
+
     /// Name and command line of a process; parts that cannot be read are left out.
     fn process_info(&self, pid: u32) -> ProcessInfo {
         let dir = self.root.join(pid.to_string());
@@ -223,6 +243,14 @@ fn read(path: &Path) -> Result<String, ProcError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// The session id in a `/proc/<pid>/stat` line: the fourth field after the command name,
+/// which is in parentheses and may itself contain spaces and parentheses.
+fn stat_session(stat: &str) -> Option<u32> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    // state, ppid, pgrp, session
+    rest.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// The inode in a `socket:[INODE]` fd link target.
@@ -600,5 +628,20 @@ mod tests {
         p.listeners().unwrap();
         assert!(p.uptime_secs().unwrap() > 0);
         assert!(!p.hostname().unwrap().is_empty());
+    }
+
+    #[test]
+    fn session_members_reads_the_session_field_past_odd_command_names() {
+        let f = Fixture::new();
+        f.file("100/stat", b"100 (sh) S 1 100 100 0 -1 4194560 0 0\n");
+        f.file("101/stat", b"101 (a) b (c)) S 100 101 100 0 -1\n");
+        f.file("102/stat", b"102 (sleep) S 100 102 102 0 -1\n");
+        f.file("103/stat", b"103 (broken\n");
+        f.file("self/stat", b"100 (sh) S 1 100 100 0 -1\n");
+        let p = f.procfs();
+        assert_eq!(p.session_members(100), vec![100, 101]);
+        assert_eq!(p.session_members(102), vec![102]);
+        assert!(p.session_members(7).is_empty());
+        assert!(ProcFs::new("/nonexistent").session_members(1).is_empty());
     }
 }

@@ -20,13 +20,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// A failure opening or preparing a serial device.
 #[derive(Debug, thiserror::Error)]
 pub enum SerialError {
-    #[error("cannot open serial device {}: {source}", path.display())]
+    #[error("cannot open serial device {}", path.display())]
     Open { path: PathBuf, source: io::Error },
-    #[error("cannot switch {} to raw mode: {source}", path.display())]
+    #[error("cannot switch {} to raw mode", path.display())]
     Raw { path: PathBuf, source: io::Error },
-    #[error("cannot make {} non-blocking: {source}", path.display())]
+    #[error("cannot make {} non-blocking", path.display())]
     NonBlocking { path: PathBuf, source: io::Error },
-    #[error("cannot poll {} (not a pollable device?): {source}", path.display())]
+    #[error("cannot poll {} (not a pollable device?)", path.display())]
     Register { path: PathBuf, source: io::Error },
 }
 
@@ -59,6 +59,13 @@ impl SerialStream {
             path: path.to_path_buf(),
             source,
         })?;
+        Self::from_pollable(file, path)
+    }
+
+    /// Wraps an already open pollable file as it is, terminal modes untouched (the master of
+    /// an exec session's pty, whose line discipline the process expects). It is made
+    /// non-blocking. `path` names it in errors.
+    pub fn from_pollable(file: File, path: &Path) -> Result<Self, SerialError> {
         set_nonblocking(&file).map_err(|source| SerialError::NonBlocking {
             path: path.to_path_buf(),
             source,

@@ -7,11 +7,11 @@
 //! resolves, then removes the Unix socket file it created.
 
 use std::convert::Infallible;
-use std::fmt::Display;
 use std::future::Future;
 use std::io;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,16 +20,21 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper::upgrade::Upgraded;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixListener;
 use tokio::task::JoinSet;
+use tokio_util::task::TaskTracker;
 use tokio_vsock::{VMADDR_CID_ANY, VsockAddr, VsockListener};
 
 use crate::procfs::{ProcError, ProcFs};
 use crate::serial::SerialStream;
+use crate::{error_chain, exec, mux};
+use banger_agent_proto::exec::{EXEC_PATH, UPGRADE_EXEC};
+use banger_agent_proto::mux::{MUX_PATH, UPGRADE_MUX};
 use banger_agent_proto::wire::{AGENT_VSOCK_PORT, ErrorBody, Health, Ports};
 
 /// How long the serial loop waits before reopening the device after a connection ends.
@@ -41,13 +46,13 @@ const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// A failure starting or running the agent's listeners.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot remove stale socket {}: {source}", path.display())]
+    #[error("cannot remove stale socket {}", path.display())]
     RemoveStale { path: PathBuf, source: io::Error },
     #[error("refusing to replace {}: it exists and is not a socket", path.display())]
     NotASocket { path: PathBuf },
-    #[error("cannot listen on unix socket {}: {source}", path.display())]
+    #[error("cannot listen on unix socket {}", path.display())]
     BindUnix { path: PathBuf, source: io::Error },
-    #[error("cannot listen on vsock port {port}: {source}")]
+    #[error("cannot listen on vsock port {port}")]
     BindVsock { port: u32, source: io::Error },
     #[error("serial device {} does not exist", path.display())]
     SerialMissing { path: PathBuf },
@@ -55,7 +60,7 @@ pub enum ServerError {
     NoListeners,
     #[error("a listener stopped unexpectedly (serving {names}): {reason}")]
     ListenerStopped { names: String, reason: String },
-    #[error("cannot install handler for {signal}: {source}")]
+    #[error("cannot install handler for {signal}")]
     Signal {
         signal: &'static str,
         source: io::Error,
@@ -64,7 +69,7 @@ pub enum ServerError {
 
 /// A failure on one HTTP connection.
 #[derive(Debug, thiserror::Error)]
-#[error("HTTP connection on {peer} failed: {source}")]
+#[error("HTTP connection on {peer} failed")]
 pub struct ConnectionError {
     pub peer: String,
     #[source]
@@ -115,12 +120,28 @@ impl Agent {
         })
     }
 
-    async fn respond(self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-        let path = req.uri().path();
-        let resp = match (req.method(), path) {
+    async fn respond(
+        self,
+        req: Request<Incoming>,
+        sessions: TaskTracker,
+        peer: Arc<str>,
+    ) -> Result<Response<Full<Bytes>>, Infallible> {
+        let path = req.uri().path().to_string();
+        let resp = match (req.method(), path.as_str()) {
             (&Method::GET, "/healthz") => self.blocking(|a| a.health()).await,
             (&Method::GET, "/ports") => self.blocking(|a| a.ports()).await,
-            (_, "/healthz" | "/ports") => error(
+            (&Method::GET, EXEC_PATH) => upgrade(req, UPGRADE_EXEC, &sessions, move |io| {
+                let procfs = self.inner.procfs.clone();
+                Box::pin(async move {
+                    if let Err(e) = exec::run_session(io, &peer, procfs).await {
+                        tracing::warn!("{}", error_chain(&e));
+                    }
+                })
+            }),
+            (&Method::GET, MUX_PATH) => upgrade(req, UPGRADE_MUX, &sessions, move |io| {
+                mux::serve(self, io, format!("{peer} mux"))
+            }),
+            (_, "/healthz" | "/ports" | EXEC_PATH | MUX_PATH) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{} {path}: only GET is allowed", req.method()),
             ),
@@ -144,13 +165,60 @@ impl Agent {
         let agent = self.clone();
         match tokio::task::spawn_blocking(move || read(&agent)).await {
             Ok(Ok(value)) => json(StatusCode::OK, &value),
-            Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, error_chain(&e)),
             Err(e) => error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("reading /proc failed: {e}"),
             ),
         }
     }
+}
+
+/// The boxed future of an upgraded session.
+type Session = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Answers an upgrade request for `protocol`: `101 Switching Protocols`, and once hyper hands
+/// the connection over, `session` runs on it as a task of the connection's `sessions`. A
+/// request without `Upgrade: protocol` is a 400.
+fn upgrade<F>(
+    mut req: Request<Incoming>,
+    protocol: &'static str,
+    sessions: &TaskTracker,
+    session: F,
+) -> Response<Full<Bytes>>
+where
+    F: FnOnce(TokioIo<Upgraded>) -> Session + Send + 'static,
+{
+    let asked = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(protocol));
+    if !asked {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "GET {} needs the headers Connection: Upgrade and Upgrade: {protocol}",
+                req.uri().path()
+            ),
+        );
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    sessions.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => session(TokioIo::new(upgraded)).await,
+            Err(e) => tracing::debug!("upgrade to {protocol} failed: {}", error_chain(&e)),
+        }
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    resp.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("upgrade"),
+    );
+    resp.headers_mut()
+        .insert(header::UPGRADE, header::HeaderValue::from_static(protocol));
+    resp
 }
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
@@ -179,21 +247,32 @@ fn error(status: StatusCode, message: String) -> Response<Full<Bytes>> {
     json(status, &ErrorBody { error: message })
 }
 
-/// Serves HTTP/1.1 (keep-alive) on one stream until the peer closes it or it fails.
+/// Serves HTTP/1.1 (keep-alive) on one stream until the peer closes it or it fails; when the
+/// stream was upgraded (exec, mux), until the upgraded session ends too, so the serial loop
+/// does not reopen the device under a running session.
 pub async fn serve_connection<S>(agent: Agent, stream: S, peer: &str) -> Result<(), ConnectionError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req| agent.clone().respond(req));
-    http1::Builder::new()
+    let sessions = TaskTracker::new();
+    let svc = {
+        let sessions = sessions.clone();
+        let peer: Arc<str> = Arc::from(peer);
+        service_fn(move |req| agent.clone().respond(req, sessions.clone(), peer.clone()))
+    };
+    let served = http1::Builder::new()
         .timer(TokioTimer::new())
         .keep_alive(true)
         .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades()
         .await
         .map_err(|source| ConnectionError {
             peer: peer.to_string(),
             source,
-        })
+        });
+    sessions.close();
+    sessions.wait().await;
+    served
 }
 
 /// Listens on the Unix socket `path`, first removing a stale socket file left there.
@@ -236,7 +315,7 @@ pub async fn serve_unix(agent: Agent, listener: UnixListener, name: String) {
                 let peer = name.clone();
                 conns.spawn(async move {
                     if let Err(e) = serve_connection(agent, stream, &peer).await {
-                        tracing::debug!("{e}");
+                        tracing::debug!("{}", error_chain(&e));
                     }
                 });
             }
@@ -259,7 +338,7 @@ pub async fn serve_vsock(agent: Agent, listener: VsockListener, port: u32) {
                 let peer = format!("vsock {}:{}", addr.cid(), addr.port());
                 conns.spawn(async move {
                     if let Err(e) = serve_connection(agent, stream, &peer).await {
-                        tracing::debug!("{e}");
+                        tracing::debug!("{}", error_chain(&e));
                     }
                 });
             }
@@ -283,8 +362,8 @@ pub async fn serve_serial(agent: Agent, path: PathBuf, retry: Duration) {
 pub async fn serve_reopening<F, S, E>(agent: Agent, mut open: F, name: &str, retry: Duration)
 where
     F: FnMut() -> Result<S, E>,
-    S: AsyncRead + AsyncWrite + Unpin,
-    E: Display,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    E: std::error::Error,
 {
     let mut open_failing = false;
     loop {
@@ -296,12 +375,12 @@ where
                 }
                 match serve_connection(agent.clone(), stream, name).await {
                     Ok(()) => tracing::debug!("{name}: connection ended, reopening"),
-                    Err(e) => tracing::debug!("{e}; reopening"),
+                    Err(e) => tracing::debug!("{}; reopening", error_chain(&e)),
                 }
             }
             Err(e) => {
                 if !open_failing {
-                    tracing::warn!("{e}; retrying every {retry:?}");
+                    tracing::warn!("{}; retrying every {retry:?}", error_chain(&e));
                     open_failing = true;
                 }
             }
@@ -372,7 +451,7 @@ pub async fn run(
         Some(port) => match bind_vsock(port) {
             Ok(listener) => Some((port, listener)),
             Err(e) if unix.is_some() || plan.serial.is_some() => {
-                tracing::warn!("{e}; serving on the other transports only");
+                tracing::warn!("{}; serving on the other transports only", error_chain(&e));
                 None
             }
             Err(e) => {
@@ -631,7 +710,7 @@ mod tests {
                     .lock()
                     .unwrap()
                     .pop_front()
-                    .ok_or("serial device not there")
+                    .ok_or_else(|| io::Error::other("serial device not there"))
             }
         };
         let a = agent(dir.path());
