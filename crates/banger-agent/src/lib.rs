@@ -18,21 +18,9 @@ pub mod procfs;
 pub mod serial;
 pub mod server;
 
-/// An error and its causes in one line, each message once (messages never repeat their
-/// source, so the causes are added here): what the agent logs and answers.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let t = c.to_string();
-        if !text.ends_with(&t) {
-            text.push_str(": ");
-            text.push_str(&t);
-        }
-        cause = c.source();
-    }
-    text
-}
+/// An error and its causes in one line: the workspace's one renderer, what the agent logs
+/// and answers.
+pub use banger_core::error::chain as error_chain;
 
 #[cfg(test)]
 mod tests {

@@ -2968,8 +2968,8 @@ mod concurrency {
         }
         distinct("names", vms.iter().map(|v| v.name.clone()).collect());
         distinct("ids", vms.iter().map(|v| v.id.clone()).collect());
-        distinct("IPs", vms.iter().map(|v| v.ip.clone().unwrap()).collect());
-        distinct("MACs", vms.iter().map(|v| v.mac.clone().unwrap()).collect());
+        distinct("IPs", vms.iter().map(|v| v.ip.unwrap()).collect());
+        distinct("MACs", vms.iter().map(|v| v.mac.unwrap()).collect());
         distinct("TAPs", vms.iter().map(|v| v.tap.clone().unwrap()).collect());
         distinct("CIDs", vms.iter().map(|v| v.vsock_cid.unwrap()).collect());
         assert!(
