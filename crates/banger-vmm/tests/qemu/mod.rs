@@ -415,7 +415,11 @@ async fn qemu_guest_agent_answers_over_virtio_serial_and_a_stuck_guest_is_forced
         .await
         .expect_err("nothing listens any more");
     assert!(matches!(&err, VmmError::Qmp { .. }), "{err}");
-    assert!(err.to_string().contains("qmp.sock"), "{err}");
+    assert!(
+        crate::chain(&err).contains("qmp.sock"),
+        "{}",
+        crate::chain(&err)
+    );
     drop(guest.dir);
 }
 
@@ -518,7 +522,11 @@ async fn a_silent_qemu_is_killed_on_timeout_and_on_cancellation() {
 
     let err = vmm.start(&spec).await.expect_err("never ready");
     assert!(matches!(err, VmmError::NotReady { .. }), "{err}");
-    assert!(err.to_string().contains("qmp.sock"), "{err}");
+    assert!(
+        crate::chain(&err).contains("qmp.sock"),
+        "{}",
+        crate::chain(&err)
+    );
     assert!(no_process_with(&arg).await);
 
     let patient = vmm.clone().with_timeouts(Timeouts::default());
