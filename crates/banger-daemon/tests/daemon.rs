@@ -1149,13 +1149,17 @@ mod adversarial {
             .collect();
         std::fs::write(src.path().join("tree/blob"), data).unwrap();
         let rootfs = src.path().join("rootfs.ext4");
-        let st = std::process::Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-d"])
-            .arg(src.path().join("tree"))
-            .arg(&rootfs)
-            .arg("16M")
-            .status()
-            .unwrap();
+        let st = std::process::Command::new(
+            banger_core::probe::SearchPath::programs(std::env::var_os("PATH").as_deref())
+                .find("mkfs.ext4")
+                .expect("mkfs.ext4 is installed"),
+        )
+        .args(["-q", "-F", "-d"])
+        .arg(src.path().join("tree"))
+        .arg(&rootfs)
+        .arg("16M")
+        .status()
+        .unwrap();
         assert!(st.success());
         let kernel = src.path().join("vmlinux");
         std::fs::write(&kernel, b"\x7fELF").unwrap();

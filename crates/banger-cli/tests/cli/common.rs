@@ -145,6 +145,16 @@ pub fn pids_mentioning(needle: &str) -> Vec<u32> {
         .collect()
 }
 
+/// A host program the way banger finds one: on `PATH`, then in the system directories
+/// (`mkfs.ext4` is in `/usr/sbin`, which a non-root user's `PATH` may lack).
+pub fn host_tool(name: &str) -> Command {
+    let path = std::env::var_os("PATH");
+    let found = banger_core::probe::SearchPath::programs(path.as_deref())
+        .find(name)
+        .unwrap_or_else(|| panic!("{name} is not installed"));
+    Command::new(found)
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -219,7 +229,7 @@ impl Home {
         std::fs::write(src.join("root/.bashrc"), "# test\n").unwrap();
         std::fs::write(src.join("etc/fstab"), "proc /proc proc defaults 0 0\n").unwrap();
         let rootfs = self.path().join("rootfs.ext4");
-        let st = Command::new("mkfs.ext4")
+        let st = host_tool("mkfs.ext4")
             .args(["-q", "-F", "-d"])
             .arg(&src)
             .arg(&rootfs)

@@ -542,7 +542,7 @@ fn kernels_import_list_show_and_rm_guarded_by_images() {
     let rootfs = home.path().join("rootfs.ext4");
     let empty = home.path().join("empty-tree");
     std::fs::create_dir_all(&empty).unwrap();
-    let st = Command::new("mkfs.ext4")
+    let st = crate::common::host_tool("mkfs.ext4")
         .args(["-q", "-F", "-d"])
         .arg(&empty)
         .arg(&rootfs)

@@ -10,7 +10,7 @@ use std::process::Command;
 use crate::common::Home;
 
 fn mkfs(tree: &Path, image: &Path, features: &[&str]) {
-    let mut c = Command::new("mkfs.ext4");
+    let mut c = crate::common::host_tool("mkfs.ext4");
     c.args(["-q", "-F"])
         .args(features)
         .arg("-d")

@@ -537,7 +537,7 @@ mod adversarial_daemon_killed_during_create {
         std::fs::create_dir_all(src.join("root")).unwrap();
         std::fs::write(src.join("usr/sbin/sshd"), "#!/bin/sh\n").unwrap();
         let rootfs = home.path().join("ssh-rootfs.ext4");
-        let st = Command::new("mkfs.ext4")
+        let st = crate::common::host_tool("mkfs.ext4")
             .args(["-q", "-F", "-d"])
             .arg(&src)
             .arg(&rootfs)
