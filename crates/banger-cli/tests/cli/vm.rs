@@ -863,10 +863,14 @@ mod adversarial_pid_reuse {
             let (mut sleeper, tap) = reused(&home, name);
             // Whichever comes first (reconcile at start, or the action), the result is the
             // same: the VM is stopped (or deleted) and the sleeper lives.
-            let _ = home.run(&["vm", action, name]);
+            let acted = home.run(&["vm", action, name]);
             if action == "delete" {
                 let out = home.run(&["vm", "show", name]);
-                assert_eq!(out.status.code(), Some(1), "deleted VM still shown");
+                assert_eq!(
+                    out.status.code(),
+                    Some(1),
+                    "deleted VM still shown; the delete said: {acted:?}"
+                );
                 assert!(sleeper.try_wait().unwrap().is_none(), "sleeper signalled");
                 assert!(!home.link_exists(&tap));
                 sleeper.kill().unwrap();
