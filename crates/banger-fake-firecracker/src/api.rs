@@ -342,7 +342,7 @@ pub fn handle<H: Host>(
 
 /// Why the request log could not be opened.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot open the request log {path}: {source}")]
+#[error("cannot open the request log {path}")]
 pub struct RequestLogError {
     /// The log file.
     pub path: PathBuf,

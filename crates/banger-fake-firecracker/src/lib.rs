@@ -102,7 +102,7 @@ pub enum RunError {
     #[error(transparent)]
     RequestLog(#[from] api::RequestLogError),
     /// `--log-path` cannot be opened.
-    #[error("Could not initialize logger: Failed to open target file {}: {source}", path.display())]
+    #[error("Could not initialize logger: Failed to open target file {}", path.display())]
     Logger {
         /// The log file.
         path: PathBuf,
@@ -110,7 +110,7 @@ pub enum RunError {
         source: io::Error,
     },
     /// `--metrics-path` cannot be opened.
-    #[error("Could not initialize metrics: Failed to open target file {}: {source}", path.display())]
+    #[error("Could not initialize metrics: Failed to open target file {}", path.display())]
     Metrics {
         /// The metrics file.
         path: PathBuf,

@@ -188,6 +188,9 @@ fn main() -> ExitCode {
             }
             ExitCode::from(128 + u8::try_from(signal).unwrap_or(0))
         }
-        Err(e) => fail(EXIT_GENERIC_ERROR, &format!("RunWithApiError error: {e}")),
+        Err(e) => fail(
+            EXIT_GENERIC_ERROR,
+            &format!("RunWithApiError error: {}", banger_core::error::chain(&e)),
+        ),
     }
 }

@@ -98,9 +98,9 @@ impl SystemHost {
                         self.resources().agent = Some(agent);
                     }
                     Err(e) => {
-                        let _ = self
-                            .console
-                            .write_lines(&[console::agent_missing_line(&e.to_string())]);
+                        let _ = self.console.write_lines(&[console::agent_missing_line(
+                            &banger_core::error::chain(&e),
+                        )]);
                     }
                 }
             }

@@ -37,7 +37,7 @@ pub const FIRECRACKER_YAML: &str = include_str!("../firecracker.yaml");
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     /// The text is not YAML.
-    #[error("the Firecracker API spec is not valid YAML: {0}")]
+    #[error("the Firecracker API spec is not valid YAML")]
     Yaml(#[from] yaml_rust2::ScanError),
     /// The YAML holds no document.
     #[error("the Firecracker API spec is empty")]

@@ -94,7 +94,7 @@ pub fn locate_agent(
 #[derive(Debug, thiserror::Error)]
 pub enum AgentSpawnError {
     /// The stale socket path could not be cleared.
-    #[error("cannot remove stale agent socket {path}: {source}")]
+    #[error("cannot remove stale agent socket {path}")]
     StaleSocket {
         /// The socket path.
         path: PathBuf,
@@ -102,7 +102,7 @@ pub enum AgentSpawnError {
         source: io::Error,
     },
     /// The process did not start.
-    #[error("cannot run {bin}: {source}")]
+    #[error("cannot run {bin}")]
     Spawn {
         /// The binary.
         bin: PathBuf,
