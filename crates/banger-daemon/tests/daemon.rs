@@ -58,6 +58,8 @@ fn state_timed(
         agent_bin: None,
         config,
         config_warnings: Vec::new(),
+        // A home of its own (empty unless a test fills it): host integration reads it.
+        home: Some(dir.join("home")),
         build: BuildInfo::current(),
     };
     let parts = banger_daemon::state::Parts {
