@@ -74,6 +74,10 @@ pub struct FileSyncError {
 /// The guest directory the work disk is mounted at.
 pub const GUEST_WORK_ROOT: &str = "/root";
 
+/// Work-disk files banger writes itself, which a `file_sync` entry may not replace: the
+/// managed SSH key's `authorized_keys` and the git identity's `.gitconfig`.
+pub const MANAGED_GUEST_FILES: &[&str] = &["/.ssh/authorized_keys", "/.gitconfig"];
+
 impl FileSync {
     fn error(&self, why: impl Into<String>) -> FileSyncError {
         FileSyncError {
@@ -358,11 +362,24 @@ impl Config {
                 format!("must be at least {MIN_LOG_SIZE}"),
             ));
         }
+        let mut seen = std::collections::BTreeSet::new();
         for entry in &self.file_sync {
-            entry.check().map_err(|source| ConfigError::FileSync {
+            let fail = |source| ConfigError::FileSync {
                 path: path.to_path_buf(),
                 source,
-            })?;
+            };
+            entry.check().map_err(fail)?;
+            let guest = entry.work_disk_path().map_err(fail)?;
+            if MANAGED_GUEST_FILES.contains(&guest.as_str()) {
+                return Err(fail(entry.error(format!(
+                    "{GUEST_WORK_ROOT}{guest} is written by banger itself"
+                ))));
+            }
+            if !seen.insert(guest.clone()) {
+                return Err(fail(entry.error(format!(
+                    "another file_sync entry already writes {GUEST_WORK_ROOT}{guest}"
+                ))));
+            }
         }
         Ok(())
     }
@@ -485,6 +502,26 @@ mod tests {
             assert!(e.contains("/c/config.toml"), "{e}");
         }
         assert!(parse("[[file_sync]]\nhost = \"~/x\"\n").is_err());
+        for guest in ["/root/.gitconfig", "/root/.ssh//authorized_keys"] {
+            let e = crate::error::chain(
+                &parse(&format!(
+                    "[[file_sync]]\nhost = \"~/x\"\nguest = \"{guest}\"\n"
+                ))
+                .unwrap_err(),
+            );
+            assert!(e.contains("written by banger itself"), "{e}");
+        }
+        let e = crate::error::chain(
+            &parse(
+                "[[file_sync]]\nhost = \"~/a\"\nguest = \"/root/f\"\n\
+                 [[file_sync]]\nhost = \"~/b\"\nguest = \"/root//f\"\n",
+            )
+            .unwrap_err(),
+        );
+        assert!(
+            e.contains("\"~/b\"") && e.contains("already writes /root/f"),
+            "{e}"
+        );
         assert!(parse("[[file_sync]]\nhost = \"~/x\"\nguest = \"/root/x\"\nmode = 1\n").is_err());
     }
 
