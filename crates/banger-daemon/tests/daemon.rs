@@ -3447,6 +3447,47 @@ mod host_integration {
     }
 
     #[tokio::test]
+    async fn a_start_whose_file_sync_entry_now_leaves_the_home_fails_naming_it_and_writes_nothing()
+    {
+        let config = Config {
+            file_sync: vec![sync("~/link/passwd", "/root/passwd")],
+            ..quick()
+        };
+        let f = fixture(config, true);
+        let home = home(&f);
+        put(&home, "real/passwd", "mine");
+        std::os::unix::fs::symlink(home.join("real"), home.join("link")).unwrap();
+        put(&home, ".codex/auth.json", "codex-v1");
+        let vm = f.create(request("web")).await.unwrap();
+        let disk = work_disk(&f, "web");
+        assert_eq!(guest_file(&disk, "/passwd").0, "mine");
+        banger_daemon::vms::stop(&f.state, &vm.id).await.unwrap();
+        // The link now leaves the home; the auth file changed too, and must not be written.
+        std::fs::remove_file(home.join("link")).unwrap();
+        std::os::unix::fs::symlink("/etc", home.join("link")).unwrap();
+        put(&home, ".codex/auth.json", "codex-v2");
+        let err = banger_daemon::vms::start(&f.state, &vm.id)
+            .await
+            .unwrap_err();
+        let text = banger_daemon::error::chain(&err);
+        assert!(
+            text.contains("\"~/link/passwd\" -> \"/root/passwd\"")
+                && text.contains("resolves to /etc/passwd"),
+            "{text}"
+        );
+        let row = f.row("web");
+        assert_eq!(row.state.as_str(), "error");
+        f.assert_released(&row);
+        assert_eq!(guest_file(&disk, "/passwd").0, "mine");
+        assert_eq!(guest_file(&disk, "/.codex/auth.json").0, "codex-v1");
+        assert_eq!(
+            f.started(),
+            vec![vm.id.clone()],
+            "the VMM was not started again"
+        );
+    }
+
+    #[tokio::test]
     async fn a_file_sync_entry_outside_the_home_fails_the_create_naming_it_and_leaves_nothing() {
         for (host, guest) in [
             ("/etc/passwd", "/root/passwd"),
