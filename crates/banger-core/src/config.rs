@@ -45,6 +45,153 @@ pub struct Config {
     /// size rules read it (`64M`, `1G`, a bare number is MiB), at least [`MIN_LOG_SIZE`].
     #[serde(deserialize_with = "size_value")]
     pub max_log_size: ByteSize,
+    /// More host files copied into every VM's work disk on each start (see [`FileSync`]).
+    pub file_sync: Vec<FileSync>,
+}
+
+/// One `[[file_sync]]` entry: a file of the owner's home copied into the guest on every VM
+/// start.
+///
+/// `host` is `~/REL`, a path relative to the home, or an absolute path inside the home;
+/// once resolved (`..` taken lexically, then symlinks) it must stay inside the home.
+/// `guest` is an absolute path under `/root` (the VM's work disk), without `.` or `..`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSync {
+    pub host: String,
+    pub guest: String,
+}
+
+/// A `file_sync` entry that cannot be used; the entry is always named.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("file_sync entry {host:?} -> {guest:?}: {why}")]
+pub struct FileSyncError {
+    pub host: String,
+    pub guest: String,
+    pub why: String,
+}
+
+/// The guest directory the work disk is mounted at.
+pub const GUEST_WORK_ROOT: &str = "/root";
+
+/// Work-disk files banger writes itself, which a `file_sync` entry may not replace: the
+/// managed SSH key's `authorized_keys` and the git identity's `.gitconfig`.
+pub const MANAGED_GUEST_FILES: &[&str] = &["/.ssh/authorized_keys", "/.gitconfig"];
+
+impl FileSync {
+    fn error(&self, why: impl Into<String>) -> FileSyncError {
+        FileSyncError {
+            host: self.host.clone(),
+            guest: self.guest.clone(),
+            why: why.into(),
+        }
+    }
+
+    /// The checks that need no home: a non-empty host path, and a guest path under `/root`.
+    pub fn check(&self) -> Result<(), FileSyncError> {
+        if self.host.trim().is_empty() {
+            return Err(self.error("the host path is empty"));
+        }
+        if self.host.contains('\0') {
+            return Err(self.error("the host path contains a NUL byte"));
+        }
+        self.work_disk_path().map(|_| ())
+    }
+
+    /// The guest path as a path inside the work disk (`/root/.npmrc` is `/.npmrc`).
+    pub fn work_disk_path(&self) -> Result<String, FileSyncError> {
+        let g = &self.guest;
+        if g.contains(['\n', '\r', '\0']) {
+            return Err(self.error("the guest path contains a newline or NUL byte"));
+        }
+        let rest = g
+            .strip_prefix(GUEST_WORK_ROOT)
+            .filter(|r| r.starts_with('/'))
+            .ok_or_else(|| {
+                self.error(format!(
+                    "the guest path must be under {GUEST_WORK_ROOT}/ (the VM's work disk)"
+                ))
+            })?;
+        let mut out = String::new();
+        for part in rest.split('/').filter(|p| !p.is_empty()) {
+            if part == "." || part == ".." {
+                return Err(self.error("the guest path must not contain . or .. components"));
+            }
+            out.push('/');
+            out.push_str(part);
+        }
+        if out.is_empty() {
+            return Err(self.error(format!(
+                "the guest path must name a file under {GUEST_WORK_ROOT}/, not {GUEST_WORK_ROOT} itself"
+            )));
+        }
+        Ok(out)
+    }
+
+    /// The host path resolved against `home` without touching the disk: `~/x` and `x` are
+    /// `home/x`, `..` components are taken lexically; the result must be inside `home` (and
+    /// not `home` itself). Symlinks are the caller's to resolve ([`FileSync::resolve`]).
+    pub fn host_in(&self, home: &Path) -> Result<PathBuf, FileSyncError> {
+        self.check()?;
+        let raw = self.host.as_str();
+        let joined = if raw == "~" {
+            home.to_path_buf()
+        } else if let Some(rest) = raw.strip_prefix("~/") {
+            home.join(rest)
+        } else if raw.starts_with('~') {
+            return Err(self.error("only ~/ (the owner's home) is understood, not ~user"));
+        } else {
+            home.join(raw)
+        };
+        let lexical = normalize(&joined);
+        let home = normalize(home);
+        if lexical == home || !lexical.starts_with(&home) {
+            return Err(self.error(format!(
+                "{} is outside the owner's home {}",
+                lexical.display(),
+                home.display()
+            )));
+        }
+        Ok(lexical)
+    }
+
+    /// [`FileSync::host_in`], then symlinks resolved: `Ok(None)` when the file does not
+    /// exist, else its real path, which must still be inside the (real) home.
+    pub fn resolve(&self, home: &Path) -> Result<Option<PathBuf>, FileSyncError> {
+        let lexical = self.host_in(home)?;
+        let real = match std::fs::canonicalize(&lexical) {
+            Ok(p) => p,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.error(format!("cannot resolve {}: {e}", lexical.display()))),
+        };
+        let real_home = std::fs::canonicalize(home)
+            .map_err(|e| self.error(format!("cannot resolve the home {}: {e}", home.display())))?;
+        if !real.starts_with(&real_home) || real == real_home {
+            return Err(self.error(format!(
+                "{} resolves to {}, outside the owner's home {}",
+                lexical.display(),
+                real.display(),
+                real_home.display()
+            )));
+        }
+        Ok(Some(real))
+    }
+}
+
+/// `path` with `.` dropped and `..` taken lexically (never above `/`).
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
 }
 
 /// The smallest `max_log_size`: below it rotation would churn on a normal boot's output.
@@ -80,6 +227,7 @@ impl Default for Config {
             ssh_wait_secs: 90,
             guest_dns: Vec::new(),
             max_log_size: ByteSize::mib(64),
+            file_sync: Vec::new(),
         }
     }
 }
@@ -94,6 +242,12 @@ pub enum ConfigError {
     },
     #[error("config file {path} is invalid: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("config file {path}")]
+    FileSync {
+        path: PathBuf,
+        #[source]
+        source: FileSyncError,
+    },
     #[error("config file {path}: {key} = {value:?} is invalid: {why}")]
     Value {
         path: PathBuf,
@@ -142,6 +296,20 @@ impl Config {
         })?;
         config.validate(path)?;
         Ok(Loaded { config, warnings })
+    }
+
+    /// The `file_sync` checks that need the owner's home (each host path inside it,
+    /// lexically); `path` is the config file, for messages. The daemon runs them at start.
+    pub fn check_home(&self, path: &Path, home: &Path) -> Result<(), ConfigError> {
+        for entry in &self.file_sync {
+            entry
+                .host_in(home)
+                .map_err(|source| ConfigError::FileSync {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
@@ -193,6 +361,25 @@ impl Config {
                 self.max_log_size.to_string(),
                 format!("must be at least {MIN_LOG_SIZE}"),
             ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for entry in &self.file_sync {
+            let fail = |source| ConfigError::FileSync {
+                path: path.to_path_buf(),
+                source,
+            };
+            entry.check().map_err(fail)?;
+            let guest = entry.work_disk_path().map_err(fail)?;
+            if MANAGED_GUEST_FILES.contains(&guest.as_str()) {
+                return Err(fail(entry.error(format!(
+                    "{GUEST_WORK_ROOT}{guest} is written by banger itself"
+                ))));
+            }
+            if !seen.insert(guest.clone()) {
+                return Err(fail(entry.error(format!(
+                    "another file_sync entry already writes {GUEST_WORK_ROOT}{guest}"
+                ))));
+            }
         }
         Ok(())
     }
@@ -280,5 +467,126 @@ mod tests {
         let e = parse("log_level = \"loud\"\n").unwrap_err().to_string();
         assert!(e.contains("log_level") && e.contains("loud"), "{e}");
         assert!(parse("log_level = \n").is_err());
+    }
+
+    fn entry(host: &str, guest: &str) -> FileSync {
+        FileSync {
+            host: host.into(),
+            guest: guest.into(),
+        }
+    }
+
+    #[test]
+    fn file_sync_is_read_and_guest_paths_checked_at_load() {
+        let l = parse(
+            "[[file_sync]]\nhost = \"~/.npmrc\"\nguest = \"/root/.npmrc\"\n\
+             [[file_sync]]\nhost = \"notes/a.txt\"\nguest = \"/root//docs/./a.txt\"\n",
+        );
+        // `.` in a guest path is refused, like `..`.
+        let e = crate::error::chain(&l.unwrap_err());
+        assert!(e.contains("notes/a.txt") && e.contains(". or .."), "{e}");
+        let l = parse("[[file_sync]]\nhost = \"~/.npmrc\"\nguest = \"/root/.npmrc\"\n").unwrap();
+        assert_eq!(l.config.file_sync, vec![entry("~/.npmrc", "/root/.npmrc")]);
+        for (text, needle) in [
+            ("host = \"~/x\"\nguest = \"/etc/x\"", "under /root/"),
+            ("host = \"~/x\"\nguest = \"/rootx/y\"", "under /root/"),
+            ("host = \"~/x\"\nguest = \"/root/\"", "not /root itself"),
+            ("host = \"~/x\"\nguest = \"/root/a/../b\"", ". or .."),
+            ("host = \"\"\nguest = \"/root/b\"", "host path is empty"),
+        ] {
+            let e = crate::error::chain(&parse(&format!("[[file_sync]]\n{text}\n")).unwrap_err());
+            assert!(
+                e.contains(needle) && e.contains("file_sync entry"),
+                "{text}: {e}"
+            );
+            assert!(e.contains("/c/config.toml"), "{e}");
+        }
+        assert!(parse("[[file_sync]]\nhost = \"~/x\"\n").is_err());
+        for guest in ["/root/.gitconfig", "/root/.ssh//authorized_keys"] {
+            let e = crate::error::chain(
+                &parse(&format!(
+                    "[[file_sync]]\nhost = \"~/x\"\nguest = \"{guest}\"\n"
+                ))
+                .unwrap_err(),
+            );
+            assert!(e.contains("written by banger itself"), "{e}");
+        }
+        let e = crate::error::chain(
+            &parse(
+                "[[file_sync]]\nhost = \"~/a\"\nguest = \"/root/f\"\n\
+                 [[file_sync]]\nhost = \"~/b\"\nguest = \"/root//f\"\n",
+            )
+            .unwrap_err(),
+        );
+        assert!(
+            e.contains("\"~/b\"") && e.contains("already writes /root/f"),
+            "{e}"
+        );
+        assert!(parse("[[file_sync]]\nhost = \"~/x\"\nguest = \"/root/x\"\nmode = 1\n").is_err());
+    }
+
+    #[test]
+    fn file_sync_host_paths_stay_in_the_home() {
+        let home = Path::new("/home/u");
+        let ok = |host: &str| entry(host, "/root/f").host_in(home).unwrap();
+        assert_eq!(ok("~/.npmrc"), Path::new("/home/u/.npmrc"));
+        assert_eq!(ok(".npmrc"), Path::new("/home/u/.npmrc"));
+        assert_eq!(ok("/home/u/a/b"), Path::new("/home/u/a/b"));
+        assert_eq!(ok("~/a/../b"), Path::new("/home/u/b"));
+        for host in [
+            "/etc/passwd",
+            "../x",
+            "~/../x",
+            "~/a/../../etc",
+            "/home/user2/x",
+            "~",
+            "~other/x",
+            "/home/u",
+        ] {
+            let e = entry(host, "/root/f").host_in(home).unwrap_err();
+            assert_eq!(e.host, host);
+            let text = e.to_string();
+            assert!(text.contains(&format!("{host:?}")), "{text}");
+        }
+        assert!(
+            entry("/etc/passwd", "/root/f")
+                .host_in(home)
+                .unwrap_err()
+                .to_string()
+                .contains("outside the owner's home")
+        );
+        let c = Config {
+            file_sync: vec![entry("~/ok", "/root/ok"), entry("/etc/passwd", "/root/p")],
+            ..Config::default()
+        };
+        let e = crate::error::chain(&c.check_home(Path::new("/c/config.toml"), home).unwrap_err());
+        assert!(
+            e.contains("/etc/passwd") && e.contains("/c/config.toml"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn file_sync_symlinks_are_resolved_inside_the_home() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(home.join("real")).unwrap();
+        std::fs::write(home.join("real/f"), b"x").unwrap();
+        std::os::unix::fs::symlink(home.join("real"), home.join("inside")).unwrap();
+        std::os::unix::fs::symlink("/etc", home.join("etc")).unwrap();
+        let real_home = std::fs::canonicalize(&home).unwrap();
+        assert_eq!(
+            entry("~/inside/f", "/root/f").resolve(&home).unwrap(),
+            Some(real_home.join("real/f"))
+        );
+        assert_eq!(entry("~/missing", "/root/f").resolve(&home).unwrap(), None);
+        let e = entry("~/etc/passwd", "/root/p")
+            .resolve(&home)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("resolves to /etc/passwd") && e.contains("~/etc/passwd"),
+            "{e}"
+        );
     }
 }

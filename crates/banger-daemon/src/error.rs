@@ -163,6 +163,12 @@ pub enum OpError {
         #[source]
         source: Box<banger_disk::DiskError>,
     },
+    #[error("VM {vm:?}: cannot copy host files into its work disk")]
+    FileSync {
+        vm: String,
+        #[source]
+        source: banger_core::config::FileSyncError,
+    },
     #[error("VM {vm:?}: the VMM failed")]
     Vmm {
         vm: String,
@@ -210,7 +216,8 @@ impl OpError {
             | Self::InputNotAbsolute { .. }
             | Self::ModulesNotADir { .. }
             | Self::KernelTreeNotADir { .. }
-            | Self::RootfsNotClean { .. } => ErrorKind::BadRequest,
+            | Self::RootfsNotClean { .. }
+            | Self::FileSync { .. } => ErrorKind::BadRequest,
             // The daemon's host lacks a usable guest agent to inject.
             Self::AgentBinMissing
             | Self::AgentBinDynamic { .. }

@@ -160,6 +160,13 @@ fn run_from_env() -> Result<(), DaemonError> {
     // A config dir others can write could point firecracker_bin at their program.
     private::check_existing_dir(DirRole::Config, &layout.config_dir, uid)?;
     let loaded = Config::load(&layout.config_file())?;
+    // The owner's home, for host integration (git identity, agent auth, `file_sync`).
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .filter(|h| h.is_absolute());
+    if let Some(home) = &home {
+        loaded.config.check_home(&layout.config_file(), home)?;
+    }
     let level = std::env::var("BANGER_LOG").unwrap_or_else(|_| loaded.config.log_level.clone());
     layout.ensure_state_dir(uid)?;
     logging::init(&layout.log_file(), &level, uid).map_err(|source| DaemonError::Logging {
@@ -192,6 +199,7 @@ fn run_from_env() -> Result<(), DaemonError> {
         agent_bin,
         config: loaded.config,
         config_warnings: loaded.warnings,
+        home,
         build: BuildInfo::current(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

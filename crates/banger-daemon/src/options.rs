@@ -14,5 +14,8 @@ pub struct DaemonOptions {
     pub agent_bin: Option<PathBuf>,
     pub config: Config,
     pub config_warnings: Vec<String>,
+    /// The owner's home (the entry point's `HOME`): where host integration reads the git
+    /// identity, agent auth files and `file_sync` files from; `None` skips it.
+    pub home: Option<PathBuf>,
     pub build: BuildInfo,
 }

@@ -58,6 +58,8 @@ fn state_timed(
         agent_bin: None,
         config,
         config_warnings: Vec::new(),
+        // A home of its own (empty unless a test fills it): host integration reads it.
+        home: Some(dir.join("home")),
         build: BuildInfo::current(),
     };
     let parts = banger_daemon::state::Parts {
@@ -3229,5 +3231,290 @@ mod clock {
         let row = f.row("web");
         assert_eq!(row.created_at, "2030-01-02T03:04:05Z");
         assert_eq!(row.started_at.as_deref(), Some("2030-01-02T03:05:35Z"));
+    }
+}
+
+/// Host integration on every start: the owner's git identity, agent auth files and config
+/// `file_sync` written into the work disk before the VMM runs (read back with debugfs).
+mod host_integration {
+    use std::path::{Path, PathBuf};
+
+    use banger_core::config::FileSync;
+    use banger_core::runner::SystemRunner;
+    use banger_daemon::error::OpError;
+    use banger_disk::FileKind;
+    use tokio_util::sync::CancellationToken;
+
+    use super::vm_fixture::*;
+    use super::*;
+
+    /// The fake home every fixture's daemon reads (see `state_timed`).
+    fn home(f: &Fixture) -> PathBuf {
+        f.dir.path().join("home")
+    }
+
+    fn put(home: &Path, rel: &str, contents: &str) {
+        let path = home.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, contents).unwrap();
+    }
+
+    fn sync(host: &str, guest: &str) -> FileSync {
+        FileSync {
+            host: host.into(),
+            guest: guest.into(),
+        }
+    }
+
+    fn work_disk(f: &Fixture, name: &str) -> PathBuf {
+        PathBuf::from(&f.row(name).dir).join("work.ext4")
+    }
+
+    /// The file `path` of the work disk: contents, type, mode and owner.
+    fn guest_file(disk: &Path, path: &str) -> (String, FileKind, u32, u32, u32) {
+        let r = SystemRunner::new();
+        let scratch = tempfile::tempdir().unwrap();
+        let inode = banger_disk::debugfs::stat(&r, disk, path)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{path} missing from the work disk"));
+        let bytes = banger_disk::debugfs::read_file(&r, disk, path, scratch.path()).unwrap();
+        (
+            String::from_utf8(bytes).unwrap(),
+            inode.kind,
+            inode.mode,
+            inode.uid,
+            inode.gid,
+        )
+    }
+
+    #[tokio::test]
+    async fn create_writes_the_git_identity_auth_files_and_file_sync_root_owned() {
+        let config = Config {
+            file_sync: vec![
+                sync("~/notes/todo.txt", "/root/notes/todo.txt"),
+                sync("bin/tool", "/root/.local/bin/tool"),
+                sync("~/not-there", "/root/not-there"),
+            ],
+            ..quick()
+        };
+        let f = fixture(config, true);
+        let home = home(&f);
+        put(
+            &home,
+            ".gitconfig",
+            "[user]\n\tname = Ada Lovelace\n\temail = ada@example.org\n[core]\n\teditor = ed\n",
+        );
+        put(&home, ".local/share/opencode/auth.json", "{\"opencode\":1}");
+        put(&home, ".claude/.credentials.json", "{\"claude\":2}");
+        put(&home, ".pi/agent/auth.json", "{\"pi\":3}");
+        put(&home, "notes/todo.txt", "buy milk\n");
+        put(&home, "bin/tool", "#!/bin/sh\necho hi\n");
+        std::fs::set_permissions(
+            home.join("bin/tool"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o750),
+        )
+        .unwrap();
+        let (task, mut stages) = f.spawn_create(request("web"), CancellationToken::new());
+        task.await.unwrap().unwrap();
+        let mut lines = Vec::new();
+        while let Ok(s) = stages.try_recv() {
+            lines.push((s.stage, s.detail));
+        }
+        let host: Vec<&str> = lines
+            .iter()
+            .filter(|(s, _)| s == "host files")
+            .map(|(_, d)| d.as_str())
+            .collect();
+        // One warning per absent file, and a summary; all before the VMM starts.
+        for absent in ["~/.codex/auth.json", "~/.claude.json", "~/not-there"] {
+            assert!(
+                host.iter()
+                    .any(|d| d.starts_with("warning:") && d.contains(absent)),
+                "{absent}: {host:?}"
+            );
+        }
+        assert_eq!(host.iter().filter(|d| d.starts_with("warning:")).count(), 3);
+        let summary = host.last().unwrap();
+        assert!(
+            summary.contains("git identity") && summary.contains("opencode"),
+            "{summary}"
+        );
+        let at = |name: &str| lines.iter().position(|(s, _)| s == name).unwrap();
+        assert!(at("host files") < at("start VMM"), "{lines:?}");
+
+        let disk = work_disk(&f, "web");
+        let (gitconfig, kind, mode, uid, gid) = guest_file(&disk, "/.gitconfig");
+        assert_eq!(
+            gitconfig,
+            "[user]\n\tname = \"Ada Lovelace\"\n\temail = \"ada@example.org\"\n"
+        );
+        assert_eq!((kind, mode, uid, gid), (FileKind::Regular, 0o644, 0, 0));
+        for (path, contents, want_mode) in [
+            (
+                "/.local/share/opencode/auth.json",
+                "{\"opencode\":1}",
+                0o600,
+            ),
+            ("/.claude/.credentials.json", "{\"claude\":2}", 0o600),
+            ("/.pi/agent/auth.json", "{\"pi\":3}", 0o600),
+            ("/notes/todo.txt", "buy milk\n", 0o644),
+            ("/.local/bin/tool", "#!/bin/sh\necho hi\n", 0o750),
+        ] {
+            assert_eq!(
+                guest_file(&disk, path),
+                (contents.to_string(), FileKind::Regular, want_mode, 0, 0),
+                "{path}"
+            );
+        }
+        let r = SystemRunner::new();
+        for absent in ["/.codex/auth.json", "/.claude.json", "/not-there"] {
+            assert!(!banger_disk::exists(&r, &disk, absent).unwrap(), "{absent}");
+        }
+        // The managed SSH key is still authorised.
+        assert!(
+            guest_file(&disk, "/.ssh/authorized_keys")
+                .0
+                .contains("ssh-ed25519")
+        );
+    }
+
+    #[tokio::test]
+    async fn start_refreshes_the_files_and_keeps_a_guest_copy_whose_host_file_is_gone() {
+        let f = fixture(quick(), true);
+        let home = home(&f);
+        put(&home, ".codex/auth.json", "codex-v1");
+        put(&home, ".claude.json", "claude-v1");
+        let vm = f.create(request("web")).await.unwrap();
+        let disk = work_disk(&f, "web");
+        assert_eq!(guest_file(&disk, "/.codex/auth.json").0, "codex-v1");
+        banger_daemon::vms::stop(&f.state, &vm.id).await.unwrap();
+        // The guest edited its git config meanwhile: its other sections are kept.
+        let scratch = tempfile::tempdir().unwrap();
+        let mut batch = banger_disk::Debugfs::new(scratch.path());
+        batch
+            .write_bytes(b"[alias]\n\tst = status\n", "/.gitconfig")
+            .unwrap();
+        batch.run(&SystemRunner::new(), &disk).unwrap();
+        std::fs::remove_file(home.join(".codex/auth.json")).unwrap();
+        put(&home, ".claude.json", "claude-v2");
+        put(&home, ".gitconfig", "[user]\n\temail = ada@example.org\n");
+        banger_daemon::vms::start(&f.state, &vm.id).await.unwrap();
+        assert_eq!(f.row("web").state.as_str(), "running");
+        assert_eq!(
+            guest_file(&disk, "/.codex/auth.json"),
+            ("codex-v1".into(), FileKind::Regular, 0o600, 0, 0),
+            "the guest's copy is kept"
+        );
+        assert_eq!(guest_file(&disk, "/.claude.json").0, "claude-v2");
+        assert_eq!(
+            guest_file(&disk, "/.gitconfig").0,
+            "[alias]\n\tst = status\n[user]\n\temail = \"ada@example.org\"\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_auth_file_that_is_not_a_small_regular_file_in_the_home_is_skipped_with_a_warning() {
+        let f = fixture(quick(), true);
+        let home = home(&f);
+        std::fs::create_dir_all(home.join(".codex")).unwrap();
+        // A symlink out of the home, a directory, and a file over the cap.
+        std::os::unix::fs::symlink("/etc/passwd", home.join(".codex/auth.json")).unwrap();
+        std::fs::create_dir_all(home.join(".claude.json")).unwrap();
+        put(&home, ".pi/agent/auth.json", &"x".repeat((1 << 20) + 1));
+        let (task, mut stages) = f.spawn_create(request("web"), CancellationToken::new());
+        task.await.unwrap().unwrap();
+        let mut warnings = Vec::new();
+        while let Ok(s) = stages.try_recv() {
+            if s.stage == "host files" && s.detail.starts_with("warning:") {
+                warnings.push(s.detail);
+            }
+        }
+        for needle in [
+            "outside the owner's home",
+            "not a regular file",
+            "more than the",
+        ] {
+            assert!(
+                warnings.iter().any(|w| w.contains(needle)),
+                "{needle}: {warnings:?}"
+            );
+        }
+        let r = SystemRunner::new();
+        let disk = work_disk(&f, "web");
+        for absent in ["/.codex/auth.json", "/.claude.json", "/.pi/agent/auth.json"] {
+            assert!(!banger_disk::exists(&r, &disk, absent).unwrap(), "{absent}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_start_whose_file_sync_entry_now_leaves_the_home_fails_naming_it_and_writes_nothing()
+    {
+        let config = Config {
+            file_sync: vec![sync("~/link/passwd", "/root/passwd")],
+            ..quick()
+        };
+        let f = fixture(config, true);
+        let home = home(&f);
+        put(&home, "real/passwd", "mine");
+        std::os::unix::fs::symlink(home.join("real"), home.join("link")).unwrap();
+        put(&home, ".codex/auth.json", "codex-v1");
+        let vm = f.create(request("web")).await.unwrap();
+        let disk = work_disk(&f, "web");
+        assert_eq!(guest_file(&disk, "/passwd").0, "mine");
+        banger_daemon::vms::stop(&f.state, &vm.id).await.unwrap();
+        // The link now leaves the home; the auth file changed too, and must not be written.
+        std::fs::remove_file(home.join("link")).unwrap();
+        std::os::unix::fs::symlink("/etc", home.join("link")).unwrap();
+        put(&home, ".codex/auth.json", "codex-v2");
+        let err = banger_daemon::vms::start(&f.state, &vm.id)
+            .await
+            .unwrap_err();
+        let text = banger_daemon::error::chain(&err);
+        assert!(
+            text.contains("\"~/link/passwd\" -> \"/root/passwd\"")
+                && text.contains("resolves to /etc/passwd"),
+            "{text}"
+        );
+        let row = f.row("web");
+        assert_eq!(row.state.as_str(), "error");
+        f.assert_released(&row);
+        assert_eq!(guest_file(&disk, "/passwd").0, "mine");
+        assert_eq!(guest_file(&disk, "/.codex/auth.json").0, "codex-v1");
+        assert_eq!(
+            f.started(),
+            vec![vm.id.clone()],
+            "the VMM was not started again"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_sync_entry_outside_the_home_fails_the_create_naming_it_and_leaves_nothing() {
+        for (host, guest) in [
+            ("/etc/passwd", "/root/passwd"),
+            ("../x", "/root/x"),
+            ("~/etc/passwd", "/root/passwd"),
+            ("~/dir", "/root/dir"),
+        ] {
+            let config = Config {
+                file_sync: vec![sync("~/ok.txt", "/root/ok.txt"), sync(host, guest)],
+                ..quick()
+            };
+            let f = fixture(config, true);
+            let home = home(&f);
+            put(&home, "ok.txt", "fine");
+            put(&home, "dir/inside", "a directory is not a file");
+            std::os::unix::fs::symlink("/etc", home.join("etc")).unwrap();
+            let err = f.create(request("web")).await.unwrap_err();
+            assert!(
+                matches!(&err, OpError::FileSync { vm, .. } if vm == "web"),
+                "{err:?}"
+            );
+            assert_eq!(err.kind(), banger_api::ErrorKind::BadRequest);
+            let text = banger_daemon::error::chain(&err);
+            assert!(text.contains(&format!("{host:?} -> {guest:?}")), "{text}");
+            f.assert_no_vm_left();
+            assert!(!f.net_made_anything(), "{host}: network touched");
+            assert!(!f.vmm_ran(), "{host}: VMM touched");
+        }
     }
 }

@@ -37,7 +37,8 @@
 //!   separated by `:`.
 //!
 //! [`authorize_ssh_key`] writes `/.ssh/authorized_keys` into the VM's work disk (mounted
-//! at `/root` in the guest).
+//! at `/root` in the guest); [`write_private_files`] writes any files there with a mode of
+//! the caller's, owned by root (host integration: git identity, agent auth files).
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -235,6 +236,71 @@ pub fn merge_fstab(existing: &str) -> String {
     out.push_str(FSTAB_LINE);
     out.push('\n');
     out
+}
+
+/// Reads the regular file `path` from `image`, `None` when absent (a directory or symlink
+/// there is [`DiskError::WrongType`]). Temporary files live under `scratch`.
+pub fn read_optional_file(
+    runner: &dyn CommandRunner,
+    image: &Path,
+    path: &str,
+    scratch: &Path,
+) -> Result<Option<Vec<u8>>, DiskError> {
+    match debugfs::stat(runner, image, path)? {
+        None => Ok(None),
+        Some(inode) if inode.kind == FileKind::Regular => {
+            debugfs::read_file(runner, image, path, scratch).map(Some)
+        }
+        Some(inode) => Err(DiskError::WrongType {
+            image: image.to_path_buf(),
+            path: path.to_string(),
+            found: inode.kind,
+            expected: FileKind::Regular,
+        }),
+    }
+}
+
+/// One file for [`write_private_files`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedFile {
+    /// Absolute path inside the image (`/.gitconfig` for the guest's `/root/.gitconfig`).
+    pub path: String,
+    /// Its full contents.
+    pub contents: Vec<u8>,
+    /// Permission bits (`0o600`); no setuid, setgid or sticky bit.
+    pub mode: u32,
+}
+
+/// Writes `files` into `image` in one debugfs batch, each replacing what was there, owned
+/// by 0:0 with its mode; missing parent directories are made (0755, 0:0). A mode with bits
+/// beyond `0o777` is refused before anything runs. No files, no run.
+pub fn write_private_files(
+    runner: &dyn CommandRunner,
+    image: &Path,
+    files: &[OwnedFile],
+    scratch: &Path,
+) -> Result<(), DiskError> {
+    let mut batch = Debugfs::new(scratch);
+    for file in files {
+        if file.mode & !0o777 != 0 {
+            return Err(DiskError::invalid(
+                "file mode",
+                format!("{:#o}", file.mode),
+                "only permission bits (0o777) are allowed",
+            ));
+        }
+        let path = debugfs::guest_path(&file.path)?;
+        if let Some((parent, _)) = path.rsplit_once('/')
+            && !parent.is_empty()
+        {
+            batch.mkdir(parent)?;
+        }
+        batch
+            .write_bytes(&file.contents, &path)?
+            .set_owner(&path, 0, 0)?
+            .set_mode(&path, FileKind::Regular.type_bits() | file.mode)?;
+    }
+    batch.run(runner, image)
 }
 
 /// Reads a regular file from the image, `None` when absent.
@@ -450,6 +516,29 @@ DNS=1.1.1.1
             )
             .is_err()
         );
+        assert!(runner.calls().is_empty());
+    }
+
+    #[test]
+    fn private_files_refuse_bad_modes_and_paths_before_running() {
+        let runner = FakeRunner::new();
+        let file = |path: &str, mode| OwnedFile {
+            path: path.into(),
+            contents: b"x".to_vec(),
+            mode,
+        };
+        let scratch = tempfile::tempdir().unwrap();
+        for files in [
+            vec![file("/.gitconfig", 0o600), file("/x", 0o4755)],
+            vec![file("relative", 0o600)],
+            vec![file("/a/../b", 0o600)],
+        ] {
+            assert!(
+                write_private_files(&runner, Path::new("/img"), &files, scratch.path()).is_err(),
+                "{files:?}"
+            );
+        }
+        write_private_files(&runner, Path::new("/img"), &[], scratch.path()).unwrap();
         assert!(runner.calls().is_empty());
     }
 

@@ -7,7 +7,8 @@
 //!   command, every command line checked so none can become a shell command) and reads:
 //!   [`stat`], [`exists`], [`read_file`], [`list_dir`].
 //! - [`guest`]: the per-VM guest configuration ([`GuestConfig`], [`write_guest_config`])
-//!   and [`authorize_ssh_key`].
+//!   and [`authorize_ssh_key`]; [`write_private_files`] (root-owned files with a mode) and
+//!   [`read_optional_file`].
 //! - [`work`]: work seeds and per-VM work disks ([`make_work_seed`], [`clone_work_disk`]);
 //!   the seed copies the image's `/root` with a reader of banger's own (`extract`) that
 //!   never lets the image's names choose a host path.
@@ -35,5 +36,8 @@ pub use debugfs::{
 };
 pub use error::DiskError;
 pub use ext4::{check_clean, default_image_size, grow, mkfs_from_dir, size_of_tree};
-pub use guest::{GuestConfig, GuestFile, authorize_ssh_key, merge_fstab, write_guest_config};
+pub use guest::{
+    GuestConfig, GuestFile, OwnedFile, authorize_ssh_key, merge_fstab, read_optional_file,
+    write_guest_config, write_private_files,
+};
 pub use work::{clone_work_disk, make_work_seed};

@@ -13,9 +13,9 @@ use std::sync::LazyLock;
 use banger_core::runner::{CommandRunner, SystemRunner};
 use banger_disk::guest::FSTAB_LINE;
 use banger_disk::{
-    CloneKind, Debugfs, DiskError, FileKind, GuestConfig, authorize_ssh_key, clone_file,
-    clone_work_disk, exists, grow, list_dir, make_work_seed, mkfs_from_dir, read_file, stat,
-    write_guest_config,
+    CloneKind, Debugfs, DiskError, FileKind, GuestConfig, OwnedFile, authorize_ssh_key, clone_file,
+    clone_work_disk, exists, grow, list_dir, make_work_seed, mkfs_from_dir, read_file,
+    read_optional_file, stat, write_guest_config, write_private_files,
 };
 
 const MIB: u64 = 1 << 20;
@@ -490,6 +490,56 @@ fn guest_config_is_written_and_rewritten_without_duplicates() {
     let bare = empty_image(dir.path(), "bare.ext4");
     write_guest_config(&r, &bare, &guest_config(), scratch()).unwrap();
     assert_eq!(read_text(&bare, "/etc/fstab"), format!("{FSTAB_LINE}\n"));
+}
+
+#[test]
+fn private_files_are_written_root_owned_with_their_mode_and_replaced() -> Result<(), DiskError> {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    fs::create_dir_all(tree.join(".claude")).unwrap();
+    fs::write(tree.join(".claude/.credentials.json"), b"old").unwrap();
+    let image = image_from(dir.path(), "work.ext4", &tree);
+    let r = runner();
+    let file = |path: &str, contents: &[u8], mode| OwnedFile {
+        path: path.into(),
+        contents: contents.to_vec(),
+        mode,
+    };
+    write_private_files(
+        &r,
+        &image,
+        &[
+            file("/.claude/.credentials.json", b"{\"new\":1}", 0o600),
+            file("/.local/share/opencode/auth.json", b"\0binary\xff", 0o600),
+            file("/bin/tool", b"#!/bin/sh\n", 0o755),
+        ],
+        scratch(),
+    )?;
+    for (path, contents, mode) in [
+        ("/.claude/.credentials.json", &b"{\"new\":1}"[..], 0o600),
+        ("/.local/share/opencode/auth.json", b"\0binary\xff", 0o600),
+        ("/bin/tool", b"#!/bin/sh\n", 0o755),
+    ] {
+        assert_eq!(read_file(&r, &image, path, scratch())?, contents, "{path}");
+        let inode = stat(&r, &image, path)?.unwrap();
+        assert_eq!(
+            (inode.kind, inode.uid, inode.gid, inode.mode),
+            (FileKind::Regular, 0, 0, mode),
+            "{path}"
+        );
+    }
+    let made = stat(&r, &image, "/.local/share")?.unwrap();
+    assert_eq!(
+        (made.kind, made.uid, made.mode),
+        (FileKind::Directory, 0, 0o755)
+    );
+    assert_eq!(read_optional_file(&r, &image, "/nope", scratch())?, None);
+    assert!(matches!(
+        read_optional_file(&r, &image, "/.claude", scratch()),
+        Err(DiskError::WrongType { .. })
+    ));
+    assert_fsck_clean(&image);
+    Ok(())
 }
 
 /// A rootfs whose /root holds a .bashrc, a private directory and a file owned by uid 1000.

@@ -304,6 +304,39 @@ fn errors_print_banger_prefix_and_exit_1() {
 }
 
 #[test]
+fn a_file_sync_entry_outside_the_home_stops_the_daemon_naming_it() {
+    for (entry, needle) in [
+        (
+            "host = \"/etc/passwd\"\nguest = \"/root/passwd\"",
+            "is outside the owner's home",
+        ),
+        (
+            "host = \"~/.npmrc\"\nguest = \"/etc/npmrc\"",
+            "must be under /root/",
+        ),
+    ] {
+        let mut home = Home::new();
+        let user_home = home.path().join("user");
+        std::fs::create_dir_all(&user_home).unwrap();
+        home.set_env("HOME", &user_home);
+        std::fs::create_dir_all(home.path().join("config")).unwrap();
+        std::fs::write(
+            home.path().join("config/config.toml"),
+            format!("[[file_sync]]\n{entry}\n"),
+        )
+        .unwrap();
+        let out = home.run(&["daemon", "status"]);
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.starts_with("banger: "), "{stderr}");
+        assert!(
+            stderr.contains("file_sync entry") && stderr.contains(needle),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
 fn unknown_config_keys_warn() {
     let home = Home::new();
     std::fs::create_dir_all(home.path().join("config")).unwrap();

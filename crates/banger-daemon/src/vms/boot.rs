@@ -1,4 +1,4 @@
-//! Boot: network up, VMM started, agent answering, sshd waited for; and [`release`], which
+//! Boot: host files into the work disk, network up, VMM started, agent answering, sshd waited for; and [`release`], which
 //! undoes what a boot took (TAP, NAT rule, run directory).
 
 use std::net::Ipv4Addr;
@@ -9,6 +9,7 @@ use banger_api::types::VmState;
 use banger_store::VmRow;
 
 use super::agent::wait_agent;
+use super::host_files;
 use crate::error::{OpError, chain};
 use crate::progress::Progress;
 use crate::state::AppState;
@@ -23,6 +24,8 @@ pub(super) async fn boot(
     progress: &Progress,
 ) -> Result<(), OpError> {
     let spec = state.spec(row)?;
+    // Before anything is taken: a refused `file_sync` entry leaves the VM as it was.
+    host_files::apply(state, row, progress).await?;
     // The mark of a boot under way (see the module docs); release removes it.
     tokio::fs::create_dir_all(&spec.run_dir)
         .await

@@ -38,6 +38,8 @@
 //! - `view`: a row's API view, run and VM directories, the VM's backend and boot spec.
 //! - `create`: create, its stages and its rollback.
 //! - `boot`: network up, VMM started, agent waited for; and the release of what a boot took.
+//! - `host_files`: host integration written into the work disk before every boot (git
+//!   identity, agent auth files, config `file_sync`).
 //! - `vmm`: the VM's VMM process, identified before it is signalled.
 //! - `agent`: the VM's guest agent (readiness, health, ping, ports).
 //! - `query`: the VM list, one VM, its VMM's statistics.
@@ -48,6 +50,7 @@ mod actions;
 mod agent;
 mod boot;
 mod create;
+mod host_files;
 mod lookup;
 mod query;
 mod reconcile;
