@@ -1,7 +1,8 @@
 //! Shared helpers: a private banger home, running the real binaries.
 //!
 //! The binaries run with a cleared environment (jj's rule, [`cleared_env`]): only `PATH`,
-//! `HOME` and `BANGER_HOME` reach them, plus what a test sets on purpose ([`Home::set_env`],
+//! `HOME` (a private one, so the developer's git identity and agent logins never reach a
+//! test VM) and `BANGER_HOME` reach them, plus what a test sets on purpose ([`Home::set_env`],
 //! `Command::env`), so a developer's `BANGER_VMM`, `BANGER_QEMU_BIN`, `BANGER_FIRECRACKER_BIN`
 //! or `BANGER_AGENT_BIN` cannot change a test's outcome. The daemon is started by the CLI and
 //! inherits the CLI's environment, and so do the VMMs it starts.
@@ -12,14 +13,17 @@ use std::process::{Command, Output};
 
 pub const BANGER: &str = env!("CARGO_BIN_EXE_banger");
 
-/// Clears `c`'s environment down to `PATH` and `HOME` (the test's own) and `BANGER_HOME`
-/// (`home`); see the module docs.
+/// Clears `c`'s environment down to the test's own `PATH`, `BANGER_HOME` (`home`) and `HOME`:
+/// `home/user`, a private user home (made here), so nothing of the developer's home (git
+/// identity, agent auth files the daemon copies into guests) reaches a test.
 pub fn cleared_env<'c>(c: &'c mut Command, home: &Path) -> &'c mut Command {
-    c.env_clear().env("BANGER_HOME", home);
-    for key in ["PATH", "HOME"] {
-        if let Some(value) = std::env::var_os(key) {
-            c.env(key, value);
-        }
+    let user_home = home.join("user");
+    std::fs::create_dir_all(&user_home).expect("a private HOME for the test");
+    c.env_clear()
+        .env("BANGER_HOME", home)
+        .env("HOME", user_home);
+    if let Some(value) = std::env::var_os("PATH") {
+        c.env("PATH", value);
     }
     c
 }
