@@ -14,14 +14,13 @@ use std::process::{Command, Output};
 pub const BANGER: &str = env!("CARGO_BIN_EXE_banger");
 
 /// Clears `c`'s environment down to the test's own `PATH`, `BANGER_HOME` (`home`) and `HOME`:
-/// `home/user`, a private user home (made here), so nothing of the developer's home (git
-/// identity, agent auth files the daemon copies into guests) reaches a test.
+/// `home/user`, a private user home that does not exist unless a test makes it, so nothing
+/// of the developer's home (git identity, agent auth files the daemon copies into guests)
+/// reaches a test, and a fresh banger home stays empty.
 pub fn cleared_env<'c>(c: &'c mut Command, home: &Path) -> &'c mut Command {
-    let user_home = home.join("user");
-    std::fs::create_dir_all(&user_home).expect("a private HOME for the test");
     c.env_clear()
         .env("BANGER_HOME", home)
-        .env("HOME", user_home);
+        .env("HOME", home.join("user"));
     if let Some(value) = std::env::var_os("PATH") {
         c.env("PATH", value);
     }
