@@ -34,7 +34,7 @@ pub struct AppState {
     pub host: Host,
     pub locks: Locks,
     /// The multiplexed connections to the agents of QEMU VMs (one per VM).
-    pub agents: crate::vms::AgentLinks,
+    pub agents: crate::agents::AgentLinks,
     pub subnet: Subnet,
     pub ssh: SshKey,
     pub guest_dns: Vec<Ipv4Addr>,
@@ -124,7 +124,7 @@ impl AppState {
             clock: parts.clock,
             host: parts.host,
             locks: Locks::default(),
-            agents: crate::vms::AgentLinks::default(),
+            agents: crate::agents::AgentLinks::default(),
             subnet: parts.subnet,
             ssh: parts.ssh,
             guest_dns: parts.guest_dns,

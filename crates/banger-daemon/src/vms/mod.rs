@@ -58,9 +58,7 @@ mod view;
 mod vmm;
 
 pub use actions::{act, delete, kill, restart, set, start, stop};
-pub use agent::{
-    AgentIo, AgentLinks, agent_health, agent_ports, endpoint_of, exec_channel, health, ping, ports,
-};
+pub use agent::{agent_health, agent_ports, endpoint_of, exec_channel, health, ping, ports};
 pub use create::{
     DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_WORK_DISK, check_settings, create, rollback_create,
 };
