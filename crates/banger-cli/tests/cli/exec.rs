@@ -132,31 +132,34 @@ fn exec_streams_stdio_and_exits_with_the_guest_status() {
 }
 
 #[test]
-fn ctrl_c_on_the_cli_reaches_the_guest_process() {
+fn ctrl_c_and_sigterm_on_the_cli_reach_the_guest_process() {
     let Some(home) = home_with_box() else {
         return;
     };
-    let mut child = home
-        .cmd(&["vm", "exec", "box", "-T", "--", "echo ready; sleep 30"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
-    let t = Instant::now();
-    // SAFETY: kill has no memory preconditions; the pid is our own child's.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "{status:?}");
-    assert!(
-        t.elapsed() < Duration::from_secs(10),
-        "took {:?}",
-        t.elapsed()
-    );
+    for (signal, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        let mut child = home
+            .cmd(&["vm", "exec", "box", "-T", "--", "echo ready; sleep 30"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line, "ready\n");
+        let t = Instant::now();
+        // SAFETY: kill has no memory preconditions; the pid is our own child's.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        let status = child.wait().unwrap();
+        // The CLI lived on and reported the guest process's death by that signal.
+        assert_eq!(status.code(), Some(code), "signal {signal}: {status:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "took {:?}",
+            t.elapsed()
+        );
+    }
 }
 
 #[test]
@@ -180,7 +183,7 @@ fn a_pty_session_sees_a_terminal_of_the_cli_s_size() {
 
     // On a terminal (script's), the guest's terminal has its size.
     let cmd = home.cmd(&["vm", "exec", "box", "--", "stty size"]);
-    let mut line = String::from("stty rows 33 cols 101;");
+    let mut line = String::from("stty rows 33 cols 101; stty -a > before;");
     line.push_str(&format!(
         " {}",
         shell_word(cmd.get_program().to_str().unwrap())
@@ -188,12 +191,17 @@ fn a_pty_session_sees_a_terminal_of_the_cli_s_size() {
     for a in cmd.get_args() {
         line.push_str(&format!(" {}", shell_word(a.to_str().unwrap())));
     }
+    // The terminal is as it was before the session (raw mode undone).
+    line.push_str("; stty -a > after; cmp before after && echo restored");
     let mut script = Command::new("script");
-    script.args(["-qec", &line, "/dev/null"]);
+    script
+        .args(["-qec", &line, "/dev/null"])
+        .current_dir(home.path());
     cleared_env(&mut script, home.path());
     let out = script.stdin(Stdio::piped()).output().unwrap();
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).contains("33 101"), "{:?}", stdout(&out));
+    assert!(stdout(&out).contains("restored"), "{:?}", stdout(&out));
 }
 
 /// `word` quoted for `sh`.
