@@ -2,7 +2,8 @@
 # Round trip of `banger vm exec NAME -- true` against the fake Firecracker (the host-mode agent
 # runs the command on this host): CLI start, daemon build check, the exec upgrade relayed to
 # the agent, the spawn and the exit status back. Goal: a median of at most 20 ms. For
-# comparison, `banger version` through the same `ip netns exec` (process start-up alone).
+# comparison, `banger version` through the same `ip netns exec` (process start-up alone) and
+# `banger vm health` (the daemon's build check plus one agent request).
 # A private BANGER_HOME and network namespace.
 #
 #   bench/exec.sh [RUNS]     (default 50; needs root)
@@ -55,4 +56,5 @@ measure() {
   echo "$label ($runs runs): median $(ms "${sorted[$(( runs / 2 ))]}") ms, min $(ms "${sorted[0]}") ms, max $(ms "${sorted[$(( runs - 1 ))]}") ms"
 }
 measure "banger version (start-up only)" b version
+measure "banger vm health box (one agent request)" b vm health box
 measure "banger vm exec box -- true" b vm exec box -T -- true

@@ -2339,6 +2339,16 @@ mod vm_fixture {
     /// Serves a guest agent in every run directory whose VMM runs (its command line names
     /// the directory) and that has no agent socket yet, as a booted guest would.
     async fn answer_agents(run_dirs: PathBuf) {
+        serve_agents(run_dirs, |listener| {
+            let app = Router::new().route("/healthz", get(|| async { Json(health()) }));
+            tokio::spawn(serve_router(listener, app, std::future::pending()));
+        })
+        .await
+    }
+
+    /// Calls `serve` with the bound agent socket of every run directory whose VMM runs and
+    /// that has no agent socket yet.
+    pub async fn serve_agents(run_dirs: PathBuf, serve: impl Fn(UnixListener)) {
         loop {
             for dir in std::fs::read_dir(&run_dirs)
                 .into_iter()
@@ -2351,8 +2361,7 @@ mod vm_fixture {
                     continue;
                 }
                 if let Ok(listener) = UnixListener::bind(&sock) {
-                    let app = Router::new().route("/healthz", get(|| async { Json(health()) }));
-                    tokio::spawn(serve_router(listener, app, std::future::pending()));
+                    serve(listener);
                 }
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -3236,15 +3245,12 @@ mod clock {
 /// virtio-serial chardev does: its health, ports and exec sessions are substreams of one
 /// multiplexed connection, so they run side by side, and exec is relayed over the API.
 mod agent_mux {
-    use std::path::PathBuf;
-
-    use banger_agent_proto::client::exec::{ExecEvent, ExecSession, exec_upgraded};
-    use banger_agent_proto::exec::{ExecRequest, ExitStatus, UPGRADE_EXEC};
-    use banger_api::{Client, ClientError, ErrorKind, Route};
-    use banger_vmm::fake::AGENT_SOCKET;
 
     use super::vm_fixture::*;
     use super::*;
+    use banger_agent_proto::client::exec::{ExecEvent, ExecSession, exec_upgraded};
+    use banger_agent_proto::exec::{ExecRequest, ExitStatus, UPGRADE_EXEC};
+    use banger_api::{Client, ClientError, ErrorKind, Route};
 
     /// A real agent on `listener`, serving one client at a time: the next connection waits
     /// in the backlog until the current one ends.
@@ -3252,27 +3258,6 @@ mod agent_mux {
         let agent = banger_agent::server::Agent::new(banger_agent::procfs::ProcFs::new("/proc"));
         while let Ok((stream, _)) = listener.accept().await {
             let _ = banger_agent::server::serve_connection(agent.clone(), stream, "chardev").await;
-        }
-    }
-
-    /// Starts [`one_client_agent`] in every run directory whose VMM runs.
-    async fn chardev_agents(run_dirs: PathBuf) {
-        loop {
-            for dir in std::fs::read_dir(&run_dirs)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.path())
-            {
-                let sock = dir.join(AGENT_SOCKET);
-                if sock.exists() || banger_vmm::process::pids_in_dir(&dir).is_empty() {
-                    continue;
-                }
-                if let Ok(listener) = UnixListener::bind(&sock) {
-                    tokio::spawn(one_client_agent(listener));
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -3298,7 +3283,12 @@ mod agent_mux {
             },
             false,
         );
-        let agents = tokio::spawn(chardev_agents(f.state.opts.layout.runtime_dir.join("vms")));
+        let agents = tokio::spawn(serve_agents(
+            f.state.opts.layout.runtime_dir.join("vms"),
+            |listener| {
+                tokio::spawn(one_client_agent(listener));
+            },
+        ));
         f.create(request("mux")).await.unwrap();
         let (sock, _server) = f.serve();
         let client = Client::new(&sock).with_timeout(Duration::from_secs(10));
