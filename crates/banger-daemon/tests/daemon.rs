@@ -3245,7 +3245,6 @@ mod clock {
 /// virtio-serial chardev does: its health, ports and exec sessions are substreams of one
 /// multiplexed connection, so they run side by side, and exec is relayed over the API.
 mod agent_mux {
-
     use super::vm_fixture::*;
     use super::*;
     use banger_agent_proto::client::exec::{ExecEvent, ExecSession, exec_upgraded};

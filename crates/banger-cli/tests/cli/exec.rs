@@ -181,18 +181,38 @@ fn a_pty_session_sees_a_terminal_of_the_cli_s_size() {
     let out = exec(&home, &["tty"]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
 
-    // On a terminal (script's), the guest's terminal has its size.
-    let cmd = home.cmd(&["vm", "exec", "box", "--", "stty size"]);
-    let mut line = String::from("stty rows 33 cols 101; stty -a > before;");
-    line.push_str(&format!(
-        " {}",
+    // On a terminal (script's), the guest's terminal has its size, and the terminal is as it
+    // was before the session (raw mode undone).
+    let out = on_a_terminal(
+        &home,
+        "stty rows 33 cols 101; stty -a > before;",
+        &["vm", "exec", "box", "--", "stty size"],
+        "; stty -a > after; cmp before after && echo restored",
+    );
+    assert!(stdout(&out).contains("33 101"), "{:?}", stdout(&out));
+    assert!(stdout(&out).contains("restored"), "{:?}", stdout(&out));
+
+    // A resize of the CLI's terminal during the session (SIGWINCH) reaches the guest's.
+    let out = on_a_terminal(
+        &home,
+        "stty rows 33 cols 101; (sleep 0.5; stty rows 50 cols 120) &",
+        &["vm", "exec", "box", "--", "sleep 3; stty size"],
+        "",
+    );
+    assert!(stdout(&out).contains("50 120"), "{:?}", stdout(&out));
+}
+
+/// Runs `before`, banger with `args`, then `after` in `sh` on a terminal of `script`'s.
+fn on_a_terminal(home: &Home, before: &str, args: &[&str], after: &str) -> Output {
+    let cmd = home.cmd(args);
+    let mut line = format!(
+        "{before} {}",
         shell_word(cmd.get_program().to_str().unwrap())
-    ));
+    );
     for a in cmd.get_args() {
         line.push_str(&format!(" {}", shell_word(a.to_str().unwrap())));
     }
-    // The terminal is as it was before the session (raw mode undone).
-    line.push_str("; stty -a > after; cmp before after && echo restored");
+    line.push_str(after);
     let mut script = Command::new("script");
     script
         .args(["-qec", &line, "/dev/null"])
@@ -200,8 +220,7 @@ fn a_pty_session_sees_a_terminal_of_the_cli_s_size() {
     cleared_env(&mut script, home.path());
     let out = script.stdin(Stdio::piped()).output().unwrap();
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
-    assert!(stdout(&out).contains("33 101"), "{:?}", stdout(&out));
-    assert!(stdout(&out).contains("restored"), "{:?}", stdout(&out));
+    out
 }
 
 /// `word` quoted for `sh`.
