@@ -195,7 +195,7 @@ fn a_pty_session_sees_a_terminal_of_the_cli_s_size() {
     // A resize of the CLI's terminal during the session (SIGWINCH) reaches the guest's.
     let out = on_a_terminal(
         &home,
-        "stty rows 33 cols 101; (sleep 0.5; stty rows 50 cols 120) &",
+        "stty rows 33 cols 101; (sleep 0.5; stty rows 50 cols 120 < /dev/tty) &",
         &["vm", "exec", "box", "--", "sleep 3; stty size"],
         "",
     );
