@@ -11,6 +11,9 @@
 //! - a stream ([`Client::stream`]) must deliver a line (a stage or the daemon's 500 ms
 //!   heartbeat) at least once per timeout period.
 //!
+//! - an upgrade ([`Client::upgrade`]: `vm exec`) must be answered (`101`, or an error body)
+//!   within the timeout; the connection it hands over has no timeout.
+//!
 //! The error ([`ClientError::NoAnswer`]) names the daemon's pid, read from the connected
 //! socket (`SO_PEERCRED`), and its log file when the caller gave one.
 
@@ -449,6 +452,63 @@ impl Client {
                     banger_core::quote::quote_prefix(body, banger_core::quote::DEFAULT_QUOTE)
                 },
             },
+        }
+    }
+
+    /// `POST /v1{route}` asking to switch the connection to `protocol` (`Connection: upgrade`);
+    /// the connection once the daemon answered `101 Switching Protocols`, or the daemon's
+    /// error. With a timeout, the answer must come within it.
+    pub async fn upgrade(
+        &self,
+        route: Route<'_>,
+        protocol: &str,
+    ) -> Result<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>, ClientError> {
+        let method = Method::POST;
+        let full = full_path(route);
+        let (stream, pid) = self.connect(&method, &full).await?;
+        let exchange = async {
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(self.http(&method, &full))?;
+            // Ends once the connection is handed over, or with it.
+            tokio::spawn(async move {
+                let _ = conn.with_upgrades().await;
+            });
+            let req = Request::builder()
+                .method(method.clone())
+                .uri(&full)
+                .header(hyper::header::HOST, "bangerd")
+                .header(hyper::header::CONNECTION, "upgrade")
+                .header(hyper::header::UPGRADE, protocol)
+                .body(http_body_util::Empty::<Bytes>::new())
+                .map_err(|e| ClientError::Decode {
+                    socket: self.socket.clone(),
+                    method: method.clone(),
+                    path: full.clone(),
+                    status: StatusCode::OK,
+                    detail: format!("cannot build request: {e}"),
+                })?;
+            let mut resp = sender
+                .send_request(req)
+                .await
+                .map_err(self.http(&method, &full))?;
+            let status = resp.status();
+            if status != StatusCode::SWITCHING_PROTOCOLS {
+                let op_id = op_id_of(&resp);
+                let body = read_error_body(resp.into_body()).await;
+                return Err(self.error_from(status, &body, op_id, &method, &full));
+            }
+            hyper::upgrade::on(&mut resp)
+                .await
+                .map(hyper_util::rt::TokioIo::new)
+                .map_err(self.http(&method, &full))
+        };
+        match self.timeout {
+            None => exchange.await,
+            Some(t) => tokio::time::timeout(t, exchange)
+                .await
+                .map_err(|_| self.no_answer(&method, &full, t, pid, false))?,
         }
     }
 

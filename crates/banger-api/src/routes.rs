@@ -15,6 +15,8 @@ pub mod templates {
     pub const VM_PING: &str = "/vms/{reference}/ping";
     pub const VM_PORTS: &str = "/vms/{reference}/ports";
     pub const VM_STATS: &str = "/vms/{reference}/stats";
+    /// `POST` with `Upgrade: banger-exec/1`: an exec session relayed to the VM's agent.
+    pub const VM_EXEC: &str = "/vms/{reference}/exec";
     pub const KERNELS: &str = "/kernels";
     pub const KERNEL: &str = "/kernels/{name}";
     pub const IMAGES: &str = "/images";
@@ -41,6 +43,7 @@ pub enum Route<'a> {
     VmPing(&'a str),
     VmPorts(&'a str),
     VmStats(&'a str),
+    VmExec(&'a str),
     Kernels,
     Kernel(&'a str),
     Images,
@@ -64,6 +67,7 @@ impl Route<'_> {
             Self::VmPing(_) => t::VM_PING,
             Self::VmPorts(_) => t::VM_PORTS,
             Self::VmStats(_) => t::VM_STATS,
+            Self::VmExec(_) => t::VM_EXEC,
             Self::Kernels => t::KERNELS,
             Self::Kernel(_) => t::KERNEL,
             Self::Images => t::IMAGES,
@@ -82,6 +86,7 @@ impl Route<'_> {
             | Self::VmPing(r)
             | Self::VmPorts(r)
             | Self::VmStats(r)
+            | Self::VmExec(r)
             | Self::Image(r) => template.replace("{reference}", &encode(r)),
             Self::Kernel(name) => template.replace("{name}", &encode(name)),
             Self::VmList { all } => format!("{template}?all={all}"),
@@ -134,6 +139,7 @@ mod tests {
             Route::VmPing("x"),
             Route::VmPorts("x"),
             Route::VmStats("x"),
+            Route::VmExec("x"),
             Route::Kernel("x"),
             Route::Image("x"),
         ] {

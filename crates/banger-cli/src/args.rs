@@ -128,10 +128,10 @@ pub enum VmCommand {
     Create(CreateFlags),
     /// Create a VM and open a shell in it, or run a command there and exit with its status.
     #[command(
-        long_about = "Creates a VM and, once its sshd answers, opens an interactive ssh session or \
-runs the command after `--`, exiting with the command's exit status. With --rm the VM is \
-deleted afterwards, whatever the exit status -- except when sshd never answered: then the VM \
-is kept for inspection (banger vm logs NAME).",
+        long_about = "Creates a VM and, once its sshd answers, opens an interactive ssh session; or, \
+given a command after `--`, runs it through the guest agent (as banger vm exec does, no ssh) and \
+exits with its exit status. With --rm the VM is deleted afterwards, whatever the exit status -- \
+except when sshd never answered: then the VM is kept for inspection (banger vm logs NAME).",
         after_long_help = "Examples:\n  banger vm run\n  banger vm run --rm -- uname -a\n  banger vm run --name scratch --cpus 4 -- make test"
     )]
     Run(RunArgs),
@@ -185,8 +185,54 @@ is kept for inspection (banger vm logs NAME).",
     #[command(after_long_help = "Examples:\n  banger vm ports web\n  banger vm ports web --json")]
     Ports(RefJson),
     /// Open an ssh session in a VM, or run a command there.
-    #[command(after_long_help = "Examples:\n  banger vm ssh web\n  banger vm ssh web -- uptime")]
+    #[command(
+        after_long_help = "Examples:\n  banger vm ssh web\n  banger vm ssh web -- uptime\n  banger vm ssh web -- 'cd /tmp && ls'"
+    )]
     Ssh(SshArgs),
+    /// Run a command in a running VM through its guest agent (no ssh), exiting with its status.
+    #[command(
+        long_about = "Runs the command after `--` in a running VM through its guest agent: no sshd, \
+no ssh handshake. Stdin, stdout and stderr are streamed; the exit status is the command's (128+n \
+when a signal n killed it); Ctrl-C and SIGTERM reach the command. When stdin is a terminal the \
+command gets a terminal of the same size (-t forces one, -T refuses one). It runs in /root.\n\n\
+Several words after `--` are the command and its arguments, passed exactly; a single word with \
+spaces or shell syntax is run by the guest's /bin/sh -c, as with ssh.",
+        after_long_help = "Examples:\n  banger vm exec web -- uname -a\n  banger vm exec web -- 'cd /tmp && ls -l'\n  banger vm exec web -- bash\n  tar c . | banger vm exec web -- tar x -C /root"
+    )]
+    Exec(ExecArgs),
+}
+
+/// Whether a command gets a terminal: `-t`/`-T`, else when stdin is one.
+#[derive(Debug, Args)]
+pub struct TtyFlags {
+    /// Run the command on a terminal even when stdin is not one
+    #[arg(short = 't', long = "tty", conflicts_with = "no_tty")]
+    pub tty: bool,
+    /// Never run the command on a terminal
+    #[arg(short = 'T', long = "no-tty")]
+    pub no_tty: bool,
+}
+
+impl TtyFlags {
+    /// `Some` when a flag forces the choice.
+    pub fn forced(&self) -> Option<bool> {
+        match (self.tty, self.no_tty) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// VM name or id
+    pub reference: String,
+    #[command(flatten)]
+    pub tty: TtyFlags,
+    /// The command to run (after --)
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -199,6 +245,8 @@ pub struct RunArgs {
     /// Seconds to wait for the guest's sshd [default: 90, or config ssh_wait_secs]
     #[arg(long = "ssh-timeout")]
     pub ssh_timeout: Option<u64>,
+    #[command(flatten)]
+    pub tty: TtyFlags,
     /// The command to run in the VM (after --)
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -452,8 +500,8 @@ mod tests {
         walk(&Cli::command(), "banger");
     }
 
-    /// Help promises only what exists: no command runs a command outside ssh (exec), copies a
-    /// repository in or exports work as a patch (yet).
+    /// Help promises only what exists: commands run through the agent (exec), but nothing
+    /// copies a repository in or exports work as a patch (yet).
     #[test]
     fn help_promises_only_what_exists() {
         fn walk(cmd: &clap::Command, path: &str) {
@@ -463,7 +511,7 @@ mod tests {
                 .flatten()
                 .map(|t| t.to_string().to_lowercase())
             {
-                for word in ["exec", "patch", "repositor", "your repo"] {
+                for word in ["patch", "repositor", "your repo", "workspace"] {
                     assert!(!text.contains(word), "{path} promises {word}: {text}");
                 }
             }
@@ -472,6 +520,10 @@ mod tests {
             }
         }
         walk(&Cli::command(), "banger");
+        // What the help of `vm run` promises for a command is there.
+        let cli = Cli::command();
+        let vm = cli.find_subcommand("vm").unwrap();
+        assert!(vm.find_subcommand("exec").is_some(), "no banger vm exec");
     }
 }
 

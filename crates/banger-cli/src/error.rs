@@ -88,6 +88,16 @@ pub enum CliError {
         "VM {vm}: sshd did not answer on {ip}:22 within {secs}s. The guest's sshd is the likely cause; see: banger vm logs {vm}. The VM is still running (kept for inspection; delete it with: banger vm delete {vm})"
     )]
     SshTimeout { vm: String, ip: String, secs: u64 },
+    #[error("exec in VM {vm}")]
+    Exec {
+        vm: String,
+        #[source]
+        source: banger_agent_proto::client::exec::ExecError,
+    },
+    #[error("cannot set the terminal to raw mode")]
+    Terminal(#[source] std::io::Error),
+    #[error("cannot watch for signals to forward")]
+    Signals(#[source] std::io::Error),
 }
 
 impl From<ClientError> for CliError {
@@ -132,7 +142,16 @@ impl CliError {
             | Self::Partial { .. }
             | Self::Spawn { .. }
             | Self::Ssh { .. }
-            | Self::SshTimeout { .. } => 1,
+            | Self::SshTimeout { .. }
+            | Self::Terminal(_)
+            | Self::Signals(_) => 1,
+            // A command the guest cannot start exits as a shell's would (127, 126).
+            Self::Exec { source, .. } => match source {
+                banger_agent_proto::client::exec::ExecError::Spawn { kind, .. } => {
+                    u8::try_from(kind.shell_code()).unwrap_or(1)
+                }
+                _ => 1,
+            },
         }
     }
 

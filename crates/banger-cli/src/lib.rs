@@ -20,9 +20,11 @@ pub mod daemonctl;
 pub mod doctor;
 pub mod error;
 pub mod escape;
+pub mod exec;
 pub mod logview;
 pub mod ui;
 pub mod vm;
+pub mod words;
 
 use std::ffi::OsString;
 use std::path::PathBuf;

@@ -21,6 +21,7 @@ use crate::error::CliError;
 use crate::escape::{Mode, escape};
 use crate::logview::{Event, Tail};
 use crate::ui::{self, Style};
+use crate::words::CommandWords;
 use crate::{Ctx, connect};
 
 /// Parses a size flag into bytes, naming the flag on error.
@@ -208,6 +209,18 @@ pub async fn run(cmd: VmCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
             Ok(0)
         }
         VmCommand::Ports(r) => ports(ctx, &r.reference, r.json).await,
+        VmCommand::Exec(e) => {
+            let words = CommandWords::parse(&e.command)
+                .ok_or_else(|| CliError::Usage("give the command to run after --".into()))?;
+            let (client, _) = connect(ctx).await?;
+            crate::exec::exec(
+                &client,
+                &e.reference,
+                &words,
+                crate::exec::wants_pty(e.tty.forced()),
+            )
+            .await
+        }
         VmCommand::Ssh(s) => {
             let (client, _) = connect(ctx).await?;
             let vm: Vm = client.get(Route::Vm(&s.reference)).await?;
@@ -482,19 +495,6 @@ fn ports_table(vm_name: &str, p: &Ports) -> String {
     ui::table(&["PROTO", "ENDPOINT", "PROCESS", "COMMAND"], &rows)
 }
 
-/// Shell-quotes one word for the remote shell.
-fn quote(word: &str) -> String {
-    if !word.is_empty()
-        && word
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
-    {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
-}
-
 /// The ssh command line for a VM with the managed key.
 pub fn ssh_args(ip: &str, key: &Path, command: &[String]) -> Vec<String> {
     let mut args: Vec<String> = [
@@ -520,15 +520,9 @@ pub fn ssh_args(ip: &str, key: &Path, command: &[String]) -> Vec<String> {
         args.push("-t".into());
     }
     args.push(format!("root@{ip}"));
-    if !command.is_empty() {
+    if let Some(words) = CommandWords::parse(command) {
         args.push("--".into());
-        args.push(
-            command
-                .iter()
-                .map(|w| quote(w))
-                .collect::<Vec<_>>()
-                .join(" "),
-        );
+        args.push(words.remote_line());
     }
     args
 }
@@ -582,22 +576,36 @@ async fn run_vm(ctx: &mut Ctx, a: RunArgs) -> Result<u8, CliError> {
     let info: SshInfo = client.get(Route::Ssh).await?;
     let vm = create(ctx, &client, &req, "vm create").await?;
     let tag = ctx.ui.paint_err(Style::Dim, "[vm run]");
-    let secs = a.ssh_timeout.unwrap_or(info.wait_secs);
-    ctx.ui.note(&format!(
-        "{tag} wait ssh: {} (up to {secs}s)",
-        vm.ip.map(|ip| ip.to_string()).unwrap_or_default()
-    ))?;
-    let ip = vm.ip.map(|ip| ip.to_string()).unwrap_or_default();
-    if !banger_api::probe::wait_ssh(&ip, Duration::from_secs(secs)).await {
-        // Keep the VM for a post-mortem, even with --rm.
-        return Err(CliError::SshTimeout {
-            vm: vm.name.clone(),
-            ip,
-            secs,
-        });
-    }
-    ctx.ui.note(&format!("{tag} ssh ready"))?;
-    let result = ssh(&vm, &info, &a.command);
+    let result = match CommandWords::parse(&a.command) {
+        // A command runs through the agent, which answered before the VM was ready.
+        Some(words) => {
+            crate::exec::exec(
+                &client,
+                &vm.id,
+                &words,
+                crate::exec::wants_pty(a.tty.forced()),
+            )
+            .await
+        }
+        None => {
+            let secs = a.ssh_timeout.unwrap_or(info.wait_secs);
+            ctx.ui.note(&format!(
+                "{tag} wait ssh: {} (up to {secs}s)",
+                vm.ip.map(|ip| ip.to_string()).unwrap_or_default()
+            ))?;
+            let ip = vm.ip.map(|ip| ip.to_string()).unwrap_or_default();
+            if !banger_api::probe::wait_ssh(&ip, Duration::from_secs(secs)).await {
+                // Keep the VM for a post-mortem, even with --rm.
+                return Err(CliError::SshTimeout {
+                    vm: vm.name.clone(),
+                    ip,
+                    secs,
+                });
+            }
+            ctx.ui.note(&format!("{tag} ssh ready"))?;
+            ssh(&vm, &info, &a.command)
+        }
+    };
     if a.rm {
         // A fresh, short deadline of its own: an interrupted session must not skip cleanup.
         let cleanup = tokio::time::timeout(
@@ -639,11 +647,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quoting_keeps_words() {
-        assert_eq!(quote("uname"), "uname");
-        assert_eq!(quote("exit 7"), "'exit 7'");
-        assert_eq!(quote("it's"), r"'it'\''s'");
-        assert_eq!(quote(""), "''");
+    fn ssh_gets_an_argv_quoted_and_a_shell_line_as_it_is() {
         let a = ssh_args(
             "172.30.0.2",
             Path::new("/k"),
@@ -652,6 +656,8 @@ mod tests {
         assert_eq!(a.last().unwrap(), "sh -c 'exit 7'");
         assert!(!a.contains(&"-t".to_string()));
         assert!(ssh_args("1.2.3.4", Path::new("/k"), &[]).contains(&"-t".to_string()));
+        let a = ssh_args("1.2.3.4", Path::new("/k"), &["echo kept > /root/f".into()]);
+        assert_eq!(a.last().unwrap(), "echo kept > /root/f");
     }
 
     #[test]

@@ -146,6 +146,12 @@ pub enum OpError {
         #[source]
         source: banger_agent_proto::client::ClientError,
     },
+    #[error("VM {vm:?}: cannot open a stream to the guest agent")]
+    AgentMux {
+        vm: String,
+        #[source]
+        source: banger_agent_proto::client::mux::MuxError,
+    },
     #[error("the {kind} VMM is unavailable: {why}")]
     VmmUnavailable {
         kind: banger_core::vmm_kind::VmmKind,
@@ -233,6 +239,7 @@ impl OpError {
             Self::SubnetFull { .. }
             | Self::AgentTimeout { .. }
             | Self::Agent { .. }
+            | Self::AgentMux { .. }
             | Self::VmmUnavailable { .. } => ErrorKind::Unavailable,
             Self::Cancelled => ErrorKind::Cancelled,
             Self::Store(e) => store_kind(e),

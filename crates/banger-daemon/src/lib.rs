@@ -11,7 +11,8 @@
 //!   [`bootstrap`] (images built from Debian packages, and bundle imports, on top of
 //!   [`images`]), [`images`] (managed images), [`kernels`] (imported kernels).
 //! - [`state`]: the state every service shares ([`state::AppState`]: options, store, host
-//!   seams) and the locks with their one order ([`state::Locks`]).
+//!   seams) and the locks with their one order ([`state::Locks`]), with [`agents`] (the one
+//!   multiplexed connection per VM whose agent is behind a one-client socket, QEMU's).
 //! - Below everything: [`options`] (what the daemon is handed), [`progress`] (stage
 //!   events of long operations), [`clock`] (timestamps), [`error`] (operation errors and
 //!   their API kinds), [`ops`] (per-request operation ids and cancellation accounting),
@@ -27,6 +28,7 @@
 //! SIGINT or `POST /v1/shutdown`): stop accepting, finish in-flight requests, remove the
 //! socket, release the lock.
 
+pub mod agents;
 pub mod bootstrap;
 pub mod clock;
 pub mod error;

@@ -147,6 +147,60 @@ pub async fn vm_ports(State(state): S, Path(reference): Path<String>) -> Answer<
     Ok(Json(vms::ports(&state, &reference).await?))
 }
 
+/// `POST /vms/{reference}/exec`: an upgrade to an exec session relayed to the VM's agent
+/// (see `vms::exec`). The refusals before the upgrade are error bodies like any route's.
+pub async fn vm_exec(
+    State(state): S,
+    Path(reference): Path<String>,
+    mut req: Request,
+) -> Result<Response, HandlerError> {
+    use axum::http::header::{CONNECTION, UPGRADE};
+    let asked = req
+        .headers()
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(vms::UPGRADE_EXEC));
+    if !asked {
+        return Err(HandlerError(ApiError::new(
+            ErrorKind::BadRequest,
+            format!(
+                "POST {} is an upgrade: send Connection: upgrade and Upgrade: {}",
+                banger_api::routes::Route::VmExec(&reference).path(),
+                vms::UPGRADE_EXEC
+            ),
+        )));
+    }
+    let client = hyper::upgrade::on(&mut req);
+    let agent = vms::exec_channel(&state, &reference).await?;
+    let span = tracing::Span::current();
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let moved = match client.await {
+                Ok(client) => vms::relay(hyper_util::rt::TokioIo::new(client), agent).await,
+                Err(e) => Err(std::io::Error::other(e)),
+            };
+            match moved {
+                Ok((sent, received)) => {
+                    tracing::debug!(sent, received, "exec session relayed");
+                }
+                Err(e) => tracing::debug!(error = %e, "exec relay ended with an error"),
+            }
+        },
+        span,
+    ));
+    Ok(Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(CONNECTION, "upgrade")
+        .header(UPGRADE, vms::UPGRADE_EXEC)
+        .body(axum::body::Body::empty())
+        .map_err(|e| {
+            ApiError::new(
+                ErrorKind::Internal,
+                format!("cannot build the 101 answer: {e}"),
+            )
+        })?)
+}
+
 pub async fn vm_stats(State(state): S, Path(reference): Path<String>) -> Answer<VmStats> {
     Ok(Json(vms::stats(&state, &reference)?))
 }

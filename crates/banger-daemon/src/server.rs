@@ -51,6 +51,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(t::VM_PING, get(routes::vm_ping))
         .route(t::VM_PORTS, get(routes::vm_ports))
         .route(t::VM_STATS, get(routes::vm_stats))
+        .route(t::VM_EXEC, post(routes::vm_exec))
         .route(
             t::KERNELS,
             get(routes::list_kernels).post(routes::import_kernel),
@@ -327,7 +328,11 @@ pub async fn serve_router_with(
     stop: impl Future<Output = ()> + Send + 'static,
     limits: ServeLimits,
 ) -> std::io::Result<()> {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // hyper-util's `GracefulShutdown` cannot watch a connection that may be upgraded, so
+    // the same is done here: every connection is told to finish its request on `stopping`,
+    // and the tracker waits for them all.
+    let stopping = tokio_util::sync::CancellationToken::new();
+    let connections = tokio_util::task::TaskTracker::new();
     let mut stop = std::pin::pin!(stop);
     loop {
         let stream = tokio::select! {
@@ -352,16 +357,28 @@ pub async fn serve_router_with(
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             .max_buf_size(MAX_REQUEST_HEAD)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            .serve_connection(TokioIo::new(stream), service)
+            // `POST /vms/{reference}/exec` hands its connection over to an exec relay.
+            .with_upgrades();
+        let stopping = stopping.clone();
+        connections.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                () = stopping.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    stopping.cancel();
+    connections.close();
+    connections.wait().await;
     Ok(())
 }
 

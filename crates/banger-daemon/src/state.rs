@@ -33,6 +33,8 @@ pub struct AppState {
     /// The seams to the host: VMM backend, network operations, command runner.
     pub host: Host,
     pub locks: Locks,
+    /// The multiplexed connections to the agents of QEMU VMs (one per VM).
+    pub agents: crate::agents::AgentLinks,
     pub subnet: Subnet,
     pub ssh: SshKey,
     pub guest_dns: Vec<Ipv4Addr>,
@@ -122,6 +124,7 @@ impl AppState {
             clock: parts.clock,
             host: parts.host,
             locks: Locks::default(),
+            agents: crate::agents::AgentLinks::default(),
             subnet: parts.subnet,
             ssh: parts.ssh,
             guest_dns: parts.guest_dns,

@@ -2341,6 +2341,16 @@ mod vm_fixture {
     /// Serves a guest agent in every run directory whose VMM runs (its command line names
     /// the directory) and that has no agent socket yet, as a booted guest would.
     async fn answer_agents(run_dirs: PathBuf) {
+        serve_agents(run_dirs, |listener| {
+            let app = Router::new().route("/healthz", get(|| async { Json(health()) }));
+            tokio::spawn(serve_router(listener, app, std::future::pending()));
+        })
+        .await
+    }
+
+    /// Calls `serve` with the bound agent socket of every run directory whose VMM runs and
+    /// that has no agent socket yet.
+    pub async fn serve_agents(run_dirs: PathBuf, serve: impl Fn(UnixListener)) {
         loop {
             for dir in std::fs::read_dir(&run_dirs)
                 .into_iter()
@@ -2353,8 +2363,7 @@ mod vm_fixture {
                     continue;
                 }
                 if let Ok(listener) = UnixListener::bind(&sock) {
-                    let app = Router::new().route("/healthz", get(|| async { Json(health()) }));
-                    tokio::spawn(serve_router(listener, app, std::future::pending()));
+                    serve(listener);
                 }
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -3516,5 +3525,99 @@ mod host_integration {
             assert!(!f.net_made_anything(), "{host}: network touched");
             assert!(!f.vmm_ran(), "{host}: VMM touched");
         }
+    }
+}
+
+/// A VM whose agent is reached over a Unix socket that takes one client at a time, as QEMU's
+/// virtio-serial chardev does: its health, ports and exec sessions are substreams of one
+/// multiplexed connection, so they run side by side, and exec is relayed over the API.
+mod agent_mux {
+    use super::vm_fixture::*;
+    use super::*;
+    use banger_agent_proto::client::exec::{ExecEvent, ExecSession, exec_upgraded};
+    use banger_agent_proto::exec::{ExecRequest, ExitStatus, UPGRADE_EXEC};
+    use banger_api::{Client, ClientError, ErrorKind, Route};
+
+    /// A real agent on `listener`, serving one client at a time: the next connection waits
+    /// in the backlog until the current one ends.
+    async fn one_client_agent(listener: UnixListener) {
+        let agent = banger_agent::server::Agent::new(banger_agent::procfs::ProcFs::new("/proc"));
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = banger_agent::server::serve_connection(agent.clone(), stream, "chardev").await;
+        }
+    }
+
+    /// Everything a session prints on stdout, and how it ended.
+    async fn output_of(mut s: ExecSession) -> (String, ExitStatus) {
+        let mut out = Vec::new();
+        loop {
+            match s.next_event().await.unwrap() {
+                Some(ExecEvent::Stdout(b)) => out.extend_from_slice(&b),
+                Some(ExecEvent::Stderr(_)) => {}
+                Some(ExecEvent::Exit(st)) => return (String::from_utf8(out).unwrap(), st),
+                None => panic!("the session ended without an exit status"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn health_and_a_second_session_answer_while_an_exec_session_runs() {
+        let f = fixture(
+            Config {
+                agent_wait_secs: 10,
+                ..Config::default()
+            },
+            false,
+        );
+        let agents = tokio::spawn(serve_agents(
+            f.state.opts.layout.runtime_dir.join("vms"),
+            |listener| {
+                tokio::spawn(one_client_agent(listener));
+            },
+        ));
+        f.create(request("mux")).await.unwrap();
+        let (sock, _server) = f.serve();
+        let client = Client::new(&sock).with_timeout(Duration::from_secs(10));
+        let t = Duration::from_secs(5);
+
+        // A session that stays open until its stdin ends, relayed by the API.
+        let io = client
+            .upgrade(Route::VmExec("mux"), UPGRADE_EXEC)
+            .await
+            .unwrap();
+        let mut cat = exec_upgraded(io, ExecRequest::new(["cat"]), t)
+            .await
+            .unwrap();
+
+        // Both answer although the socket serves one client, which the session's is.
+        let health: banger_api::types::Health =
+            tokio::time::timeout(Duration::from_secs(3), client.get(Route::VmHealth("mux")))
+                .await
+                .expect("health waited behind the exec session")
+                .unwrap();
+        assert!(!health.hostname.is_empty());
+        let io = banger_daemon::vms::exec_channel(&f.state, "mux")
+            .await
+            .unwrap();
+        let echo = exec_upgraded(io, ExecRequest::new(["echo", "two"]), t)
+            .await
+            .unwrap();
+        assert_eq!(output_of(echo).await, ("two\n".into(), ExitStatus::Code(0)));
+
+        let mut stdin = cat.take_stdin().unwrap();
+        stdin.write_all(b"one").await.unwrap();
+        stdin.shutdown().await.unwrap();
+        assert_eq!(output_of(cat).await, ("one".into(), ExitStatus::Code(0)));
+
+        // Refusals come before the upgrade, as error bodies.
+        let err = client
+            .upgrade(Route::VmExec("nope"), UPGRADE_EXEC)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Api(e) if e.kind == ErrorKind::NotFound),
+            "{err:?}"
+        );
+        agents.abort();
     }
 }

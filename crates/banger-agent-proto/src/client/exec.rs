@@ -5,7 +5,8 @@
 //! `AsyncWrite`; dropping or shutting it down sends end of input), its output and exit status come as [`ExecEvent`]s from
 //! [`ExecSession::next_event`], and [`ExecControl`] (cloneable, for a Ctrl-C handler or a
 //! window-size watcher) forwards signals and resizes. Dropping the session closes the
-//! connection, which makes the agent kill the process group.
+//! connection, which makes the agent kill the process group. [`exec_upgraded`] starts a
+//! session on a connection that is already upgraded: the CLI's, relayed by the daemon.
 //!
 //! Memory is bounded whatever the guest does: frames are capped at
 //! [`crate::exec::MAX_FRAME_PAYLOAD`], at most [`EVENT_QUEUE`] output frames wait for the caller (the
@@ -101,7 +102,13 @@ where
         .first()
         .cloned()
         .ok_or(ExecError::EmptyCommand)?;
-    match tokio::time::timeout(timeout, start(stream, request, &program)).await {
+    let fut = async {
+        let io = upgrade(stream, EXEC_PATH, UPGRADE_EXEC)
+            .await
+            .map_err(ExecError::Connect)?;
+        start(io, request, &program).await
+    };
+    match tokio::time::timeout(timeout, fut).await {
         Ok(result) => result,
         Err(_elapsed) => Err(ExecError::Timeout {
             program,
@@ -110,19 +117,52 @@ where
     }
 }
 
-type Io = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
-
-async fn start<S>(stream: S, request: ExecRequest, program: &str) -> Result<ExecSession, ExecError>
+/// Upgrades `stream` to an exec session (`GET /exec`) within `timeout` and hands the
+/// connection back before any frame: for a relay, whose client sends the `Start` itself (and
+/// then uses [`exec_upgraded`]).
+pub async fn upgrade_exec<S>(stream: S, timeout: Duration) -> Result<Io, ClientError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    match tokio::time::timeout(timeout, upgrade(stream, EXEC_PATH, UPGRADE_EXEC)).await {
+        Ok(io) => io,
+        Err(_elapsed) => Err(ClientError::Timeout {
+            path: EXEC_PATH.to_string(),
+            after: timeout,
+        }),
+    }
+}
+
+/// Starts `request` on `io`, a connection already switched to the exec protocol by someone
+/// else: the daemon's `POST /v1/vms/{reference}/exec` upgrade, which relays the session to
+/// the agent. `timeout` bounds the start, not the command.
+pub async fn exec_upgraded(
+    io: Io,
+    request: ExecRequest,
+    timeout: Duration,
+) -> Result<ExecSession, ExecError> {
+    let program = request
+        .argv
+        .first()
+        .cloned()
+        .ok_or(ExecError::EmptyCommand)?;
+    match tokio::time::timeout(timeout, start(io, request, &program)).await {
+        Ok(result) => result,
+        Err(_elapsed) => Err(ExecError::Timeout {
+            program,
+            after: timeout,
+        }),
+    }
+}
+
+/// An upgraded HTTP connection, as hyper hands it over.
+pub type Io = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
+
+async fn start(mut io: Io, request: ExecRequest, program: &str) -> Result<ExecSession, ExecError> {
     let protocol = |message: String| ExecError::Protocol {
         program: program.to_string(),
         message,
     };
-    let mut io = upgrade(stream, EXEC_PATH, UPGRADE_EXEC)
-        .await
-        .map_err(ExecError::Connect)?;
     write_frame(&mut io, &Frame::Start(request))
         .await
         .map_err(|source| ExecError::Send {

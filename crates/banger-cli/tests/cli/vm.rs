@@ -396,8 +396,6 @@ fn vm_run_without_sshd_keeps_the_vm_and_says_why() {
         "test-img",
         "--ssh-timeout",
         "2",
-        "--",
-        "true",
     ]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);

@@ -1,15 +1,28 @@
-//! The VM's guest agent: waiting for it to answer, its health, a ping and its listening
-//! ports. The agent's wire answers become the API's own types here.
+//! The VM's guest agent: waiting for it to answer, its health, a ping, its listening ports
+//! and exec sessions. The agent's wire answers become the API's own types here.
+//!
+//! # One way in per VM
+//!
+//! Under Firecracker every connection to the hybrid vsock socket is its own guest
+//! connection, so each request opens one. A QEMU guest (and the fake VMM's host-mode agent)
+//! is reached through a Unix socket, which for QEMU is the virtio-serial chardev: one byte
+//! stream that takes one client at a time. Once the VM runs, every request and exec session
+//! to such a VM is therefore a substream of one multiplexed connection ([`AgentLinks`](crate::agents::AgentLinks), one
+//! mux per VM, made on first use and replaced when it closed or the VM's VMM changed),
+//! so a long exec session never blocks health checks and sessions run side by side. Only the
+//! boot-time wait ([`wait_agent`]) uses plain connections: nothing else talks to the VM yet.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use banger_agent_proto::client::exec::Io;
+use banger_agent_proto::client::{ClientError, DEFAULT_TIMEOUT};
 use banger_agent_proto::wire;
 use banger_api::types::{Family, Health, Ping, PortListener, Ports, Proto, VmState};
 use banger_store::VmRow;
-
 use banger_vmm::AgentEndpoint;
 
+use crate::agents::AgentIo;
 use crate::error::{OpError, chain};
 use crate::state::AppState;
 
@@ -44,7 +57,7 @@ const AGENT_POLL: Duration = Duration::from_millis(20);
 async fn agent_stream(
     endpoint: &AgentEndpoint,
     timeout: Duration,
-) -> Result<tokio::net::UnixStream, banger_agent_proto::client::ClientError> {
+) -> Result<tokio::net::UnixStream, ClientError> {
     let fut = async {
         match endpoint {
             AgentEndpoint::HybridVsock { uds, port } => {
@@ -55,7 +68,7 @@ async fn agent_stream(
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
-        Err(_) => Err(banger_agent_proto::client::ClientError::Timeout {
+        Err(_) => Err(ClientError::Timeout {
             path: match endpoint {
                 AgentEndpoint::HybridVsock { uds, .. } => uds.display().to_string(),
                 AgentEndpoint::Unix(p) => p.display().to_string(),
@@ -65,20 +78,21 @@ async fn agent_stream(
     }
 }
 
-/// Asks the agent at `endpoint` for its health.
+/// Asks the agent at `endpoint` for its health, over a connection of its own.
 pub async fn agent_health(
     endpoint: &AgentEndpoint,
     timeout: Duration,
-) -> Result<banger_agent_proto::wire::Health, banger_agent_proto::client::ClientError> {
+) -> Result<banger_agent_proto::wire::Health, ClientError> {
     let stream = agent_stream(endpoint, timeout).await?;
     banger_agent_proto::client::health(stream, timeout).await
 }
 
-/// Asks the agent at `endpoint` for the guest's listening sockets.
+/// Asks the agent at `endpoint` for the guest's listening sockets, over a connection of its
+/// own.
 pub async fn agent_ports(
     endpoint: &AgentEndpoint,
     timeout: Duration,
-) -> Result<banger_agent_proto::wire::Ports, banger_agent_proto::client::ClientError> {
+) -> Result<banger_agent_proto::wire::Ports, ClientError> {
     let stream = agent_stream(endpoint, timeout).await?;
     banger_agent_proto::client::ports(stream, timeout).await
 }
@@ -93,8 +107,26 @@ pub fn endpoint_of(state: &AppState, row: &VmRow) -> Result<AgentEndpoint, OpErr
     Ok(state.vmm_of(row)?.agent_endpoint(&state.spec(row)?))
 }
 
+/// A new stream to the agent of the running VM `row` (see the module docs for which kind).
+pub(super) async fn open_stream(
+    state: &AppState,
+    row: &VmRow,
+    timeout: Duration,
+) -> Result<Box<dyn AgentIo>, OpError> {
+    match endpoint_of(state, row)? {
+        ep @ AgentEndpoint::HybridVsock { .. } => match agent_stream(&ep, timeout).await {
+            Ok(s) => Ok(Box::new(s)),
+            Err(source) => Err(OpError::Agent {
+                vm: row.name.clone(),
+                source,
+            }),
+        },
+        AgentEndpoint::Unix(socket) => state.agents.open(row, &socket, timeout).await,
+    }
+}
+
 /// How long the health, ping and ports routes wait for the agent.
-const AGENT_TIMEOUT: Duration = Duration::from_secs(5);
+const AGENT_TIMEOUT: Duration = DEFAULT_TIMEOUT;
 
 /// The agent's health answer for the running VM `reference` names.
 pub async fn health(state: &AppState, reference: &str) -> Result<Health, OpError> {
@@ -122,8 +154,8 @@ pub async fn ping(state: &AppState, reference: &str) -> Result<Ping, OpError> {
 /// The listening sockets of the guest of the running VM `reference` names.
 pub async fn ports(state: &AppState, reference: &str) -> Result<Ports, OpError> {
     let row = state.find_vm(reference)?;
-    let ep = endpoint_of(state, &row)?;
-    let p = agent_ports(&ep, AGENT_TIMEOUT)
+    let stream = open_stream(state, &row, AGENT_TIMEOUT).await?;
+    let p = banger_agent_proto::client::ports(stream, AGENT_TIMEOUT)
         .await
         .map_err(|source| OpError::Agent {
             vm: row.name.clone(),
@@ -136,14 +168,27 @@ pub async fn ports(state: &AppState, reference: &str) -> Result<Ports, OpError> 
 
 async fn health_of(state: &AppState, reference: &str) -> Result<(VmRow, wire::Health), OpError> {
     let row = state.find_vm(reference)?;
-    let ep = endpoint_of(state, &row)?;
-    match agent_health(&ep, AGENT_TIMEOUT).await {
+    let stream = open_stream(state, &row, AGENT_TIMEOUT).await?;
+    match banger_agent_proto::client::health(stream, AGENT_TIMEOUT).await {
         Ok(h) => Ok((row, h)),
         Err(source) => Err(OpError::Agent {
             vm: row.name,
             source,
         }),
     }
+}
+
+/// An exec session's connection to the agent of the running VM `reference` names, already
+/// upgraded to the exec protocol (`GET /exec`) and waiting for the session's `Start` frame.
+pub async fn exec_channel(state: &AppState, reference: &str) -> Result<Io, OpError> {
+    let row = state.find_vm(reference)?;
+    let stream = open_stream(state, &row, AGENT_TIMEOUT).await?;
+    banger_agent_proto::client::exec::upgrade_exec(stream, AGENT_TIMEOUT)
+        .await
+        .map_err(|source| OpError::Agent {
+            vm: row.name,
+            source,
+        })
 }
 
 fn port_listener(l: wire::Listener) -> PortListener {

@@ -41,7 +41,9 @@
 //! - `host_files`: host integration written into the work disk before every boot (git
 //!   identity, agent auth files, config `file_sync`).
 //! - `vmm`: the VM's VMM process, identified before it is signalled.
-//! - `agent`: the VM's guest agent (readiness, health, ping, ports).
+//! - `agent`: the VM's guest agent (readiness, health, ping, ports, exec sessions), one
+//!   multiplexed connection per VM reached over a Unix socket (QEMU).
+//! - `exec`: exec sessions relayed between a client and the agent.
 //! - `query`: the VM list, one VM, its VMM's statistics.
 //! - `actions`: start, stop, restart, kill, delete, set, and multi-VM actions.
 //! - `reconcile`: stored state brought in line with the host, and the VMM monitor.
@@ -50,6 +52,7 @@ mod actions;
 mod agent;
 mod boot;
 mod create;
+mod exec;
 mod host_files;
 mod lookup;
 mod query;
@@ -58,10 +61,11 @@ mod view;
 mod vmm;
 
 pub use actions::{act, delete, kill, restart, set, start, stop};
-pub use agent::{agent_health, agent_ports, endpoint_of, health, ping, ports};
+pub use agent::{agent_health, agent_ports, endpoint_of, exec_channel, health, ping, ports};
 pub use create::{
     DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_WORK_DISK, check_settings, create, rollback_create,
 };
+pub use exec::{UPGRADE_EXEC, relay};
 pub use lookup::resolve;
 pub use query::{list, show, stats};
 pub use reconcile::{monitor, reconcile, reconcile_running};
