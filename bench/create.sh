@@ -15,25 +15,9 @@ concurrent=${2:-20}
 
 cargo build --release --workspace --bins -q
 bin=$PWD/target/release
-home=$(mktemp -d /tmp/bgb.XXXXXX)
-ns=bgbench$$
-ip netns add "$ns"
-cleanup() {
-  ip netns exec "$ns" env BANGER_HOME="$home" "$bin/banger" vm ls -aq 2>/dev/null |
-    xargs -r ip netns exec "$ns" env BANGER_HOME="$home" "$bin/banger" vm delete >/dev/null 2>&1 || true
-  ip netns exec "$ns" env BANGER_HOME="$home" "$bin/banger" daemon stop >/dev/null 2>&1 || true
-  ip netns del "$ns" 2>/dev/null || true
-  rm -rf "$home"
-}
-trap cleanup EXIT
-b() { ip netns exec "$ns" env BANGER_HOME="$home" "$bin/banger" "$@"; }
-
-mkdir -p "$home/config" "$home/src/root" "$home/src/etc"
-echo "firecracker_bin = \"$bin/banger-fake-firecracker\"" > "$home/config/config.toml"
-echo "proc /proc proc defaults 0 0" > "$home/src/etc/fstab"
-mkfs.ext4 -q -F -d "$home/src" "$home/rootfs.ext4" 256M >/dev/null
-printf '\177ELF fake kernel' > "$home/vmlinux"
-b image register --name bench --rootfs "$home/rootfs.ext4" --kernel "$home/vmlinux" >/dev/null
+name=bgbench
+# shellcheck source=bench/fake-home.sh
+source bench/fake-home.sh
 # Warm-up: starts the daemon and makes the image's work seed.
 b vm create --image bench --name warmup >/dev/null 2>&1
 b vm delete warmup >/dev/null
