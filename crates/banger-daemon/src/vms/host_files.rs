@@ -8,9 +8,10 @@
 //!   into the guest's `/root/.gitconfig`, mode 0644. banger owns the `name` and `email` keys
 //!   of its `[user]` section only: every other line of an existing guest file is kept.
 //! - **Agent auth files** ([`AUTH_FILES`]), each copied to the same path under `/root`,
-//!   mode 0600: a file that is absent, not a regular file, larger than [`MAX_AUTH_FILE`] or
-//!   resolving (through a symlink) outside the home is skipped with a warning stage, and an
-//!   existing guest copy is then kept.
+//!   mode 0600: a file that is not a regular file, larger than [`MAX_AUTH_FILE`] or
+//!   resolving (through a symlink) outside the home is skipped with a warning stage, the
+//!   absent ones are named together in one warning stage (most hosts have one agent, not
+//!   five), and an existing guest copy is then kept.
 //! - **Config `file_sync`** ([`FileSync`]): more host files, each to its guest path under
 //!   `/root`, with the host file's permission bits. An entry outside the home (an absolute
 //!   path, `..`, a symlink resolving outside), not a regular file or larger than
@@ -182,6 +183,7 @@ fn plan(runner: &dyn CommandRunner, home: &Path, sync: &[FileSync]) -> Result<Pl
     } else {
         plan.found.push("git identity".into());
     }
+    let mut absent = Vec::new();
     for (agent, rel) in AUTH_FILES {
         let entry = FileSync {
             host: format!("~/{rel}"),
@@ -200,13 +202,18 @@ fn plan(runner: &dyn CommandRunner, home: &Path, sync: &[FileSync]) -> Result<Pl
                 });
                 plan.found.push(format!("{agent} ~/{rel}"));
             }
-            Ok(None) => plan.warnings.push(format!(
-                "{agent}: ~/{rel} not found; the guest's copy, if any, is kept"
-            )),
+            Ok(None) => absent.push(format!("{agent} ~/{rel}")),
             Err(why) => plan.warnings.push(format!(
                 "{agent}: ~/{rel} skipped ({why}); the guest's copy, if any, is kept"
             )),
         }
+    }
+    // One line for every absent auth file: most hosts have one agent, not five.
+    if !absent.is_empty() {
+        plan.warnings.push(format!(
+            "not found, the guest's copies (if any) kept: {}",
+            absent.join(", ")
+        ));
     }
     for entry in sync {
         let path = entry.work_disk_path()?;
