@@ -5,7 +5,12 @@
 # the work tree's changes, as one tar) against `git clone --depth 10 --no-checkout` of the
 # same repository. Goal: at most 1.1x the clone's bytes.
 #
-#   bench/workspace.sh [COMMITS]
+#   bench/workspace.sh [COMMITS] [-- EXEC_ARGS...]
+#
+# Part 2 (as root): the exec round trips, by bench/exec.sh EXEC_ARGS (see there: `--qemu`
+# adds `vm exec -- true` against `vm ssh -- true` on a real QEMU guest, `--debug` measures a
+# debug build): `vm exec -- true` against the fake Firecracker (goal: a median of at most
+# 20 ms), and with --qemu on the same real guest as `vm ssh -- true` (goal: at most 1/3).
 #
 # The clone's bytes are the files of its `.git` (what it wrote; sample hooks included), and
 # its pack alone is printed too. Both sides read the repository through git's file://
@@ -13,7 +18,10 @@
 # one untracked file, so the stream carries a (small) overlay.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-commits=${1:-2000}
+commits=2000
+if [[ ${1:-} != -- && -n ${1:-} ]]; then commits=$1; shift; fi
+[[ ${1:-} == -- ]] && shift
+exec_args=("$@")
 work=$(mktemp -d /tmp/bgws.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 export GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1 LC_ALL=C
@@ -78,3 +86,11 @@ echo "git clone --depth 10 --no-checkout: $clone_bytes bytes in .git (pack $pack
 echo "banger transfer stream:             $stream_bytes bytes ($(cat "$work/stream.err")), median ${stream_ms} ms (${stream_times[*]})"
 echo "ratio (stream / clone .git): $(ratio "$stream_bytes" "$clone_bytes")   (stream / pack: $(ratio "$stream_bytes" "$pack_bytes"); goal <= 1.1)"
 echo "time ratio (stream / clone): $(ratio "$stream_ms" "$clone_ms")"
+
+# Part 2: the exec round trips (one implementation: bench/exec.sh).
+if [[ $(id -u) -eq 0 ]]; then
+  echo
+  bench/exec.sh "${exec_args[@]}"
+else
+  echo "exec round trips skipped: bench/exec.sh needs root"
+fi

@@ -20,11 +20,10 @@ use std::time::Duration;
 
 use banger_core::quote::quote_prefix;
 use banger_http::capped::{self, CappedError};
+use banger_http::upgrade::{BodyEnd, Limits, UpgradeError, UpgradeRequest};
 use http_body_util::Empty;
 use hyper::body::Bytes;
-use hyper::upgrade::Upgraded;
-use hyper::{Request, StatusCode, header};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, Request, StatusCode, header};
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -294,80 +293,73 @@ where
     })
 }
 
-/// Asks the agent to switch `stream` to `protocol` with `GET path` and `Upgrade: protocol`,
-/// and returns the stream once the agent agreed (`101 Switching Protocols`). An agent that
-/// answers anything else is [`ClientError::Status`] with its error message (when it sent an
-/// error answer) or [`ClientError::NotUpgraded`]. Callers bound it with a timeout.
+/// Asks the agent to switch `stream` to `protocol` with `GET path` and `Upgrade: protocol`
+/// ([`banger_http::upgrade`]), and returns the stream once the agent agreed (`101 Switching
+/// Protocols`), within `timeout` when there is one. An agent that answers anything else is
+/// [`ClientError::Status`] with its error message (when it sent an error answer) or
+/// [`ClientError::NotUpgraded`].
 pub(crate) async fn upgrade<S>(
     stream: S,
     path: &str,
     protocol: &str,
-) -> Result<TokioIo<Upgraded>, ClientError>
+    timeout: Option<Duration>,
+) -> Result<banger_http::upgrade::Upgraded, ClientError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-        .max_buf_size(MAX_HEAD_LEN)
-        .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+    let request = UpgradeRequest {
+        method: &Method::GET,
+        target: path,
+        host: "banger-agent",
+        protocol,
+    };
+    let limits = Limits {
+        max_head: Some(MAX_HEAD_LEN),
+        max_body: MAX_ANSWER_LEN,
+    };
+    let path = || path.to_string();
+    banger_http::upgrade::upgrade(stream, request, limits, timeout)
         .await
-        .map_err(|source| ClientError::Handshake {
-            path: path.to_string(),
-            source,
-        })?;
-    let req = Request::get(path)
-        .header(header::HOST, "banger-agent")
-        .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, protocol)
-        .body(Empty::<Bytes>::new())
-        .map_err(|source| ClientError::BuildRequest {
-            path: path.to_string(),
-            source,
-        })?;
-    // The connection is driven in this future. It ends once it has handed the stream over,
-    // which may be before the answer is seen here.
-    let mut conn = conn.with_upgrades();
-    let mut conn_done = false;
-    let send = sender.send_request(req);
-    tokio::pin!(send);
-    let resp = loop {
-        tokio::select! {
-            resp = &mut send => break resp.map_err(|source| ClientError::Request {
-                path: path.to_string(),
+        .map_err(|e| match e {
+            UpgradeError::Handshake(source) => ClientError::Handshake {
+                path: path(),
                 source,
-            })?,
-            ended = &mut conn, if !conn_done => match ended {
-                Ok(()) => conn_done = true,
-                Err(source) => return Err(ClientError::Request { path: path.to_string(), source }),
             },
-        }
-    };
-    // No other request follows: without the sender, a connection kept alive after an answer
-    // that is not 101 ends once that answer's body is read.
-    drop(sender);
-    let drive = async {
-        if !conn_done {
-            let _ = conn.await;
-        }
-    };
-    let status = resp.status();
-    if status != StatusCode::SWITCHING_PROTOCOLS {
-        let (body, ()) = tokio::join!(read_capped(resp, path), drive);
-        let body = body?;
-        if !status.is_success() {
-            return Err(status_error(path, status, &body));
-        }
-        return Err(ClientError::NotUpgraded {
-            path: path.to_string(),
-            protocol: protocol.to_string(),
-            status: status.as_u16(),
-        });
-    }
-    let (upgraded, ()) = tokio::join!(hyper::upgrade::on(resp), drive);
-    upgraded
-        .map(TokioIo::new)
-        .map_err(|source| ClientError::Upgrade {
-            path: path.to_string(),
-            source,
+            UpgradeError::Build(source) => ClientError::BuildRequest {
+                path: path(),
+                source,
+            },
+            UpgradeError::Request(source) => ClientError::Request {
+                path: path(),
+                source,
+            },
+            UpgradeError::Upgrade(source) => ClientError::Upgrade {
+                path: path(),
+                source,
+            },
+            UpgradeError::Timeout { after } => ClientError::Timeout {
+                path: path(),
+                after,
+            },
+            UpgradeError::Refused(refusal) => match refusal.end {
+                BodyEnd::TooLarge { declared } => ClientError::TooLarge {
+                    path: path(),
+                    limit: MAX_ANSWER_LEN,
+                    declared,
+                },
+                BodyEnd::Failed(source) => ClientError::Body {
+                    path: path(),
+                    source: Box::new(source),
+                },
+                BodyEnd::Complete if !refusal.status.is_success() => {
+                    status_error(&path(), refusal.status, &refusal.body)
+                }
+                BodyEnd::Complete => ClientError::NotUpgraded {
+                    path: path(),
+                    protocol: protocol.to_string(),
+                    status: refusal.status.as_u16(),
+                },
+            },
         })
 }
 

@@ -422,7 +422,7 @@ async fn adversarial_agent_endless_vsock_acknowledgement_is_refused() {
 // ---------------------------------------------------------------------------------------------
 // Exec against hostile or old agents: every failure is a clear error, memory stays bounded.
 
-use banger_agent_proto::client::exec::{ExecError, ExecEvent, exec};
+use banger_agent_proto::client::exec::{ExecError, ExecEvent, exec, upgrade_exec};
 use banger_agent_proto::exec::{
     ExecRequest, ExitStatus, Frame, FrameError, MAX_FRAME_PAYLOAD, Started, read_frame, write_frame,
 };
@@ -473,6 +473,54 @@ async fn exec_against_an_agent_without_exec_names_its_answer() {
         }
         other => panic!("expected the agent's 404, got {other}"),
     }
+    server.abort();
+}
+
+#[tokio::test]
+async fn exec_against_an_agent_answering_200_is_not_upgraded() {
+    let (_dir, server, stream) = hostile_agent(|mut s| {
+        Box::pin(async move {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                .await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            0
+        })
+    })
+    .await;
+    let err = exec(stream, ExecRequest::new(["cmd"]), Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    match &err {
+        ExecError::Connect(ClientError::NotUpgraded {
+            status, protocol, ..
+        }) => {
+            assert_eq!(*status, 200);
+            assert_eq!(protocol, "banger-exec/1");
+        }
+        other => panic!("expected a refused upgrade, got {other}"),
+    }
+    server.abort();
+}
+
+#[tokio::test]
+async fn upgrade_exec_against_a_silent_agent_times_out_naming_the_path() {
+    let (_dir, server, stream) = hostile_agent(|s| {
+        Box::pin(async move {
+            // Reads the request and holds the connection open without a word.
+            let _open = s;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            0
+        })
+    })
+    .await;
+    let err = upgrade_exec(stream, Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Timeout { path, .. } if path == "/exec"),
+        "{err}"
+    );
     server.abort();
 }
 

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use banger_http::Connection;
+use banger_http::upgrade::{Limits, UpgradeError, UpgradeRequest};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
@@ -455,61 +456,55 @@ impl Client {
         }
     }
 
-    /// `POST /v1{route}` asking to switch the connection to `protocol` (`Connection: upgrade`);
-    /// the connection once the daemon answered `101 Switching Protocols`, or the daemon's
-    /// error. With a timeout, the answer must come within it.
+    /// `POST /v1{route}` asking to switch the connection to `protocol` (`Connection: upgrade`,
+    /// through [`banger_http::upgrade`]); the connection once the daemon answered `101
+    /// Switching Protocols`, or the daemon's error. With a timeout, the answer must come
+    /// within it.
     pub async fn upgrade(
         &self,
         route: Route<'_>,
         protocol: &str,
-    ) -> Result<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>, ClientError> {
+    ) -> Result<banger_http::upgrade::Upgraded, ClientError> {
         let method = Method::POST;
         let full = full_path(route);
         let (stream, pid) = self.connect(&method, &full).await?;
-        let exchange = async {
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                    .await
-                    .map_err(self.http(&method, &full))?;
-            // Ends once the connection is handed over, or with it.
-            tokio::spawn(async move {
-                let _ = conn.with_upgrades().await;
-            });
-            let req = Request::builder()
-                .method(method.clone())
-                .uri(&full)
-                .header(hyper::header::HOST, "bangerd")
-                .header(hyper::header::CONNECTION, "upgrade")
-                .header(hyper::header::UPGRADE, protocol)
-                .body(http_body_util::Empty::<Bytes>::new())
-                .map_err(|e| ClientError::Decode {
+        let request = UpgradeRequest {
+            method: &method,
+            target: &full,
+            host: "bangerd",
+            protocol,
+        };
+        let limits = Limits {
+            max_head: None,
+            max_body: MAX_ERROR_BODY,
+        };
+        banger_http::upgrade::upgrade(stream, request, limits, self.timeout)
+            .await
+            .map_err(|e| match e {
+                UpgradeError::Handshake(source)
+                | UpgradeError::Request(source)
+                | UpgradeError::Upgrade(source) => self.http(&method, &full)(source),
+                UpgradeError::Build(e) => ClientError::Decode {
                     socket: self.socket.clone(),
                     method: method.clone(),
                     path: full.clone(),
                     status: StatusCode::OK,
                     detail: format!("cannot build request: {e}"),
-                })?;
-            let mut resp = sender
-                .send_request(req)
-                .await
-                .map_err(self.http(&method, &full))?;
-            let status = resp.status();
-            if status != StatusCode::SWITCHING_PROTOCOLS {
-                let op_id = op_id_of(&resp);
-                let body = read_error_body(resp.into_body()).await;
-                return Err(self.error_from(status, &body, op_id, &method, &full));
-            }
-            hyper::upgrade::on(&mut resp)
-                .await
-                .map(hyper_util::rt::TokioIo::new)
-                .map_err(self.http(&method, &full))
-        };
-        match self.timeout {
-            None => exchange.await,
-            Some(t) => tokio::time::timeout(t, exchange)
-                .await
-                .map_err(|_| self.no_answer(&method, &full, t, pid, false))?,
-        }
+                },
+                UpgradeError::Timeout { after } => {
+                    self.no_answer(&method, &full, after, pid, false)
+                }
+                // Whatever the daemon managed to say is reported, even cut short.
+                UpgradeError::Refused(refusal) => {
+                    let op_id = refusal
+                        .headers
+                        .get(OP_ID_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    self.error_from(refusal.status, &refusal.body, op_id, &method, &full)
+                }
+            })
     }
 
     /// Sends one request and decodes the JSON answer (or the error body); with a timeout, the

@@ -10,6 +10,7 @@
 //! its pid and log instead of a silent hang.
 
 use std::ffi::OsStr;
+use std::future::Future;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -89,17 +90,36 @@ pub enum Ensured {
 }
 
 /// Returns a client to a daemon of this build, starting or replacing one as needed.
-pub async fn ensure(
+///
+/// `early` is the request the caller makes next, on a client of its own (`|_| async {}` for
+/// none): it goes out at the same time as the build check rather than after it, one round
+/// trip to the daemon fewer whenever a daemon of this build already runs, which is every call
+/// but the first. `early`'s result comes back only then. When no daemon answered, or one of
+/// another build did, it is dropped (closing whatever it opened there) before that daemon is
+/// replaced or started, and `None` tells the caller to make the request again on the client
+/// returned.
+pub async fn ensure<T, F>(
     layout: &Layout,
     conn: Conn,
     env: &HostEnv,
-) -> Result<(Client, DaemonStatus, Ensured), CliError> {
+    early: impl FnOnce(Client) -> F,
+) -> Result<(Client, DaemonStatus, Ensured, Option<T>), CliError>
+where
+    F: Future<Output = T>,
+{
     let client = client(layout, conn)?;
     let me = BuildInfo::current();
     let mut how = Ensured::Started;
-    match client.get::<DaemonStatus>(Route::Status).await {
-        Ok(status) if status.build == me => return Ok((client, status, Ensured::AlreadyRunning)),
+    let (answer, early) = tokio::join!(
+        client.get::<DaemonStatus>(Route::Status),
+        early(client.clone())
+    );
+    match answer {
+        Ok(status) if status.build == me => {
+            return Ok((client, status, Ensured::AlreadyRunning, Some(early)));
+        }
         Ok(status) => {
+            drop(early);
             stop(&client, status.pid).await?;
             how = Ensured::Replaced { old: status.build };
         }
@@ -107,7 +127,7 @@ pub async fn ensure(
         Err(e) => return Err(e.into()),
     }
     let status = start(layout, conn, &client, env).await?;
-    Ok((client, status, how))
+    Ok((client, status, how, None))
 }
 
 /// Asks the daemon with `pid` to shut down and waits for it to exit (killing it if it hangs).

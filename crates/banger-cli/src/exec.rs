@@ -20,9 +20,10 @@
 use std::io::{IsTerminal, Read, Write};
 use std::time::Duration;
 
-use banger_agent_proto::client::exec::{ExecError, ExecEvent, exec_upgraded};
+use banger_agent_proto::client::exec::{ExecError, ExecEvent, Io, exec_upgraded};
 use banger_agent_proto::exec::{ExecRequest, PtySize, Signal, UPGRADE_EXEC};
 use banger_api::{Client, Route};
+
 use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -51,6 +52,19 @@ pub async fn exec(
     words: &CommandWords,
     pty: bool,
 ) -> Result<u8, CliError> {
+    let io = upgrade(client.clone(), vm).await?;
+    session(io, vm, words, pty).await
+}
+
+/// Asks the daemon for an exec session in VM `vm`: the connection, relayed to the VM's agent,
+/// once the daemon switched it to the exec protocol.
+pub async fn upgrade(client: Client, vm: &str) -> Result<Io, CliError> {
+    Ok(client.upgrade(Route::VmExec(vm), UPGRADE_EXEC).await?)
+}
+
+/// Runs `words` on `io`, an exec session in VM `vm` from [`upgrade`]; returns the guest's
+/// exit status.
+pub async fn session(io: Io, vm: &str, words: &CommandWords, pty: bool) -> Result<u8, CliError> {
     let mut req = ExecRequest::new(words.argv());
     req.cwd = Some(DEFAULT_CWD.to_string());
     if pty {
@@ -59,7 +73,6 @@ pub async fn exec(
             req.env.insert("TERM".into(), term);
         }
     }
-    let io = client.upgrade(Route::VmExec(vm), UPGRADE_EXEC).await?;
     let fail = |source| CliError::Exec {
         vm: vm.to_string(),
         source,

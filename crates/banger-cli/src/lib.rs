@@ -200,8 +200,19 @@ fn version(ctx: &mut Ctx, json: bool) -> Result<u8, CliError> {
 
 /// Connects to a daemon of this build, telling the user when one was started or replaced.
 pub async fn connect(ctx: &mut Ctx) -> Result<(banger_api::Client, DaemonStatus), CliError> {
+    let (client, status, _) = connect_with(ctx, |_| async {}).await?;
+    Ok((client, status))
+}
+
+/// [`connect`], with `early` sent at the same time as the build check; its result when a
+/// daemon of this build already ran (see [`daemonctl::ensure`]).
+pub async fn connect_with<T, F: std::future::Future<Output = T>>(
+    ctx: &mut Ctx,
+    early: impl FnOnce(banger_api::Client) -> F,
+) -> Result<(banger_api::Client, DaemonStatus, Option<T>), CliError> {
     let layout = ctx.layout()?.clone();
-    let (client, status, how) = daemonctl::ensure(&layout, ctx.conn()?, &ctx.env).await?;
+    let (client, status, how, early) =
+        daemonctl::ensure(&layout, ctx.conn()?, &ctx.env, early).await?;
     if let daemonctl::Ensured::Replaced { old } = how {
         let msg = format!(
             "replaced daemon {} with {} (pid {})",
@@ -209,7 +220,7 @@ pub async fn connect(ctx: &mut Ctx) -> Result<(banger_api::Client, DaemonStatus)
         );
         ctx.ui.note(&ctx.ui.paint_err(Style::Dim, &msg))?;
     }
-    Ok((client, status))
+    Ok((client, status, early))
 }
 
 async fn daemon_status(ctx: &mut Ctx, json: bool) -> Result<u8, CliError> {

@@ -22,7 +22,7 @@ use crate::escape::{Mode, escape};
 use crate::logview::{Event, Tail};
 use crate::ui::{self, Style};
 use crate::words::CommandWords;
-use crate::{Ctx, connect};
+use crate::{Ctx, connect, connect_with};
 
 /// Parses a size flag into bytes, naming the flag on error.
 pub(crate) fn size_flag(flag: &str, v: &Option<String>) -> Result<Option<u64>, CliError> {
@@ -212,9 +212,15 @@ pub async fn run(cmd: VmCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
         VmCommand::Exec(e) => {
             let words = CommandWords::parse(&e.command)
                 .ok_or_else(|| CliError::Usage("give the command to run after --".into()))?;
-            let (client, _) = connect(ctx).await?;
-            crate::exec::exec(
-                &client,
+            // The exec upgrade goes out with the daemon's build check.
+            let (client, _, early) =
+                connect_with(ctx, |c| crate::exec::upgrade(c, &e.reference)).await?;
+            let io = match early {
+                Some(io) => io?,
+                None => crate::exec::upgrade(client, &e.reference).await?,
+            };
+            crate::exec::session(
+                io,
                 &e.reference,
                 &words,
                 crate::exec::wants_pty(e.tty.forced()),

@@ -5,10 +5,13 @@
 //!
 //! - [`handshake`]: the client handshake over any byte stream, with the connection driven by
 //!   a task that ends with the request ([`Connection`]).
+//! - [`upgrade`]: the client side of an HTTP/1.1 upgrade (the daemon's `vm exec`, the
+//!   agent's exec and mux), the one implementation both clients use.
 //! - [`peer_pid`]: who is at the other end of a Unix socket.
 //! - [`capped`]: reading an untrusted HTTP body up to a limit.
 
 pub mod capped;
+pub mod upgrade;
 
 use std::error::Error;
 

@@ -103,7 +103,7 @@ where
         .cloned()
         .ok_or(ExecError::EmptyCommand)?;
     let fut = async {
-        let io = upgrade(stream, EXEC_PATH, UPGRADE_EXEC)
+        let io = upgrade(stream, EXEC_PATH, UPGRADE_EXEC, None)
             .await
             .map_err(ExecError::Connect)?;
         start(io, request, &program).await
@@ -124,13 +124,7 @@ pub async fn upgrade_exec<S>(stream: S, timeout: Duration) -> Result<Io, ClientE
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    match tokio::time::timeout(timeout, upgrade(stream, EXEC_PATH, UPGRADE_EXEC)).await {
-        Ok(io) => io,
-        Err(_elapsed) => Err(ClientError::Timeout {
-            path: EXEC_PATH.to_string(),
-            after: timeout,
-        }),
-    }
+    upgrade(stream, EXEC_PATH, UPGRADE_EXEC, Some(timeout)).await
 }
 
 /// Starts `request` on `io`, a connection already switched to the exec protocol by someone
@@ -156,7 +150,7 @@ pub async fn exec_upgraded(
 }
 
 /// An upgraded HTTP connection, as hyper hands it over.
-pub type Io = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
+pub type Io = banger_http::upgrade::Upgraded;
 
 async fn start(mut io: Io, request: ExecRequest, program: &str) -> Result<ExecSession, ExecError> {
     let protocol = |message: String| ExecError::Protocol {

@@ -115,15 +115,7 @@ pub async fn connect<S>(stream: S, timeout: Duration) -> Result<Mux, ClientError
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let io = match tokio::time::timeout(timeout, upgrade(stream, MUX_PATH, UPGRADE_MUX)).await {
-        Ok(io) => io?,
-        Err(_elapsed) => {
-            return Err(ClientError::Timeout {
-                path: MUX_PATH.to_string(),
-                after: timeout,
-            });
-        }
-    };
+    let io = upgrade(stream, MUX_PATH, UPGRADE_MUX, Some(timeout)).await?;
     let conn = yamux::Connection::new(io.compat(), config(), yamux::Mode::Client);
     let (opens, requests) = mpsc::channel(8);
     let gone = CancellationToken::new();

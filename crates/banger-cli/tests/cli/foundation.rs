@@ -260,6 +260,37 @@ fn daemon_of_another_build_is_replaced() {
 }
 
 #[test]
+fn vm_exec_sends_its_upgrade_with_the_build_check_and_makes_it_again_on_the_replacement() {
+    let home = Home::new();
+    let mut old = Command::new("sleep").arg("60").spawn().unwrap();
+    let fake = fake_old_daemon(&home.socket(), old.id());
+    let out = home
+        .cmd(&["vm", "exec", "box", "-T", "--", "true"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let seen = fake.join().unwrap();
+    // The old daemon got the exec upgrade alongside the status, and was still stopped: the
+    // early connection was closed before the shutdown, and nothing else was asked of it.
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen[..2].contains(&"/v1/status".to_string()), "{seen:?}");
+    assert!(
+        seen[..2].contains(&"/v1/vms/box/exec".to_string()),
+        "{seen:?}"
+    );
+    assert_eq!(seen[2], "/v1/shutdown");
+    assert!(old.try_wait().unwrap().is_some() || old.wait().is_ok());
+    // The exec was made again, on the new daemon, which has no VM of that name.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("replaced daemon 0.0.1 (commit oldbuild"),
+        "{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no VM matches \"box\""), "{stderr}");
+}
+
+#[test]
 fn errors_print_banger_prefix_and_exit_1() {
     // A relative BANGER_HOME is refused before anything is created.
     let scratch = Home::new();
