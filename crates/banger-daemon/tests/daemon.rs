@@ -356,7 +356,6 @@ mod adversarial_pid_reuse {
                 vmm_start_time: start,
                 dir: dir.display().to_string(),
                 error: None,
-                workspace_json: None,
                 created_at: format!("t{n}"),
                 started_at: None,
             };
@@ -630,7 +629,6 @@ mod adversarial {
             vmm_start_time: None,
             dir: home.join("state/vms/old").display().to_string(),
             error: None,
-            workspace_json: None,
             created_at: "2026-01-01T00:00:00Z".into(),
             started_at: None,
         }
@@ -3034,7 +3032,6 @@ mod multi_ref {
             vmm_start_time: None,
             dir: f.dir.path().join(name).display().to_string(),
             error: None,
-            workspace_json: None,
             created_at: "2026-01-01T00:00:00Z".into(),
             started_at: None,
         };
