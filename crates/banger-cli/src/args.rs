@@ -608,12 +608,23 @@ mod tests {
         let cli = Cli::command();
         let vm = cli.find_subcommand("vm").unwrap();
         assert!(vm.find_subcommand("exec").is_some(), "no banger vm exec");
-        let ws = vm.find_subcommand("workspace").expect("no banger vm workspace");
+        let ws = vm
+            .find_subcommand("workspace")
+            .expect("no banger vm workspace");
         for sub in ["prepare", "export"] {
-            assert!(ws.find_subcommand(sub).is_some(), "no banger vm workspace {sub}");
+            assert!(
+                ws.find_subcommand(sub).is_some(),
+                "no banger vm workspace {sub}"
+            );
         }
         let run = vm.find_subcommand("run").unwrap();
-        for flag in ["branch", "from", "include-untracked", "full-copy", "dry-run"] {
+        for flag in [
+            "branch",
+            "from",
+            "include-untracked",
+            "full-copy",
+            "dry-run",
+        ] {
             assert!(
                 run.get_arguments().any(|a| a.get_long() == Some(flag)),
                 "vm run has no --{flag}"

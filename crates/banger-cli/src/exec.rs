@@ -120,12 +120,7 @@ pub async fn run_quiet(
 }
 
 /// Runs `target` in VM `vm` through its agent; returns the guest's exit status.
-pub async fn exec(
-    client: &Client,
-    vm: &str,
-    target: &Target,
-    pty: bool,
-) -> Result<u8, CliError> {
+pub async fn exec(client: &Client, vm: &str, target: &Target, pty: bool) -> Result<u8, CliError> {
     let mut req = ExecRequest::new(target.argv.clone());
     req.cwd = Some(target.cwd.clone());
     if pty {

@@ -19,9 +19,9 @@ use banger_core::size::{ByteSize, parse_size};
 use crate::args::{CreateFlags, ListArgs, RunArgs, VmCommand};
 use crate::error::CliError;
 use crate::escape::{Mode, escape};
+use crate::exec::Target;
 use crate::logview::{Event, Tail};
 use crate::ui::{self, Style};
-use crate::exec::Target;
 use crate::words::CommandWords;
 use crate::{Ctx, connect};
 
@@ -586,12 +586,7 @@ pub fn ssh_args(ip: &str, key: &Path, command: &[String], workdir: Option<&str>)
 }
 
 /// Runs ssh in the foreground; returns the remote exit status.
-fn ssh(
-    vm: &Vm,
-    info: &SshInfo,
-    command: &[String],
-    workdir: Option<&str>,
-) -> Result<u8, CliError> {
+fn ssh(vm: &Vm, info: &SshInfo, command: &[String], workdir: Option<&str>) -> Result<u8, CliError> {
     let ip = vm
         .ip
         .map(|ip| ip.to_string())
@@ -759,7 +754,12 @@ mod tests {
         assert_eq!(a.last().unwrap(), "sh -c 'exit 7'");
         assert!(!a.contains(&"-t".to_string()));
         assert!(ssh_args("1.2.3.4", Path::new("/k"), &[], None).contains(&"-t".to_string()));
-        let a = ssh_args("1.2.3.4", Path::new("/k"), &["echo kept > /root/f".into()], None);
+        let a = ssh_args(
+            "1.2.3.4",
+            Path::new("/k"),
+            &["echo kept > /root/f".into()],
+            None,
+        );
         assert_eq!(a.last().unwrap(), "echo kept > /root/f");
         // The interactive shell of a workspace starts in it, on a terminal.
         let a = ssh_args("1.2.3.4", Path::new("/k"), &[], Some("/root/my repo"));

@@ -29,8 +29,7 @@ use std::sync::Arc;
 use banger_api::Client;
 use banger_api::Route;
 use banger_api::types::{
-    ExportWorkspace, PrepareWorkspace, PreparedWorkspace, Workspace, WorkspaceExport,
-    WorkspaceMode,
+    ExportWorkspace, PrepareWorkspace, PreparedWorkspace, Workspace, WorkspaceExport, WorkspaceMode,
 };
 use banger_core::probe::SearchPath;
 use banger_core::runner::SystemRunner;
@@ -139,7 +138,11 @@ async fn mise_install(
         )),
         Ok((code, stderr)) => {
             let text = String::from_utf8_lossy(&stderr);
-            let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+            let last = text
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
             Some(format!("mise install failed (exit {code}): {last}"))
         }
         Err(e) => Some(format!(

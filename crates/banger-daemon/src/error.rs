@@ -233,7 +233,11 @@ pub enum WorkspaceError {
     GuestRepositoryGone { path: String },
     /// The guest script failed otherwise.
     #[error("the guest's {what} script exited with status {code}: {stderr}")]
-    GuestFailed { what: &'static str, code: i32, stderr: String },
+    GuestFailed {
+        what: &'static str,
+        code: i32,
+        stderr: String,
+    },
     /// The exec session carrying the script failed.
     #[error("the {what} session failed")]
     Exec {
@@ -505,7 +509,9 @@ fn workspace_kind(e: &WorkspaceError) -> ErrorKind {
     use banger_workspace::{GitError, InspectError as I, StreamError as S};
     let git = |g: &GitError| match g {
         GitError::Spawn(s) => spawn_kind(s),
-        GitError::Failed { stderr, .. } => storage_or(is_full(text_kind(stderr)), ErrorKind::BadRequest),
+        GitError::Failed { stderr, .. } => {
+            storage_or(is_full(text_kind(stderr)), ErrorKind::BadRequest)
+        }
     };
     match e {
         WorkspaceError::Inspect(i) => match i {
@@ -533,7 +539,9 @@ fn workspace_kind(e: &WorkspaceError) -> ErrorKind {
         WorkspaceError::Script(_) | WorkspaceError::NoBase { .. } => ErrorKind::BadRequest,
         WorkspaceError::NotEmpty { .. } => ErrorKind::Conflict,
         WorkspaceError::GuestRepositoryGone { .. } => ErrorKind::NotFound,
-        WorkspaceError::GuestFailed { stderr, .. } => storage_or(is_full(text_kind(stderr)), ErrorKind::Unavailable),
+        WorkspaceError::GuestFailed { stderr, .. } => {
+            storage_or(is_full(text_kind(stderr)), ErrorKind::Unavailable)
+        }
         WorkspaceError::Exec { .. } | WorkspaceError::Export(_) => ErrorKind::Unavailable,
         WorkspaceError::TooLarge { .. } => ErrorKind::InsufficientStorage,
     }

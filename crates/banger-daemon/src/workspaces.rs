@@ -28,13 +28,10 @@ use std::time::Duration;
 use banger_agent_proto::client::exec::{ExecEvent, ExecSession, exec_upgraded};
 use banger_agent_proto::exec::ExecRequest;
 use banger_api::types::{
-    ExportWorkspace, ExportedFile, FileChange, PrepareWorkspace, PreparedWorkspace,
-    WorkspaceExport,
+    ExportWorkspace, ExportedFile, FileChange, PrepareWorkspace, PreparedWorkspace, WorkspaceExport,
 };
 use banger_store::{VmRow, WorkspaceMode, WorkspaceRow};
-use banger_workspace::{
-    Change, DEFAULT_GUEST_PATH, Existing, Git, InspectOptions, TransferMode,
-};
+use banger_workspace::{Change, DEFAULT_GUEST_PATH, Existing, Git, InspectOptions, TransferMode};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
@@ -285,7 +282,9 @@ pub async fn export(
                     Change::Added => FileChange::Added,
                     Change::Modified => FileChange::Modified,
                     Change::Deleted => FileChange::Deleted,
-                    Change::Renamed { from, similarity } => FileChange::Renamed { from, similarity },
+                    Change::Renamed { from, similarity } => {
+                        FileChange::Renamed { from, similarity }
+                    }
                     Change::Copied { from, similarity } => FileChange::Copied { from, similarity },
                     Change::TypeChanged => FileChange::TypeChanged,
                     Change::Unmerged => FileChange::Unmerged,
@@ -359,7 +358,11 @@ async fn read_session(
 /// A script's stderr, trimmed, for an error message.
 fn text(stderr: &[u8]) -> String {
     let t = String::from_utf8_lossy(stderr).trim().to_string();
-    if t.is_empty() { "(no output)".into() } else { t }
+    if t.is_empty() {
+        "(no output)".into()
+    } else {
+        t
+    }
 }
 
 /// A synchronous writer handing its bytes to the async side, a chunk at a time (blocking

@@ -788,7 +788,10 @@ mod tests {
             assert_eq!(mine.trim(), agent_socket_path(uds).display().to_string());
             let listing = std::fs::read_to_string(root.join("listing")).unwrap();
             assert_eq!(listing, format!("{name}\nlisting\n"), "only its own files");
-            assert_eq!(std::fs::read_to_string(root.join("home")).unwrap(), "/root\n");
+            assert_eq!(
+                std::fs::read_to_string(root.join("home")).unwrap(),
+                "/root\n"
+            );
         }
         assert!(
             !Path::new("/root").join(&name).exists(),

@@ -18,8 +18,8 @@ use banger_core::quote::shell_word;
 use banger_core::runner::SystemRunner;
 use banger_workspace::{
     Change, ChangedFile, Existing, Export, FileSource, Git, InspectError, InspectOptions,
-    Inspection, StreamStats, ToolPin, TransferMode, export_script, inspect, parse_export, prepare_script,
-    write_stream,
+    Inspection, StreamStats, ToolPin, TransferMode, export_script, inspect, parse_export,
+    prepare_script, write_stream,
 };
 
 /// A sandbox: a temporary directory with a private `HOME` and git config.
@@ -1108,7 +1108,8 @@ fn tool_pins_at_the_root_are_listed_and_printed() {
     let plan = inspect(&git, &root.join("sub"), &InspectOptions::default()).unwrap();
     assert_eq!(plan.tool_pins, vec![ToolPin::ToolVersions, ToolPin::GoMod]);
     assert!(
-        plan.to_string().contains("\ntool pins: .tool-versions, go.mod\n"),
+        plan.to_string()
+            .contains("\ntool pins: .tool-versions, go.mod\n"),
         "{plan}"
     );
     assert_eq!(

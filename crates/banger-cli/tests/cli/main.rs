@@ -9,3 +9,4 @@ mod guest;
 mod host;
 mod inputs;
 mod vm;
+mod workspace;
