@@ -440,6 +440,8 @@ fn vm_run_path_exec_warnings_and_auto_prepare() {
         "run",
         "--name",
         "w",
+        "--image",
+        "test-img",
         root.to_str().unwrap(),
         "--",
         "sh",
