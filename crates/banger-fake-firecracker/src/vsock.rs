@@ -749,6 +749,7 @@ mod tests {
     /// Two agents with a private root each write `/root/NAME`: each sees only its own, the
     /// files land in the per-VM directories, and the host's `/root` never gets one.
     #[tokio::test]
+    #[allow(clippy::print_stderr)] // the visible reason for a skip
     async fn each_agent_gets_a_private_root() {
         let dir = tempfile::tempdir().expect("tempdir");
         let script = dir.path().join("banger-agent");
