@@ -649,6 +649,33 @@ pub struct ImportBundle {
 mod tests {
     use super::*;
 
+    /// The patch travels as base64, byte for byte, whatever it holds; the changes as tagged
+    /// objects.
+    #[test]
+    fn an_export_round_trips_binary_patches() {
+        let export = WorkspaceExport {
+            base: "a".repeat(40),
+            files: vec![ExportedFile {
+                path: "new".into(),
+                change: FileChange::Renamed {
+                    from: "old".into(),
+                    similarity: 90,
+                },
+            }],
+            patch: (0..=255u8).collect(),
+        };
+        let json = serde_json::to_value(&export).unwrap();
+        assert_eq!(
+            json["files"][0],
+            serde_json::json!({"path": "new", "change": "renamed", "from": "old", "similarity": 90})
+        );
+        assert!(json["patch"].is_string());
+        let back: WorkspaceExport = serde_json::from_value(json).unwrap();
+        assert_eq!(back, export);
+        let bad = serde_json::json!({"base": "a", "files": [], "patch": "not base64!"});
+        assert!(serde_json::from_value::<WorkspaceExport>(bad).is_err());
+    }
+
     #[test]
     fn create_vm_keeps_its_flat_json_shape() {
         let req = CreateVm {
