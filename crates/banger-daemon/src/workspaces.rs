@@ -127,7 +127,6 @@ async fn prepare_locked(
     let mut session = start(state, &row, script, "prepare").await?;
     let stdin = session.take_stdin();
 
-    progress.stage("copy", format!("{} files", plan.files.len()));
     let scratch = state.run_dir(&row.id);
     let (chunks, mut incoming) = tokio::sync::mpsc::channel::<Vec<u8>>(STREAM_CHUNKS);
     let writer = {
@@ -146,12 +145,26 @@ async fn prepare_locked(
         }
         let _ = stdin.shutdown().await;
     });
-    let (status, stderr) = read_session(&row, &mut session, "prepare", &mut Vec::new(), 0).await?;
+    // The guest's output is read all along, so the session never stalls on it.
+    let reader = {
+        let row = row.clone();
+        tokio::spawn(async move {
+            read_session(&row, &mut session, "prepare", &mut Vec::new(), 0).await
+        })
+    };
     let written = writer.await.map_err(|e| OpError::Join(e.to_string()))?;
+    if let Ok(stats) = &written {
+        progress.stage(
+            "copy",
+            format!("{} files, {} bytes", plan.files.len(), stats.bytes),
+        );
+        progress.stage("checkout", mode_words(plan.mode));
+    }
     let _ = feeder.await;
-    match status {
-        0 => {}
-        banger_workspace::script::EXIT_NOT_EMPTY => {
+    let (status, stderr) = reader.await.map_err(|e| OpError::Join(e.to_string()))??;
+    let stats = match (status, written) {
+        (0, Ok(stats)) => stats,
+        (banger_workspace::script::EXIT_NOT_EMPTY, _) => {
             return Err(failed(
                 &row,
                 WorkspaceError::NotEmpty {
@@ -159,7 +172,10 @@ async fn prepare_locked(
                 },
             ));
         }
-        banger_workspace::script::EXIT_NO_BASE => {
+        // Past a refusal of the guest path, a stream that failed on the host cut the
+        // guest's tar short: the host's error is the cause, whatever the guest then said.
+        (_, Err(e)) => return Err(failed(&row, e)),
+        (banger_workspace::script::EXIT_NO_BASE, _) => {
             return Err(failed(
                 &row,
                 WorkspaceError::NoBase {
@@ -168,12 +184,7 @@ async fn prepare_locked(
                 },
             ));
         }
-        code => {
-            // A stream that failed on the host ended the guest's tar early: the host's
-            // error is the cause.
-            if let Err(e) = written {
-                return Err(failed(&row, e));
-            }
+        (code, _) => {
             return Err(failed(
                 &row,
                 WorkspaceError::GuestFailed {
@@ -183,9 +194,7 @@ async fn prepare_locked(
                 },
             ));
         }
-    }
-    let stats = written.map_err(|e| failed(&row, e))?;
-    progress.stage("checkout", format!("{} bytes shipped", stats.bytes));
+    };
 
     let ws = WorkspaceRow {
         vm_id: row.id.clone(),

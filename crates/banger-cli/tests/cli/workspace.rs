@@ -734,3 +734,67 @@ fn mise_installs_pinned_tools_and_wraps_exec() {
         assert!(warnings[0].contains("the guest has no mise"), "{err}");
     }
 }
+
+/// A prepare that fails once the VM exists (here the daemon's git refuses to clone) under
+/// `vm run --rm`: the error is shown and the VM it made is deleted.
+#[test]
+fn a_prepare_failure_under_rm_deletes_the_vm() {
+    let Some(home) = Home::for_vms("") else {
+        return;
+    };
+    let root = repo(&home, "proj", &[("a", b"a\n")]);
+    let real_git = text(
+        &host_tool("sh")
+            .args(["-c", "command -v git"])
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    let bin = home.path().join("fake-git");
+    std::fs::create_dir_all(&bin).unwrap();
+    write(
+        &bin,
+        "git",
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = clone ] && {{ echo 'fatal: clone refused by the test' >&2; exit 128; }}; done\nexec {} \"$@\"\n",
+            real_git.trim()
+        )
+        .as_bytes(),
+    );
+    std::fs::set_permissions(
+        bin.join("git"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    // The daemon keeps the PATH of the CLI that started it: the fake git comes first.
+    home.ok(&["daemon", "stop"]);
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = home
+        .cmd(&["vm", "list"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let out = home.run(&[
+        "vm",
+        "run",
+        "--rm",
+        "--name",
+        "tmp",
+        "--image",
+        "test-img",
+        root.to_str().unwrap(),
+        "--",
+        "true",
+    ]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("clone refused by the test"), "{err}");
+    assert!(err.contains("deleted tmp"), "{err}");
+    assert_eq!(home.vms(), Vec::<serde_json::Value>::new());
+}
