@@ -15,7 +15,10 @@
 //!   127 (not found) or 126 (not executable) after saying why;
 //! - with a PTY (the default when stdin is a terminal; `-t` forces one, `-T` refuses one)
 //!   the guest process runs on a terminal the size of the CLI's, resized on SIGWINCH, and the
-//!   CLI's terminal is in raw mode for the session (restored on every way out).
+//!   CLI's terminal is in raw mode for the session (restored on every way out);
+//! - where it runs is a [`Target`]: in a VM with a workspace, in the workspace and through
+//!   [`MISE_WRAP`] (`mise exec --` when the guest has mise, decided in the guest, so no
+//!   extra round trip), else in `/root` as it is.
 
 use std::io::{IsTerminal, Read, Write};
 use std::time::Duration;
