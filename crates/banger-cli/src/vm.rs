@@ -225,16 +225,17 @@ pub async fn run(cmd: VmCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
                 None => Target::plain(&words),
                 Some(ws) => {
                     if e.auto_prepare {
-                        crate::workspace::reprepare(ctx, &client, &vm.id, ws).await?;
+                        crate::workspace::reprepare(ctx, &client, &vm.name, ws).await?;
                     } else if let Some(warning) = crate::workspace::head_moved(ctx, ws) {
                         ctx.ui.note(&escape(&warning, Mode::Text))?;
                     }
                     Target::in_workspace(&words, &ws.guest_path)
                 }
             };
+            // By name: the user's words in messages, and a name always resolves exactly.
             crate::exec::exec(
                 &client,
-                &vm.id,
+                &vm.name,
                 &target,
                 crate::exec::wants_pty(e.tty.forced()),
             )

@@ -145,12 +145,14 @@ async fn prepare_locked(
         }
         let _ = stdin.shutdown().await;
     });
-    // The guest's output is read all along, so the session never stalls on it.
+    // The guest's output is read all along, so the session never stalls on it. A cancelled
+    // prepare drops the reader and so the session: the agent kills the script, the stdin
+    // writes fail and the stream's writer stops.
     let reader = {
         let row = row.clone();
-        tokio::spawn(async move {
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
             read_session(&row, &mut session, "prepare", &mut Vec::new(), 0).await
-        })
+        }))
     };
     let written = writer.await.map_err(|e| OpError::Join(e.to_string()))?;
     if let Ok(stats) = &written {
