@@ -3631,7 +3631,6 @@ mod workspaces {
     use tokio_util::sync::CancellationToken;
 
     use super::vm_fixture::*;
-    use super::*;
 
     async fn prepare(f: &Fixture, vm: &str, path: &Path) -> Result<(), OpError> {
         banger_daemon::workspaces::prepare(
