@@ -17,6 +17,10 @@ pub mod templates {
     pub const VM_STATS: &str = "/vms/{reference}/stats";
     /// `POST` with `Upgrade: banger-exec/1`: an exec session relayed to the VM's agent.
     pub const VM_EXEC: &str = "/vms/{reference}/exec";
+    /// `POST` prepares the VM's workspace (streamed stages, then the result).
+    pub const VM_WORKSPACE: &str = "/vms/{reference}/workspace";
+    /// `POST`: the workspace's work since its base, as a patch.
+    pub const VM_WORKSPACE_EXPORT: &str = "/vms/{reference}/workspace/export";
     pub const KERNELS: &str = "/kernels";
     pub const KERNEL: &str = "/kernels/{name}";
     pub const IMAGES: &str = "/images";
@@ -44,6 +48,8 @@ pub enum Route<'a> {
     VmPorts(&'a str),
     VmStats(&'a str),
     VmExec(&'a str),
+    VmWorkspace(&'a str),
+    VmWorkspaceExport(&'a str),
     Kernels,
     Kernel(&'a str),
     Images,
@@ -68,6 +74,8 @@ impl Route<'_> {
             Self::VmPorts(_) => t::VM_PORTS,
             Self::VmStats(_) => t::VM_STATS,
             Self::VmExec(_) => t::VM_EXEC,
+            Self::VmWorkspace(_) => t::VM_WORKSPACE,
+            Self::VmWorkspaceExport(_) => t::VM_WORKSPACE_EXPORT,
             Self::Kernels => t::KERNELS,
             Self::Kernel(_) => t::KERNEL,
             Self::Images => t::IMAGES,
@@ -87,6 +95,8 @@ impl Route<'_> {
             | Self::VmPorts(r)
             | Self::VmStats(r)
             | Self::VmExec(r)
+            | Self::VmWorkspace(r)
+            | Self::VmWorkspaceExport(r)
             | Self::Image(r) => template.replace("{reference}", &encode(r)),
             Self::Kernel(name) => template.replace("{name}", &encode(name)),
             Self::VmList { all } => format!("{template}?all={all}"),
@@ -140,6 +150,8 @@ mod tests {
             Route::VmPorts("x"),
             Route::VmStats("x"),
             Route::VmExec("x"),
+            Route::VmWorkspace("x"),
+            Route::VmWorkspaceExport("x"),
             Route::Kernel("x"),
             Route::Image("x"),
         ] {

@@ -112,8 +112,136 @@ pub struct Vm {
     pub vmm_log: PathBuf,
     /// Why the VM is in the `error` state.
     pub error: Option<String>,
-    /// The prepared workspace, if any (guest path).
-    pub workspace: Option<String>,
+    /// The prepared workspace, if any.
+    pub workspace: Option<Workspace>,
+}
+
+/// How a workspace's repository travelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkspaceMode {
+    /// A depth-10 clone plus the work tree's changes.
+    Overlay,
+    /// The whole repository, history and submodules.
+    FullCopy,
+}
+
+impl std::fmt::Display for WorkspaceMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WorkspaceMode::Overlay => "overlay",
+            WorkspaceMode::FullCopy => "full copy",
+        })
+    }
+}
+
+/// A VM's prepared workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workspace {
+    /// The checkout in the guest.
+    pub guest_path: String,
+    /// The host repository's root.
+    pub host_path: PathBuf,
+    /// The host's HEAD commit when prepared.
+    pub head: String,
+    /// The host's branch then; `None` for a detached HEAD.
+    pub branch: Option<String>,
+    pub mode: WorkspaceMode,
+    pub include_untracked: bool,
+    /// When (RFC 3339, UTC).
+    pub prepared_at: String,
+}
+
+/// `POST /v1/vms/{reference}/workspace` (streamed): ship the repository enclosing `path`
+/// (a host directory, absolute) into the running VM.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrepareWorkspace {
+    pub path: PathBuf,
+    /// A guest-only branch to check out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// Start the guest branch from this ref (needs `branch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub include_untracked: bool,
+    #[serde(default)]
+    pub full_copy: bool,
+    /// Replace a workspace already in the guest (its work there is lost).
+    #[serde(default)]
+    pub replace: bool,
+}
+
+/// The answer to a prepare.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreparedWorkspace {
+    pub vm: String,
+    pub workspace: Workspace,
+    /// Files in the guest's work tree.
+    pub files: usize,
+    /// Bytes of the stream shipped.
+    pub bytes: u64,
+    /// The one-line notice for untracked files left behind, when some were.
+    pub untracked_notice: Option<String>,
+    /// The tool pin files at the repository root (`.mise.toml`, `go.mod`, ...).
+    pub tool_pins: Vec<String>,
+}
+
+/// `POST /v1/vms/{reference}/workspace/export`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportWorkspace {
+    /// Diff against this commit instead of the prepared one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_commit: Option<String>,
+}
+
+/// How a file changed since the base of an export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "change")]
+pub enum FileChange {
+    Added,
+    Modified,
+    Deleted,
+    Renamed { from: String, similarity: u8 },
+    Copied { from: String, similarity: u8 },
+    TypeChanged,
+    Unmerged,
+}
+
+/// One changed file of an export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportedFile {
+    pub path: String,
+    #[serde(flatten)]
+    pub change: FileChange,
+}
+
+/// The answer to an export: the base used, the changed files and the binary patch
+/// (base64 on the wire).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceExport {
+    pub base: String,
+    pub files: Vec<ExportedFile>,
+    #[serde(with = "base64_bytes")]
+    pub patch: Vec<u8>,
+}
+
+/// Bytes as one standard base64 string.
+mod base64_bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// `POST /v1/vms`: only the fields the user set; the daemon fills in defaults.
@@ -536,6 +664,33 @@ pub struct ImportBundle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The patch travels as base64, byte for byte, whatever it holds; the changes as tagged
+    /// objects.
+    #[test]
+    fn an_export_round_trips_binary_patches() {
+        let export = WorkspaceExport {
+            base: "a".repeat(40),
+            files: vec![ExportedFile {
+                path: "new".into(),
+                change: FileChange::Renamed {
+                    from: "old".into(),
+                    similarity: 90,
+                },
+            }],
+            patch: (0..=255u8).collect(),
+        };
+        let json = serde_json::to_value(&export).unwrap();
+        assert_eq!(
+            json["files"][0],
+            serde_json::json!({"path": "new", "change": "renamed", "from": "old", "similarity": 90})
+        );
+        assert!(json["patch"].is_string());
+        let back: WorkspaceExport = serde_json::from_value(json).unwrap();
+        assert_eq!(back, export);
+        let bad = serde_json::json!({"base": "a", "files": [], "patch": "not base64!"});
+        assert!(serde_json::from_value::<WorkspaceExport>(bad).is_err());
+    }
 
     #[test]
     fn create_vm_keeps_its_flat_json_shape() {

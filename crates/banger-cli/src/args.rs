@@ -1,5 +1,7 @@
 //! The command line, as clap derive structs. Every group's long help carries runnable examples.
 
+use std::path::PathBuf;
+
 use clap::{Args, Parser, Subcommand};
 use clap_complete::Shell;
 
@@ -131,8 +133,13 @@ pub enum VmCommand {
         long_about = "Creates a VM and, once its sshd answers, opens an interactive ssh session; or, \
 given a command after `--`, runs it through the guest agent (as banger vm exec does, no ssh) and \
 exits with its exit status. With --rm the VM is deleted afterwards, whatever the exit status -- \
-except when sshd never answered: then the VM is kept for inspection (banger vm logs NAME).",
-        after_long_help = "Examples:\n  banger vm run\n  banger vm run --rm -- uname -a\n  banger vm run --name scratch --cpus 4 -- make test"
+except when sshd never answered: then the VM is kept for inspection (banger vm logs NAME).\n\n\
+Given PATH (any directory inside a git work tree), the enclosing repository is shipped to \
+/root/repo first (see banger vm workspace prepare: a depth-10 clone plus your uncommitted \
+changes, or --full-copy), `mise install` runs there when the repository pins tools and the guest \
+has mise, and the shell or the command starts in /root/repo. A PATH banger cannot ship is refused \
+before any VM is made. --dry-run prints what would be shipped and makes nothing.",
+        after_long_help = "Examples:\n  banger vm run\n  banger vm run --rm -- uname -a\n  banger vm run --name scratch --cpus 4 -- make test\n  banger vm run --rm . -- make test\n  banger vm run ./app --branch try --from v1.2 -- cargo test\n  banger vm run . --dry-run"
     )]
     Run(RunArgs),
     /// Boot stopped VMs.
@@ -194,12 +201,99 @@ except when sshd never answered: then the VM is kept for inspection (banger vm l
         long_about = "Runs the command after `--` in a running VM through its guest agent: no sshd, \
 no ssh handshake. Stdin, stdout and stderr are streamed; the exit status is the command's (128+n \
 when a signal n killed it); Ctrl-C and SIGTERM reach the command. When stdin is a terminal the \
-command gets a terminal of the same size (-t forces one, -T refuses one). It runs in /root.\n\n\
+command gets a terminal of the same size (-t forces one, -T refuses one). It runs in the VM's \
+workspace (through `mise exec --` when the guest has mise), else in /root; a warning says when \
+the host repository's HEAD moved since the workspace was prepared (--auto-prepare ships it \
+again first, replacing the guest's checkout).\n\n\
 Several words after `--` are the command and its arguments, passed exactly; a single word with \
 spaces or shell syntax is run by the guest's /bin/sh -c, as with ssh.",
-        after_long_help = "Examples:\n  banger vm exec web -- uname -a\n  banger vm exec web -- 'cd /tmp && ls -l'\n  banger vm exec web -- bash\n  tar c . | banger vm exec web -- tar x -C /root"
+        after_long_help = "Examples:\n  banger vm exec web -- uname -a\n  banger vm exec web -- 'cd /tmp && ls -l'\n  banger vm exec web -- bash\n  tar c . | banger vm exec web -- tar x -C /root\n  banger vm exec web --auto-prepare -- make test"
     )]
     Exec(ExecArgs),
+    /// Ship a git repository into a VM, and bring the work done there back as a patch.
+    #[command(
+        subcommand,
+        long_about = "A workspace is a host git repository shipped into a running VM at /root/repo: \
+a depth-10 clone of its history with HEAD (or --from REF) checked out, your tracked changes on \
+top, untracked files only with --include-untracked, ignored files never; --full-copy ships the \
+whole repository (history and submodules). `export` prints a binary patch of everything done in \
+the guest since (commits included) that `git apply` takes on the host.",
+        after_long_help = "Examples:\n  banger vm workspace prepare web .\n  banger vm workspace prepare web ~/src/app --branch try\n  banger vm workspace export web | git apply\n  banger vm workspace export web --json --output work.patch"
+    )]
+    Workspace(WorkspaceCommand),
+}
+
+/// `banger vm workspace ...`.
+#[derive(Debug, Subcommand)]
+pub enum WorkspaceCommand {
+    /// Ship the git repository enclosing PATH into a running VM at /root/repo.
+    #[command(
+        after_long_help = "Examples:\n  banger vm workspace prepare web .\n  banger vm workspace prepare web . --include-untracked\n  banger vm workspace prepare web . --dry-run\n  banger vm workspace prepare web . --replace"
+    )]
+    Prepare(PrepareArgs),
+    /// Print the work done in the VM's workspace as a binary patch for `git apply`.
+    #[command(
+        long_about = "Prints a binary patch of everything in the VM's workspace since the commit \
+it was prepared from (or --base-commit): modified, added, deleted, renamed, mode-changed and \
+binary files, and commits made in the guest. The guest's index and work tree are not touched. \
+The patch goes to stdout, byte for byte, or to --output FILE (written whole or not at all). \
+--json prints the base commit and the changed files as JSON instead; the patch is then in \
+--output, or, without it, in the JSON's `patch` field (base64).",
+        after_long_help = "Examples:\n  banger vm workspace export web > work.patch\n  banger vm workspace export web | git apply\n  banger vm workspace export web --base-commit HEAD~2\n  banger vm workspace export web --json --output work.patch"
+    )]
+    Export(ExportArgs),
+}
+
+/// What to ship and how (`vm run PATH`, `vm workspace prepare`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct WorkspaceFlags {
+    /// Check out a guest-only branch of this name
+    #[arg(long, value_name = "NAME", requires = "path")]
+    pub branch: Option<String>,
+    /// Start the guest branch from this commit, branch or tag instead of HEAD (needs --branch;
+    /// nothing of the working tree travels)
+    #[arg(long, value_name = "REF", requires = "branch")]
+    pub from: Option<String>,
+    /// Ship untracked files too (ignored files never travel)
+    #[arg(long, requires = "path")]
+    pub include_untracked: bool,
+    /// Ship the whole repository: history, submodules, every tracked file
+    #[arg(long, requires = "path")]
+    pub full_copy: bool,
+    /// Print the files that would be shipped and the mode; make nothing
+    #[arg(long, requires = "path")]
+    pub dry_run: bool,
+    /// With --dry-run: print the plan as JSON
+    #[arg(long, requires = "dry_run")]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PrepareArgs {
+    /// VM name or id
+    pub reference: String,
+    /// A directory inside the git work tree to ship
+    pub path: PathBuf,
+    #[command(flatten)]
+    pub flags: WorkspaceFlags,
+    /// Replace the workspace already in the guest (the work there is lost)
+    #[arg(long)]
+    pub replace: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// VM name or id
+    pub reference: String,
+    /// Diff against this commit instead of the one the workspace was prepared from
+    #[arg(long, value_name = "COMMIT")]
+    pub base_commit: Option<String>,
+    /// Write the patch to FILE (atomically) instead of stdout
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Print the base and the changed files as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Whether a command gets a terminal: `-t`/`-T`, else when stdin is one.
@@ -230,6 +324,9 @@ pub struct ExecArgs {
     pub reference: String,
     #[command(flatten)]
     pub tty: TtyFlags,
+    /// Ship the workspace's host repository again first (replacing the guest's checkout)
+    #[arg(long)]
+    pub auto_prepare: bool,
     /// The command to run (after --)
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -247,6 +344,10 @@ pub struct RunArgs {
     pub ssh_timeout: Option<u64>,
     #[command(flatten)]
     pub tty: TtyFlags,
+    /// A directory inside a git work tree: its repository is shipped to /root/repo first
+    pub path: Option<PathBuf>,
+    #[command(flatten)]
+    pub workspace: WorkspaceFlags,
     /// The command to run in the VM (after --)
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -500,30 +601,52 @@ mod tests {
         walk(&Cli::command(), "banger");
     }
 
-    /// Help promises only what exists: commands run through the agent (exec), but nothing
-    /// copies a repository in or exports work as a patch (yet).
+    /// What the help of `vm run` and `vm exec` promises is there: exec, and the workspace
+    /// commands that ship a repository and export a patch.
     #[test]
     fn help_promises_only_what_exists() {
-        fn walk(cmd: &clap::Command, path: &str) {
-            let texts = [cmd.get_about(), cmd.get_long_about()];
-            for text in texts
-                .into_iter()
-                .flatten()
-                .map(|t| t.to_string().to_lowercase())
-            {
-                for word in ["patch", "repositor", "your repo", "workspace"] {
-                    assert!(!text.contains(word), "{path} promises {word}: {text}");
-                }
-            }
-            for sub in cmd.get_subcommands() {
-                walk(sub, &format!("{path} {}", sub.get_name()));
-            }
-        }
-        walk(&Cli::command(), "banger");
-        // What the help of `vm run` promises for a command is there.
         let cli = Cli::command();
         let vm = cli.find_subcommand("vm").unwrap();
         assert!(vm.find_subcommand("exec").is_some(), "no banger vm exec");
+        let ws = vm
+            .find_subcommand("workspace")
+            .expect("no banger vm workspace");
+        for sub in ["prepare", "export"] {
+            assert!(
+                ws.find_subcommand(sub).is_some(),
+                "no banger vm workspace {sub}"
+            );
+        }
+        let run = vm.find_subcommand("run").unwrap();
+        for flag in [
+            "branch",
+            "from",
+            "include-untracked",
+            "full-copy",
+            "dry-run",
+        ] {
+            assert!(
+                run.get_arguments().any(|a| a.get_long() == Some(flag)),
+                "vm run has no --{flag}"
+            );
+        }
+    }
+
+    /// `--branch` and `--from` need a PATH, and `--from` needs `--branch`: usage errors.
+    #[test]
+    fn workspace_flags_need_their_path() {
+        use clap::Parser;
+        for bad in [
+            &["banger", "vm", "run", "--branch", "x"][..],
+            &["banger", "vm", "run", "--from", "v1", "--branch", "x"],
+            &["banger", "vm", "run", ".", "--from", "v1"],
+            &["banger", "vm", "run", "--dry-run"],
+        ] {
+            let e = Cli::try_parse_from(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
+        }
+        Cli::try_parse_from(["banger", "vm", "run", ".", "--branch", "x", "--from", "v1"]).unwrap();
+        Cli::try_parse_from(["banger", "vm", "run", "--", "make"]).unwrap();
     }
 }
 

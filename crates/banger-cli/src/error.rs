@@ -98,6 +98,15 @@ pub enum CliError {
     Terminal(#[source] std::io::Error),
     #[error("cannot watch for signals to forward")]
     Signals(#[source] std::io::Error),
+    /// A workspace PATH banger does not ship (found before any daemon call).
+    #[error(transparent)]
+    Inspect(Box<banger_workspace::InspectError>),
+    #[error("cannot write {path}")]
+    OutputFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl From<ClientError> for CliError {
@@ -144,7 +153,9 @@ impl CliError {
             | Self::Ssh { .. }
             | Self::SshTimeout { .. }
             | Self::Terminal(_)
-            | Self::Signals(_) => 1,
+            | Self::Signals(_)
+            | Self::Inspect(_)
+            | Self::OutputFile { .. } => 1,
             // A command the guest cannot start exits as a shell's would (127, 126).
             Self::Exec { source, .. } => match source {
                 banger_agent_proto::client::exec::ExecError::Spawn { kind, .. } => {

@@ -15,7 +15,10 @@
 //!   127 (not found) or 126 (not executable) after saying why;
 //! - with a PTY (the default when stdin is a terminal; `-t` forces one, `-T` refuses one)
 //!   the guest process runs on a terminal the size of the CLI's, resized on SIGWINCH, and the
-//!   CLI's terminal is in raw mode for the session (restored on every way out).
+//!   CLI's terminal is in raw mode for the session (restored on every way out);
+//! - where it runs is a [`Target`]: in a VM with a workspace, in the workspace and through
+//!   [`MISE_WRAP`] (`mise exec --` when the guest has mise, decided in the guest, so no
+//!   extra round trip), else in `/root` as it is.
 
 use std::io::{IsTerminal, Read, Write};
 use std::time::Duration;
@@ -45,15 +48,85 @@ pub fn wants_pty(forced: Option<bool>) -> bool {
     forced.unwrap_or_else(|| std::io::stdin().is_terminal())
 }
 
-/// Runs `words` in VM `vm` through its agent; returns the guest's exit status.
-pub async fn exec(
+/// The guest's `/bin/sh` script that runs its arguments through `mise exec --` when mise is
+/// there, else as they are: no round trip to find out first.
+pub const MISE_WRAP: &str =
+    "if command -v mise >/dev/null 2>&1; then exec mise exec -- \"$@\"; else exec \"$@\"; fi";
+
+/// `argv` wrapped in [`MISE_WRAP`], passed to it exactly.
+pub fn mise_wrapped(argv: Vec<String>) -> Vec<String> {
+    let mut out = vec![
+        "/bin/sh".to_string(),
+        "-c".to_string(),
+        MISE_WRAP.to_string(),
+        "sh".to_string(),
+    ];
+    out.extend(argv);
+    out
+}
+
+/// Where and how a command runs in the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The program and its arguments.
+    pub argv: Vec<String>,
+    /// The working directory.
+    pub cwd: String,
+}
+
+impl Target {
+    /// `words` in `/root`, as in a VM without a workspace.
+    pub fn plain(words: &CommandWords) -> Self {
+        Self {
+            argv: words.argv(),
+            cwd: DEFAULT_CWD.to_string(),
+        }
+    }
+
+    /// `words` in the workspace at `guest_path`, through mise when the guest has it.
+    pub fn in_workspace(words: &CommandWords, guest_path: &str) -> Self {
+        Self {
+            argv: mise_wrapped(words.argv()),
+            cwd: guest_path.to_string(),
+        }
+    }
+}
+
+/// Runs `argv` in `cwd` in VM `vm` with no stdin, collecting its output; returns its shell
+/// status and its stderr (stdout is dropped). For banger's own steps (`mise install`).
+pub async fn run_quiet(
     client: &Client,
     vm: &str,
-    words: &CommandWords,
-    pty: bool,
-) -> Result<u8, CliError> {
+    target: &Target,
+) -> Result<(i32, Vec<u8>), CliError> {
+    let mut req = ExecRequest::new(target.argv.clone());
+    req.cwd = Some(target.cwd.clone());
     let io = upgrade(client.clone(), vm).await?;
-    session(io, vm, words, pty).await
+    let fail = |source| CliError::Exec {
+        vm: vm.to_string(),
+        source,
+    };
+    let mut session = exec_upgraded(io, req, START_TIMEOUT).await.map_err(fail)?;
+    drop(session.take_stdin());
+    let mut stderr = Vec::new();
+    loop {
+        match session.next_event().await.map_err(fail)? {
+            Some(ExecEvent::Stdout(_)) => {}
+            Some(ExecEvent::Stderr(b)) => {
+                if stderr.len() < 64 << 10 {
+                    stderr.extend_from_slice(&b);
+                }
+            }
+            Some(ExecEvent::Exit(status)) => return Ok((status.shell_code(), stderr)),
+            None => return Err(fail(ExecError::Ended { pid: session.pid() })),
+        }
+    }
+}
+
+/// Runs `target` in VM `vm` through its agent; returns the guest's exit status.
+pub async fn exec(client: &Client, vm: &str, target: &Target, pty: bool) -> Result<u8, CliError> {
+    let io = upgrade(client.clone(), vm).await?;
+    session(io, vm, target, pty).await
 }
 
 /// Asks the daemon for an exec session in VM `vm`: the connection, relayed to the VM's agent,
@@ -62,11 +135,11 @@ pub async fn upgrade(client: Client, vm: &str) -> Result<Io, CliError> {
     Ok(client.upgrade(Route::VmExec(vm), UPGRADE_EXEC).await?)
 }
 
-/// Runs `words` on `io`, an exec session in VM `vm` from [`upgrade`]; returns the guest's
+/// Runs `target` on `io`, an exec session in VM `vm` from [`upgrade`]; returns the guest's
 /// exit status.
-pub async fn session(io: Io, vm: &str, words: &CommandWords, pty: bool) -> Result<u8, CliError> {
-    let mut req = ExecRequest::new(words.argv());
-    req.cwd = Some(DEFAULT_CWD.to_string());
+pub async fn session(io: Io, vm: &str, target: &Target, pty: bool) -> Result<u8, CliError> {
+    let mut req = ExecRequest::new(target.argv.clone());
+    req.cwd = Some(target.cwd.clone());
     if pty {
         req.pty = Some(window_size().unwrap_or(DEFAULT_PTY));
         if let Ok(term) = std::env::var("TERM") {
@@ -232,6 +305,24 @@ mod tests {
         // Out of range (never from the agent's shell codes): banger's own failure status.
         assert_eq!(exit_code(-1), 1);
         assert_eq!(exit_code(256), 1);
+    }
+
+    #[test]
+    fn a_workspace_command_is_wrapped_for_mise_with_its_argv_exact() {
+        let words = CommandWords::parse(&["printf".into(), "%s\n".into(), "a b".into()]).unwrap();
+        let t = Target::in_workspace(&words, "/root/repo");
+        assert_eq!(t.cwd, "/root/repo");
+        assert_eq!(
+            t.argv,
+            ["/bin/sh", "-c", MISE_WRAP, "sh", "printf", "%s\n", "a b"]
+        );
+        // The single-word shell form stays a /bin/sh -c inside.
+        let line = CommandWords::parse(&["make && ls".into()]).unwrap();
+        assert_eq!(
+            Target::in_workspace(&line, "/root/repo").argv[4..],
+            ["/bin/sh", "-c", "make && ls"]
+        );
+        assert_eq!(Target::plain(&line).cwd, DEFAULT_CWD);
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod logview;
 pub mod ui;
 pub mod vm;
 pub mod words;
+pub mod workspace;
 
 use std::ffi::OsString;
 use std::path::PathBuf;

@@ -19,6 +19,7 @@ use banger_core::size::{ByteSize, parse_size};
 use crate::args::{CreateFlags, ListArgs, RunArgs, VmCommand};
 use crate::error::CliError;
 use crate::escape::{Mode, escape};
+use crate::exec::Target;
 use crate::logview::{Event, Tail};
 use crate::ui::{self, Style};
 use crate::words::CommandWords;
@@ -212,21 +213,52 @@ pub async fn run(cmd: VmCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
         VmCommand::Exec(e) => {
             let words = CommandWords::parse(&e.command)
                 .ok_or_else(|| CliError::Usage("give the command to run after --".into()))?;
-            // The exec upgrade goes out with the daemon's build check.
-            let (client, _, early) =
-                connect_with(ctx, |c| crate::exec::upgrade(c, &e.reference)).await?;
-            let io = match early {
+            // The VM's lookup and the exec upgrade go out with the daemon's build check.
+            let reference = e.reference.clone();
+            let (client, _, early) = connect_with(ctx, |c| async move {
+                tokio::join!(
+                    c.get::<Vm>(Route::Vm(&reference)),
+                    crate::exec::upgrade(c.clone(), &reference)
+                )
+            })
+            .await?;
+            let (vm, mut io) = match early {
+                Some((vm, io)) => (vm?, Some(io)),
+                None => (client.get::<Vm>(Route::Vm(&e.reference)).await?, None),
+            };
+            let target = match &vm.workspace {
+                None if e.auto_prepare => {
+                    return Err(CliError::Usage(format!(
+                        "VM {} has no workspace to prepare again; prepare one with: banger vm workspace prepare {} PATH",
+                        vm.name, vm.name
+                    )));
+                }
+                None => Target::plain(&words),
+                Some(ws) => {
+                    if e.auto_prepare {
+                        // The session opened early would idle through the prepare.
+                        io = None;
+                        crate::workspace::reprepare(ctx, &client, &vm.name, ws).await?;
+                    } else if let Some(warning) = crate::workspace::head_moved(ctx, ws) {
+                        ctx.ui.note(&escape(&warning, Mode::Text))?;
+                    }
+                    Target::in_workspace(&words, &ws.guest_path)
+                }
+            };
+            // By name: the user's words in messages, and a name always resolves exactly.
+            let io = match io {
                 Some(io) => io?,
-                None => crate::exec::upgrade(client, &e.reference).await?,
+                None => crate::exec::upgrade(client, &vm.name).await?,
             };
             crate::exec::session(
                 io,
-                &e.reference,
-                &words,
+                &vm.name,
+                &target,
                 crate::exec::wants_pty(e.tty.forced()),
             )
             .await
         }
+        VmCommand::Workspace(w) => crate::workspace::run(w, ctx).await,
         VmCommand::Ssh(s) => {
             let (client, _) = connect(ctx).await?;
             let vm: Vm = client.get(Route::Vm(&s.reference)).await?;
@@ -246,7 +278,7 @@ pub async fn run(cmd: VmCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
                     secs: info.wait_secs,
                 });
             }
-            let code = ssh(&vm, &info, &s.command)?;
+            let code = ssh(&vm, &info, &s.command, None)?;
             if s.command.is_empty() {
                 still_running_reminder(ctx, &client, &vm.name).await?;
             }
@@ -356,7 +388,11 @@ async fn list(ctx: &mut Ctx, l: &ListArgs) -> Result<u8, CliError> {
                     v.cpus.to_string().into(),
                     ByteSize::mib(v.memory_mib).to_string().into(),
                     v.vmm.as_str().into(),
-                    v.workspace.clone().unwrap_or_else(|| "-".into()).into(),
+                    v.workspace
+                        .as_ref()
+                        .map(workspace_cell)
+                        .unwrap_or_else(|| "-".into())
+                        .into(),
                 ]
             })
             .collect();
@@ -377,6 +413,15 @@ async fn list(ctx: &mut Ctx, l: &ListArgs) -> Result<u8, CliError> {
         ctx.ui.out().write_all(text.as_bytes())?;
     }
     Ok(0)
+}
+
+/// The WORKSPACE cell of `vm list`: the host repository's directory name (the guest path
+/// when it has none).
+fn workspace_cell(ws: &banger_api::types::Workspace) -> String {
+    ws.host_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| ws.guest_path.clone())
 }
 
 pub async fn list_ps(ctx: &mut Ctx, l: &ListArgs) -> Result<u8, CliError> {
@@ -402,10 +447,28 @@ fn show(ctx: &mut Ctx, vm: &Vm) -> Result<(), CliError> {
         ("pid", vm.pid.map_or("-".into(), |p| p.to_string())),
         ("created", vm.created_at.clone()),
         ("started", opt(&vm.started_at)),
-        ("workspace", opt(&vm.workspace)),
         ("console log", vm.console_log.display().to_string()),
         ("vmm log", vm.vmm_log.display().to_string()),
     ];
+    match &vm.workspace {
+        None => pairs.push(("workspace", "-".into())),
+        Some(ws) => {
+            pairs.push(("workspace", ws.guest_path.clone()));
+            pairs.push(("  host path", ws.host_path.display().to_string()));
+            pairs.push((
+                "  head",
+                match &ws.branch {
+                    Some(b) => format!("{} (branch {b})", ws.head),
+                    None => format!("{} (detached)", ws.head),
+                },
+            ));
+            pairs.push(("  mode", ws.mode.to_string()));
+            if ws.include_untracked {
+                pairs.push(("  untracked", "included".into()));
+            }
+            pairs.push(("  prepared", ws.prepared_at.clone()));
+        }
+    }
     if let Some(e) = &vm.error {
         pairs.push(("last error", e.clone()));
     }
@@ -501,8 +564,9 @@ fn ports_table(vm_name: &str, p: &Ports) -> String {
     ui::table(&["PROTO", "ENDPOINT", "PROCESS", "COMMAND"], &rows)
 }
 
-/// The ssh command line for a VM with the managed key.
-pub fn ssh_args(ip: &str, key: &Path, command: &[String]) -> Vec<String> {
+/// The ssh command line for a VM with the managed key. Without a command, an interactive
+/// login shell, in `workdir` when given.
+pub fn ssh_args(ip: &str, key: &Path, command: &[String], workdir: Option<&str>) -> Vec<String> {
     let mut args: Vec<String> = [
         "-i",
         &key.display().to_string(),
@@ -529,18 +593,24 @@ pub fn ssh_args(ip: &str, key: &Path, command: &[String]) -> Vec<String> {
     if let Some(words) = CommandWords::parse(command) {
         args.push("--".into());
         args.push(words.remote_line());
+    } else if let Some(dir) = workdir {
+        args.push("--".into());
+        args.push(format!(
+            "cd {} && exec \"${{SHELL:-/bin/sh}}\" -l",
+            crate::words::quote(dir)
+        ));
     }
     args
 }
 
 /// Runs ssh in the foreground; returns the remote exit status.
-fn ssh(vm: &Vm, info: &SshInfo, command: &[String]) -> Result<u8, CliError> {
+fn ssh(vm: &Vm, info: &SshInfo, command: &[String], workdir: Option<&str>) -> Result<u8, CliError> {
     let ip = vm
         .ip
         .map(|ip| ip.to_string())
         .ok_or_else(|| CliError::Usage(format!("VM {} has no IP", vm.name)))?;
     let status = std::process::Command::new("ssh")
-        .args(ssh_args(&ip, &info.private_key, command))
+        .args(ssh_args(&ip, &info.private_key, command, workdir))
         .stdin(Stdio::inherit())
         .status()
         .map_err(|source| CliError::Spawn {
@@ -577,41 +647,27 @@ async fn still_running_reminder(
 }
 
 async fn run_vm(ctx: &mut Ctx, a: RunArgs) -> Result<u8, CliError> {
+    // A PATH banger cannot ship is refused before anything is made; --dry-run stops here.
+    let plan = match &a.path {
+        Some(path) => Some(crate::workspace::inspect(ctx, path, &a.workspace)?),
+        None => None,
+    };
+    if let Some(plan) = &plan
+        && a.workspace.dry_run
+    {
+        crate::workspace::print_plan(ctx, plan, a.workspace.json)?;
+        return Ok(0);
+    }
     let req = create_request(&a.create)?;
     let (client, _) = connect(ctx).await?;
     let info: SshInfo = client.get(Route::Ssh).await?;
     let vm = create(ctx, &client, &req, "vm create").await?;
     let tag = ctx.ui.paint_err(Style::Dim, "[vm run]");
-    let result = match CommandWords::parse(&a.command) {
-        // A command runs through the agent, which answered before the VM was ready.
-        Some(words) => {
-            crate::exec::exec(
-                &client,
-                &vm.id,
-                &words,
-                crate::exec::wants_pty(a.tty.forced()),
-            )
-            .await
-        }
-        None => {
-            let secs = a.ssh_timeout.unwrap_or(info.wait_secs);
-            ctx.ui.note(&format!(
-                "{tag} wait ssh: {} (up to {secs}s)",
-                vm.ip.map(|ip| ip.to_string()).unwrap_or_default()
-            ))?;
-            let ip = vm.ip.map(|ip| ip.to_string()).unwrap_or_default();
-            if !banger_api::probe::wait_ssh(&ip, Duration::from_secs(secs)).await {
-                // Keep the VM for a post-mortem, even with --rm.
-                return Err(CliError::SshTimeout {
-                    vm: vm.name.clone(),
-                    ip,
-                    secs,
-                });
-            }
-            ctx.ui.note(&format!("{tag} ssh ready"))?;
-            ssh(&vm, &info, &a.command)
-        }
-    };
+    let result = run_in(ctx, &client, &info, &vm, &a, plan.as_ref(), &tag).await;
+    if let Err(CliError::SshTimeout { .. }) = &result {
+        // Keep the VM for a post-mortem, even with --rm.
+        return result;
+    }
     if a.rm {
         // A fresh, short deadline of its own: an interrupted session must not skip cleanup.
         let cleanup = tokio::time::timeout(
@@ -648,6 +704,59 @@ async fn run_vm(ctx: &mut Ctx, a: RunArgs) -> Result<u8, CliError> {
     result
 }
 
+/// What `vm run` does in the VM it made: the workspace, then the command or the shell.
+async fn run_in(
+    ctx: &mut Ctx,
+    client: &Client,
+    info: &SshInfo,
+    vm: &Vm,
+    a: &RunArgs,
+    plan: Option<&banger_workspace::Inspection>,
+    tag: &str,
+) -> Result<u8, CliError> {
+    let guest_path = match plan {
+        Some(plan) => {
+            let prepared =
+                crate::workspace::prepare(ctx, client, &vm.id, plan, &a.workspace, false).await?;
+            Some(prepared.workspace.guest_path)
+        }
+        None => None,
+    };
+    match CommandWords::parse(&a.command) {
+        // A command runs through the agent, which answered before the VM was ready.
+        Some(words) => {
+            let target = match &guest_path {
+                Some(path) => Target::in_workspace(&words, path),
+                None => Target::plain(&words),
+            };
+            crate::exec::exec(
+                client,
+                &vm.id,
+                &target,
+                crate::exec::wants_pty(a.tty.forced()),
+            )
+            .await
+        }
+        None => {
+            let secs = a.ssh_timeout.unwrap_or(info.wait_secs);
+            ctx.ui.note(&format!(
+                "{tag} wait ssh: {} (up to {secs}s)",
+                vm.ip.map(|ip| ip.to_string()).unwrap_or_default()
+            ))?;
+            let ip = vm.ip.map(|ip| ip.to_string()).unwrap_or_default();
+            if !banger_api::probe::wait_ssh(&ip, Duration::from_secs(secs)).await {
+                return Err(CliError::SshTimeout {
+                    vm: vm.name.clone(),
+                    ip,
+                    secs,
+                });
+            }
+            ctx.ui.note(&format!("{tag} ssh ready"))?;
+            ssh(vm, info, &a.command, guest_path.as_deref())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -658,12 +767,25 @@ mod tests {
             "172.30.0.2",
             Path::new("/k"),
             &["sh".into(), "-c".into(), "exit 7".into()],
+            Some("/root/repo"),
         );
         assert_eq!(a.last().unwrap(), "sh -c 'exit 7'");
         assert!(!a.contains(&"-t".to_string()));
-        assert!(ssh_args("1.2.3.4", Path::new("/k"), &[]).contains(&"-t".to_string()));
-        let a = ssh_args("1.2.3.4", Path::new("/k"), &["echo kept > /root/f".into()]);
+        assert!(ssh_args("1.2.3.4", Path::new("/k"), &[], None).contains(&"-t".to_string()));
+        let a = ssh_args(
+            "1.2.3.4",
+            Path::new("/k"),
+            &["echo kept > /root/f".into()],
+            None,
+        );
         assert_eq!(a.last().unwrap(), "echo kept > /root/f");
+        // The interactive shell of a workspace starts in it, on a terminal.
+        let a = ssh_args("1.2.3.4", Path::new("/k"), &[], Some("/root/my repo"));
+        assert!(a.contains(&"-t".to_string()));
+        assert_eq!(
+            a.last().unwrap(),
+            "cd '/root/my repo' && exec \"${SHELL:-/bin/sh}\" -l"
+        );
     }
 
     #[test]

@@ -198,6 +198,59 @@ pub enum OpError {
     Command { what: &'static str, detail: String },
     #[error("internal task failed: {0}")]
     Join(String),
+    #[error("VM {vm} has no workspace; prepare one with: banger vm workspace prepare {vm} PATH")]
+    NoWorkspace { vm: String },
+    #[error("VM {vm:?}: workspace")]
+    Workspace {
+        vm: String,
+        #[source]
+        source: Box<WorkspaceError>,
+    },
+}
+
+/// Why a workspace prepare or export failed (see `crate::workspaces`).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    /// The host path is not a repository banger ships (not one, bare, submodules, ...).
+    #[error(transparent)]
+    Inspect(#[from] banger_workspace::InspectError),
+    /// Writing the tar stream failed.
+    #[error(transparent)]
+    Stream(#[from] banger_workspace::StreamError),
+    /// A guest path or base banger refuses.
+    #[error(transparent)]
+    Script(#[from] banger_workspace::ScriptError),
+    /// The guest path already holds something.
+    #[error(
+        "{path} in the guest exists and is not empty (replace it with --replace, or banger vm exec --auto-prepare)"
+    )]
+    NotEmpty { path: String },
+    /// The base commit is not in the guest's repository.
+    #[error("the base commit {base} is not in the guest's repository at {path}")]
+    NoBase { base: String, path: String },
+    /// The guest's checkout is gone.
+    #[error("the guest has no repository at {path} any more")]
+    GuestRepositoryGone { path: String },
+    /// The guest script failed otherwise.
+    #[error("the guest's {what} script exited with status {code}: {stderr}")]
+    GuestFailed {
+        what: &'static str,
+        code: i32,
+        stderr: String,
+    },
+    /// The exec session carrying the script failed.
+    #[error("the {what} session failed")]
+    Exec {
+        what: &'static str,
+        #[source]
+        source: banger_agent_proto::client::exec::ExecError,
+    },
+    /// The export's bytes were not what the export script writes.
+    #[error(transparent)]
+    Export(#[from] banger_workspace::ExportError),
+    /// The export's output is over the size the daemon holds.
+    #[error("the export is over {limit} bytes")]
+    TooLarge { limit: u64 },
 }
 
 impl OpError {
@@ -251,6 +304,8 @@ impl OpError {
             Self::Io { source, .. } => io_kind(source),
             Self::Command { detail, .. } => text_kind(detail),
             Self::Join(_) => ErrorKind::Internal,
+            Self::NoWorkspace { .. } => ErrorKind::NotFound,
+            Self::Workspace { source, .. } => workspace_kind(source),
         }
     }
 
@@ -449,6 +504,50 @@ fn net_kind(e: &banger_net::NetError) -> ErrorKind {
         N::HelperUnreachable { .. } => ErrorKind::Unavailable,
         N::HelperProtocol { .. } | N::HelperRefused { .. } => ErrorKind::Internal,
         N::HelperFailed { error } => text_kind(error),
+    }
+}
+
+/// A workspace failure: the user's repository or input is `bad request`, a guest path in
+/// the way a `conflict`, the guest's side or the session `unavailable`.
+fn workspace_kind(e: &WorkspaceError) -> ErrorKind {
+    use banger_workspace::{GitError, InspectError as I, StreamError as S};
+    let git = |g: &GitError| match g {
+        GitError::Spawn(s) => spawn_kind(s),
+        GitError::Failed { stderr, .. } => {
+            storage_or(is_full(text_kind(stderr)), ErrorKind::BadRequest)
+        }
+    };
+    match e {
+        WorkspaceError::Inspect(i) => match i {
+            I::Git(g) => git(g),
+            I::Unreadable { .. }
+            | I::NotADirectory { .. }
+            | I::NotARepository { .. }
+            | I::Bare { .. }
+            | I::InsideGitDir { .. }
+            | I::NoCommits { .. }
+            | I::Submodules { .. }
+            | I::FromWithoutBranch { .. }
+            | I::UnknownRef { .. }
+            | I::BadBranch { .. }
+            | I::LinkedWorktree { .. }
+            | I::NonUtf8Path { .. } => ErrorKind::BadRequest,
+        },
+        WorkspaceError::Stream(st) => match st {
+            S::Git(g) => git(g),
+            S::Scratch { source, .. } => io_kind(source),
+            S::Read { source, .. } => storage_or(is_full(io_kind(source)), ErrorKind::BadRequest),
+            S::Write(_) => ErrorKind::Unavailable,
+            S::MissingBase { .. } => ErrorKind::BadRequest,
+        },
+        WorkspaceError::Script(_) | WorkspaceError::NoBase { .. } => ErrorKind::BadRequest,
+        WorkspaceError::NotEmpty { .. } => ErrorKind::Conflict,
+        WorkspaceError::GuestRepositoryGone { .. } => ErrorKind::NotFound,
+        WorkspaceError::GuestFailed { stderr, .. } => {
+            storage_or(is_full(text_kind(stderr)), ErrorKind::Unavailable)
+        }
+        WorkspaceError::Exec { .. } | WorkspaceError::Export(_) => ErrorKind::Unavailable,
+        WorkspaceError::TooLarge { .. } => ErrorKind::InsufficientStorage,
     }
 }
 

@@ -7,7 +7,8 @@
 //! - [`server`]: the router, the op-id middleware and serving on the socket.
 //! - [`routes`]: the HTTP handlers: decode, call a service, encode; [`stream`]: long
 //!   operations streamed as NDJSON with a heartbeat and a cancellation guard.
-//! - The services: [`vms`] (the VM lifecycle, reconciliation and the VMM monitor),
+//! - The services: [`workspaces`] (a repository shipped into a running VM and its work
+//!   exported as a patch, on top of [`vms`]), [`vms`] (the VM lifecycle, reconciliation and the VMM monitor),
 //!   [`bootstrap`] (images built from Debian packages, and bundle imports, on top of
 //!   [`images`]), [`images`] (managed images), [`kernels`] (imported kernels).
 //! - [`state`]: the state every service shares ([`state::AppState`]: options, store, host
@@ -49,6 +50,7 @@ pub mod state;
 pub mod stats;
 pub mod stream;
 pub mod vms;
+pub mod workspaces;
 
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;

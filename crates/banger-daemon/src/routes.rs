@@ -14,8 +14,9 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use banger_api::error::ErrorBody;
 use banger_api::types::{
-    ActionOutcome, ActionRequest, BootstrapImage, CreateVm, Deleted, Health, Image, ImportBundle,
-    ImportKernel, JsonObject, Kernel, Ping, Ports, RegisterImage, SshInfo, Vm, VmStats,
+    ActionOutcome, ActionRequest, BootstrapImage, CreateVm, Deleted, ExportWorkspace, Health,
+    Image, ImportBundle, ImportKernel, JsonObject, Kernel, Ping, Ports, PrepareWorkspace,
+    RegisterImage, SshInfo, Vm, VmStats, WorkspaceExport,
 };
 use banger_api::{ApiError, ErrorKind};
 use serde::Deserialize;
@@ -24,7 +25,7 @@ use serde::de::DeserializeOwned;
 use crate::ops::OpId;
 use crate::state::AppState;
 use crate::stream::stream_op;
-use crate::{bootstrap, images, kernels, vms};
+use crate::{bootstrap, images, kernels, vms, workspaces};
 
 /// An error leaving a handler: becomes `{"error": {...}}` with the kind's HTTP status.
 #[derive(Debug)]
@@ -199,6 +200,26 @@ pub async fn vm_exec(
                 format!("cannot build the 101 answer: {e}"),
             )
         })?)
+}
+
+/// `POST /vms/{reference}/workspace`: prepare, streamed like a create.
+pub async fn prepare_workspace(
+    State(state): S,
+    Path(reference): Path<String>,
+    Extension(op): Extension<OpId>,
+    ApiJson(req): ApiJson<PrepareWorkspace>,
+) -> Response {
+    stream_op(op, move |progress, cancel| {
+        workspaces::prepare(state, reference, req, progress, cancel)
+    })
+}
+
+pub async fn export_workspace(
+    State(state): S,
+    Path(reference): Path<String>,
+    ApiJson(req): ApiJson<ExportWorkspace>,
+) -> Answer<WorkspaceExport> {
+    Ok(Json(workspaces::export(&state, &reference, req).await?))
 }
 
 pub async fn vm_stats(State(state): S, Path(reference): Path<String>) -> Answer<VmStats> {

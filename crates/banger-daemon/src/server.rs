@@ -51,6 +51,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(t::VM_PING, get(routes::vm_ping))
         .route(t::VM_PORTS, get(routes::vm_ports))
         .route(t::VM_STATS, get(routes::vm_stats))
+        .route(t::VM_WORKSPACE, post(routes::prepare_workspace))
+        .route(t::VM_WORKSPACE_EXPORT, post(routes::export_workspace))
         .route(t::VM_EXEC, post(routes::vm_exec))
         .route(
             t::KERNELS,

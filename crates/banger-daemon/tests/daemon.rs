@@ -356,7 +356,6 @@ mod adversarial_pid_reuse {
                 vmm_start_time: start,
                 dir: dir.display().to_string(),
                 error: None,
-                workspace_json: None,
                 created_at: format!("t{n}"),
                 started_at: None,
             };
@@ -630,7 +629,6 @@ mod adversarial {
             vmm_start_time: None,
             dir: home.join("state/vms/old").display().to_string(),
             error: None,
-            workspace_json: None,
             created_at: "2026-01-01T00:00:00Z".into(),
             started_at: None,
         }
@@ -3034,7 +3032,6 @@ mod multi_ref {
             vmm_start_time: None,
             dir: f.dir.path().join(name).display().to_string(),
             error: None,
-            workspace_json: None,
             created_at: "2026-01-01T00:00:00Z".into(),
             started_at: None,
         };
@@ -3620,5 +3617,71 @@ mod agent_mux {
             "{err:?}"
         );
         agents.abort();
+    }
+}
+
+/// The workspace service's refusals: each before any byte reaches the guest, each typed,
+/// and nothing stored.
+mod workspaces {
+    use std::path::Path;
+
+    use banger_api::types::{ExportWorkspace, PrepareWorkspace};
+    use banger_core::error::chain;
+    use banger_daemon::error::OpError;
+    use banger_daemon::progress::Progress;
+    use tokio_util::sync::CancellationToken;
+
+    use super::vm_fixture::*;
+
+    async fn prepare(f: &Fixture, vm: &str, path: &Path) -> Result<(), OpError> {
+        banger_daemon::workspaces::prepare(
+            f.state.clone(),
+            vm.to_string(),
+            PrepareWorkspace {
+                path: path.to_path_buf(),
+                ..PrepareWorkspace::default()
+            },
+            Progress::new(None),
+            CancellationToken::new(),
+        )
+        .await
+        .map(drop)
+    }
+
+    #[tokio::test]
+    async fn refusals_are_typed_and_store_nothing() {
+        let mut f = fixture(quick(), true);
+        let vm = f.create(request("ws")).await.unwrap();
+
+        // No workspace to export: not found, saying how to prepare one.
+        let e = banger_daemon::workspaces::export(&f.state, "ws", ExportWorkspace::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), banger_api::ErrorKind::NotFound);
+        assert_eq!(
+            e.to_string(),
+            "VM ws has no workspace; prepare one with: banger vm workspace prepare ws PATH"
+        );
+
+        // A relative path, and a directory outside any repository: bad requests.
+        let e = prepare(&f, "ws", Path::new("repo")).await.unwrap_err();
+        assert_eq!(e.kind(), banger_api::ErrorKind::BadRequest, "{e}");
+        let plain = f.dir.path().join("plain");
+        std::fs::create_dir_all(&plain).unwrap();
+        let e = prepare(&f, "ws", &plain).await.unwrap_err();
+        assert_eq!(e.kind(), banger_api::ErrorKind::BadRequest, "{e}");
+        assert!(
+            chain(&e).contains("is not inside a git repository"),
+            "{}",
+            chain(&e)
+        );
+
+        // A stopped VM: a conflict.
+        f.stop_agents();
+        banger_daemon::vms::stop(&f.state, &vm.id).await.unwrap();
+        let e = prepare(&f, "ws", &plain).await.unwrap_err();
+        assert_eq!(e.kind(), banger_api::ErrorKind::Conflict, "{e}");
+        assert_eq!(f.state.db(|s| s.list_workspaces()).unwrap(), vec![]);
+        assert_eq!(f.state.vm_view(&f.row("ws")).workspace, None);
     }
 }

@@ -9,7 +9,9 @@
 //! microVM's configuration and run state with Firecracker's rules ([`state`]);
 //! it prints a plausible serial console on stdout ([`console`]); and once
 //! booted it relays host-initiated vsock connections for the agent's port to a
-//! real `banger-agent` it runs in host mode ([`vsock`]).
+//! real `banger-agent` it runs in host mode ([`vsock`]), in a mount namespace where `/root`
+//! is a private directory of that fake VM, so what banger writes to a guest's `/root`
+//! never reaches the host's.
 //!
 //! Deliberate differences from Firecracker, all in the direction of a test
 //! double: no guest runs (boot and shutdown are console lines); the kernel is

@@ -92,8 +92,14 @@ impl SystemHost {
         match &self.agent_bin {
             Ok(bin) => {
                 let socket = vsock::agent_socket_path(uds);
-                match Agent::spawn(bin, &socket) {
-                    Ok(agent) => {
+                let root = vsock::guest_root_path(uds);
+                match Agent::spawn(bin, &socket, Some(&root)) {
+                    Ok((agent, unprivate)) => {
+                        if let Some(why) = unprivate {
+                            let _ = self
+                                .console
+                                .write_lines(&[format!("{} ({why})", vsock::NO_PRIVATE_ROOT)]);
+                        }
                         forwards.insert(AGENT_VSOCK_PORT, agent.socket().to_owned());
                         self.resources().agent = Some(agent);
                     }

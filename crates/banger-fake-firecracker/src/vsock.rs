@@ -10,6 +10,20 @@
 //! ([`AGENT_VSOCK_PORT`](banger_agent_proto::wire::AGENT_VSOCK_PORT)) is forwarded, to that
 //! socket.
 //!
+//! # A private `/root` per fake VM
+//!
+//! The host-mode agent runs exec sessions on the host, but banger writes to the guest's
+//! `/root` (workspaces at `/root/repo`, `git config --global`). So the fake starts the agent
+//! in a mount namespace of its own ([`Agent::spawn`] with a guest root) in which `/root` is a
+//! bind mount of a per-VM directory next to the vsock socket, `<uds_path>.root/` (made 0700,
+//! removed when the agent stops). Not being root, the fake makes a user namespace too,
+//! mapping the caller to uid and gid 0, so the agent is "root" as in a guest. In that
+//! namespace the agent has `HOME=/root` and `/root/.local/bin` first on its `PATH` (where a
+//! test may put commands the guest would have, like `mise`). Where namespaces cannot be
+//! made (a kernel or sandbox refusing `unshare`), the agent runs as before, in the host's
+//! `/root`, and the console says so ([`NO_PRIVATE_ROOT`]): tests that need the private root
+//! check for it and skip.
+//!
 //! While the microVM is paused the muxer neither accepts nor relays (the
 //! connection waits, as with a paused Firecracker); a snapshot resets the
 //! device, closing open connections. Guest-initiated connections
@@ -55,6 +69,16 @@ pub fn agent_socket_path(uds_path: &Path) -> PathBuf {
     name.push(".agent.sock");
     PathBuf::from(name)
 }
+
+/// The per-VM directory mounted at the agent's `/root`, next to `uds_path`.
+pub fn guest_root_path(uds_path: &Path) -> PathBuf {
+    let mut name = uds_path.as_os_str().to_owned();
+    name.push(".root");
+    PathBuf::from(name)
+}
+
+/// The start of the console line saying the agent runs without a private `/root`.
+pub const NO_PRIVATE_ROOT: &str = "banger-fake-firecracker: no private /root for the agent";
 
 /// Why no agent binary was found.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -116,6 +140,8 @@ pub enum AgentSpawnError {
 pub struct Agent {
     child: tokio::process::Child,
     socket: PathBuf,
+    /// The private `/root` directory, removed on stop.
+    root: Option<PathBuf>,
 }
 
 impl Agent {
@@ -124,7 +150,16 @@ impl Agent {
     /// called from a thread that lives as long as the process (the fake runs a
     /// current-thread runtime on its main thread), since the death signal is
     /// tied to the spawning thread.
-    pub fn spawn(bin: &Path, socket: &Path) -> Result<Self, AgentSpawnError> {
+    ///
+    /// With `guest_root`, the agent runs in a mount namespace (and a user namespace when the
+    /// fake is not root) where that directory, made 0700 if missing, is `/root` (see the
+    /// module docs). When the namespace cannot be made, the agent is started without it and
+    /// the second value says why.
+    pub fn spawn(
+        bin: &Path,
+        socket: &Path,
+        guest_root: Option<&Path>,
+    ) -> Result<(Self, Option<String>), AgentSpawnError> {
         match std::fs::remove_file(socket) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -135,17 +170,50 @@ impl Agent {
                 });
             }
         }
+        let mut unprivate = None;
+        if let Some(root) = guest_root {
+            match private_root(root) {
+                Ok(ns) => match Self::start(bin, socket, Some((ns, root))) {
+                    Ok(agent) => return Ok((agent, None)),
+                    Err(AgentSpawnError::Spawn { source, .. }) => {
+                        unprivate = Some(format!("cannot make its namespace: {source}"));
+                    }
+                    Err(e) => return Err(e),
+                },
+                Err(e) => unprivate = Some(format!("cannot make {}: {e}", root.display())),
+            }
+        }
+        Ok((Self::start(bin, socket, None)?, unprivate))
+    }
+
+    fn start(
+        bin: &Path,
+        socket: &Path,
+        namespace: Option<(Namespace, &Path)>,
+    ) -> Result<Self, AgentSpawnError> {
         let mut command = tokio::process::Command::new(bin);
         command
             .arg("--listen-unix")
             .arg(socket)
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        if namespace.is_some() {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let mut guest_path = std::ffi::OsString::from("/root/.local/bin:");
+            guest_path.push(path);
+            command.env("HOME", "/root").env("PATH", guest_path);
+        }
         // SAFETY: `getpid` runs in the parent; the closure runs in the child
         // between fork and exec and calls only `prctl` and `getppid`, which are
         // async-signal-safe and touch no memory shared with the parent.
         let parent = unsafe { libc::getpid() };
-        // SAFETY: see above; the closure allocates nothing and takes no locks.
+        let (ns, root) = match namespace {
+            Some((ns, root)) => (Some(ns), Some(root.to_owned())),
+            None => (None, None),
+        };
+        // SAFETY: see above; the closure allocates nothing and takes no locks:
+        // `Namespace::enter` only makes system calls (unshare, open, write, close,
+        // mount) on C strings and buffers prepared before the fork.
         unsafe {
             command.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
@@ -154,6 +222,9 @@ impl Agent {
                 // The parent may have died before prctl took effect.
                 if libc::getppid() != parent {
                     return Err(io::Error::other("parent exited before the agent started"));
+                }
+                if let Some(ns) = &ns {
+                    ns.enter()?;
                 }
                 Ok(())
             });
@@ -165,6 +236,7 @@ impl Agent {
         Ok(Self {
             child,
             socket: socket.to_owned(),
+            root,
         })
     }
 
@@ -189,7 +261,116 @@ impl Agent {
             }
         }
         let _ = std::fs::remove_file(&self.socket);
+        if let Some(root) = &self.root {
+            let _ = std::fs::remove_dir_all(root);
+        }
     }
+}
+
+/// What the agent's child does between fork and exec to get its private `/root`, prepared
+/// before the fork so the child only makes system calls.
+#[derive(Debug)]
+struct Namespace {
+    /// The per-VM directory, as a C string.
+    source: std::ffi::CString,
+    /// `Some((uid_map, gid_map))` when a user namespace is needed (not root).
+    user: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Makes `root` (0700) and prepares the namespace that mounts it at `/root`.
+fn private_root(root: &Path) -> io::Result<Namespace> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let source = std::ffi::CString::new(root.as_os_str().as_bytes())
+        .map_err(|_| io::Error::other("the guest root path holds a NUL byte"))?;
+    // SAFETY: geteuid and getegid cannot fail and touch no memory.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let user = (uid != 0).then(|| {
+        (
+            format!("0 {uid} 1\n").into_bytes(),
+            format!("0 {gid} 1\n").into_bytes(),
+        )
+    });
+    Ok(Namespace { source, user })
+}
+
+impl Namespace {
+    /// In the child: a new mount namespace (and user namespace), private propagation, and
+    /// the per-VM directory bound at `/root`.
+    ///
+    /// # Safety
+    ///
+    /// Called between fork and exec: it only makes async-signal-safe system calls on
+    /// memory prepared before the fork.
+    unsafe fn enter(&self) -> io::Result<()> {
+        let check = |r: libc::c_int| {
+            if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        };
+        let flags = match self.user {
+            Some(_) => libc::CLONE_NEWNS | libc::CLONE_NEWUSER,
+            None => libc::CLONE_NEWNS,
+        };
+        // SAFETY: unshare takes flags only.
+        check(unsafe { libc::unshare(flags) })?;
+        if let Some((uid_map, gid_map)) = &self.user {
+            // SAFETY: the paths are NUL-terminated literals and the buffers live in `self`.
+            unsafe {
+                write_proc(c"/proc/self/setgroups", b"deny")?;
+                write_proc(c"/proc/self/uid_map", uid_map)?;
+                write_proc(c"/proc/self/gid_map", gid_map)?;
+            }
+        }
+        // SAFETY: mount with NUL-terminated strings that outlive the calls and null
+        // pointers where the kernel takes none.
+        unsafe {
+            check(libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
+            check(libc::mount(
+                self.source.as_ptr(),
+                c"/root".as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ))?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `bytes` to a `/proc` file in one `write`, between fork and exec.
+///
+/// # Safety
+///
+/// Makes only open, write and close calls on the given memory.
+unsafe fn write_proc(path: &std::ffi::CStr, bytes: &[u8]) -> io::Result<()> {
+    // SAFETY: a NUL-terminated path; the fd is closed below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: writes `bytes.len()` bytes from a live buffer to the fd opened above.
+    let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+    let err = io::Error::last_os_error();
+    // SAFETY: closes the fd opened above, once.
+    unsafe { libc::close(fd) };
+    if n < 0 {
+        return Err(err);
+    }
+    Ok(())
 }
 
 /// Relays host-initiated vsock connections to Unix sockets standing in for
@@ -549,7 +730,7 @@ mod tests {
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let socket = dir.path().join("v.sock.agent.sock");
         std::fs::write(&socket, "stale").expect("stale socket file");
-        let agent = Agent::spawn(&script, &socket).expect("spawn");
+        let (agent, _) = Agent::spawn(&script, &socket, None).expect("spawn");
         assert!(!socket.exists(), "stale socket removed before start");
         let args_file = dir.path().join("banger-agent.args");
         for _ in 0..100 {
@@ -563,5 +744,63 @@ mod tests {
         let started = std::time::Instant::now();
         agent.stop(Duration::from_secs(2)).await;
         assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    /// Two agents with a private root each write `/root/NAME`: each sees only its own, the
+    /// files land in the per-VM directories, and the host's `/root` never gets one.
+    #[tokio::test]
+    #[allow(clippy::print_stderr)] // the visible reason for a skip
+    async fn each_agent_gets_a_private_root() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = dir.path().join("banger-agent");
+        let name = format!("banger-fake-root-probe-{}", std::process::id());
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho \"$2\" > /root/{name}\nls /root > /root/listing\n\
+                 echo \"$HOME\" > /root/home\ntouch /root/done\nexec sleep 30\n"
+            ),
+        )
+        .expect("write");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let mut agents = Vec::new();
+        for vm in ["a", "b"] {
+            let uds = dir.path().join(format!("{vm}.vsock"));
+            let root = guest_root_path(&uds);
+            let (agent, unprivate) =
+                Agent::spawn(&script, &agent_socket_path(&uds), Some(&root)).expect("spawn");
+            if let Some(why) = unprivate {
+                agent.stop(Duration::from_secs(2)).await;
+                eprintln!("skipped: namespaces unavailable here ({why})");
+                return;
+            }
+            agents.push((agent, root, uds));
+        }
+        for (_, root, uds) in &agents {
+            for _ in 0..200 {
+                if root.join("done").exists() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let meta = std::fs::metadata(root).expect("root made");
+            assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+            let mine = std::fs::read_to_string(root.join(&name)).expect("written");
+            assert_eq!(mine.trim(), agent_socket_path(uds).display().to_string());
+            let listing = std::fs::read_to_string(root.join("listing")).unwrap();
+            assert_eq!(listing, format!("{name}\nlisting\n"), "only its own files");
+            assert_eq!(
+                std::fs::read_to_string(root.join("home")).unwrap(),
+                "/root\n"
+            );
+        }
+        assert!(
+            !Path::new("/root").join(&name).exists(),
+            "the host's /root was written"
+        );
+        for (agent, root, _) in agents {
+            agent.stop(Duration::from_secs(2)).await;
+            assert!(!root.exists(), "the private root goes with the agent");
+        }
     }
 }

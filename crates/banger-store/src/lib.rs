@@ -12,6 +12,7 @@
 pub mod images;
 pub mod migrations;
 pub mod vms;
+pub mod workspaces;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,6 +23,7 @@ pub use images::{ImageRow, KernelRow};
 pub use migrations::{MIGRATIONS, Migration};
 pub use rusqlite;
 pub use vms::VmRow;
+pub use workspaces::{WorkspaceMode, WorkspaceRow};
 
 /// How long a connection waits for a lock held by another connection.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -42,6 +42,13 @@ pub const MIGRATIONS: &[Migration] = &[
         // the VMM from a later process that got the same pid.
         sql: "ALTER TABLE vms ADD COLUMN vmm_start_time INTEGER CHECK (vmm_start_time >= 0);",
     },
+    Migration {
+        id: 4,
+        name: "vm_workspaces",
+        // A VM's workspace, typed, one row per VM (gone with the VM); the untyped
+        // `workspace_json` column, never written, goes.
+        sql: include_str!("migrations/0004_vm_workspaces.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -38,13 +38,12 @@ pub struct VmRow {
     pub vmm_start_time: Option<u64>,
     pub dir: String,
     pub error: Option<String>,
-    pub workspace_json: Option<String>,
     pub created_at: String,
     pub started_at: Option<String>,
 }
 
 const COLUMNS: &str = "id, name, image_id, state, vmm, cpus, memory_mib, disk_bytes, \
-    work_disk_bytes, nat, ip, mac, tap, vsock_cid, pid, dir, error, workspace_json, created_at, \
+    work_disk_bytes, nat, ip, mac, tap, vsock_cid, pid, dir, error, created_at, \
     started_at, vmm_start_time";
 
 /// A column of a row whose stored text does not decode (see [`StoreError::Corrupt`]).
@@ -114,10 +113,9 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Result<VmRow, BadColumn>> {
         pid: r.get(14)?,
         dir: r.get(15)?,
         error: r.get(16)?,
-        workspace_json: r.get(17)?,
-        created_at: r.get(18)?,
-        started_at: r.get(19)?,
-        vmm_start_time: r.get(20)?,
+        created_at: r.get(17)?,
+        started_at: r.get(18)?,
+        vmm_start_time: r.get(19)?,
     }))
 }
 
@@ -168,7 +166,7 @@ impl Store {
             .execute(
                 &format!(
                     "INSERT INTO vms ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
-                     ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
+                     ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
                 ),
                 params![
                     vm.id,
@@ -188,7 +186,6 @@ impl Store {
                     vm.pid,
                     vm.dir,
                     vm.error,
-                    vm.workspace_json,
                     vm.created_at,
                     vm.started_at,
                     vm.vmm_start_time
@@ -203,8 +200,8 @@ impl Store {
         self.conn()
             .execute(
                 "UPDATE vms SET state = ?2, cpus = ?3, memory_mib = ?4, disk_bytes = ?5, \
-                 work_disk_bytes = ?6, nat = ?7, pid = ?8, error = ?9, workspace_json = ?10, \
-                 started_at = ?11, vmm_start_time = ?12 WHERE id = ?1",
+                 work_disk_bytes = ?6, nat = ?7, pid = ?8, error = ?9, \
+                 started_at = ?10, vmm_start_time = ?11 WHERE id = ?1",
                 params![
                     vm.id,
                     vm.state.as_str(),
@@ -215,7 +212,6 @@ impl Store {
                     vm.nat,
                     vm.pid,
                     vm.error,
-                    vm.workspace_json,
                     vm.started_at,
                     vm.vmm_start_time
                 ],

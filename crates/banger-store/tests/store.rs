@@ -275,7 +275,6 @@ fn vm(id: &str, name: &str, ip: &str) -> banger_store::VmRow {
         vmm_start_time: None,
         dir: "/v".into(),
         error: None,
-        workspace_json: None,
         created_at: "2026-01-01T00:00:00Z".into(),
         started_at: None,
     }
@@ -450,4 +449,45 @@ fn adversarial_a_corrupt_vm_row_is_an_error_naming_row_and_column() {
         "{e:?}"
     );
     assert!(matches!(s.get_vm("good"), Err(StoreError::Corrupt(_))));
+}
+
+/// A VM's workspace is typed, replaced by a second prepare, survives a reopen and goes with
+/// the VM; a bad stored mode is an error naming the column.
+#[test]
+fn a_vm_workspace_round_trips_and_goes_with_its_vm() {
+    use banger_store::{WorkspaceMode, WorkspaceRow};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("banger.db");
+    let s = Store::open(&path).unwrap();
+    s.insert_image(&image("img1", "base")).unwrap();
+    s.insert_vm(&vm("a1", "web", "172.30.0.2")).unwrap();
+    assert_eq!(s.get_workspace("a1").unwrap(), None);
+    let mut ws = WorkspaceRow {
+        vm_id: "a1".into(),
+        guest_path: "/root/repo".into(),
+        host_path: "/home/me/app".into(),
+        head: "a".repeat(40),
+        branch: Some("main".into()),
+        mode: WorkspaceMode::Overlay,
+        include_untracked: false,
+        prepared_at: "2026-12-01T15:00:00Z".into(),
+    };
+    s.set_workspace(&ws).unwrap();
+    ws.mode = WorkspaceMode::FullCopy;
+    ws.branch = None;
+    ws.include_untracked = true;
+    s.set_workspace(&ws).unwrap();
+    drop(s);
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.get_workspace("a1").unwrap(), Some(ws.clone()));
+    assert_eq!(s.list_workspaces().unwrap(), vec![ws.clone()]);
+    // A workspace needs its VM.
+    let mut orphan = ws.clone();
+    orphan.vm_id = "nope".into();
+    assert!(s.set_workspace(&orphan).is_err());
+    s.conn()
+        .execute("UPDATE vm_workspaces SET mode = 'sideways'", [])
+        .unwrap_err();
+    s.delete_vm("a1").unwrap();
+    assert_eq!(s.list_workspaces().unwrap(), vec![]);
 }

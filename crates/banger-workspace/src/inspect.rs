@@ -38,6 +38,7 @@
 //! ? notes.txt                               untracked, from the working tree
 //! C vendor/dep/x.c                          full copy, from the working tree
 //! D old.txt                                 deleted in the working tree: removed in the guest
+//! tool pins: .mise.toml, go.mod             (only when some are: `mise install` runs)
 //! untracked: 3 skipped (include them with --include-untracked)
 //! ```
 //!
@@ -115,6 +116,70 @@ pub struct PlannedFile {
     pub source: FileSource,
 }
 
+/// A file at the repository root that pins tool versions: when one is there and the guest
+/// has `mise`, `mise install` runs in the workspace after a prepare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum ToolPin {
+    /// `.mise.toml`
+    #[serde(rename = ".mise.toml")]
+    DotMiseToml,
+    /// `mise.toml`
+    #[serde(rename = "mise.toml")]
+    MiseToml,
+    /// `.tool-versions` (asdf)
+    #[serde(rename = ".tool-versions")]
+    ToolVersions,
+    /// `.nvmrc` (node)
+    #[serde(rename = ".nvmrc")]
+    Nvmrc,
+    /// `.python-version`
+    #[serde(rename = ".python-version")]
+    PythonVersion,
+    /// `rust-toolchain`
+    #[serde(rename = "rust-toolchain")]
+    RustToolchain,
+    /// `rust-toolchain.toml`
+    #[serde(rename = "rust-toolchain.toml")]
+    RustToolchainToml,
+    /// `go.mod`
+    #[serde(rename = "go.mod")]
+    GoMod,
+}
+
+impl ToolPin {
+    /// Every pin file banger looks for, in this order.
+    pub const ALL: [ToolPin; 8] = [
+        ToolPin::DotMiseToml,
+        ToolPin::MiseToml,
+        ToolPin::ToolVersions,
+        ToolPin::Nvmrc,
+        ToolPin::PythonVersion,
+        ToolPin::RustToolchain,
+        ToolPin::RustToolchainToml,
+        ToolPin::GoMod,
+    ];
+
+    /// The file's name at the repository root.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            ToolPin::DotMiseToml => ".mise.toml",
+            ToolPin::MiseToml => "mise.toml",
+            ToolPin::ToolVersions => ".tool-versions",
+            ToolPin::Nvmrc => ".nvmrc",
+            ToolPin::PythonVersion => ".python-version",
+            ToolPin::RustToolchain => "rust-toolchain",
+            ToolPin::RustToolchainToml => "rust-toolchain.toml",
+            ToolPin::GoMod => "go.mod",
+        }
+    }
+}
+
+impl fmt::Display for ToolPin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.file_name())
+    }
+}
+
 /// The repository's own `user.name` / `user.email` (its local config, not the global one).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Identity {
@@ -158,6 +223,8 @@ pub struct Inspection {
     /// Of those, the ones that stay behind (all of them without `include_untracked`, and
     /// with `--from`).
     pub skipped_untracked: usize,
+    /// The tool pin files the guest's work tree has at its root.
+    pub tool_pins: Vec<ToolPin>,
 }
 
 impl Inspection {
@@ -378,6 +445,14 @@ pub fn inspect(
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     files.dedup_by(|a, b| a.path == b.path);
+    let tool_pins = ToolPin::ALL
+        .into_iter()
+        .filter(|pin| {
+            files
+                .binary_search_by(|f| f.path.as_str().cmp(pin.file_name()))
+                .is_ok()
+        })
+        .collect();
 
     Ok(Inspection {
         path: canonical,
@@ -399,6 +474,7 @@ pub fn inspect(
         } else {
             status.untracked.len()
         },
+        tool_pins,
     })
 }
 
@@ -665,6 +741,10 @@ impl fmt::Display for Inspection {
         for path in &self.deleted {
             writeln!(f, "D {}", shown(path))?;
         }
+        if !self.tool_pins.is_empty() {
+            let pins: Vec<&str> = self.tool_pins.iter().map(|p| p.file_name()).collect();
+            writeln!(f, "tool pins: {}", pins.join(", "))?;
+        }
         match (self.untracked, self.skipped_untracked) {
             (0, _) => writeln!(f, "untracked: none"),
             (n, 0) => writeln!(f, "untracked: {n} shipped"),
@@ -706,6 +786,7 @@ mod tests {
             submodules: vec![],
             untracked: 2,
             skipped_untracked: 2,
+            tool_pins: vec![],
         }
     }
 

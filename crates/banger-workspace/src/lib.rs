@@ -25,8 +25,8 @@ pub use export::{
 };
 pub use git::{Git, GitError};
 pub use inspect::{
-    FileSource, Identity, InspectError, InspectOptions, Inspection, PlannedFile, TransferMode,
-    current_head, inspect,
+    FileSource, Identity, InspectError, InspectOptions, Inspection, PlannedFile, ToolPin,
+    TransferMode, current_head, inspect,
 };
 pub use script::{DEFAULT_GUEST_PATH, Existing, ScriptError, export_script, prepare_script};
 pub use stream::{StreamError, StreamStats, write_stream};

@@ -18,8 +18,8 @@ use banger_core::quote::shell_word;
 use banger_core::runner::SystemRunner;
 use banger_workspace::{
     Change, ChangedFile, Existing, Export, FileSource, Git, InspectError, InspectOptions,
-    Inspection, StreamStats, TransferMode, export_script, inspect, parse_export, prepare_script,
-    write_stream,
+    Inspection, StreamStats, ToolPin, TransferMode, export_script, inspect, parse_export,
+    prepare_script, write_stream,
 };
 
 /// A sandbox: a temporary directory with a private `HOME` and git config.
@@ -1091,4 +1091,39 @@ fn a_file_name_that_is_not_utf8_is_refused() {
     let err = inspect(&sandbox.git(), &root, &InspectOptions::default()).unwrap_err();
     assert!(matches!(err, InspectError::NonUtf8Path { .. }), "{err:?}");
     assert!(err.to_string().contains("not UTF-8"), "{err}");
+}
+
+#[test]
+fn tool_pins_at_the_root_are_listed_and_printed() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.repo(
+        "pinned",
+        &[
+            ("go.mod", b"module x\n"),
+            (".tool-versions", b"nodejs 20\n"),
+            ("sub/.nvmrc", b"20\n"),
+        ],
+    );
+    let git = sandbox.git();
+    let plan = inspect(&git, &root.join("sub"), &InspectOptions::default()).unwrap();
+    assert_eq!(plan.tool_pins, vec![ToolPin::ToolVersions, ToolPin::GoMod]);
+    assert!(
+        plan.to_string()
+            .contains("\ntool pins: .tool-versions, go.mod\n"),
+        "{plan}"
+    );
+    assert_eq!(
+        serde_json::to_value(&plan).unwrap()["tool_pins"],
+        serde_json::json!([".tool-versions", "go.mod"])
+    );
+    // An untracked pin file travels (and counts) only with the untracked files.
+    write(&root, "mise.toml", b"[tools]\n");
+    let plan = inspect(&git, &root, &InspectOptions::default()).unwrap();
+    assert!(!plan.tool_pins.contains(&ToolPin::MiseToml));
+    let with = InspectOptions {
+        include_untracked: true,
+        ..InspectOptions::default()
+    };
+    let plan = inspect(&git, &root, &with).unwrap();
+    assert!(plan.tool_pins.contains(&ToolPin::MiseToml));
 }

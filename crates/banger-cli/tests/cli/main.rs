@@ -10,3 +10,4 @@ mod guest;
 mod host;
 mod inputs;
 mod vm;
+mod workspace;

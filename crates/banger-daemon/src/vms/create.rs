@@ -143,7 +143,6 @@ pub async fn create(
             vmm_start_time: None,
             dir: dir.display().to_string(),
             error: None,
-            workspace_json: None,
             created_at: state.now(),
             started_at: None,
         };

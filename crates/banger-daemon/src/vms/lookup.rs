@@ -111,7 +111,6 @@ mod tests {
             vmm_start_time: None,
             dir: "/x".into(),
             error: None,
-            workspace_json: None,
             created_at: "t".into(),
             started_at: None,
         }

@@ -69,4 +69,4 @@ pub use exec::{UPGRADE_EXEC, relay};
 pub use lookup::resolve;
 pub use query::{list, show, stats};
 pub use reconcile::{monitor, reconcile, reconcile_running};
-pub use view::BOOT_ARGS;
+pub use view::{BOOT_ARGS, workspace_view};

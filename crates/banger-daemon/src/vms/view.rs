@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use banger_api::types::Vm;
-use banger_store::{ImageRow, VmRow};
+use banger_api::types::{Vm, Workspace, WorkspaceMode};
+use banger_store::{ImageRow, VmRow, WorkspaceRow};
 
 use banger_vmm::{KernelFiles, VmSpec, Vmm};
 
@@ -14,6 +14,22 @@ use crate::state::AppState;
 /// Kernel command line for guests, the same on every backend (each adds what its machine
 /// needs): serial console, reboot on panic, root on the first disk.
 pub const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 root=/dev/vda rw";
+
+/// The API view of a stored workspace.
+pub fn workspace_view(ws: &WorkspaceRow) -> Workspace {
+    Workspace {
+        guest_path: ws.guest_path.clone(),
+        host_path: PathBuf::from(&ws.host_path),
+        head: ws.head.clone(),
+        branch: ws.branch.clone(),
+        mode: match ws.mode {
+            banger_store::WorkspaceMode::Overlay => WorkspaceMode::Overlay,
+            banger_store::WorkspaceMode::FullCopy => WorkspaceMode::FullCopy,
+        },
+        include_untracked: ws.include_untracked,
+        prepared_at: ws.prepared_at.clone(),
+    }
+}
 
 impl AppState {
     /// The API view of a row.
@@ -48,15 +64,12 @@ impl AppState {
             vmm_log: dir.join(crate::logcap::VMM_LOG),
             dir,
             error: row.error.clone(),
-            workspace: row
-                .workspace_json
-                .as_deref()
-                .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
-                .and_then(|v| {
-                    v.get("guest_path")
-                        .and_then(|p| p.as_str())
-                        .map(String::from)
-                }),
+            workspace: self
+                .db(|s| s.get_workspace(&row.id))
+                .ok()
+                .flatten()
+                .as_ref()
+                .map(workspace_view),
         }
     }
 
