@@ -260,7 +260,7 @@ fn daemon_of_another_build_is_replaced() {
 }
 
 #[test]
-fn vm_exec_sends_its_upgrade_with_the_build_check_and_makes_it_again_on_the_replacement() {
+fn vm_exec_sends_its_lookup_and_upgrade_with_the_build_check_and_makes_them_again_on_the_replacement() {
     let home = Home::new();
     let mut old = Command::new("sleep").arg("60").spawn().unwrap();
     let fake = fake_old_daemon(&home.socket(), old.id());
@@ -270,15 +270,14 @@ fn vm_exec_sends_its_upgrade_with_the_build_check_and_makes_it_again_on_the_repl
         .output()
         .unwrap();
     let seen = fake.join().unwrap();
-    // The old daemon got the exec upgrade alongside the status, and was still stopped: the
-    // early connection was closed before the shutdown, and nothing else was asked of it.
-    assert_eq!(seen.len(), 3, "{seen:?}");
-    assert!(seen[..2].contains(&"/v1/status".to_string()), "{seen:?}");
-    assert!(
-        seen[..2].contains(&"/v1/vms/box/exec".to_string()),
-        "{seen:?}"
-    );
-    assert_eq!(seen[2], "/v1/shutdown");
+    // The old daemon got the VM lookup and the exec upgrade alongside the status, and was
+    // still stopped: the early connections were closed before the shutdown, and nothing else
+    // was asked of it.
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    for early in ["/v1/status", "/v1/vms/box", "/v1/vms/box/exec"] {
+        assert!(seen[..3].contains(&early.to_string()), "{seen:?}");
+    }
+    assert_eq!(seen[3], "/v1/shutdown");
     assert!(old.try_wait().unwrap().is_some() || old.wait().is_ok());
     // The exec was made again, on the new daemon, which has no VM of that name.
     let stderr = String::from_utf8_lossy(&out.stderr);
