@@ -47,6 +47,9 @@ pub struct Config {
     pub max_log_size: ByteSize,
     /// More host files copied into every VM's work disk on each start (see [`FileSync`]).
     pub file_sync: Vec<FileSync>,
+    /// The npm registry `image bootstrap` fetches the prebuilt `mise` from (an `http://` or
+    /// `https://` base URL).
+    pub npm_registry: String,
 }
 
 /// One `[[file_sync]]` entry: a file of the owner's home copied into the guest on every VM
@@ -228,9 +231,13 @@ impl Default for Config {
             guest_dns: Vec::new(),
             max_log_size: ByteSize::mib(64),
             file_sync: Vec::new(),
+            npm_registry: DEFAULT_NPM_REGISTRY.to_string(),
         }
     }
 }
+
+/// The public npm registry.
+pub const DEFAULT_NPM_REGISTRY: &str = "https://registry.npmjs.org";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -355,6 +362,20 @@ impl Config {
                 return Err(bad(key, v.to_string(), "must be 1 to 3600 seconds".into()));
             }
         }
+        let registry = &self.npm_registry;
+        let host = registry
+            .strip_prefix("https://")
+            .or_else(|| registry.strip_prefix("http://"))
+            .unwrap_or("");
+        if host.trim_end_matches('/').is_empty()
+            || registry.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(bad(
+                "npm_registry",
+                registry.clone(),
+                "an http:// or https:// URL".into(),
+            ));
+        }
         if self.max_log_size < MIN_LOG_SIZE {
             return Err(bad(
                 "max_log_size",
@@ -467,6 +488,25 @@ mod tests {
         let e = parse("log_level = \"loud\"\n").unwrap_err().to_string();
         assert!(e.contains("log_level") && e.contains("loud"), "{e}");
         assert!(parse("log_level = \n").is_err());
+    }
+
+    #[test]
+    fn npm_registry_is_an_http_url() {
+        assert_eq!(
+            parse("").unwrap().config.npm_registry,
+            "https://registry.npmjs.org"
+        );
+        let l = parse("npm_registry = \"http://127.0.0.1:4873/\"\n").unwrap();
+        assert_eq!(l.config.npm_registry, "http://127.0.0.1:4873/");
+        for bad in ["registry.npmjs.org", "ftp://x", "https://", "https://a b"] {
+            let e = parse(&format!("npm_registry = {bad:?}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("npm_registry") && e.contains("http:// or https:// URL"),
+                "{e}"
+            );
+        }
     }
 
     fn entry(host: &str, guest: &str) -> FileSync {

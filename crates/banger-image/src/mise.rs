@@ -111,6 +111,8 @@ pub struct MiseBinary {
 pub enum MiseError {
     #[error("mise: bad version {version:?}: expected digits, letters, '.' and '-'")]
     BadVersion { version: String },
+    #[error("mise: cannot make an HTTP client")]
+    Client(#[source] reqwest::Error),
     #[error("mise: cannot reach the npm registry at {url}")]
     Http {
         url: String,
@@ -173,6 +175,18 @@ struct Dist {
     sha512: Vec<u8>,
 }
 
+/// An HTTP client for [`fetch`]: rustls trusting the host's certificate store and the webpki
+/// roots (a TLS-inspecting proxy's CA is in the former), `user_agent`, a 30 s connect
+/// and a 60 s read timeout (a stalled download fails instead of hanging the bootstrap).
+pub fn http_client(user_agent: &str) -> Result<reqwest::Client, MiseError> {
+    reqwest::Client::builder()
+        .user_agent(user_agent)
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .read_timeout(std::time::Duration::from_secs(60))
+        .build()
+        .map_err(MiseError::Client)
+}
+
 /// Fetches (or finds in the cache) the stripped binary; see the module docs.
 pub async fn fetch(
     client: &reqwest::Client,
@@ -207,7 +221,7 @@ pub async fn fetch(
         .await
         .map_err(|source| MiseError::Http {
             url: url.clone(),
-            source,
+            source: source.without_url(),
         })?;
     let dist = parse_metadata(&url, &body, &req.version)?;
     let dir = req.dir();
@@ -259,7 +273,7 @@ async fn get(client: &reqwest::Client, url: &str) -> Result<reqwest::Response, M
         .await
         .map_err(|source| MiseError::Http {
             url: url.to_string(),
-            source,
+            source: source.without_url(),
         })?;
     if !resp.status().is_success() {
         return Err(MiseError::Status {
@@ -372,7 +386,7 @@ async fn download(client: &reqwest::Client, dist: &Dist, dest: &Path) -> Result<
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|source| MiseError::Http {
             url: url.clone(),
-            source,
+            source: source.without_url(),
         })?;
         total += chunk.len() as u64;
         if total > MAX_TARBALL {
@@ -446,7 +460,7 @@ fn extract_and_strip(
     let after = fs::metadata(&stripped)
         .map_err(MiseError::io(&stripped, "inspect the stripped binary"))?
         .len();
-    let (keep, note) = match misaligned_load_segment(&stripped) {
+    let (keep, note) = match broken_by_strip(&full, &stripped) {
         Some(why) => (
             full,
             format!(
@@ -489,10 +503,21 @@ fn strip(runner: &dyn CommandRunner, input: &Path, output: &Path) -> Result<(), 
     Err(MiseError::StripToolMissing)
 }
 
-/// Why the ELF file `path` cannot be mapped: a `PT_LOAD` segment whose file offset is not
-/// congruent to its address modulo its alignment. `None` for a mappable ELF file and for
-/// anything that is not a 64-bit little-endian ELF file (a script, say: nothing to check).
-fn misaligned_load_segment(path: &Path) -> Option<String> {
+/// One `PT_LOAD` program header: file offset, address, file size, memory size, flags,
+/// alignment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Load {
+    offset: u64,
+    vaddr: u64,
+    filesz: u64,
+    memsz: u64,
+    flags: u32,
+    align: u64,
+}
+
+/// The `PT_LOAD` segments of a 64-bit little-endian ELF file; `None` for anything else (a
+/// script, say).
+fn load_segments(path: &Path) -> Option<Vec<Load>> {
     use std::io::{Seek, SeekFrom};
     let mut f = fs::File::open(path).ok()?;
     let mut head = [0u8; 64];
@@ -501,6 +526,7 @@ fn misaligned_load_segment(path: &Path) -> Option<String> {
         return None;
     }
     let u16_at = |d: &[u8], o: usize| u16::from_le_bytes([d[o], d[o + 1]]) as usize;
+    let u32_at = |d: &[u8], o: usize| u32::from_le_bytes([d[o], d[o + 1], d[o + 2], d[o + 3]]);
     let u64_at = |d: &[u8], o: usize| {
         let mut b = [0u8; 8];
         b.copy_from_slice(&d[o..o + 8]);
@@ -514,12 +540,51 @@ fn misaligned_load_segment(path: &Path) -> Option<String> {
     let mut table = vec![0u8; phentsize * phnum];
     f.read_exact(&mut table).ok()?;
     const PT_LOAD: u32 = 1;
-    for ph in table.chunks_exact(phentsize) {
-        let p_type = u32::from_le_bytes([ph[0], ph[1], ph[2], ph[3]]);
-        let (offset, vaddr, align) = (u64_at(ph, 8), u64_at(ph, 16), u64_at(ph, 48));
-        if p_type == PT_LOAD && align > 1 && offset % align != vaddr % align {
+    Some(
+        table
+            .chunks_exact(phentsize)
+            .filter(|ph| u32_at(ph, 0) == PT_LOAD)
+            .map(|ph| Load {
+                flags: u32_at(ph, 4),
+                offset: u64_at(ph, 8),
+                vaddr: u64_at(ph, 16),
+                filesz: u64_at(ph, 32),
+                memsz: u64_at(ph, 40),
+                align: u64_at(ph, 48),
+            })
+            .collect(),
+    )
+}
+
+/// Why `stripped` cannot stand in for the ELF file `full`: stripping must leave every
+/// loadable segment where it was (address, sizes, flags) and at a file offset congruent to
+/// its address modulo its alignment, or the kernel maps the code somewhere else. `None` when
+/// it can, and when `full` is not an ELF file (nothing to compare).
+fn broken_by_strip(full: &Path, stripped: &Path) -> Option<String> {
+    let before = load_segments(full)?;
+    let Some(after) = load_segments(stripped) else {
+        return Some("the result is not an ELF file".into());
+    };
+    if before.len() != after.len() {
+        return Some(format!(
+            "{} loadable segments became {}",
+            before.len(),
+            after.len()
+        ));
+    }
+    for (b, a) in before.iter().zip(&after) {
+        let moved = (b.vaddr, b.filesz, b.memsz, b.flags, b.align)
+            != (a.vaddr, a.filesz, a.memsz, a.flags, a.align);
+        if moved {
             return Some(format!(
-                "its loadable segment for address {vaddr:#x} would sit at file offset {offset:#x}, not {align:#x}-aligned"
+                "the loadable segment at address {:#x} moved to {:#x} (size {:#x} to {:#x})",
+                b.vaddr, a.vaddr, b.filesz, a.filesz
+            ));
+        }
+        if a.align > 1 && a.offset % a.align != a.vaddr % a.align {
+            return Some(format!(
+                "the loadable segment at address {:#x} would sit at file offset {:#x}, not {:#x}-aligned",
+                a.vaddr, a.offset, a.align
             ));
         }
     }
@@ -717,10 +782,8 @@ mod tests {
     ) -> (Result<MiseBinary, MiseError>, Vec<String>) {
         let mut lines = Vec::new();
         let req = MiseRequest::new(&reg.url, cache);
-        let r = fetch(&reqwest::Client::new(), &req, runner, &mut |l| {
-            lines.push(l.to_string())
-        })
-        .await;
+        let client = http_client("banger-test").unwrap();
+        let r = fetch(&client, &req, runner, &mut |l| lines.push(l.to_string())).await;
         (r, lines)
     }
 
@@ -945,18 +1008,36 @@ mod tests {
     }
 
     #[test]
-    fn misaligned_load_segments_are_found() {
+    fn a_strip_that_moves_or_misaligns_a_segment_is_found() {
         let dir = tempfile::tempdir().unwrap();
-        let check = |data: &[u8]| {
-            let p = dir.path().join("f");
+        let file = |name: &str, data: &[u8]| {
+            let p = dir.path().join(name);
             fs::write(&p, data).unwrap();
-            misaligned_load_segment(&p)
+            p
         };
-        assert_eq!(check(&elf(0x6e0_0000, 0x720_0000, 0x20_0000)), None);
-        let why = check(&elf(0x6b6_9730, 0x720_0000, 0x20_0000)).unwrap();
-        assert!(why.contains("0x6b69730"), "{why}");
-        assert_eq!(check(STRIPPED), None);
-        assert_eq!(check(&elf(0x1234, 0x5678, 1)), None);
+        // Offsets and addresses as in mise 2026.9.15, and as binutils 2.40 and llvm-strip
+        // 14 rewrite them.
+        let full = file("full", &elf(0x6e0_0000, 0x720_0000, 0x20_0000));
+        let same = file("same", &elf(0x6e0_0000, 0x720_0000, 0x20_0000));
+        assert_eq!(broken_by_strip(&full, &same), None);
+        let repacked = file("repacked", &elf(0x600_0000, 0x720_0000, 0x20_0000));
+        assert_eq!(broken_by_strip(&full, &repacked), None);
+        let llvm = file("llvm", &elf(0x6b6_9730, 0x720_0000, 0x20_0000));
+        let why = broken_by_strip(&full, &llvm).unwrap();
+        assert!(
+            why.contains("0x6b69730") && why.contains("not 0x200000-aligned"),
+            "{why}"
+        );
+        let gnu = file("gnu", &elf(0x6b6_9730, 0x716_9730, 0x20_0000));
+        let why = broken_by_strip(&full, &gnu).unwrap();
+        assert!(why.contains("moved to 0x7169730"), "{why}");
+        let script = file("script", STRIPPED);
+        assert!(
+            broken_by_strip(&full, &script)
+                .unwrap()
+                .contains("not an ELF")
+        );
+        assert_eq!(broken_by_strip(&script, &script), None);
     }
 
     #[tokio::test]
