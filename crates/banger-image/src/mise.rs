@@ -207,7 +207,7 @@ pub async fn fetch(
     let r2 = req.clone();
     if let Some(hit) = blocking(move || cached(&r2)).await? {
         progress(&format!(
-            "mise {}: cached ({} MiB, sha256 {})",
+            "{} cached ({} MiB, sha256 {})",
             req.version,
             hit.size >> 20,
             &hit.sha256[..12]
@@ -230,15 +230,11 @@ pub async fn fetch(
         .prefix(".fetch-")
         .tempdir_in(&dir)
         .map_err(MiseError::io(&dir, "create a temporary directory in"))?;
-    progress(&format!(
-        "mise {}: downloading {}",
-        req.version, dist.tarball
-    ));
+    progress(&format!("downloading {}", dist.tarball));
     let tgz = work.path().join("package.tgz");
     let bytes = download(client, &dist, &tgz).await?;
     progress(&format!(
-        "mise {}: {} MiB downloaded, sha512 integrity verified; extracting and stripping",
-        req.version,
+        "{} MiB downloaded, sha512 integrity verified; extracting and stripping",
         bytes >> 20
     ));
     let (r2, url) = (req.clone(), dist.tarball.clone());
@@ -250,7 +246,7 @@ pub async fn fetch(
     })
     .await?;
     progress(&format!(
-        "mise {}: {note}; cached ({} MiB, sha256 {})",
+        "{} {note}; cached ({} MiB, sha256 {})",
         req.version,
         binary.size >> 20,
         &binary.sha256[..12]
