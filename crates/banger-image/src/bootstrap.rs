@@ -26,7 +26,7 @@ use banger_core::runner::CommandRunner;
 use crate::ImageError;
 
 /// The packages installed on top of the variant.
-pub const DEFAULT_PACKAGES: [&str; 34] = [
+pub const DEFAULT_PACKAGES: [&str; 35] = [
     "systemd",
     "systemd-sysv",
     "dbus",
@@ -61,8 +61,12 @@ pub const DEFAULT_PACKAGES: [&str; 34] = [
     "tmux",
     "vim-tiny",
     "openssh-client",
-    // Docker, socket-activated (see [`BOOT_DISABLED_UNITS`]).
+    // Docker, socket-activated (see [`BOOT_DISABLED_UNITS`]). `apparmor` (a Recommends)
+    // because guests run the host's kernel, where AppArmor is usually on: dockerd then
+    // refuses to run a container unless `apparmor_parser` can load its `docker-default`
+    // profile.
     "docker.io",
+    "apparmor",
 ];
 
 /// dpkg paths left out of the image.
@@ -80,11 +84,15 @@ const DPKG_EXCLUDES: [&str; 6] = [
 ///   `docker.socket` the package enables stays, so the first `docker` command starts
 ///   dockerd, which pulls in containerd (`Wants=containerd.service`); a boot pays for
 ///   neither daemon.
+/// - `apparmor.service`: it compiles and loads every profile in `/etc/apparmor.d` at boot;
+///   a sandbox confines nothing with them. Docker loads the one profile it needs
+///   (`docker-default`) itself with `apparmor_parser` when it starts.
 ///
 /// The enable links are removed (there is no systemctl to run in a tar being built), which
 /// is what `systemctl disable` does; deb-systemd-helper's `was-enabled` then reads the units
 /// as disabled, so a package upgrade in the guest does not enable them again.
-pub const BOOT_DISABLED_UNITS: [&str; 2] = ["docker.service", "containerd.service"];
+pub const BOOT_DISABLED_UNITS: [&str; 3] =
+    ["docker.service", "containerd.service", "apparmor.service"];
 
 /// Shell commands run by mmdebstrap after installation, `$1` being the root.
 const CUSTOMIZE_HOOKS: [&str; 6] = [
@@ -93,7 +101,7 @@ const CUSTOMIZE_HOOKS: [&str; 6] = [
     r#"rm -f "$1/etc/resolv.conf""#,
     r#"if [ -f "$1/etc/shadow" ]; then sed -i -e 's/^root:[^:]*:/root:*:/' "$1/etc/shadow"; fi"#,
     // BOOT_DISABLED_UNITS, wherever a package's [Install] put their links.
-    r#"for u in docker.service containerd.service; do rm -f "$1"/etc/systemd/system/*.wants/"$u"; done"#,
+    r#"for u in docker.service containerd.service apparmor.service; do rm -f "$1"/etc/systemd/system/*.wants/"$u"; done"#,
     // Socket activation for Docker: docker.socket enabled whenever docker.io is installed.
     r#"if [ -e "$1/usr/lib/systemd/system/docker.socket" ]; then mkdir -p "$1/etc/systemd/system/sockets.target.wants" && ln -sfn /lib/systemd/system/docker.socket "$1/etc/systemd/system/sockets.target.wants/docker.socket"; fi"#,
 ];
@@ -395,6 +403,7 @@ mod tests {
             "vim-tiny",
             "openssh-client",
             "docker.io",
+            "apparmor",
         ] {
             assert!(DEFAULT_PACKAGES.contains(&p), "{p}");
         }
