@@ -368,7 +368,9 @@ impl Config {
             .or_else(|| registry.strip_prefix("http://"))
             .unwrap_or("");
         if host.trim_end_matches('/').is_empty()
-            || registry.chars().any(|c| c.is_whitespace() || c.is_control())
+            || registry
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
         {
             return Err(bad(
                 "npm_registry",

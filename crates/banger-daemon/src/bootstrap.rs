@@ -158,7 +158,12 @@ async fn fetch_mise(
     let req = mise::MiseRequest::new(&state.opts.config.npm_registry, cache);
     progress.stage(
         "mise",
-        format!("{} {} from {}", mise::MISE_PACKAGE, req.version, req.registry),
+        format!(
+            "{} {} from {}",
+            mise::MISE_PACKAGE,
+            req.version,
+            req.registry
+        ),
     );
     let client = mise::http_client(&format!("banger/{}", state.opts.build.version))
         .map_err(|e| image_err("mise")(e.into()))?;
