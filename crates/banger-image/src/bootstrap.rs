@@ -296,6 +296,18 @@ mod tests {
         assert_eq!(args.last().unwrap(), "o.tar");
     }
 
+    /// Runs every customize hook on `root` as mmdebstrap does (`sh -c HOOK hook ROOT`).
+    fn run_hooks(root: &Path) {
+        for hook in CUSTOMIZE_HOOKS {
+            let status = std::process::Command::new("sh")
+                .args(["-c", hook, "hook"])
+                .arg(root)
+                .status()
+                .unwrap();
+            assert!(status.success(), "{hook}");
+        }
+    }
+
     #[test]
     fn the_hooks_neutralise_hostname_hosts_resolv_and_lock_root() {
         let dir = tempfile::tempdir().unwrap();
@@ -320,14 +332,7 @@ mod tests {
             "[Socket]\n",
         )
         .unwrap();
-        for hook in CUSTOMIZE_HOOKS {
-            let status = std::process::Command::new("sh")
-                .args(["-c", hook, "hook"])
-                .arg(root)
-                .status()
-                .unwrap();
-            assert!(status.success(), "{hook}");
-        }
+        run_hooks(root);
         assert_eq!(
             fs::read_to_string(root.join("etc/hostname")).unwrap(),
             "localhost\n"
@@ -372,14 +377,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         fs::create_dir(root.join("etc")).unwrap();
-        for hook in CUSTOMIZE_HOOKS {
-            let status = std::process::Command::new("sh")
-                .args(["-c", hook, "hook"])
-                .arg(root)
-                .status()
-                .unwrap();
-            assert!(status.success(), "{hook}");
-        }
+        run_hooks(root);
         assert!(
             !root
                 .join("etc/systemd/system/sockets.target.wants")
