@@ -51,6 +51,9 @@ pub struct Config {
     pub dns: bool,
     /// Where the `.vm` DNS server listens, UDP and TCP (port 0: any free port).
     pub dns_listen: std::net::SocketAddr,
+    /// The npm registry `image bootstrap` fetches the prebuilt `mise` from (an `http://` or
+    /// `https://` base URL).
+    pub npm_registry: String,
 }
 
 /// Where the `.vm` DNS server listens unless config says otherwise.
@@ -239,9 +242,13 @@ impl Default for Config {
             file_sync: Vec::new(),
             dns: true,
             dns_listen: DEFAULT_DNS_LISTEN,
+            npm_registry: DEFAULT_NPM_REGISTRY.to_string(),
         }
     }
 }
+
+/// The public npm registry.
+pub const DEFAULT_NPM_REGISTRY: &str = "https://registry.npmjs.org";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -366,6 +373,22 @@ impl Config {
                 return Err(bad(key, v.to_string(), "must be 1 to 3600 seconds".into()));
             }
         }
+        let registry = &self.npm_registry;
+        let host = registry
+            .strip_prefix("https://")
+            .or_else(|| registry.strip_prefix("http://"))
+            .unwrap_or("");
+        if host.trim_end_matches('/').is_empty()
+            || registry
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(bad(
+                "npm_registry",
+                registry.clone(),
+                "an http:// or https:// URL".into(),
+            ));
+        }
         if self.max_log_size < MIN_LOG_SIZE {
             return Err(bad(
                 "max_log_size",
@@ -478,6 +501,25 @@ mod tests {
         let e = parse("log_level = \"loud\"\n").unwrap_err().to_string();
         assert!(e.contains("log_level") && e.contains("loud"), "{e}");
         assert!(parse("log_level = \n").is_err());
+    }
+
+    #[test]
+    fn npm_registry_is_an_http_url() {
+        assert_eq!(
+            parse("").unwrap().config.npm_registry,
+            "https://registry.npmjs.org"
+        );
+        let l = parse("npm_registry = \"http://127.0.0.1:4873/\"\n").unwrap();
+        assert_eq!(l.config.npm_registry, "http://127.0.0.1:4873/");
+        for bad in ["registry.npmjs.org", "ftp://x", "https://", "https://a b"] {
+            let e = parse(&format!("npm_registry = {bad:?}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("npm_registry") && e.contains("http:// or https:// URL"),
+                "{e}"
+            );
+        }
     }
 
     fn entry(host: &str, guest: &str) -> FileSync {

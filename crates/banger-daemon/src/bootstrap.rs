@@ -1,4 +1,5 @@
-//! Images built by banger itself: `image bootstrap` (Debian packages → mmdebstrap tar →
+//! Images built by banger itself: `image bootstrap` (the pinned `mise` from the npm registry
+//! `npm_registry`, cached → Debian packages → mmdebstrap tar → both tars flattened into a
 //! bundle → managed image) and `image import` (a bundle file → managed image).
 //!
 //! A bundle is unpacked into `images/<id>` through a staging directory, so a failed import
@@ -78,6 +79,7 @@ pub async fn bootstrap(
         .map_err(OpError::io("create a work dir in", &cache))?;
     let tar = work.path().join("rootfs.tar");
     let runner = state.host.runner.clone();
+    let mise_tar = fetch_mise(&state, &cache, work.path(), &progress, &cancel).await?;
     let spec = banger_image::bootstrap::DebianBootstrap::new(&suite);
     progress.stage("mmdebstrap", format!("Debian {suite} from Debian packages"));
     let p = progress.clone();
@@ -100,7 +102,10 @@ pub async fn bootstrap(
     );
     let bundles = state.opts.layout.state_dir.join("bundles");
     let req2 = banger_image::bundle::MakeBundle {
-        rootfs_tars: vec![banger_image::flatten::TarInput::Path(tar)],
+        rootfs_tars: vec![
+            banger_image::flatten::TarInput::Path(tar),
+            banger_image::flatten::TarInput::Path(mise_tar),
+        ],
         name: req.name.clone(),
         distro: format!("debian-{suite}"),
         arch: std::env::consts::ARCH.to_string(),
@@ -138,6 +143,44 @@ pub async fn bootstrap(
         format!("ready in {:.1}s", progress.elapsed().as_secs_f64()),
     );
     Ok(image)
+}
+
+/// The pinned `mise` from the configured npm registry (the cache first), as a one-entry tar
+/// in `work` to flatten over the Debian tree.
+async fn fetch_mise(
+    state: &Arc<AppState>,
+    cache: &Path,
+    work: &Path,
+    progress: &Progress,
+    cancel: &CancellationToken,
+) -> Result<PathBuf, OpError> {
+    use banger_image::mise;
+    let req = mise::MiseRequest::new(&state.opts.config.npm_registry, cache);
+    progress.stage(
+        "mise",
+        format!(
+            "{} {} from {}",
+            mise::MISE_PACKAGE,
+            req.version,
+            req.registry
+        ),
+    );
+    let client = mise::http_client(&format!("banger/{}", state.opts.build.version))
+        .map_err(|e| image_err("mise")(e.into()))?;
+    let p = progress.clone();
+    let mut report = move |m: &str| p.stage("mise", m);
+    let fetched = tokio::select! {
+        r = mise::fetch(&client, &req, state.host.runner.clone(), &mut report) => r,
+        () = cancel.cancelled() => return Err(OpError::Cancelled),
+    };
+    let binary = fetched.map_err(|e| image_err("mise")(e.into()))?;
+    let out = work.join("mise.tar");
+    let o2 = out.clone();
+    tokio::task::spawn_blocking(move || mise::layer_tar(&binary.path, &o2))
+        .await
+        .map_err(|e| OpError::Join(e.to_string()))?
+        .map_err(image_err("mise"))?;
+    Ok(out)
 }
 
 /// `image import`: registers a bundle file.

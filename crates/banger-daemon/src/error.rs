@@ -442,6 +442,26 @@ fn image_kind(e: &banger_image::ImageError) -> ErrorKind {
         I::Spawn(s) => spawn_kind(s),
         I::Command { stderr_tail, .. } => text_kind(stderr_tail),
         I::Mknod { message, .. } => text_kind(message),
+        I::Mise(m) => mise_kind(m),
+    }
+}
+
+fn mise_kind(e: &banger_image::mise::MiseError) -> ErrorKind {
+    use banger_image::mise::MiseError as M;
+    match e {
+        // The registry (or the way to it) failed banger: not the caller's input.
+        M::Http { .. }
+        | M::Status { .. }
+        | M::Metadata { .. }
+        | M::NoSuchVersion { .. }
+        | M::Integrity { .. }
+        | M::TooLarge { .. }
+        | M::NoBinary { .. }
+        | M::Tarball { .. }
+        | M::StripToolMissing => ErrorKind::Unavailable,
+        M::Strip(inner) => image_kind(inner),
+        M::Io { source, .. } => io_kind(source),
+        M::BadVersion { .. } | M::Client(_) | M::Join(_) => ErrorKind::Internal,
     }
 }
 

@@ -26,7 +26,7 @@ use banger_core::runner::CommandRunner;
 use crate::ImageError;
 
 /// The packages installed on top of the variant.
-pub const DEFAULT_PACKAGES: [&str; 21] = [
+pub const DEFAULT_PACKAGES: [&str; 35] = [
     "systemd",
     "systemd-sysv",
     "dbus",
@@ -48,6 +48,25 @@ pub const DEFAULT_PACKAGES: [&str; 21] = [
     "netbase",
     "tzdata",
     "file",
+    // A developer's box: languages, build tools and the usual shell utilities.
+    "python3",
+    "python3-venv",
+    "make",
+    "build-essential",
+    "pkg-config",
+    "jq",
+    "ripgrep",
+    "unzip",
+    "rsync",
+    "tmux",
+    "vim-tiny",
+    "openssh-client",
+    // Docker, socket-activated (see [`BOOT_DISABLED_UNITS`]). `apparmor` (a Recommends)
+    // because guests run the host's kernel, where AppArmor is usually on: dockerd then
+    // refuses to run a container unless `apparmor_parser` can load its `docker-default`
+    // profile.
+    "docker.io",
+    "apparmor",
 ];
 
 /// dpkg paths left out of the image.
@@ -60,12 +79,31 @@ const DPKG_EXCLUDES: [&str; 6] = [
     "path-include=/usr/share/locale/locale.alias",
 ];
 
+/// Units the packages enable that a sandbox's boot does without, each for a reason:
+/// - `docker.service`, `containerd.service`: Docker is socket-activated instead. The
+///   `docker.socket` the package enables stays, so the first `docker` command starts
+///   dockerd, which pulls in containerd (`Wants=containerd.service`); a boot pays for
+///   neither daemon.
+/// - `apparmor.service`: it compiles and loads every profile in `/etc/apparmor.d` at boot;
+///   a sandbox confines nothing with them. Docker loads the one profile it needs
+///   (`docker-default`) itself with `apparmor_parser` when it starts.
+///
+/// The enable links are removed (there is no systemctl to run in a tar being built), which
+/// is what `systemctl disable` does; deb-systemd-helper's `was-enabled` then reads the units
+/// as disabled, so a package upgrade in the guest does not enable them again.
+pub const BOOT_DISABLED_UNITS: [&str; 3] =
+    ["docker.service", "containerd.service", "apparmor.service"];
+
 /// Shell commands run by mmdebstrap after installation, `$1` being the root.
-const CUSTOMIZE_HOOKS: [&str; 4] = [
+const CUSTOMIZE_HOOKS: [&str; 6] = [
     r#"echo localhost > "$1/etc/hostname""#,
     r#"printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' > "$1/etc/hosts""#,
     r#"rm -f "$1/etc/resolv.conf""#,
     r#"if [ -f "$1/etc/shadow" ]; then sed -i -e 's/^root:[^:]*:/root:*:/' "$1/etc/shadow"; fi"#,
+    // BOOT_DISABLED_UNITS, wherever a package's [Install] put their links.
+    r#"for u in docker.service containerd.service apparmor.service; do rm -f "$1"/etc/systemd/system/*.wants/"$u"; done"#,
+    // Socket activation for Docker: docker.socket enabled whenever docker.io is installed.
+    r#"if [ -e "$1/usr/lib/systemd/system/docker.socket" ]; then mkdir -p "$1/etc/systemd/system/sockets.target.wants" && ln -sfn /lib/systemd/system/docker.socket "$1/etc/systemd/system/sockets.target.wants/docker.socket"; fi"#,
 ];
 
 /// mmdebstrap's package selection.
@@ -258,6 +296,18 @@ mod tests {
         assert_eq!(args.last().unwrap(), "o.tar");
     }
 
+    /// Runs every customize hook on `root` as mmdebstrap does (`sh -c HOOK hook ROOT`).
+    fn run_hooks(root: &Path) {
+        for hook in CUSTOMIZE_HOOKS {
+            let status = std::process::Command::new("sh")
+                .args(["-c", hook, "hook"])
+                .arg(root)
+                .status()
+                .unwrap();
+            assert!(status.success(), "{hook}");
+        }
+    }
+
     #[test]
     fn the_hooks_neutralise_hostname_hosts_resolv_and_lock_root() {
         let dir = tempfile::tempdir().unwrap();
@@ -270,14 +320,19 @@ mod tests {
             "root:$6$salt$hash:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n",
         )
         .unwrap();
-        for hook in CUSTOMIZE_HOOKS {
-            let status = std::process::Command::new("sh")
-                .args(["-c", hook, "hook"])
-                .arg(root)
-                .status()
+        let wants = root.join("etc/systemd/system/multi-user.target.wants");
+        fs::create_dir_all(&wants).unwrap();
+        for unit in ["docker.service", "containerd.service", "ssh.service"] {
+            std::os::unix::fs::symlink(format!("/lib/systemd/system/{unit}"), wants.join(unit))
                 .unwrap();
-            assert!(status.success(), "{hook}");
         }
+        fs::create_dir_all(root.join("usr/lib/systemd/system")).unwrap();
+        fs::write(
+            root.join("usr/lib/systemd/system/docker.socket"),
+            "[Socket]\n",
+        )
+        .unwrap();
+        run_hooks(root);
         assert_eq!(
             fs::read_to_string(root.join("etc/hostname")).unwrap(),
             "localhost\n"
@@ -291,6 +346,65 @@ mod tests {
             fs::read_to_string(root.join("etc/shadow")).unwrap(),
             "root:*:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n"
         );
+        let left: Vec<_> = fs::read_dir(&wants)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left, ["ssh.service"]);
+        assert_eq!(
+            fs::read_link(root.join("etc/systemd/system/sockets.target.wants/docker.socket"))
+                .unwrap(),
+            Path::new("/lib/systemd/system/docker.socket")
+        );
+    }
+
+    #[test]
+    fn the_unit_hook_disables_exactly_the_documented_units() {
+        let hook = CUSTOMIZE_HOOKS
+            .iter()
+            .find(|h| h.starts_with("for u in "))
+            .unwrap();
+        let listed = hook
+            .strip_prefix("for u in ")
+            .and_then(|h| h.split_once(';'))
+            .unwrap()
+            .0;
+        assert_eq!(listed.split(' ').collect::<Vec<_>>(), BOOT_DISABLED_UNITS);
+    }
+
+    #[test]
+    fn without_docker_no_socket_link_is_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir(root.join("etc")).unwrap();
+        run_hooks(root);
+        assert!(
+            !root
+                .join("etc/systemd/system/sockets.target.wants")
+                .exists()
+        );
+    }
+
+    #[test]
+    fn the_default_set_is_a_developers_box() {
+        for p in [
+            "python3",
+            "python3-venv",
+            "make",
+            "build-essential",
+            "pkg-config",
+            "jq",
+            "ripgrep",
+            "unzip",
+            "rsync",
+            "tmux",
+            "vim-tiny",
+            "openssh-client",
+            "docker.io",
+            "apparmor",
+        ] {
+            assert!(DEFAULT_PACKAGES.contains(&p), "{p}");
+        }
     }
 
     #[test]

@@ -64,6 +64,9 @@ pub enum ImageError {
     /// An external program could not be started.
     #[error(transparent)]
     Spawn(#[from] SpawnError),
+    /// The `mise` binary could not be fetched, checked or cached.
+    #[error(transparent)]
+    Mise(#[from] crate::mise::MiseError),
     /// An external program exited unsuccessfully.
     #[error("`{command}` failed ({}): {stderr_tail}", exit_status(*code))]
     Command {

@@ -10,6 +10,8 @@
 //!   [`read_bundle`].
 //! - [`bootstrap`]: a Debian root filesystem tar from packages ([`debian_rootfs_tar`],
 //!   mmdebstrap).
+//! - [`mise`]: the prebuilt `mise` binary the golden image ships, fetched from the npm
+//!   registry, verified, stripped and cached ([`mise::fetch`]).
 //!
 //! External programs (`mkfs.ext4`, `debugfs`, `mmdebstrap`) run through the
 //! [`CommandRunner`](banger_core::runner::CommandRunner) seam. The library never prints:
@@ -21,6 +23,7 @@ pub mod bundle;
 mod error;
 pub mod flatten;
 pub mod guest;
+pub mod mise;
 
 pub use bootstrap::{DebianBootstrap, Variant, debian_rootfs_tar};
 pub use bundle::{

@@ -260,7 +260,7 @@ fn daemon_of_another_build_is_replaced() {
 }
 
 #[test]
-fn vm_exec_sends_its_lookup_and_upgrade_with_the_build_check_and_makes_them_again_on_the_replacement() {
+fn vm_exec_lookup_and_upgrade_go_early_and_again_on_the_replacement() {
     let home = Home::new();
     let mut old = Command::new("sleep").arg("60").spawn().unwrap();
     let fake = fake_old_daemon(&home.socket(), old.id());
