@@ -208,3 +208,80 @@ fn guest_lifecycle_persists_work_and_cleans_up() {
     assert!(!Path::new(&dir).exists(), "disks left");
     let _ = Command::new("true").status();
 }
+
+/// The headline on a real guest: a repository shipped in, `make` run there, and the work
+/// brought back as a patch that `git apply` takes on a clean host clone.
+#[test]
+fn vm_run_with_a_repository_runs_make_there_and_the_work_comes_back_as_a_patch() {
+    let Some(home) = guest_home() else { return };
+    let repo = home.path().join("src/app");
+    std::fs::create_dir_all(&repo).unwrap();
+    let git = |dir: &Path, args: &[&str]| {
+        let o = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "git {args:?}: {}", err(&o));
+        out(&o)
+    };
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(
+        repo.join("Makefile"),
+        "all:\n\techo built > out.txt\n\tprintf '\\000\\001\\002' > out.bin\n\trm notes.txt\n",
+    )
+    .unwrap();
+    std::fs::write(repo.join("notes.txt"), "to be removed by make\n").unwrap();
+    std::fs::write(repo.join("README"), "committed\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "start"]);
+    // An uncommitted change on the host travels with the workspace.
+    std::fs::write(repo.join("README"), "committed\nand changed on the host\n").unwrap();
+
+    let t = Instant::now();
+    let o = home.run(&[
+        "vm",
+        "run",
+        "--name",
+        "ws",
+        repo.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "make >/dev/null && pwd",
+    ]);
+    eprintln_timing("vm run PATH -- make", t.elapsed());
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o).trim(), "/root/repo", "CMD runs in the workspace");
+
+    let patch = home.path().join("work.patch");
+    home.ok(&[
+        "vm",
+        "workspace",
+        "export",
+        "ws",
+        "--output",
+        patch.to_str().unwrap(),
+    ]);
+    let clone = home.path().join("clone");
+    let o = Command::new("git")
+        .args(["clone", "-q"])
+        .arg(&repo)
+        .arg(&clone)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    git(&clone, &["apply", "--check", patch.to_str().unwrap()]);
+    git(&clone, &["apply", patch.to_str().unwrap()]);
+    assert_eq!(std::fs::read(clone.join("out.txt")).unwrap(), b"built\n");
+    assert_eq!(std::fs::read(clone.join("out.bin")).unwrap(), [0u8, 1, 2]);
+    assert!(!clone.join("notes.txt").exists(), "the deletion came back");
+    assert_eq!(
+        std::fs::read_to_string(clone.join("README")).unwrap(),
+        "committed\nand changed on the host\n"
+    );
+    home.ok(&["vm", "delete", "ws"]);
+    assert!(home.vms().is_empty());
+}
