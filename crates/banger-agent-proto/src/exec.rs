@@ -50,6 +50,10 @@
 //!   so the foreground group gets `SIGWINCH`). All output arrives as `Stdout`; `StdinEof` is
 //!   ignored (a terminal has no end of input; send the EOF character, Ctrl-D, instead).
 //! - Without a PTY, stdin, stdout and stderr are pipes; `StdinEof` closes the process's stdin.
+//! - The process's environment is the agent's, with `HOME`, `USER`, `LOGNAME` and `SHELL`
+//!   set from the agent user's passwd entry (a default `PATH` when the agent has none), as
+//!   a login sets them, then [`ExecRequest::env`] on top: the agent runs from an init that
+//!   sets none of these, and tools like git refuse to run without `HOME`.
 //! - A command that cannot be started is a typed answer, not an exit code: [`SpawnFailure`]
 //!   with a [`SpawnErrorKind`]. A shell's convention (127 when not found, 126 when not
 //!   executable) is [`SpawnErrorKind::shell_code`], for callers that must produce a status.

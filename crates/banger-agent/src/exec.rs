@@ -300,7 +300,15 @@ fn spawn(request: &ExecRequest) -> Result<Process, SpawnFailure> {
         }
     }
     let mut cmd = Command::new(program);
-    cmd.args(&request.argv[1..]).envs(&request.env);
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let inherited_path = std::env::var_os("PATH").is_some();
+    cmd.args(&request.argv[1..])
+        .envs(login_env(
+            &passwd,
+            rustix::process::geteuid().as_raw(),
+            inherited_path,
+        ))
+        .envs(&request.env);
     if let Some(cwd) = &request.cwd {
         cmd.current_dir(cwd);
     }
@@ -393,6 +401,39 @@ fn spawn(request: &ExecRequest) -> Result<Process, SpawnFailure> {
             })
         }
     }
+}
+
+/// The PATH a process gets when the agent itself has none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What a login gives a process, for user `uid` of `passwd` (an `/etc/passwd` text): `HOME`,
+/// `USER`, `LOGNAME` and `SHELL` from its entry (`/` and `/bin/sh` when it has none, as
+/// `login` falls back), and [`DEFAULT_PATH`] when the agent has no `PATH` to pass on. The
+/// agent runs from an init (systemd, or banger's own) that sets none of these, and tools
+/// such as git refuse to run without `HOME`.
+pub fn login_env(passwd: &str, uid: u32, has_path: bool) -> Vec<(&'static str, String)> {
+    let entry = passwd.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        (f.len() >= 7 && f[2].parse::<u32>().ok() == Some(uid)).then(|| (f[0], f[5], f[6]))
+    });
+    let (user, home, shell) = match entry {
+        Some((user, home, shell)) => (
+            user.to_string(),
+            if home.is_empty() { "/" } else { home }.to_string(),
+            if shell.is_empty() { "/bin/sh" } else { shell }.to_string(),
+        ),
+        None => (uid.to_string(), "/".to_string(), "/bin/sh".to_string()),
+    };
+    let mut env = vec![
+        ("HOME", home),
+        ("USER", user.clone()),
+        ("LOGNAME", user),
+        ("SHELL", shell),
+    ];
+    if !has_path {
+        env.push(("PATH", DEFAULT_PATH.to_string()));
+    }
+    env
 }
 
 fn spawn_error(program: &str, e: &io::Error) -> SpawnFailure {
@@ -573,5 +614,42 @@ async fn control<R: AsyncRead + Unpin>(
                 )));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\n\
+                          daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n\
+                          odd:x:7:7::::\n";
+
+    fn get<'a>(env: &'a [(&'static str, String)], key: &str) -> Option<&'a str> {
+        env.iter().find(|(k, _)| *k == key).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn a_process_gets_its_user_s_login_environment() {
+        let env = login_env(PASSWD, 0, true);
+        assert_eq!(get(&env, "HOME"), Some("/root"));
+        assert_eq!(get(&env, "USER"), Some("root"));
+        assert_eq!(get(&env, "LOGNAME"), Some("root"));
+        assert_eq!(get(&env, "SHELL"), Some("/bin/bash"));
+        assert_eq!(get(&env, "PATH"), None, "the agent's own PATH is passed on");
+        let env = login_env(PASSWD, 0, false);
+        assert_eq!(get(&env, "PATH"), Some(DEFAULT_PATH));
+    }
+
+    #[test]
+    fn an_empty_or_missing_entry_falls_back_as_login_does() {
+        let odd = login_env(PASSWD, 7, true);
+        assert_eq!(
+            (get(&odd, "HOME"), get(&odd, "SHELL")),
+            (Some("/"), Some("/bin/sh"))
+        );
+        let none = login_env("garbage\n::::\n", 1000, true);
+        assert_eq!(get(&none, "USER"), Some("1000"));
+        assert_eq!(get(&none, "HOME"), Some("/"));
     }
 }

@@ -36,6 +36,11 @@ impl Agent {
     fn spawn(args: &[&str]) -> Child {
         Command::new(env!("CARGO_BIN_EXE_banger-agent"))
             .args(args)
+            // As an init starts it: no login variables (systemd sets PATH only).
+            .env_remove("HOME")
+            .env_remove("USER")
+            .env_remove("LOGNAME")
+            .env_remove("SHELL")
             .env("BANGER_AGENT_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -433,6 +438,36 @@ async fn exec_passes_argv_exactly_with_cwd_and_env() {
         String::from_utf8(ran.stdout).unwrap(),
         format!("{}\nhello there\n[a b][][$HOME]", canonical.display())
     );
+}
+
+/// The agent runs with no HOME (an init starts it), yet a command gets its user's login
+/// variables, as over ssh: git, for one, refuses to run without HOME.
+#[tokio::test]
+async fn exec_gives_the_command_its_user_s_login_environment() {
+    let agent = Agent::start_unix(&[]).await;
+    let req = ExecRequest::new(["sh", "-c", "echo \"$HOME|$USER|$LOGNAME|$SHELL\""]);
+    let ran = collect(exec(agent.connect().await, req, T).await.unwrap()).await;
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let want = banger_agent::exec::login_env(&passwd, uid, true);
+    let get = |k: &str| want.iter().find(|(key, _)| *key == k).unwrap().1.clone();
+    assert!(!get("HOME").is_empty());
+    assert_eq!(
+        String::from_utf8(ran.stdout).unwrap(),
+        format!(
+            "{}|{}|{}|{}\n",
+            get("HOME"),
+            get("USER"),
+            get("LOGNAME"),
+            get("SHELL")
+        )
+    );
+    // The request's own variables still win.
+    let mut req = ExecRequest::new(["sh", "-c", "echo \"$HOME\""]);
+    req.env.insert("HOME".into(), "/elsewhere".into());
+    let ran = collect(exec(agent.connect().await, req, T).await.unwrap()).await;
+    assert_eq!(ran.stdout, b"/elsewhere\n");
 }
 
 #[tokio::test]

@@ -9,7 +9,9 @@
 //!
 //! 1. refuses a guest path that exists and is not empty (exit 3), unless told to replace
 //!    it (then it is removed first);
-//! 2. unpacks the stream there with `tar -x -o` (files owned by the extracting user: root);
+//! 2. unpacks the stream there with `tar -x -o -m` (files owned by the extracting user:
+//!    root; modification times the guest's now, so a guest clock a little behind the host's
+//!    neither warns about files "in the future" nor confuses `make`);
 //! 3. checks the base commit arrived (exit 4 otherwise);
 //! 4. points HEAD at the base: on the guest-only branch (`--branch`), else on the host's
 //!    branch name, else detached; and records the base as `refs/banger/base` (the default
@@ -110,7 +112,7 @@ pub fn prepare_script(
     ));
     line(r#"mkdir -p -- "$dest""#);
     line(r#"cd -- "$dest""#);
-    line("tar -x -o -f -");
+    line("tar -x -o -m -f -");
     line(&format!(
         r#"git rev-parse -q --verify "$base^{{commit}}" >/dev/null || {{ echo "banger: commit $base is not in the workspace stream" >&2; exit {EXIT_NO_BASE}; }}"#
     ));

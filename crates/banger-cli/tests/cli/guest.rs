@@ -250,11 +250,12 @@ fn vm_run_with_a_repository_runs_make_there_and_the_work_comes_back_as_a_patch()
         "--",
         "sh",
         "-c",
-        "make >/dev/null && pwd",
+        "make >/dev/null && pwd && stat -c %u:%g Makefile && git log --format=%s",
     ]);
     eprintln_timing("vm run PATH -- make", t.elapsed());
     assert!(o.status.success(), "{}", err(&o));
-    assert_eq!(out(&o).trim(), "/root/repo", "CMD runs in the workspace");
+    // CMD runs in the workspace, whose files are root's, and git works there (safe.directory).
+    assert_eq!(out(&o), "/root/repo\n0:0\nstart\n", "{}", err(&o));
 
     let patch = home.path().join("work.patch");
     home.ok(&[
