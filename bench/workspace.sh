@@ -7,6 +7,11 @@
 #
 #   bench/workspace.sh [COMMITS] [-- EXEC_ARGS...]
 #
+# Part 1b (as root): `banger vm workspace prepare` itself, end to end against the fake
+# Firecracker (its host-mode agent unpacks and checks out in the fake VM's private /root): the
+# bytes its copy stage reports and its median time, against `git clone --depth 10` with and
+# without a checkout of the same repository (the guest side of a prepare checks out).
+#
 # Part 2 (as root): the exec round trips, by bench/exec.sh EXEC_ARGS (see there: `--qemu`
 # adds `vm exec -- true` against `vm ssh -- true` on a real QEMU guest, `--debug` measures a
 # debug build): `vm exec -- true` against the fake Firecracker (goal: a median of at most
@@ -86,6 +91,36 @@ echo "git clone --depth 10 --no-checkout: $clone_bytes bytes in .git (pack $pack
 echo "banger transfer stream:             $stream_bytes bytes ($(cat "$work/stream.err")), median ${stream_ms} ms (${stream_times[*]})"
 echo "ratio (stream / clone .git): $(ratio "$stream_bytes" "$clone_bytes")   (stream / pack: $(ratio "$stream_bytes" "$pack_bytes"); goal <= 1.1)"
 echo "time ratio (stream / clone): $(ratio "$stream_ms" "$clone_ms")"
+
+# Part 1b: a real prepare into a fake-Firecracker VM (debug binaries, as the tests use).
+if [[ $(id -u) -eq 0 ]]; then
+  cargo build -q --bins
+  bin=$PWD/target/debug name=bgwsprep
+  # shellcheck source=bench/fake-home.sh
+  source bench/fake-home.sh
+  trap 'cleanup; rm -rf "$work"' EXIT
+  b vm create --name ws --image bench >/dev/null 2>&1
+  checkout_times=()
+  for i in $(seq 1 "$runs"); do
+    rm -rf "$work/clone"
+    t0=$(now_ms)
+    git clone -q --depth 10 "file://$repo" "$work/clone"
+    checkout_times+=($(( $(now_ms) - t0 )))
+  done
+  prepare_times=()
+  for i in $(seq 1 "$runs"); do
+    t0=$(now_ms)
+    b vm workspace prepare --replace ws "$repo" 2>"$work/prepare.err" >/dev/null
+    prepare_times+=($(( $(now_ms) - t0 )))
+  done
+  prepare_ms=$(median "${prepare_times[@]}")
+  checkout_ms=$(median "${checkout_times[@]}")
+  shipped=$(sed -n 's/.*copy[^0-9]*[0-9]* files, \([0-9]*\) bytes.*/\1/p' "$work/prepare.err" | tail -1)
+  echo
+  echo "vm workspace prepare (fake Firecracker): ${shipped:-?} bytes shipped, median ${prepare_ms} ms (${prepare_times[*]})"
+  echo "git clone --depth 10 (with checkout):    median ${checkout_ms} ms (${checkout_times[*]})"
+  echo "bytes ratio (shipped / clone .git): $(ratio "${shipped:-0}" "$clone_bytes")   time ratio (prepare / clone with checkout): $(ratio "$prepare_ms" "$checkout_ms"), (prepare / clone --no-checkout): $(ratio "$prepare_ms" "$clone_ms")"
+fi
 
 # Part 2: the exec round trips (one implementation: bench/exec.sh).
 if [[ $(id -u) -eq 0 ]]; then
