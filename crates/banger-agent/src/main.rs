@@ -1,13 +1,13 @@
 //! `banger-agent`: the guest agent binary. Parses flags and runs [`banger_agent::server`].
 #![allow(clippy::print_stdout)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use banger_agent::error_chain;
 use banger_agent::procfs::{DEFAULT_PROC_ROOT, ProcFs};
-use banger_agent::server::{self, Agent, ListenPlan};
-use banger_agent_proto::wire::GUEST_SERIAL_PATH;
+use banger_agent::server::{self, Agent, ListenPlan, SerialLookup};
+use banger_agent_proto::wire::{GUEST_SERIAL_PATH, SERIAL_PORT_NAME};
 use banger_core::build::BuildInfo;
 use clap::{Parser, Subcommand};
 
@@ -40,6 +40,9 @@ enum Command {
     Version,
 }
 
+/// How long the agent waits for its virtio-serial port once the console device is there.
+const SERIAL_PORT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Version) = cli.command {
@@ -70,7 +73,13 @@ fn main() -> ExitCode {
         cli.vsock_port,
         cli.listen_unix,
         cli.serial,
-        Path::new(GUEST_SERIAL_PATH),
+        &SerialLookup {
+            link: PathBuf::from(GUEST_SERIAL_PATH),
+            sys: PathBuf::from("/sys"),
+            dev: PathBuf::from("/dev"),
+            name: SERIAL_PORT_NAME.to_string(),
+            wait: SERIAL_PORT_WAIT,
+        },
     );
     let agent = Agent::new(ProcFs::new(cli.proc_root));
     let result = runtime.block_on(async {

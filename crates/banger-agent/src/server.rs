@@ -401,23 +401,79 @@ pub struct ListenPlan {
     pub serial: Option<PathBuf>,
 }
 
+/// Where the guest's default mode finds the agent's virtio-serial port, without waiting for
+/// udev: the port's udev link ([`GUEST_SERIAL_PATH`](banger_agent_proto::wire::GUEST_SERIAL_PATH)),
+/// else the kernel's own node, `/dev/vportNpM`, whose `/sys/class/virtio-ports/vportNpM/name`
+/// is the port's name. The kernel adds a port a moment after its driver loads (the host
+/// announces it), so when a virtio console device is there
+/// (`/sys/bus/virtio/drivers/virtio_console/virtio*`) the lookup waits for the port up to
+/// `wait`; without one (Firecracker) it answers at once.
+#[derive(Debug, Clone)]
+pub struct SerialLookup {
+    /// udev's link for the port.
+    pub link: PathBuf,
+    /// The sysfs root (`/sys`).
+    pub sys: PathBuf,
+    /// The device root (`/dev`).
+    pub dev: PathBuf,
+    /// The port's name.
+    pub name: String,
+    /// How long to wait for the port of a console device that is there.
+    pub wait: std::time::Duration,
+}
+
+impl SerialLookup {
+    /// The port, if this guest has one; see the type's docs.
+    pub fn find(&self) -> Option<PathBuf> {
+        let deadline = std::time::Instant::now() + self.wait;
+        loop {
+            if self.link.exists() {
+                return Some(self.link.clone());
+            }
+            if let Some(node) = self.kernel_node() {
+                return Some(node);
+            }
+            if !self.console_device() || std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    fn kernel_node(&self) -> Option<PathBuf> {
+        let ports = std::fs::read_dir(self.sys.join("class/virtio-ports")).ok()?;
+        ports.flatten().find_map(|port| {
+            let name = std::fs::read_to_string(port.path().join("name")).ok()?;
+            let node = self.dev.join(port.file_name());
+            (name.trim_end() == self.name && node.exists()).then_some(node)
+        })
+    }
+
+    fn console_device(&self) -> bool {
+        std::fs::read_dir(self.sys.join("bus/virtio/drivers/virtio_console"))
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("virtio"))
+            })
+            .unwrap_or(false)
+    }
+}
+
 impl ListenPlan {
     /// The plan for the command-line flags. With no flag at all (the guest's systemd unit):
-    /// vsock on [`AGENT_VSOCK_PORT`] plus `default_serial` if that device exists. With any
-    /// flag: exactly what the flags name.
+    /// vsock on [`AGENT_VSOCK_PORT`] plus the virtio-serial port `serial_lookup` finds. With
+    /// any flag: exactly what the flags name.
     pub fn from_flags(
         vsock_port: Option<u32>,
         unix: Option<PathBuf>,
         serial: Option<PathBuf>,
-        default_serial: &Path,
+        serial_lookup: &SerialLookup,
     ) -> Self {
         if vsock_port.is_none() && unix.is_none() && serial.is_none() {
             return Self {
                 vsock_port: Some(AGENT_VSOCK_PORT),
                 unix: None,
-                serial: default_serial
-                    .exists()
-                    .then(|| default_serial.to_path_buf()),
+                serial: serial_lookup.find(),
             };
         }
         Self {
@@ -737,37 +793,93 @@ mod tests {
         task.abort();
     }
 
+    fn lookup(root: &Path, wait_ms: u64) -> SerialLookup {
+        SerialLookup {
+            link: root.join("dev/virtio-ports/banger.agent"),
+            sys: root.join("sys"),
+            dev: root.join("dev"),
+            name: "banger.agent".into(),
+            wait: std::time::Duration::from_millis(wait_ms),
+        }
+    }
+
     #[test]
-    fn plan_defaults_to_vsock_and_existing_serial() {
+    fn plan_defaults_to_vsock_and_the_serial_port_there_is() {
         let dir = tempfile::tempdir().unwrap();
-        let serial = dir.path().join("banger.agent");
+        let root = dir.path();
+        let l = lookup(root, 0);
         assert_eq!(
-            ListenPlan::from_flags(None, None, None, &serial),
+            ListenPlan::from_flags(None, None, None, &l),
             ListenPlan {
                 vsock_port: Some(AGENT_VSOCK_PORT),
                 unix: None,
                 serial: None
             }
         );
-        std::fs::write(&serial, "").unwrap();
+        // The kernel's node, found by its sysfs name before udev made the link.
+        std::fs::create_dir_all(root.join("sys/class/virtio-ports/vport1p1")).unwrap();
+        std::fs::write(root.join("sys/class/virtio-ports/vport1p1/name"), "other\n").unwrap();
+        std::fs::create_dir_all(root.join("sys/class/virtio-ports/vport1p2")).unwrap();
+        std::fs::write(
+            root.join("sys/class/virtio-ports/vport1p2/name"),
+            "banger.agent\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(root.join("dev")).unwrap();
+        std::fs::write(root.join("dev/vport1p2"), "").unwrap();
         assert_eq!(
-            ListenPlan::from_flags(None, None, None, &serial),
-            ListenPlan {
-                vsock_port: Some(AGENT_VSOCK_PORT),
-                unix: None,
-                serial: Some(serial.clone())
-            }
+            ListenPlan::from_flags(None, None, None, &l).serial,
+            Some(root.join("dev/vport1p2"))
+        );
+        // udev's link, once there, is preferred.
+        std::fs::create_dir_all(root.join("dev/virtio-ports")).unwrap();
+        std::fs::write(&l.link, "").unwrap();
+        assert_eq!(
+            ListenPlan::from_flags(None, None, None, &l).serial,
+            Some(l.link.clone())
         );
         // Any flag means exactly what the flags say.
-        let sock = dir.path().join("a.sock");
+        let sock = root.join("a.sock");
         assert_eq!(
-            ListenPlan::from_flags(None, Some(sock.clone()), None, &serial),
+            ListenPlan::from_flags(None, Some(sock.clone()), None, &l),
             ListenPlan {
                 vsock_port: None,
                 unix: Some(sock),
                 serial: None
             }
         );
+    }
+
+    #[test]
+    fn a_console_device_whose_port_comes_late_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        std::fs::create_dir_all(root.join("sys/bus/virtio/drivers/virtio_console/virtio2"))
+            .unwrap();
+        // Without the port, the wait ends at its limit.
+        let t = std::time::Instant::now();
+        assert_eq!(lookup(&root, 200).find(), None);
+        assert!(t.elapsed() >= std::time::Duration::from_millis(200));
+        // The host announces the port a moment later: found, well before the limit.
+        let late = root.clone();
+        let announcer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            std::fs::create_dir_all(late.join("sys/class/virtio-ports/vport2p1")).unwrap();
+            std::fs::create_dir_all(late.join("dev")).unwrap();
+            std::fs::write(late.join("dev/vport2p1"), "").unwrap();
+            std::fs::write(
+                late.join("sys/class/virtio-ports/vport2p1/name"),
+                "banger.agent\n",
+            )
+            .unwrap();
+        });
+        let t = std::time::Instant::now();
+        assert_eq!(
+            lookup(&root, 10_000).find(),
+            Some(root.join("dev/vport2p1"))
+        );
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        announcer.join().unwrap();
     }
 
     #[tokio::test]

@@ -178,8 +178,10 @@ ExecStart=/usr/local/lib/banger/network-up
 WantedBy=multi-user.target network-online.target
 ";
 
-/// `banger-agent.service`: the agent in its default mode, after the modules and udev,
-/// never waiting for the network, restarted forever.
+/// `banger-agent.service`: the agent in its default mode, after the modules, never waiting
+/// for the network, restarted forever. No `udevadm settle`: it waited for every device event
+/// of the boot (seconds under TCG, more with every package's rules), while the agent finds
+/// its virtio-serial port itself, through sysfs, as soon as the kernel adds it.
 pub const AGENT_UNIT_TEXT: &str = "\
 # Installed by banger.
 [Unit]
@@ -189,7 +191,6 @@ StartLimitIntervalSec=0
 
 [Service]
 ExecStartPre=-/sbin/modprobe -a virtio_console vmw_vsock_virtio_transport
-ExecStartPre=-/bin/udevadm settle --timeout=10
 ExecStart=/usr/local/bin/banger-agent
 Restart=always
 RestartSec=1
