@@ -99,7 +99,7 @@ if [[ $(id -u) -eq 0 ]]; then
   # shellcheck source=bench/fake-home.sh
   source bench/fake-home.sh
   trap 'cleanup; rm -rf "$work"' EXIT
-  b vm create --name ws --image bench >/dev/null 2>&1
+  b vm create --name ws --image bench >/dev/null 2>"$work/create.err" || { cat "$work/create.err" >&2; exit 1; }
   checkout_times=()
   for i in $(seq 1 "$runs"); do
     rm -rf "$work/clone"

@@ -18,8 +18,11 @@
 //! bind mount of a per-VM directory next to the vsock socket, `<uds_path>.root/` (made 0700,
 //! removed when the agent stops). Not being root, the fake makes a user namespace too,
 //! mapping the caller to uid and gid 0, so the agent is "root" as in a guest. In that
-//! namespace the agent has `HOME=/root` and `/root/.local/bin` first on its `PATH` (where a
-//! test may put commands the guest would have, like `mise`). Where namespaces cannot be
+//! namespace the agent has `/root/.local/bin` first on its `PATH` (where a
+//! test may put commands the guest would have, like `mise`). Like a guest's init, the fake
+//! gives the agent no environment but `PATH` (and `BANGER_AGENT_LOG`): the agent sets its
+//! commands' `HOME` and the like itself, and nothing of the host's session (its
+//! `GIT_CONFIG_GLOBAL`, say) reaches them. Where namespaces cannot be
 //! made (a kernel or sandbox refusing `unshare`), the agent runs as before, in the host's
 //! `/root`, and the console says so ([`NO_PRIVATE_ROOT`]): tests that need the private root
 //! check for it and skip.
@@ -197,11 +200,18 @@ impl Agent {
             .arg(socket)
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        // The environment an init gives a guest's agent: PATH and nothing of this host's
+        // session (a host GIT_CONFIG_GLOBAL, say, would send a guest's `git config --global`
+        // to the host's file), plus the agent's own log level when set.
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut guest_path = std::ffi::OsString::new();
         if namespace.is_some() {
-            let path = std::env::var_os("PATH").unwrap_or_default();
-            let mut guest_path = std::ffi::OsString::from("/root/.local/bin:");
-            guest_path.push(path);
-            command.env("HOME", "/root").env("PATH", guest_path);
+            guest_path.push("/root/.local/bin:");
+        }
+        guest_path.push(path);
+        command.env_clear().env("PATH", guest_path);
+        if let Some(level) = std::env::var_os("BANGER_AGENT_LOG") {
+            command.env("BANGER_AGENT_LOG", level);
         }
         // SAFETY: `getpid` runs in the parent; the closure runs in the child
         // between fork and exec and calls only `prctl` and `getppid`, which are
