@@ -497,21 +497,10 @@ fn vm_run_path_exec_warnings_and_auto_prepare() {
 
 /// Bad PATHs are refused before any VM exists (and without a daemon); `--dry-run` prints the
 /// plan and makes nothing; an export of a VM without a workspace says how to prepare one.
-#[test]
-fn bad_workspace_input_leaves_nothing_behind() {
-    let Some(home) = Home::for_vms("") else {
-        return;
-    };
-    home.ok(&["daemon", "stop"]);
-    let plain = home.path().join("plain");
-    std::fs::create_dir_all(&plain).unwrap();
-    let bare = home.path().join("bare.git");
-    git(
-        home.path(),
-        &["init", "-q", "--bare", bare.to_str().unwrap()],
-    );
-    let inner = repo(&home, "inner", &[("lib.c", b"int x;\n")]);
-    let outer = repo(&home, "outer", &[("main.c", b"int main;\n")]);
+/// A repository `outer` with the repository `inner` as its submodule `vendor/inner`.
+fn repo_with_submodule(home: &Home) -> PathBuf {
+    let inner = repo(home, "inner", &[("lib.c", b"int x;\n")]);
+    let outer = repo(home, "outer", &[("main.c", b"int main;\n")]);
     git(
         &outer,
         &[
@@ -525,6 +514,24 @@ fn bad_workspace_input_leaves_nothing_behind() {
         ],
     );
     git(&outer, &["commit", "-q", "-m", "submodule"]);
+    outer
+}
+
+#[test]
+fn bad_workspace_input_leaves_nothing_behind() {
+    let Some(home) = Home::for_vms("") else {
+        return;
+    };
+    home.ok(&["daemon", "stop"]);
+    let plain = home.path().join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    let bare = home.path().join("bare.git");
+    git(
+        home.path(),
+        &["init", "-q", "--bare", bare.to_str().unwrap()],
+    );
+    let outer = repo_with_submodule(&home);
+    let inner = outer.with_file_name("inner");
     let p = |p: &Path| p.to_str().unwrap().to_string();
     for (args, says) in [
         (vec![p(&plain)], "is not inside a git repository"),
@@ -607,21 +614,7 @@ fn full_copies_old_commits_and_detached_heads() {
     let Some(home) = home_with(&["full", "old", "det"]) else {
         return;
     };
-    let inner = repo(&home, "inner", &[("lib.c", b"int x;\n")]);
-    let outer = repo(&home, "outer", &[("main.c", b"int main;\n")]);
-    git(
-        &outer,
-        &[
-            "-c",
-            "protocol.file.allow=always",
-            "submodule",
-            "add",
-            "-q",
-            inner.to_str().unwrap(),
-            "vendor/inner",
-        ],
-    );
-    git(&outer, &["commit", "-q", "-m", "submodule"]);
+    let outer = repo_with_submodule(&home);
     home.ok(&[
         "vm",
         "workspace",
