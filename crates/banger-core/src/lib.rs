@@ -18,6 +18,7 @@
 //!   for a POSIX shell.
 //! - [`vmm_kind`]: which VMM runs a VM, and the config's choice of one.
 //! - [`vm`]: a VM's lifecycle state and guest MAC address.
+//! - [`ssh_config`]: the managed `Host *.vm` block in the owner's `~/.ssh/config`.
 
 pub mod build;
 pub mod config;
@@ -32,5 +33,6 @@ pub mod probe;
 pub mod quote;
 pub mod runner;
 pub mod size;
+pub mod ssh_config;
 pub mod vm;
 pub mod vmm_kind;
