@@ -302,6 +302,7 @@ mod tests {
     /// The real OpenSSH reads the block for `NAME.vm` even after a user stanza left open,
     /// and leaves other hosts alone.
     #[test]
+    #[allow(clippy::print_stderr)] // the visible reason for a skip
     fn openssh_applies_the_block_to_vm_names_only() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config");
