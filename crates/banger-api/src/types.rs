@@ -51,6 +51,22 @@ pub struct DaemonStatus {
     /// Warnings from loading the config file.
     #[serde(default)]
     pub config_warnings: Vec<String>,
+    /// The `.vm` DNS server.
+    #[serde(default)]
+    pub dns: DnsListener,
+}
+
+/// Where the daemon's `.vm` DNS server listens, or why it does not.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum DnsListener {
+    /// Config `dns = false`.
+    #[default]
+    Off,
+    /// Serving UDP and TCP on this address.
+    Listening { address: std::net::SocketAddr },
+    /// The server could not start (the error says why).
+    Failed { error: String },
 }
 
 /// Request accounting since the daemon started.

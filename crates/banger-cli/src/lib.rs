@@ -30,7 +30,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use banger_api::types::DaemonStatus;
+use banger_api::types::{DaemonStatus, DnsListener};
 use banger_core::build::{BuildInfo, format_rfc3339};
 use banger_core::layout::{Layout, LayoutError};
 use banger_core::probe::{self, SearchPath};
@@ -245,6 +245,16 @@ async fn daemon_status(ctx: &mut Ctx, json: bool) -> Result<u8, CliError> {
                 "{} in flight, {} completed, {} cancelled",
                 st.ops.in_flight, st.ops.completed, st.ops.cancelled
             ),
+        ),
+        (
+            "dns",
+            match &st.dns {
+                DnsListener::Off => "off (config dns = false)".to_string(),
+                DnsListener::Listening { address } => {
+                    format!("{address} (udp, tcp): NAME.vm for running VMs")
+                }
+                DnsListener::Failed { error } => format!("not serving: {error}"),
+            },
         ),
     ];
     write_str(ctx, &ui::key_values(&pairs))?;

@@ -47,7 +47,16 @@ pub struct Config {
     pub max_log_size: ByteSize,
     /// More host files copied into every VM's work disk on each start (see [`FileSync`]).
     pub file_sync: Vec<FileSync>,
+    /// Whether the daemon serves DNS for the `.vm` zone.
+    pub dns: bool,
+    /// Where the `.vm` DNS server listens, UDP and TCP (port 0: any free port).
+    pub dns_listen: std::net::SocketAddr,
 }
+
+/// Where the `.vm` DNS server listens unless config says otherwise.
+pub const DEFAULT_DNS_LISTEN: std::net::SocketAddr = std::net::SocketAddr::V4(
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 42069),
+);
 
 /// One `[[file_sync]]` entry: a file of the owner's home copied into the guest on every VM
 /// start.
@@ -228,6 +237,8 @@ impl Default for Config {
             guest_dns: Vec::new(),
             max_log_size: ByteSize::mib(64),
             file_sync: Vec::new(),
+            dns: true,
+            dns_listen: DEFAULT_DNS_LISTEN,
         }
     }
 }
@@ -473,6 +484,21 @@ mod tests {
         FileSync {
             host: host.into(),
             guest: guest.into(),
+        }
+    }
+
+    #[test]
+    fn dns_listen_is_an_address_and_port() {
+        assert_eq!(
+            parse("").unwrap().config.dns_listen.to_string(),
+            "127.0.0.1:42069"
+        );
+        let l = parse("dns = false\ndns_listen = \"127.0.0.1:0\"\n").unwrap();
+        assert!(!l.config.dns);
+        assert_eq!(l.config.dns_listen.port(), 0);
+        for bad in ["\"localhost:53\"", "\"127.0.0.1\"", "53"] {
+            let e = crate::error::chain(&parse(&format!("dns_listen = {bad}\n")).unwrap_err());
+            assert!(e.contains("dns_listen"), "{bad}: {e}");
         }
     }
 

@@ -445,6 +445,10 @@ fn net_kind(e: &banger_net::NetError) -> ErrorKind {
         | N::NotABridge { .. }
         | N::NotATap { .. }
         | N::IncompatibleTap { .. } => ErrorKind::Conflict,
+        // No helper to do the privileged step: this host cannot run VMs until it runs.
+        N::HelperUnreachable { .. } => ErrorKind::Unavailable,
+        N::HelperProtocol { .. } | N::HelperRefused { .. } => ErrorKind::Internal,
+        N::HelperFailed { error } => text_kind(error),
     }
 }
 

@@ -17,11 +17,12 @@
 //!   events of long operations), [`clock`] (timestamps), [`error`] (operation errors and
 //!   their API kinds), [`ops`] (per-request operation ids and cancellation accounting),
 //!   [`ssh`] (the managed SSH key), [`stats`] (VMM process statistics from `/proc`),
-//!   [`logcap`] (rotating VM console and VMM logs at `max_log_size`).
+//!   [`logcap`] (rotating VM console and VMM logs at `max_log_size`), [`dns`] (the `.vm`
+//!   zone, rebuilt from the store on every VM row change, and its server).
 //! - Used by the entry point only: [`lock`] (the single-instance lock), [`logging`] (JSON
 //!   logs to the state dir).
 //!
-//! Start-up order: dirs → lock → store (migrations) → socket → serve. The config, state and
+//! Start-up order: dirs → lock → store (migrations) → socket → reconcile → DNS → serve. The config, state and
 //! runtime dirs must belong to the daemon's user and not be writable by others (else it
 //! refuses to start, naming the dir, its owner, its mode and the fix); the lock, log, key and
 //! socket are never opened or replaced through a symlink. Shutdown (SIGTERM,
@@ -31,6 +32,7 @@
 pub mod agents;
 pub mod bootstrap;
 pub mod clock;
+pub mod dns;
 pub mod error;
 pub mod images;
 pub mod kernels;
@@ -333,9 +335,18 @@ pub async fn run(opts: DaemonOptions, host: state::Host, uid: u32) -> Result<(),
     );
     let state = Arc::new(state::AppState::new(opts.clone(), store, parts));
     vms::reconcile(&state).await;
+    state.refresh_dns();
+    let dns = if opts.config.dns {
+        state.dns.serve(opts.config.dns_listen).await
+    } else {
+        None
+    };
     let monitor = tokio::spawn(vms::monitor(state.clone()));
     let result = server::serve(listener, state).await;
     monitor.abort();
+    if let Some(dns) = dns {
+        dns.shutdown().await;
+    }
     if private::check_socket(&socket, uid).is_ok_and(|s| s == SocketState::Ours) {
         let _ = std::fs::remove_file(&socket);
     }

@@ -283,6 +283,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<DaemonStatus> {
         started_at: state.started_at,
         ops: state.ops.counts(),
         config_warnings: state.opts.config_warnings.clone(),
+        dns: state.dns.listener(),
     })
 }
 

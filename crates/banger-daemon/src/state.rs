@@ -40,6 +40,9 @@ pub struct AppState {
     pub guest_dns: Vec<Ipv4Addr>,
     /// The user VMMs and TAPs belong to.
     pub uid: u32,
+    /// The `.vm` zone, kept equal to the running VMs by [`AppState::set_vm`] and
+    /// [`AppState::refresh_dns`].
+    pub dns: crate::dns::Dns,
     pub(crate) shutdown: Notify,
 }
 
@@ -129,6 +132,7 @@ impl AppState {
             ssh: parts.ssh,
             guest_dns: parts.guest_dns,
             uid: parts.uid,
+            dns: crate::dns::Dns::default(),
             shutdown: Notify::new(),
         }
     }
@@ -162,8 +166,22 @@ impl AppState {
         Ok(self.db(|s| s.list_vms())?)
     }
 
+    /// Stores `row` and brings the `.vm` zone up to date with it.
     pub fn set_vm(&self, row: &VmRow) -> Result<(), OpError> {
-        Ok(self.db(|s| s.update_vm(row))?)
+        self.db(|s| s.update_vm(row))?;
+        self.refresh_dns();
+        Ok(())
+    }
+
+    /// Rebuilds the `.vm` zone from the store (after an insert, a delete, a reconcile). A
+    /// store that cannot be read leaves the zone as it was.
+    pub fn refresh_dns(&self) {
+        match self.db(|s| s.list_vms()) {
+            Ok(rows) => self.dns.refresh(&rows),
+            Err(e) => {
+                tracing::warn!(error = %banger_core::error::chain(&e), "DNS zone not updated")
+            }
+        }
     }
 }
 

@@ -5,8 +5,10 @@
 //!   allocation, guest MACs derived from IPs, TAP names and interface-name checks.
 //! - [`ops`]: the [`NetOps`] trait the daemon holds (as
 //!   `Arc<dyn NetOps>`), and [`DirectNetOps`], which performs the
-//!   operations with `ip` and `nft` when the process has `CAP_NET_ADMIN`. A root
-//!   helper can later implement the same trait over a socket.
+//!   operations with `ip` and `nft` when the process has `CAP_NET_ADMIN`.
+//! - [`helper`]: the root helper's contract (typed requests, the policy every request
+//!   passes) and [`helper::HelperNetOps`], the same trait over the helper's socket, for a
+//!   daemon without that privilege.
 //! - [`runner`] (re-exported from `banger-core`): the [`CommandRunner`] seam and the real
 //!   [`SystemRunner`], which can target a network namespace.
 //! - `fake` (tests, and the `fake` feature): `FakeNetOps`, a model of the host's network
@@ -17,6 +19,7 @@
 
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
+pub mod helper;
 pub mod ops;
 pub mod plan;
 pub use banger_core::runner;

@@ -3,9 +3,9 @@
 //!
 //! # Why a trait
 //! Changing host links needs root or `CAP_NET_ADMIN`. Today the daemon holds a
-//! `DirectNetOps` when it has that privilege; later a small root helper will expose
-//! the same operations over a socket, and the daemon will hold a client that
-//! implements [`NetOps`] instead. So every method takes narrow, typed,
+//! `DirectNetOps` when it has that privilege; otherwise the root helper
+//! (`banger-helper`) performs the same operations for it over a socket, and the daemon
+//! holds [`HelperNetOps`](crate::helper::HelperNetOps), which implements [`NetOps`]. So every method takes narrow, typed,
 //! serde-serializable arguments (`&str` names, [`Subnet`], [`Ipv4Addr`], `u32`).
 //!
 //! # Blocking
@@ -158,6 +158,35 @@ pub enum NetError {
         name: String,
         /// What it is.
         kind: String,
+    },
+    /// The root helper could not be reached, or the connection broke.
+    #[error("cannot reach banger's root helper at {} (is banger-helper running?)", socket.display())]
+    HelperUnreachable {
+        /// Its socket.
+        socket: std::path::PathBuf,
+        /// What the connection said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The root helper answered something that is not an answer.
+    #[error("banger's root helper at {} {reason}", socket.display())]
+    HelperProtocol {
+        /// Its socket.
+        socket: std::path::PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The root helper refused the request; nothing ran.
+    #[error("banger's root helper refused: {error}")]
+    HelperRefused {
+        /// Its reason.
+        error: String,
+    },
+    /// The root helper ran the operation and it failed.
+    #[error("banger's root helper: {error}")]
+    HelperFailed {
+        /// The operation's error, as the helper rendered it.
+        error: String,
     },
     /// A TAP device with that name exists but cannot be reused as asked.
     #[error("TAP device {name} already exists but {reason}")]

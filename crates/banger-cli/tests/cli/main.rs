@@ -3,6 +3,7 @@
 //! fake Firecracker standing in for the VMM and a real `banger-agent` behind its vsock.
 
 mod common;
+mod dns;
 mod exec;
 mod foundation;
 mod guest;

@@ -274,6 +274,7 @@ pub async fn delete(state: &Arc<AppState>, id: &str) -> Result<Option<String>, O
         });
     }
     state.db(|s| s.delete_vm(&row.id))?;
+    state.refresh_dns();
     state.locks.forget(&row.id);
     state.agents.forget(&row.id);
     Ok(None)
