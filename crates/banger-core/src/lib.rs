@@ -18,11 +18,14 @@
 //!   for a POSIX shell.
 //! - [`vmm_kind`]: which VMM runs a VM, and the config's choice of one.
 //! - [`vm`]: a VM's lifecycle state and guest MAC address.
+//! - [`ssh_config`]: the managed `Host *.vm` block in the owner's `~/.ssh/config`.
+//! - [`known_hosts`]: banger's own known_hosts lines, the guests' host keys by name and address.
 
 pub mod build;
 pub mod config;
 pub mod elf;
 pub mod error;
+pub mod known_hosts;
 pub mod layout;
 pub mod limits;
 pub mod logs;
@@ -32,5 +35,6 @@ pub mod probe;
 pub mod quote;
 pub mod runner;
 pub mod size;
+pub mod ssh_config;
 pub mod vm;
 pub mod vmm_kind;
