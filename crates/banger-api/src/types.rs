@@ -337,6 +337,9 @@ pub enum VmAction {
         signal: String,
     },
     Delete,
+    /// Deletes the VM only if it is not running (stopped, or failed to boot); a running
+    /// or starting VM is refused and kept.
+    Prune,
     /// Changes the VM's resources.
     Set {
         settings: VmSettings,
@@ -350,7 +353,7 @@ impl VmAction {
             Self::Stop => "stopped",
             Self::Restart => "restarted",
             Self::Kill { .. } => "killed",
-            Self::Delete => "deleted",
+            Self::Delete | Self::Prune => "deleted",
             Self::Set { .. } => "updated",
         }
     }
@@ -366,6 +369,7 @@ enum VmActionWire {
     Restart,
     Kill(JsonObject<KillWire>),
     Delete,
+    Prune,
     Set(JsonObject<SetWire>),
 }
 
@@ -389,6 +393,7 @@ impl From<VmActionWire> for VmAction {
             VmActionWire::Restart => Self::Restart,
             VmActionWire::Kill(JsonObject(k)) => Self::Kill { signal: k.signal },
             VmActionWire::Delete => Self::Delete,
+            VmActionWire::Prune => Self::Prune,
             VmActionWire::Set(JsonObject(s)) => Self::Set {
                 settings: s.settings.0,
             },

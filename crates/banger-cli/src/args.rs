@@ -165,6 +165,14 @@ before any VM is made. --dry-run prints what would be shipped and makes nothing.
         after_long_help = "Examples:\n  banger vm delete web\n  banger vm rm web db"
     )]
     Delete(Refs),
+    /// Delete every stopped VM, after a confirmation.
+    #[command(
+        long_about = "Delete every VM that is not running (stopped, or failed to boot) and its disks. \
+The VMs are listed first and deleted only after you answer yes (or with --yes). A VM started \
+after the list was printed is kept.",
+        after_long_help = "Examples:\n  banger vm prune\n  banger vm prune --yes"
+    )]
+    Prune(PruneArgs),
     /// Change VMs' CPUs, memory or disk sizes (disks only grow; CPU and memory apply at next start).
     #[command(
         after_long_help = "Examples:\n  banger vm set web --cpus 4 --memory 8G\n  banger vm set web --work-disk 40G"
@@ -408,6 +416,13 @@ pub struct ListArgs {
     /// Print JSON
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Delete without asking
+    #[arg(long, short)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

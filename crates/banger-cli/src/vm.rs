@@ -113,6 +113,7 @@ pub async fn run(cmd: VmCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
         VmCommand::Restart(r) => act(ctx, VmAction::Restart, r.refs).await,
         VmCommand::Kill(k) => act(ctx, VmAction::Kill { signal: k.signal }, k.refs.refs).await,
         VmCommand::Delete(r) => act(ctx, VmAction::Delete, r.refs).await,
+        VmCommand::Prune(p) => prune(ctx, p.yes).await,
         VmCommand::Set(s) => {
             let settings = settings_flags(s.cpus, &s.memory, &s.disk, &s.work_disk)?;
             if settings == VmSettings::default() {
@@ -354,6 +355,58 @@ async fn act(ctx: &mut Ctx, action: VmAction, refs: Vec<String>) -> Result<u8, C
         });
     }
     Ok(0)
+}
+
+/// `vm prune`: the VMs that are not running, in a table; deleted after a yes (read from
+/// stdin, as `docker container prune` does, so `yes | banger vm prune` works too) or with
+/// `--yes`. The daemon deletes each only if it is still not running.
+async fn prune(ctx: &mut Ctx, yes: bool) -> Result<u8, CliError> {
+    use banger_api::types::VmState;
+    let (client, _) = connect(ctx).await?;
+    let vms: Vec<Vm> = client.get(Route::VmList { all: true }).await?;
+    let stopped: Vec<&Vm> = vms
+        .iter()
+        .filter(|v| matches!(v.state, VmState::Stopped | VmState::Error))
+        .collect();
+    if stopped.is_empty() {
+        ctx.ui.note("no stopped VMs")?;
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = stopped
+        .iter()
+        .map(|v| {
+            vec![
+                v.id[..12.min(v.id.len())].to_string(),
+                v.name.clone(),
+                v.state.to_string(),
+                v.image.clone(),
+                ByteSize(v.disk_bytes + v.work_disk_bytes).to_string(),
+                v.created_at.clone(),
+            ]
+        })
+        .collect();
+    let table = ui::table(&["ID", "NAME", "STATE", "IMAGE", "DISKS", "CREATED"], &rows);
+    ctx.ui.out().write_all(table.as_bytes())?;
+    ctx.ui.out().flush()?;
+    if !yes {
+        let n = stopped.len();
+        let prompt = format!(
+            "Delete {n} VM{} and {} disks? [y/N] ",
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "its" } else { "their" }
+        );
+        ctx.ui.err().write_all(prompt.as_bytes())?;
+        ctx.ui.err().flush()?;
+        let mut answer = String::new();
+        // EOF (no answer) is a no.
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+            ctx.ui.note("nothing deleted")?;
+            return Ok(1);
+        }
+    }
+    let ids = stopped.iter().map(|v| v.id.clone()).collect();
+    act(ctx, VmAction::Prune, ids).await
 }
 
 async fn list(ctx: &mut Ctx, l: &ListArgs) -> Result<u8, CliError> {

@@ -1189,3 +1189,89 @@ fn adversarial_log_console_flood_is_capped_by_the_running_daemon() {
     assert!(log.contains("log rotated"), "{log}");
     home.ok(&["vm", "delete", "flood"]);
 }
+
+/// Runs `args` with `input` on stdin.
+fn run_with_stdin(home: &Home, args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = home
+        .cmd(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn prune_lists_stopped_vms_and_deletes_them_only_after_yes() {
+    let Some(home) = Home::for_vms("") else {
+        return;
+    };
+    for name in ["keep", "old1", "old2"] {
+        home.ok(&["vm", "create", "--name", name, "--image", "test-img"]);
+    }
+    home.ok(&["vm", "stop", "old1", "old2"]);
+    let dir = home.vm("old1")["dir"].as_str().unwrap().to_string();
+
+    // No answer, or anything but yes: the table, and nothing deleted.
+    for answer in ["", "n\n", "maybe\n"] {
+        let out = run_with_stdin(&home, &["vm", "prune"], answer);
+        assert_eq!(out.status.code(), Some(1), "{answer:?}: {}", stderr(&out));
+        let table = String::from_utf8_lossy(&out.stdout);
+        assert!(table.starts_with("ID"), "{table}");
+        assert!(table.contains("old1") && table.contains("old2"), "{table}");
+        assert!(
+            !table.contains("keep"),
+            "a running VM is not listed: {table}"
+        );
+        let err = stderr(&out);
+        assert!(err.contains("Delete 2 VMs and their disks? [y/N]"), "{err}");
+        assert!(err.contains("nothing deleted"), "{err}");
+        assert_eq!(home.vms().len(), 3, "{answer:?} deleted something");
+    }
+
+    let out = run_with_stdin(&home, &["vm", "prune"], "y\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("deleted old1") && text.contains("deleted old2"),
+        "{text}"
+    );
+    let names: Vec<String> = home
+        .vms()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["keep"]);
+    assert!(!Path::new(&dir).exists(), "disks left after prune");
+
+    // Nothing left to prune: said so, success.
+    let out = home.run(&["vm", "prune", "--yes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no stopped VMs"), "{}", stderr(&out));
+
+    // --yes asks nothing.
+    home.ok(&["vm", "stop", "keep"]);
+    let out = home.run(&["vm", "prune", "--yes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("[y/N]"));
+    assert!(home.vms().is_empty());
+
+    // The daemon refuses to prune a running VM, whatever the client sends.
+    home.ok(&["vm", "create", "--name", "live", "--image", "test-img"]);
+    let id = home.vm("live")["id"].as_str().unwrap().to_string();
+    let reply = raw_post(
+        &home.socket(),
+        "/v1/vms/actions",
+        &format!(r#"{{"refs":["{id}"],"action":"prune"}}"#),
+    );
+    assert!(reply.contains("is running; stop it to prune it"), "{reply}");
+    assert_eq!(home.vm("live")["state"], "running");
+}

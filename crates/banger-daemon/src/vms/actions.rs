@@ -1,4 +1,4 @@
-//! Actions on existing VMs: start, stop, restart, kill, delete, set, each under the VM's
+//! Actions on existing VMs: start, stop, restart, kill, delete, prune, set, each under the VM's
 //! lock; and [`act`], which applies one action to several VMs concurrently, answering in the
 //! order the references were given.
 
@@ -49,6 +49,7 @@ pub async fn act(state: Arc<AppState>, req: ActionRequest) -> Result<Vec<ActionO
                         Job::Restart => restart(&state, &row.id).await,
                         Job::Kill(signal) => kill(&state, &row.id, *signal).await,
                         Job::Delete => delete(&state, &row.id).await,
+                        Job::Prune => prune(&state, &row.id).await,
                         Job::Set(settings) => set(&state, &row.id, settings).await,
                     };
                     (idx, r)
@@ -79,6 +80,7 @@ enum Job {
     Restart,
     Kill(banger_vmm::process::Signal),
     Delete,
+    Prune,
     Set(VmSettings),
 }
 
@@ -90,6 +92,7 @@ impl Job {
             VmAction::Restart => Self::Restart,
             VmAction::Kill { signal } => Self::Kill(signal.parse()?),
             VmAction::Delete => Self::Delete,
+            VmAction::Prune => Self::Prune,
             VmAction::Set { settings } => {
                 // banger's own caps for every VM at once; each VM's backend is checked in
                 // `set`.
@@ -261,6 +264,27 @@ pub async fn delete(state: &Arc<AppState>, id: &str) -> Result<Option<String>, O
     let lock = state.locks.vm(id);
     let _g = lock.lock().await;
     let row = reload(state, id)?;
+    delete_locked(state, row).await
+}
+
+/// Deletes the VM if, under its lock, it is still not running: what `vm prune` listed as
+/// stopped may have been started since, and is then kept.
+pub async fn prune(state: &Arc<AppState>, id: &str) -> Result<Option<String>, OpError> {
+    let lock = state.locks.vm(id);
+    let _g = lock.lock().await;
+    let row = reload(state, id)?;
+    match row.state {
+        VmState::Stopped | VmState::Error => delete_locked(state, row).await,
+        VmState::Running | VmState::Creating => Err(OpError::WrongState {
+            vm: row.name,
+            state: row.state.to_string(),
+            wanted: "stop it to prune it, or delete it",
+        }),
+    }
+}
+
+/// Deletes a VM whose lock the caller holds.
+async fn delete_locked(state: &Arc<AppState>, row: VmRow) -> Result<Option<String>, OpError> {
     kill_vmms_of(state, &row).await;
     release(state, &row).await;
     let dir = PathBuf::from(&row.dir);
