@@ -480,7 +480,8 @@ pub struct Health {
     pub hostname: String,
 }
 
-/// `GET /v1/vms/{ref}/ports`: the guest's listening sockets.
+/// `GET /v1/vms/{ref}/ports`: the guest's listening sockets, a socket listening on both
+/// `0.0.0.0` and `::` (or the same port in both families for one process) shown once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ports {
     pub listeners: Vec<PortListener>,
@@ -500,6 +501,13 @@ pub struct PortListener {
     pub process: Option<String>,
     /// The process command line, arguments joined by spaces.
     pub command: Option<String>,
+    /// Where the host reaches it: `NAME.vm:PORT` when it listens on an address the host can
+    /// reach (a wildcard or the guest's own), else the bound `ADDRESS:PORT` (guest only).
+    pub endpoint: String,
+    /// `https://NAME.vm:PORT/` or `http://NAME.vm:PORT/` when a TCP listener answered HTTP
+    /// (HTTPS is tried first), else absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// Transport protocol of a listening socket.

@@ -584,36 +584,32 @@ async fn logs(ctx: &mut Ctx, reference: &str, follow: bool) -> Result<u8, CliErr
 
 async fn ports(ctx: &mut Ctx, reference: &str, json: bool) -> Result<u8, CliError> {
     let (client, _) = connect(ctx).await?;
-    let vm: Vm = client.get(Route::Vm(reference)).await?;
     let p: Ports = client.get(Route::VmPorts(reference)).await?;
     if json {
         ctx.ui.json(&p)?;
         return Ok(0);
     }
-    ctx.ui
-        .out()
-        .write_all(ports_table(&vm.name, &p).as_bytes())?;
+    ctx.ui.out().write_all(ports_table(&p).as_bytes())?;
     Ok(0)
 }
 
-/// The `vm ports` table. Process names and command lines come from the guest; the table
-/// escapes them, so they cannot add rows or reach the terminal as control sequences.
-fn ports_table(vm_name: &str, p: &Ports) -> String {
-    let mut seen = std::collections::BTreeSet::new();
-    let mut rows = Vec::new();
-    for l in &p.listeners {
-        let proto = format!("{:?}", l.proto).to_lowercase();
-        // Dual-stack duplicates (the same port on 0.0.0.0 and ::) collapse to one row.
-        if !seen.insert((proto.clone(), l.port, l.pid)) {
-            continue;
-        }
-        rows.push(vec![
-            proto,
-            format!("{vm_name}.vm:{}", l.port),
-            l.process.clone().unwrap_or_else(|| "-".into()),
-            l.command.clone().unwrap_or_default(),
-        ]);
-    }
+/// The `vm ports` table: one row per listener (the daemon collapsed dual-stack twins), a
+/// web server's URL in place of its endpoint, so a terminal shows it as a link. Process names
+/// and command lines come from the guest; the table escapes them, so they cannot add rows or
+/// reach the terminal as control sequences.
+fn ports_table(p: &Ports) -> String {
+    let rows: Vec<Vec<String>> = p
+        .listeners
+        .iter()
+        .map(|l| {
+            vec![
+                format!("{:?}", l.proto).to_lowercase(),
+                l.url.clone().unwrap_or_else(|| l.endpoint.clone()),
+                l.process.clone().unwrap_or_else(|| "-".into()),
+                l.command.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
     ui::table(&["PROTO", "ENDPOINT", "PROCESS", "COMMAND"], &rows)
 }
 
@@ -933,7 +929,24 @@ mod tests {
             pid: Some(u32::from(port)),
             process: Some(process.into()),
             command: Some(command.into()),
+            endpoint: format!("web.vm:{port}"),
+            url: None,
         }
+    }
+
+    #[test]
+    fn a_web_listener_shows_its_url_in_place_of_the_endpoint() {
+        let mut web = listener(8000, "python3", "python3 -m http.server");
+        web.url = Some("http://web.vm:8000/".into());
+        let t = ports_table(&Ports {
+            listeners: vec![listener(22, "sshd", "sshd -D"), web],
+        });
+        assert_eq!(
+            t,
+            "PROTO  ENDPOINT             PROCESS  COMMAND\n\
+             tcp    web.vm:22            sshd     sshd -D\n\
+             tcp    http://web.vm:8000/  python3  python3 -m http.server\n"
+        );
     }
 
     #[test]
@@ -953,7 +966,7 @@ mod tests {
                 listener(8002, "rtl\u{202e}dhss", "x\ry\tz\u{9b}31m"),
             ],
         };
-        let t = ports_table("web", &ports);
+        let t = ports_table(&ports);
         // A header and exactly three rows: the embedded newline faked none.
         assert_eq!(t.lines().count(), 4, "{t}");
         assert!(!t.lines().any(|l| l.starts_with("tcp    web.vm:22")), "{t}");

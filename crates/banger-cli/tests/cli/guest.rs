@@ -173,13 +173,41 @@ fn guest_lifecycle_persists_work_and_cleans_up() {
     assert!(o.status.success(), "{}", err(&o));
     assert_eq!(out(&o).trim(), "box");
 
-    let ports = home.ok(&["vm", "ports", "box"]);
+    // A web server in the guest is a link; sshd is an endpoint, listed once for both stacks.
+    home.ok(&[
+        "vm",
+        "exec",
+        "box",
+        "--",
+        "setsid -f python3 -m http.server 8000 >/dev/null 2>&1 < /dev/null",
+    ]);
+    let mut ports = String::new();
+    for _ in 0..50 {
+        ports = home.ok(&["vm", "ports", "box"]);
+        if ports.contains(":8000") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let row = |needle: &str| ports.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(row("box.vm:22 "), 1, "{ports}");
     assert!(
         ports
             .lines()
             .any(|l| l.starts_with("tcp") && l.contains("box.vm:22") && l.contains("sshd")),
         "{ports}"
     );
+    assert_eq!(row("http://box.vm:8000/"), 1, "{ports}");
+    let json: serde_json::Value =
+        serde_json::from_str(&home.ok(&["vm", "ports", "box", "--json"])).unwrap();
+    let web = json["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["port"] == 8000)
+        .unwrap_or_else(|| panic!("{json}"));
+    assert_eq!(web["url"], "http://box.vm:8000/");
+    assert_eq!(web["endpoint"], "box.vm:8000");
     let health: serde_json::Value =
         serde_json::from_str(&home.ok(&["vm", "health", "box", "--json"])).unwrap();
     assert_eq!(health["hostname"], "box");

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use banger_agent_proto::client::exec::Io;
 use banger_agent_proto::client::{ClientError, DEFAULT_TIMEOUT};
 use banger_agent_proto::wire;
-use banger_api::types::{Family, Health, Ping, PortListener, Ports, Proto, VmState};
+use banger_api::types::{Family, Health, Ping, PortListener, Proto, VmState};
 use banger_store::VmRow;
 use banger_vmm::AgentEndpoint;
 
@@ -151,8 +151,12 @@ pub async fn ping(state: &AppState, reference: &str) -> Result<Ping, OpError> {
     })
 }
 
-/// The listening sockets of the guest of the running VM `reference` names.
-pub async fn ports(state: &AppState, reference: &str) -> Result<Ports, OpError> {
+/// The VM `reference` names and the listening sockets its guest agent reports, as the
+/// API's type (endpoints and URLs not yet filled: see [`ports`](super::ports)).
+pub(super) async fn listeners(
+    state: &AppState,
+    reference: &str,
+) -> Result<(VmRow, Vec<PortListener>), OpError> {
     let row = state.find_vm(reference)?;
     let stream = open_stream(state, &row, AGENT_TIMEOUT).await?;
     let p = banger_agent_proto::client::ports(stream, AGENT_TIMEOUT)
@@ -161,9 +165,8 @@ pub async fn ports(state: &AppState, reference: &str) -> Result<Ports, OpError> 
             vm: row.name.clone(),
             source,
         })?;
-    Ok(Ports {
-        listeners: p.listeners.into_iter().map(port_listener).collect(),
-    })
+    let listeners = p.listeners.into_iter().map(port_listener).collect();
+    Ok((row, listeners))
 }
 
 async fn health_of(state: &AppState, reference: &str) -> Result<(VmRow, wire::Health), OpError> {
@@ -206,6 +209,8 @@ fn port_listener(l: wire::Listener) -> PortListener {
         pid: l.pid,
         process: l.process,
         command: l.command,
+        endpoint: String::new(),
+        url: None,
     }
 }
 
@@ -225,11 +230,11 @@ mod tests {
             command: Some("dnsd -f".into()),
         };
         let api = port_listener(wire.clone());
-        // Field for field, the same JSON as the agent's.
-        assert_eq!(
-            serde_json::to_value(&api).unwrap(),
-            serde_json::to_value(&wire).unwrap()
-        );
+        // Field for field, the same JSON as the agent's, plus the endpoint `ports` fills.
+        let mut json = serde_json::to_value(&api).unwrap();
+        assert_eq!(json["endpoint"], "");
+        json.as_object_mut().unwrap().remove("endpoint");
+        assert_eq!(json, serde_json::to_value(&wire).unwrap());
         assert_eq!((api.proto, api.family), (Proto::Udp, Family::Ipv6));
     }
 }

@@ -43,6 +43,7 @@
 //! - `vmm`: the VM's VMM process, identified before it is signalled.
 //! - `agent`: the VM's guest agent (readiness, health, ping, ports, exec sessions), one
 //!   multiplexed connection per VM reached over a Unix socket (QEMU).
+//! - `ports`: the guest's listeners as the host reaches them: endpoints, web links.
 //! - `exec`: exec sessions relayed between a client and the agent.
 //! - `query`: the VM list, one VM, its VMM's statistics.
 //! - `actions`: start, stop, restart, kill, delete, set, and multi-VM actions.
@@ -55,18 +56,20 @@ mod create;
 mod exec;
 mod host_files;
 mod lookup;
+mod ports;
 mod query;
 mod reconcile;
 mod view;
 mod vmm;
 
 pub use actions::{act, delete, kill, restart, set, start, stop};
-pub use agent::{agent_health, agent_ports, endpoint_of, exec_channel, health, ping, ports};
+pub use agent::{agent_health, agent_ports, endpoint_of, exec_channel, health, ping};
 pub use create::{
     DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_WORK_DISK, check_settings, create, rollback_create,
 };
 pub use exec::{UPGRADE_EXEC, relay};
 pub use lookup::resolve;
+pub use ports::ports;
 pub use query::{list, show, stats};
 pub use reconcile::{monitor, reconcile, reconcile_running};
 pub use view::{BOOT_ARGS, workspace_view};
