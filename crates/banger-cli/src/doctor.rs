@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use banger_api::Client;
-use banger_api::types::DaemonStatus;
+use banger_api::types::{DaemonStatus, DnsListener};
 use banger_core::build::BuildInfo;
 use banger_core::config::Config;
 use banger_core::error::chain;
@@ -65,6 +65,8 @@ fn check(name: &str, status: Status, detail: impl Into<String>, fix: Option<&str
 #[derive(Debug, Clone)]
 pub struct Host {
     pub dev_kvm: PathBuf,
+    /// `/dev/vhost-vsock`, for QEMU's vsock.
+    pub dev_vhost_vsock: PathBuf,
     pub cpuinfo: PathBuf,
     /// `/proc/self/status`, for the effective capabilities.
     pub proc_status: PathBuf,
@@ -79,6 +81,7 @@ impl Host {
     pub fn real(env: HostEnv, conn: Conn) -> Self {
         Self {
             dev_kvm: PathBuf::from(probe::DEV_KVM),
+            dev_vhost_vsock: PathBuf::from(DEV_VHOST_VSOCK),
             cpuinfo: PathBuf::from(probe::PROC_CPUINFO),
             proc_status: PathBuf::from("/proc/self/status"),
             env,
@@ -89,15 +92,18 @@ impl Host {
 
 /// Runs every check.
 pub async fn run(layout: &Layout, host: &Host) -> Vec<Check> {
+    let (daemon, status) = daemon_check(layout, host.conn).await;
     let mut checks = vec![
         dirs_check(layout, host.conn.euid),
         config_check(layout),
-        daemon_check(layout, host.conn).await,
+        daemon,
+        dns_check(status.as_ref().map(|s| &s.dns)).await,
         store_check(layout),
         daemon_binary_check(&host.env),
         agent_binary_check(&host.env),
         kvm_check(&host.dev_kvm, &host.cpuinfo),
         net_admin_check(&host.proc_status),
+        vhost_vsock_check(&host.dev_vhost_vsock),
     ];
     checks.extend(vmm_checks(layout, host));
     checks.extend(artifact_checks(layout));
@@ -154,14 +160,16 @@ fn dirs_check(layout: &Layout, euid: u32) -> Check {
     }
 }
 
-async fn daemon_check(layout: &Layout, conn: Conn) -> Check {
+/// The daemon's own check, and its status when it answered.
+async fn daemon_check(layout: &Layout, conn: Conn) -> (Check, Option<DaemonStatus>) {
     let client: Client = match crate::daemonctl::client(layout, conn) {
         Ok(c) => c,
         Err(e) => {
-            return check("daemon", Status::Fail, chain(&e), None);
+            return (check("daemon", Status::Fail, chain(&e), None), None);
         }
     };
-    match client.get::<DaemonStatus>(banger_api::Route::Status).await {
+    let reply = client.get::<DaemonStatus>(banger_api::Route::Status).await;
+    let check = match &reply {
         Ok(st) if st.build == BuildInfo::current() => check(
             "daemon",
             Status::Pass,
@@ -189,6 +197,48 @@ async fn daemon_check(layout: &Layout, conn: Conn) -> Check {
             chain(&e),
             Some("banger daemon stop"),
         ),
+    };
+    (check, reply.ok())
+}
+
+/// How long doctor waits for the daemon's DNS server.
+const DNS_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The daemon's DNS server answers for `.vm` where the daemon says it listens.
+async fn dns_check(listener: Option<&DnsListener>) -> Check {
+    const NAME: &str = "dns";
+    let Some(listener) = listener else {
+        return check(
+            NAME,
+            Status::Warn,
+            "the daemon is not running; it serves .vm names when it runs",
+            None,
+        );
+    };
+    match listener {
+        DnsListener::Off => check(
+            NAME,
+            Status::Warn,
+            "off (config dns = false): NAME.vm names do not resolve",
+            Some("set dns = true in the config (see docs/config.md)"),
+        ),
+        DnsListener::Failed { error } => check(
+            NAME,
+            Status::Fail,
+            format!("the daemon's DNS server did not start: {error}"),
+            Some("free the port or set dns_listen (see docs/config.md)"),
+        ),
+        DnsListener::Listening { address } => {
+            match banger_dns::probe(*address, DNS_PROBE_TIMEOUT).await {
+                Ok(()) => check(
+                    NAME,
+                    Status::Pass,
+                    format!("answers for .vm on {address} (UDP)"),
+                    None,
+                ),
+                Err(e) => check(NAME, Status::Fail, chain(&e), Some("banger daemon stop")),
+            }
+        }
     }
 }
 
@@ -499,6 +549,41 @@ fn net_admin_check(proc_status: &Path) -> Check {
     }
 }
 
+/// The vhost-vsock device QEMU's `vhost-vsock-pci` needs.
+pub const DEV_VHOST_VSOCK: &str = "/dev/vhost-vsock";
+
+/// `/dev/vhost-vsock` is optional: QEMU guests talk to their agent over virtio-serial without
+/// it, and Firecracker has its own vsock.
+fn vhost_vsock_check(dev: &Path) -> Check {
+    const NAME: &str = "vhost-vsock";
+    match std::fs::OpenOptions::new().read(true).write(true).open(dev) {
+        Ok(_) => check(
+            NAME,
+            Status::Pass,
+            format!("{} is usable", dev.display()),
+            None,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => check(
+            NAME,
+            Status::Warn,
+            format!(
+                "no {}: QEMU guests use virtio-serial for their agent (Firecracker needs neither)",
+                dev.display()
+            ),
+            Some("modprobe vhost_vsock"),
+        ),
+        Err(e) => check(
+            NAME,
+            Status::Warn,
+            format!(
+                "cannot open {}: {e}; QEMU guests use virtio-serial for their agent",
+                dev.display()
+            ),
+            None,
+        ),
+    }
+}
+
 /// The host programs the daemon runs, looked up where its runner looks
 /// ([`SearchPath::programs`]: `PATH`, then the system dirs).
 fn tool_checks(path: &SearchPath) -> Vec<Check> {
@@ -530,6 +615,48 @@ fn tool_checks(path: &SearchPath) -> Vec<Check> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn dns_passes_only_when_a_server_answers_for_the_zone() {
+        assert_eq!(dns_check(None).await.status, Status::Warn);
+        assert_eq!(
+            dns_check(Some(&DnsListener::Off)).await.status,
+            Status::Warn
+        );
+        let failed = DnsListener::Failed {
+            error: "port taken".into(),
+        };
+        let c = dns_check(Some(&failed)).await;
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.detail.contains("port taken"), "{}", c.detail);
+
+        let server =
+            banger_dns::DnsServer::bind("127.0.0.1:0".parse().unwrap(), banger_dns::Records::new())
+                .await
+                .unwrap();
+        let address = server.local_addr();
+        let c = dns_check(Some(&DnsListener::Listening { address })).await;
+        assert_eq!(c.status, Status::Pass, "{}", c.detail);
+        server.shutdown().await;
+        // The daemon says it listens, but nothing answers there.
+        let c = dns_check(Some(&DnsListener::Listening { address })).await;
+        assert_eq!(c.status, Status::Fail, "{}", c.detail);
+    }
+
+    #[test]
+    fn vhost_vsock_is_optional() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = vhost_vsock_check(&dir.path().join("vhost-vsock"));
+        assert_eq!(missing.status, Status::Warn);
+        assert!(
+            missing.detail.contains("virtio-serial"),
+            "{}",
+            missing.detail
+        );
+        let dev = dir.path().join("dev");
+        std::fs::write(&dev, b"").unwrap();
+        assert_eq!(vhost_vsock_check(&dev).status, Status::Pass);
+    }
 
     #[test]
     fn kvm_check_distinguishes_pvm_only() {

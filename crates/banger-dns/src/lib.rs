@@ -328,6 +328,90 @@ impl DnsServer {
     }
 }
 
+/// Why [`probe`] found no banger DNS server at an address.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The query could not be sent or the answer not received.
+    #[error("cannot query {addr}")]
+    Io {
+        /// The server asked.
+        addr: SocketAddr,
+        /// What the kernel said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Nothing answered in time.
+    #[error("no answer from {addr} within {} ms", timeout.as_millis())]
+    Timeout {
+        /// The server asked.
+        addr: SocketAddr,
+        /// How long it was given.
+        timeout: Duration,
+    },
+    /// Something answered, but not as banger's server for `vm.` does.
+    #[error("{addr} does not serve banger's zone: {what}")]
+    NotBanger {
+        /// The server asked.
+        addr: SocketAddr,
+        /// What was wrong with the answer.
+        what: String,
+    },
+}
+
+/// Asks the server at `addr` (UDP) for the SOA of [`ZONE`], as `banger doctor` does: Ok when
+/// the answer is authoritative and carries it.
+pub async fn probe(addr: SocketAddr, timeout: Duration) -> Result<(), ProbeError> {
+    use hickory_server::proto::op::{Message, MessageType, Query};
+    let io = |source| ProbeError::Io { addr, source };
+    let not_banger = |what: String| ProbeError::NotBanger { addr, what };
+    let id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u16)
+        .unwrap_or(1);
+    let mut query = Message::new(id, MessageType::Query, OpCode::Query);
+    query.add_query(Query::query(
+        Name::from_ascii(ZONE).map_err(|e| not_banger(e.to_string()))?,
+        RecordType::SOA,
+    ));
+    let bytes = query.to_vec().map_err(|e| not_banger(e.to_string()))?;
+    let local: SocketAddr = if addr.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let exchange = async {
+        let socket = UdpSocket::bind(local).await.map_err(io)?;
+        socket.connect(addr).await.map_err(io)?;
+        socket.send(&bytes).await.map_err(io)?;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = socket.recv(&mut buf).await.map_err(io)?;
+            match Message::from_vec(&buf[..n]) {
+                Ok(m) if m.metadata.id == id => return Ok(m),
+                _ => continue,
+            }
+        }
+    };
+    let answer = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| ProbeError::Timeout { addr, timeout })??;
+    let meta = &answer.metadata;
+    if meta.response_code != ResponseCode::NoError {
+        return Err(not_banger(format!("it answered {}", meta.response_code)));
+    }
+    if !meta.authoritative {
+        return Err(not_banger("its answer is not authoritative".into()));
+    }
+    if !answer
+        .answers
+        .iter()
+        .any(|r| r.record_type() == RecordType::SOA)
+    {
+        return Err(not_banger(format!("no SOA for {ZONE} in its answer")));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

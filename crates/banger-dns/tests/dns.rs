@@ -97,3 +97,39 @@ async fn a_taken_port_is_a_bind_error_naming_it() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn the_probe_knows_banger_s_server_from_silence_and_from_other_servers() {
+    use banger_dns::{ProbeError, probe};
+    use std::time::Duration;
+    let server = DnsServer::bind("127.0.0.1:0".parse().unwrap(), Records::new())
+        .await
+        .unwrap();
+    probe(server.local_addr(), Duration::from_secs(2))
+        .await
+        .unwrap();
+
+    // A UDP socket that never answers.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let err = probe(silent.local_addr().unwrap(), Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProbeError::Timeout { .. }), "{err}");
+
+    // A server that answers every query REFUSED, as a resolver for other zones would.
+    let other = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let other_addr = other.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = other.recv_from(&mut buf).await {
+            let mut reply = buf[..n].to_vec();
+            reply[2] |= 0x80; // QR: a response
+            reply[3] = (reply[3] & 0xf0) | 5; // RCODE: REFUSED
+            let _ = other.send_to(&reply, from).await;
+        }
+    });
+    let err = probe(other_addr, Duration::from_secs(2)).await.unwrap_err();
+    assert!(matches!(err, ProbeError::NotBanger { .. }), "{err}");
+    assert!(err.to_string().contains("Refused"), "{err}");
+    server.shutdown().await;
+}
