@@ -535,6 +535,8 @@ pub struct SshInfo {
     pub public_key: String,
     /// How long clients wait for a guest's sshd (config `ssh_wait_secs`).
     pub wait_secs: u64,
+    /// banger's known_hosts: the guests' host keys, for `StrictHostKeyChecking=yes`.
+    pub known_hosts: PathBuf,
 }
 
 /// An image as the daemon reports it.

@@ -275,6 +275,7 @@ pub async fn delete(state: &Arc<AppState>, id: &str) -> Result<Option<String>, O
     }
     state.db(|s| s.delete_vm(&row.id))?;
     state.refresh_dns();
+    super::boot::forget_host_keys(state, &row);
     state.locks.forget(&row.id);
     state.agents.forget(&row.id);
     Ok(None)

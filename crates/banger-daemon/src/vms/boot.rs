@@ -1,5 +1,6 @@
-//! Boot: host files into the work disk, network up, VMM started, agent answering, sshd waited for; and [`release`], which
-//! undoes what a boot took (TAP, NAT rule, run directory).
+//! Boot: host files into the work disk, network up, VMM started, agent answering, sshd waited
+//! for, the guest's host keys recorded; and [`release`], which undoes what a boot took (TAP,
+//! NAT rule, run directory).
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use banger_api::types::VmState;
 use banger_store::VmRow;
 
-use super::agent::wait_agent;
+use super::agent::{agent_host_keys, wait_agent};
 use super::host_files;
 use crate::error::{OpError, chain};
 use crate::progress::Progress;
@@ -71,10 +72,47 @@ pub(super) async fn boot(
             );
         }
     }
+    record_host_keys(state, row, &running.agent).await;
     row.state = VmState::Running;
     row.started_at = Some(state.now());
     state.set_vm(row)?;
     Ok(())
+}
+
+/// How long the guest has to report its host keys (its agent waits up to 20 s for a first
+/// boot still making them).
+const HOST_KEYS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Asks the agent for the guest's SSH host keys and records them in banger's known_hosts
+/// under the VM's name and address, replacing whatever was there for either. Not fatal: a
+/// guest that cannot say (an older agent) keeps the lines it had, and ssh with strict host
+/// key checking refuses it until a boot records them.
+async fn record_host_keys(state: &AppState, row: &VmRow, endpoint: &banger_vmm::AgentEndpoint) {
+    let answer = match agent_host_keys(endpoint, HOST_KEYS_TIMEOUT).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            tracing::warn!(vm = %row.name, error = %chain(&e), "host keys not recorded");
+            return;
+        }
+    };
+    let mut keys = Vec::new();
+    for line in &answer.keys {
+        match banger_core::known_hosts::HostKey::parse(line) {
+            Ok(k) => keys.push(k),
+            Err(e) => tracing::warn!(vm = %row.name, error = %e, "a host key from the guest is refused"),
+        }
+    }
+    match state.ssh_hosts.record(&row.name, row.ip, &keys) {
+        Ok(()) => tracing::info!(vm = %row.name, keys = keys.len(), "host keys recorded"),
+        Err(e) => tracing::warn!(vm = %row.name, error = %chain(&e), "host keys not recorded"),
+    }
+}
+
+/// Drops a deleted VM's host keys from banger's known_hosts; a failure is logged.
+pub(super) fn forget_host_keys(state: &AppState, row: &VmRow) {
+    if let Err(e) = state.ssh_hosts.forget(&row.name, row.ip) {
+        tracing::warn!(vm = %row.name, error = %chain(&e), "host keys not removed");
+    }
 }
 
 async fn net_up(state: &Arc<AppState>, row: &VmRow) -> Result<(), OpError> {
