@@ -1,7 +1,6 @@
 //! `banger vm ...` and `banger image ...`: turn flags into API requests, render the answers.
 
 use std::io::Write;
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -564,16 +563,25 @@ fn ports_table(vm_name: &str, p: &Ports) -> String {
     ui::table(&["PROTO", "ENDPOINT", "PROCESS", "COMMAND"], &rows)
 }
 
-/// The ssh command line for a VM with the managed key. Without a command, an interactive
-/// login shell, in `workdir` when given.
-pub fn ssh_args(ip: &str, key: &Path, command: &[String], workdir: Option<&str>) -> Vec<String> {
+/// The ssh command line for a VM with the managed key, checking the guest's host key
+/// strictly against banger's known_hosts (`info.known_hosts`, filled at boot). Without a
+/// command, an interactive login shell, in `workdir` when given.
+pub fn ssh_args(
+    ip: &str,
+    info: &SshInfo,
+    command: &[String],
+    workdir: Option<&str>,
+) -> Vec<String> {
     let mut args: Vec<String> = [
         "-i",
-        &key.display().to_string(),
+        &info.private_key.display().to_string(),
         "-o",
-        "StrictHostKeyChecking=no",
+        "StrictHostKeyChecking=yes",
         "-o",
-        "UserKnownHostsFile=/dev/null",
+        // Quoted: ssh splits this option's value into several files at spaces.
+        &format!("UserKnownHostsFile=\"{}\"", info.known_hosts.display()),
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
         "-o",
         "LogLevel=ERROR",
         "-o",
@@ -610,7 +618,7 @@ fn ssh(vm: &Vm, info: &SshInfo, command: &[String], workdir: Option<&str>) -> Re
         .map(|ip| ip.to_string())
         .ok_or_else(|| CliError::Usage(format!("VM {} has no IP", vm.name)))?;
     let status = std::process::Command::new("ssh")
-        .args(ssh_args(&ip, &info.private_key, command, workdir))
+        .args(ssh_args(&ip, info, command, workdir))
         .stdin(Stdio::inherit())
         .status()
         .map_err(|source| CliError::Spawn {
@@ -761,26 +769,47 @@ async fn run_in(
 mod tests {
     use super::*;
 
+    fn info() -> SshInfo {
+        SshInfo {
+            private_key: "/k".into(),
+            public_key: "ssh-ed25519 AAAA".into(),
+            wait_secs: 1,
+            known_hosts: "/state/ssh/known hosts".into(),
+        }
+    }
+
+    #[test]
+    fn ssh_checks_host_keys_strictly_against_banger_s_file() {
+        let a = ssh_args("172.30.0.2", &info(), &[], None).join(" ");
+        assert!(a.contains("-o StrictHostKeyChecking=yes"), "{a}");
+        assert!(
+            a.contains("-o UserKnownHostsFile=\"/state/ssh/known hosts\" "),
+            "{a}"
+        );
+        assert!(!a.contains("StrictHostKeyChecking=no"), "{a}");
+        assert!(!a.contains("UserKnownHostsFile=/dev/null"), "{a}");
+    }
+
     #[test]
     fn ssh_gets_an_argv_quoted_and_a_shell_line_as_it_is() {
         let a = ssh_args(
             "172.30.0.2",
-            Path::new("/k"),
+            &info(),
             &["sh".into(), "-c".into(), "exit 7".into()],
             Some("/root/repo"),
         );
         assert_eq!(a.last().unwrap(), "sh -c 'exit 7'");
         assert!(!a.contains(&"-t".to_string()));
-        assert!(ssh_args("1.2.3.4", Path::new("/k"), &[], None).contains(&"-t".to_string()));
+        assert!(ssh_args("1.2.3.4", &info(), &[], None).contains(&"-t".to_string()));
         let a = ssh_args(
             "1.2.3.4",
-            Path::new("/k"),
+            &info(),
             &["echo kept > /root/f".into()],
             None,
         );
         assert_eq!(a.last().unwrap(), "echo kept > /root/f");
         // The interactive shell of a workspace starts in it, on a terminal.
-        let a = ssh_args("1.2.3.4", Path::new("/k"), &[], Some("/root/my repo"));
+        let a = ssh_args("1.2.3.4", &info(), &[], Some("/root/my repo"));
         assert!(a.contains(&"-t".to_string()));
         assert_eq!(
             a.last().unwrap(),

@@ -44,6 +44,8 @@ pub enum SshHostsError {
         #[source]
         source: SshConfigError,
     },
+    #[error("cannot render banger's ssh config block")]
+    Render(#[source] SshConfigError),
     #[error("the daemon was given no home directory, so there is no ~/.ssh/config to write")]
     NoHome,
     #[error("the home directory {path} does not exist")]
