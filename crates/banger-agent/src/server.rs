@@ -36,7 +36,9 @@ use crate::serial::SerialStream;
 use crate::{error_chain, exec, mux};
 use banger_agent_proto::exec::{EXEC_PATH, UPGRADE_EXEC};
 use banger_agent_proto::mux::{MUX_PATH, UPGRADE_MUX};
-use banger_agent_proto::wire::{AGENT_VSOCK_PORT, ErrorBody, HOST_KEYS_PATH, Health, HostKeys, Ports};
+use banger_agent_proto::wire::{
+    AGENT_VSOCK_PORT, ErrorBody, HOST_KEYS_PATH, Health, HostKeys, Ports,
+};
 
 /// How long the serial loop waits before reopening the device after a connection ends.
 pub const SERIAL_REOPEN_DELAY: Duration = Duration::from_millis(200);

@@ -801,12 +801,7 @@ mod tests {
         assert_eq!(a.last().unwrap(), "sh -c 'exit 7'");
         assert!(!a.contains(&"-t".to_string()));
         assert!(ssh_args("1.2.3.4", &info(), &[], None).contains(&"-t".to_string()));
-        let a = ssh_args(
-            "1.2.3.4",
-            &info(),
-            &["echo kept > /root/f".into()],
-            None,
-        );
+        let a = ssh_args("1.2.3.4", &info(), &["echo kept > /root/f".into()], None);
         assert_eq!(a.last().unwrap(), "echo kept > /root/f");
         // The interactive shell of a workspace starts in it, on a terminal.
         let a = ssh_args("1.2.3.4", &info(), &[], Some("/root/my repo"));

@@ -377,7 +377,9 @@ mod tests {
             ("db", Ipv4Addr::new(172, 30, 0, 6)),
         ]);
         assert_eq!(
-            text.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>(),
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .collect::<Vec<_>>(),
             [
                 "Host web.vm",
                 "    HostName 172.30.0.5",

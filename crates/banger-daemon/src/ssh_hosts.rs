@@ -267,7 +267,8 @@ fn write_whole(
     }
     tmp.write_all(bytes).map_err(io("write", path))?;
     tmp.as_file().sync_all().map_err(io("sync", path))?;
-    tmp.persist(path).map_err(|e| io("replace", path)(e.error))?;
+    tmp.persist(path)
+        .map_err(|e| io("replace", path)(e.error))?;
     Ok(())
 }
 

@@ -2344,10 +2344,7 @@ mod vm_fixture {
             let keys = host_keys(booted.fetch_add(1, Ordering::SeqCst));
             let app = Router::new()
                 .route("/healthz", get(|| async { Json(health()) }))
-                .route(
-                    "/host-keys",
-                    get(move || async move { Json(keys.clone()) }),
-                );
+                .route("/host-keys", get(move || async move { Json(keys.clone()) }));
             tokio::spawn(serve_router(listener, app, std::future::pending()));
         })
         .await
@@ -3760,7 +3757,9 @@ mod ssh_hosts {
         std::fs::create_dir_all(layout.ssh_dir()).unwrap();
         let first = f.create(request("one")).await.unwrap();
         let ip = first.ip.unwrap();
-        banger_daemon::vms::delete(&f.state, &first.id).await.unwrap();
+        banger_daemon::vms::delete(&f.state, &first.id)
+            .await
+            .unwrap();
         // A line for the address that outlived its VM (a file from an older banger).
         let mine = "# kept\nother.vm,172.30.0.200 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOther\n";
         std::fs::write(

@@ -10,7 +10,8 @@ use std::process::Command;
 use crate::common::*;
 
 /// A user config with entries of its own that ends inside a `Host` stanza.
-const USER: &str = "# my own\nHost github.com\n    User git\n\nHost *\n    ServerAliveInterval 30\n";
+const USER: &str =
+    "# my own\nHost github.com\n    User git\n\nHost *\n    ServerAliveInterval 30\n";
 
 const BEGIN: &str = banger_core::ssh_config::BEGIN;
 
@@ -102,7 +103,8 @@ fn the_block_goes_around_the_user_s_entries_at_daemon_start_and_comes_out_exactl
     home.ok(&["daemon", "status"]);
     assert_eq!(read(&config), written);
     assert!(
-        home.ok(&["ssh-config"]).starts_with("banger's block is up to date in "),
+        home.ok(&["ssh-config"])
+            .starts_with("banger's block is up to date in "),
         "an unchanged block is not rewritten"
     );
     assert_eq!(
@@ -148,7 +150,11 @@ fn ssh_config_false_leaves_the_user_s_config_alone_at_start() {
     let home = Home::new();
     let config = user_config(&home, USER, 0o600);
     std::fs::create_dir_all(home.path().join("config")).unwrap();
-    std::fs::write(home.path().join("config/config.toml"), "ssh_config = false\n").unwrap();
+    std::fs::write(
+        home.path().join("config/config.toml"),
+        "ssh_config = false\n",
+    )
+    .unwrap();
     home.ok(&["daemon", "status"]);
     assert_eq!(read(&config), USER);
     // --print still shows it, and writes nothing.
@@ -203,9 +209,6 @@ fn running_vms_are_reached_by_address_without_dns_routing() {
     home.ok(&["vm", "start", "web"]);
     assert_eq!(ssh_option(&config, "web.vm", "hostname").unwrap(), ip);
     home.ok(&["vm", "delete", "web"]);
-    assert_eq!(
-        ssh_option(&config, "web.vm", "hostname").unwrap(),
-        "web.vm"
-    );
+    assert_eq!(ssh_option(&config, "web.vm", "hostname").unwrap(), "web.vm");
     assert!(read(&config).starts_with(USER));
 }

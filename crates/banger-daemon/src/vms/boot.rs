@@ -99,7 +99,9 @@ async fn record_host_keys(state: &AppState, row: &VmRow, endpoint: &banger_vmm::
     for line in &answer.keys {
         match banger_core::known_hosts::HostKey::parse(line) {
             Ok(k) => keys.push(k),
-            Err(e) => tracing::warn!(vm = %row.name, error = %e, "a host key from the guest is refused"),
+            Err(e) => {
+                tracing::warn!(vm = %row.name, error = %e, "a host key from the guest is refused")
+            }
         }
     }
     match state.ssh_hosts.record(&row.name, row.ip, &keys) {
