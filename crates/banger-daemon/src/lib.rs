@@ -365,8 +365,10 @@ pub async fn run(opts: DaemonOptions, host: state::Host, uid: u32) -> Result<(),
         None
     };
     let monitor = tokio::spawn(vms::monitor(state.clone()));
+    let backfill = tokio::spawn(vms::record_missing_host_keys(state.clone()));
     let result = server::serve(listener, state).await;
     monitor.abort();
+    backfill.abort();
     if let Some(dns) = dns {
         dns.shutdown().await;
     }

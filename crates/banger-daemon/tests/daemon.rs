@@ -3774,4 +3774,58 @@ mod ssh_hosts {
             format!("{mine}two.vm,{ip} ssh-ed25519 {}\n", host_key(1))
         );
     }
+
+    /// A VM booted by a banger that recorded no host keys gets them when the daemon starts,
+    /// from its (real) agent over the VM's multiplexed connection.
+    #[tokio::test]
+    async fn running_vms_without_recorded_keys_get_them_at_daemon_start() {
+        let f = fixture(
+            Config {
+                agent_wait_secs: 10,
+                ..Config::default()
+            },
+            false,
+        );
+        let layout = f.state.opts.layout.clone();
+        std::fs::create_dir_all(layout.ssh_dir()).unwrap();
+        let guest_ssh = f.dir.path().join("guest-etc-ssh");
+        std::fs::create_dir(&guest_ssh).unwrap();
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIReal";
+        std::fs::write(
+            guest_ssh.join("ssh_host_ed25519_key.pub"),
+            format!("{key} root@old\n"),
+        )
+        .unwrap();
+        let files = banger_agent::host_keys::HostKeyFiles {
+            dir: guest_ssh,
+            maker: f.dir.path().join("no-unit"),
+            done: f.dir.path().join("no-marker"),
+            wait: Duration::from_secs(1),
+        };
+        let _agents = tokio::spawn(serve_agents(
+            layout.runtime_dir.join("vms"),
+            move |listener| {
+                let agent = banger_agent::server::Agent::with_host_keys(
+                    banger_agent::procfs::ProcFs::new("/proc"),
+                    BuildInfo::current(),
+                    files.clone(),
+                );
+                tokio::spawn(async move {
+                    while let Ok((stream, _)) = listener.accept().await {
+                        let _ =
+                            banger_agent::server::serve_connection(agent.clone(), stream, "agent")
+                                .await;
+                    }
+                });
+            },
+        ));
+        let vm = f.create(request("old")).await.unwrap();
+        let ip = vm.ip.unwrap();
+        let recorded = format!("old.vm,{ip} {key}\n");
+        assert_eq!(read(&layout.known_hosts()), recorded, "recorded at boot");
+        // What an older banger left: nothing for the VM.
+        std::fs::write(layout.known_hosts(), "").unwrap();
+        banger_daemon::vms::record_missing_host_keys(f.state.clone()).await;
+        assert_eq!(read(&layout.known_hosts()), recorded);
+    }
 }

@@ -9,7 +9,9 @@ use std::time::Duration;
 use banger_api::types::VmState;
 use banger_store::VmRow;
 
-use super::agent::{agent_host_keys, wait_agent};
+use banger_agent_proto::wire::HostKeys;
+
+use super::agent::{agent_host_keys, open_stream, wait_agent};
 use super::host_files;
 use crate::error::{OpError, chain};
 use crate::progress::Progress;
@@ -88,7 +90,17 @@ const HOST_KEYS_TIMEOUT: Duration = Duration::from_secs(30);
 /// guest that cannot say (an older agent) keeps the lines it had, and ssh with strict host
 /// key checking refuses it until a boot records them.
 async fn record_host_keys(state: &AppState, row: &VmRow, endpoint: &banger_vmm::AgentEndpoint) {
-    let answer = match agent_host_keys(endpoint, HOST_KEYS_TIMEOUT).await {
+    let answer = agent_host_keys(endpoint, HOST_KEYS_TIMEOUT).await;
+    store_host_keys(state, row, answer);
+}
+
+/// Records what the agent of `row` answered for its host keys (see [`record_host_keys`]).
+fn store_host_keys(
+    state: &AppState,
+    row: &VmRow,
+    answer: Result<HostKeys, banger_agent_proto::client::ClientError>,
+) {
+    let answer = match answer {
         Ok(answer) => answer,
         Err(e) => {
             tracing::warn!(vm = %row.name, error = %chain(&e), "host keys not recorded");
@@ -107,6 +119,33 @@ async fn record_host_keys(state: &AppState, row: &VmRow, endpoint: &banger_vmm::
     match state.ssh_hosts.record(&row.name, row.ip, &keys) {
         Ok(()) => tracing::info!(vm = %row.name, keys = keys.len(), "host keys recorded"),
         Err(e) => tracing::warn!(vm = %row.name, error = %chain(&e), "host keys not recorded"),
+    }
+}
+
+/// At daemon start: records the host keys of running VMs that banger's known_hosts has no
+/// line for (booted by a banger that did not record them), so strict host key checking
+/// works for them without a restart. The agent is asked without the VM's lock; the answer
+/// is kept only if the VM still runs the same VMM afterwards.
+pub async fn record_missing_host_keys(state: Arc<AppState>) {
+    let Ok(rows) = state.vm_rows() else { return };
+    let known = std::fs::read_to_string(state.ssh_hosts.known_hosts()).unwrap_or_default();
+    for row in rows {
+        if row.state != VmState::Running || banger_core::known_hosts::knows(&known, &row.name) {
+            continue;
+        }
+        let answer = match open_stream(&state, &row, HOST_KEYS_TIMEOUT).await {
+            Ok(stream) => banger_agent_proto::client::host_keys(stream, HOST_KEYS_TIMEOUT).await,
+            Err(e) => {
+                tracing::warn!(vm = %row.name, error = %chain(&e), "host keys not recorded");
+                continue;
+            }
+        };
+        let lock = state.locks.vm(&row.id);
+        let _g = lock.lock().await;
+        let still = state.db(|s| s.get_vm(&row.id)).ok().flatten();
+        if still.is_some_and(|now| now.state == VmState::Running && now.pid == row.pid) {
+            store_host_keys(&state, &row, answer);
+        }
     }
 }
 
