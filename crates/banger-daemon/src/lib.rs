@@ -18,19 +18,20 @@
 //!   events of long operations), [`clock`] (timestamps), [`error`] (operation errors and
 //!   their API kinds), [`ops`] (per-request operation ids and cancellation accounting),
 //!   [`ssh`] (the managed SSH key), [`ssh_hosts`] (the `~/.ssh/config` block, the running
-//!   VMs' address stanzas and banger's known_hosts), [`stats`] (VMM process statistics from `/proc`),
-//!   [`logcap`] (rotating VM console and VMM logs at `max_log_size`), [`dns`] (the `.vm`
-//!   zone, rebuilt from the store on every VM row change, and its server).
+//!   VMs' address stanzas and banger's known_hosts), [`stats`] (VMM process statistics
+//!   from `/proc`), [`logcap`] (rotating VM console and VMM logs at `max_log_size`),
+//!   [`dns`] (the `.vm` zone, rebuilt from the store on every VM row change, and its
+//!   server).
 //! - Used by the entry point only: [`lock`] (the single-instance lock), [`logging`] (JSON
 //!   logs to the state dir).
 //!
 //! Start-up order: dirs → lock → store (migrations) → socket → reconcile → DNS → the ssh
-//! config block → serve. The config, state and
-//! runtime dirs must belong to the daemon's user and not be writable by others (else it
-//! refuses to start, naming the dir, its owner, its mode and the fix); the lock, log, key and
-//! socket are never opened or replaced through a symlink. Shutdown (SIGTERM,
-//! SIGINT or `POST /v1/shutdown`): stop accepting, finish in-flight requests, remove the
-//! socket, release the lock.
+//! config block → serve (and, in the background, host keys for running VMs that have none
+//! recorded). The config, state and runtime dirs must belong to the daemon's user and not
+//! be writable by others (else it refuses to start, naming the dir, its owner, its mode and
+//! the fix); the lock, log, key and socket are never opened or replaced through a symlink.
+//! Shutdown (SIGTERM, SIGINT or `POST /v1/shutdown`): stop accepting, finish in-flight
+//! requests, remove the socket, release the lock.
 
 pub mod agents;
 pub mod bootstrap;
