@@ -1,6 +1,7 @@
 //! `banger vm ...` and `banger image ...`: turn flags into API requests, render the answers.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -628,13 +629,30 @@ fn ssh(vm: &Vm, info: &SshInfo, command: &[String], workdir: Option<&str>) -> Re
     match status.code() {
         Some(255) => Err(CliError::Ssh {
             vm: vm.name.clone(),
-            detail: "ssh exited with status 255 (connection or authentication failure)".into(),
+            detail: format!(
+                "ssh exited with status 255 (connection or authentication failure){}",
+                unknown_host_hint(&vm.name, &info.known_hosts)
+            ),
         }),
         Some(c) => Ok(c as u8),
         None => Err(CliError::Ssh {
             vm: vm.name.clone(),
             detail: format!("ssh ended by {status}"),
         }),
+    }
+}
+
+/// When banger's known_hosts holds no key for VM `name` (strict checking then refuses the
+/// guest), what to do about it.
+fn unknown_host_hint(name: &str, known_hosts: &Path) -> String {
+    let text = std::fs::read_to_string(known_hosts).unwrap_or_default();
+    if banger_core::known_hosts::knows(&text, name) {
+        String::new()
+    } else {
+        format!(
+            "; {} holds no host key for it: banger records a guest's keys when it boots, so restart it (banger vm restart {name})",
+            known_hosts.display()
+        )
     }
 }
 
@@ -788,6 +806,20 @@ mod tests {
         );
         assert!(!a.contains("StrictHostKeyChecking=no"), "{a}");
         assert!(!a.contains("UserKnownHostsFile=/dev/null"), "{a}");
+    }
+
+    #[test]
+    fn an_unknown_host_gets_the_fix_and_a_known_one_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let known = dir.path().join("known_hosts");
+        let hint = unknown_host_hint("web", &known);
+        assert!(hint.contains("banger vm restart web"), "{hint}");
+        std::fs::write(
+            &known,
+            "web.vm,172.30.0.2 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA\n",
+        )
+        .unwrap();
+        assert_eq!(unknown_host_hint("web", &known), "");
     }
 
     #[test]
