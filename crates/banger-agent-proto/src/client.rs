@@ -3,7 +3,7 @@
 //! A transport is opened first — [`connect_hybrid_vsock`] for Firecracker's host side of the
 //! guest's vsock, [`connect_unix`] for the host test mode or a QEMU serial chardev socket, or
 //! a substream of a [`mux::Mux`] over the serial socket — and then one request is made over
-//! it with [`get_json`] (or [`health`] / [`ports`]), or one exec session is run on it with
+//! it with [`get_json`] (or [`health`] / [`ports`] / [`host_keys`]), or one exec session is run on it with
 //! [`exec::exec`]. Each request uses its own stream and asks the agent to close it afterwards.
 //!
 //! - [`exec`]: running a command in the guest ([`crate::exec`] is the protocol).
@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use crate::wire::{ErrorBody, Health, Ports};
+use crate::wire::{ErrorBody, HOST_KEYS_PATH, Health, HostKeys, Ports};
 
 pub mod exec;
 pub mod mux;
@@ -251,6 +251,14 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     get_json(stream, "/ports", timeout).await
+}
+
+/// `GET /host-keys`; `timeout` covers the agent's wait for a first boot still making them.
+pub async fn host_keys<S>(stream: S, timeout: Duration) -> Result<HostKeys, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    get_json(stream, HOST_KEYS_PATH, timeout).await
 }
 
 async fn request<T, S>(stream: S, path: &str) -> Result<T, ClientError>

@@ -1,7 +1,8 @@
 //! The wire contract between the guest agent and the daemon.
 //!
 //! The agent speaks HTTP/1.1 with JSON bodies: `GET /healthz` answers [`Health`], `GET /ports`
-//! answers [`Ports`], and every failure answers [`ErrorBody`] with a non-2xx status.
+//! answers [`Ports`], `GET /host-keys` answers [`HostKeys`], and every failure answers
+//! [`ErrorBody`] with a non-2xx status.
 
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +67,17 @@ pub struct Listener {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ports {
     pub listeners: Vec<Listener>,
+}
+
+/// The path of the guest's SSH host public keys.
+pub const HOST_KEYS_PATH: &str = "/host-keys";
+
+/// Answer to `GET /host-keys`: the guest's SSH host public keys, one `ssh_host_*_key.pub`
+/// line each (`TYPE BASE64 [COMMENT]`), by file name. Empty when the guest has none (no
+/// sshd). The guest is not trusted: the host checks every line before using it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostKeys {
+    pub keys: Vec<String>,
 }
 
 /// Body of every error answer.

@@ -11,7 +11,7 @@ use banger_agent_proto::wire::{GUEST_SERIAL_PATH, SERIAL_PORT_NAME};
 use banger_core::build::BuildInfo;
 use clap::{Parser, Subcommand};
 
-/// banger's guest agent: serves /healthz, /ports and exec sessions over vsock, virtio-serial or a Unix socket.
+/// banger's guest agent: serves /healthz, /ports, /host-keys and exec sessions over vsock, virtio-serial or a Unix socket.
 ///
 /// With no listener flag it serves vsock port 10789 plus /dev/virtio-ports/banger.agent when
 /// that device exists. With any listener flag it serves exactly what the flags name.

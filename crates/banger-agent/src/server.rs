@@ -1,6 +1,6 @@
 //! The agent's HTTP/1.1 server and the transports it listens on.
 //!
-//! [`Agent`] answers `GET /healthz` and `GET /ports` on any byte stream ([`serve_connection`]).
+//! [`Agent`] answers `GET /healthz`, `GET /ports` and `GET /host-keys` on any byte stream ([`serve_connection`]).
 //! The streams come from a vsock listener (the guest's normal path under Firecracker), a Unix
 //! socket (host test mode) or a virtio-serial device, which is one stream reopened after every
 //! disconnect ([`serve_reopening`]). [`run`] serves a [`ListenPlan`] until a shutdown future
@@ -30,12 +30,15 @@ use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
 use tokio_vsock::{VMADDR_CID_ANY, VsockAddr, VsockListener};
 
+use crate::host_keys::{HostKeyError, HostKeyFiles};
 use crate::procfs::{ProcError, ProcFs};
 use crate::serial::SerialStream;
 use crate::{error_chain, exec, mux};
 use banger_agent_proto::exec::{EXEC_PATH, UPGRADE_EXEC};
 use banger_agent_proto::mux::{MUX_PATH, UPGRADE_MUX};
-use banger_agent_proto::wire::{AGENT_VSOCK_PORT, ErrorBody, Health, Ports};
+use banger_agent_proto::wire::{
+    AGENT_VSOCK_PORT, ErrorBody, HOST_KEYS_PATH, Health, HostKeys, Ports,
+};
 
 /// How long the serial loop waits before reopening the device after a connection ends.
 pub const SERIAL_REOPEN_DELAY: Duration = Duration::from_millis(200);
@@ -86,18 +89,29 @@ pub struct Agent {
 struct AgentInner {
     procfs: ProcFs,
     build: BuildInfo,
+    host_keys: HostKeyFiles,
 }
 
 impl Agent {
-    /// An agent reading `procfs` and reporting this binary's build identity.
+    /// An agent reading `procfs` and the guest's host keys, reporting this binary's build
+    /// identity.
     pub fn new(procfs: ProcFs) -> Self {
         Self::with_build(procfs, BuildInfo::current())
     }
 
     /// An agent reporting the given build identity.
     pub fn with_build(procfs: ProcFs, build: BuildInfo) -> Self {
+        Self::with_host_keys(procfs, build, HostKeyFiles::guest())
+    }
+
+    /// An agent reading the host keys from `host_keys`.
+    pub fn with_host_keys(procfs: ProcFs, build: BuildInfo, host_keys: HostKeyFiles) -> Self {
         Self {
-            inner: Arc::new(AgentInner { procfs, build }),
+            inner: Arc::new(AgentInner {
+                procfs,
+                build,
+                host_keys,
+            }),
         }
     }
 
@@ -120,6 +134,11 @@ impl Agent {
         })
     }
 
+    /// The `/host-keys` answer (blocking: it may wait for a first boot making them).
+    pub fn host_keys(&self) -> Result<HostKeys, HostKeyError> {
+        self.inner.host_keys.read()
+    }
+
     async fn respond(
         self,
         req: Request<Incoming>,
@@ -130,6 +149,7 @@ impl Agent {
         let resp = match (req.method(), path.as_str()) {
             (&Method::GET, "/healthz") => self.blocking(|a| a.health()).await,
             (&Method::GET, "/ports") => self.blocking(|a| a.ports()).await,
+            (&Method::GET, HOST_KEYS_PATH) => self.blocking(|a| a.host_keys()).await,
             (&Method::GET, EXEC_PATH) => upgrade(req, UPGRADE_EXEC, &sessions, move |io| {
                 let procfs = self.inner.procfs.clone();
                 Box::pin(async move {
@@ -141,14 +161,14 @@ impl Agent {
             (&Method::GET, MUX_PATH) => upgrade(req, UPGRADE_MUX, &sessions, move |io| {
                 mux::serve(self, io, format!("{peer} mux"))
             }),
-            (_, "/healthz" | "/ports" | EXEC_PATH | MUX_PATH) => error(
+            (_, "/healthz" | "/ports" | HOST_KEYS_PATH | EXEC_PATH | MUX_PATH) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{} {path}: only GET is allowed", req.method()),
             ),
             _ => error(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "no such endpoint: {} {path} (try GET /healthz or GET /ports)",
+                    "no such endpoint: {} {path} (try GET /healthz, GET /ports or GET {HOST_KEYS_PATH})",
                     req.method()
                 ),
             ),
@@ -156,11 +176,12 @@ impl Agent {
         Ok(resp)
     }
 
-    /// Runs a procfs read off the async threads and renders it.
-    async fn blocking<T, F>(&self, read: F) -> Response<Full<Bytes>>
+    /// Runs a read of the guest (procfs, host keys) off the async threads and renders it.
+    async fn blocking<T, E, F>(&self, read: F) -> Response<Full<Bytes>>
     where
         T: Serialize + Send + 'static,
-        F: FnOnce(&Agent) -> Result<T, ProcError> + Send + 'static,
+        E: std::error::Error + Send + 'static,
+        F: FnOnce(&Agent) -> Result<T, E> + Send + 'static,
     {
         let agent = self.clone();
         match tokio::task::spawn_blocking(move || read(&agent)).await {
@@ -661,6 +682,23 @@ mod tests {
                 return text.into_owned();
             }
         }
+    }
+
+    #[tokio::test]
+    async fn host_keys_answers_the_guest_s_public_keys() {
+        let dir = fixture();
+        let ssh = dir.path().join("etc-ssh");
+        std::fs::create_dir(&ssh).unwrap();
+        std::fs::write(ssh.join("ssh_host_ed25519_key.pub"), "ssh-ed25519 AAAA x\n").unwrap();
+        let files = crate::host_keys::HostKeyFiles {
+            dir: ssh,
+            maker: dir.path().join("no-unit"),
+            done: dir.path().join("no-marker"),
+            wait: Duration::from_secs(1),
+        };
+        let agent = Agent::with_host_keys(ProcFs::new(dir.path()), build(), files);
+        let keys = client::host_keys(connected(agent), T).await.unwrap();
+        assert_eq!(keys.keys, ["ssh-ed25519 AAAA x"]);
     }
 
     #[tokio::test]

@@ -7,6 +7,8 @@ pub mod templates {
     pub const STATUS: &str = "/status";
     pub const SHUTDOWN: &str = "/shutdown";
     pub const SSH: &str = "/ssh";
+    /// `GET` the managed ssh config block, `POST` writes it, `DELETE` removes it.
+    pub const SSH_CONFIG: &str = "/ssh/config";
     /// `GET` lists VMs (`?all=true` for stopped ones too), `POST` creates one (streamed).
     pub const VMS: &str = "/vms";
     pub const VM_ACTIONS: &str = "/vms/actions";
@@ -35,6 +37,7 @@ pub enum Route<'a> {
     Status,
     Shutdown,
     Ssh,
+    SshConfig,
     /// `GET /vms?all=...`.
     VmList {
         all: bool,
@@ -66,6 +69,7 @@ impl Route<'_> {
             Self::Status => t::STATUS,
             Self::Shutdown => t::SHUTDOWN,
             Self::Ssh => t::SSH,
+            Self::SshConfig => t::SSH_CONFIG,
             Self::VmList { .. } | Self::VmCreate => t::VMS,
             Self::VmActions => t::VM_ACTIONS,
             Self::Vm(_) => t::VM,
@@ -103,6 +107,7 @@ impl Route<'_> {
             Self::Status
             | Self::Shutdown
             | Self::Ssh
+            | Self::SshConfig
             | Self::VmCreate
             | Self::VmActions
             | Self::Kernels

@@ -548,6 +548,28 @@ pub struct SshInfo {
     pub public_key: String,
     /// How long clients wait for a guest's sshd (config `ssh_wait_secs`).
     pub wait_secs: u64,
+    /// banger's known_hosts: the guests' host keys, for `StrictHostKeyChecking=yes`.
+    pub known_hosts: PathBuf,
+}
+
+/// banger's `Host *.vm` block for the owner's `~/.ssh/config` (`GET /ssh/config`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshConfig {
+    /// The file the block goes into; `None` when the daemon has no home.
+    pub path: Option<PathBuf>,
+    /// The block's text, marker lines included.
+    pub block: String,
+    /// Whether the daemon writes it at start (config `ssh_config`).
+    pub at_start: bool,
+}
+
+/// What `POST /ssh/config` (write the block) or `DELETE /ssh/config` (remove it) did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshConfigChange {
+    /// The file written (a symlinked config's target).
+    pub path: PathBuf,
+    /// Whether its bytes changed.
+    pub changed: bool,
 }
 
 /// An image as the daemon reports it.

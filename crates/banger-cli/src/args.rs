@@ -62,6 +62,20 @@ diagnostics never create, migrate or write anything. Exits 1 when any check fail
     /// Internal tools (not a stable interface).
     #[command(subcommand, hide = true)]
     Internal(InternalCommand),
+    /// Show, refresh or remove banger's `Host *.vm` block in ~/.ssh/config.
+    #[command(
+        long_about = "Plain `ssh web.vm` (and scp, rsync, editors' remote modes) work through a block \
+banger keeps in your ~/.ssh/config, between two marker lines: banger's key, user root, publickey \
+only, and banger's own known_hosts with strict host key checking (the guests' keys are recorded \
+when they boot, so there is never a prompt). The block includes a file of the running VMs' \
+addresses, so `NAME.vm` works even where the host does not route .vm to banger's DNS. The \
+daemon writes the block when it starts (config ssh_config = false turns that off); everything \
+else in the file is kept byte for byte.\n\n\
+With no flag, writes (or refreshes) the block now; --print shows it and changes nothing; \
+--remove takes it out and leaves the rest of the file exactly as it was.",
+        after_long_help = "Examples:\n  banger ssh-config\n  banger ssh-config --print\n  banger ssh-config --remove\n  ssh web.vm uptime"
+    )]
+    SshConfig(SshConfigArgs),
     /// Print a shell completion script.
     #[command(
         after_long_help = "Examples:\n  banger completion bash > ~/.local/share/bash-completion/completions/banger\n  banger completion zsh > \"${fpath[1]}/_banger\"\n  banger completion fish > ~/.config/fish/completions/banger.fish"
@@ -80,6 +94,16 @@ pub enum DaemonCommand {
     /// Stop the running daemon. VMs keep running; the next banger command starts it again.
     #[command(after_long_help = "Examples:\n  banger daemon stop")]
     Stop,
+}
+
+#[derive(Debug, Args)]
+pub struct SshConfigArgs {
+    /// Print the block and change nothing.
+    #[arg(long, conflicts_with = "remove")]
+    pub print: bool,
+    /// Remove the block, leaving the rest of ~/.ssh/config as it was.
+    #[arg(long)]
+    pub remove: bool,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@
 //! - [`artifacts`]: the `image`, `kernel` and `internal make-bundle` commands.
 //! - [`ui`]: colour, tables and JSON on the terminal.
 //! - [`escape`]: escaping text from guests, images and bundles before it is printed.
+//! - [`sshconfig`]: `banger ssh-config`, the managed block in `~/.ssh/config`.
 //! - [`logview`]: printing and following a VM's logs (`vm logs [-f]`) across rotations.
 //! - [`error`]: errors and their one-line rendering (`banger: ...`).
 //!
@@ -22,6 +23,7 @@ pub mod error;
 pub mod escape;
 pub mod exec;
 pub mod logview;
+pub mod sshconfig;
 pub mod ui;
 pub mod vm;
 pub mod words;
@@ -169,6 +171,7 @@ pub async fn run(command: Command, ctx: &mut Ctx) -> Result<u8, CliError> {
         Command::Image(i) => artifacts::image(i, ctx).await,
         Command::Kernel(k) => artifacts::kernel(k, ctx).await,
         Command::Internal(args::InternalCommand::MakeBundle(a)) => artifacts::make_bundle(a, ctx),
+        Command::SshConfig(a) => sshconfig::run(a, ctx).await,
         Command::Completion { shell } => {
             // clap_complete panics on a write error, so the script is written to memory first
             // and then to stdout, where a closed pipe is an error like any other write.

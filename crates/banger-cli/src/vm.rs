@@ -613,16 +613,25 @@ fn ports_table(p: &Ports) -> String {
     ui::table(&["PROTO", "ENDPOINT", "PROCESS", "COMMAND"], &rows)
 }
 
-/// The ssh command line for a VM with the managed key. Without a command, an interactive
-/// login shell, in `workdir` when given.
-pub fn ssh_args(ip: &str, key: &Path, command: &[String], workdir: Option<&str>) -> Vec<String> {
+/// The ssh command line for a VM with the managed key, checking the guest's host key
+/// strictly against banger's known_hosts (`info.known_hosts`, filled at boot). Without a
+/// command, an interactive login shell, in `workdir` when given.
+pub fn ssh_args(
+    ip: &str,
+    info: &SshInfo,
+    command: &[String],
+    workdir: Option<&str>,
+) -> Vec<String> {
     let mut args: Vec<String> = [
         "-i",
-        &key.display().to_string(),
+        &info.private_key.display().to_string(),
         "-o",
-        "StrictHostKeyChecking=no",
+        "StrictHostKeyChecking=yes",
         "-o",
-        "UserKnownHostsFile=/dev/null",
+        // Quoted: ssh splits this option's value into several files at spaces.
+        &format!("UserKnownHostsFile=\"{}\"", info.known_hosts.display()),
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
         "-o",
         "LogLevel=ERROR",
         "-o",
@@ -659,7 +668,7 @@ fn ssh(vm: &Vm, info: &SshInfo, command: &[String], workdir: Option<&str>) -> Re
         .map(|ip| ip.to_string())
         .ok_or_else(|| CliError::Usage(format!("VM {} has no IP", vm.name)))?;
     let status = std::process::Command::new("ssh")
-        .args(ssh_args(&ip, &info.private_key, command, workdir))
+        .args(ssh_args(&ip, info, command, workdir))
         .stdin(Stdio::inherit())
         .status()
         .map_err(|source| CliError::Spawn {
@@ -669,13 +678,30 @@ fn ssh(vm: &Vm, info: &SshInfo, command: &[String], workdir: Option<&str>) -> Re
     match status.code() {
         Some(255) => Err(CliError::Ssh {
             vm: vm.name.clone(),
-            detail: "ssh exited with status 255 (connection or authentication failure)".into(),
+            detail: format!(
+                "ssh exited with status 255 (connection or authentication failure){}",
+                unknown_host_hint(&vm.name, &info.known_hosts)
+            ),
         }),
         Some(c) => Ok(c as u8),
         None => Err(CliError::Ssh {
             vm: vm.name.clone(),
             detail: format!("ssh ended by {status}"),
         }),
+    }
+}
+
+/// When banger's known_hosts holds no key for VM `name` (strict checking then refuses the
+/// guest), what to do about it.
+fn unknown_host_hint(name: &str, known_hosts: &Path) -> String {
+    let text = std::fs::read_to_string(known_hosts).unwrap_or_default();
+    if banger_core::known_hosts::knows(&text, name) {
+        String::new()
+    } else {
+        format!(
+            "; {} holds no host key for it: banger records a guest's keys when it boots, so restart it (banger vm restart {name})",
+            known_hosts.display()
+        )
     }
 }
 
@@ -810,26 +836,56 @@ async fn run_in(
 mod tests {
     use super::*;
 
+    fn info() -> SshInfo {
+        SshInfo {
+            private_key: "/k".into(),
+            public_key: "ssh-ed25519 AAAA".into(),
+            wait_secs: 1,
+            known_hosts: "/state/ssh/known hosts".into(),
+        }
+    }
+
+    #[test]
+    fn ssh_checks_host_keys_strictly_against_banger_s_file() {
+        let a = ssh_args("172.30.0.2", &info(), &[], None).join(" ");
+        assert!(a.contains("-o StrictHostKeyChecking=yes"), "{a}");
+        assert!(
+            a.contains("-o UserKnownHostsFile=\"/state/ssh/known hosts\" "),
+            "{a}"
+        );
+        assert!(!a.contains("StrictHostKeyChecking=no"), "{a}");
+        assert!(!a.contains("UserKnownHostsFile=/dev/null"), "{a}");
+    }
+
+    #[test]
+    fn an_unknown_host_gets_the_fix_and_a_known_one_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let known = dir.path().join("known_hosts");
+        let hint = unknown_host_hint("web", &known);
+        assert!(hint.contains("banger vm restart web"), "{hint}");
+        std::fs::write(
+            &known,
+            "web.vm,172.30.0.2 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA\n",
+        )
+        .unwrap();
+        assert_eq!(unknown_host_hint("web", &known), "");
+    }
+
     #[test]
     fn ssh_gets_an_argv_quoted_and_a_shell_line_as_it_is() {
         let a = ssh_args(
             "172.30.0.2",
-            Path::new("/k"),
+            &info(),
             &["sh".into(), "-c".into(), "exit 7".into()],
             Some("/root/repo"),
         );
         assert_eq!(a.last().unwrap(), "sh -c 'exit 7'");
         assert!(!a.contains(&"-t".to_string()));
-        assert!(ssh_args("1.2.3.4", Path::new("/k"), &[], None).contains(&"-t".to_string()));
-        let a = ssh_args(
-            "1.2.3.4",
-            Path::new("/k"),
-            &["echo kept > /root/f".into()],
-            None,
-        );
+        assert!(ssh_args("1.2.3.4", &info(), &[], None).contains(&"-t".to_string()));
+        let a = ssh_args("1.2.3.4", &info(), &["echo kept > /root/f".into()], None);
         assert_eq!(a.last().unwrap(), "echo kept > /root/f");
         // The interactive shell of a workspace starts in it, on a terminal.
-        let a = ssh_args("1.2.3.4", Path::new("/k"), &[], Some("/root/my repo"));
+        let a = ssh_args("1.2.3.4", &info(), &[], Some("/root/my repo"));
         assert!(a.contains(&"-t".to_string()));
         assert_eq!(
             a.last().unwrap(),

@@ -54,6 +54,9 @@ pub struct Config {
     /// The npm registry `image bootstrap` fetches the prebuilt `mise` from (an `http://` or
     /// `https://` base URL).
     pub npm_registry: String,
+    /// Whether the daemon writes the managed `Host *.vm` block into the owner's
+    /// `~/.ssh/config` when it starts.
+    pub ssh_config: bool,
 }
 
 /// Where the `.vm` DNS server listens unless config says otherwise.
@@ -243,6 +246,7 @@ impl Default for Config {
             dns: true,
             dns_listen: DEFAULT_DNS_LISTEN,
             npm_registry: DEFAULT_NPM_REGISTRY.to_string(),
+            ssh_config: true,
         }
     }
 }
@@ -527,6 +531,14 @@ mod tests {
             host: host.into(),
             guest: guest.into(),
         }
+    }
+
+    #[test]
+    fn the_ssh_config_block_is_on_unless_turned_off() {
+        assert!(parse("").unwrap().config.ssh_config);
+        assert!(!parse("ssh_config = false\n").unwrap().config.ssh_config);
+        let e = crate::error::chain(&parse("ssh_config = \"no\"\n").unwrap_err());
+        assert!(e.contains("ssh_config"), "{e}");
     }
 
     #[test]

@@ -98,6 +98,12 @@ pub fn set(file: &str, name: &str, ip: Option<Ipv4Addr>, keys: &[HostKey]) -> St
     out
 }
 
+/// Whether `file` has a line for VM `name`.
+pub fn knows(file: &str, name: &str) -> bool {
+    let patterns = patterns(name, None);
+    file.lines().any(|line| names_any(line, &patterns))
+}
+
 /// `file` without VM `name`'s lines, nor any for `ip`.
 pub fn remove(file: &str, name: &str, ip: Option<Ipv4Addr>) -> String {
     without(file, &patterns(name, ip))
@@ -119,6 +125,12 @@ mod tests {
         assert_eq!(
             out,
             "web.vm,172.30.0.5 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOne\n"
+        );
+        assert!(knows(&out, "web"));
+        assert!(!knows(&out, "we") && !knows(&out, "db"));
+        assert!(
+            !knows("# web.vm ssh-ed25519 AAAA\n", "web"),
+            "a comment is no line"
         );
         assert_eq!(remove(&out, "web", Some(IP)), "");
     }

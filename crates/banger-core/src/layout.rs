@@ -155,6 +155,19 @@ impl Layout {
     pub fn lock_path(&self) -> PathBuf {
         self.runtime_dir.join("bangerd.lock")
     }
+    /// The managed SSH key pair's private dir.
+    pub fn ssh_dir(&self) -> PathBuf {
+        self.state_dir.join("ssh")
+    }
+    /// banger's own known_hosts: the guests' host keys by name and address.
+    pub fn known_hosts(&self) -> PathBuf {
+        self.ssh_dir().join("known_hosts")
+    }
+    /// The `Host NAME.vm` / `HostName IP` stanzas of the running VMs, included by the
+    /// managed block of the owner's `~/.ssh/config`.
+    pub fn ssh_hosts(&self) -> PathBuf {
+        self.ssh_dir().join("hosts")
+    }
 }
 
 #[cfg(test)]

@@ -19,8 +19,17 @@
 //! - Several complete blocks (two banger versions, a copied file) all go; [`apply`] puts the
 //!   new one where the first was.
 //!
+//! `NAME.vm` resolves only where the host routes `.vm` to banger's DNS (systemd-resolved);
+//! elsewhere ssh reaches a VM by address: the block's first line `Include`s a file banger
+//! owns ([`Block::hosts`], rendered by [`hosts_file`]) that holds one `Host NAME.vm` stanza
+//! with `HostName IP` per running VM. That file changes whenever a VM starts, stops or goes,
+//! the user's own config only when the block does. An `Include` inside a `Host` stanza
+//! applies to that stanza only (ssh restores the stanza's match after it), and a missing
+//! included file is no error.
+//!
 //! This module is text only; the caller reads and writes the file (keeping its mode).
 
+use std::net::Ipv4Addr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -36,6 +45,8 @@ pub struct Block {
     pub identity_file: PathBuf,
     /// banger's own known-hosts file, holding the guests' host keys.
     pub known_hosts: PathBuf,
+    /// The running VMs' address stanzas ([`hosts_file`]), included by the block.
+    pub hosts: PathBuf,
 }
 
 /// Why the config cannot be rewritten.
@@ -74,9 +85,11 @@ impl Block {
     pub fn render(&self) -> Result<String, SshConfigError> {
         let key = quoted(&self.identity_file)?;
         let known = quoted(&self.known_hosts)?;
+        let hosts = quoted(&self.hosts)?;
         Ok(format!(
             "{BEGIN}\n\
              Host *.vm\n\
+             \x20   Include {hosts}\n\
              \x20   User root\n\
              \x20   IdentityFile {key}\n\
              \x20   IdentitiesOnly yes\n\
@@ -89,6 +102,20 @@ impl Block {
              {END}\n"
         ))
     }
+}
+
+/// The included file of [`Block::hosts`]: a `Host NAME.vm` stanza with `HostName IP` for
+/// each of `vms` (running VMs with an address), in the order given. A name that is not a
+/// VM name (which could carry a pattern or another keyword) is left out.
+pub fn hosts_file<'a>(vms: impl IntoIterator<Item = (&'a str, Ipv4Addr)>) -> String {
+    let mut out =
+        String::from("# Written by banger: the running VMs' addresses, for its Host *.vm block.\n");
+    for (name, ip) in vms {
+        if crate::names::validate_vm_name(name).is_ok() {
+            out.push_str(&format!("Host {name}.vm\n    HostName {ip}\n"));
+        }
+    }
+    out
 }
 
 /// The byte ranges of every complete block, whole lines with their newlines.
@@ -193,6 +220,7 @@ mod tests {
         Block {
             identity_file: "/home/me/.local/state/banger/ssh/id_ed25519".into(),
             known_hosts: "/home/me/.local/state/banger/ssh/known hosts".into(),
+            hosts: "/home/me/.local/state/banger/ssh/hosts".into(),
         }
     }
 
@@ -232,6 +260,7 @@ mod tests {
         let old = Block {
             identity_file: "/old/key".into(),
             known_hosts: "/old/known".into(),
+            hosts: "/old/hosts".into(),
         };
         let user_after = "Host work\n  HostName 10.0.0.1\n";
         let config = format!(
@@ -294,6 +323,7 @@ mod tests {
             let b = Block {
                 identity_file: bad.into(),
                 known_hosts: "/k".into(),
+                hosts: "/h".into(),
             };
             assert!(matches!(apply("", &b), Err(SshConfigError::Path { .. })));
         }
@@ -334,6 +364,74 @@ mod tests {
         let other = String::from_utf8(resolve("github.com").unwrap().stdout).unwrap();
         assert!(other.contains("\nuser git\n"), "{other}");
         assert!(!other.contains("banger"), "{other}");
+    }
+
+    #[test]
+    fn adversarial_the_hosts_file_takes_vm_names_only() {
+        let ip = Ipv4Addr::new(172, 30, 0, 5);
+        let text = hosts_file([
+            ("web", ip),
+            ("*", ip),
+            ("a b", ip),
+            ("x\nHost *", ip),
+            ("db", Ipv4Addr::new(172, 30, 0, 6)),
+        ]);
+        assert_eq!(
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .collect::<Vec<_>>(),
+            [
+                "Host web.vm",
+                "    HostName 172.30.0.5",
+                "Host db.vm",
+                "    HostName 172.30.0.6"
+            ]
+        );
+    }
+
+    /// The included stanzas give a running VM its address, other `.vm` names keep theirs,
+    /// and a user stanza after the block is untouched by them.
+    #[test]
+    #[allow(clippy::print_stderr)] // the visible reason for a skip
+    fn openssh_reaches_running_vms_by_address_through_the_included_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let b = Block {
+            hosts: dir.path().join("hosts"),
+            ..block()
+        };
+        std::fs::write(
+            &b.hosts,
+            hosts_file([("web", Ipv4Addr::new(172, 30, 0, 5))]),
+        )
+        .unwrap();
+        std::fs::set_permissions(&b.hosts, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let path = dir.path().join("config");
+        let config = apply(USER, &b).unwrap() + "Host after\n  User later\n";
+        std::fs::write(&path, config).unwrap();
+        let field = |host: &str, key: &str| -> Option<String> {
+            let out = std::process::Command::new("ssh")
+                .arg("-G")
+                .arg("-F")
+                .arg(&path)
+                .arg(host)
+                .output()
+                .ok()?;
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{key} ")).map(str::to_string))
+        };
+        let Some(web) = field("web.vm", "hostname") else {
+            eprintln!("skipped: cannot run ssh");
+            return;
+        };
+        assert_eq!(web, "172.30.0.5");
+        assert_eq!(field("web.vm", "user").unwrap(), "root");
+        assert_eq!(field("db.vm", "hostname").unwrap(), "db.vm");
+        assert_eq!(field("after", "hostname").unwrap(), "after");
+        assert_eq!(field("after", "user").unwrap(), "later");
     }
 
     #[test]

@@ -206,6 +206,9 @@ pub enum OpError {
         #[source]
         source: Box<WorkspaceError>,
     },
+    /// banger's ssh files (the owner's `~/.ssh/config` block) could not be changed.
+    #[error(transparent)]
+    SshHosts(#[from] crate::ssh_hosts::SshHostsError),
 }
 
 /// Why a workspace prepare or export failed (see `crate::workspaces`).
@@ -306,6 +309,10 @@ impl OpError {
             Self::Join(_) => ErrorKind::Internal,
             Self::NoWorkspace { .. } => ErrorKind::NotFound,
             Self::Workspace { source, .. } => workspace_kind(source),
+            Self::SshHosts(e) => match e {
+                crate::ssh_hosts::SshHostsError::Io { source, .. } => io_kind(source),
+                _ => ErrorKind::Conflict,
+            },
         }
     }
 

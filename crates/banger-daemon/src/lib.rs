@@ -17,18 +17,21 @@
 //! - Below everything: [`options`] (what the daemon is handed), [`progress`] (stage
 //!   events of long operations), [`clock`] (timestamps), [`error`] (operation errors and
 //!   their API kinds), [`ops`] (per-request operation ids and cancellation accounting),
-//!   [`ssh`] (the managed SSH key), [`stats`] (VMM process statistics from `/proc`),
-//!   [`logcap`] (rotating VM console and VMM logs at `max_log_size`), [`dns`] (the `.vm`
-//!   zone, rebuilt from the store on every VM row change, and its server).
+//!   [`ssh`] (the managed SSH key), [`ssh_hosts`] (the `~/.ssh/config` block, the running
+//!   VMs' address stanzas and banger's known_hosts), [`stats`] (VMM process statistics
+//!   from `/proc`), [`logcap`] (rotating VM console and VMM logs at `max_log_size`),
+//!   [`dns`] (the `.vm` zone, rebuilt from the store on every VM row change, and its
+//!   server).
 //! - Used by the entry point only: [`lock`] (the single-instance lock), [`logging`] (JSON
 //!   logs to the state dir).
 //!
-//! Start-up order: dirs → lock → store (migrations) → socket → reconcile → DNS → serve. The config, state and
-//! runtime dirs must belong to the daemon's user and not be writable by others (else it
-//! refuses to start, naming the dir, its owner, its mode and the fix); the lock, log, key and
-//! socket are never opened or replaced through a symlink. Shutdown (SIGTERM,
-//! SIGINT or `POST /v1/shutdown`): stop accepting, finish in-flight requests, remove the
-//! socket, release the lock.
+//! Start-up order: dirs → lock → store (migrations) → socket → reconcile → DNS → the ssh
+//! config block → serve (and, in the background, host keys for running VMs that have none
+//! recorded). The config, state and runtime dirs must belong to the daemon's user and not
+//! be writable by others (else it refuses to start, naming the dir, its owner, its mode and
+//! the fix); the lock, log, key and socket are never opened or replaced through a symlink.
+//! Shutdown (SIGTERM, SIGINT or `POST /v1/shutdown`): stop accepting, finish in-flight
+//! requests, remove the socket, release the lock.
 
 pub mod agents;
 pub mod bootstrap;
@@ -46,6 +49,7 @@ pub mod progress;
 pub mod routes;
 pub mod server;
 pub mod ssh;
+pub mod ssh_hosts;
 pub mod state;
 pub mod stats;
 pub mod stream;
@@ -273,6 +277,21 @@ fn guest_dns(config: &Config, resolv_conf: &str) -> Vec<std::net::Ipv4Addr> {
         .collect()
 }
 
+/// Writes the managed block into the owner's `~/.ssh/config`; a failure is a warning, the
+/// daemon serves without it.
+fn write_ssh_config(state: &state::AppState) {
+    match state.ssh_hosts.write_user_config() {
+        Ok(w) if w.changed => {
+            tracing::info!(path = %w.path.display(), "ssh config block written")
+        }
+        Ok(w) => tracing::debug!(path = %w.path.display(), "ssh config block up to date"),
+        Err(e) => tracing::warn!(
+            error = %banger_core::error::chain(&e),
+            "ssh config block not written (banger ssh-config retries)"
+        ),
+    }
+}
+
 /// Binds the daemon socket at `socket` (mode 0600). Called with the lock held, so a socket
 /// left at the path belongs to a dead daemon and is removed, but only once `lstat` shows it is
 /// a socket of ours: a symlink or any other file there is refused, never followed or replaced.
@@ -338,14 +357,19 @@ pub async fn run(opts: DaemonOptions, host: state::Host, uid: u32) -> Result<(),
     let state = Arc::new(state::AppState::new(opts.clone(), store, parts));
     vms::reconcile(&state).await;
     state.refresh_dns();
+    if opts.config.ssh_config {
+        write_ssh_config(&state);
+    }
     let dns = if opts.config.dns {
         state.dns.serve(opts.config.dns_listen).await
     } else {
         None
     };
     let monitor = tokio::spawn(vms::monitor(state.clone()));
+    let backfill = tokio::spawn(vms::record_missing_host_keys(state.clone()));
     let result = server::serve(listener, state).await;
     monitor.abort();
+    backfill.abort();
     if let Some(dns) = dns {
         dns.shutdown().await;
     }

@@ -16,12 +16,13 @@ use banger_api::error::ErrorBody;
 use banger_api::types::{
     ActionOutcome, ActionRequest, BootstrapImage, CreateVm, Deleted, ExportWorkspace, Health,
     Image, ImportBundle, ImportKernel, JsonObject, Kernel, Ping, Ports, PrepareWorkspace,
-    RegisterImage, SshInfo, Vm, VmStats, WorkspaceExport,
+    RegisterImage, SshConfig, SshConfigChange, SshInfo, Vm, VmStats, WorkspaceExport,
 };
 use banger_api::{ApiError, ErrorKind};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::error::OpError;
 use crate::ops::OpId;
 use crate::state::AppState;
 use crate::stream::stream_op;
@@ -228,6 +229,54 @@ pub async fn vm_stats(State(state): S, Path(reference): Path<String>) -> Answer<
 
 pub async fn ssh_info(State(state): S) -> Json<SshInfo> {
     Json(state.ssh_info())
+}
+
+/// The managed ssh config block and where it goes.
+pub async fn ssh_config(State(state): S) -> Answer<SshConfig> {
+    let block = state
+        .ssh_hosts
+        .block()
+        .render()
+        .map_err(crate::ssh_hosts::SshHostsError::Render)
+        .map_err(OpError::from)?;
+    Ok(Json(SshConfig {
+        path: state.ssh_hosts.user_config().ok(),
+        block,
+        at_start: state.opts.config.ssh_config,
+    }))
+}
+
+/// Writes the managed block into the owner's `~/.ssh/config` now.
+pub async fn write_ssh_config(State(state): S) -> Answer<SshConfigChange> {
+    let w = blocking_ssh(state, |h| h.write_user_config()).await?;
+    Ok(Json(SshConfigChange {
+        path: w.path,
+        changed: w.changed,
+    }))
+}
+
+/// Takes the managed block out of the owner's `~/.ssh/config`.
+pub async fn remove_ssh_config(State(state): S) -> Answer<SshConfigChange> {
+    let w = blocking_ssh(state, |h| h.remove_user_config()).await?;
+    Ok(Json(SshConfigChange {
+        path: w.path,
+        changed: w.changed,
+    }))
+}
+
+/// Runs a rewrite of the user's ssh config off the async threads.
+async fn blocking_ssh(
+    state: Arc<AppState>,
+    f: impl FnOnce(
+        &crate::ssh_hosts::SshHosts,
+    ) -> Result<crate::ssh_hosts::ConfigWrite, crate::ssh_hosts::SshHostsError>
+    + Send
+    + 'static,
+) -> Result<crate::ssh_hosts::ConfigWrite, OpError> {
+    tokio::task::spawn_blocking(move || f(&state.ssh_hosts))
+        .await
+        .map_err(|e| OpError::Join(e.to_string()))?
+        .map_err(OpError::from)
 }
 
 pub async fn list_images(State(state): S) -> Answer<Vec<Image>> {

@@ -44,6 +44,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(t::STATUS, get(status))
         .route(t::SHUTDOWN, post(shutdown))
         .route(t::SSH, get(routes::ssh_info))
+        .route(
+            t::SSH_CONFIG,
+            get(routes::ssh_config)
+                .post(routes::write_ssh_config)
+                .delete(routes::remove_ssh_config),
+        )
         .route(t::VMS, get(routes::list_vms).post(routes::create_vm))
         .route(t::VM_ACTIONS, post(routes::vm_actions))
         .route(t::VM, get(routes::show_vm))

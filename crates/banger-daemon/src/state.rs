@@ -43,6 +43,10 @@ pub struct AppState {
     /// The `.vm` zone, kept equal to the running VMs by [`AppState::set_vm`] and
     /// [`AppState::refresh_dns`].
     pub dns: crate::dns::Dns,
+    /// banger's ssh files: the block in the owner's `~/.ssh/config`, the running VMs'
+    /// address stanzas (kept equal to the store with the `.vm` zone) and the guests' host
+    /// keys.
+    pub ssh_hosts: crate::ssh_hosts::SshHosts,
     pub(crate) shutdown: Notify,
 }
 
@@ -120,6 +124,11 @@ pub struct Parts {
 impl AppState {
     pub fn new(opts: DaemonOptions, store: Store, parts: Parts) -> Self {
         Self {
+            ssh_hosts: crate::ssh_hosts::SshHosts::new(
+                &opts.layout,
+                parts.ssh.private_key.clone(),
+                opts.home.clone(),
+            ),
             opts,
             store: Mutex::new(store),
             ops: Arc::new(OpTracker::default()),
@@ -159,6 +168,7 @@ impl AppState {
             private_key: self.ssh.private_key.clone(),
             public_key: self.ssh.public_key.clone(),
             wait_secs: self.opts.config.ssh_wait_secs,
+            known_hosts: self.ssh_hosts.known_hosts().to_path_buf(),
         }
     }
 
@@ -173,8 +183,8 @@ impl AppState {
         Ok(())
     }
 
-    /// Rebuilds the `.vm` zone from the store (after an insert, a delete, a reconcile). A
-    /// store that cannot be read leaves the zone as it was.
+    /// Rebuilds the `.vm` zone from the store (after an insert, a delete, a reconcile), and
+    /// the ssh address stanzas with it. A store that cannot be read leaves both as they were.
     pub fn refresh_dns(&self) {
         match self.db(|s| s.list_vms()) {
             Ok(rows) => self.dns.refresh(&rows),
@@ -182,6 +192,7 @@ impl AppState {
                 tracing::warn!(error = %banger_core::error::chain(&e), "DNS zone not updated")
             }
         }
+        self.ssh_hosts.refresh(|| self.db(|s| s.list_vms()));
     }
 }
 
@@ -190,7 +201,9 @@ impl AppState {
 /// 1. the daemon lock (the single-instance file lock, held for the process lifetime);
 /// 2. the image lock ([`Locks::images`]): image and kernel mutations, and work seeds;
 /// 3. a VM lock ([`Locks::vm`]): every operation on that VM, for its whole duration;
-/// 4. the store mutex ([`AppState::db`]), for single queries only, never across an await.
+/// 4. the ssh files' lock ([`SshHosts`](crate::ssh_hosts::SshHosts)), for one file rewrite,
+///    never across an await (it reads the store inside);
+/// 5. the store mutex ([`AppState::db`]), for single queries only, never across an await.
 ///
 /// A task holding a later lock never waits for an earlier one: a VM operation that needs
 /// the image lock (create, for its image's work seed) takes it *before* its VM lock. Work

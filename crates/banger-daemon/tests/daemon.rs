@@ -2339,11 +2339,31 @@ mod vm_fixture {
     /// Serves a guest agent in every run directory whose VMM runs (its command line names
     /// the directory) and that has no agent socket yet, as a booted guest would.
     async fn answer_agents(run_dirs: PathBuf) {
+        let booted = std::sync::atomic::AtomicU32::new(0);
         serve_agents(run_dirs, |listener| {
-            let app = Router::new().route("/healthz", get(|| async { Json(health()) }));
+            let keys = host_keys(booted.fetch_add(1, Ordering::SeqCst));
+            let app = Router::new()
+                .route("/healthz", get(|| async { Json(health()) }))
+                .route("/host-keys", get(move || async move { Json(keys.clone()) }));
             tokio::spawn(serve_router(listener, app, std::future::pending()));
         })
         .await
+    }
+
+    /// The host keys the `n`th booted guest reports: its own ed25519 key, and a line no
+    /// known_hosts may get.
+    pub fn host_keys(n: u32) -> banger_agent_proto::wire::HostKeys {
+        banger_agent_proto::wire::HostKeys {
+            keys: vec![
+                format!("ssh-ed25519 {} root@guest", host_key(n)),
+                "ssh-ed25519 AAAA\nevil.vm ssh-ed25519 AAAAAAAAAAAAAAAAAAAA".into(),
+            ],
+        }
+    }
+
+    /// The base64 of the `n`th booted guest's key.
+    pub fn host_key(n: u32) -> String {
+        format!("AAAAC3NzaC1lZDI1NTE5AAAAIGuest{n:04}")
     }
 
     /// Calls `serve` with the bound agent socket of every run directory whose VMM runs and
@@ -3683,5 +3703,129 @@ mod workspaces {
         assert_eq!(e.kind(), banger_api::ErrorKind::Conflict, "{e}");
         assert_eq!(f.state.db(|s| s.list_workspaces()).unwrap(), vec![]);
         assert_eq!(f.state.vm_view(&f.row("ws")).workspace, None);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ssh to guests: banger's known_hosts and the address stanzas follow boots, stops and deletes.
+
+mod ssh_hosts {
+    use super::vm_fixture::*;
+    use super::*;
+
+    fn read(path: &std::path::Path) -> String {
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn boot_records_the_guest_s_host_keys_and_delete_drops_them() {
+        let f = fixture(Config::default(), true);
+        let layout = f.state.opts.layout.clone();
+        std::fs::create_dir_all(layout.ssh_dir()).unwrap();
+        let vm = f.create(request("web")).await.unwrap();
+        let ip = vm.ip.unwrap();
+        // Only the well-formed line, under the name and the address.
+        assert_eq!(
+            read(&layout.known_hosts()),
+            format!("web.vm,{ip} ssh-ed25519 {}\n", host_key(0))
+        );
+        assert!(
+            read(&layout.ssh_hosts()).contains(&format!("Host web.vm\n    HostName {ip}\n")),
+            "{}",
+            read(&layout.ssh_hosts())
+        );
+        assert_eq!(
+            f.state.ssh_info().known_hosts,
+            layout.known_hosts(),
+            "clients check against the same file"
+        );
+
+        // Stopped: no address for ssh, the keys stay for the next boot.
+        banger_daemon::vms::stop(&f.state, &vm.id).await.unwrap();
+        assert!(!read(&layout.ssh_hosts()).contains("web.vm"));
+        assert!(read(&layout.known_hosts()).contains("web.vm,"));
+
+        banger_daemon::vms::delete(&f.state, &vm.id).await.unwrap();
+        assert_eq!(read(&layout.known_hosts()), "");
+        assert!(!read(&layout.ssh_hosts()).contains("web.vm"));
+    }
+
+    #[tokio::test]
+    async fn a_new_vm_on_a_reused_address_replaces_whatever_was_known_for_it() {
+        let f = fixture(Config::default(), true);
+        let layout = f.state.opts.layout.clone();
+        std::fs::create_dir_all(layout.ssh_dir()).unwrap();
+        let first = f.create(request("one")).await.unwrap();
+        let ip = first.ip.unwrap();
+        banger_daemon::vms::delete(&f.state, &first.id)
+            .await
+            .unwrap();
+        // A line for the address that outlived its VM (a file from an older banger).
+        let mine = "# kept\nother.vm,172.30.0.200 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOther\n";
+        std::fs::write(
+            layout.known_hosts(),
+            format!("{mine}gone.vm,{ip} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIStale\n"),
+        )
+        .unwrap();
+        let second = f.create(request("two")).await.unwrap();
+        assert_eq!(second.ip, Some(ip), "the address is reused");
+        assert_eq!(
+            read(&layout.known_hosts()),
+            format!("{mine}two.vm,{ip} ssh-ed25519 {}\n", host_key(1))
+        );
+    }
+
+    /// A VM booted by a banger that recorded no host keys gets them when the daemon starts,
+    /// from its (real) agent over the VM's multiplexed connection.
+    #[tokio::test]
+    async fn running_vms_without_recorded_keys_get_them_at_daemon_start() {
+        let f = fixture(
+            Config {
+                agent_wait_secs: 10,
+                ..Config::default()
+            },
+            false,
+        );
+        let layout = f.state.opts.layout.clone();
+        std::fs::create_dir_all(layout.ssh_dir()).unwrap();
+        let guest_ssh = f.dir.path().join("guest-etc-ssh");
+        std::fs::create_dir(&guest_ssh).unwrap();
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIReal";
+        std::fs::write(
+            guest_ssh.join("ssh_host_ed25519_key.pub"),
+            format!("{key} root@old\n"),
+        )
+        .unwrap();
+        let files = banger_agent::host_keys::HostKeyFiles {
+            dir: guest_ssh,
+            maker: f.dir.path().join("no-unit"),
+            done: f.dir.path().join("no-marker"),
+            wait: Duration::from_secs(1),
+        };
+        let _agents = tokio::spawn(serve_agents(
+            layout.runtime_dir.join("vms"),
+            move |listener| {
+                let agent = banger_agent::server::Agent::with_host_keys(
+                    banger_agent::procfs::ProcFs::new("/proc"),
+                    BuildInfo::current(),
+                    files.clone(),
+                );
+                tokio::spawn(async move {
+                    while let Ok((stream, _)) = listener.accept().await {
+                        let _ =
+                            banger_agent::server::serve_connection(agent.clone(), stream, "agent")
+                                .await;
+                    }
+                });
+            },
+        ));
+        let vm = f.create(request("old")).await.unwrap();
+        let ip = vm.ip.unwrap();
+        let recorded = format!("old.vm,{ip} {key}\n");
+        assert_eq!(read(&layout.known_hosts()), recorded, "recorded at boot");
+        // What an older banger left: nothing for the VM.
+        std::fs::write(layout.known_hosts(), "").unwrap();
+        banger_daemon::vms::record_missing_host_keys(f.state.clone()).await;
+        assert_eq!(read(&layout.known_hosts()), recorded);
     }
 }

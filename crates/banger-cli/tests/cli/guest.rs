@@ -314,3 +314,80 @@ fn vm_run_with_a_repository_runs_make_there_and_the_work_comes_back_as_a_patch()
     home.ok(&["vm", "delete", "ws"]);
     assert!(home.vms().is_empty());
 }
+
+/// Plain `ssh -F CONFIG root@NAME.vm` with the test home's config (user entries that end
+/// inside a `Host` stanza, then banger's block): it reaches the guest by the address the
+/// block includes (no `.vm` DNS routing here) and checks the host key strictly against the
+/// keys the agent reported at boot. A second VM on the first one's address meets no
+/// "host key changed": its own keys replaced the first's.
+#[test]
+fn plain_ssh_to_name_vm_checks_host_keys_strictly_and_a_reused_address_warns_nothing() {
+    let Some(home) = guest_home() else { return };
+    let ssh_dir = home.path().join("user/.ssh");
+    std::fs::create_dir_all(&ssh_dir).unwrap();
+    let config = ssh_dir.join("config");
+    let user = "Host github.com\n    User git\n\nHost *\n    ServerAliveInterval 30\n";
+    std::fs::write(&config, user).unwrap();
+    home.ok(&["ssh-config"]);
+    let known = home.path().join("state/ssh/known_hosts");
+    // LogLevel INFO: any host key warning would show on stderr.
+    let ssh = |name: &str| {
+        let target = format!("root@{name}.vm");
+        home.in_ns(&[
+            "ssh",
+            "-F",
+            config.to_str().unwrap(),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=INFO",
+            "-o",
+            "ConnectTimeout=30",
+            &target,
+            "hostname",
+        ])
+    };
+    let quiet = |o: &std::process::Output| {
+        let e = err(o);
+        assert!(o.status.success(), "{e}");
+        for bad in ["arning", "IDENTIFICATION", "host key", "Permanently added"] {
+            assert!(!e.contains(bad), "ssh said {bad:?}: {e}");
+        }
+    };
+
+    home.ok(&["vm", "create", "--name", "first"]);
+    let ip = home.vm("first")["ip"].as_str().unwrap().to_string();
+    let keys = std::fs::read_to_string(&known).unwrap();
+    assert!(
+        keys.lines()
+            .any(|l| l.starts_with(&format!("first.vm,{ip} ssh-ed25519 "))),
+        "{keys}"
+    );
+    let o = ssh("first");
+    quiet(&o);
+    assert_eq!(out(&o).trim(), "first");
+
+    home.ok(&["vm", "delete", "first"]);
+    assert!(
+        !std::fs::read_to_string(&known)
+            .unwrap()
+            .contains("first.vm")
+    );
+    home.ok(&["vm", "create", "--name", "second"]);
+    assert_eq!(
+        home.vm("second")["ip"].as_str().unwrap(),
+        ip,
+        "the address is reused"
+    );
+    let o = ssh("second");
+    quiet(&o);
+    assert_eq!(out(&o).trim(), "second");
+    // `vm ssh` checks against the same file, strictly.
+    let o = home.run(&["vm", "ssh", "second", "--", "true"]);
+    quiet(&o);
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap().find(user),
+        Some(0)
+    );
+    home.ok(&["vm", "delete", "second"]);
+}

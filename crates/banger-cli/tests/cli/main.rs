@@ -9,5 +9,6 @@ mod foundation;
 mod guest;
 mod host;
 mod inputs;
+mod ssh;
 mod vm;
 mod workspace;

@@ -299,6 +299,7 @@ async fn delete_locked(state: &Arc<AppState>, row: VmRow) -> Result<Option<Strin
     }
     state.db(|s| s.delete_vm(&row.id))?;
     state.refresh_dns();
+    super::boot::forget_host_keys(state, &row);
     state.locks.forget(&row.id);
     state.agents.forget(&row.id);
     Ok(None)

@@ -97,6 +97,16 @@ pub async fn agent_ports(
     banger_agent_proto::client::ports(stream, timeout).await
 }
 
+/// Asks the agent at `endpoint` for the guest's SSH host keys, over a connection of its own
+/// (at boot, before anything else talks to the VM).
+pub async fn agent_host_keys(
+    endpoint: &AgentEndpoint,
+    timeout: Duration,
+) -> Result<banger_agent_proto::wire::HostKeys, ClientError> {
+    let stream = agent_stream(endpoint, timeout).await?;
+    banger_agent_proto::client::host_keys(stream, timeout).await
+}
+
 /// The agent endpoint of a running VM.
 pub fn endpoint_of(state: &AppState, row: &VmRow) -> Result<AgentEndpoint, OpError> {
     if row.state != VmState::Running {

@@ -1,5 +1,6 @@
-//! Boot: host files into the work disk, network up, VMM started, agent answering, sshd waited for; and [`release`], which
-//! undoes what a boot took (TAP, NAT rule, run directory).
+//! Boot: host files into the work disk, network up, VMM started, agent answering, sshd waited
+//! for, the guest's host keys recorded; and [`release`], which undoes what a boot took (TAP,
+//! NAT rule, run directory).
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -8,7 +9,9 @@ use std::time::Duration;
 use banger_api::types::VmState;
 use banger_store::VmRow;
 
-use super::agent::wait_agent;
+use banger_agent_proto::wire::HostKeys;
+
+use super::agent::{agent_host_keys, open_stream, wait_agent};
 use super::host_files;
 use crate::error::{OpError, chain};
 use crate::progress::Progress;
@@ -71,10 +74,86 @@ pub(super) async fn boot(
             );
         }
     }
+    record_host_keys(state, row, &running.agent).await;
     row.state = VmState::Running;
     row.started_at = Some(state.now());
     state.set_vm(row)?;
     Ok(())
+}
+
+/// How long the guest has to report its host keys (its agent waits up to 20 s for a first
+/// boot still making them).
+const HOST_KEYS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Asks the agent for the guest's SSH host keys and records them in banger's known_hosts
+/// under the VM's name and address, replacing whatever was there for either. Not fatal: a
+/// guest that cannot say (an older agent) keeps the lines it had, and ssh with strict host
+/// key checking refuses it until a boot records them.
+async fn record_host_keys(state: &AppState, row: &VmRow, endpoint: &banger_vmm::AgentEndpoint) {
+    let answer = agent_host_keys(endpoint, HOST_KEYS_TIMEOUT).await;
+    store_host_keys(state, row, answer);
+}
+
+/// Records what the agent of `row` answered for its host keys (see [`record_host_keys`]).
+fn store_host_keys(
+    state: &AppState,
+    row: &VmRow,
+    answer: Result<HostKeys, banger_agent_proto::client::ClientError>,
+) {
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(e) => {
+            tracing::warn!(vm = %row.name, error = %chain(&e), "host keys not recorded");
+            return;
+        }
+    };
+    let mut keys = Vec::new();
+    for line in &answer.keys {
+        match banger_core::known_hosts::HostKey::parse(line) {
+            Ok(k) => keys.push(k),
+            Err(e) => {
+                tracing::warn!(vm = %row.name, error = %e, "a host key from the guest is refused")
+            }
+        }
+    }
+    match state.ssh_hosts.record(&row.name, row.ip, &keys) {
+        Ok(()) => tracing::info!(vm = %row.name, keys = keys.len(), "host keys recorded"),
+        Err(e) => tracing::warn!(vm = %row.name, error = %chain(&e), "host keys not recorded"),
+    }
+}
+
+/// At daemon start: records the host keys of running VMs that banger's known_hosts has no
+/// line for (booted by a banger that did not record them), so strict host key checking
+/// works for them without a restart. The agent is asked without the VM's lock; the answer
+/// is kept only if the VM still runs the same VMM afterwards.
+pub async fn record_missing_host_keys(state: Arc<AppState>) {
+    let Ok(rows) = state.vm_rows() else { return };
+    let known = std::fs::read_to_string(state.ssh_hosts.known_hosts()).unwrap_or_default();
+    for row in rows {
+        if row.state != VmState::Running || banger_core::known_hosts::knows(&known, &row.name) {
+            continue;
+        }
+        let answer = match open_stream(&state, &row, HOST_KEYS_TIMEOUT).await {
+            Ok(stream) => banger_agent_proto::client::host_keys(stream, HOST_KEYS_TIMEOUT).await,
+            Err(e) => {
+                tracing::warn!(vm = %row.name, error = %chain(&e), "host keys not recorded");
+                continue;
+            }
+        };
+        let lock = state.locks.vm(&row.id);
+        let _g = lock.lock().await;
+        let still = state.db(|s| s.get_vm(&row.id)).ok().flatten();
+        if still.is_some_and(|now| now.state == VmState::Running && now.pid == row.pid) {
+            store_host_keys(&state, &row, answer);
+        }
+    }
+}
+
+/// Drops a deleted VM's host keys from banger's known_hosts; a failure is logged.
+pub(super) fn forget_host_keys(state: &AppState, row: &VmRow) {
+    if let Err(e) = state.ssh_hosts.forget(&row.name, row.ip) {
+        tracing::warn!(vm = %row.name, error = %chain(&e), "host keys not removed");
+    }
 }
 
 async fn net_up(state: &Arc<AppState>, row: &VmRow) -> Result<(), OpError> {

@@ -288,6 +288,7 @@ pub async fn rollback_create(state: &Arc<AppState>, row: &VmRow) {
     if let Err(e) = state.db(|s| s.delete_vm(&row.id)) {
         tracing::error!(vm = %row.name, error = %chain(&e), "cannot delete VM row");
     }
+    super::boot::forget_host_keys(state, row);
     state.locks.forget(&row.id);
 }
 

@@ -64,6 +64,7 @@ mod vmm;
 
 pub use actions::{act, delete, kill, restart, set, start, stop};
 pub use agent::{agent_health, agent_ports, endpoint_of, exec_channel, health, ping};
+pub use boot::record_missing_host_keys;
 pub use create::{
     DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_WORK_DISK, check_settings, create, rollback_create,
 };
