@@ -98,6 +98,7 @@ pub async fn run(layout: &Layout, host: &Host) -> Vec<Check> {
         config_check(layout),
         daemon,
         dns_check(status.as_ref().map(|s| &s.dns)).await,
+        ssh_config_check(layout, host.conn, status.is_some()).await,
         store_check(layout),
         daemon_binary_check(&host.env),
         agent_binary_check(&host.env),
@@ -546,6 +547,82 @@ fn net_admin_check(proc_status: &Path) -> Check {
             format!("cannot read capabilities from {}", proc_status.display()),
             None,
         ),
+    }
+}
+
+/// The managed `Host *.vm` block is in the owner's ssh config as the daemon would write it.
+async fn ssh_config_check(layout: &Layout, conn: Conn, daemon_runs: bool) -> Check {
+    const NAME: &str = "ssh config";
+    let fix = Some("banger ssh-config");
+    if !daemon_runs {
+        return check(
+            NAME,
+            Status::Warn,
+            "the daemon is not running; it writes the Host *.vm block when it starts",
+            None,
+        );
+    }
+    let wanted: Result<banger_api::types::SshConfig, _> =
+        match crate::daemonctl::client(layout, conn) {
+            Ok(client) => client.get(banger_api::Route::SshConfig).await,
+            Err(e) => return check(NAME, Status::Fail, chain(&e), None),
+        };
+    let wanted = match wanted {
+        Ok(w) => w,
+        Err(e) => return check(NAME, Status::Fail, chain(&e), None),
+    };
+    let Some(path) = wanted.path else {
+        return check(
+            NAME,
+            Status::Warn,
+            "the daemon has no home directory, so no ~/.ssh/config to write",
+            None,
+        );
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
+            return check(
+                NAME,
+                Status::Fail,
+                format!("cannot read {}: {e}", path.display()),
+                None,
+            );
+        }
+    };
+    let off = if wanted.at_start {
+        ""
+    } else {
+        " (config ssh_config = false: the daemon does not write it)"
+    };
+    if text.contains(&wanted.block) {
+        check(
+            NAME,
+            Status::Pass,
+            format!("the Host *.vm block is in {}", path.display()),
+            None,
+        )
+    } else if text.contains(banger_core::ssh_config::BEGIN) {
+        check(
+            NAME,
+            Status::Warn,
+            format!(
+                "the Host *.vm block in {} is out of date{off}",
+                path.display()
+            ),
+            fix,
+        )
+    } else {
+        check(
+            NAME,
+            Status::Warn,
+            format!(
+                "no Host *.vm block in {}{off}: ssh NAME.vm does not work",
+                path.display()
+            ),
+            fix,
+        )
     }
 }
 

@@ -48,6 +48,19 @@ fn ssh_option(config: &Path, host: &str, key: &str) -> Option<String> {
         .find_map(|l| l.strip_prefix(&format!("{key} ")).map(str::to_string))
 }
 
+/// `banger doctor`'s status for the ssh config block.
+fn doctor_ssh(home: &Home) -> String {
+    let out = home.run(&["doctor", "--json"]);
+    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let check = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "ssh config")
+        .unwrap_or_else(|| panic!("no ssh config check: {checks}"));
+    check["status"].as_str().unwrap().to_string()
+}
+
 #[test]
 fn the_block_goes_around_the_user_s_entries_at_daemon_start_and_comes_out_exactly() {
     let home = Home::new();
@@ -112,11 +125,15 @@ fn the_block_goes_around_the_user_s_entries_at_daemon_start_and_comes_out_exactl
         before
     );
 
+    assert_eq!(doctor_ssh(&home), "PASS");
+
     // --remove gives the user's bytes back exactly; no flag writes the block again.
     let out = home.ok(&["ssh-config", "--remove"]);
     assert!(out.starts_with("removed banger's block from "), "{out}");
     assert_eq!(read(&config), USER);
     assert_eq!(mode(&config), 0o640);
+    assert_eq!(doctor_ssh(&home), "WARN", "doctor sees the block is gone");
+    assert_eq!(read(&config), USER, "doctor writes nothing");
     assert_eq!(
         home.ok(&["ssh-config", "--remove"]).trim(),
         format!("no banger block in {}", config.display())
