@@ -160,7 +160,10 @@ pub enum NetError {
         kind: String,
     },
     /// The root helper could not be reached, or the connection broke.
-    #[error("cannot reach banger's root helper at {} (is banger-helper running?)", socket.display())]
+    #[error(
+        "cannot reach banger's root helper at {} (bangerd runs unprivileged and needs banger-helper for host networking: `sudo banger system install` sets it up)",
+        socket.display()
+    )]
     HelperUnreachable {
         /// Its socket.
         socket: std::path::PathBuf,
