@@ -35,6 +35,7 @@
 //! whose forward filter drops traffic (Docker's `FORWARD` policy, for instance)
 //! still needs its own accept rules for the bridge.
 
+mod cleanup;
 mod json;
 
 use std::fmt;
