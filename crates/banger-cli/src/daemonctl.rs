@@ -199,6 +199,11 @@ async fn start(
     })?;
     let mut cmd = Command::new(&bin);
     cmd.stdin(Stdio::null()).stdout(out).stderr(err_handle);
+    // The system daemon's runtime dir reached the layout without the variable
+    // (`system::layout_env`); a daemon started here must use it too.
+    if layout.runtime_dir == Path::new(banger_core::layout::SYSTEM_DAEMON_RUNTIME_DIR) {
+        cmd.env("BANGER_RUNTIME_DIR", &layout.runtime_dir);
+    }
     // SAFETY: setsid is async-signal-safe and the closure touches no other state; it detaches
     // the daemon from the CLI's session and terminal so it outlives both.
     unsafe {

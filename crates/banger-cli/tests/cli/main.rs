@@ -1,6 +1,7 @@
 //! CLI integration tests: the real `banger` and `bangerd` binaries against a temp
 //! `BANGER_HOME`. VM tests run the CLI and its daemon in a private network namespace, with the
-//! fake Firecracker standing in for the VMM and a real `banger-agent` behind its vsock.
+//! fake Firecracker standing in for the VMM and a real `banger-agent` behind its vsock;
+//! `system` installs into trees and runs bangerd unprivileged behind the root helper.
 
 mod common;
 mod dns;
@@ -9,5 +10,6 @@ mod foundation;
 mod guest;
 mod host;
 mod inputs;
+mod system;
 mod vm;
 mod workspace;
