@@ -309,7 +309,7 @@ struct Unprivileged {
 }
 
 impl Unprivileged {
-    /// `banger ARGS` as [`DAEMON_UID`] in the home's namespace; its daemon asks the helper.
+    /// `banger ARGS` as `uid` in the home's namespace; its daemon asks the helper.
     fn run(&self, args: &[&str]) -> Output {
         let uid = self.uid.to_string();
         let mut c = Command::new("ip");
