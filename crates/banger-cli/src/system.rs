@@ -71,7 +71,9 @@ pub enum SystemError {
     },
     #[error("--root {0} is not an existing directory (nothing was changed)")]
     NoRoot(PathBuf),
-    #[error("cannot find {name} to install (looked next to {exe} and on PATH; nothing was changed)")]
+    #[error(
+        "cannot find {name} to install (looked next to {exe} and on PATH; nothing was changed)"
+    )]
     MissingBinary { name: &'static str, exe: PathBuf },
     #[error(
         "systemd is not running here (PID 1 is {pid1:?}): `banger system {command}` needs it; `--root DIR` installs into a tree without it (nothing was changed)"
@@ -221,12 +223,14 @@ impl Tree {
     fn read_manifest(&self) -> Result<Option<Manifest>, SystemError> {
         let path = self.manifest();
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| SystemError::Manifest {
-                    path,
-                    source: e.into(),
-                }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| SystemError::Manifest {
+                        path,
+                        source: e.into(),
+                    })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(SystemError::Manifest { path, source }),
         }
@@ -261,7 +265,10 @@ fn binaries(env: &HostEnv) -> Result<Vec<(String, PathBuf)>, SystemError> {
     Ok(vec![
         (format!("{BIN_DIR}/banger"), banger),
         (format!("{BIN_DIR}/bangerd"), companion("bangerd")?),
-        (format!("{LIBEXEC_DIR}/banger-helper"), companion("banger-helper")?),
+        (
+            format!("{LIBEXEC_DIR}/banger-helper"),
+            companion("banger-helper")?,
+        ),
         (
             format!("{LIBEXEC_DIR}/banger-agent"),
             env.agent().ok_or_else(|| missing("banger-agent"))?,
@@ -416,13 +423,14 @@ fn need_root(command: &'static str) -> Result<(), SystemError> {
 
 fn systemctl(args: &[&str]) -> Result<String, SystemError> {
     let command = format!("systemctl {}", args.join(" "));
-    let out = Command::new("systemctl")
-        .args(args)
-        .output()
-        .map_err(|e| SystemError::Systemctl {
-            command: command.clone(),
-            detail: e.to_string(),
-        })?;
+    let out =
+        Command::new("systemctl")
+            .args(args)
+            .output()
+            .map_err(|e| SystemError::Systemctl {
+                command: command.clone(),
+                detail: e.to_string(),
+            })?;
     if !out.status.success() {
         return Err(SystemError::Systemctl {
             command,
@@ -478,9 +486,7 @@ fn write_atomic(path: &Path, mode: u32, src: &Source) -> Result<(), SystemError>
         .tempfile_in(dir)
         .map_err(io("create a file in", dir))?;
     match src {
-        Source::Text(text) => tmp
-            .write_all(text.as_bytes())
-            .map_err(io("write", path))?,
+        Source::Text(text) => tmp.write_all(text.as_bytes()).map_err(io("write", path))?,
         Source::File(from) => {
             let mut input = std::fs::File::open(from).map_err(io("read", from))?;
             std::io::copy(&mut input, &mut tmp).map_err(io("write", path))?;
@@ -490,12 +496,11 @@ fn write_atomic(path: &Path, mode: u32, src: &Source) -> Result<(), SystemError>
         .set_permissions(std::fs::Permissions::from_mode(mode))
         .map_err(io("set the mode of", path))?;
     tmp.as_file().sync_all().map_err(io("write", path))?;
-    tmp.persist(path)
-        .map_err(|e| SystemError::Io {
-            action: "replace",
-            path: path.to_path_buf(),
-            source: e.error,
-        })?;
+    tmp.persist(path).map_err(|e| SystemError::Io {
+        action: "replace",
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
     Ok(())
 }
 
@@ -691,8 +696,8 @@ pub fn uninstall(args: &UninstallArgs, env: &HostEnv, ui: &mut Ui) -> Result<(),
     }
     if tree.live {
         systemctl(&["daemon-reload"])?;
-        let runner = banger_net::SystemRunner::new()
-            .with_path(SearchPath::programs(env.path.as_deref()));
+        let runner =
+            banger_net::SystemRunner::new().with_path(SearchPath::programs(env.path.as_deref()));
         banger_net::DirectNetOps::new(runner)
             .cleanup(&manifest.bridge)
             .map_err(SystemError::Network)?;
@@ -746,9 +751,15 @@ fn unit_row(unit: &str, binary: &str, socket: &str, systemd: bool) -> Vec<String
                         .to_string()
                 };
                 let pid = get("MainPID");
-                (get("ActiveState"), if pid == "0" { "-".into() } else { pid })
+                (
+                    get("ActiveState"),
+                    if pid == "0" { "-".into() } else { pid },
+                )
             }
-            Err(e) => (format!("unknown ({})", banger_core::error::chain(&e)), "-".into()),
+            Err(e) => (
+                format!("unknown ({})", banger_core::error::chain(&e)),
+                "-".into(),
+            ),
         }
     };
     let version = Command::new(binary)

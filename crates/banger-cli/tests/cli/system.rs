@@ -86,8 +86,11 @@ fn tree() -> tempfile::TempDir {
     let bin = dir.path().join("usr/local/bin");
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::write(bin.join("other-tool"), "#!/bin/sh\n").unwrap();
-    std::fs::set_permissions(bin.join("other-tool"), std::fs::Permissions::from_mode(0o750))
-        .unwrap();
+    std::fs::set_permissions(
+        bin.join("other-tool"),
+        std::fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
     std::fs::create_dir_all(dir.path().join("etc")).unwrap();
     std::fs::write(dir.path().join("etc/hostname"), "box\n").unwrap();
     dir
@@ -128,19 +131,29 @@ fn install_then_uninstall_leaves_the_tree_as_it_was_and_install_is_idempotent() 
         installed[Path::new("usr/local/bin/bangerd")].3,
         std::fs::read(bin_dir().join("bangerd")).unwrap()
     );
-    let unit = String::from_utf8_lossy(&installed[Path::new("etc/systemd/system/bangerd.service")].3)
-        .into_owned();
-    assert!(unit.contains(&format!("\nUser={user}\n")), "{unit}");
-    let helper =
-        String::from_utf8_lossy(&installed[Path::new("etc/systemd/system/banger-helper.service")].3)
+    let unit =
+        String::from_utf8_lossy(&installed[Path::new("etc/systemd/system/bangerd.service")].3)
             .into_owned();
+    assert!(unit.contains(&format!("\nUser={user}\n")), "{unit}");
+    let helper = String::from_utf8_lossy(
+        &installed[Path::new("etc/systemd/system/banger-helper.service")].3,
+    )
+    .into_owned();
     assert!(helper.contains(&format!("--owner {uid} ")), "{helper}");
     // Again: the same tree, byte for byte.
     ok(&["system", "install", "--root", root, "--user", &user]);
-    assert_eq!(listing(dir.path()), installed, "a second install changed the tree");
+    assert_eq!(
+        listing(dir.path()),
+        installed,
+        "a second install changed the tree"
+    );
     let out = ok(&["system", "uninstall", "--root", root]);
     assert!(out.contains("--purge"), "{out}");
-    assert_eq!(listing(dir.path()), before, "uninstall did not restore the tree");
+    assert_eq!(
+        listing(dir.path()),
+        before,
+        "uninstall did not restore the tree"
+    );
     // Nothing installed: refused, and still nothing changed.
     let e = err(&banger(&["system", "uninstall", "--root", root]));
     assert!(e.contains("not installed"), "{e}");
@@ -171,7 +184,10 @@ fn purge_alone_removes_the_owner_s_vms_and_images() {
     let out = ok(&["system", "uninstall", "--root", root, "--purge"]);
     assert!(out.contains("purged"), "{out}");
     assert!(!state.exists() && !config.exists(), "{out}");
-    assert!(other.join("vms/disk.img").exists(), "purge went beyond banger's dirs");
+    assert!(
+        other.join("vms/disk.img").exists(),
+        "purge went beyond banger's dirs"
+    );
 }
 
 #[test]
@@ -185,15 +201,32 @@ fn adversarial_refusals_change_nothing() {
     let before = listing(dir.path());
     // Not root.
     let mut c = Command::new("setpriv");
-    c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups", BANGER]);
+    c.args([
+        "--reuid",
+        "65534",
+        "--regid",
+        "65534",
+        "--clear-groups",
+        BANGER,
+    ]);
     c.args(["system", "install", "--root", root, "--user", &user]);
     let e = err(&cleared_env(&mut c, Path::new("/nonexistent-banger-home"))
         .output()
         .unwrap());
-    assert!(e.contains("needs root") && e.contains("sudo banger system install"), "{e}");
+    assert!(
+        e.contains("needs root") && e.contains("sudo banger system install"),
+        "{e}"
+    );
     for (args, why) in [
         (
-            vec!["system", "install", "--root", root, "--user", "no-such-user-bgr"],
+            vec![
+                "system",
+                "install",
+                "--root",
+                root,
+                "--user",
+                "no-such-user-bgr",
+            ],
             "no user \"no-such-user-bgr\"",
         ),
         (
@@ -201,16 +234,28 @@ fn adversarial_refusals_change_nothing() {
             "unprivileged user",
         ),
         (
-            vec!["system", "install", "--root", root, "--user", &user, "--bridge", "a b"],
+            vec![
+                "system", "install", "--root", root, "--user", &user, "--bridge", "a b",
+            ],
             "not an interface name",
         ),
         (
-            vec!["system", "install", "--root", "/nonexistent-bgr", "--user", &user],
+            vec![
+                "system",
+                "install",
+                "--root",
+                "/nonexistent-bgr",
+                "--user",
+                &user,
+            ],
             "not an existing directory",
         ),
     ] {
         let e = err(&banger(&args));
-        assert!(e.contains(why) && e.contains("nothing was changed"), "{args:?}: {e}");
+        assert!(
+            e.contains(why) && e.contains("nothing was changed"),
+            "{args:?}: {e}"
+        );
     }
     assert_eq!(listing(dir.path()), before);
     assert!(!Path::new("/nonexistent-bgr").exists());
@@ -222,8 +267,9 @@ fn the_units_pass_systemd_analyze_verify() {
     if !root_or_skip() {
         return;
     }
-    let Some(analyze) = banger_core::probe::SearchPath::programs(std::env::var_os("PATH").as_deref())
-        .find("systemd-analyze")
+    let Some(analyze) =
+        banger_core::probe::SearchPath::programs(std::env::var_os("PATH").as_deref())
+            .find("systemd-analyze")
     else {
         eprintln!("skipped: systemd-analyze is not installed");
         return;
@@ -274,7 +320,9 @@ fn status_without_systemd_says_so_and_restart_refuses_clearly() {
     for col in ["UNIT", "ACTIVE", "PID", "VERSION", "SOCKET"] {
         assert!(lines[0].contains(col), "{table}");
     }
-    assert!(lines[1].starts_with("banger-helper.service") && lines[2].starts_with("bangerd.service"));
+    assert!(
+        lines[1].starts_with("banger-helper.service") && lines[2].starts_with("bangerd.service")
+    );
     assert!(table.contains("/run/banger/helper.sock"), "{table}");
     let note = String::from_utf8_lossy(&out.stderr);
     assert!(note.contains("systemd is not running here"), "{note}");
@@ -314,7 +362,15 @@ impl Unprivileged {
         let uid = self.uid.to_string();
         let mut c = Command::new("ip");
         c.args(["netns", "exec", self.home.netns.as_deref().unwrap()]);
-        c.args(["setpriv", "--reuid", &uid, "--regid", &uid, "--clear-groups", BANGER]);
+        c.args([
+            "setpriv",
+            "--reuid",
+            &uid,
+            "--regid",
+            &uid,
+            "--clear-groups",
+            BANGER,
+        ]);
         c.args(args);
         cleared_env(&mut c, self.home.path());
         c.env("BANGER_HELPER_SOCKET", &self.helper_socket);
@@ -399,7 +455,10 @@ fn bangerd_as_an_unprivileged_user_gets_its_taps_from_the_root_helper() {
             .success()
     );
     // The helper, root, in the same namespace, serving only that uid.
-    let helper_dir = tempfile::Builder::new().prefix("bgrh").tempdir_in("/tmp").unwrap();
+    let helper_dir = tempfile::Builder::new()
+        .prefix("bgrh")
+        .tempdir_in("/tmp")
+        .unwrap();
     std::fs::set_permissions(helper_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let helper_socket = helper_dir.path().join("helper.sock");
     let helper = Command::new("ip")
@@ -438,12 +497,16 @@ fn bangerd_as_an_unprivileged_user_gets_its_taps_from_the_root_helper() {
     let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uid_line = proc_status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     assert!(
-        uid_line.split_whitespace().skip(1).all(|u| u == uid.to_string()),
+        uid_line
+            .split_whitespace()
+            .skip(1)
+            .all(|u| u == uid.to_string()),
         "bangerd is not running as uid {uid}: {uid_line}"
     );
 
     t.ok(&["vm", "create", "--name", "web", "--image", "test-img"]);
-    let vm: serde_json::Value = serde_json::from_str(&t.ok(&["vm", "show", "web", "--json"])).unwrap();
+    let vm: serde_json::Value =
+        serde_json::from_str(&t.ok(&["vm", "show", "web", "--json"])).unwrap();
     assert_eq!(vm["state"], "running");
     let tap = vm["tap"].as_str().unwrap().to_string();
     let tap_owner = t.in_ns(&["cat", &format!("/sys/class/net/{tap}/owner")]);
@@ -459,7 +522,15 @@ fn bangerd_as_an_unprivileged_user_gets_its_taps_from_the_root_helper() {
         .to_string();
     assert!(refused.contains("uid 0 may not use"), "{refused}");
     let stranger = Command::new("setpriv")
-        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "/usr/bin/python3", "-c"])
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+        ])
         .arg("import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\n")
         .arg(&helper_socket)
         .output()
@@ -469,7 +540,10 @@ fn bangerd_as_an_unprivileged_user_gets_its_taps_from_the_root_helper() {
         String::from_utf8_lossy(&stranger.stderr).contains("PermissionError"),
         "{stranger:?}"
     );
-    assert!(t.in_ns(&["ip", "-o", "link", "show"]).contains(&tap), "the refusal changed something");
+    assert!(
+        t.in_ns(&["ip", "-o", "link", "show"]).contains(&tap),
+        "the refusal changed something"
+    );
 
     t.ok(&["vm", "delete", "web"]);
     assert!(
