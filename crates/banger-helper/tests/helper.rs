@@ -224,11 +224,58 @@ fn the_binary_does_real_bridge_and_tap_work_in_a_namespace() {
         client.delete_tap("lo"),
         Err(NetError::HelperRefused { .. })
     ));
+    // Out-of-pattern requests against a real host: refused, and the links are as they were.
+    let in_ns = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // (A bridge: the kernel here may have no dummy or veth driver.)
+    in_ns(&["ip", "link", "add", "eth0", "type", "bridge"]);
+    let links_before = in_ns(&["ip", "-o", "link", "show"]);
+    let refused = |r: Result<(), NetError>| matches!(r, Err(NetError::HelperRefused { .. }));
+    assert!(refused(client.delete_tap("eth0")));
+    assert!(refused(client.create_tap("eth0", "banger0", Some(0))));
+    assert!(refused(client.create_tap("bgr1\nx", "banger0", Some(0))));
+    assert!(refused(client.ensure_bridge("banger0\n", &subnet)));
+    assert!(refused(client.enable_nat(
+        &subnet,
+        "172.30.0.9".parse().unwrap(),
+        Some("eth0\nx")
+    )));
+    let answers = raw(
+        &socket,
+        &["{\"op\":\"ensure_bridge\",\"name\":\"banger0\",\"subnet\":\"0.0.0.0/0\"}\n"],
+    );
+    assert!(
+        answers[0].starts_with("{\"result\":\"refused\""),
+        "{}",
+        answers[0]
+    );
+    assert_eq!(in_ns(&["ip", "-o", "link", "show"]), links_before);
     helper.kill().unwrap();
     let out = helper.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(
         log.contains("performed") && log.contains("refused"),
         "{log}"
+    );
+}
+
+/// `banger system status` and doctor compare builds: the helper names its build as bangerd
+/// does.
+#[test]
+fn the_version_is_banger_s_build() {
+    let out = Command::new(env!("CARGO_BIN_EXE_banger-helper"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("banger-helper {}", banger_core::build::BuildInfo::current())
     );
 }
