@@ -77,6 +77,10 @@ fn the_owner_s_operations_reach_the_network_and_come_back_typed() {
         .unwrap();
     client.disable_nat("172.30.0.2".parse().unwrap()).unwrap();
     client.delete_tap("bgr1").unwrap();
+    assert_eq!(
+        client.build().unwrap(),
+        banger_core::build::BuildInfo::current().to_string()
+    );
     assert_eq!(s.fake.calls().len(), 7, "{:?}", s.fake.calls());
     assert_eq!(
         s.fake.calls()[1],
@@ -278,4 +282,21 @@ fn the_version_is_banger_s_build() {
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("banger-helper {}", banger_core::build::BuildInfo::current())
     );
+}
+
+/// The refusal of a peer is written before its request is read, then the connection is
+/// closed: the client reads it even when its own write found the socket closed (EPIPE).
+#[test]
+fn adversarial_a_refused_peer_always_reads_the_refusal() {
+    let s = served(euid().wrapping_add(1));
+    let client = HelperNetOps::new(&s.socket);
+    for _ in 0..50 {
+        match client.delete_tap("bgr1") {
+            Err(NetError::HelperRefused { error }) => {
+                assert!(error.contains("may not use"), "{error}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(s.fake.calls().is_empty(), "{:?}", s.fake.calls());
 }

@@ -351,7 +351,7 @@ struct Unprivileged {
     /// The uid bangerd runs as: a user of this host (`ssh-keygen` needs a passwd entry).
     uid: u32,
     home: Home,
-    helper: std::process::Child,
+    helper: Option<std::process::Child>,
     helper_socket: PathBuf,
     _helper_dir: tempfile::TempDir,
 }
@@ -404,8 +404,10 @@ impl Drop for Unprivileged {
             }
         }
         let _ = self.run(&["daemon", "stop"]);
-        let _ = self.helper.kill();
-        let _ = self.helper.wait();
+        if let Some(helper) = &mut self.helper {
+            let _ = helper.kill();
+            let _ = helper.wait();
+        }
     }
 }
 
@@ -454,33 +456,19 @@ fn bangerd_as_an_unprivileged_user_gets_its_taps_from_the_root_helper() {
             .unwrap()
             .success()
     );
-    // The helper, root, in the same namespace, serving only that uid.
     let helper_dir = tempfile::Builder::new()
         .prefix("bgrh")
         .tempdir_in("/tmp")
         .unwrap();
     std::fs::set_permissions(helper_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let helper_socket = helper_dir.path().join("helper.sock");
-    let helper = Command::new("ip")
-        .args(["netns", "exec", &ns])
-        .arg(&helper_bin)
-        .arg("--socket")
-        .arg(&helper_socket)
-        .args(["--owner", &uid.to_string(), "--bridge", "banger0"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t = Unprivileged {
+    let mut t = Unprivileged {
         uid,
         home,
-        helper,
+        helper: None,
         helper_socket: helper_socket.clone(),
         _helper_dir: helper_dir,
     };
-    wait_for(&helper_socket);
-    let m = std::fs::metadata(&helper_socket).unwrap();
-    assert_eq!((m.uid(), m.mode() & 0o777), (uid, 0o600));
-
     t.ok(&[
         "image",
         "register",
@@ -491,6 +479,30 @@ fn bangerd_as_an_unprivileged_user_gets_its_taps_from_the_root_helper() {
         "--kernel",
         kernel.to_str().unwrap(),
     ]);
+    // No helper yet: the daemon serves, but a VM cannot get its TAP, and nothing is left.
+    let out = t.run(&["vm", "create", "--name", "early", "--image", "test-img"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && e.contains("banger system install"),
+        "{e}"
+    );
+    assert_eq!(t.ok(&["vm", "ls", "-aq"]), "");
+    // The helper, root, in the same namespace, serving only that uid.
+    t.helper = Some(
+        Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(&helper_bin)
+            .arg("--socket")
+            .arg(&helper_socket)
+            .args(["--owner", &uid.to_string(), "--bridge", "banger0"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&helper_socket);
+    let m = std::fs::metadata(&helper_socket).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o777), (uid, 0o600));
+
     let status: serde_json::Value =
         serde_json::from_str(&t.ok(&["daemon", "status", "--json"])).unwrap();
     let pid = status["pid"].as_u64().unwrap();
