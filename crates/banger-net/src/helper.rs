@@ -6,7 +6,7 @@
 //! # Wire
 //! A Unix stream socket; the client writes one [`Request`] as a JSON line and reads one
 //! [`Response`] line; a connection may carry several in turn. A line is at most
-//! [`MAX_LINE`] bytes. Every request is one [`NetOps`] operation with its arguments typed
+//! [`MAX_LINE`] bytes. Every request but [`Request::Version`] is one [`NetOps`] operation with its arguments typed
 //! ([`Subnet`], [`Ipv4Addr`]); there is no way to name a command, a path or a shell.
 //!
 //! # Policy ([`Policy::check`])
