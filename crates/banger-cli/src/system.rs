@@ -291,6 +291,20 @@ fn unit_safe(what: &'static str, value: &str) -> Result<(), SystemError> {
     Ok(())
 }
 
+/// The hardening both units share (each adds its own capabilities, paths and families).
+const SHARED_HARDENING: &str = "NoNewPrivileges=yes
+ProtectSystem=strict
+PrivateTmp=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectKernelLogs=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+SystemCallArchitectures=native
+";
+
 /// `banger-helper.service`: root, only `CAP_NET_ADMIN` (links, TAP ownership, nftables) and
 /// `CAP_CHOWN` (its socket becomes the owner's), only `/dev/net/tun` among devices.
 pub fn helper_unit(owner: &Owner, bridge: &str) -> String {
@@ -309,24 +323,13 @@ RuntimeDirectoryMode=0755
 RuntimeDirectoryPreserve=restart
 UMask=0077
 CapabilityBoundingSet=CAP_NET_ADMIN CAP_CHOWN
-NoNewPrivileges=yes
-ProtectSystem=strict
 ProtectHome=yes
-PrivateTmp=yes
 DevicePolicy=closed
 DeviceAllow=/dev/net/tun rw
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
-ProtectKernelLogs=yes
 RestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET AF_INET6
 RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
 MemoryDenyWriteExecute=yes
-SystemCallArchitectures=native
-
+{SHARED_HARDENING}
 [Install]
 WantedBy=multi-user.target
 ",
@@ -365,23 +368,12 @@ RuntimeDirectoryMode=0700
 UMask=0077
 CapabilityBoundingSet=
 AmbientCapabilities=
-NoNewPrivileges=yes
-ProtectSystem=strict
 ProtectHome=read-only
 ReadWritePaths=-{state} -{config} -{home}/.ssh
-PrivateTmp=yes
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
-ProtectKernelLogs=yes
 ProtectKernelModules=yes
 ProtectKernelTunables=yes
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK AF_VSOCK
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-SystemCallArchitectures=native
-
+{SHARED_HARDENING}
 [Install]
 WantedBy=multi-user.target
 ",
