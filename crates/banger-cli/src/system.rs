@@ -544,6 +544,53 @@ fn owner_dir(owner: &Owner, dir: &Path) -> Result<(), SystemError> {
     Ok(())
 }
 
+/// The groups `owner` is in (its primary group and the supplementary ones), as the unit's
+/// `User=` gives them to bangerd.
+fn groups(owner: &Owner) -> Vec<u32> {
+    let Ok(name) = CString::new(owner.name.as_str()) else {
+        return vec![owner.gid];
+    };
+    let mut n: libc::c_int = 64;
+    loop {
+        let mut list = vec![0 as libc::gid_t; n as usize];
+        let mut count = n;
+        // SAFETY: the name is NUL-terminated and `list` holds `count` writable entries; on
+        // return `count` is the number of groups (or the size needed, when -1 is returned).
+        let rc =
+            unsafe { libc::getgrouplist(name.as_ptr(), owner.gid, list.as_mut_ptr(), &mut count) };
+        if rc >= 0 {
+            list.truncate(count.max(0) as usize);
+            return list;
+        }
+        if count <= n {
+            return vec![owner.gid];
+        }
+        n = count;
+    }
+}
+
+/// Why the owner's bangerd could not open `kvm` (a KVM device of mode 0660 whose group the
+/// owner is not in), if so: the VMMs then fall back to (or fail without) hardware
+/// virtualization.
+fn kvm_access(owner: &Owner, kvm: &Path) -> Option<String> {
+    let m = std::fs::metadata(kvm).ok()?;
+    let mode = m.mode();
+    let open = mode & 0o006 == 0o006
+        || (m.uid() == owner.uid && mode & 0o600 == 0o600)
+        || (mode & 0o060 == 0o060 && groups(owner).contains(&m.gid()));
+    (!open).then(|| {
+        format!(
+            "{} (mode {:04o}, gid {}) is not open to {}: add them to its group (`usermod -aG kvm {}`), \
+             else VMs run without KVM",
+            kvm.display(),
+            mode & 0o7777,
+            m.gid(),
+            owner.name,
+            owner.name
+        )
+    })
+}
+
 /// `banger system install`.
 pub fn install(args: &InstallArgs, env: &HostEnv, ui: &mut Ui) -> Result<(), CliError> {
     // Every check first: a refusal changes nothing.
@@ -615,6 +662,9 @@ pub fn install(args: &InstallArgs, env: &HostEnv, ui: &mut Ui) -> Result<(), Cli
         owner.home.join(".ssh"),
     ] {
         owner_dir(&owner, &dir)?;
+    }
+    if let Some(note) = kvm_access(&owner, Path::new("/dev/kvm")) {
+        ui.note(&format!("banger: {note}"))?;
     }
     systemctl(&["daemon-reload"])?;
     systemctl(&["enable", "--now", HELPER_UNIT, DAEMON_UNIT])?;
@@ -918,6 +968,36 @@ mod tests {
         );
         let home = |k: &str| (k == "BANGER_HOME").then(|| OsString::from("/tmp/bh"));
         assert_eq!(layout_env(home, euid, &mine)("BANGER_RUNTIME_DIR"), None);
+    }
+
+    #[test]
+    fn kvm_access_follows_mode_and_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("kvm");
+        std::fs::write(&dev, "").unwrap();
+        let meta = std::fs::metadata(&dev).unwrap();
+        let me = Owner {
+            name: "no-such-user-banger".into(),
+            uid: meta.uid() + 1,
+            gid: meta.gid(),
+            home: "/h".into(),
+        };
+        let set = |mode| std::fs::set_permissions(&dev, std::fs::Permissions::from_mode(mode));
+        set(0o660).unwrap();
+        // Its primary group is the device's.
+        assert_eq!(kvm_access(&me, &dev), None);
+        let stranger = Owner {
+            gid: meta.gid() + 1,
+            ..me.clone()
+        };
+        let why = kvm_access(&stranger, &dev).unwrap();
+        assert!(
+            why.contains("usermod -aG kvm") && why.contains("0660"),
+            "{why}"
+        );
+        set(0o666).unwrap();
+        assert_eq!(kvm_access(&stranger, &dev), None);
+        assert_eq!(kvm_access(&stranger, &dir.path().join("absent")), None);
     }
 
     #[test]
