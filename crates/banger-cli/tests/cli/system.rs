@@ -259,6 +259,26 @@ fn adversarial_refusals_change_nothing() {
     }
     assert_eq!(listing(dir.path()), before);
     assert!(!Path::new("/nonexistent-bgr").exists());
+    // Installed, then an uninstall by someone who is not root: refused, nothing removed.
+    ok(&["system", "install", "--root", root, "--user", &user]);
+    let installed = listing(dir.path());
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid",
+        "65534",
+        "--regid",
+        "65534",
+        "--clear-groups",
+        BANGER,
+    ]);
+    c.args(["system", "uninstall", "--root", root, "--purge"]);
+    let e = err(&cleared_env(&mut c, Path::new("/nonexistent-banger-home"))
+        .output()
+        .unwrap());
+    assert!(e.contains("needs root"), "{e}");
+    assert_eq!(listing(dir.path()), installed);
+    ok(&["system", "uninstall", "--root", root]);
+    assert_eq!(listing(dir.path()), before);
 }
 
 #[test]
