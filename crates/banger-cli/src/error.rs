@@ -103,6 +103,15 @@ pub enum CliError {
     Inspect(Box<banger_workspace::InspectError>),
     #[error(transparent)]
     System(#[from] crate::system::SystemError),
+    #[error(
+        "the system daemon (bangerd.service) does not answer at {}; see `banger system status`",
+        socket.display()
+    )]
+    SystemDaemonDown {
+        socket: PathBuf,
+        #[source]
+        source: Box<ClientError>,
+    },
     #[error("cannot write {path}")]
     OutputFile {
         path: PathBuf,
@@ -158,6 +167,7 @@ impl CliError {
             | Self::Signals(_)
             | Self::Inspect(_)
             | Self::System(_)
+            | Self::SystemDaemonDown { .. }
             | Self::OutputFile { .. } => 1,
             // A command the guest cannot start exits as a shell's would (127, 126).
             Self::Exec { source, .. } => match source {
