@@ -703,14 +703,7 @@ pub fn uninstall(args: &UninstallArgs, env: &HostEnv, ui: &mut Ui) -> Result<(),
         match std::fs::remove_file(&path) {
             Ok(()) => ui.line(&format!("removed {}", path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(SystemError::Io {
-                    action: "remove",
-                    path,
-                    source,
-                }
-                .into());
-            }
+            Err(source) => return Err(io("remove", &path)(source).into()),
         }
     }
     let mut dirs = manifest.created_dirs.clone();
@@ -726,14 +719,7 @@ pub fn uninstall(args: &UninstallArgs, env: &HostEnv, ui: &mut Ui) -> Result<(),
                     path.display()
                 ))?;
             }
-            Err(source) => {
-                return Err(SystemError::Io {
-                    action: "remove",
-                    path,
-                    source,
-                }
-                .into());
-            }
+            Err(source) => return Err(io("remove", &path)(source).into()),
         }
     }
     if tree.live {

@@ -75,6 +75,23 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `banger ARGS` as uid 65534 (not root).
+fn as_nobody(args: &[&str]) -> Output {
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid",
+        "65534",
+        "--regid",
+        "65534",
+        "--clear-groups",
+        BANGER,
+    ]);
+    c.args(args);
+    cleared_env(&mut c, Path::new("/nonexistent-banger-home"))
+        .output()
+        .unwrap()
+}
+
 fn err(out: &Output) -> String {
     assert!(!out.status.success(), "{out:?}");
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -200,19 +217,9 @@ fn adversarial_refusals_change_nothing() {
     let root = dir.path().to_str().unwrap();
     let before = listing(dir.path());
     // Not root.
-    let mut c = Command::new("setpriv");
-    c.args([
-        "--reuid",
-        "65534",
-        "--regid",
-        "65534",
-        "--clear-groups",
-        BANGER,
-    ]);
-    c.args(["system", "install", "--root", root, "--user", &user]);
-    let e = err(&cleared_env(&mut c, Path::new("/nonexistent-banger-home"))
-        .output()
-        .unwrap());
+    let e = err(&as_nobody(&[
+        "system", "install", "--root", root, "--user", &user,
+    ]));
     assert!(
         e.contains("needs root") && e.contains("sudo banger system install"),
         "{e}"
@@ -262,19 +269,13 @@ fn adversarial_refusals_change_nothing() {
     // Installed, then an uninstall by someone who is not root: refused, nothing removed.
     ok(&["system", "install", "--root", root, "--user", &user]);
     let installed = listing(dir.path());
-    let mut c = Command::new("setpriv");
-    c.args([
-        "--reuid",
-        "65534",
-        "--regid",
-        "65534",
-        "--clear-groups",
-        BANGER,
-    ]);
-    c.args(["system", "uninstall", "--root", root, "--purge"]);
-    let e = err(&cleared_env(&mut c, Path::new("/nonexistent-banger-home"))
-        .output()
-        .unwrap());
+    let e = err(&as_nobody(&[
+        "system",
+        "uninstall",
+        "--root",
+        root,
+        "--purge",
+    ]));
     assert!(e.contains("needs root"), "{e}");
     assert_eq!(listing(dir.path()), installed);
     ok(&["system", "uninstall", "--root", root]);
