@@ -76,6 +76,9 @@ With no flag, writes (or refreshes) the block now; --print shows it and changes 
         after_long_help = "Examples:\n  banger ssh-config\n  banger ssh-config --print\n  banger ssh-config --remove\n  ssh web.vm uptime"
     )]
     SshConfig(SshConfigArgs),
+    /// Install banger as systemd system units (bangerd as you, plus the root helper).
+    #[command(subcommand, long_about = SYSTEM_LONG_ABOUT)]
+    System(SystemCommand),
     /// Print a shell completion script.
     #[command(
         after_long_help = "Examples:\n  banger completion bash > ~/.local/share/bash-completion/completions/banger\n  banger completion zsh > \"${fpath[1]}/_banger\"\n  banger completion fish > ~/.config/fish/completions/banger.fish"
@@ -751,4 +754,59 @@ pub struct MakeBundleArgs {
     /// Output directory
     #[arg(long)]
     pub out: std::path::PathBuf,
+}
+
+const SYSTEM_LONG_ABOUT: &str = "Installs banger as two hardened systemd system units: \
+bangerd.service runs the daemon as its owner (--user, else SUDO_USER, else you; never root), and \
+banger-helper.service is the narrow root helper that makes the bridge, TAP devices and NAT rules \
+for it (only the owner's uid may use its socket, /run/banger/helper.sock). Binaries go to \
+/usr/local/bin (banger, bangerd) and /usr/local/libexec/banger (banger-helper, banger-agent); \
+units to /etc/systemd/system. The owner's VMs and images stay in ~/.local/state/banger, and the \
+CLI talks to the installed daemon at /run/banger/bangerd/bangerd.sock whenever it runs. \
+--root DIR writes the same files into a tree (packaging, tests) without calling systemctl. \
+install, restart and uninstall need root and change nothing when they refuse.";
+
+/// `banger system ...`.
+#[derive(Debug, Subcommand)]
+pub enum SystemCommand {
+    /// Copy the binaries, write both units, then enable and start them (again: idempotent).
+    #[command(
+        after_long_help = "Examples:\n  sudo banger system install\n  sudo banger system install --user alice\n  sudo banger system install --root /tmp/pkgroot --user alice"
+    )]
+    Install(InstallArgs),
+    /// Show both units: active state, pid, installed version, socket.
+    #[command(after_long_help = "Examples:\n  banger system status")]
+    Status,
+    /// Restart the helper and the daemon (VMs keep running).
+    #[command(after_long_help = "Examples:\n  sudo banger system restart")]
+    Restart,
+    /// Stop and remove both units, the binaries and banger's network state (TAPs, bridge,
+    /// nftables table); the owner's VMs and images stay unless --purge.
+    #[command(
+        after_long_help = "Examples:\n  sudo banger system uninstall\n  sudo banger system uninstall --purge\n  sudo banger system uninstall --root /tmp/pkgroot"
+    )]
+    Uninstall(UninstallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// The user bangerd runs as [default: SUDO_USER, else the invoking user]
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// Install into this tree instead of / (no systemctl calls)
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// The one bridge the helper may make and attach to (config bridge_name)
+    #[arg(long, value_name = "NAME", default_value = "banger0")]
+    pub bridge: String,
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// Remove from this tree instead of / (no systemctl calls, no network changes)
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Also delete the owner's banger state and config (every VM, image and kernel)
+    #[arg(long)]
+    pub purge: bool,
 }

@@ -114,9 +114,18 @@ where
         client.get::<DaemonStatus>(Route::Status),
         early(client.clone())
     );
+    // The system daemon (`bangerd.service`) is systemd's to start and `system install`'s to
+    // update: it is used whatever its build, and never started or replaced from here.
+    let system = layout.runtime_dir == Path::new(banger_core::layout::SYSTEM_DAEMON_RUNTIME_DIR);
     match answer {
-        Ok(status) if status.build == me => {
+        Ok(status) if status.build == me || system => {
             return Ok((client, status, Ensured::AlreadyRunning, Some(early)));
+        }
+        Err(e) if system && e.is_unreachable() => {
+            return Err(CliError::SystemDaemonDown {
+                socket: layout.socket_path(),
+                source: Box::new(e),
+            });
         }
         Ok(status) => {
             drop(early);
@@ -264,6 +273,48 @@ fn tail_since(path: &Path, from: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    #[allow(clippy::print_stderr)] // the visible reason for a skip
+    async fn the_system_daemon_is_never_started_from_the_cli() {
+        let run = Path::new(banger_core::layout::SYSTEM_DAEMON_RUNTIME_DIR);
+        if run.exists() {
+            eprintln!(
+                "skipped: a system daemon is installed here ({})",
+                run.display()
+            );
+            return;
+        }
+        let state = tempfile::tempdir().unwrap();
+        let layout = Layout {
+            config_dir: state.path().join("config"),
+            state_dir: state.path().join("state"),
+            runtime_dir: run.to_path_buf(),
+        };
+        let conn = Conn {
+            euid: crate::uid(),
+            timeout: Duration::from_secs(2),
+        };
+        // A bangerd next to the CLI would be started for any other layout.
+        let env = HostEnv {
+            exe: Some(state.path().join("banger")),
+            ..HostEnv::default()
+        };
+        std::fs::write(state.path().join("bangerd"), "#!/bin/sh\nexit 1\n").unwrap();
+        let Err(e) = ensure(&layout, conn, &env, |_| async {}).await else {
+            panic!("a daemon answered at {}", layout.socket_path().display());
+        };
+        let msg = banger_core::error::chain(&e);
+        assert!(
+            msg.contains("bangerd.service") && msg.contains("banger system status"),
+            "{msg}"
+        );
+        assert!(
+            !state.path().join("state").exists(),
+            "the CLI prepared a start"
+        );
+        assert!(!run.exists());
+    }
 
     #[test]
     fn alive_sees_self_and_not_nonsense() {

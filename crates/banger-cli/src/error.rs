@@ -101,6 +101,17 @@ pub enum CliError {
     /// A workspace PATH banger does not ship (found before any daemon call).
     #[error(transparent)]
     Inspect(Box<banger_workspace::InspectError>),
+    #[error(transparent)]
+    System(#[from] crate::system::SystemError),
+    #[error(
+        "the system daemon (bangerd.service) does not answer at {}; see `banger system status`",
+        socket.display()
+    )]
+    SystemDaemonDown {
+        socket: PathBuf,
+        #[source]
+        source: Box<ClientError>,
+    },
     #[error("cannot write {path}")]
     OutputFile {
         path: PathBuf,
@@ -155,6 +166,8 @@ impl CliError {
             | Self::Terminal(_)
             | Self::Signals(_)
             | Self::Inspect(_)
+            | Self::System(_)
+            | Self::SystemDaemonDown { .. }
             | Self::OutputFile { .. } => 1,
             // A command the guest cannot start exits as a shell's would (127, 126).
             Self::Exec { source, .. } => match source {

@@ -10,6 +10,7 @@
 //! - [`sshconfig`]: `banger ssh-config`, the managed block in `~/.ssh/config`.
 //! - [`logview`]: printing and following a VM's logs (`vm logs [-f]`) across rotations.
 //! - [`error`]: errors and their one-line rendering (`banger: ...`).
+//! - [`system`]: `system install|status|restart|uninstall` (the systemd units).
 //!
 //! This crate is the program's front: it alone reads the process environment (`BANGER_HOME`,
 //! XDG dirs, `PATH`, `NO_COLOR`, the `BANGER_*` overrides), once, in [`main`] ([`HostEnv`]),
@@ -24,6 +25,7 @@ pub mod escape;
 pub mod exec;
 pub mod logview;
 pub mod sshconfig;
+pub mod system;
 pub mod ui;
 pub mod vm;
 pub mod words;
@@ -59,6 +61,8 @@ pub struct HostEnv {
     pub qemu_bin: Option<OsString>,
     /// `BANGER_VMM`.
     pub vmm: Option<OsString>,
+    /// `SUDO_USER`: the owner `system install` chooses without `--user`.
+    pub sudo_user: Option<OsString>,
 }
 
 impl HostEnv {
@@ -71,6 +75,7 @@ impl HostEnv {
             firecracker_bin: std::env::var_os(probe::FIRECRACKER.env_var),
             qemu_bin: std::env::var_os(probe::QEMU.env_var),
             vmm: std::env::var_os("BANGER_VMM"),
+            sudo_user: std::env::var_os("SUDO_USER"),
         }
     }
 
@@ -133,7 +138,14 @@ pub fn main() -> ExitCode {
     let mut ctx = Ctx {
         ui: Ui::stdio(no_color),
         env: HostEnv::read(),
-        layout: Layout::resolve(|k| std::env::var_os(k), uid()),
+        layout: Layout::resolve(
+            system::layout_env(
+                |k| std::env::var_os(k),
+                uid(),
+                std::path::Path::new(banger_core::layout::SYSTEM_DAEMON_RUNTIME_DIR),
+            ),
+            uid(),
+        ),
         client_timeout: std::env::var_os(daemonctl::CLIENT_TIMEOUT_ENV),
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -172,6 +184,7 @@ pub async fn run(command: Command, ctx: &mut Ctx) -> Result<u8, CliError> {
         Command::Kernel(k) => artifacts::kernel(k, ctx).await,
         Command::Internal(args::InternalCommand::MakeBundle(a)) => artifacts::make_bundle(a, ctx),
         Command::SshConfig(a) => sshconfig::run(a, ctx).await,
+        Command::System(s) => system::run(&s, &ctx.env, &mut ctx.ui).map(|()| 0),
         Command::Completion { shell } => {
             // clap_complete panics on a write error, so the script is written to memory first
             // and then to stdout, where a closed pipe is an error like any other write.

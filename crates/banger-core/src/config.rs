@@ -57,6 +57,9 @@ pub struct Config {
     /// Whether the daemon writes the managed `Host *.vm` block into the owner's
     /// `~/.ssh/config` when it starts.
     pub ssh_config: bool,
+    /// The root helper's socket, asked for host network operations when the daemon is not
+    /// root. `BANGER_HELPER_SOCKET` overrides it.
+    pub helper_socket: PathBuf,
 }
 
 /// Where the `.vm` DNS server listens unless config says otherwise.
@@ -247,6 +250,7 @@ impl Default for Config {
             dns_listen: DEFAULT_DNS_LISTEN,
             npm_registry: DEFAULT_NPM_REGISTRY.to_string(),
             ssh_config: true,
+            helper_socket: PathBuf::from(crate::layout::SYSTEM_HELPER_SOCKET),
         }
     }
 }
@@ -400,6 +404,17 @@ impl Config {
                 format!("must be at least {MIN_LOG_SIZE}"),
             ));
         }
+        let helper = &self.helper_socket;
+        if !helper.is_absolute() || helper.as_os_str().len() > crate::layout::MAX_SOCKET_PATH {
+            return Err(bad(
+                "helper_socket",
+                helper.display().to_string(),
+                format!(
+                    "an absolute socket path of at most {} bytes",
+                    crate::layout::MAX_SOCKET_PATH
+                ),
+            ));
+        }
         let mut seen = std::collections::BTreeSet::new();
         for entry in &self.file_sync {
             let fail = |source| ConfigError::FileSync {
@@ -521,6 +536,26 @@ mod tests {
                 .to_string();
             assert!(
                 e.contains("npm_registry") && e.contains("http:// or https:// URL"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn helper_socket_is_an_absolute_socket_path() {
+        assert_eq!(
+            parse("").unwrap().config.helper_socket,
+            Path::new("/run/banger/helper.sock")
+        );
+        let l = parse("helper_socket = \"/tmp/h.sock\"\n").unwrap();
+        assert_eq!(l.config.helper_socket, Path::new("/tmp/h.sock"));
+        let long = format!("/{}", "x".repeat(120));
+        for bad in ["helper.sock", long.as_str()] {
+            let e = parse(&format!("helper_socket = {bad:?}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("helper_socket") && e.contains("absolute socket path"),
                 "{e}"
             );
         }

@@ -3,6 +3,9 @@
 //! Three roots, following XDG: config (`config.toml`), state (database, logs, disks, keys) and
 //! runtime (the daemon socket and lock). `BANGER_HOME=DIR` moves all three under `DIR`
 //! (`DIR/config`, `DIR/state`, `DIR/run`), which is what every test and script uses.
+//! `BANGER_RUNTIME_DIR=DIR` then moves the runtime dir alone: the system daemon
+//! (`bangerd.service`) runs with [`SYSTEM_DAEMON_RUNTIME_DIR`], and the CLI hands it over
+//! when that dir is the caller's.
 //!
 //! This module never reads the process environment itself: the caller hands it a lookup
 //! function, so it stays a pure function of its inputs. Resolving creates nothing; the dirs
@@ -17,6 +20,15 @@ use crate::private::{self, DirRole, PrivateError};
 
 /// Where the runtime dir goes when `XDG_RUNTIME_DIR` is unset: `/tmp/banger-UID`.
 pub const FALLBACK_RUNTIME_ROOT: &str = "/tmp";
+
+/// The system install's runtime root (`RuntimeDirectory=banger` of `banger-helper.service`).
+pub const SYSTEM_RUNTIME_ROOT: &str = "/run/banger";
+/// The root helper's socket in the system install.
+pub const SYSTEM_HELPER_SOCKET: &str = "/run/banger/helper.sock";
+/// The system daemon's runtime dir (`RuntimeDirectory=banger/bangerd` of `bangerd.service`,
+/// owned by the owner, 0700): its socket and lock. The CLI uses it when it exists and is the
+/// caller's (see `BANGER_RUNTIME_DIR`).
+pub const SYSTEM_DAEMON_RUNTIME_DIR: &str = "/run/banger/bangerd";
 
 /// The longest path a Unix socket address can hold (`sun_path` is 108 bytes with the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
@@ -68,7 +80,8 @@ impl Layout {
                 }
             }
         };
-        let layout = if let Some(home) = abs("BANGER_HOME")? {
+        let runtime_override = abs("BANGER_RUNTIME_DIR")?;
+        let mut layout = if let Some(home) = abs("BANGER_HOME")? {
             Self::under(&home)
         } else {
             let home = abs("HOME")?;
@@ -93,6 +106,9 @@ impl Layout {
                 runtime_dir,
             }
         };
+        if let Some(dir) = runtime_override {
+            layout.runtime_dir = dir;
+        }
         let sock = layout.socket_path();
         let len = sock.as_os_str().len();
         if len > MAX_SOCKET_PATH {
@@ -222,6 +238,31 @@ mod tests {
         assert_eq!(l.config_dir, PathBuf::from("/c/banger"));
         assert_eq!(l.state_dir, PathBuf::from("/s/banger"));
         assert_eq!(l.runtime_dir, PathBuf::from("/tmp/banger-7"));
+    }
+
+    #[test]
+    fn banger_runtime_dir_moves_the_runtime_dir_alone() {
+        for base in [vec![("BANGER_HOME", "/tmp/bh")], vec![("HOME", "/home/u")]] {
+            let mut pairs = base.clone();
+            pairs.push(("BANGER_RUNTIME_DIR", SYSTEM_DAEMON_RUNTIME_DIR));
+            let moved = Layout::resolve(env(&pairs), 1000).unwrap();
+            let plain = Layout::resolve(env(&base), 1000).unwrap();
+            assert_eq!(
+                moved.socket_path(),
+                Path::new("/run/banger/bangerd/bangerd.sock")
+            );
+            assert_eq!(
+                (moved.config_dir, moved.state_dir),
+                (plain.config_dir, plain.state_dir)
+            );
+        }
+        assert!(matches!(
+            Layout::resolve(env(&[("HOME", "/h"), ("BANGER_RUNTIME_DIR", "run")]), 0),
+            Err(LayoutError::NotAbsolute {
+                var: "BANGER_RUNTIME_DIR",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -129,6 +129,8 @@ pub enum DaemonError {
     Vmm(String),
     #[error("cannot prepare the managed SSH key")]
     Ssh(#[source] ssh::SshKeyError),
+    #[error("{HELPER_SOCKET_ENV} must be an absolute path, got {0:?}")]
+    HelperSocket(PathBuf),
     #[error("serving the API on {path} failed")]
     Serve {
         path: PathBuf,
@@ -193,7 +195,12 @@ fn run_from_env() -> Result<(), DaemonError> {
     let runner: Arc<dyn CommandRunner> = Arc::new(system.clone());
     let host = state::Host {
         vmms: choose_vmms(&loaded.config, path_var.as_deref())?,
-        net: Arc::new(banger_net::DirectNetOps::new(system)),
+        net: host_net(
+            uid,
+            system.clone(),
+            std::env::var_os(HELPER_SOCKET_ENV).map(PathBuf::from),
+            &loaded.config,
+        )?,
         runner,
     };
     // The guest agent, found as `banger doctor` finds it: BANGER_AGENT_BIN, else next to
@@ -217,6 +224,32 @@ fn run_from_env() -> Result<(), DaemonError> {
         .build()
         .map_err(DaemonError::Runtime)?;
     rt.block_on(run(opts, host, uid))
+}
+
+/// Overrides config `helper_socket` (tests, and a helper somewhere else).
+pub const HELPER_SOCKET_ENV: &str = "BANGER_HELPER_SOCKET";
+
+/// The host network operations the daemon holds: as root (CI, a root daemon) it runs `ip`
+/// and `nft` itself ([`banger_net::DirectNetOps`]); as anyone else it asks the root helper
+/// on its socket (`BANGER_HELPER_SOCKET`, else config `helper_socket`), through the same
+/// typed operations. A helper that is not there fails each network operation with an error
+/// naming `banger system install`; the daemon still serves everything else.
+pub fn host_net(
+    euid: u32,
+    runner: SystemRunner,
+    helper_env: Option<PathBuf>,
+    config: &Config,
+) -> Result<Arc<dyn banger_net::NetOps>, DaemonError> {
+    if euid == 0 {
+        return Ok(Arc::new(banger_net::DirectNetOps::new(runner)));
+    }
+    let socket = match helper_env.filter(|p| !p.as_os_str().is_empty()) {
+        Some(p) if p.is_absolute() => p,
+        Some(p) => return Err(DaemonError::HelperSocket(p)),
+        None => config.helper_socket.clone(),
+    };
+    tracing::info!(helper = %socket.display(), "not root: host networking goes through banger-helper");
+    Ok(Arc::new(banger_net::helper::HelperNetOps::new(socket)))
 }
 
 /// The VMM backends found on this host and the default for new VMs (config `vmm`, overridden
@@ -381,4 +414,42 @@ pub async fn run(opts: DaemonOptions, host: state::Host, uid: u32) -> Result<(),
         path: socket,
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_acts_directly_and_anyone_else_asks_the_helper() {
+        let config = Config::default();
+        let net = |euid, env: Option<&str>| {
+            host_net(euid, SystemRunner::new(), env.map(PathBuf::from), &config)
+                .map(|n| format!("{n:?}"))
+        };
+        assert!(net(0, None).unwrap().starts_with("DirectNetOps"));
+        let helper = net(1000, None).unwrap();
+        assert!(
+            helper.starts_with("HelperNetOps") && helper.contains("/run/banger/helper.sock"),
+            "{helper}"
+        );
+        assert!(net(1000, Some("/t/h.sock")).unwrap().contains("/t/h.sock"));
+        let err = net(1000, Some("h.sock")).unwrap_err().to_string();
+        assert!(err.contains("BANGER_HELPER_SOCKET"), "{err}");
+    }
+
+    #[test]
+    fn without_a_helper_a_network_operation_names_system_install() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = host_net(
+            1000,
+            SystemRunner::new(),
+            Some(dir.path().join("helper.sock")),
+            &Config::default(),
+        )
+        .unwrap();
+        let err = net.delete_tap("bgr1").unwrap_err();
+        let msg = banger_core::error::chain(&err);
+        assert!(msg.contains("banger system install"), "{msg}");
+    }
 }

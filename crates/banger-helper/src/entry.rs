@@ -18,7 +18,7 @@ pub const DEFAULT_SOCKET: &str = "/run/banger/helper.sock";
 #[derive(Debug, Parser)]
 #[command(
     name = "banger-helper",
-    version,
+    version = banger_core::build::BuildInfo::current().to_string(),
     about = "banger's root helper: bridge, TAP and NAT operations for one user's unprivileged bangerd",
     long_about = "banger's root helper: serves typed bridge, TAP and NAT operations (no shell, no paths) \
                   on a Unix socket that only the owner's uid may use (checked with SO_PEERCRED). \

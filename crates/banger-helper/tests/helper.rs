@@ -77,6 +77,10 @@ fn the_owner_s_operations_reach_the_network_and_come_back_typed() {
         .unwrap();
     client.disable_nat("172.30.0.2".parse().unwrap()).unwrap();
     client.delete_tap("bgr1").unwrap();
+    assert_eq!(
+        client.build().unwrap(),
+        banger_core::build::BuildInfo::current().to_string()
+    );
     assert_eq!(s.fake.calls().len(), 7, "{:?}", s.fake.calls());
     assert_eq!(
         s.fake.calls()[1],
@@ -224,6 +228,39 @@ fn the_binary_does_real_bridge_and_tap_work_in_a_namespace() {
         client.delete_tap("lo"),
         Err(NetError::HelperRefused { .. })
     ));
+    // Out-of-pattern requests against a real host: refused, and the links are as they were.
+    let in_ns = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // (A bridge: the kernel here may have no dummy or veth driver.)
+    in_ns(&["ip", "link", "add", "eth0", "type", "bridge"]);
+    let links_before = in_ns(&["ip", "-o", "link", "show"]);
+    let refused = |r: Result<(), NetError>| matches!(r, Err(NetError::HelperRefused { .. }));
+    assert!(refused(client.delete_tap("eth0")));
+    assert!(refused(client.create_tap("eth0", "banger0", Some(0))));
+    assert!(refused(client.create_tap("bgr1\nx", "banger0", Some(0))));
+    assert!(refused(client.ensure_bridge("banger0\n", &subnet)));
+    assert!(refused(client.enable_nat(
+        &subnet,
+        "172.30.0.9".parse().unwrap(),
+        Some("eth0\nx")
+    )));
+    let answers = raw(
+        &socket,
+        &["{\"op\":\"ensure_bridge\",\"name\":\"banger0\",\"subnet\":\"0.0.0.0/0\"}\n"],
+    );
+    assert!(
+        answers[0].starts_with("{\"result\":\"refused\""),
+        "{}",
+        answers[0]
+    );
+    assert_eq!(in_ns(&["ip", "-o", "link", "show"]), links_before);
     helper.kill().unwrap();
     let out = helper.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
@@ -231,4 +268,35 @@ fn the_binary_does_real_bridge_and_tap_work_in_a_namespace() {
         log.contains("performed") && log.contains("refused"),
         "{log}"
     );
+}
+
+/// `banger system status` and doctor compare builds: the helper names its build as bangerd
+/// does.
+#[test]
+fn the_version_is_banger_s_build() {
+    let out = Command::new(env!("CARGO_BIN_EXE_banger-helper"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("banger-helper {}", banger_core::build::BuildInfo::current())
+    );
+}
+
+/// The refusal of a peer is written before its request is read, then the connection is
+/// closed: the client reads it even when its own write found the socket closed (EPIPE).
+#[test]
+fn adversarial_a_refused_peer_always_reads_the_refusal() {
+    let s = served(euid().wrapping_add(1));
+    let client = HelperNetOps::new(&s.socket);
+    for _ in 0..50 {
+        match client.delete_tap("bgr1") {
+            Err(NetError::HelperRefused { error }) => {
+                assert!(error.contains("may not use"), "{error}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(s.fake.calls().is_empty(), "{:?}", s.fake.calls());
 }

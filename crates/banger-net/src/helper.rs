@@ -6,7 +6,7 @@
 //! # Wire
 //! A Unix stream socket; the client writes one [`Request`] as a JSON line and reads one
 //! [`Response`] line; a connection may carry several in turn. A line is at most
-//! [`MAX_LINE`] bytes. Every request is one [`NetOps`] operation with its arguments typed
+//! [`MAX_LINE`] bytes. Every request but [`Request::Version`] is one [`NetOps`] operation with its arguments typed
 //! ([`Subnet`], [`Ipv4Addr`]); there is no way to name a command, a path or a shell.
 //!
 //! # Policy ([`Policy::check`])
@@ -64,6 +64,9 @@ pub enum Request {
     },
     /// [`NetOps::disable_nat`].
     DisableNat { vm_ip: Ipv4Addr },
+    /// The helper's build ([`BuildInfo`](banger_core::build::BuildInfo)), for `doctor` and
+    /// `system status`: a helper of another build than the daemon's needs a restart.
+    Version,
 }
 
 /// The helper's answer to one [`Request`].
@@ -76,6 +79,8 @@ pub enum Response {
     Links { names: Vec<String> },
     /// [`Request::LinkExists`]'s answer.
     Exists { exists: bool },
+    /// [`Request::Version`]'s answer.
+    Build { build: String },
     /// Not allowed or not understood; nothing ran.
     Refused { error: String },
     /// It ran and failed.
@@ -185,6 +190,7 @@ impl Policy {
                 }
                 Ok(())
             }
+            Request::Version => Ok(()),
         }
     }
 }
@@ -223,6 +229,9 @@ pub fn perform(net: &dyn NetOps, req: &Request) -> Response {
             out_iface,
         } => done(net.enable_nat(subnet, *vm_ip, out_iface.as_deref())),
         Request::DisableNat { vm_ip } => done(net.disable_nat(*vm_ip)),
+        Request::Version => Response::Build {
+            build: banger_core::build::BuildInfo::current().to_string(),
+        },
     }
 }
 
@@ -261,12 +270,18 @@ impl HelperNetOps {
             reason: format!("cannot encode the request: {e}"),
         })?;
         line.push(b'\n');
-        stream.write_all(&line).map_err(unreachable)?;
+        // A helper that refuses the peer answers before reading and closes, so the write may
+        // fail (EPIPE) with the refusal already waiting: the answer is read either way.
+        let wrote = stream.write_all(&line);
         let mut answer = Vec::new();
         let read = BufReader::new(&stream)
             .take(MAX_LINE as u64)
-            .read_until(b'\n', &mut answer)
-            .map_err(unreachable)?;
+            .read_until(b'\n', &mut answer);
+        let read = match (wrote, read) {
+            (_, Ok(n)) if n > 0 && answer.ends_with(b"\n") => n,
+            (Err(e), _) | (Ok(()), Err(e)) => return Err(unreachable(e)),
+            (Ok(()), Ok(n)) => n,
+        };
         if read == 0 || !answer.ends_with(b"\n") {
             return Err(NetError::HelperProtocol {
                 socket: self.socket.clone(),
@@ -277,6 +292,14 @@ impl HelperNetOps {
             socket: self.socket.clone(),
             reason: format!("unreadable answer: {e}"),
         })
+    }
+
+    /// The helper's build, as [`BuildInfo`](banger_core::build::BuildInfo) prints it.
+    pub fn build(&self) -> Result<String, NetError> {
+        match self.ask(&Request::Version)? {
+            Response::Build { build } => Ok(build),
+            other => Err(self.unexpected(other)),
+        }
     }
 
     fn unit(&self, req: Request) -> Result<(), NetError> {
@@ -397,6 +420,7 @@ mod tests {
             Request::DisableNat {
                 vm_ip: "10.9.0.7".parse().unwrap(),
             },
+            Request::Version,
         ] {
             assert_eq!(p.check(&req, 1000), Ok(()), "{req:?}");
         }

@@ -35,6 +35,7 @@
 //! whose forward filter drops traffic (Docker's `FORWARD` policy, for instance)
 //! still needs its own accept rules for the bridge.
 
+mod cleanup;
 mod json;
 
 use std::fmt;
@@ -160,7 +161,10 @@ pub enum NetError {
         kind: String,
     },
     /// The root helper could not be reached, or the connection broke.
-    #[error("cannot reach banger's root helper at {} (is banger-helper running?)", socket.display())]
+    #[error(
+        "cannot reach banger's root helper at {} (bangerd runs unprivileged and needs banger-helper for host networking: `sudo banger system install` sets it up)",
+        socket.display()
+    )]
     HelperUnreachable {
         /// Its socket.
         socket: std::path::PathBuf,

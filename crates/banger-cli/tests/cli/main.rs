@@ -1,6 +1,7 @@
 //! CLI integration tests: the real `banger` and `bangerd` binaries against a temp
 //! `BANGER_HOME`. VM tests run the CLI and its daemon in a private network namespace, with the
-//! fake Firecracker standing in for the VMM and a real `banger-agent` behind its vsock.
+//! fake Firecracker standing in for the VMM and a real `banger-agent` behind its vsock;
+//! `system` installs into trees and runs bangerd unprivileged behind the root helper.
 
 mod common;
 mod dns;
@@ -10,5 +11,6 @@ mod guest;
 mod host;
 mod inputs;
 mod ssh;
+mod system;
 mod vm;
 mod workspace;
