@@ -103,7 +103,7 @@ pub async fn run(layout: &Layout, host: &Host) -> Vec<Check> {
         daemon_binary_check(&host.env),
         agent_binary_check(&host.env),
         kvm_check(&host.dev_kvm, &host.cpuinfo),
-        net_admin_check(&host.proc_status),
+        net_admin_check(&host.proc_status, &helper_socket(layout, &host.env)),
         vhost_vsock_check(&host.dev_vhost_vsock),
     ];
     checks.extend(vmm_checks(layout, host));
@@ -521,7 +521,19 @@ fn artifact_checks(layout: &Layout) -> Vec<Check> {
 /// CAP_NET_ADMIN is bit 12 of the capability sets.
 const CAP_NET_ADMIN: u32 = 12;
 
-fn net_admin_check(proc_status: &Path) -> Check {
+/// The helper socket the daemon asks: `BANGER_HELPER_SOCKET`, else config `helper_socket`.
+fn helper_socket(layout: &Layout, env: &HostEnv) -> PathBuf {
+    match &env.helper_socket {
+        Some(s) if !s.is_empty() => PathBuf::from(s),
+        _ => Config::load(&layout.config_file())
+            .map(|l| l.config.helper_socket)
+            .unwrap_or_else(|_| PathBuf::from(banger_core::layout::SYSTEM_HELPER_SOCKET)),
+    }
+}
+
+/// Who makes the bridge and TAPs: a daemon with CAP_NET_ADMIN itself, else the root helper,
+/// which must answer on its socket and be of this build (its typed requests are this build's).
+fn net_admin_check(proc_status: &Path, helper: &Path) -> Check {
     const NAME: &str = "bridge/TAP";
     let status = std::fs::read_to_string(proc_status).unwrap_or_default();
     let eff = status
@@ -532,15 +544,39 @@ fn net_admin_check(proc_status: &Path) -> Check {
         Some(caps) if caps & (1 << CAP_NET_ADMIN) != 0 => check(
             NAME,
             Status::Pass,
-            "can create bridges and TAP devices (CAP_NET_ADMIN)",
+            "bangerd creates bridges and TAP devices itself (CAP_NET_ADMIN)",
             None,
         ),
-        Some(_) => check(
-            NAME,
-            Status::Fail,
-            "no CAP_NET_ADMIN: the daemon cannot create the bridge or TAP devices",
-            Some("run banger as root (a root helper is planned)"),
-        ),
+        Some(_) => {
+            let fix = Some("sudo banger system install");
+            let ours = BuildInfo::current().to_string();
+            match banger_net::helper::HelperNetOps::new(helper).build() {
+                Ok(build) if build == ours => check(
+                    NAME,
+                    Status::Pass,
+                    format!(
+                        "no CAP_NET_ADMIN; banger-helper answers on {} (this build)",
+                        helper.display()
+                    ),
+                    None,
+                ),
+                Ok(build) => check(
+                    NAME,
+                    Status::Warn,
+                    format!(
+                        "banger-helper on {} is another build ({build}; this is {ours})",
+                        helper.display()
+                    ),
+                    fix,
+                ),
+                Err(e) => check(
+                    NAME,
+                    Status::Fail,
+                    format!("no CAP_NET_ADMIN, and no root helper: {}", chain(&e)),
+                    fix,
+                ),
+            }
+        }
         None => check(
             NAME,
             Status::Warn,
@@ -751,15 +787,46 @@ mod tests {
     }
 
     #[test]
-    fn net_admin_from_capabilities() {
+    fn net_admin_from_capabilities_or_the_helper() {
         let dir = tempfile::tempdir().unwrap();
         let st = dir.path().join("status");
+        let sock = dir.path().join("helper.sock");
         std::fs::write(&st, "Name:\tx\nCapEff:\t000001ffffffffff\n").unwrap();
-        assert_eq!(net_admin_check(&st).status, Status::Pass);
-        std::fs::write(&st, "CapEff:\t0000000000000000\n").unwrap();
-        assert_eq!(net_admin_check(&st).status, Status::Fail);
+        assert_eq!(net_admin_check(&st, &sock).status, Status::Pass);
         std::fs::write(&st, "nothing\n").unwrap();
-        assert_eq!(net_admin_check(&st).status, Status::Warn);
+        assert_eq!(net_admin_check(&st, &sock).status, Status::Warn);
+
+        // Without the capability: no helper is a failure naming the install.
+        std::fs::write(&st, "CapEff:\t0000000000000000\n").unwrap();
+        let c = net_admin_check(&st, &sock);
+        assert_eq!(c.status, Status::Fail);
+        assert_eq!(c.fix.as_deref(), Some("sudo banger system install"));
+        assert!(
+            c.detail.contains(&sock.display().to_string()),
+            "{}",
+            c.detail
+        );
+
+        // A helper that answers with this build, then one of another build.
+        for (build, want) in [
+            (BuildInfo::current().to_string(), Status::Pass),
+            ("0.0.1 (commit 000000000000)".to_string(), Status::Warn),
+        ] {
+            let _ = std::fs::remove_file(&sock);
+            let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+            let reply = serde_json::json!({"result": "build", "build": build}).to_string();
+            let server = std::thread::spawn(move || {
+                use std::io::{BufRead, Write};
+                let (conn, _) = listener.accept().unwrap();
+                let mut line = String::new();
+                std::io::BufReader::new(&conn).read_line(&mut line).unwrap();
+                assert_eq!(line.trim(), r#"{"op":"version"}"#);
+                writeln!(&conn, "{reply}").unwrap();
+            });
+            let c = net_admin_check(&st, &sock);
+            server.join().unwrap();
+            assert_eq!(c.status, want, "{}", c.detail);
+        }
     }
 
     #[test]

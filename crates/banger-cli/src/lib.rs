@@ -63,6 +63,8 @@ pub struct HostEnv {
     pub vmm: Option<OsString>,
     /// `SUDO_USER`: the owner `system install` chooses without `--user`.
     pub sudo_user: Option<OsString>,
+    /// `BANGER_HELPER_SOCKET`.
+    pub helper_socket: Option<OsString>,
 }
 
 impl HostEnv {
@@ -76,6 +78,7 @@ impl HostEnv {
             qemu_bin: std::env::var_os(probe::QEMU.env_var),
             vmm: std::env::var_os("BANGER_VMM"),
             sudo_user: std::env::var_os("SUDO_USER"),
+            helper_socket: std::env::var_os("BANGER_HELPER_SOCKET"),
         }
     }
 
