@@ -325,7 +325,7 @@ pub enum Event<T> {
 /// What `POST /v1/vms/actions` does to each VM; each variant carries exactly its data.
 ///
 /// On the wire (externally tagged): `"start"`, `"stop"`, `"restart"`, `"delete"`,
-/// `{"kill": {"signal": "TERM"}}`, `{"set": {"settings": {"cpus": 2}}}`.
+/// `{"kill": {"signal": "TERM"}}`, `{"set": {"settings": {"cpus": 2}, "nat": true}}` (`nat` optional).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", from = "VmActionWire")]
 pub enum VmAction {
@@ -337,9 +337,12 @@ pub enum VmAction {
         signal: String,
     },
     Delete,
-    /// Changes the VM's resources.
+    /// Changes the VM's resources, and turns its NAT on or off (`nat`; applied at once to
+    /// a running VM).
     Set {
         settings: VmSettings,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nat: Option<bool>,
     },
 }
 
@@ -379,6 +382,8 @@ struct KillWire {
 #[serde(deny_unknown_fields)]
 struct SetWire {
     settings: JsonObject<VmSettings>,
+    #[serde(default)]
+    nat: Option<bool>,
 }
 
 impl From<VmActionWire> for VmAction {
@@ -391,6 +396,7 @@ impl From<VmActionWire> for VmAction {
             VmActionWire::Delete => Self::Delete,
             VmActionWire::Set(JsonObject(s)) => Self::Set {
                 settings: s.settings.0,
+                nat: s.nat,
             },
         }
     }
@@ -804,8 +810,16 @@ mod tests {
                         cpus: Some(3),
                         ..Default::default()
                     },
+                    nat: None,
                 },
                 serde_json::json!({"set": {"settings": {"cpus": 3}}}),
+            ),
+            (
+                VmAction::Set {
+                    settings: VmSettings::default(),
+                    nat: Some(false),
+                },
+                serde_json::json!({"set": {"settings": {}, "nat": false}}),
             ),
         ];
         for (action, wire) in cases {

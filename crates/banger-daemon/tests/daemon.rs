@@ -3685,3 +3685,115 @@ mod workspaces {
         assert_eq!(f.state.vm_view(&f.row("ws")).workspace, None);
     }
 }
+
+/// NAT per VM: `vm set --nat/--no-nat` applied at once to a running VM and stored for its
+/// next boots, and torn down with the VM even when its rule or TAP is already gone.
+mod nat {
+    use banger_api::types::{VmSettings, VmState};
+    use banger_net::NetOps;
+    use banger_net::fake::NetCall;
+
+    use super::vm_fixture::*;
+    use super::*;
+
+    async fn set_nat(f: &Fixture, id: &str, nat: bool) -> Option<String> {
+        banger_daemon::vms::set(&f.state, id, &VmSettings::default(), Some(nat))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn set_turns_nat_on_and_off_on_a_running_vm_now_and_keeps_it_for_the_next_boot() {
+        let f = fixture(quick(), true);
+        let vm = f.create(request("web")).await.unwrap();
+        let ip = f.row("web").ip.unwrap();
+        assert!(f.net.nat_rules().is_empty());
+
+        assert_eq!(
+            set_nat(&f, &vm.id, true).await,
+            None,
+            "nothing waits for a boot"
+        );
+        assert_eq!(f.net.nat_rules(), [ip]);
+        assert!(f.row("web").nat);
+        assert!(f.net.calls().contains(&NetCall::EnableNat {
+            subnet: f.state.subnet,
+            vm_ip: ip,
+            out_iface: None,
+        }));
+
+        set_nat(&f, &vm.id, false).await;
+        assert!(f.net.nat_rules().is_empty());
+        assert!(!f.row("web").nat);
+
+        // Stored while stopped; applied by the next start.
+        banger_daemon::vms::stop(&f.state, &vm.id).await.unwrap();
+        set_nat(&f, &vm.id, true).await;
+        assert!(f.net.nat_rules().is_empty(), "a stopped VM has no rule");
+        banger_daemon::vms::start(&f.state, &vm.id).await.unwrap();
+        assert_eq!(f.row("web").state, VmState::Running);
+        assert_eq!(f.net.nat_rules(), [ip]);
+
+        // Resources and NAT together: the resources wait for the next start.
+        let note = banger_daemon::vms::set(
+            &f.state,
+            &vm.id,
+            &VmSettings {
+                cpus: Some(3),
+                ..Default::default()
+            },
+            Some(false),
+        )
+        .await
+        .unwrap();
+        assert_eq!(note.as_deref(), Some("takes effect at the next start"));
+        assert!(f.net.nat_rules().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_rule_change_stores_nothing() {
+        let f = fixture(quick(), true);
+        let vm = f.create(request("web")).await.unwrap();
+        f.net.fail_next(
+            banger_net::fake::NetOp::EnableNat,
+            banger_net::NetError::CommandFailed {
+                command: "nft add rule".into(),
+                code: Some(1),
+                stderr: "injected".into(),
+            },
+        );
+        let err = banger_daemon::vms::set(&f.state, &vm.id, &VmSettings::default(), Some(true))
+            .await
+            .unwrap_err();
+        assert!(
+            banger_daemon::error::chain(&err).contains("injected"),
+            "{err}"
+        );
+        assert!(!f.row("web").nat);
+        assert!(f.net.nat_rules().is_empty());
+    }
+
+    #[tokio::test]
+    async fn stop_and_delete_tear_nat_down_and_skip_what_is_already_gone() {
+        let f = fixture(quick(), true);
+        let mut req = request("web");
+        req.nat = Some(true);
+        let web = f.create(req.clone()).await.unwrap();
+        req.name = Some("db".into());
+        let db = f.create(req).await.unwrap();
+        assert_eq!(f.net.nat_rules().len(), 2);
+
+        // Someone removed web's rule and TAP by hand: the stop still succeeds.
+        let row = f.row("web");
+        f.net.disable_nat(row.ip.unwrap()).unwrap();
+        f.net.delete_tap(row.tap.as_deref().unwrap()).unwrap();
+        banger_daemon::vms::stop(&f.state, &web.id).await.unwrap();
+        let row = f.row("web");
+        assert_eq!(row.state, VmState::Stopped);
+        f.assert_released(&row);
+
+        banger_daemon::vms::delete(&f.state, &db.id).await.unwrap();
+        banger_daemon::vms::delete(&f.state, &web.id).await.unwrap();
+        f.assert_no_vm_left();
+    }
+}

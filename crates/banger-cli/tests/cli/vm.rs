@@ -1189,3 +1189,38 @@ fn adversarial_log_console_flood_is_capped_by_the_running_daemon() {
     assert!(log.contains("log rotated"), "{log}");
     home.ok(&["vm", "delete", "flood"]);
 }
+
+/// `vm set --nat/--no-nat` changes a running VM's rule in banger's nft table at once (and is
+/// stored); a stop removes the rule.
+#[test]
+fn nat_is_set_live_and_torn_down_on_stop() {
+    let Some(home) = Home::for_vms("") else {
+        return;
+    };
+    home.ok(&["vm", "create", "--name", "web", "--image", "test-img"]);
+    let ip = home.vm("web")["ip"].as_str().unwrap().to_string();
+    let rule = format!("banger-nat vm={ip} ");
+    let table = || {
+        let out = home.in_ns(&["nft", "list", "ruleset"]);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert!(!table().contains(&rule));
+    assert_eq!(home.ok(&["vm", "set", "web", "--nat"]), "updated web\n");
+    assert!(table().contains(&rule), "{}", table());
+    assert_eq!(home.vm("web")["nat"], true);
+    home.ok(&["vm", "set", "web", "--no-nat"]);
+    assert!(!table().contains(&rule), "{}", table());
+    assert_eq!(home.vm("web")["nat"], false);
+    let out = home.run(&["vm", "set", "web", "--nat", "--no-nat"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    home.ok(&["vm", "set", "web", "--nat"]);
+    home.ok(&["vm", "stop", "web"]);
+    assert!(
+        !table().contains(&rule),
+        "a stop leaves no rule: {}",
+        table()
+    );
+    assert_eq!(home.vm("web")["nat"], true, "kept for the next start");
+    home.ok(&["vm", "start", "web"]);
+    assert!(table().contains(&rule), "{}", table());
+}

@@ -89,7 +89,7 @@ async fn net_up(state: &Arc<AppState>, row: &VmRow) -> Result<(), OpError> {
         net.ensure_bridge(&bridge, &subnet)?;
         net.create_tap(&tap, &bridge, uid)?;
         if nat && let Some(ip) = ip {
-            net.enable_nat(&subnet, ip, None)?;
+            net.enable_nat(&subnet, ip, NAT_OUT_IFACE)?;
         }
         Ok(())
     })
@@ -101,7 +101,36 @@ async fn net_up(state: &Arc<AppState>, row: &VmRow) -> Result<(), OpError> {
     })
 }
 
-/// Undoes what a start took: TAP, NAT rule, sockets. Best effort; failures are logged.
+/// The interface NAT masquerades out of: any but the bridge (the rule matches traffic leaving
+/// the subnet), so a VM keeps its way out when the host's default route moves (Wi-Fi to
+/// wired, a VPN coming up) and reaches networks the host routes elsewhere.
+const NAT_OUT_IFACE: Option<&str> = None;
+
+/// Adds (`on`) or removes the NAT rule of running VM `row` now.
+pub(super) async fn set_nat(state: &Arc<AppState>, row: &VmRow, on: bool) -> Result<(), OpError> {
+    let net = state.host.net.clone();
+    let subnet = state.subnet;
+    let ip = row.ip.ok_or_else(|| OpError::NoAddress {
+        vm: row.name.clone(),
+    })?;
+    tokio::task::spawn_blocking(move || {
+        if on {
+            net.enable_nat(&subnet, ip, NAT_OUT_IFACE)
+        } else {
+            net.disable_nat(ip)
+        }
+    })
+    .await
+    .map_err(|e| OpError::Join(e.to_string()))?
+    .map_err(|source| OpError::Net {
+        vm: row.name.clone(),
+        source,
+    })
+}
+
+/// Undoes what a start took: TAP, NAT rule, sockets. Best effort; failures are logged, and
+/// what is already gone (a TAP or rule removed by hand, a host rebooted) is skipped with a
+/// debug line by the network operations.
 pub(super) async fn release(state: &Arc<AppState>, row: &VmRow) {
     let net = state.host.net.clone();
     let tap = row.tap.clone();
