@@ -54,6 +54,32 @@ pub struct DaemonStatus {
     /// The `.vm` DNS server.
     #[serde(default)]
     pub dns: DnsListener,
+    /// The same zone for guests, on the bridge gateway (port 53 of the gateway is redirected
+    /// to it).
+    #[serde(default)]
+    pub guest_dns: DnsListener,
+    /// Whether the host's own lookups of `*.vm` reach the daemon (systemd-resolved).
+    #[serde(default)]
+    pub dns_routing: DnsRouting,
+}
+
+/// How the host's resolver is told about `.vm` (see `banger doctor`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum DnsRouting {
+    /// Config `dns = false`, or no server to route to.
+    #[default]
+    Off,
+    /// systemd-resolved sends `*.vm` from this host to `server` through link `bridge`.
+    Resolved {
+        bridge: String,
+        server: std::net::SocketAddr,
+    },
+    /// systemd-resolved does not run here; `.vm` must be routed by hand (the reason says
+    /// what was checked).
+    NotAvailable { reason: String },
+    /// resolved runs but refused the settings.
+    Failed { error: String },
 }
 
 /// Where the daemon's `.vm` DNS server listens, or why it does not.

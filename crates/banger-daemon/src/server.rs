@@ -286,6 +286,8 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<DaemonStatus> {
         ops: state.ops.counts(),
         config_warnings: state.opts.config_warnings.clone(),
         dns: state.dns.listener(),
+        guest_dns: state.dns.guest_listener(),
+        dns_routing: state.dns.routing(),
     })
 }
 

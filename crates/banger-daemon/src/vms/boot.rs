@@ -98,7 +98,10 @@ async fn net_up(state: &Arc<AppState>, row: &VmRow) -> Result<(), OpError> {
     .map_err(|source| OpError::Net {
         vm: row.name.clone(),
         source,
-    })
+    })?;
+    // The guests' DNS on the gateway can start now (see `dns`).
+    state.dns.bridge_up();
+    Ok(())
 }
 
 /// The interface NAT masquerades out of: any but the bridge (the rule matches traffic leaving
