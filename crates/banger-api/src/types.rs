@@ -61,6 +61,18 @@ pub struct DaemonStatus {
     /// Whether the host's own lookups of `*.vm` reach the daemon (systemd-resolved).
     #[serde(default)]
     pub dns_routing: DnsRouting,
+    /// The warm pool of idle TAPs: capacity, not leaks.
+    #[serde(default)]
+    pub tap_pool: TapPoolStatus,
+}
+
+/// The daemon's idle TAP devices, ready for the next boots (config `tap_pool_size`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TapPoolStatus {
+    /// How many it keeps.
+    pub wanted: u32,
+    /// The idle ones now (filled in the background once the bridge exists).
+    pub idle: Vec<String>,
 }
 
 /// How the host's resolver is told about `.vm` (see `banger doctor`).

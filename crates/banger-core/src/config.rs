@@ -54,7 +54,13 @@ pub struct Config {
     /// The npm registry `image bootstrap` fetches the prebuilt `mise` from (an `http://` or
     /// `https://` base URL).
     pub npm_registry: String,
+    /// Idle TAP devices the daemon keeps ready on the bridge for the next boots (0 to
+    /// [`MAX_TAP_POOL`]).
+    pub tap_pool_size: u32,
 }
+
+/// The largest `tap_pool_size`.
+pub const MAX_TAP_POOL: u32 = 64;
 
 /// Where the `.vm` DNS server listens unless config says otherwise.
 pub const DEFAULT_DNS_LISTEN: std::net::SocketAddr = std::net::SocketAddr::V4(
@@ -243,6 +249,7 @@ impl Default for Config {
             dns: true,
             dns_listen: DEFAULT_DNS_LISTEN,
             npm_registry: DEFAULT_NPM_REGISTRY.to_string(),
+            tap_pool_size: 4,
         }
     }
 }
@@ -387,6 +394,13 @@ impl Config {
                 "npm_registry",
                 registry.clone(),
                 "an http:// or https:// URL".into(),
+            ));
+        }
+        if self.tap_pool_size > MAX_TAP_POOL {
+            return Err(bad(
+                "tap_pool_size",
+                self.tap_pool_size.to_string(),
+                format!("must be 0 to {MAX_TAP_POOL}"),
             ));
         }
         if self.max_log_size < MIN_LOG_SIZE {
@@ -541,6 +555,19 @@ mod tests {
         for bad in ["\"localhost:53\"", "\"127.0.0.1\"", "53"] {
             let e = crate::error::chain(&parse(&format!("dns_listen = {bad}\n")).unwrap_err());
             assert!(e.contains("dns_listen"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn tap_pool_size_defaults_to_four_and_is_bounded() {
+        assert_eq!(parse("").unwrap().config.tap_pool_size, 4);
+        assert_eq!(
+            parse("tap_pool_size = 0\n").unwrap().config.tap_pool_size,
+            0
+        );
+        for bad in ["65", "-1", "\"4\""] {
+            let e = crate::error::chain(&parse(&format!("tap_pool_size = {bad}\n")).unwrap_err());
+            assert!(e.contains("tap_pool_size"), "{bad}: {e}");
         }
     }
 

@@ -40,7 +40,6 @@ pub struct Dns {
     guests: Mutex<DnsListener>,
     routing: Mutex<DnsRouting>,
     changed: Notify,
-    bridge_up: Notify,
     /// The guests' server, once [`Dns::serve_guests`] started it; shut down with the daemon.
     guest_server: Mutex<Option<DnsServer>>,
 }
@@ -77,16 +76,6 @@ impl Dns {
     /// counts once).
     pub async fn changed(&self) {
         self.changed.notified().await;
-    }
-
-    /// Says the bridge exists now (a boot made it), for [`Dns::bridge_made`].
-    pub fn bridge_up(&self) {
-        self.bridge_up.notify_one();
-    }
-
-    /// Waits until [`Dns::bridge_up`] was called since the last wait.
-    pub async fn bridge_made(&self) {
-        self.bridge_up.notified().await;
     }
 
     /// Keeps the guests' server until [`Dns::shutdown_guests`].

@@ -19,11 +19,14 @@
 //!   their API kinds), [`ops`] (per-request operation ids and cancellation accounting),
 //!   [`ssh`] (the managed SSH key), [`stats`] (VMM process statistics from `/proc`),
 //!   [`logcap`] (rotating VM console and VMM logs at `max_log_size`), [`dns`] (the `.vm`
-//!   zone, rebuilt from the store on every VM row change, and its server).
+//!   zone, rebuilt from the store on every VM row change, and its servers for the host and
+//!   guests, and systemd-resolved's routing), [`tap_pool`] (the warm pool of idle TAPs).
 //! - Used by the entry point only: [`lock`] (the single-instance lock), [`logging`] (JSON
 //!   logs to the state dir).
 //!
-//! Start-up order: dirs → lock → store (migrations) → socket → reconcile → DNS → serve. The config, state and
+//! Start-up order: dirs → lock → store (migrations) → socket → reconcile → DNS → serve;
+//! once the bridge exists (at start, or after the first boot made it), the guests' DNS,
+//! systemd-resolved's routing and the TAP pool follow in the background. The config, state and
 //! runtime dirs must belong to the daemon's user and not be writable by others (else it
 //! refuses to start, naming the dir, its owner, its mode and the fix); the lock, log, key and
 //! socket are never opened or replaced through a symlink. Shutdown (SIGTERM,
@@ -49,6 +52,7 @@ pub mod ssh;
 pub mod state;
 pub mod stats;
 pub mod stream;
+pub mod tap_pool;
 pub mod vms;
 pub mod workspaces;
 
@@ -298,22 +302,14 @@ fn guest_dns(
     servers
 }
 
-/// `.vm` for guests and for the host's resolver (see [`dns`]), once the bridge exists (at
-/// start when VMs ran before, else after the first boot made it): the guests' listener on
+/// `.vm` for guests and for the host's resolver (see [`dns`]), once the bridge exists (see
+/// [`state::AppState::bridge`]): the guests' listener on
 /// the gateway and its port 53 redirect, then resolved's routing, applied again whenever
 /// the zone changes. Runs until the daemon stops.
 async fn host_dns(state: Arc<state::AppState>) {
     let net = state.host.net.clone();
     let bridge = state.opts.config.bridge_name.clone();
-    let exists = {
-        let (net, bridge) = (net.clone(), bridge.clone());
-        tokio::task::spawn_blocking(move || net.link_exists(&bridge).unwrap_or(false))
-            .await
-            .unwrap_or(false)
-    };
-    if !exists {
-        state.dns.bridge_made().await;
-    }
+    state.bridge_ready().await;
     let host_port = match state.dns.listener() {
         api_types::DnsListener::Listening { address } => Some(address.port()),
         _ => None,
@@ -419,13 +415,16 @@ pub async fn run(opts: DaemonOptions, host: state::Host, uid: u32) -> Result<(),
     } else {
         None
     };
+    vms::note_bridge(&state).await;
     let monitor = tokio::spawn(vms::monitor(state.clone()));
+    let pool = tokio::spawn(vms::keep_tap_pool(state.clone()));
     let host_dns = opts
         .config
         .dns
         .then(|| tokio::spawn(host_dns(state.clone())));
     let result = server::serve(listener, state.clone()).await;
     monitor.abort();
+    pool.abort();
     if let Some(task) = host_dns {
         task.abort();
         let _ = task.await;

@@ -3797,3 +3797,123 @@ mod nat {
         f.assert_no_vm_left();
     }
 }
+
+/// The warm TAP pool: filled once the bridge exists, a boot takes a ready TAP (recorded in its
+/// row) without making one, the pool refills, and a restarted daemon adopts the idle ones.
+mod tap_pool {
+    use banger_net::fake::{NetCall, NetOp};
+    use banger_net::plan::is_pool_tap;
+    use banger_vmm::fake::FakeVmm;
+
+    use super::vm_fixture::*;
+    use super::*;
+
+    async fn wait_idle(state: &AppState, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while state.tap_pool.idle().len() != n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pool: {:?}",
+                state.tap_pool.idle()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn boots_take_ready_taps_the_pool_refills_and_a_restart_adopts_it() {
+        let f = fixture(quick(), true);
+        let keeper = tokio::spawn(banger_daemon::vms::keep_tap_pool(f.state.clone()));
+        // No bridge yet: the pool waits, and nothing is made on the host.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(f.net.taps().is_empty() && f.net.bridges().is_empty());
+
+        // The first boot makes the bridge and its own TAP; then the pool fills.
+        let web = f.create(request("web")).await.unwrap();
+        wait_idle(&f.state, 4).await;
+        assert_eq!(
+            f.state.tap_pool.idle(),
+            ["bgrp0", "bgrp1", "bgrp2", "bgrp3"]
+        );
+        for name in f.state.tap_pool.idle() {
+            assert!(f.net.taps().contains(&name));
+            assert!(f.net.calls().contains(&NetCall::CreateTap {
+                name: name.clone(),
+                bridge: "banger0".into(),
+                owner_uid: Some(0),
+            }));
+        }
+
+        // The next boot takes bgrp0 and makes no TAP or bridge itself.
+        let before = f.net.calls().len();
+        let db = f.create(request("db")).await.unwrap();
+        assert_eq!(f.row("db").tap.as_deref(), Some("bgrp0"));
+        assert_eq!(db.tap.as_deref(), Some("bgrp0"));
+        let boot_calls: Vec<_> = f.net.calls()[before..].to_vec();
+        // Only the refill (a bridge check, a listing, the new TAP) touched the network.
+        let count = |op: NetOp| boot_calls.iter().filter(|c| c.op() == op).count();
+        let boot_made: Vec<_> = boot_calls
+            .iter()
+            .filter(|c| matches!(c, NetCall::CreateTap { name, .. } if name != "bgrp4"))
+            .collect();
+        assert_eq!(
+            count(NetOp::EnsureBridge),
+            count(NetOp::ListLinks),
+            "{boot_calls:?}"
+        );
+        assert!(
+            boot_made.is_empty(),
+            "the boot made network: {boot_calls:?}"
+        );
+        // Refilled with a fresh name.
+        wait_idle(&f.state, 4).await;
+        assert_eq!(
+            f.state.tap_pool.idle(),
+            ["bgrp1", "bgrp2", "bgrp3", "bgrp4"]
+        );
+
+        // A stop gives the TAP back to the host (deleted); the pool stays whole.
+        banger_daemon::vms::stop(&f.state, &db.id).await.unwrap();
+        assert!(!f.net.taps().contains(&"bgrp0".to_string()));
+        let idle = f.state.tap_pool.idle();
+        let mut host_taps: Vec<String> = f.net.taps();
+        host_taps.retain(|t| is_pool_tap(t));
+        assert_eq!(host_taps, idle, "idle pool TAPs are the only pool TAPs");
+        keeper.abort();
+
+        // A restarted daemon adopts the idle TAPs no row names, and makes none.
+        let vmm = Arc::new(FakeVmm::new());
+        let restarted = state_in(f.dir.path(), host(&vmm, &f.net, &f.runner), quick());
+        banger_daemon::vms::note_bridge(&restarted).await;
+        let calls = f.net.calls().len();
+        let keeper = tokio::spawn(banger_daemon::vms::keep_tap_pool(restarted.clone()));
+        wait_idle(&restarted, 4).await;
+        assert_eq!(restarted.tap_pool.idle(), idle);
+        assert!(
+            !f.net.calls()[calls..]
+                .iter()
+                .any(|c| c.op() == NetOp::CreateTap),
+            "{:?}",
+            &f.net.calls()[calls..]
+        );
+        keeper.abort();
+        banger_daemon::vms::delete(&f.state, &web.id).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_pool_of_zero_makes_nothing() {
+        let f = fixture(
+            Config {
+                tap_pool_size: 0,
+                ..quick()
+            },
+            true,
+        );
+        let keeper = tokio::spawn(banger_daemon::vms::keep_tap_pool(f.state.clone()));
+        f.create(request("web")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(keeper.is_finished());
+        assert_eq!(f.net.taps().len(), 1);
+        assert!(!f.net.taps().iter().any(|t| is_pool_tap(t)));
+    }
+}

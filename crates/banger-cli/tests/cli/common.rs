@@ -275,6 +275,29 @@ impl Home {
             .unwrap()
     }
 
+    /// banger's TAP devices in this home's namespace (`bgr*`) other than the daemon's idle
+    /// pool (`bgrp<N>` that no VM names): the pool is capacity, not a leak.
+    pub fn vm_taps(&self) -> Vec<String> {
+        let held: Vec<String> = self
+            .vms()
+            .iter()
+            .filter_map(|v| v["tap"].as_str().map(str::to_string))
+            .collect();
+        let out = self.in_ns(&["ip", "-o", "link", "show"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|n| n.trim().split('@').next().unwrap_or_default().to_string())
+            .filter(|n| n.starts_with("bgr"))
+            .filter(|n| {
+                let pool = n
+                    .strip_prefix("bgrp")
+                    .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+                !pool || held.contains(n)
+            })
+            .collect()
+    }
+
     pub fn link_exists(&self, name: &str) -> bool {
         self.in_ns(&["ip", "link", "show", name]).status.success()
     }

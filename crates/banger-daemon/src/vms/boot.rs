@@ -23,9 +23,11 @@ pub(super) async fn boot(
     row: &mut VmRow,
     progress: &Progress,
 ) -> Result<(), OpError> {
-    let spec = state.spec(row)?;
     // Before anything is taken: a refused `file_sync` entry leaves the VM as it was.
     host_files::apply(state, row, progress).await?;
+    // A ready TAP from the pool, recorded in the row before the spec names it.
+    let pooled = super::pool::take_pooled(state, row)?;
+    let spec = state.spec(row)?;
     // The mark of a boot under way (see the module docs); release removes it.
     tokio::fs::create_dir_all(&spec.run_dir)
         .await
@@ -34,7 +36,7 @@ pub(super) async fn boot(
         "network",
         format!("{} on {}", spec.tap, state.opts.config.bridge_name),
     );
-    net_up(state, row).await?;
+    net_up(state, row, pooled).await?;
     let vmm = state.vmm_of(row)?;
     // Read before boot, while nothing else has the disk open.
     let has_sshd = {
@@ -77,7 +79,9 @@ pub(super) async fn boot(
     Ok(())
 }
 
-async fn net_up(state: &Arc<AppState>, row: &VmRow) -> Result<(), OpError> {
+/// The bridge and the VM's TAP (unless `pooled`: a pool TAP is made on the bridge, owned by
+/// the daemon's user, before it is handed out), and its NAT rule.
+async fn net_up(state: &Arc<AppState>, row: &VmRow, pooled: bool) -> Result<(), OpError> {
     let net = state.host.net.clone();
     let bridge = state.opts.config.bridge_name.clone();
     let subnet = state.subnet;
@@ -86,8 +90,10 @@ async fn net_up(state: &Arc<AppState>, row: &VmRow) -> Result<(), OpError> {
     let ip: Option<Ipv4Addr> = row.ip;
     let uid = Some(state.uid);
     tokio::task::spawn_blocking(move || -> Result<(), banger_net::NetError> {
-        net.ensure_bridge(&bridge, &subnet)?;
-        net.create_tap(&tap, &bridge, uid)?;
+        if !pooled {
+            net.ensure_bridge(&bridge, &subnet)?;
+            net.create_tap(&tap, &bridge, uid)?;
+        }
         if nat && let Some(ip) = ip {
             net.enable_nat(&subnet, ip, NAT_OUT_IFACE)?;
         }
@@ -99,8 +105,8 @@ async fn net_up(state: &Arc<AppState>, row: &VmRow) -> Result<(), OpError> {
         vm: row.name.clone(),
         source,
     })?;
-    // The guests' DNS on the gateway can start now (see `dns`).
-    state.dns.bridge_up();
+    // The guests' DNS on the gateway and the TAP pool can start now.
+    state.bridge_up();
     Ok(())
 }
 
