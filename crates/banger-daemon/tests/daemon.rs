@@ -3694,7 +3694,6 @@ mod nat {
     use banger_net::fake::NetCall;
 
     use super::vm_fixture::*;
-    use super::*;
 
     async fn set_nat(f: &Fixture, id: &str, nat: bool) -> Option<String> {
         banger_daemon::vms::set(&f.state, id, &VmSettings::default(), Some(nat))
