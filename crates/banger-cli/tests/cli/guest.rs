@@ -308,7 +308,9 @@ fn a_guest_reaches_another_network_only_through_nat() {
         }
     }
     let _outside_ns = DelNs(outside.clone());
-    ip(&["-n", &home_ns, "link", "add", "vout", "type", "veth", "peer", "name", "eth0"]);
+    ip(&[
+        "-n", &home_ns, "link", "add", "vout", "type", "veth", "peer", "name", "eth0",
+    ]);
     ip(&["-n", &home_ns, "link", "set", "eth0", "netns", &outside]);
     ip(&["-n", &home_ns, "addr", "add", "10.77.0.1/24", "dev", "vout"]);
     ip(&["-n", &home_ns, "link", "set", "vout", "up"]);
