@@ -34,6 +34,15 @@
 //! other guests or host software may rely on it. The table only adds NAT: a host
 //! whose forward filter drops traffic (Docker's `FORWARD` policy, for instance)
 //! still needs its own accept rules for the bridge.
+//!
+//! # Guest DNS, resolved routing, cleanup
+//! The same table has a chain `prerouting` (a `nat` hook at priority `dstnat`) holding two
+//! rules, UDP and TCP, tagged `banger-dns bridge=BR to=GW:PORT proto=P`: port 53 of the
+//! gateway arriving on the bridge goes to the daemon's listener there
+//! ([`NetOps::enable_guest_dns`]). [`NetOps::route_dns`] gives the bridge link its
+//! systemd-resolved settings with `resolvectl` (see [`crate::resolved`]). [`NetOps::cleanup`]
+//! removes all of it: every `bgr*` TAP, the bridge (and with it resolved's settings for it)
+//! and the table.
 
 mod json;
 
