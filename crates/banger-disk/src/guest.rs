@@ -211,17 +211,7 @@ impl GuestConfig {
 }
 
 fn validate_hostname(name: &str) -> Result<(), DiskError> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        });
+    let ok = banger_core::names::is_dns_name(name);
     if ok {
         Ok(())
     } else {

@@ -347,6 +347,14 @@ impl<R: CommandRunner> DirectNetOps<R> {
         )
     }
 
+    /// Makes banger's table and its chain `chain` (defined by `spec`) exist; `add` (unlike
+    /// `create`) succeeds when they already do.
+    fn ensure_chain(&self, chain: &str, spec: &str) -> Result<(), NetError> {
+        self.run("nft", &["add", "table", NAT_FAMILY, NAT_TABLE])?;
+        self.run("nft", &["add", "chain", NAT_FAMILY, NAT_TABLE, chain, spec])?;
+        Ok(())
+    }
+
     fn has_table(&self) -> Result<bool, NetError> {
         let tables = self.query("nft", &["-j", "list", "tables"], json::parse_tables)?;
         Ok(tables
@@ -515,19 +523,7 @@ impl<R: CommandRunner> NetOps for DirectNetOps<R> {
         if let Some(iface) = out_iface {
             validate_ifname(iface)?;
         }
-        // `add` (unlike `create`) succeeds when the table or chain already exists.
-        self.run("nft", &["add", "table", NAT_FAMILY, NAT_TABLE])?;
-        self.run(
-            "nft",
-            &[
-                "add",
-                "chain",
-                NAT_FAMILY,
-                NAT_TABLE,
-                NAT_CHAIN,
-                NAT_CHAIN_SPEC,
-            ],
-        )?;
+        self.ensure_chain(NAT_CHAIN, NAT_CHAIN_SPEC)?;
         let wanted = nat_comment(subnet, vm_ip, out_iface);
         let existing: Vec<NftRule> = self
             .nat_rules()?
@@ -605,18 +601,7 @@ impl<R: CommandRunner> NetOps for DirectNetOps<R> {
         {
             return Err(NetError::InvalidGuestDns { gateway, port });
         }
-        self.run("nft", &["add", "table", NAT_FAMILY, NAT_TABLE])?;
-        self.run(
-            "nft",
-            &[
-                "add",
-                "chain",
-                NAT_FAMILY,
-                NAT_TABLE,
-                DNS_CHAIN,
-                DNS_CHAIN_SPEC,
-            ],
-        )?;
+        self.ensure_chain(DNS_CHAIN, DNS_CHAIN_SPEC)?;
         let wanted: Vec<String> = ["udp", "tcp"]
             .iter()
             .map(|proto| dns_comment(bridge, gateway, port, proto))

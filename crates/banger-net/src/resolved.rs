@@ -84,27 +84,13 @@ impl DnsRoute {
         if self.port == 0 {
             return Err(bad("port 0 is not a port"));
         }
-        if !is_domain(&self.domain) {
+        if !banger_core::names::is_dns_name(&self.domain) {
             return Err(bad(
                 "the domain is not DNS labels (letters, digits, '-', separated by '.')",
             ));
         }
         Ok(())
     }
-}
-
-fn is_domain(d: &str) -> bool {
-    !d.is_empty()
-        && d.len() <= 253
-        && d.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
 }
 
 /// The `resolvectl` argument lists that give link `bridge` `route`: its DNS server, the
