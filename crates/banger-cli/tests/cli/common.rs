@@ -303,6 +303,24 @@ impl Home {
     }
 }
 
+/// Runs `script` with `python3 -c` in network namespace `ns` and waits until it printed its
+/// first line, `bound` (a socket it serves is open then). Kill the child when done.
+pub fn python_in_ns(ns: &str, script: &str) -> std::process::Child {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "python3", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "bound", "the script did not start");
+    child
+}
+
 /// `kill -9 pid`, then waits (up to 5 s) until it is gone.
 pub fn kill9_and_wait(pid: u64) {
     Command::new("kill")

@@ -94,31 +94,14 @@ fn a_taken_dns_port_is_a_warning_not_a_failed_start() {
     // A second home in the same namespace would be a second daemon; a plain UDP socket on
     // the port is enough.
     home.ok(&["daemon", "stop"]);
-    let mut holder = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            home.netns.as_deref().unwrap(),
-            "python3",
-            "-c",
-        ])
-        .arg(
-            "import socket,sys,time\n\
-             s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
-             s.bind(('127.0.0.1',42069))\n\
-             print('bound',flush=True)\n\
-             time.sleep(60)\n",
-        )
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "bound");
+    let mut holder = python_in_ns(
+        home.netns.as_deref().unwrap(),
+        "import socket,sys,time\n\
+         s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+         s.bind(('127.0.0.1',42069))\n\
+         print('bound',flush=True)\n\
+         time.sleep(60)\n",
+    );
     let st = home.status();
     assert_eq!(st["dns"]["state"], "failed", "{st}");
     assert!(
@@ -294,18 +277,7 @@ fn guests_resolve_each_other_through_the_gateway_and_other_names_fall_through() 
     // Outside `.vm` the answer is REFUSED (not NXDOMAIN), so a resolver asks the next server.
     assert_eq!(guest.dig(&gateway, "example.com", false).0, "REFUSED");
 
-    let mut upstream = guest
-        .cmd(&["python3", "-c", UPSTREAM])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(upstream.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "bound");
+    let mut upstream = python_in_ns(&guest.ns, UPSTREAM);
     // glibc, as a guest's programs resolve: a plain name through `search vm`, a `.vm` name,
     // and an outside name answered by the next nameserver after the gateway's REFUSED.
     let getent = |name: &str| {

@@ -316,27 +316,16 @@ fn a_guest_reaches_another_network_only_through_nat() {
     ip(&["-n", &home_ns, "link", "set", "vout", "up"]);
     ip(&["-n", &outside, "addr", "add", "10.77.0.2/24", "dev", "eth0"]);
     ip(&["-n", &outside, "link", "set", "eth0", "up"]);
-    let mut server = Command::new("ip")
-        .args(["netns", "exec", &outside, "python3", "-c"])
-        .arg(
-            "import socket\n\
-             s=socket.socket()\n\
-             s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
-             s.bind(('10.77.0.2',8080))\n\
-             s.listen()\n\
-             print('bound',flush=True)\n\
-             while True:\n c,_=s.accept()\n c.sendall(b'hello-from-outside\\n')\n c.close()\n",
-        )
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "bound");
+    let mut server = python_in_ns(
+        &outside,
+        "import socket\n\
+         s=socket.socket()\n\
+         s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+         s.bind(('10.77.0.2',8080))\n\
+         s.listen()\n\
+         print('bound',flush=True)\n\
+         while True:\n c,_=s.accept()\n c.sendall(b'hello-from-outside\\n')\n c.close()\n",
+    );
 
     let reach = |vm: &str| -> bool {
         let o = home.run(&[
