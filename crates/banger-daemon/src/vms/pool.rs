@@ -14,8 +14,13 @@ use crate::state::AppState;
 /// How long a refill that failed waits before it tries again.
 const RETRY: Duration = Duration::from_secs(30);
 
-/// Marks the bridge up when it already exists (a daemon restarted on a host whose VMs ran).
+/// Marks the bridge up when it already exists and this daemon has VMs (a daemon restarted
+/// on a host whose VMs ran). A daemon without VMs leaves a bridge it finds alone until its
+/// first boot: another banger on the host (or a test's) may own it.
 pub async fn note_bridge(state: &Arc<AppState>) {
+    if state.vm_rows().map(|rows| rows.is_empty()).unwrap_or(true) {
+        return;
+    }
     let net = state.host.net.clone();
     let bridge = state.opts.config.bridge_name.clone();
     let exists = tokio::task::spawn_blocking(move || net.link_exists(&bridge))
