@@ -259,6 +259,17 @@ fn guests_resolve_each_other_through_the_gateway_and_other_names_fall_through() 
         st["dns_routing"]["state"], "not_available",
         "no systemd-resolved here: {st}"
     );
+    let text = home.ok(&["daemon", "status"]);
+    assert!(
+        text.contains(&format!(
+            "{listening}, port 53 of the gateway redirected there"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("none: systemd-resolved is not running"),
+        "{text}"
+    );
 
     let resolv = format!(
         "nameserver {gateway}\nnameserver 127.0.0.1\nsearch vm\noptions timeout:2 attempts:1\n"
