@@ -279,7 +279,7 @@ async fn daemon_status(ctx: &mut Ctx, json: bool) -> Result<u8, CliError> {
             },
         ),
         (
-            ".vm routing",
+            "dns route",
             match &st.dns_routing {
                 DnsRouting::Off => "off".to_string(),
                 DnsRouting::Resolved { bridge, server } => {

@@ -175,11 +175,12 @@ impl FakeGuest {
     /// `dig`'s status and first address for `name`, asked of `server` port 53.
     fn dig(&self, server: &str, name: &str, tcp: bool) -> (String, Option<String>) {
         let at = format!("@{server}");
+        // Patient: in a loaded test run a datagram can go unanswered for a while.
         let mut args = vec![
             "dig",
             &at,
-            "+tries=1",
-            "+time=2",
+            "+tries=3",
+            "+time=3",
             "+noall",
             "+answer",
             "+comments",
@@ -272,7 +273,7 @@ fn guests_resolve_each_other_through_the_gateway_and_other_names_fall_through() 
     );
 
     let resolv = format!(
-        "nameserver {gateway}\nnameserver 127.0.0.1\nsearch vm\noptions timeout:2 attempts:1\n"
+        "nameserver {gateway}\nnameserver 127.0.0.1\nsearch vm\noptions timeout:3 attempts:2\n"
     );
     let guest = FakeGuest::attach(&home, "172.30.0.250", &resolv);
     // Port 53 of the gateway is the daemon's zone, over UDP and TCP.
