@@ -20,17 +20,22 @@ fn dig(home: &Home, name: &str) -> (String, Vec<String>) {
         name,
     ]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
+    parse_dig(&text).unwrap_or_else(|| panic!("no answer from the daemon's DNS: {text} {out:?}"))
+}
+
+/// The status and the A addresses in `dig +noall +answer +comments` output; `None` when it
+/// has no status (no server answered).
+fn parse_dig(text: &str) -> Option<(String, Vec<String>)> {
     let status = text
         .lines()
         .find_map(|l| l.split("status: ").nth(1))
-        .map(|s| s.split(',').next().unwrap_or("").to_string())
-        .unwrap_or_else(|| panic!("no answer from the daemon's DNS: {text} {out:?}"));
+        .map(|s| s.split(',').next().unwrap_or("").to_string())?;
     let addresses = text
         .lines()
         .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
         .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
         .collect();
-    (status, addresses)
+    Some((status, addresses))
 }
 
 #[allow(clippy::print_stderr)] // the visible reason for a skip
@@ -190,16 +195,9 @@ impl FakeGuest {
         }
         args.push(name);
         let text = self.out(&args);
-        let status = text
-            .lines()
-            .find_map(|l| l.split("status: ").nth(1))
-            .map(|s| s.split(',').next().unwrap_or("").to_string())
+        let (status, addresses) = parse_dig(&text)
             .unwrap_or_else(|| panic!("no answer from {server} for {name}: {text}"));
-        let address = text
-            .lines()
-            .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
-            .find_map(|l| l.split_whitespace().nth(4).map(str::to_string));
-        (status, address)
+        (status, addresses.into_iter().next())
     }
 }
 
