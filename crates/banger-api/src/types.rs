@@ -54,6 +54,44 @@ pub struct DaemonStatus {
     /// The `.vm` DNS server.
     #[serde(default)]
     pub dns: DnsListener,
+    /// The same zone for guests, on the bridge gateway (port 53 of the gateway is redirected
+    /// to it).
+    #[serde(default)]
+    pub guest_dns: DnsListener,
+    /// Whether the host's own lookups of `*.vm` reach the daemon (systemd-resolved).
+    #[serde(default)]
+    pub dns_routing: DnsRouting,
+    /// The warm pool of idle TAPs: capacity, not leaks.
+    #[serde(default)]
+    pub tap_pool: TapPoolStatus,
+}
+
+/// The daemon's idle TAP devices, ready for the next boots (config `tap_pool_size`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TapPoolStatus {
+    /// How many it keeps.
+    pub wanted: u32,
+    /// The idle ones now (filled in the background once the bridge exists).
+    pub idle: Vec<String>,
+}
+
+/// How the host's resolver is told about `.vm` (see `banger doctor`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum DnsRouting {
+    /// Config `dns = false`, or no server to route to.
+    #[default]
+    Off,
+    /// systemd-resolved sends `*.vm` from this host to `server` through link `bridge`.
+    Resolved {
+        bridge: String,
+        server: std::net::SocketAddr,
+    },
+    /// systemd-resolved does not run here; `.vm` must be routed by hand (the reason says
+    /// what was checked).
+    NotAvailable { reason: String },
+    /// resolved runs but refused the settings.
+    Failed { error: String },
 }
 
 /// Where the daemon's `.vm` DNS server listens, or why it does not.
@@ -325,7 +363,7 @@ pub enum Event<T> {
 /// What `POST /v1/vms/actions` does to each VM; each variant carries exactly its data.
 ///
 /// On the wire (externally tagged): `"start"`, `"stop"`, `"restart"`, `"delete"`,
-/// `{"kill": {"signal": "TERM"}}`, `{"set": {"settings": {"cpus": 2}}}`.
+/// `{"kill": {"signal": "TERM"}}`, `{"set": {"settings": {"cpus": 2}, "nat": true}}` (`nat` optional).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", from = "VmActionWire")]
 pub enum VmAction {
@@ -341,8 +379,12 @@ pub enum VmAction {
     /// or starting VM is refused and kept.
     Prune,
     /// Changes the VM's resources.
+    /// Changes the VM's resources, and turns its NAT on or off (`nat`; applied at once to
+    /// a running VM).
     Set {
         settings: VmSettings,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nat: Option<bool>,
     },
 }
 
@@ -383,6 +425,8 @@ struct KillWire {
 #[serde(deny_unknown_fields)]
 struct SetWire {
     settings: JsonObject<VmSettings>,
+    #[serde(default)]
+    nat: Option<bool>,
 }
 
 impl From<VmActionWire> for VmAction {
@@ -396,6 +440,7 @@ impl From<VmActionWire> for VmAction {
             VmActionWire::Prune => Self::Prune,
             VmActionWire::Set(JsonObject(s)) => Self::Set {
                 settings: s.settings.0,
+                nat: s.nat,
             },
         }
     }
@@ -839,8 +884,16 @@ mod tests {
                         cpus: Some(3),
                         ..Default::default()
                     },
+                    nat: None,
                 },
                 serde_json::json!({"set": {"settings": {"cpus": 3}}}),
+            ),
+            (
+                VmAction::Set {
+                    settings: VmSettings::default(),
+                    nat: Some(false),
+                },
+                serde_json::json!({"set": {"settings": {}, "nat": false}}),
             ),
         ];
         for (action, wire) in cases {

@@ -427,6 +427,12 @@ pub struct SetArgs {
     /// Work disk size (grow only; VM must be stopped)
     #[arg(long = "work-disk", allow_hyphen_values = true)]
     pub work_disk: Option<String>,
+    /// Turn outbound NAT on (at once when the VM runs)
+    #[arg(long, conflicts_with = "no_nat")]
+    pub nat: bool,
+    /// Turn outbound NAT off (at once when the VM runs)
+    #[arg(long = "no-nat")]
+    pub no_nat: bool,
 }
 
 #[derive(Debug, Args)]
@@ -689,6 +695,19 @@ mod tests {
         }
         Cli::try_parse_from(["banger", "vm", "run", ".", "--branch", "x", "--from", "v1"]).unwrap();
         Cli::try_parse_from(["banger", "vm", "run", "--", "make"]).unwrap();
+    }
+
+    /// `vm set --nat` and `--no-nat` together are a usage error.
+    #[test]
+    fn nat_flags_conflict() {
+        use clap::Parser;
+        let e =
+            Cli::try_parse_from(["banger", "vm", "set", "web", "--nat", "--no-nat"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{e}");
+        assert!(e.to_string().contains("cannot be used with"), "{e}");
+        for flag in ["--nat", "--no-nat"] {
+            Cli::try_parse_from(["banger", "vm", "set", "web", flag]).unwrap();
+        }
     }
 }
 

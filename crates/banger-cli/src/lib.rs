@@ -35,7 +35,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use banger_api::types::{DaemonStatus, DnsListener};
+use banger_api::types::{DaemonStatus, DnsListener, DnsRouting};
 use banger_core::build::{BuildInfo, format_rfc3339};
 use banger_core::layout::{Layout, LayoutError};
 use banger_core::probe::{self, SearchPath};
@@ -286,6 +286,40 @@ async fn daemon_status(ctx: &mut Ctx, json: bool) -> Result<u8, CliError> {
                 }
                 DnsListener::Failed { error } => format!("not serving: {error}"),
             },
+        ),
+        (
+            "guest dns",
+            match &st.guest_dns {
+                DnsListener::Off => "off (until the first boot makes the bridge)".to_string(),
+                DnsListener::Listening { address } => {
+                    format!("{address}, port 53 of the gateway redirected there")
+                }
+                DnsListener::Failed { error } => format!("not serving: {error}"),
+            },
+        ),
+        (
+            "dns route",
+            match &st.dns_routing {
+                DnsRouting::Off => "off".to_string(),
+                DnsRouting::Resolved { bridge, server } => {
+                    format!("systemd-resolved: ~vm on {bridge} -> {server}")
+                }
+                DnsRouting::NotAvailable { reason } => format!("none: {reason}"),
+                DnsRouting::Failed { error } => format!("failed: {error}"),
+            },
+        ),
+        (
+            "tap pool",
+            format!(
+                "{} of {} idle{}",
+                st.tap_pool.idle.len(),
+                st.tap_pool.wanted,
+                if st.tap_pool.idle.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", st.tap_pool.idle.join(", "))
+                }
+            ),
         ),
     ];
     write_str(ctx, &ui::key_values(&pairs))?;

@@ -26,6 +26,7 @@ use std::process::Command;
 
 use banger_core::layout::{SYSTEM_DAEMON_RUNTIME_DIR, SYSTEM_HELPER_SOCKET};
 use banger_core::probe::{self, SearchPath};
+use banger_net::NetOps;
 use serde::{Deserialize, Serialize};
 
 use crate::HostEnv;

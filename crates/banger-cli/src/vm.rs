@@ -116,12 +116,18 @@ pub async fn run(cmd: VmCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
         VmCommand::Prune(p) => prune(ctx, p.yes).await,
         VmCommand::Set(s) => {
             let settings = settings_flags(s.cpus, &s.memory, &s.disk, &s.work_disk)?;
-            if settings == VmSettings::default() {
+            let nat = match (s.nat, s.no_nat) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            };
+            if settings == VmSettings::default() && nat.is_none() {
                 return Err(CliError::Usage(
-                    "nothing to set: give --cpus, --memory, --disk or --work-disk".into(),
+                    "nothing to set: give --cpus, --memory, --disk, --work-disk, --nat or --no-nat"
+                        .into(),
                 ));
             }
-            act(ctx, VmAction::Set { settings }, s.refs.refs).await
+            act(ctx, VmAction::Set { settings, nat }, s.refs.refs).await
         }
         VmCommand::List(l) => list(ctx, &l).await,
         VmCommand::Show(r) => {

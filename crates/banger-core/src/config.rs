@@ -60,7 +60,13 @@ pub struct Config {
     /// The root helper's socket, asked for host network operations when the daemon is not
     /// root. `BANGER_HELPER_SOCKET` overrides it.
     pub helper_socket: PathBuf,
+    /// Idle TAP devices the daemon keeps ready on the bridge for the next boots (0 to
+    /// [`MAX_TAP_POOL`]).
+    pub tap_pool_size: u32,
 }
+
+/// The largest `tap_pool_size`.
+pub const MAX_TAP_POOL: u32 = 64;
 
 /// Where the `.vm` DNS server listens unless config says otherwise.
 pub const DEFAULT_DNS_LISTEN: std::net::SocketAddr = std::net::SocketAddr::V4(
@@ -251,6 +257,7 @@ impl Default for Config {
             npm_registry: DEFAULT_NPM_REGISTRY.to_string(),
             ssh_config: true,
             helper_socket: PathBuf::from(crate::layout::SYSTEM_HELPER_SOCKET),
+            tap_pool_size: 4,
         }
     }
 }
@@ -395,6 +402,13 @@ impl Config {
                 "npm_registry",
                 registry.clone(),
                 "an http:// or https:// URL".into(),
+            ));
+        }
+        if self.tap_pool_size > MAX_TAP_POOL {
+            return Err(bad(
+                "tap_pool_size",
+                self.tap_pool_size.to_string(),
+                format!("must be 0 to {MAX_TAP_POOL}"),
             ));
         }
         if self.max_log_size < MIN_LOG_SIZE {
@@ -588,6 +602,19 @@ mod tests {
         for bad in ["\"localhost:53\"", "\"127.0.0.1\"", "53"] {
             let e = crate::error::chain(&parse(&format!("dns_listen = {bad}\n")).unwrap_err());
             assert!(e.contains("dns_listen"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn tap_pool_size_defaults_to_four_and_is_bounded() {
+        assert_eq!(parse("").unwrap().config.tap_pool_size, 4);
+        assert_eq!(
+            parse("tap_pool_size = 0\n").unwrap().config.tap_pool_size,
+            0
+        );
+        for bad in ["65", "-1", "\"4\""] {
+            let e = crate::error::chain(&parse(&format!("tap_pool_size = {bad}\n")).unwrap_err());
+            assert!(e.contains("tap_pool_size"), "{bad}: {e}");
         }
     }
 

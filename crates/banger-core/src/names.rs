@@ -70,6 +70,23 @@ pub fn looks_like_id(s: &str) -> bool {
     s.len() >= ID_LIKE_MIN && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// Whether `name` is a DNS name of hostname labels: dot-separated labels of 1 to 63 ASCII
+/// letters, digits and `-` (not first or last), 253 characters in all (a hostname, a search
+/// domain, a routing domain).
+pub fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
 /// The longest VM name: one DNS label.
 pub const VM_NAME_MAX: usize = 63;
 /// The longest image or kernel name.

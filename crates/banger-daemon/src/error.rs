@@ -47,7 +47,7 @@ pub enum OpError {
         #[source]
         source: Box<LimitError>,
     },
-    #[error("nothing to set: give --cpus, --memory, --disk or --work-disk")]
+    #[error("nothing to set: give --cpus, --memory, --disk, --work-disk, --nat or --no-nat")]
     NothingToSet,
     #[error(transparent)]
     Signal(#[from] banger_vmm::process::ParseSignalError),
@@ -518,7 +518,10 @@ fn vmm_kind(e: &banger_vmm::VmmError) -> ErrorKind {
 fn net_kind(e: &banger_net::NetError) -> ErrorKind {
     use banger_net::NetError as N;
     match e {
-        N::InvalidName(_) | N::NotAGuestAddress { .. } => ErrorKind::Internal,
+        N::InvalidName(_)
+        | N::NotAGuestAddress { .. }
+        | N::InvalidDnsRoute(_)
+        | N::InvalidGuestDns { .. } => ErrorKind::Internal,
         N::Spawn(s) => spawn_kind(s),
         N::CommandFailed { stderr, .. } => text_kind(stderr),
         N::UnexpectedOutput { .. } => ErrorKind::Internal,

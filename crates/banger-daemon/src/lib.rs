@@ -21,17 +21,20 @@
 //!   VMs' address stanzas and banger's known_hosts), [`stats`] (VMM process statistics
 //!   from `/proc`), [`logcap`] (rotating VM console and VMM logs at `max_log_size`),
 //!   [`dns`] (the `.vm` zone, rebuilt from the store on every VM row change, and its
-//!   server).
+//!   servers for the host and guests, and systemd-resolved's routing), [`tap_pool`] (the
+//!   warm pool of idle TAPs).
 //! - Used by the entry point only: [`lock`] (the single-instance lock), [`logging`] (JSON
 //!   logs to the state dir).
 //!
 //! Start-up order: dirs → lock → store (migrations) → socket → reconcile → DNS → the ssh
 //! config block → serve (and, in the background, host keys for running VMs that have none
-//! recorded). The config, state and runtime dirs must belong to the daemon's user and not
-//! be writable by others (else it refuses to start, naming the dir, its owner, its mode and
-//! the fix); the lock, log, key and socket are never opened or replaced through a symlink.
-//! Shutdown (SIGTERM, SIGINT or `POST /v1/shutdown`): stop accepting, finish in-flight
-//! requests, remove the socket, release the lock.
+//! recorded); once the bridge exists (at start, or after the first boot made it), the
+//! guests' DNS, systemd-resolved's routing and the TAP pool follow in the background. The
+//! config, state and runtime dirs must belong to the daemon's user and not be writable by
+//! others (else it refuses to start, naming the dir, its owner, its mode and the fix); the
+//! lock, log, key and socket are never opened or replaced through a symlink. Shutdown
+//! (SIGTERM, SIGINT or `POST /v1/shutdown`): stop accepting, finish in-flight requests,
+//! remove the socket, release the lock.
 
 pub mod agents;
 pub mod bootstrap;
@@ -53,6 +56,7 @@ pub mod ssh_hosts;
 pub mod state;
 pub mod stats;
 pub mod stream;
+pub mod tap_pool;
 pub mod vms;
 pub mod workspaces;
 
@@ -62,6 +66,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use banger_api::types as api_types;
 use banger_core::build::BuildInfo;
 use banger_core::config::{Config, ConfigError};
 use banger_core::layout::{Layout, LayoutError};
@@ -297,17 +302,78 @@ fn choose_vmms(config: &Config, path: Option<&OsStr>) -> Result<state::Vmms, Dae
     Ok(state::Vmms::new(available, missing, default))
 }
 
-/// Nameservers for guests: the config's, else the host's non-loopback ones.
-fn guest_dns(config: &Config, resolv_conf: &str) -> Vec<std::net::Ipv4Addr> {
-    if !config.guest_dns.is_empty() {
-        return config.guest_dns.clone();
+/// Nameservers for guests: the bridge gateway first when the daemon serves `.vm` (config
+/// `dns`; its port 53 reaches the daemon, which REFUSES other names so the guest's resolver
+/// moves on), then the config's `guest_dns`, else the host's non-loopback nameservers from
+/// the first of `resolv_confs` that has any (`/etc/resolv.conf`, then resolved's upstream
+/// list when the host's file only names its local stub).
+fn guest_dns(
+    config: &Config,
+    gateway: std::net::Ipv4Addr,
+    resolv_confs: &[String],
+) -> Vec<std::net::Ipv4Addr> {
+    let mut servers: Vec<std::net::Ipv4Addr> = Vec::new();
+    if config.dns {
+        servers.push(gateway);
     }
-    resolv_conf
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .filter_map(|v| v.trim().parse::<std::net::Ipv4Addr>().ok())
-        .filter(|ip| !ip.is_loopback())
-        .collect()
+    let upstream = if !config.guest_dns.is_empty() {
+        config.guest_dns.clone()
+    } else {
+        resolv_confs
+            .iter()
+            .map(|text| {
+                text.lines()
+                    .filter_map(|l| l.trim().strip_prefix("nameserver"))
+                    .filter_map(|v| v.trim().parse::<std::net::Ipv4Addr>().ok())
+                    .filter(|ip| !ip.is_loopback())
+                    .collect::<Vec<_>>()
+            })
+            .find(|found| !found.is_empty())
+            .unwrap_or_default()
+    };
+    for ip in upstream {
+        if !servers.contains(&ip) {
+            servers.push(ip);
+        }
+    }
+    servers
+}
+
+/// `.vm` for guests and for the host's resolver (see [`dns`]), once the bridge exists (see
+/// [`state::AppState::bridge`]): the guests' listener on
+/// the gateway and its port 53 redirect, then resolved's routing, applied again whenever
+/// the zone changes. Runs until the daemon stops.
+async fn host_dns(state: Arc<state::AppState>) {
+    let net = state.host.net.clone();
+    let bridge = state.opts.config.bridge_name.clone();
+    state.bridge_ready().await;
+    let host_port = match state.dns.listener() {
+        api_types::DnsListener::Listening { address } => Some(address.port()),
+        _ => None,
+    };
+    let (server, at) = state
+        .dns
+        .serve_guests(
+            net.clone(),
+            &bridge,
+            state.subnet.gateway(),
+            state.opts.config.dns_listen,
+            host_port,
+        )
+        .await;
+    if let Some(server) = server {
+        state.dns.keep_guest_server(server);
+    }
+    let Some(at) = at else { return };
+    let resolved = Path::new(banger_net::resolved::RESOLVED_DIR);
+    loop {
+        let runner = state.host.runner.clone();
+        state
+            .dns
+            .route(net.clone(), runner, resolved, &bridge, at)
+            .await;
+        state.dns.changed().await;
+    }
 }
 
 /// Writes the managed block into the owner's `~/.ssh/config`; a failure is a warning, the
@@ -370,9 +436,15 @@ pub async fn run(opts: DaemonOptions, host: state::Host, uid: u32) -> Result<(),
     let store = Store::open(&layout.db_path())?;
     let ssh =
         ssh::ensure_key(host.runner.as_ref(), &layout.state_dir, uid).map_err(DaemonError::Ssh)?;
-    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let resolv: Vec<String> = [
+        "/etc/resolv.conf".to_string(),
+        format!("{}/resolv.conf", banger_net::resolved::RESOLVED_DIR),
+    ]
+    .iter()
+    .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+    .collect();
     let parts = state::Parts {
-        guest_dns: guest_dns(&opts.config, &resolv),
+        guest_dns: guest_dns(&opts.config, subnet.gateway(), &resolv),
         host,
         subnet,
         ssh,
@@ -398,11 +470,24 @@ pub async fn run(opts: DaemonOptions, host: state::Host, uid: u32) -> Result<(),
     } else {
         None
     };
+    vms::note_bridge(&state).await;
     let monitor = tokio::spawn(vms::monitor(state.clone()));
     let backfill = tokio::spawn(vms::record_missing_host_keys(state.clone()));
-    let result = server::serve(listener, state).await;
+    let pool = tokio::spawn(vms::keep_tap_pool(state.clone()));
+    let host_dns = opts
+        .config
+        .dns
+        .then(|| tokio::spawn(host_dns(state.clone())));
+    let result = server::serve(listener, state.clone()).await;
     monitor.abort();
     backfill.abort();
+    pool.abort();
+    if let Some(task) = host_dns {
+        task.abort();
+        let _ = task.await;
+    }
+    state.dns.unroute(state.host.net.clone()).await;
+    state.dns.shutdown_guests().await;
     if let Some(dns) = dns {
         dns.shutdown().await;
     }
@@ -451,5 +536,30 @@ mod tests {
         let err = net.delete_tap("bgr1").unwrap_err();
         let msg = banger_core::error::chain(&err);
         assert!(msg.contains("banger system install"), "{msg}");
+    }
+
+    #[test]
+    fn guests_ask_the_gateway_first_then_the_host_s_upstream_servers() {
+        let gw = std::net::Ipv4Addr::new(172, 30, 0, 1);
+        let stub = "nameserver 127.0.0.53\nsearch lan\n".to_string();
+        let upstream = "nameserver 192.168.1.1\nnameserver 172.30.0.1\n".to_string();
+        let config = Config::default();
+        assert!(config.dns);
+        let got = guest_dns(&config, gw, &[stub.clone(), upstream.clone()]);
+        assert_eq!(got, [gw, "192.168.1.1".parse().unwrap()], "deduplicated");
+        let direct = "nameserver 9.9.9.9\n".to_string();
+        assert_eq!(
+            guest_dns(&config, gw, &[direct, upstream.clone()]),
+            [gw, "9.9.9.9".parse().unwrap()]
+        );
+        let off = Config {
+            dns: false,
+            guest_dns: vec!["1.1.1.1".parse().unwrap()],
+            ..Config::default()
+        };
+        assert_eq!(
+            guest_dns(&off, gw, &[stub, upstream]),
+            ["1.1.1.1".parse::<std::net::Ipv4Addr>().unwrap()]
+        );
     }
 }

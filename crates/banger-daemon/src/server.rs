@@ -292,6 +292,12 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<DaemonStatus> {
         ops: state.ops.counts(),
         config_warnings: state.opts.config_warnings.clone(),
         dns: state.dns.listener(),
+        guest_dns: state.dns.guest_listener(),
+        dns_routing: state.dns.routing(),
+        tap_pool: banger_api::types::TapPoolStatus {
+            wanted: state.tap_pool.wanted(),
+            idle: state.tap_pool.idle(),
+        },
     })
 }
 

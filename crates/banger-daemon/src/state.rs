@@ -47,6 +47,12 @@ pub struct AppState {
     /// address stanzas (kept equal to the store with the `.vm` zone) and the guests' host
     /// keys.
     pub ssh_hosts: crate::ssh_hosts::SshHosts,
+    /// Idle TAPs ready on the bridge (config `tap_pool_size`).
+    pub tap_pool: crate::tap_pool::TapPool,
+    /// Whether the bridge exists (at start, or since a boot made it): what the guests' DNS
+    /// and the TAP pool wait for, so a daemon that never boots a VM changes nothing on the
+    /// host network.
+    pub bridge: tokio::sync::watch::Sender<bool>,
     pub(crate) shutdown: Notify,
 }
 
@@ -123,6 +129,7 @@ pub struct Parts {
 
 impl AppState {
     pub fn new(opts: DaemonOptions, store: Store, parts: Parts) -> Self {
+        let tap_pool = crate::tap_pool::TapPool::new(opts.config.tap_pool_size);
         Self {
             ssh_hosts: crate::ssh_hosts::SshHosts::new(
                 &opts.layout,
@@ -142,8 +149,21 @@ impl AppState {
             guest_dns: parts.guest_dns,
             uid: parts.uid,
             dns: crate::dns::Dns::default(),
+            tap_pool,
+            bridge: tokio::sync::watch::Sender::new(false),
             shutdown: Notify::new(),
         }
+    }
+
+    /// Says the bridge exists (see [`AppState::bridge`]).
+    pub fn bridge_up(&self) {
+        self.bridge.send_replace(true);
+    }
+
+    /// Waits until the bridge exists (see [`AppState::bridge`]).
+    pub async fn bridge_ready(&self) {
+        let mut rx = self.bridge.subscribe();
+        let _ = rx.wait_for(|up| *up).await;
     }
 
     /// The time now, as stored in rows (RFC 3339).

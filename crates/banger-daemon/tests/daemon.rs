@@ -3829,3 +3829,234 @@ mod ssh_hosts {
         assert_eq!(read(&layout.known_hosts()), recorded);
     }
 }
+
+/// NAT per VM: `vm set --nat/--no-nat` applied at once to a running VM and stored for its
+/// next boots, and torn down with the VM even when its rule or TAP is already gone.
+mod nat {
+    use banger_api::types::{VmSettings, VmState};
+    use banger_net::NetOps;
+    use banger_net::fake::NetCall;
+
+    use super::vm_fixture::*;
+
+    async fn set_nat(f: &Fixture, id: &str, nat: bool) -> Option<String> {
+        banger_daemon::vms::set(&f.state, id, &VmSettings::default(), Some(nat))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn set_turns_nat_on_and_off_on_a_running_vm_now_and_keeps_it_for_the_next_boot() {
+        let f = fixture(quick(), true);
+        let vm = f.create(request("web")).await.unwrap();
+        let ip = f.row("web").ip.unwrap();
+        assert!(f.net.nat_rules().is_empty());
+
+        assert_eq!(
+            set_nat(&f, &vm.id, true).await,
+            None,
+            "nothing waits for a boot"
+        );
+        assert_eq!(f.net.nat_rules(), [ip]);
+        assert!(f.row("web").nat);
+        assert!(f.net.calls().contains(&NetCall::EnableNat {
+            subnet: f.state.subnet,
+            vm_ip: ip,
+            out_iface: None,
+        }));
+
+        set_nat(&f, &vm.id, false).await;
+        assert!(f.net.nat_rules().is_empty());
+        assert!(!f.row("web").nat);
+
+        // Stored while stopped; applied by the next start.
+        banger_daemon::vms::stop(&f.state, &vm.id).await.unwrap();
+        set_nat(&f, &vm.id, true).await;
+        assert!(f.net.nat_rules().is_empty(), "a stopped VM has no rule");
+        banger_daemon::vms::start(&f.state, &vm.id).await.unwrap();
+        assert_eq!(f.row("web").state, VmState::Running);
+        assert_eq!(f.net.nat_rules(), [ip]);
+
+        // Resources and NAT together: the resources wait for the next start.
+        let note = banger_daemon::vms::set(
+            &f.state,
+            &vm.id,
+            &VmSettings {
+                cpus: Some(3),
+                ..Default::default()
+            },
+            Some(false),
+        )
+        .await
+        .unwrap();
+        assert_eq!(note.as_deref(), Some("takes effect at the next start"));
+        assert!(f.net.nat_rules().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_rule_change_stores_nothing() {
+        let f = fixture(quick(), true);
+        let vm = f.create(request("web")).await.unwrap();
+        f.net.fail_next(
+            banger_net::fake::NetOp::EnableNat,
+            banger_net::NetError::CommandFailed {
+                command: "nft add rule".into(),
+                code: Some(1),
+                stderr: "injected".into(),
+            },
+        );
+        let err = banger_daemon::vms::set(&f.state, &vm.id, &VmSettings::default(), Some(true))
+            .await
+            .unwrap_err();
+        assert!(
+            banger_daemon::error::chain(&err).contains("injected"),
+            "{err}"
+        );
+        assert!(!f.row("web").nat);
+        assert!(f.net.nat_rules().is_empty());
+    }
+
+    #[tokio::test]
+    async fn stop_and_delete_tear_nat_down_and_skip_what_is_already_gone() {
+        let f = fixture(quick(), true);
+        let mut req = request("web");
+        req.nat = Some(true);
+        let web = f.create(req.clone()).await.unwrap();
+        req.name = Some("db".into());
+        let db = f.create(req).await.unwrap();
+        assert_eq!(f.net.nat_rules().len(), 2);
+
+        // Someone removed web's rule and TAP by hand: the stop still succeeds.
+        let row = f.row("web");
+        f.net.disable_nat(row.ip.unwrap()).unwrap();
+        f.net.delete_tap(row.tap.as_deref().unwrap()).unwrap();
+        banger_daemon::vms::stop(&f.state, &web.id).await.unwrap();
+        let row = f.row("web");
+        assert_eq!(row.state, VmState::Stopped);
+        f.assert_released(&row);
+
+        banger_daemon::vms::delete(&f.state, &db.id).await.unwrap();
+        banger_daemon::vms::delete(&f.state, &web.id).await.unwrap();
+        f.assert_no_vm_left();
+    }
+}
+
+/// The warm TAP pool: filled once the bridge exists, a boot takes a ready TAP (recorded in its
+/// row) without making one, the pool refills, and a restarted daemon adopts the idle ones.
+mod tap_pool {
+    use banger_net::fake::{NetCall, NetOp};
+    use banger_net::plan::is_pool_tap;
+    use banger_vmm::fake::FakeVmm;
+
+    use super::vm_fixture::*;
+    use super::*;
+
+    async fn wait_idle(state: &AppState, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while state.tap_pool.idle().len() != n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pool: {:?}",
+                state.tap_pool.idle()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn boots_take_ready_taps_the_pool_refills_and_a_restart_adopts_it() {
+        let f = fixture(quick(), true);
+        let keeper = tokio::spawn(banger_daemon::vms::keep_tap_pool(f.state.clone()));
+        // No bridge yet: the pool waits, and nothing is made on the host.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(f.net.taps().is_empty() && f.net.bridges().is_empty());
+
+        // The first boot makes the bridge and its own TAP; then the pool fills.
+        let web = f.create(request("web")).await.unwrap();
+        wait_idle(&f.state, 4).await;
+        assert_eq!(
+            f.state.tap_pool.idle(),
+            ["bgrp0", "bgrp1", "bgrp2", "bgrp3"]
+        );
+        for name in f.state.tap_pool.idle() {
+            assert!(f.net.taps().contains(&name));
+            assert!(f.net.calls().contains(&NetCall::CreateTap {
+                name: name.clone(),
+                bridge: "banger0".into(),
+                owner_uid: Some(0),
+            }));
+        }
+
+        // The next boot takes bgrp0 and makes no TAP or bridge itself.
+        let before = f.net.calls().len();
+        let db = f.create(request("db")).await.unwrap();
+        assert_eq!(f.row("db").tap.as_deref(), Some("bgrp0"));
+        assert_eq!(db.tap.as_deref(), Some("bgrp0"));
+        let boot_calls: Vec<_> = f.net.calls()[before..].to_vec();
+        // Only the refill (a bridge check, a listing, the new TAP) touched the network.
+        let count = |op: NetOp| boot_calls.iter().filter(|c| c.op() == op).count();
+        let boot_made: Vec<_> = boot_calls
+            .iter()
+            .filter(|c| matches!(c, NetCall::CreateTap { name, .. } if name != "bgrp4"))
+            .collect();
+        assert_eq!(
+            count(NetOp::EnsureBridge),
+            count(NetOp::ListLinks),
+            "{boot_calls:?}"
+        );
+        assert!(
+            boot_made.is_empty(),
+            "the boot made network: {boot_calls:?}"
+        );
+        // Refilled with a fresh name.
+        wait_idle(&f.state, 4).await;
+        assert_eq!(
+            f.state.tap_pool.idle(),
+            ["bgrp1", "bgrp2", "bgrp3", "bgrp4"]
+        );
+
+        // A stop gives the TAP back to the host (deleted); the pool stays whole.
+        banger_daemon::vms::stop(&f.state, &db.id).await.unwrap();
+        assert!(!f.net.taps().contains(&"bgrp0".to_string()));
+        let idle = f.state.tap_pool.idle();
+        let mut host_taps: Vec<String> = f.net.taps();
+        host_taps.retain(|t| is_pool_tap(t));
+        assert_eq!(host_taps, idle, "idle pool TAPs are the only pool TAPs");
+        keeper.abort();
+
+        // A restarted daemon adopts the idle TAPs no row names, and makes none.
+        let vmm = Arc::new(FakeVmm::new());
+        let restarted = state_in(f.dir.path(), host(&vmm, &f.net, &f.runner), quick());
+        banger_daemon::vms::note_bridge(&restarted).await;
+        let calls = f.net.calls().len();
+        let keeper = tokio::spawn(banger_daemon::vms::keep_tap_pool(restarted.clone()));
+        wait_idle(&restarted, 4).await;
+        assert_eq!(restarted.tap_pool.idle(), idle);
+        assert!(
+            !f.net.calls()[calls..]
+                .iter()
+                .any(|c| c.op() == NetOp::CreateTap),
+            "{:?}",
+            &f.net.calls()[calls..]
+        );
+        keeper.abort();
+        banger_daemon::vms::delete(&f.state, &web.id).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_pool_of_zero_makes_nothing() {
+        let f = fixture(
+            Config {
+                tap_pool_size: 0,
+                ..quick()
+            },
+            true,
+        );
+        let keeper = tokio::spawn(banger_daemon::vms::keep_tap_pool(f.state.clone()));
+        f.create(request("web")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(keeper.is_finished());
+        assert_eq!(f.net.taps().len(), 1);
+        assert!(!f.net.taps().iter().any(|t| is_pool_tap(t)));
+    }
+}

@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `/etc/hostname` | the hostname |
 //! | `/etc/hosts` | `127.0.0.1 localhost`, `127.0.1.1 <hostname>`, `::1 localhost` |
-//! | `/etc/resolv.conf` | one `nameserver` line per DNS server (replaces a symlink) |
+//! | `/etc/resolv.conf` | one `nameserver` line per DNS server, and `search` with the search domains (replaces a symlink) |
 //! | `/etc/banger/network.env` | the network contract below |
 //! | `/etc/systemd/network/10-banger.network` | the same address for systemd-networkd, matched by MAC |
 //! | `/etc/fstab` | the image's lines, plus the work-disk line (see [`merge_fstab`]) |
@@ -71,6 +71,8 @@ pub struct GuestConfig {
     pub gateway: Ipv4Addr,
     /// Nameservers, in order of preference.
     pub dns: Vec<Ipv4Addr>,
+    /// Search domains (`vm`, so `web` resolves as `web.vm`), in order.
+    pub search: Vec<String>,
     /// The MAC address of the guest's interface (`02:fc:ac:1e:00:05`).
     pub mac: String,
 }
@@ -85,10 +87,14 @@ pub struct GuestFile {
 }
 
 impl GuestConfig {
-    /// Checks the hostname (labels of 1 to 63 letters, digits and `-`, not starting or
-    /// ending with `-`, 253 characters at most), the prefix and the MAC address.
+    /// Checks the hostname and the search domains (labels of 1 to 63 letters, digits and
+    /// `-`, not starting or ending with `-`, 253 characters at most), the prefix and the MAC
+    /// address.
     pub fn validate(&self) -> Result<(), DiskError> {
         validate_hostname(&self.hostname)?;
+        for domain in &self.search {
+            validate_hostname(domain)?;
+        }
         if !(1..=32).contains(&self.prefix) {
             return Err(DiskError::invalid(
                 "prefix length",
@@ -134,6 +140,9 @@ impl GuestConfig {
         for ns in &self.dns {
             let _ = writeln!(s, "nameserver {ns}");
         }
+        if !self.search.is_empty() {
+            let _ = writeln!(s, "search {}", self.search.join(" "));
+        }
         s
     }
 
@@ -162,6 +171,9 @@ impl GuestConfig {
         );
         for ns in &self.dns {
             let _ = writeln!(s, "DNS={ns}");
+        }
+        if !self.search.is_empty() {
+            let _ = writeln!(s, "Domains={}", self.search.join(" "));
         }
         s
     }
@@ -199,17 +211,7 @@ impl GuestConfig {
 }
 
 fn validate_hostname(name: &str) -> Result<(), DiskError> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        });
+    let ok = banger_core::names::is_dns_name(name);
     if ok {
         Ok(())
     } else {
@@ -401,6 +403,7 @@ mod tests {
             prefix: 24,
             gateway: Ipv4Addr::new(172, 30, 0, 1),
             dns: vec![Ipv4Addr::new(172, 30, 0, 1), Ipv4Addr::new(1, 1, 1, 1)],
+            search: vec!["vm".to_string()],
             mac: "02:FC:AC:1E:00:05".to_string(),
         }
     }
@@ -436,6 +439,7 @@ Address=172.30.0.5/24
 Gateway=172.30.0.1
 DNS=172.30.0.1
 DNS=1.1.1.1
+Domains=vm
 "
         );
         assert_eq!(
@@ -444,8 +448,12 @@ DNS=1.1.1.1
         );
         assert_eq!(
             c.resolv_conf(),
-            "# Written by banger.\nnameserver 172.30.0.1\nnameserver 1.1.1.1\n"
+            "# Written by banger.\nnameserver 172.30.0.1\nnameserver 1.1.1.1\nsearch vm\n"
         );
+        let mut plain = c.clone();
+        plain.search.clear();
+        assert!(!plain.resolv_conf().contains("search"));
+        assert!(!plain.networkd_unit().contains("Domains"));
         assert_eq!(c.hostname_file(), "dev-box\n");
     }
 
@@ -493,6 +501,13 @@ DNS=1.1.1.1
         for prefix in [0, 33] {
             let c = GuestConfig { prefix, ..config() };
             assert!(c.validate().is_err(), "{prefix}");
+        }
+        for domain in ["", "vm\nnameserver 6.6.6.6", "a b", "-vm"] {
+            let c = GuestConfig {
+                search: vec![domain.to_string()],
+                ..config()
+            };
+            assert!(c.validate().is_err(), "{domain:?}");
         }
     }
 

@@ -430,6 +430,7 @@ fn guest_config() -> GuestConfig {
         prefix: 24,
         gateway: Ipv4Addr::new(172, 30, 0, 1),
         dns: vec![Ipv4Addr::new(172, 30, 0, 1), Ipv4Addr::new(9, 9, 9, 9)],
+        search: vec!["vm".to_string()],
         mac: "02:fc:ac:1e:00:05".to_string(),
     }
 }
@@ -464,7 +465,7 @@ fn guest_config_is_written_and_rewritten_without_duplicates() {
     );
     assert_eq!(
         read_text(&image, "/etc/resolv.conf"),
-        "# Written by banger.\nnameserver 172.30.0.1\nnameserver 9.9.9.9\n"
+        "# Written by banger.\nnameserver 172.30.0.1\nnameserver 9.9.9.9\nsearch vm\n"
     );
     assert_eq!(
         read_text(&image, "/etc/banger/network.env"),
@@ -475,7 +476,7 @@ fn guest_config_is_written_and_rewritten_without_duplicates() {
     assert_eq!(
         read_text(&image, "/etc/systemd/network/10-banger.network"),
         "# Written by banger.\n[Match]\nMACAddress=02:fc:ac:1e:00:05\n\n[Network]\n\
-         Address=172.30.0.5/24\nGateway=172.30.0.1\nDNS=172.30.0.1\nDNS=9.9.9.9\n"
+         Address=172.30.0.5/24\nGateway=172.30.0.1\nDNS=172.30.0.1\nDNS=9.9.9.9\nDomains=vm\n"
     );
     let fstab = read_text(&image, "/etc/fstab");
     assert_eq!(fstab, format!("# user fstab\n{user_line}\n{FSTAB_LINE}\n"));

@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::plan::{Subnet, validate_ifname};
-use crate::{NetError, NetOps};
+use crate::{DnsRoute, NetError, NetOps};
 
 /// One operation of [`NetOps`], to choose which one fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -26,6 +26,10 @@ pub enum NetOp {
     LinkExists,
     EnableNat,
     DisableNat,
+    RouteDns,
+    UnrouteDns,
+    EnableGuestDns,
+    Cleanup,
 }
 
 /// One call made to the fake, with its arguments.
@@ -57,6 +61,21 @@ pub enum NetCall {
     DisableNat {
         vm_ip: Ipv4Addr,
     },
+    RouteDns {
+        bridge: String,
+        route: DnsRoute,
+    },
+    UnrouteDns {
+        bridge: String,
+    },
+    EnableGuestDns {
+        bridge: String,
+        gateway: Ipv4Addr,
+        port: u16,
+    },
+    Cleanup {
+        bridge: String,
+    },
 }
 
 impl NetCall {
@@ -70,6 +89,10 @@ impl NetCall {
             NetCall::LinkExists { .. } => NetOp::LinkExists,
             NetCall::EnableNat { .. } => NetOp::EnableNat,
             NetCall::DisableNat { .. } => NetOp::DisableNat,
+            NetCall::RouteDns { .. } => NetOp::RouteDns,
+            NetCall::UnrouteDns { .. } => NetOp::UnrouteDns,
+            NetCall::EnableGuestDns { .. } => NetOp::EnableGuestDns,
+            NetCall::Cleanup { .. } => NetOp::Cleanup,
         }
     }
 }
@@ -82,6 +105,10 @@ struct State {
     /// TAP name -> its bridge.
     taps: BTreeMap<String, String>,
     nat: BTreeSet<Ipv4Addr>,
+    /// Bridge -> its resolved route.
+    dns_routes: BTreeMap<String, DnsRoute>,
+    /// The guest DNS redirect: (bridge, gateway, port).
+    guest_dns: Option<(String, Ipv4Addr, u16)>,
 }
 
 /// A [`NetOps`] that changes a model of the host's network instead of the host.
@@ -123,6 +150,16 @@ impl FakeNetOps {
     /// The guest addresses that have a NAT rule, sorted.
     pub fn nat_rules(&self) -> Vec<Ipv4Addr> {
         self.state().nat.iter().copied().collect()
+    }
+
+    /// The resolved routes by bridge.
+    pub fn dns_routes(&self) -> BTreeMap<String, DnsRoute> {
+        self.state().dns_routes.clone()
+    }
+
+    /// The guest DNS redirect, when there is one: (bridge, gateway, port).
+    pub fn guest_dns(&self) -> Option<(String, Ipv4Addr, u16)> {
+        self.state().guest_dns.clone()
     }
 
     /// Records `call` and takes the error queued for its operation, if any.
@@ -239,6 +276,60 @@ impl NetOps for FakeNetOps {
     fn disable_nat(&self, vm_ip: Ipv4Addr) -> Result<(), NetError> {
         let mut state = self.begin(NetCall::DisableNat { vm_ip })?;
         state.nat.remove(&vm_ip);
+        Ok(())
+    }
+
+    fn route_dns(&self, bridge: &str, route: &DnsRoute) -> Result<(), NetError> {
+        let mut state = self.begin(NetCall::RouteDns {
+            bridge: bridge.to_string(),
+            route: route.clone(),
+        })?;
+        validate_ifname(bridge)?;
+        route.validate()?;
+        if !state.bridges.contains(bridge) {
+            return Err(NetError::NoSuchLink {
+                name: bridge.to_string(),
+            });
+        }
+        state.dns_routes.insert(bridge.to_string(), route.clone());
+        Ok(())
+    }
+
+    fn unroute_dns(&self, bridge: &str) -> Result<(), NetError> {
+        let mut state = self.begin(NetCall::UnrouteDns {
+            bridge: bridge.to_string(),
+        })?;
+        validate_ifname(bridge)?;
+        state.dns_routes.remove(bridge);
+        Ok(())
+    }
+
+    fn enable_guest_dns(&self, bridge: &str, gateway: Ipv4Addr, port: u16) -> Result<(), NetError> {
+        let mut state = self.begin(NetCall::EnableGuestDns {
+            bridge: bridge.to_string(),
+            gateway,
+            port,
+        })?;
+        validate_ifname(bridge)?;
+        if port == 0 || gateway.is_unspecified() {
+            return Err(NetError::InvalidGuestDns { gateway, port });
+        }
+        state.guest_dns = Some((bridge.to_string(), gateway, port));
+        Ok(())
+    }
+
+    fn cleanup(&self, bridge: &str) -> Result<(), NetError> {
+        let mut state = self.begin(NetCall::Cleanup {
+            bridge: bridge.to_string(),
+        })?;
+        validate_ifname(bridge)?;
+        state
+            .taps
+            .retain(|name, _| !name.starts_with(crate::plan::TAP_PREFIX));
+        state.bridges.remove(bridge);
+        state.dns_routes.remove(bridge);
+        state.nat.clear();
+        state.guest_dns = None;
         Ok(())
     }
 }

@@ -16,7 +16,10 @@
 //!   so `eth0` can be neither created nor deleted, and are always owned by the caller;
 //! - the bridge is the one the helper was installed for, and its subnet a private range
 //!   (RFC 1918): a route for someone else's addresses cannot be added;
-//! - NAT only for a guest address of a private subnet, out of a valid interface name.
+//! - NAT only for a guest address of a private subnet, out of a valid interface name;
+//! - resolved routing and the guest DNS redirect only for banger's bridge, to a private or
+//!   loopback server on a non-zero port, for a domain of DNS labels ([`DnsRoute::validate`]);
+//! - cleanup only of banger's bridge.
 //!
 //! A refused request changes nothing ([`Response::Refused`]); an operation that ran and
 //! failed is [`Response::Failed`] with its error's text.
@@ -30,7 +33,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::plan::{Subnet, TAP_PREFIX, validate_ifname};
-use crate::{NetError, NetOps};
+use crate::{DnsRoute, NetError, NetOps};
 
 /// Longest request or response line, newline included.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -67,6 +70,18 @@ pub enum Request {
     /// The helper's build ([`BuildInfo`](banger_core::build::BuildInfo)), for `doctor` and
     /// `system status`: a helper of another build than the daemon's needs a restart.
     Version,
+    /// [`NetOps::route_dns`].
+    RouteDns { bridge: String, route: DnsRoute },
+    /// [`NetOps::unroute_dns`].
+    UnrouteDns { bridge: String },
+    /// [`NetOps::enable_guest_dns`].
+    EnableGuestDns {
+        bridge: String,
+        gateway: Ipv4Addr,
+        port: u16,
+    },
+    /// [`NetOps::cleanup`].
+    Cleanup { bridge: String },
 }
 
 /// The helper's answer to one [`Request`].
@@ -191,6 +206,31 @@ impl Policy {
                 Ok(())
             }
             Request::Version => Ok(()),
+            Request::RouteDns { bridge: b, route } => {
+                bridge(b)?;
+                route.validate().map_err(|e| Refusal(e.to_string()))?;
+                if !(route.server.is_private() || route.server.is_loopback()) {
+                    return Err(Refusal(format!(
+                        "DNS server {} is not a private or loopback address",
+                        route.server
+                    )));
+                }
+                Ok(())
+            }
+            Request::UnrouteDns { bridge: b } | Request::Cleanup { bridge: b } => bridge(b),
+            Request::EnableGuestDns {
+                bridge: b,
+                gateway,
+                port,
+            } => {
+                bridge(b)?;
+                if !gateway.is_private() || *port == 0 {
+                    return Err(Refusal(format!(
+                        "guest DNS must go to a private address and a non-zero port, not {gateway}:{port}"
+                    )));
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -232,6 +272,14 @@ pub fn perform(net: &dyn NetOps, req: &Request) -> Response {
         Request::Version => Response::Build {
             build: banger_core::build::BuildInfo::current().to_string(),
         },
+        Request::RouteDns { bridge, route } => done(net.route_dns(bridge, route)),
+        Request::UnrouteDns { bridge } => done(net.unroute_dns(bridge)),
+        Request::EnableGuestDns {
+            bridge,
+            gateway,
+            port,
+        } => done(net.enable_guest_dns(bridge, *gateway, *port)),
+        Request::Cleanup { bridge } => done(net.cleanup(bridge)),
     }
 }
 
@@ -373,6 +421,33 @@ impl NetOps for HelperNetOps {
     fn disable_nat(&self, vm_ip: Ipv4Addr) -> Result<(), NetError> {
         self.unit(Request::DisableNat { vm_ip })
     }
+
+    fn route_dns(&self, bridge: &str, route: &DnsRoute) -> Result<(), NetError> {
+        self.unit(Request::RouteDns {
+            bridge: bridge.into(),
+            route: route.clone(),
+        })
+    }
+
+    fn unroute_dns(&self, bridge: &str) -> Result<(), NetError> {
+        self.unit(Request::UnrouteDns {
+            bridge: bridge.into(),
+        })
+    }
+
+    fn enable_guest_dns(&self, bridge: &str, gateway: Ipv4Addr, port: u16) -> Result<(), NetError> {
+        self.unit(Request::EnableGuestDns {
+            bridge: bridge.into(),
+            gateway,
+            port,
+        })
+    }
+
+    fn cleanup(&self, bridge: &str) -> Result<(), NetError> {
+        self.unit(Request::Cleanup {
+            bridge: bridge.into(),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -421,6 +496,21 @@ mod tests {
                 vm_ip: "10.9.0.7".parse().unwrap(),
             },
             Request::Version,
+            Request::RouteDns {
+                bridge: "banger0".into(),
+                route: DnsRoute::vm("172.30.0.1".parse().unwrap(), 42069),
+            },
+            Request::UnrouteDns {
+                bridge: "banger0".into(),
+            },
+            Request::EnableGuestDns {
+                bridge: "banger0".into(),
+                gateway: "172.30.0.1".parse().unwrap(),
+                port: 42069,
+            },
+            Request::Cleanup {
+                bridge: "banger0".into(),
+            },
         ] {
             assert_eq!(p.check(&req, 1000), Ok(()), "{req:?}");
         }
@@ -492,6 +582,58 @@ mod tests {
             (
                 Request::ListLinks { prefix: "".into() },
                 "not an interface name prefix",
+            ),
+            (
+                Request::RouteDns {
+                    bridge: "eth0".into(),
+                    route: DnsRoute::vm("172.30.0.1".parse().unwrap(), 42069),
+                },
+                "not banger's bridge",
+            ),
+            (
+                Request::RouteDns {
+                    bridge: "banger0".into(),
+                    route: DnsRoute::vm("8.8.8.8".parse().unwrap(), 53),
+                },
+                "not a private or loopback address",
+            ),
+            (
+                Request::RouteDns {
+                    bridge: "banger0".into(),
+                    route: DnsRoute {
+                        server: "172.30.0.1".parse().unwrap(),
+                        port: 42069,
+                        domain: "vm\nDNS=1.2.3.4".into(),
+                    },
+                },
+                "not DNS labels",
+            ),
+            (
+                Request::RouteDns {
+                    bridge: "banger0".into(),
+                    route: DnsRoute::vm("172.30.0.1".parse().unwrap(), 0),
+                },
+                "port 0",
+            ),
+            (
+                Request::UnrouteDns {
+                    bridge: "br\n0".into(),
+                },
+                "",
+            ),
+            (
+                Request::EnableGuestDns {
+                    bridge: "banger0".into(),
+                    gateway: "1.1.1.1".parse().unwrap(),
+                    port: 42069,
+                },
+                "private address and a non-zero port",
+            ),
+            (
+                Request::Cleanup {
+                    bridge: "docker0".into(),
+                },
+                "not banger's bridge",
             ),
         ];
         for (req, why) in cases {

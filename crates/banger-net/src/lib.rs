@@ -9,6 +9,8 @@
 //! - [`helper`]: the root helper's contract (typed requests, the policy every request
 //!   passes) and [`helper::HelperNetOps`], the same trait over the helper's socket, for a
 //!   daemon without that privilege.
+//! - [`resolved`]: `.vm` routing for the host through systemd-resolved ([`DnsRoute`], the
+//!   `resolvectl` command lines, detecting resolved).
 //! - [`runner`] (re-exported from `banger-core`): the [`CommandRunner`] seam and the real
 //!   [`SystemRunner`], which can target a network namespace.
 //! - `fake` (tests, and the `fake` feature): `FakeNetOps`, a model of the host's network
@@ -22,8 +24,10 @@ pub mod fake;
 pub mod helper;
 pub mod ops;
 pub mod plan;
+pub mod resolved;
 pub use banger_core::runner;
 
 pub use ops::{DirectNetOps, NetError, NetOps};
 pub use plan::Subnet;
+pub use resolved::DnsRoute;
 pub use runner::{CommandRunner, SystemRunner};

@@ -34,14 +34,23 @@
 //! other guests or host software may rely on it. The table only adds NAT: a host
 //! whose forward filter drops traffic (Docker's `FORWARD` policy, for instance)
 //! still needs its own accept rules for the bridge.
+//!
+//! # Guest DNS, resolved routing, cleanup
+//! The same table has a chain `prerouting` (a `nat` hook at priority `dstnat`) holding two
+//! rules, UDP and TCP, tagged `banger-dns bridge=BR to=GW:PORT proto=P`: port 53 of the
+//! gateway arriving on the bridge goes to the daemon's listener there
+//! ([`NetOps::enable_guest_dns`]). [`NetOps::route_dns`] gives the bridge link its
+//! systemd-resolved settings with `resolvectl` (see [`crate::resolved`]). [`NetOps::cleanup`]
+//! removes all of it: every `bgr*` TAP, the bridge (and with it resolved's settings for it)
+//! and the table.
 
-mod cleanup;
 mod json;
 
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use crate::plan::{IfNameError, Subnet, validate_ifname};
+use crate::plan::{IfNameError, Subnet, TAP_PREFIX, validate_ifname};
+use crate::resolved::{DnsRoute, DnsRouteError};
 use crate::runner::{CommandOutput, CommandRunner, SpawnError};
 use json::{Link, NftRule};
 
@@ -55,6 +64,12 @@ pub const NAT_CHAIN: &str = "postrouting";
 const NAT_CHAIN_SPEC: &str = "{ type nat hook postrouting priority srcnat ; policy accept ; }";
 /// Start of the comment on every per-VM NAT rule; the VM's IP follows.
 pub const NAT_COMMENT_PREFIX: &str = "banger-nat vm=";
+/// The chain of guest DNS redirects in [`NAT_TABLE`].
+pub const DNS_CHAIN: &str = "prerouting";
+/// The chain definition: a destination-NAT hook that accepts by default.
+const DNS_CHAIN_SPEC: &str = "{ type nat hook prerouting priority dstnat ; policy accept ; }";
+/// Start of the comment on the guest DNS redirects.
+pub const DNS_COMMENT_PREFIX: &str = "banger-dns ";
 
 /// Host networking for banger VMs: a bridge, one TAP per VM, optional NAT per VM.
 ///
@@ -101,6 +116,27 @@ pub trait NetOps: Send + Sync + fmt::Debug {
 
     /// Removes the NAT rule(s) for `vm_ip`; succeeds if there are none.
     fn disable_nat(&self, vm_ip: Ipv4Addr) -> Result<(), NetError>;
+
+    /// Gives link `bridge` banger's DNS in systemd-resolved ([`DnsRoute`]: server, routing-only
+    /// domain, never a default route); setting it again is harmless. Needs resolved running
+    /// (see [`resolved::detect`](crate::resolved::detect)).
+    fn route_dns(&self, bridge: &str, route: &DnsRoute) -> Result<(), NetError>;
+
+    /// Drops every resolved setting of link `bridge` (`resolvectl revert`); succeeds if the
+    /// link is gone (resolved forgot it then).
+    fn unroute_dns(&self, bridge: &str) -> Result<(), NetError>;
+
+    /// Makes guests' DNS on the bridge reach the daemon: UDP and TCP port 53 of `gateway`
+    /// arriving on `bridge` is redirected to `gateway:port` (a `dnat` rule per protocol in
+    /// [`NAT_TABLE`], chain [`DNS_CHAIN`], tagged [`DNS_COMMENT_PREFIX`]). Replaces banger's
+    /// rules when they differ.
+    fn enable_guest_dns(&self, bridge: &str, gateway: Ipv4Addr, port: u16) -> Result<(), NetError>;
+
+    /// Removes everything banger made on the host network (for `system uninstall`): every
+    /// TAP named [`TAP_PREFIX`](crate::plan::TAP_PREFIX)..., bridge `bridge` (which also
+    /// drops its resolved settings) and the nftables table [`NAT_TABLE`] (NAT and guest
+    /// DNS rules). What is already gone is skipped; links of other kinds are left alone.
+    fn cleanup(&self, bridge: &str) -> Result<(), NetError>;
 }
 
 /// Why a network operation failed.
@@ -120,6 +156,17 @@ pub enum NetError {
     /// A command could not be started.
     #[error(transparent)]
     Spawn(#[from] SpawnError),
+    /// A DNS route that is not acceptable (nothing was run).
+    #[error(transparent)]
+    InvalidDnsRoute(#[from] DnsRouteError),
+    /// A guest DNS redirect to port 0 or to a non-unicast address (nothing was run).
+    #[error("cannot redirect guest DNS to {gateway}:{port}: not a unicast address and port")]
+    InvalidGuestDns {
+        /// The address given.
+        gateway: Ipv4Addr,
+        /// The port given.
+        port: u16,
+    },
     /// A command exited unsuccessfully.
     #[error("`{command}` failed ({}): {stderr}", status_text(*.code))]
     CommandFailed {
@@ -303,6 +350,21 @@ impl<R: CommandRunner> DirectNetOps<R> {
         )
     }
 
+    /// Makes banger's table and its chain `chain` (defined by `spec`) exist; `add` (unlike
+    /// `create`) succeeds when they already do.
+    fn ensure_chain(&self, chain: &str, spec: &str) -> Result<(), NetError> {
+        self.run("nft", &["add", "table", NAT_FAMILY, NAT_TABLE])?;
+        self.run("nft", &["add", "chain", NAT_FAMILY, NAT_TABLE, chain, spec])?;
+        Ok(())
+    }
+
+    fn has_table(&self) -> Result<bool, NetError> {
+        let tables = self.query("nft", &["-j", "list", "tables"], json::parse_tables)?;
+        Ok(tables
+            .iter()
+            .any(|(family, name)| family == NAT_FAMILY && name == NAT_TABLE))
+    }
+
     fn delete_rule(&self, rule: &NftRule) -> Result<(), NetError> {
         let handle = rule.handle.to_string();
         self.run(
@@ -418,7 +480,10 @@ impl<R: CommandRunner> NetOps for DirectNetOps<R> {
     fn delete_tap(&self, name: &str) -> Result<(), NetError> {
         validate_ifname(name)?;
         match self.link(name)? {
-            None => Ok(()),
+            None => {
+                tracing::debug!(tap = name, "TAP is already gone; nothing to delete");
+                Ok(())
+            }
             Some(link) if link.is_tap() => {
                 self.run("ip", &["link", "del", "dev", name])?;
                 Ok(())
@@ -461,19 +526,7 @@ impl<R: CommandRunner> NetOps for DirectNetOps<R> {
         if let Some(iface) = out_iface {
             validate_ifname(iface)?;
         }
-        // `add` (unlike `create`) succeeds when the table or chain already exists.
-        self.run("nft", &["add", "table", NAT_FAMILY, NAT_TABLE])?;
-        self.run(
-            "nft",
-            &[
-                "add",
-                "chain",
-                NAT_FAMILY,
-                NAT_TABLE,
-                NAT_CHAIN,
-                NAT_CHAIN_SPEC,
-            ],
-        )?;
+        self.ensure_chain(NAT_CHAIN, NAT_CHAIN_SPEC)?;
         let wanted = nat_comment(subnet, vm_ip, out_iface);
         let existing: Vec<NftRule> = self
             .nat_rules()?
@@ -506,20 +559,125 @@ impl<R: CommandRunner> NetOps for DirectNetOps<R> {
     }
 
     fn disable_nat(&self, vm_ip: Ipv4Addr) -> Result<(), NetError> {
-        let tables = self.query("nft", &["-j", "list", "tables"], json::parse_tables)?;
-        if !tables
-            .iter()
-            .any(|(family, name)| family == NAT_FAMILY && name == NAT_TABLE)
-        {
+        if !self.has_table()? {
+            tracing::debug!(%vm_ip, "no NAT table; no NAT rule to remove");
             return Ok(());
         }
+        let mut removed = false;
         for rule in self.nat_rules()? {
             if rule.comment.as_deref().and_then(nat_comment_vm) == Some(vm_ip) {
                 self.delete_rule(&rule)?;
+                removed = true;
             }
+        }
+        if !removed {
+            tracing::debug!(%vm_ip, "no NAT rule for this address; nothing to remove");
         }
         Ok(())
     }
+
+    fn route_dns(&self, bridge: &str, route: &DnsRoute) -> Result<(), NetError> {
+        validate_ifname(bridge)?;
+        route.validate()?;
+        for args in crate::resolved::route_commands(bridge, route) {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            self.run("resolvectl", &args)?;
+        }
+        Ok(())
+    }
+
+    fn unroute_dns(&self, bridge: &str) -> Result<(), NetError> {
+        validate_ifname(bridge)?;
+        if self.link(bridge)?.is_none() {
+            tracing::debug!(bridge, "bridge is gone; resolved has no settings for it");
+            return Ok(());
+        }
+        let args = crate::resolved::unroute_command(bridge);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.run("resolvectl", &args)?;
+        Ok(())
+    }
+
+    fn enable_guest_dns(&self, bridge: &str, gateway: Ipv4Addr, port: u16) -> Result<(), NetError> {
+        validate_ifname(bridge)?;
+        if port == 0 || gateway.is_unspecified() || gateway.is_multicast() || gateway.is_broadcast()
+        {
+            return Err(NetError::InvalidGuestDns { gateway, port });
+        }
+        self.ensure_chain(DNS_CHAIN, DNS_CHAIN_SPEC)?;
+        let wanted: Vec<String> = ["udp", "tcp"]
+            .iter()
+            .map(|proto| dns_comment(bridge, gateway, port, proto))
+            .collect();
+        let existing: Vec<NftRule> = self
+            .nat_rules()?
+            .into_iter()
+            .filter(|r| {
+                r.comment
+                    .as_deref()
+                    .is_some_and(|c| c.starts_with(DNS_COMMENT_PREFIX))
+            })
+            .collect();
+        let mut have: Vec<&str> = existing
+            .iter()
+            .filter(|r| r.chain == DNS_CHAIN)
+            .filter_map(|r| r.comment.as_deref())
+            .collect();
+        have.sort_unstable();
+        let mut want: Vec<&str> = wanted.iter().map(String::as_str).collect();
+        want.sort_unstable();
+        if have == want && existing.len() == wanted.len() {
+            return Ok(());
+        }
+        for rule in &existing {
+            self.delete_rule(rule)?;
+        }
+        let (iif, gw, to) = (
+            format!("\"{bridge}\""),
+            gateway.to_string(),
+            format!("{gateway}:{port}"),
+        );
+        for (proto, comment) in ["udp", "tcp"].iter().zip(&wanted) {
+            let comment = format!("\"{comment}\"");
+            self.run(
+                "nft",
+                &[
+                    "add", "rule", NAT_FAMILY, NAT_TABLE, DNS_CHAIN, "iifname", &iif, "ip",
+                    "daddr", &gw, proto, "dport", "53", "counter", "dnat", "to", &to, "comment",
+                    &comment,
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn cleanup(&self, bridge: &str) -> Result<(), NetError> {
+        validate_ifname(bridge)?;
+        for link in self.links()? {
+            if link.ifname.starts_with(TAP_PREFIX) && link.is_tap() {
+                self.run("ip", &["link", "del", "dev", &link.ifname])?;
+            } else if link.ifname == bridge && link.is_bridge() {
+                self.run("ip", &["link", "del", "dev", bridge])?;
+            }
+        }
+        match self.has_table() {
+            Ok(true) => {
+                self.run("nft", &["delete", "table", NAT_FAMILY, NAT_TABLE])?;
+            }
+            Ok(false) => {}
+            // Without nft, banger cannot have made a table.
+            Err(NetError::Spawn(e)) if e.source.kind() == std::io::ErrorKind::NotFound => {
+                tracing::debug!(error = %e, "nft is not installed; no table to remove");
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+}
+
+/// The comment identifying one guest DNS redirect.
+fn dns_comment(bridge: &str, gateway: Ipv4Addr, port: u16, proto: &str) -> String {
+    format!("{DNS_COMMENT_PREFIX}bridge={bridge} to={gateway}:{port} proto={proto}")
 }
 
 #[cfg(test)]
@@ -1172,6 +1330,190 @@ mod tests {
             Some("123456789012345"),
         );
         assert!(longest.len() <= 128, "{}", longest.len());
+    }
+
+    #[test]
+    fn route_dns_runs_resolvectl_for_the_bridge_and_unroute_reverts() {
+        let fake = FakeRunner::new();
+        fake.on(
+            LINKS_CMD,
+            Reply::Ok(links_json(&[&bridge("banger0", true)])),
+        );
+        fake.on(LINKS_CMD, Reply::Ok(links_json(&[])));
+        let ops = ops_with(fake);
+        let route = DnsRoute::vm(Ipv4Addr::new(172, 30, 0, 1), 42069);
+        ops.route_dns("banger0", &route).unwrap();
+        ops.unroute_dns("banger0").unwrap();
+        // The second revert finds no bridge: resolved forgot it with the link.
+        ops.unroute_dns("banger0").unwrap();
+        assert_eq!(
+            ops.runner().calls(),
+            [
+                "resolvectl dns banger0 172.30.0.1:42069",
+                "resolvectl domain banger0 '~vm'",
+                "resolvectl default-route banger0 false",
+                "resolvectl dnssec banger0 no",
+                "resolvectl dnsovertls banger0 no",
+                LINKS_CMD,
+                "resolvectl revert banger0",
+                LINKS_CMD,
+            ]
+        );
+    }
+
+    #[test]
+    fn route_dns_refuses_bad_input_before_running_anything() {
+        let ops = ops_with(FakeRunner::new());
+        let route = DnsRoute::vm(Ipv4Addr::new(172, 30, 0, 1), 42069);
+        assert!(matches!(
+            ops.route_dns("bad\nname", &route),
+            Err(NetError::InvalidName(_))
+        ));
+        let mut bad = route.clone();
+        bad.domain = "vm\nDNS=8.8.8.8".into();
+        assert!(matches!(
+            ops.route_dns("banger0", &bad),
+            Err(NetError::InvalidDnsRoute(_))
+        ));
+        assert!(ops.runner().calls().is_empty());
+    }
+
+    #[test]
+    fn route_dns_reports_the_failing_resolvectl_line() {
+        let fake = FakeRunner::new();
+        fake.on(
+            "resolvectl domain banger0 '~vm'",
+            Reply::Fail(
+                1,
+                "Failed to set domain configuration: Access denied\n".into(),
+            ),
+        );
+        let err = ops_with(fake)
+            .route_dns(
+                "banger0",
+                &DnsRoute::vm(Ipv4Addr::new(172, 30, 0, 1), 42069),
+            )
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`resolvectl domain banger0 '~vm'` failed (exit status 1): \
+             Failed to set domain configuration: Access denied"
+        );
+    }
+
+    const ADD_DNS_CHAIN: &str = "nft add chain ip banger prerouting \
+                                 '{ type nat hook prerouting priority dstnat ; policy accept ; }'";
+
+    fn dns_rule(proto: &str) -> String {
+        format!(
+            "nft add rule ip banger prerouting iifname '\"banger0\"' ip daddr 172.30.0.1 {proto} \
+             dport 53 counter dnat to 172.30.0.1:42069 comment \
+             '\"banger-dns bridge=banger0 to=172.30.0.1:42069 proto={proto}\"'"
+        )
+    }
+
+    #[test]
+    fn guest_dns_redirects_udp_and_tcp_53_of_the_gateway_and_keeps_identical_rules() {
+        let gw = Ipv4Addr::new(172, 30, 0, 1);
+        let fake = FakeRunner::new();
+        fake.on(RULES_CMD, Reply::Ok(rules_json(&[])));
+        let ops = ops_with(fake);
+        ops.enable_guest_dns("banger0", gw, 42069).unwrap();
+        assert_eq!(
+            ops.runner().calls(),
+            [
+                ADD_TABLE.to_string(),
+                ADD_DNS_CHAIN.to_string(),
+                RULES_CMD.to_string(),
+                dns_rule("udp"),
+                dns_rule("tcp"),
+            ]
+        );
+
+        let same = |handle_udp: u64| {
+            format!(
+                r#"{{"nftables":[{{"rule":{{"family":"ip","table":"banger","chain":"prerouting","handle":{handle_udp},"comment":"banger-dns bridge=banger0 to=172.30.0.1:42069 proto=udp"}}}},{{"rule":{{"family":"ip","table":"banger","chain":"prerouting","handle":9,"comment":"banger-dns bridge=banger0 to=172.30.0.1:42069 proto=tcp"}}}}]}}"#
+            )
+        };
+        let fake = FakeRunner::new();
+        fake.on(RULES_CMD, Reply::Ok(same(8)));
+        let ops = ops_with(fake);
+        ops.enable_guest_dns("banger0", gw, 42069).unwrap();
+        assert_eq!(ops.runner().calls().len(), 3, "nothing to change");
+
+        // Another port: both old rules go, two new ones come.
+        let fake = FakeRunner::new();
+        fake.on(RULES_CMD, Reply::Ok(same(8)));
+        let ops = ops_with(fake);
+        ops.enable_guest_dns("banger0", gw, 5353).unwrap();
+        let calls = ops.runner().calls();
+        assert_eq!(
+            calls[3..5],
+            [
+                "nft delete rule ip banger prerouting handle 8",
+                "nft delete rule ip banger prerouting handle 9",
+            ]
+        );
+        assert!(calls[5].contains("dnat to 172.30.0.1:5353"), "{}", calls[5]);
+        assert_eq!(calls.len(), 7);
+
+        let ops = ops_with(FakeRunner::new());
+        for (gw, port) in [(gw, 0), (Ipv4Addr::UNSPECIFIED, 53)] {
+            assert!(matches!(
+                ops.enable_guest_dns("banger0", gw, port),
+                Err(NetError::InvalidGuestDns { .. })
+            ));
+        }
+        assert!(ops.runner().calls().is_empty());
+    }
+
+    #[test]
+    fn cleanup_removes_banger_s_taps_bridge_and_table_only() {
+        let fake = FakeRunner::new();
+        fake.on(
+            LINKS_CMD,
+            Reply::Ok(links_json(&[
+                &bridge("banger0", true),
+                &bridge("docker0", true),
+                &tap("bgr0123", Some("banger0"), true, true),
+                &tap("bgrp1", Some("banger0"), true, true),
+                &tap("tap0", None, true, true),
+                &bridge("bgrnotatap", true),
+            ])),
+        );
+        fake.on(
+            "nft -j list tables",
+            Reply::Ok(
+                r#"{"nftables":[{"table":{"family":"ip","name":"banger","handle":1}}]}"#.into(),
+            ),
+        );
+        let ops = ops_with(fake);
+        ops.cleanup("banger0").unwrap();
+        assert_eq!(
+            ops.runner().calls(),
+            [
+                LINKS_CMD,
+                "ip link del dev banger0",
+                "ip link del dev bgr0123",
+                "ip link del dev bgrp1",
+                "nft -j list tables",
+                "nft delete table ip banger",
+            ]
+        );
+    }
+
+    #[test]
+    fn cleanup_of_a_clean_host_changes_nothing() {
+        let fake = FakeRunner::new();
+        fake.on("nft -j list tables", Reply::NotFound);
+        let ops = ops_with(fake);
+        ops.cleanup("banger0").unwrap();
+        assert_eq!(ops.runner().calls(), [LINKS_CMD, "nft -j list tables"]);
+        let fake = FakeRunner::new();
+        fake.on("nft -j list tables", Reply::Ok(r#"{"nftables":[]}"#.into()));
+        let ops = ops_with(fake);
+        ops.cleanup("banger0").unwrap();
+        assert_eq!(ops.runner().calls().len(), 2);
     }
 
     #[test]

@@ -20,6 +20,21 @@ pub const IFNAME_MAX: usize = 15;
 /// `list_links(TAP_PREFIX)` finds banger's TAPs (warm pool, leak checks).
 pub const TAP_PREFIX: &str = "bgr";
 
+/// Prefix of the daemon's idle pool TAPs (`bgrp0`, `bgrp1`...): [`TAP_PREFIX`] and a `p`,
+/// which a VM's own TAP name ([`tap_name_for`] of a hex id) never has there.
+pub const POOL_TAP_PREFIX: &str = "bgrp";
+
+/// The pool TAP numbered `n`.
+pub fn pool_tap_name(n: u32) -> String {
+    format!("{POOL_TAP_PREFIX}{n}")
+}
+
+/// Whether `name` is a pool TAP's name ([`pool_tap_name`]).
+pub fn is_pool_tap(name: &str) -> bool {
+    name.strip_prefix(POOL_TAP_PREFIX)
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// How many characters of the VM id [`tap_name_for`] keeps.
 const TAP_ID_CHARS: usize = IFNAME_MAX - TAP_PREFIX.len();
 
@@ -579,6 +594,19 @@ mod tests {
             format_mac(&[0, 1, 0xab, 0x0c, 0xff, 0x10]),
             "00:01:AB:0C:FF:10"
         );
+    }
+
+    #[test]
+    fn pool_tap_names_are_banger_s_and_never_a_vm_s() {
+        assert_eq!(pool_tap_name(0), "bgrp0");
+        assert!(is_pool_tap("bgrp12") && is_pool_tap(&pool_tap_name(u32::MAX)));
+        assert!(validate_ifname(&pool_tap_name(u32::MAX)).is_ok());
+        assert!(pool_tap_name(3).starts_with(TAP_PREFIX));
+        for other in ["bgrp", "bgrpx", "bgr0123456789ab", "bgrp1a", "eth0"] {
+            assert!(!is_pool_tap(other), "{other}");
+        }
+        // VM ids are hex: their TAP names never look like the pool's.
+        assert!(!is_pool_tap(&tap_name_for("0123456789abcdef")));
     }
 
     #[test]

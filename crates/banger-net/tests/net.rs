@@ -278,3 +278,56 @@ fn failures_name_the_command() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+/// The guest DNS redirect is real nftables (idempotent, replaced when the port changes), and
+/// `cleanup` removes every TAP, the bridge and the table, leaving other links alone.
+#[test]
+fn guest_dns_redirect_and_cleanup_in_a_namespace() {
+    if skip_unless_root() {
+        return;
+    }
+    let ns = Netns::create("clean");
+    let ops = ns.ops();
+    let gw = subnet().gateway();
+    ops.ensure_bridge("br-clean", &subnet()).unwrap();
+    ops.create_tap("bgrp0", "br-clean", None).unwrap();
+    ops.create_tap(&tap_name_for("0123456789abcdef"), "br-clean", None)
+        .unwrap();
+    ns.exec(ip(), &["link", "add", "bgrnottap", "type", "bridge"]);
+    ns.exec(ip(), &["link", "add", "other0", "type", "bridge"]);
+    ops.enable_nat(&subnet(), Ipv4Addr::new(172, 30, 0, 5), None)
+        .unwrap();
+    ops.enable_guest_dns("br-clean", gw, 42069).unwrap();
+    ops.enable_guest_dns("br-clean", gw, 42069).unwrap();
+    let listing = ns.exec("nft", &["list", "table", NAT_FAMILY, NAT_TABLE]);
+    let redirects: Vec<&str> = listing
+        .lines()
+        .filter(|l| l.contains("banger-dns"))
+        .map(str::trim)
+        .collect();
+    assert_eq!(redirects.len(), 2, "{listing}");
+    assert!(
+        redirects[0].starts_with(&format!(
+            "iifname \"br-clean\" ip daddr {gw} udp dport 53 counter packets 0 bytes 0 dnat to {gw}:42069"
+        )),
+        "{listing}"
+    );
+    assert!(redirects[1].contains("tcp dport 53"), "{listing}");
+    assert!(listing.contains("type nat hook prerouting priority dstnat; policy accept;"));
+    ops.enable_guest_dns("br-clean", gw, 5353).unwrap();
+    let listing = ns.exec("nft", &["list", "table", NAT_FAMILY, NAT_TABLE]);
+    assert_eq!(listing.matches("banger-dns").count(), 2, "{listing}");
+    assert_eq!(listing.matches(&format!("dnat to {gw}:5353")).count(), 2);
+
+    ops.cleanup("br-clean").unwrap();
+    let left: BTreeSet<String> = ops.list_links("").unwrap().into_iter().collect();
+    assert_eq!(
+        left,
+        ["bgrnottap", "lo", "other0"].map(String::from).into(),
+        "only banger's TAPs and bridge go"
+    );
+    let tables = ns.exec("nft", &["list", "tables"]);
+    assert!(!tables.contains("ip banger"), "{tables}");
+    // Again on a clean namespace: nothing to do, no error.
+    ops.cleanup("br-clean").unwrap();
+}

@@ -195,13 +195,13 @@ impl Store {
         Ok(())
     }
 
-    /// Writes every mutable column of `vm` back.
+    /// Writes every mutable column of `vm` back (its TAP too: a boot may take a pool TAP).
     pub fn update_vm(&self, vm: &VmRow) -> Result<(), StoreError> {
         self.conn()
             .execute(
                 "UPDATE vms SET state = ?2, cpus = ?3, memory_mib = ?4, disk_bytes = ?5, \
                  work_disk_bytes = ?6, nat = ?7, pid = ?8, error = ?9, \
-                 started_at = ?10, vmm_start_time = ?11 WHERE id = ?1",
+                 started_at = ?10, vmm_start_time = ?11, tap = ?12 WHERE id = ?1",
                 params![
                     vm.id,
                     vm.state.as_str(),
@@ -213,7 +213,8 @@ impl Store {
                     vm.pid,
                     vm.error,
                     vm.started_at,
-                    vm.vmm_start_time
+                    vm.vmm_start_time,
+                    vm.tap
                 ],
             )
             .map_err(self.write_error(format!("update vm {}", vm.id)))?;

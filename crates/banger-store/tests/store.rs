@@ -394,6 +394,8 @@ fn vm_rows_round_trip_their_typed_columns() {
         )
     );
     row.state = VmState::Running;
+    // A boot that took a pool TAP records it.
+    row.tap = Some("bgrp3".into());
     s.update_vm(&row).unwrap();
     assert_eq!(s.list_vms().unwrap(), vec![row]);
 }

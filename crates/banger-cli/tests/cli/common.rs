@@ -275,9 +275,50 @@ impl Home {
             .unwrap()
     }
 
+    /// banger's TAP devices in this home's namespace (`bgr*`) other than the daemon's idle
+    /// pool (`bgrp<N>` that no VM names): the pool is capacity, not a leak.
+    pub fn vm_taps(&self) -> Vec<String> {
+        let held: Vec<String> = self
+            .vms()
+            .iter()
+            .filter_map(|v| v["tap"].as_str().map(str::to_string))
+            .collect();
+        let out = self.in_ns(&["ip", "-o", "link", "show"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|n| n.trim().split('@').next().unwrap_or_default().to_string())
+            .filter(|n| n.starts_with("bgr"))
+            .filter(|n| {
+                let pool = n
+                    .strip_prefix("bgrp")
+                    .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+                !pool || held.contains(n)
+            })
+            .collect()
+    }
+
     pub fn link_exists(&self, name: &str) -> bool {
         self.in_ns(&["ip", "link", "show", name]).status.success()
     }
+}
+
+/// Runs `script` with `python3 -c` in network namespace `ns` and waits until it printed its
+/// first line, `bound` (a socket it serves is open then). Kill the child when done.
+pub fn python_in_ns(ns: &str, script: &str) -> std::process::Child {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "python3", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "bound", "the script did not start");
+    child
 }
 
 /// `kill -9 pid`, then waits (up to 5 s) until it is gone.

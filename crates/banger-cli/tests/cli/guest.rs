@@ -391,3 +391,83 @@ fn plain_ssh_to_name_vm_checks_host_keys_strictly_and_a_reused_address_warns_not
     );
     home.ok(&["vm", "delete", "second"]);
 }
+
+/// A TCP server in another network namespace, routed from the daemon's namespace (not on the
+/// bridge, and with no route back to the guests' subnet): a guest reaches it only through
+/// NAT. `vm set --nat` on the running VM opens the way at once, `--no-nat` closes it; a VM
+/// created with `--nat` has it from its first boot, and resolves the other guest by name.
+#[test]
+fn a_guest_reaches_another_network_only_through_nat() {
+    let Some(home) = guest_home() else { return };
+    let home_ns = home.netns.clone().unwrap();
+    let outside = format!("{home_ns}o");
+    let ip = |args: &[&str]| {
+        let st = Command::new("ip").args(args).status().unwrap();
+        assert!(st.success(), "ip {args:?}");
+    };
+    ip(&["netns", "add", &outside]);
+    struct DelNs(String);
+    impl Drop for DelNs {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _outside_ns = DelNs(outside.clone());
+    ip(&[
+        "-n", &home_ns, "link", "add", "vout", "type", "veth", "peer", "name", "eth0",
+    ]);
+    ip(&["-n", &home_ns, "link", "set", "eth0", "netns", &outside]);
+    ip(&["-n", &home_ns, "addr", "add", "10.77.0.1/24", "dev", "vout"]);
+    ip(&["-n", &home_ns, "link", "set", "vout", "up"]);
+    ip(&["-n", &outside, "addr", "add", "10.77.0.2/24", "dev", "eth0"]);
+    ip(&["-n", &outside, "link", "set", "eth0", "up"]);
+    let mut server = python_in_ns(
+        &outside,
+        "import socket\n\
+         s=socket.socket()\n\
+         s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+         s.bind(('10.77.0.2',8080))\n\
+         s.listen()\n\
+         print('bound',flush=True)\n\
+         while True:\n c,_=s.accept()\n c.sendall(b'hello-from-outside\\n')\n c.close()\n",
+    );
+
+    let reach = |vm: &str| -> bool {
+        let o = home.run(&[
+            "vm",
+            "ssh",
+            vm,
+            "--",
+            "timeout",
+            "5",
+            "bash",
+            "-c",
+            "cat </dev/tcp/10.77.0.2/8080",
+        ]);
+        let got = out(&o);
+        assert!(
+            got.is_empty() || got.trim() == "hello-from-outside",
+            "{got} {}",
+            err(&o)
+        );
+        o.status.success() && got.trim() == "hello-from-outside"
+    };
+    let o = home.run(&["vm", "create", "--name", "box"]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(!reach("box"), "reached the other network without NAT");
+    assert_eq!(home.ok(&["vm", "set", "box", "--nat"]), "updated box\n");
+    assert!(reach("box"), "no way out with NAT on");
+    home.ok(&["vm", "set", "box", "--no-nat"]);
+    assert!(!reach("box"), "still reached after --no-nat");
+
+    let o = home.run(&["vm", "create", "--name", "peer", "--nat"]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(reach("peer"), "a VM created with --nat has no way out");
+    // Guests resolve each other through the gateway: a plain name via `search vm`.
+    let box_ip = home.vm("box")["ip"].as_str().unwrap().to_string();
+    let o = home.run(&["vm", "ssh", "peer", "--", "getent", "ahostsv4", "box"]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o).split_whitespace().next(), Some(box_ip.as_str()));
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

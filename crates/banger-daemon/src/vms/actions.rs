@@ -11,7 +11,7 @@ use banger_core::limits::VmLimits;
 use banger_core::size::ByteSize;
 use banger_store::VmRow;
 
-use super::boot::{boot, release};
+use super::boot::{boot, release, set_nat};
 use super::create::check_settings;
 use super::lookup::resolve;
 use super::vmm::{kill_and_wait, kill_vmms_of, running_of, vmm_process};
@@ -50,7 +50,7 @@ pub async fn act(state: Arc<AppState>, req: ActionRequest) -> Result<Vec<ActionO
                         Job::Kill(signal) => kill(&state, &row.id, *signal).await,
                         Job::Delete => delete(&state, &row.id).await,
                         Job::Prune => prune(&state, &row.id).await,
-                        Job::Set(settings) => set(&state, &row.id, settings).await,
+                        Job::Set(settings, nat) => set(&state, &row.id, settings, *nat).await,
                     };
                     (idx, r)
                 });
@@ -81,7 +81,8 @@ enum Job {
     Kill(banger_vmm::process::Signal),
     Delete,
     Prune,
-    Set(VmSettings),
+    /// New resources, and NAT on or off when given.
+    Set(VmSettings, Option<bool>),
 }
 
 impl Job {
@@ -93,14 +94,14 @@ impl Job {
             VmAction::Kill { signal } => Self::Kill(signal.parse()?),
             VmAction::Delete => Self::Delete,
             VmAction::Prune => Self::Prune,
-            VmAction::Set { settings } => {
+            VmAction::Set { settings, nat } => {
                 // banger's own caps for every VM at once; each VM's backend is checked in
                 // `set`.
                 check_settings(&settings, &VmLimits::BANGER)?;
-                if settings == VmSettings::default() {
+                if settings == VmSettings::default() && nat.is_none() {
                     return Err(OpError::NothingToSet);
                 }
-                Self::Set(settings)
+                Self::Set(settings, nat)
             }
         })
     }
@@ -305,10 +306,13 @@ async fn delete_locked(state: &Arc<AppState>, row: VmRow) -> Result<Option<Strin
     Ok(None)
 }
 
+/// Changes a VM's resources (stored; a running VM gets them at its next start) and its NAT
+/// (stored, and applied at once to a running VM: its rule added or removed now).
 pub async fn set(
     state: &Arc<AppState>,
     id: &str,
     settings: &VmSettings,
+    nat: Option<bool>,
 ) -> Result<Option<String>, OpError> {
     let lock = state.locks.vm(id);
     let _g = lock.lock().await;
@@ -367,6 +371,13 @@ pub async fn set(
             })?;
         }
     }
+    if let Some(nat) = nat {
+        // Applied even when already stored so: a rule removed by hand comes back.
+        if running {
+            set_nat(state, &row, nat).await?;
+        }
+        row.nat = nat;
+    }
     if let Some(c) = settings.cpus {
         row.cpus = c as u32;
     }
@@ -380,7 +391,8 @@ pub async fn set(
         row.work_disk_bytes = w;
     }
     state.set_vm(&row)?;
-    Ok(running.then(|| "takes effect at the next start".to_string()))
+    let resources = *settings != VmSettings::default();
+    Ok((running && resources).then(|| "takes effect at the next start".to_string()))
 }
 
 #[cfg(test)]

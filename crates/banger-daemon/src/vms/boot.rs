@@ -26,9 +26,11 @@ pub(super) async fn boot(
     row: &mut VmRow,
     progress: &Progress,
 ) -> Result<(), OpError> {
-    let spec = state.spec(row)?;
     // Before anything is taken: a refused `file_sync` entry leaves the VM as it was.
     host_files::apply(state, row, progress).await?;
+    // A ready TAP from the pool, recorded in the row before the spec names it.
+    let pooled = super::pool::take_pooled(state, row)?;
+    let spec = state.spec(row)?;
     // The mark of a boot under way (see the module docs); release removes it.
     tokio::fs::create_dir_all(&spec.run_dir)
         .await
@@ -37,7 +39,7 @@ pub(super) async fn boot(
         "network",
         format!("{} on {}", spec.tap, state.opts.config.bridge_name),
     );
-    net_up(state, row).await?;
+    net_up(state, row, pooled).await?;
     let vmm = state.vmm_of(row)?;
     // Read before boot, while nothing else has the disk open.
     let has_sshd = {
@@ -156,7 +158,9 @@ pub(super) fn forget_host_keys(state: &AppState, row: &VmRow) {
     }
 }
 
-async fn net_up(state: &Arc<AppState>, row: &VmRow) -> Result<(), OpError> {
+/// The bridge and the VM's TAP (unless `pooled`: a pool TAP is made on the bridge, owned by
+/// the daemon's user, before it is handed out), and its NAT rule.
+async fn net_up(state: &Arc<AppState>, row: &VmRow, pooled: bool) -> Result<(), OpError> {
     let net = state.host.net.clone();
     let bridge = state.opts.config.bridge_name.clone();
     let subnet = state.subnet;
@@ -165,12 +169,44 @@ async fn net_up(state: &Arc<AppState>, row: &VmRow) -> Result<(), OpError> {
     let ip: Option<Ipv4Addr> = row.ip;
     let uid = Some(state.uid);
     tokio::task::spawn_blocking(move || -> Result<(), banger_net::NetError> {
-        net.ensure_bridge(&bridge, &subnet)?;
-        net.create_tap(&tap, &bridge, uid)?;
+        if !pooled {
+            net.ensure_bridge(&bridge, &subnet)?;
+            net.create_tap(&tap, &bridge, uid)?;
+        }
         if nat && let Some(ip) = ip {
-            net.enable_nat(&subnet, ip, None)?;
+            net.enable_nat(&subnet, ip, NAT_OUT_IFACE)?;
         }
         Ok(())
+    })
+    .await
+    .map_err(|e| OpError::Join(e.to_string()))?
+    .map_err(|source| OpError::Net {
+        vm: row.name.clone(),
+        source,
+    })?;
+    // The guests' DNS on the gateway and the TAP pool can start now.
+    state.bridge_up();
+    Ok(())
+}
+
+/// The interface NAT masquerades out of: any but the bridge (the rule matches traffic leaving
+/// the subnet), so a VM keeps its way out when the host's default route moves (Wi-Fi to
+/// wired, a VPN coming up) and reaches networks the host routes elsewhere.
+const NAT_OUT_IFACE: Option<&str> = None;
+
+/// Adds (`on`) or removes the NAT rule of running VM `row` now.
+pub(super) async fn set_nat(state: &Arc<AppState>, row: &VmRow, on: bool) -> Result<(), OpError> {
+    let net = state.host.net.clone();
+    let subnet = state.subnet;
+    let ip = row.ip.ok_or_else(|| OpError::NoAddress {
+        vm: row.name.clone(),
+    })?;
+    tokio::task::spawn_blocking(move || {
+        if on {
+            net.enable_nat(&subnet, ip, NAT_OUT_IFACE)
+        } else {
+            net.disable_nat(ip)
+        }
     })
     .await
     .map_err(|e| OpError::Join(e.to_string()))?
@@ -180,7 +216,9 @@ async fn net_up(state: &Arc<AppState>, row: &VmRow) -> Result<(), OpError> {
     })
 }
 
-/// Undoes what a start took: TAP, NAT rule, sockets. Best effort; failures are logged.
+/// Undoes what a start took: TAP, NAT rule, sockets. Best effort; failures are logged, and
+/// what is already gone (a TAP or rule removed by hand, a host rebooted) is skipped with a
+/// debug line by the network operations.
 pub(super) async fn release(state: &Arc<AppState>, row: &VmRow) {
     let net = state.host.net.clone();
     let tap = row.tap.clone();

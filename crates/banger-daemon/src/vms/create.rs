@@ -220,6 +220,12 @@ async fn prepare_disks(
         prefix: state.subnet.prefix(),
         gateway: state.subnet.gateway(),
         dns: state.guest_dns.clone(),
+        // `web` is `web.vm` when the daemon serves the zone to guests.
+        search: if state.opts.config.dns {
+            vec![banger_net::resolved::VM_DOMAIN.to_string()]
+        } else {
+            Vec::new()
+        },
         mac: row.mac.map(|m| m.to_string()).unwrap_or_default(),
     };
     let pubkey = state.ssh.public_key.clone();

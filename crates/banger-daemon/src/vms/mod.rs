@@ -48,6 +48,7 @@
 //! - `query`: the VM list, one VM, its VMM's statistics.
 //! - `actions`: start, stop, restart, kill, delete, set, and multi-VM actions.
 //! - `reconcile`: stored state brought in line with the host, and the VMM monitor.
+//! - `pool`: the warm TAP pool filled in the background, and a boot's take from it.
 
 mod actions;
 mod agent;
@@ -56,6 +57,7 @@ mod create;
 mod exec;
 mod host_files;
 mod lookup;
+mod pool;
 mod ports;
 mod query;
 mod reconcile;
@@ -70,6 +72,7 @@ pub use create::{
 };
 pub use exec::{UPGRADE_EXEC, relay};
 pub use lookup::resolve;
+pub use pool::{keep_tap_pool, note_bridge};
 pub use ports::ports;
 pub use query::{list, show, stats};
 pub use reconcile::{monitor, reconcile, reconcile_running};
