@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use banger_api::Client;
-use banger_api::types::{DaemonStatus, DnsListener};
+use banger_api::types::{DaemonStatus, DnsListener, DnsRouting};
 use banger_core::build::BuildInfo;
 use banger_core::config::Config;
 use banger_core::error::chain;
@@ -98,6 +98,7 @@ pub async fn run(layout: &Layout, host: &Host) -> Vec<Check> {
         config_check(layout),
         daemon,
         dns_check(status.as_ref().map(|s| &s.dns)).await,
+        dns_routing_check(status.as_ref().map(|s| (&s.dns, &s.dns_routing))),
         ssh_config_check(layout, host.conn, status.is_some()).await,
         store_check(layout),
         daemon_binary_check(&host.env),
@@ -586,6 +587,58 @@ fn net_admin_check(proc_status: &Path, helper: &Path) -> Check {
     }
 }
 
+/// How the host's resolver finds `.vm`: systemd-resolved's routing on the bridge, or how to
+/// route it by hand.
+fn dns_routing_check(status: Option<(&DnsListener, &DnsRouting)>) -> Check {
+    const NAME: &str = "dns route";
+    let Some((dns, routing)) = status else {
+        return check(
+            NAME,
+            Status::Warn,
+            "the daemon is not running; it routes .vm through systemd-resolved when it runs",
+            None,
+        );
+    };
+    let server = match dns {
+        DnsListener::Listening { address } => address.to_string(),
+        _ => "the daemon's DNS server (config dns_listen)".to_string(),
+    };
+    match routing {
+        DnsRouting::Resolved { bridge, server } => check(
+            NAME,
+            Status::Pass,
+            format!("systemd-resolved sends *.vm to {server} through {bridge}"),
+            None,
+        ),
+        DnsRouting::NotAvailable { reason } => check(
+            NAME,
+            Status::Warn,
+            format!(
+                "no systemd-resolved ({reason}): NAME.vm resolves only for ssh (banger's ssh \
+                 config has the addresses) and inside guests"
+            ),
+            Some(&format!(
+                "route the vm domain to {server} in your resolver, e.g. dnsmasq \
+                 server=/vm/{}",
+                server.replace(':', "#")
+            )),
+        ),
+        DnsRouting::Off => check(
+            NAME,
+            Status::Warn,
+            "not routed yet: the daemon routes .vm once DNS is on and the bridge exists (after \
+             the first VM boots)",
+            None,
+        ),
+        DnsRouting::Failed { error } => check(
+            NAME,
+            Status::Fail,
+            format!("systemd-resolved refused the .vm routing: {error}"),
+            Some("resolvectl status; banger daemon stop (the next command starts it again)"),
+        ),
+    }
+}
+
 /// The managed `Host *.vm` block is in the owner's ssh config as the daemon would write it.
 async fn ssh_config_check(layout: &Layout, conn: Conn, daemon_runs: bool) -> Check {
     const NAME: &str = "ssh config";
@@ -754,6 +807,44 @@ mod tests {
         // The daemon says it listens, but nothing answers there.
         let c = dns_check(Some(&DnsListener::Listening { address })).await;
         assert_eq!(c.status, Status::Fail, "{}", c.detail);
+    }
+
+    #[test]
+    fn without_resolved_doctor_says_how_to_route_vm() {
+        let dns = DnsListener::Listening {
+            address: "127.0.0.1:42069".parse().unwrap(),
+        };
+        let c = dns_routing_check(Some((
+            &dns,
+            &DnsRouting::NotAvailable {
+                reason: "no /run/systemd/resolve".into(),
+            },
+        )));
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.detail.contains("no /run/systemd/resolve"), "{}", c.detail);
+        assert_eq!(
+            c.fix.as_deref(),
+            Some(
+                "route the vm domain to 127.0.0.1:42069 in your resolver, e.g. dnsmasq \
+                 server=/vm/127.0.0.1#42069"
+            )
+        );
+        let routed = DnsRouting::Resolved {
+            bridge: "banger0".into(),
+            server: "172.30.0.1:42069".parse().unwrap(),
+        };
+        assert_eq!(
+            dns_routing_check(Some((&dns, &routed))).status,
+            Status::Pass
+        );
+        let failed = DnsRouting::Failed {
+            error: "Link banger0 not known".into(),
+        };
+        assert_eq!(
+            dns_routing_check(Some((&dns, &failed))).status,
+            Status::Fail
+        );
+        assert_eq!(dns_routing_check(None).status, Status::Warn);
     }
 
     #[test]
