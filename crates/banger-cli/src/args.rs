@@ -825,7 +825,8 @@ pub struct UninstallArgs {
     /// Remove from this tree instead of / (no systemctl calls, no network changes)
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
-    /// Also delete the owner's banger state and config (every VM, image and kernel)
+    /// Also delete the owner's banger state and config (every VM, image and kernel; refused
+    /// while a VM's VMM still runs)
     #[arg(long)]
     pub purge: bool,
 }

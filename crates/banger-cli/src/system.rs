@@ -95,6 +95,18 @@ pub enum SystemError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "--purge would delete the disks of VMs whose VMM still runs ({}): stop them first with `banger vm stop {}` (nothing was changed)",
+        vms.join(", "),
+        vms.join(" ")
+    )]
+    VmsRunning { vms: Vec<String> },
+    #[error("cannot read the owner's VMs from {path} (nothing was changed)")]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: Box<banger_store::StoreError>,
+    },
     #[error("`{command}` failed: {detail}")]
     Systemctl { command: String, detail: String },
     #[error("cannot remove banger's network state")]
@@ -683,6 +695,13 @@ pub fn uninstall(args: &UninstallArgs, env: &HostEnv, ui: &mut Ui) -> Result<(),
     let manifest = tree
         .read_manifest()?
         .ok_or_else(|| SystemError::NotInstalled(tree.root.clone()))?;
+    if args.purge {
+        let state_dir = tree.at(&manifest.owner.state_dir().to_string_lossy());
+        let running = running_vms(&state_dir)?;
+        if !running.is_empty() {
+            return Err(SystemError::VmsRunning { vms: running }.into());
+        }
+    }
     if tree.live {
         need_systemd("uninstall")?;
         // Stopping a unit that is not loaded is not an error worth stopping for.
@@ -761,6 +780,35 @@ pub fn uninstall(args: &UninstallArgs, env: &HostEnv, ui: &mut Ui) -> Result<(),
         ))?;
     }
     Ok(())
+}
+
+/// The owner's VMs whose VMM process still runs, from their store opened read-only (none
+/// when there is no store): a purge must not delete disks a VMM holds open, since the
+/// daemon's unit stops without killing its VMMs.
+fn running_vms(state_dir: &Path) -> Result<Vec<String>, SystemError> {
+    let db = state_dir.join("banger.db");
+    if !db.exists() {
+        return Ok(Vec::new());
+    }
+    let store_error = |source| SystemError::Store {
+        path: db.clone(),
+        source: Box::new(source),
+    };
+    let rows = banger_store::Store::open_read_only(&db)
+        .and_then(|s| s.list_vms())
+        .map_err(store_error)?;
+    Ok(rows
+        .into_iter()
+        .filter(|r| {
+            matches!(
+                r.state,
+                banger_core::vm::VmState::Running | banger_core::vm::VmState::Creating
+            ) && r
+                .pid
+                .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .map(|r| r.name)
+        .collect())
 }
 
 /// One unit's row in `system status`.

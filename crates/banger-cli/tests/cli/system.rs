@@ -198,6 +198,61 @@ fn purge_alone_removes_the_owner_s_vms_and_images() {
     ok(&["system", "uninstall", "--root", root]);
     assert!(state.join("vms/disk.img").exists() && config.exists());
     ok(&["system", "install", "--root", root, "--user", &user]);
+
+    // A VM whose VMM still runs (this test's own pid stands in for it) keeps everything.
+    let store = banger_store::Store::open(&state.join("banger.db")).unwrap();
+    store
+        .insert_image(&banger_store::ImageRow {
+            id: "img1".into(),
+            name: "base".into(),
+            dir: "/d".into(),
+            rootfs: "/d/rootfs.ext4".into(),
+            kernel: Some("/d/kernel".into()),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    let mut vm = banger_store::VmRow {
+        id: "vm1".into(),
+        name: "busy".into(),
+        image_id: "img1".into(),
+        state: banger_core::vm::VmState::Running,
+        vmm: banger_core::vmm_kind::VmmKind::Qemu,
+        cpus: 1,
+        memory_mib: 128,
+        disk_bytes: 1 << 20,
+        work_disk_bytes: 1 << 20,
+        nat: false,
+        ip: None,
+        mac: None,
+        tap: None,
+        vsock_cid: None,
+        pid: Some(std::process::id()),
+        vmm_start_time: None,
+        dir: "/v".into(),
+        error: None,
+        created_at: "2026-01-01T00:00:00Z".into(),
+        started_at: None,
+    };
+    store.insert_vm(&vm).unwrap();
+    drop(store);
+    let before = listing(dir.path());
+    let e = err(&banger(&["system", "uninstall", "--root", root, "--purge"]));
+    assert!(
+        e.contains("VMM still runs (busy)") && e.contains("banger vm stop busy"),
+        "{e}"
+    );
+    assert_eq!(
+        listing(dir.path()),
+        before,
+        "a refused purge changes nothing"
+    );
+    vm.state = banger_core::vm::VmState::Stopped;
+    vm.pid = None;
+    let store = banger_store::Store::open(&state.join("banger.db")).unwrap();
+    store.update_vm(&vm).unwrap();
+    drop(store);
+
     let out = ok(&["system", "uninstall", "--root", root, "--purge"]);
     assert!(out.contains("purged"), "{out}");
     assert!(!state.exists() && !config.exists(), "{out}");
