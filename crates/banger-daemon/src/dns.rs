@@ -262,28 +262,12 @@ mod tests {
     use banger_net::fake::{FakeNetOps, NetCall};
 
     fn row(name: &str, ip: u8, state: VmState) -> VmRow {
-        VmRow {
-            id: format!("id-{name}"),
-            name: name.into(),
-            image_id: "img".into(),
+        crate::test_rows::vm_row(
+            &format!("id-{name}"),
+            name,
             state,
-            vmm: banger_core::vmm_kind::VmmKind::Firecracker,
-            cpus: 1,
-            memory_mib: 128,
-            disk_bytes: 1,
-            work_disk_bytes: 1,
-            nat: false,
-            ip: Some(Ipv4Addr::new(172, 30, 0, ip)),
-            mac: None,
-            tap: None,
-            vsock_cid: None,
-            pid: None,
-            vmm_start_time: None,
-            dir: "/x".into(),
-            error: None,
-            created_at: "t".into(),
-            started_at: None,
-        }
+            Some(Ipv4Addr::new(172, 30, 0, ip)),
+        )
     }
 
     #[tokio::test]

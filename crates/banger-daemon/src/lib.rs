@@ -57,6 +57,8 @@ pub mod state;
 pub mod stats;
 pub mod stream;
 pub mod tap_pool;
+#[cfg(test)]
+mod test_rows;
 pub mod vms;
 pub mod workspaces;
 

@@ -384,28 +384,12 @@ mod tests {
     }
 
     fn row(name: &str, ip: [u8; 4], state: VmState) -> VmRow {
-        VmRow {
-            id: format!("{name:0>32}"),
-            name: name.into(),
-            image_id: String::new(),
+        crate::test_rows::vm_row(
+            &format!("{name:0>32}"),
+            name,
             state,
-            vmm: banger_core::vmm_kind::VmmKind::Firecracker,
-            cpus: 1,
-            memory_mib: 256,
-            disk_bytes: 0,
-            work_disk_bytes: 0,
-            nat: false,
-            ip: Some(Ipv4Addr::from(ip)),
-            mac: None,
-            tap: None,
-            vsock_cid: None,
-            pid: None,
-            vmm_start_time: None,
-            dir: String::new(),
-            error: None,
-            created_at: String::new(),
-            started_at: None,
-        }
+            Some(Ipv4Addr::from(ip)),
+        )
     }
 
     #[test]

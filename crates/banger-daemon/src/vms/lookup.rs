@@ -87,33 +87,11 @@ impl AppState {
 #[cfg(test)]
 mod tests {
     use banger_core::vm::VmState;
-    use banger_core::vmm_kind::VmmKind;
 
     use super::*;
 
     fn row(id: &str, name: &str) -> VmRow {
-        VmRow {
-            id: id.into(),
-            name: name.into(),
-            image_id: "img".into(),
-            state: VmState::Stopped,
-            vmm: VmmKind::Firecracker,
-            cpus: 1,
-            memory_mib: 128,
-            disk_bytes: 1,
-            work_disk_bytes: 1,
-            nat: false,
-            ip: None,
-            mac: None,
-            tap: None,
-            vsock_cid: None,
-            pid: None,
-            vmm_start_time: None,
-            dir: "/x".into(),
-            error: None,
-            created_at: "t".into(),
-            started_at: None,
-        }
+        crate::test_rows::vm_row(id, name, VmState::Stopped, None)
     }
 
     #[test]
