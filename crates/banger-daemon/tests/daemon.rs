@@ -4080,15 +4080,7 @@ mod openapi {
     /// type).
     #[tokio::test]
     async fn the_served_document_is_the_checked_in_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = state_in(dir.path(), fake_host(), Config::default());
-        let sock = state.opts.layout.socket_path();
-        let listener = UnixListener::bind(&sock).unwrap();
-        let server = tokio::spawn(serve_router(
-            listener,
-            router(state.clone()),
-            std::future::pending(),
-        ));
+        let (sock, server, _dir) = limited_daemon(ServeLimits::default()).await;
         let out = raw_request(
             &sock,
             "GET /v1/openapi.json HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
@@ -4159,14 +4151,7 @@ mod openapi {
     /// path nothing mounts gets the fallback's "no such API route", a method the path does
     /// not have 405, a mounted route anything else.
     async fn mounted(paths: &BTreeSet<String>) -> BTreeSet<(String, String)> {
-        let dir = tempfile::tempdir().unwrap();
-        let state = state_in(dir.path(), fake_host(), Config::default());
-        let sock = state.opts.layout.socket_path();
-        let server = tokio::spawn(serve_router(
-            UnixListener::bind(&sock).unwrap(),
-            router(state),
-            std::future::pending(),
-        ));
+        let (sock, server, _dir) = limited_daemon(ServeLimits::default()).await;
         let mut found = BTreeSet::new();
         for path in paths {
             // Every `{param}` filled with a value.
