@@ -5,6 +5,10 @@
 //! Responses stay lenient, so a client can read a daemon that added a field. A request body,
 //! and every object nested in one, must be a JSON object: serde's derived structs also take an
 //! array and fill the fields by position, which [`JsonObject`] refuses.
+//!
+//! Every body derives `utoipa::ToSchema`, its schema in the API's OpenAPI document (doc
+//! comments become descriptions); a field whose type utoipa does not know says its JSON type
+//! (`#[schema(value_type = String)]` on a `PathBuf`, a socket address).
 
 use std::marker::PhantomData;
 use std::net::Ipv4Addr;

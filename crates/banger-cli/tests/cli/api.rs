@@ -171,6 +171,8 @@ fn daemon_for_schemathesis() -> Home {
 /// lists, its content type, and its body valid against the schema, so every error body is
 /// the typed `ErrorBody` with a known kind.
 ///
+/// `BANGER_SCHEMATHESIS_SECONDS=N` gives it N seconds instead of 60, for a longer hunt.
+///
 /// Left out: the paths of [`NOT_FUZZED`]. Not checked: `positive_data_acceptance`, since the daemon validates names,
 /// paths and sizes beyond what the schema can say (an empty name is a valid string and a
 /// bad request), and `negative_data_rejection`, since a streamed operation reports a refused
@@ -186,6 +188,7 @@ fn schemathesis_finds_no_server_error_and_only_typed_errors() {
     let work = tempfile::tempdir().unwrap(); // hypothesis keeps its database in the cwd
     let config = work.path().join("schemathesis.toml");
     std::fs::write(&config, SCHEMATHESIS_CONFIG).unwrap();
+    let seconds = std::env::var("BANGER_SCHEMATHESIS_SECONDS").unwrap_or_else(|_| "60".into());
     let mut run = Command::new(schemathesis);
     run.current_dir(work.path())
         .arg("--config-file")
@@ -204,7 +207,7 @@ fn schemathesis_finds_no_server_error_and_only_typed_errors() {
             "--max-examples",
             "10",
             "--max-time",
-            "60",
+            &seconds,
             "--request-timeout",
             "10",
             "--workers",
