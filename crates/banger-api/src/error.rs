@@ -2,9 +2,10 @@
 //! the CLI prints), a message with the context, and the operation id.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// The class of a failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     BadRequest,
@@ -47,13 +48,13 @@ impl ErrorKind {
 }
 
 /// The body of every failed response: `{"error": {...}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     pub error: ApiError,
 }
 
 /// One failure as the daemon reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, thiserror::Error)]
 #[error("{}: {message}", kind.word())]
 pub struct ApiError {
     pub kind: ErrorKind,

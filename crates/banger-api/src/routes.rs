@@ -29,6 +29,8 @@ pub mod templates {
     pub const IMAGES_BOOTSTRAP: &str = "/images/bootstrap";
     pub const IMAGES_IMPORT: &str = "/images/import";
     pub const IMAGE: &str = "/images/{reference}";
+    /// `GET`: the API's OpenAPI 3.1 document.
+    pub const OPENAPI: &str = "/openapi.json";
 }
 
 /// One route with its parameters, as the client asks it.

@@ -5,6 +5,10 @@
 //! Responses stay lenient, so a client can read a daemon that added a field. A request body,
 //! and every object nested in one, must be a JSON object: serde's derived structs also take an
 //! array and fill the fields by position, which [`JsonObject`] refuses.
+//!
+//! Every body derives `utoipa::ToSchema`, its schema in the API's OpenAPI document (doc
+//! comments become descriptions); a field whose type utoipa does not know says its JSON type
+//! (`#[schema(value_type = String)]` on a `PathBuf`, a socket address).
 
 use std::marker::PhantomData;
 use std::net::Ipv4Addr;
@@ -14,6 +18,7 @@ use banger_core::build::BuildInfo;
 pub use banger_core::vm::{MacAddr, VmState};
 pub use banger_core::vmm_kind::VmmKind;
 use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
 
 /// `T` read from a JSON object and nothing else (not an array, whose elements a derived
 /// struct would take by position). The daemon reads every request body through it.
@@ -37,13 +42,17 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for JsonObject<T> {
 }
 
 /// `GET /v1/status`: who the running daemon is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DaemonStatus {
     pub build: BuildInfo,
     pub pid: u32,
+    #[schema(value_type = String)]
     pub socket: PathBuf,
+    #[schema(value_type = String)]
     pub state_dir: PathBuf,
+    #[schema(value_type = String)]
     pub config_file: PathBuf,
+    #[schema(value_type = String)]
     pub log_file: PathBuf,
     /// Seconds since the Unix epoch when the daemon started.
     pub started_at: u64,
@@ -67,7 +76,7 @@ pub struct DaemonStatus {
 }
 
 /// The daemon's idle TAP devices, ready for the next boots (config `tap_pool_size`).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 pub struct TapPoolStatus {
     /// How many it keeps.
     pub wanted: u32,
@@ -76,7 +85,7 @@ pub struct TapPoolStatus {
 }
 
 /// How the host's resolver is told about `.vm` (see `banger doctor`).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum DnsRouting {
     /// Config `dns = false`, or no server to route to.
@@ -85,6 +94,7 @@ pub enum DnsRouting {
     /// systemd-resolved sends `*.vm` from this host to `server` through link `bridge`.
     Resolved {
         bridge: String,
+        #[schema(value_type = String, example = "127.0.0.1:53")]
         server: std::net::SocketAddr,
     },
     /// systemd-resolved does not run here; `.vm` must be routed by hand (the reason says
@@ -95,20 +105,23 @@ pub enum DnsRouting {
 }
 
 /// Where the daemon's `.vm` DNS server listens, or why it does not.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum DnsListener {
     /// Config `dns = false`.
     #[default]
     Off,
     /// Serving UDP and TCP on this address.
-    Listening { address: std::net::SocketAddr },
+    Listening {
+        #[schema(value_type = String, example = "127.0.0.1:5353")]
+        address: std::net::SocketAddr,
+    },
     /// The server could not start (the error says why).
     Failed { error: String },
 }
 
 /// Request accounting since the daemon started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 pub struct OpCounts {
     pub in_flight: u64,
     pub completed: u64,
@@ -117,13 +130,13 @@ pub struct OpCounts {
 }
 
 /// `POST /v1/shutdown`: the daemon stops after answering.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ShutdownReply {
     pub pid: u32,
 }
 
 /// A VM as the daemon reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Vm {
     pub id: String,
     pub name: String,
@@ -137,6 +150,7 @@ pub struct Vm {
     pub disk_bytes: u64,
     pub work_disk_bytes: u64,
     pub nat: bool,
+    #[schema(value_type = Option<String>, format = Ipv4)]
     pub ip: Option<Ipv4Addr>,
     pub mac: Option<MacAddr>,
     pub tap: Option<String>,
@@ -145,8 +159,11 @@ pub struct Vm {
     pub pid: Option<u32>,
     pub created_at: String,
     pub started_at: Option<String>,
+    #[schema(value_type = String)]
     pub dir: PathBuf,
+    #[schema(value_type = String)]
     pub console_log: PathBuf,
+    #[schema(value_type = String)]
     pub vmm_log: PathBuf,
     /// Why the VM is in the `error` state.
     pub error: Option<String>,
@@ -155,7 +172,7 @@ pub struct Vm {
 }
 
 /// How a workspace's repository travelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkspaceMode {
     /// A depth-10 clone plus the work tree's changes.
@@ -174,11 +191,12 @@ impl std::fmt::Display for WorkspaceMode {
 }
 
 /// A VM's prepared workspace.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Workspace {
     /// The checkout in the guest.
     pub guest_path: String,
     /// The host repository's root.
+    #[schema(value_type = String)]
     pub host_path: PathBuf,
     /// The host's HEAD commit when prepared.
     pub head: String,
@@ -192,9 +210,10 @@ pub struct Workspace {
 
 /// `POST /v1/vms/{reference}/workspace` (streamed): ship the repository enclosing `path`
 /// (a host directory, absolute) into the running VM.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PrepareWorkspace {
+    #[schema(value_type = String)]
     pub path: PathBuf,
     /// A guest-only branch to check out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -212,7 +231,7 @@ pub struct PrepareWorkspace {
 }
 
 /// The answer to a prepare.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PreparedWorkspace {
     pub vm: String,
     pub workspace: Workspace,
@@ -227,7 +246,7 @@ pub struct PreparedWorkspace {
 }
 
 /// `POST /v1/vms/{reference}/workspace/export`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExportWorkspace {
     /// Diff against this commit instead of the prepared one.
@@ -236,7 +255,7 @@ pub struct ExportWorkspace {
 }
 
 /// How a file changed since the base of an export.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case", tag = "change")]
 pub enum FileChange {
     Added,
@@ -249,7 +268,7 @@ pub enum FileChange {
 }
 
 /// One changed file of an export.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ExportedFile {
     pub path: String,
     #[serde(flatten)]
@@ -258,11 +277,13 @@ pub struct ExportedFile {
 
 /// The answer to an export: the base used, the changed files and the binary patch
 /// (base64 on the wire).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct WorkspaceExport {
     pub base: String,
     pub files: Vec<ExportedFile>,
+    /// The binary patch (`git diff --binary`), standard base64.
     #[serde(with = "base64_bytes")]
+    #[schema(value_type = String, content_encoding = "base64")]
     pub patch: Vec<u8>,
 }
 
@@ -303,12 +324,19 @@ pub struct CreateVm {
     pub vmm: Option<VmmKind>,
 }
 
-/// The JSON shape of [`CreateVm`], every key listed so that unknown ones are refused.
-#[derive(Deserialize)]
+/// The JSON shape of [`CreateVm`], every key listed so that unknown ones are refused. It is
+/// also [`CreateVm`]'s schema in the API document (see [`wire_schema!`]).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename = "CreateVm")]
+#[schema(
+    description = "`POST /v1/vms`: only the fields the user set; the daemon fills in \
+    defaults (the config's VM defaults, its default image and VMM)."
+)]
 struct CreateVmWire {
+    /// The VM's name [default: a generated one].
     #[serde(default)]
     name: Option<String>,
+    /// The image's name or id [default: config `default_image`].
     #[serde(default)]
     image: Option<String>,
     #[serde(default)]
@@ -319,11 +347,39 @@ struct CreateVmWire {
     disk_bytes: Option<u64>,
     #[serde(default)]
     work_disk_bytes: Option<u64>,
+    /// NAT to the outside for the guest [default: config `nat`].
     #[serde(default)]
     nat: Option<bool>,
     #[serde(default)]
     vmm: Option<VmmKind>,
 }
+
+/// Gives `$api` the OpenAPI schema of `$wire`, the type serde really reads it through, under
+/// `$api`'s name: the document describes what the daemon accepts.
+macro_rules! wire_schema {
+    ($api:ty => $wire:ty, $name:literal) => {
+        impl utoipa::PartialSchema for $api {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                <$wire as utoipa::PartialSchema>::schema()
+            }
+        }
+        impl ToSchema for $api {
+            fn name() -> std::borrow::Cow<'static, str> {
+                std::borrow::Cow::Borrowed($name)
+            }
+            fn schemas(
+                schemas: &mut Vec<(
+                    String,
+                    utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+                )>,
+            ) {
+                <$wire as ToSchema>::schemas(schemas);
+            }
+        }
+    };
+}
+wire_schema!(CreateVm => CreateVmWire, "CreateVm");
+wire_schema!(VmAction => VmActionWire, "VmAction");
 
 impl From<CreateVmWire> for CreateVm {
     fn from(w: CreateVmWire) -> Self {
@@ -343,7 +399,7 @@ impl From<CreateVmWire> for CreateVm {
 }
 
 /// One line of a streamed long operation (NDJSON): stages, then a result or an error.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event<T> {
     Stage {
@@ -403,27 +459,41 @@ impl VmAction {
 
 /// The JSON shape of [`VmAction`]: a variant's data must be an object with exactly its
 /// fields.
-#[derive(Deserialize)]
+/// It is also [`VmAction`]'s schema in the API document.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case", rename = "VmAction")]
+#[schema(
+    description = "What `POST /v1/vms/actions` does to each VM: `\"start\"`, `\"stop\"`, \
+    `\"restart\"`, `\"delete\"`, `\"prune\"` (delete unless running), \
+    `{\"kill\": {\"signal\": \"TERM\"}}` or `{\"set\": {\"settings\": {...}, \"nat\": true}}`."
+)]
 enum VmActionWire {
     Start,
     Stop,
     Restart,
+    #[schema(value_type = KillWire)]
     Kill(JsonObject<KillWire>),
     Delete,
     Prune,
+    #[schema(value_type = SetWire)]
     Set(JsonObject<SetWire>),
 }
 
-#[derive(Deserialize)]
+/// Sends `signal` (a name such as `TERM`, or a number) to the VMM process.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = KillAction)]
 struct KillWire {
     signal: String,
 }
 
-#[derive(Deserialize)]
+/// Changes the VM's resources, and turns its NAT on or off (`nat`; applied at once to a
+/// running VM).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SetAction)]
 struct SetWire {
+    #[schema(value_type = VmSettings)]
     settings: JsonObject<VmSettings>,
     #[serde(default)]
     nat: Option<bool>,
@@ -448,7 +518,7 @@ impl From<VmActionWire> for VmAction {
 
 /// A VM's resources as requested by `vm create` and `vm set`: only what the user gave.
 /// Signed so that a zero or negative value reaches validation instead of wrapping.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -474,7 +544,7 @@ impl VmSettings {
 }
 
 /// `POST /v1/vms/actions`: one action on many VM references.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActionRequest {
     pub refs: Vec<String>,
@@ -482,7 +552,7 @@ pub struct ActionRequest {
 }
 
 /// The outcome for one reference, in the order the references were first given.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ActionOutcome {
     /// The reference as given.
     pub reference: String,
@@ -495,7 +565,7 @@ pub struct ActionOutcome {
 }
 
 /// `GET /v1/vms/{ref}/stats`: the VMM process as /proc sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct VmStats {
     pub name: String,
     pub pid: u32,
@@ -512,7 +582,7 @@ pub struct VmStats {
 }
 
 /// `GET /v1/vms/{ref}/health`: the guest agent's answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Health {
     /// Version of the agent binary.
     pub version: String,
@@ -527,13 +597,13 @@ pub struct Health {
 
 /// `GET /v1/vms/{ref}/ports`: the guest's listening sockets, a socket listening on both
 /// `0.0.0.0` and `::` (or the same port in both families for one process) shown once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Ports {
     pub listeners: Vec<PortListener>,
 }
 
 /// One listening socket in the guest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PortListener {
     pub proto: Proto,
     pub family: Family,
@@ -556,7 +626,9 @@ pub struct PortListener {
 }
 
 /// Transport protocol of a listening socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,
@@ -564,7 +636,9 @@ pub enum Proto {
 }
 
 /// Address family of a listening socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     Ipv4,
@@ -572,14 +646,14 @@ pub enum Family {
 }
 
 /// `DELETE /v1/images/{ref}` and `DELETE /v1/kernels/{name}`: what was deleted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Deleted {
     /// The name of the image or kernel that was removed.
     pub deleted: String,
 }
 
 /// `GET /v1/vms/{ref}/ping`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Ping {
     pub name: String,
     pub rtt_ms: f64,
@@ -587,20 +661,23 @@ pub struct Ping {
 }
 
 /// `GET /v1/ssh`: how to reach guests.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SshInfo {
+    #[schema(value_type = String)]
     pub private_key: PathBuf,
     pub public_key: String,
     /// How long clients wait for a guest's sshd (config `ssh_wait_secs`).
     pub wait_secs: u64,
     /// banger's known_hosts: the guests' host keys, for `StrictHostKeyChecking=yes`.
+    #[schema(value_type = String)]
     pub known_hosts: PathBuf,
 }
 
 /// banger's `Host *.vm` block for the owner's `~/.ssh/config` (`GET /ssh/config`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SshConfig {
     /// The file the block goes into; `None` when the daemon has no home.
+    #[schema(value_type = Option<String>)]
     pub path: Option<PathBuf>,
     /// The block's text, marker lines included.
     pub block: String,
@@ -609,23 +686,28 @@ pub struct SshConfig {
 }
 
 /// What `POST /ssh/config` (write the block) or `DELETE /ssh/config` (remove it) did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SshConfigChange {
     /// The file written (a symlinked config's target).
+    #[schema(value_type = String)]
     pub path: PathBuf,
     /// Whether its bytes changed.
     pub changed: bool,
 }
 
 /// An image as the daemon reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Image {
     pub id: String,
     pub name: String,
     pub rootfs_bytes: u64,
+    #[schema(value_type = String)]
     pub rootfs: PathBuf,
+    #[schema(value_type = Option<String>)]
     pub kernel: Option<PathBuf>,
+    #[schema(value_type = Option<String>)]
     pub initrd: Option<PathBuf>,
+    #[schema(value_type = Option<String>)]
     pub modules: Option<PathBuf>,
     pub kernel_ref: Option<String>,
     pub distro: Option<String>,
@@ -638,16 +720,20 @@ pub struct Image {
 }
 
 /// `POST /v1/images`: register local files as a managed image.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterImage {
     pub name: String,
+    #[schema(value_type = String)]
     pub rootfs: PathBuf,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub kernel: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub initrd: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub modules: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_ref: Option<String>,
@@ -681,16 +767,21 @@ pub enum KernelSourceError {
 }
 
 /// An imported kernel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Kernel {
     pub name: String,
     pub version: String,
+    #[schema(value_type = String)]
     pub dir: PathBuf,
     /// Uncompressed ELF kernel (Firecracker).
+    #[schema(value_type = Option<String>)]
     pub vmlinux: Option<PathBuf>,
     /// The kernel as shipped (QEMU).
+    #[schema(value_type = Option<String>)]
     pub vmlinuz: Option<PathBuf>,
+    #[schema(value_type = Option<String>)]
     pub initrd: Option<PathBuf>,
+    #[schema(value_type = Option<String>)]
     pub modules: Option<PathBuf>,
     pub sha256: String,
     pub source: String,
@@ -702,10 +793,11 @@ pub struct Kernel {
 
 /// `POST /v1/kernels`: import a kernel from a directory tree (`/` works on a host with a
 /// kernel package installed).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportKernel {
     pub name: String,
+    #[schema(value_type = String)]
     pub from: PathBuf,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
@@ -714,7 +806,7 @@ pub struct ImportKernel {
 }
 
 /// `POST /v1/images/bootstrap`: build an image from distribution packages (streamed).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BootstrapImage {
     /// `debian-SUITE`, e.g. `debian-bookworm`.
@@ -729,9 +821,10 @@ pub struct BootstrapImage {
 
 /// `POST /v1/images/import`: register a bundle (`.tar.zst` with `rootfs.ext4` and
 /// `manifest.json`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportBundle {
+    #[schema(value_type = String)]
     pub path: PathBuf,
     /// Register under this name instead of the manifest's.
     #[serde(default, skip_serializing_if = "Option::is_none")]

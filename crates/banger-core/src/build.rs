@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// Version, commit and build time of one build of banger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BuildInfo {
     pub version: String,
     pub commit: String,

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 /// Lifecycle state of a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum VmState {
     /// Being created: disks prepared, VMM starting.
     Creating,
@@ -63,6 +64,11 @@ impl FromStr for VmState {
 /// (`06:00:AC:1E:00:05`); read in either case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(value_type = String, pattern = "^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$", example = "06:00:AC:1E:00:05")
+)]
 pub struct MacAddr(pub [u8; 6]);
 
 impl fmt::Display for MacAddr {

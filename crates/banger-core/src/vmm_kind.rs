@@ -16,6 +16,7 @@ use crate::limits::{Bound, VmLimits};
 /// when usable, else TCG software emulation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum VmmKind {
     Firecracker,
     Qemu,

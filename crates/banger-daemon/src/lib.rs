@@ -6,7 +6,9 @@
 //!
 //! - [`server`]: the router, the op-id middleware and serving on the socket.
 //! - [`routes`]: the HTTP handlers: decode, call a service, encode; [`stream`]: long
-//!   operations streamed as NDJSON with a heartbeat and a cancellation guard.
+//!   operations streamed as NDJSON with a heartbeat and a cancellation guard; [`openapi`]:
+//!   the OpenAPI document's root, error responses and parameters, which the handlers'
+//!   annotations use.
 //! - The services: [`workspaces`] (a repository shipped into a running VM and its work
 //!   exported as a patch, on top of [`vms`]), [`vms`] (the VM lifecycle, reconciliation and the VMM monitor),
 //!   [`bootstrap`] (images built from Debian packages, and bundle imports, on top of
@@ -46,6 +48,7 @@ pub mod kernels;
 pub mod lock;
 pub mod logcap;
 pub mod logging;
+pub mod openapi;
 pub mod ops;
 pub mod options;
 pub mod progress;

@@ -13,16 +13,19 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use banger_api::error::ErrorBody;
+use banger_api::routes::templates as t;
 use banger_api::types::{
     ActionOutcome, ActionRequest, BootstrapImage, CreateVm, Deleted, ExportWorkspace, Health,
     Image, ImportBundle, ImportKernel, JsonObject, Kernel, Ping, Ports, PrepareWorkspace,
     RegisterImage, SshConfig, SshConfigChange, SshInfo, Vm, VmStats, WorkspaceExport,
 };
+use banger_api::types::{Event, PreparedWorkspace};
 use banger_api::{ApiError, ErrorKind};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::OpError;
+use crate::openapi::{Errors, ImageRef, KernelName, NDJSON, STREAM_DESCRIPTION, VmRef};
 use crate::ops::OpId;
 use crate::state::AppState;
 use crate::stream::stream_op;
@@ -101,20 +104,32 @@ impl<T: DeserializeOwned, St: Send + Sync> FromRequest<St> for ApiJson<T> {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Stopped and failed VMs too, not only running ones.
     #[serde(default)]
     all: bool,
 }
 
+/// The VMs, running ones only unless `all`.
+#[utoipa::path(get, path = t::VMS, tag = "vms", params(ListQuery),
+    responses((status = 200, description = "The VMs.", body = Vec<Vm>), Errors))]
 pub async fn list_vms(State(state): S, Query(q): Query<ListQuery>) -> Answer<Vec<Vm>> {
     Ok(Json(vms::list(&state, q.all)?))
 }
 
+/// One VM.
+#[utoipa::path(get, path = t::VM, tag = "vms", params(VmRef),
+    responses((status = 200, description = "The VM.", body = Vm), Errors))]
 pub async fn show_vm(State(state): S, Path(reference): Path<String>) -> Answer<Vm> {
     Ok(Json(vms::show(&state, &reference)?))
 }
 
+/// Creates a VM and boots it, streamed: its stages, then the VM.
+#[utoipa::path(post, path = t::VMS, tag = "vms", request_body = CreateVm,
+    responses((status = 200, description = STREAM_DESCRIPTION, content_type = NDJSON,
+        body = Event<Vm>), Errors))]
 pub async fn create_vm(
     State(state): S,
     Extension(op): Extension<OpId>,
@@ -125,6 +140,10 @@ pub async fn create_vm(
     })
 }
 
+/// One action on many VMs: an outcome per reference, in the order given, each with its
+/// error if that VM failed (the request itself still succeeds).
+#[utoipa::path(post, path = t::VM_ACTIONS, tag = "vms", request_body = ActionRequest,
+    responses((status = 200, description = "One outcome per reference.", body = Vec<ActionOutcome>), Errors))]
 pub async fn vm_actions(
     State(state): S,
     Extension(op): Extension<OpId>,
@@ -137,20 +156,56 @@ pub async fn vm_actions(
     Ok(Json(outcomes))
 }
 
+/// The guest agent's health answer.
+#[utoipa::path(get, path = t::VM_HEALTH, tag = "vms", params(VmRef),
+    responses((status = 200, description = "The agent's answer.", body = Health), Errors))]
 pub async fn vm_health(State(state): S, Path(reference): Path<String>) -> Answer<Health> {
     Ok(Json(vms::health(&state, &reference).await?))
 }
 
+/// A round trip to the guest agent.
+#[utoipa::path(get, path = t::VM_PING, tag = "vms", params(VmRef),
+    responses((status = 200, description = "The round trip.", body = Ping), Errors))]
 pub async fn vm_ping(State(state): S, Path(reference): Path<String>) -> Answer<Ping> {
     Ok(Json(vms::ping(&state, &reference).await?))
 }
 
+/// The guest's listening sockets.
+#[utoipa::path(get, path = t::VM_PORTS, tag = "vms", params(VmRef),
+    responses((status = 200, description = "The listening sockets.", body = Ports), Errors))]
 pub async fn vm_ports(State(state): S, Path(reference): Path<String>) -> Answer<Ports> {
     Ok(Json(vms::ports(&state, &reference).await?))
 }
 
-/// `POST /vms/{reference}/exec`: an upgrade to an exec session relayed to the VM's agent
-/// (see `vms::exec`). The refusals before the upgrade are error bodies like any route's.
+/// An exec session in the VM: an HTTP upgrade, relayed to its guest agent.
+// `POST /vms/{reference}/exec` (see `vms::exec`). The refusals before the upgrade are error
+// bodies like any route's.
+#[utoipa::path(post, path = t::VM_EXEC, tag = "vms",
+    description = "An HTTP/1.1 upgrade to an exec session in the VM, relayed to its guest \
+        agent. Send `Connection: upgrade` and `Upgrade: banger-exec/1` and no body. The daemon \
+        resolves the VM, checks it runs and opens the agent's exec session, and only then \
+        answers `101 Switching Protocols`; every failure before that is a typed error body. \
+        After the 101 the connection carries the exec protocol's frames in both directions, \
+        unchanged: a 5-byte header (the kind byte, then the payload length as a big-endian \
+        u32) and the payload. The client sends `Start` first (a JSON exec request: argv, \
+        cwd, env, pty), then stdin, stdin EOF, signal and resize frames; the agent answers \
+        `Started` or `SpawnFailed`, then stdout, stderr and stdin credit frames, then exactly \
+        one `Exit` (a JSON exit status), and closes. See the `banger_agent_proto::exec` \
+        module for the frame kinds and flow control.",
+    params(
+        VmRef,
+        ("Connection" = String, Header, description = "`upgrade`."),
+        ("Upgrade" = String, Header, description = "`banger-exec/1`: the exec protocol's version."),
+    ),
+    responses(
+        (status = 101, description = "Switching Protocols: the connection is now the exec \
+            session (frames, not HTTP).",
+            headers(
+                ("Connection" = String, description = "`upgrade`"),
+                ("Upgrade" = String, description = "`banger-exec/1`"),
+            )),
+        Errors,
+    ))]
 pub async fn vm_exec(
     State(state): S,
     Path(reference): Path<String>,
@@ -204,6 +259,12 @@ pub async fn vm_exec(
 }
 
 /// `POST /vms/{reference}/workspace`: prepare, streamed like a create.
+#[utoipa::path(post, path = t::VM_WORKSPACE, tag = "workspaces", params(VmRef),
+    description = "Ships the repository enclosing `path` into the running VM, streamed: its \
+        stages, then the prepared workspace.",
+    request_body = PrepareWorkspace,
+    responses((status = 200, description = STREAM_DESCRIPTION, content_type = NDJSON,
+        body = Event<PreparedWorkspace>), Errors))]
 pub async fn prepare_workspace(
     State(state): S,
     Path(reference): Path<String>,
@@ -215,6 +276,10 @@ pub async fn prepare_workspace(
     })
 }
 
+/// The work done in the VM's workspace since its base, as a binary patch.
+#[utoipa::path(post, path = t::VM_WORKSPACE_EXPORT, tag = "workspaces", params(VmRef),
+    request_body = ExportWorkspace,
+    responses((status = 200, description = "The base, the changed files and the patch.", body = WorkspaceExport), Errors))]
 pub async fn export_workspace(
     State(state): S,
     Path(reference): Path<String>,
@@ -223,15 +288,22 @@ pub async fn export_workspace(
     Ok(Json(workspaces::export(&state, &reference, req).await?))
 }
 
+/// The VMM process as `/proc` sees it, and the disks' host allocation.
+#[utoipa::path(get, path = t::VM_STATS, tag = "vms", params(VmRef),
+    responses((status = 200, description = "The VMM process's statistics.", body = VmStats), Errors))]
 pub async fn vm_stats(State(state): S, Path(reference): Path<String>) -> Answer<VmStats> {
     Ok(Json(vms::stats(&state, &reference)?))
 }
 
+/// The key and known_hosts file that reach guests.
+#[utoipa::path(get, path = t::SSH, tag = "ssh", responses((status = 200, description = "How to reach guests.", body = SshInfo), Errors))]
 pub async fn ssh_info(State(state): S) -> Json<SshInfo> {
     Json(state.ssh_info())
 }
 
 /// The managed ssh config block and where it goes.
+#[utoipa::path(get, path = t::SSH_CONFIG, tag = "ssh",
+    responses((status = 200, description = "The block and its file.", body = SshConfig), Errors))]
 pub async fn ssh_config(State(state): S) -> Answer<SshConfig> {
     let block = state
         .ssh_hosts
@@ -247,6 +319,8 @@ pub async fn ssh_config(State(state): S) -> Answer<SshConfig> {
 }
 
 /// Writes the managed block into the owner's `~/.ssh/config` now.
+#[utoipa::path(post, path = t::SSH_CONFIG, tag = "ssh",
+    responses((status = 200, description = "What the write did.", body = SshConfigChange), Errors))]
 pub async fn write_ssh_config(State(state): S) -> Answer<SshConfigChange> {
     let w = blocking_ssh(state, |h| h.write_user_config()).await?;
     Ok(Json(SshConfigChange {
@@ -256,6 +330,8 @@ pub async fn write_ssh_config(State(state): S) -> Answer<SshConfigChange> {
 }
 
 /// Takes the managed block out of the owner's `~/.ssh/config`.
+#[utoipa::path(delete, path = t::SSH_CONFIG, tag = "ssh",
+    responses((status = 200, description = "What the removal did.", body = SshConfigChange), Errors))]
 pub async fn remove_ssh_config(State(state): S) -> Answer<SshConfigChange> {
     let w = blocking_ssh(state, |h| h.remove_user_config()).await?;
     Ok(Json(SshConfigChange {
@@ -279,14 +355,23 @@ async fn blocking_ssh(
         .map_err(OpError::from)
 }
 
+/// The managed images.
+#[utoipa::path(get, path = t::IMAGES, tag = "images",
+    responses((status = 200, description = "The images.", body = Vec<Image>), Errors))]
 pub async fn list_images(State(state): S) -> Answer<Vec<Image>> {
     Ok(Json(images::list(&state)?))
 }
 
+/// One image.
+#[utoipa::path(get, path = t::IMAGE, tag = "images", params(ImageRef),
+    responses((status = 200, description = "The image.", body = Image), Errors))]
 pub async fn show_image(State(state): S, Path(reference): Path<String>) -> Answer<Image> {
     Ok(Json(images::show(&state, &reference)?))
 }
 
+/// Registers local files (a root filesystem and a kernel) as a managed image.
+#[utoipa::path(post, path = t::IMAGES, tag = "images", request_body = RegisterImage,
+    responses((status = 200, description = "The registered image.", body = Image), Errors))]
 pub async fn register_image(
     State(state): S,
     ApiJson(req): ApiJson<RegisterImage>,
@@ -294,26 +379,45 @@ pub async fn register_image(
     Ok(Json(images::register(state, req).await?))
 }
 
+/// Deletes an image no VM uses.
+#[utoipa::path(delete, path = t::IMAGE, tag = "images", params(ImageRef),
+    responses((status = 200, description = "What was deleted.", body = Deleted), Errors))]
 pub async fn delete_image(State(state): S, Path(reference): Path<String>) -> Answer<Deleted> {
     Ok(Json(images::delete(state, &reference).await?))
 }
 
+/// The imported kernels.
+#[utoipa::path(get, path = t::KERNELS, tag = "kernels",
+    responses((status = 200, description = "The kernels.", body = Vec<Kernel>), Errors))]
 pub async fn list_kernels(State(state): S) -> Answer<Vec<Kernel>> {
     Ok(Json(kernels::list(&state)?))
 }
 
+/// One kernel.
+#[utoipa::path(get, path = t::KERNEL, tag = "kernels", params(KernelName),
+    responses((status = 200, description = "The kernel.", body = Kernel), Errors))]
 pub async fn show_kernel(State(state): S, Path(name): Path<String>) -> Answer<Kernel> {
     Ok(Json(kernels::show(&state, &name)?))
 }
 
+/// Imports a kernel from a directory tree.
+#[utoipa::path(post, path = t::KERNELS, tag = "kernels", request_body = ImportKernel,
+    responses((status = 200, description = "The imported kernel.", body = Kernel), Errors))]
 pub async fn import_kernel(State(state): S, ApiJson(req): ApiJson<ImportKernel>) -> Answer<Kernel> {
     Ok(Json(kernels::import(state, req).await?))
 }
 
+/// Deletes a kernel no image boots.
+#[utoipa::path(delete, path = t::KERNEL, tag = "kernels", params(KernelName),
+    responses((status = 200, description = "What was deleted.", body = Deleted), Errors))]
 pub async fn delete_kernel(State(state): S, Path(name): Path<String>) -> Answer<Deleted> {
     Ok(Json(kernels::remove(state, &name).await?))
 }
 
+/// Builds an image from distribution packages, streamed: its stages, then the image.
+#[utoipa::path(post, path = t::IMAGES_BOOTSTRAP, tag = "images", request_body = BootstrapImage,
+    responses((status = 200, description = STREAM_DESCRIPTION, content_type = NDJSON,
+        body = Event<Image>), Errors))]
 pub async fn bootstrap_image(
     State(state): S,
     Extension(op): Extension<OpId>,
@@ -324,6 +428,9 @@ pub async fn bootstrap_image(
     })
 }
 
+/// Registers an image bundle (`.tar.zst` with `rootfs.ext4` and `manifest.json`).
+#[utoipa::path(post, path = t::IMAGES_IMPORT, tag = "images", request_body = ImportBundle,
+    responses((status = 200, description = "The registered image.", body = Image), Errors))]
 pub async fn import_bundle(State(state): S, ApiJson(req): ApiJson<ImportBundle>) -> Answer<Image> {
     Ok(Json(bootstrap::import(state, req).await?))
 }

@@ -18,9 +18,9 @@ use axum::extract::{OriginalUri, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use banger_api::error::{ApiError, ErrorBody, ErrorKind};
+use banger_api::routes::templates as t;
 use banger_api::types::{DaemonStatus, ShutdownReply};
 use banger_api::{API_PREFIX, OP_ID_HEADER};
 use banger_core::quote::quote_prefix;
@@ -30,57 +30,77 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::UnixListener;
 use tracing::Instrument;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::openapi::{ApiDoc, Errors};
 use crate::ops::{OpId, OpTracker, new_op_id};
 use crate::routes::{self, HandlerError};
 use crate::state::AppState;
 
-/// The daemon's routes, mounted at the templates [`banger_api::routes`] defines for the
-/// client too.
+/// The API's routes and its OpenAPI document, built together: `routes!` mounts each handler
+/// at the method and path template of its `#[utoipa::path]` annotation and adds that
+/// annotation to the document, so the two come from the same place. Adding a route is two
+/// local changes: annotate the handler (see [`crate::openapi`]) and add one
+/// `.routes(routes!(handler))` line here. Never mount with a plain `.route()`: the daemon
+/// test `every_mounted_route_is_documented` finds such a route.
+pub fn api() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(status))
+        .routes(routes!(shutdown))
+        .routes(routes!(openapi_document))
+        .routes(routes!(routes::ssh_info))
+        .routes(routes!(routes::ssh_config))
+        .routes(routes!(routes::write_ssh_config))
+        .routes(routes!(routes::remove_ssh_config))
+        .routes(routes!(routes::list_vms))
+        .routes(routes!(routes::create_vm))
+        .routes(routes!(routes::vm_actions))
+        .routes(routes!(routes::show_vm))
+        .routes(routes!(routes::vm_health))
+        .routes(routes!(routes::vm_ping))
+        .routes(routes!(routes::vm_ports))
+        .routes(routes!(routes::vm_stats))
+        .routes(routes!(routes::prepare_workspace))
+        .routes(routes!(routes::export_workspace))
+        .routes(routes!(routes::vm_exec))
+        .routes(routes!(routes::list_kernels))
+        .routes(routes!(routes::import_kernel))
+        .routes(routes!(routes::show_kernel))
+        .routes(routes!(routes::delete_kernel))
+        .routes(routes!(routes::list_images))
+        .routes(routes!(routes::register_image))
+        .routes(routes!(routes::bootstrap_image))
+        .routes(routes!(routes::import_bundle))
+        .routes(routes!(routes::show_image))
+        .routes(routes!(routes::delete_image))
+        .fallback(not_found);
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest(API_PREFIX, v1)
+        .split_for_parts()
+}
+
+/// The daemon's router: [`api`] under [`API_PREFIX`], with the op-id middleware.
 pub fn router(state: Arc<AppState>) -> Router {
-    use banger_api::routes::templates as t;
     let ops = state.ops.clone();
-    let api = Router::new()
-        .route(t::STATUS, get(status))
-        .route(t::SHUTDOWN, post(shutdown))
-        .route(t::SSH, get(routes::ssh_info))
-        .route(
-            t::SSH_CONFIG,
-            get(routes::ssh_config)
-                .post(routes::write_ssh_config)
-                .delete(routes::remove_ssh_config),
-        )
-        .route(t::VMS, get(routes::list_vms).post(routes::create_vm))
-        .route(t::VM_ACTIONS, post(routes::vm_actions))
-        .route(t::VM, get(routes::show_vm))
-        .route(t::VM_HEALTH, get(routes::vm_health))
-        .route(t::VM_PING, get(routes::vm_ping))
-        .route(t::VM_PORTS, get(routes::vm_ports))
-        .route(t::VM_STATS, get(routes::vm_stats))
-        .route(t::VM_WORKSPACE, post(routes::prepare_workspace))
-        .route(t::VM_WORKSPACE_EXPORT, post(routes::export_workspace))
-        .route(t::VM_EXEC, post(routes::vm_exec))
-        .route(
-            t::KERNELS,
-            get(routes::list_kernels).post(routes::import_kernel),
-        )
-        .route(
-            t::KERNEL,
-            get(routes::show_kernel).delete(routes::delete_kernel),
-        )
-        .route(
-            t::IMAGES,
-            get(routes::list_images).post(routes::register_image),
-        )
-        .route(t::IMAGES_BOOTSTRAP, post(routes::bootstrap_image))
-        .route(t::IMAGES_IMPORT, post(routes::import_bundle))
-        .route(
-            t::IMAGE,
-            get(routes::show_image).delete(routes::delete_image),
-        )
-        .fallback(not_found)
-        .with_state(state);
-    instrument(Router::new().nest(API_PREFIX, api).fallback(not_found), ops)
+    let (api, _) = api();
+    instrument(api.fallback(not_found).with_state(state), ops)
+}
+
+/// The API document as the daemon serves it and `docs/api/openapi.json` holds it: pretty
+/// JSON, keys in a stable order (utoipa's and serde_json's maps are sorted), ending in a
+/// newline. Built once.
+pub fn openapi_json() -> Result<&'static str, &'static str> {
+    static JSON: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    let built = JSON.get_or_init(|| {
+        api()
+            .1
+            .to_pretty_json()
+            .map(|text| text + "\n")
+            .map_err(|e| format!("the API document does not encode as JSON: {e}"))
+    });
+    built.as_deref().map_err(String::as_str)
 }
 
 /// Largest request body the daemon reads, in bytes. Every API body is a small JSON document
@@ -279,6 +299,9 @@ async fn not_found(method: Method, OriginalUri(uri): OriginalUri) -> HandlerErro
     ))
 }
 
+/// Who the running daemon is.
+#[utoipa::path(get, path = t::STATUS, tag = "daemon",
+    responses((status = 200, description = "The daemon's identity, paths and state.", body = DaemonStatus), Errors))]
 async fn status(State(state): State<Arc<AppState>>) -> Json<DaemonStatus> {
     let l = &state.opts.layout;
     Json(DaemonStatus {
@@ -301,12 +324,29 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<DaemonStatus> {
     })
 }
 
+/// Stops the daemon after answering: it stops accepting, lets the requests in flight finish,
+/// then exits (VMs keep running).
+#[utoipa::path(post, path = t::SHUTDOWN, tag = "daemon",
+    responses((status = 200, description = "The daemon's pid; it stops after this answer.", body = ShutdownReply), Errors))]
 async fn shutdown(State(state): State<Arc<AppState>>) -> Json<ShutdownReply> {
     tracing::info!("shutdown requested over the API");
     state.request_shutdown();
     Json(ShutdownReply {
         pid: std::process::id(),
     })
+}
+
+/// This document: the API in OpenAPI 3.1 (the same bytes as `docs/api/openapi.json`).
+#[utoipa::path(get, path = t::OPENAPI, tag = "daemon",
+    responses((status = 200, description = "The OpenAPI 3.1 document.",
+        content_type = "application/json", body = serde_json::Value), Errors))]
+async fn openapi_document() -> Result<Response, HandlerError> {
+    let text = openapi_json().map_err(|e| HandlerError(ApiError::new(ErrorKind::Internal, e)))?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        text,
+    )
+        .into_response())
 }
 
 /// Serves the daemon's router until shutdown is requested (API, SIGTERM or SIGINT).

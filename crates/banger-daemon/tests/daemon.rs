@@ -4060,3 +4060,165 @@ mod tap_pool {
         assert!(!f.net.taps().iter().any(|t| is_pool_tap(t)));
     }
 }
+
+/// The API's OpenAPI document: the one served is the one checked in, and its routes are the
+/// router's.
+mod openapi {
+    use std::collections::BTreeSet;
+    use std::path::{Path, PathBuf};
+
+    use banger_daemon::server::{api, openapi_json};
+
+    use super::*;
+
+    fn checked_in() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/api/openapi.json")
+    }
+
+    /// `GET /v1/openapi.json` answers `docs/api/openapi.json` byte for byte. With
+    /// `BANGER_WRITE_OPENAPI=1` it writes the file instead (after changing a route or an API
+    /// type).
+    #[tokio::test]
+    async fn the_served_document_is_the_checked_in_one() {
+        let (sock, server, _dir) = limited_daemon(ServeLimits::default()).await;
+        let out = raw_request(
+            &sock,
+            "GET /v1/openapi.json HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        server.abort();
+        let (head, served) = out.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{head}"
+        );
+        assert_eq!(served, openapi_json().unwrap());
+        let doc: serde_json::Value = serde_json::from_str(served).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+
+        let path = checked_in();
+        if std::env::var_os("BANGER_WRITE_OPENAPI").is_some_and(|v| v == "1") {
+            std::fs::write(&path, served).unwrap();
+        }
+        let file = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            file == served,
+            "docs/api/openapi.json is not the document the daemon serves; regenerate it with \
+             `BANGER_WRITE_OPENAPI=1 cargo nextest run -p banger-daemon -E 'test(openapi::)'`"
+        );
+    }
+
+    /// The path templates `banger_api::routes::templates` defines, read from its source so
+    /// that a template added there is probed without listing it again.
+    fn templates() -> Vec<String> {
+        let src = include_str!("../../banger-api/src/routes.rs");
+        let module = src
+            .split_once("pub mod templates {")
+            .and_then(|(_, rest)| rest.split_once("\n}"))
+            .map(|(body, _)| body)
+            .expect("routes.rs has a `templates` module");
+        let found: Vec<String> = module
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("pub const "))
+            .filter_map(|l| l.split_once("= \"")?.1.strip_suffix("\";"))
+            .map(str::to_string)
+            .collect();
+        assert!(found.len() > 20, "{found:?}");
+        found
+    }
+
+    const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+
+    /// `(method, path)` of every operation in `doc`.
+    fn documented(doc: &utoipa::openapi::OpenApi) -> BTreeSet<(String, String)> {
+        let doc = serde_json::to_value(doc).unwrap();
+        let mut ops = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in METHODS {
+                if item.get(method.to_ascii_lowercase()).is_some() {
+                    ops.insert((method.to_string(), path.clone()));
+                }
+            }
+        }
+        ops
+    }
+
+    /// `(method, path)` of every route the daemon's router mounts at the candidate `paths`,
+    /// asked of a daemon on a temp state with the fake host (every request bodiless, so
+    /// handlers with a body refuse it and the others only read or touch the temp home): a
+    /// path nothing mounts gets the fallback's "no such API route", a method the path does
+    /// not have 405, a mounted route anything else.
+    async fn mounted(paths: &BTreeSet<String>) -> BTreeSet<(String, String)> {
+        let (sock, server, _dir) = limited_daemon(ServeLimits::default()).await;
+        let mut found = BTreeSet::new();
+        for path in paths {
+            // Every `{param}` filled with a value.
+            let asked: String = path
+                .split('/')
+                .map(|seg| if seg.starts_with('{') { "x" } else { seg })
+                .collect::<Vec<_>>()
+                .join("/");
+            for method in METHODS {
+                let out = raw_request(
+                    &sock,
+                    &format!(
+                        "{method} {asked} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\
+                         connection: close\r\n\r\n"
+                    ),
+                )
+                .await;
+                let unmounted =
+                    out.starts_with("HTTP/1.1 405") || out.contains("no such API route");
+                if !unmounted {
+                    found.insert((method.to_string(), path.clone()));
+                }
+            }
+        }
+        server.abort();
+        found
+    }
+
+    /// Every route the router mounts is in the document and every operation in the document
+    /// is mounted: the routes are probed at every path the document or the templates name.
+    #[tokio::test]
+    async fn every_mounted_route_is_documented() {
+        let documented = documented(&api().1);
+        let mut paths: BTreeSet<String> = documented.iter().map(|(_, p)| p.clone()).collect();
+        paths.extend(
+            templates()
+                .iter()
+                .map(|t| format!("{}{t}", banger_api::API_PREFIX)),
+        );
+        let mounted = mounted(&paths).await;
+        let undocumented: Vec<_> = mounted.difference(&documented).collect();
+        let unmounted: Vec<_> = documented.difference(&mounted).collect();
+        assert!(
+            undocumented.is_empty() && unmounted.is_empty(),
+            "mounted without a document entry: {undocumented:?}; documented but not \
+             mounted: {unmounted:?} (mount with `.routes(routes!(handler))` in server::api, \
+             the handler annotated with #[utoipa::path])"
+        );
+        assert!(mounted.len() >= 28, "{mounted:?}");
+    }
+
+    /// `server::api` mounts only through `routes!`: a plain `.route()`, `.merge()` or
+    /// `.nest_service()` there would mount a path the probe above does not know.
+    #[test]
+    fn the_router_is_built_only_from_annotated_handlers() {
+        let src = include_str!("../src/server.rs");
+        let body = src
+            .split_once("pub fn api()")
+            .and_then(|(_, rest)| rest.split_once("\n}\n"))
+            .map(|(body, _)| body)
+            .expect("server.rs has `pub fn api()`");
+        for call in [".route(", ".route_service(", ".merge(", ".nest_service("] {
+            assert!(
+                !body.contains(call),
+                "server::api calls {call}...): mount routes with .routes(routes!(handler))"
+            );
+        }
+        assert!(body.contains(".routes(routes!("));
+    }
+}
