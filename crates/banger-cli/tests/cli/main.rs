@@ -13,4 +13,5 @@ mod inputs;
 mod ssh;
 mod system;
 mod vm;
+mod web;
 mod workspace;

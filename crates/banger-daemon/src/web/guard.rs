@@ -264,13 +264,15 @@ async fn check(web: &Web, req: Request, next: Next) -> Response {
     resp
 }
 
-/// The headers of every answer (module docs).
+/// The headers of every answer (module docs). The referrer policy is `same-origin`, not
+/// `no-referrer`: under `no-referrer` a browser sends `Origin: null` with the UI's own form
+/// posts, which the Origin check must refuse; other origins still get no referrer.
 pub fn secure_headers(h: &mut HeaderMap) {
     for (name, value) in [
         ("content-security-policy", CSP),
         ("x-content-type-options", "nosniff"),
         ("x-frame-options", "DENY"),
-        ("referrer-policy", "no-referrer"),
+        ("referrer-policy", "same-origin"),
         ("cross-origin-opener-policy", "same-origin"),
         ("cross-origin-resource-policy", "same-origin"),
     ] {

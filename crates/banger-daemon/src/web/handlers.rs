@@ -59,6 +59,11 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/browse", get(browse))
         .route("/assets/app.css", get(css))
         .route("/assets/app.js", get(js))
+        .route("/assets/icon.svg", get(icon))
+        .route(
+            "/favicon.ico",
+            get(|| async { Redirect::permanent("/assets/icon.svg") }),
+        )
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             web.clone(),
@@ -113,6 +118,14 @@ async fn js() -> Response {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
         include_str!("assets/app.js"),
+    )
+        .into_response()
+}
+
+async fn icon() -> Response {
+    (
+        [(header::CONTENT_TYPE, "image/svg+xml")],
+        include_str!("assets/icon.svg"),
     )
         .into_response()
 }

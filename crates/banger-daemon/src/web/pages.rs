@@ -112,6 +112,7 @@ pub fn page_with(c: Chrome<'_>, head: Markup, body: Markup) -> Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (c.title) " · banger" }
                 link rel="stylesheet" href="/assets/app.css";
+                link rel="icon" href="/assets/icon.svg" type="image/svg+xml";
                 script src="/assets/app.js" defer {}
                 (head)
             }
@@ -506,7 +507,7 @@ pub fn create_form(
             form.stack method="post" action="/vms" {
                 (csrf(c.csrf))
                 label for="name" { "Name " span.dim { "(optional: a name like brave-otter is made)" } }
-                input #name name="name" value=(f.name) pattern="[a-z0-9-]{1,63}" autocomplete="off";
+                input #name name="name" value=(f.name) pattern="[a-z0-9\\-]{1,63}" autocomplete="off";
                 label for="image" { "Image" }
                 @if images.is_empty() {
                     input #image name="image" value=(chosen);
