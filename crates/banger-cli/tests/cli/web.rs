@@ -186,6 +186,9 @@ fn without_the_token_s_cookie_nothing_is_shown_or_changed() {
     assert_eq!(image_names(&home), ["keep-me"]);
 }
 
+/// A request that must be refused: what is wrong with it, its headers, its form.
+type Attempt<'a> = (&'a str, Vec<(&'a str, &'a str)>, String);
+
 #[test]
 fn a_state_changing_request_needs_the_csrf_token_its_own_origin_and_host() {
     let home = web_home("127.0.0.1:0", "");
@@ -204,7 +207,7 @@ fn a_state_changing_request_needs_the_csrf_token_its_own_origin_and_host() {
     let origin = format!("http://{addr}");
     let good = format!("csrf={csrf}&confirmed=yes");
     let foreign_host = format!("evil.example:{}", addr.port());
-    let refused: [(&str, Vec<(&str, &str)>, String); 7] = [
+    let refused: [Attempt<'_>; 7] = [
         (
             "no CSRF token",
             vec![("Origin", &origin)],
