@@ -329,6 +329,61 @@ fn a_delete_refused_by_the_daemon_shows_its_reason_and_op_id() {
 }
 
 #[test]
+fn the_path_picker_stays_in_the_owner_s_home_and_a_bad_form_creates_nothing() {
+    let home = web_home("127.0.0.1:0", "");
+    let user = home.path().join("user");
+    std::fs::create_dir_all(user.join("src/proj")).unwrap();
+    std::os::unix::fs::symlink("/etc", user.join("etc-link")).unwrap();
+    let (addr, login_url) = listening(&home);
+    let cookie = login(addr, &login_url);
+    let get = |path: &str| http(addr, "GET", path, &[("Cookie", &cookie)], "");
+    let a = get("/browse?path=%7E");
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.body.contains(">src/<"), "{}", a.body);
+    let a = get("/browse?path=%7E%2Fsrc");
+    assert!(
+        a.body.contains(">proj/<") && a.body.contains("/vms/new?workspace="),
+        "{}",
+        a.body
+    );
+    for outside in ["/etc", "%7E%2F..%2F..", "%7E%2Fetc-link"] {
+        let a = get(&format!("/browse?path={outside}"));
+        assert_eq!(a.status, 400, "{outside}: {}", a.body);
+        assert!(
+            a.body.contains("outside your home"),
+            "{outside}: {}",
+            a.body
+        );
+        assert!(
+            !a.body.contains("passwd"),
+            "{outside}: nothing of it is listed"
+        );
+    }
+    let csrf = csrf_of(&get("/vms/new").body);
+    let origin = format!("http://{addr}");
+    for (form, why) in [
+        ("memory=lots", "memory"),
+        ("cpus=two", "CPUs"),
+        ("workspace=%2Fetc", "outside your home"),
+    ] {
+        let a = http(
+            addr,
+            "POST",
+            "/vms",
+            &[("Origin", &origin), ("Cookie", &cookie)],
+            &format!("csrf={csrf}&name=bad&{form}"),
+        );
+        assert_eq!(a.status, 400, "{form}: {}", a.body);
+        assert!(
+            a.body.contains(why) && a.body.contains("value=\"bad\""),
+            "{form}: {}",
+            a.body
+        );
+    }
+    assert!(home.vms().is_empty());
+}
+
+#[test]
 fn a_non_loopback_address_is_refused_without_web_allow_remote_and_the_daemon_serves_on() {
     let port = free_port();
     let home = web_home(&format!("0.0.0.0:{port}"), "");

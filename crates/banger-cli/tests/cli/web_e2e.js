@@ -87,6 +87,12 @@ async function shot(page, name) {
   await page.click("text=Console log");
   await page.waitForURL(base + "/vms/web1/log");
   await page.waitForSelector("pre#log");
+  assert.match(await page.textContent("pre#log"), /Linux version/);
+  // What the guest writes next appears without a reload.
+  const logPath = await page.textContent("#log-path");
+  require("node:fs").appendFileSync(logPath, "web-ui-follow-marker <b>escaped</b>\n");
+  await page.waitForFunction(() => document.querySelector("pre#log").textContent.includes("web-ui-follow-marker <b>escaped</b>"));
+  assert.equal(await page.$("pre#log b"), null, "log text is text, never markup");
   await shot(page, "vm-log");
 
   say("stop behind its confirmation");

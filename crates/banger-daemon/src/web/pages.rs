@@ -622,7 +622,7 @@ pub fn log(c: Chrome<'_>, v: &Vm, text: &str, offset: u64) -> Markup {
         c,
         html! { noscript { meta http-equiv="refresh" content="5"; } },
         html! {
-            p { a href={ "/vms/" (name) } { "Back to " (v.name) } span.dim { " · " (v.console_log.display()) } }
+            p { a href={ "/vms/" (name) } { "Back to " (v.name) } span.dim { " · " span #log-path { (v.console_log.display()) } } }
             pre #log tabindex="0" data-events={ "/vms/" (name) "/log/events?from=" (offset) } aria-label="console log" { (text) }
         },
     )
