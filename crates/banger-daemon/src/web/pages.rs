@@ -212,6 +212,15 @@ fn meter(label: &str, u: &Usage, fmt: fn(u64) -> String, note: Markup) -> Markup
     }
 }
 
+/// `1 image`, `2 images`.
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
 fn count(n: u64) -> String {
     n.to_string()
 }
@@ -234,7 +243,7 @@ pub fn dashboard(
                 section.card aria-label="VMs" {
                     h2 { "VMs" }
                     p.big #count-running { (r.running) " running" }
-                    p.dim #count-stopped { (r.stopped) " stopped, " (images) " images" }
+                    p.dim #count-stopped { (r.stopped) " stopped, " (plural(images, "image")) }
                 }
                 (meter("CPUs reserved", &r.cpus, count, html! { " of the host's CPUs, by running VMs" }))
                 (meter("Memory reserved", &r.memory, size, html! { " of the host's memory, by running VMs" }))
@@ -642,7 +651,7 @@ pub fn images(c: Chrome<'_>, images: &[Image], default_image: &str) -> Markup {
                         td { a href={ "/images/" (enc(&i.name)) } { (i.name) } }
                         td { (size(i.rootfs_bytes)) }
                         td { (kernel_of(i)) }
-                        td { (i.used_by.len()) " VMs" }
+                        td { (plural(i.used_by.len(), "VM")) }
                         td { (i.created_at) }
                     } } }
                 } }
@@ -727,7 +736,7 @@ pub fn kernels(c: Chrome<'_>, kernels: &[Kernel]) -> Markup {
                         td { a href={ "/kernels/" (enc(&k.name)) } { (k.name) } }
                         td { (k.version) }
                         td { (k.source) }
-                        td { (k.used_by.len()) " images" }
+                        td { (plural(k.used_by.len(), "image")) }
                         td { (k.created_at) }
                     } } }
                 } }
