@@ -779,42 +779,59 @@ async fn image_detail(State(web): W, Path(reference): Path<String>) -> Response 
     }
 }
 
-async fn image_confirm(State(web): W, Path(reference): Path<String>) -> Response {
-    match images::show(&web.state, &reference) {
-        Ok(i) => {
-            let title = format!("Delete image {}?", i.name);
-            let q = format!(
-                "Delete image {}? Its files are removed. This cannot be undone.",
-                i.name
-            );
-            let url = format!("/images/{}/delete", enc(&i.name));
-            let back = format!("/images/{}", enc(&i.name));
-            pages::answer(
-                StatusCode::OK,
-                pages::confirm(
-                    chrome(&web, &title, Nav::Images),
-                    &q,
-                    &url,
-                    &[],
-                    "Delete",
-                    &back,
-                ),
-            )
+/// Images and kernels: their confirm and delete pages differ only in the service called.
+#[derive(Debug, Clone, Copy)]
+enum Artifact {
+    Image,
+    Kernel,
+}
+
+impl Artifact {
+    fn word(self) -> &'static str {
+        match self {
+            Self::Image => "image",
+            Self::Kernel => "kernel",
         }
-        Err(e) => failed(
-            &web,
-            "Image",
-            Nav::Images,
-            api_error(e, None),
-            ("/images", "All images"),
-        ),
+    }
+
+    fn dir(self) -> &'static str {
+        match self {
+            Self::Image => "/images",
+            Self::Kernel => "/kernels",
+        }
+    }
+
+    fn nav(self) -> Nav {
+        match self {
+            Self::Image => Nav::Images,
+            Self::Kernel => Nav::Kernels,
+        }
+    }
+
+    /// The name of what `reference` names.
+    fn name_of(self, web: &Web, reference: &str) -> Result<String, crate::error::OpError> {
+        match self {
+            Self::Image => images::show(&web.state, reference).map(|i| i.name),
+            Self::Kernel => kernels::show(&web.state, reference).map(|k| k.name),
+        }
+    }
+
+    async fn delete(self, web: &Web, reference: &str) -> Result<(), crate::error::OpError> {
+        match self {
+            Self::Image => images::delete(web.state.clone(), reference).await.map(drop),
+            Self::Kernel => kernels::remove(web.state.clone(), reference)
+                .await
+                .map(drop),
+        }
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct Confirmed {
-    #[serde(default)]
-    confirmed: String,
+async fn image_confirm(State(web): W, Path(reference): Path<String>) -> Response {
+    confirm_delete(&web, Artifact::Image, &reference)
+}
+
+async fn kernel_confirm(State(web): W, Path(name): Path<String>) -> Response {
+    confirm_delete(&web, Artifact::Kernel, &name)
 }
 
 async fn image_delete(
@@ -823,23 +840,66 @@ async fn image_delete(
     Extension(op): Extension<OpId>,
     Form(c): Form<Confirmed>,
 ) -> Response {
-    if c.confirmed != "yes" {
-        return see(format!("/images/{}/confirm", enc(&reference)));
-    }
-    match images::delete(web.state.clone(), &reference).await {
-        Ok(_) => see("/images".into()),
+    delete(&web, Artifact::Image, &reference, &op, &c).await
+}
+
+async fn kernel_delete(
+    State(web): W,
+    Path(name): Path<String>,
+    Extension(op): Extension<OpId>,
+    Form(c): Form<Confirmed>,
+) -> Response {
+    delete(&web, Artifact::Kernel, &name, &op, &c).await
+}
+
+/// The page asking to confirm the delete of an image or kernel.
+fn confirm_delete(web: &Web, a: Artifact, reference: &str) -> Response {
+    let name = match a.name_of(web, reference) {
+        Ok(n) => n,
         Err(e) => {
-            let title = format!("Could not delete image {reference}");
-            let back = format!("/images/{}", enc(&reference));
+            let all = format!("All {}s", a.word());
+            return failed(web, "Delete", a.nav(), api_error(e, None), (a.dir(), &all));
+        }
+    };
+    let title = format!("Delete {} {name}?", a.word());
+    let q = format!(
+        "Delete {} {name}? Its files are removed. This cannot be undone.",
+        a.word()
+    );
+    let url = format!("{}/{}/delete", a.dir(), enc(&name));
+    let back = format!("{}/{}", a.dir(), enc(&name));
+    pages::answer(
+        StatusCode::OK,
+        pages::confirm(chrome(web, &title, a.nav()), &q, &url, &[], "Delete", &back),
+    )
+}
+
+/// Deletes an image or kernel once confirmed; the daemon's refusal (in use) is shown with
+/// its reason and op id.
+async fn delete(web: &Web, a: Artifact, reference: &str, op: &OpId, c: &Confirmed) -> Response {
+    if c.confirmed != "yes" {
+        return see(format!("{}/{}/confirm", a.dir(), enc(reference)));
+    }
+    match a.delete(web, reference).await {
+        Ok(()) => see(a.dir().to_string()),
+        Err(e) => {
+            let title = format!("Could not delete {} {reference}", a.word());
+            let back = format!("{}/{}", a.dir(), enc(reference));
             failed(
-                &web,
+                web,
                 &title,
-                Nav::Images,
-                api_error(e, Some(&op)),
+                a.nav(),
+                api_error(e, Some(op)),
                 (&back, "Back"),
             )
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct Confirmed {
+    #[serde(default)]
+    confirmed: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -936,63 +996,6 @@ async fn kernel_detail(State(web): W, Path(name): Path<String>) -> Response {
             api_error(e, None),
             ("/kernels", "All kernels"),
         ),
-    }
-}
-
-async fn kernel_confirm(State(web): W, Path(name): Path<String>) -> Response {
-    match kernels::show(&web.state, &name) {
-        Ok(k) => {
-            let title = format!("Delete kernel {}?", k.name);
-            let q = format!(
-                "Delete kernel {}? Its files are removed. This cannot be undone.",
-                k.name
-            );
-            let url = format!("/kernels/{}/delete", enc(&k.name));
-            let back = format!("/kernels/{}", enc(&k.name));
-            pages::answer(
-                StatusCode::OK,
-                pages::confirm(
-                    chrome(&web, &title, Nav::Kernels),
-                    &q,
-                    &url,
-                    &[],
-                    "Delete",
-                    &back,
-                ),
-            )
-        }
-        Err(e) => failed(
-            &web,
-            "Kernel",
-            Nav::Kernels,
-            api_error(e, None),
-            ("/kernels", "All kernels"),
-        ),
-    }
-}
-
-async fn kernel_delete(
-    State(web): W,
-    Path(name): Path<String>,
-    Extension(op): Extension<OpId>,
-    Form(c): Form<Confirmed>,
-) -> Response {
-    if c.confirmed != "yes" {
-        return see(format!("/kernels/{}/confirm", enc(&name)));
-    }
-    match kernels::remove(web.state.clone(), &name).await {
-        Ok(_) => see("/kernels".into()),
-        Err(e) => {
-            let title = format!("Could not delete kernel {name}");
-            let back = format!("/kernels/{}", enc(&name));
-            failed(
-                &web,
-                &title,
-                Nav::Kernels,
-                api_error(e, Some(&op)),
-                (&back, "Back"),
-            )
-        }
     }
 }
 

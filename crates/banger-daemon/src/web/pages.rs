@@ -687,19 +687,22 @@ fn kernel_of(i: &Image) -> String {
     }
 }
 
-fn used_by(names: &[String]) -> Markup {
+/// The list of what uses an image or kernel, linked under `dir`.
+fn used_by(names: &[String], dir: &str, none: &str) -> Markup {
     html! {
-        @if names.is_empty() { p.dim { "No VM uses it." } }
-        @else { ul { @for n in names { li { a href={ "/vms/" (enc(n)) } { (n) } } } } }
+        @if names.is_empty() { p.dim { (none) } }
+        @else { ul { @for n in names { li { a href={ (dir) "/" (enc(n)) } { (n) } } } } }
     }
+}
+
+/// A path, or `-` when there is none.
+fn path(p: &Option<std::path::PathBuf>) -> String {
+    p.as_ref()
+        .map_or_else(|| "-".into(), |p| p.display().to_string())
 }
 
 /// One image.
 pub fn image(c: Chrome<'_>, i: &Image) -> Markup {
-    let path = |p: &Option<std::path::PathBuf>| {
-        p.as_ref()
-            .map_or_else(|| "-".into(), |p| p.display().to_string())
-    };
     page(
         c,
         html! {
@@ -716,7 +719,7 @@ pub fn image(c: Chrome<'_>, i: &Image) -> Markup {
                 ("created", i.created_at.clone()),
             ]))
             h2 { "Used by" }
-            (used_by(&i.used_by))
+            (used_by(&i.used_by, "/vms", "No VM uses it."))
             p { a.button.act-delete href={ "/images/" (enc(&i.name)) "/confirm" } { "Delete…" } }
         },
     )
@@ -747,10 +750,6 @@ pub fn kernels(c: Chrome<'_>, kernels: &[Kernel]) -> Markup {
 
 /// One kernel.
 pub fn kernel(c: Chrome<'_>, k: &Kernel) -> Markup {
-    let path = |p: &Option<std::path::PathBuf>| {
-        p.as_ref()
-            .map_or_else(|| "-".into(), |p| p.display().to_string())
-    };
     page(
         c,
         html! {
@@ -766,8 +765,7 @@ pub fn kernel(c: Chrome<'_>, k: &Kernel) -> Markup {
                 ("created", k.created_at.clone()),
             ]))
             h2 { "Used by images" }
-            @if k.used_by.is_empty() { p.dim { "No image uses it." } }
-            @else { ul { @for n in &k.used_by { li { a href={ "/images/" (enc(n)) } { (n) } } } } }
+            (used_by(&k.used_by, "/images", "No image uses it."))
             p { a.button.act-delete href={ "/kernels/" (enc(&k.name)) "/confirm" } { "Delete…" } }
         },
     )
