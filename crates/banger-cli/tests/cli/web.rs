@@ -447,7 +447,10 @@ fn banger_ui_prints_the_login_link_when_there_is_no_browser() {
     let browser = home.path().join("browser.sh");
     std::fs::write(
         &browser,
-        format!("#!/bin/sh\necho \"$1\" > {}\n", seen.display()),
+        format!(
+            "#!/bin/sh\necho \"$1\" > {0}.tmp && mv {0}.tmp {0}\n",
+            seen.display()
+        ),
     )
     .unwrap();
     std::fs::set_permissions(
