@@ -384,6 +384,42 @@ fn the_path_picker_stays_in_the_owner_s_home_and_a_bad_form_creates_nothing() {
 }
 
 #[test]
+fn an_image_build_from_the_form_is_a_job_whose_page_shows_the_daemon_s_error() {
+    let home = web_home("127.0.0.1:0", "");
+    let (addr, login_url) = listening(&home);
+    let cookie = login(addr, &login_url);
+    let csrf = csrf_of(&http(addr, "GET", "/images", &[("Cookie", &cookie)], "").body);
+    let origin = format!("http://{addr}");
+    let a = http(
+        addr,
+        "POST",
+        "/images/bootstrap",
+        &[("Origin", &origin), ("Cookie", &cookie)],
+        &format!("csrf={csrf}&name=..%2Fescape"),
+    );
+    assert_eq!(a.status, 303, "{}", a.body);
+    let job = a.header("location").unwrap().to_string();
+    assert!(job.starts_with("/ops/"), "{job}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let page = loop {
+        let page = http(addr, "GET", &job, &[("Cookie", &cookie)], "").body;
+        if !page.contains("Running") || std::time::Instant::now() > deadline {
+            break page;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(
+        page.contains("bad request") && page.contains("../escape"),
+        "{page}"
+    );
+    assert!(
+        page.contains(&format!("op <code>{}</code>", &job[5..])),
+        "{page}"
+    );
+    assert!(image_names(&home).is_empty());
+}
+
+#[test]
 fn a_non_loopback_address_is_refused_without_web_allow_remote_and_the_daemon_serves_on() {
     let port = free_port();
     let home = web_home(&format!("0.0.0.0:{port}"), "");
@@ -517,6 +553,29 @@ fn in_a_browser_a_vm_is_created_watched_stopped_and_deleted() {
         return;
     };
     let (_, login_url) = listening(&home);
+    // A repository in the owner's home, for the form's workspace field.
+    let proj = home.path().join("user/proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    std::fs::write(proj.join("README"), "shipped by the web UI\n").unwrap();
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["add", "-A"],
+        &["commit", "-q", "-m", "initial"],
+    ] {
+        let st = crate::common::host_tool("git")
+            .arg("-C")
+            .arg(&proj)
+            .args(args)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_AUTHOR_NAME", "Host")
+            .env("GIT_AUTHOR_EMAIL", "host@example.com")
+            .env("GIT_COMMITTER_NAME", "Host")
+            .env("GIT_COMMITTER_EMAIL", "host@example.com")
+            .status()
+            .unwrap();
+        assert!(st.success(), "git {args:?}");
+    }
     let ns = home.netns.clone().unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cli/web_e2e.js");
     let out = Command::new("ip")

@@ -51,6 +51,18 @@ async function shot(page, name) {
   await page.selectOption("#image", process.env.IMAGE);
   await page.fill("#memory", "256M");
   await page.fill("#cpus", "1");
+  // The picker lists the home's directories; choosing one fills the workspace field.
+  await page.click("a:has-text('Browse…')");
+  await page.waitForURL(/\/browse/);
+  await page.click("ul.dirs a:has-text('proj/')");
+  await shot(page, "browse");
+  await page.click("a:has-text('Use this directory')");
+  await page.waitForURL(/\/vms\/new\?workspace=/);
+  assert.match(await page.inputValue("#workspace"), /\/user\/proj$/);
+  await page.fill("#name", "web1");
+  await page.selectOption("#image", process.env.IMAGE);
+  await page.fill("#memory", "256M");
+  await page.fill("#cpus", "1");
   await shot(page, "create-form");
 
   say("create: the stages reach ready");
@@ -69,6 +81,8 @@ async function shot(page, name) {
   await page.waitForURL(base + "/vms/web1");
   assert.match(await page.textContent("main"), /running/);
   assert.match(await page.textContent("main"), /web1\.vm/);
+  assert.match(await page.textContent("main"), /\/user\/proj/, "the workspace was prepared");
+  assert.match(await page.textContent("main"), /\/root\/repo/);
   await shot(page, "vm-detail");
 
   say("the VM list and the dashboard's counts");

@@ -513,18 +513,31 @@ async fn create(
             let vm = vms::create(state.clone(), req, progress.clone(), cancel.clone())
                 .await
                 .map_err(ApiError::from)?;
-            let elapsed = progress.elapsed().as_secs_f64();
-            if let Some(path) = workspace {
-                let ws = PrepareWorkspace {
-                    path,
-                    ..PrepareWorkspace::default()
-                };
-                workspaces::prepare(state, vm.name.clone(), ws, progress, cancel)
-                    .await
-                    .map_err(ApiError::from)?;
-            }
+            let summary = match workspace {
+                Some(path) => {
+                    let ws = PrepareWorkspace {
+                        path,
+                        ..PrepareWorkspace::default()
+                    };
+                    let done =
+                        workspaces::prepare(state, vm.name.clone(), ws, progress.clone(), cancel)
+                            .await
+                            .map_err(ApiError::from)?;
+                    format!(
+                        "VM {} is ready, its workspace at {} ({:.1}s)",
+                        vm.name,
+                        done.workspace.guest_path,
+                        progress.elapsed().as_secs_f64()
+                    )
+                }
+                None => format!(
+                    "VM {} is ready ({:.1}s)",
+                    vm.name,
+                    progress.elapsed().as_secs_f64()
+                ),
+            };
             Ok(Outcome::Done {
-                summary: format!("VM {} is ready ({elapsed:.1}s)", vm.name),
+                summary,
                 href: Some(format!("/vms/{}", enc(&vm.name))),
             })
         });
