@@ -1,9 +1,16 @@
 //! `banger ui`: the daemon's web UI link, opened in the user's browser when there is one.
+//!
+//! The link carries the daemon's token, and a program's arguments are readable by every
+//! local user (`/proc/PID/cmdline`), so the browser is never given the link itself: it gets
+//! a page in the private runtime dir (mode 0600, [`OPEN_PAGE`]) that forwards to the link,
+//! as Jupyter does. Printed, the link only reaches the user's terminal.
 
 use std::ffi::OsString;
 use std::process::{Command, Stdio};
 
 use banger_api::types::WebListener;
+
+use banger_core::private::{self, FileMode};
 
 use crate::error::CliError;
 use crate::ui::Style;
@@ -37,6 +44,38 @@ pub fn opener(
     (shown(&display) || shown(&wayland)).then(|| "xdg-open".to_string())
 }
 
+/// The page in the runtime dir that forwards the browser to the login link.
+pub const OPEN_PAGE: &str = "ui-open.html";
+
+/// A page that sends the browser to `link` (escaped for an attribute and text).
+pub fn forward_page(link: &str) -> String {
+    let esc = link
+        .replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"refresh\" content=\"0;url={esc}\"><title>banger</title></head>\
+         <body><p><a href=\"{esc}\">Open banger's web UI</a></p></body></html>\n"
+    )
+}
+
+/// Writes [`forward_page`] for `link` into `dir` (mode 0600, never through a symlink).
+fn write_forward_page(dir: &std::path::Path, link: &str) -> Result<std::path::PathBuf, CliError> {
+    use std::io::Write;
+    let path = dir.join(OPEN_PAGE);
+    let mut f = private::open_file(&path, FileMode::ReadWrite, crate::uid())?;
+    let written = f
+        .set_len(0)
+        .and_then(|()| f.write_all(forward_page(link).as_bytes()));
+    written.map_err(|source| CliError::OutputFile {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
 /// Opens (or prints) the UI's link.
 pub async fn run(ctx: &mut Ctx, args: &UiArgs) -> Result<u8, CliError> {
     let (_client, st) = connect(ctx).await?;
@@ -63,8 +102,9 @@ pub async fn run(ctx: &mut Ctx, args: &UiArgs) -> Result<u8, CliError> {
         )
     };
     if let Some(program) = program {
+        let page = write_forward_page(&ctx.layout()?.runtime_dir, &login)?;
         let spawned = Command::new(&program)
-            .arg(&login)
+            .arg(&page)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -103,6 +143,16 @@ mod tests {
         );
         assert_eq!(opener(None, s(""), None), None);
         assert_eq!(opener(s(""), None, None), None);
+    }
+
+    #[test]
+    fn the_forward_page_escapes_the_link() {
+        let page = forward_page("http://127.0.0.1:1/?token=a&b=\"<x>");
+        assert!(
+            page.contains("url=http://127.0.0.1:1/?token=a&amp;b=&quot;&lt;x&gt;\""),
+            "{page}"
+        );
+        assert!(!page.contains("<x>"));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 // The web UI in a real browser: Debian's chromium, driven by playwright-core. Run by the CLI
 // test `web::in_a_browser_a_vm_is_created_watched_stopped_and_deleted` with PLAYWRIGHT_CORE
 // (the package dir), CHROMIUM, LOGIN_URL (the daemon's link with its token), SHOTS (the
-// screenshot dir) and IMAGE (an image the daemon has). Prints "all steps passed" at the end.
+// screenshot dir), OPEN_PAGE (the file:// page `banger ui` gives a browser) and IMAGE (an
+// image the daemon has). Prints "all steps passed" at the end.
 "use strict";
 const { chromium } = require(process.env.PLAYWRIGHT_CORE);
 const assert = require("node:assert/strict");
@@ -35,8 +36,9 @@ async function shot(page, name) {
   page.on("pageerror", (e) => problems.push(String(e)));
   page.setDefaultTimeout(30000);
 
-  say("open the dashboard with the token");
-  await page.goto(login);
+  say("open the dashboard through the page banger ui writes");
+  await page.goto(process.env.OPEN_PAGE);
+  await page.waitForURL(base + "/");
   assert.equal(page.url(), base + "/", "the token is gone from the address bar");
   const cookies = await context.cookies();
   const session = cookies.find((c) => c.name === "banger_session");

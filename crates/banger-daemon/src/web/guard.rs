@@ -8,8 +8,8 @@
 //!    gets `403` and nothing else;
 //! 2. the **token**: a per-daemon secret (fresh at every start) that `banger ui` puts in the
 //!    URL once (`/?token=...`); the answer sets it as an `HttpOnly`, `SameSite=Strict`
-//!    cookie and redirects to the same path without it, so it leaves the address bar and
-//!    history. Without a valid cookie, every page but the static assets is `401`;
+//!    cookie and moves on to the same path without it, so it leaves the address bar.
+//!    Without a valid cookie, every page but the static assets is `401`;
 //! 3. for every method but `GET`/`HEAD`: the **Origin** must be this UI's own
 //!    (`http://` + the allowed Host), `Sec-Fetch-Site`, when sent, `same-origin`, and the
 //!    form's `csrf` field the per-daemon CSRF token the pages embed; else `403`, before any
@@ -192,9 +192,13 @@ async fn check(web: &Web, req: Request, next: Next) -> Response {
         if !safe || !same(&token, &g.token) {
             return super::pages::unauthorized(StatusCode::UNAUTHORIZED);
         }
-        // Trade the token for the cookie, and drop it from the address bar.
+        // Trade the token for the cookie, and drop it from the address bar: a page that
+        // moves on to the same path by itself. Not a redirect: a link opened from another
+        // site (the file `banger ui` writes) starts a cross-site navigation, and a
+        // `SameSite=Strict` cookie set in it is not sent along its redirects; this page's
+        // own navigation is same-site.
         let cookie = format!("{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/", g.token);
-        let mut resp = (StatusCode::SEE_OTHER, [(header::LOCATION, path)]).into_response();
+        let mut resp = super::pages::answer(StatusCode::OK, super::pages::signed_in(&path));
         if let Ok(v) = HeaderValue::from_str(&cookie) {
             resp.headers_mut().insert(header::SET_COOKIE, v);
         }

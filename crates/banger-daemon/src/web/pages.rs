@@ -165,6 +165,20 @@ pub fn unauthorized(status: StatusCode) -> Response {
     )
 }
 
+/// The answer to the login link: the cookie is set; on to `path` (without the token).
+pub fn signed_in(path: &str) -> Markup {
+    let c = Chrome {
+        title: "Signed in",
+        nav: Nav::None,
+        csrf: "",
+    };
+    page_with(
+        c,
+        html! { meta http-equiv="refresh" content={ "0;url=" (path) }; },
+        html! { p { a href=(path) { "Continue" } } },
+    )
+}
+
 /// The daemon's error, as a page with its status.
 pub fn error_page(c: Chrome<'_>, e: &ApiError, back: Option<(&str, &str)>) -> Response {
     let status =
