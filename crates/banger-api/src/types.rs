@@ -73,6 +73,9 @@ pub struct DaemonStatus {
     /// The warm pool of idle TAPs: capacity, not leaks.
     #[serde(default)]
     pub tap_pool: TapPoolStatus,
+    /// The local web UI's listener.
+    #[serde(default)]
+    pub web: WebListener,
 }
 
 /// The daemon's idle TAP devices, ready for the next boots (config `tap_pool_size`).
@@ -1008,4 +1011,26 @@ mod tests {
             );
         }
     }
+}
+
+// --- The local web UI (issue 13) ---
+
+/// Where the daemon's web UI listens, or why it does not (config `web`, `web_listen`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum WebListener {
+    /// Config `web = false`.
+    #[default]
+    Off,
+    /// Serving HTTP on `address`: `url` is the UI, `login_url` the same with the daemon's
+    /// secret token, which a browser trades for a cookie (only the owner, who can reach the
+    /// daemon socket, sees it).
+    Listening {
+        #[schema(value_type = String)]
+        address: std::net::SocketAddr,
+        url: String,
+        login_url: String,
+    },
+    /// The UI is not served (a refused address, a port already taken); the error says why.
+    Failed { error: String },
 }

@@ -87,6 +87,23 @@ With no flag, writes (or refreshes) the block now; --print shows it and changes 
         /// The shell to generate for.
         shell: Shell,
     },
+    /// Open the local web UI in your browser (or print its link).
+    #[command(
+        long_about = "Opens the daemon's local web UI (config web_listen, default \
+127.0.0.1:7777): a dashboard, VMs with their logs and ports, create with live stages, images and \
+kernels. The link carries the daemon's secret token once; the browser keeps it as a cookie. \
+It is opened with $BROWSER, else xdg-open when there is a display; otherwise, or with --print, \
+the link is printed. The token changes when the daemon restarts.",
+        after_long_help = "Examples:\n  banger ui\n  banger ui --print"
+    )]
+    Ui(UiArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UiArgs {
+    /// Print the link and open no browser.
+    #[arg(long)]
+    pub print: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -28,6 +28,7 @@ pub mod sshconfig;
 pub mod system;
 pub mod ui;
 pub mod vm;
+pub mod webui;
 pub mod words;
 pub mod workspace;
 
@@ -188,6 +189,7 @@ pub async fn run(command: Command, ctx: &mut Ctx) -> Result<u8, CliError> {
         Command::Internal(args::InternalCommand::MakeBundle(a)) => artifacts::make_bundle(a, ctx),
         Command::SshConfig(a) => sshconfig::run(a, ctx).await,
         Command::System(s) => system::run(&s, &ctx.env, &mut ctx.ui).map(|()| 0),
+        Command::Ui(a) => webui::run(ctx, &a).await,
         Command::Completion { shell } => {
             // clap_complete panics on a write error, so the script is written to memory first
             // and then to stdout, where a closed pipe is an error like any other write.
@@ -321,6 +323,7 @@ async fn daemon_status(ctx: &mut Ctx, json: bool) -> Result<u8, CliError> {
                 }
             ),
         ),
+        ("web ui", webui::listener_line(&st.web)),
     ];
     write_str(ctx, &ui::key_values(&pairs))?;
     for w in &st.config_warnings {

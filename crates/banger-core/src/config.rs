@@ -63,7 +63,22 @@ pub struct Config {
     /// Idle TAP devices the daemon keeps ready on the bridge for the next boots (0 to
     /// [`MAX_TAP_POOL`]).
     pub tap_pool_size: u32,
+    /// Whether the daemon serves the local web UI.
+    pub web: bool,
+    /// Where the web UI listens (TCP; port 0: any free port). A non-loopback address is
+    /// refused unless [`Config::web_allow_remote`].
+    pub web_listen: std::net::SocketAddr,
+    /// Whether `web_listen` may be an address other hosts reach (the UI stays token-gated).
+    pub web_allow_remote: bool,
+    /// More names the web UI answers to in the `Host` header, besides `127.0.0.1`,
+    /// `localhost`, `[::1]` and the listen address (DNS names).
+    pub web_hostnames: Vec<String>,
 }
+
+/// Where the web UI listens by default.
+pub const DEFAULT_WEB_LISTEN: std::net::SocketAddr = std::net::SocketAddr::V4(
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 7777),
+);
 
 /// The largest `tap_pool_size`.
 pub const MAX_TAP_POOL: u32 = 64;
@@ -258,6 +273,10 @@ impl Default for Config {
             ssh_config: true,
             helper_socket: PathBuf::from(crate::layout::SYSTEM_HELPER_SOCKET),
             tap_pool_size: 4,
+            web: true,
+            web_listen: DEFAULT_WEB_LISTEN,
+            web_allow_remote: false,
+            web_hostnames: Vec::new(),
         }
     }
 }
@@ -409,6 +428,17 @@ impl Config {
                 "tap_pool_size",
                 self.tap_pool_size.to_string(),
                 format!("must be 0 to {MAX_TAP_POOL}"),
+            ));
+        }
+        if let Some(name) = self
+            .web_hostnames
+            .iter()
+            .find(|n| !crate::names::is_dns_name(n))
+        {
+            return Err(bad(
+                "web_hostnames",
+                name.clone(),
+                "each entry must be a DNS name (letters, digits, '-' and '.')".into(),
             ));
         }
         if self.max_log_size < MIN_LOG_SIZE {
@@ -602,6 +632,29 @@ mod tests {
         for bad in ["\"localhost:53\"", "\"127.0.0.1\"", "53"] {
             let e = crate::error::chain(&parse(&format!("dns_listen = {bad}\n")).unwrap_err());
             assert!(e.contains("dns_listen"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_web_ui_is_on_at_loopback_7777_and_its_extra_names_are_dns_names() {
+        let c = parse("").unwrap().config;
+        assert!(c.web && !c.web_allow_remote && c.web_hostnames.is_empty());
+        assert_eq!(c.web_listen.to_string(), "127.0.0.1:7777");
+        let c = parse("web = false\nweb_listen = \"0.0.0.0:8080\"\nweb_allow_remote = true\nweb_hostnames = [\"box.lan\"]\n")
+            .unwrap()
+            .config;
+        assert!(!c.web && c.web_allow_remote);
+        assert_eq!(
+            (c.web_listen.port(), c.web_hostnames),
+            (8080, vec!["box.lan".to_string()])
+        );
+        for bad in [
+            "web_listen = \"localhost\"",
+            "web_hostnames = [\"evil.com/x\"]",
+            "web = 1",
+        ] {
+            let e = crate::error::chain(&parse(&format!("{bad}\n")).unwrap_err());
+            assert!(e.contains("web"), "{bad}: {e}");
         }
     }
 

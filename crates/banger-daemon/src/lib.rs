@@ -9,6 +9,8 @@
 //!   operations streamed as NDJSON with a heartbeat and a cancellation guard; [`openapi`]:
 //!   the OpenAPI document's root, error responses and parameters, which the handlers'
 //!   annotations use.
+//! - [`web`]: the local web UI on its own TCP listener (config `web_listen`): HTML pages
+//!   over the same services, behind a token, a Host allow-list, CSRF and Origin checks.
 //! - The services: [`workspaces`] (a repository shipped into a running VM and its work
 //!   exported as a patch, on top of [`vms`]), [`vms`] (the VM lifecycle, reconciliation and the VMM monitor),
 //!   [`bootstrap`] (images built from Debian packages, and bundle imports, on top of
@@ -29,7 +31,7 @@
 //!   logs to the state dir).
 //!
 //! Start-up order: dirs → lock → store (migrations) → socket → reconcile → DNS → the ssh
-//! config block → serve (and, in the background, host keys for running VMs that have none
+//! config block → the web UI's listener → serve (and, in the background, host keys for running VMs that have none
 //! recorded); once the bridge exists (at start, or after the first boot made it), the
 //! guests' DNS, systemd-resolved's routing and the TAP pool follow in the background. The
 //! config, state and runtime dirs must belong to the daemon's user and not be writable by
@@ -63,6 +65,7 @@ pub mod tap_pool;
 #[cfg(test)]
 mod test_rows;
 pub mod vms;
+pub mod web;
 pub mod workspaces;
 
 use std::ffi::OsStr;
@@ -221,6 +224,12 @@ fn run_from_env() -> Result<(), DaemonError> {
         exe.as_deref().and_then(Path::parent),
         &SearchPath::from_var(path_var.as_deref()),
     );
+    // `banger` next to `bangerd`: the web UI's host page shows its `doctor --json`.
+    let doctor = exe
+        .as_deref()
+        .and_then(Path::parent)
+        .map(|d| d.join("banger"))
+        .filter(|p| p.is_file());
     let opts = DaemonOptions {
         layout,
         agent_bin,
@@ -233,7 +242,11 @@ fn run_from_env() -> Result<(), DaemonError> {
         .enable_all()
         .build()
         .map_err(DaemonError::Runtime)?;
-    rt.block_on(run(opts, host, uid))
+    let web = web::WebParts {
+        host: Arc::new(web::resources::SystemHost),
+        doctor,
+    };
+    rt.block_on(run(opts, host, uid, web))
 }
 
 /// Overrides config `helper_socket` (tests, and a helper somewhere else).
@@ -422,7 +435,12 @@ fn bind_socket(socket: &Path, euid: u32) -> Result<UnixListener, DaemonError> {
 }
 
 /// Runs the daemon until it is told to stop.
-pub async fn run(opts: DaemonOptions, host: state::Host, uid: u32) -> Result<(), DaemonError> {
+pub async fn run(
+    opts: DaemonOptions,
+    host: state::Host,
+    uid: u32,
+    web_parts: web::WebParts,
+) -> Result<(), DaemonError> {
     let layout = &opts.layout;
     let subnet: banger_net::Subnet =
         opts.config
@@ -483,7 +501,11 @@ pub async fn run(opts: DaemonOptions, host: state::Host, uid: u32) -> Result<(),
         .config
         .dns
         .then(|| tokio::spawn(host_dns(state.clone())));
+    let web_ui = web::start(state.clone(), web_parts).await;
     let result = server::serve(listener, state.clone()).await;
+    if let Some(task) = web_ui {
+        task.abort();
+    }
     monitor.abort();
     backfill.abort();
     pool.abort();

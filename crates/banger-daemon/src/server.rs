@@ -215,7 +215,7 @@ async fn op_middleware(
     } else {
         resp
     };
-    guard.finish();
+    guard.finish(resp.status().as_u16());
     if let Ok(v) = HeaderValue::from_str(&op_id) {
         resp.headers_mut().insert(OP_ID_HEADER, v);
     }
@@ -321,6 +321,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<DaemonStatus> {
             wanted: state.tap_pool.wanted(),
             idle: state.tap_pool.idle(),
         },
+        web: state.web_listener(),
     })
 }
 
@@ -373,12 +374,33 @@ pub async fn serve_router(
     serve_router_with(listener, app, stop, ServeLimits::default()).await
 }
 
+/// A listener the server takes connections from: the API's Unix socket, the web UI's TCP
+/// port.
+pub trait Accept: Send + 'static {
+    type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    fn accept_io(&self) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
+}
+
+impl Accept for UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn accept_io(&self) -> std::io::Result<Self::Io> {
+        self.accept().await.map(|(io, _)| io)
+    }
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn accept_io(&self) -> std::io::Result<Self::Io> {
+        self.accept().await.map(|(io, _)| io)
+    }
+}
+
 /// Serves `app` on `listener` until `stop` completes, then lets the requests in flight finish.
 ///
 /// HTTP/1.1 only (all banger speaks), through hyper directly rather than `axum::serve`, which
 /// has no timer and so no header read timeout.
-pub async fn serve_router_with(
-    listener: UnixListener,
+pub async fn serve_router_with<L: Accept>(
+    listener: L,
     app: Router,
     stop: impl Future<Output = ()> + Send + 'static,
     limits: ServeLimits,
@@ -391,8 +413,8 @@ pub async fn serve_router_with(
     let mut stop = std::pin::pin!(stop);
     loop {
         let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+            accepted = listener.accept_io() => match accepted {
+                Ok(stream) => stream,
                 Err(e) => {
                     // Out of descriptors, or a connection reset before it was accepted:
                     // wait a little instead of spinning, and keep serving.

@@ -54,6 +54,8 @@ pub struct AppState {
     /// host network.
     pub bridge: tokio::sync::watch::Sender<bool>,
     pub(crate) shutdown: Notify,
+    /// Where the web UI listens, or why not (set once at start by the web service).
+    web: Mutex<banger_api::types::WebListener>,
 }
 
 /// Everything the daemon touches on the host, injected at construction.
@@ -152,7 +154,18 @@ impl AppState {
             tap_pool,
             bridge: tokio::sync::watch::Sender::new(false),
             shutdown: Notify::new(),
+            web: Mutex::new(banger_api::types::WebListener::Off),
         }
+    }
+
+    /// Where the web UI listens, or why not.
+    pub fn web_listener(&self) -> banger_api::types::WebListener {
+        self.web.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records where the web UI listens (the web service, at start).
+    pub fn set_web_listener(&self, listener: banger_api::types::WebListener) {
+        *self.web.lock().unwrap_or_else(|e| e.into_inner()) = listener;
     }
 
     /// Says the bridge exists (see [`AppState::bridge`]).

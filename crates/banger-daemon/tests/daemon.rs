@@ -4222,3 +4222,113 @@ mod openapi {
         assert!(body.contains(".routes(routes!("));
     }
 }
+
+/// The web UI over the fakes: a create started from its form is a job the page's Cancel
+/// button cancels, and the create rolls back as for a client that went away.
+mod web_ui {
+    use banger_daemon::web::resources::SystemHost;
+    use banger_daemon::web::{Web, WebParts, handlers};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::vm_fixture::*;
+    use super::*;
+
+    /// Sends one request with the session cookie, `Origin` and `Host` of the UI at `addr`.
+    async fn send(
+        addr: std::net::SocketAddr,
+        web: &Web,
+        method: &str,
+        path: &str,
+        form: &str,
+    ) -> TcpStream {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {addr}\r\norigin: http://{addr}\r\ncookie: banger_session={}\r\n\
+             connection: close\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\r\n{form}",
+            web.guard.token(),
+            form.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        s
+    }
+
+    async fn answer(mut s: TcpStream) -> String {
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    /// Reads `s` until it has shown `needle` (30 s at most).
+    async fn read_until(s: &mut TcpStream, seen: &mut String, needle: &str) {
+        let mut buf = [0u8; 4096];
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while !seen.contains(needle) {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the stream ended before {needle:?}: {seen}");
+                seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {needle:?}: {seen}"));
+    }
+
+    #[tokio::test]
+    async fn the_cancel_button_cancels_a_create_and_it_rolls_back() {
+        // A guest that never answers: the create waits for its agent until cancelled.
+        let f = fixture(Config::default(), false);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let parts = WebParts {
+            host: Arc::new(SystemHost),
+            doctor: None,
+        };
+        let web = Arc::new(Web::new(f.state.clone(), parts, addr));
+        let server = tokio::spawn(serve_router_with(
+            listener,
+            handlers::router(web.clone()),
+            std::future::pending::<()>(),
+            ServeLimits::default(),
+        ));
+        let csrf = web.guard.csrf().to_string();
+        let form = format!("csrf={csrf}&name=web&image={IMAGE}&work_disk=8M");
+        let created = answer(send(addr, &web, "POST", "/vms", &form).await).await;
+        assert!(created.starts_with("HTTP/1.1 303"), "{created}");
+        let job = created
+            .lines()
+            .find_map(|l| l.strip_prefix("location: /ops/"))
+            .expect("a redirect to the job's page")
+            .trim()
+            .to_string();
+        let mut events = send(addr, &web, "GET", &format!("/ops/{job}/events"), "").await;
+        let mut seen = String::new();
+        read_until(&mut events, &mut seen, "\"stage\":\"wait agent\"").await;
+        assert!(
+            seen.contains("event: stage") && seen.contains("resolve image"),
+            "{seen}"
+        );
+        assert_eq!(f.rows().len(), 1, "the VM exists while it is created");
+
+        let cancelled = answer(
+            send(
+                addr,
+                &web,
+                "POST",
+                &format!("/ops/{job}/cancel"),
+                &format!("csrf={csrf}"),
+            )
+            .await,
+        )
+        .await;
+        assert!(cancelled.starts_with("HTTP/1.1 303"), "{cancelled}");
+        read_until(&mut events, &mut seen, "event: done").await;
+        read_until(&mut events, &mut seen, "cancelled").await;
+        assert!(seen.contains(&format!("\"op_id\":\"{job}\"")), "{seen}");
+        f.assert_no_vm_left();
+        let page = answer(send(addr, &web, "GET", &format!("/ops/{job}"), "").await).await;
+        assert!(
+            page.contains("cancelled") && !page.contains("id=\"cancel\""),
+            "{page}"
+        );
+        server.abort();
+    }
+}

@@ -15,4 +15,5 @@ mod inputs;
 mod ssh;
 mod system;
 mod vm;
+mod web;
 mod workspace;
