@@ -144,6 +144,8 @@ pub enum DaemonError {
     Ssh(#[source] ssh::SshKeyError),
     #[error("{HELPER_SOCKET_ENV} must be an absolute path, got {0:?}")]
     HelperSocket(PathBuf),
+    #[error("{WEB_LISTEN_ENV} must be an address and port such as 127.0.0.1:7777, got {0:?}")]
+    WebListen(std::ffi::OsString),
     #[error("serving the API on {path} failed")]
     Serve {
         path: PathBuf,
@@ -184,7 +186,13 @@ fn run_from_env() -> Result<(), DaemonError> {
     let layout = Layout::resolve(|k| std::env::var_os(k), uid)?;
     // A config dir others can write could point firecracker_bin at their program.
     private::check_existing_dir(DirRole::Config, &layout.config_dir, uid)?;
-    let loaded = Config::load(&layout.config_file())?;
+    let mut loaded = Config::load(&layout.config_file())?;
+    if let Some(value) = std::env::var_os(WEB_LISTEN_ENV) {
+        loaded.config.web_listen = value
+            .to_str()
+            .and_then(|v| v.parse().ok())
+            .ok_or(DaemonError::WebListen(value))?;
+    }
     // The owner's home, for host integration (git identity, agent auth, `file_sync`).
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)
@@ -248,6 +256,9 @@ fn run_from_env() -> Result<(), DaemonError> {
     };
     rt.block_on(run(opts, host, uid, web))
 }
+
+/// Overrides config `web_listen` (tests give every daemon a free port this way).
+pub const WEB_LISTEN_ENV: &str = "BANGER_WEB_LISTEN";
 
 /// Overrides config `helper_socket` (tests, and a helper somewhere else).
 pub const HELPER_SOCKET_ENV: &str = "BANGER_HELPER_SOCKET";

@@ -46,8 +46,16 @@ impl Home {
         Self {
             dir,
             netns: None,
-            env: Vec::new(),
+            // A free loopback port for the web UI: a test daemon never takes 7777 from the
+            // developer's own daemon or another test. Web tests that set `web_listen` in
+            // the config drop it ([`Self::unset_env`]).
+            env: vec![("BANGER_WEB_LISTEN", "127.0.0.1:0".into())],
         }
+    }
+
+    /// Drops `key` from what [`Self::set_env`] gave this home's commands.
+    pub fn unset_env(&mut self, key: &str) {
+        self.env.retain(|(k, _)| *k != key);
     }
 
     /// Gives every command of this home (and so its daemon) `key=value`.

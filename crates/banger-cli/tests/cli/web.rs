@@ -15,7 +15,8 @@ use crate::common::Home;
 /// A home whose daemon serves the UI on `web_listen` (plus `extra` config), without DNS or
 /// the ssh config block.
 fn web_home(web_listen: &str, extra: &str) -> Home {
-    let home = Home::new();
+    let mut home = Home::new();
+    home.unset_env("BANGER_WEB_LISTEN");
     std::fs::create_dir_all(home.path().join("config")).unwrap();
     std::fs::write(
         home.path().join("config/config.toml"),
@@ -635,4 +636,30 @@ fn in_a_browser_a_vm_is_created_watched_stopped_and_deleted() {
             "{shot}.png"
         );
     }
+}
+
+/// Every test home hands its daemon `BANGER_WEB_LISTEN=127.0.0.1:0`, which wins over the
+/// config: the UI comes up on a free port, never 7777. A value that is no address stops the
+/// daemon with an error naming the variable.
+#[test]
+fn banger_web_listen_overrides_the_config_and_a_bad_value_names_it() {
+    let home = Home::new();
+    std::fs::create_dir_all(home.path().join("config")).unwrap();
+    std::fs::write(
+        home.path().join("config/config.toml"),
+        "dns = false\nssh_config = false\nweb_listen = \"127.0.0.1:7777\"\n",
+    )
+    .unwrap();
+    let (address, _) = listening(&home);
+    assert!(address.ip().is_loopback(), "{address}");
+    assert_ne!(address.port(), 7777);
+    home.ok(&["daemon", "stop"]);
+
+    let mut bad = Home::new();
+    bad.set_env("BANGER_WEB_LISTEN", "localhost");
+    let out = bad.run(&["daemon", "status"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("BANGER_WEB_LISTEN"), "{err}");
+    assert!(err.contains("\"localhost\""), "{err}");
 }
