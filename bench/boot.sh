@@ -34,7 +34,7 @@ now_ms() { date +%s%3N; }
 
 # A benchmark's daemons leave the user's ~/.ssh/config alone.
 mkdir -p "$builder/config"
-echo 'ssh_config = false' > "$builder/config/config.toml"
+printf 'ssh_config = false\nweb = false\n' > "$builder/config/config.toml"
 
 # 1. The golden image, built in the host's network namespace (it downloads packages).
 BANGER_HOME=$builder "$bin/banger" kernel import host --from / >/dev/null
@@ -44,7 +44,7 @@ boot_ms=$(( $(now_ms) - t0 ))
 echo "image bootstrap debian-bookworm: $(( boot_ms / 1000 )).$(( boot_ms % 1000 / 100 )) s"
 
 mkdir -p "$home/config"
-printf 'vmm = "qemu"\nssh_config = false\n' > "$home/config/config.toml"
+printf 'vmm = "qemu"\nssh_config = false\nweb = false\n' > "$home/config/config.toml"
 b kernel import host --from / >/dev/null
 b image import "$builder/state/bundles/debian-bookworm.tar.zst" >/dev/null
 
