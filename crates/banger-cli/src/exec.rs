@@ -93,7 +93,8 @@ impl Target {
 }
 
 /// Runs `argv` in `cwd` in VM `vm` with no stdin, collecting its output; returns its shell
-/// status and its stderr (stdout is dropped). For banger's own steps (`mise install`).
+/// status and its stderr (at most 64 KiB; stdout is dropped). For banger's own steps
+/// (`mise install`).
 pub async fn run_quiet(
     client: &Client,
     vm: &str,
@@ -106,20 +107,12 @@ pub async fn run_quiet(
         vm: vm.to_string(),
         source,
     };
-    let mut session = exec_upgraded(io, req, START_TIMEOUT).await.map_err(fail)?;
-    drop(session.take_stdin());
-    let mut stderr = Vec::new();
-    loop {
-        match session.next_event().await.map_err(fail)? {
-            Some(ExecEvent::Stdout(_)) => {}
-            Some(ExecEvent::Stderr(b)) => {
-                if stderr.len() < 64 << 10 {
-                    stderr.extend_from_slice(&b);
-                }
-            }
-            Some(ExecEvent::Exit(status)) => return Ok((status.shell_code(), stderr)),
-            None => return Err(fail(ExecError::Ended { pid: session.pid() })),
-        }
+    let session = exec_upgraded(io, req, START_TIMEOUT).await.map_err(fail)?;
+    let pid = session.pid();
+    let out = session.collect(Vec::new(), 64 << 10, None).await.map_err(fail)?;
+    match out.status {
+        Some(status) => Ok((status.shell_code(), out.stderr.bytes)),
+        None => Err(fail(ExecError::Ended { pid })),
     }
 }
 
