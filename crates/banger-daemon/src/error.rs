@@ -152,6 +152,17 @@ pub enum OpError {
         #[source]
         source: banger_agent_proto::client::mux::MuxError,
     },
+    /// A guest file request the agent refused or failed; the kind follows the agent's status.
+    #[error("VM {vm:?}: cannot {what} {path} in the guest")]
+    GuestFile {
+        vm: String,
+        what: &'static str,
+        path: String,
+        #[source]
+        source: banger_agent_proto::client::ClientError,
+    },
+    #[error(transparent)]
+    GuestPath(#[from] banger_agent_proto::files::GuestPathError),
     #[error("the {kind} VMM is unavailable: {why}")]
     VmmUnavailable {
         kind: banger_core::vmm_kind::VmmKind,
@@ -297,6 +308,16 @@ impl OpError {
             | Self::Agent { .. }
             | Self::AgentMux { .. }
             | Self::VmmUnavailable { .. } => ErrorKind::Unavailable,
+            Self::GuestPath(_) => ErrorKind::BadRequest,
+            Self::GuestFile { source, .. } => match source {
+                banger_agent_proto::client::ClientError::Status { status, .. } => match status {
+                    404 => ErrorKind::NotFound,
+                    409 => ErrorKind::Conflict,
+                    400..=499 => ErrorKind::BadRequest,
+                    _ => ErrorKind::Unavailable,
+                },
+                _ => ErrorKind::Unavailable,
+            },
             Self::Cancelled => ErrorKind::Cancelled,
             Self::Store(e) => store_kind(e),
             Self::Kernel { source, .. } => kernel_kind(source),

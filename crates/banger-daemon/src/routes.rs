@@ -18,6 +18,9 @@ use banger_api::types::{
     Image, ImportBundle, ImportKernel, JsonObject, Kernel, Ping, Ports, PrepareWorkspace,
     RegisterImage, SshConfig, SshConfigChange, SshInfo, Vm, VmStats, WorkspaceExport,
 };
+use banger_api::types::{
+    GuestDirListing, GuestFile, GuestFileWritten, ListGuestDir, ReadGuestFile, WriteGuestFile,
+};
 use banger_api::{ApiError, ErrorKind};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -326,4 +329,33 @@ pub async fn bootstrap_image(
 
 pub async fn import_bundle(State(state): S, ApiJson(req): ApiJson<ImportBundle>) -> Answer<Image> {
     Ok(Json(bootstrap::import(state, req).await?))
+}
+
+// Guest files, relayed to the VM's agent (`vms::read_file`, `write_file`, `list_dir`).
+
+/// `POST /vms/{reference}/files/read`.
+pub async fn read_guest_file(
+    State(state): S,
+    Path(reference): Path<String>,
+    ApiJson(req): ApiJson<ReadGuestFile>,
+) -> Answer<GuestFile> {
+    Ok(Json(vms::read_file(&state, &reference, req).await?))
+}
+
+/// `POST /vms/{reference}/files/write`.
+pub async fn write_guest_file(
+    State(state): S,
+    Path(reference): Path<String>,
+    ApiJson(req): ApiJson<WriteGuestFile>,
+) -> Answer<GuestFileWritten> {
+    Ok(Json(vms::write_file(&state, &reference, req).await?))
+}
+
+/// `POST /vms/{reference}/files/list`.
+pub async fn list_guest_dir(
+    State(state): S,
+    Path(reference): Path<String>,
+    ApiJson(req): ApiJson<ListGuestDir>,
+) -> Answer<GuestDirListing> {
+    Ok(Json(vms::list_dir(&state, &reference, req).await?))
 }

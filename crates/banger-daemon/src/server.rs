@@ -78,6 +78,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             t::IMAGE,
             get(routes::show_image).delete(routes::delete_image),
         )
+        .route(t::VM_FILES_READ, post(routes::read_guest_file))
+        .route(t::VM_FILES_WRITE, post(routes::write_guest_file))
+        .route(t::VM_FILES_LIST, post(routes::list_guest_dir))
         .fallback(not_found)
         .with_state(state);
     instrument(Router::new().nest(API_PREFIX, api).fallback(not_found), ops)
