@@ -301,7 +301,11 @@ where
 }
 
 /// `POST /files/read` ([`crate::files`]).
-pub async fn read_file<S>(stream: S, req: &ReadFile, timeout: Duration) -> Result<FileContent, ClientError>
+pub async fn read_file<S>(
+    stream: S,
+    req: &ReadFile,
+    timeout: Duration,
+) -> Result<FileContent, ClientError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -309,7 +313,11 @@ where
 }
 
 /// `POST /files/write` ([`crate::files`]).
-pub async fn write_file<S>(stream: S, req: &WriteFile, timeout: Duration) -> Result<Written, ClientError>
+pub async fn write_file<S>(
+    stream: S,
+    req: &WriteFile,
+    timeout: Duration,
+) -> Result<Written, ClientError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -317,7 +325,11 @@ where
 }
 
 /// `POST /files/list` ([`crate::files`]).
-pub async fn list_dir<S>(stream: S, req: &ListDir, timeout: Duration) -> Result<DirListing, ClientError>
+pub async fn list_dir<S>(
+    stream: S,
+    req: &ListDir,
+    timeout: Duration,
+) -> Result<DirListing, ClientError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -325,7 +337,12 @@ where
 }
 
 /// One request over `stream`, its answer decoded; errors name `METHOD path`.
-async fn request<T, S>(stream: S, method: Method, path: &str, body: Vec<u8>) -> Result<T, ClientError>
+async fn request<T, S>(
+    stream: S,
+    method: Method,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<T, ClientError>
 where
     T: DeserializeOwned,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -347,12 +364,12 @@ where
     if !body.is_empty() {
         req = req.header(header::CONTENT_TYPE, "application/json");
     }
-    let req = req
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|source| ClientError::BuildRequest {
-            path: what.clone(),
-            source,
-        })?;
+    let req =
+        req.body(Full::new(Bytes::from(body)))
+            .map_err(|source| ClientError::BuildRequest {
+                path: what.clone(),
+                source,
+            })?;
     let resp = sender
         .send_request(req)
         .await

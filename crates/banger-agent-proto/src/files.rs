@@ -36,7 +36,9 @@ pub const DEFAULT_FILE_MODE: u32 = 0o644;
 /// A guest path the file endpoints refuse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GuestPathError {
-    #[error("guest path {0:?} is relative: give an absolute path inside the guest (e.g. /root/...)")]
+    #[error(
+        "guest path {0:?} is relative: give an absolute path inside the guest (e.g. /root/...)"
+    )]
     Relative(String),
     #[error("the guest path is empty: give an absolute path inside the guest (e.g. /root/...)")]
     Empty,

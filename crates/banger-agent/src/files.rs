@@ -254,7 +254,12 @@ mod tests {
         p.display().to_string()
     }
 
-    fn write(path: &Path, content: &[u8], mode: Option<u32>, parents: bool) -> Result<Written, FileError> {
+    fn write(
+        path: &Path,
+        content: &[u8],
+        mode: Option<u32>,
+        parents: bool,
+    ) -> Result<Written, FileError> {
         write_file(&WriteFile {
             path: s(path),
             content: content.to_vec(),
@@ -300,7 +305,10 @@ mod tests {
         // half of the new one.
         assert_ne!(fs::metadata(&f).unwrap().ino(), before);
         let fresh = dir.path().join("fresh");
-        assert_eq!(write(&fresh, b"", None, false).unwrap().mode, DEFAULT_FILE_MODE);
+        assert_eq!(
+            write(&fresh, b"", None, false).unwrap().mode,
+            DEFAULT_FILE_MODE
+        );
     }
 
     #[test]
@@ -376,10 +384,7 @@ mod tests {
         assert!(matches!(err, FileError::BadMode { .. }), "{err}");
         assert!(!f.exists());
 
-        let err = list_dir(&ListDir {
-            path: "tmp".into(),
-        })
-        .unwrap_err();
+        let err = list_dir(&ListDir { path: "tmp".into() }).unwrap_err();
         assert_eq!(err.status(), 400);
     }
 
@@ -393,8 +398,11 @@ mod tests {
             path: s(dir.path()),
         })
         .unwrap();
-        let got: Vec<(&str, EntryKind)> =
-            l.entries.iter().map(|e| (e.name.as_str(), e.kind)).collect();
+        let got: Vec<(&str, EntryKind)> = l
+            .entries
+            .iter()
+            .map(|e| (e.name.as_str(), e.kind))
+            .collect();
         assert_eq!(
             got,
             [

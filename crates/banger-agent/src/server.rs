@@ -35,10 +35,10 @@ use crate::host_keys::{HostKeyError, HostKeyFiles};
 use crate::procfs::{ProcError, ProcFs};
 use crate::serial::SerialStream;
 use crate::{error_chain, exec, files, mux};
+use banger_agent_proto::exec::{EXEC_PATH, UPGRADE_EXEC};
 use banger_agent_proto::files::{
     FILE_LIST_PATH, FILE_READ_PATH, FILE_WRITE_PATH, MAX_FILE_REQUEST,
 };
-use banger_agent_proto::exec::{EXEC_PATH, UPGRADE_EXEC};
 use banger_agent_proto::mux::{MUX_PATH, UPGRADE_MUX};
 use banger_agent_proto::wire::{
     AGENT_VSOCK_PORT, ErrorBody, HOST_KEYS_PATH, Health, HostKeys, Ports,
@@ -224,7 +224,9 @@ where
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("POST {path}: cannot read the body (at most {MAX_FILE_REQUEST} bytes): {e}"),
+                format!(
+                    "POST {path}: cannot read the body (at most {MAX_FILE_REQUEST} bytes): {e}"
+                ),
             );
         }
     };
@@ -797,7 +799,10 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(l.entries.len(), 1);
-        assert_eq!((l.entries[0].name.as_str(), l.entries[0].kind), ("notes.txt", EntryKind::File));
+        assert_eq!(
+            (l.entries[0].name.as_str(), l.entries[0].kind),
+            ("notes.txt", EntryKind::File)
+        );
 
         // Refusals carry the agent's message and status.
         let err = client::read_file(
@@ -811,7 +816,11 @@ mod tests {
         .await
         .unwrap_err();
         match &err {
-            ClientError::Status { status, message, path } => {
+            ClientError::Status {
+                status,
+                message,
+                path,
+            } => {
                 assert_eq!(*status, 400);
                 assert!(message.contains("is relative"), "{message}");
                 assert_eq!(path, "POST /files/read");
@@ -828,7 +837,10 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert!(matches!(err, ClientError::Status { status: 404, .. }), "{err}");
+        assert!(
+            matches!(err, ClientError::Status { status: 404, .. }),
+            "{err}"
+        );
         // A body of the wrong shape is a 400 naming the problem.
         let mut s = a();
         let body = r#"{"path":"/x","colour":1}"#;

@@ -109,7 +109,10 @@ pub async fn run_quiet(
     };
     let session = exec_upgraded(io, req, START_TIMEOUT).await.map_err(fail)?;
     let pid = session.pid();
-    let out = session.collect(Vec::new(), 64 << 10, None).await.map_err(fail)?;
+    let out = session
+        .collect(Vec::new(), 64 << 10, None)
+        .await
+        .map_err(fail)?;
     match out.status {
         Some(status) => Ok((status.shell_code(), out.stderr.bytes)),
         None => Err(fail(ExecError::Ended { pid })),

@@ -63,7 +63,34 @@ pub struct Config {
     /// Idle TAP devices the daemon keeps ready on the bridge for the next boots (0 to
     /// [`MAX_TAP_POOL`]).
     pub tap_pool_size: u32,
+    /// `[mcp]`: the guard rails of `banger mcp` (see [`McpConfig`]).
+    pub mcp: McpConfig,
 }
+
+/// `[mcp]`: what `banger mcp` lets a coding agent do.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct McpConfig {
+    /// Most VMs made through MCP that may exist at once (0 to [`MAX_MCP_VMS`]).
+    pub max_vms: u32,
+    /// Images an agent may create VMs from, by name; empty means any image.
+    pub allowed_images: Vec<String>,
+    /// Whether `vm_delete` may delete VMs not made through MCP.
+    pub delete_any: bool,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        Self {
+            max_vms: 8,
+            allowed_images: Vec::new(),
+            delete_any: false,
+        }
+    }
+}
+
+/// The largest `mcp.max_vms`.
+pub const MAX_MCP_VMS: u32 = 1024;
 
 /// The largest `tap_pool_size`.
 pub const MAX_TAP_POOL: u32 = 64;
@@ -258,6 +285,7 @@ impl Default for Config {
             ssh_config: true,
             helper_socket: PathBuf::from(crate::layout::SYSTEM_HELPER_SOCKET),
             tap_pool_size: 4,
+            mcp: McpConfig::default(),
         }
     }
 }
@@ -429,6 +457,22 @@ impl Config {
                 ),
             ));
         }
+        if self.mcp.max_vms > MAX_MCP_VMS {
+            return Err(bad(
+                "mcp.max_vms",
+                self.mcp.max_vms.to_string(),
+                format!("must be 0 to {MAX_MCP_VMS}"),
+            ));
+        }
+        for image in &self.mcp.allowed_images {
+            if crate::names::validate_image_name(image).is_err() {
+                return Err(bad(
+                    "mcp.allowed_images",
+                    image.clone(),
+                    "not a valid image name".into(),
+                ));
+            }
+        }
         let mut seen = std::collections::BTreeSet::new();
         for entry in &self.file_sync {
             let fail = |source| ConfigError::FileSync {
@@ -458,6 +502,37 @@ mod tests {
 
     fn parse(text: &str) -> Result<Loaded, ConfigError> {
         Config::parse(Path::new("/c/config.toml"), text)
+    }
+
+    #[test]
+    fn the_mcp_table_has_defaults_and_checked_values() {
+        let d = parse("").unwrap().config.mcp;
+        assert_eq!(
+            (d.max_vms, d.allowed_images.len(), d.delete_any),
+            (8, 0, false)
+        );
+        let l = parse(
+            "[mcp]\nmax_vms = 2\nallowed_images = [\"debian-bookworm\"]\ndelete_any = true\n",
+        )
+        .unwrap();
+        assert_eq!(
+            l.config.mcp,
+            McpConfig {
+                max_vms: 2,
+                allowed_images: vec!["debian-bookworm".into()],
+                delete_any: true
+            }
+        );
+        assert!(l.warnings.is_empty());
+        let err = parse("[mcp]\nmax_vms = 5000\n").unwrap_err().to_string();
+        assert!(err.contains("mcp.max_vms = \"5000\" is invalid"), "{err}");
+        let err = parse("[mcp]\nallowed_images = [\"a b\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mcp.allowed_images"), "{err}");
+        let l = parse("[mcp]\nmax_vm = 3\n").unwrap();
+        assert_eq!(l.warnings.len(), 1, "{:?}", l.warnings);
+        assert!(l.warnings[0].contains("mcp.max_vm"), "{:?}", l.warnings);
     }
 
     #[test]

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use banger_agent_proto::client::exec::Io;
 use banger_agent_proto::client::{ClientError, DEFAULT_TIMEOUT};
-use banger_agent_proto::wire;
 use banger_agent_proto::files::{self, check_guest_path};
+use banger_agent_proto::wire;
 use banger_api::types::{
     Family, GuestDirEntry, GuestDirListing, GuestEntryKind, GuestFile, GuestFileWritten, Health,
     ListGuestDir, Ping, PortListener, Proto, ReadGuestFile, VmState, WriteGuestFile,
