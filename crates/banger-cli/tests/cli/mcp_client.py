@@ -8,7 +8,8 @@ Run by crates/banger-cli/tests/cli/mcp.rs with one JSON argument:
   cli_vm     a VM made with the CLI (origin api: vm_delete must refuse it)
   patch_out  where to write the exported patch (the Rust side checks it with git apply)
   max_vms    config mcp.max_vms
-  mode       "fake" (every check, against the fake Firecracker) or "guest" (vm_run only)
+  mode       "fake" (every check, against the fake Firecracker) or "guest" (vm_run only,
+             with kernel_version, the guest kernel's `uname -r`)
 
 Every check is an assert; the script prints one `ok STEP` line per step, so a failure shows
 how far it got, and exits non-zero on the first failed check.
@@ -96,6 +97,11 @@ async def checks(s):
     ok("vm_run with progress")
 
     if SPEC["mode"] == "guest":
+        uname = await call(s, "vm_run", {"command": "uname -r; cat", "stdin": "from stdin\n"})
+        assert uname["exit_code"] == 0, uname
+        assert uname["stdout"] == SPEC["kernel_version"] + "\nfrom stdin\n", uname
+        assert uname["deleted"] is True, uname
+        ok("vm_run in the guest")
         return
 
     vm = (await call(s, "vm_create", {"name": "agent1"}))
