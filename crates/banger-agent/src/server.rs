@@ -759,6 +759,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_collected_session_feeds_stdin_caps_output_and_stops_at_its_deadline() {
+        use banger_agent_proto::client::exec::exec;
+        use banger_agent_proto::exec::{ExecRequest, ExitStatus};
+        let dir = fixture();
+        let sh = |line: &str| ExecRequest::new(["/bin/sh", "-c", line]);
+        let session = exec(
+            connected(agent(dir.path())),
+            sh("cat; printf 0123456789; echo oops >&2; exit 4"),
+            T,
+        )
+        .await
+        .unwrap();
+        let out = session.collect(b"abc".to_vec(), 8, None).await.unwrap();
+        assert_eq!(out.status, Some(ExitStatus::Code(4)));
+        assert_eq!(out.stdout.bytes, b"abc01234");
+        assert_eq!(out.stdout.total, 13);
+        assert!(out.stdout.truncated());
+        assert_eq!(out.stderr.bytes, b"oops\n");
+        assert!(!out.stderr.truncated());
+
+        let session = exec(
+            connected(agent(dir.path())),
+            sh("echo started; sleep 30"),
+            T,
+        )
+        .await
+        .unwrap();
+        let t = std::time::Instant::now();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+        let out = session
+            .collect(Vec::new(), 64, Some(deadline))
+            .await
+            .unwrap();
+        assert_eq!(out.status, None, "the deadline passed first");
+        assert_eq!(out.stdout.bytes, b"started\n");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    }
+
+    #[tokio::test]
     async fn file_endpoints_write_read_and_list_over_the_wire() {
         use banger_agent_proto::files::{EntryKind, ListDir, ReadFile, WriteFile};
         let dir = fixture();

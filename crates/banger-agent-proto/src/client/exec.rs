@@ -7,6 +7,8 @@
 //! window-size watcher) forwards signals and resizes. Dropping the session closes the
 //! connection, which makes the agent kill the process group. [`exec_upgraded`] starts a
 //! session on a connection that is already upgraded: the CLI's, relayed by the daemon.
+//! [`ExecSession::collect`] runs a session to its end with a given stdin and keeps its output
+//! as values, capped ([`Collected`]): for callers that want results, not streams.
 //!
 //! Memory is bounded whatever the guest does: frames are capped at
 //! [`crate::exec::MAX_FRAME_PAYLOAD`], at most [`EVENT_QUEUE`] output frames wait for the caller (the

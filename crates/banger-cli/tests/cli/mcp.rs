@@ -158,6 +158,9 @@ fn the_reference_python_client_drives_every_tool() {
         .map(|v| v["name"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(names, ["cli-vm"]);
+    // No TAP outlived the VMs MCP made, the cancelled create's included.
+    let cli_tap = home.vm("cli-vm")["tap"].as_str().unwrap().to_string();
+    assert_eq!(home.vm_taps(), [cli_tap]);
 }
 
 /// `--print-config` names this very binary, in each agent's format.
