@@ -48,22 +48,7 @@ pub fn wants_pty(forced: Option<bool>) -> bool {
     forced.unwrap_or_else(|| std::io::stdin().is_terminal())
 }
 
-/// The guest's `/bin/sh` script that runs its arguments through `mise exec --` when mise is
-/// there, else as they are: no round trip to find out first.
-pub const MISE_WRAP: &str =
-    "if command -v mise >/dev/null 2>&1; then exec mise exec -- \"$@\"; else exec \"$@\"; fi";
-
-/// `argv` wrapped in [`MISE_WRAP`], passed to it exactly.
-pub fn mise_wrapped(argv: Vec<String>) -> Vec<String> {
-    let mut out = vec![
-        "/bin/sh".to_string(),
-        "-c".to_string(),
-        MISE_WRAP.to_string(),
-        "sh".to_string(),
-    ];
-    out.extend(argv);
-    out
-}
+pub use banger_workspace::{MISE_WRAP, mise_wrapped};
 
 /// Where and how a command runs in the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,6 +20,9 @@
 //!   session; `vm_run` still deletes the VM it made when asked to remove it.
 //! - Command output is capped at [`OUTPUT_CAP`] bytes per stream, ending with a
 //!   [truncation marker](truncation_marker) when there was more.
+//! - As with the CLI, a command in a workspace runs through `mise exec` when the guest has
+//!   mise, and a prepare of a repository that pins tools runs `mise install` (its outcome is
+//!   the answer's `mise_install`).
 
 pub mod args;
 pub mod guard;
@@ -344,12 +347,51 @@ impl BangerMcp {
             .await?)
     }
 
-    /// Runs `command` with `/bin/sh -c` in `vm`, collecting its output (capped) until it ends
-    /// or `timeout` passes.
+    /// `mise install` in the workspace when its repository pins tools, as the CLI does after
+    /// a prepare: what happened, in one line (a guest without mise, or a failed install, is
+    /// reported, not an error).
+    async fn mise_install(
+        &self,
+        vm: &str,
+        prepared: &PreparedWorkspace,
+        progress: &Progress,
+    ) -> Option<String> {
+        if prepared.tool_pins.is_empty() {
+            return None;
+        }
+        let pins = prepared.tool_pins.join(", ");
+        progress.stage("workspace", "mise install", &pins);
+        let ran = self
+            .exec(
+                vm,
+                banger_workspace::mise_install(),
+                prepared.workspace.guest_path.clone(),
+                Default::default(),
+                None,
+                DEFAULT_TIMEOUT,
+            )
+            .await;
+        Some(match ran {
+            Ok(out) => match out["exit_code"].as_i64() {
+                Some(0) => format!("installed the tools {pins} pins"),
+                Some(c) if c == i64::from(banger_workspace::NO_MISE) => {
+                    format!("the guest has no mise: the tools {pins} pins were not installed")
+                }
+                Some(c) => format!(
+                    "mise install failed (exit {c}): {}",
+                    out["stderr"].as_str().unwrap_or_default().trim()
+                ),
+                None => "mise install did not finish in time".to_string(),
+            },
+            Err(e) => format!("mise install could not run: {}", render(&e)),
+        })
+    }
+
+    /// Runs `argv` in `vm`, collecting its output (capped) until it ends or `timeout` passes.
     async fn exec(
         &self,
         vm: &str,
-        command: &str,
+        argv: Vec<String>,
         cwd: String,
         env: std::collections::BTreeMap<String, String>,
         stdin: Option<String>,
@@ -359,7 +401,7 @@ impl BangerMcp {
             vm: vm.to_string(),
             source,
         };
-        let mut req = ExecRequest::new(["/bin/sh", "-c", command]);
+        let mut req = ExecRequest::new(argv);
         req.cwd = Some(cwd.clone());
         req.env = env;
         let io = self
@@ -436,7 +478,8 @@ impl BangerMcp {
             _ = cancel.cancelled() => return Err(ToolError::Cancelled),
         };
         let work = async {
-            let cwd = match &a.path {
+            let shell = shell_argv(&a.command);
+            let (argv, cwd, mise) = match &a.path {
                 Some(path) => {
                     let prepared = self
                         .prepare(
@@ -448,20 +491,30 @@ impl BangerMcp {
                             progress,
                         )
                         .await?;
-                    prepared.workspace.guest_path
+                    let mise = self.mise_install(&vm.id, &prepared, progress).await;
+                    (
+                        banger_workspace::mise_wrapped(shell),
+                        prepared.workspace.guest_path,
+                        mise,
+                    )
                 }
-                None => DEFAULT_CWD.to_string(),
+                None => (shell, DEFAULT_CWD.to_string(), None),
             };
             progress.stage("run", "command", &a.command);
-            self.exec(
-                &vm.id,
-                &a.command,
-                cwd,
-                Default::default(),
-                a.stdin.clone(),
-                timeout,
-            )
-            .await
+            let mut out = self
+                .exec(
+                    &vm.id,
+                    argv,
+                    cwd,
+                    Default::default(),
+                    a.stdin.clone(),
+                    timeout,
+                )
+                .await?;
+            if let Some(m) = mise {
+                out["mise_install"] = json!(m);
+            }
+            Ok(out)
         };
         let result = tokio::select! {
             r = work => r,
@@ -483,6 +536,11 @@ impl BangerMcp {
         out["deleted"] = json!(deleted);
         Ok(out)
     }
+}
+
+/// A command line for the guest's `/bin/sh -c`.
+fn shell_argv(command: &str) -> Vec<String> {
+    vec!["/bin/sh".to_string(), "-c".to_string(), command.to_string()]
 }
 
 /// A VM's short form for lists.
@@ -603,17 +661,19 @@ impl BangerMcp {
                 tool: "vm_exec",
                 why,
             })?;
-            let cwd = match a.cwd {
-                Some(cwd) => cwd,
+            let shell = shell_argv(&a.command);
+            // As `banger vm exec`: in the workspace, through mise when the guest has it.
+            let (argv, cwd) = match a.cwd {
+                Some(cwd) => (shell, cwd),
                 None => {
                     let vm: Vm = self.client().get(Route::Vm(&a.vm)).await?;
-                    vm.workspace
-                        .map(|w| w.guest_path)
-                        .unwrap_or_else(|| DEFAULT_CWD.to_string())
+                    match vm.workspace {
+                        Some(w) => (banger_workspace::mise_wrapped(shell), w.guest_path),
+                        None => (shell, DEFAULT_CWD.to_string()),
+                    }
                 }
             };
-            self.exec(&a.vm, &a.command, cwd, a.env, a.stdin, timeout)
-                .await
+            self.exec(&a.vm, argv, cwd, a.env, a.stdin, timeout).await
         };
         answer(tokio::select! {
             r = work => r,
@@ -674,7 +734,12 @@ impl BangerMcp {
                 replace: a.replace,
             };
             let prepared = self.prepare(&a.vm, req, &progress).await?;
-            Ok(to_value(&prepared))
+            let mise = self.mise_install(&a.vm, &prepared, &progress).await;
+            let mut out = to_value(&prepared);
+            if let Some(m) = mise {
+                out["mise_install"] = json!(m);
+            }
+            Ok(out)
         };
         let result = tokio::select! {
             r = work => r,
