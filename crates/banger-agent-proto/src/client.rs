@@ -3,7 +3,8 @@
 //! A transport is opened first — [`connect_hybrid_vsock`] for Firecracker's host side of the
 //! guest's vsock, [`connect_unix`] for the host test mode or a QEMU serial chardev socket, or
 //! a substream of a [`mux::Mux`] over the serial socket — and then one request is made over
-//! it with [`get_json`] (or [`health`] / [`ports`] / [`host_keys`]), or one exec session is run on it with
+//! it with [`get_json`] (or [`health`] / [`ports`] / [`host_keys`]), or [`post_json`] (the file
+//! endpoints: [`read_file`] / [`write_file`] / [`list_dir`]), or one exec session is run on it with
 //! [`exec::exec`]. Each request uses its own stream and asks the agent to close it afterwards.
 //!
 //! - [`exec`]: running a command in the guest ([`crate::exec`] is the protocol).
@@ -21,13 +22,17 @@ use std::time::Duration;
 use banger_core::quote::quote_prefix;
 use banger_http::capped::{self, CappedError};
 use banger_http::upgrade::{BodyEnd, Limits, UpgradeError, UpgradeRequest};
-use http_body_util::Empty;
+use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode, header};
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+use crate::files::{
+    DirListing, FILE_LIST_PATH, FILE_READ_PATH, FILE_WRITE_PATH, FileContent, ListDir, ReadFile,
+    WriteFile, Written,
+};
 use crate::wire::{ErrorBody, HOST_KEYS_PATH, Health, HostKeys, Ports};
 
 pub mod exec;
@@ -83,22 +88,22 @@ pub enum ClientError {
         port: u32,
         got: String,
     },
-    #[error("agent GET {path}: HTTP handshake failed")]
+    #[error("agent {path}: HTTP handshake failed")]
     Handshake { path: String, source: hyper::Error },
-    #[error("agent GET {path}: cannot build request")]
+    #[error("agent {path}: cannot build request")]
     BuildRequest {
         path: String,
         source: hyper::http::Error,
     },
-    #[error("agent GET {path}: request failed")]
+    #[error("agent {path}: request failed")]
     Request { path: String, source: hyper::Error },
-    #[error("agent GET {path}: cannot read answer body")]
+    #[error("agent {path}: cannot read answer body")]
     Body {
         path: String,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error(
-        "agent GET {path}: the answer is larger than the {limit}-byte limit{}; the guest agent is broken or hostile",
+        "agent {path}: the answer is larger than the {limit}-byte limit{}; the guest agent is broken or hostile",
         declared.map(|n| format!(" (it announced {n} bytes)")).unwrap_or_default()
     )]
     TooLarge {
@@ -107,26 +112,31 @@ pub enum ClientError {
         /// The answer's `Content-Length`, when it announced one.
         declared: Option<u64>,
     },
-    #[error("agent GET {path}: answered {status}: {message}")]
+    #[error("agent {path}: answered {status}: {message}")]
     Status {
         path: String,
         status: u16,
         message: String,
     },
-    #[error("agent GET {path}: answer is not the expected JSON")]
+    #[error("agent {path}: cannot encode the request")]
+    Encode {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("agent {path}: answer is not the expected JSON")]
     Decode {
         path: String,
         source: serde_json::Error,
     },
-    #[error("agent GET {path}: no answer within {after:?}")]
+    #[error("agent {path}: no answer within {after:?}")]
     Timeout { path: String, after: Duration },
-    #[error("agent GET {path}: answered {status} instead of 101 Switching Protocols to {protocol}")]
+    #[error("agent {path}: answered {status} instead of 101 Switching Protocols to {protocol}")]
     NotUpgraded {
         path: String,
         protocol: String,
         status: u16,
     },
-    #[error("agent GET {path}: the connection was not handed over after 101 Switching Protocols")]
+    #[error("agent {path}: the connection was not handed over after 101 Switching Protocols")]
     Upgrade {
         path: String,
         #[source]
@@ -228,10 +238,10 @@ where
     T: DeserializeOwned,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    match tokio::time::timeout(timeout, request(stream, path)).await {
+    match tokio::time::timeout(timeout, request(stream, Method::GET, path, Vec::new())).await {
         Ok(result) => result,
         Err(_elapsed) => Err(ClientError::Timeout {
-            path: path.to_string(),
+            path: format!("GET {path}"),
             after: timeout,
         }),
     }
@@ -261,44 +271,119 @@ where
     get_json(stream, HOST_KEYS_PATH, timeout).await
 }
 
-async fn request<T, S>(stream: S, path: &str) -> Result<T, ClientError>
+/// Makes one `POST path` request with `body` as JSON over `stream` and decodes the JSON
+/// answer, within `timeout` (the file endpoints).
+///
+/// A non-2xx answer becomes [`ClientError::Status`] carrying the agent's `error` message.
+pub async fn post_json<T, B, S>(
+    stream: S,
+    path: &str,
+    body: &B,
+    timeout: Duration,
+) -> Result<T, ClientError>
+where
+    T: DeserializeOwned,
+    B: serde::Serialize,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let what = format!("POST {path}");
+    let bytes = serde_json::to_vec(body).map_err(|source| ClientError::Encode {
+        path: what.clone(),
+        source,
+    })?;
+    match tokio::time::timeout(timeout, request(stream, Method::POST, path, bytes)).await {
+        Ok(result) => result,
+        Err(_elapsed) => Err(ClientError::Timeout {
+            path: what,
+            after: timeout,
+        }),
+    }
+}
+
+/// `POST /files/read` ([`crate::files`]).
+pub async fn read_file<S>(
+    stream: S,
+    req: &ReadFile,
+    timeout: Duration,
+) -> Result<FileContent, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    post_json(stream, FILE_READ_PATH, req, timeout).await
+}
+
+/// `POST /files/write` ([`crate::files`]).
+pub async fn write_file<S>(
+    stream: S,
+    req: &WriteFile,
+    timeout: Duration,
+) -> Result<Written, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    post_json(stream, FILE_WRITE_PATH, req, timeout).await
+}
+
+/// `POST /files/list` ([`crate::files`]).
+pub async fn list_dir<S>(
+    stream: S,
+    req: &ListDir,
+    timeout: Duration,
+) -> Result<DirListing, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    post_json(stream, FILE_LIST_PATH, req, timeout).await
+}
+
+/// One request over `stream`, its answer decoded; errors name `METHOD path`.
+async fn request<T, S>(
+    stream: S,
+    method: Method,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<T, ClientError>
 where
     T: DeserializeOwned,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let what = format!("{method} {path}");
     let (mut sender, _conn) = banger_http::handshake(stream, Some(MAX_HEAD_LEN))
         .await
         .map_err(|source| ClientError::Handshake {
-            path: path.to_string(),
+            path: what.clone(),
             source,
         })?;
 
-    let req = Request::get(path)
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
         .header(header::HOST, "banger-agent")
         .header(header::ACCEPT, "application/json")
-        .header(header::CONNECTION, "close")
-        .body(Empty::<Bytes>::new())
-        .map_err(|source| ClientError::BuildRequest {
-            path: path.to_string(),
-            source,
-        })?;
+        .header(header::CONNECTION, "close");
+    if !body.is_empty() {
+        req = req.header(header::CONTENT_TYPE, "application/json");
+    }
+    let req =
+        req.body(Full::new(Bytes::from(body)))
+            .map_err(|source| ClientError::BuildRequest {
+                path: what.clone(),
+                source,
+            })?;
     let resp = sender
         .send_request(req)
         .await
         .map_err(|source| ClientError::Request {
-            path: path.to_string(),
+            path: what.clone(),
             source,
         })?;
     let status = resp.status();
-    let body = read_capped(resp, path).await?;
+    let body = read_capped(resp, &what).await?;
 
     if !status.is_success() {
-        return Err(status_error(path, status, &body));
+        return Err(status_error(&what, status, &body));
     }
-    serde_json::from_slice(&body).map_err(|source| ClientError::Decode {
-        path: path.to_string(),
-        source,
-    })
+    serde_json::from_slice(&body).map_err(|source| ClientError::Decode { path: what, source })
 }
 
 /// Asks the agent to switch `stream` to `protocol` with `GET path` and `Upgrade: protocol`
@@ -325,7 +410,7 @@ where
         max_head: Some(MAX_HEAD_LEN),
         max_body: MAX_ANSWER_LEN,
     };
-    let path = || path.to_string();
+    let path = || format!("GET {path}");
     banger_http::upgrade::upgrade(stream, request, limits, timeout)
         .await
         .map_err(|e| match e {

@@ -5,6 +5,7 @@
 //! they depend on this crate alone.
 //!
 //! - [`wire`]: the JSON types and constants shared by the agent and the host.
+//! - [`files`]: the file endpoints' types (read, write, list by absolute guest path).
 //! - [`exec`]: the exec protocol (an HTTP upgrade, then frames) and its frame codec.
 //! - [`mux`]: the multiplexer that carries several sessions over one virtio-serial stream.
 //! - [`client`]: the host's side: Firecracker's hybrid vsock handshake, Unix sockets, requests
@@ -12,5 +13,6 @@
 
 pub mod client;
 pub mod exec;
+pub mod files;
 pub mod mux;
 pub mod wire;

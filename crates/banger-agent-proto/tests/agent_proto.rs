@@ -518,7 +518,7 @@ async fn upgrade_exec_against_a_silent_agent_times_out_naming_the_path() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, ClientError::Timeout { path, .. } if path == "/exec"),
+        matches!(&err, ClientError::Timeout { path, .. } if path == "GET /exec"),
         "{err}"
     );
     server.abort();

@@ -2,12 +2,14 @@
 //!
 //! It runs as root in every VM and answers the host over HTTP/1.1: `GET /healthz` (build
 //! identity, uptime, hostname), `GET /ports` (listening sockets with their processes),
-//! `GET /host-keys` (the guest's SSH host public keys), and
+//! `GET /host-keys` (the guest's SSH host public keys), `POST /files/read|write|list` (guest
+//! files by absolute path), and
 //! two upgrades: `GET /exec` (run a command) and `GET /mux` (many streams over one). The
 //! wire types, constants and the host's client live in `banger-agent-proto`; this crate is
 //! the guest's side only.
 //!
 //! - [`exec`]: running a command for the host, stdio streamed, signals and a pty.
+//! - [`files`]: reading, writing (atomically) and listing guest files for the host.
 //! - [`host_keys`]: the guest's SSH host public keys, once its first boot made them.
 //! - [`mux`]: serving several streams over one (the virtio-serial port).
 //! - [`procfs`]: listening sockets and machine facts read from `/proc`.
@@ -15,6 +17,7 @@
 //! - [`server`]: the HTTP server and its vsock, Unix socket and serial transports.
 
 pub mod exec;
+pub mod files;
 pub mod host_keys;
 pub mod mux;
 pub mod procfs;

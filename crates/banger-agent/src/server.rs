@@ -1,6 +1,7 @@
 //! The agent's HTTP/1.1 server and the transports it listens on.
 //!
-//! [`Agent`] answers `GET /healthz`, `GET /ports` and `GET /host-keys` on any byte stream ([`serve_connection`]).
+//! [`Agent`] answers `GET /healthz`, `GET /ports`, `GET /host-keys` and the file endpoints
+//! (`POST /files/read|write|list`, [`crate::files`]) on any byte stream ([`serve_connection`]).
 //! The streams come from a vsock listener (the guest's normal path under Firecracker), a Unix
 //! socket (host test mode) or a virtio-serial device, which is one stream reopened after every
 //! disconnect ([`serve_reopening`]). [`run`] serves a [`ListenPlan`] until a shutdown future
@@ -33,8 +34,11 @@ use tokio_vsock::{VMADDR_CID_ANY, VsockAddr, VsockListener};
 use crate::host_keys::{HostKeyError, HostKeyFiles};
 use crate::procfs::{ProcError, ProcFs};
 use crate::serial::SerialStream;
-use crate::{error_chain, exec, mux};
+use crate::{error_chain, exec, files, mux};
 use banger_agent_proto::exec::{EXEC_PATH, UPGRADE_EXEC};
+use banger_agent_proto::files::{
+    FILE_LIST_PATH, FILE_READ_PATH, FILE_WRITE_PATH, MAX_FILE_REQUEST,
+};
 use banger_agent_proto::mux::{MUX_PATH, UPGRADE_MUX};
 use banger_agent_proto::wire::{
     AGENT_VSOCK_PORT, ErrorBody, HOST_KEYS_PATH, Health, HostKeys, Ports,
@@ -161,6 +165,13 @@ impl Agent {
             (&Method::GET, MUX_PATH) => upgrade(req, UPGRADE_MUX, &sessions, move |io| {
                 mux::serve(self, io, format!("{peer} mux"))
             }),
+            (&Method::POST, FILE_READ_PATH) => file_op(req, files::read_file).await,
+            (&Method::POST, FILE_WRITE_PATH) => file_op(req, files::write_file).await,
+            (&Method::POST, FILE_LIST_PATH) => file_op(req, files::list_dir).await,
+            (_, FILE_READ_PATH | FILE_WRITE_PATH | FILE_LIST_PATH) => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{} {path}: only POST is allowed", req.method()),
+            ),
             (_, "/healthz" | "/ports" | HOST_KEYS_PATH | EXEC_PATH | MUX_PATH) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{} {path}: only GET is allowed", req.method()),
@@ -168,7 +179,7 @@ impl Agent {
             _ => error(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "no such endpoint: {} {path} (try GET /healthz, GET /ports or GET {HOST_KEYS_PATH})",
+                    "no such endpoint: {} {path} (try GET /healthz, GET /ports, GET {HOST_KEYS_PATH} or POST {FILE_READ_PATH})",
                     req.method()
                 ),
             ),
@@ -192,6 +203,52 @@ impl Agent {
                 format!("reading /proc failed: {e}"),
             ),
         }
+    }
+}
+
+/// Answers a file endpoint: reads the JSON body (at most [`MAX_FILE_REQUEST`] bytes), runs
+/// `op` on the blocking pool, and renders its answer or its error with the error's status.
+async fn file_op<Q, T, F>(req: Request<Incoming>, op: F) -> Response<Full<Bytes>>
+where
+    Q: serde::de::DeserializeOwned + Send + 'static,
+    T: Serialize + Send + 'static,
+    F: FnOnce(&Q) -> Result<T, files::FileError> + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    let path = req.uri().path().to_string();
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_FILE_REQUEST)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "POST {path}: cannot read the body (at most {MAX_FILE_REQUEST} bytes): {e}"
+                ),
+            );
+        }
+    };
+    let parsed: Q = match serde_json::from_slice(&body) {
+        Ok(q) => q,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("POST {path}: the body does not fit the request: {e}"),
+            );
+        }
+    };
+    match tokio::task::spawn_blocking(move || op(&parsed)).await {
+        Ok(Ok(value)) => json(StatusCode::OK, &value),
+        Ok(Err(e)) => error(
+            StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            error_chain(&e),
+        ),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("POST {path} failed: {e}"),
+        ),
     }
 }
 
@@ -699,6 +756,147 @@ mod tests {
         let agent = Agent::with_host_keys(ProcFs::new(dir.path()), build(), files);
         let keys = client::host_keys(connected(agent), T).await.unwrap();
         assert_eq!(keys.keys, ["ssh-ed25519 AAAA x"]);
+    }
+
+    #[tokio::test]
+    async fn a_collected_session_feeds_stdin_caps_output_and_stops_at_its_deadline() {
+        use banger_agent_proto::client::exec::exec;
+        use banger_agent_proto::exec::{ExecRequest, ExitStatus};
+        let dir = fixture();
+        let sh = |line: &str| ExecRequest::new(["/bin/sh", "-c", line]);
+        let session = exec(
+            connected(agent(dir.path())),
+            sh("cat; printf 0123456789; echo oops >&2; exit 4"),
+            T,
+        )
+        .await
+        .unwrap();
+        let out = session.collect(b"abc".to_vec(), 8, None).await.unwrap();
+        assert_eq!(out.status, Some(ExitStatus::Code(4)));
+        assert_eq!(out.stdout.bytes, b"abc01234");
+        assert_eq!(out.stdout.total, 13);
+        assert!(out.stdout.truncated());
+        assert_eq!(out.stderr.bytes, b"oops\n");
+        assert!(!out.stderr.truncated());
+
+        let session = exec(
+            connected(agent(dir.path())),
+            sh("echo started; sleep 30"),
+            T,
+        )
+        .await
+        .unwrap();
+        let t = std::time::Instant::now();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+        let out = session
+            .collect(Vec::new(), 64, Some(deadline))
+            .await
+            .unwrap();
+        assert_eq!(out.status, None, "the deadline passed first");
+        assert_eq!(out.stdout.bytes, b"started\n");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    }
+
+    #[tokio::test]
+    async fn file_endpoints_write_read_and_list_over_the_wire() {
+        use banger_agent_proto::files::{EntryKind, ListDir, ReadFile, WriteFile};
+        let dir = fixture();
+        let work = tempfile::tempdir().unwrap();
+        let file = work.path().join("sub/notes.txt");
+        let a = || connected(agent(dir.path()));
+        let w = client::write_file(
+            a(),
+            &WriteFile {
+                path: file.display().to_string(),
+                content: b"hello\n\x00bytes".to_vec(),
+                mode: Some(0o640),
+                create_parents: true,
+            },
+            T,
+        )
+        .await
+        .unwrap();
+        assert_eq!((w.bytes, w.mode), (12, 0o640));
+        let r = client::read_file(
+            a(),
+            &ReadFile {
+                path: file.display().to_string(),
+                max_bytes: None,
+            },
+            T,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.content, b"hello\n\x00bytes");
+        let l = client::list_dir(
+            a(),
+            &ListDir {
+                path: work.path().join("sub").display().to_string(),
+            },
+            T,
+        )
+        .await
+        .unwrap();
+        assert_eq!(l.entries.len(), 1);
+        assert_eq!(
+            (l.entries[0].name.as_str(), l.entries[0].kind),
+            ("notes.txt", EntryKind::File)
+        );
+
+        // Refusals carry the agent's message and status.
+        let err = client::read_file(
+            a(),
+            &ReadFile {
+                path: "notes.txt".into(),
+                max_bytes: None,
+            },
+            T,
+        )
+        .await
+        .unwrap_err();
+        match &err {
+            ClientError::Status {
+                status,
+                message,
+                path,
+            } => {
+                assert_eq!(*status, 400);
+                assert!(message.contains("is relative"), "{message}");
+                assert_eq!(path, "POST /files/read");
+            }
+            other => panic!("{other}"),
+        }
+        let err = client::read_file(
+            a(),
+            &ReadFile {
+                path: work.path().join("missing").display().to_string(),
+                max_bytes: None,
+            },
+            T,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, ClientError::Status { status: 404, .. }),
+            "{err}"
+        );
+        // A body of the wrong shape is a 400 naming the problem.
+        let mut s = a();
+        let body = r#"{"path":"/x","colour":1}"#;
+        let answer = raw_exchange(
+            &mut s,
+            &format!(
+                "POST /files/list HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("unknown field `colour`"), "{answer}");
+        // Only POST.
+        let mut s = a();
+        let answer = raw_exchange(&mut s, "GET /files/read HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
     }
 
     #[tokio::test]

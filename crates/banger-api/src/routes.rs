@@ -31,6 +31,12 @@ pub mod templates {
     pub const IMAGE: &str = "/images/{reference}";
     /// `GET`: the API's OpenAPI 3.1 document.
     pub const OPENAPI: &str = "/openapi.json";
+    /// `POST`: read a guest file through the VM's agent.
+    pub const VM_FILES_READ: &str = "/vms/{reference}/files/read";
+    /// `POST`: write a guest file through the VM's agent.
+    pub const VM_FILES_WRITE: &str = "/vms/{reference}/files/write";
+    /// `POST`: list a guest directory through the VM's agent.
+    pub const VM_FILES_LIST: &str = "/vms/{reference}/files/list";
 }
 
 /// One route with its parameters, as the client asks it.
@@ -61,6 +67,9 @@ pub enum Route<'a> {
     ImagesBootstrap,
     ImagesImport,
     Image(&'a str),
+    VmFilesRead(&'a str),
+    VmFilesWrite(&'a str),
+    VmFilesList(&'a str),
 }
 
 impl Route<'_> {
@@ -88,6 +97,9 @@ impl Route<'_> {
             Self::ImagesBootstrap => t::IMAGES_BOOTSTRAP,
             Self::ImagesImport => t::IMAGES_IMPORT,
             Self::Image(_) => t::IMAGE,
+            Self::VmFilesRead(_) => t::VM_FILES_READ,
+            Self::VmFilesWrite(_) => t::VM_FILES_WRITE,
+            Self::VmFilesList(_) => t::VM_FILES_LIST,
         }
     }
 
@@ -103,7 +115,10 @@ impl Route<'_> {
             | Self::VmExec(r)
             | Self::VmWorkspace(r)
             | Self::VmWorkspaceExport(r)
-            | Self::Image(r) => template.replace("{reference}", &encode(r)),
+            | Self::Image(r)
+            | Self::VmFilesRead(r)
+            | Self::VmFilesWrite(r)
+            | Self::VmFilesList(r) => template.replace("{reference}", &encode(r)),
             Self::Kernel(name) => template.replace("{name}", &encode(name)),
             Self::VmList { all } => format!("{template}?all={all}"),
             Self::Status
@@ -161,6 +176,9 @@ mod tests {
             Route::VmWorkspaceExport("x"),
             Route::Kernel("x"),
             Route::Image("x"),
+            Route::VmFilesRead("x"),
+            Route::VmFilesWrite("x"),
+            Route::VmFilesList("x"),
         ] {
             let p = r.path();
             assert!(

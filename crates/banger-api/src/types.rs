@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use banger_core::build::BuildInfo;
-pub use banger_core::vm::{MacAddr, VmState};
+pub use banger_core::vm::{MacAddr, VmOrigin, VmState};
 pub use banger_core::vmm_kind::VmmKind;
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
@@ -172,6 +172,8 @@ pub struct Vm {
     pub error: Option<String>,
     /// The prepared workspace, if any.
     pub workspace: Option<Workspace>,
+    /// Who asked for the VM (`api`, or `mcp` for `banger mcp`).
+    pub origin: VmOrigin,
 }
 
 /// How a workspace's repository travelled.
@@ -325,6 +327,9 @@ pub struct CreateVm {
     pub nat: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vmm: Option<VmmKind>,
+    /// Who asks; `api` when absent. `banger mcp` sends `mcp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<VmOrigin>,
 }
 
 /// The JSON shape of [`CreateVm`], every key listed so that unknown ones are refused. It is
@@ -355,6 +360,8 @@ struct CreateVmWire {
     nat: Option<bool>,
     #[serde(default)]
     vmm: Option<VmmKind>,
+    #[serde(default)]
+    origin: Option<VmOrigin>,
 }
 
 /// Gives `$api` the OpenAPI schema of `$wire`, the type serde really reads it through, under
@@ -397,6 +404,7 @@ impl From<CreateVmWire> for CreateVm {
             },
             nat: w.nat,
             vmm: w.vmm,
+            origin: w.origin,
         }
     }
 }
@@ -837,6 +845,94 @@ pub struct ImportBundle {
     pub kernel_ref: Option<String>,
 }
 
+// Guest files (`/vms/{reference}/files/...`), relayed to the VM's agent. The shapes are the
+// agent's (`banger_agent_proto::files`), in the API's own types as health and ports are.
+
+/// `POST /v1/vms/{reference}/files/read`: a file of the guest by absolute path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadGuestFile {
+    pub path: String,
+    /// Most bytes to return (at most, and by default, 1 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+}
+
+/// The answer to `POST /v1/vms/{reference}/files/read`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GuestFile {
+    pub path: String,
+    /// The file's whole size.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// The bytes read (base64 on the wire): the whole file, or its beginning when `truncated`.
+    #[serde(with = "base64_bytes")]
+    #[schema(value_type = String, content_encoding = "base64")]
+    pub content: Vec<u8>,
+    pub truncated: bool,
+}
+
+/// `POST /v1/vms/{reference}/files/write`: the file replaced whole (temporary file, rename).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WriteGuestFile {
+    pub path: String,
+    /// The bytes (base64 on the wire), at most 512 KiB.
+    #[serde(with = "base64_bytes")]
+    #[schema(value_type = String, content_encoding = "base64")]
+    pub content: Vec<u8>,
+    /// Permission bits; by default the replaced file's, or `0o644`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// Make missing parent directories.
+    #[serde(default)]
+    pub create_parents: bool,
+}
+
+/// The answer to `POST /v1/vms/{reference}/files/write`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GuestFileWritten {
+    pub path: String,
+    pub bytes: u64,
+    pub mode: u32,
+}
+
+/// `POST /v1/vms/{reference}/files/list`: a directory of the guest by absolute path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListGuestDir {
+    pub path: String,
+}
+
+/// What a guest directory entry is (symlinks are not followed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestEntryKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// One entry of a guest directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GuestDirEntry {
+    pub name: String,
+    pub kind: GuestEntryKind,
+    pub size: u64,
+    pub mode: u32,
+}
+
+/// The answer to `POST /v1/vms/{reference}/files/list`: entries by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GuestDirListing {
+    pub path: String,
+    pub entries: Vec<GuestDirEntry>,
+    /// More entries than one listing returns (10000): the first by name are listed.
+    pub truncated: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -881,13 +977,14 @@ mod tests {
             },
             nat: Some(true),
             vmm: Some(VmmKind::Qemu),
+            origin: Some(VmOrigin::Mcp),
         };
         let json = serde_json::to_value(&req).unwrap();
         assert_eq!(
             json,
             serde_json::json!({"name": "web", "image": "img", "cpus": 4, "memory_mib": 512,
                 "disk_bytes": 1u64 << 30, "work_disk_bytes": 2u64 << 30, "nat": true,
-                "vmm": "qemu"})
+                "vmm": "qemu", "origin": "mcp"})
         );
         assert_eq!(serde_json::from_value::<CreateVm>(json).unwrap(), req);
         assert_eq!(

@@ -79,6 +79,9 @@ With no flag, writes (or refreshes) the block now; --print shows it and changes 
     /// Install banger as systemd system units (bangerd as you, plus the root helper).
     #[command(subcommand, long_about = SYSTEM_LONG_ABOUT)]
     System(SystemCommand),
+    /// Serve MCP on stdio: coding agents run code in banger VMs.
+    #[command(long_about = MCP_LONG_ABOUT, after_long_help = MCP_EXAMPLES)]
+    Mcp(McpArgs),
     /// Print a shell completion script.
     #[command(
         after_long_help = "Examples:\n  banger completion bash > ~/.local/share/bash-completion/completions/banger\n  banger completion zsh > \"${fpath[1]}/_banger\"\n  banger completion fish > ~/.config/fish/completions/banger.fish"
@@ -846,4 +849,27 @@ pub struct UninstallArgs {
     /// while a VM's VMM still runs)
     #[arg(long)]
     pub purge: bool,
+}
+
+const MCP_LONG_ABOUT: &str = "Serves the Model Context Protocol on stdin/stdout, for a coding agent \
+that starts it as an MCP server: tools to run a command in a fresh VM (vm_run, optionally with a \
+host repository copied in), create, list, show and delete VMs, run commands in them (vm_exec), \
+read, write and list their files, prepare a workspace from a host repository and export the \
+work as a patch. The daemon is started as for any command.\n\n\
+Guard rails (config [mcp]): at most mcp.max_vms VMs made through MCP at once (default 8), only \
+the images in mcp.allowed_images when it is set, vm_delete only for VMs made through MCP unless \
+mcp.delete_any = true, and host paths only inside your home.\n\n\
+--print-config AGENT prints what to paste into that agent's MCP config instead (on stdout; \
+where it goes on stderr).";
+
+const MCP_EXAMPLES: &str = "Examples:\n  banger mcp --print-config claude > .mcp.json\n  \
+banger mcp --print-config codex >> ~/.codex/config.toml\n  banger mcp --print-config cursor\n  \
+banger mcp --print-config generic";
+
+/// `banger mcp`.
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    /// Print the MCP config snippet for this agent and exit (claude, codex, cursor, generic).
+    #[arg(long, value_name = "AGENT", value_parser = ["claude", "codex", "cursor", "generic"])]
+    pub print_config: Option<String>,
 }

@@ -118,6 +118,17 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
+    /// `banger mcp` needs the owner's home (host paths must be inside it).
+    #[error(
+        "banger mcp needs HOME set to an absolute path (host paths an agent gives must be inside it)"
+    )]
+    McpNoHome,
+    #[error("cannot tell the current directory")]
+    Cwd(#[source] std::io::Error),
+    #[error("cannot tell where the banger binary is, for the MCP config")]
+    NoExe,
+    #[error(transparent)]
+    Mcp(#[from] banger_mcp::ServeError),
 }
 
 impl From<ClientError> for CliError {
@@ -168,7 +179,11 @@ impl CliError {
             | Self::Inspect(_)
             | Self::System(_)
             | Self::SystemDaemonDown { .. }
-            | Self::OutputFile { .. } => 1,
+            | Self::OutputFile { .. }
+            | Self::McpNoHome
+            | Self::Cwd(_)
+            | Self::NoExe
+            | Self::Mcp(_) => 1,
             // A command the guest cannot start exits as a shell's would (127, 126).
             Self::Exec { source, .. } => match source {
                 banger_agent_proto::client::exec::ExecError::Spawn { kind, .. } => {

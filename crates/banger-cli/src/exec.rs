@@ -48,22 +48,7 @@ pub fn wants_pty(forced: Option<bool>) -> bool {
     forced.unwrap_or_else(|| std::io::stdin().is_terminal())
 }
 
-/// The guest's `/bin/sh` script that runs its arguments through `mise exec --` when mise is
-/// there, else as they are: no round trip to find out first.
-pub const MISE_WRAP: &str =
-    "if command -v mise >/dev/null 2>&1; then exec mise exec -- \"$@\"; else exec \"$@\"; fi";
-
-/// `argv` wrapped in [`MISE_WRAP`], passed to it exactly.
-pub fn mise_wrapped(argv: Vec<String>) -> Vec<String> {
-    let mut out = vec![
-        "/bin/sh".to_string(),
-        "-c".to_string(),
-        MISE_WRAP.to_string(),
-        "sh".to_string(),
-    ];
-    out.extend(argv);
-    out
-}
+pub use banger_workspace::{MISE_WRAP, mise_wrapped};
 
 /// Where and how a command runs in the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +78,8 @@ impl Target {
 }
 
 /// Runs `argv` in `cwd` in VM `vm` with no stdin, collecting its output; returns its shell
-/// status and its stderr (stdout is dropped). For banger's own steps (`mise install`).
+/// status and its stderr (at most 64 KiB; stdout is dropped). For banger's own steps
+/// (`mise install`).
 pub async fn run_quiet(
     client: &Client,
     vm: &str,
@@ -106,20 +92,15 @@ pub async fn run_quiet(
         vm: vm.to_string(),
         source,
     };
-    let mut session = exec_upgraded(io, req, START_TIMEOUT).await.map_err(fail)?;
-    drop(session.take_stdin());
-    let mut stderr = Vec::new();
-    loop {
-        match session.next_event().await.map_err(fail)? {
-            Some(ExecEvent::Stdout(_)) => {}
-            Some(ExecEvent::Stderr(b)) => {
-                if stderr.len() < 64 << 10 {
-                    stderr.extend_from_slice(&b);
-                }
-            }
-            Some(ExecEvent::Exit(status)) => return Ok((status.shell_code(), stderr)),
-            None => return Err(fail(ExecError::Ended { pid: session.pid() })),
-        }
+    let session = exec_upgraded(io, req, START_TIMEOUT).await.map_err(fail)?;
+    let pid = session.pid();
+    let out = session
+        .collect(Vec::new(), 64 << 10, None)
+        .await
+        .map_err(fail)?;
+    match out.status {
+        Some(status) => Ok((status.shell_code(), out.stderr.bytes)),
+        None => Err(fail(ExecError::Ended { pid })),
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`logview`]: printing and following a VM's logs (`vm logs [-f]`) across rotations.
 //! - [`error`]: errors and their one-line rendering (`banger: ...`).
 //! - [`system`]: `system install|status|restart|uninstall` (the systemd units).
+//! - [`mcp`]: `banger mcp`, the MCP server on stdio (in `banger-mcp`) and `--print-config`.
 //!
 //! This crate is the program's front: it alone reads the process environment (`BANGER_HOME`,
 //! XDG dirs, `PATH`, `NO_COLOR`, the `BANGER_*` overrides), once, in [`main`] ([`HostEnv`]),
@@ -24,6 +25,7 @@ pub mod error;
 pub mod escape;
 pub mod exec;
 pub mod logview;
+pub mod mcp;
 pub mod sshconfig;
 pub mod system;
 pub mod ui;
@@ -66,6 +68,10 @@ pub struct HostEnv {
     pub sudo_user: Option<OsString>,
     /// `BANGER_HELPER_SOCKET`.
     pub helper_socket: Option<OsString>,
+    /// `HOME`: the owner's home, inside which `banger mcp` takes host paths.
+    pub home: Option<OsString>,
+    /// `BANGER_HOME`, passed on in `banger mcp --print-config` snippets.
+    pub banger_home: Option<OsString>,
 }
 
 impl HostEnv {
@@ -80,6 +86,8 @@ impl HostEnv {
             vmm: std::env::var_os("BANGER_VMM"),
             sudo_user: std::env::var_os("SUDO_USER"),
             helper_socket: std::env::var_os("BANGER_HELPER_SOCKET"),
+            home: std::env::var_os("HOME"),
+            banger_home: std::env::var_os("BANGER_HOME"),
         }
     }
 
@@ -190,6 +198,7 @@ pub async fn run(command: Command, ctx: &mut Ctx) -> Result<u8, CliError> {
         Command::SshConfig(a) => sshconfig::run(a, ctx).await,
         Command::System(s) => system::run(&s, &ctx.env, &mut ctx.ui).map(|()| 0),
         Command::Ui(a) => webui::run(ctx, &a).await,
+        Command::Mcp(a) => mcp::run(a, ctx).await,
         Command::Completion { shell } => {
             // clap_complete panics on a write error, so the script is written to memory first
             // and then to stdout, where a closed pipe is an error like any other write.

@@ -95,6 +95,7 @@ pub fn create_request(f: &CreateFlags) -> Result<CreateVm, CliError> {
                     .map_err(|e| CliError::Usage(format!("--vmm: {e}")))
             })
             .transpose()?,
+        origin: None,
     })
 }
 
@@ -505,6 +506,7 @@ fn show(ctx: &mut Ctx, vm: &Vm) -> Result<(), CliError> {
         ("nat", if vm.nat { "on" } else { "off" }.to_string()),
         ("pid", vm.pid.map_or("-".into(), |p| p.to_string())),
         ("created", vm.created_at.clone()),
+        ("origin", vm.origin.to_string()),
         ("started", opt(&vm.started_at)),
         ("console log", vm.console_log.display().to_string()),
         ("vmm log", vm.vmm_log.display().to_string()),

@@ -43,9 +43,6 @@ use crate::escape::{Mode, escape};
 use crate::exec::Target;
 use crate::ui::Style;
 
-/// The exit status of the `mise install` step's script when the guest has no mise.
-const NO_MISE: i32 = 200;
-
 /// The host's git, found on the CLI's `PATH`.
 pub fn git(ctx: &Ctx) -> Git {
     Git::new(Arc::new(
@@ -124,16 +121,12 @@ async fn mise_install(
     let prefix = ctx.ui.paint_err(Style::Dim, "[workspace]");
     ctx.ui.note(&format!("{prefix} mise install ({pins})"))?;
     let target = Target {
-        argv: vec![
-            "/bin/sh".into(),
-            "-c".into(),
-            format!("command -v mise >/dev/null 2>&1 || exit {NO_MISE}; exec mise install"),
-        ],
+        argv: banger_workspace::mise_install(),
         cwd: prepared.workspace.guest_path.clone(),
     };
     let warning = match crate::exec::run_quiet(client, vm, &target).await {
         Ok((0, _)) => None,
-        Ok((NO_MISE, _)) => Some(format!(
+        Ok((banger_workspace::NO_MISE, _)) => Some(format!(
             "the guest has no mise: the tools {pins} pins were not installed"
         )),
         Ok((code, stderr)) => {

@@ -73,7 +73,34 @@ pub struct Config {
     /// More names the web UI answers to in the `Host` header, besides `127.0.0.1`,
     /// `localhost`, `[::1]` and the listen address (DNS names).
     pub web_hostnames: Vec<String>,
+    /// `[mcp]`: the guard rails of `banger mcp` (see [`McpConfig`]).
+    pub mcp: McpConfig,
 }
+
+/// `[mcp]`: what `banger mcp` lets a coding agent do.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct McpConfig {
+    /// Most VMs made through MCP that may exist at once (0 to [`MAX_MCP_VMS`]).
+    pub max_vms: u32,
+    /// Images an agent may create VMs from, by name; empty means any image.
+    pub allowed_images: Vec<String>,
+    /// Whether `vm_delete` may delete VMs not made through MCP.
+    pub delete_any: bool,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        Self {
+            max_vms: 8,
+            allowed_images: Vec::new(),
+            delete_any: false,
+        }
+    }
+}
+
+/// The largest `mcp.max_vms`.
+pub const MAX_MCP_VMS: u32 = 1024;
 
 /// Where the web UI listens by default.
 pub const DEFAULT_WEB_LISTEN: std::net::SocketAddr = std::net::SocketAddr::V4(
@@ -277,6 +304,7 @@ impl Default for Config {
             web_listen: DEFAULT_WEB_LISTEN,
             web_allow_remote: false,
             web_hostnames: Vec::new(),
+            mcp: McpConfig::default(),
         }
     }
 }
@@ -459,6 +487,22 @@ impl Config {
                 ),
             ));
         }
+        if self.mcp.max_vms > MAX_MCP_VMS {
+            return Err(bad(
+                "mcp.max_vms",
+                self.mcp.max_vms.to_string(),
+                format!("must be 0 to {MAX_MCP_VMS}"),
+            ));
+        }
+        for image in &self.mcp.allowed_images {
+            if crate::names::validate_image_name(image).is_err() {
+                return Err(bad(
+                    "mcp.allowed_images",
+                    image.clone(),
+                    "not a valid image name".into(),
+                ));
+            }
+        }
         let mut seen = std::collections::BTreeSet::new();
         for entry in &self.file_sync {
             let fail = |source| ConfigError::FileSync {
@@ -488,6 +532,37 @@ mod tests {
 
     fn parse(text: &str) -> Result<Loaded, ConfigError> {
         Config::parse(Path::new("/c/config.toml"), text)
+    }
+
+    #[test]
+    fn the_mcp_table_has_defaults_and_checked_values() {
+        let d = parse("").unwrap().config.mcp;
+        assert_eq!(
+            (d.max_vms, d.allowed_images.len(), d.delete_any),
+            (8, 0, false)
+        );
+        let l = parse(
+            "[mcp]\nmax_vms = 2\nallowed_images = [\"debian-bookworm\"]\ndelete_any = true\n",
+        )
+        .unwrap();
+        assert_eq!(
+            l.config.mcp,
+            McpConfig {
+                max_vms: 2,
+                allowed_images: vec!["debian-bookworm".into()],
+                delete_any: true
+            }
+        );
+        assert!(l.warnings.is_empty());
+        let err = parse("[mcp]\nmax_vms = 5000\n").unwrap_err().to_string();
+        assert!(err.contains("mcp.max_vms = \"5000\" is invalid"), "{err}");
+        let err = parse("[mcp]\nallowed_images = [\"a b\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mcp.allowed_images"), "{err}");
+        let l = parse("[mcp]\nmax_vm = 3\n").unwrap();
+        assert_eq!(l.warnings.len(), 1, "{:?}", l.warnings);
+        assert!(l.warnings[0].contains("mcp.max_vm"), "{:?}", l.warnings);
     }
 
     #[test]

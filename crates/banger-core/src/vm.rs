@@ -1,5 +1,5 @@
 //! Values that describe a VM, shared by the store (which keeps them), the API (which reports
-//! them) and the daemon: its lifecycle [`VmState`] and its guest [`MacAddr`].
+//! them) and the daemon: its lifecycle [`VmState`], its [`VmOrigin`] and its guest [`MacAddr`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -55,6 +55,61 @@ impl FromStr for VmState {
             .into_iter()
             .find(|v| v.as_str() == s)
             .ok_or_else(|| ParseVmStateError {
+                input: s.to_string(),
+            })
+    }
+}
+
+/// Who asked for a VM, recorded with it: the MCP server only deletes the VMs it created
+/// (unless config `mcp.delete_any` says otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum VmOrigin {
+    /// A client of the daemon API: the CLI, a script.
+    #[default]
+    Api,
+    /// `banger mcp`, on behalf of a coding agent.
+    Mcp,
+    /// The daemon's local web UI.
+    Web,
+}
+
+impl VmOrigin {
+    pub const ALL: [Self; 3] = [Self::Api, Self::Mcp, Self::Web];
+
+    /// The lowercase name used in JSON, the store and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::Mcp => "mcp",
+            Self::Web => "web",
+        }
+    }
+}
+
+impl fmt::Display for VmOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An origin name that is not one of [`VmOrigin::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown VM origin {input:?}")]
+pub struct ParseVmOriginError {
+    pub input: String,
+}
+
+impl FromStr for VmOrigin {
+    type Err = ParseVmOriginError;
+
+    /// Exactly one of the lowercase names.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| ParseVmOriginError {
                 input: s.to_string(),
             })
     }
@@ -135,6 +190,19 @@ mod tests {
         assert_eq!(
             "Running".parse::<VmState>().unwrap_err().to_string(),
             "unknown VM state \"Running\""
+        );
+    }
+
+    #[test]
+    fn origins_round_trip_default_to_api_and_unknown_ones_are_refused() {
+        for o in VmOrigin::ALL {
+            assert_eq!(o.as_str().parse::<VmOrigin>(), Ok(o));
+            assert_eq!(serde_json::to_string(&o).unwrap(), format!("\"{o}\""));
+        }
+        assert_eq!(VmOrigin::default(), VmOrigin::Api);
+        assert_eq!(
+            "MCP".parse::<VmOrigin>().unwrap_err().to_string(),
+            "unknown VM origin \"MCP\""
         );
     }
 

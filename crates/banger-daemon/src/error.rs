@@ -11,6 +11,7 @@
 
 use std::path::PathBuf;
 
+use banger_agent_proto::client::ClientError as AgentClientError;
 use banger_api::{ApiError, ErrorKind};
 use banger_core::limits::LimitError;
 use banger_core::names::NameError;
@@ -152,6 +153,17 @@ pub enum OpError {
         #[source]
         source: banger_agent_proto::client::mux::MuxError,
     },
+    /// A guest file request the agent refused or failed; the kind follows the agent's status.
+    #[error("VM {vm:?}: cannot {what} {path} in the guest")]
+    GuestFile {
+        vm: String,
+        what: &'static str,
+        path: String,
+        #[source]
+        source: banger_agent_proto::client::ClientError,
+    },
+    #[error(transparent)]
+    GuestPath(#[from] banger_agent_proto::files::GuestPathError),
     #[error("the {kind} VMM is unavailable: {why}")]
     VmmUnavailable {
         kind: banger_core::vmm_kind::VmmKind,
@@ -297,6 +309,17 @@ impl OpError {
             | Self::Agent { .. }
             | Self::AgentMux { .. }
             | Self::VmmUnavailable { .. } => ErrorKind::Unavailable,
+            Self::GuestPath(_) => ErrorKind::BadRequest,
+            // The agent's refusal says what was wrong (banger_agent_proto::files); an agent
+            // that failed, or could not be reached, is unavailable as for any agent call.
+            Self::GuestFile { source, .. } => match source {
+                AgentClientError::Status { status: 404, .. } => ErrorKind::NotFound,
+                AgentClientError::Status { status: 409, .. } => ErrorKind::Conflict,
+                AgentClientError::Status {
+                    status: 400..=499, ..
+                } => ErrorKind::BadRequest,
+                _ => ErrorKind::Unavailable,
+            },
             Self::Cancelled => ErrorKind::Cancelled,
             Self::Store(e) => store_kind(e),
             Self::Kernel { source, .. } => kernel_kind(source),
@@ -595,6 +618,32 @@ mod tests {
     use std::io;
 
     use super::*;
+
+    #[test]
+    fn a_guest_file_error_takes_its_kind_from_the_agent_s_status() {
+        let file = |status: u16| OpError::GuestFile {
+            vm: "web".into(),
+            what: "read",
+            path: "/root/x".into(),
+            source: AgentClientError::Status {
+                path: "POST /files/read".into(),
+                status,
+                message: "why".into(),
+            },
+        };
+        assert_eq!(file(404).kind(), ErrorKind::NotFound);
+        assert_eq!(file(409).kind(), ErrorKind::Conflict);
+        assert_eq!(file(400).kind(), ErrorKind::BadRequest);
+        assert_eq!(file(500).kind(), ErrorKind::Unavailable);
+        assert_eq!(
+            banger_core::error::chain(&file(404)),
+            "VM \"web\": cannot read /root/x in the guest: agent POST /files/read: answered 404: why"
+        );
+        let relative = OpError::from(banger_agent_proto::files::GuestPathError::Relative(
+            "x".into(),
+        ));
+        assert_eq!(relative.kind(), ErrorKind::BadRequest);
+    }
 
     fn os(code: i32) -> io::Error {
         io::Error::from_raw_os_error(code)

@@ -52,6 +52,8 @@ pub const STREAM_DESCRIPTION: &str = "Streamed: `application/x-ndjson`, one JSON
             done there as a patch."),
         (name = "images", description = "Root filesystems VMs boot."),
         (name = "kernels", description = "Kernels images boot."),
+        (name = "files", description = "Files inside a running guest, read, written and \
+            listed by absolute path through its agent."),
         (name = "ssh", description = "How to reach guests with ssh."),
     )
 )]

@@ -20,6 +20,9 @@ use banger_api::types::{
     RegisterImage, SshConfig, SshConfigChange, SshInfo, Vm, VmStats, WorkspaceExport,
 };
 use banger_api::types::{Event, PreparedWorkspace};
+use banger_api::types::{
+    GuestDirListing, GuestFile, GuestFileWritten, ListGuestDir, ReadGuestFile, WriteGuestFile,
+};
 use banger_api::{ApiError, ErrorKind};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -433,4 +436,42 @@ pub async fn bootstrap_image(
     responses((status = 200, description = "The registered image.", body = Image), Errors))]
 pub async fn import_bundle(State(state): S, ApiJson(req): ApiJson<ImportBundle>) -> Answer<Image> {
     Ok(Json(bootstrap::import(state, req).await?))
+}
+
+// Guest files, relayed to the VM's agent (`vms::read_file`, `write_file`, `list_dir`).
+
+/// Reads a guest file by absolute path through the VM's agent (at most 1 MiB, or
+/// `max_bytes`; a longer file comes back cut, with `truncated` set and its whole size).
+#[utoipa::path(post, path = t::VM_FILES_READ, tag = "files", params(VmRef), request_body = ReadGuestFile,
+    responses((status = 200, description = "The file's bytes and metadata.", body = GuestFile), Errors))]
+pub async fn read_guest_file(
+    State(state): S,
+    Path(reference): Path<String>,
+    ApiJson(req): ApiJson<ReadGuestFile>,
+) -> Answer<GuestFile> {
+    Ok(Json(vms::read_file(&state, &reference, req).await?))
+}
+
+/// Writes a guest file whole by absolute path through the VM's agent: a temporary file
+/// next to it, synced, then renamed over it (at most 512 KiB).
+#[utoipa::path(post, path = t::VM_FILES_WRITE, tag = "files", params(VmRef), request_body = WriteGuestFile,
+    responses((status = 200, description = "What was written.", body = GuestFileWritten), Errors))]
+pub async fn write_guest_file(
+    State(state): S,
+    Path(reference): Path<String>,
+    ApiJson(req): ApiJson<WriteGuestFile>,
+) -> Answer<GuestFileWritten> {
+    Ok(Json(vms::write_file(&state, &reference, req).await?))
+}
+
+/// Lists a guest directory by absolute path through the VM's agent, entries by name
+/// (symlinks not followed).
+#[utoipa::path(post, path = t::VM_FILES_LIST, tag = "files", params(VmRef), request_body = ListGuestDir,
+    responses((status = 200, description = "The directory's entries.", body = GuestDirListing), Errors))]
+pub async fn list_guest_dir(
+    State(state): S,
+    Path(reference): Path<String>,
+    ApiJson(req): ApiJson<ListGuestDir>,
+) -> Answer<GuestDirListing> {
+    Ok(Json(vms::list_dir(&state, &reference, req).await?))
 }

@@ -75,6 +75,9 @@ pub fn api() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::import_bundle))
         .routes(routes!(routes::show_image))
         .routes(routes!(routes::delete_image))
+        .routes(routes!(routes::read_guest_file))
+        .routes(routes!(routes::write_guest_file))
+        .routes(routes!(routes::list_guest_dir))
         .fallback(not_found);
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest(API_PREFIX, v1)

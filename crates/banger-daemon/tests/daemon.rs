@@ -358,6 +358,7 @@ mod adversarial_pid_reuse {
                 error: None,
                 created_at: format!("t{n}"),
                 started_at: None,
+                origin: banger_core::vm::VmOrigin::Api,
             };
             self.state.db(|s| s.insert_vm(&row)).unwrap();
             row
@@ -631,6 +632,7 @@ mod adversarial {
             error: None,
             created_at: "2026-01-01T00:00:00Z".into(),
             started_at: None,
+            origin: banger_core::vm::VmOrigin::Api,
         }
     }
 
@@ -3054,6 +3056,7 @@ mod multi_ref {
             error: None,
             created_at: "2026-01-01T00:00:00Z".into(),
             started_at: None,
+            origin: banger_core::vm::VmOrigin::Api,
         };
         f.state.db(|s| s.insert_vm(&row)).unwrap();
         row

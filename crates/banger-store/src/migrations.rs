@@ -49,6 +49,14 @@ pub const MIGRATIONS: &[Migration] = &[
         // `workspace_json` column, never written, goes.
         sql: include_str!("migrations/0004_vm_workspaces.sql"),
     },
+    Migration {
+        id: 5,
+        name: "vms_origin",
+        // Who asked for the VM (`api`, or `mcp` for `banger mcp`): the MCP server deletes
+        // only its own. Every VM made before this was made through the API.
+        sql: "ALTER TABLE vms ADD COLUMN origin TEXT NOT NULL DEFAULT 'api' \
+              CHECK (origin IN ('api', 'mcp', 'web'));",
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -7,7 +7,7 @@
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
-use banger_core::vm::{MacAddr, VmState};
+use banger_core::vm::{MacAddr, VmOrigin, VmState};
 use banger_core::vmm_kind::VmmKind;
 use rusqlite::{OptionalExtension, Row, params};
 
@@ -40,11 +40,13 @@ pub struct VmRow {
     pub error: Option<String>,
     pub created_at: String,
     pub started_at: Option<String>,
+    /// Who asked for the VM; set at insert, never changed.
+    pub origin: VmOrigin,
 }
 
 const COLUMNS: &str = "id, name, image_id, state, vmm, cpus, memory_mib, disk_bytes, \
     work_disk_bytes, nat, ip, mac, tap, vsock_cid, pid, dir, error, created_at, \
-    started_at, vmm_start_time";
+    started_at, vmm_start_time, origin";
 
 /// A column of a row whose stored text does not decode (see [`StoreError::Corrupt`]).
 struct BadColumn {
@@ -95,6 +97,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Result<VmRow, BadColumn>> {
     let vmm: VmmKind = required!(4, "vmm");
     let ip: Option<Ipv4Addr> = optional!(10, "ip");
     let mac: Option<MacAddr> = optional!(11, "mac");
+    let origin: VmOrigin = required!(20, "origin");
     Ok(Ok(VmRow {
         ip,
         mac,
@@ -116,6 +119,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Result<VmRow, BadColumn>> {
         created_at: r.get(17)?,
         started_at: r.get(18)?,
         vmm_start_time: r.get(19)?,
+        origin,
     }))
 }
 
@@ -166,7 +170,7 @@ impl Store {
             .execute(
                 &format!(
                     "INSERT INTO vms ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
-                     ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+                     ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
                 ),
                 params![
                     vm.id,
@@ -188,7 +192,8 @@ impl Store {
                     vm.error,
                     vm.created_at,
                     vm.started_at,
-                    vm.vmm_start_time
+                    vm.vmm_start_time,
+                    vm.origin.as_str()
                 ],
             )
             .map_err(self.insert_error(format!("insert vm {}", vm.name), TABLE, &vm.name))?;

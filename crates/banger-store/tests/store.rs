@@ -277,6 +277,7 @@ fn vm(id: &str, name: &str, ip: &str) -> banger_store::VmRow {
         error: None,
         created_at: "2026-01-01T00:00:00Z".into(),
         started_at: None,
+        origin: banger_core::vm::VmOrigin::Api,
     }
 }
 
@@ -492,4 +493,45 @@ fn a_vm_workspace_round_trips_and_goes_with_its_vm() {
         .unwrap_err();
     s.delete_vm("a1").unwrap();
     assert_eq!(s.list_workspaces().unwrap(), vec![]);
+}
+
+/// A VM's origin is stored as written and never changed by an update; VMs stored before the
+/// column existed read as made through the API.
+#[test]
+fn a_vm_keeps_its_origin_and_older_rows_are_api() {
+    use banger_core::vm::VmOrigin;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("banger.db");
+    // A database as the build before the origin column left it, with one VM.
+    let before: Vec<Migration> = MIGRATIONS.iter().copied().filter(|m| m.id < 5).collect();
+    let s = Store::open_with(&path, &before).unwrap();
+    s.insert_image(&image("img1", "base")).unwrap();
+    s.conn()
+        .execute(
+            "INSERT INTO vms (id, name, image_id, state, vmm, cpus, memory_mib, disk_bytes, \
+             work_disk_bytes, nat, dir, created_at) VALUES ('old1', 'old', 'img1', 'stopped', \
+             'firecracker', 1, 256, 1, 1, 0, '/d', '2026-01-01T00:00:00Z')",
+            [],
+        )
+        .unwrap();
+    drop(s);
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.get_vm("old1").unwrap().unwrap().origin, VmOrigin::Api);
+    let mut row = vm("m1", "agent-box", "172.30.0.9");
+    row.origin = VmOrigin::Mcp;
+    s.insert_vm(&row).unwrap();
+    let stored: String = s
+        .conn()
+        .query_row("SELECT origin FROM vms WHERE id = 'm1'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, "mcp");
+    row.state = VmState::Running;
+    s.update_vm(&row).unwrap();
+    assert_eq!(s.get_vm("m1").unwrap().unwrap().origin, VmOrigin::Mcp);
+    // The schema refuses an origin banger does not know.
+    let err = s
+        .conn()
+        .execute("UPDATE vms SET origin = 'cron' WHERE id = 'm1'", [])
+        .unwrap_err();
+    assert!(err.to_string().contains("CHECK"), "{err}");
 }

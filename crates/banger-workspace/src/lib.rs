@@ -28,5 +28,8 @@ pub use inspect::{
     FileSource, Identity, InspectError, InspectOptions, Inspection, PlannedFile, ToolPin,
     TransferMode, current_head, inspect,
 };
-pub use script::{DEFAULT_GUEST_PATH, Existing, ScriptError, export_script, prepare_script};
+pub use script::{
+    DEFAULT_GUEST_PATH, Existing, MISE_WRAP, NO_MISE, ScriptError, export_script, mise_install,
+    mise_wrapped, prepare_script,
+};
 pub use stream::{StreamError, StreamStats, write_stream};

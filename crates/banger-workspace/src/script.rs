@@ -193,6 +193,37 @@ printf 'end\n'
     ))
 }
 
+/// The guest's `/bin/sh` script that runs its arguments through `mise exec --` when mise is
+/// there, else as they are: decided in the guest, so no round trip. Commands in a workspace
+/// run through it (`vm exec`, `vm run PATH -- CMD`, the MCP server's `vm_exec`).
+pub const MISE_WRAP: &str =
+    "if command -v mise >/dev/null 2>&1; then exec mise exec -- \"$@\"; else exec \"$@\"; fi";
+
+/// `argv` wrapped in [`MISE_WRAP`], passed to it exactly.
+pub fn mise_wrapped(argv: Vec<String>) -> Vec<String> {
+    let mut out = vec![
+        "/bin/sh".to_string(),
+        "-c".to_string(),
+        MISE_WRAP.to_string(),
+        "sh".to_string(),
+    ];
+    out.extend(argv);
+    out
+}
+
+/// The exit status of [`mise_install`] when the guest has no mise.
+pub const NO_MISE: i32 = 200;
+
+/// The argv of `mise install` in a workspace whose repository pins tools: exits [`NO_MISE`]
+/// when the guest has no mise.
+pub fn mise_install() -> Vec<String> {
+    vec![
+        "/bin/sh".to_string(),
+        "-c".to_string(),
+        format!("command -v mise >/dev/null 2>&1 || exit {NO_MISE}; exec mise install"),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

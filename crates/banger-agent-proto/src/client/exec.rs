@@ -7,6 +7,8 @@
 //! window-size watcher) forwards signals and resizes. Dropping the session closes the
 //! connection, which makes the agent kill the process group. [`exec_upgraded`] starts a
 //! session on a connection that is already upgraded: the CLI's, relayed by the daemon.
+//! [`ExecSession::collect`] runs a session to its end with a given stdin and keeps its output
+//! as values, capped ([`Collected`]): for callers that want results, not streams.
 //!
 //! Memory is bounded whatever the guest does: frames are capped at
 //! [`crate::exec::MAX_FRAME_PAYLOAD`], at most [`EVENT_QUEUE`] output frames wait for the caller (the
@@ -292,6 +294,85 @@ impl ExecSession {
                 None => return Err(ExecError::Ended { pid: self.pid }),
             }
         }
+    }
+}
+
+/// One output stream of a [`Collected`] session: its first bytes, up to the cap, and how
+/// many it produced in all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Captured {
+    pub bytes: Vec<u8>,
+    pub total: u64,
+}
+
+impl Captured {
+    /// Whether the stream produced more than [`Captured::bytes`] holds.
+    pub fn truncated(&self) -> bool {
+        self.total > self.bytes.len() as u64
+    }
+
+    fn push(&mut self, chunk: &[u8], cap: usize) {
+        self.total += chunk.len() as u64;
+        let room = cap.saturating_sub(self.bytes.len());
+        self.bytes
+            .extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+}
+
+/// What [`ExecSession::collect`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Collected {
+    /// How the process ended; `None` when the deadline passed first (the session is then
+    /// closed, which makes the agent kill the process group).
+    pub status: Option<ExitStatus>,
+    pub stdout: Captured,
+    pub stderr: Captured,
+}
+
+impl ExecSession {
+    /// Feeds `stdin` to the process (then end of input), and reads its output until it ends
+    /// or `deadline` passes, keeping at most `cap` bytes of each stream (the rest is counted,
+    /// not kept). For callers that want the output as values rather than streamed: the CLI's
+    /// own steps (`mise install`), the MCP server's `vm_exec`.
+    pub async fn collect(
+        mut self,
+        stdin: Vec<u8>,
+        cap: usize,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Collected, ExecError> {
+        let feeder = self.take_stdin().map(|mut input| {
+            tokio::spawn(async move {
+                // A process that exits without reading its input ends the session: not an
+                // error of the collection.
+                if input.write_all(&stdin).await.is_ok() {
+                    let _ = input.shutdown().await;
+                }
+            })
+        });
+        let mut out = Collected {
+            status: None,
+            stdout: Captured::default(),
+            stderr: Captured::default(),
+        };
+        let read = async {
+            loop {
+                match self.next_event().await? {
+                    Some(ExecEvent::Stdout(b)) => out.stdout.push(&b, cap),
+                    Some(ExecEvent::Stderr(b)) => out.stderr.push(&b, cap),
+                    Some(ExecEvent::Exit(status)) => return Ok(Some(status)),
+                    None => return Err(ExecError::Ended { pid: self.pid }),
+                }
+            }
+        };
+        let status = match deadline {
+            None => read.await,
+            Some(at) => tokio::time::timeout_at(at, read).await.unwrap_or(Ok(None)),
+        };
+        if let Some(feeder) = feeder {
+            feeder.abort();
+        }
+        out.status = status?;
+        Ok(out)
     }
 }
 

@@ -471,3 +471,29 @@ fn a_guest_reaches_another_network_only_through_nat() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// `banger mcp`'s `vm_run` end to end in a real guest, driven by the reference Python MCP
+/// client: a fresh VM from the golden image runs the commands through its agent (the guest's
+/// kernel answers `uname -r`) and is deleted.
+#[test]
+fn mcp_vm_run_in_a_real_guest_through_the_python_client() {
+    let Some(python) = crate::mcp::mcp_python() else {
+        return;
+    };
+    let Some(home) = guest_home() else { return };
+    let kernel: serde_json::Value =
+        serde_json::from_str(&home.ok(&["kernel", "show", "host", "--json"])).unwrap();
+    let t = Instant::now();
+    let report = crate::mcp::run_client(
+        &home,
+        &python,
+        serde_json::json!({
+            "mode": "guest",
+            "kernel_version": kernel["version"],
+        }),
+    );
+    eprintln_timing("mcp vm_run (two runs)", t.elapsed());
+    assert!(report.contains("ok vm_run with progress\n"), "{report}");
+    assert!(report.contains("ok vm_run in the guest\n"), "{report}");
+    assert!(home.vms().is_empty(), "vm_run left a VM");
+}

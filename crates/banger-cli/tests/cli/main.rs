@@ -12,6 +12,7 @@ mod foundation;
 mod guest;
 mod host;
 mod inputs;
+mod mcp;
 mod ssh;
 mod system;
 mod vm;

@@ -233,6 +233,7 @@ fn purge_alone_removes_the_owner_s_vms_and_images() {
         error: None,
         created_at: "2026-01-01T00:00:00Z".into(),
         started_at: None,
+        origin: banger_core::vm::VmOrigin::Api,
     };
     store.insert_vm(&vm).unwrap();
     drop(store);

@@ -16,7 +16,7 @@ fn text(bytes: &[u8]) -> String {
 /// Whether this host can give the fake's agent a private `/root` (a mount namespace, and a
 /// user namespace when not root); tests that write `/root` skip visibly otherwise.
 #[allow(clippy::print_stderr)] // the visible reason for a skip
-fn private_root_or_skip(home: &Home) -> bool {
+pub(crate) fn private_root_or_skip(home: &Home) -> bool {
     let log = home.path().join("state");
     let found = std::fs::read_dir(&log).is_ok()
         && walk_contains(&log, "console.log", "no private /root for the agent");
@@ -53,7 +53,7 @@ fn home_with(names: &[&str]) -> Option<Home> {
 }
 
 /// `git` on the host, with a fixed identity and no global or system config.
-fn git(dir: &Path, args: &[&str]) -> String {
+pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
     let out = git_out(dir, args);
     assert!(
         out.status.success(),

@@ -1,5 +1,5 @@
-//! The VM's guest agent: waiting for it to answer, its health, a ping, its listening ports
-//! and exec sessions. The agent's wire answers become the API's own types here.
+//! The VM's guest agent: waiting for it to answer, its health, a ping, its listening ports,
+//! exec sessions and guest files (read, write, list). The agent's wire answers become the API's own types here.
 //!
 //! # One way in per VM
 //!
@@ -17,8 +17,12 @@ use std::time::{Duration, Instant};
 
 use banger_agent_proto::client::exec::Io;
 use banger_agent_proto::client::{ClientError, DEFAULT_TIMEOUT};
+use banger_agent_proto::files::{self, check_guest_path};
 use banger_agent_proto::wire;
-use banger_api::types::{Family, Health, Ping, PortListener, Proto, VmState};
+use banger_api::types::{
+    Family, GuestDirEntry, GuestDirListing, GuestEntryKind, GuestFile, GuestFileWritten, Health,
+    ListGuestDir, Ping, PortListener, Proto, ReadGuestFile, VmState, WriteGuestFile,
+};
 use banger_store::VmRow;
 use banger_vmm::AgentEndpoint;
 
@@ -202,6 +206,110 @@ pub async fn exec_channel(state: &AppState, reference: &str) -> Result<Io, OpErr
             vm: row.name,
             source,
         })
+}
+
+/// How long a file request waits for the agent: a write carries up to 512 KiB and syncs.
+const FILE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The guest file at `req.path` in the running VM `reference` names, through its agent.
+pub async fn read_file(
+    state: &AppState,
+    reference: &str,
+    req: ReadGuestFile,
+) -> Result<GuestFile, OpError> {
+    check_guest_path(&req.path)?;
+    let row = state.find_vm(reference)?;
+    let stream = open_stream(state, &row, AGENT_TIMEOUT).await?;
+    let ask = files::ReadFile {
+        path: req.path.clone(),
+        max_bytes: req.max_bytes,
+    };
+    let f = banger_agent_proto::client::read_file(stream, &ask, FILE_TIMEOUT)
+        .await
+        .map_err(guest_file(&row, "read", &req.path))?;
+    Ok(GuestFile {
+        path: f.path,
+        size: f.size,
+        mode: f.mode,
+        content: f.content,
+        truncated: f.truncated,
+    })
+}
+
+/// Writes the guest file at `req.path` in the running VM `reference` names, through its
+/// agent (replaced whole).
+pub async fn write_file(
+    state: &AppState,
+    reference: &str,
+    req: WriteGuestFile,
+) -> Result<GuestFileWritten, OpError> {
+    check_guest_path(&req.path)?;
+    let row = state.find_vm(reference)?;
+    let stream = open_stream(state, &row, AGENT_TIMEOUT).await?;
+    let path = req.path.clone();
+    let ask = files::WriteFile {
+        path: req.path,
+        content: req.content,
+        mode: req.mode,
+        create_parents: req.create_parents,
+    };
+    let w = banger_agent_proto::client::write_file(stream, &ask, FILE_TIMEOUT)
+        .await
+        .map_err(guest_file(&row, "write", &path))?;
+    Ok(GuestFileWritten {
+        path: w.path,
+        bytes: w.bytes,
+        mode: w.mode,
+    })
+}
+
+/// The guest directory at `req.path` in the running VM `reference` names, through its agent.
+pub async fn list_dir(
+    state: &AppState,
+    reference: &str,
+    req: ListGuestDir,
+) -> Result<GuestDirListing, OpError> {
+    check_guest_path(&req.path)?;
+    let row = state.find_vm(reference)?;
+    let stream = open_stream(state, &row, AGENT_TIMEOUT).await?;
+    let ask = files::ListDir {
+        path: req.path.clone(),
+    };
+    let l = banger_agent_proto::client::list_dir(stream, &ask, FILE_TIMEOUT)
+        .await
+        .map_err(guest_file(&row, "list", &req.path))?;
+    Ok(GuestDirListing {
+        path: l.path,
+        entries: l
+            .entries
+            .into_iter()
+            .map(|e| GuestDirEntry {
+                name: e.name,
+                kind: match e.kind {
+                    files::EntryKind::File => GuestEntryKind::File,
+                    files::EntryKind::Dir => GuestEntryKind::Dir,
+                    files::EntryKind::Symlink => GuestEntryKind::Symlink,
+                    files::EntryKind::Other => GuestEntryKind::Other,
+                },
+                size: e.size,
+                mode: e.mode,
+            })
+            .collect(),
+        truncated: l.truncated,
+    })
+}
+
+fn guest_file<'a>(
+    row: &'a VmRow,
+    what: &'static str,
+    path: &'a str,
+) -> impl FnOnce(ClientError) -> OpError + 'a {
+    move |source| OpError::GuestFile {
+        vm: row.name.clone(),
+        what,
+        path: path.to_string(),
+        source,
+    }
 }
 
 fn port_listener(l: wire::Listener) -> PortListener {

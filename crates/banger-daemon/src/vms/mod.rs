@@ -41,7 +41,8 @@
 //! - `host_files`: host integration written into the work disk before every boot (git
 //!   identity, agent auth files, config `file_sync`).
 //! - `vmm`: the VM's VMM process, identified before it is signalled.
-//! - `agent`: the VM's guest agent (readiness, health, ping, ports, exec sessions), one
+//! - `agent`: the VM's guest agent (readiness, health, ping, ports, exec sessions, guest
+//!   files), one
 //!   multiplexed connection per VM reached over a Unix socket (QEMU).
 //! - `ports`: the guest's listeners as the host reaches them: endpoints, web links.
 //! - `exec`: exec sessions relayed between a client and the agent.
@@ -65,7 +66,10 @@ mod view;
 mod vmm;
 
 pub use actions::{act, delete, kill, restart, set, start, stop};
-pub use agent::{agent_health, agent_ports, endpoint_of, exec_channel, health, ping};
+pub use agent::{
+    agent_health, agent_ports, endpoint_of, exec_channel, health, list_dir, ping, read_file,
+    write_file,
+};
 pub use boot::record_missing_host_keys;
 pub use create::{
     DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_WORK_DISK, check_settings, create, rollback_create,

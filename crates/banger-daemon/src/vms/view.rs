@@ -70,6 +70,7 @@ impl AppState {
                 .flatten()
                 .as_ref()
                 .map(workspace_view),
+            origin: row.origin,
         }
     }
 

@@ -177,6 +177,7 @@ mod tests {
             vmm_log: PathBuf::new(),
             error: None,
             workspace: None,
+            origin: banger_core::vm::VmOrigin::Api,
         }
     }
 
