@@ -55,6 +55,20 @@ pub(super) async fn wait_agent(
     }
 }
 
+/// Makes the multiplexed link to a guest reached over a one-client socket (QEMU's
+/// virtio-serial; see [`crate::agents`]) while the VM boots, within the boot's agent budget
+/// (config `agent_wait_secs`): the checks before it used connections of their own, after
+/// each of which the agent reopens its port, and under load that can take longer than the
+/// 5 s a request gives the link. Not fatal: the next request makes the link again.
+pub(super) async fn link_agent(state: &AppState, row: &VmRow, endpoint: &AgentEndpoint) {
+    if let AgentEndpoint::Unix(socket) = endpoint {
+        let budget = Duration::from_secs(state.opts.config.agent_wait_secs);
+        if let Err(e) = state.agents.open(row, socket, budget).await {
+            tracing::warn!(vm = %row.name, error = %chain(&e), "agent link not made at boot");
+        }
+    }
+}
+
 /// How often [`wait_agent`] retries while the guest boots.
 const AGENT_POLL: Duration = Duration::from_millis(20);
 

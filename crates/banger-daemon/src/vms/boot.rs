@@ -77,6 +77,7 @@ pub(super) async fn boot(
         }
     }
     record_host_keys(state, row, &running.agent).await;
+    super::agent::link_agent(state, row, &running.agent).await;
     row.state = VmState::Running;
     row.started_at = Some(state.now());
     state.set_vm(row)?;
