@@ -90,6 +90,7 @@ pub async fn image(cmd: ImageCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
                     ("distro", opt(&i.distro)),
                     ("arch", opt(&i.arch)),
                     ("description", opt(&i.description)),
+                    ("init", i.init.to_string()),
                     ("created", i.created_at.clone()),
                     (
                         "used by",
