@@ -57,14 +57,14 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 pub const SYSTEMD_PATHS: [&str; 2] = ["/lib/systemd/systemd", "/usr/lib/systemd/systemd"];
 
 /// A mount made at boot: (source, target, type, flags, data).
-pub type MountSpec = (&'static str, &'static str, &'static str, u64, &'static str);
+pub type MountSpec<'a> = (&'a str, &'a str, &'a str, u64, &'a str);
 
 const NOSUID: u64 = libc::MS_NOSUID;
 const NODEV: u64 = libc::MS_NODEV;
 const NOEXEC: u64 = libc::MS_NOEXEC;
 
 /// The API filesystems, in mount order.
-pub const MOUNTS: [MountSpec; 7] = [
+pub const MOUNTS: [MountSpec<'static>; 7] = [
     ("proc", "/proc", "proc", NOSUID | NODEV | NOEXEC, ""),
     ("sysfs", "/sys", "sysfs", NOSUID | NODEV | NOEXEC, ""),
     ("devtmpfs", "/dev", "devtmpfs", NOSUID, "mode=0755"),
@@ -277,7 +277,7 @@ fn mount(source: &str, target: &str, fstype: &str, flags: u64, data: &str) -> io
 }
 
 /// Mounts `m` on its target (made if missing) unless something is mounted there already.
-pub fn mount_unless_mounted(m: MountSpec) -> io::Result<bool> {
+pub fn mount_unless_mounted(m: MountSpec<'_>) -> io::Result<bool> {
     let (source, target, fstype, flags, data) = m;
     fs::create_dir_all(target)?;
     if is_mount_point(Path::new(target)) {
@@ -739,6 +739,28 @@ mod tests {
         assert!(is_mount_point(Path::new("/proc")));
         let dir = tempfile::tempdir().unwrap();
         assert!(!is_mount_point(dir.path()));
+    }
+
+    #[test]
+    #[allow(clippy::print_stderr)] // the visible reason for a skip
+    fn a_mount_is_made_once_and_an_existing_mount_point_is_left_alone() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root (mount)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("run");
+        let target_str = target.display().to_string();
+        let spec: MountSpec<'_> = ("tmpfs", &target_str, "tmpfs", NOSUID | NODEV, "mode=0755");
+        assert!(
+            mount_unless_mounted(spec).unwrap(),
+            "made the directory and mounted"
+        );
+        assert!(is_mount_point(&target));
+        assert!(!mount_unless_mounted(spec).unwrap(), "not stacked twice");
+        rustix::mount::unmount(&target, rustix::mount::UnmountFlags::empty()).unwrap();
+        assert!(!is_mount_point(&target));
     }
 
     /// The test process as a subreaper stands in for PID 1: an orphaned grandchild comes to
