@@ -11,6 +11,9 @@
 //! - [`exec`]: running a command for the host, stdio streamed, signals and a pty.
 //! - [`files`]: reading, writing (atomically) and listing guest files for the host.
 //! - [`host_keys`]: the guest's SSH host public keys, once its first boot made them.
+//! - [`init`]: banger's minimal init, when the kernel starts the agent as PID 1.
+//! - [`kmod`]: loading kernel modules without `modprobe` (for [`init`]).
+//! - [`net`]: the network from `network.env` over rtnetlink (for [`init`]).
 //! - [`mux`]: serving several streams over one (the virtio-serial port).
 //! - [`procfs`]: listening sockets and machine facts read from `/proc`.
 //! - [`serial`]: an async stream over the virtio-serial character device.
@@ -19,7 +22,10 @@
 pub mod exec;
 pub mod files;
 pub mod host_keys;
+pub mod init;
+pub mod kmod;
 pub mod mux;
+pub mod net;
 pub mod procfs;
 pub mod serial;
 pub mod server;

@@ -1,4 +1,5 @@
-//! `banger-agent`: the guest agent binary. Parses flags and runs [`banger_agent::server`].
+//! `banger-agent`: the guest agent binary. Parses flags and runs [`banger_agent::server`];
+//! started by the kernel as PID 1, it is banger's minimal init instead ([`banger_agent::init`]).
 #![allow(clippy::print_stdout)]
 
 use std::path::PathBuf;
@@ -58,6 +59,11 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    if std::process::id() == 1 {
+        // Started by the kernel (`init=`): banger's minimal init, which runs the agent as its
+        // child.
+        banger_agent::init::run();
+    }
 
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -725,6 +725,9 @@ pub struct Image {
     pub arch: Option<String>,
     pub description: Option<String>,
     pub created_at: String,
+    /// What runs as its guests' PID 1: the image's systemd, or banger's minimal init.
+    #[serde(default)]
+    pub init: banger_core::guest_init::GuestInit,
     /// Names of VMs using it.
     #[serde(default)]
     pub used_by: Vec<String>,

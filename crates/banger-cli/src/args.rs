@@ -790,6 +790,10 @@ pub struct MakeBundleArgs {
     /// Kernel modules directory to copy to /lib/modules/<its name>
     #[arg(long)]
     pub modules: Option<std::path::PathBuf>,
+    /// What runs as PID 1: systemd (installed on first boot with --nat when the image lacks
+    /// it), banger (the agent as minimal init) [default: systemd if the image has it, else banger]
+    #[arg(long, value_name = "INIT", value_parser = ["systemd", "banger"])]
+    pub init: Option<String>,
     /// Output directory
     #[arg(long)]
     pub out: std::path::PathBuf,

@@ -90,6 +90,7 @@ pub async fn image(cmd: ImageCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
                     ("distro", opt(&i.distro)),
                     ("arch", opt(&i.arch)),
                     ("description", opt(&i.description)),
+                    ("init", i.init.to_string()),
                     ("created", i.created_at.clone()),
                     (
                         "used by",
@@ -288,6 +289,9 @@ pub fn make_bundle(a: crate::args::MakeBundleArgs, ctx: &mut Ctx) -> Result<u8, 
         size,
         agent_bin: agent,
         modules_dir: a.modules.clone(),
+        init: a.init.as_deref().map(str::parse).transpose().map_err(
+            |e: banger_core::guest_init::ParseGuestInitError| CliError::Usage(e.to_string()),
+        )?,
         out_dir: a.out.clone(),
         work_dir: a.out.clone(),
     };

@@ -17,6 +17,7 @@
 //! - [`quote`]: quoting a bounded prefix of a peer's bytes in an error message, and a word
 //!   for a POSIX shell.
 //! - [`vmm_kind`]: which VMM runs a VM, and the config's choice of one.
+//! - [`guest_init`]: what runs as a guest's PID 1 (systemd, or the agent as banger's init).
 //! - [`vm`]: a VM's lifecycle state and guest MAC address.
 //! - [`ssh_config`]: the managed `Host *.vm` block in the owner's `~/.ssh/config`.
 //! - [`known_hosts`]: banger's own known_hosts lines, the guests' host keys by name and address.
@@ -25,6 +26,7 @@ pub mod build;
 pub mod config;
 pub mod elf;
 pub mod error;
+pub mod guest_init;
 pub mod known_hosts;
 pub mod layout;
 pub mod limits;

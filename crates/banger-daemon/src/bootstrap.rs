@@ -114,6 +114,8 @@ pub async fn bootstrap(
         size: req.size,
         agent_bin: agent,
         modules_dir: kernel.modules.as_ref().map(PathBuf::from),
+        // Debian with systemd: detected.
+        init: None,
         out_dir: bundles,
         work_dir: work.path().to_path_buf(),
     };
@@ -260,6 +262,7 @@ async fn register_bundle(
         arch: Some(manifest.arch.clone()).filter(|a| !a.is_empty()),
         description: Some(manifest.description.clone()).filter(|d| !d.is_empty()),
         created_at: state.now(),
+        init: manifest.init,
     };
     if let Err(e) = state.db(|s| s.insert_image(&row)) {
         cleanup(&dir);

@@ -79,6 +79,7 @@ impl AppState {
             arch: row.arch.clone(),
             description: row.description.clone(),
             created_at: row.created_at.clone(),
+            init: row.init,
             used_by,
         })
     }
@@ -252,6 +253,8 @@ pub async fn register(state: Arc<AppState>, req: RegisterImage) -> Result<Image,
         arch: Some(std::env::consts::ARCH.to_string()),
         description: req.description.clone(),
         created_at: state.now(),
+        // Local files come as they are, with the guest contract's systemd units.
+        init: banger_core::guest_init::GuestInit::Systemd,
     };
     if let Err(e) = state.db(|s| s.insert_image(&row)) {
         let _ = tokio::fs::remove_dir_all(&final_dir).await;

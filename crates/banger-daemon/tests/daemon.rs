@@ -2172,6 +2172,53 @@ mod create_validation {
         ));
     }
 
+    /// The kernel command line is the backend-neutral one, plus `init=` the agent for an
+    /// image booting banger's init; the daemon never asks the backend what it is.
+    #[tokio::test]
+    async fn an_image_without_systemd_boots_the_agent_as_init() {
+        let s = setup(|d| d.join("home"));
+        let systemd = s.state.find_image("img").unwrap();
+        s.state
+            .db(|db| {
+                db.insert_image(&ImageRow {
+                    id: "e".repeat(32),
+                    name: "busybox".into(),
+                    init: banger_core::guest_init::GuestInit::Banger,
+                    ..systemd.clone()
+                })
+            })
+            .unwrap();
+        let boot_args = |image: &str| {
+            let s = &s;
+            let image = image.to_string();
+            async move {
+                // The disks do not exist: the create stops after the backend validated.
+                let _ = banger_daemon::vms::create(
+                    s.state.clone(),
+                    CreateVm {
+                        image: Some(image),
+                        ..Default::default()
+                    },
+                    Progress::new(None),
+                    CancellationToken::new(),
+                )
+                .await;
+                match s.vmm.calls().last() {
+                    Some(FakeCall::Validate(spec)) => spec.boot_args.clone(),
+                    other => panic!("{other:?}"),
+                }
+            }
+        };
+        assert_eq!(boot_args("img").await, banger_daemon::vms::BOOT_ARGS);
+        assert_eq!(
+            boot_args("busybox").await,
+            format!(
+                "{} init=/usr/local/bin/banger-agent",
+                banger_daemon::vms::BOOT_ARGS
+            )
+        );
+    }
+
     #[tokio::test]
     async fn a_run_directory_too_deep_for_socket_paths_creates_nothing() {
         // The VM's run directory is `<runtime_dir>/vms/<12 chars>`: its sockets cannot fit

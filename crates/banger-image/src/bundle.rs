@@ -27,6 +27,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use banger_core::guest_init::GuestInit;
 use banger_core::names::validate_image_name;
 use banger_core::runner::CommandRunner;
 use banger_disk::debugfs::quote_checked;
@@ -63,6 +64,9 @@ pub struct Manifest {
     pub kernel_ref: String,
     /// One line for humans.
     pub description: String,
+    /// What runs as the image's PID 1 (absent in bundles made before it: systemd).
+    #[serde(default)]
+    pub init: GuestInit,
 }
 
 impl Manifest {
@@ -89,6 +93,8 @@ pub struct RootfsOptions {
     pub agent_bin: PathBuf,
     /// A kernel modules directory on the host, copied to `/lib/modules/<its name>`.
     pub modules_dir: Option<PathBuf>,
+    /// The init asked for; `None` picks it from the tree (`guest::resolve_init`).
+    pub init: Option<GuestInit>,
 }
 
 /// What [`build_rootfs`] made.
@@ -141,6 +147,7 @@ pub fn build_rootfs(
         &GuestPayload {
             agent_bin: &opts.agent_bin,
             modules_dir: opts.modules_dir.as_deref(),
+            init: opts.init,
         },
     )?;
     let tree_bytes = size_of_tree(tree.root()).map_err(ImageError::disk("measuring the tree"))?;
@@ -304,6 +311,8 @@ pub struct MakeBundle {
     pub agent_bin: PathBuf,
     /// A kernel modules directory, copied to `/lib/modules/<its name>`.
     pub modules_dir: Option<PathBuf>,
+    /// The init asked for; `None` picks it from the tree.
+    pub init: Option<GuestInit>,
     /// Where `<name>.tar.zst` goes (created if missing; an existing bundle of that name
     /// is replaced).
     pub out_dir: PathBuf,
@@ -331,12 +340,13 @@ pub fn make_bundle(
     progress: &mut dyn FnMut(&str),
 ) -> Result<BundleInfo, ImageError> {
     validate_image_name(&req.name)?;
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         name: req.name,
         distro: req.distro,
         arch: req.arch,
         kernel_ref: req.kernel_ref,
         description: req.description,
+        init: GuestInit::default(),
     };
     manifest
         .validate()
@@ -354,8 +364,9 @@ pub fn make_bundle(
         size: req.size,
         agent_bin: req.agent_bin,
         modules_dir: req.modules_dir,
+        init: req.init,
     };
-    build_rootfs(
+    let report = build_rootfs(
         runner,
         req.rootfs_tars,
         &opts,
@@ -363,6 +374,8 @@ pub fn make_bundle(
         &rootfs,
         progress,
     )?;
+    manifest.init = report.guest.init;
+    progress(&format!("guest init: {}", manifest.init));
 
     let file_name = format!("{}.tar.zst", manifest.name);
     let staged = tmp.path().join(&file_name);
@@ -913,6 +926,7 @@ mod tests {
             arch: "x86_64".into(),
             kernel_ref: "debian-6.1".into(),
             description: "".into(),
+            init: GuestInit::Banger,
         };
         assert_eq!(good.validate(), Ok(()));
         let mut bad = good.clone();

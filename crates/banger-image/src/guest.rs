@@ -13,12 +13,22 @@
 //! | `/etc/systemd/system/*.wants/banger-*.service` | enable links (no systemctl in a chroot) |
 //! | `/lib/modules/<version>` | the kernel's modules, when given |
 //!
+//! What runs as PID 1 is decided here too ([`resolve_init`]): an image whose tree has
+//! systemd (`/lib/systemd/systemd` or `/usr/lib/systemd/systemd`, through the image's own
+//! symlinks) boots it as always; one without boots banger's minimal init (the agent, see
+//! `banger-agent`'s `init` module) unless systemd is asked for, which then writes the
+//! marker `/etc/banger/install-systemd` (the agent as init installs systemd on first boot).
+//! The systemd units are injected either way: harmless without systemd, and used once it is
+//! installed.
+//!
 //! At build time `/etc/ssh/ssh_host_*` and `/etc/banger/firstboot-done` are removed, so no
 //! two VMs share host keys. Parent directories are resolved through the image's own
 //! symlinks (`/lib` → `usr/lib` on merged-/usr systems) without leaving the image.
 
 use std::fs;
 use std::path::Path;
+
+use banger_core::guest_init::{GuestInit, INSTALL_SYSTEMD_MARKER};
 
 use crate::ImageError;
 use crate::flatten::{EntryKind, Install, Meta, Tree, descendants, join};
@@ -270,6 +280,8 @@ pub struct GuestPayload<'a> {
     /// A kernel's modules directory on the host (`.../lib/modules/6.1.0-18-amd64`),
     /// copied to `/lib/modules/<its name>`.
     pub modules_dir: Option<&'a Path>,
+    /// The init asked for; `None` picks it from the tree ([`resolve_init`]).
+    pub init: Option<GuestInit>,
 }
 
 /// What [`inject`] did.
@@ -281,6 +293,37 @@ pub struct GuestReport {
     pub modules_load: Vec<String>,
     /// How many `/etc/ssh/ssh_host_*` files were removed.
     pub removed_host_keys: usize,
+    /// What runs as the image's PID 1.
+    pub init: GuestInit,
+}
+
+/// Where systemd may be in an image.
+pub const SYSTEMD_PATHS: [&str; 2] = ["/lib/systemd/systemd", "/usr/lib/systemd/systemd"];
+
+/// Whether the tree has a systemd binary (see [`SYSTEMD_PATHS`]).
+pub fn has_systemd(tree: &Tree) -> Result<bool, ImageError> {
+    for p in SYSTEMD_PATHS {
+        let resolved = tree.resolve_parents(p)?;
+        if matches!(
+            tree.get(&resolved).map(|m| &m.kind),
+            Some(EntryKind::File | EntryKind::Symlink { .. })
+        ) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The init an image gets: asked for systemd (or its install) it has systemd, or it gets it
+/// installed on first boot; asked for banger's, banger's; asked for nothing, systemd when
+/// the image has it, else banger's.
+pub fn resolve_init(requested: Option<GuestInit>, has_systemd: bool) -> GuestInit {
+    match (requested, has_systemd) {
+        (Some(GuestInit::Banger), _) => GuestInit::Banger,
+        (_, true) => GuestInit::Systemd,
+        (None, false) => GuestInit::Banger,
+        (Some(GuestInit::Systemd | GuestInit::InstallSystemd), false) => GuestInit::InstallSystemd,
+    }
 }
 
 /// Writes the guest payload into `tree` (see the module docs).
@@ -392,6 +435,19 @@ pub fn inject(tree: &mut Tree, payload: &GuestPayload<'_>) -> Result<GuestReport
         tree.install(
             MODULES_LOAD_PATH,
             Install::Bytes(conf.as_bytes()),
+            file(0o644),
+        )?;
+    }
+
+    report.init = resolve_init(payload.init, has_systemd(tree)?);
+    let marker = tree.resolve_parents(INSTALL_SYSTEMD_MARKER)?;
+    if tree.get(&marker).is_some() {
+        tree.remove(&marker)?;
+    }
+    if report.init == GuestInit::InstallSystemd {
+        tree.install(
+            INSTALL_SYSTEMD_MARKER,
+            Install::Bytes(b"# Installed by banger: install systemd on first boot.\n"),
             file(0o644),
         )?;
     }
@@ -565,6 +621,50 @@ mod tests {
     }
 
     #[test]
+    fn the_init_is_systemd_when_the_image_has_it_else_banger_s_or_an_install() {
+        use GuestInit::*;
+        assert_eq!(resolve_init(None, true), Systemd);
+        assert_eq!(resolve_init(None, false), Banger);
+        assert_eq!(resolve_init(Some(Systemd), true), Systemd);
+        assert_eq!(resolve_init(Some(Systemd), false), InstallSystemd);
+        assert_eq!(resolve_init(Some(Banger), true), Banger);
+        assert_eq!(resolve_init(Some(InstallSystemd), true), Systemd);
+    }
+
+    #[test]
+    fn systemd_is_found_through_the_image_s_lib_symlink_and_asking_for_it_leaves_the_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("agent");
+        fs::write(&agent, b"\x7fELF agent").unwrap();
+        let payload = |init| GuestPayload {
+            agent_bin: &agent,
+            modules_dir: None,
+            init,
+        };
+        let mut tree = debian_like(dir.path());
+        assert!(!has_systemd(&tree).unwrap());
+        let report = inject(&mut tree, &payload(Some(GuestInit::Systemd))).unwrap();
+        assert_eq!(report.init, GuestInit::InstallSystemd);
+        assert!(tree.get(INSTALL_SYSTEMD_MARKER).is_some());
+        // Built again without asking: banger's init, and the marker goes.
+        let report = inject(&mut tree, &payload(None)).unwrap();
+        assert_eq!(report.init, GuestInit::Banger);
+        assert!(tree.get(INSTALL_SYSTEMD_MARKER).is_none());
+        // /lib/systemd/systemd is /usr/lib/systemd/systemd in this merged-/usr tree.
+        tree.install(
+            "/lib/systemd/systemd",
+            Install::Bytes(b"\x7fELF systemd"),
+            Meta::root(EntryKind::File, 0o755),
+        )
+        .unwrap();
+        assert!(tree.get("/usr/lib/systemd/systemd").is_some());
+        assert!(has_systemd(&tree).unwrap());
+        let report = inject(&mut tree, &payload(Some(GuestInit::Systemd))).unwrap();
+        assert_eq!(report.init, GuestInit::Systemd);
+        assert!(tree.get(INSTALL_SYSTEMD_MARKER).is_none());
+    }
+
+    #[test]
     fn inject_writes_the_payload_with_root_ownership() {
         let dir = tempfile::tempdir().unwrap();
         let mut tree = debian_like(dir.path());
@@ -576,6 +676,7 @@ mod tests {
             &GuestPayload {
                 agent_bin: &agent,
                 modules_dir: Some(&modules),
+                init: None,
             },
         )
         .unwrap();
@@ -668,6 +769,7 @@ mod tests {
             &GuestPayload {
                 agent_bin: &agent,
                 modules_dir: None,
+                init: None,
             },
         )
         .unwrap();
@@ -686,6 +788,7 @@ mod tests {
             &GuestPayload {
                 agent_bin: &agent,
                 modules_dir: Some(&m),
+                init: None,
             },
         )
         .unwrap();
@@ -701,6 +804,7 @@ mod tests {
             &GuestPayload {
                 agent_bin: &dir.path().join("nope"),
                 modules_dir: None,
+                init: None,
             },
         )
         .unwrap_err();

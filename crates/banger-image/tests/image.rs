@@ -216,6 +216,7 @@ fn request(dir: &Path, tars: Vec<PathBuf>, size: Option<u64>) -> MakeBundle {
         size,
         agent_bin: agent(dir),
         modules_dir: Some(modules(dir)),
+        init: None,
         out_dir: dir.join("out"),
         work_dir: work,
     }
@@ -368,6 +369,8 @@ fn bundle_round_trip(dir: &Path) -> BundleInfo {
             arch: "x86_64".into(),
             kernel_ref: "test-kernel".into(),
             description: "a test image".into(),
+            // The test tree has no systemd.
+            init: banger_core::guest_init::GuestInit::Banger,
         }
     );
     assert_eq!(listing(&dir.join("out")), ["test-image.tar.zst"]);
@@ -904,6 +907,7 @@ mod adversarial_tar {
             size: Some(64 * MIB),
             agent_bin: agent(dir.path()),
             modules_dir: None,
+            init: None,
         };
         let image = dir.path().join("rootfs.ext4");
         let result = build_rootfs(

@@ -1,5 +1,6 @@
 //! The `images` and `kernels` tables.
 
+use banger_core::guest_init::{GuestInit, ParseGuestInitError};
 use rusqlite::{OptionalExtension, Row, params};
 
 use crate::{Store, StoreError};
@@ -21,10 +22,12 @@ pub struct ImageRow {
     pub arch: Option<String>,
     pub description: Option<String>,
     pub created_at: String,
+    /// What runs as its guests' PID 1.
+    pub init: GuestInit,
 }
 
 const COLUMNS: &str = "id, name, dir, rootfs, rootfs_bytes, kernel, initrd, modules, kernel_ref, \
-    work_seed, distro, arch, description, created_at";
+    work_seed, distro, arch, description, created_at, init";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<ImageRow> {
     Ok(ImageRow {
@@ -42,6 +45,16 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<ImageRow> {
         arch: r.get(11)?,
         description: r.get(12)?,
         created_at: r.get(13)?,
+        init: r
+            .get::<_, String>(14)?
+            .parse()
+            .map_err(|e: ParseGuestInitError| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    14,
+                    rusqlite::types::Type::Text,
+                    Box::new(e),
+                )
+            })?,
     })
 }
 
@@ -102,7 +115,7 @@ impl Store {
         self.conn().execute(
             &format!(
                 "INSERT INTO images ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
-                 ?11, ?12, ?13, ?14)"
+                 ?11, ?12, ?13, ?14, ?15)"
             ),
             params![
                 img.id,
@@ -118,7 +131,8 @@ impl Store {
                 img.distro,
                 img.arch,
                 img.description,
-                img.created_at
+                img.created_at,
+                img.init.as_str()
             ],
         )
         .map_err(self.insert_error(format!("insert image {}", img.name), "images", &img.name))?;

@@ -57,6 +57,14 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: "ALTER TABLE vms ADD COLUMN origin TEXT NOT NULL DEFAULT 'api' \
               CHECK (origin IN ('api', 'mcp', 'web'));",
     },
+    Migration {
+        id: 6,
+        name: "images_init",
+        // What runs as an image's guests' PID 1 (`banger_core::guest_init::GuestInit`):
+        // every image made before this booted its own systemd.
+        sql: "ALTER TABLE images ADD COLUMN init TEXT NOT NULL DEFAULT 'systemd' \
+              CHECK (init IN ('systemd', 'banger', 'install-systemd'));",
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -505,7 +505,7 @@ fn a_vm_keeps_its_origin_and_older_rows_are_api() {
     // A database as the build before the origin column left it, with one VM.
     let before: Vec<Migration> = MIGRATIONS.iter().copied().filter(|m| m.id < 5).collect();
     let s = Store::open_with(&path, &before).unwrap();
-    s.insert_image(&image("img1", "base")).unwrap();
+    insert_old_image(&s, "img1", "base");
     s.conn()
         .execute(
             "INSERT INTO vms (id, name, image_id, state, vmm, cpus, memory_mib, disk_bytes, \
@@ -532,6 +532,47 @@ fn a_vm_keeps_its_origin_and_older_rows_are_api() {
     let err = s
         .conn()
         .execute("UPDATE vms SET origin = 'cron' WHERE id = 'm1'", [])
+        .unwrap_err();
+    assert!(err.to_string().contains("CHECK"), "{err}");
+}
+
+/// An image row as builds before the `init` column wrote it.
+fn insert_old_image(s: &Store, id: &str, name: &str) {
+    s.conn()
+        .execute(
+            "INSERT INTO images (id, name, dir, rootfs, rootfs_bytes, kernel, created_at) \
+             VALUES (?1, ?2, '/d', '/d/rootfs.ext4', 1, '/d/kernel', '2026-01-01T00:00:00Z')",
+            [id, name],
+        )
+        .unwrap();
+}
+
+/// An image keeps the init it was stored with; images stored before the column existed
+/// booted their own systemd, and read so.
+#[test]
+fn an_image_keeps_its_init_and_older_rows_are_systemd() {
+    use banger_core::guest_init::GuestInit;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("banger.db");
+    let before: Vec<Migration> = MIGRATIONS.iter().copied().filter(|m| m.id < 6).collect();
+    let s = Store::open_with(&path, &before).unwrap();
+    insert_old_image(&s, "old1", "old");
+    drop(s);
+    let s = Store::open(&path).unwrap();
+    assert_eq!(
+        s.get_image("old1").unwrap().unwrap().init,
+        GuestInit::Systemd
+    );
+    let mut img = image("img2", "busybox");
+    img.init = GuestInit::Banger;
+    s.insert_image(&img).unwrap();
+    assert_eq!(
+        s.get_image("img2").unwrap().unwrap().init,
+        GuestInit::Banger
+    );
+    let err = s
+        .conn()
+        .execute("UPDATE images SET init = 'upstart' WHERE id = 'img2'", [])
         .unwrap_err();
     assert!(err.to_string().contains("CHECK"), "{err}");
 }

@@ -47,8 +47,15 @@ fn prerequisites() -> Result<PathBuf, String> {
 }
 
 /// A home in its own network namespace with the host kernel and the golden image.
-#[allow(clippy::print_stderr)] // the visible reason for a skip
 fn guest_home() -> Option<Home> {
+    let (home, agent) = kernel_home()?;
+    golden_image(&home, &agent);
+    Some(home)
+}
+
+/// A home in its own network namespace with the host kernel, and the agent it uses.
+#[allow(clippy::print_stderr)] // the visible reason for a skip
+fn kernel_home() -> Option<(Home, PathBuf)> {
     let agent = match prerequisites() {
         Ok(a) => a,
         Err(why) => {
@@ -64,8 +71,130 @@ fn guest_home() -> Option<Home> {
     );
     home.set_env("BANGER_AGENT_BIN", &agent);
     home.ok(&["kernel", "import", "host", "--from", "/"]);
-    golden_image(&home, &agent);
-    Some(home)
+    Some((home, agent))
+}
+
+/// The modules a guest needs (the image payload's list), with their dependencies.
+const GUEST_MODULES: [&str; 7] = [
+    "virtio_console",
+    "vsock",
+    "vmw_vsock_virtio_transport",
+    "virtio_net",
+    "virtio_blk",
+    "button",
+    "evdev",
+];
+
+/// Builds and imports `busybox`: a systemd-less image of `busybox-static` (its applets as
+/// symlinks, a minimal /etc, no init, no sshd) with just the kernel modules a guest needs,
+/// through `internal make-bundle --rootfs-tar` and `image import`.
+fn busybox_image(home: &Home) {
+    let root = home.path().join("bb-root");
+    for d in ["bin", "etc", "proc", "sys", "dev", "run", "tmp", "root"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    let applets = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&applets.stdout).lines() {
+        if !["busybox", "init", "linuxrc"].contains(&applet) {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+    }
+    for (file, text) in [
+        ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
+        ("etc/group", "root:x:0:\n"),
+        ("etc/os-release", "ID=busybox\nNAME=BusyBox\n"),
+    ] {
+        std::fs::write(root.join(file), text).unwrap();
+    }
+    let tar = home.path().join("bb-rootfs.tar");
+    let st = Command::new("tar")
+        .args(["--owner=0", "--group=0", "-C"])
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    // The host kernel's modules, trimmed to what a guest loads (modules.dep lines kept).
+    let version = std::fs::read_dir("/boot")
+        .unwrap()
+        .flatten()
+        .find_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("vmlinuz-").map(str::to_string)
+        })
+        .unwrap();
+    let host = Path::new("/lib/modules").join(&version);
+    let mods = home.path().join("bb-modules").join(&version);
+    std::fs::create_dir_all(&mods).unwrap();
+    let dep = std::fs::read_to_string(host.join("modules.dep")).unwrap();
+    let line_of = |name: &str| {
+        dep.lines().find(|l| {
+            let path = l.split(':').next().unwrap_or("");
+            let base = path.rsplit('/').next().unwrap_or("");
+            base.split(".ko").next() == Some(name)
+        })
+    };
+    let mut files: Vec<String> = Vec::new();
+    let mut lines: Vec<String> = Vec::new();
+    for name in GUEST_MODULES {
+        let Some(line) = line_of(name) else { continue }; // built in
+        for file in line.split([':', ' ']).filter(|w| !w.is_empty()) {
+            if files.iter().any(|f| f == file) {
+                continue;
+            }
+            files.push(file.to_string());
+            let base = file
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .split(".ko")
+                .next()
+                .unwrap();
+            lines.push(line_of(base).unwrap().to_string());
+        }
+    }
+    for file in &files {
+        let to = mods.join(file);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(host.join(file), to).unwrap();
+    }
+    std::fs::write(mods.join("modules.dep"), lines.join("\n") + "\n").unwrap();
+    std::fs::copy(host.join("modules.builtin"), mods.join("modules.builtin")).unwrap();
+
+    let out = home.path().join("bb-out");
+    let made = home.ok(&[
+        "internal",
+        "make-bundle",
+        "--rootfs-tar",
+        tar.to_str().unwrap(),
+        "--name",
+        "busybox",
+        "--distro",
+        "busybox",
+        "--arch",
+        "x86_64",
+        "--kernel-ref",
+        "host",
+        "--modules",
+        mods.to_str().unwrap(),
+        "--size",
+        "256M",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(made.contains("busybox.tar.zst"), "{made}");
+    home.ok(&[
+        "image",
+        "import",
+        out.join("busybox.tar.zst").to_str().unwrap(),
+    ]);
+    let image: serde_json::Value =
+        serde_json::from_str(&home.ok(&["image", "show", "busybox", "--json"])).unwrap();
+    assert_eq!(image["init"], "banger", "{image}");
 }
 
 /// Builds the golden bundle once (per banger commit and agent build) and imports it.
@@ -521,4 +650,59 @@ fn mcp_vm_run_in_a_real_guest_through_the_python_client() {
     assert!(report.contains("ok vm_run with progress\n"), "{report}");
     assert!(report.contains("ok vm_run in the guest\n"), "{report}");
     assert!(home.vms().is_empty(), "vm_run left a VM");
+}
+
+/// An image without systemd (busybox, no sshd) boots with the agent as PID 1: `vm run`
+/// prints the command's output without waiting for ssh; in a kept VM `vm exec` works, the
+/// guest has its address and hostname, /root is the work disk, orphans are reaped, and
+/// `vm stop` powers it off cleanly within the grace period.
+#[test]
+fn a_systemd_less_image_boots_with_the_agent_as_init() {
+    let Some((home, _agent)) = kernel_home() else {
+        return;
+    };
+    busybox_image(&home);
+    let t = Instant::now();
+    let o = home.run(&[
+        "vm", "run", "--rm", "--image", "busybox", "--", "sh", "-c", "echo ok",
+    ]);
+    eprintln_timing("vm run --rm (busybox)", t.elapsed());
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o), "ok\n", "{}", err(&o));
+    assert!(!err(&o).contains("wait ssh"), "{}", err(&o));
+    assert!(home.vms().is_empty(), "--rm left the VM");
+
+    let t = Instant::now();
+    let o = home.run(&["vm", "create", "--name", "bb", "--image", "busybox"]);
+    eprintln_timing("vm create (busybox)", t.elapsed());
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(!err(&o).contains("wait ssh"), "{}", err(&o));
+    let vm = home.vm("bb");
+    let ip = vm["ip"].as_str().unwrap().to_string();
+    let sh = |script: &str| home.ok(&["vm", "exec", "bb", "--", "sh", "-c", script]);
+    assert_eq!(sh("cat /proc/1/comm").trim(), "banger-agent");
+    assert_eq!(sh("hostname").trim(), "bb");
+    assert!(sh("ip -4 addr").contains(&format!("inet {ip}/")), "no {ip}");
+    let mounts = sh("cat /proc/mounts");
+    assert!(
+        mounts.lines().any(|l| l.starts_with("/dev/vdb /root ext4")),
+        "{mounts}"
+    );
+    // An orphan (the background sh outlives its parent) is reaped by PID 1: no zombies.
+    sh("sh -c 'sleep 0.1 &'; sleep 1");
+    let zombies = sh("grep -l '^State:.*Z' /proc/[0-9]*/status || true");
+    assert_eq!(zombies.trim(), "", "zombies left");
+    let health: serde_json::Value =
+        serde_json::from_str(&home.ok(&["vm", "health", "bb", "--json"])).unwrap();
+    assert_eq!(health["hostname"], "bb");
+
+    let t = Instant::now();
+    let stop = home.ok(&["vm", "stop", "bb"]);
+    eprintln_timing("vm stop (busybox)", t.elapsed());
+    assert_eq!(
+        stop.trim(),
+        "stopped bb",
+        "a clean power-off, not a forced one"
+    );
+    home.ok(&["vm", "delete", "bb"]);
 }

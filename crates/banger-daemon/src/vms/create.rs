@@ -148,7 +148,7 @@ pub async fn create(
             origin: req.origin.unwrap_or_default(),
         };
         // Nothing exists for the VM yet: a spec its backend refuses creates nothing.
-        vmm.validate(&state.spec_with(&row, kernel.clone()))
+        vmm.validate(&state.spec_with(&row, kernel.clone(), image.init))
             .map_err(|source| OpError::Vmm {
                 vm: row.name.clone(),
                 source: Box::new(source),

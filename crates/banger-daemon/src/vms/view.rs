@@ -6,6 +6,7 @@ use std::sync::Arc;
 use banger_api::types::{Vm, Workspace, WorkspaceMode};
 use banger_store::{ImageRow, VmRow, WorkspaceRow};
 
+use banger_core::guest_init::GuestInit;
 use banger_vmm::{KernelFiles, VmSpec, Vmm};
 
 use crate::error::OpError;
@@ -93,18 +94,23 @@ impl AppState {
                 .ok_or_else(|| OpError::ImageNotFound {
                     reference: row.image_id.clone(),
                 })?;
-        Ok(self.spec_with(row, self.kernel_of(&image)?))
+        Ok(self.spec_with(row, self.kernel_of(&image)?, image.init))
     }
 
-    /// Everything the VMM needs to boot `row`, whose image has the kernel files `kernel`.
-    pub(crate) fn spec_with(&self, row: &VmRow, kernel: KernelFiles) -> VmSpec {
+    /// Everything the VMM needs to boot `row`, whose image has the kernel files `kernel` and
+    /// the PID 1 `init` (its words follow the backend-neutral [`BOOT_ARGS`]).
+    pub(crate) fn spec_with(&self, row: &VmRow, kernel: KernelFiles, init: GuestInit) -> VmSpec {
         let dir = PathBuf::from(&row.dir);
+        let boot_args = match init.kernel_args() {
+            Some(extra) => format!("{BOOT_ARGS} {extra}"),
+            None => BOOT_ARGS.to_string(),
+        };
         VmSpec {
             vm_id: row.id.clone(),
             vcpus: row.cpus,
             memory_mib: row.memory_mib,
             kernel,
-            boot_args: BOOT_ARGS.to_string(),
+            boot_args,
             root_disk: dir.join("root.ext4"),
             work_disk: dir.join("work.ext4"),
             tap: row.tap.clone().unwrap_or_default(),
