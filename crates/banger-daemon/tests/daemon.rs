@@ -4346,6 +4346,7 @@ mod catalog_pull {
     use banger_api::types::CreateVm;
     use banger_core::size::ByteSize;
     use banger_daemon::error::OpError;
+    use banger_daemon::progress::Progress;
     use sha2::{Digest, Sha256};
     use tokio_util::sync::CancellationToken;
 
@@ -4600,6 +4601,118 @@ mod catalog_pull {
         assert_nothing_pulled(&f, "not listed");
     }
 
+    #[tokio::test]
+    async fn kernel_pull_takes_a_free_name_and_replaces_only_with_force() {
+        use banger_api::types::PullKernel;
+        use banger_daemon::catalogs::pull_kernel_named;
+        let web = Web::start().await;
+        let f = fixture(config(&web), false);
+        let kernel = kernel_tar();
+        web.put("/team/catalog.json", ok(&catalog("x", b"unused", &kernel)));
+        web.put("/team/k1.tar", ok(&kernel));
+        let pull = |name: &str, force| {
+            pull_kernel_named(
+                f.state.clone(),
+                PullKernel {
+                    name: name.into(),
+                    force,
+                },
+                Progress::new(None),
+                CancellationToken::new(),
+            )
+        };
+        let k = pull("k1", false).await.unwrap();
+        assert_eq!(
+            (k.version.as_str(), k.sha256.clone()),
+            ("6.1.7", sha(KERNEL))
+        );
+        assert_eq!(k.source, format!("pull:{}", web.url("/team/k1.tar")));
+        let err = pull("k1", false).await.unwrap_err();
+        assert!(matches!(&err, OpError::KernelNameTaken { .. }), "{err:?}");
+        pull("k1", true).await.unwrap();
+        let err = pull("k2", false).await.unwrap_err();
+        assert!(
+            matches!(&err, OpError::NotInCatalog { kind: "kernel", .. }),
+            "{err:?}"
+        );
+        assert_eq!(f.state.db(|s| s.list_kernels()).unwrap().len(), 1);
+        let left: Vec<_> = std::fs::read_dir(f.state.scratch_dir()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[tokio::test]
+    async fn an_exported_image_is_pulled_back_from_its_catalog_file() {
+        use banger_api::types::ExportImage;
+        use banger_daemon::catalogs::export_image;
+        let web = Web::start().await;
+        let mut f = fixture(config(&web), false);
+        f.start_agents();
+        let bundle = bundle(f.dir.path(), "team-img", "k1");
+        let kernel = kernel_tar();
+        web.put(
+            "/team/catalog.json",
+            ok(&catalog("team-img", &bundle, &kernel)),
+        );
+        web.put("/team/team-img.tar.zst", ok(&bundle));
+        web.put("/team/k1.tar", ok(&kernel));
+        f.create(on("team-img")).await.unwrap();
+
+        let export = |reference: &'static str, out: &Path| {
+            export_image(
+                f.state.clone(),
+                reference,
+                ExportImage {
+                    out: out.to_path_buf(),
+                },
+                Progress::new(None),
+            )
+        };
+        let err = export(IMAGE, &f.dir.path().join("x")).await.unwrap_err();
+        assert!(
+            matches!(&err, OpError::ExportNeedsKernelRef { .. }),
+            "{err:?}"
+        );
+        let err = export("team-img", Path::new("relative")).await.unwrap_err();
+        assert!(matches!(&err, OpError::InputNotAbsolute { .. }), "{err:?}");
+        let out = f.dir.path().join("served");
+        let done = export("team-img", &out).await.unwrap();
+        let bytes = std::fs::read(&done.bundle).unwrap();
+        assert_eq!(
+            (done.sha256.clone(), done.size),
+            (sha(&bytes), bytes.len() as u64)
+        );
+        let doc = banger_catalog::Catalog::parse("export", &std::fs::read(&done.catalog).unwrap())
+            .unwrap();
+        assert_eq!(doc.images[0].url, "team-img.tar.zst");
+        assert_eq!(doc.images[0].kernel_ref, "k1");
+
+        // Another daemon takes it from the file catalog; its kernel from the web one.
+        let other = fixture(
+            Config {
+                catalogs: vec![
+                    done.catalog.display().to_string(),
+                    web.url("/team/catalog.json"),
+                ],
+                ..quick()
+            },
+            true,
+        );
+        other.create(on("team-img")).await.unwrap();
+        let image = other.state.find_image("team-img").unwrap();
+        assert_eq!(image.kernel_ref.as_deref(), Some("k1"));
+    }
+
+    /// A broken pull: its name, the catalog, the bundle's and the kernel's answers, config
+    /// `max_image_size`, and words the error must have.
+    type Case<'a> = (
+        &'a str,
+        Vec<u8>,
+        Vec<u8>,
+        Vec<u8>,
+        Option<ByteSize>,
+        &'a str,
+    );
+
     /// Every way a pull breaks: the error names what was wrong, and nothing is left.
     #[tokio::test]
     async fn a_broken_pull_fails_the_create_naming_why_and_leaves_nothing() {
@@ -4643,7 +4756,7 @@ mod catalog_pull {
         let mut lying = serde_json::from_slice::<serde_json::Value>(&doc(&good)).unwrap();
         lying["images"][0]["size"] = serde_json::json!(good.len() + 100);
         let lying = serde_json::to_vec(&lying).unwrap();
-        let cases: Vec<(&str, Vec<u8>, Vec<u8>, Vec<u8>, Option<ByteSize>, &str)> = vec![
+        let cases: Vec<Case<'_>> = vec![
             (
                 "bundle sha256 mismatch",
                 doc(&good),
