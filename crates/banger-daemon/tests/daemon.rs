@@ -4358,6 +4358,8 @@ mod catalog_pull {
     pub struct Web {
         base: String,
         answers: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+        /// Paths whose connection stays open after the answer (a stalled server).
+        stalled: Arc<Mutex<Vec<String>>>,
     }
 
     impl Web {
@@ -4365,10 +4367,11 @@ mod catalog_pull {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let base = format!("http://{}", listener.local_addr().unwrap());
             let answers: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
-            let a = answers.clone();
+            let stalled: Arc<Mutex<Vec<String>>> = Arc::default();
+            let (a, st) = (answers.clone(), stalled.clone());
             tokio::spawn(async move {
                 while let Ok((mut sock, _)) = listener.accept().await {
-                    let a = a.clone();
+                    let (a, st) = (a.clone(), st.clone());
                     tokio::spawn(async move {
                         let mut buf = vec![0u8; 8192];
                         let n = sock.read(&mut buf).await.unwrap_or(0);
@@ -4379,11 +4382,23 @@ mod catalog_pull {
                                 .to_vec()
                         });
                         let _ = sock.write_all(&answer).await;
+                        if st.lock().unwrap().contains(&path) {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                        }
                         let _ = sock.shutdown().await;
                     });
                 }
             });
-            Self { base, answers }
+            Self {
+                base,
+                answers,
+                stalled,
+            }
+        }
+
+        /// After its answer, `path`'s connection stays open for 30 s.
+        pub fn stall(&self, path: &str) {
+            self.stalled.lock().unwrap().push(path.to_string());
         }
 
         pub fn url(&self, path: &str) -> String {
@@ -4700,6 +4715,43 @@ mod catalog_pull {
         other.create(on("team-img")).await.unwrap();
         let image = other.state.find_image("team-img").unwrap();
         assert_eq!(image.kernel_ref.as_deref(), Some("k1"));
+    }
+
+    #[tokio::test]
+    async fn a_create_cancelled_during_the_download_leaves_nothing() {
+        let web = Web::start().await;
+        let f = fixture(config(&web), true);
+        let bundle = bundle(f.dir.path(), "team-img", "k1");
+        let kernel = kernel_tar();
+        web.put(
+            "/team/catalog.json",
+            ok(&catalog("team-img", &bundle, &kernel)),
+        );
+        let mut half = ok(&bundle);
+        half.truncate(half.len() - bundle.len() / 2);
+        web.put("/team/team-img.tar.zst", half);
+        web.stall("/team/team-img.tar.zst");
+        let cancel = CancellationToken::new();
+        let (task, _stages) = f.spawn_create(on("team-img"), cancel.clone());
+        let scratch = f.state.scratch_dir();
+        let downloading = || {
+            std::fs::read_dir(&scratch)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(".fetch-"))
+        };
+        for _ in 0..500 {
+            if downloading() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(downloading(), "the download never started");
+        cancel.cancel();
+        let err = task.await.unwrap().unwrap_err();
+        assert!(matches!(&err, OpError::Cancelled), "{err:?}");
+        assert_nothing_pulled(&f, "cancelled");
     }
 
     /// A broken pull: its name, the catalog, the bundle's and the kernel's answers, config
