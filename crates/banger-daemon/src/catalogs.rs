@@ -241,6 +241,25 @@ pub struct PullImage {
     pub kernel_ref: Option<String>,
 }
 
+/// `image pull NAME` for a catalog name: the image `name` from the first catalog listing
+/// it, registered as `opts.name` (default `name`); not in any catalog → `NotInCatalog`.
+pub async fn pull_image_named(
+    state: Arc<AppState>,
+    name: &str,
+    opts: PullImage,
+    progress: Progress,
+    cancel: CancellationToken,
+) -> Result<Image, OpError> {
+    banger_core::names::validate_image_name(name)?;
+    let found = find_image(&state, name)
+        .await?
+        .ok_or_else(|| OpError::NotInCatalog {
+            kind: "image",
+            name: name.to_string(),
+        })?;
+    pull_image(&state, &found, opts, &progress, &cancel).await
+}
+
 /// Pulls the image bundle of a catalog entry and registers it (see the module docs).
 pub async fn pull_image(
     state: &Arc<AppState>,

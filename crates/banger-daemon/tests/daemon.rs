@@ -4754,6 +4754,73 @@ mod catalog_pull {
         assert_nothing_pulled(&f, "cancelled");
     }
 
+    #[tokio::test]
+    async fn a_named_pull_takes_the_overrides_and_refuses_what_no_catalog_lists() {
+        use banger_daemon::catalogs::{PullImage, pull_image_named};
+        let web = Web::start().await;
+        let f = fixture(config(&web), false);
+        let bundle = bundle(f.dir.path(), "team-img", "k1");
+        let kernel = kernel_tar();
+        web.put(
+            "/team/catalog.json",
+            ok(&catalog("team-img", &bundle, &kernel)),
+        );
+        web.put("/team/team-img.tar.zst", ok(&bundle));
+        web.put("/team/k1.tar", ok(&kernel));
+        let pull = |name: &'static str, opts: PullImage| {
+            pull_image_named(
+                f.state.clone(),
+                name,
+                opts,
+                Progress::new(None),
+                CancellationToken::new(),
+            )
+        };
+        let err = pull("nope", PullImage::default()).await.unwrap_err();
+        assert!(
+            matches!(&err, OpError::NotInCatalog { kind: "image", .. }),
+            "{err:?}"
+        );
+        // --kernel-ref wins over the manifest's: a kernel no catalog has is refused.
+        let err = pull(
+            "team-img",
+            PullImage {
+                name: None,
+                kernel_ref: Some("k9".into()),
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, OpError::BundleKernelMissing { kernel } if kernel == "k9"),
+            "{err:?}"
+        );
+        assert_nothing_pulled(&f, "kernel k9");
+        let image = pull(
+            "team-img",
+            PullImage {
+                name: Some("mine".into()),
+                kernel_ref: None,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (image.name.as_str(), image.kernel_ref.as_deref()),
+            ("mine", Some("k1"))
+        );
+        let err = pull(
+            "team-img",
+            PullImage {
+                name: Some("mine".into()),
+                kernel_ref: None,
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(&err, OpError::ImageNameTaken { .. }), "{err:?}");
+    }
+
     /// A broken pull: its name, the catalog, the bundle's and the kernel's answers, config
     /// `max_image_size`, and words the error must have.
     type Case<'a> = (
