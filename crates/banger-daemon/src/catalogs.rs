@@ -383,7 +383,9 @@ pub async fn pull_kernel(
         name.clone(),
         format!("pull:{}", found.from),
     );
+    let max = state.opts.config.max_image_size.bytes();
     let manifest = tokio::task::spawn_blocking(move || {
+        check_unpacked_size(&tar, &source, max)?;
         unpack_and_import(&tar, &scratch, &store, &n2, &source, force)
     })
     .await
@@ -394,6 +396,34 @@ pub async fn pull_kernel(
         format!("{} ({})", manifest.name, manifest.version),
     );
     crate::kernels::record(state, &manifest)
+}
+
+/// Refuses a kernel tarball whose members add up to more than `max` bytes (a decompression
+/// bomb), reading it once before anything is written; `source` names it.
+fn check_unpacked_size(tar: &Path, source: &str, max: u64) -> Result<(), OpError> {
+    let name = tar.display().to_string();
+    let file = std::fs::File::open(tar).map_err(OpError::io("open", tar))?;
+    let stream = banger_image::flatten::decompress(&name, Box::new(file))
+        .map_err(image_err("unpack kernel tarball"))?;
+    let mut archive = tar::Archive::new(stream);
+    let unreadable = |e: std::io::Error| {
+        image_err("unpack kernel tarball")(banger_image::ImageError::TarRead {
+            tar: name.clone(),
+            entry: None,
+            source: e,
+        })
+    };
+    let mut total = 0u64;
+    for entry in archive.entries().map_err(unreadable)? {
+        total = total.saturating_add(entry.map_err(unreadable)?.size());
+        if total > max {
+            return Err(OpError::UnpacksTooLarge {
+                what: format!("kernel tarball {source}"),
+                max,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Unpacks the kernel tarball `tar` into a private tree under `scratch` (removed at the

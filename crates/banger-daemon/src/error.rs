@@ -134,6 +134,8 @@ pub enum OpError {
         #[source]
         source: Box<banger_catalog::CatalogError>,
     },
+    #[error("{what} unpacks to more than {max} bytes (config max_image_size)")]
+    UnpacksTooLarge { what: String, max: u64 },
     #[error("no {kind} named {name:?} is in any catalog (see banger {kind} list --available)")]
     NotInCatalog { kind: &'static str, name: String },
     #[error(
@@ -288,7 +290,9 @@ impl OpError {
             | Self::ImageNotFound { .. }
             | Self::KernelNotFound { .. }
             | Self::NotInCatalog { .. } => ErrorKind::NotFound,
-            Self::ExportNeedsKernelRef { .. } => ErrorKind::BadRequest,
+            Self::ExportNeedsKernelRef { .. } | Self::UnpacksTooLarge { .. } => {
+                ErrorKind::BadRequest
+            }
             Self::Catalog { source, .. } => catalog_kind(source),
             Self::Ambiguous { .. }
             | Self::ImageAmbiguous { .. }

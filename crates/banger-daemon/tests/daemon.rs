@@ -4861,6 +4861,14 @@ mod catalog_pull {
             ],
             false,
         );
+        let zeros = vec![0u8; 5 << 20];
+        let kernel_bomb = tarball(
+            &[
+                ("boot/vmlinux-6.1.7", T::Regular, KERNEL),
+                ("boot/padding", T::Regular, &zeros),
+            ],
+            true,
+        );
         let half = |b: &[u8]| {
             let mut a = ok(b);
             a.truncate(a.len() - b.len() / 2);
@@ -4955,6 +4963,14 @@ mod catalog_pull {
                 ok(&through_symlink),
                 None,
                 "boot/vmlinux-6.1.7",
+            ),
+            (
+                "kernel tarball decompression bomb",
+                kdoc(&kernel_bomb),
+                ok(&good),
+                ok(&kernel_bomb),
+                Some(ByteSize::mib(4)),
+                "unpacks to more than 4194304 bytes",
             ),
             (
                 "malformed catalog",
