@@ -29,6 +29,12 @@ pub mod templates {
     pub const IMAGES_BOOTSTRAP: &str = "/images/bootstrap";
     pub const IMAGES_IMPORT: &str = "/images/import";
     pub const IMAGE: &str = "/images/{reference}";
+    /// `POST`: write the image's bundle and its one-entry catalog into a directory (streamed).
+    pub const IMAGE_EXPORT: &str = "/images/{reference}/export";
+    /// `GET`: what the catalogs list, and whether each is pulled.
+    pub const CATALOG: &str = "/catalog";
+    /// `POST`: pull a kernel from the kernel catalogs (streamed).
+    pub const KERNELS_PULL: &str = "/kernels/pull";
     /// `GET`: the API's OpenAPI 3.1 document.
     pub const OPENAPI: &str = "/openapi.json";
     /// `POST`: read a guest file through the VM's agent.
@@ -67,6 +73,9 @@ pub enum Route<'a> {
     ImagesBootstrap,
     ImagesImport,
     Image(&'a str),
+    ImageExport(&'a str),
+    Catalog,
+    KernelsPull,
     VmFilesRead(&'a str),
     VmFilesWrite(&'a str),
     VmFilesList(&'a str),
@@ -97,6 +106,9 @@ impl Route<'_> {
             Self::ImagesBootstrap => t::IMAGES_BOOTSTRAP,
             Self::ImagesImport => t::IMAGES_IMPORT,
             Self::Image(_) => t::IMAGE,
+            Self::ImageExport(_) => t::IMAGE_EXPORT,
+            Self::Catalog => t::CATALOG,
+            Self::KernelsPull => t::KERNELS_PULL,
             Self::VmFilesRead(_) => t::VM_FILES_READ,
             Self::VmFilesWrite(_) => t::VM_FILES_WRITE,
             Self::VmFilesList(_) => t::VM_FILES_LIST,
@@ -116,6 +128,7 @@ impl Route<'_> {
             | Self::VmWorkspace(r)
             | Self::VmWorkspaceExport(r)
             | Self::Image(r)
+            | Self::ImageExport(r)
             | Self::VmFilesRead(r)
             | Self::VmFilesWrite(r)
             | Self::VmFilesList(r) => template.replace("{reference}", &encode(r)),
@@ -130,7 +143,9 @@ impl Route<'_> {
             | Self::Kernels
             | Self::Images
             | Self::ImagesBootstrap
-            | Self::ImagesImport => template.to_string(),
+            | Self::ImagesImport
+            | Self::Catalog
+            | Self::KernelsPull => template.to_string(),
         }
     }
 }

@@ -819,6 +819,82 @@ pub struct ImportKernel {
     pub force: bool,
 }
 
+/// Whether a catalog entry is on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CatalogState {
+    /// An image or kernel of that name is local.
+    Pulled,
+    /// Only in the catalog.
+    Available,
+}
+
+/// An image a catalog lists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CatalogImage {
+    pub name: String,
+    pub arch: String,
+    /// The bundle's size in bytes.
+    pub size: u64,
+    pub description: String,
+    pub kernel_ref: String,
+    pub state: CatalogState,
+    /// The catalog listing it (a path, a URL, or `embedded`).
+    pub catalog: String,
+}
+
+/// A kernel a catalog lists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CatalogKernel {
+    pub name: String,
+    pub arch: String,
+    /// The tarball's size in bytes.
+    pub size: u64,
+    pub description: String,
+    pub state: CatalogState,
+    /// The catalog listing it (a path, a URL, or `embedded`).
+    pub catalog: String,
+}
+
+/// `GET /v1/catalog`: every catalog's entries, the first catalog naming one winning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CatalogListing {
+    pub images: Vec<CatalogImage>,
+    pub kernels: Vec<CatalogKernel>,
+}
+
+/// `POST /v1/kernels/pull`: a kernel from the kernel catalogs (streamed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PullKernel {
+    pub name: String,
+    /// Replace a local kernel of that name.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /v1/images/{reference}/export`: where to write the bundle and its catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportImage {
+    /// An absolute directory (created if missing).
+    #[schema(value_type = String)]
+    pub out: PathBuf,
+}
+
+/// What `image export` wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ExportedImage {
+    /// `<out>/<name>.tar.zst`.
+    #[schema(value_type = String)]
+    pub bundle: PathBuf,
+    /// `<out>/<name>.catalog.json`, a one-entry catalog naming the bundle relatively.
+    #[schema(value_type = String)]
+    pub catalog: PathBuf,
+    pub sha256: String,
+    pub size: u64,
+}
+
 /// `POST /v1/images/bootstrap`: build an image from distribution packages (streamed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -512,12 +512,12 @@ pub enum ImageCommand {
         after_long_help = "Examples:\n  banger image register --name my-img --rootfs ./rootfs.ext4 --kernel ./vmlinux\n  banger image register --name my-img --rootfs ./rootfs.ext4 --kernel-ref 6.1.0-cloud"
     )]
     Register(RegisterArgs),
-    /// List images.
+    /// List images (or, with --available, what the catalogs offer).
     #[command(
         visible_alias = "ls",
-        after_long_help = "Examples:\n  banger image list\n  banger image list --json"
+        after_long_help = "Examples:\n  banger image list\n  banger image list --available\n  banger image list --json"
     )]
-    List(JsonFlag),
+    List(ListAvailable),
     /// Show one image.
     #[command(after_long_help = "Examples:\n  banger image show debian-bookworm")]
     Show(ImageRef),
@@ -534,6 +534,16 @@ registers it. Needs an imported kernel (banger kernel import host --from /).",
         after_long_help = "Examples:\n  banger image import ./debian-bookworm.tar.zst\n  banger image import ./img.tar.zst --name mine --kernel-ref host"
     )]
     Import(ImportArgs),
+    /// Write an image's bundle and a one-entry catalog for it into a directory.
+    #[command(
+        long_about = "Writes DIR/NAME.tar.zst (the image's rootfs packed as a bundle, with its \
+manifest) and DIR/NAME.catalog.json (a catalog listing it, its URL relative to the catalog), so \
+DIR can be served by any static web server and its catalog added to config `catalogs`. The \
+image must boot a named kernel (--kernel-ref); that kernel comes from a kernel catalog or \
+`kernel import` on the other host.",
+        after_long_help = "Examples:\n  banger image export debian-bookworm --out ./catalog"
+    )]
+    Export(ImageExportArgs),
     /// Delete an image and its files (refused while a VM uses it).
     #[command(
         visible_alias = "rm",
@@ -549,6 +559,34 @@ pub struct ImageRef {
     /// Print JSON
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListAvailable {
+    /// List the catalogs' entries, with STATE (pulled or available) and SIZE
+    #[arg(long)]
+    pub available: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageExportArgs {
+    /// Image name or id
+    pub reference: String,
+    /// Directory to write the bundle and its catalog into (created if missing)
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct KernelPullArgs {
+    /// Kernel name, as a kernel catalog lists it (see banger kernel list --available)
+    pub name: String,
+    /// Replace a local kernel of the same name
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -593,12 +631,17 @@ Firecracker needs; QEMU boots the original.",
         after_long_help = "Examples:\n  banger kernel import host --from /\n  banger kernel import 6.1-cloud --from ./unpacked-deb --kernel-version 6.1.0-28-cloud-amd64"
     )]
     Import(KernelImportArgs),
-    /// List imported kernels.
+    /// List imported kernels (or, with --available, what the kernel catalogs offer).
     #[command(
         visible_alias = "ls",
-        after_long_help = "Examples:\n  banger kernel list\n  banger kernel list --json"
+        after_long_help = "Examples:\n  banger kernel list\n  banger kernel list --available\n  banger kernel list --json"
     )]
-    List(JsonFlag),
+    List(ListAvailable),
+    /// Pull a kernel from the kernel catalogs into the kernel store.
+    #[command(
+        after_long_help = "Examples:\n  banger kernel pull debian-6.1\n  banger kernel pull debian-6.1 --force"
+    )]
+    Pull(KernelPullArgs),
     /// Show one kernel.
     #[command(after_long_help = "Examples:\n  banger kernel show host")]
     Show(KernelRef),

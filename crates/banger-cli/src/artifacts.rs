@@ -3,7 +3,9 @@
 use std::io::Write;
 
 use banger_api::Route;
-use banger_api::types::{Image, RegisterImage};
+use banger_api::types::{
+    CatalogListing, CatalogState, ExportImage, ExportedImage, Image, RegisterImage,
+};
 use banger_core::names::validate_image_name;
 use banger_core::size::ByteSize;
 
@@ -37,6 +39,34 @@ pub async fn image(cmd: ImageCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
                 escape(&img.name, Mode::Cell),
                 ByteSize(img.rootfs_bytes)
             ))?;
+            Ok(0)
+        }
+        ImageCommand::List(j) if j.available => {
+            let (client, _) = connect(ctx).await?;
+            let listing: CatalogListing = client.get(Route::Catalog).await?;
+            if j.json {
+                ctx.ui.json(&listing.images)?;
+            } else {
+                let rows: Vec<Vec<String>> = listing
+                    .images
+                    .iter()
+                    .map(|i| {
+                        vec![
+                            i.name.clone(),
+                            state_word(i.state).into(),
+                            ByteSize(i.size).to_string(),
+                            i.arch.clone(),
+                            i.kernel_ref.clone(),
+                            i.description.clone(),
+                        ]
+                    })
+                    .collect();
+                let text = ui::table(
+                    &["NAME", "STATE", "SIZE", "ARCH", "KERNEL", "DESCRIPTION"],
+                    &rows,
+                );
+                ctx.ui.out().write_all(text.as_bytes())?;
+            }
             Ok(0)
         }
         ImageCommand::List(j) => {
@@ -109,8 +139,7 @@ pub async fn image(cmd: ImageCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
             validate_image_name(&b.name).map_err(|e| CliError::Usage(e.to_string()))?;
             let size = size_flag("size", &b.size)?;
             let (client, _) = connect(ctx).await?;
-            let prefix = ctx.ui.paint_err(Style::Dim, "[image bootstrap]");
-            let mut err = std::io::stderr();
+            let mut printer = stage_printer(ctx, "[image bootstrap]");
             let img: Image = client
                 .stream(
                     Route::ImagesBootstrap,
@@ -119,11 +148,7 @@ pub async fn image(cmd: ImageCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
                         kernel_ref: b.kernel_ref.clone(),
                         size,
                     },
-                    |stage, detail, _| {
-                        let (stage, detail) =
-                            (escape(stage, Mode::Text), escape(detail, Mode::Text));
-                        let _ = writeln!(err, "{prefix} {stage}: {detail}");
-                    },
+                    |stage, detail, _| printer(stage, detail),
                 )
                 .await?;
             ctx.ui.line(&format!(
@@ -153,6 +178,29 @@ pub async fn image(cmd: ImageCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
             ))?;
             Ok(0)
         }
+        ImageCommand::Export(e) => {
+            let out = std::path::absolute(&e.out).unwrap_or(e.out.clone());
+            let (client, _) = connect(ctx).await?;
+            let mut printer = stage_printer(ctx, "[image export]");
+            let done: ExportedImage = client
+                .stream(
+                    Route::ImageExport(&e.reference),
+                    &ExportImage { out },
+                    |stage, detail, _| printer(stage, detail),
+                )
+                .await?;
+            let text = ui::key_values(&[
+                ("bundle", done.bundle.display().to_string()),
+                ("catalog", done.catalog.display().to_string()),
+                ("sha256", done.sha256.clone()),
+                (
+                    "size",
+                    format!("{} ({} bytes)", ByteSize(done.size), done.size),
+                ),
+            ]);
+            ctx.ui.out().write_all(text.as_bytes())?;
+            Ok(0)
+        }
         ImageCommand::Delete(r) => {
             let (client, _) = connect(ctx).await?;
             let _: serde_json::Value = client.delete(Route::Image(&r.reference)).await?;
@@ -162,9 +210,27 @@ pub async fn image(cmd: ImageCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
     }
 }
 
+/// The word `list --available` prints for a catalog entry's state.
+fn state_word(state: CatalogState) -> &'static str {
+    match state {
+        CatalogState::Pulled => "pulled",
+        CatalogState::Available => "available",
+    }
+}
+
+/// Prints a streamed operation's stages on stderr, escaped, dimmed `label` first.
+fn stage_printer(ctx: &Ctx, label: &str) -> impl FnMut(&str, &str) + use<> {
+    let prefix = ctx.ui.paint_err(Style::Dim, label);
+    let mut err = std::io::stderr();
+    move |stage, detail| {
+        let (stage, detail) = (escape(stage, Mode::Text), escape(detail, Mode::Text));
+        let _ = writeln!(err, "{prefix} {stage}: {detail}");
+    }
+}
+
 pub async fn kernel(cmd: crate::args::KernelCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
     use crate::args::KernelCommand as K;
-    use banger_api::types::{ImportKernel, Kernel};
+    use banger_api::types::{ImportKernel, Kernel, PullKernel};
     match cmd {
         K::Import(a) => {
             banger_core::names::validate_kernel_name(&a.name)
@@ -184,6 +250,52 @@ pub async fn kernel(cmd: crate::args::KernelCommand, ctx: &mut Ctx) -> Result<u8
                 .await?;
             ctx.ui
                 .line(&format!("imported kernel {} ({})", k.name, k.version))?;
+            Ok(0)
+        }
+        K::List(j) if j.available => {
+            let (client, _) = connect(ctx).await?;
+            let listing: CatalogListing = client.get(Route::Catalog).await?;
+            if j.json {
+                ctx.ui.json(&listing.kernels)?;
+            } else {
+                let rows: Vec<Vec<String>> = listing
+                    .kernels
+                    .iter()
+                    .map(|k| {
+                        vec![
+                            k.name.clone(),
+                            state_word(k.state).into(),
+                            ByteSize(k.size).to_string(),
+                            k.arch.clone(),
+                            k.description.clone(),
+                        ]
+                    })
+                    .collect();
+                let text = ui::table(&["NAME", "STATE", "SIZE", "ARCH", "DESCRIPTION"], &rows);
+                ctx.ui.out().write_all(text.as_bytes())?;
+            }
+            Ok(0)
+        }
+        K::Pull(p) => {
+            banger_core::names::validate_kernel_name(&p.name)
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            let (client, _) = connect(ctx).await?;
+            let mut printer = stage_printer(ctx, "[kernel pull]");
+            let k: Kernel = client
+                .stream(
+                    Route::KernelsPull,
+                    &PullKernel {
+                        name: p.name.clone(),
+                        force: p.force,
+                    },
+                    |stage, detail, _| printer(stage, detail),
+                )
+                .await?;
+            ctx.ui.line(&format!(
+                "pulled kernel {} ({})",
+                escape(&k.name, Mode::Cell),
+                escape(&k.version, Mode::Cell)
+            ))?;
             Ok(0)
         }
         K::List(j) => {

@@ -108,7 +108,7 @@ pub async fn run(layout: &Layout, host: &Host) -> Vec<Check> {
         vhost_vsock_check(&host.dev_vhost_vsock),
     ];
     checks.extend(vmm_checks(layout, host));
-    checks.extend(artifact_checks(layout));
+    checks.extend(artifact_checks(layout).await);
     checks.extend(tool_checks(&SearchPath::programs(host.env.path.as_deref())));
     checks
 }
@@ -450,21 +450,70 @@ fn vmm_checks(layout: &Layout, host: &Host) -> Vec<Check> {
     checks
 }
 
-/// The default image and at least one kernel, read from the store (read-only).
-fn artifact_checks(layout: &Layout) -> Vec<Check> {
-    let default_image = Config::load(&layout.config_file())
-        .map(|l| l.config.default_image)
-        .unwrap_or_else(|_| Config::default().default_image);
+/// Which catalog lists the image `name` (config `catalogs`, then the embedded one), or why
+/// none could be read; each document read within 5 s.
+async fn in_catalog(config: &Config, name: &str) -> Result<Option<String>, String> {
+    use banger_catalog::{Location, read_document};
+    let client = banger_catalog::http_client("banger doctor").map_err(|e| chain(&e))?;
+    for value in &config.catalogs {
+        let at = Location::parse(value).map_err(|e| chain(&e))?;
+        let doc = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            read_document(&client, &at),
+        )
+        .await
+        .map_err(|_| format!("catalog {value}: no answer within 5 s"))?
+        .map_err(|e| chain(&e))?;
+        if doc.images.iter().any(|i| i.name == name) {
+            return Ok(Some(value.clone()));
+        }
+    }
+    let embedded = banger_catalog::embedded();
+    Ok(embedded
+        .images
+        .iter()
+        .any(|i| i.name == name)
+        .then(|| "the embedded catalog".to_string()))
+}
+
+/// The default image not in the store: a pass when a catalog lists it (the first create
+/// pulls it), else a failure.
+async fn default_image_elsewhere(config: &Config, why: &str) -> Check {
+    let name = &config.default_image;
+    match in_catalog(config, name).await {
+        Ok(Some(catalog)) => check(
+            "default image",
+            Status::Pass,
+            format!("{name} is not local; {catalog} lists it (pulled by the first vm create)"),
+            None,
+        ),
+        Ok(None) => check(
+            "default image",
+            Status::Fail,
+            format!("{name} is not present{why} and no catalog lists it"),
+            Some(&format!("banger image bootstrap {name}")),
+        ),
+        Err(e) => check(
+            "default image",
+            Status::Fail,
+            format!("{name} is not present{why}, and a catalog cannot be read: {e}"),
+            Some("fix config catalogs (see docs/config.md)"),
+        ),
+    }
+}
+
+/// The default image (local, or in a catalog) and at least one kernel, read from the store
+/// (read-only).
+async fn artifact_checks(layout: &Layout) -> Vec<Check> {
+    let config = Config::load(&layout.config_file())
+        .map(|l| l.config)
+        .unwrap_or_default();
+    let default_image = config.default_image.clone();
     let store = match Store::open_read_only(&layout.db_path()) {
         Ok(s) => s,
         Err(_) => {
             return vec![
-                check(
-                    "default image",
-                    Status::Fail,
-                    format!("{default_image} is not present (no database yet)"),
-                    Some(&format!("banger image bootstrap {default_image}")),
-                ),
+                default_image_elsewhere(&config, " (no database yet)").await,
                 check(
                     "kernel",
                     Status::Fail,
@@ -476,25 +525,21 @@ fn artifact_checks(layout: &Layout) -> Vec<Check> {
     };
     let images = store.list_images().unwrap_or_default();
     let kernels = store.list_kernels().unwrap_or_default();
+    let image_check = match images.iter().find(|i| i.name == default_image) {
+        Some(i) => check(
+            "default image",
+            Status::Pass,
+            format!(
+                "{} ({})",
+                i.name,
+                banger_core::size::ByteSize(i.rootfs_bytes)
+            ),
+            None,
+        ),
+        None => default_image_elsewhere(&config, "").await,
+    };
     vec![
-        match images.iter().find(|i| i.name == default_image) {
-            Some(i) => check(
-                "default image",
-                Status::Pass,
-                format!(
-                    "{} ({})",
-                    i.name,
-                    banger_core::size::ByteSize(i.rootfs_bytes)
-                ),
-                None,
-            ),
-            None => check(
-                "default image",
-                Status::Fail,
-                format!("{default_image} is not present"),
-                Some(&format!("banger image bootstrap {default_image}")),
-            ),
-        },
+        image_check,
         if kernels.is_empty() {
             check(
                 "kernel",

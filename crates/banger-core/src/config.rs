@@ -75,6 +75,13 @@ pub struct Config {
     pub web_hostnames: Vec<String>,
     /// `[mcp]`: the guard rails of `banger mcp` (see [`McpConfig`]).
     pub mcp: McpConfig,
+    /// More image and kernel catalogs (JSON documents), searched in this order before the
+    /// one embedded in banger: absolute paths or `http://`/`https://` URLs.
+    pub catalogs: Vec<String>,
+    /// The largest image accepted from outside (a download, an unpacked rootfs). A size as
+    /// the size rules read it.
+    #[serde(deserialize_with = "size_value")]
+    pub max_image_size: ByteSize,
 }
 
 /// `[mcp]`: what `banger mcp` lets a coding agent do.
@@ -305,9 +312,14 @@ impl Default for Config {
             web_allow_remote: false,
             web_hostnames: Vec::new(),
             mcp: McpConfig::default(),
+            catalogs: Vec::new(),
+            max_image_size: DEFAULT_MAX_IMAGE_SIZE,
         }
     }
 }
+
+/// The default `max_image_size`: 64 GiB.
+pub const DEFAULT_MAX_IMAGE_SIZE: ByteSize = ByteSize::gib(64);
 
 /// The public npm registry.
 pub const DEFAULT_NPM_REGISTRY: &str = "https://registry.npmjs.org";
@@ -449,6 +461,25 @@ impl Config {
                 "npm_registry",
                 registry.clone(),
                 "an http:// or https:// URL".into(),
+            ));
+        }
+        if let Some(c) = self.catalogs.iter().find(|c| {
+            let web = ["http://", "https://"]
+                .iter()
+                .any(|p| c.strip_prefix(p).is_some_and(|rest| !rest.is_empty()));
+            !(web || Path::new(c).is_absolute()) || c.chars().any(|ch| ch.is_control())
+        }) {
+            return Err(bad(
+                "catalogs",
+                c.clone(),
+                "each entry must be an absolute path or an http:// or https:// URL".into(),
+            ));
+        }
+        if self.max_image_size.bytes() == 0 {
+            return Err(bad(
+                "max_image_size",
+                self.max_image_size.to_string(),
+                "must be more than 0".into(),
             ));
         }
         if self.tap_pool_size > MAX_TAP_POOL {

@@ -32,7 +32,7 @@ fn agent_bin(state: &AppState) -> Result<PathBuf, OpError> {
     }
 }
 
-fn image_err(what: &'static str) -> impl FnOnce(banger_image::ImageError) -> OpError {
+pub(crate) fn image_err(what: &'static str) -> impl FnOnce(banger_image::ImageError) -> OpError {
     move |source| OpError::Image {
         what,
         source: Box::new(source),
@@ -197,7 +197,10 @@ pub async fn import(state: Arc<AppState>, req: ImportBundle) -> Result<Image, Op
     .await
 }
 
-async fn register_bundle(
+/// Unpacks `bundle` into a new image directory (its rootfs capped at config
+/// `max_image_size`), checks it and writes the row; kernel: `kernel_ref`, else the
+/// manifest's. Nothing is left on failure.
+pub(crate) async fn register_bundle(
     state: &Arc<AppState>,
     bundle: &Path,
     name: Option<&str>,
@@ -212,11 +215,13 @@ async fn register_bundle(
     std::fs::create_dir_all(dir.parent().unwrap_or(Path::new("/")))
         .map_err(OpError::io("create", &dir))?;
     let (b, d) = (bundle.to_path_buf(), dir.clone());
-    let manifest =
-        tokio::task::spawn_blocking(move || banger_image::bundle::read_bundle(&b, &d, None))
-            .await
-            .map_err(|e| OpError::Join(e.to_string()))?
-            .map_err(image_err("read bundle"))?;
+    let max = state.opts.config.max_image_size.bytes();
+    let manifest = tokio::task::spawn_blocking(move || {
+        banger_image::bundle::read_bundle_capped(&b, &d, None, max)
+    })
+    .await
+    .map_err(|e| OpError::Join(e.to_string()))?
+    .map_err(image_err("read bundle"))?;
     let cleanup = |dir: &Path| {
         let _ = std::fs::remove_dir_all(dir);
     };

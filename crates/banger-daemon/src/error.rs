@@ -127,6 +127,21 @@ pub enum OpError {
     },
     #[error("an image named {name:?} already exists")]
     ImageNameTaken { name: String },
+    /// A catalog that cannot be read, or a pull from one that failed (`what`: which).
+    #[error("{what}")]
+    Catalog {
+        what: String,
+        #[source]
+        source: Box<banger_catalog::CatalogError>,
+    },
+    #[error("{what} unpacks to more than {max} bytes (config max_image_size)")]
+    UnpacksTooLarge { what: String, max: u64 },
+    #[error("no {kind} named {name:?} is in any catalog (see banger {kind} list --available)")]
+    NotInCatalog { kind: &'static str, name: String },
+    #[error(
+        "image {name:?} boots kernel files given by path, not a kernel_ref, and a bundle names its kernel; register it with --kernel-ref to export it"
+    )]
+    ExportNeedsKernelRef { name: String },
     #[error("image {image:?} is used by VM(s) {}; delete them first", vms.join(", "))]
     ImageInUse { image: String, vms: Vec<String> },
     #[error("VM {vm:?} is {state}; {wanted}")]
@@ -271,9 +286,14 @@ pub enum WorkspaceError {
 impl OpError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::VmNotFound { .. } | Self::ImageNotFound { .. } | Self::KernelNotFound { .. } => {
-                ErrorKind::NotFound
+            Self::VmNotFound { .. }
+            | Self::ImageNotFound { .. }
+            | Self::KernelNotFound { .. }
+            | Self::NotInCatalog { .. } => ErrorKind::NotFound,
+            Self::ExportNeedsKernelRef { .. } | Self::UnpacksTooLarge { .. } => {
+                ErrorKind::BadRequest
             }
+            Self::Catalog { source, .. } => catalog_kind(source),
             Self::Ambiguous { .. }
             | Self::ImageAmbiguous { .. }
             | Self::Name(_)
@@ -403,6 +423,27 @@ fn text_kind(text: &str) -> ErrorKind {
 /// A host program that cannot be started (not installed) makes the operation unavailable.
 fn spawn_kind(e: &banger_core::runner::SpawnError) -> ErrorKind {
     storage_or(is_full(io_kind(&e.source)), ErrorKind::Unavailable)
+}
+
+/// A catalog's fault (a bad document, a download that is not what it declares) is a bad
+/// request; a server that fails or cannot be reached is unavailable.
+fn catalog_kind(e: &banger_catalog::CatalogError) -> ErrorKind {
+    use banger_catalog::CatalogError as C;
+    match e {
+        C::Document { .. }
+        | C::Location { .. }
+        | C::TooLarge { .. }
+        | C::LengthMismatch { .. }
+        | C::Longer { .. }
+        | C::Shorter { .. }
+        | C::Sha256Mismatch { .. } => ErrorKind::BadRequest,
+        C::Http { .. } | C::Status { .. } => ErrorKind::Unavailable,
+        C::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            ErrorKind::NotFound
+        }
+        C::Read { source, .. } | C::Write { source, .. } => io_kind(source),
+        C::Client(_) => ErrorKind::Internal,
+    }
 }
 
 fn store_kind(e: &StoreError) -> ErrorKind {

@@ -11,7 +11,7 @@ use crate::error::{OpError, chain};
 use crate::state::AppState;
 
 impl AppState {
-    fn kernels_dir(&self) -> PathBuf {
+    pub(crate) fn kernels_dir(&self) -> PathBuf {
         self.opts.layout.state_dir.join("kernels")
     }
 
@@ -75,7 +75,15 @@ pub async fn import(state: Arc<AppState>, req: ImportKernel) -> Result<Kernel, O
         name: req.name.clone(),
         source: Box::new(source),
     })?;
-    let dir = banger_kernel::kernel_dir(&state.kernels_dir(), &req.name);
+    record(&state, &manifest)
+}
+
+/// Writes (or replaces) the row of a kernel just stored, from its manifest.
+pub(crate) fn record(
+    state: &AppState,
+    manifest: &banger_kernel::KernelManifest,
+) -> Result<Kernel, OpError> {
+    let dir = banger_kernel::kernel_dir(&state.kernels_dir(), &manifest.name);
     let at = |rel: &Option<String>| rel.as_ref().map(|r| dir.join(r).display().to_string());
     let row = KernelRow {
         name: manifest.name.clone(),

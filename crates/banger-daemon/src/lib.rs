@@ -42,6 +42,7 @@
 
 pub mod agents;
 pub mod bootstrap;
+pub mod catalogs;
 pub mod clock;
 pub mod dns;
 pub mod error;

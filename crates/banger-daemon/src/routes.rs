@@ -19,6 +19,7 @@ use banger_api::types::{
     Image, ImportBundle, ImportKernel, JsonObject, Kernel, Ping, Ports, PrepareWorkspace,
     RegisterImage, SshConfig, SshConfigChange, SshInfo, Vm, VmStats, WorkspaceExport,
 };
+use banger_api::types::{CatalogListing, ExportImage, ExportedImage, PullKernel};
 use banger_api::types::{Event, PreparedWorkspace};
 use banger_api::types::{
     GuestDirListing, GuestFile, GuestFileWritten, ListGuestDir, ReadGuestFile, WriteGuestFile,
@@ -32,7 +33,7 @@ use crate::openapi::{Errors, ImageRef, KernelName, NDJSON, STREAM_DESCRIPTION, V
 use crate::ops::OpId;
 use crate::state::AppState;
 use crate::stream::stream_op;
-use crate::{bootstrap, images, kernels, vms, workspaces};
+use crate::{bootstrap, catalogs, images, kernels, vms, workspaces};
 
 /// An error leaving a handler: becomes `{"error": {...}}` with the kind's HTTP status.
 #[derive(Debug)]
@@ -436,6 +437,43 @@ pub async fn bootstrap_image(
     responses((status = 200, description = "The registered image.", body = Image), Errors))]
 pub async fn import_bundle(State(state): S, ApiJson(req): ApiJson<ImportBundle>) -> Answer<Image> {
     Ok(Json(bootstrap::import(state, req).await?))
+}
+
+/// What the image and kernel catalogs list (config `catalogs`, then the embedded one), each
+/// entry with whether it is pulled here.
+#[utoipa::path(get, path = t::CATALOG, tag = "images",
+    responses((status = 200, description = "The catalogs' entries.", body = CatalogListing), Errors))]
+pub async fn catalog(State(state): S) -> Answer<CatalogListing> {
+    Ok(Json(catalogs::listing(&state).await?))
+}
+
+/// Pulls a kernel from the kernel catalogs, streamed: its stages, then the kernel.
+#[utoipa::path(post, path = t::KERNELS_PULL, tag = "kernels", request_body = PullKernel,
+    responses((status = 200, description = STREAM_DESCRIPTION, content_type = NDJSON,
+        body = Event<Kernel>), Errors))]
+pub async fn pull_kernel(
+    State(state): S,
+    Extension(op): Extension<OpId>,
+    ApiJson(req): ApiJson<PullKernel>,
+) -> Response {
+    stream_op(op, move |progress, cancel| {
+        catalogs::pull_kernel_named(state, req, progress, cancel)
+    })
+}
+
+/// Writes an image's bundle and its one-entry catalog into a directory, streamed.
+#[utoipa::path(post, path = t::IMAGE_EXPORT, tag = "images", params(ImageRef), request_body = ExportImage,
+    responses((status = 200, description = STREAM_DESCRIPTION, content_type = NDJSON,
+        body = Event<ExportedImage>), Errors))]
+pub async fn export_image(
+    State(state): S,
+    Extension(op): Extension<OpId>,
+    Path(reference): Path<String>,
+    ApiJson(req): ApiJson<ExportImage>,
+) -> Response {
+    stream_op(op, move |progress, _cancel| async move {
+        catalogs::export_image(state, &reference, req, progress).await
+    })
 }
 
 // Guest files, relayed to the VM's agent (`vms::read_file`, `write_file`, `list_dir`).

@@ -4382,3 +4382,673 @@ mod web_ui {
         server.abort();
     }
 }
+
+/// Catalog pulls: auto-pull in create, and what a broken catalog, download, bundle or kernel
+/// tarball leaves (nothing). Catalogs and files are served by a loopback HTTP server.
+mod catalog_pull {
+    use std::collections::HashMap;
+    use std::path::Path;
+    use std::sync::Mutex;
+
+    use banger_api::types::CreateVm;
+    use banger_core::size::ByteSize;
+    use banger_daemon::error::OpError;
+    use banger_daemon::progress::Progress;
+    use sha2::{Digest, Sha256};
+    use tokio_util::sync::CancellationToken;
+
+    use super::vm_fixture::*;
+    use super::*;
+
+    /// A loopback HTTP server answering each path with canned bytes (404 otherwise), one
+    /// request per connection.
+    pub struct Web {
+        base: String,
+        answers: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+        /// Paths whose connection stays open after the answer (a stalled server).
+        stalled: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Web {
+        pub async fn start() -> Self {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", listener.local_addr().unwrap());
+            let answers: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
+            let stalled: Arc<Mutex<Vec<String>>> = Arc::default();
+            let (a, st) = (answers.clone(), stalled.clone());
+            tokio::spawn(async move {
+                while let Ok((mut sock, _)) = listener.accept().await {
+                    let (a, st) = (a.clone(), st.clone());
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 8192];
+                        let n = sock.read(&mut buf).await.unwrap_or(0);
+                        let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                        let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                        let answer = a.lock().unwrap().get(&path).cloned().unwrap_or_else(|| {
+                            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                                .to_vec()
+                        });
+                        let _ = sock.write_all(&answer).await;
+                        if st.lock().unwrap().contains(&path) {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                        }
+                        let _ = sock.shutdown().await;
+                    });
+                }
+            });
+            Self {
+                base,
+                answers,
+                stalled,
+            }
+        }
+
+        /// After its answer, `path`'s connection stays open for 30 s.
+        pub fn stall(&self, path: &str) {
+            self.stalled.lock().unwrap().push(path.to_string());
+        }
+
+        pub fn url(&self, path: &str) -> String {
+            format!("{}{path}", self.base)
+        }
+
+        pub fn put(&self, path: &str, answer: Vec<u8>) {
+            self.answers
+                .lock()
+                .unwrap()
+                .insert(path.to_string(), answer);
+        }
+    }
+
+    pub fn ok(body: &[u8]) -> Vec<u8> {
+        let mut a = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        a.extend_from_slice(body);
+        a
+    }
+
+    pub fn sha(b: &[u8]) -> String {
+        Sha256::digest(b)
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect()
+    }
+
+    /// A bundle of an empty 8 MiB ext4 named `name`, booting `kernel_ref`.
+    pub fn bundle(work: &Path, name: &str, kernel_ref: &str) -> Vec<u8> {
+        let rootfs = work.join(format!("{name}.ext4"));
+        make_ext4(&rootfs);
+        let manifest = banger_image::bundle::Manifest {
+            name: name.into(),
+            distro: "test".into(),
+            arch: "x86_64".into(),
+            kernel_ref: kernel_ref.into(),
+            description: "a test image".into(),
+        };
+        let out = work.join("bundles");
+        let info =
+            banger_image::bundle::pack_bundle(manifest, &rootfs, &out, work, &mut |_| {}).unwrap();
+        std::fs::read(info.path).unwrap()
+    }
+
+    /// A tar (zstd when `zst`) of `(path, entry type, data or link target)` members, names
+    /// written raw so that `..` and absolute paths get in.
+    pub fn tarball(members: &[(&str, tar::EntryType, &[u8])], zst: bool) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind, data) in members {
+            let mut h = tar::Header::new_gnu();
+            let name = &mut h.as_gnu_mut().unwrap().name;
+            name[..path.len()].copy_from_slice(path.as_bytes());
+            h.set_entry_type(*kind);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_mode(if *kind == tar::EntryType::Directory {
+                0o755
+            } else {
+                0o644
+            });
+            if *kind == tar::EntryType::Symlink {
+                h.set_link_name(std::str::from_utf8(data).unwrap()).unwrap();
+                h.set_size(0);
+                h.set_cksum();
+                b.append(&h, &[][..]).unwrap();
+            } else {
+                h.set_size(data.len() as u64);
+                h.set_cksum();
+                b.append(&h, *data).unwrap();
+            }
+        }
+        let tar = b.into_inner().unwrap();
+        if zst {
+            zstd::encode_all(&tar[..], 3).unwrap()
+        } else {
+            tar
+        }
+    }
+
+    pub const KERNEL: &[u8] = b"\x7fELF tiny pulled kernel";
+
+    pub fn kernel_tar() -> Vec<u8> {
+        use tar::EntryType as T;
+        tarball(
+            &[
+                ("boot/", T::Directory, b""),
+                ("boot/vmlinux-6.1.7", T::Regular, KERNEL),
+            ],
+            false,
+        )
+    }
+
+    /// A catalog listing `image` (booting `k1`) and kernel `k1`, their files relative.
+    pub fn catalog(image: &str, bundle: &[u8], kernel: &[u8]) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "version": 1,
+            "images": [{"name": image, "arch": "x86_64", "url": format!("{image}.tar.zst"),
+                        "sha256": sha(bundle), "size": bundle.len(), "description": "team image",
+                        "kernel_ref": "k1"}],
+            "kernels": [{"name": "k1", "arch": "x86_64", "url": "k1.tar",
+                         "sha256": sha(kernel), "size": kernel.len(), "description": "a kernel"}],
+        }))
+        .unwrap()
+    }
+
+    fn config(web: &Web) -> Config {
+        Config {
+            catalogs: vec![web.url("/team/catalog.json")],
+            ..quick()
+        }
+    }
+
+    fn on(image: &str) -> CreateVm {
+        CreateVm {
+            image: Some(image.to_string()),
+            ..request("pulled")
+        }
+    }
+
+    /// Nothing of a pull is left: no image but the fixture's, no kernel, no file in the
+    /// state's images, kernels and scratch dirs.
+    fn assert_nothing_pulled(f: &Fixture, case: &str) {
+        let names: Vec<String> = f
+            .state
+            .db(|s| s.list_images())
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(names, vec![IMAGE.to_string()], "{case}: image rows");
+        assert!(
+            f.state.db(|s| s.list_kernels()).unwrap().is_empty(),
+            "{case}: kernel rows"
+        );
+        let state_dir = &f.state.opts.layout.state_dir;
+        for sub in ["images", "kernels", "tmp"] {
+            let left: Vec<_> = std::fs::read_dir(state_dir.join(sub))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            assert!(left.is_empty(), "{case}: left in {sub}: {left:?}");
+        }
+        f.assert_no_vm_left();
+    }
+
+    #[tokio::test]
+    async fn create_pulls_a_missing_image_and_its_kernel_from_the_catalogs() {
+        let web = Web::start().await;
+        let mut f = fixture(config(&web), false);
+        f.start_agents();
+        let bundle = bundle(f.dir.path(), "team-img", "k1");
+        let kernel = kernel_tar();
+        web.put(
+            "/team/catalog.json",
+            ok(&catalog("team-img", &bundle, &kernel)),
+        );
+        web.put("/team/team-img.tar.zst", ok(&bundle));
+        web.put("/team/k1.tar", ok(&kernel));
+
+        let (task, mut stages) = f.spawn_create(on("team-img"), CancellationToken::new());
+        let vm = task.await.unwrap().unwrap();
+        let mut seen = Vec::new();
+        while let Ok(s) = stages.try_recv() {
+            seen.push(s.stage);
+        }
+        for want in [
+            "resolve image",
+            "pulling from catalog",
+            "pull image",
+            "pull kernel",
+            "register",
+        ] {
+            assert!(
+                seen.iter().any(|s| s == want),
+                "no {want:?} stage in {seen:?}"
+            );
+        }
+        let image = f.state.find_image("team-img").unwrap();
+        assert_eq!(vm.image, image.name);
+        assert_eq!(image.kernel_ref.as_deref(), Some("k1"));
+        let k = f.state.find_kernel("k1").unwrap();
+        assert_eq!(k.source, format!("pull:{}", web.url("/team/k1.tar")));
+        assert_eq!(k.sha256, sha(KERNEL), "vmlinux hashed after extraction");
+        assert_eq!(std::fs::read(k.vmlinux.unwrap()).unwrap(), KERNEL);
+        let left: Vec<_> = std::fs::read_dir(f.state.scratch_dir()).unwrap().collect();
+        assert!(left.is_empty(), "the downloads were not removed: {left:?}");
+
+        // The catalog lists both, now pulled.
+        let listing = banger_daemon::catalogs::listing(&f.state).await.unwrap();
+        assert_eq!(
+            listing.images[0].state,
+            banger_api::types::CatalogState::Pulled
+        );
+        assert_eq!(
+            listing.kernels[0].state,
+            banger_api::types::CatalogState::Pulled
+        );
+        assert_eq!(listing.images[0].size, bundle.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn an_image_in_no_catalog_is_still_not_found() {
+        let web = Web::start().await;
+        let f = fixture(config(&web), true);
+        web.put("/team/catalog.json", ok(br#"{"version":1}"#));
+        let err = f.create(on("nope")).await.unwrap_err();
+        assert!(matches!(&err, OpError::ImageNotFound { .. }), "{err:?}");
+        assert_nothing_pulled(&f, "not listed");
+    }
+
+    #[tokio::test]
+    async fn kernel_pull_takes_a_free_name_and_replaces_only_with_force() {
+        use banger_api::types::PullKernel;
+        use banger_daemon::catalogs::pull_kernel_named;
+        let web = Web::start().await;
+        let f = fixture(config(&web), false);
+        let kernel = kernel_tar();
+        web.put("/team/catalog.json", ok(&catalog("x", b"unused", &kernel)));
+        web.put("/team/k1.tar", ok(&kernel));
+        let pull = |name: &str, force| {
+            pull_kernel_named(
+                f.state.clone(),
+                PullKernel {
+                    name: name.into(),
+                    force,
+                },
+                Progress::new(None),
+                CancellationToken::new(),
+            )
+        };
+        let k = pull("k1", false).await.unwrap();
+        assert_eq!(
+            (k.version.as_str(), k.sha256.clone()),
+            ("6.1.7", sha(KERNEL))
+        );
+        assert_eq!(k.source, format!("pull:{}", web.url("/team/k1.tar")));
+        let err = pull("k1", false).await.unwrap_err();
+        assert!(matches!(&err, OpError::KernelNameTaken { .. }), "{err:?}");
+        pull("k1", true).await.unwrap();
+        let err = pull("k2", false).await.unwrap_err();
+        assert!(
+            matches!(&err, OpError::NotInCatalog { kind: "kernel", .. }),
+            "{err:?}"
+        );
+        assert_eq!(f.state.db(|s| s.list_kernels()).unwrap().len(), 1);
+        let left: Vec<_> = std::fs::read_dir(f.state.scratch_dir()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[tokio::test]
+    async fn an_exported_image_is_pulled_back_from_its_catalog_file() {
+        use banger_api::types::ExportImage;
+        use banger_daemon::catalogs::export_image;
+        let web = Web::start().await;
+        let mut f = fixture(config(&web), false);
+        f.start_agents();
+        let bundle = bundle(f.dir.path(), "team-img", "k1");
+        let kernel = kernel_tar();
+        web.put(
+            "/team/catalog.json",
+            ok(&catalog("team-img", &bundle, &kernel)),
+        );
+        web.put("/team/team-img.tar.zst", ok(&bundle));
+        web.put("/team/k1.tar", ok(&kernel));
+        f.create(on("team-img")).await.unwrap();
+
+        let export = |reference: &'static str, out: &Path| {
+            export_image(
+                f.state.clone(),
+                reference,
+                ExportImage {
+                    out: out.to_path_buf(),
+                },
+                Progress::new(None),
+            )
+        };
+        let err = export(IMAGE, &f.dir.path().join("x")).await.unwrap_err();
+        assert!(
+            matches!(&err, OpError::ExportNeedsKernelRef { .. }),
+            "{err:?}"
+        );
+        let err = export("team-img", Path::new("relative")).await.unwrap_err();
+        assert!(matches!(&err, OpError::InputNotAbsolute { .. }), "{err:?}");
+        let out = f.dir.path().join("served");
+        let done = export("team-img", &out).await.unwrap();
+        let bytes = std::fs::read(&done.bundle).unwrap();
+        assert_eq!(
+            (done.sha256.clone(), done.size),
+            (sha(&bytes), bytes.len() as u64)
+        );
+        let doc = banger_catalog::Catalog::parse("export", &std::fs::read(&done.catalog).unwrap())
+            .unwrap();
+        assert_eq!(doc.images[0].url, "team-img.tar.zst");
+        assert_eq!(doc.images[0].kernel_ref, "k1");
+
+        // Another daemon takes it from the file catalog; its kernel from the web one.
+        let other = fixture(
+            Config {
+                catalogs: vec![
+                    done.catalog.display().to_string(),
+                    web.url("/team/catalog.json"),
+                ],
+                ..quick()
+            },
+            true,
+        );
+        other.create(on("team-img")).await.unwrap();
+        let image = other.state.find_image("team-img").unwrap();
+        assert_eq!(image.kernel_ref.as_deref(), Some("k1"));
+    }
+
+    #[tokio::test]
+    async fn a_create_cancelled_during_the_download_leaves_nothing() {
+        let web = Web::start().await;
+        let f = fixture(config(&web), true);
+        let bundle = bundle(f.dir.path(), "team-img", "k1");
+        let kernel = kernel_tar();
+        web.put(
+            "/team/catalog.json",
+            ok(&catalog("team-img", &bundle, &kernel)),
+        );
+        let mut half = ok(&bundle);
+        half.truncate(half.len() - bundle.len() / 2);
+        web.put("/team/team-img.tar.zst", half);
+        web.stall("/team/team-img.tar.zst");
+        let cancel = CancellationToken::new();
+        let (task, _stages) = f.spawn_create(on("team-img"), cancel.clone());
+        let scratch = f.state.scratch_dir();
+        let downloading = || {
+            std::fs::read_dir(&scratch)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(".fetch-"))
+        };
+        for _ in 0..500 {
+            if downloading() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(downloading(), "the download never started");
+        cancel.cancel();
+        let err = task.await.unwrap().unwrap_err();
+        assert!(matches!(&err, OpError::Cancelled), "{err:?}");
+        assert_nothing_pulled(&f, "cancelled");
+    }
+
+    #[tokio::test]
+    async fn a_named_pull_takes_the_overrides_and_refuses_what_no_catalog_lists() {
+        use banger_daemon::catalogs::{PullImage, pull_image_named};
+        let web = Web::start().await;
+        let f = fixture(config(&web), false);
+        let bundle = bundle(f.dir.path(), "team-img", "k1");
+        let kernel = kernel_tar();
+        web.put(
+            "/team/catalog.json",
+            ok(&catalog("team-img", &bundle, &kernel)),
+        );
+        web.put("/team/team-img.tar.zst", ok(&bundle));
+        web.put("/team/k1.tar", ok(&kernel));
+        let pull = |name: &'static str, opts: PullImage| {
+            pull_image_named(
+                f.state.clone(),
+                name,
+                opts,
+                Progress::new(None),
+                CancellationToken::new(),
+            )
+        };
+        let err = pull("nope", PullImage::default()).await.unwrap_err();
+        assert!(
+            matches!(&err, OpError::NotInCatalog { kind: "image", .. }),
+            "{err:?}"
+        );
+        // --kernel-ref wins over the manifest's: a kernel no catalog has is refused.
+        let err = pull(
+            "team-img",
+            PullImage {
+                name: None,
+                kernel_ref: Some("k9".into()),
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, OpError::BundleKernelMissing { kernel } if kernel == "k9"),
+            "{err:?}"
+        );
+        assert_nothing_pulled(&f, "kernel k9");
+        let image = pull(
+            "team-img",
+            PullImage {
+                name: Some("mine".into()),
+                kernel_ref: None,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (image.name.as_str(), image.kernel_ref.as_deref()),
+            ("mine", Some("k1"))
+        );
+        let err = pull(
+            "team-img",
+            PullImage {
+                name: Some("mine".into()),
+                kernel_ref: None,
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(&err, OpError::ImageNameTaken { .. }), "{err:?}");
+    }
+
+    /// A broken pull: its name, the catalog, the bundle's and the kernel's answers, config
+    /// `max_image_size`, and words the error must have.
+    type Case<'a> = (
+        &'a str,
+        Vec<u8>,
+        Vec<u8>,
+        Vec<u8>,
+        Option<ByteSize>,
+        &'a str,
+    );
+
+    /// Every way a pull breaks: the error names what was wrong, and nothing is left.
+    #[tokio::test]
+    async fn a_broken_pull_fails_the_create_naming_why_and_leaves_nothing() {
+        use tar::EntryType as T;
+        let web = Web::start().await;
+        let work = tempfile::tempdir().unwrap();
+        let good = bundle(work.path(), "team-img", "k1");
+        let kernel = kernel_tar();
+        let mut tampered = good.clone();
+        let mid = tampered.len() / 2;
+        tampered[mid] ^= 0xff;
+        let manifest = br#"{"name":"team-img","distro":"t","arch":"x86_64","kernel_ref":"k1","description":""}"#;
+        let extra = tarball(
+            &[
+                ("manifest.json", T::Regular, manifest),
+                ("rootfs.ext4", T::Regular, &[0u8; 4096]),
+                ("../evil", T::Regular, b"x"),
+            ],
+            true,
+        );
+        let dotdot = tarball(&[("../vmlinux-6.1.7", T::Regular, KERNEL)], false);
+        let absolute = tarball(&[("/boot/vmlinux-6.1.7", T::Regular, KERNEL)], false);
+        let through_symlink = tarball(
+            &[
+                ("boot", T::Symlink, b"/tmp"),
+                ("boot/vmlinux-6.1.7", T::Regular, KERNEL),
+            ],
+            false,
+        );
+        let zeros = vec![0u8; 5 << 20];
+        let kernel_bomb = tarball(
+            &[
+                ("boot/vmlinux-6.1.7", T::Regular, KERNEL),
+                ("boot/padding", T::Regular, &zeros),
+            ],
+            true,
+        );
+        let half = |b: &[u8]| {
+            let mut a = ok(b);
+            a.truncate(a.len() - b.len() / 2);
+            a
+        };
+        let server_error =
+            b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                .to_vec();
+        // (case, catalog, bundle answer, kernel answer, max_image_size, expected words)
+        let doc = |b: &[u8]| catalog("team-img", b, &kernel);
+        let kdoc = |k: &[u8]| catalog("team-img", &good, k);
+        let mut lying = serde_json::from_slice::<serde_json::Value>(&doc(&good)).unwrap();
+        lying["images"][0]["size"] = serde_json::json!(good.len() + 100);
+        let lying = serde_json::to_vec(&lying).unwrap();
+        let cases: Vec<Case<'_>> = vec![
+            (
+                "bundle sha256 mismatch",
+                doc(&good),
+                ok(&tampered),
+                ok(&kernel),
+                None,
+                "sha256 mismatch",
+            ),
+            (
+                "declared size lies",
+                lying,
+                ok(&good),
+                ok(&kernel),
+                None,
+                "the catalog declares",
+            ),
+            (
+                "HTTP 500",
+                doc(&good),
+                server_error.clone(),
+                ok(&kernel),
+                None,
+                "HTTP status 500",
+            ),
+            (
+                "closed mid-body",
+                doc(&good),
+                half(&good),
+                ok(&kernel),
+                None,
+                "connection failed after",
+            ),
+            (
+                "decompression bomb",
+                doc(&good),
+                ok(&good),
+                ok(&kernel),
+                Some(ByteSize::mib(4)),
+                "more than the limit of 4194304",
+            ),
+            (
+                "bundle with an unsafe member",
+                doc(&extra),
+                ok(&extra),
+                ok(&kernel),
+                None,
+                "\"../evil\"",
+            ),
+            (
+                "kernel tarball 500",
+                kdoc(&kernel),
+                ok(&good),
+                server_error,
+                None,
+                "HTTP status 500",
+            ),
+            (
+                "kernel tarball with ..",
+                kdoc(&dotdot),
+                ok(&good),
+                ok(&dotdot),
+                None,
+                "../vmlinux-6.1.7",
+            ),
+            (
+                "kernel tarball with an absolute member",
+                kdoc(&absolute),
+                ok(&good),
+                ok(&absolute),
+                None,
+                "absolute path",
+            ),
+            (
+                "kernel tarball writing through a symlink",
+                kdoc(&through_symlink),
+                ok(&good),
+                ok(&through_symlink),
+                None,
+                "boot/vmlinux-6.1.7",
+            ),
+            (
+                "kernel tarball decompression bomb",
+                kdoc(&kernel_bomb),
+                ok(&good),
+                ok(&kernel_bomb),
+                Some(ByteSize::mib(4)),
+                "unpacks to more than 4194304 bytes",
+            ),
+            (
+                "malformed catalog",
+                b"{\"version\": 1, \"images\": [".to_vec(),
+                ok(&good),
+                ok(&kernel),
+                None,
+                "EOF while parsing",
+            ),
+            (
+                "catalog of an unknown version",
+                br#"{"version":7,"images":[]}"#.to_vec(),
+                ok(&good),
+                ok(&kernel),
+                None,
+                "version 7 is not supported",
+            ),
+        ];
+        for (case, catalog, bundle_answer, kernel_answer, max, want) in cases {
+            let mut config = config(&web);
+            if let Some(max) = max {
+                config.max_image_size = max;
+            }
+            let f = fixture(config, true);
+            web.put("/team/catalog.json", ok(&catalog));
+            web.put("/team/team-img.tar.zst", bundle_answer);
+            web.put("/team/k1.tar", kernel_answer);
+            let err = f.create(on("team-img")).await.unwrap_err();
+            let msg = banger_core::error::chain(&err);
+            assert!(msg.contains(want), "{case}: {msg}");
+            assert_nothing_pulled(&f, case);
+        }
+    }
+}

@@ -9,7 +9,10 @@
 //!   `manifest.json` and `rootfs.ext4` (holes of the image are fed to the compressor as
 //!   zeros without being read), its sha256 computed while writing.
 //! - [`read_bundle`]: unpacks a bundle into a new directory, refusing anything but those
-//!   two regular files, writing the image sparsely, optionally checking the sha256.
+//!   two regular files, writing the image sparsely, optionally checking the sha256;
+//!   [`read_bundle_capped`] also refuses an image larger than a cap (decompression bombs),
+//!   [`read_manifest`] reads only the manifest.
+//! - [`pack_bundle`]: an existing `rootfs.ext4` packed as a bundle (`image export`).
 //!
 //! Everything is staged in a private temporary directory and published by one rename:
 //! a failure leaves nothing behind.
@@ -377,21 +380,52 @@ pub fn make_bundle(
     manifest.init = report.guest.init;
     progress(&format!("guest init: {}", manifest.init));
 
+    let info = pack_in(&manifest, &rootfs, tmp.path(), &req.out_dir, progress)?;
+    fs::remove_file(&rootfs).map_err(ImageError::io(&rootfs, "remove"))?;
+    Ok(info)
+}
+
+/// Packs an existing root filesystem image `rootfs` (never re-flattened) with `manifest`
+/// into `<out_dir>/<name>.tar.zst`, as [`make_bundle`] does: staged in a private temporary
+/// directory under `work_dir`, published by one rename.
+pub fn pack_bundle(
+    manifest: Manifest,
+    rootfs: &Path,
+    out_dir: &Path,
+    work_dir: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<BundleInfo, ImageError> {
+    manifest
+        .validate()
+        .map_err(|reason| ImageError::invalid("manifest", manifest.name.clone(), reason))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".banger-bundle-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(work_dir)
+        .map_err(ImageError::io(work_dir, "create a staging directory in"))?;
+    pack_in(&manifest, rootfs, tmp.path(), out_dir, progress)
+}
+
+/// Writes the bundle into `staging`, then publishes it to `out_dir`.
+fn pack_in(
+    manifest: &Manifest,
+    rootfs: &Path,
+    staging: &Path,
+    out_dir: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<BundleInfo, ImageError> {
     let file_name = format!("{}.tar.zst", manifest.name);
-    let staged = tmp.path().join(&file_name);
+    let staged = staging.join(&file_name);
     let mut manifest_json =
-        serde_json::to_vec_pretty(&manifest).map_err(|e| ImageError::Manifest {
+        serde_json::to_vec_pretty(manifest).map_err(|e| ImageError::Manifest {
             source_path: staged.clone(),
             reason: e.to_string(),
         })?;
     manifest_json.push(b'\n');
     progress(&format!("compressing {file_name}"));
-    let (sha256, size_bytes) = write_bundle(&staged, &manifest_json, &rootfs)?;
-    fs::remove_file(&rootfs).map_err(ImageError::io(&rootfs, "remove"))?;
-
-    fs::create_dir_all(&req.out_dir)
-        .map_err(ImageError::io(&req.out_dir, "create the output directory"))?;
-    let path = req.out_dir.join(&file_name);
+    let (sha256, size_bytes) = write_bundle(&staged, &manifest_json, rootfs)?;
+    fs::create_dir_all(out_dir).map_err(ImageError::io(out_dir, "create the output directory"))?;
+    let path = out_dir.join(&file_name);
     publish_file(&staged, &path)?;
     progress(&format!(
         "wrote {} ({} MiB)",
@@ -402,7 +436,7 @@ pub fn make_bundle(
         path,
         sha256,
         size_bytes,
-        manifest,
+        manifest: manifest.clone(),
     })
 }
 
@@ -481,6 +515,17 @@ pub fn read_bundle(
     dest_dir: &Path,
     expected_sha256: Option<&str>,
 ) -> Result<Manifest, ImageError> {
+    read_bundle_capped(bundle, dest_dir, expected_sha256, u64::MAX)
+}
+
+/// [`read_bundle`], refusing a `rootfs.ext4` larger than `max_rootfs` bytes before
+/// writing any of it (a small bundle can unpack to a huge image: a decompression bomb).
+pub fn read_bundle_capped(
+    bundle: &Path,
+    dest_dir: &Path,
+    expected_sha256: Option<&str>,
+    max_rootfs: u64,
+) -> Result<Manifest, ImageError> {
     let expected = expected_sha256
         .map(|s| {
             let s = s.trim().to_ascii_lowercase();
@@ -511,7 +556,7 @@ pub fn read_bundle(
         .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir_in(parent)
         .map_err(ImageError::io(parent, "create a staging directory in"))?;
-    let (manifest, actual) = match extract(bundle, staging.path()) {
+    let (manifest, actual) = match extract(bundle, staging.path(), max_rootfs) {
         Ok(done) => done,
         Err(e) => {
             // A corrupt download shows as a broken stream: the digest says why.
@@ -548,8 +593,75 @@ pub fn read_bundle(
     Ok(manifest)
 }
 
+/// The manifest of `bundle`, read from its first member (where [`make_bundle`] puts it)
+/// without unpacking the image: what a pull needs to know before registering (the kernel).
+/// Full checks are [`read_bundle`]'s.
+pub fn read_manifest(bundle: &Path) -> Result<Manifest, ImageError> {
+    let refuse = |reason: String| ImageError::Bundle {
+        bundle: bundle.to_path_buf(),
+        reason,
+    };
+    let corrupt = |e: io::Error| refuse(format!("cannot read it: {e}"));
+    let file = File::open(bundle).map_err(ImageError::io(bundle, "open"))?;
+    let decoder = zstd::Decoder::new(file).map_err(corrupt)?;
+    let mut archive = tar::Archive::new(decoder);
+    let mut entries = archive.entries().map_err(corrupt)?;
+    let Some(entry) = entries.next() else {
+        return Err(refuse(format!("no {MANIFEST_FILE}")));
+    };
+    let mut entry = entry.map_err(corrupt)?;
+    let raw = entry.path_bytes().into_owned();
+    let name = raw.strip_prefix(b"./").unwrap_or(&raw);
+    if name != MANIFEST_FILE.as_bytes() || entry.header().entry_type() != tar::EntryType::Regular {
+        return Err(refuse(format!(
+            "its first member is {:?}, not the regular file {MANIFEST_FILE}",
+            String::from_utf8_lossy(&raw)
+        )));
+    }
+    Ok(manifest_member(bundle, &mut entry)?.0)
+}
+
+/// Reads and checks the manifest member `entry` of `bundle`: the manifest and its bytes.
+fn manifest_member(
+    bundle: &Path,
+    entry: &mut dyn ReadSized,
+) -> Result<(Manifest, Vec<u8>), ImageError> {
+    let refuse = |reason: String| ImageError::Bundle {
+        bundle: bundle.to_path_buf(),
+        reason,
+    };
+    if entry.size() > MANIFEST_MAX {
+        return Err(refuse(format!(
+            "{MANIFEST_FILE} is {} bytes; the limit is {MANIFEST_MAX}",
+            entry.size()
+        )));
+    }
+    let mut bytes = Vec::new();
+    entry
+        .read_to_end(&mut bytes)
+        .map_err(|e| refuse(format!("cannot read it: {e}")))?;
+    let bad = |reason: String| ImageError::Manifest {
+        source_path: bundle.to_path_buf(),
+        reason,
+    };
+    let parsed: Manifest = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    parsed.validate().map_err(bad)?;
+    Ok((parsed, bytes))
+}
+
+/// A tar member: a reader that knows its size.
+trait ReadSized: Read {
+    fn size(&self) -> u64;
+}
+
+impl<R: Read> ReadSized for tar::Entry<'_, R> {
+    fn size(&self) -> u64 {
+        tar::Entry::size(self)
+    }
+}
+
 /// Unpacks `bundle` into `dir`; returns the manifest and the bundle's sha256.
-fn extract(bundle: &Path, dir: &Path) -> Result<(Manifest, String), ImageError> {
+fn extract(bundle: &Path, dir: &Path, max_rootfs: u64) -> Result<(Manifest, String), ImageError> {
     let refuse = |reason: String| ImageError::Bundle {
         bundle: bundle.to_path_buf(),
         reason,
@@ -575,21 +687,7 @@ fn extract(bundle: &Path, dir: &Path) -> Result<(Manifest, String), ImageError> 
             if manifest.is_some() {
                 return Err(refuse(format!("{MANIFEST_FILE} appears twice")));
             }
-            if entry.size() > MANIFEST_MAX {
-                return Err(refuse(format!(
-                    "{MANIFEST_FILE} is {} bytes; the limit is {MANIFEST_MAX}",
-                    entry.size()
-                )));
-            }
-            let mut bytes = Vec::new();
-            entry.read_to_end(&mut bytes).map_err(corrupt)?;
-            let bad = |reason: String| ImageError::Manifest {
-                source_path: bundle.to_path_buf(),
-                reason,
-            };
-            let parsed: Manifest =
-                serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-            parsed.validate().map_err(bad)?;
+            let (parsed, bytes) = manifest_member(bundle, &mut entry)?;
             let path = dir.join(MANIFEST_FILE);
             fs::write(&path, &bytes).map_err(ImageError::io(&path, "write"))?;
             manifest = Some(parsed);
@@ -598,6 +696,11 @@ fn extract(bundle: &Path, dir: &Path) -> Result<(Manifest, String), ImageError> 
                 return Err(refuse(format!("{ROOTFS_FILE} appears twice")));
             }
             let size = entry.size();
+            if size > max_rootfs {
+                return Err(refuse(format!(
+                    "{ROOTFS_FILE} unpacks to {size} bytes, more than the limit of {max_rootfs}"
+                )));
+            }
             let path = dir.join(ROOTFS_FILE);
             write_sparse(&mut entry, &path, size, &corrupt)?;
             rootfs = true;

@@ -916,8 +916,9 @@ fn copy_data(
     }
 }
 
-/// Wraps `reader` in the decompressor its first bytes call for.
-fn decompress(
+/// Wraps `reader` in the decompressor its first bytes call for (plain, gzip, zstd; `tar`
+/// names it in errors).
+pub fn decompress(
     tar: &str,
     mut reader: Box<dyn Read + Send>,
 ) -> Result<Box<dyn Read + Send>, ImageError> {

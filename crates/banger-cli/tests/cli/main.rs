@@ -5,6 +5,7 @@
 //! checks the daemon's OpenAPI document with a standard validator and schemathesis.
 
 mod api;
+mod catalog;
 mod common;
 mod dns;
 mod exec;

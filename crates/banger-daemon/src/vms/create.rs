@@ -59,6 +59,34 @@ fn generate_name(taken: &BTreeSet<String>) -> String {
         .unwrap_or(base)
 }
 
+/// An image that no local image matches is pulled from the catalogs (and its kernel from
+/// the kernel catalogs) before the create goes on; one no catalog lists stays a "not found".
+/// Runs before the image lock: the pull takes it to register.
+async fn auto_pull(
+    state: &Arc<AppState>,
+    image_ref: &str,
+    progress: &Progress,
+    cancel: &CancellationToken,
+) -> Result<(), OpError> {
+    let images = state.db(|s| s.list_images())?;
+    match resolve_image(&images, image_ref) {
+        Err(OpError::ImageNotFound { .. }) => {}
+        _ => return Ok(()),
+    }
+    let Some(found) = crate::catalogs::find_image(state, image_ref).await? else {
+        return Ok(());
+    };
+    progress.stage(
+        "pulling from catalog",
+        format!("{image_ref} from {}", found.catalog),
+    );
+    match crate::catalogs::pull_image(state, &found, Default::default(), progress, cancel).await {
+        // A concurrent create pulled it first.
+        Err(OpError::ImageNameTaken { .. }) | Ok(_) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Creates and boots a VM, streaming stages. On failure or cancellation nothing remains.
 pub async fn create(
     state: Arc<AppState>,
@@ -85,6 +113,7 @@ pub async fn create(
         .clone()
         .unwrap_or_else(|| state.opts.config.default_image.clone());
     progress.stage("resolve image", image_ref.clone());
+    auto_pull(&state, &image_ref, &progress, &cancel).await?;
     // Lock order (see [`Locks`](crate::state::Locks)): the image lock first, held from resolving the image until
     // its work seed is ready (the VM's row names the image by then, so it cannot be deleted
     // under the VM), then the new VM's lock.
