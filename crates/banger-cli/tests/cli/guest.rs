@@ -74,17 +74,6 @@ fn kernel_home() -> Option<(Home, PathBuf)> {
     Some((home, agent))
 }
 
-/// The modules a guest needs (the image payload's list), with their dependencies.
-const GUEST_MODULES: [&str; 7] = [
-    "virtio_console",
-    "vsock",
-    "vmw_vsock_virtio_transport",
-    "virtio_net",
-    "virtio_blk",
-    "button",
-    "evdev",
-];
-
 /// Builds and imports `busybox`: a systemd-less image of `busybox-static` (its applets as
 /// symlinks, a minimal /etc, no init, no sshd) with just the kernel modules a guest needs,
 /// through `internal make-bundle --rootfs-tar` and `image import`.
@@ -140,7 +129,8 @@ fn busybox_image(home: &Home) {
     };
     let mut files: Vec<String> = Vec::new();
     let mut lines: Vec<String> = Vec::new();
-    for name in GUEST_MODULES {
+    // The modules a guest needs (the image payload's list), with their dependencies.
+    for name in banger_image::guest::WANTED_MODULES {
         let Some(line) = line_of(name) else { continue }; // built in
         for file in line.split([':', ' ']).filter(|w| !w.is_empty()) {
             if files.iter().any(|f| f == file) {
