@@ -28,6 +28,10 @@ pub mod templates {
     pub const IMAGES: &str = "/images";
     pub const IMAGES_BOOTSTRAP: &str = "/images/bootstrap";
     pub const IMAGES_IMPORT: &str = "/images/import";
+    /// `POST`: pull an image from an OCI registry (streamed stages, then the image).
+    pub const IMAGES_PULL: &str = "/images/pull";
+    /// `POST`: remove the cached layers no image needs.
+    pub const IMAGES_CACHE_PRUNE: &str = "/images/cache/prune";
     pub const IMAGE: &str = "/images/{reference}";
     /// `GET`: the API's OpenAPI 3.1 document.
     pub const OPENAPI: &str = "/openapi.json";
@@ -66,6 +70,8 @@ pub enum Route<'a> {
     Images,
     ImagesBootstrap,
     ImagesImport,
+    ImagesPull,
+    ImagesCachePrune,
     Image(&'a str),
     VmFilesRead(&'a str),
     VmFilesWrite(&'a str),
@@ -96,6 +102,8 @@ impl Route<'_> {
             Self::Images => t::IMAGES,
             Self::ImagesBootstrap => t::IMAGES_BOOTSTRAP,
             Self::ImagesImport => t::IMAGES_IMPORT,
+            Self::ImagesPull => t::IMAGES_PULL,
+            Self::ImagesCachePrune => t::IMAGES_CACHE_PRUNE,
             Self::Image(_) => t::IMAGE,
             Self::VmFilesRead(_) => t::VM_FILES_READ,
             Self::VmFilesWrite(_) => t::VM_FILES_WRITE,
@@ -130,7 +138,9 @@ impl Route<'_> {
             | Self::Kernels
             | Self::Images
             | Self::ImagesBootstrap
-            | Self::ImagesImport => template.to_string(),
+            | Self::ImagesImport
+            | Self::ImagesPull
+            | Self::ImagesCachePrune => template.to_string(),
         }
     }
 }

@@ -529,6 +529,18 @@ registers it. Needs an imported kernel (banger kernel import host --from /).",
         after_long_help = "Examples:\n  banger image bootstrap debian-bookworm\n  banger image bootstrap debian-bookworm --kernel-ref host --size 4G"
     )]
     Bootstrap(BootstrapArgs),
+    /// Pull an image from an OCI registry (Docker Hub short names: docker.io/library/...).
+    #[command(
+        long_about = "Pulls OCI-REF (by tag or digest; an index resolves to linux/amd64), \
+verifying every blob, caching layers under the state dir, flattens the layers, injects the guest \
+agent and units and the kernel's modules, builds the ext4 and registers it. Credentials come from \
+~/.docker/config.json; plain HTTP only for loopback registries and config insecure_registries.",
+        after_long_help = "Examples:\n  banger image pull debian:bookworm\n  banger image pull 127.0.0.1:5000/team/base:v1 --name base --kernel-ref host --size 4G"
+    )]
+    Pull(PullArgs),
+    /// The OCI layer cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Register a bundle file (.tar.zst with rootfs.ext4 and manifest.json).
     #[command(
         after_long_help = "Examples:\n  banger image import ./debian-bookworm.tar.zst\n  banger image import ./img.tar.zst --name mine --kernel-ref host"
@@ -741,6 +753,38 @@ pub struct BootstrapArgs {
     /// Root filesystem size, e.g. 4G [default: 1.5 x the tree, at least 1 GiB]
     #[arg(long)]
     pub size: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// OCI reference: [REGISTRY/]REPOSITORY[:TAG|@sha256:DIGEST]
+    #[arg(value_name = "OCI-REF")]
+    pub reference: String,
+    /// Image name [default: from the reference, debian:bookworm -> debian-bookworm]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Name of an imported kernel [default: the most recently imported]
+    #[arg(long = "kernel-ref")]
+    pub kernel_ref: Option<String>,
+    /// Kernel to boot (uncompressed vmlinux for Firecracker)
+    #[arg(long, conflicts_with = "kernel_ref")]
+    pub kernel: Option<std::path::PathBuf>,
+    /// Initrd for the kernel
+    #[arg(long, requires = "kernel", conflicts_with = "kernel_ref")]
+    pub initrd: Option<std::path::PathBuf>,
+    /// Kernel modules directory (lib/modules/VERSION)
+    #[arg(long, requires = "kernel", conflicts_with = "kernel_ref")]
+    pub modules: Option<std::path::PathBuf>,
+    /// Root filesystem size, e.g. 4G [default: 1.5 x the tree, at least 1 GiB]
+    #[arg(long)]
+    pub size: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Remove the cached layers no pulled image needs; prints what it freed.
+    #[command(after_long_help = "Examples:\n  banger image cache prune")]
+    Prune,
 }
 
 #[derive(Debug, Args)]

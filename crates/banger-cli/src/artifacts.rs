@@ -132,6 +132,24 @@ pub async fn image(cmd: ImageCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
             ))?;
             Ok(0)
         }
+        ImageCommand::Pull(p) => pull(p, ctx).await,
+        ImageCommand::Cache(crate::args::CacheCommand::Prune) => {
+            let (client, _) = connect(ctx).await?;
+            let pruned: banger_api::types::CachePruned = client
+                .post_long(Route::ImagesCachePrune, &serde_json::json!({}))
+                .await?;
+            for digest in &pruned.removed {
+                ctx.ui
+                    .line(&format!("removed layer {}", escape(digest, Mode::Text)))?;
+            }
+            ctx.ui.line(&format!(
+                "freed {} ({} layers removed, {} kept)",
+                ByteSize(pruned.freed_bytes),
+                pruned.removed.len(),
+                pruned.kept
+            ))?;
+            Ok(0)
+        }
         ImageCommand::Import(i) => {
             let path = std::path::absolute(&i.bundle).unwrap_or(i.bundle.clone());
             let (client, _) = connect(ctx).await?;
@@ -159,6 +177,61 @@ pub async fn image(cmd: ImageCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
             Ok(0)
         }
     }
+}
+
+/// `image pull`: the stages on stderr (a terminal redraws each layer's download line in
+/// place; elsewhere only its finished line is printed), the image on stdout.
+async fn pull(p: crate::args::PullArgs, ctx: &mut Ctx) -> Result<u8, CliError> {
+    use std::io::IsTerminal;
+    if let Some(n) = &p.name {
+        validate_image_name(n).map_err(|e| CliError::Usage(e.to_string()))?;
+    }
+    let size = size_flag("size", &p.size)?;
+    let abs = |p: &std::path::PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+    let req = banger_api::types::PullImage {
+        reference: p.reference.clone(),
+        name: p.name.clone(),
+        kernel_ref: p.kernel_ref.clone(),
+        kernel: p.kernel.as_ref().map(abs),
+        initrd: p.initrd.as_ref().map(abs),
+        modules: p.modules.as_ref().map(abs),
+        size,
+    };
+    req.check_kernel_source()
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let (client, _) = connect(ctx).await?;
+    let prefix = ctx.ui.paint_err(Style::Dim, "[image pull]");
+    let mut err = std::io::stderr();
+    let tty = err.is_terminal();
+    let mut redrawing = false;
+    let img: Result<Image, _> = client
+        .stream(Route::ImagesPull, &req, |stage, detail, _| {
+            let (stage, detail) = (escape(stage, Mode::Text), escape(detail, Mode::Text));
+            if stage == "download" {
+                if tty {
+                    let _ = write!(err, "\r\x1b[2K{prefix} {stage}: {detail}");
+                    let _ = err.flush();
+                    redrawing = true;
+                }
+                return;
+            }
+            if redrawing {
+                let _ = write!(err, "\r\x1b[2K");
+                redrawing = false;
+            }
+            let _ = writeln!(err, "{prefix} {stage}: {detail}");
+        })
+        .await;
+    if redrawing {
+        let _ = writeln!(err);
+    }
+    let img = img?;
+    ctx.ui.line(&format!(
+        "pulled image {} ({})",
+        escape(&img.name, Mode::Cell),
+        ByteSize(img.rootfs_bytes)
+    ))?;
+    Ok(0)
 }
 
 pub async fn kernel(cmd: crate::args::KernelCommand, ctx: &mut Ctx) -> Result<u8, CliError> {

@@ -75,6 +75,13 @@ pub struct Config {
     pub web_hostnames: Vec<String>,
     /// `[mcp]`: the guard rails of `banger mcp` (see [`McpConfig`]).
     pub mcp: McpConfig,
+    /// Registries (`host[:port]`) `image pull` reaches over plain HTTP; loopback ones always
+    /// are, every other one is HTTPS.
+    pub insecure_registries: Vec<String>,
+    /// The largest image `image pull` builds: the unpacked layers and `--size` may not
+    /// exceed it (a decompression bomb's guard). A size as the size rules read it.
+    #[serde(deserialize_with = "size_value")]
+    pub max_image_size: ByteSize,
 }
 
 /// `[mcp]`: what `banger mcp` lets a coding agent do.
@@ -305,6 +312,8 @@ impl Default for Config {
             web_allow_remote: false,
             web_hostnames: Vec::new(),
             mcp: McpConfig::default(),
+            insecure_registries: Vec::new(),
+            max_image_size: ByteSize::gib(64),
         }
     }
 }
@@ -469,6 +478,26 @@ impl Config {
                 "each entry must be a DNS name (letters, digits, '-' and '.')".into(),
             ));
         }
+        for r in &self.insecure_registries {
+            if r.is_empty()
+                || r.contains("://")
+                || r.contains('/')
+                || r.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(bad(
+                    "insecure_registries",
+                    r.clone(),
+                    "a registry as host[:port], without a scheme or path".into(),
+                ));
+            }
+        }
+        if self.max_image_size < ByteSize::mib(1) {
+            return Err(bad(
+                "max_image_size",
+                self.max_image_size.to_string(),
+                "at least 1 MiB".into(),
+            ));
+        }
         if self.max_log_size < MIN_LOG_SIZE {
             return Err(bad(
                 "max_log_size",
@@ -591,6 +620,28 @@ mod tests {
             "{:?}",
             l.warnings
         );
+    }
+
+    #[test]
+    fn registry_keys_are_checked() {
+        let c = Config::default();
+        assert_eq!(c.max_image_size, ByteSize::gib(64));
+        assert!(c.insecure_registries.is_empty());
+        let l = Config::parse(
+            Path::new("c.toml"),
+            "insecure_registries = [\"reg.lan:5000\"]\nmax_image_size = \"2G\"",
+        )
+        .unwrap();
+        assert_eq!(l.config.insecure_registries, ["reg.lan:5000"]);
+        assert_eq!(l.config.max_image_size, ByteSize::gib(2));
+        for bad in [
+            "insecure_registries = [\"http://reg.lan\"]",
+            "insecure_registries = [\"reg.lan/x\"]",
+            "max_image_size = \"1K\"",
+        ] {
+            let e = Config::parse(Path::new("c.toml"), bad).unwrap_err();
+            assert!(e.to_string().contains("c.toml"), "{bad}: {e}");
+        }
     }
 
     #[test]

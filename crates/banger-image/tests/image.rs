@@ -904,6 +904,7 @@ mod adversarial_tar {
             size: Some(64 * MIB),
             agent_bin: agent(dir.path()),
             modules_dir: None,
+            max_tree_bytes: None,
         };
         let image = dir.path().join("rootfs.ext4");
         let result = build_rootfs(

@@ -13,6 +13,7 @@ mod guest;
 mod host;
 mod inputs;
 mod mcp;
+mod oci;
 mod ssh;
 mod system;
 mod vm;
