@@ -1076,7 +1076,9 @@ pub fn flatten(
     flatten_limited(tars, staging, None, progress)
 }
 
-/// [`flatten`] with the file contents capped at `limit` bytes ([`Tree::set_size_limit`]).
+/// [`flatten`] with the tars' file contents capped at `limit` bytes
+/// ([`Tree::set_size_limit`]); the tree returned has no cap (what is added to it later,
+/// the guest payload, is banger's own).
 pub fn flatten_limited(
     tars: Vec<TarInput>,
     staging: &Path,
@@ -1103,6 +1105,7 @@ pub fn flatten_limited(
         }
         progress(&line);
     }
+    tree.limit = None;
     Ok(tree)
 }
 

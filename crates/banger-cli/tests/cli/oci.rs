@@ -31,8 +31,9 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// A home with a fake kernel imported and the static agent, or `None` (skipped).
-fn pull_home(tools: &[&str]) -> Option<Home> {
+/// A home with `config` (TOML), a fake kernel imported and the static agent, or `None`
+/// (skipped).
+fn pull_home(tools: &[&str], config: &str) -> Option<Home> {
     let Some(agent) = std::env::var_os("BANGER_AGENT_BIN") else {
         skip("BANGER_AGENT_BIN (a static banger-agent) is not set");
         return None;
@@ -45,6 +46,8 @@ fn pull_home(tools: &[&str]) -> Option<Home> {
     }
     let mut home = Home::new();
     home.set_env("BANGER_AGENT_BIN", agent);
+    std::fs::create_dir_all(home.path().join("config")).unwrap();
+    std::fs::write(home.path().join("config/config.toml"), config).unwrap();
     let tree = home.path().join("kpkg");
     std::fs::create_dir_all(tree.join("boot")).unwrap();
     let mut elf = b"\x7fELF\x02\x01\x01".to_vec();
@@ -389,7 +392,7 @@ fn three_layers() -> Vec<Vec<u8>> {
 
 #[test]
 fn pull_by_tag_and_digest_applies_whiteouts_and_setuid_and_shares_the_layer_cache() {
-    let Some(home) = pull_home(&["docker-registry", "skopeo", "debugfs"]) else {
+    let Some(home) = pull_home(&["docker-registry", "skopeo", "debugfs"], "") else {
         return;
     };
     let reg = LocalRegistry::start(None);
@@ -493,7 +496,7 @@ fn pull_by_tag_and_digest_applies_whiteouts_and_setuid_and_shares_the_layer_cach
 
 #[test]
 fn pull_resolves_an_index_to_linux_amd64() {
-    let Some(home) = pull_home(&["docker-registry", "skopeo", "debugfs"]) else {
+    let Some(home) = pull_home(&["docker-registry", "skopeo", "debugfs"], "") else {
         return;
     };
     let reg = LocalRegistry::start(None);
@@ -537,7 +540,7 @@ fn pull_resolves_an_index_to_linux_amd64() {
 
 #[test]
 fn pull_from_a_registry_with_auth_uses_the_docker_config() {
-    let Some(home) = pull_home(&["docker-registry", "skopeo", "debugfs", "htpasswd"]) else {
+    let Some(home) = pull_home(&["docker-registry", "skopeo", "debugfs", "htpasswd"], "") else {
         return;
     };
     let reg = LocalRegistry::start(Some(("alice", "s3cret")));
@@ -570,4 +573,259 @@ fn pull_from_a_registry_with_auth_uses_the_docker_config() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(debugfs(&rootfs(&home, "img-v1"), "cat /hello"), "private");
+}
+
+/// How the misbehaving registry lies.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Fault {
+    None,
+    /// Serves other bytes than the layer's digest says.
+    BlobContent,
+    /// The manifest declares the layer 10 bytes shorter than it is.
+    SizeTooSmall,
+    /// The manifest declares the layer 10 bytes longer than it is.
+    SizeTooLarge,
+    /// Answers 500 for the blob.
+    Blob500,
+    /// Announces the whole blob, sends half of it, closes.
+    CloseMidBlob,
+    /// Answers 500 for the manifest.
+    Manifest500,
+    /// Serves a manifest other than the digest the pull asks for.
+    ManifestDigest,
+}
+
+/// A registry in a thread serving one image (`evil/img:v1`, one layer) with `fault`.
+fn misbehaving_registry(layer_bytes: Vec<u8>, fault: Fault) -> (String, String) {
+    let mut blobs = Blobs::default();
+    let manifest = blobs.image(std::slice::from_ref(&layer_bytes), "amd64");
+    let layer_digest = format!("sha256:{}", sha(&layer_bytes));
+    let mut manifest_bytes = blobs.get(&manifest.digest).unwrap().to_vec();
+    let delta: i64 = match fault {
+        Fault::SizeTooSmall => -10,
+        Fault::SizeTooLarge => 10,
+        _ => 0,
+    };
+    if delta != 0 {
+        let mut m: serde_json::Value = serde_json::from_slice(&manifest_bytes).unwrap();
+        m["layers"][0]["size"] = serde_json::json!(layer_bytes.len() as i64 + delta);
+        manifest_bytes = serde_json::to_vec(&m).unwrap();
+    }
+    let asked = match fault {
+        // The pull asks for this digest; the registry serves other bytes.
+        Fault::ManifestDigest => {
+            let honest = format!("sha256:{}", sha(&manifest_bytes));
+            let mut m: serde_json::Value = serde_json::from_slice(&manifest_bytes).unwrap();
+            m["annotations"] = serde_json::json!({"tampered": "yes"});
+            manifest_bytes = serde_json::to_vec(&m).unwrap();
+            format!("@{honest}")
+        }
+        _ => ":v1".to_string(),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_string();
+            let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+            let reply = |s: &mut TcpStream, status: &str, ctype: &str, body: &[u8], len: usize| {
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+                );
+                let _ = s.write_all(body);
+            };
+            if path == "/v2/" {
+                reply(&mut s, "200 OK", "application/json", b"{}", 2);
+            } else if path.starts_with("/v2/evil/img/manifests/") {
+                if fault == Fault::Manifest500 {
+                    reply(
+                        &mut s,
+                        "500 Internal Server Error",
+                        "text/plain",
+                        b"boom",
+                        4,
+                    );
+                } else {
+                    reply(
+                        &mut s,
+                        "200 OK",
+                        MANIFEST,
+                        &manifest_bytes,
+                        manifest_bytes.len(),
+                    );
+                }
+            } else if path == format!("/v2/evil/img/blobs/{layer_digest}") {
+                let mut body = layer_bytes.clone();
+                match fault {
+                    Fault::Blob500 => reply(
+                        &mut s,
+                        "500 Internal Server Error",
+                        "text/plain",
+                        b"boom",
+                        4,
+                    ),
+                    Fault::CloseMidBlob => {
+                        let half = body.len() / 2;
+                        reply(
+                            &mut s,
+                            "200 OK",
+                            "application/octet-stream",
+                            &body[..half],
+                            body.len(),
+                        )
+                    }
+                    _ => {
+                        if fault == Fault::BlobContent {
+                            let last = body.len() - 1;
+                            body[last] ^= 0xff;
+                        }
+                        let n = body.len();
+                        reply(&mut s, "200 OK", "application/octet-stream", &body, n)
+                    }
+                }
+            } else {
+                reply(&mut s, "404 Not Found", "text/plain", b"", 0);
+            }
+        }
+    });
+    (addr.clone(), format!("{addr}/evil/img{asked}"))
+}
+
+/// Nothing of a failed pull is left: no image, image directory, staging or scratch
+/// directory, and no cached layer but verified ones no image needs (prune takes them).
+fn assert_nothing_left(home: &Home, case: &str) {
+    assert!(image_names(home).is_empty(), "{case}: an image row");
+    assert!(
+        image_dirs(home).is_empty(),
+        "{case}: {:?}",
+        image_dirs(home)
+    );
+    let tmp: Vec<_> = std::fs::read_dir(home.path().join("state/tmp"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(tmp.is_empty(), "{case}: scratch left: {tmp:?}");
+    let cached = cached_layers(home);
+    assert!(
+        !cached.iter().any(|c| c.starts_with('.')),
+        "{case}: a partial download: {cached:?}"
+    );
+    let pruned = home.ok(&["image", "cache", "prune"]);
+    assert!(pruned.ends_with(" 0 kept)\n"), "{case}: {pruned}");
+}
+
+#[test]
+fn a_lying_registry_or_a_malicious_layer_leaves_nothing_and_says_what_was_wrong() {
+    let Some(home) = pull_home(&["debugfs"], "max_image_size = \"2M\"\n") else {
+        return;
+    };
+    let ok_layer = layer(&[E::File("hello", b"hi")]);
+    let zeros = vec![0u8; 3 << 20];
+    let cases: Vec<(&str, Vec<u8>, Fault, &str)> = vec![
+        (
+            "blob sha256 mismatch",
+            ok_layer.clone(),
+            Fault::BlobContent,
+            "Invalid digest. Expected sha256:",
+        ),
+        (
+            "declared size too small",
+            ok_layer.clone(),
+            Fault::SizeTooSmall,
+            "larger than the",
+        ),
+        (
+            "declared size too large",
+            ok_layer.clone(),
+            Fault::SizeTooLarge,
+            "ended after",
+        ),
+        ("blob answers 500", ok_layer.clone(), Fault::Blob500, "500"),
+        (
+            "closes mid-blob",
+            ok_layer.clone(),
+            Fault::CloseMidBlob,
+            "blob sha256:",
+        ),
+        (
+            "manifest answers 500",
+            ok_layer.clone(),
+            Fault::Manifest500,
+            "500",
+        ),
+        (
+            "manifest digest mismatch",
+            ok_layer.clone(),
+            Fault::ManifestDigest,
+            "fetching the manifest of",
+        ),
+        (
+            "member with ..",
+            layer(&[E::File("../x", b"x")]),
+            Fault::None,
+            "escapes the root",
+        ),
+        (
+            "absolute member",
+            layer(&[E::File("/etc/passwd", b"x")]),
+            Fault::None,
+            "absolute path",
+        ),
+        (
+            "writing through an earlier symlink",
+            layer(&[E::Symlink("etc", "/tmp"), E::File("etc/owned", b"x")]),
+            Fault::None,
+            "refusing entry \"etc/owned\"",
+        ),
+        (
+            "hardlink outside the tree",
+            layer(&[E::HardLink("l", "../../etc/passwd")]),
+            Fault::None,
+            "escapes the root",
+        ),
+        (
+            "decompression bomb",
+            layer(&[E::File("zeros", &zeros)]),
+            Fault::None,
+            "the unpacked files would exceed the limit of 2097152 bytes",
+        ),
+    ];
+    assert!(cases.len() >= 12);
+    for (case, bytes, fault, needle) in cases {
+        let (_addr, reference) = misbehaving_registry(bytes, fault);
+        let out = home.run(&["image", "pull", &reference, "--name", "evil"]);
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{case}: {e}");
+        let last = e.lines().last().unwrap_or_default();
+        assert!(last.starts_with("banger: "), "{case}: {e}");
+        assert!(last.contains(needle), "{case}: wanted {needle:?} in {last}");
+        assert_nothing_left(&home, case);
+    }
+    // `--size` past max_image_size is refused before anything is fetched.
+    let (_addr, reference) = misbehaving_registry(ok_layer.clone(), Fault::None);
+    let out = home.run(&["image", "pull", &reference, "--size", "64M"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("image size 64 MiB exceeds max_image_size 2 MiB"),
+        "{e}"
+    );
+    assert!(cached_layers(&home).is_empty());
+
+    // Device nodes and fifos are kept, created inside the image (documented in
+    // banger-image's flatten); the host gets none.
+    let (_addr, reference) = misbehaving_registry(layer(&[E::Fifo("pipe")]), Fault::None);
+    let out = home.run(&["image", "pull", &reference, "--name", "fifo"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stat = debugfs(&rootfs(&home, "fifo"), "stat /pipe");
+    assert!(stat.contains("Type: FIFO"), "{stat}");
 }
