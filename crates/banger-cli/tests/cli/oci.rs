@@ -593,6 +593,9 @@ enum Fault {
     Manifest500,
     /// Serves a manifest other than the digest the pull asks for.
     ManifestDigest,
+    /// Not a fault: wants a bearer token, which its realm `/token` gives for HTTP basic
+    /// `alice:s3cret`.
+    BearerToken,
 }
 
 /// A registry in a thread serving one image (`evil/img:v1`, one layer) with `fault`.
@@ -624,6 +627,7 @@ fn misbehaving_registry(layer_bytes: Vec<u8>, fault: Fault) -> (String, String) 
     };
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
+    let realm = format!("http://{addr}/token");
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut s) = stream else { return };
@@ -641,6 +645,34 @@ fn misbehaving_registry(layer_bytes: Vec<u8>, fault: Fault) -> (String, String) 
                 );
                 let _ = s.write_all(body);
             };
+            if fault == Fault::BearerToken {
+                let auth = head.lines().find_map(|l| {
+                    l.split_once(':')
+                        .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+                        .map(|(_, v)| v.trim().to_string())
+                });
+                let basic = format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode("alice:s3cret")
+                );
+                if path.starts_with("/token?") {
+                    if auth.as_deref() == Some(basic.as_str()) && path.contains("scope=repository")
+                    {
+                        let body = br#"{"token": "tok123"}"#;
+                        reply(&mut s, "200 OK", "application/json", body, body.len());
+                    } else {
+                        reply(&mut s, "401 Unauthorized", "text/plain", b"", 0);
+                    }
+                    continue;
+                }
+                if auth.as_deref() != Some("Bearer tok123") {
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"{realm}\",service=\"evil\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                    continue;
+                }
+            }
             if path == "/v2/" {
                 reply(&mut s, "200 OK", "application/json", b"{}", 2);
             } else if path.starts_with("/v2/evil/img/manifests/") {
@@ -828,4 +860,34 @@ fn a_lying_registry_or_a_malicious_layer_leaves_nothing_and_says_what_was_wrong(
     );
     let stat = debugfs(&rootfs(&home, "fifo"), "stat /pipe");
     assert!(stat.contains("Type: FIFO"), "{stat}");
+}
+
+#[test]
+fn pull_with_a_bearer_token_from_the_registry_realm() {
+    let Some(home) = pull_home(&["debugfs"], "") else {
+        return;
+    };
+    let (addr, reference) =
+        misbehaving_registry(layer(&[E::File("hello", b"token")]), Fault::BearerToken);
+    // Anonymous: the realm refuses a token, the pull says so and leaves nothing.
+    let out = home.run(&["image", "pull", &reference, "--name", "tok"]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("fetching the manifest of"), "{e}");
+    assert_nothing_left(&home, "anonymous");
+
+    let docker = home.path().join("user/.docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    std::fs::write(
+        docker.join("config.json"),
+        format!(r#"{{"auths": {{"{addr}": {{"username": "alice", "password": "s3cret"}}}}}}"#),
+    )
+    .unwrap();
+    let out = home.run(&["image", "pull", &reference, "--name", "tok"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(debugfs(&rootfs(&home, "tok"), "cat /hello"), "token");
 }
