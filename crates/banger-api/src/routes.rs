@@ -28,6 +28,10 @@ pub mod templates {
     pub const IMAGES: &str = "/images";
     pub const IMAGES_BOOTSTRAP: &str = "/images/bootstrap";
     pub const IMAGES_IMPORT: &str = "/images/import";
+    /// `POST`: pull an image from an OCI registry (streamed stages, then the image).
+    pub const IMAGES_PULL: &str = "/images/pull";
+    /// `POST`: remove the cached layers no image needs.
+    pub const IMAGES_CACHE_PRUNE: &str = "/images/cache/prune";
     pub const IMAGE: &str = "/images/{reference}";
     /// `POST`: write the image's bundle and its one-entry catalog into a directory (streamed).
     pub const IMAGE_EXPORT: &str = "/images/{reference}/export";
@@ -72,6 +76,8 @@ pub enum Route<'a> {
     Images,
     ImagesBootstrap,
     ImagesImport,
+    ImagesPull,
+    ImagesCachePrune,
     Image(&'a str),
     ImageExport(&'a str),
     Catalog,
@@ -105,6 +111,8 @@ impl Route<'_> {
             Self::Images => t::IMAGES,
             Self::ImagesBootstrap => t::IMAGES_BOOTSTRAP,
             Self::ImagesImport => t::IMAGES_IMPORT,
+            Self::ImagesPull => t::IMAGES_PULL,
+            Self::ImagesCachePrune => t::IMAGES_CACHE_PRUNE,
             Self::Image(_) => t::IMAGE,
             Self::ImageExport(_) => t::IMAGE_EXPORT,
             Self::Catalog => t::CATALOG,
@@ -145,7 +153,9 @@ impl Route<'_> {
             | Self::ImagesBootstrap
             | Self::ImagesImport
             | Self::Catalog
-            | Self::KernelsPull => template.to_string(),
+            | Self::KernelsPull
+            | Self::ImagesPull
+            | Self::ImagesCachePrune => template.to_string(),
         }
     }
 }

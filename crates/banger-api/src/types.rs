@@ -759,17 +759,28 @@ impl RegisterImage {
     /// The two ways to name a kernel are exclusive, and one is required. Checked by the CLI
     /// and again by the daemon.
     pub fn check_kernel_source(&self) -> Result<(), KernelSourceError> {
-        let files = self.kernel.is_some() || self.initrd.is_some() || self.modules.is_some();
-        match (files, self.kernel_ref.is_some()) {
-            (true, true) => Err(KernelSourceError::Both),
-            (false, false) => Err(KernelSourceError::Neither),
-            (true, false) if self.kernel.is_none() => Err(KernelSourceError::NoKernelFile),
-            (true, false) | (false, true) => Ok(()),
+        match kernel_source(
+            self.kernel.is_some(),
+            self.initrd.is_some() || self.modules.is_some(),
+            self.kernel_ref.is_some(),
+        ) {
+            Ok(false) => Err(KernelSourceError::Neither),
+            other => other.map(|_| ()),
         }
     }
 }
 
-/// Why a [`RegisterImage`] names its kernel wrongly.
+/// The one rule for naming a kernel: `--kernel-ref` or the files (`--initrd` and
+/// `--modules` need `--kernel`), not both; whether one was named.
+fn kernel_source(kernel: bool, extras: bool, kernel_ref: bool) -> Result<bool, KernelSourceError> {
+    match (kernel || extras, kernel_ref) {
+        (true, true) => Err(KernelSourceError::Both),
+        (true, false) if !kernel => Err(KernelSourceError::NoKernelFile),
+        (files, by_ref) => Ok(files || by_ref),
+    }
+}
+
+/// Why a [`RegisterImage`] or a [`PullImage`] names its kernel wrongly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum KernelSourceError {
     #[error("--kernel-ref cannot be combined with --kernel/--initrd/--modules")]
@@ -907,6 +918,61 @@ pub struct BootstrapImage {
     /// Root filesystem size in bytes [default: 1.5 x the tree, at least 1 GiB].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
+}
+
+/// `POST /v1/images/pull`: pull an image from an OCI registry and register it (streamed).
+/// The kernel: `kernel_ref`, or `kernel` (with `initrd`, `modules`), or neither for the most
+/// recently imported kernel.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PullImage {
+    /// A catalog image name (`banger image list --available`), else an OCI reference
+    /// (`debian:bookworm`, `registry:5000/team/img@sha256:...`).
+    pub reference: String,
+    /// The image name [default: derived from the reference, `debian:bookworm` →
+    /// `debian-bookworm`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_ref: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub kernel: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub initrd: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub modules: Option<PathBuf>,
+    /// Root filesystem size in bytes [default: 1.5 x the tree, at least 1 GiB].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// What its guests run as PID 1 [default: systemd if the image has it, else banger's
+    /// init]; `systemd` for an image without it installs systemd on a first boot with NAT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<banger_core::guest_init::GuestInit>,
+}
+
+impl PullImage {
+    /// `kernel_ref` and the kernel files are exclusive; `initrd` and `modules` need `kernel`.
+    pub fn check_kernel_source(&self) -> Result<(), KernelSourceError> {
+        kernel_source(
+            self.kernel.is_some(),
+            self.initrd.is_some() || self.modules.is_some(),
+            self.kernel_ref.is_some(),
+        )
+        .map(|_| ())
+    }
+}
+
+/// The answer to `POST /v1/images/cache/prune`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CachePruned {
+    /// The layer digests removed (`sha256:...`).
+    pub removed: Vec<String>,
+    pub freed_bytes: u64,
+    /// Layers kept because an image was pulled from them.
+    pub kept: usize,
 }
 
 /// `POST /v1/images/import`: register a bundle (`.tar.zst` with `rootfs.ext4` and

@@ -529,6 +529,21 @@ registers it. Needs an imported kernel (banger kernel import host --from /).",
         after_long_help = "Examples:\n  banger image bootstrap debian-bookworm\n  banger image bootstrap debian-bookworm --kernel-ref host --size 4G"
     )]
     Bootstrap(BootstrapArgs),
+    /// Pull an image: a catalog name first, else an OCI reference from any registry.
+    #[command(
+        long_about = "Pulls NAME-OR-OCI-REF. A name some catalog lists (banger image list \
+--available) is that catalog's bundle: downloaded, its sha256 checked, registered as it is (only \
+--name and --kernel-ref apply). Anything else is an OCI reference (Docker Hub short names resolve \
+as docker.io/library/...; by tag or digest; an index resolves to linux/amd64): every blob is \
+verified, layers are cached under the state dir, flattened, the guest agent and units and the \
+kernel's modules injected, the ext4 built and registered. Credentials come from \
+~/.docker/config.json; plain HTTP only for loopback registries and config insecure_registries.",
+        after_long_help = "Examples:\n  banger image pull debian:bookworm\n  banger image pull python:3.12-slim --init banger\n  banger image pull 127.0.0.1:5000/team/base:v1 --name base --kernel-ref host --size 4G"
+    )]
+    Pull(PullArgs),
+    /// The OCI layer cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Register a bundle file (.tar.zst with rootfs.ext4 and manifest.json).
     #[command(
         after_long_help = "Examples:\n  banger image import ./debian-bookworm.tar.zst\n  banger image import ./img.tar.zst --name mine --kernel-ref host"
@@ -784,6 +799,42 @@ pub struct BootstrapArgs {
     /// Root filesystem size, e.g. 4G [default: 1.5 x the tree, at least 1 GiB]
     #[arg(long)]
     pub size: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// A catalog image name, else an OCI reference: [REGISTRY/]REPOSITORY[:TAG|@sha256:DIGEST]
+    #[arg(value_name = "NAME-OR-OCI-REF")]
+    pub reference: String,
+    /// Image name [default: from the reference, debian:bookworm -> debian-bookworm]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Name of an imported kernel [default: the most recently imported]
+    #[arg(long = "kernel-ref")]
+    pub kernel_ref: Option<String>,
+    /// Kernel to boot (uncompressed vmlinux for Firecracker)
+    #[arg(long, conflicts_with = "kernel_ref")]
+    pub kernel: Option<std::path::PathBuf>,
+    /// Initrd for the kernel
+    #[arg(long, requires = "kernel", conflicts_with = "kernel_ref")]
+    pub initrd: Option<std::path::PathBuf>,
+    /// Kernel modules directory (lib/modules/VERSION)
+    #[arg(long, requires = "kernel", conflicts_with = "kernel_ref")]
+    pub modules: Option<std::path::PathBuf>,
+    /// Root filesystem size, e.g. 4G [default: 1.5 x the tree, at least 1 GiB]
+    #[arg(long)]
+    pub size: Option<String>,
+    /// What runs as PID 1: systemd (installed on first boot with --nat when the image lacks
+    /// it), banger (the agent as minimal init) [default: systemd if the image has it, else banger]
+    #[arg(long, value_name = "INIT", value_parser = ["systemd", "banger"])]
+    pub init: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Remove the cached layers no pulled image needs; prints what it freed.
+    #[command(after_long_help = "Examples:\n  banger image cache prune")]
+    Prune,
 }
 
 #[derive(Debug, Args)]

@@ -158,6 +158,24 @@ pub async fn image(cmd: ImageCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
             ))?;
             Ok(0)
         }
+        ImageCommand::Pull(p) => pull(p, ctx).await,
+        ImageCommand::Cache(crate::args::CacheCommand::Prune) => {
+            let (client, _) = connect(ctx).await?;
+            let pruned: banger_api::types::CachePruned = client
+                .post_long(Route::ImagesCachePrune, &serde_json::json!({}))
+                .await?;
+            for digest in &pruned.removed {
+                ctx.ui
+                    .line(&format!("removed layer {}", escape(digest, Mode::Text)))?;
+            }
+            ctx.ui.line(&format!(
+                "freed {} ({} layers removed, {} kept)",
+                ByteSize(pruned.freed_bytes),
+                pruned.removed.len(),
+                pruned.kept
+            ))?;
+            Ok(0)
+        }
         ImageCommand::Import(i) => {
             let path = std::path::absolute(&i.bundle).unwrap_or(i.bundle.clone());
             let (client, _) = connect(ctx).await?;
@@ -210,6 +228,13 @@ pub async fn image(cmd: ImageCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
     }
 }
 
+/// An `--init` flag's value.
+fn parse_init(init: Option<&str>) -> Result<Option<banger_core::guest_init::GuestInit>, CliError> {
+    init.map(str::parse)
+        .transpose()
+        .map_err(|e: banger_core::guest_init::ParseGuestInitError| CliError::Usage(e.to_string()))
+}
+
 /// The word `list --available` prints for a catalog entry's state.
 fn state_word(state: CatalogState) -> &'static str {
     match state {
@@ -226,6 +251,62 @@ fn stage_printer(ctx: &Ctx, label: &str) -> impl FnMut(&str, &str) + use<> {
         let (stage, detail) = (escape(stage, Mode::Text), escape(detail, Mode::Text));
         let _ = writeln!(err, "{prefix} {stage}: {detail}");
     }
+}
+
+/// `image pull`: the stages on stderr (a terminal redraws each layer's download line in
+/// place; elsewhere only its finished line is printed), the image on stdout.
+async fn pull(p: crate::args::PullArgs, ctx: &mut Ctx) -> Result<u8, CliError> {
+    use std::io::IsTerminal;
+    if let Some(n) = &p.name {
+        validate_image_name(n).map_err(|e| CliError::Usage(e.to_string()))?;
+    }
+    let size = size_flag("size", &p.size)?;
+    let abs = |p: &std::path::PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+    let req = banger_api::types::PullImage {
+        reference: p.reference.clone(),
+        name: p.name.clone(),
+        kernel_ref: p.kernel_ref.clone(),
+        kernel: p.kernel.as_ref().map(abs),
+        initrd: p.initrd.as_ref().map(abs),
+        modules: p.modules.as_ref().map(abs),
+        size,
+        init: parse_init(p.init.as_deref())?,
+    };
+    req.check_kernel_source()
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let (client, _) = connect(ctx).await?;
+    let prefix = ctx.ui.paint_err(Style::Dim, "[image pull]");
+    let mut err = std::io::stderr();
+    let tty = err.is_terminal();
+    let mut redrawing = false;
+    let img: Result<Image, _> = client
+        .stream(Route::ImagesPull, &req, |stage, detail, _| {
+            let (stage, detail) = (escape(stage, Mode::Text), escape(detail, Mode::Text));
+            if stage == "download" {
+                if tty {
+                    let _ = write!(err, "\r\x1b[2K{prefix} {stage}: {detail}");
+                    let _ = err.flush();
+                    redrawing = true;
+                }
+                return;
+            }
+            if redrawing {
+                let _ = write!(err, "\r\x1b[2K");
+                redrawing = false;
+            }
+            let _ = writeln!(err, "{prefix} {stage}: {detail}");
+        })
+        .await;
+    if redrawing {
+        let _ = writeln!(err);
+    }
+    let img = img?;
+    ctx.ui.line(&format!(
+        "pulled image {} ({})",
+        escape(&img.name, Mode::Cell),
+        ByteSize(img.rootfs_bytes)
+    ))?;
+    Ok(0)
 }
 
 pub async fn kernel(cmd: crate::args::KernelCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
@@ -401,9 +482,7 @@ pub fn make_bundle(a: crate::args::MakeBundleArgs, ctx: &mut Ctx) -> Result<u8, 
         size,
         agent_bin: agent,
         modules_dir: a.modules.clone(),
-        init: a.init.as_deref().map(str::parse).transpose().map_err(
-            |e: banger_core::guest_init::ParseGuestInitError| CliError::Usage(e.to_string()),
-        )?,
+        init: parse_init(a.init.as_deref())?,
         out_dir: a.out.clone(),
         work_dir: a.out.clone(),
     };

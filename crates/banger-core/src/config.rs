@@ -78,8 +78,12 @@ pub struct Config {
     /// More image and kernel catalogs (JSON documents), searched in this order before the
     /// one embedded in banger: absolute paths or `http://`/`https://` URLs.
     pub catalogs: Vec<String>,
-    /// The largest image accepted from outside (a download, an unpacked rootfs). A size as
-    /// the size rules read it.
+    /// Registries (`host[:port]`) `image pull` reaches over plain HTTP; loopback ones always
+    /// are, every other one is HTTPS.
+    pub insecure_registries: Vec<String>,
+    /// The largest image accepted from outside: a download, an unpacked rootfs, the layers
+    /// of an OCI pull and its `--size` (a decompression bomb's guard). A size as the size
+    /// rules read it.
     #[serde(deserialize_with = "size_value")]
     pub max_image_size: ByteSize,
 }
@@ -313,6 +317,7 @@ impl Default for Config {
             web_hostnames: Vec::new(),
             mcp: McpConfig::default(),
             catalogs: Vec::new(),
+            insecure_registries: Vec::new(),
             max_image_size: DEFAULT_MAX_IMAGE_SIZE,
         }
     }
@@ -475,13 +480,6 @@ impl Config {
                 "each entry must be an absolute path or an http:// or https:// URL".into(),
             ));
         }
-        if self.max_image_size.bytes() == 0 {
-            return Err(bad(
-                "max_image_size",
-                self.max_image_size.to_string(),
-                "must be more than 0".into(),
-            ));
-        }
         if self.tap_pool_size > MAX_TAP_POOL {
             return Err(bad(
                 "tap_pool_size",
@@ -498,6 +496,26 @@ impl Config {
                 "web_hostnames",
                 name.clone(),
                 "each entry must be a DNS name (letters, digits, '-' and '.')".into(),
+            ));
+        }
+        for r in &self.insecure_registries {
+            if r.is_empty()
+                || r.contains("://")
+                || r.contains('/')
+                || r.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(bad(
+                    "insecure_registries",
+                    r.clone(),
+                    "a registry as host[:port], without a scheme or path".into(),
+                ));
+            }
+        }
+        if self.max_image_size < ByteSize::mib(1) {
+            return Err(bad(
+                "max_image_size",
+                self.max_image_size.to_string(),
+                "at least 1 MiB".into(),
             ));
         }
         if self.max_log_size < MIN_LOG_SIZE {
@@ -622,6 +640,28 @@ mod tests {
             "{:?}",
             l.warnings
         );
+    }
+
+    #[test]
+    fn registry_keys_are_checked() {
+        let c = Config::default();
+        assert_eq!(c.max_image_size, ByteSize::gib(64));
+        assert!(c.insecure_registries.is_empty());
+        let l = Config::parse(
+            Path::new("c.toml"),
+            "insecure_registries = [\"reg.lan:5000\"]\nmax_image_size = \"2G\"",
+        )
+        .unwrap();
+        assert_eq!(l.config.insecure_registries, ["reg.lan:5000"]);
+        assert_eq!(l.config.max_image_size, ByteSize::gib(2));
+        for bad in [
+            "insecure_registries = [\"http://reg.lan\"]",
+            "insecure_registries = [\"reg.lan/x\"]",
+            "max_image_size = \"1K\"",
+        ] {
+            let e = Config::parse(Path::new("c.toml"), bad).unwrap_err();
+            assert!(e.to_string().contains("c.toml"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::progress::Progress;
 use crate::state::AppState;
 
 /// The static guest agent to inject, checked.
-fn agent_bin(state: &AppState) -> Result<PathBuf, OpError> {
+pub(crate) fn agent_bin(state: &AppState) -> Result<PathBuf, OpError> {
     let Some(path) = state.opts.agent_bin.clone() else {
         return Err(OpError::AgentBinMissing);
     };
@@ -36,6 +36,21 @@ pub(crate) fn image_err(what: &'static str) -> impl FnOnce(banger_image::ImageEr
     move |source| OpError::Image {
         what,
         source: Box::new(source),
+    }
+}
+
+/// The kernel `name`, or without one the most recently imported kernel.
+pub(crate) fn kernel_or_latest(
+    state: &AppState,
+    name: Option<&str>,
+) -> Result<banger_store::KernelRow, OpError> {
+    match name {
+        Some(k) => state.find_kernel(k),
+        None => {
+            let mut all = state.db(|s| s.list_kernels())?;
+            all.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+            all.pop().ok_or(OpError::NoKernelImported)
+        }
     }
 }
 
@@ -58,14 +73,7 @@ pub async fn bootstrap(
     if state.find_image(&req.name).is_ok() {
         return Err(OpError::ImageNameTaken { name: req.name });
     }
-    let kernel = match &req.kernel_ref {
-        Some(k) => state.find_kernel(k)?,
-        None => {
-            let mut all = state.db(|s| s.list_kernels())?;
-            all.sort_by(|a, b| a.created_at.cmp(&b.created_at));
-            all.pop().ok_or(OpError::NoKernelImported)?
-        }
-    };
+    let kernel = kernel_or_latest(&state, req.kernel_ref.as_deref())?;
     let agent = agent_bin(&state)?;
     progress.stage("kernel", format!("{} ({})", kernel.name, kernel.version));
     let cache = state.opts.layout.state_dir.join("cache");

@@ -142,6 +142,15 @@ pub enum OpError {
         "image {name:?} boots kernel files given by path, not a kernel_ref, and a bundle names its kernel; register it with --kernel-ref to export it"
     )]
     ExportNeedsKernelRef { name: String },
+    /// An OCI pull failed: the reference, the registry, a blob (the error names which).
+    #[error(transparent)]
+    Oci(Box<banger_oci::OciError>),
+    #[error(
+        "{name} is a catalog image, a finished bundle: {flag} does not apply (only --name and --kernel-ref do)"
+    )]
+    CatalogPullFlag { name: String, flag: &'static str },
+    #[error("image size {size} exceeds max_image_size {max}")]
+    ImageTooLarge { size: ByteSize, max: ByteSize },
     #[error("image {image:?} is used by VM(s) {}; delete them first", vms.join(", "))]
     ImageInUse { image: String, vms: Vec<String> },
     #[error("VM {vm:?} is {state}; {wanted}")]
@@ -311,7 +320,10 @@ impl OpError {
             | Self::ModulesNotADir { .. }
             | Self::KernelTreeNotADir { .. }
             | Self::RootfsNotClean { .. }
-            | Self::FileSync { .. } => ErrorKind::BadRequest,
+            | Self::FileSync { .. }
+            | Self::ImageTooLarge { .. }
+            | Self::CatalogPullFlag { .. } => ErrorKind::BadRequest,
+            Self::Oci(e) => oci_kind(e),
             // The daemon's host lacks a usable guest agent to inject.
             Self::AgentBinMissing
             | Self::AgentBinDynamic { .. }
@@ -514,6 +526,30 @@ fn image_kind(e: &banger_image::ImageError) -> ErrorKind {
         I::Command { stderr_tail, .. } => text_kind(stderr_tail),
         I::Mknod { message, .. } => text_kind(message),
         I::Mise(m) => mise_kind(m),
+    }
+}
+
+fn oci_kind(e: &banger_oci::OciError) -> ErrorKind {
+    use banger_oci::OciError as O;
+    use oci_client::errors::OciDistributionError as D;
+    let registry = |e: &D| match e {
+        D::ServerError { code: 404, .. } | D::ImageManifestNotFoundError(_) => ErrorKind::NotFound,
+        D::AuthenticationFailure(_) | D::UnauthorizedError { .. } => ErrorKind::BadRequest,
+        D::IoError(source) => storage_or(is_full(io_kind(source)), ErrorKind::Unavailable),
+        _ => ErrorKind::Unavailable,
+    };
+    match e {
+        O::BadReference { .. } | O::NoPlatform { .. } | O::Unsupported { .. } => {
+            ErrorKind::BadRequest
+        }
+        O::DockerConfig { .. } => ErrorKind::BadRequest,
+        O::Manifest { source, .. } | O::Blob { source, .. } => registry(source),
+        // The registry sent something other than what it promised.
+        O::BlobStream { .. }
+        | O::BlobTooLong { .. }
+        | O::BlobTooShort { .. }
+        | O::DigestMismatch { .. } => ErrorKind::Unavailable,
+        O::Io { source, .. } => io_kind(source),
     }
 }
 

@@ -197,22 +197,61 @@ pub fn check_rootfs(
     })
 }
 
+/// Checks the kernel files handed in (each [`check_input_file`]; modules a directory).
+pub fn check_kernel_files(
+    kernel: Option<&Path>,
+    initrd: Option<&Path>,
+    modules: Option<&Path>,
+) -> Result<(), OpError> {
+    if let Some(k) = kernel {
+        check_input_file("kernel", k, InputKind::Kernel)?;
+    }
+    if let Some(i) = initrd {
+        check_input_file("initrd", i, InputKind::Any)?;
+    }
+    if let Some(m) = modules
+        && !m.is_dir()
+    {
+        return Err(OpError::ModulesNotADir {
+            path: m.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// Where a registered image's `rootfs.ext4` comes from.
+#[derive(Debug)]
+pub(crate) enum RootfsFrom {
+    /// The user's file `req.rootfs`: copied, and the copy checked with `e2fsck -fn`.
+    UserFile,
+    /// An image banger built in its scratch dir (`req.rootfs`): moved in, with more files
+    /// (name, contents) written next to it.
+    Built {
+        extra_files: Vec<(&'static str, Vec<u8>)>,
+        /// What its guests run as PID 1 (what the build found or was told).
+        init: banger_core::guest_init::GuestInit,
+    },
+}
+
 /// Registers local files as a managed image.
 pub async fn register(state: Arc<AppState>, req: RegisterImage) -> Result<Image, OpError> {
+    register_from(state, req, RootfsFrom::UserFile).await
+}
+
+/// [`register`], the rootfs taken as `from` says.
+pub(crate) async fn register_from(
+    state: Arc<AppState>,
+    req: RegisterImage,
+    from: RootfsFrom,
+) -> Result<Image, OpError> {
     validate_image_name(&req.name)?;
     req.check_kernel_source()?;
     check_input_file("rootfs", &req.rootfs, InputKind::Any)?;
-    if let Some(k) = &req.kernel {
-        check_input_file("kernel", k, InputKind::Kernel)?;
-    }
-    if let Some(i) = &req.initrd {
-        check_input_file("initrd", i, InputKind::Any)?;
-    }
-    if let Some(m) = &req.modules
-        && !m.is_dir()
-    {
-        return Err(OpError::ModulesNotADir { path: m.clone() });
-    }
+    check_kernel_files(
+        req.kernel.as_deref(),
+        req.initrd.as_deref(),
+        req.modules.as_deref(),
+    )?;
     if let Some(k) = &req.kernel_ref
         && state.db(|s| s.get_kernel(k))?.is_none()
     {
@@ -222,11 +261,16 @@ pub async fn register(state: Arc<AppState>, req: RegisterImage) -> Result<Image,
     if state.find_image(&req.name).is_ok() {
         return Err(OpError::ImageNameTaken { name: req.name });
     }
+    let init = match &from {
+        // Local files come as they are, with the guest contract's systemd units.
+        RootfsFrom::UserFile => banger_core::guest_init::GuestInit::Systemd,
+        RootfsFrom::Built { init, .. } => *init,
+    };
     let id = uuid::Uuid::new_v4().simple().to_string();
     let images_dir = state.opts.layout.state_dir.join("images");
     let staging = images_dir.join(format!("{id}.staging"));
     let final_dir = images_dir.join(&id);
-    let result = stage(&state, &staging, &req).await;
+    let result = stage(&state, &staging, &req, from).await;
     let staged = match result {
         Ok(s) => s,
         Err(e) => {
@@ -253,8 +297,7 @@ pub async fn register(state: Arc<AppState>, req: RegisterImage) -> Result<Image,
         arch: Some(std::env::consts::ARCH.to_string()),
         description: req.description.clone(),
         created_at: state.now(),
-        // Local files come as they are, with the guest contract's systemd units.
-        init: banger_core::guest_init::GuestInit::Systemd,
+        init,
     };
     if let Err(e) = state.db(|s| s.insert_image(&row)) {
         let _ = tokio::fs::remove_dir_all(&final_dir).await;
@@ -268,7 +311,12 @@ struct Staged {
     rootfs_bytes: u64,
 }
 
-async fn stage(state: &AppState, staging: &Path, req: &RegisterImage) -> Result<Staged, OpError> {
+async fn stage(
+    state: &AppState,
+    staging: &Path,
+    req: &RegisterImage,
+    from: RootfsFrom,
+) -> Result<Staged, OpError> {
     tokio::fs::create_dir_all(staging)
         .await
         .map_err(OpError::io("create", staging))?;
@@ -284,12 +332,24 @@ async fn stage(state: &AppState, staging: &Path, req: &RegisterImage) -> Result<
                     source: Box::new(source),
                 })
         };
-        copy(&req.rootfs, "rootfs.ext4")?;
-        check_rootfs(
-            runner.as_ref(),
-            &format!("rootfs {}", req.rootfs.display()),
-            &staging.join("rootfs.ext4"),
-        )?;
+        match from {
+            RootfsFrom::UserFile => {
+                copy(&req.rootfs, "rootfs.ext4")?;
+                check_rootfs(
+                    runner.as_ref(),
+                    &format!("rootfs {}", req.rootfs.display()),
+                    &staging.join("rootfs.ext4"),
+                )?;
+            }
+            RootfsFrom::Built { extra_files, .. } => {
+                let to = staging.join("rootfs.ext4");
+                std::fs::rename(&req.rootfs, &to).map_err(OpError::io("move", &req.rootfs))?;
+                for (name, bytes) in extra_files {
+                    let path = staging.join(name);
+                    std::fs::write(&path, bytes).map_err(OpError::io("write", &path))?;
+                }
+            }
+        }
         if let Some(k) = &req.kernel {
             copy(k, "kernel")?;
         }

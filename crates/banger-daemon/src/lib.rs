@@ -14,7 +14,8 @@
 //! - The services: [`workspaces`] (a repository shipped into a running VM and its work
 //!   exported as a patch, on top of [`vms`]), [`vms`] (the VM lifecycle, reconciliation and the VMM monitor),
 //!   [`bootstrap`] (images built from Debian packages, and bundle imports, on top of
-//!   [`images`]), [`images`] (managed images), [`kernels`] (imported kernels).
+//!   [`images`]), [`images`] (managed images), [`pull`] (images from OCI registries, the
+//!   layer cache), [`kernels`] (imported kernels).
 //! - [`state`]: the state every service shares ([`state::AppState`]: options, store, host
 //!   seams) and the locks with their one order ([`state::Locks`]), with [`agents`] (the one
 //!   multiplexed connection per VM whose agent is behind a one-client socket, QEMU's).
@@ -55,6 +56,7 @@ pub mod openapi;
 pub mod ops;
 pub mod options;
 pub mod progress;
+pub mod pull;
 pub mod routes;
 pub mod server;
 pub mod ssh;

@@ -15,9 +15,9 @@ use axum::{Extension, Json};
 use banger_api::error::ErrorBody;
 use banger_api::routes::templates as t;
 use banger_api::types::{
-    ActionOutcome, ActionRequest, BootstrapImage, CreateVm, Deleted, ExportWorkspace, Health,
-    Image, ImportBundle, ImportKernel, JsonObject, Kernel, Ping, Ports, PrepareWorkspace,
-    RegisterImage, SshConfig, SshConfigChange, SshInfo, Vm, VmStats, WorkspaceExport,
+    ActionOutcome, ActionRequest, BootstrapImage, CachePruned, CreateVm, Deleted, ExportWorkspace,
+    Health, Image, ImportBundle, ImportKernel, JsonObject, Kernel, Ping, Ports, PrepareWorkspace,
+    PullImage, RegisterImage, SshConfig, SshConfigChange, SshInfo, Vm, VmStats, WorkspaceExport,
 };
 use banger_api::types::{CatalogListing, ExportImage, ExportedImage, PullKernel};
 use banger_api::types::{Event, PreparedWorkspace};
@@ -33,7 +33,7 @@ use crate::openapi::{Errors, ImageRef, KernelName, NDJSON, STREAM_DESCRIPTION, V
 use crate::ops::OpId;
 use crate::state::AppState;
 use crate::stream::stream_op;
-use crate::{bootstrap, catalogs, images, kernels, vms, workspaces};
+use crate::{bootstrap, catalogs, images, kernels, pull, vms, workspaces};
 
 /// An error leaving a handler: becomes `{"error": {...}}` with the kind's HTTP status.
 #[derive(Debug)]
@@ -430,6 +430,28 @@ pub async fn bootstrap_image(
     stream_op(op, move |progress, cancel| {
         bootstrap::bootstrap(state, req, progress, cancel)
     })
+}
+
+/// Pulls an image from an OCI registry and registers it, streamed: its stages, then the
+/// image.
+#[utoipa::path(post, path = t::IMAGES_PULL, tag = "images", request_body = PullImage,
+    responses((status = 200, description = STREAM_DESCRIPTION, content_type = NDJSON,
+        body = Event<Image>), Errors))]
+pub async fn pull_image(
+    State(state): S,
+    Extension(op): Extension<OpId>,
+    ApiJson(req): ApiJson<PullImage>,
+) -> Response {
+    stream_op(op, move |progress, cancel| {
+        pull::pull(state, req, progress, cancel)
+    })
+}
+
+/// Removes the cached OCI layers no pulled image needs.
+#[utoipa::path(post, path = t::IMAGES_CACHE_PRUNE, tag = "images",
+    responses((status = 200, description = "What was removed.", body = CachePruned), Errors))]
+pub async fn prune_image_cache(State(state): S) -> Answer<CachePruned> {
+    Ok(Json(pull::prune(state).await?))
 }
 
 /// Registers an image bundle (`.tar.zst` with `rootfs.ext4` and `manifest.json`).

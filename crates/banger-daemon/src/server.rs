@@ -73,6 +73,8 @@ pub fn api() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::list_images))
         .routes(routes!(routes::register_image))
         .routes(routes!(routes::bootstrap_image))
+        .routes(routes!(routes::pull_image))
+        .routes(routes!(routes::prune_image_cache))
         .routes(routes!(routes::import_bundle))
         .routes(routes!(routes::export_image))
         .routes(routes!(routes::catalog))

@@ -245,6 +245,8 @@ impl AppState {
 pub struct Locks {
     vms: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     images: tokio::sync::Mutex<()>,
+    /// The OCI layer cache: pulls hold it shared, `image cache prune` exclusive.
+    layer_cache: tokio::sync::RwLock<()>,
 }
 
 /// Proof that the image lock is held (see [`Locks`]).
@@ -254,6 +256,16 @@ impl Locks {
     /// Waits for the image lock. Never call while holding a VM lock (see [`Locks`]).
     pub async fn images(&self) -> ImagesGuard<'_> {
         self.images.lock().await
+    }
+
+    /// The layer cache for a pull: no prune runs meanwhile.
+    pub async fn layer_cache_shared(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.layer_cache.read().await
+    }
+
+    /// The layer cache for a prune: no pull runs meanwhile.
+    pub async fn layer_cache_exclusive(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.layer_cache.write().await
     }
 
     /// The lock of VM `id`; take it after the image lock when both are needed.

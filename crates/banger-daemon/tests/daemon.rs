@@ -4487,6 +4487,7 @@ mod catalog_pull {
             arch: "x86_64".into(),
             kernel_ref: kernel_ref.into(),
             description: "a test image".into(),
+            init: banger_core::guest_init::GuestInit::Systemd,
         };
         let out = work.join("bundles");
         let info =

@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::ImageError;
-use crate::flatten::{EntryKind, TarInput, Tree, flatten};
+use crate::flatten::{EntryKind, TarInput, Tree, flatten_limited};
 use crate::guest::{self, GuestPayload, GuestReport};
 
 /// The image's name inside a bundle.
@@ -98,6 +98,8 @@ pub struct RootfsOptions {
     pub modules_dir: Option<PathBuf>,
     /// The init asked for; `None` picks it from the tree (`guest::resolve_init`).
     pub init: Option<GuestInit>,
+    /// The most bytes of file contents the flattened tars may unpack to (none: no cap).
+    pub max_tree_bytes: Option<u64>,
 }
 
 /// What [`build_rootfs`] made.
@@ -143,7 +145,12 @@ pub fn build_rootfs(
         .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir_in(work_dir)
         .map_err(ImageError::io(work_dir, "create a staging directory in"))?;
-    let mut tree = flatten(tars, &scratch.path().join("tree"), progress)?;
+    let mut tree = flatten_limited(
+        tars,
+        &scratch.path().join("tree"),
+        opts.max_tree_bytes,
+        progress,
+    )?;
     progress("adding the guest payload");
     let guest = guest::inject(
         &mut tree,
@@ -368,6 +375,7 @@ pub fn make_bundle(
         agent_bin: req.agent_bin,
         modules_dir: req.modules_dir,
         init: req.init,
+        max_tree_bytes: None,
     };
     let report = build_rootfs(
         runner,

@@ -263,6 +263,10 @@ pub struct Tree {
     skipped: BTreeMap<String, u64>,
     /// The copy buffer, allocated once.
     buf: Vec<u8>,
+    /// The most file bytes the tree may hold ([`Tree::set_size_limit`]).
+    limit: Option<u64>,
+    /// File bytes written so far.
+    written: u64,
 }
 
 impl fmt::Debug for Tree {
@@ -290,7 +294,15 @@ impl Tree {
             entries,
             skipped: BTreeMap::new(),
             buf: Vec::new(),
+            limit: None,
+            written: 0,
         })
+    }
+
+    /// Caps the bytes of file contents the tree may hold (a decompression bomb's guard): an
+    /// entry that would take it past `bytes` is refused, naming the limit.
+    pub fn set_size_limit(&mut self, bytes: u64) {
+        self.limit = Some(bytes);
     }
 
     /// The staging directory.
@@ -602,11 +614,29 @@ impl Tree {
                     .map_err(ImageError::io(&host, "create the directory"))?;
             }
             Content::File(reader, read_error, expected) => {
+                let over = |limit: u64| {
+                    PutError::Refused(format!(
+                        "the unpacked files would exceed the limit of {limit} bytes"
+                    ))
+                };
+                if let Some(limit) = self.limit
+                    && self.written.saturating_add(expected.unwrap_or(0)) > limit
+                {
+                    return Err(over(limit));
+                }
                 let mut file = create_file(&host)?;
                 if self.buf.is_empty() {
                     self.buf = vec![0u8; COPY_BUF];
                 }
                 let copied = copy_data(reader, read_error, &mut file, &host, &mut self.buf)?;
+                self.written = self.written.saturating_add(copied);
+                if let Some(limit) = self.limit
+                    && self.written > limit
+                {
+                    drop(file);
+                    let _ = fs::remove_file(&host);
+                    return Err(over(limit));
+                }
                 if let Some(expected) = expected
                     && copied != expected
                 {
@@ -1044,7 +1074,22 @@ pub fn flatten(
     staging: &Path,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Tree, ImageError> {
+    flatten_limited(tars, staging, None, progress)
+}
+
+/// [`flatten`] with the tars' file contents capped at `limit` bytes
+/// ([`Tree::set_size_limit`]); the tree returned has no cap (what is added to it later,
+/// the guest payload, is banger's own).
+pub fn flatten_limited(
+    tars: Vec<TarInput>,
+    staging: &Path,
+    limit: Option<u64>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Tree, ImageError> {
     let mut tree = Tree::create(staging)?;
+    if let Some(limit) = limit {
+        tree.set_size_limit(limit);
+    }
     let total = tars.len();
     for (i, tar) in tars.into_iter().enumerate() {
         let name = tar.name();
@@ -1061,6 +1106,7 @@ pub fn flatten(
         }
         progress(&line);
     }
+    tree.limit = None;
     Ok(tree)
 }
 
@@ -1380,6 +1426,36 @@ mod tests {
         )
         .unwrap();
         assert!(tree.get("/b").is_some());
+    }
+
+    #[test]
+    fn a_tree_past_its_size_limit_is_refused_naming_the_limit() {
+        let big = vec![0u8; 4096];
+        let layer = |n: &str| tar_bytes(&[file(n, &big)]);
+        let dir = tempfile::tempdir().unwrap();
+        // Two layers of 4 KiB each fit in 8 KiB...
+        flatten_limited(
+            vec![input("l1", layer("a")), input("l2", layer("b"))],
+            &dir.path().join("ok"),
+            Some(8192),
+            &mut |_| {},
+        )
+        .unwrap();
+        // ... a third does not, whichever layer it comes in.
+        let err = flatten_limited(
+            vec![
+                input("l1", layer("a")),
+                input("l2", layer("b")),
+                input("l3", layer("c")),
+            ],
+            &dir.path().join("bomb"),
+            Some(8192),
+            &mut |_| {},
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("tar l3: refusing entry \"c\""), "{text}");
+        assert!(text.contains("limit of 8192 bytes"), "{text}");
     }
 
     #[test]

@@ -31,4 +31,4 @@ pub use bundle::{
     read_bundle,
 };
 pub use error::ImageError;
-pub use flatten::{EntryKind, LayerReport, Meta, TarInput, Tree, flatten};
+pub use flatten::{EntryKind, LayerReport, Meta, TarInput, Tree, flatten, flatten_limited};

@@ -908,6 +908,7 @@ mod adversarial_tar {
             agent_bin: agent(dir.path()),
             modules_dir: None,
             init: None,
+            max_tree_bytes: None,
         };
         let image = dir.path().join("rootfs.ext4");
         let result = build_rootfs(

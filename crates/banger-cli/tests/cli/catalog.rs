@@ -1,5 +1,6 @@
 //! Catalogs end to end: `image export` on one home, its directory served over HTTP, a second
-//! home with that catalog listing, checking (doctor) and auto-pulling it in `vm create`.
+//! home with that catalog listing, checking (doctor), auto-pulling it in `vm create` and
+//! pulling it by name with `image pull`.
 
 use std::process::Command;
 
@@ -26,7 +27,7 @@ fn serve_dir(ns: &str, dir: &std::path::Path) -> std::process::Child {
 }
 
 #[test]
-fn an_exported_image_served_over_http_is_listed_checked_and_auto_pulled() {
+fn an_exported_image_served_over_http_is_listed_checked_auto_pulled_and_pulled_by_name() {
     let Some(team) = Home::for_vms("") else {
         return;
     };
@@ -155,6 +156,28 @@ fn an_exported_image_served_over_http_is_listed_checked_and_auto_pulled() {
         serde_json::from_str(&dev.ok(&["kernel", "show", "k1", "--json"])).unwrap();
     assert_eq!(k["source"], format!("pull:{base}/k1.tar.gz"));
     dev.ok(&["vm", "delete", "pulled"]);
+
+    // `banger image pull NAME` takes the catalog first: a finished bundle, registered as it
+    // is, so flags that would build an image are refused before anything is fetched.
+    let out = dev.run(&[
+        "image", "pull", "team-img", "--name", "copy", "--size", "4G",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("--size does not apply"), "{err}");
+    assert!(dev.run(&["image", "show", "copy"]).status.code() != Some(0));
+    let out = dev.run(&["image", "pull", "team-img", "--name", "team-copy"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("pull image"), "{err}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("pulled image team-copy "),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let img: serde_json::Value =
+        serde_json::from_str(&dev.ok(&["image", "show", "team-copy", "--json"])).unwrap();
+    assert_eq!(img["kernel_ref"], "k1", "{img}");
     let _ = server.kill();
     let _ = server.wait();
 }

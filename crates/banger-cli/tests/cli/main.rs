@@ -14,6 +14,7 @@ mod guest;
 mod host;
 mod inputs;
 mod mcp;
+mod oci;
 mod ssh;
 mod system;
 mod vm;
