@@ -74,10 +74,9 @@ fn kernel_home() -> Option<(Home, PathBuf)> {
     Some((home, agent))
 }
 
-/// Builds and imports `busybox`: a systemd-less image of `busybox-static` (its applets as
-/// symlinks, a minimal /etc, no init, no sshd) with just the kernel modules a guest needs,
-/// through `internal make-bundle --rootfs-tar` and `image import`.
-fn busybox_image(home: &Home) {
+/// A systemd-less rootfs tar in `home`: `busybox-static` (its applets as symlinks), a
+/// minimal /etc, no init, no sshd.
+fn busybox_rootfs_tar(home: &Home) -> PathBuf {
     let root = home.path().join("bb-root");
     for d in ["bin", "etc", "proc", "sys", "dev", "run", "tmp", "root"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
@@ -106,6 +105,13 @@ fn busybox_image(home: &Home) {
         .status()
         .unwrap();
     assert!(st.success());
+    tar
+}
+
+/// Builds and imports `busybox`: the busybox rootfs with just the kernel modules a guest
+/// needs, through `internal make-bundle --rootfs-tar` and `image import`.
+fn busybox_image(home: &Home) {
+    let tar = busybox_rootfs_tar(home);
 
     // The host kernel's modules, trimmed to what a guest loads (modules.dep lines kept).
     let version = std::fs::read_dir("/boot")
@@ -695,4 +701,49 @@ fn a_systemd_less_image_boots_with_the_agent_as_init() {
         "a clean power-off, not a forced one"
     );
     home.ok(&["vm", "delete", "bb"]);
+}
+
+/// The busybox rootfs as a one-layer OCI image in a local `docker-registry` (in the daemon's
+/// network namespace): `image pull` makes it an image booting banger's init, and `vm run
+/// --rm` runs a command in it and leaves no VM.
+#[test]
+fn a_pulled_systemd_less_image_boots_and_runs_a_command() {
+    let Some((home, _agent)) = kernel_home() else {
+        return;
+    };
+    let tar = std::fs::read(busybox_rootfs_tar(&home)).unwrap();
+    let registry = crate::oci::LocalRegistry::start_in(home.netns.as_deref(), None);
+    let mut blobs = crate::oci::Blobs::default();
+    let manifest = blobs.image(&[crate::oci::gzip(&tar)], "amd64");
+    registry.push(&blobs, &manifest, "team/bb:1");
+
+    let reference = format!("{}/team/bb:1", registry.addr);
+    let t = Instant::now();
+    let o = home.run(&[
+        "image",
+        "pull",
+        &reference,
+        "--name",
+        "bb",
+        "--kernel-ref",
+        "host",
+        "--size",
+        "512M",
+    ]);
+    eprintln_timing("image pull (busybox)", t.elapsed());
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o), "pulled image bb (512 MiB)\n", "{}", err(&o));
+    let image: serde_json::Value =
+        serde_json::from_str(&home.ok(&["image", "show", "bb", "--json"])).unwrap();
+    assert_eq!(image["init"], "banger", "{image}");
+    assert_eq!(image["kernel_ref"], "host", "{image}");
+
+    let t = Instant::now();
+    let o = home.run(&[
+        "vm", "run", "--rm", "--image", "bb", "--", "sh", "-c", "echo ok",
+    ]);
+    eprintln_timing("vm run --rm (pulled busybox)", t.elapsed());
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o), "ok\n", "{}", err(&o));
+    assert!(home.vms().is_empty(), "--rm left the VM");
 }

@@ -105,9 +105,13 @@ fn layer(entries: &[E<'_>]) -> Vec<u8> {
         h.set_cksum();
         b.append(&h, data).unwrap();
     }
-    let tar = b.into_inner().unwrap();
+    gzip(&b.into_inner().unwrap())
+}
+
+/// `tar` gzip-compressed: a layer blob.
+pub(crate) fn gzip(tar: &[u8]) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&tar).unwrap();
+    gz.write_all(tar).unwrap();
     gz.finish().unwrap()
 }
 
@@ -121,7 +125,7 @@ fn gunzip(bytes: &[u8]) -> Vec<u8> {
 
 /// A descriptor: media type, digest, size.
 #[derive(Clone, Debug)]
-struct Desc {
+pub(crate) struct Desc {
     media_type: &'static str,
     digest: String,
     size: usize,
@@ -140,7 +144,7 @@ const CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 
 /// The blobs of one or more images, as an OCI layout writes them and a registry serves them.
 #[derive(Default, Clone)]
-struct Blobs {
+pub(crate) struct Blobs {
     all: Vec<(String, Vec<u8>)>,
 }
 
@@ -166,7 +170,7 @@ impl Blobs {
     }
 
     /// An image manifest over `layers` (gzip tars) for `arch`.
-    fn image(&mut self, layers: &[Vec<u8>], arch: &str) -> Desc {
+    pub(crate) fn image(&mut self, layers: &[Vec<u8>], arch: &str) -> Desc {
         let diff_ids: Vec<String> = layers
             .iter()
             .map(|l| format!("sha256:{}", sha(&gunzip(l))))
@@ -226,16 +230,36 @@ fn free_port() -> u16 {
 }
 
 /// Debian's `docker-registry` on a free loopback port with temporary storage, optionally
-/// behind htpasswd (basic) auth; stopped when dropped.
-struct LocalRegistry {
+/// behind htpasswd (basic) auth, in the host's or a test's network namespace; stopped when
+/// dropped.
+pub(crate) struct LocalRegistry {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
+    netns: Option<String>,
     dir: tempfile::TempDir,
     creds: Option<(String, String)>,
 }
 
 impl LocalRegistry {
     fn start(auth: Option<(&str, &str)>) -> Self {
+        Self::start_in(None, auth)
+    }
+
+    /// `program`, run in the registry's network namespace.
+    fn command(netns: Option<&str>, program: &str) -> Command {
+        match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, program]);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    /// A registry on the loopback of network namespace `netns` (the host's if `None`):
+    /// where a guest test's daemon reaches it.
+    pub(crate) fn start_in(netns: Option<&str>, auth: Option<(&str, &str)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
@@ -258,7 +282,7 @@ impl LocalRegistry {
         }
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).unwrap();
-        let child = Command::new("docker-registry")
+        let child = Self::command(netns, "docker-registry")
             .arg("serve")
             .arg(&config_path)
             .stdout(Stdio::null())
@@ -266,23 +290,32 @@ impl LocalRegistry {
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(&addr).is_err() {
+        let listening = || match netns {
+            None => TcpStream::connect(&addr).is_ok(),
+            Some(_) => Self::command(netns, "bash")
+                .args(["-c", &format!("exec 3<>/dev/tcp/127.0.0.1/{port}")])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success()),
+        };
+        while !listening() {
             assert!(Instant::now() < deadline, "docker-registry did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
         LocalRegistry {
             child,
             addr,
+            netns: netns.map(str::to_string),
             dir,
             creds: auth.map(|(u, p)| (u.to_string(), p.to_string())),
         }
     }
 
     /// Pushes the layout `blobs`/`top` as `repo:tag` with skopeo (all platforms).
-    fn push(&self, blobs: &Blobs, top: &Desc, repo_tag: &str) {
+    pub(crate) fn push(&self, blobs: &Blobs, top: &Desc, repo_tag: &str) {
         let layout = tempfile::tempdir_in(self.dir.path()).unwrap();
         blobs.layout(layout.path(), top, "t");
-        let mut c = Command::new("skopeo");
+        let mut c = Self::command(self.netns.as_deref(), "skopeo");
         c.args(["copy", "--all", "--quiet", "--dest-tls-verify=false"]);
         if let Some((u, p)) = &self.creds {
             c.arg(format!("--dest-creds={u}:{p}"));
