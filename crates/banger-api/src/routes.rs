@@ -35,6 +35,7 @@ pub mod templates {
     pub const IMAGE: &str = "/images/{reference}";
     /// `POST`: write the image's bundle and its one-entry catalog into a directory (streamed).
     pub const IMAGE_EXPORT: &str = "/images/{reference}/export";
+    pub const IMAGE_PUSH: &str = "/images/{reference}/push";
     /// `GET`: what the catalogs list, and whether each is pulled.
     pub const CATALOG: &str = "/catalog";
     /// `POST`: pull a kernel from the kernel catalogs (streamed).
@@ -80,6 +81,7 @@ pub enum Route<'a> {
     ImagesCachePrune,
     Image(&'a str),
     ImageExport(&'a str),
+    ImagePush(&'a str),
     Catalog,
     KernelsPull,
     VmFilesRead(&'a str),
@@ -115,6 +117,7 @@ impl Route<'_> {
             Self::ImagesCachePrune => t::IMAGES_CACHE_PRUNE,
             Self::Image(_) => t::IMAGE,
             Self::ImageExport(_) => t::IMAGE_EXPORT,
+            Self::ImagePush(_) => t::IMAGE_PUSH,
             Self::Catalog => t::CATALOG,
             Self::KernelsPull => t::KERNELS_PULL,
             Self::VmFilesRead(_) => t::VM_FILES_READ,
@@ -137,6 +140,7 @@ impl Route<'_> {
             | Self::VmWorkspaceExport(r)
             | Self::Image(r)
             | Self::ImageExport(r)
+            | Self::ImagePush(r)
             | Self::VmFilesRead(r)
             | Self::VmFilesWrite(r)
             | Self::VmFilesList(r) => template.replace("{reference}", &encode(r)),

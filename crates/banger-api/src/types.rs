@@ -906,6 +906,27 @@ pub struct ExportedImage {
     pub size: u64,
 }
 
+/// `POST /v1/images/{reference}/push`: the OCI reference to push the image's bundle to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PushImage {
+    /// An OCI reference (`registry/repo:tag`).
+    pub reference: String,
+}
+
+/// What `image push` stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PushedImage {
+    /// The full reference pushed to.
+    pub reference: String,
+    /// The manifest's URL in the registry.
+    pub manifest_url: String,
+    /// The bundle layer's digest (`sha256:<hex>`).
+    pub bundle_digest: String,
+    /// The bundle's size in bytes.
+    pub size: u64,
+}
+
 /// `POST /v1/images/bootstrap`: build an image from distribution packages (streamed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -536,8 +536,9 @@ registers it. Needs an imported kernel (banger kernel import host --from /).",
 --name and --kernel-ref apply). Anything else is an OCI reference (Docker Hub short names resolve \
 as docker.io/library/...; by tag or digest; an index resolves to linux/amd64): every blob is \
 verified, layers are cached under the state dir, flattened, the guest agent and units and the \
-kernel's modules injected, the ext4 built and registered. Credentials come from \
-~/.docker/config.json; plain HTTP only for loopback registries and config insecure_registries.",
+kernel's modules injected, the ext4 built and registered; a reference that `banger image push` \
+stored is a bundle, registered as it is (only --name and --kernel-ref apply). Credentials come \
+from ~/.docker/config.json; plain HTTP only for loopback registries and config insecure_registries.",
         after_long_help = "Examples:\n  banger image pull debian:bookworm\n  banger image pull python:3.12-slim --init banger\n  banger image pull 127.0.0.1:5000/team/base:v1 --name base --kernel-ref host --size 4G"
     )]
     Pull(PullArgs),
@@ -559,6 +560,17 @@ image must boot a named kernel (--kernel-ref); that kernel comes from a kernel c
         after_long_help = "Examples:\n  banger image export debian-bookworm --out ./catalog"
     )]
     Export(ImageExportArgs),
+    /// Push an image's bundle to an OCI registry, for `banger image pull REF` elsewhere.
+    #[command(
+        long_about = "Packs NAME as `banger image export` does and stores the bundle at REF in any \
+OCI registry as an artifact with banger's media types (config \
+application/vnd.banger.image.config.v1+json holding the bundle manifest, one layer \
+application/vnd.banger.image.bundle.v1.tar+zstd). `banger image pull REF` takes it back as \
+it is. The image must boot a named kernel (--kernel-ref). Credentials come from \
+~/.docker/config.json; plain HTTP only for loopback registries and config insecure_registries.",
+        after_long_help = "Examples:\n  banger image push debian-bookworm registry.example.com/team/debian:v1\n  banger image push base 127.0.0.1:5000/golden/base:latest"
+    )]
+    Push(ImagePushArgs),
     /// Delete an image and its files (refused while a VM uses it).
     #[command(
         visible_alias = "rm",
@@ -584,6 +596,15 @@ pub struct ListAvailable {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagePushArgs {
+    /// Image name or id
+    pub name: String,
+    /// OCI reference to push to (registry/repository:tag)
+    #[arg(value_name = "REF")]
+    pub reference: String,
 }
 
 #[derive(Debug, Args)]

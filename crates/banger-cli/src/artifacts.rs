@@ -4,7 +4,8 @@ use std::io::Write;
 
 use banger_api::Route;
 use banger_api::types::{
-    CatalogListing, CatalogState, ExportImage, ExportedImage, Image, RegisterImage,
+    CatalogListing, CatalogState, ExportImage, ExportedImage, Image, PushImage, PushedImage,
+    RegisterImage,
 };
 use banger_core::names::validate_image_name;
 use banger_core::size::ByteSize;
@@ -211,6 +212,30 @@ pub async fn image(cmd: ImageCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
                 ("bundle", done.bundle.display().to_string()),
                 ("catalog", done.catalog.display().to_string()),
                 ("sha256", done.sha256.clone()),
+                (
+                    "size",
+                    format!("{} ({} bytes)", ByteSize(done.size), done.size),
+                ),
+            ]);
+            ctx.ui.out().write_all(text.as_bytes())?;
+            Ok(0)
+        }
+        ImageCommand::Push(p) => {
+            let (client, _) = connect(ctx).await?;
+            let mut printer = stage_printer(ctx, "[image push]");
+            let done: PushedImage = client
+                .stream(
+                    Route::ImagePush(&p.name),
+                    &PushImage {
+                        reference: p.reference.clone(),
+                    },
+                    |stage, detail, _| printer(stage, detail),
+                )
+                .await?;
+            let text = ui::key_values(&[
+                ("reference", done.reference.clone()),
+                ("manifest", done.manifest_url.clone()),
+                ("bundle", done.bundle_digest.clone()),
                 (
                     "size",
                     format!("{} ({} bytes)", ByteSize(done.size), done.size),

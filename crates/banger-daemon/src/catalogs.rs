@@ -284,33 +284,49 @@ pub async fn pull_image(
         cancel,
     )
     .await?;
+    let registered = import_bundle(state, &bundle, &name, opts.kernel_ref, progress, cancel).await;
+    drop(bundle);
+    let image = registered?;
+    tracing::info!(image = %image.name, from = %found.from, "image pulled from a catalog");
+    Ok(image)
+}
+
+/// Registers the downloaded bundle `bundle` as `name`, booting `kernel_ref` (default: the
+/// bundle manifest's), pulled from the kernel catalogs when it is not local; a kernel pulled
+/// for an image that then fails to register is removed again. Shared by catalog and OCI
+/// artifact pulls.
+pub async fn import_bundle(
+    state: &Arc<AppState>,
+    bundle: &std::path::Path,
+    name: &str,
+    kernel_ref: Option<String>,
+    progress: &Progress,
+    cancel: &CancellationToken,
+) -> Result<Image, OpError> {
     let b = bundle.to_path_buf();
     let manifest = tokio::task::spawn_blocking(move || banger_image::bundle::read_manifest(&b))
         .await
         .map_err(|e| OpError::Join(e.to_string()))?
         .map_err(image_err("read bundle"))?;
-    let kernel = opts.kernel_ref.unwrap_or(manifest.kernel_ref);
+    let kernel = kernel_ref.unwrap_or(manifest.kernel_ref);
     let pulled_kernel = ensure_kernel(state, &kernel, progress, cancel).await?;
     let registered = if cancel.is_cancelled() {
         Err(OpError::Cancelled)
     } else {
         progress.stage("register", format!("{name} (kernel {kernel})"));
-        register_bundle(state, &bundle, Some(&name), Some(&kernel)).await
+        register_bundle(state, bundle, Some(name), Some(&kernel)).await
     };
-    drop(bundle);
-    let image = match registered {
-        Ok(image) => image,
+    match registered {
+        Ok(image) => Ok(image),
         Err(e) => {
             // The kernel came with this image: it goes with it.
             if pulled_kernel && let Err(why) = crate::kernels::remove(state.clone(), &kernel).await
             {
                 tracing::warn!(kernel, error = %crate::error::chain(&why), "cannot remove the kernel pulled for a failed image pull");
             }
-            return Err(e);
+            Err(e)
         }
-    };
-    tracing::info!(image = %image.name, from = %found.from, "image pulled from a catalog");
-    Ok(image)
+    }
 }
 
 /// Makes sure the kernel `name` is local, pulling it from the kernel catalogs if not;
@@ -453,19 +469,15 @@ fn unpack_and_import(
     banger_kernel::import(&found, name, store, source, force).map_err(kernel_err)
 }
 
-/// `image export`: the image's bundle and a one-entry catalog naming it, in `req.out`.
-pub async fn export_image(
-    state: Arc<AppState>,
+/// Packs the image `reference` as a bundle into `out` (what `image export` and
+/// `image push` ship): its rootfs as is, with a manifest from its row; progress as `stage`.
+pub async fn pack_image(
+    state: &AppState,
     reference: &str,
-    req: ExportImage,
-    progress: Progress,
-) -> Result<ExportedImage, OpError> {
-    if !req.out.is_absolute() {
-        return Err(OpError::InputNotAbsolute {
-            what: "--out".to_string(),
-            path: req.out,
-        });
-    }
+    out: &std::path::Path,
+    stage: &'static str,
+    progress: &Progress,
+) -> Result<banger_image::bundle::BundleInfo, OpError> {
     let row = state.find_image(reference)?;
     let kernel_ref = row
         .kernel_ref
@@ -484,21 +496,37 @@ pub async fn export_image(
         description: row.description.clone().unwrap_or_default(),
         init: row.init,
     };
-    progress.stage("export", format!("{} to {}", row.name, req.out.display()));
     let (rootfs, out, scratch) = (
         std::path::PathBuf::from(&row.rootfs),
-        req.out.clone(),
+        out.to_path_buf(),
         state.scratch_dir(),
     );
     let p = progress.clone();
-    let info = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         banger_image::bundle::pack_bundle(manifest, &rootfs, &out, &scratch, &mut |m| {
-            p.stage("export", m)
+            p.stage(stage, m)
         })
     })
     .await
     .map_err(|e| OpError::Join(e.to_string()))?
-    .map_err(image_err("export"))?;
+    .map_err(image_err(stage))
+}
+
+/// `image export`: the image's bundle and a one-entry catalog naming it, in `req.out`.
+pub async fn export_image(
+    state: Arc<AppState>,
+    reference: &str,
+    req: ExportImage,
+    progress: Progress,
+) -> Result<ExportedImage, OpError> {
+    if !req.out.is_absolute() {
+        return Err(OpError::InputNotAbsolute {
+            what: "--out".to_string(),
+            path: req.out,
+        });
+    }
+    progress.stage("export", format!("{reference} to {}", req.out.display()));
+    let info = pack_image(&state, reference, &req.out, "export", &progress).await?;
     let file_name = format!("{}.tar.zst", info.manifest.name);
     let doc = Catalog {
         images: vec![ImageEntry {

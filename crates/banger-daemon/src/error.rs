@@ -543,7 +543,9 @@ fn oci_kind(e: &banger_oci::OciError) -> ErrorKind {
             ErrorKind::BadRequest
         }
         O::DockerConfig { .. } => ErrorKind::BadRequest,
-        O::Manifest { source, .. } | O::Blob { source, .. } => registry(source),
+        O::Manifest { source, .. } | O::Blob { source, .. } | O::Push { source, .. } => {
+            registry(source)
+        }
         // The registry sent something other than what it promised.
         O::BlobStream { .. }
         | O::BlobTooLong { .. }

@@ -21,6 +21,12 @@
 //! `oci-source.json` (the reference, the manifest digest, the layer digests): the layers
 //! it lists are the ones `image cache prune` keeps.
 //!
+//! An OCI reference whose manifest is a banger bundle artifact (pushed by `image push`,
+//! [`push`]; see [`banger_oci::ManifestKind::Bundle`]) is a [`PullSource::Artifact`]: its
+//! one blob is downloaded, digest verified, into a temporary directory of the scratch dir
+//! and imported like a catalog bundle ([`catalogs::import_bundle`]; only `--name` and
+//! `--kernel-ref` apply); the temporary directory goes whatever happens.
+//!
 //! Progress: `resolve`, then per layer `download` ticks (bytes, total, rate; a terminal
 //! redraws them in place) and one `layer` line when it is in the cache, then `flatten`,
 //! `payload`, `ext4`, `register`, `ready`.
@@ -29,7 +35,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use banger_api::types::{CachePruned, Image, PullImage, RegisterImage};
+use banger_api::types::{CachePruned, Image, PullImage, PushImage, PushedImage, RegisterImage};
 use banger_core::size::ByteSize;
 use banger_oci::{LayerCache, LayerProgress, OciReference, Registry, RegistryOptions};
 use serde::{Deserialize, Serialize};
@@ -52,6 +58,8 @@ pub enum PullSource {
     Catalog(Box<catalogs::Found<banger_catalog::ImageEntry>>),
     /// An image in an OCI registry.
     Oci(OciReference),
+    /// A banger image bundle stored in an OCI registry by `image push`.
+    Artifact(OciReference, banger_oci::Layer),
 }
 
 /// Decides what `reference` names (the one place this is decided): a catalog's image when
@@ -63,7 +71,12 @@ pub async fn resolve_source(state: &AppState, reference: &str) -> Result<PullSou
         return Ok(PullSource::Catalog(Box::new(found)));
     }
     let r = banger_oci::parse_reference(reference).map_err(oci)?;
-    Ok(PullSource::Oci(r))
+    let registry = Registry::for_reference(&r, &registry_options(state)).map_err(oci)?;
+    let resolved = registry.resolve(&r).await.map_err(oci)?;
+    match (resolved.kind, resolved.layers.into_iter().next()) {
+        (banger_oci::ManifestKind::Bundle, Some(layer)) => Ok(PullSource::Artifact(r, layer)),
+        _ => Ok(PullSource::Oci(r)),
+    }
 }
 
 fn oci(e: banger_oci::OciError) -> OpError {
@@ -92,20 +105,7 @@ pub async fn pull(
 ) -> Result<Image, OpError> {
     match resolve_source(&state, &req.reference).await? {
         PullSource::Catalog(found) => {
-            // A bundle is finished: its rootfs, init and kernel_ref come with it.
-            let refused = [
-                (req.kernel.is_some(), "--kernel"),
-                (req.initrd.is_some(), "--initrd"),
-                (req.modules.is_some(), "--modules"),
-                (req.size.is_some(), "--size"),
-                (req.init.is_some(), "--init"),
-            ];
-            if let Some((_, flag)) = refused.into_iter().find(|(given, _)| *given) {
-                return Err(OpError::CatalogPullFlag {
-                    name: found.entry.name.clone(),
-                    flag,
-                });
-            }
+            refuse_bundle_flags(&req, &found.entry.name)?;
             let opts = catalogs::PullImage {
                 name: req.name,
                 kernel_ref: req.kernel_ref,
@@ -113,7 +113,125 @@ pub async fn pull(
             catalogs::pull_image(&state, &found, opts, &progress, &cancel).await
         }
         PullSource::Oci(r) => pull_oci(state, req, r, progress, cancel).await,
+        PullSource::Artifact(r, layer) => {
+            refuse_bundle_flags(&req, &r.whole())?;
+            pull_artifact(state, req, r, layer, progress, cancel).await
+        }
     }
+}
+
+/// A bundle is finished: its rootfs, init and kernel_ref come with it, so only `--name`
+/// and `--kernel-ref` apply.
+fn refuse_bundle_flags(req: &PullImage, name: &str) -> Result<(), OpError> {
+    let refused = [
+        (req.kernel.is_some(), "--kernel"),
+        (req.initrd.is_some(), "--initrd"),
+        (req.modules.is_some(), "--modules"),
+        (req.size.is_some(), "--size"),
+        (req.init.is_some(), "--init"),
+    ];
+    match refused.into_iter().find(|(given, _)| *given) {
+        Some((_, flag)) => Err(OpError::CatalogPullFlag {
+            name: name.to_string(),
+            flag,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// `image pull REF` of a bundle artifact: see the module docs.
+async fn pull_artifact(
+    state: Arc<AppState>,
+    req: PullImage,
+    reference: OciReference,
+    layer: banger_oci::Layer,
+    progress: Progress,
+    cancel: CancellationToken,
+) -> Result<Image, OpError> {
+    let name = req
+        .name
+        .clone()
+        .unwrap_or_else(|| banger_oci::derived_name(&reference));
+    banger_core::names::validate_image_name(&name)?;
+    if state.find_image(&name).is_ok() {
+        return Err(OpError::ImageNameTaken { name });
+    }
+    let max = state.opts.config.max_image_size;
+    if layer.size > max.bytes() {
+        return Err(OpError::ImageTooLarge {
+            size: ByteSize(layer.size),
+            max,
+        });
+    }
+    let registry = Registry::for_reference(&reference, &registry_options(&state)).map_err(oci)?;
+    let scratch = state.scratch_dir();
+    let work = tempfile::Builder::new()
+        .prefix("pull-bundle-")
+        .tempdir_in(&scratch)
+        .map_err(OpError::io("create a work dir in", &scratch))?;
+    // A private one-blob cache: the blob lands in it only once verified.
+    let cache = LayerCache::new(work.path().to_path_buf());
+    progress.stage(
+        "resolve",
+        format!("{} (bundle {})", reference.whole(), ByteSize(layer.size)),
+    );
+    let p = progress.clone();
+    let mut report = move |lp: LayerProgress<'_>| layer_progress(&p, &lp);
+    let bundle = tokio::select! {
+        r = registry.fetch_layer(&reference, &layer, (1, 1), &cache, &mut report) => r.map_err(oci)?,
+        () = cancel.cancelled() => return Err(OpError::Cancelled),
+    };
+    let image =
+        catalogs::import_bundle(&state, &bundle, &name, req.kernel_ref, &progress, &cancel).await?;
+    drop(work);
+    tracing::info!(image = %image.name, from = %reference.whole(), "image pulled from a bundle artifact");
+    progress.stage(
+        "ready",
+        format!("ready in {:.1}s", progress.elapsed().as_secs_f64()),
+    );
+    Ok(image)
+}
+
+/// `image push NAME REF`: the image's bundle (as `image export` packs it) stored at `REF`
+/// as a banger bundle artifact.
+pub async fn push(
+    state: Arc<AppState>,
+    name: &str,
+    req: PushImage,
+    progress: Progress,
+    cancel: CancellationToken,
+) -> Result<PushedImage, OpError> {
+    let reference = banger_oci::parse_reference(&req.reference).map_err(oci)?;
+    state.find_image(name)?;
+    let registry = Registry::for_reference(&reference, &registry_options(&state)).map_err(oci)?;
+    let scratch = state.scratch_dir();
+    let work = tempfile::Builder::new()
+        .prefix("push-")
+        .tempdir_in(&scratch)
+        .map_err(OpError::io("create a work dir in", &scratch))?;
+    progress.stage("pack", format!("{name} for {}", reference.whole()));
+    let info = catalogs::pack_image(&state, name, work.path(), "pack", &progress).await?;
+    let manifest_json = serde_json::to_vec(&info.manifest)
+        .map_err(|e| OpError::Join(format!("encoding the bundle manifest: {e}")))?;
+    let bytes = tokio::fs::read(&info.path)
+        .await
+        .map_err(OpError::io("read", &info.path))?;
+    progress.stage(
+        "push",
+        format!("{} to {}", ByteSize(info.size_bytes), reference.whole()),
+    );
+    let manifest_url = tokio::select! {
+        r = registry.push_bundle(&reference, manifest_json, bytes) => r.map_err(oci)?,
+        () = cancel.cancelled() => return Err(OpError::Cancelled),
+    };
+    drop(work);
+    progress.stage("ready", manifest_url.clone());
+    Ok(PushedImage {
+        reference: reference.whole(),
+        manifest_url,
+        bundle_digest: format!("sha256:{}", info.sha256),
+        size: info.size_bytes,
+    })
 }
 
 /// The kernel a pulled image boots, and the modules its rootfs gets.

@@ -19,7 +19,9 @@ use banger_api::types::{
     Health, Image, ImportBundle, ImportKernel, JsonObject, Kernel, Ping, Ports, PrepareWorkspace,
     PullImage, RegisterImage, SshConfig, SshConfigChange, SshInfo, Vm, VmStats, WorkspaceExport,
 };
-use banger_api::types::{CatalogListing, ExportImage, ExportedImage, PullKernel};
+use banger_api::types::{
+    CatalogListing, ExportImage, ExportedImage, PullKernel, PushImage, PushedImage,
+};
 use banger_api::types::{Event, PreparedWorkspace};
 use banger_api::types::{
     GuestDirListing, GuestFile, GuestFileWritten, ListGuestDir, ReadGuestFile, WriteGuestFile,
@@ -495,6 +497,21 @@ pub async fn export_image(
 ) -> Response {
     stream_op(op, move |progress, _cancel| async move {
         catalogs::export_image(state, &reference, req, progress).await
+    })
+}
+
+/// Pushes an image's bundle to an OCI registry as a banger bundle artifact, streamed.
+#[utoipa::path(post, path = t::IMAGE_PUSH, tag = "images", params(ImageRef), request_body = PushImage,
+    responses((status = 200, description = STREAM_DESCRIPTION, content_type = NDJSON,
+        body = Event<PushedImage>), Errors))]
+pub async fn push_image(
+    State(state): S,
+    Extension(op): Extension<OpId>,
+    Path(reference): Path<String>,
+    ApiJson(req): ApiJson<PushImage>,
+) -> Response {
+    stream_op(op, move |progress, cancel| async move {
+        crate::pull::push(state, &reference, req, progress, cancel).await
     })
 }
 

@@ -77,6 +77,7 @@ pub fn api() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::prune_image_cache))
         .routes(routes!(routes::import_bundle))
         .routes(routes!(routes::export_image))
+        .routes(routes!(routes::push_image))
         .routes(routes!(routes::catalog))
         .routes(routes!(routes::show_image))
         .routes(routes!(routes::delete_image))

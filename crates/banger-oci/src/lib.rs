@@ -20,6 +20,12 @@
 //!   Only a verified blob is renamed into place. [`LayerCache::prune`] removes the blobs no
 //!   image needs.
 //!
+//! - Bundles as artifacts: [`Registry::push_bundle`] stores a banger image bundle (the
+//!   `.tar.zst` of `image export`) as an OCI artifact: artifactType and config media type
+//!   [`BUNDLE_CONFIG_MEDIA_TYPE`] (the config blob is the bundle's manifest JSON), one
+//!   layer of [`BUNDLE_LAYER_MEDIA_TYPE`]. [`Registry::resolve`] tells such a manifest
+//!   apart ([`ManifestKind::Bundle`]); its one layer is fetched like any other.
+//!
 //! The library never prints: progress goes to a caller-supplied callback.
 
 use std::collections::HashSet;
@@ -29,8 +35,8 @@ use std::time::Instant;
 
 use base64::Engine;
 use futures_util::StreamExt;
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciManifest};
+use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciImageManifest, OciManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
@@ -98,6 +104,12 @@ pub enum OciError {
         reference: String,
         digest: String,
         actual: String,
+    },
+    #[error("pushing {reference}")]
+    Push {
+        reference: String,
+        #[source]
+        source: oci_client::errors::OciDistributionError,
     },
     #[error("{action} {path}")]
     Io {
@@ -258,12 +270,27 @@ pub struct Layer {
     pub media_type: String,
 }
 
+/// The artifact type and config media type of a banger image bundle in a registry.
+pub const BUNDLE_CONFIG_MEDIA_TYPE: &str = "application/vnd.banger.image.config.v1+json";
+/// The media type of the one layer of a bundle artifact: the bundle itself.
+pub const BUNDLE_LAYER_MEDIA_TYPE: &str = "application/vnd.banger.image.bundle.v1.tar+zstd";
+
+/// What kind of manifest a reference points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestKind {
+    /// A container image: layers to flatten.
+    Image,
+    /// A banger image bundle artifact: one layer, the bundle.
+    Bundle,
+}
+
 /// What a reference points at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
     /// The digest of the image manifest (after index resolution).
     pub manifest_digest: String,
-    /// The layers, bottom first.
+    pub kind: ManifestKind,
+    /// The layers, bottom first (for a bundle: the bundle).
     pub layers: Vec<Layer>,
 }
 
@@ -373,9 +400,24 @@ impl Registry {
                 }
             }
         };
+        let kind = if image.config.media_type == BUNDLE_CONFIG_MEDIA_TYPE {
+            ManifestKind::Bundle
+        } else {
+            ManifestKind::Image
+        };
+        if kind == ManifestKind::Bundle
+            && (image.layers.len() != 1 || image.layers[0].media_type != BUNDLE_LAYER_MEDIA_TYPE)
+        {
+            return Err(OciError::Unsupported {
+                reference: reference.whole(),
+                why: format!(
+                    "a banger bundle artifact needs exactly one layer of type {BUNDLE_LAYER_MEDIA_TYPE}"
+                ),
+            });
+        }
         let mut layers = Vec::with_capacity(image.layers.len());
         for l in &image.layers {
-            if !is_layer_type(&l.media_type) {
+            if kind == ManifestKind::Image && !is_layer_type(&l.media_type) {
                 return Err(OciError::Unsupported {
                     reference: reference.whole(),
                     why: format!("layer {} has media type {}", l.digest, l.media_type),
@@ -401,8 +443,37 @@ impl Registry {
         }
         Ok(Resolved {
             manifest_digest: digest,
+            kind,
             layers,
         })
+    }
+
+    /// Pushes a banger image bundle to `reference` as an artifact (see the module docs):
+    /// `manifest_json` is the bundle's manifest, `bundle` its bytes. Returns the
+    /// manifest's URL.
+    pub async fn push_bundle(
+        &self,
+        reference: &Reference,
+        manifest_json: Vec<u8>,
+        bundle: Vec<u8>,
+    ) -> Result<String, OciError> {
+        let layers = [ImageLayer::new(
+            bundle,
+            BUNDLE_LAYER_MEDIA_TYPE.to_string(),
+            None,
+        )];
+        let config = Config::new(manifest_json, BUNDLE_CONFIG_MEDIA_TYPE.to_string(), None);
+        let mut manifest = OciImageManifest::build(&layers, &config, None);
+        manifest.artifact_type = Some(BUNDLE_CONFIG_MEDIA_TYPE.to_string());
+        let pushed = self
+            .client
+            .push(reference, &layers, config, &self.auth, Some(manifest))
+            .await
+            .map_err(|source| OciError::Push {
+                reference: reference.whole(),
+                source,
+            })?;
+        Ok(pushed.manifest_url)
     }
 
     /// The layer blob in `cache`, downloaded and verified first when missing (see the

@@ -928,3 +928,128 @@ fn pull_with_a_bearer_token_from_the_registry_realm() {
     );
     assert_eq!(debugfs(&rootfs(&home, "tok"), "cat /hello"), "token");
 }
+
+fn file_sha(path: &Path) -> String {
+    sha(&std::fs::read(path).unwrap())
+}
+
+#[test]
+fn push_stores_a_bundle_artifact_that_pulls_back_as_the_same_image() {
+    let Some(home) = pull_home(&["docker-registry", "skopeo", "debugfs"], "") else {
+        return;
+    };
+    let reg = LocalRegistry::start(None);
+    let mut blobs = Blobs::default();
+    let manifest = blobs.image(&[layer(&[E::File("hello", b"golden")])], "amd64");
+    reg.push(&blobs, &manifest, "src/img:v1");
+    home.ok(&[
+        "image",
+        "pull",
+        &format!("{}/src/img:v1", reg.addr),
+        "--name",
+        "golden",
+        "--size",
+        "64M",
+    ]);
+
+    let target = format!("{}/team/golden:v1", reg.addr);
+    let out = home.run(&["image", "push", "golden", &target]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&target), "{stdout}");
+    for stage in ["pack:", "push:"] {
+        assert!(stderr.contains(stage), "{stage} missing: {stderr}");
+    }
+
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{target}"))
+        .output()
+        .unwrap();
+    assert!(
+        raw.status.success(),
+        "{}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    let m: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(
+        m["artifactType"], "application/vnd.banger.image.config.v1+json",
+        "{m}"
+    );
+    assert_eq!(
+        m["config"]["mediaType"], "application/vnd.banger.image.config.v1+json",
+        "{m}"
+    );
+    let layers = m["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1, "{m}");
+    assert_eq!(
+        layers[0]["mediaType"], "application/vnd.banger.image.bundle.v1.tar+zstd",
+        "{m}"
+    );
+
+    // Pulled back: the bundle path (no flatten), the same rootfs and kernel.
+    let out = home.run(&["image", "pull", &target, "--name", "copy"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("flatten:"), "{stderr}");
+    assert_eq!(
+        file_sha(&rootfs(&home, "copy")),
+        file_sha(&rootfs(&home, "golden"))
+    );
+    assert_eq!(debugfs(&rootfs(&home, "copy"), "cat /hello"), "golden");
+    assert_eq!(image_json(&home, "copy")["kernel_ref"], "k1");
+
+    // A bundle is finished: flags that would rebuild it are refused, nothing registered.
+    let out = home.run(&["image", "pull", &target, "--name", "other", "--size", "1G"]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("--size"), "{e}");
+    assert!(!image_names(&home).contains(&"other".to_string()));
+    let tmp: Vec<_> = std::fs::read_dir(home.path().join("state/tmp"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(tmp.is_empty(), "scratch left: {tmp:?}");
+}
+
+#[test]
+fn push_to_a_registry_needing_auth_without_credentials_fails_and_leaves_nothing() {
+    let Some(home) = pull_home(&["docker-registry", "skopeo", "debugfs", "htpasswd"], "") else {
+        return;
+    };
+    let open = LocalRegistry::start(None);
+    let mut blobs = Blobs::default();
+    let manifest = blobs.image(&[layer(&[E::File("hello", b"x")])], "amd64");
+    open.push(&blobs, &manifest, "src/img:v1");
+    home.ok(&[
+        "image",
+        "pull",
+        &format!("{}/src/img:v1", open.addr),
+        "--name",
+        "golden",
+        "--size",
+        "64M",
+    ]);
+    let private = LocalRegistry::start(Some(("alice", "s3cret")));
+    let target = format!("{}/private/golden:v1", private.addr);
+    let out = home.run(&["image", "push", "golden", &target]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains(&format!("pushing {target}")), "{e}");
+    let tmp: Vec<_> = std::fs::read_dir(home.path().join("state/tmp"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(tmp.is_empty(), "scratch left: {tmp:?}");
+    let inspect = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            "--creds=alice:s3cret",
+        ])
+        .arg(format!("docker://{target}"))
+        .output()
+        .unwrap();
+    assert!(!inspect.status.success(), "a manifest was stored");
+    assert_eq!(image_names(&home), vec!["golden".to_string()]);
+}
