@@ -747,3 +747,68 @@ fn a_pulled_systemd_less_image_boots_and_runs_a_command() {
     assert_eq!(out(&o), "ok\n", "{}", err(&o));
     assert!(home.vms().is_empty(), "--rm left the VM");
 }
+
+/// `image pull` of a Debian image from a registry boots with its own systemd: the golden
+/// image's files (dumped from its ext4 with debugfs `rdump`, which keeps owners and modes but
+/// drops setuid bits) re-packed as a one-layer OCI image, pulled (flatten, guest payload,
+/// ext4), then a VM of it reaches ready and `vm exec` runs in it.
+#[test]
+fn a_pulled_debian_image_boots_its_systemd_and_execs() {
+    let Some(home) = guest_home() else { return };
+    let golden: serde_json::Value =
+        serde_json::from_str(&home.ok(&["image", "show", "debian-bookworm", "--json"])).unwrap();
+    let tree = home.path().join("debian-tree");
+    std::fs::create_dir(&tree).unwrap();
+    let t = Instant::now();
+    let o = Command::new("debugfs")
+        .args(["-R", &format!("rdump / {}", tree.display())])
+        .arg(golden["rootfs"].as_str().unwrap())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    // The golden image's own payload goes: the pull injects it again.
+    std::fs::remove_file(tree.join("usr/local/bin/banger-agent")).unwrap();
+    let tar = Command::new("tar")
+        .args(["--numeric-owner", "-C"])
+        .arg(&tree)
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap();
+    assert!(tar.status.success(), "{}", err(&tar));
+    std::fs::remove_dir_all(&tree).unwrap();
+    let layer = crate::oci::gzip(&tar.stdout);
+    drop(tar);
+    let registry = crate::oci::LocalRegistry::start_in(home.netns.as_deref(), None);
+    let mut blobs = crate::oci::Blobs::default();
+    let manifest = blobs.image(&[layer], "amd64");
+    registry.push(&blobs, &manifest, "team/debian:12");
+    drop(blobs);
+    eprintln_timing("debian layer made and pushed", t.elapsed());
+
+    let reference = format!("{}/team/debian:12", registry.addr);
+    let t = Instant::now();
+    let o = home.run(&[
+        "image",
+        "pull",
+        &reference,
+        "--name",
+        "deb",
+        "--kernel-ref",
+        "host",
+    ]);
+    eprintln_timing("image pull (debian)", t.elapsed());
+    assert!(o.status.success(), "{}", err(&o));
+    let image: serde_json::Value =
+        serde_json::from_str(&home.ok(&["image", "show", "deb", "--json"])).unwrap();
+    assert_eq!(image["init"], "systemd", "{image}");
+
+    let t = Instant::now();
+    let o = home.run(&["vm", "create", "--name", "pulled", "--image", "deb"]);
+    eprintln_timing("vm create (pulled debian)", t.elapsed());
+    assert!(o.status.success(), "{}", err(&o));
+    let os = home.ok(&["vm", "exec", "pulled", "--", "cat", "/etc/os-release"]);
+    assert!(os.contains("ID=debian"), "{os}");
+    let pid1 = home.ok(&["vm", "exec", "pulled", "--", "cat", "/proc/1/comm"]);
+    assert_eq!(pid1, "systemd\n");
+    home.ok(&["vm", "delete", "pulled"]);
+}
