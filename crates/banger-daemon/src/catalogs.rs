@@ -268,11 +268,7 @@ pub async fn pull_image(
     progress: &Progress,
     cancel: &CancellationToken,
 ) -> Result<Image, OpError> {
-    let name = opts.name.unwrap_or_else(|| found.entry.name.clone());
-    banger_core::names::validate_image_name(&name)?;
-    if state.find_image(&name).is_ok() {
-        return Err(OpError::ImageNameTaken { name });
-    }
+    let name = state.free_image_name(opts.name.unwrap_or_else(|| found.entry.name.clone()))?;
     let e = &found.entry;
     let bundle = fetch(
         state,

@@ -93,6 +93,16 @@ impl AppState {
                 reference: reference.to_string(),
             })
     }
+
+    /// `name` when it is a valid image name no image has yet: what a pull checks before it
+    /// fetches anything (registering checks again under the image lock).
+    pub fn free_image_name(&self, name: String) -> Result<String, OpError> {
+        validate_image_name(&name)?;
+        if self.find_image(&name).is_ok() {
+            return Err(OpError::ImageNameTaken { name });
+        }
+        Ok(name)
+    }
 }
 
 /// `statfs` magic numbers of the pseudo filesystems whose files are never images.

@@ -148,14 +148,11 @@ async fn pull_artifact(
     progress: Progress,
     cancel: CancellationToken,
 ) -> Result<Image, OpError> {
-    let name = req
-        .name
-        .clone()
-        .unwrap_or_else(|| banger_oci::derived_name(&reference));
-    banger_core::names::validate_image_name(&name)?;
-    if state.find_image(&name).is_ok() {
-        return Err(OpError::ImageNameTaken { name });
-    }
+    let name = state.free_image_name(
+        req.name
+            .clone()
+            .unwrap_or_else(|| banger_oci::derived_name(&reference)),
+    )?;
     let max = state.opts.config.max_image_size;
     if layer.size > max.bytes() {
         return Err(OpError::ImageTooLarge {
@@ -281,14 +278,11 @@ async fn pull_oci(
     progress: Progress,
     cancel: CancellationToken,
 ) -> Result<Image, OpError> {
-    let name = req
-        .name
-        .clone()
-        .unwrap_or_else(|| banger_oci::derived_name(&reference));
-    banger_core::names::validate_image_name(&name)?;
-    if state.find_image(&name).is_ok() {
-        return Err(OpError::ImageNameTaken { name });
-    }
+    let name = state.free_image_name(
+        req.name
+            .clone()
+            .unwrap_or_else(|| banger_oci::derived_name(&reference)),
+    )?;
     let max = state.opts.config.max_image_size;
     if let Some(size) = req.size
         && size > max.bytes()
