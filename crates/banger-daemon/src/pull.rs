@@ -52,14 +52,23 @@ use crate::state::AppState;
 pub const SOURCE_FILE: &str = "oci-source.json";
 
 /// What a pull reference names.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum PullSource {
     /// An image bundle a catalog lists.
     Catalog(Box<catalogs::Found<banger_catalog::ImageEntry>>),
     /// An image in an OCI registry.
-    Oci(OciReference),
-    /// A banger image bundle stored in an OCI registry by `image push`.
-    Artifact(OciReference, banger_oci::Layer),
+    Oci(Box<Remote>),
+    /// A banger image bundle stored in an OCI registry by `image push`: its one layer.
+    Artifact(Box<Remote>, banger_oci::Layer),
+}
+
+/// A reference in a registry, its manifest resolved once: the pull goes on with the same
+/// client (and the token it got) and the same manifest.
+#[derive(Debug)]
+pub struct Remote {
+    pub reference: OciReference,
+    pub registry: Registry,
+    pub resolved: banger_oci::Resolved,
 }
 
 /// Decides what `reference` names (the one place this is decided): a catalog's image when
@@ -73,10 +82,19 @@ pub async fn resolve_source(state: &AppState, reference: &str) -> Result<PullSou
     let r = banger_oci::parse_reference(reference).map_err(oci)?;
     let registry = Registry::for_reference(&r, &registry_options(state)).map_err(oci)?;
     let resolved = registry.resolve(&r).await.map_err(oci)?;
-    match (resolved.kind, resolved.layers.into_iter().next()) {
-        (banger_oci::ManifestKind::Bundle, Some(layer)) => Ok(PullSource::Artifact(r, layer)),
-        _ => Ok(PullSource::Oci(r)),
-    }
+    let bundle = match (resolved.kind, resolved.layers.first()) {
+        (banger_oci::ManifestKind::Bundle, Some(layer)) => Some(layer.clone()),
+        _ => None,
+    };
+    let remote = Box::new(Remote {
+        reference: r,
+        registry,
+        resolved,
+    });
+    Ok(match bundle {
+        Some(layer) => PullSource::Artifact(remote, layer),
+        None => PullSource::Oci(remote),
+    })
 }
 
 fn oci(e: banger_oci::OciError) -> OpError {
@@ -112,10 +130,10 @@ pub async fn pull(
             };
             catalogs::pull_image(&state, &found, opts, &progress, &cancel).await
         }
-        PullSource::Oci(r) => pull_oci(state, req, r, progress, cancel).await,
+        PullSource::Oci(r) => pull_oci(state, req, *r, progress, cancel).await,
         PullSource::Artifact(r, layer) => {
-            refuse_bundle_flags(&req, &r.whole())?;
-            pull_artifact(state, req, r, layer, progress, cancel).await
+            refuse_bundle_flags(&req, &r.reference.whole())?;
+            pull_artifact(state, req, *r, layer, progress, cancel).await
         }
     }
 }
@@ -143,7 +161,11 @@ fn refuse_bundle_flags(req: &PullImage, name: &str) -> Result<(), OpError> {
 async fn pull_artifact(
     state: Arc<AppState>,
     req: PullImage,
-    reference: OciReference,
+    Remote {
+        reference,
+        registry,
+        ..
+    }: Remote,
     layer: banger_oci::Layer,
     progress: Progress,
     cancel: CancellationToken,
@@ -160,7 +182,6 @@ async fn pull_artifact(
             max,
         });
     }
-    let registry = Registry::for_reference(&reference, &registry_options(&state)).map_err(oci)?;
     let scratch = state.scratch_dir();
     let work = tempfile::Builder::new()
         .prefix("pull-bundle-")
@@ -274,7 +295,11 @@ fn registry_options(state: &AppState) -> RegistryOptions {
 async fn pull_oci(
     state: Arc<AppState>,
     req: PullImage,
-    reference: OciReference,
+    Remote {
+        reference,
+        registry,
+        resolved,
+    }: Remote,
     progress: Progress,
     cancel: CancellationToken,
 ) -> Result<Image, OpError> {
@@ -294,16 +319,14 @@ async fn pull_oci(
     }
     let kernel = choose_kernel(&state, &req)?;
     let agent = agent_bin(&state)?;
-    let registry = Registry::for_reference(&reference, &registry_options(&state)).map_err(oci)?;
     let cache = layer_cache(&state);
     let _cache_guard = state.locks.layer_cache_shared().await;
 
     progress.stage("resolve", reference.whole());
-    let fetched = tokio::select! {
-        r = fetch_layers(&registry, &reference, &cache, &progress) => r?,
+    let layer_paths = tokio::select! {
+        r = fetch_layers(&registry, &reference, &resolved, &cache, &progress) => r?,
         () = cancel.cancelled() => return Err(OpError::Cancelled),
     };
-    let (resolved, layer_paths) = fetched;
 
     let scratch = state.scratch_dir();
     let work = tempfile::Builder::new()
@@ -397,14 +420,14 @@ fn build_stage(message: &str) -> &'static str {
     }
 }
 
-/// The manifest, then every layer in the cache (downloaded when missing).
+/// Every layer of the resolved manifest in the cache (downloaded when missing).
 async fn fetch_layers(
     registry: &Registry,
     reference: &OciReference,
+    resolved: &banger_oci::Resolved,
     cache: &LayerCache,
     progress: &Progress,
-) -> Result<(banger_oci::Resolved, Vec<PathBuf>), OpError> {
-    let resolved = registry.resolve(reference).await.map_err(oci)?;
+) -> Result<Vec<PathBuf>, OpError> {
     let total: u64 = resolved.layers.iter().map(|l| l.size).sum();
     progress.stage(
         "resolve",
@@ -426,7 +449,7 @@ async fn fetch_layers(
             .map_err(oci)?;
         paths.push(path);
     }
-    Ok((resolved, paths))
+    Ok(paths)
 }
 
 fn short(digest: &str) -> &str {
