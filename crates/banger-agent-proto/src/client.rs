@@ -271,6 +271,18 @@ where
     get_json(stream, HOST_KEYS_PATH, timeout).await
 }
 
+/// `POST /identity` ([`crate::identity`]): the guest's new host keys.
+pub async fn identity<S>(
+    stream: S,
+    req: &crate::identity::Identity,
+    timeout: Duration,
+) -> Result<HostKeys, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    post_json(stream, crate::identity::IDENTITY_PATH, req, timeout).await
+}
+
 /// Makes one `POST path` request with `body` as JSON over `stream` and decodes the JSON
 /// answer, within `timeout` (the file endpoints).
 ///

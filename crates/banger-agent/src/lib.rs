@@ -19,6 +19,7 @@
 pub mod exec;
 pub mod files;
 pub mod host_keys;
+pub mod identity;
 pub mod mux;
 pub mod procfs;
 pub mod serial;

@@ -1,7 +1,7 @@
 //! The agent's HTTP/1.1 server and the transports it listens on.
 //!
 //! [`Agent`] answers `GET /healthz`, `GET /ports`, `GET /host-keys` and the file endpoints
-//! (`POST /files/read|write|list`, [`crate::files`]) on any byte stream ([`serve_connection`]).
+//! (`POST /files/read|write|list`, [`crate::files`]), `POST /identity` ([`crate::identity`]) on any byte stream ([`serve_connection`]).
 //! The streams come from a vsock listener (the guest's normal path under Firecracker), a Unix
 //! socket (host test mode) or a virtio-serial device, which is one stream reopened after every
 //! disconnect ([`serve_reopening`]). [`run`] serves a [`ListenPlan`] until a shutdown future
@@ -34,11 +34,12 @@ use tokio_vsock::{VMADDR_CID_ANY, VsockAddr, VsockListener};
 use crate::host_keys::{HostKeyError, HostKeyFiles};
 use crate::procfs::{ProcError, ProcFs};
 use crate::serial::SerialStream;
-use crate::{error_chain, exec, files, mux};
+use crate::{error_chain, exec, files, identity, mux};
 use banger_agent_proto::exec::{EXEC_PATH, UPGRADE_EXEC};
 use banger_agent_proto::files::{
     FILE_LIST_PATH, FILE_READ_PATH, FILE_WRITE_PATH, MAX_FILE_REQUEST,
 };
+use banger_agent_proto::identity::IDENTITY_PATH;
 use banger_agent_proto::mux::{MUX_PATH, UPGRADE_MUX};
 use banger_agent_proto::wire::{
     AGENT_VSOCK_PORT, ErrorBody, HOST_KEYS_PATH, Health, HostKeys, Ports,
@@ -168,6 +169,7 @@ impl Agent {
             (&Method::POST, FILE_READ_PATH) => file_op(req, files::read_file).await,
             (&Method::POST, FILE_WRITE_PATH) => file_op(req, files::write_file).await,
             (&Method::POST, FILE_LIST_PATH) => file_op(req, files::list_dir).await,
+            (&Method::POST, IDENTITY_PATH) => self.identity(req).await,
             (_, FILE_READ_PATH | FILE_WRITE_PATH | FILE_LIST_PATH) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{} {path}: only POST is allowed", req.method()),
@@ -185,6 +187,16 @@ impl Agent {
             ),
         };
         Ok(resp)
+    }
+
+    /// `POST /identity` ([`identity::apply`]), answered with the new host keys.
+    async fn identity(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let host_keys = self.inner.host_keys.clone();
+        file_op(req, move |body| {
+            identity::apply(&identity::Guest::system(), body)?;
+            Ok::<HostKeys, identity::IdentityError>(host_keys.read()?)
+        })
+        .await
     }
 
     /// Runs a read of the guest (procfs, host keys) off the async threads and renders it.
@@ -208,11 +220,12 @@ impl Agent {
 
 /// Answers a file endpoint: reads the JSON body (at most [`MAX_FILE_REQUEST`] bytes), runs
 /// `op` on the blocking pool, and renders its answer or its error with the error's status.
-async fn file_op<Q, T, F>(req: Request<Incoming>, op: F) -> Response<Full<Bytes>>
+async fn file_op<Q, T, E, F>(req: Request<Incoming>, op: F) -> Response<Full<Bytes>>
 where
     Q: serde::de::DeserializeOwned + Send + 'static,
     T: Serialize + Send + 'static,
-    F: FnOnce(&Q) -> Result<T, files::FileError> + Send + 'static,
+    E: std::error::Error + HttpStatus + Send + 'static,
+    F: FnOnce(&Q) -> Result<T, E> + Send + 'static,
 {
     use http_body_util::BodyExt;
     let path = req.uri().path().to_string();
@@ -249,6 +262,23 @@ where
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("POST {path} failed: {e}"),
         ),
+    }
+}
+
+/// An error that says which HTTP status answers it.
+trait HttpStatus {
+    fn status(&self) -> u16;
+}
+
+impl HttpStatus for files::FileError {
+    fn status(&self) -> u16 {
+        files::FileError::status(self)
+    }
+}
+
+impl HttpStatus for identity::IdentityError {
+    fn status(&self) -> u16 {
+        identity::IdentityError::status(self)
     }
 }
 
