@@ -29,6 +29,8 @@ pub mod templates {
     pub const IMAGES_BOOTSTRAP: &str = "/images/bootstrap";
     pub const IMAGES_IMPORT: &str = "/images/import";
     pub const IMAGE: &str = "/images/{reference}";
+    /// `POST`: make (or remake) a warm-start template of the image (streamed).
+    pub const IMAGE_WARM: &str = "/images/{reference}/warm";
     /// `GET`: the API's OpenAPI 3.1 document.
     pub const OPENAPI: &str = "/openapi.json";
     /// `POST`: read a guest file through the VM's agent.
@@ -67,6 +69,8 @@ pub enum Route<'a> {
     ImagesBootstrap,
     ImagesImport,
     Image(&'a str),
+    /// `POST /images/{reference}/warm`.
+    ImageWarm(&'a str),
     VmFilesRead(&'a str),
     VmFilesWrite(&'a str),
     VmFilesList(&'a str),
@@ -97,6 +101,7 @@ impl Route<'_> {
             Self::ImagesBootstrap => t::IMAGES_BOOTSTRAP,
             Self::ImagesImport => t::IMAGES_IMPORT,
             Self::Image(_) => t::IMAGE,
+            Self::ImageWarm(_) => t::IMAGE_WARM,
             Self::VmFilesRead(_) => t::VM_FILES_READ,
             Self::VmFilesWrite(_) => t::VM_FILES_WRITE,
             Self::VmFilesList(_) => t::VM_FILES_LIST,
@@ -116,6 +121,7 @@ impl Route<'_> {
             | Self::VmWorkspace(r)
             | Self::VmWorkspaceExport(r)
             | Self::Image(r)
+            | Self::ImageWarm(r)
             | Self::VmFilesRead(r)
             | Self::VmFilesWrite(r)
             | Self::VmFilesList(r) => template.replace("{reference}", &encode(r)),

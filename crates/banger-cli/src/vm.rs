@@ -38,7 +38,7 @@ pub(crate) fn size_flag(flag: &str, v: &Option<String>) -> Result<Option<u64>, C
         .transpose()
 }
 
-fn memory_flag(v: &Option<String>) -> Result<Option<i64>, CliError> {
+pub(crate) fn memory_flag(v: &Option<String>) -> Result<Option<i64>, CliError> {
     // A leading '-' is a negative value, which the size parser would call garbage.
     if let Some(s) = v.as_deref()
         && s.trim_start().starts_with('-')
@@ -96,6 +96,7 @@ pub fn create_request(f: &CreateFlags) -> Result<CreateVm, CliError> {
             })
             .transpose()?,
         origin: None,
+        cold: f.cold.then_some(true),
     })
 }
 

@@ -17,7 +17,7 @@ use banger_api::routes::templates as t;
 use banger_api::types::{
     ActionOutcome, ActionRequest, BootstrapImage, CreateVm, Deleted, ExportWorkspace, Health,
     Image, ImportBundle, ImportKernel, JsonObject, Kernel, Ping, Ports, PrepareWorkspace,
-    RegisterImage, SshConfig, SshConfigChange, SshInfo, Vm, VmStats, WorkspaceExport,
+    RegisterImage, SshConfig, SshConfigChange, SshInfo, Vm, VmStats, WarmImage, WorkspaceExport,
 };
 use banger_api::types::{Event, PreparedWorkspace};
 use banger_api::types::{
@@ -428,6 +428,23 @@ pub async fn bootstrap_image(
 ) -> Response {
     stream_op(op, move |progress, cancel| {
         bootstrap::bootstrap(state, req, progress, cancel)
+    })
+}
+
+/// Makes (or remakes) a warm-start template of an image for a machine shape, streamed: its
+/// stages, then the image (with its templates).
+#[utoipa::path(post, path = t::IMAGE_WARM, tag = "images", params(ImageRef),
+    request_body = WarmImage,
+    responses((status = 200, description = STREAM_DESCRIPTION, content_type = NDJSON,
+        body = Event<Image>), Errors))]
+pub async fn warm_image(
+    State(state): S,
+    Extension(op): Extension<OpId>,
+    Path(reference): Path<String>,
+    ApiJson(req): ApiJson<WarmImage>,
+) -> Response {
+    stream_op(op, move |progress, cancel| {
+        vms::warm_image(state, reference, req, progress, cancel)
     })
 }
 

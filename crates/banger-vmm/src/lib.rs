@@ -373,6 +373,13 @@ pub trait Vmm: Send + Sync + fmt::Debug {
         }
     }
 
+    /// Whether this backend saves and restores snapshots ([`StartMode::BootTemplate`],
+    /// [`StartMode::Restore`], [`snapshot`](Vmm::snapshot)): warm-start templates are made
+    /// only for one that does.
+    fn snapshots(&self) -> bool {
+        false
+    }
+
     /// Pauses the guest's vCPUs (its memory and devices stay as they are).
     fn pause<'a>(&'a self, run: &'a Running) -> BoxFuture<'a, Result<(), VmmError>> {
         Box::pin(async move { Err(self.unsupported(&run.vm_id, "pausing a VM")) })

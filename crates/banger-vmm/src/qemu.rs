@@ -449,6 +449,10 @@ impl Vmm for QemuVmm {
         Box::pin(launch::start_in(self, spec, mode))
     }
 
+    fn snapshots(&self) -> bool {
+        true
+    }
+
     /// QMP `stop`.
     fn pause<'a>(&'a self, run: &'a Running) -> BoxFuture<'a, Result<(), VmmError>> {
         Box::pin(self.command(run, "stop"))

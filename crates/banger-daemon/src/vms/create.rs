@@ -158,8 +158,9 @@ pub async fn create(
     })?;
     let lock = state.locks.vm(&row.id);
     let _guard = lock.lock().await;
+    let cold = req.cold.unwrap_or(false);
     let result = tokio::select! {
-        r = create_steps(&state, row.clone(), &image, images_guard, &progress) => r,
+        r = create_steps(&state, row.clone(), &image, images_guard, &progress, cold) => r,
         _ = cancel.cancelled() => Err(OpError::Cancelled),
     };
     match result {
@@ -178,7 +179,44 @@ async fn create_steps(
     image: &ImageRow,
     images_guard: ImagesGuard<'_>,
     progress: &Progress,
+    cold: bool,
 ) -> Result<Vm, OpError> {
+    if !cold {
+        match super::warm::template_for(state, image, &row) {
+            // The image lock is held across the restore: the template is not removed under it.
+            Some(template) => {
+                match super::warm::restore(state, &mut row, &template, progress).await {
+                    Ok(()) => {
+                        progress.stage(
+                            "ready",
+                            format!("ready in {:.1}s", progress.elapsed().as_secs_f64()),
+                        );
+                        return Ok(state.vm_view(&row));
+                    }
+                    Err(e) => {
+                        progress.stage(
+                        "warm start",
+                        format!(
+                            "warning: restoring from template {} failed, it is removed and the VM boots cold: {}",
+                            template.dir.display(),
+                            chain(&e)
+                        ),
+                    );
+                        tracing::warn!(vm = %row.name, error = %chain(&e), "restore failed; booting cold");
+                        {
+                            let _lock = state.templates.lock().await;
+                            state.templates.remove_dir(&template.dir);
+                        }
+                        undo_restore(state, &mut row).await?;
+                    }
+                }
+            }
+            None if state.opts.config.warm_start => {
+                super::warm::make_in_background(state, image, &row)
+            }
+            None => {}
+        }
+    }
     progress.stage(
         "prepare disks",
         format!("{}", PathBuf::from(&row.dir).display()),
@@ -200,22 +238,20 @@ async fn prepare_disks(
     image: &ImageRow,
     images_guard: ImagesGuard<'_>,
 ) -> Result<(), OpError> {
-    let dir = PathBuf::from(&row.dir);
-    tokio::fs::create_dir_all(&dir)
-        .await
-        .map_err(OpError::io("create", &dir))?;
     let seed = ensure_work_seed(state, image, &images_guard).await?;
     drop(images_guard);
-    let runner = state.host.runner.clone();
-    let vm = row.name.clone();
-    let rootfs = PathBuf::from(&image.rootfs);
-    let root = dir.join("root.ext4");
-    let work = dir.join("work.ext4");
-    let (disk_bytes, work_bytes) = (row.disk_bytes, row.work_disk_bytes);
-    let ip: Ipv4Addr = row
-        .ip
-        .ok_or_else(|| OpError::NoAddress { vm: vm.clone() })?;
-    let guest = banger_disk::guest::GuestConfig {
+    write_disks(state, row, image, &seed, guest_config(state, row)?).await
+}
+
+/// What the guest of `row` is configured with: its hostname, address, resolver, MAC.
+pub(super) fn guest_config(
+    state: &AppState,
+    row: &VmRow,
+) -> Result<banger_disk::guest::GuestConfig, OpError> {
+    let ip: Ipv4Addr = row.ip.ok_or_else(|| OpError::NoAddress {
+        vm: row.name.clone(),
+    })?;
+    Ok(banger_disk::guest::GuestConfig {
         hostname: row.name.clone(),
         ip,
         prefix: state.subnet.prefix(),
@@ -228,7 +264,29 @@ async fn prepare_disks(
             Vec::new()
         },
         mac: row.mac.map(|m| m.to_string()).unwrap_or_default(),
-    };
+    })
+}
+
+/// Clones `image`'s root file system into `row`'s directory (grown to its size) with
+/// `guest` written in, and its work disk from the work `seed` with banger's SSH key.
+pub(super) async fn write_disks(
+    state: &Arc<AppState>,
+    row: &VmRow,
+    image: &ImageRow,
+    seed: &Path,
+    guest: banger_disk::guest::GuestConfig,
+) -> Result<(), OpError> {
+    let dir = PathBuf::from(&row.dir);
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(OpError::io("create", &dir))?;
+    let runner = state.host.runner.clone();
+    let vm = row.name.clone();
+    let rootfs = PathBuf::from(&image.rootfs);
+    let root = dir.join("root.ext4");
+    let work = dir.join("work.ext4");
+    let seed = seed.to_path_buf();
+    let (disk_bytes, work_bytes) = (row.disk_bytes, row.work_disk_bytes);
     let pubkey = state.ssh.public_key.clone();
     let tmp = state.scratch_dir();
     tokio::task::spawn_blocking(move || -> Result<(), banger_disk::DiskError> {
@@ -249,8 +307,29 @@ async fn prepare_disks(
     })
 }
 
+/// Undoes a failed restore of `row` so that it can boot cold: its VMM killed, its network
+/// released, its directory emptied; the row back to `creating` without a pid.
+async fn undo_restore(state: &Arc<AppState>, row: &mut VmRow) -> Result<(), OpError> {
+    if let Ok(Some(current)) = state.db(|s| s.get_vm(&row.id)) {
+        *row = current;
+    }
+    kill_vmms_of(state, row).await;
+    release(state, row).await;
+    let dir = PathBuf::from(&row.dir);
+    if let Err(e) = tokio::fs::remove_dir_all(&dir).await
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(OpError::io("remove", &dir)(e));
+    }
+    row.pid = None;
+    row.vmm_start_time = None;
+    row.state = VmState::Creating;
+    state.set_vm(row)?;
+    Ok(())
+}
+
 /// The image's work seed, made once; the caller holds the image lock (`_images`).
-async fn ensure_work_seed(
+pub(super) async fn ensure_work_seed(
     state: &Arc<AppState>,
     image: &ImageRow,
     _images: &ImagesGuard<'_>,

@@ -50,6 +50,8 @@
 //! - `actions`: start, stop, restart, kill, delete, set, and multi-VM actions.
 //! - `reconcile`: stored state brought in line with the host, and the VMM monitor.
 //! - `pool`: the warm TAP pool filled in the background, and a boot's take from it.
+//! - `warm`: warm start: a template made (a guest booted once and saved), a VM restored from
+//!   one and given its own identity.
 
 mod actions;
 mod agent;
@@ -64,6 +66,7 @@ mod query;
 mod reconcile;
 mod view;
 mod vmm;
+mod warm;
 
 pub use actions::{act, delete, kill, restart, set, start, stop};
 pub use agent::{
@@ -81,3 +84,4 @@ pub use ports::ports;
 pub use query::{list, show, stats};
 pub use reconcile::{monitor, reconcile, reconcile_running};
 pub use view::{BOOT_ARGS, workspace_view};
+pub use warm::{Restored, TEMPLATE_IP, make as make_template, restored, warm_image};
