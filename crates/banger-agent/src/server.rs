@@ -95,6 +95,8 @@ struct AgentInner {
     procfs: ProcFs,
     build: BuildInfo,
     host_keys: HostKeyFiles,
+    /// Where `POST /identity` acts; `None` (refused) unless the agent serves a guest.
+    identity: Option<identity::Guest>,
 }
 
 impl Agent {
@@ -116,6 +118,25 @@ impl Agent {
                 procfs,
                 build,
                 host_keys,
+                identity: None,
+            }),
+        }
+    }
+
+    /// Lets `POST /identity` act on `guest`. Only an agent serving a guest (vsock or
+    /// virtio-serial) is given it: in host test mode (`--listen-unix` alone) the request is
+    /// refused, so a test never renames or re-addresses the machine it runs on.
+    pub fn with_identity(self, guest: identity::Guest) -> Self {
+        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| AgentInner {
+            procfs: shared.procfs.clone(),
+            build: shared.build.clone(),
+            host_keys: shared.host_keys.clone(),
+            identity: None,
+        });
+        Self {
+            inner: Arc::new(AgentInner {
+                identity: Some(guest),
+                ..inner
             }),
         }
     }
@@ -192,8 +213,15 @@ impl Agent {
     /// `POST /identity` ([`identity::apply`]), answered with the new host keys.
     async fn identity(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let host_keys = self.inner.host_keys.clone();
+        let Some(guest) = self.inner.identity.clone() else {
+            return error(
+                StatusCode::CONFLICT,
+                "POST /identity: this agent does not serve a guest (host test mode): refused"
+                    .to_string(),
+            );
+        };
         file_op(req, move |body| {
-            identity::apply(&identity::Guest::system(), body)?;
+            identity::apply(&guest, body)?;
             Ok::<HostKeys, identity::IdentityError>(host_keys.read()?)
         })
         .await
@@ -961,6 +989,31 @@ mod tests {
         );
         assert_eq!(l.process.as_deref(), Some("node"));
         assert_eq!(l.command.as_deref(), Some("node server.js"));
+    }
+
+    #[tokio::test]
+    async fn identity_is_refused_by_an_agent_that_serves_no_guest() {
+        let dir = fixture();
+        let req = banger_agent_proto::identity::Identity {
+            hostname: "x".into(),
+            files: vec![],
+            mac: "06:00:00:00:00:01".into(),
+            entropy: "00".repeat(32),
+            time_unix_ns: 0,
+            grow: vec![],
+        };
+        let err = client::identity(connected(agent(dir.path())), &req, T)
+            .await
+            .unwrap_err();
+        match err {
+            client::ClientError::Status {
+                status, message, ..
+            } => {
+                assert_eq!(status, 409);
+                assert!(message.contains("host test mode"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

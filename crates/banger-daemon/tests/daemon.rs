@@ -3057,7 +3057,6 @@ mod multi_ref {
             created_at: "2026-01-01T00:00:00Z".into(),
             started_at: None,
             origin: banger_core::vm::VmOrigin::Api,
-            cold: None,
         };
         f.state.db(|s| s.insert_vm(&row)).unwrap();
         row
