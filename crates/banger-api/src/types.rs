@@ -174,6 +174,13 @@ pub struct Vm {
     pub workspace: Option<Workspace>,
     /// Who asked for the VM (`api`, or `mcp` for `banger mcp`).
     pub origin: VmOrigin,
+    /// The warm-start template the VM was restored from, if it was (`None`: it booted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<String>,
+    /// How its disks were cloned from the template's: `qcow2 overlay`, `reflink` or `sparse
+    /// copy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_clone: Option<String>,
 }
 
 /// How a workspace's repository travelled.

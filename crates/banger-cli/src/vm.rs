@@ -508,6 +508,14 @@ fn show(ctx: &mut Ctx, vm: &Vm) -> Result<(), CliError> {
         ("pid", vm.pid.map_or("-".into(), |p| p.to_string())),
         ("created", vm.created_at.clone()),
         ("origin", vm.origin.to_string()),
+        (
+            "warm start",
+            match (&vm.restored_from, &vm.disk_clone) {
+                (Some(t), Some(how)) => format!("restored from template {t} ({how} disks)"),
+                (Some(t), None) => format!("restored from template {t}"),
+                _ => "-".into(),
+            },
+        ),
         ("started", opt(&vm.started_at)),
         ("console log", vm.console_log.display().to_string()),
         ("vmm log", vm.vmm_log.display().to_string()),
