@@ -111,6 +111,7 @@ pub fn apply(guest: &Guest, req: &Identity) -> Result<(), IdentityError> {
     let entropy = check(req)?;
     let mut failed = Vec::new();
     let mut step = |what: &str, result: Result<(), String>| {
+        tracing::info!(step = what, ok = result.is_ok(), "identity step");
         if let Err(why) = result {
             failed.push(format!("{what}: {why}"));
         }
@@ -258,6 +259,7 @@ fn network(mac: &str) -> Result<(), String> {
     let iface = interface()?;
     run("ip", &["addr", "flush", "dev", &iface])?;
     run("ip", &["neigh", "flush", "dev", &iface])?;
+    run("ip", &["link", "set", "dev", &iface, "down"])?;
     run("ip", &["link", "set", "dev", &iface, "address", mac])?;
     let out = Command::new(banger_agent_proto::identity::NETWORK_UP)
         .env("BANGER_NET_WAIT", "0")

@@ -6,7 +6,9 @@
 //!
 //! A backend turns a [`VmSpec`] (everything one VM needs to boot) into a [`Running`] VMM (its
 //! pid, its control socket and where its guest agent answers), asks a guest to shut down, and
-//! re-finds a live VMM after the daemon restarted. Stopping is generic ([`process::stop()`]):
+//! re-finds a live VMM after the daemon restarted; a backend with snapshots also boots a guest
+//! as a template, saves it, restores VMs from it ([`StartMode`]), pauses and resumes them, and
+//! clones disks copy-on-write ([`Vmm::clone_disk`]). Stopping is generic ([`process::stop()`]):
 //! ask politely, wait a grace period, then `SIGKILL`, and never hang.
 //!
 //! # Why things are as they are

@@ -52,6 +52,10 @@
 //! - **Finding a live QEMU**: QMP must answer and `query-name` must return the VM id
 //!   (`-name`). The pid comes from the QMP socket's peer credentials, else from a
 //!   `/proc/*/cmdline` scan for the exact QMP `-chardev` argument.
+//! - **Snapshots** ([`snapshot`]): a template boots with its RAM in a shared file, is saved by
+//!   migration to `exec:` with `x-ignore-shared`, and each restore maps that file privately
+//!   (copy-on-write) on its own devices, its disks qcow2 overlays; a `virtio-rng-pci` device
+//!   feeds every guest (cold or restored) from the host's `/dev/urandom`.
 //! - **QMP serves one client at a time**: a second client gets no greeting until the first
 //!   leaves, so every QMP session here is short and bounded by a timeout.
 
@@ -640,8 +644,12 @@ pub fn qemu_args(spec: &VmSpec, options: QemuOptions) -> Result<Vec<OsString>, V
         OsStr::new(&spec.tap),
         ",script=no,downscript=no",
     );
+    // No MAC or RX filtering in the device (`ctrl_mac_addr`, `ctrl_rx` off): a VM restored
+    // from a template starts with the template's MAC in its migrated device state, and its
+    // guest sets its own with `ip link`, which then needs no control-queue round trip and
+    // is not filtered out by the device's stale MAC.
     let nic = format!(
-        "virtio-net-pci,netdev=net0,mac={},bus=pcie.0,addr=0x4",
+        "virtio-net-pci,netdev=net0,mac={},ctrl_mac_addr=off,ctrl_rx=off,ctrl_rx_extra=off,bus=pcie.0,addr=0x4",
         spec.mac
     );
     push(&[s("-netdev"), &netdev, s("-device"), s(&nic)]);
@@ -751,7 +759,7 @@ mod tests {
             "-netdev",
             "tap,id=net0,ifname=bgtap5,script=no,downscript=no",
             "-device",
-            "virtio-net-pci,netdev=net0,mac=06:00:AC:1E:00:05,bus=pcie.0,addr=0x4",
+            "virtio-net-pci,netdev=net0,mac=06:00:AC:1E:00:05,ctrl_mac_addr=off,ctrl_rx=off,ctrl_rx_extra=off,bus=pcie.0,addr=0x4",
             "-device",
             "virtio-serial-pci,id=serial0,bus=pcie.0,addr=0x5",
             "-chardev",
