@@ -69,7 +69,7 @@ impl Guest {
 
 /// Checks `req` before any step runs.
 fn check(req: &Identity) -> Result<Vec<u8>, IdentityError> {
-    let invalid = |why: String| IdentityError::Invalid(why);
+    let invalid = IdentityError::Invalid;
     let entropy = unhex(&req.entropy).ok_or_else(|| invalid("entropy is not hex".to_string()))?;
     if entropy.len() < 32 || entropy.len() > MAX_ENTROPY {
         return Err(invalid(format!(
@@ -376,7 +376,8 @@ mod tests {
             root: dir.path().to_path_buf(),
             kernel: false,
         };
-        let cases: [(fn(&mut Identity), &str); 5] = [
+        type Edit = fn(&mut Identity);
+        let cases: [(Edit, &str); 5] = [
             (|r| r.entropy = "!!".into(), "hex"),
             (|r| r.entropy = "01".repeat(8), "32"),
             (|r| r.hostname = "a b".into(), "hostname"),

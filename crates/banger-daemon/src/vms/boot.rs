@@ -29,7 +29,7 @@ pub(super) async fn boot(
     // A VM restored from a template has the backend's clones of the template's disks, which
     // the host's disk tools do not open: its host files are the template's (written when it
     // was made), and its image had sshd (the template waited for it).
-    let restored = super::warm::restored(std::path::Path::new(&row.dir)).is_some();
+    let restored = super::disks::restored(std::path::Path::new(&row.dir)).is_some();
     // Before anything is taken: a refused `file_sync` entry leaves the VM as it was.
     if restored {
         progress.stage(

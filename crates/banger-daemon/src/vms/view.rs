@@ -41,7 +41,7 @@ impl AppState {
             .map(|i| i.name)
             .unwrap_or_else(|| row.image_id.clone());
         let dir = PathBuf::from(&row.dir);
-        let restored = super::warm::restored(&dir);
+        let restored = super::disks::restored(&dir);
         Vm {
             id: row.id.clone(),
             name: row.name.clone(),

@@ -36,10 +36,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::agent::{agent_host_keys, agent_ports, link_agent, wait_agent};
 use super::boot::{net_up, release, store_host_keys};
-use super::create::{
+use super::disks::{
     DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_WORK_DISK, check_settings, ensure_work_seed,
     guest_config, write_disks,
 };
+use super::disks::{RESTORED, Restored};
 use crate::error::{OpError, chain};
 use crate::progress::Progress;
 use crate::state::AppState;
@@ -47,22 +48,6 @@ use crate::templates::{Manifest, Shape, Template, Templates};
 
 /// The template guest's address: link-local, never leased to a VM.
 pub const TEMPLATE_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 77, 2);
-/// The file in a restored VM's directory saying what it was restored from and how its disks
-/// were cloned (`vm show`).
-pub const RESTORED: &str = "restored.json";
-
-/// What [`RESTORED`] holds.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Restored {
-    pub template: String,
-    pub disk_clone: String,
-}
-
-/// What a restored VM's directory says about its restore, if it was restored.
-pub fn restored(dir: &Path) -> Option<Restored> {
-    serde_json::from_slice(&std::fs::read(dir.join(RESTORED)).ok()?).ok()
-}
-
 /// The current fingerprint of `image`'s templates.
 pub fn fingerprint_of(state: &AppState, image: &ImageRow) -> Result<String, OpError> {
     let kernel = state.kernel_of(image)?;
@@ -302,7 +287,7 @@ async fn settle(state: &AppState, running: &Running) {
     let budget = Duration::from_secs(state.opts.config.ssh_wait_secs);
     let deadline = Instant::now() + budget;
     let keys = agent_host_keys(&running.agent, budget).await;
-    if keys.as_ref().is_ok_and(|k| k.keys.is_empty()) || keys.is_err() {
+    if !keys.as_ref().is_ok_and(|k| !k.keys.is_empty()) {
         return;
     }
     while Instant::now() < deadline {
