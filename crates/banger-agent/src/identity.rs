@@ -110,13 +110,18 @@ fn check(req: &Identity) -> Result<Vec<u8>, IdentityError> {
 pub fn apply(guest: &Guest, req: &Identity) -> Result<(), IdentityError> {
     let entropy = check(req)?;
     let mut failed = Vec::new();
+    let kmsg = guest.kernel;
     let mut step = |what: &str, result: Result<(), String>| {
         tracing::info!(step = what, ok = result.is_ok(), "identity step");
+        if kmsg {
+            console(&format!("identity step {what}: {}", if result.is_ok() { "ok" } else { "failed" }));
+        }
         if let Err(why) = result {
             failed.push(format!("{what}: {why}"));
         }
     };
     if guest.kernel {
+        console("identity: starting");
         step("clock", set_clock(req.time_unix_ns));
         step("entropy", reseed(&entropy));
     }
@@ -139,6 +144,14 @@ pub fn apply(guest: &Guest, req: &Identity) -> Result<(), IdentityError> {
         Ok(())
     } else {
         Err(IdentityError::Steps(failed))
+    }
+}
+
+/// A line on the kernel log (and so the VM's console log, `banger vm logs`): a step that
+/// hangs is seen there even when the host's request times out. Best effort.
+fn console(line: &str) {
+    if let Ok(mut f) = fs::OpenOptions::new().write(true).open("/dev/kmsg") {
+        let _ = f.write_all(format!("<4>banger-agent: {line}\n").as_bytes());
     }
 }
 

@@ -506,7 +506,6 @@ fn mcp_vm_run_in_a_real_guest_through_the_python_client() {
 /// exports, stop/start of a restored VM boots cold and keeps `/root`, and deleting the image
 /// removes its templates.
 #[test]
-#[ignore = "known broken: the restored Debian guest's agent does not answer POST /identity within 60 s (the create then boots cold); run with --run-ignored once fixed"]
 fn vms_restored_from_one_template_are_each_their_own_and_behave_as_booted() {
     let Some(home) = guest_home() else { return };
     let t = Instant::now();

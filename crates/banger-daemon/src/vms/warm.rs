@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use banger_agent_proto::client::ClientError;
 use banger_api::types::{Image, MacAddr, VmSettings, VmState, WarmImage};
 use banger_core::build::BuildInfo;
 use banger_store::{ImageRow, VmRow};
@@ -434,10 +435,31 @@ async fn give_identity(
         vm: row.name.clone(),
         source,
     };
-    let stream = super::agent::agent_stream(&running.agent, IDENTITY_TIMEOUT)
+    // Sent only on a connection the agent has just answered on: a request written while the
+    // agent is still closing the port after the previous connection is dropped by the guest
+    // kernel (see `identity_on_live`). A lost probe is retried on a new connection.
+    let deadline = Instant::now() + Duration::from_secs(state.opts.config.agent_wait_secs);
+    loop {
+        let stream = super::agent::agent_stream(&running.agent, IDENTITY_PROBE)
+            .await
+            .map_err(agent_err)?;
+        match banger_agent_proto::client::identity_on_live(
+            stream,
+            &req,
+            IDENTITY_PROBE,
+            IDENTITY_TIMEOUT,
+        )
         .await
-        .map_err(agent_err)?;
-    banger_agent_proto::client::identity(stream, &req, IDENTITY_TIMEOUT)
-        .await
-        .map_err(agent_err)
+        {
+            Err(ClientError::Timeout { path, .. })
+                if path.starts_with("GET") && Instant::now() < deadline =>
+            {
+                tracing::debug!(vm = %row.name, "identity probe lost; connecting again");
+            }
+            other => return other.map_err(agent_err),
+        }
+    }
 }
+
+/// How long the health check before the identity may take before it counts as lost.
+const IDENTITY_PROBE: Duration = Duration::from_secs(3);
