@@ -386,7 +386,7 @@ pub async fn identity_on_live<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let what = format!("GET {}", "/healthz");
+    let what = "GET /healthz".to_string();
     let (mut sender, _conn) = banger_http::handshake(stream, Some(MAX_HEAD_LEN))
         .await
         .map_err(|source| ClientError::Handshake {
@@ -409,8 +409,7 @@ where
         path: what.clone(),
         source,
     })?;
-    match tokio::time::timeout(timeout, send(&mut sender, Method::POST, path, bytes, true)).await
-    {
+    match tokio::time::timeout(timeout, send(&mut sender, Method::POST, path, bytes, true)).await {
         Ok(result) => result,
         Err(_elapsed) => Err(ClientError::Timeout {
             path: what,

@@ -114,7 +114,10 @@ pub fn apply(guest: &Guest, req: &Identity) -> Result<(), IdentityError> {
     let mut step = |what: &str, result: Result<(), String>| {
         tracing::info!(step = what, ok = result.is_ok(), "identity step");
         if kmsg {
-            console(&format!("identity step {what}: {}", if result.is_ok() { "ok" } else { "failed" }));
+            console(&format!(
+                "identity step {what}: {}",
+                if result.is_ok() { "ok" } else { "failed" }
+            ));
         }
         if let Err(why) = result {
             failed.push(format!("{what}: {why}"));
