@@ -271,6 +271,18 @@ where
     get_json(stream, HOST_KEYS_PATH, timeout).await
 }
 
+/// `POST /identity` ([`crate::identity`]): the guest's new host keys.
+pub async fn identity<S>(
+    stream: S,
+    req: &crate::identity::Identity,
+    timeout: Duration,
+) -> Result<HostKeys, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    post_json(stream, crate::identity::IDENTITY_PATH, req, timeout).await
+}
+
 /// Makes one `POST path` request with `body` as JSON over `stream` and decodes the JSON
 /// answer, within `timeout` (the file endpoints).
 ///
@@ -354,13 +366,79 @@ where
             path: what.clone(),
             source,
         })?;
+    send(&mut sender, method, path, body, true).await
+}
 
+/// `POST /identity` after a `GET /healthz` answered on the same connection, so the identity
+/// request goes to an agent that is serving this very connection. A virtio-serial port is
+/// one stream that the agent closes and reopens after each host disconnect, and the guest
+/// kernel discards what the host sent between the agent's end-of-file and its close: a
+/// request written right after the previous connection closed can vanish, and its answer
+/// never comes. A health check that is lost that way only costs `probe`
+/// ([`ClientError::Timeout`] on `GET /healthz`; connect and try again); the identity,
+/// which must not be sent twice, is only sent once the agent answered here.
+pub async fn identity_on_live<S>(
+    stream: S,
+    req: &crate::identity::Identity,
+    probe: Duration,
+    timeout: Duration,
+) -> Result<HostKeys, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let what = "GET /healthz".to_string();
+    let (mut sender, _conn) = banger_http::handshake(stream, Some(MAX_HEAD_LEN))
+        .await
+        .map_err(|source| ClientError::Handshake {
+            path: what.clone(),
+            source,
+        })?;
+    let health = send::<Health>(&mut sender, Method::GET, "/healthz", Vec::new(), false);
+    match tokio::time::timeout(probe, health).await {
+        Ok(result) => result.map(|_| ())?,
+        Err(_elapsed) => {
+            return Err(ClientError::Timeout {
+                path: what,
+                after: probe,
+            });
+        }
+    }
+    let path = crate::identity::IDENTITY_PATH;
+    let what = format!("POST {path}");
+    let bytes = serde_json::to_vec(req).map_err(|source| ClientError::Encode {
+        path: what.clone(),
+        source,
+    })?;
+    match tokio::time::timeout(timeout, send(&mut sender, Method::POST, path, bytes, true)).await {
+        Ok(result) => result,
+        Err(_elapsed) => Err(ClientError::Timeout {
+            path: what,
+            after: timeout,
+        }),
+    }
+}
+
+/// One request on an open HTTP connection, its answer decoded; `close` asks the agent to
+/// end the connection after answering.
+async fn send<T>(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    method: Method,
+    path: &str,
+    body: Vec<u8>,
+    close: bool,
+) -> Result<T, ClientError>
+where
+    T: DeserializeOwned,
+{
+    let what = format!("{method} {path}");
     let mut req = Request::builder()
         .method(method)
         .uri(path)
         .header(header::HOST, "banger-agent")
-        .header(header::ACCEPT, "application/json")
-        .header(header::CONNECTION, "close");
+        .header(header::ACCEPT, "application/json");
+    if close {
+        req = req.header(header::CONNECTION, "close");
+    }
     if !body.is_empty() {
         req = req.header(header::CONTENT_TYPE, "application/json");
     }

@@ -6,6 +6,7 @@
 //!
 //! - [`wire`]: the JSON types and constants shared by the agent and the host.
 //! - [`files`]: the file endpoints' types (read, write, list by absolute guest path).
+//! - [`identity`]: what a guest restored from a template is told to become (`POST /identity`).
 //! - [`exec`]: the exec protocol (an HTTP upgrade, then frames) and its frame codec.
 //! - [`mux`]: the multiplexer that carries several sessions over one virtio-serial stream.
 //! - [`client`]: the host's side: Firecracker's hybrid vsock handshake, Unix sockets, requests
@@ -14,5 +15,6 @@
 pub mod client;
 pub mod exec;
 pub mod files;
+pub mod identity;
 pub mod mux;
 pub mod wire;

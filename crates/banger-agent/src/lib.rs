@@ -22,6 +22,7 @@
 pub mod exec;
 pub mod files;
 pub mod host_keys;
+pub mod identity;
 pub mod init;
 pub mod kmod;
 pub mod mux;

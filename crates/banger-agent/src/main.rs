@@ -87,7 +87,10 @@ fn main() -> ExitCode {
             wait: SERIAL_PORT_WAIT,
         },
     );
-    let agent = Agent::new(ProcFs::new(cli.proc_root));
+    let mut agent = Agent::new(ProcFs::new(cli.proc_root));
+    if plan.vsock_port.is_some() || plan.serial.is_some() {
+        agent = agent.with_identity(banger_agent::identity::Guest::system());
+    }
     let result = runtime.block_on(async {
         let shutdown = server::termination_signal()?;
         server::run(agent, &plan, shutdown).await

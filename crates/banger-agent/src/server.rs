@@ -1,7 +1,7 @@
 //! The agent's HTTP/1.1 server and the transports it listens on.
 //!
 //! [`Agent`] answers `GET /healthz`, `GET /ports`, `GET /host-keys` and the file endpoints
-//! (`POST /files/read|write|list`, [`crate::files`]) on any byte stream ([`serve_connection`]).
+//! (`POST /files/read|write|list`, [`crate::files`]), `POST /identity` ([`crate::identity`]) on any byte stream ([`serve_connection`]).
 //! The streams come from a vsock listener (the guest's normal path under Firecracker), a Unix
 //! socket (host test mode) or a virtio-serial device, which is one stream reopened after every
 //! disconnect ([`serve_reopening`]). [`run`] serves a [`ListenPlan`] until a shutdown future
@@ -34,11 +34,12 @@ use tokio_vsock::{VMADDR_CID_ANY, VsockAddr, VsockListener};
 use crate::host_keys::{HostKeyError, HostKeyFiles};
 use crate::procfs::{ProcError, ProcFs};
 use crate::serial::SerialStream;
-use crate::{error_chain, exec, files, mux};
+use crate::{error_chain, exec, files, identity, mux};
 use banger_agent_proto::exec::{EXEC_PATH, UPGRADE_EXEC};
 use banger_agent_proto::files::{
     FILE_LIST_PATH, FILE_READ_PATH, FILE_WRITE_PATH, MAX_FILE_REQUEST,
 };
+use banger_agent_proto::identity::IDENTITY_PATH;
 use banger_agent_proto::mux::{MUX_PATH, UPGRADE_MUX};
 use banger_agent_proto::wire::{
     AGENT_VSOCK_PORT, ErrorBody, HOST_KEYS_PATH, Health, HostKeys, Ports,
@@ -94,6 +95,8 @@ struct AgentInner {
     procfs: ProcFs,
     build: BuildInfo,
     host_keys: HostKeyFiles,
+    /// Where `POST /identity` acts; `None` (refused) unless the agent serves a guest.
+    identity: Option<identity::Guest>,
 }
 
 impl Agent {
@@ -115,6 +118,25 @@ impl Agent {
                 procfs,
                 build,
                 host_keys,
+                identity: None,
+            }),
+        }
+    }
+
+    /// Lets `POST /identity` act on `guest`. Only an agent serving a guest (vsock or
+    /// virtio-serial) is given it: in host test mode (`--listen-unix` alone) the request is
+    /// refused, so a test never renames or re-addresses the machine it runs on.
+    pub fn with_identity(self, guest: identity::Guest) -> Self {
+        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| AgentInner {
+            procfs: shared.procfs.clone(),
+            build: shared.build.clone(),
+            host_keys: shared.host_keys.clone(),
+            identity: None,
+        });
+        Self {
+            inner: Arc::new(AgentInner {
+                identity: Some(guest),
+                ..inner
             }),
         }
     }
@@ -168,6 +190,7 @@ impl Agent {
             (&Method::POST, FILE_READ_PATH) => file_op(req, files::read_file).await,
             (&Method::POST, FILE_WRITE_PATH) => file_op(req, files::write_file).await,
             (&Method::POST, FILE_LIST_PATH) => file_op(req, files::list_dir).await,
+            (&Method::POST, IDENTITY_PATH) => self.identity(req).await,
             (_, FILE_READ_PATH | FILE_WRITE_PATH | FILE_LIST_PATH) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{} {path}: only POST is allowed", req.method()),
@@ -185,6 +208,23 @@ impl Agent {
             ),
         };
         Ok(resp)
+    }
+
+    /// `POST /identity` ([`identity::apply`]), answered with the new host keys.
+    async fn identity(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let host_keys = self.inner.host_keys.clone();
+        let Some(guest) = self.inner.identity.clone() else {
+            return error(
+                StatusCode::CONFLICT,
+                "POST /identity: this agent does not serve a guest (host test mode): refused"
+                    .to_string(),
+            );
+        };
+        file_op(req, move |body| {
+            identity::apply(&guest, body)?;
+            Ok::<HostKeys, identity::IdentityError>(host_keys.read()?)
+        })
+        .await
     }
 
     /// Runs a read of the guest (procfs, host keys) off the async threads and renders it.
@@ -208,11 +248,12 @@ impl Agent {
 
 /// Answers a file endpoint: reads the JSON body (at most [`MAX_FILE_REQUEST`] bytes), runs
 /// `op` on the blocking pool, and renders its answer or its error with the error's status.
-async fn file_op<Q, T, F>(req: Request<Incoming>, op: F) -> Response<Full<Bytes>>
+async fn file_op<Q, T, E, F>(req: Request<Incoming>, op: F) -> Response<Full<Bytes>>
 where
     Q: serde::de::DeserializeOwned + Send + 'static,
     T: Serialize + Send + 'static,
-    F: FnOnce(&Q) -> Result<T, files::FileError> + Send + 'static,
+    E: std::error::Error + HttpStatus + Send + 'static,
+    F: FnOnce(&Q) -> Result<T, E> + Send + 'static,
 {
     use http_body_util::BodyExt;
     let path = req.uri().path().to_string();
@@ -249,6 +290,23 @@ where
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("POST {path} failed: {e}"),
         ),
+    }
+}
+
+/// An error that says which HTTP status answers it.
+trait HttpStatus {
+    fn status(&self) -> u16;
+}
+
+impl HttpStatus for files::FileError {
+    fn status(&self) -> u16 {
+        files::FileError::status(self)
+    }
+}
+
+impl HttpStatus for identity::IdentityError {
+    fn status(&self) -> u16 {
+        identity::IdentityError::status(self)
     }
 }
 
@@ -931,6 +989,31 @@ mod tests {
         );
         assert_eq!(l.process.as_deref(), Some("node"));
         assert_eq!(l.command.as_deref(), Some("node server.js"));
+    }
+
+    #[tokio::test]
+    async fn identity_is_refused_by_an_agent_that_serves_no_guest() {
+        let dir = fixture();
+        let req = banger_agent_proto::identity::Identity {
+            hostname: "x".into(),
+            files: vec![],
+            mac: "06:00:00:00:00:01".into(),
+            entropy: "00".repeat(32),
+            time_unix_ns: 0,
+            grow: vec![],
+        };
+        let err = client::identity(connected(agent(dir.path())), &req, T)
+            .await
+            .unwrap_err();
+        match err {
+            client::ClientError::Status {
+                status, message, ..
+            } => {
+                assert_eq!(status, 409);
+                assert!(message.contains("host test mode"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

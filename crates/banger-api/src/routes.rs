@@ -40,6 +40,8 @@ pub mod templates {
     pub const CATALOG: &str = "/catalog";
     /// `POST`: pull a kernel from the kernel catalogs (streamed).
     pub const KERNELS_PULL: &str = "/kernels/pull";
+    /// `POST`: make (or remake) a warm-start template of the image (streamed).
+    pub const IMAGE_WARM: &str = "/images/{reference}/warm";
     /// `GET`: the API's OpenAPI 3.1 document.
     pub const OPENAPI: &str = "/openapi.json";
     /// `POST`: read a guest file through the VM's agent.
@@ -84,6 +86,8 @@ pub enum Route<'a> {
     ImagePush(&'a str),
     Catalog,
     KernelsPull,
+    /// `POST /images/{reference}/warm`.
+    ImageWarm(&'a str),
     VmFilesRead(&'a str),
     VmFilesWrite(&'a str),
     VmFilesList(&'a str),
@@ -120,6 +124,7 @@ impl Route<'_> {
             Self::ImagePush(_) => t::IMAGE_PUSH,
             Self::Catalog => t::CATALOG,
             Self::KernelsPull => t::KERNELS_PULL,
+            Self::ImageWarm(_) => t::IMAGE_WARM,
             Self::VmFilesRead(_) => t::VM_FILES_READ,
             Self::VmFilesWrite(_) => t::VM_FILES_WRITE,
             Self::VmFilesList(_) => t::VM_FILES_LIST,
@@ -141,6 +146,7 @@ impl Route<'_> {
             | Self::Image(r)
             | Self::ImageExport(r)
             | Self::ImagePush(r)
+            | Self::ImageWarm(r)
             | Self::VmFilesRead(r)
             | Self::VmFilesWrite(r)
             | Self::VmFilesList(r) => template.replace("{reference}", &encode(r)),

@@ -174,6 +174,13 @@ pub struct Vm {
     pub workspace: Option<Workspace>,
     /// Who asked for the VM (`api`, or `mcp` for `banger mcp`).
     pub origin: VmOrigin,
+    /// The warm-start template the VM was restored from, if it was (`None`: it booted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<String>,
+    /// How its disks were cloned from the template's: `qcow2 overlay`, `reflink` or `sparse
+    /// copy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_clone: Option<String>,
 }
 
 /// How a workspace's repository travelled.
@@ -330,6 +337,9 @@ pub struct CreateVm {
     /// Who asks; `api` when absent. `banger mcp` sends `mcp`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<VmOrigin>,
+    /// Boot, even when a warm-start template of the image and shape exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold: Option<bool>,
 }
 
 /// The JSON shape of [`CreateVm`], every key listed so that unknown ones are refused. It is
@@ -362,6 +372,10 @@ struct CreateVmWire {
     vmm: Option<VmmKind>,
     #[serde(default)]
     origin: Option<VmOrigin>,
+    /// Boot, even when a warm-start template of the image and shape exists (otherwise the
+    /// VM is restored from it) [default: false].
+    #[serde(default)]
+    cold: Option<bool>,
 }
 
 /// Gives `$api` the OpenAPI schema of `$wire`, the type serde really reads it through, under
@@ -405,6 +419,7 @@ impl From<CreateVmWire> for CreateVm {
             nat: w.nat,
             vmm: w.vmm,
             origin: w.origin,
+            cold: w.cold,
         }
     }
 }
@@ -731,6 +746,35 @@ pub struct Image {
     /// Names of VMs using it.
     #[serde(default)]
     pub used_by: Vec<String>,
+    /// Its warm-start templates (snapshots of a booted guest that `vm create` restores from).
+    #[serde(default)]
+    pub templates: Vec<ImageTemplate>,
+}
+
+/// A warm-start template of an image, for one machine shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ImageTemplate {
+    pub vmm: VmmKind,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    /// Bytes its files take on disk (disks, device state and memory; all sparse).
+    pub size_bytes: u64,
+    pub made_at: String,
+}
+
+/// `POST /v1/images/{reference}/warm`: make (or remake) a warm-start template.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WarmImage {
+    /// [default: the VM default, 2]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    /// [default: the VM default, 2048]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
+    /// [default: config `vmm`]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm: Option<VmmKind>,
 }
 
 /// `POST /v1/images`: register local files as a managed image.
@@ -1144,6 +1188,7 @@ mod tests {
             nat: Some(true),
             vmm: Some(VmmKind::Qemu),
             origin: Some(VmOrigin::Mcp),
+            cold: None,
         };
         let json = serde_json::to_value(&req).unwrap();
         assert_eq!(

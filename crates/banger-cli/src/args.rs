@@ -166,6 +166,10 @@ pub struct CreateFlags {
     /// Firecracker when its binary is found, else QEMU]
     #[arg(long)]
     pub vmm: Option<String>,
+    /// Boot, even when a warm-start template of the image and shape exists (by default the
+    /// VM is restored from it)
+    #[arg(long)]
+    pub cold: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -577,6 +581,27 @@ it is. The image must boot a named kernel (--kernel-ref). Credentials come from 
         after_long_help = "Examples:\n  banger image delete my-img"
     )]
     Delete(ImageRefOnly),
+    /// Make (or remake) a warm-start template: boot the image once and save the booted guest,
+    /// so that vm create/run of this shape restore from it instead of booting.
+    #[command(
+        after_long_help = "Examples:\n  banger image warm debian-bookworm\n  banger image warm debian-bookworm --cpus 4 --memory 4G"
+    )]
+    Warm(WarmArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WarmArgs {
+    /// Image name or id
+    pub reference: String,
+    /// Virtual CPUs of the VMs it serves [default: 2]
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Memory of the VMs it serves, e.g. 2G or 512M; a bare number is MiB [default: 2048M]
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// VMM backend: firecracker or qemu [default: config vmm]
+    #[arg(long)]
+    pub vmm: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -131,6 +131,27 @@ pub async fn image(cmd: ImageCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
                             i.used_by.join(", ")
                         },
                     ),
+                    (
+                        "templates",
+                        if i.templates.is_empty() {
+                            "-".into()
+                        } else {
+                            i.templates
+                                .iter()
+                                .map(|t| {
+                                    format!(
+                                        "{} {} vCPU {} MiB ({} on disk, made {})",
+                                        t.vmm,
+                                        t.cpus,
+                                        t.memory_mib,
+                                        ByteSize(t.size_bytes),
+                                        t.made_at
+                                    )
+                                })
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        },
+                    ),
                 ]);
                 ctx.ui.out().write_all(text.as_bytes())?;
             }
@@ -242,6 +263,43 @@ pub async fn image(cmd: ImageCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
                 ),
             ]);
             ctx.ui.out().write_all(text.as_bytes())?;
+            Ok(0)
+        }
+        ImageCommand::Warm(w) => {
+            let vmm = w
+                .vmm
+                .as_deref()
+                .map(|v| {
+                    v.parse::<banger_core::vmm_kind::VmmKind>()
+                        .map_err(|e| CliError::Usage(format!("--vmm: {e}")))
+                })
+                .transpose()?;
+            let memory_mib = crate::vm::memory_flag(&w.memory)?
+                .map(|m| {
+                    u64::try_from(m)
+                        .map_err(|_| CliError::Usage("--memory: must be positive".into()))
+                })
+                .transpose()?;
+            if w.cpus == Some(0) {
+                return Err(CliError::Usage("--cpus: must be at least 1".into()));
+            }
+            let (client, _) = connect(ctx).await?;
+            let mut printer = stage_printer(ctx, "[image warm]");
+            let img: Image = client
+                .stream(
+                    Route::ImageWarm(&w.reference),
+                    &banger_api::types::WarmImage {
+                        cpus: w.cpus,
+                        memory_mib,
+                        vmm,
+                    },
+                    |stage, detail, _| printer(stage, detail),
+                )
+                .await?;
+            ctx.ui.line(&format!(
+                "warm-start template of {} ready",
+                escape(&img.name, Mode::Cell)
+            ))?;
             Ok(0)
         }
         ImageCommand::Delete(r) => {

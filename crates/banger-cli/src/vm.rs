@@ -38,7 +38,7 @@ pub(crate) fn size_flag(flag: &str, v: &Option<String>) -> Result<Option<u64>, C
         .transpose()
 }
 
-fn memory_flag(v: &Option<String>) -> Result<Option<i64>, CliError> {
+pub(crate) fn memory_flag(v: &Option<String>) -> Result<Option<i64>, CliError> {
     // A leading '-' is a negative value, which the size parser would call garbage.
     if let Some(s) = v.as_deref()
         && s.trim_start().starts_with('-')
@@ -96,6 +96,7 @@ pub fn create_request(f: &CreateFlags) -> Result<CreateVm, CliError> {
             })
             .transpose()?,
         origin: None,
+        cold: f.cold.then_some(true),
     })
 }
 
@@ -507,6 +508,14 @@ fn show(ctx: &mut Ctx, vm: &Vm) -> Result<(), CliError> {
         ("pid", vm.pid.map_or("-".into(), |p| p.to_string())),
         ("created", vm.created_at.clone()),
         ("origin", vm.origin.to_string()),
+        (
+            "warm start",
+            match (&vm.restored_from, &vm.disk_clone) {
+                (Some(t), Some(how)) => format!("restored from template {t} ({how} disks)"),
+                (Some(t), None) => format!("restored from template {t}"),
+                _ => "-".into(),
+            },
+        ),
         ("started", opt(&vm.started_at)),
         ("console log", vm.console_log.display().to_string()),
         ("vmm log", vm.vmm_log.display().to_string()),

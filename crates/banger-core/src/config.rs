@@ -63,6 +63,9 @@ pub struct Config {
     /// Idle TAP devices the daemon keeps ready on the bridge for the next boots (0 to
     /// [`MAX_TAP_POOL`]).
     pub tap_pool_size: u32,
+    /// Whether a `vm create` for an image and shape without a warm-start template makes one
+    /// in the background (the next creates restore from it instead of booting).
+    pub warm_start: bool,
     /// Whether the daemon serves the local web UI.
     pub web: bool,
     /// Where the web UI listens (TCP; port 0: any free port). A non-loopback address is
@@ -311,6 +314,7 @@ impl Default for Config {
             ssh_config: true,
             helper_socket: PathBuf::from(crate::layout::SYSTEM_HELPER_SOCKET),
             tap_pool_size: 4,
+            warm_start: false,
             web: true,
             web_listen: DEFAULT_WEB_LISTEN,
             web_allow_remote: false,
@@ -756,6 +760,12 @@ mod tests {
             host: host.into(),
             guest: guest.into(),
         }
+    }
+
+    #[test]
+    fn warm_start_is_off_unless_turned_on() {
+        assert!(!parse("").unwrap().config.warm_start);
+        assert!(parse("warm_start = true\n").unwrap().config.warm_start);
     }
 
     #[test]

@@ -171,6 +171,20 @@ pub enum OpError {
         #[source]
         source: banger_agent_proto::client::ClientError,
     },
+    #[error("template of image {image:?}")]
+    Template {
+        image: String,
+        #[source]
+        source: crate::templates::TemplateError,
+    },
+    #[error("a warm-start template of image {image:?} for this shape is being made already")]
+    TemplateBusy { image: String },
+    #[error("VM {vm:?}: the guest agent could not give the restored VM its identity")]
+    Identity {
+        vm: String,
+        #[source]
+        source: banger_agent_proto::client::ClientError,
+    },
     #[error("VM {vm:?}: cannot open a stream to the guest agent")]
     AgentMux {
         vm: String,
@@ -328,11 +342,13 @@ impl OpError {
             Self::AgentBinMissing
             | Self::AgentBinDynamic { .. }
             | Self::AgentBinUnreadable { .. } => ErrorKind::BadRequest,
-            Self::NoAddress { .. } => ErrorKind::Internal,
+            Self::NoAddress { .. } | Self::Template { .. } => ErrorKind::Internal,
+            Self::Identity { .. } => ErrorKind::Unavailable,
             Self::NameTaken { .. } | Self::ImageNameTaken { .. } | Self::KernelNameTaken { .. } => {
                 ErrorKind::AlreadyExists
             }
             Self::ImageInUse { .. }
+            | Self::TemplateBusy { .. }
             | Self::KernelInUse { .. }
             | Self::WrongState { .. }
             | Self::NotRunning { .. } => ErrorKind::Conflict,
@@ -613,7 +629,9 @@ fn vmm_kind(e: &banger_vmm::VmmError) -> ErrorKind {
             storage_or(is_full(text_kind(tail)), ErrorKind::Unavailable)
         }
         V::NotReady { .. } => ErrorKind::Unavailable,
-        V::Api { .. } | V::Qmp { .. } => ErrorKind::Internal,
+        V::Api { .. } | V::Qmp { .. } | V::Snapshot { .. } => ErrorKind::Internal,
+        V::Unsupported { .. } => ErrorKind::BadRequest,
+        V::CloneDisk { source, .. } => io_kind(source),
     }
 }
 

@@ -81,6 +81,18 @@ impl AppState {
             created_at: row.created_at.clone(),
             init: row.init,
             used_by,
+            templates: self
+                .templates
+                .list(Some(&row.id))
+                .into_iter()
+                .map(|t| banger_api::types::ImageTemplate {
+                    vmm: t.manifest.shape.vmm,
+                    cpus: t.manifest.shape.cpus,
+                    memory_mib: t.manifest.shape.memory_mib,
+                    size_bytes: t.size_on_disk(),
+                    made_at: t.manifest.made_at.clone(),
+                })
+                .collect(),
         })
     }
 
@@ -426,6 +438,10 @@ pub async fn delete(state: Arc<AppState>, reference: &str) -> Result<Deleted, Op
         });
     }
     state.db(|s| s.delete_image(&row.id))?;
+    {
+        let _templates = state.templates.lock().await;
+        state.templates.remove_image(&row.id);
+    }
     if let Err(e) = tokio::fs::remove_dir_all(&row.dir).await {
         tracing::warn!(image = %row.name, error = %chain(&e), "cannot remove image dir");
     }

@@ -27,7 +27,8 @@
 //!   from `/proc`), [`logcap`] (rotating VM console and VMM logs at `max_log_size`),
 //!   [`dns`] (the `.vm` zone, rebuilt from the store on every VM row change, and its
 //!   servers for the host and guests, and systemd-resolved's routing), [`tap_pool`] (the
-//!   warm pool of idle TAPs).
+//!   warm pool of idle TAPs), [`templates`] (the warm-start templates' catalogue: snapshots
+//!   of booted guests that `vm create` restores from).
 //! - Used by the entry point only: [`lock`] (the single-instance lock), [`logging`] (JSON
 //!   logs to the state dir).
 //!
@@ -65,6 +66,7 @@ pub mod state;
 pub mod stats;
 pub mod stream;
 pub mod tap_pool;
+pub mod templates;
 #[cfg(test)]
 mod test_rows;
 pub mod vms;

@@ -20,7 +20,7 @@ use banger_api::types::{
     PullImage, RegisterImage, SshConfig, SshConfigChange, SshInfo, Vm, VmStats, WorkspaceExport,
 };
 use banger_api::types::{
-    CatalogListing, ExportImage, ExportedImage, PullKernel, PushImage, PushedImage,
+    CatalogListing, ExportImage, ExportedImage, PullKernel, PushImage, PushedImage, WarmImage,
 };
 use banger_api::types::{Event, PreparedWorkspace};
 use banger_api::types::{
@@ -454,6 +454,23 @@ pub async fn pull_image(
     responses((status = 200, description = "What was removed.", body = CachePruned), Errors))]
 pub async fn prune_image_cache(State(state): S) -> Answer<CachePruned> {
     Ok(Json(pull::prune(state).await?))
+}
+
+/// Makes (or remakes) a warm-start template of an image for a machine shape, streamed: its
+/// stages, then the image (with its templates).
+#[utoipa::path(post, path = t::IMAGE_WARM, tag = "images", params(ImageRef),
+    request_body = WarmImage,
+    responses((status = 200, description = STREAM_DESCRIPTION, content_type = NDJSON,
+        body = Event<Image>), Errors))]
+pub async fn warm_image(
+    State(state): S,
+    Extension(op): Extension<OpId>,
+    Path(reference): Path<String>,
+    ApiJson(req): ApiJson<WarmImage>,
+) -> Response {
+    stream_op(op, move |progress, cancel| {
+        vms::warm_image(state, reference, req, progress, cancel)
+    })
 }
 
 /// Registers an image bundle (`.tar.zst` with `rootfs.ext4` and `manifest.json`).

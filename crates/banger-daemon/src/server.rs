@@ -81,6 +81,7 @@ pub fn api() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::catalog))
         .routes(routes!(routes::show_image))
         .routes(routes!(routes::delete_image))
+        .routes(routes!(routes::warm_image))
         .routes(routes!(routes::read_guest_file))
         .routes(routes!(routes::write_guest_file))
         .routes(routes!(routes::list_guest_dir))

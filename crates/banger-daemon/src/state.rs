@@ -49,6 +49,8 @@ pub struct AppState {
     pub ssh_hosts: crate::ssh_hosts::SshHosts,
     /// Idle TAPs ready on the bridge (config `tap_pool_size`).
     pub tap_pool: crate::tap_pool::TapPool,
+    /// The warm-start templates ([`crate::templates`]).
+    pub templates: crate::templates::Templates,
     /// Whether the bridge exists (at start, or since a boot made it): what the guests' DNS
     /// and the TAP pool wait for, so a daemon that never boots a VM changes nothing on the
     /// host network.
@@ -132,6 +134,7 @@ pub struct Parts {
 impl AppState {
     pub fn new(opts: DaemonOptions, store: Store, parts: Parts) -> Self {
         let tap_pool = crate::tap_pool::TapPool::new(opts.config.tap_pool_size);
+        let templates = crate::templates::Templates::new(opts.layout.state_dir.join("templates"));
         Self {
             ssh_hosts: crate::ssh_hosts::SshHosts::new(
                 &opts.layout,
@@ -152,6 +155,7 @@ impl AppState {
             uid: parts.uid,
             dns: crate::dns::Dns::default(),
             tap_pool,
+            templates,
             bridge: tokio::sync::watch::Sender::new(false),
             shutdown: Notify::new(),
             web: Mutex::new(banger_api::types::WebListener::Off),

@@ -470,6 +470,7 @@ impl BangerMcp {
         let req = CreateVm {
             image: Some(image),
             origin: Some(VmOrigin::Mcp),
+            cold: None,
             ..CreateVm::default()
         };
         // Cancelled here, the create's stream is dropped: the daemon rolls the VM back.
@@ -604,6 +605,7 @@ impl BangerMcp {
                 nat: a.nat,
                 vmm: None,
                 origin: Some(VmOrigin::Mcp),
+                cold: None,
             };
             let vm = self.create(req, &progress).await?;
             Ok(to_value(&vm))

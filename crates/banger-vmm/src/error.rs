@@ -115,6 +115,24 @@ pub enum VmmError {
         source: Box<ApiError>,
     },
 
+    #[error("VM {vm_id}: {vmm} has no {what} in banger")]
+    Unsupported {
+        vm_id: String,
+        vmm: crate::VmmKind,
+        what: &'static str,
+    },
+
+    #[error("VM {vm_id}: {what}")]
+    Snapshot { vm_id: String, what: String },
+
+    #[error("VM {vm_id}: cannot clone the disk {} to {}", base.display(), dest.display())]
+    CloneDisk {
+        vm_id: String,
+        base: PathBuf,
+        dest: PathBuf,
+        source: io::Error,
+    },
+
     /// A QEMU QMP command failed (boxed like [`VmmError::Api`]).
     #[error("VM {vm_id}: a QMP command failed")]
     Qmp {
@@ -140,6 +158,9 @@ impl VmmError {
             | Self::ExitedDuringStart { vm_id, .. }
             | Self::NotReady { vm_id, .. }
             | Self::Api { vm_id, .. }
+            | Self::Unsupported { vm_id, .. }
+            | Self::Snapshot { vm_id, .. }
+            | Self::CloneDisk { vm_id, .. }
             | Self::Qmp { vm_id, .. } => vm_id,
         }
     }

@@ -36,7 +36,7 @@ use crate::launch::{self, Backend, Launch};
 pub use crate::process::LocateError;
 use crate::process::{self, BinarySource};
 use crate::{
-    AgentEndpoint, BoxFuture, KernelFormat, Running, VmSpec, Vmm, VmmError, VmmKind,
+    AgentEndpoint, BoxFuture, KernelFormat, Running, StartMode, VmSpec, Vmm, VmmError, VmmKind,
     check_socket_path, validate_vm_id,
 };
 use api::{
@@ -175,7 +175,9 @@ impl Backend for FirecrackerVmm {
         (self.timeouts.ready, READY_POLL)
     }
 
-    fn plan(&self, spec: &VmSpec) -> Result<Vec<ApiRequest>, VmmError> {
+    /// Only a boot: Firecracker's snapshots are not wired in (its [`Vmm::launch`] refuses
+    /// the other modes before planning).
+    fn plan(&self, spec: &VmSpec, _: &StartMode) -> Result<Vec<ApiRequest>, VmmError> {
         self.validate_and_plan(spec)
     }
 

@@ -30,7 +30,7 @@ use crate::process::{
     self, ChildExit, KILL_WAIT, REAPER_STACK, Signal, Spawned, cleanup_sockets, signal_group, tail,
     wait_exit, wait_exit_blocking,
 };
-use crate::{Running, VmSpec, Vmm, VmmError};
+use crate::{Running, StartMode, VmSpec, Vmm, VmmError};
 
 /// A backend's own steps in [`start`].
 pub(crate) trait Backend: Vmm {
@@ -49,7 +49,8 @@ pub(crate) trait Backend: Vmm {
 
     /// Checks `spec` (what [`Vmm::validate`] checks) and plans the start (QEMU probes the
     /// host's accelerator here).
-    fn plan(&self, spec: &VmSpec) -> Result<Self::Plan, VmmError>;
+    /// in `mode`.
+    fn plan(&self, spec: &VmSpec, mode: &StartMode) -> Result<Self::Plan, VmmError>;
     /// An argument of the VMM's command line that names its control socket: what a
     /// `/proc/*/cmdline` scan looks for when the socket's peer is unknown.
     fn control_arg(&self, run_dir: &Path) -> OsString;
@@ -80,9 +81,18 @@ pub(crate) trait Backend: Vmm {
     ) -> impl Future<Output = Result<(), VmmError>> + Send;
 }
 
-/// Starts `spec`'s VM on `backend` (see the module docs for the steps).
+/// Starts `spec`'s VM on `backend` (see the module docs for the steps), booting it.
 pub(crate) async fn start<B: Backend>(backend: &B, spec: &VmSpec) -> Result<Running, VmmError> {
-    let plan = backend.plan(spec)?;
+    start_in(backend, spec, &StartMode::Boot).await
+}
+
+/// [`start`] in `mode` (a restore's configuration step loads the snapshot).
+pub(crate) async fn start_in<B: Backend>(
+    backend: &B,
+    spec: &VmSpec,
+    mode: &StartMode,
+) -> Result<Running, VmmError> {
+    let plan = backend.plan(spec, mode)?;
     let vm_id = spec.vm_id.as_str();
     let control_sock = backend.control_socket(&spec.run_dir);
 

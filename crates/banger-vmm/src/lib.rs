@@ -6,7 +6,9 @@
 //!
 //! A backend turns a [`VmSpec`] (everything one VM needs to boot) into a [`Running`] VMM (its
 //! pid, its control socket and where its guest agent answers), asks a guest to shut down, and
-//! re-finds a live VMM after the daemon restarted. Stopping is generic ([`process::stop()`]):
+//! re-finds a live VMM after the daemon restarted; a backend with snapshots also boots a guest
+//! as a template, saves it, restores VMs from it ([`StartMode`]), pauses and resumes them, and
+//! clones disks copy-on-write ([`Vmm::clone_disk`]). Stopping is generic ([`process::stop()`]):
 //! ask politely, wait a grace period, then `SIGKILL`, and never hang.
 //!
 //! # Why things are as they are
@@ -112,6 +114,82 @@ pub struct VmSpec {
     pub console_log: PathBuf,
     /// Receives the VMM's stderr (appended).
     pub vmm_log: PathBuf,
+}
+
+/// How [`Vmm::launch`] brings a VM's guest up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartMode {
+    /// A cold boot of the kernel ([`Vmm::start`]).
+    Boot,
+    /// A cold boot whose guest memory lives in the file `memory`, so that a
+    /// [`Vmm::snapshot`] of it (a template) refers to that file instead of copying the
+    /// memory into its state (QEMU: `memory-backend-file` with `share=on` and
+    /// `x-ignore-shared`; Firecracker writes the memory file at snapshot time instead).
+    BootTemplate { memory: PathBuf },
+    /// No boot: the VM is restored from a snapshot, with the spec's own devices (TAP, MAC,
+    /// disks, sockets), and resumed.
+    Restore(Restore),
+}
+
+/// What a restore loads, and what changed since the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restore {
+    pub snapshot: SnapshotFiles,
+    /// Disks to grow to a size in bytes (larger than the template's) once the guest runs:
+    /// the backend grows the file and tells the guest, which grows its file system itself.
+    pub grown: Vec<(Disk, u64)>,
+}
+
+/// One of a VM's two disks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Disk {
+    Root,
+    Work,
+}
+
+/// Where a snapshot's files are: the VMM's device state and the guest memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotFiles {
+    pub state: PathBuf,
+    pub memory: PathBuf,
+}
+
+impl SnapshotFiles {
+    /// The files of the snapshot kept in `dir`: `vmstate` and `memory`.
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            state: dir.join("vmstate"),
+            memory: dir.join("memory"),
+        }
+    }
+}
+
+/// How [`Vmm::clone_disk`] made a copy-on-write clone of a disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DiskClone {
+    /// A qcow2 file whose backing file is (a hard link to) the template's raw disk.
+    Qcow2Overlay,
+    /// A reflink (the file system shares the blocks until either side writes them).
+    Reflink,
+    /// A sparse copy (only the blocks holding data are written).
+    SparseCopy,
+}
+
+impl DiskClone {
+    /// How `vm show` names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Qcow2Overlay => "qcow2 overlay",
+            Self::Reflink => "reflink",
+            Self::SparseCopy => "sparse copy",
+        }
+    }
+}
+
+impl fmt::Display for DiskClone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A kernel image's format.
@@ -282,6 +360,63 @@ pub trait Vmm: Send + Sync + fmt::Debug {
     /// left running.
     fn start<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Result<Running, VmmError>>;
 
+    /// [`start`](Vmm::start) in the given mode: a cold boot, a boot for a template, or a
+    /// restore from a snapshot. The same guarantees: nothing is left running on failure or
+    /// when the future is dropped. A backend without snapshots refuses the last two with
+    /// [`VmmError::Unsupported`] (the default).
+    fn launch<'a>(
+        &'a self,
+        spec: &'a VmSpec,
+        mode: &'a StartMode,
+    ) -> BoxFuture<'a, Result<Running, VmmError>> {
+        match mode {
+            StartMode::Boot => self.start(spec),
+            _ => Box::pin(async move { Err(self.unsupported(&spec.vm_id, "snapshots")) }),
+        }
+    }
+
+    /// Whether this backend saves and restores snapshots ([`StartMode::BootTemplate`],
+    /// [`StartMode::Restore`], [`snapshot`](Vmm::snapshot)): warm-start templates are made
+    /// only for one that does.
+    fn snapshots(&self) -> bool {
+        false
+    }
+
+    /// Pauses the guest's vCPUs (its memory and devices stay as they are).
+    fn pause<'a>(&'a self, run: &'a Running) -> BoxFuture<'a, Result<(), VmmError>> {
+        Box::pin(async move { Err(self.unsupported(&run.vm_id, "pausing a VM")) })
+    }
+
+    /// Resumes a paused guest.
+    fn resume<'a>(&'a self, run: &'a Running) -> BoxFuture<'a, Result<(), VmmError>> {
+        Box::pin(async move { Err(self.unsupported(&run.vm_id, "resuming a VM")) })
+    }
+
+    /// Pauses the guest and saves its device state (and its memory, unless the VM was
+    /// launched with [`StartMode::BootTemplate`], whose memory file is the snapshot's) into
+    /// `files`. The VM stays paused; its disks must be kept as they are now by the caller.
+    fn snapshot<'a>(
+        &'a self,
+        run: &'a Running,
+        files: &'a SnapshotFiles,
+    ) -> BoxFuture<'a, Result<(), VmmError>> {
+        let _ = files;
+        Box::pin(async move { Err(self.unsupported(&run.vm_id, "snapshots")) })
+    }
+
+    /// Makes `dest` a copy-on-write clone of the disk `base` (which must not change
+    /// afterwards) of `size` bytes (at least `base`'s), in O(1) where the backend and the
+    /// file system allow; says how.
+    fn clone_disk<'a>(
+        &'a self,
+        base: &'a Path,
+        dest: &'a Path,
+        size: u64,
+    ) -> BoxFuture<'a, Result<DiskClone, VmmError>> {
+        let _ = (base, size);
+        Box::pin(async move { Err(self.unsupported(&dest.display().to_string(), "disk clones")) })
+    }
+
     /// Asks the guest to shut down (Firecracker: `SendCtrlAltDel`; QEMU: `system_powerdown`)
     /// and returns once the VMM accepted the request, not when the VMM has exited: see
     /// [`process::stop()`] for the whole sequence.
@@ -299,6 +434,15 @@ pub trait Vmm: Send + Sync + fmt::Debug {
     /// `api.sock`, QEMU: `qmp.sock`): the [`Running::api_socket`] of a VMM this backend
     /// starts.
     fn control_socket(&self, run_dir: &Path) -> PathBuf;
+
+    /// The error of an operation this backend does not have.
+    fn unsupported(&self, vm_id: &str, what: &'static str) -> VmmError {
+        VmmError::Unsupported {
+            vm_id: vm_id.to_string(),
+            vmm: self.kind(),
+            what,
+        }
+    }
 }
 
 /// Longest VM id Firecracker accepts as `--id`.

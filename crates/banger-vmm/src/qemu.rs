@@ -52,10 +52,15 @@
 //! - **Finding a live QEMU**: QMP must answer and `query-name` must return the VM id
 //!   (`-name`). The pid comes from the QMP socket's peer credentials, else from a
 //!   `/proc/*/cmdline` scan for the exact QMP `-chardev` argument.
+//! - **Snapshots** ([`snapshot`]): a template boots with its RAM in a shared file, is saved by
+//!   migration to `exec:` with `x-ignore-shared`, and each restore maps that file privately
+//!   (copy-on-write) on its own devices, its disks qcow2 overlays; a `virtio-rng-pci` device
+//!   feeds every guest (cold or restored) from the host's `/dev/urandom`.
 //! - **QMP serves one client at a time**: a second client gets no greeting until the first
 //!   leaves, so every QMP session here is short and bounded by a timeout.
 
 pub mod qmp;
+pub mod snapshot;
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -68,8 +73,8 @@ use crate::launch::{self, Backend, Launch};
 pub use crate::process::LocateError;
 use crate::process::{self, BinarySource};
 use crate::{
-    AgentEndpoint, BoxFuture, KernelFormat, Running, VmSpec, Vmm, VmmError, VmmKind,
-    check_socket_path, validate_vm_id,
+    AgentEndpoint, BoxFuture, DiskClone, KernelFormat, Restore, Running, SnapshotFiles, StartMode,
+    VmSpec, Vmm, VmmError, VmmKind, check_socket_path, validate_vm_id,
 };
 use qmp::{QmpClient, QmpError};
 
@@ -82,6 +87,8 @@ pub const AGENT_SOCKET: &str = "agent.sock";
 pub const BIN_ENV: &str = SOURCE.env_var;
 /// The binary looked up on `PATH`.
 pub const BIN_NAME: &str = SOURCE.name;
+/// The disk image tool, looked for next to the QEMU binary.
+pub const IMG_BIN_NAME: &str = "qemu-img";
 
 /// Where the binary comes from (see [`process::locate_binary`]).
 pub const SOURCE: BinarySource = banger_core::probe::QEMU;
@@ -220,6 +227,8 @@ impl Default for Timeouts {
 #[derive(Debug, Clone)]
 pub struct QemuVmm {
     bin: PathBuf,
+    /// `qemu-img`, which makes a restored VM's disk overlays: next to `bin` unless given.
+    img_bin: PathBuf,
     env: Vec<(OsString, OsString)>,
     timeouts: Timeouts,
     /// Fixed by [`with_accel`](Self::with_accel); probed at each start otherwise.
@@ -232,8 +241,10 @@ impl QemuVmm {
     /// A backend running `bin`, with default [`Timeouts`]; the accelerator and vsock are
     /// probed at each start ([`options`](Self::options)).
     pub fn new(bin: impl Into<PathBuf>) -> Self {
+        let bin = bin.into();
         Self {
-            bin: bin.into(),
+            img_bin: bin.with_file_name(IMG_BIN_NAME),
+            bin,
             env: Vec::new(),
             timeouts: Timeouts::default(),
             accel: None,
@@ -251,6 +262,12 @@ impl QemuVmm {
         path_var: Option<&OsStr>,
     ) -> Result<Self, LocateError> {
         process::locate_binary(&SOURCE, config_bin, env_bin, path_var).map(Self::new)
+    }
+
+    /// Uses `img_bin` as `qemu-img` instead of the one next to the QEMU binary.
+    pub fn with_img_bin(mut self, img_bin: impl Into<PathBuf>) -> Self {
+        self.img_bin = img_bin.into();
+        self
     }
 
     /// Adds a variable to the environment QEMU is started with (on top of the daemon's).
@@ -302,13 +319,26 @@ impl QemuVmm {
     fn client(&self, socket: &Path, timeout: Duration) -> QmpClient {
         QmpClient::new(socket).with_timeout(timeout)
     }
+
+    /// Runs one QMP command without arguments on `run`'s QEMU.
+    async fn command(&self, run: &Running, command: &str) -> Result<(), VmmError> {
+        let client = self.client(&run.api_socket, self.timeouts.qmp);
+        async { client.connect().await?.execute(command, None).await }
+            .await
+            .map(drop)
+            .map_err(|source| VmmError::Qmp {
+                vm_id: run.vm_id.clone(),
+                source: Box::new(source),
+            })
+    }
 }
 
 /// QEMU's steps of the start template: the whole machine on its command line, so nothing is
 /// left to configure once QMP answers (QEMU runs the guest at once).
 impl Backend for QemuVmm {
-    /// The options probed when the start was planned, and the arguments for them.
-    type Plan = (QemuOptions, Vec<OsString>);
+    /// The options probed when the start was planned, the arguments for them, and the
+    /// snapshot a restore loads.
+    type Plan = (QemuOptions, Vec<OsString>, Option<Restore>);
     type ProbeError = QmpError;
 
     fn bin(&self) -> &Path {
@@ -323,9 +353,15 @@ impl Backend for QemuVmm {
         (self.timeouts.ready, READY_POLL)
     }
 
-    fn plan(&self, spec: &VmSpec) -> Result<Self::Plan, VmmError> {
+    fn plan(&self, spec: &VmSpec, mode: &StartMode) -> Result<Self::Plan, VmmError> {
         let options = self.options();
-        Ok((options, qemu_args(spec, options)?))
+        let mut args = qemu_args(spec, options)?;
+        args.extend(snapshot::mode_args(spec, mode)?);
+        let restore = match mode {
+            StartMode::Restore(restore) => Some(restore.clone()),
+            _ => None,
+        };
+        Ok((options, args, restore))
     }
 
     fn control_arg(&self, run_dir: &Path) -> OsString {
@@ -345,7 +381,7 @@ impl Backend for QemuVmm {
     }
 
     fn args(&self, spec: &VmSpec, plan: &Self::Plan, _: &Path) -> Vec<OsString> {
-        let (options, args) = plan;
+        let (options, args, _) = plan;
         tracing::debug!(
             vm_id = spec.vm_id,
             accel = %options.accel,
@@ -370,9 +406,24 @@ impl Backend for QemuVmm {
             .map(drop)
     }
 
-    /// Nothing: QEMU runs the guest as soon as QMP answers.
-    async fn configure(&self, _: &Launch<'_>, _: &Self::Plan) -> Result<(), VmmError> {
-        Ok(())
+    /// Nothing for a boot: QEMU runs the guest as soon as QMP answers. A restore loads its
+    /// snapshot and resumes the guest ([`snapshot::load`]); when QEMU dies doing so, the
+    /// error says how, with its log.
+    async fn configure(&self, launch: &Launch<'_>, plan: &Self::Plan) -> Result<(), VmmError> {
+        let Some(restore) = &plan.2 else {
+            return Ok(());
+        };
+        let client = self.client(launch.control_sock, self.timeouts.qmp);
+        match snapshot::load(&client, &launch.spec.vm_id, restore).await {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                let mut spawned = launch.spawned.clone();
+                match tokio::time::timeout(Duration::from_secs(1), spawned.wait()).await {
+                    Ok(exit) => Err(launch.exited(&self.bin, exit)),
+                    Err(_) => Err(error),
+                }
+            }
+        }
     }
 }
 
@@ -392,6 +443,60 @@ impl Vmm for QemuVmm {
 
     fn start<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Result<Running, VmmError>> {
         Box::pin(launch::start(self, spec))
+    }
+
+    fn launch<'a>(
+        &'a self,
+        spec: &'a VmSpec,
+        mode: &'a StartMode,
+    ) -> BoxFuture<'a, Result<Running, VmmError>> {
+        Box::pin(launch::start_in(self, spec, mode))
+    }
+
+    fn snapshots(&self) -> bool {
+        true
+    }
+
+    /// QMP `stop`.
+    fn pause<'a>(&'a self, run: &'a Running) -> BoxFuture<'a, Result<(), VmmError>> {
+        Box::pin(self.command(run, "stop"))
+    }
+
+    /// QMP `cont`.
+    fn resume<'a>(&'a self, run: &'a Running) -> BoxFuture<'a, Result<(), VmmError>> {
+        Box::pin(self.command(run, "cont"))
+    }
+
+    /// [`snapshot::save`]: only a VM launched with [`StartMode::BootTemplate`] has its
+    /// memory in a file; any other's saved state would lack its memory, so it is refused.
+    fn snapshot<'a>(
+        &'a self,
+        run: &'a Running,
+        files: &'a SnapshotFiles,
+    ) -> BoxFuture<'a, Result<(), VmmError>> {
+        Box::pin(async move {
+            if !files.memory.exists() {
+                return Err(VmmError::Snapshot {
+                    vm_id: run.vm_id.clone(),
+                    what: format!(
+                        "its memory is not in {} (only a VM booted as a template can be saved)",
+                        files.memory.display()
+                    ),
+                });
+            }
+            let client = self.client(&run.api_socket, self.timeouts.qmp);
+            snapshot::save(&client, &run.vm_id, files).await
+        })
+    }
+
+    /// [`snapshot::clone_disk`]: a qcow2 overlay.
+    fn clone_disk<'a>(
+        &'a self,
+        base: &'a Path,
+        dest: &'a Path,
+        size: u64,
+    ) -> BoxFuture<'a, Result<DiskClone, VmmError>> {
+        Box::pin(snapshot::clone_disk(&self.img_bin, base, dest, size))
     }
 
     fn request_shutdown<'a>(&'a self, run: &'a Running) -> BoxFuture<'a, Result<(), VmmError>> {
@@ -525,8 +630,9 @@ pub fn qemu_args(spec: &VmSpec, options: QemuOptions) -> Result<Vec<OsString>, V
     let append = kernel_args(&spec.boot_args);
     push(&[s("-append"), s(&append)]);
     for (node, disk, slot) in [("root", &spec.root_disk, 2), ("work", &spec.work_disk, 3)] {
+        let driver = snapshot::disk_driver(disk);
         let blockdev = option(
-            &format!("node-name={node},driver=raw,file.driver=file,file.filename="),
+            &format!("node-name={node},driver={driver},file.driver=file,file.filename="),
             disk.as_os_str(),
             "",
         );
@@ -538,8 +644,12 @@ pub fn qemu_args(spec: &VmSpec, options: QemuOptions) -> Result<Vec<OsString>, V
         OsStr::new(&spec.tap),
         ",script=no,downscript=no",
     );
+    // No MAC or RX filtering in the device (`ctrl_mac_addr`, `ctrl_rx` off): a VM restored
+    // from a template starts with the template's MAC in its migrated device state, and its
+    // guest sets its own with `ip link`, which then needs no control-queue round trip and
+    // is not filtered out by the device's stale MAC.
     let nic = format!(
-        "virtio-net-pci,netdev=net0,mac={},bus=pcie.0,addr=0x4",
+        "virtio-net-pci,netdev=net0,mac={},ctrl_mac_addr=off,ctrl_rx=off,ctrl_rx_extra=off,bus=pcie.0,addr=0x4",
         spec.mac
     );
     push(&[s("-netdev"), &netdev, s("-device"), s(&nic)]);
@@ -556,6 +666,13 @@ pub fn qemu_args(spec: &VmSpec, options: QemuOptions) -> Result<Vec<OsString>, V
         &agent,
         s("-device"),
         s(&port),
+    ]);
+    // The guest's entropy from the host's, on every VM (a restored guest reseeds from it too).
+    push(&[
+        s("-object"),
+        s("rng-random,id=rng0,filename=/dev/urandom"),
+        s("-device"),
+        s("virtio-rng-pci,rng=rng0,bus=pcie.0,addr=0x7"),
     ]);
     if options.vhost_vsock {
         let vsock = format!(
@@ -642,13 +759,17 @@ mod tests {
             "-netdev",
             "tap,id=net0,ifname=bgtap5,script=no,downscript=no",
             "-device",
-            "virtio-net-pci,netdev=net0,mac=06:00:AC:1E:00:05,bus=pcie.0,addr=0x4",
+            "virtio-net-pci,netdev=net0,mac=06:00:AC:1E:00:05,ctrl_mac_addr=off,ctrl_rx=off,ctrl_rx_extra=off,bus=pcie.0,addr=0x4",
             "-device",
             "virtio-serial-pci,id=serial0,bus=pcie.0,addr=0x5",
             "-chardev",
             "socket,id=agent,path=/run/b/0123/agent.sock,server=on,wait=off",
             "-device",
             "virtserialport,bus=serial0.0,chardev=agent,name=banger.agent",
+            "-object",
+            "rng-random,id=rng0,filename=/dev/urandom",
+            "-device",
+            "virtio-rng-pci,rng=rng0,bus=pcie.0,addr=0x7",
         ]);
         v.extend_from_slice(vsock);
         v.extend_from_slice(&[

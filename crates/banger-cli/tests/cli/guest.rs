@@ -66,8 +66,10 @@ fn kernel_home() -> Option<(Home, PathBuf)> {
             return None;
         }
     };
+    // No background warm-start templates: a second guest booting beside each test's would
+    // slow every test down (the warm-start test makes its template with `image warm`).
     let mut home = Home::in_netns(
-        "vmm = \"qemu\"\nagent_wait_secs = 180\nssh_wait_secs = 180\nstop_grace_secs = 60\n",
+        "vmm = \"qemu\"\nagent_wait_secs = 180\nssh_wait_secs = 180\nstop_grace_secs = 60\nwarm_start = false\n",
     );
     home.set_env("BANGER_AGENT_BIN", &agent);
     home.ok(&["kernel", "import", "host", "--from", "/"]);
@@ -811,4 +813,159 @@ fn a_pulled_debian_image_boots_its_systemd_and_execs() {
     let pid1 = home.ok(&["vm", "exec", "pulled", "--", "cat", "/proc/1/comm"]);
     assert_eq!(pid1, "systemd\n");
     home.ok(&["vm", "delete", "pulled"]);
+}
+
+/// Warm start on a real guest: two VMs restored from one template are each their own
+/// (hostname, address, MAC, machine id, SSH host keys recorded for strict checking, random
+/// stream, clock), a grown work disk is grown in the guest, a workspace in a restored VM
+/// exports, stop/start of a restored VM boots cold and keeps `/root`, and deleting the image
+/// removes its templates.
+#[test]
+fn vms_restored_from_one_template_are_each_their_own_and_behave_as_booted() {
+    let Some(home) = guest_home() else { return };
+    let t = Instant::now();
+    let o = home.run(&["image", "warm", "debian-bookworm", "--memory", "1G"]);
+    eprintln_timing("image warm", t.elapsed());
+    assert!(o.status.success(), "{}", err(&o));
+    let show = home.ok(&["image", "show", "debian-bookworm"]);
+    assert!(show.contains("qemu 2 vCPU 1024 MiB"), "{show}");
+
+    let probe = "hostname; cat /etc/machine-id; cat /proc/sys/kernel/random/boot_id; \
+        ip -o -4 addr show scope global | awk '{print $4}'; \
+        cat /sys/class/net/e*/address; cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub; \
+        head -c 4096 /dev/urandom | sha256sum | cut -c1-64; \
+        df -B1 --output=size /root | tail -1; date +%s.%N";
+    let epoch = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let mut seen: Vec<Vec<String>> = Vec::new();
+    for name in ["wa", "wb"] {
+        let t = Instant::now();
+        let o = home.run(&[
+            "vm",
+            "create",
+            "--name",
+            name,
+            "--memory",
+            "1G",
+            "--work-disk",
+            "9G",
+        ]);
+        eprintln_timing("vm create from a template", t.elapsed());
+        assert!(o.status.success(), "{}", err(&o));
+        assert!(err(&o).contains("restore: from template"), "{}", err(&o));
+        assert!(!err(&o).contains("start VMM"), "it booted:\n{}", err(&o));
+        let before = epoch();
+        let o = home.run(&["vm", "ssh", name, "--", "sh", "-c", probe]);
+        let after = epoch();
+        assert!(o.status.success(), "{}", err(&o));
+        let lines: Vec<String> = out(&o).lines().map(str::to_string).collect();
+        assert_eq!(lines.len(), 9, "{}", out(&o));
+        assert_eq!(lines[0], name);
+        let guest_now: f64 = lines[8].parse().unwrap();
+        assert!(
+            guest_now > before - 2.0 && guest_now < after + 2.0,
+            "guest clock {guest_now} vs host {before}..{after}"
+        );
+        let work: u64 = lines[7].trim().parse().unwrap();
+        assert!(work > 8_500_000_000, "/root was not grown to 9G: {work}");
+        seen.push(lines);
+    }
+    let (a, b) = (&seen[0], &seen[1]);
+    for (i, what) in [
+        (1, "machine-id"),
+        (3, "address"),
+        (4, "MAC"),
+        (5, "SSH host key"),
+        (6, "4 KiB of /dev/urandom"),
+    ] {
+        assert_ne!(a[i], b[i], "{what} is the same in both restored VMs");
+    }
+    // boot_id is made by the kernel at its first read, which systemd does at boot, and it
+    // cannot be written: every VM restored from one template has the template's.
+    assert_eq!(a[2], b[2], "boot_id now differs: update the docs");
+
+    // A workspace in a restored VM exports its work.
+    let repo = home.path().join("src/app");
+    std::fs::create_dir_all(&repo).unwrap();
+    let git = |dir: &Path, args: &[&str]| {
+        let o = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "git {args:?}: {}", err(&o));
+    };
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("README"), "committed\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "start"]);
+    let o = home.run(&[
+        "vm",
+        "run",
+        "--name",
+        "ws",
+        "--memory",
+        "1G",
+        repo.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "echo built > out.txt",
+    ]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(err(&o).contains("restore: from template"), "{}", err(&o));
+    let patch = home.path().join("work.patch");
+    home.ok(&[
+        "vm",
+        "workspace",
+        "export",
+        "ws",
+        "--output",
+        patch.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&patch).unwrap();
+    assert!(text.contains("+built"), "{text}");
+
+    // Stop/start boots the restored VM's own disks cold and keeps /root.
+    home.ok(&[
+        "vm",
+        "ssh",
+        "wa",
+        "--",
+        "sh",
+        "-c",
+        "echo kept > /root/marker",
+    ]);
+    home.ok(&["vm", "stop", "wa"]);
+    let o = home.run(&["vm", "start", "wa"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let o = home.run(&[
+        "vm",
+        "ssh",
+        "wa",
+        "--",
+        "sh",
+        "-c",
+        "cat /root/marker; hostname; cat /proc/sys/kernel/random/boot_id",
+    ]);
+    assert!(o.status.success(), "{}", err(&o));
+    // A cold boot has a boot id of its own; the restore ran on the template's.
+    let expected = format!("kept\nwa\n{}\n", seen[0][2]);
+    assert_ne!(out(&o), expected, "vm start did not boot cold");
+    assert!(out(&o).starts_with("kept\nwa\n"), "{}", out(&o));
+
+    for name in ["wa", "wb", "ws"] {
+        home.ok(&["vm", "delete", name]);
+    }
+    home.ok(&["image", "delete", "debian-bookworm"]);
+    let left: Vec<_> = std::fs::read_dir(home.path().join("state/templates"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "templates left: {left:?}");
 }

@@ -72,7 +72,7 @@ pub(super) async fn link_agent(state: &AppState, row: &VmRow, endpoint: &AgentEn
 /// How often [`wait_agent`] retries while the guest boots.
 const AGENT_POLL: Duration = Duration::from_millis(20);
 
-async fn agent_stream(
+pub(super) async fn agent_stream(
     endpoint: &AgentEndpoint,
     timeout: Duration,
 ) -> Result<tokio::net::UnixStream, ClientError> {

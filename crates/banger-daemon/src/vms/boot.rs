@@ -26,8 +26,19 @@ pub(super) async fn boot(
     row: &mut VmRow,
     progress: &Progress,
 ) -> Result<(), OpError> {
+    // A VM restored from a template has the backend's clones of the template's disks, which
+    // the host's disk tools do not open: its host files are the template's (written when it
+    // was made), and its image had sshd (the template waited for it).
+    let restored = super::disks::restored(std::path::Path::new(&row.dir)).is_some();
     // Before anything is taken: a refused `file_sync` entry leaves the VM as it was.
-    host_files::apply(state, row, progress).await?;
+    if restored {
+        progress.stage(
+            "host files",
+            "kept: the disks are clones of a warm-start template's",
+        );
+    } else {
+        host_files::apply(state, row, progress).await?;
+    }
     // A ready TAP from the pool, recorded in the row before the spec names it.
     let pooled = super::pool::take_pooled(state, row)?;
     let spec = state.spec(row)?;
@@ -42,7 +53,7 @@ pub(super) async fn boot(
     net_up(state, row, pooled).await?;
     let vmm = state.vmm_of(row)?;
     // Read before boot, while nothing else has the disk open.
-    let has_sshd = {
+    let has_sshd = restored || {
         let runner = state.host.runner.clone();
         let root = spec.root_disk.clone();
         tokio::task::spawn_blocking(move || {
@@ -98,7 +109,7 @@ async fn record_host_keys(state: &AppState, row: &VmRow, endpoint: &banger_vmm::
 }
 
 /// Records what the agent of `row` answered for its host keys (see [`record_host_keys`]).
-fn store_host_keys(
+pub(super) fn store_host_keys(
     state: &AppState,
     row: &VmRow,
     answer: Result<HostKeys, banger_agent_proto::client::ClientError>,
@@ -161,7 +172,11 @@ pub(super) fn forget_host_keys(state: &AppState, row: &VmRow) {
 
 /// The bridge and the VM's TAP (unless `pooled`: a pool TAP is made on the bridge, owned by
 /// the daemon's user, before it is handed out), and its NAT rule.
-async fn net_up(state: &Arc<AppState>, row: &VmRow, pooled: bool) -> Result<(), OpError> {
+pub(super) async fn net_up(
+    state: &Arc<AppState>,
+    row: &VmRow,
+    pooled: bool,
+) -> Result<(), OpError> {
     let net = state.host.net.clone();
     let bridge = state.opts.config.bridge_name.clone();
     let subnet = state.subnet;

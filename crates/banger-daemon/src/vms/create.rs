@@ -2,37 +2,23 @@
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use banger_api::types::{CreateVm, MacAddr, Vm, VmSettings, VmState};
-use banger_core::limits::VmLimits;
+use banger_api::types::{CreateVm, MacAddr, Vm, VmState};
 use banger_core::names::validate_vm_name;
-use banger_core::size::ByteSize;
 use banger_net::plan::{allocate, mac_for_ip, tap_name_for};
 use banger_store::{ImageRow, VmRow};
 use tokio_util::sync::CancellationToken;
 
 use super::boot::{boot, release};
+pub use super::disks::{DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_WORK_DISK, check_settings};
+use super::disks::{ensure_work_seed, guest_config, write_disks};
 use super::lookup::resolve_image;
 use super::vmm::kill_vmms_of;
 use crate::error::{OpError, chain};
 use crate::progress::Progress;
 use crate::state::{AppState, ImagesGuard};
-
-pub const DEFAULT_CPUS: u32 = 2;
-pub const DEFAULT_MEMORY_MIB: u64 = 2048;
-pub const DEFAULT_WORK_DISK: ByteSize = ByteSize::gib(8);
-/// Size of an image's work seed (sparse: only the image's /root contents take space).
-const WORK_SEED_SIZE: u64 = 256 << 20;
-
-/// Checks requested resources against `limits`, the VM's backend's ([`Vmm::limits`](banger_vmm::Vmm::limits)), before
-/// anything is made or stored (the CLI checks banger's own caps first): at least 1 CPU, 1 MiB
-/// and 1 byte; at most the backend's vCPUs and memory and banger's disk cap, with the real
-/// limit in the message.
-pub fn check_settings(s: &VmSettings, limits: &VmLimits) -> Result<(), OpError> {
-    Ok(banger_core::limits::check(&s.requested(), limits)?)
-}
 
 /// A friendly default name: adjective-noun, made unique with a number when needed.
 fn generate_name(taken: &BTreeSet<String>) -> String {
@@ -187,8 +173,9 @@ pub async fn create(
     })?;
     let lock = state.locks.vm(&row.id);
     let _guard = lock.lock().await;
+    let cold = req.cold.unwrap_or(false);
     let result = tokio::select! {
-        r = create_steps(&state, row.clone(), &image, images_guard, &progress) => r,
+        r = create_steps(&state, row.clone(), &image, images_guard, &progress, cold) => r,
         _ = cancel.cancelled() => Err(OpError::Cancelled),
     };
     match result {
@@ -207,7 +194,44 @@ async fn create_steps(
     image: &ImageRow,
     images_guard: ImagesGuard<'_>,
     progress: &Progress,
+    cold: bool,
 ) -> Result<Vm, OpError> {
+    if !cold {
+        match super::warm::template_for(state, image, &row) {
+            // The image lock is held across the restore: the template is not removed under it.
+            Some(template) => {
+                match super::warm::restore(state, &mut row, &template, progress).await {
+                    Ok(()) => {
+                        progress.stage(
+                            "ready",
+                            format!("ready in {:.1}s", progress.elapsed().as_secs_f64()),
+                        );
+                        return Ok(state.vm_view(&row));
+                    }
+                    Err(e) => {
+                        progress.stage(
+                        "warm start",
+                        format!(
+                            "warning: restoring from template {} failed, it is removed and the VM boots cold: {}",
+                            template.dir.display(),
+                            chain(&e)
+                        ),
+                    );
+                        tracing::warn!(vm = %row.name, error = %chain(&e), "restore failed; booting cold");
+                        {
+                            let _lock = state.templates.lock().await;
+                            state.templates.remove_dir(&template.dir);
+                        }
+                        undo_restore(state, &mut row).await?;
+                    }
+                }
+            }
+            None if state.opts.config.warm_start => {
+                super::warm::make_in_background(state, image, &row)
+            }
+            None => {}
+        }
+    }
     progress.stage(
         "prepare disks",
         format!("{}", PathBuf::from(&row.dir).display()),
@@ -229,84 +253,30 @@ async fn prepare_disks(
     image: &ImageRow,
     images_guard: ImagesGuard<'_>,
 ) -> Result<(), OpError> {
-    let dir = PathBuf::from(&row.dir);
-    tokio::fs::create_dir_all(&dir)
-        .await
-        .map_err(OpError::io("create", &dir))?;
     let seed = ensure_work_seed(state, image, &images_guard).await?;
     drop(images_guard);
-    let runner = state.host.runner.clone();
-    let vm = row.name.clone();
-    let rootfs = PathBuf::from(&image.rootfs);
-    let root = dir.join("root.ext4");
-    let work = dir.join("work.ext4");
-    let (disk_bytes, work_bytes) = (row.disk_bytes, row.work_disk_bytes);
-    let ip: Ipv4Addr = row
-        .ip
-        .ok_or_else(|| OpError::NoAddress { vm: vm.clone() })?;
-    let guest = banger_disk::guest::GuestConfig {
-        hostname: row.name.clone(),
-        ip,
-        prefix: state.subnet.prefix(),
-        gateway: state.subnet.gateway(),
-        dns: state.guest_dns.clone(),
-        // `web` is `web.vm` when the daemon serves the zone to guests.
-        search: if state.opts.config.dns {
-            vec![banger_net::resolved::VM_DOMAIN.to_string()]
-        } else {
-            Vec::new()
-        },
-        mac: row.mac.map(|m| m.to_string()).unwrap_or_default(),
-    };
-    let pubkey = state.ssh.public_key.clone();
-    let tmp = state.scratch_dir();
-    tokio::task::spawn_blocking(move || -> Result<(), banger_disk::DiskError> {
-        banger_disk::copy::clone_file(&rootfs, &root)?;
-        if disk_bytes > std::fs::metadata(&root).map(|m| m.len()).unwrap_or(0) {
-            banger_disk::ext4::grow(runner.as_ref(), &root, disk_bytes)?;
-        }
-        banger_disk::guest::write_guest_config(runner.as_ref(), &root, &guest, &tmp)?;
-        banger_disk::work::clone_work_disk(runner.as_ref(), &seed, &work, work_bytes)?;
-        banger_disk::guest::authorize_ssh_key(runner.as_ref(), &work, &pubkey, &tmp)?;
-        Ok(())
-    })
-    .await
-    .map_err(|e| OpError::Join(e.to_string()))?
-    .map_err(|source| OpError::Disk {
-        vm,
-        source: Box::new(source),
-    })
+    write_disks(state, row, image, &seed, guest_config(state, row)?).await
 }
 
-/// The image's work seed, made once; the caller holds the image lock (`_images`).
-async fn ensure_work_seed(
-    state: &Arc<AppState>,
-    image: &ImageRow,
-    _images: &ImagesGuard<'_>,
-) -> Result<PathBuf, OpError> {
-    let current = state.db(|s| s.get_image(&image.id))?;
-    if let Some(seed) = current.and_then(|i| i.work_seed)
-        && Path::new(&seed).exists()
-    {
-        return Ok(PathBuf::from(seed));
+/// Undoes a failed restore of `row` so that it can boot cold: its VMM killed, its network
+/// released, its directory emptied; the row back to `creating` without a pid.
+async fn undo_restore(state: &Arc<AppState>, row: &mut VmRow) -> Result<(), OpError> {
+    if let Ok(Some(current)) = state.db(|s| s.get_vm(&row.id)) {
+        *row = current;
     }
-    let out = PathBuf::from(&image.dir).join("work-seed.ext4");
-    let runner = state.host.runner.clone();
-    let rootfs = PathBuf::from(&image.rootfs);
-    let out2 = out.clone();
-    let tmp = state.scratch_dir();
-    tokio::task::spawn_blocking(move || {
-        banger_disk::work::make_work_seed(runner.as_ref(), &rootfs, &out2, WORK_SEED_SIZE, &tmp)
-    })
-    .await
-    .map_err(|e| OpError::Join(e.to_string()))?
-    .map_err(|source| OpError::Disk {
-        vm: format!("(image {})", image.name),
-        source: Box::new(source),
-    })?;
-    let seed = out.display().to_string();
-    state.db(|s| s.set_image_work_seed(&image.id, &seed))?;
-    Ok(out)
+    kill_vmms_of(state, row).await;
+    release(state, row).await;
+    let dir = PathBuf::from(&row.dir);
+    if let Err(e) = tokio::fs::remove_dir_all(&dir).await
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(OpError::io("remove", &dir)(e));
+    }
+    row.pid = None;
+    row.vmm_start_time = None;
+    row.state = VmState::Creating;
+    state.set_vm(row)?;
+    Ok(())
 }
 
 /// Removes every trace of a VM whose creation did not finish.
@@ -330,6 +300,7 @@ pub async fn rollback_create(state: &Arc<AppState>, row: &VmRow) {
 
 #[cfg(test)]
 mod tests {
+    use banger_api::types::VmSettings;
     use banger_vmm::VmmKind;
 
     use super::*;

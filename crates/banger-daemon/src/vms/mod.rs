@@ -37,6 +37,8 @@
 //! - `lookup`: what a user's reference means (VMs and, for create, images).
 //! - `view`: a row's API view, run and VM directories, the VM's backend and boot spec.
 //! - `create`: create, its stages and its rollback.
+//! - `disks`: the VM defaults, a row's guest configuration, the work seed, a booted VM's
+//!   disks, and a restored VM's note.
 //! - `boot`: network up, VMM started, agent waited for; and the release of what a boot took.
 //! - `host_files`: host integration written into the work disk before every boot (git
 //!   identity, agent auth files, config `file_sync`).
@@ -50,11 +52,14 @@
 //! - `actions`: start, stop, restart, kill, delete, set, and multi-VM actions.
 //! - `reconcile`: stored state brought in line with the host, and the VMM monitor.
 //! - `pool`: the warm TAP pool filled in the background, and a boot's take from it.
+//! - `warm`: warm start: a template made (a guest booted once and saved), a VM restored from
+//!   one and given its own identity.
 
 mod actions;
 mod agent;
 mod boot;
 mod create;
+mod disks;
 mod exec;
 mod host_files;
 mod lookup;
@@ -64,6 +69,7 @@ mod query;
 mod reconcile;
 mod view;
 mod vmm;
+mod warm;
 
 pub use actions::{act, delete, kill, restart, set, start, stop};
 pub use agent::{
@@ -74,6 +80,7 @@ pub use boot::record_missing_host_keys;
 pub use create::{
     DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_WORK_DISK, check_settings, create, rollback_create,
 };
+pub use disks::{Restored, restored};
 pub use exec::{UPGRADE_EXEC, relay};
 pub use lookup::resolve;
 pub use pool::{keep_tap_pool, note_bridge};
@@ -81,3 +88,4 @@ pub use ports::ports;
 pub use query::{list, show, stats};
 pub use reconcile::{monitor, reconcile, reconcile_running};
 pub use view::{BOOT_ARGS, workspace_view};
+pub use warm::{TEMPLATE_IP, make as make_template, warm_image};

@@ -42,6 +42,7 @@ impl AppState {
             .map(|i| i.name)
             .unwrap_or_else(|| row.image_id.clone());
         let dir = PathBuf::from(&row.dir);
+        let restored = super::disks::restored(&dir);
         Vm {
             id: row.id.clone(),
             name: row.name.clone(),
@@ -72,6 +73,8 @@ impl AppState {
                 .as_ref()
                 .map(workspace_view),
             origin: row.origin,
+            restored_from: restored.as_ref().map(|r| r.template.clone()),
+            disk_clone: restored.map(|r| r.disk_clone),
         }
     }
 

@@ -489,6 +489,7 @@ fn create_request(web: &Web, f: &CreateForm) -> Result<(CreateVm, Option<PathBuf
             nat: f.nat.as_ref().map(|_| true),
             vmm: None,
             origin: Some(banger_core::vm::VmOrigin::Web),
+            cold: None,
         },
         workspace,
     ))

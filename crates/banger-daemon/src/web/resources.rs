@@ -178,6 +178,8 @@ mod tests {
             error: None,
             workspace: None,
             origin: banger_core::vm::VmOrigin::Api,
+            restored_from: None,
+            disk_clone: None,
         }
     }
 

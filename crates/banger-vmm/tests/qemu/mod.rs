@@ -546,3 +546,106 @@ async fn a_silent_qemu_is_killed_on_timeout_and_on_cancellation() {
         "the cancelled start was cleaned up"
     );
 }
+
+/// A checksum of a file's contents (FNV-1a over 64-bit words: enough to see a change).
+fn digest(path: &Path) -> u64 {
+    let bytes = fs::read(path).expect("read");
+    bytes.chunks(8).fold(0xcbf2_9ce4_8422_2325, |h, c| {
+        let mut w = [0u8; 8];
+        w[..c.len()].copy_from_slice(c);
+        (h ^ u64::from_le_bytes(w)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[tokio::test]
+async fn qemu_template_saves_its_devices_and_two_restores_map_its_memory_copy_on_write() {
+    use banger_vmm::{Disk, DiskClone, Restore, SnapshotFiles, StartMode};
+    let Some((vmm, guest)) = guest("00000000000000e5", 600) else {
+        return;
+    };
+    let Some(img) = ["/usr/bin/qemu-img", "/usr/local/bin/qemu-img"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+    else {
+        note("skipped: no qemu-img (apt-get install qemu-utils)");
+        return;
+    };
+    let vmm = vmm.with_img_bin(img);
+    let spec = &guest.spec;
+    let template = guest.dir.path().join("template");
+    fs::create_dir(&template).unwrap();
+    let files = SnapshotFiles::in_dir(&template);
+    let mode = StartMode::BootTemplate {
+        memory: files.memory.clone(),
+    };
+    let run = vmm.launch(spec, &mode).await.expect("template boot");
+    wait_console(&guest, &run, BOOTED).await;
+    if guest.agent {
+        agent_health(&run).await;
+    }
+    vmm.snapshot(&run, &files).await.expect("snapshot");
+    let state_bytes = fs::metadata(&files.state).unwrap().len();
+    assert_eq!(fs::metadata(&files.memory).unwrap().len(), 512 << 20);
+    // The memory is not in the state: it stays in the memory file.
+    assert!(state_bytes < 16 << 20, "state is {state_bytes} bytes");
+    process::stop(&vmm, &run, Duration::from_secs(1))
+        .await
+        .expect("stop the template");
+    let memory_digest = digest(&files.memory);
+
+    let mut restored = Vec::new();
+    for n in 1..=2u32 {
+        let dir = guest.dir.path().join(format!("vm{n}"));
+        fs::create_dir(&dir).unwrap();
+        let mut spec = spec.clone();
+        spec.vm_id = format!("00000000000000f{n}");
+        spec.run_dir = dir.join("run");
+        spec.console_log = dir.join("console.log");
+        spec.vmm_log = dir.join("vmm.log");
+        spec.tap = format!("{}r{n}", &spec.tap[..spec.tap.len().min(12)]);
+        spec.mac = format!("06:00:AC:1E:01:0{n}");
+        spec.root_disk = dir.join("root.ext4");
+        spec.work_disk = dir.join("work.ext4");
+        for (base, dest) in [
+            (&guest.spec.root_disk, &spec.root_disk),
+            (&guest.spec.work_disk, &spec.work_disk),
+        ] {
+            let size = fs::metadata(base).unwrap().len();
+            let how = vmm.clone_disk(base, dest, size).await.expect("clone");
+            assert_eq!(how, DiskClone::Qcow2Overlay);
+        }
+        let restore = StartMode::Restore(Restore {
+            snapshot: files.clone(),
+            grown: vec![(Disk::Work, 2 * (WORK_MIB << 20))],
+        });
+        let started = Instant::now();
+        let run = vmm.launch(&spec, &restore).await.expect("restore");
+        note(&format!("qemu: restored in {:.2?}", started.elapsed()));
+        if guest.agent {
+            let health = agent_health(&run).await;
+            assert!(health.uptime_secs > 0, "{health:?}");
+        }
+        restored.push((spec, run));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (spec, run) in &restored {
+        assert!(
+            process::alive(run.pid),
+            "{}",
+            fs::read_to_string(&spec.vmm_log).unwrap()
+        );
+        let console = fs::read_to_string(&spec.console_log).unwrap_or_default();
+        assert!(console.contains("capacity change"), "vdb grew:\n{console}");
+        vmm.pause(run).await.expect("pause");
+        vmm.resume(run).await.expect("resume");
+    }
+    // Both guests ran on the template's memory, and it did not change.
+    assert_eq!(digest(&files.memory), memory_digest);
+    for (_, run) in &restored {
+        process::stop(&vmm, run, Duration::from_secs(1))
+            .await
+            .expect("stop");
+    }
+    drop(guest.dir);
+}
