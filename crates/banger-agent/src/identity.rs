@@ -3,10 +3,16 @@
 //! grown file systems — before the host reports it ready.
 //!
 //! Every step runs even when an earlier one failed, and the answer lists every failure: a
-//! half-renamed guest is never reported as done. What cannot be changed is left alone and
-//! said so in the docs, not faked: `/proc/sys/kernel/random/boot_id` is made by the kernel on
-//! its first read and cannot be written; a template booted with systemd has read it, so every
-//! VM restored from it reports the template's boot id.
+//! half-renamed guest is never reported as done.
+//!
+//! **The boot id.** `/proc/sys/kernel/random/boot_id` is made by the kernel on its first read
+//! (systemd reads it early in every boot, so a template has it) and cannot be written. The
+//! agent does what container managers do for a container's boot id (systemd-nspawn, LXC): a
+//! fresh random UUID in a read-only file under `/run`, bind-mounted over that path, so every
+//! process that reads it from then on (`sd_id128_get_boot`, `journalctl`, a user's `cat`) sees
+//! the restored VM's own. journald read it at boot and caches it, so it is restarted (without
+//! waiting) to log under the new one; PID 1 keeps the template's in memory. A cold boot of the
+//! VM's disks starts from a fresh kernel boot id and no mount.
 //!
 //! The paths the steps touch are those of a [`Guest`], so tests run them in a directory.
 
@@ -139,6 +145,9 @@ pub fn apply(guest: &Guest, req: &Identity) -> Result<(), IdentityError> {
         step("network", network(&req.mac));
     }
     step("machine-id", machine_id(guest));
+    if guest.kernel {
+        step("boot id", boot_id());
+    }
     step("ssh host keys", host_keys(guest));
     for dev in &req.grow {
         step(dev, run("resize2fs", &[dev.as_str()]));
@@ -301,6 +310,69 @@ fn machine_id(guest: &Guest) -> Result<(), String> {
     )
 }
 
+/// Where the restored VM's own boot id is kept, bind-mounted over [`BOOT_ID`].
+const OWN_BOOT_ID: &str = "/run/banger/boot_id";
+/// The kernel's boot id.
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+/// A random (version 4) UUID as the kernel prints one: 36 lowercase characters.
+fn uuid_v4(mut b: [u8; 16]) -> String {
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+/// A fresh boot id over the template's (see the module docs). A guest already restored once
+/// (a fork of a restored VM) has the mount: it is replaced, never stacked.
+fn boot_id() -> Result<(), String> {
+    let mut bytes = [0u8; 16];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| io::Read::read_exact(&mut f, &mut bytes))
+        .map_err(|e| format!("/dev/urandom: {e}"))?;
+    let own = Path::new(OWN_BOOT_ID);
+    if let Some(dir) = own.parent() {
+        fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    write_atomic(own, format!("{}\n", uuid_v4(bytes)).as_bytes())?;
+    let path = |p: &str| std::ffi::CString::new(p).map_err(|e| e.to_string());
+    let (src, dst) = (path(OWN_BOOT_ID)?, path(BOOT_ID)?);
+    // SAFETY: umount2 with a NUL-terminated path; it fails harmlessly (EINVAL) when nothing is
+    // mounted there yet.
+    unsafe { libc::umount2(dst.as_ptr(), libc::MNT_DETACH) };
+    // SAFETY: mount(2) with NUL-terminated paths that outlive the call and null fs type and
+    // data, which a bind mount does not read.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "bind {OWN_BOOT_ID} over {BOOT_ID}: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    if Path::new("/run/systemd/system").exists() {
+        run(
+            "systemctl",
+            &["restart", "--no-block", "systemd-journald.service"],
+        )?;
+    }
+    Ok(())
+}
+
 /// New host keys of the types the guest had (none: nothing to do), then sshd reloads (it
 /// re-executes on `SIGHUP` and reads them again).
 fn host_keys(guest: &Guest) -> Result<(), String> {
@@ -383,6 +455,14 @@ mod tests {
             let public = fs::read_to_string(ssh.join("ssh_host_ed25519_key.pub")).unwrap();
             assert!(public.starts_with("ssh-ed25519 "), "{public}");
         }
+    }
+
+    #[test]
+    fn a_boot_id_is_a_version_4_uuid_as_the_kernel_prints_one() {
+        let id = uuid_v4([0xff; 16]);
+        assert_eq!(id, "ffffffff-ffff-4fff-bfff-ffffffffffff");
+        let id = uuid_v4([0; 16]);
+        assert_eq!(id, "00000000-0000-4000-8000-000000000000");
     }
 
     #[test]
