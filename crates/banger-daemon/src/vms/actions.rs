@@ -338,6 +338,18 @@ pub async fn set(
         });
     }
     let dir = PathBuf::from(&row.dir);
+    // A restored VM's disks may be the backend's own format (QEMU: qcow2 overlays), which the
+    // host's ext4 tools cannot grow; its raw clones (reflinks, sparse copies) grow as any.
+    if grows_disk
+        && super::disks::restored(&dir)
+            .is_some_and(|r| r.disk_clone == banger_vmm::DiskClone::Qcow2Overlay.as_str())
+    {
+        return Err(OpError::WrongState {
+            vm: row.name,
+            state: "restored from a warm-start template (its disks are qcow2 overlays)".into(),
+            wanted: "its disks cannot be resized; make a new VM with --disk/--work-disk (a create grows a template's disks)",
+        });
+    }
     for (what, new, cur) in [
         ("disk", settings.disk_bytes, row.disk_bytes),
         ("work disk", settings.work_disk_bytes, row.work_disk_bytes),
