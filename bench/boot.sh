@@ -44,7 +44,7 @@ boot_ms=$(( $(now_ms) - t0 ))
 echo "image bootstrap debian-bookworm: $(( boot_ms / 1000 )).$(( boot_ms % 1000 / 100 )) s"
 
 mkdir -p "$home/config"
-printf 'vmm = "qemu"\nssh_config = false\nweb = false\n' > "$home/config/config.toml"
+printf 'vmm = "qemu"\nssh_config = false\nweb = false\nwarm_start = false\n' > "$home/config/config.toml"
 b kernel import host --from / >/dev/null
 b image import "$builder/state/bundles/debian-bookworm.tar.zst" >/dev/null
 

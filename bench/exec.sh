@@ -118,7 +118,7 @@ qcleanup() {
 }
 trap qcleanup EXIT
 mkdir -p "$qhome/config"
-printf 'vmm = "qemu"\nagent_wait_secs = 180\nssh_wait_secs = 180\nssh_config = false\nweb = false\n' > "$qhome/config/config.toml"
+printf 'vmm = "qemu"\nagent_wait_secs = 180\nssh_wait_secs = 180\nssh_config = false\nweb = false\nwarm_start = false\n' > "$qhome/config/config.toml"
 q kernel import host --from / >/dev/null
 q image import "$bundle" >/dev/null
 t0=$EPOCHREALTIME

@@ -96,7 +96,7 @@ echo "image: 2 layers, $(( compressed >> 20 )) MiB compressed, $(( unpacked >> 2
 
 # banger: a private home, the host's kernel.
 mkdir -p "$home/config"
-printf 'ssh_config = false\nweb = false\ndns = false\n' > "$home/config/config.toml"
+printf 'ssh_config = false\nweb = false\ndns = false\nwarm_start = false\n' > "$home/config/config.toml"
 b kernel import host --from / >/dev/null
 pull() {
   local t0; t0=$(now_ms)

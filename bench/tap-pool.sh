@@ -20,7 +20,7 @@ now_ms() { date +%s%3N; }
 # Median create time in ms with the pool at $1 TAPs.
 median_with() {
   b daemon stop >/dev/null 2>&1 || true
-  { echo "firecracker_bin = \"$bin/banger-fake-firecracker\""; echo "tap_pool_size = $1"; echo "ssh_config = false"; echo "web = false"; } \
+  { echo "firecracker_bin = \"$bin/banger-fake-firecracker\""; echo "tap_pool_size = $1"; echo "ssh_config = false"; echo "web = false"; echo "warm_start = false"; } \
     > "$home/config/config.toml"
   # Warm-up: starts the daemon, makes the bridge and the image's work seed, fills the pool.
   b vm create --image bench --name "warm-$1" >/dev/null 2>&1

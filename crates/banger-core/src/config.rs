@@ -314,7 +314,7 @@ impl Default for Config {
             ssh_config: true,
             helper_socket: PathBuf::from(crate::layout::SYSTEM_HELPER_SOCKET),
             tap_pool_size: 4,
-            warm_start: false,
+            warm_start: true,
             web: true,
             web_listen: DEFAULT_WEB_LISTEN,
             web_allow_remote: false,
@@ -763,9 +763,9 @@ mod tests {
     }
 
     #[test]
-    fn warm_start_is_off_unless_turned_on() {
-        assert!(!parse("").unwrap().config.warm_start);
-        assert!(parse("warm_start = true\n").unwrap().config.warm_start);
+    fn warm_start_is_on_unless_turned_off() {
+        assert!(parse("").unwrap().config.warm_start);
+        assert!(!parse("warm_start = false\n").unwrap().config.warm_start);
     }
 
     #[test]
