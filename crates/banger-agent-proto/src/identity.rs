@@ -16,9 +16,6 @@ use serde::{Deserialize, Serialize};
 /// `POST`: give the guest its own identity.
 pub const IDENTITY_PATH: &str = "/identity";
 
-/// The network bootstrap the agent runs again (the image's guest contract).
-pub const NETWORK_UP: &str = "/usr/local/lib/banger/network-up";
-
 /// Most bytes of entropy one request carries.
 pub const MAX_ENTROPY: usize = 512;
 

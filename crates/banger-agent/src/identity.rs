@@ -142,7 +142,7 @@ pub fn apply(guest: &Guest, req: &Identity) -> Result<(), IdentityError> {
     }
     if guest.kernel {
         step("hostname", set_hostname(&req.hostname));
-        step("network", network(&req.mac));
+        step("network", network(guest, &req.mac));
     }
     step("machine-id", machine_id(guest));
     if guest.kernel {
@@ -241,26 +241,20 @@ fn write_atomic(path: &Path, content: &[u8]) -> Result<(), String> {
     })
 }
 
+/// The `PATH` of the programs the steps run.
+const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// Runs `program` with `args`; its stderr is the error.
 fn run(program: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new(program)
+    let child = Command::new(program)
         .args(args)
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
-        .output()
+        .env("PATH", SYSTEM_PATH)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .map_err(|e| format!("{program}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{program} {} ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    finish(program, args, child)
 }
 
 /// The guest's network interface: the first one other than `lo` (banger VMs have one).
@@ -278,22 +272,60 @@ fn interface() -> Result<String, String> {
         .ok_or_else(|| "no network interface".to_string())
 }
 
-/// The template's address and neighbours go, the interface takes `mac`, and the network
-/// bootstrap applies the new `network.env`.
-fn network(mac: &str) -> Result<(), String> {
+/// The template's address and neighbours go, the interface takes `mac` and the address,
+/// prefix and gateway of the `network.env` just written (the contract the boot's
+/// `network-up` reads, parsed by [`crate::net::NetworkEnv`]). One `ip -batch` does it all:
+/// every process started costs a tenth of a second or more under an emulated CPU, and the
+/// script that does this at boot starts a dozen.
+fn network(guest: &Guest, mac: &str) -> Result<(), String> {
+    let path = guest.path(crate::net::NETWORK_ENV_PATH);
+    let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let env = crate::net::NetworkEnv::parse(&text).map_err(|e| e.to_string())?;
     let iface = interface()?;
-    run("ip", &["addr", "flush", "dev", &iface])?;
-    run("ip", &["neigh", "flush", "dev", &iface])?;
-    run("ip", &["link", "set", "dev", &iface, "down"])?;
-    run("ip", &["link", "set", "dev", &iface, "address", mac])?;
-    let out = Command::new(banger_agent_proto::identity::NETWORK_UP)
-        .env("BANGER_NET_WAIT", "0")
-        .output()
-        .map_err(|e| format!("{}: {e}", banger_agent_proto::identity::NETWORK_UP))?;
+    let mut batch = format!(
+        "addr flush dev {iface}\nneigh flush dev {iface}\nlink set dev {iface} down\n\
+         link set dev {iface} address {mac}\nlink set dev lo up\nlink set dev {iface} up\n\
+         addr add {}/{} dev {iface}\n",
+        env.ip, env.prefix
+    );
+    if let Some(gw) = env.gateway {
+        batch.push_str(&format!("route replace default via {gw} dev {iface}\n"));
+    }
+    run_with_input("ip", &["-batch", "-"], batch.as_bytes())
+}
+
+/// [`run`] with `input` on the program's stdin.
+fn run_with_input(program: &str, args: &[&str], input: &[u8]) -> Result<(), String> {
+    let mut child = Command::new(program)
+        .args(args)
+        .env("PATH", SYSTEM_PATH)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input)
+            .map_err(|e| format!("{program}: stdin: {e}"))?;
+    }
+    finish(program, args, child)
+}
+
+/// Waits for `child` (started as `program args`); its stderr is the error.
+fn finish(program: &str, args: &[&str], child: std::process::Child) -> Result<(), String> {
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{program}: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        Err(format!(
+            "{program} {} ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
@@ -365,10 +397,22 @@ fn boot_id() -> Result<(), String> {
         ));
     }
     if Path::new("/run/systemd/system").exists() {
-        run(
-            "systemctl",
-            &["restart", "--no-block", "systemd-journald.service"],
-        )?;
+        // Not waited for (systemctl starting is itself slow under an emulated CPU): a thread
+        // reaps it and logs a failure.
+        let child = Command::new("systemctl")
+            .args(["restart", "--no-block", "systemd-journald.service"])
+            .env("PATH", SYSTEM_PATH)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("systemctl: {e}"))?;
+        std::thread::spawn(move || {
+            let args = ["restart", "--no-block", "systemd-journald.service"];
+            if let Err(e) = finish("systemctl", &args, child) {
+                tracing::warn!(error = %e, "journald not restarted under the new boot id");
+            }
+        });
     }
     Ok(())
 }
@@ -390,13 +434,29 @@ fn host_keys(guest: &Guest) -> Result<(), String> {
         })
         .collect();
     types.sort();
-    for kind in &types {
-        let key = dir.join(format!("ssh_host_{kind}_key"));
-        let _ = fs::remove_file(&key);
-        let _ = fs::remove_file(key.with_extension("pub"));
-        let key = key.to_string_lossy().into_owned();
-        run("ssh-keygen", &["-q", "-t", kind, "-N", "", "-f", &key])?;
-    }
+    // One ssh-keygen per type, all at once (each is a process start and a key under an
+    // emulated CPU); every one is waited for, and the first failure reported.
+    let keygens: Vec<_> = types
+        .iter()
+        .map(|kind| {
+            let key = dir.join(format!("ssh_host_{kind}_key"));
+            let _ = fs::remove_file(&key);
+            let _ = fs::remove_file(key.with_extension("pub"));
+            let key = key.to_string_lossy().into_owned();
+            let kind = kind.clone();
+            std::thread::spawn(move || {
+                run("ssh-keygen", &["-q", "-t", &kind, "-N", "", "-f", &key])
+            })
+        })
+        .collect();
+    let results: Vec<Result<(), String>> = keygens
+        .into_iter()
+        .map(|t| {
+            t.join()
+                .unwrap_or_else(|_| Err("ssh-keygen thread panicked".into()))
+        })
+        .collect();
+    results.into_iter().collect::<Result<Vec<()>, String>>()?;
     if guest.kernel
         && let Ok(pid) = fs::read_to_string("/run/sshd.pid")
         && let Ok(pid) = pid.trim().parse::<i32>()
