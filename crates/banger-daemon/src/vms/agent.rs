@@ -57,17 +57,33 @@ pub(super) async fn wait_agent(
 
 /// Makes the multiplexed link to a guest reached over a one-client socket (QEMU's
 /// virtio-serial; see [`crate::agents`]) while the VM boots, within the boot's agent budget
-/// (config `agent_wait_secs`): the checks before it used connections of their own, after
-/// each of which the agent reopens its port, and under load that can take longer than the
-/// 5 s a request gives the link. Not fatal: the next request makes the link again.
+/// (config `agent_wait_secs`). The checks before it used connections of their own, after
+/// each of which the agent closes and reopens its port, and the guest kernel drops what the
+/// host writes into that gap: a link request lost there is never answered. So each attempt
+/// gets [`LINK_ATTEMPT`] and a lost one is made again on a new connection, until the budget
+/// is spent. Not fatal: the next request makes the link again.
 pub(super) async fn link_agent(state: &AppState, row: &VmRow, endpoint: &AgentEndpoint) {
     if let AgentEndpoint::Unix(socket) = endpoint {
-        let budget = Duration::from_secs(state.opts.config.agent_wait_secs);
-        if let Err(e) = state.agents.open(row, socket, budget).await {
-            tracing::warn!(vm = %row.name, error = %chain(&e), "agent link not made at boot");
+        let deadline = Instant::now() + Duration::from_secs(state.opts.config.agent_wait_secs);
+        loop {
+            let attempt = LINK_ATTEMPT.min(deadline.saturating_duration_since(Instant::now()));
+            match state.agents.open(row, socket, attempt).await {
+                Ok(_) => return,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(vm = %row.name, error = %chain(&e), "agent link lost; again");
+                    tokio::time::sleep(AGENT_POLL).await;
+                }
+                Err(e) => {
+                    tracing::warn!(vm = %row.name, error = %chain(&e), "agent link not made at boot");
+                    return;
+                }
+            }
         }
     }
 }
+
+/// How long one attempt of [`link_agent`] waits for the agent's answer.
+const LINK_ATTEMPT: Duration = Duration::from_secs(5);
 
 /// How often [`wait_agent`] retries while the guest boots.
 const AGENT_POLL: Duration = Duration::from_millis(20);

@@ -369,7 +369,8 @@ pub(super) async fn restore(
     row.vmm_start_time = running.start_time;
     row.error = None;
     state.set_vm(row)?;
-    wait_agent(state, &row.name, &running.agent).await?;
+    // No separate wait for the agent: its probe would be one more connection after which the
+    // agent reopens its port, and the identity's own probe (see `give_identity`) waits for it.
     progress.stage("identity", format!("{} {}", row.name, spec.mac));
     let keys = give_identity(state, row, &running, grow).await?;
     store_host_keys(state, row, Ok(keys));
