@@ -61,6 +61,7 @@
 //! it prints before its logger exists.
 
 pub mod api;
+pub mod clone;
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
@@ -72,8 +73,8 @@ use crate::launch::{self, Backend, Launch};
 pub use crate::process::LocateError;
 use crate::process::{self, BinarySource};
 use crate::{
-    AgentEndpoint, BoxFuture, Disk, KernelFormat, Restore, Running, SnapshotFiles, StartMode,
-    VmSpec, Vmm, VmmError, VmmKind, check_socket_path, validate_vm_id,
+    AgentEndpoint, BoxFuture, Disk, DiskClone, KernelFormat, Restore, Running, SnapshotFiles,
+    StartMode, VmSpec, Vmm, VmmError, VmmKind, check_socket_path, validate_vm_id,
 };
 use api::{
     ActionType, ApiClient, ApiError, BootSource, Drive, InstanceAction, MachineConfig, MemBackend,
@@ -374,6 +375,16 @@ impl Vmm for FirecrackerVmm {
                 .await
                 .map_err(Self::api_error(&run.vm_id))
         })
+    }
+
+    /// [`clone::clone_raw`]: a reflink, else a sparse copy, grown to `size`.
+    fn clone_disk<'a>(
+        &'a self,
+        base: &'a Path,
+        dest: &'a Path,
+        size: u64,
+    ) -> BoxFuture<'a, Result<DiskClone, VmmError>> {
+        Box::pin(clone::clone_raw(base, dest, size))
     }
 
     fn request_shutdown<'a>(&'a self, run: &'a Running) -> BoxFuture<'a, Result<(), VmmError>> {
