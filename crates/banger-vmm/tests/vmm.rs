@@ -504,10 +504,36 @@ async fn a_template_is_saved_and_a_vm_restored_from_it_loads_it_on_its_own_devic
         }
     );
     agent_health(&run).await;
+
+    // The fake's agent takes the identity in its sandbox next to the vsock socket.
+    let uds = spec.run_dir.join("vsock.sock");
+    let stream = connect_hybrid_vsock(&uds, banger_agent_proto::wire::AGENT_VSOCK_PORT)
+        .await
+        .expect("connect");
+    let identity = banger_agent_proto::identity::Identity {
+        hostname: "restored".to_string(),
+        files: vec![banger_agent_proto::identity::IdentityFile {
+            path: "/etc/hostname".to_string(),
+            content: "restored\n".to_string(),
+        }],
+        mac: spec.mac.to_lowercase(),
+        entropy: banger_agent_proto::identity::hex(&[1u8; 32]),
+        time_unix_ns: 0,
+        grow: vec!["/dev/vdb".to_string()],
+    };
+    banger_agent_proto::client::identity(stream, &identity, Duration::from_secs(10))
+        .await
+        .expect("POST /identity");
+    let sandbox = spec.run_dir.join("vsock.sock.identity");
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("etc/hostname")).unwrap(),
+        "restored\n"
+    );
     let outcome = process::stop(&vmm, &run, Duration::from_secs(5))
         .await
         .expect("stop");
     assert_eq!(outcome, StopOutcome::Graceful);
+    assert!(!sandbox.exists(), "the sandbox goes with the VM");
 }
 
 #[tokio::test]
