@@ -6,8 +6,8 @@
 //! 2. create the run directory (mode 0700); refuse if a VMM already answers on the control
 //!    socket ([`Backend::probe`]), otherwise remove the stale sockets there;
 //! 3. open the logs (appending) and spawn the VMM detached ([`process::spawn_detached`]) with
-//!    the backend's arguments ([`Backend::args`]), stdout to the console log, stderr to the
-//!    VMM log;
+//!    the backend's arguments ([`Backend::args`]) in its working directory
+//!    ([`Backend::cwd`]), stdout to the console log, stderr to the VMM log;
 //! 4. wait until the control socket answers ([`Backend::ready`]), noticing an early exit
 //!    (the error quotes what the VMM wrote);
 //! 5. configure and boot the guest ([`Backend::configure`]; QEMU has nothing left to do).
