@@ -17,6 +17,7 @@ b() { ip netns exec "$ns" env BANGER_HOME="$home" "$bin/banger" "$@"; }
 
 mkdir -p "$home/config" "$home/src/root" "$home/src/etc"
 # ssh_config = false, web = false: a benchmark's daemon leaves the user's ~/.ssh/config and the web UI's port 7777 alone.
+# warm_start = false: templates only when a benchmark makes them (`image warm`).
 printf 'firecracker_bin = "%s"\nssh_config = false\nweb = false\nwarm_start = false\n' "$bin/banger-fake-firecracker" > "$home/config/config.toml"
 echo "proc /proc proc defaults 0 0" > "$home/src/etc/fstab"
 mkfs.ext4 -q -F -d "$home/src" "$home/rootfs.ext4" 256M >/dev/null

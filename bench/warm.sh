@@ -1,19 +1,33 @@
 #!/usr/bin/env bash
-# Warm start on a real guest (QEMU; TCG where there is no hardware virtualization):
+# Warm start, in two parts that can run alone.
+#
+# qemu — on a real guest (TCG where there is no hardware virtualization):
 #   1. `banger vm run --rm --cold -- true` (a boot), RUNS times
 #   2. `banger image warm` (the template: one boot, saved)
 #   3. `banger vm run --rm -- true` restored from the template, RUNS times
 #   4. `banger vm create` from the template to ready
 #   5. the memory an idle restored VM adds on the host: the PSS of its QEMU process, against
 #      the memory its guest uses (MemTotal - MemAvailable)
-# Firecracker is not measured: its backend has no snapshots in banger yet.
 #
-#   bench/warm.sh [RUNS]     (default 3; needs root, scripts/setup done)
+# firecracker — against the fake Firecracker (no guest runs: banger's own path, the VMM's
+# snapshot/load and the agent's identity step in its sandbox):
+#   1. `banger image warm`
+#   2. `banger vm create` from the template to ready, RUNS times (goal: <= 30 ms)
+#   3. `banger vm create --cold` to ready, RUNS times; the medians and their ratio
+#
+#   bench/warm.sh [RUNS] [qemu|firecracker|all]   (defaults 3 and all; needs root,
+#                                                 scripts/setup done for qemu)
 #   BANGER_BENCH_BIN=DIR     binaries to use instead of a release build (e.g. target/debug)
-#   BANGER_BENCH_BUNDLE=FILE a golden image bundle to import instead of bootstrapping one
+#   BANGER_BENCH_BUNDLE=FILE a golden image bundle to import instead of bootstrapping one (qemu)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
+part=${2:-all}
+case $part in qemu | firecracker | all) ;; *)
+  echo "bench/warm.sh: the part is qemu, firecracker or all, not $part" >&2
+  exit 2
+  ;;
+esac
 [[ $(id -u) -eq 0 ]] || { echo "bench/warm.sh: needs root" >&2; exit 1; }
 
 if [[ -n ${BANGER_BENCH_BIN:-} ]]; then
@@ -22,6 +36,11 @@ else
   scripts/build >/dev/null
   bin=$PWD/target/release
 fi
+now_ms() { date +%s%3N; }
+median() { printf '%s\n' "$@" | sort -n | sed -n "$(( ($# + 1) / 2 ))p"; }
+
+# Each part runs in a subshell: its own home, namespace and cleanup trap.
+qemu_part() (
 builder=$(mktemp -d /tmp/bgwb.XXXXXX)
 home=$(mktemp -d /tmp/bgwh.XXXXXX)
 ns=bgwarm$$
@@ -36,8 +55,6 @@ cleanup() {
 }
 trap cleanup EXIT
 b() { ip netns exec "$ns" env BANGER_HOME="$home" "$bin/banger" "$@"; }
-now_ms() { date +%s%3N; }
-median() { printf '%s\n' "$@" | sort -n | sed -n "$(( ($# + 1) / 2 ))p"; }
 
 bundle=${BANGER_BENCH_BUNDLE:-}
 if [[ -z $bundle ]]; then
@@ -87,3 +104,30 @@ pid=$(b vm show idle --json | sed -n 's/.*"pid": \([0-9]*\).*/\1/p')
 pss=$(awk '/^Pss:/{print $2}' "/proc/$pid/smaps_rollup")
 used=$(b vm ssh idle -- awk '/^MemTotal:/{t=$2} /^MemAvailable:/{a=$2} END{print t-a}' /proc/meminfo)
 echo "idle restored VM: VMM PSS ${pss} KiB, guest uses ${used} KiB: PSS is $(awk -v a="$pss" -v b="$used" 'BEGIN{printf "%.0f%%", 100*a/b}') of it"
+)
+
+firecracker_part() (
+  name=bgwarmfc
+  # shellcheck source=bench/fake-home.sh
+  source bench/fake-home.sh
+  out=$(b image warm bench 2>&1) || { echo "$out" >&2; exit 1; }
+  echo "firecracker (fake): $(b image show bench | grep templates)"
+  # Warm-up: the work seed, and the page cache of the template's files.
+  b vm create --name warmup --image bench >/dev/null 2>&1
+  b vm show warmup | grep 'warm start'
+  b vm delete warmup >/dev/null
+  warm=() cold=()
+  for i in $(seq 1 "$runs"); do
+    t0=$(now_ms); b vm create --name "w$i" --image bench >/dev/null 2>&1; warm+=($(( $(now_ms) - t0 )))
+    t0=$(now_ms); b vm create --cold --name "c$i" --image bench >/dev/null 2>&1; cold+=($(( $(now_ms) - t0 )))
+    b vm delete "w$i" "c$i" >/dev/null
+  done
+  warm_ms=$(median "${warm[@]}")
+  cold_ms=$(median "${cold[@]}")
+  echo "firecracker (fake): vm create from the template to ready: median ${warm_ms} ms over $runs runs (${warm[*]} ms; goal <= 30 ms)"
+  echo "firecracker (fake): vm create --cold to ready: median ${cold_ms} ms over $runs runs (${cold[*]} ms)"
+  echo "firecracker (fake): template / cold: $(awk -v a="$warm_ms" -v b="$cold_ms" 'BEGIN{printf "%.0f%%", 100*a/b}')"
+)
+
+if [[ $part == qemu || $part == all ]]; then qemu_part; fi
+if [[ $part == firecracker || $part == all ]]; then firecracker_part; fi

@@ -57,6 +57,17 @@ impl HostKeyFiles {
         }
     }
 
+    /// [`guest`](Self::guest)'s paths under the directory `root` instead of `/`.
+    pub fn under(root: &Path) -> Self {
+        let at = |path: &str| root.join(path.trim_start_matches('/'));
+        Self {
+            dir: at(SSH_DIR),
+            maker: at(FIRSTBOOT_UNIT),
+            done: at(FIRSTBOOT_DONE),
+            ..Self::guest()
+        }
+    }
+
     /// The keys, sorted by file name, once a first boot under way is done (or the wait is
     /// over). Blocking.
     pub fn read(&self) -> Result<HostKeys, HostKeyError> {

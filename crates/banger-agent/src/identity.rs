@@ -54,8 +54,9 @@ impl IdentityError {
 #[derive(Debug, Clone)]
 pub struct Guest {
     pub root: PathBuf,
-    /// Whether the steps that act on the running kernel (clock, entropy, hostname, network,
-    /// sshd) run; off in tests.
+    /// Whether the steps that act on the running kernel or its devices (clock, entropy,
+    /// hostname, network, sshd, file system growth) run; off in tests and in the fake
+    /// Firecracker's sandbox (`banger-agent --identity-root`).
     pub kernel: bool,
 }
 
@@ -149,7 +150,8 @@ pub fn apply(guest: &Guest, req: &Identity) -> Result<(), IdentityError> {
         step("boot id", boot_id());
     }
     step("ssh host keys", host_keys(guest));
-    for dev in &req.grow {
+    // Growing acts on the guest's block devices: not outside a guest.
+    for dev in req.grow.iter().filter(|_| guest.kernel) {
         step(dev, run("resize2fs", &[dev.as_str()]));
     }
     if failed.is_empty() {

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use banger_agent::error_chain;
+use banger_agent::host_keys::HostKeyFiles;
+use banger_agent::identity::Guest;
 use banger_agent::procfs::{DEFAULT_PROC_ROOT, ProcFs};
 use banger_agent::server::{self, Agent, ListenPlan, SerialLookup};
 use banger_agent_proto::wire::{GUEST_SERIAL_PATH, SERIAL_PORT_NAME};
@@ -30,6 +32,11 @@ struct Cli {
     /// Serve this virtio-serial character device, reopening it after each disconnect.
     #[arg(long, value_name = "PATH")]
     serial: Option<PathBuf>,
+    /// Host test mode only: accept POST /identity, acting only on files under this directory
+    /// (as if it were the guest's `/`), never on the running kernel; host keys are read
+    /// from its etc/ssh. Without it, host test mode refuses POST /identity.
+    #[arg(long, value_name = "DIR", requires = "listen_unix")]
+    identity_root: Option<PathBuf>,
     /// Read sockets and processes from this procfs root.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_PROC_ROOT)]
     proc_root: PathBuf,
@@ -87,10 +94,21 @@ fn main() -> ExitCode {
             wait: SERIAL_PORT_WAIT,
         },
     );
-    let mut agent = Agent::new(ProcFs::new(cli.proc_root));
-    if plan.vsock_port.is_some() || plan.serial.is_some() {
-        agent = agent.with_identity(banger_agent::identity::Guest::system());
-    }
+    let procfs = ProcFs::new(cli.proc_root);
+    let agent = match cli.identity_root {
+        // A sandbox standing in for a guest's `/` (the fake Firecracker's).
+        Some(root) => {
+            Agent::with_host_keys(procfs, BuildInfo::current(), HostKeyFiles::under(&root))
+                .with_identity(Guest {
+                    root,
+                    kernel: false,
+                })
+        }
+        None if plan.vsock_port.is_some() || plan.serial.is_some() => {
+            Agent::new(procfs).with_identity(Guest::system())
+        }
+        None => Agent::new(procfs),
+    };
     let result = runtime.block_on(async {
         let shutdown = server::termination_signal()?;
         server::run(agent, &plan, shutdown).await

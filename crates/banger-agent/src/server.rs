@@ -124,8 +124,10 @@ impl Agent {
     }
 
     /// Lets `POST /identity` act on `guest`. Only an agent serving a guest (vsock or
-    /// virtio-serial) is given it: in host test mode (`--listen-unix` alone) the request is
-    /// refused, so a test never renames or re-addresses the machine it runs on.
+    /// virtio-serial) is given the real one: in host test mode (`--listen-unix` alone) the
+    /// request is refused, so a test never renames or re-addresses the machine it runs on;
+    /// with `--identity-root DIR` it acts on a sandbox, the files under `DIR` and nothing
+    /// of the running kernel (the fake Firecracker's "guest").
     pub fn with_identity(self, guest: identity::Guest) -> Self {
         let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| AgentInner {
             procfs: shared.procfs.clone(),

@@ -953,3 +953,70 @@ async fn exec_host_disconnect_kills_processes_that_left_the_process_group() {
     wait_gone(leader).await;
     wait_gone(moved).await;
 }
+
+fn identity_request(hostname: &str) -> banger_agent_proto::identity::Identity {
+    use banger_agent_proto::identity::{Identity, IdentityFile, hex};
+    Identity {
+        hostname: hostname.to_string(),
+        files: vec![IdentityFile {
+            path: "/etc/hostname".to_string(),
+            content: format!("{hostname}\n"),
+        }],
+        mac: "06:00:ac:1e:00:09".to_string(),
+        entropy: hex(&[7u8; 32]),
+        time_unix_ns: 1,
+        grow: vec!["/dev/vdb".to_string()],
+    }
+}
+
+#[tokio::test]
+async fn host_test_mode_refuses_identity_unless_given_a_sandbox_root() {
+    let agent = Agent::start_unix(&[]).await;
+    let err = client::identity(agent.connect().await, &identity_request("vm-a"), T)
+        .await
+        .expect_err("refused in host test mode");
+    assert!(
+        matches!(&err, ClientError::Status { status, .. } if *status == 409),
+        "{err}"
+    );
+
+    let sandbox = tempfile::tempdir().unwrap();
+    let root = sandbox.path().to_str().unwrap();
+    let agent = Agent::start_unix(&["--identity-root", root]).await;
+    let hostname_before = std::fs::read_to_string("/etc/hostname").ok();
+    let machine_id_before = std::fs::read_to_string("/etc/machine-id").ok();
+    let keys = client::identity(agent.connect().await, &identity_request("vm-b"), T)
+        .await
+        .expect("identity in the sandbox");
+    assert!(
+        keys.keys.is_empty(),
+        "no host keys in the sandbox: {keys:?}"
+    );
+    let in_root = |p: &str| std::fs::read_to_string(sandbox.path().join(p)).unwrap();
+    assert_eq!(in_root("etc/hostname"), "vm-b\n");
+    assert_eq!(in_root("etc/machine-id").trim().len(), 32);
+    // Nothing on the host changed: its files, and its hostname (a kernel step, skipped).
+    assert_eq!(
+        std::fs::read_to_string("/etc/hostname").ok(),
+        hostname_before
+    );
+    assert_eq!(
+        std::fs::read_to_string("/etc/machine-id").ok(),
+        machine_id_before
+    );
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_ne!(hostname.trim(), "vm-b");
+}
+
+#[tokio::test]
+async fn an_identity_root_needs_the_unix_listener() {
+    let sandbox = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_banger-agent"))
+        .args(["--identity-root", sandbox.path().to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--listen-unix"), "{stderr}");
+}

@@ -631,7 +631,7 @@ fn vmm_kind(e: &banger_vmm::VmmError) -> ErrorKind {
         V::NotReady { .. } => ErrorKind::Unavailable,
         V::Api { .. } | V::Qmp { .. } | V::Snapshot { .. } => ErrorKind::Internal,
         V::Unsupported { .. } => ErrorKind::BadRequest,
-        V::CloneDisk { source, .. } => io_kind(source),
+        V::CloneDisk { source, .. } | V::GrowDisk { source, .. } => io_kind(source),
     }
 }
 

@@ -163,6 +163,18 @@ pub fn fingerprint(image: &ImageRow, kernel: &KernelFiles, build: &BuildInfo) ->
     parts.join(" ")
 }
 
+/// What [`Templates::lookup`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup {
+    Found(Template),
+    /// A template was there but stale or broken (`why`), and was removed.
+    Removed {
+        dir: PathBuf,
+        why: String,
+    },
+    Absent,
+}
+
 impl Templates {
     /// The catalogue in `root` (`state_dir/templates`), made when the first template is.
     pub fn new(root: PathBuf) -> Self {
@@ -272,9 +284,18 @@ impl Templates {
     /// The template of `image_id` for `shape` if there is one made with `fingerprint` and
     /// all its files; a stale or broken one is removed (and logged).
     pub fn find(&self, image_id: &str, shape: &Shape, fingerprint: &str) -> Option<Template> {
+        match self.lookup(image_id, shape, fingerprint) {
+            Lookup::Found(t) => Some(t),
+            Lookup::Removed { .. } | Lookup::Absent => None,
+        }
+    }
+
+    /// [`find`](Self::find), saying when a template was there but unusable (and removed),
+    /// so that the caller can warn.
+    pub fn lookup(&self, image_id: &str, shape: &Shape, fingerprint: &str) -> Lookup {
         let dir = self.root.join(Self::key(image_id, shape));
         if !dir.exists() {
-            return None;
+            return Lookup::Absent;
         }
         let why = match self.read(&dir) {
             Ok(t) if t.manifest.fingerprint != fingerprint => {
@@ -286,7 +307,7 @@ impl Templates {
                     .into_iter()
                     .find(|p| !p.exists());
                 match missing {
-                    None => return Some(t),
+                    None => return Lookup::Found(t),
                     Some(p) => format!("{} is missing", p.display()),
                 }
             }
@@ -294,7 +315,7 @@ impl Templates {
         };
         tracing::warn!(template = %dir.display(), why, "stale template removed");
         self.remove_dir(&dir);
-        None
+        Lookup::Removed { dir, why }
     }
 
     /// Every template of `image_id` (`None`: of every image).

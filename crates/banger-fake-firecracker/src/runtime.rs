@@ -93,7 +93,8 @@ impl SystemHost {
             Ok(bin) => {
                 let socket = vsock::agent_socket_path(uds);
                 let root = vsock::guest_root_path(uds);
-                match Agent::spawn(bin, &socket, Some(&root)) {
+                let identity = vsock::identity_root_path(uds);
+                match Agent::spawn(bin, &socket, Some(&root), Some(&identity)) {
                     Ok((agent, unprivate)) => {
                         if let Some(why) = unprivate {
                             let _ = self

@@ -27,6 +27,16 @@
 //! `/root`, and the console says so ([`NO_PRIVATE_ROOT`]): tests that need the private root
 //! check for it and skip.
 //!
+//! # Identity in a sandbox
+//!
+//! A VM restored from a snapshot gets its identity from the agent (`POST /identity`). The
+//! fake's agent must not rename or re-address the host, so the fake starts it with
+//! `--identity-root <uds_path>.identity/` (a per-VM directory, made 0700, removed when the
+//! agent stops): the identity's files (`/etc/hostname`, `/etc/machine-id`, ...) land under
+//! that directory as under a guest's `/`, and the steps that act on the running kernel
+//! (clock, entropy, hostname, network, sshd, file system growth) are skipped. This is the
+//! fake's behaviour, not a guest's; a real agent applies all of it.
+//!
 //! While the microVM is paused the muxer neither accepts nor relays (the
 //! connection waits, as with a paused Firecracker); a snapshot resets the
 //! device, closing open connections. Guest-initiated connections
@@ -80,6 +90,13 @@ pub fn guest_root_path(uds_path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// The per-VM directory the agent's `POST /identity` writes into, next to `uds_path`.
+pub fn identity_root_path(uds_path: &Path) -> PathBuf {
+    let mut name = uds_path.as_os_str().to_owned();
+    name.push(".identity");
+    PathBuf::from(name)
+}
+
 /// The start of the console line saying the agent runs without a private `/root`.
 pub const NO_PRIVATE_ROOT: &str = "banger-fake-firecracker: no private /root for the agent";
 
@@ -128,6 +145,14 @@ pub enum AgentSpawnError {
         /// The removal error.
         source: io::Error,
     },
+    /// The identity sandbox could not be made.
+    #[error("cannot make the identity root {path}")]
+    IdentityRoot {
+        /// The directory.
+        path: PathBuf,
+        /// The creation error.
+        source: io::Error,
+    },
     /// The process did not start.
     #[error("cannot run {bin}")]
     Spawn {
@@ -145,6 +170,8 @@ pub struct Agent {
     socket: PathBuf,
     /// The private `/root` directory, removed on stop.
     root: Option<PathBuf>,
+    /// The identity sandbox, removed on stop.
+    identity: Option<PathBuf>,
 }
 
 impl Agent {
@@ -157,11 +184,13 @@ impl Agent {
     /// With `guest_root`, the agent runs in a mount namespace (and a user namespace when the
     /// fake is not root) where that directory, made 0700 if missing, is `/root` (see the
     /// module docs). When the namespace cannot be made, the agent is started without it and
-    /// the second value says why.
+    /// the second value says why. With `identity_root`, made 0700 if missing, the agent
+    /// accepts `POST /identity` in that sandbox (`--identity-root`, see the module docs).
     pub fn spawn(
         bin: &Path,
         socket: &Path,
         guest_root: Option<&Path>,
+        identity_root: Option<&Path>,
     ) -> Result<(Self, Option<String>), AgentSpawnError> {
         match std::fs::remove_file(socket) {
             Ok(()) => {}
@@ -173,10 +202,16 @@ impl Agent {
                 });
             }
         }
+        if let Some(dir) = identity_root {
+            make_private_dir(dir).map_err(|source| AgentSpawnError::IdentityRoot {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
         let mut unprivate = None;
         if let Some(root) = guest_root {
             match private_root(root) {
-                Ok(ns) => match Self::start(bin, socket, Some((ns, root))) {
+                Ok(ns) => match Self::start(bin, socket, Some((ns, root)), identity_root) {
                     Ok(agent) => return Ok((agent, None)),
                     Err(AgentSpawnError::Spawn { source, .. }) => {
                         unprivate = Some(format!("cannot make its namespace: {source}"));
@@ -186,20 +221,21 @@ impl Agent {
                 Err(e) => unprivate = Some(format!("cannot make {}: {e}", root.display())),
             }
         }
-        Ok((Self::start(bin, socket, None)?, unprivate))
+        Ok((Self::start(bin, socket, None, identity_root)?, unprivate))
     }
 
     fn start(
         bin: &Path,
         socket: &Path,
         namespace: Option<(Namespace, &Path)>,
+        identity_root: Option<&Path>,
     ) -> Result<Self, AgentSpawnError> {
         let mut command = tokio::process::Command::new(bin);
-        command
-            .arg("--listen-unix")
-            .arg(socket)
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
+        command.arg("--listen-unix").arg(socket);
+        if let Some(dir) = identity_root {
+            command.arg("--identity-root").arg(dir);
+        }
+        command.stdin(Stdio::null()).kill_on_drop(true);
         // The environment an init gives a guest's agent: PATH and nothing of this host's
         // session (a host GIT_CONFIG_GLOBAL, say, would send a guest's `git config --global`
         // to the host's file), plus the agent's own log level when set.
@@ -247,6 +283,7 @@ impl Agent {
             child,
             socket: socket.to_owned(),
             root,
+            identity: identity_root.map(Path::to_owned),
         })
     }
 
@@ -271,8 +308,8 @@ impl Agent {
             }
         }
         let _ = std::fs::remove_file(&self.socket);
-        if let Some(root) = &self.root {
-            let _ = std::fs::remove_dir_all(root);
+        for dir in [&self.root, &self.identity].into_iter().flatten() {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
@@ -287,15 +324,20 @@ struct Namespace {
     user: Option<(Vec<u8>, Vec<u8>)>,
 }
 
+/// Makes the directory `dir` (0700) unless it exists.
+fn make_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Makes `root` (0700) and prepares the namespace that mounts it at `/root`.
 fn private_root(root: &Path) -> io::Result<Namespace> {
     use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new().mode(0o700).create(root) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
+    make_private_dir(root)?;
     let source = std::ffi::CString::new(root.as_os_str().as_bytes())
         .map_err(|_| io::Error::other("the guest root path holds a NUL byte"))?;
     // SAFETY: geteuid and getegid cannot fail and touch no memory.
@@ -740,7 +782,10 @@ mod tests {
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let socket = dir.path().join("v.sock.agent.sock");
         std::fs::write(&socket, "stale").expect("stale socket file");
-        let (agent, _) = Agent::spawn(&script, &socket, None).expect("spawn");
+        let identity = identity_root_path(&dir.path().join("v.sock"));
+        let (agent, _) = Agent::spawn(&script, &socket, None, Some(&identity)).expect("spawn");
+        let meta = std::fs::metadata(&identity).expect("identity root made");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700);
         assert!(!socket.exists(), "stale socket removed before start");
         let args_file = dir.path().join("banger-agent.args");
         for _ in 0..100 {
@@ -750,10 +795,18 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let args = std::fs::read_to_string(&args_file).expect("agent ran");
-        assert_eq!(args.trim(), format!("--listen-unix {}", socket.display()));
+        assert_eq!(
+            args.trim(),
+            format!(
+                "--listen-unix {} --identity-root {}",
+                socket.display(),
+                identity.display()
+            )
+        );
         let started = std::time::Instant::now();
         agent.stop(Duration::from_secs(2)).await;
         assert!(started.elapsed() < Duration::from_secs(3));
+        assert!(!identity.exists(), "the identity root goes with the agent");
     }
 
     /// Two agents with a private root each write `/root/NAME`: each sees only its own, the
@@ -778,7 +831,7 @@ mod tests {
             let uds = dir.path().join(format!("{vm}.vsock"));
             let root = guest_root_path(&uds);
             let (agent, unprivate) =
-                Agent::spawn(&script, &agent_socket_path(&uds), Some(&root)).expect("spawn");
+                Agent::spawn(&script, &agent_socket_path(&uds), Some(&root), None).expect("spawn");
             if let Some(why) = unprivate {
                 agent.stop(Duration::from_secs(2)).await;
                 eprintln!("skipped: namespaces unavailable here ({why})");

@@ -133,6 +133,14 @@ pub enum VmmError {
         source: io::Error,
     },
 
+    #[error("VM {vm_id}: cannot grow the disk {} to {size} bytes", path.display())]
+    GrowDisk {
+        vm_id: String,
+        path: PathBuf,
+        size: u64,
+        source: io::Error,
+    },
+
     /// A QEMU QMP command failed (boxed like [`VmmError::Api`]).
     #[error("VM {vm_id}: a QMP command failed")]
     Qmp {
@@ -161,6 +169,7 @@ impl VmmError {
             | Self::Unsupported { vm_id, .. }
             | Self::Snapshot { vm_id, .. }
             | Self::CloneDisk { vm_id, .. }
+            | Self::GrowDisk { vm_id, .. }
             | Self::Qmp { vm_id, .. } => vm_id,
         }
     }

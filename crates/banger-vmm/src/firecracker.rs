@@ -8,8 +8,9 @@
 //!    API takes as JSON strings;
 //! 2. create `run_dir`; refuse if a VMM already answers on `run_dir/api.sock`, otherwise
 //!    remove stale sockets there (Firecracker refuses an existing API socket path);
-//! 3. spawn `<bin> --api-sock <run_dir>/api.sock --id <vm_id>` detached, stdout appended to
-//!    the console log, stderr to the VMM log;
+//! 3. spawn `<bin> --api-sock <run_dir>/api.sock --id <vm_id>` detached, in the directory of
+//!    the VM's disks (see "Disks" below), stdout appended to the console log, stderr to the
+//!    VMM log;
 //! 4. wait for `GET /` to answer, noticing an early exit (then the error carries the log's
 //!    tail);
 //! 5. `PUT` the configuration ([`boot_requests`]): `/machine-config`, `/boot-source`,
@@ -20,11 +21,47 @@
 //!
 //! Any failure after the spawn kills the VMM's process group and removes its sockets.
 //!
+//! # Snapshots
+//!
+//! - **A template is a normal boot** ([`StartMode::BootTemplate`] sends the same requests as
+//!   [`StartMode::Boot`]): Firecracker writes the guest memory into a file only when the
+//!   snapshot is taken. [`Vmm::snapshot`] pauses the vCPUs (`PATCH /vm {"state":"Paused"}`)
+//!   and sends `PUT /snapshot/create` (a `Full` snapshot: device state into `vmstate`, the
+//!   whole memory into `memory`). Any running VM can be saved this way.
+//! - **A restore boots nothing** ([`restore_requests`]): a fresh Firecracker gets exactly one
+//!   request, `PUT /snapshot/load`, with `mem_backend {"backend_type": "File"}` on the
+//!   template's memory file (Firecracker maps it `MAP_PRIVATE`: pages are read from the
+//!   file on first touch and copied only when the guest writes them, so the template's file
+//!   never changes and unwritten pages are shared by every VM restored from it),
+//!   `network_overrides` naming the VM's own TAP for `eth0`, `vsock_override` naming its own
+//!   vsock socket, and `resume_vm: true`. No machine-config, boot-source, drive or
+//!   `InstanceStart` request: those are refused once a snapshot is loaded, and the other way
+//!   round. The guest keeps the template's MAC and vsock CID in its device state; the MAC
+//!   is replaced by the agent's identity step, and the CID does not matter behind hybrid
+//!   vsock (the host side is the VM's own socket).
+//! - **Disks.** A snapshot records each drive's `path_on_host` as it was given, and
+//!   Firecracker reopens exactly those paths on load: the spec
+//!   (`snapshot-support.md`) asks that disks, TAPs and sockets be "accessible at the same
+//!   relative paths to the new Firecracker process as they were to the original one". The
+//!   overrides cover the TAP and the vsock socket, nothing covers drives. So every VM's
+//!   drives are given relative to the VMM's working directory, and the VMM is spawned in the
+//!   directory of the VM's disks: banger names them `root.ext4` and `work.ext4` in the VM's
+//!   own directory, the template's too, so a snapshot names `root.ext4`, and a VM restored
+//!   from it opens *its own* `root.ext4` (its clone) in its own directory, never the
+//!   template's. (Firecracker's jailer gets the same effect with a chroot per VM.) A VM
+//!   whose two disks are in different directories keeps full paths and cannot be restored
+//!   ([`restore_requests`] refuses it).
+//! - **Disk growth after a restore** ([`Restore::grown`]): the file is extended (sparsely)
+//!   after the load, then `PATCH /drives/{id}` with the same `path_on_host` makes Firecracker
+//!   re-open it, re-read its size and notify the guest of the new capacity (a virtio config
+//!   change); the guest agent grows the file system.
+//!
 //! Firecracker writes its own log to stdout unless told otherwise, so without a `--log-path`
 //! its log lines share the console log with the guest's serial console; stderr carries what
 //! it prints before its logger exists.
 
 pub mod api;
+pub mod clone;
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
@@ -36,13 +73,15 @@ use crate::launch::{self, Backend, Launch};
 pub use crate::process::LocateError;
 use crate::process::{self, BinarySource};
 use crate::{
-    AgentEndpoint, BoxFuture, KernelFormat, Running, StartMode, VmSpec, Vmm, VmmError, VmmKind,
-    check_socket_path, validate_vm_id,
+    AgentEndpoint, BoxFuture, Disk, DiskClone, KernelFormat, Restore, Running, SnapshotFiles,
+    StartMode, VmSpec, Vmm, VmmError, VmmKind, check_socket_path, validate_vm_id,
 };
 use api::{
-    ActionType, ApiClient, ApiError, BootSource, Drive, InstanceAction, MachineConfig,
-    NetworkInterface, Vsock,
+    ActionType, ApiClient, ApiError, BootSource, Drive, InstanceAction, MachineConfig, MemBackend,
+    MemBackendType, NetworkInterface, NetworkOverride, PartialDrive, SnapshotCreate, SnapshotLoad,
+    SnapshotType, VmRunState, VmStateChange, Vsock, VsockOverride,
 };
+use hyper::Method;
 
 /// File name of the API socket in the VM's run directory.
 pub const API_SOCKET: &str = "api.sock";
@@ -149,18 +188,33 @@ impl FirecrackerVmm {
         ApiClient::new(socket).with_timeout(timeout)
     }
 
-    fn validate_and_plan(&self, spec: &VmSpec) -> Result<Vec<ApiRequest>, VmmError> {
+    fn validate_and_plan(&self, spec: &VmSpec, mode: &StartMode) -> Result<Plan, VmmError> {
         validate_vm_id(&spec.vm_id)?;
         check_socket_path(&spec.vm_id, &api_socket(&spec.run_dir))?;
         check_socket_path(&spec.vm_id, &vsock_socket(&spec.run_dir))?;
-        boot_requests(spec)
+        plan(spec, mode)
+    }
+
+    fn api_error(vm_id: &str) -> impl Fn(ApiError) -> VmmError + '_ {
+        move |source| VmmError::Api {
+            vm_id: vm_id.to_string(),
+            source: Box::new(source),
+        }
+    }
+
+    /// `PATCH /vm` to `state`.
+    async fn set_state(&self, run: &Running, state: VmRunState) -> Result<(), VmmError> {
+        self.client(&run.api_socket, self.timeouts.api)
+            .patch("/vm", &VmStateChange { state })
+            .await
+            .map_err(Self::api_error(&run.vm_id))
     }
 }
 
 /// Firecracker's steps of the start template: spawned with only its API socket and VM id,
 /// then configured and booted through its API.
 impl Backend for FirecrackerVmm {
-    type Plan = Vec<ApiRequest>;
+    type Plan = Plan;
     type ProbeError = ApiError;
 
     fn bin(&self) -> &Path {
@@ -175,10 +229,12 @@ impl Backend for FirecrackerVmm {
         (self.timeouts.ready, READY_POLL)
     }
 
-    /// Only a boot: Firecracker's snapshots are not wired in (its [`Vmm::launch`] refuses
-    /// the other modes before planning).
-    fn plan(&self, spec: &VmSpec, _: &StartMode) -> Result<Vec<ApiRequest>, VmmError> {
-        self.validate_and_plan(spec)
+    fn plan(&self, spec: &VmSpec, mode: &StartMode) -> Result<Plan, VmmError> {
+        self.validate_and_plan(spec, mode)
+    }
+
+    fn cwd(&self, plan: &Plan) -> Option<PathBuf> {
+        plan.cwd.clone()
     }
 
     fn control_arg(&self, run_dir: &Path) -> OsString {
@@ -197,7 +253,7 @@ impl Backend for FirecrackerVmm {
         error.is_connect()
     }
 
-    fn args(&self, spec: &VmSpec, _: &Vec<ApiRequest>, control_socket: &Path) -> Vec<OsString> {
+    fn args(&self, spec: &VmSpec, _: &Plan, control_socket: &Path) -> Vec<OsString> {
         vec![
             "--api-sock".into(),
             control_socket.into(),
@@ -221,15 +277,29 @@ impl Backend for FirecrackerVmm {
             .map(drop)
     }
 
-    /// Sends the boot sequence.
-    async fn configure(
-        &self,
-        launch: &Launch<'_>,
-        requests: &Vec<ApiRequest>,
-    ) -> Result<(), VmmError> {
+    /// Sends the plan's requests (a boot's configuration and `InstanceStart`, or a restore's
+    /// `snapshot/load`), then grows the disks a restore grows: the file first, then
+    /// `PATCH /drives/{id}`, which makes Firecracker re-read its size and tell the guest.
+    async fn configure(&self, launch: &Launch<'_>, plan: &Plan) -> Result<(), VmmError> {
         let client = self.client(launch.control_sock, self.timeouts.api);
-        for request in requests {
-            if let Err(source) = client.put(&request.path, &request.body).await {
+        let vm_id = &launch.spec.vm_id;
+        let mut requests = plan.requests.clone();
+        for grow in &plan.grow {
+            grow_file(vm_id, &grow.file, grow.size)?;
+            requests.push(request(
+                Method::PATCH,
+                &format!("/drives/{}", grow.drive_id),
+                PartialDrive {
+                    drive_id: grow.drive_id.to_string(),
+                    path_on_host: grow.path_on_host.clone(),
+                },
+            ));
+        }
+        for request in &requests {
+            let sent = client
+                .send(request.method.clone(), &request.path, &request.body)
+                .await;
+            if let Err(source) = sent {
                 if !matches!(source, ApiError::Status { .. }) {
                     // The API stopped answering: if the VMM died, say so with its log.
                     let mut spawned = launch.spawned.clone();
@@ -253,11 +323,68 @@ impl Vmm for FirecrackerVmm {
     }
 
     fn validate(&self, spec: &VmSpec) -> Result<(), VmmError> {
-        self.validate_and_plan(spec).map(drop)
+        self.validate_and_plan(spec, &StartMode::Boot).map(drop)
     }
 
     fn start<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Result<Running, VmmError>> {
         Box::pin(launch::start(self, spec))
+    }
+
+    /// A boot ([`StartMode::Boot`] and [`StartMode::BootTemplate`] alike: Firecracker writes
+    /// the memory file when the snapshot is taken), or a restore (`PUT /snapshot/load`, no
+    /// `InstanceStart`): see the module docs.
+    fn launch<'a>(
+        &'a self,
+        spec: &'a VmSpec,
+        mode: &'a StartMode,
+    ) -> BoxFuture<'a, Result<Running, VmmError>> {
+        Box::pin(launch::start_in(self, spec, mode))
+    }
+
+    fn snapshots(&self) -> bool {
+        true
+    }
+
+    /// `PATCH /vm {"state": "Paused"}`.
+    fn pause<'a>(&'a self, run: &'a Running) -> BoxFuture<'a, Result<(), VmmError>> {
+        Box::pin(self.set_state(run, VmRunState::Paused))
+    }
+
+    /// `PATCH /vm {"state": "Resumed"}`.
+    fn resume<'a>(&'a self, run: &'a Running) -> BoxFuture<'a, Result<(), VmmError>> {
+        Box::pin(self.set_state(run, VmRunState::Resumed))
+    }
+
+    /// `PATCH /vm` paused, then `PUT /snapshot/create` (a full snapshot): the device state
+    /// into `files.state`, the guest memory into `files.memory`. Any running VM can be saved
+    /// (Firecracker always writes the memory); it stays paused.
+    fn snapshot<'a>(
+        &'a self,
+        run: &'a Running,
+        files: &'a SnapshotFiles,
+    ) -> BoxFuture<'a, Result<(), VmmError>> {
+        Box::pin(async move {
+            let body = SnapshotCreate {
+                snapshot_type: SnapshotType::Full,
+                snapshot_path: utf8(&run.vm_id, "snapshot state", &files.state)?.to_string(),
+                mem_file_path: utf8(&run.vm_id, "snapshot memory", &files.memory)?.to_string(),
+            };
+            self.set_state(run, VmRunState::Paused).await?;
+            self.client(&run.api_socket, self.timeouts.api)
+                .put("/snapshot/create", &body)
+                .await
+                .map_err(Self::api_error(&run.vm_id))
+        })
+    }
+
+    /// [`clone::clone_raw`]: a reflink, else a sparse copy, grown to `size`.
+    fn clone_disk<'a>(
+        &'a self,
+        base: &'a Path,
+        dest: &'a Path,
+        size: u64,
+    ) -> BoxFuture<'a, Result<DiskClone, VmmError>> {
+        Box::pin(clone::clone_raw(base, dest, size))
     }
 
     fn request_shutdown<'a>(&'a self, run: &'a Running) -> BoxFuture<'a, Result<(), VmmError>> {
@@ -288,11 +415,159 @@ impl Vmm for FirecrackerVmm {
     }
 }
 
-/// One `PUT` of the boot sequence.
+/// One request of a start.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiRequest {
+    pub method: Method,
     pub path: String,
     pub body: serde_json::Value,
+}
+
+/// What a start does once the VMM answers, and where it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The VMM's working directory: the directory of the VM's disks, which its drives name
+    /// relative to it (see the module docs). `None` when the disks are in two directories
+    /// (drives then have full paths; such a VM cannot be restored).
+    pub cwd: Option<PathBuf>,
+    /// The requests, in order.
+    pub requests: Vec<ApiRequest>,
+    /// Disks a restore grows.
+    grow: Vec<Grow>,
+}
+
+/// A disk a restore grows: its file, its new size, and its drive.
+#[derive(Debug, Clone, PartialEq)]
+struct Grow {
+    file: PathBuf,
+    size: u64,
+    drive_id: &'static str,
+    path_on_host: String,
+}
+
+/// The drive id of a disk.
+pub fn drive_id(disk: Disk) -> &'static str {
+    match disk {
+        Disk::Root => "root",
+        Disk::Work => "work",
+    }
+}
+
+/// The paths the drives are given, and the VMM's working directory: the disks' file names
+/// in their directory when both are in one, else their full paths and no directory.
+struct DrivePaths {
+    cwd: Option<PathBuf>,
+    root: String,
+    work: String,
+}
+
+fn drive_paths(spec: &VmSpec) -> Result<DrivePaths, VmmError> {
+    let id = spec.vm_id.as_str();
+    let root = utf8(id, "root disk", &spec.root_disk)?;
+    let work = utf8(id, "work disk", &spec.work_disk)?;
+    let names = (spec.root_disk.file_name(), spec.work_disk.file_name());
+    let dir = spec.root_disk.parent().filter(|dir| {
+        !dir.as_os_str().is_empty() && spec.work_disk.parent() == Some(*dir) && root != work
+    });
+    Ok(match (dir, names) {
+        (Some(dir), (Some(r), Some(w))) => DrivePaths {
+            cwd: Some(dir.to_path_buf()),
+            root: r.to_string_lossy().into_owned(),
+            work: w.to_string_lossy().into_owned(),
+        },
+        _ => DrivePaths {
+            cwd: None,
+            root: root.to_string(),
+            work: work.to_string(),
+        },
+    })
+}
+
+/// Grows `file` to `size` bytes (a sparse extension); a file already that large is left
+/// as it is.
+fn grow_file(vm_id: &str, file: &Path, size: u64) -> Result<(), VmmError> {
+    let grown = std::fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .and_then(|f| match f.metadata()?.len() < size {
+            true => f.set_len(size),
+            false => Ok(()),
+        });
+    grown.map_err(|source| VmmError::GrowDisk {
+        vm_id: vm_id.to_string(),
+        path: file.to_path_buf(),
+        size,
+        source,
+    })
+}
+
+/// The plan of a start of `spec` in `mode`: [`boot_requests`] for a boot (of a template
+/// too), [`restore_requests`] for a restore.
+pub fn plan(spec: &VmSpec, mode: &StartMode) -> Result<Plan, VmmError> {
+    let cwd = drive_paths(spec)?.cwd;
+    match mode {
+        StartMode::Boot | StartMode::BootTemplate { .. } => Ok(Plan {
+            cwd,
+            requests: boot_requests(spec)?,
+            grow: Vec::new(),
+        }),
+        StartMode::Restore(restore) => restore_requests(spec, restore),
+    }
+}
+
+/// A restore of `spec`'s VM: the one request `PUT /snapshot/load`, memory mapped from the
+/// snapshot's memory file (`File` backend), the VM's own TAP and vsock socket, resumed at
+/// once; the VMM runs in the directory of the VM's disks, which the snapshot names relative
+/// to it. Then the grown disks.
+pub fn restore_requests(spec: &VmSpec, restore: &Restore) -> Result<Plan, VmmError> {
+    let id = spec.vm_id.as_str();
+    let paths = drive_paths(spec)?;
+    let Some(cwd) = paths.cwd else {
+        return Err(VmmError::InvalidSpec {
+            vm_id: id.to_string(),
+            what: "disk layout",
+            reason: "a restored VM's disks must be in one directory: its snapshot names them \
+                     relative to the VMM's working directory"
+                .to_string(),
+        });
+    };
+    let vsock_path = vsock_socket(&spec.run_dir);
+    let load = SnapshotLoad {
+        snapshot_path: utf8(id, "snapshot state", &restore.snapshot.state)?.to_string(),
+        mem_backend: MemBackend {
+            backend_type: MemBackendType::File,
+            backend_path: utf8(id, "snapshot memory", &restore.snapshot.memory)?.to_string(),
+        },
+        network_overrides: vec![NetworkOverride {
+            iface_id: IFACE_ID.to_string(),
+            host_dev_name: spec.tap.clone(),
+        }],
+        vsock_override: VsockOverride {
+            uds_path: utf8(id, "vsock socket", &vsock_path)?.to_string(),
+        },
+        resume_vm: true,
+    };
+    let grow = restore
+        .grown
+        .iter()
+        .map(|&(disk, size)| {
+            let (file, path_on_host) = match disk {
+                Disk::Root => (&spec.root_disk, &paths.root),
+                Disk::Work => (&spec.work_disk, &paths.work),
+            };
+            Grow {
+                file: file.clone(),
+                size,
+                drive_id: drive_id(disk),
+                path_on_host: path_on_host.clone(),
+            }
+        })
+        .collect();
+    Ok(Plan {
+        cwd: Some(cwd),
+        requests: vec![request(Method::PUT, "/snapshot/load", load)],
+        grow,
+    })
 }
 
 fn utf8<'a>(vm_id: &str, what: &'static str, path: &'a Path) -> Result<&'a str, VmmError> {
@@ -303,8 +578,9 @@ fn utf8<'a>(vm_id: &str, what: &'static str, path: &'a Path) -> Result<&'a str, 
     })
 }
 
-fn request(path: &str, body: impl serde::Serialize) -> ApiRequest {
+fn request(method: Method, path: &str, body: impl serde::Serialize) -> ApiRequest {
     ApiRequest {
+        method,
         path: path.to_string(),
         // These bodies are structs of strings, numbers and booleans: always representable.
         body: serde_json::to_value(body).unwrap_or_default(),
@@ -327,9 +603,11 @@ pub fn kernel_args(boot_args: &str) -> String {
     words.join(" ")
 }
 
-/// The requests that configure and boot `spec`'s VM, in order: `/machine-config`,
+/// The requests that configure and boot `spec`'s VM, in order (all `PUT`): `/machine-config`,
 /// `/boot-source`, `/drives/root`, `/drives/work`, `/network-interfaces/eth0`, `/vsock`,
-/// `/actions` (`InstanceStart`). Fails when a path is not UTF-8 (the API takes JSON strings).
+/// `/actions` (`InstanceStart`). Drives are named relative to the disks' directory when they
+/// share one (the VMM's working directory, see [`plan`]). Fails when a path is not UTF-8
+/// (the API takes JSON strings).
 pub fn boot_requests(spec: &VmSpec) -> Result<Vec<ApiRequest>, VmmError> {
     let id = spec.vm_id.as_str();
     let kernel = utf8(
@@ -343,12 +621,12 @@ pub fn boot_requests(spec: &VmSpec) -> Result<Vec<ApiRequest>, VmmError> {
         .as_deref()
         .map(|p| utf8(id, "initrd", p))
         .transpose()?;
-    let root = utf8(id, "root disk", &spec.root_disk)?;
-    let work = utf8(id, "work disk", &spec.work_disk)?;
+    let DrivePaths { root, work, .. } = drive_paths(spec)?;
     let vsock_path = vsock_socket(&spec.run_dir);
     let vsock = utf8(id, "vsock socket", &vsock_path)?;
     Ok(vec![
         request(
+            Method::PUT,
             "/machine-config",
             MachineConfig {
                 vcpu_count: spec.vcpus,
@@ -356,6 +634,7 @@ pub fn boot_requests(spec: &VmSpec) -> Result<Vec<ApiRequest>, VmmError> {
             },
         ),
         request(
+            Method::PUT,
             "/boot-source",
             BootSource {
                 kernel_image_path: kernel.to_string(),
@@ -364,24 +643,27 @@ pub fn boot_requests(spec: &VmSpec) -> Result<Vec<ApiRequest>, VmmError> {
             },
         ),
         request(
+            Method::PUT,
             "/drives/root",
             Drive {
                 drive_id: "root".to_string(),
-                path_on_host: root.to_string(),
+                path_on_host: root,
                 is_root_device: true,
                 is_read_only: false,
             },
         ),
         request(
+            Method::PUT,
             "/drives/work",
             Drive {
                 drive_id: "work".to_string(),
-                path_on_host: work.to_string(),
+                path_on_host: work,
                 is_root_device: false,
                 is_read_only: false,
             },
         ),
         request(
+            Method::PUT,
             &format!("/network-interfaces/{IFACE_ID}"),
             NetworkInterface {
                 iface_id: IFACE_ID.to_string(),
@@ -390,6 +672,7 @@ pub fn boot_requests(spec: &VmSpec) -> Result<Vec<ApiRequest>, VmmError> {
             },
         ),
         request(
+            Method::PUT,
             "/vsock",
             Vsock {
                 guest_cid: spec.vsock_cid,
@@ -397,6 +680,7 @@ pub fn boot_requests(spec: &VmSpec) -> Result<Vec<ApiRequest>, VmmError> {
             },
         ),
         request(
+            Method::PUT,
             "/actions",
             InstanceAction {
                 action_type: ActionType::InstanceStart,
@@ -451,11 +735,11 @@ mod tests {
             ),
             (
                 "/drives/root",
-                json!({"drive_id": "root", "path_on_host": "/d/root.ext4", "is_root_device": true, "is_read_only": false}),
+                json!({"drive_id": "root", "path_on_host": "root.ext4", "is_root_device": true, "is_read_only": false}),
             ),
             (
                 "/drives/work",
-                json!({"drive_id": "work", "path_on_host": "/d/work.ext4", "is_root_device": false, "is_read_only": false}),
+                json!({"drive_id": "work", "path_on_host": "work.ext4", "is_root_device": false, "is_read_only": false}),
             ),
             (
                 "/network-interfaces/eth0",
@@ -472,6 +756,107 @@ mod tests {
             assert_eq!(path, want_path);
             assert_eq!(*body, want_body, "{path}");
         }
+    }
+
+    fn restore(grown: Vec<(Disk, u64)>) -> Restore {
+        Restore {
+            snapshot: SnapshotFiles::in_dir(Path::new("/t/tpl")),
+            grown,
+        }
+    }
+
+    #[test]
+    fn a_restore_loads_the_snapshot_on_the_vm_s_own_devices_and_boots_nothing() {
+        let plan = plan(&spec(), &StartMode::Restore(restore(vec![]))).unwrap();
+        assert_eq!(plan.cwd.as_deref(), Some(Path::new("/d")));
+        let got: Vec<(&Method, &str, &serde_json::Value)> = plan
+            .requests
+            .iter()
+            .map(|r| (&r.method, r.path.as_str(), &r.body))
+            .collect();
+        assert_eq!(
+            got,
+            [(
+                &Method::PUT,
+                "/snapshot/load",
+                &json!({
+                    "snapshot_path": "/t/tpl/vmstate",
+                    "mem_backend": {"backend_type": "File", "backend_path": "/t/tpl/memory"},
+                    "network_overrides": [{"iface_id": "eth0", "host_dev_name": "bgtap5"}],
+                    "vsock_override": {"uds_path": "/run/b/0123456789abcdef/vsock.sock"},
+                    "resume_vm": true,
+                })
+            )]
+        );
+        assert!(plan.grow.is_empty());
+    }
+
+    #[test]
+    fn a_template_boots_as_a_vm_does_in_its_disks_directory() {
+        let boot = plan(&spec(), &StartMode::Boot).unwrap();
+        let template = plan(
+            &spec(),
+            &StartMode::BootTemplate {
+                memory: "/t/tpl/memory".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(boot, template);
+        assert_eq!(boot.cwd.as_deref(), Some(Path::new("/d")));
+        assert_eq!(boot.requests, boot_requests(&spec()).unwrap());
+    }
+
+    #[test]
+    fn grown_disks_are_re_read_by_their_relative_path() {
+        let plan = plan(
+            &spec(),
+            &StartMode::Restore(restore(vec![(Disk::Work, 1 << 30)])),
+        )
+        .unwrap();
+        assert_eq!(
+            plan.grow,
+            [Grow {
+                file: "/d/work.ext4".into(),
+                size: 1 << 30,
+                drive_id: "work",
+                path_on_host: "work.ext4".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn disks_in_two_directories_have_full_paths_and_cannot_be_restored() {
+        let mut spec = spec();
+        spec.work_disk = "/e/work.ext4".into();
+        let boot = plan(&spec, &StartMode::Boot).unwrap();
+        assert_eq!(boot.cwd, None);
+        assert_eq!(boot.requests[2].body["path_on_host"], "/d/root.ext4");
+        assert_eq!(boot.requests[3].body["path_on_host"], "/e/work.ext4");
+        let err = plan(&spec, &StartMode::Restore(restore(vec![]))).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                VmmError::InvalidSpec {
+                    what: "disk layout",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn growing_extends_a_file_sparsely_and_never_shrinks_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("work.ext4");
+        std::fs::write(&file, b"data").unwrap();
+        grow_file("vm", &file, 1 << 20).unwrap();
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), 1 << 20);
+        grow_file("vm", &file, 10).unwrap();
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), 1 << 20);
+        assert_eq!(&std::fs::read(&file).unwrap()[..4], b"data");
+        let err = grow_file("vm", &dir.path().join("missing"), 10).unwrap_err();
+        assert!(matches!(err, VmmError::GrowDisk { .. }), "{err}");
     }
 
     #[test]

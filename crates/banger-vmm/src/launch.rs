@@ -6,8 +6,8 @@
 //! 2. create the run directory (mode 0700); refuse if a VMM already answers on the control
 //!    socket ([`Backend::probe`]), otherwise remove the stale sockets there;
 //! 3. open the logs (appending) and spawn the VMM detached ([`process::spawn_detached`]) with
-//!    the backend's arguments ([`Backend::args`]), stdout to the console log, stderr to the
-//!    VMM log;
+//!    the backend's arguments ([`Backend::args`]) in its working directory
+//!    ([`Backend::cwd`]), stdout to the console log, stderr to the VMM log;
 //! 4. wait until the control socket answers ([`Backend::ready`]), noticing an early exit
 //!    (the error quotes what the VMM wrote);
 //! 5. configure and boot the guest ([`Backend::configure`]; QEMU has nothing left to do).
@@ -71,6 +71,11 @@ pub(crate) trait Backend: Vmm {
     ) -> impl Future<Output = Result<(Option<String>, Option<u32>), Self::ProbeError>> + Send;
     /// The VMM's arguments (without the program).
     fn args(&self, spec: &VmSpec, plan: &Self::Plan, control_socket: &Path) -> Vec<OsString>;
+    /// The VMM's working directory: `None` keeps the daemon's.
+    fn cwd(&self, plan: &Self::Plan) -> Option<PathBuf> {
+        let _ = plan;
+        None
+    }
     /// One readiness probe of the freshly spawned VMM's control socket.
     fn ready(&self, socket: &Path) -> impl Future<Output = Result<(), Self::ProbeError>> + Send;
     /// Configures and boots the guest once the control socket answers.
@@ -134,6 +139,9 @@ pub(crate) async fn start_in<B: Backend>(
         .stdout(console)
         .stderr(vmm_log)
         .envs(backend.env().iter().map(|(k, v)| (k, v)));
+    if let Some(dir) = backend.cwd(&plan) {
+        cmd.current_dir(dir);
+    }
     let spawned = process::spawn_detached(cmd).map_err(|source| VmmError::Spawn {
         vm_id: vm_id.to_string(),
         source,

@@ -1,7 +1,9 @@
 //! The Firecracker backend against `banger-fake-firecracker` (which runs a host-mode
 //! `banger-agent` behind its hybrid vsock): the exact API sequence of a boot, the agent
-//! reached through hybrid vsock, re-finding a live VMM, graceful and forced ends, and failed
-//! starts that leave nothing behind.
+//! reached through hybrid vsock, re-finding a live VMM, graceful and forced ends, failed
+//! starts that leave nothing behind, and snapshots (a template saved, a VM restored from it
+//! on its own disks with only `PUT /snapshot/load`), every request validated by the fake
+//! against `firecracker.yaml`.
 //!
 //! The binaries are not built by `cargo test -p banger-vmm`; build them first with
 //! `cargo build -p banger-fake-firecracker -p banger-agent` (or `cargo build --workspace`).
@@ -20,7 +22,10 @@ use banger_agent_proto::client::{connect_hybrid_vsock, health};
 use banger_vmm::firecracker::api::{ApiClient, InstanceState};
 use banger_vmm::firecracker::{self, FirecrackerVmm, Timeouts};
 use banger_vmm::process::{self, Signal, StopOutcome};
-use banger_vmm::{AgentEndpoint, KernelFiles, Running, VmSpec, Vmm, VmmError};
+use banger_vmm::{
+    AgentEndpoint, Disk, KernelFiles, Restore, Running, SnapshotFiles, StartMode, VmSpec, Vmm,
+    VmmError,
+};
 use serde_json::{Value, json};
 
 use banger_core::error::chain;
@@ -187,8 +192,12 @@ async fn boots_with_the_exact_api_sequence_and_stops_gracefully() {
         .inspect(|r| assert_eq!(**r, json!({"method": "GET", "path": "/", "body": null})))
         .count();
     assert!(probes >= 1, "{log:#?}");
-    let root = spec.root_disk.to_str().unwrap();
-    let work = spec.work_disk.to_str().unwrap();
+    // Drives are named relative to the VMM's working directory, the VM's own directory.
+    let (root, work) = ("root.ext4", "work.ext4");
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{}/cwd", run.pid)).unwrap(),
+        vm.dir.path()
+    );
     let expected = [
         json!({"method": "PUT", "path": "/machine-config", "body": {"vcpu_count": 2, "mem_size_mib": 512}}),
         json!({"method": "PUT", "path": "/boot-source", "body": {
@@ -390,4 +399,156 @@ async fn a_silent_vmm_is_killed_on_timeout_and_on_cancellation() {
         no_process_with(&socket).await,
         "the cancelled start was cleaned up"
     );
+}
+
+/// The requests that change something (all but `GET`s) in the request log at `path`.
+fn changes(path: &Path) -> Vec<Value> {
+    request_log(path)
+        .into_iter()
+        .filter(|r| r["method"] != "GET")
+        .collect()
+}
+
+/// The state the VMM of `run` reports (`GET /`).
+async fn state_of(run: &Running) -> InstanceState {
+    ApiClient::new(&run.api_socket)
+        .describe()
+        .await
+        .expect("GET /")
+        .state
+}
+
+#[tokio::test]
+async fn a_template_is_saved_and_a_vm_restored_from_it_loads_it_on_its_own_devices() {
+    let Some(bins) = bins() else { return };
+    let template = vm("00000000000000d1", 10);
+    let vmm = backend(&bins, &template);
+    assert!(vmm.snapshots());
+    let files = SnapshotFiles::in_dir(template.dir.path());
+    let mode = StartMode::BootTemplate {
+        memory: files.memory.clone(),
+    };
+    let run = vmm
+        .launch(&template.spec, &mode)
+        .await
+        .expect("template boot");
+    agent_health(&run).await;
+    vmm.pause(&run).await.expect("pause");
+    assert_eq!(state_of(&run).await, InstanceState::Paused);
+    vmm.resume(&run).await.expect("resume");
+    vmm.snapshot(&run, &files).await.expect("snapshot");
+    assert_eq!(
+        state_of(&run).await,
+        InstanceState::Paused,
+        "a saved VM stays paused"
+    );
+    let log = changes(&template.requests);
+    let tail: Vec<Value> = log[log.len() - 4..].to_vec();
+    assert_eq!(
+        tail,
+        [
+            json!({"method": "PATCH", "path": "/vm", "body": {"state": "Paused"}}),
+            json!({"method": "PATCH", "path": "/vm", "body": {"state": "Resumed"}}),
+            json!({"method": "PATCH", "path": "/vm", "body": {"state": "Paused"}}),
+            json!({"method": "PUT", "path": "/snapshot/create", "body": {
+                "snapshot_type": "Full",
+                "snapshot_path": files.state.to_str().unwrap(),
+                "mem_file_path": files.memory.to_str().unwrap()}}),
+        ],
+        "{log:#?}"
+    );
+    assert!(files.state.is_file() && files.memory.is_file());
+    process::stop(&vmm, &run, Duration::ZERO)
+        .await
+        .expect("stop");
+    // The template's disks go away: a restore must open the VM's own.
+    std::fs::remove_file(&template.spec.root_disk).unwrap();
+    std::fs::remove_file(&template.spec.work_disk).unwrap();
+
+    let clone = vm("00000000000000d2", 11);
+    let vmm = backend(&bins, &clone);
+    let spec = &clone.spec;
+    let grown = 1 << 20;
+    let restore = StartMode::Restore(Restore {
+        snapshot: files.clone(),
+        grown: vec![(Disk::Work, grown)],
+    });
+    let run = vmm.launch(spec, &restore).await.expect("restore");
+    assert_eq!(state_of(&run).await, InstanceState::Running);
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{}/cwd", run.pid)).unwrap(),
+        clone.dir.path()
+    );
+    let log = changes(&clone.requests);
+    assert_eq!(
+        log,
+        [
+            json!({"method": "PUT", "path": "/snapshot/load", "body": {
+                "snapshot_path": files.state.to_str().unwrap(),
+                "mem_backend": {"backend_type": "File", "backend_path": files.memory.to_str().unwrap()},
+                "network_overrides": [{"iface_id": "eth0", "host_dev_name": "bgtap11"}],
+                "vsock_override": {"uds_path": spec.run_dir.join("vsock.sock").to_str().unwrap()},
+                "resume_vm": true}}),
+            json!({"method": "PATCH", "path": "/drives/work", "body": {
+                "drive_id": "work", "path_on_host": "work.ext4"}}),
+        ],
+        "exactly a load, no InstanceStart: {log:#?}"
+    );
+    assert_eq!(std::fs::metadata(&spec.work_disk).unwrap().len(), grown);
+    // The agent answers on the VM's own vsock socket.
+    assert_eq!(
+        run.agent,
+        AgentEndpoint::HybridVsock {
+            uds: spec.run_dir.join("vsock.sock"),
+            port: banger_agent_proto::wire::AGENT_VSOCK_PORT,
+        }
+    );
+    agent_health(&run).await;
+
+    // The fake's agent takes the identity in its sandbox next to the vsock socket.
+    let uds = spec.run_dir.join("vsock.sock");
+    let stream = connect_hybrid_vsock(&uds, banger_agent_proto::wire::AGENT_VSOCK_PORT)
+        .await
+        .expect("connect");
+    let identity = banger_agent_proto::identity::Identity {
+        hostname: "restored".to_string(),
+        files: vec![banger_agent_proto::identity::IdentityFile {
+            path: "/etc/hostname".to_string(),
+            content: "restored\n".to_string(),
+        }],
+        mac: spec.mac.to_lowercase(),
+        entropy: banger_agent_proto::identity::hex(&[1u8; 32]),
+        time_unix_ns: 0,
+        grow: vec!["/dev/vdb".to_string()],
+    };
+    banger_agent_proto::client::identity(stream, &identity, Duration::from_secs(10))
+        .await
+        .expect("POST /identity");
+    let sandbox = spec.run_dir.join("vsock.sock.identity");
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("etc/hostname")).unwrap(),
+        "restored\n"
+    );
+    let outcome = process::stop(&vmm, &run, Duration::from_secs(5))
+        .await
+        .expect("stop");
+    assert_eq!(outcome, StopOutcome::Graceful);
+    assert!(!sandbox.exists(), "the sandbox goes with the VM");
+}
+
+#[tokio::test]
+async fn a_restore_the_vmm_refuses_leaves_nothing_running() {
+    let Some(bins) = bins() else { return };
+    let vm = vm("00000000000000d3", 12);
+    let vmm = backend(&bins, &vm);
+    let spec = &vm.spec;
+    let restore = StartMode::Restore(Restore {
+        snapshot: SnapshotFiles::in_dir(&vm.dir.path().join("no-template")),
+        grown: vec![],
+    });
+    let err = vmm.launch(spec, &restore).await.expect_err("no snapshot");
+    let text = chain(&err);
+    assert!(text.contains("snapshot/load"), "{text}");
+    assert!(no_process_with(&api_socket(spec)).await);
+    assert!(!api_socket(spec).exists());
 }

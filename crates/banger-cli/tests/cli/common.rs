@@ -176,6 +176,16 @@ pub fn bin_dir() -> PathBuf {
     Path::new(BANGER).parent().unwrap().to_path_buf()
 }
 
+/// `config` with `warm_start = false` unless it sets `warm_start` itself: a test makes
+/// warm-start templates only when it opts in, never in the background of another test.
+pub fn test_config(config: &str) -> String {
+    if config.contains("warm_start") {
+        config.to_string()
+    } else {
+        format!("{config}\nwarm_start = false\n")
+    }
+}
+
 static NETNS_SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl Home {
@@ -197,7 +207,11 @@ impl Home {
         }
         let home = Self::in_netns("");
         std::fs::write(home.path().join("config/config.toml"), {
-            let mut text = format!("firecracker_bin = \"{}\"\n{config}", fake.display());
+            let mut text = format!(
+                "firecracker_bin = \"{}\"\n{}",
+                fake.display(),
+                test_config(config)
+            );
             for (key, default) in [("stop_grace_secs", "3"), ("agent_wait_secs", "15")] {
                 if !config.contains(key) {
                     text.push_str(&format!("{key} = {default}\n"));
@@ -228,7 +242,7 @@ impl Home {
             .status();
         home.netns = Some(ns);
         std::fs::create_dir_all(home.path().join("config")).unwrap();
-        std::fs::write(home.path().join("config/config.toml"), config).unwrap();
+        std::fs::write(home.path().join("config/config.toml"), test_config(config)).unwrap();
         home
     }
 

@@ -18,5 +18,6 @@ mod oci;
 mod ssh;
 mod system;
 mod vm;
+mod warm;
 mod web;
 mod workspace;

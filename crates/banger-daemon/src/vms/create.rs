@@ -19,6 +19,7 @@ use super::vmm::kill_vmms_of;
 use crate::error::{OpError, chain};
 use crate::progress::Progress;
 use crate::state::{AppState, ImagesGuard};
+use crate::templates::Lookup;
 
 /// A friendly default name: adjective-noun, made unique with a number when needed.
 fn generate_name(taken: &BTreeSet<String>) -> String {
@@ -199,7 +200,7 @@ async fn create_steps(
     if !cold {
         match super::warm::template_for(state, image, &row) {
             // The image lock is held across the restore: the template is not removed under it.
-            Some(template) => {
+            Lookup::Found(template) => {
                 match super::warm::restore(state, &mut row, &template, progress).await {
                     Ok(()) => {
                         progress.stage(
@@ -226,10 +227,22 @@ async fn create_steps(
                     }
                 }
             }
-            None if state.opts.config.warm_start => {
+            Lookup::Removed { dir, why } => {
+                progress.stage(
+                    "warm start",
+                    format!(
+                        "warning: template {} is unusable ({why}), it is removed and the VM boots cold",
+                        dir.display()
+                    ),
+                );
+                if state.opts.config.warm_start {
+                    super::warm::make_in_background(state, image, &row)
+                }
+            }
+            Lookup::Absent if state.opts.config.warm_start => {
                 super::warm::make_in_background(state, image, &row)
             }
-            None => {}
+            Lookup::Absent => {}
         }
     }
     progress.stage(

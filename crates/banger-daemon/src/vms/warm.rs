@@ -45,7 +45,7 @@ use super::disks::{RESTORED, Restored};
 use crate::error::{OpError, chain};
 use crate::progress::Progress;
 use crate::state::AppState;
-use crate::templates::{Manifest, Shape, Template, Templates};
+use crate::templates::{Lookup, Manifest, Shape, Template, Templates};
 
 /// The template guest's address: link-local, never leased to a VM.
 pub const TEMPLATE_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 77, 2);
@@ -59,18 +59,26 @@ pub fn fingerprint_of(state: &AppState, image: &ImageRow) -> Result<String, OpEr
     ))
 }
 
-/// The usable template for a VM `row` of `image`: same shape, disks no smaller than the
-/// template's.
-pub fn template_for(state: &AppState, image: &ImageRow, row: &VmRow) -> Option<Template> {
+/// The usable template for a VM `row` of `image` (same shape, disks no smaller than the
+/// template's), or the unusable one that was removed.
+pub fn template_for(state: &AppState, image: &ImageRow, row: &VmRow) -> Lookup {
     let shape = Shape {
         vmm: row.vmm,
         cpus: row.cpus,
         memory_mib: row.memory_mib,
     };
-    let fp = fingerprint_of(state, image).ok()?;
-    let t = state.templates.find(&image.id, &shape, &fp)?;
-    (row.disk_bytes >= t.manifest.root_bytes && row.work_disk_bytes >= t.manifest.work_bytes)
-        .then_some(t)
+    let Ok(fp) = fingerprint_of(state, image) else {
+        return Lookup::Absent;
+    };
+    match state.templates.lookup(&image.id, &shape, &fp) {
+        Lookup::Found(t)
+            if row.disk_bytes < t.manifest.root_bytes
+                || row.work_disk_bytes < t.manifest.work_bytes =>
+        {
+            Lookup::Absent
+        }
+        other => other,
+    }
 }
 
 /// `banger image warm`: makes (or remakes) the template of the image `reference` for the
@@ -373,8 +381,11 @@ pub(super) async fn restore(
     // agent reopens its port, and the identity's own probe (see `give_identity`) waits for it.
     progress.stage("identity", format!("{} {}", row.name, spec.mac));
     let keys = give_identity(state, row, &running, grow).await?;
+    // A guest with sshd has host keys (the identity step made new ones of its types): only
+    // then is port 22 worth waiting for, as a boot waits only when the image has sshd.
+    let has_sshd = !keys.keys.is_empty();
     store_host_keys(state, row, Ok(keys));
-    if let Some(ip) = row.ip.map(|ip| ip.to_string()) {
+    if has_sshd && let Some(ip) = row.ip.map(|ip| ip.to_string()) {
         let secs = state.opts.config.ssh_wait_secs;
         if !banger_api::probe::wait_ssh(&ip, Duration::from_secs(secs)).await {
             progress.stage("wait ssh", format!("sshd did not answer within {secs}s"));

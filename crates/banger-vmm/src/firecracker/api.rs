@@ -209,6 +209,81 @@ pub struct Vsock {
     pub uds_path: String,
 }
 
+/// `PATCH /drives/{drive_id}` (`PartialDrive`): a new backing file, or the same one re-read
+/// (its size included).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartialDrive {
+    pub drive_id: String,
+    pub path_on_host: String,
+}
+
+/// The `state` of `PATCH /vm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum VmRunState {
+    Paused,
+    Resumed,
+}
+
+/// `PATCH /vm` (`Vm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct VmStateChange {
+    pub state: VmRunState,
+}
+
+/// The `snapshot_type` of `PUT /snapshot/create`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum SnapshotType {
+    Full,
+    Diff,
+}
+
+/// `PUT /snapshot/create` (`SnapshotCreateParams`): the device state into `snapshot_path`,
+/// the whole guest memory into `mem_file_path`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotCreate {
+    pub snapshot_type: SnapshotType,
+    pub snapshot_path: String,
+    pub mem_file_path: String,
+}
+
+/// The `backend_type` of a `MemoryBackend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum MemBackendType {
+    /// The memory file is mapped privately: copy-on-write, pages faulted in by the kernel.
+    File,
+    Uffd,
+}
+
+/// `MemoryBackend`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemBackend {
+    pub backend_type: MemBackendType,
+    pub backend_path: String,
+}
+
+/// `NetworkOverride`: the TAP a restored interface uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetworkOverride {
+    pub iface_id: String,
+    pub host_dev_name: String,
+}
+
+/// `VsockOverride`: the host-side socket a restored vsock device binds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VsockOverride {
+    pub uds_path: String,
+}
+
+/// `PUT /snapshot/load` (`SnapshotLoadParams`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotLoad {
+    pub snapshot_path: String,
+    pub mem_backend: MemBackend,
+    pub network_overrides: Vec<NetworkOverride>,
+    pub vsock_override: VsockOverride,
+    pub resume_vm: bool,
+}
+
 /// The `action_type` of `PUT /actions`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum ActionType {
@@ -279,7 +354,21 @@ impl ApiClient {
 
     /// `PUT path` with a JSON body; any 2xx answer is success.
     pub async fn put<B: Serialize + ?Sized>(&self, path: &str, body: &B) -> Result<(), ApiError> {
-        let method = Method::PUT;
+        self.send(Method::PUT, path, body).await
+    }
+
+    /// `PATCH path` with a JSON body; any 2xx answer is success.
+    pub async fn patch<B: Serialize + ?Sized>(&self, path: &str, body: &B) -> Result<(), ApiError> {
+        self.send(Method::PATCH, path, body).await
+    }
+
+    /// `method path` with a JSON body; any 2xx answer is success.
+    pub async fn send<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+    ) -> Result<(), ApiError> {
         let bytes = serde_json::to_vec(body).map_err(|source| ApiError::Encode {
             method: method.clone(),
             path: path.to_string(),
