@@ -181,6 +181,10 @@ pub struct Vm {
     /// copy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_clone: Option<String>,
+    /// A running VM whose vCPUs are paused (`vm pause`; `vm resume` continues it). Its VMM
+    /// runs: it keeps its address and resources, `vm stop` works, exec and files are refused.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// How a workspace's repository travelled.
@@ -444,7 +448,7 @@ pub enum Event<T> {
 
 /// What `POST /v1/vms/actions` does to each VM; each variant carries exactly its data.
 ///
-/// On the wire (externally tagged): `"start"`, `"stop"`, `"restart"`, `"delete"`,
+/// On the wire (externally tagged): `"start"`, `"stop"`, `"restart"`, `"pause"`, `"resume"`, `"delete"`,
 /// `{"kill": {"signal": "TERM"}}`, `{"set": {"settings": {"cpus": 2}, "nat": true}}` (`nat` optional).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", from = "VmActionWire")]
@@ -452,6 +456,10 @@ pub enum VmAction {
     Start,
     Stop,
     Restart,
+    /// Pauses a running VM's vCPUs.
+    Pause,
+    /// Resumes a paused VM.
+    Resume,
     /// Sends `signal` (a name such as `TERM`, or a number) to the VMM process.
     Kill {
         signal: String,
@@ -476,6 +484,8 @@ impl VmAction {
             Self::Start => "started",
             Self::Stop => "stopped",
             Self::Restart => "restarted",
+            Self::Pause => "paused",
+            Self::Resume => "resumed",
             Self::Kill { .. } => "killed",
             Self::Delete | Self::Prune => "deleted",
             Self::Set { .. } => "updated",
@@ -490,13 +500,15 @@ impl VmAction {
 #[serde(rename_all = "snake_case", rename = "VmAction")]
 #[schema(
     description = "What `POST /v1/vms/actions` does to each VM: `\"start\"`, `\"stop\"`, \
-    `\"restart\"`, `\"delete\"`, `\"prune\"` (delete unless running), \
+    `\"restart\"`, `\"pause\"`, `\"resume\"`, `\"delete\"`, `\"prune\"` (delete unless running), \
     `{\"kill\": {\"signal\": \"TERM\"}}` or `{\"set\": {\"settings\": {...}, \"nat\": true}}`."
 )]
 enum VmActionWire {
     Start,
     Stop,
     Restart,
+    Pause,
+    Resume,
     #[schema(value_type = KillWire)]
     Kill(JsonObject<KillWire>),
     Delete,
@@ -531,6 +543,8 @@ impl From<VmActionWire> for VmAction {
             VmActionWire::Start => Self::Start,
             VmActionWire::Stop => Self::Stop,
             VmActionWire::Restart => Self::Restart,
+            VmActionWire::Pause => Self::Pause,
+            VmActionWire::Resume => Self::Resume,
             VmActionWire::Kill(JsonObject(k)) => Self::Kill { signal: k.signal },
             VmActionWire::Delete => Self::Delete,
             VmActionWire::Prune => Self::Prune,
@@ -1275,6 +1289,8 @@ mod tests {
             (VmAction::Start, serde_json::json!("start")),
             (VmAction::Stop, serde_json::json!("stop")),
             (VmAction::Restart, serde_json::json!("restart")),
+            (VmAction::Pause, serde_json::json!("pause")),
+            (VmAction::Resume, serde_json::json!("resume")),
             (VmAction::Delete, serde_json::json!("delete")),
             (
                 VmAction::Kill {
@@ -1311,7 +1327,7 @@ mod tests {
             r#"{"action": "kill", "refs": []}"#,
             r#"{"action": {"kill": {}}, "refs": []}"#,
             r#"{"action": "set", "refs": []}"#,
-            r#"{"action": "pause", "refs": []}"#,
+            r#"{"action": "hibernate", "refs": []}"#,
         ] {
             assert!(
                 serde_json::from_str::<ActionRequest>(body).is_err(),

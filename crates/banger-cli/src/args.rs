@@ -205,6 +205,13 @@ before any VM is made. --dry-run prints what would be shipped and makes nothing.
     /// Stop and start VMs.
     #[command(after_long_help = "Examples:\n  banger vm restart web")]
     Restart(Refs),
+    /// Pause running VMs' vCPUs (they keep their memory, address and resources; exec and ssh
+    /// are refused until resumed; stop works). A daemon restart keeps them paused.
+    #[command(after_long_help = "Examples:\n  banger vm pause web\n  banger vm pause web db")]
+    Pause(Refs),
+    /// Resume paused VMs.
+    #[command(after_long_help = "Examples:\n  banger vm resume web")]
+    Resume(Refs),
     /// Send a signal to VMs' VMM processes (default KILL).
     #[command(
         after_long_help = "Examples:\n  banger vm kill web\n  banger vm kill --signal TERM web"

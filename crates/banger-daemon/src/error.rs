@@ -209,6 +209,12 @@ pub enum OpError {
     },
     #[error("VM {vm:?} is not running")]
     NotRunning { vm: String },
+    #[error("VM {vm:?} is paused; resume it with: banger vm resume {vm}")]
+    Paused { vm: String },
+    #[error("VM {vm:?} is already paused")]
+    AlreadyPaused { vm: String },
+    #[error("VM {vm:?} is not paused")]
+    NotPaused { vm: String },
     #[error("cancelled: the client went away")]
     Cancelled,
     #[error(transparent)]
@@ -351,7 +357,10 @@ impl OpError {
             | Self::TemplateBusy { .. }
             | Self::KernelInUse { .. }
             | Self::WrongState { .. }
-            | Self::NotRunning { .. } => ErrorKind::Conflict,
+            | Self::NotRunning { .. }
+            | Self::Paused { .. }
+            | Self::AlreadyPaused { .. }
+            | Self::NotPaused { .. } => ErrorKind::Conflict,
             Self::SubnetFull { .. }
             | Self::AgentTimeout { .. }
             | Self::Agent { .. }
@@ -632,6 +641,7 @@ fn vmm_kind(e: &banger_vmm::VmmError) -> ErrorKind {
         V::Api { .. } | V::Qmp { .. } | V::Snapshot { .. } => ErrorKind::Internal,
         V::Unsupported { .. } => ErrorKind::BadRequest,
         V::CloneDisk { source, .. } => io_kind(source),
+        V::CopyDisk { .. } => ErrorKind::Internal,
     }
 }
 

@@ -359,6 +359,7 @@ mod adversarial_pid_reuse {
                 created_at: format!("t{n}"),
                 started_at: None,
                 origin: banger_core::vm::VmOrigin::Api,
+                paused: false,
             };
             self.state.db(|s| s.insert_vm(&row)).unwrap();
             row
@@ -633,6 +634,7 @@ mod adversarial {
             created_at: "2026-01-01T00:00:00Z".into(),
             started_at: None,
             origin: banger_core::vm::VmOrigin::Api,
+            paused: false,
         }
     }
 
@@ -3014,6 +3016,149 @@ mod stop {
     }
 }
 
+/// `vm pause`/`vm resume`: several references, each answered; a wrong state is that
+/// reference's error and changes nothing; the store keeps the paused state.
+mod pause {
+    use banger_api::types::{ActionRequest, VmAction, VmState};
+    use banger_daemon::error::OpError;
+    use banger_vmm::VmmError;
+    use banger_vmm::fake::{FakeCall, FakeOp};
+
+    use super::vm_fixture::*;
+    use super::*;
+
+    async fn act(f: &Fixture, action: VmAction, refs: &[&str]) -> Vec<Option<String>> {
+        let req = ActionRequest {
+            refs: refs.iter().map(|r| r.to_string()).collect(),
+            action,
+        };
+        banger_daemon::vms::act(f.state.clone(), req)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.error.map(|e| e.message))
+            .collect()
+    }
+
+    fn pauses(f: &Fixture) -> usize {
+        f.vmm
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, FakeCall::Pause(_) | FakeCall::Resume(_)))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn pause_and_resume_answer_per_reference_and_a_wrong_state_changes_nothing() {
+        let f = fixture(quick(), true);
+        let web = f.create(request("web")).await.unwrap();
+        f.create(request("db")).await.unwrap();
+        let errors = act(&f, VmAction::Pause, &["web", "nope", "db"]).await;
+        assert_eq!(errors[0], None);
+        assert!(errors[1].as_deref().unwrap().contains("nope"), "{errors:?}");
+        assert_eq!(errors[2], None);
+        assert!(f.vmm.is_paused(&web.id));
+        assert!(f.row("web").paused && f.row("db").paused);
+        assert!(f.state.vm_view(&f.row("web")).paused);
+        assert_eq!(pauses(&f), 2);
+
+        // Pausing a paused VM is refused without asking the VMM.
+        let errors = act(&f, VmAction::Pause, &["web"]).await;
+        assert_eq!(errors[0].as_deref(), Some("VM \"web\" is already paused"));
+        assert_eq!(pauses(&f), 2);
+
+        let errors = act(&f, VmAction::Resume, &["web"]).await;
+        assert_eq!(errors, vec![None]);
+        assert!(!f.vmm.is_paused(&web.id) && !f.row("web").paused);
+        // Resuming a running VM is refused, nothing asked.
+        let errors = act(&f, VmAction::Resume, &["web"]).await;
+        assert_eq!(errors[0].as_deref(), Some("VM \"web\" is not paused"));
+        assert_eq!(pauses(&f), 3);
+        assert!(f.row("db").paused, "db is still paused");
+    }
+
+    #[tokio::test]
+    async fn a_paused_vm_refuses_its_agent_and_stays_paused_across_a_daemon_restart() {
+        let f = fixture(quick(), true);
+        f.create(request("web")).await.unwrap();
+        banger_daemon::vms::pause(&f.state, &f.row("web").id)
+            .await
+            .unwrap();
+        let err = banger_daemon::vms::health(&f.state, "web")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, OpError::Paused { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "VM \"web\" is paused; resume it with: banger vm resume web"
+        );
+        // The next daemon (same host and VMMs) finds it paused, and reconcile keeps it so.
+        let restarted = state_in(f.dir.path(), host(&f.vmm, &f.net, &f.runner), quick());
+        banger_daemon::vms::reconcile(&restarted).await;
+        let row = restarted
+            .vm_rows()
+            .unwrap()
+            .into_iter()
+            .find(|r| r.name == "web")
+            .unwrap();
+        assert_eq!((row.state, row.paused), (VmState::Running, true));
+        banger_daemon::vms::resume(&restarted, &row.id)
+            .await
+            .unwrap();
+        let row = restarted.vm_rows().unwrap().remove(0);
+        assert!(banger_daemon::vms::endpoint_of(&restarted, &row).is_ok());
+    }
+
+    #[tokio::test]
+    async fn stop_of_a_paused_vm_resumes_it_first_and_leaves_it_unpaused() {
+        let mut f = fixture(quick(), true);
+        let vm = f.create(request("web")).await.unwrap();
+        f.stop_agents();
+        banger_daemon::vms::pause(&f.state, &vm.id).await.unwrap();
+        let note = banger_daemon::vms::stop(&f.state, &vm.id).await.unwrap();
+        assert_eq!(note, None, "the resumed guest shut down by itself");
+        let calls = f.vmm.calls();
+        let resume = calls
+            .iter()
+            .position(|c| matches!(c, FakeCall::Resume(_)))
+            .expect("resumed");
+        let shutdown = calls
+            .iter()
+            .position(|c| matches!(c, FakeCall::RequestShutdown(_)))
+            .expect("asked to shut down");
+        assert!(resume < shutdown, "{calls:?}");
+        let row = f.row("web");
+        assert_eq!((row.state, row.paused), (VmState::Stopped, false));
+        f.assert_released(&row);
+        // A stopped VM can be neither paused nor resumed.
+        for action in [VmAction::Pause, VmAction::Resume] {
+            let errors = act(&f, action, &["web"]).await;
+            assert_eq!(errors[0].as_deref(), Some("VM \"web\" is not running"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pause_the_vmm_refuses_leaves_the_vm_running() {
+        let f = fixture(quick(), true);
+        let vm = f.create(request("web")).await.unwrap();
+        f.vmm.fail_next(
+            FakeOp::Pause,
+            VmmError::Snapshot {
+                vm_id: vm.id.clone(),
+                what: "the test refuses".into(),
+            },
+        );
+        let errors = act(&f, VmAction::Pause, &["web"]).await;
+        assert!(
+            errors[0].as_deref().unwrap().contains("the test refuses"),
+            "{errors:?}"
+        );
+        assert!(!f.row("web").paused);
+        // Its agent is reachable again.
+        assert!(banger_daemon::vms::endpoint_of(&f.state, &f.row("web")).is_ok());
+    }
+}
+
 /// Creates running at the same time never share a lease.
 mod concurrency {
     use std::collections::BTreeSet;
@@ -3104,6 +3249,7 @@ mod multi_ref {
             created_at: "2026-01-01T00:00:00Z".into(),
             started_at: None,
             origin: banger_core::vm::VmOrigin::Api,
+            paused: false,
         };
         f.state.db(|s| s.insert_vm(&row)).unwrap();
         row

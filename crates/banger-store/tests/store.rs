@@ -278,6 +278,7 @@ fn vm(id: &str, name: &str, ip: &str) -> banger_store::VmRow {
         created_at: "2026-01-01T00:00:00Z".into(),
         started_at: None,
         origin: banger_core::vm::VmOrigin::Api,
+        paused: false,
     }
 }
 

@@ -48,6 +48,7 @@
 //!   [`qemu::QemuVmm::locate`] are handed the configured path, `BANGER_FIRECRACKER_BIN` or
 //!   `BANGER_QEMU_BIN`, and `PATH` by their caller.
 
+mod copy;
 pub mod error;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
@@ -415,6 +416,19 @@ pub trait Vmm: Send + Sync + fmt::Debug {
     ) -> BoxFuture<'a, Result<DiskClone, VmmError>> {
         let _ = (base, size);
         Box::pin(async move { Err(self.unsupported(&dest.display().to_string(), "disk clones")) })
+    }
+
+    /// Makes `dest` a copy of the disk `src` of a VM that keeps running on `src` afterwards
+    /// (a fork: the caller pauses the VM first and resumes it after): neither sees the
+    /// other's later writes. A reflink where the file system has them, else a sparse copy
+    /// ([`banger_disk::copy::clone_file`]); a backend whose disk files refer to others (QEMU's
+    /// qcow2 overlays) overrides it to carry those along.
+    fn copy_disk<'a>(
+        &'a self,
+        src: &'a Path,
+        dest: &'a Path,
+    ) -> BoxFuture<'a, Result<DiskClone, VmmError>> {
+        Box::pin(async move { copy::copy_file(src, dest).await })
     }
 
     /// Asks the guest to shut down (Firecracker: `SendCtrlAltDel`; QEMU: `system_powerdown`)

@@ -161,6 +161,7 @@ pub async fn create(
             created_at: state.now(),
             started_at: None,
             origin: req.origin.unwrap_or_default(),
+            paused: false,
         };
         // Nothing exists for the VM yet: a spec its backend refuses creates nothing.
         vmm.validate(&state.spec_with(&row, kernel.clone(), image.init))

@@ -71,7 +71,7 @@ mod view;
 mod vmm;
 mod warm;
 
-pub use actions::{act, delete, kill, restart, set, start, stop};
+pub use actions::{act, delete, kill, pause, restart, resume, set, start, stop};
 pub use agent::{
     agent_health, agent_ports, endpoint_of, exec_channel, health, list_dir, ping, read_file,
     write_file,

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use banger_api::types::{Vm, Workspace, WorkspaceMode};
+use banger_api::types::{Vm, VmState, Workspace, WorkspaceMode};
 use banger_store::{ImageRow, VmRow, WorkspaceRow};
 
 use banger_core::guest_init::GuestInit;
@@ -75,6 +75,7 @@ impl AppState {
             origin: row.origin,
             restored_from: restored.as_ref().map(|r| r.template.clone()),
             disk_clone: restored.map(|r| r.disk_clone),
+            paused: row.paused && row.state == VmState::Running,
         }
     }
 

@@ -206,6 +206,7 @@ pub async fn make(
         created_at: state.now(),
         started_at: None,
         origin: Default::default(),
+        paused: false,
     };
     if let Err(e) = make_steps(state, image, &row, &staging, progress).await {
         release(state, &row).await;

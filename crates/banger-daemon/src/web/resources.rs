@@ -180,6 +180,7 @@ mod tests {
             origin: banger_core::vm::VmOrigin::Api,
             restored_from: None,
             disk_clone: None,
+            paused: false,
         }
     }
 
