@@ -185,6 +185,13 @@ pub struct Vm {
     /// runs: it keeps its address and resources, `vm stop` works, exec and files are refused.
     #[serde(default)]
     pub paused: bool,
+    /// The VM this one was forked from (`vm fork`), if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forked_from: Option<String>,
+    /// How a fork got its memory: `loaded` (copied from the saved state into its own RAM)
+    /// or `shared` (a memory file mapped copy-on-write).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fork_memory: Option<String>,
 }
 
 /// How a workspace's repository travelled.
@@ -774,6 +781,15 @@ pub struct ImageTemplate {
     /// Bytes its files take on disk (disks, device state and memory; all sparse).
     pub size_bytes: u64,
     pub made_at: String,
+}
+
+/// `POST /v1/vms/{reference}/fork`: a new VM restored from the running VM's state, on
+/// copies of its disks, with its own identity.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForkVm {
+    /// The new VM's name.
+    pub name: String,
 }
 
 /// `POST /v1/images/{reference}/warm`: make (or remake) a warm-start template.

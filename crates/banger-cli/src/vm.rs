@@ -115,6 +115,20 @@ pub async fn run(cmd: VmCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
         VmCommand::Restart(r) => act(ctx, VmAction::Restart, r.refs).await,
         VmCommand::Pause(r) => act(ctx, VmAction::Pause, r.refs).await,
         VmCommand::Resume(r) => act(ctx, VmAction::Resume, r.refs).await,
+        VmCommand::Fork(f) => {
+            validate_vm_name(&f.name).map_err(|e| CliError::Usage(format!("--name: {e}")))?;
+            let (client, _) = connect(ctx).await?;
+            let mut printer = crate::artifacts::stage_printer(ctx, "[vm fork]");
+            let vm: Vm = client
+                .stream(
+                    Route::VmFork(&f.reference),
+                    &banger_api::types::ForkVm { name: f.name },
+                    |stage, detail, _| printer(stage, detail),
+                )
+                .await?;
+            ctx.ui.line(&vm.name)?;
+            Ok(0)
+        }
         VmCommand::Kill(k) => act(ctx, VmAction::Kill { signal: k.signal }, k.refs.refs).await,
         VmCommand::Delete(r) => act(ctx, VmAction::Delete, r.refs).await,
         VmCommand::Prune(p) => prune(ctx, p.yes).await,
@@ -531,6 +545,16 @@ fn show(ctx: &mut Ctx, vm: &Vm) -> Result<(), CliError> {
             match (&vm.restored_from, &vm.disk_clone) {
                 (Some(t), Some(how)) => format!("restored from template {t} ({how} disks)"),
                 (Some(t), None) => format!("restored from template {t}"),
+                _ => "-".into(),
+            },
+        ),
+        (
+            "forked from",
+            match (&vm.forked_from, &vm.disk_clone, &vm.fork_memory) {
+                (Some(from), Some(how), Some(memory)) => {
+                    format!("{from} ({how} disks, memory {memory})")
+                }
+                (Some(from), _, _) => from.clone(),
                 _ => "-".into(),
             },
         ),

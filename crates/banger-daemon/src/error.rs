@@ -171,6 +171,13 @@ pub enum OpError {
         #[source]
         source: banger_agent_proto::client::ClientError,
     },
+    #[error("fork of VM {vm:?} failed at step {step:?}")]
+    Fork {
+        vm: String,
+        step: &'static str,
+        #[source]
+        source: Box<OpError>,
+    },
     #[error("template of image {image:?}")]
     Template {
         image: String,
@@ -315,6 +322,7 @@ pub enum WorkspaceError {
 impl OpError {
     pub fn kind(&self) -> ErrorKind {
         match self {
+            Self::Fork { source, .. } => source.kind(),
             Self::VmNotFound { .. }
             | Self::ImageNotFound { .. }
             | Self::KernelNotFound { .. }

@@ -181,6 +181,8 @@ mod tests {
             restored_from: None,
             disk_clone: None,
             paused: false,
+            forked_from: None,
+            fork_memory: None,
         }
     }
 
