@@ -395,7 +395,10 @@ pub trait Vmm: Send + Sync + fmt::Debug {
 
     /// Pauses the guest and saves its device state (and its memory, unless the VM was
     /// launched with [`StartMode::BootTemplate`], whose memory file is the snapshot's) into
-    /// `files`. The VM stays paused; its disks must be kept as they are now by the caller.
+    /// `files`. The VM stays paused (until [`resume`](Vmm::resume)); its disks must be kept
+    /// as they are now by the caller. A backend may carry the memory in `files.state` and
+    /// write no `files.memory` (QEMU, for a VM not booted as a template): a restore from
+    /// these files then loads the memory from the state instead of mapping a memory file.
     fn snapshot<'a>(
         &'a self,
         run: &'a Running,

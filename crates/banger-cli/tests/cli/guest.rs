@@ -996,7 +996,12 @@ fn a_fork_carries_the_guest_s_state_gets_its_own_identity_and_neither_sees_the_o
     let twin = lines(sh("twin", probe));
     assert_eq!(twin.len(), 6, "{twin:?}");
     assert_eq!((twin[0].as_str(), twin[5].as_str()), ("twin", "before"));
-    for (i, what) in [(1, "machine-id"), (2, "address"), (3, "MAC"), (4, "SSH host key")] {
+    for (i, what) in [
+        (1, "machine-id"),
+        (2, "address"),
+        (3, "MAC"),
+        (4, "SSH host key"),
+    ] {
         assert_ne!(orig[i], twin[i], "{what} is the original's");
     }
     let show = home.ok(&["vm", "show", "twin"]);
@@ -1019,7 +1024,10 @@ fn a_fork_carries_the_guest_s_state_gets_its_own_identity_and_neither_sees_the_o
     home.ok(&["vm", "stop", "twin"]);
     home.ok(&["vm", "start", "twin"]);
     assert_eq!(
-        sh("twin", "hostname; test ! -e /root/orig-only && cat /root/twin-only"),
+        sh(
+            "twin",
+            "hostname; test ! -e /root/orig-only && cat /root/twin-only"
+        ),
         "twin\ntwin\n"
     );
 
