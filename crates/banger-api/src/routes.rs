@@ -42,6 +42,8 @@ pub mod templates {
     pub const KERNELS_PULL: &str = "/kernels/pull";
     /// `POST`: make (or remake) a warm-start template of the image (streamed).
     pub const IMAGE_WARM: &str = "/images/{reference}/warm";
+    /// `POST`: fork the running VM into a new one (streamed stages, then the new VM).
+    pub const VM_FORK: &str = "/vms/{reference}/fork";
     /// `GET`: the API's OpenAPI 3.1 document.
     pub const OPENAPI: &str = "/openapi.json";
     /// `POST`: read a guest file through the VM's agent.
@@ -88,6 +90,8 @@ pub enum Route<'a> {
     KernelsPull,
     /// `POST /images/{reference}/warm`.
     ImageWarm(&'a str),
+    /// `POST /vms/{reference}/fork`.
+    VmFork(&'a str),
     VmFilesRead(&'a str),
     VmFilesWrite(&'a str),
     VmFilesList(&'a str),
@@ -125,6 +129,7 @@ impl Route<'_> {
             Self::Catalog => t::CATALOG,
             Self::KernelsPull => t::KERNELS_PULL,
             Self::ImageWarm(_) => t::IMAGE_WARM,
+            Self::VmFork(_) => t::VM_FORK,
             Self::VmFilesRead(_) => t::VM_FILES_READ,
             Self::VmFilesWrite(_) => t::VM_FILES_WRITE,
             Self::VmFilesList(_) => t::VM_FILES_LIST,
@@ -147,6 +152,7 @@ impl Route<'_> {
             | Self::ImageExport(r)
             | Self::ImagePush(r)
             | Self::ImageWarm(r)
+            | Self::VmFork(r)
             | Self::VmFilesRead(r)
             | Self::VmFilesWrite(r)
             | Self::VmFilesList(r) => template.replace("{reference}", &encode(r)),
@@ -214,6 +220,7 @@ mod tests {
             Route::VmFilesRead("x"),
             Route::VmFilesWrite("x"),
             Route::VmFilesList("x"),
+            Route::VmFork("x"),
         ] {
             let p = r.path();
             assert!(

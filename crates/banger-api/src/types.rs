@@ -181,6 +181,17 @@ pub struct Vm {
     /// copy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_clone: Option<String>,
+    /// A running VM whose vCPUs are paused (`vm pause`; `vm resume` continues it). Its VMM
+    /// runs: it keeps its address and resources, `vm stop` works, exec and files are refused.
+    #[serde(default)]
+    pub paused: bool,
+    /// The VM this one was forked from (`vm fork`), if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forked_from: Option<String>,
+    /// How a fork got its memory: `loaded` (copied from the saved state into its own RAM)
+    /// or `shared` (a memory file mapped copy-on-write).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fork_memory: Option<String>,
 }
 
 /// How a workspace's repository travelled.
@@ -444,7 +455,7 @@ pub enum Event<T> {
 
 /// What `POST /v1/vms/actions` does to each VM; each variant carries exactly its data.
 ///
-/// On the wire (externally tagged): `"start"`, `"stop"`, `"restart"`, `"delete"`,
+/// On the wire (externally tagged): `"start"`, `"stop"`, `"restart"`, `"pause"`, `"resume"`, `"delete"`,
 /// `{"kill": {"signal": "TERM"}}`, `{"set": {"settings": {"cpus": 2}, "nat": true}}` (`nat` optional).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", from = "VmActionWire")]
@@ -452,6 +463,10 @@ pub enum VmAction {
     Start,
     Stop,
     Restart,
+    /// Pauses a running VM's vCPUs.
+    Pause,
+    /// Resumes a paused VM.
+    Resume,
     /// Sends `signal` (a name such as `TERM`, or a number) to the VMM process.
     Kill {
         signal: String,
@@ -476,6 +491,8 @@ impl VmAction {
             Self::Start => "started",
             Self::Stop => "stopped",
             Self::Restart => "restarted",
+            Self::Pause => "paused",
+            Self::Resume => "resumed",
             Self::Kill { .. } => "killed",
             Self::Delete | Self::Prune => "deleted",
             Self::Set { .. } => "updated",
@@ -490,13 +507,15 @@ impl VmAction {
 #[serde(rename_all = "snake_case", rename = "VmAction")]
 #[schema(
     description = "What `POST /v1/vms/actions` does to each VM: `\"start\"`, `\"stop\"`, \
-    `\"restart\"`, `\"delete\"`, `\"prune\"` (delete unless running), \
+    `\"restart\"`, `\"pause\"`, `\"resume\"`, `\"delete\"`, `\"prune\"` (delete unless running), \
     `{\"kill\": {\"signal\": \"TERM\"}}` or `{\"set\": {\"settings\": {...}, \"nat\": true}}`."
 )]
 enum VmActionWire {
     Start,
     Stop,
     Restart,
+    Pause,
+    Resume,
     #[schema(value_type = KillWire)]
     Kill(JsonObject<KillWire>),
     Delete,
@@ -531,6 +550,8 @@ impl From<VmActionWire> for VmAction {
             VmActionWire::Start => Self::Start,
             VmActionWire::Stop => Self::Stop,
             VmActionWire::Restart => Self::Restart,
+            VmActionWire::Pause => Self::Pause,
+            VmActionWire::Resume => Self::Resume,
             VmActionWire::Kill(JsonObject(k)) => Self::Kill { signal: k.signal },
             VmActionWire::Delete => Self::Delete,
             VmActionWire::Prune => Self::Prune,
@@ -760,6 +781,15 @@ pub struct ImageTemplate {
     /// Bytes its files take on disk (disks, device state and memory; all sparse).
     pub size_bytes: u64,
     pub made_at: String,
+}
+
+/// `POST /v1/vms/{reference}/fork`: a new VM restored from the running VM's state, on
+/// copies of its disks, with its own identity.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForkVm {
+    /// The new VM's name.
+    pub name: String,
 }
 
 /// `POST /v1/images/{reference}/warm`: make (or remake) a warm-start template.
@@ -1275,6 +1305,8 @@ mod tests {
             (VmAction::Start, serde_json::json!("start")),
             (VmAction::Stop, serde_json::json!("stop")),
             (VmAction::Restart, serde_json::json!("restart")),
+            (VmAction::Pause, serde_json::json!("pause")),
+            (VmAction::Resume, serde_json::json!("resume")),
             (VmAction::Delete, serde_json::json!("delete")),
             (
                 VmAction::Kill {
@@ -1311,7 +1343,7 @@ mod tests {
             r#"{"action": "kill", "refs": []}"#,
             r#"{"action": {"kill": {}}, "refs": []}"#,
             r#"{"action": "set", "refs": []}"#,
-            r#"{"action": "pause", "refs": []}"#,
+            r#"{"action": "hibernate", "refs": []}"#,
         ] {
             assert!(
                 serde_json::from_str::<ActionRequest>(body).is_err(),

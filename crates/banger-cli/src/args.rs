@@ -205,6 +205,18 @@ before any VM is made. --dry-run prints what would be shipped and makes nothing.
     /// Stop and start VMs.
     #[command(after_long_help = "Examples:\n  banger vm restart web")]
     Restart(Refs),
+    /// Pause running VMs' vCPUs (they keep their memory, address and resources; exec and ssh
+    /// are refused until resumed; stop works). A daemon restart keeps them paused.
+    #[command(after_long_help = "Examples:\n  banger vm pause web\n  banger vm pause web db")]
+    Pause(Refs),
+    /// Resume paused VMs.
+    #[command(after_long_help = "Examples:\n  banger vm resume web")]
+    Resume(Refs),
+    /// Fork a running VM: pause it, save its state, copy its disks (reflink or sparse copy),
+    /// resume it, and restore a new VM from the saved state with its own hostname, address,
+    /// MAC, machine-id, SSH host keys, entropy and clock. Each VM's later writes stay its own.
+    #[command(after_long_help = "Examples:\n  banger vm fork web --name web-try")]
+    Fork(ForkArgs),
     /// Send a signal to VMs' VMM processes (default KILL).
     #[command(
         after_long_help = "Examples:\n  banger vm kill web\n  banger vm kill --signal TERM web"
@@ -424,6 +436,15 @@ pub struct Refs {
     /// VM names or ids: an id (12+ hex digits) is never taken for a name; unique prefixes work
     #[arg(required = true)]
     pub refs: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ForkArgs {
+    /// The running VM to fork (name or id)
+    pub reference: String,
+    /// The new VM's name
+    #[arg(long)]
+    pub name: String,
 }
 
 #[derive(Debug, Args)]

@@ -327,7 +327,7 @@ fn state_word(state: CatalogState) -> &'static str {
 }
 
 /// Prints a streamed operation's stages on stderr, escaped, dimmed `label` first.
-fn stage_printer(ctx: &Ctx, label: &str) -> impl FnMut(&str, &str) + use<> {
+pub(crate) fn stage_printer(ctx: &Ctx, label: &str) -> impl FnMut(&str, &str) + use<> {
     let prefix = ctx.ui.paint_err(Style::Dim, label);
     let mut err = std::io::stderr();
     move |stage, detail| {

@@ -113,6 +113,22 @@ pub async fn run(cmd: VmCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
         VmCommand::Start(r) => act(ctx, VmAction::Start, r.refs).await,
         VmCommand::Stop(r) => act(ctx, VmAction::Stop, r.refs).await,
         VmCommand::Restart(r) => act(ctx, VmAction::Restart, r.refs).await,
+        VmCommand::Pause(r) => act(ctx, VmAction::Pause, r.refs).await,
+        VmCommand::Resume(r) => act(ctx, VmAction::Resume, r.refs).await,
+        VmCommand::Fork(f) => {
+            validate_vm_name(&f.name).map_err(|e| CliError::Usage(format!("--name: {e}")))?;
+            let (client, _) = connect(ctx).await?;
+            let mut printer = crate::artifacts::stage_printer(ctx, "[vm fork]");
+            let vm: Vm = client
+                .stream(
+                    Route::VmFork(&f.reference),
+                    &banger_api::types::ForkVm { name: f.name },
+                    |stage, detail, _| printer(stage, detail),
+                )
+                .await?;
+            ctx.ui.line(&vm.name)?;
+            Ok(0)
+        }
         VmCommand::Kill(k) => act(ctx, VmAction::Kill { signal: k.signal }, k.refs.refs).await,
         VmCommand::Delete(r) => act(ctx, VmAction::Delete, r.refs).await,
         VmCommand::Prune(p) => prune(ctx, p.yes).await,
@@ -278,6 +294,12 @@ pub async fn run(cmd: VmCommand, ctx: &mut Ctx) -> Result<u8, CliError> {
                     vm.name, vm.state, vm.name
                 )));
             }
+            if vm.paused {
+                return Err(CliError::Usage(format!(
+                    "VM {} is paused; resume it with: banger vm resume {}",
+                    vm.name, vm.name
+                )));
+            }
             // A VM that just started may not have its sshd up yet.
             let ip = vm.ip.map(|ip| ip.to_string()).unwrap_or_default();
             if !banger_api::probe::wait_ssh(&ip, Duration::from_secs(info.wait_secs)).await {
@@ -436,6 +458,9 @@ async fn list(ctx: &mut Ctx, l: &ListArgs) -> Result<u8, CliError> {
             .iter()
             .map(|v| {
                 let state = match v.state {
+                    banger_api::types::VmState::Running if v.paused => {
+                        ctx.ui.cell(Style::Yellow, "paused")
+                    }
                     banger_api::types::VmState::Running => ctx.ui.cell(Style::Green, "running"),
                     banger_api::types::VmState::Error => ctx.ui.cell(Style::Red, "error"),
                     s => s.to_string().into(),
@@ -494,7 +519,14 @@ fn show(ctx: &mut Ctx, vm: &Vm) -> Result<(), CliError> {
     let mut pairs = vec![
         ("id", vm.id.clone()),
         ("name", vm.name.clone()),
-        ("state", vm.state.to_string()),
+        (
+            "state",
+            if vm.paused {
+                "paused".to_string()
+            } else {
+                vm.state.to_string()
+            },
+        ),
         ("image", vm.image.clone()),
         ("vmm", vm.vmm.to_string()),
         ("cpus", vm.cpus.to_string()),
@@ -513,6 +545,16 @@ fn show(ctx: &mut Ctx, vm: &Vm) -> Result<(), CliError> {
             match (&vm.restored_from, &vm.disk_clone) {
                 (Some(t), Some(how)) => format!("restored from template {t} ({how} disks)"),
                 (Some(t), None) => format!("restored from template {t}"),
+                _ => "-".into(),
+            },
+        ),
+        (
+            "forked from",
+            match (&vm.forked_from, &vm.disk_clone, &vm.fork_memory) {
+                (Some(from), Some(how), Some(memory)) => {
+                    format!("{from} ({how} disks, memory {memory})")
+                }
+                (Some(from), _, _) => from.clone(),
                 _ => "-".into(),
             },
         ),

@@ -171,6 +171,13 @@ pub enum OpError {
         #[source]
         source: banger_agent_proto::client::ClientError,
     },
+    #[error("fork of VM {vm:?} failed at step {step:?}")]
+    Fork {
+        vm: String,
+        step: &'static str,
+        #[source]
+        source: Box<OpError>,
+    },
     #[error("template of image {image:?}")]
     Template {
         image: String,
@@ -209,6 +216,12 @@ pub enum OpError {
     },
     #[error("VM {vm:?} is not running")]
     NotRunning { vm: String },
+    #[error("VM {vm:?} is paused; resume it with: banger vm resume {vm}")]
+    Paused { vm: String },
+    #[error("VM {vm:?} is already paused")]
+    AlreadyPaused { vm: String },
+    #[error("VM {vm:?} is not paused")]
+    NotPaused { vm: String },
     #[error("cancelled: the client went away")]
     Cancelled,
     #[error(transparent)]
@@ -309,6 +322,7 @@ pub enum WorkspaceError {
 impl OpError {
     pub fn kind(&self) -> ErrorKind {
         match self {
+            Self::Fork { source, .. } => source.kind(),
             Self::VmNotFound { .. }
             | Self::ImageNotFound { .. }
             | Self::KernelNotFound { .. }
@@ -351,7 +365,10 @@ impl OpError {
             | Self::TemplateBusy { .. }
             | Self::KernelInUse { .. }
             | Self::WrongState { .. }
-            | Self::NotRunning { .. } => ErrorKind::Conflict,
+            | Self::NotRunning { .. }
+            | Self::Paused { .. }
+            | Self::AlreadyPaused { .. }
+            | Self::NotPaused { .. } => ErrorKind::Conflict,
             Self::SubnetFull { .. }
             | Self::AgentTimeout { .. }
             | Self::Agent { .. }
@@ -632,6 +649,7 @@ fn vmm_kind(e: &banger_vmm::VmmError) -> ErrorKind {
         V::Api { .. } | V::Qmp { .. } | V::Snapshot { .. } => ErrorKind::Internal,
         V::Unsupported { .. } => ErrorKind::BadRequest,
         V::CloneDisk { source, .. } | V::GrowDisk { source, .. } => io_kind(source),
+        V::CopyDisk { .. } => ErrorKind::Internal,
     }
 }
 

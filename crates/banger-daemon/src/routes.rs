@@ -16,8 +16,9 @@ use banger_api::error::ErrorBody;
 use banger_api::routes::templates as t;
 use banger_api::types::{
     ActionOutcome, ActionRequest, BootstrapImage, CachePruned, CreateVm, Deleted, ExportWorkspace,
-    Health, Image, ImportBundle, ImportKernel, JsonObject, Kernel, Ping, Ports, PrepareWorkspace,
-    PullImage, RegisterImage, SshConfig, SshConfigChange, SshInfo, Vm, VmStats, WorkspaceExport,
+    ForkVm, Health, Image, ImportBundle, ImportKernel, JsonObject, Kernel, Ping, Ports,
+    PrepareWorkspace, PullImage, RegisterImage, SshConfig, SshConfigChange, SshInfo, Vm, VmStats,
+    WorkspaceExport,
 };
 use banger_api::types::{
     CatalogListing, ExportImage, ExportedImage, PullKernel, PushImage, PushedImage, WarmImage,
@@ -143,6 +144,21 @@ pub async fn create_vm(
 ) -> Response {
     stream_op(op, move |progress, cancel| {
         vms::create(state, req, progress, cancel)
+    })
+}
+
+/// Forks a running VM into a new one, streamed: its stages, then the new VM.
+#[utoipa::path(post, path = t::VM_FORK, tag = "vms", params(VmRef), request_body = ForkVm,
+    responses((status = 200, description = STREAM_DESCRIPTION, content_type = NDJSON,
+        body = Event<Vm>), Errors))]
+pub async fn fork_vm(
+    State(state): S,
+    Extension(op): Extension<OpId>,
+    Path(reference): Path<String>,
+    ApiJson(req): ApiJson<ForkVm>,
+) -> Response {
+    stream_op(op, move |progress, cancel| {
+        vms::fork(state, reference, req, progress, cancel)
     })
 }
 

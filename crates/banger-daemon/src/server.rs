@@ -56,6 +56,7 @@ pub fn api() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::remove_ssh_config))
         .routes(routes!(routes::list_vms))
         .routes(routes!(routes::create_vm))
+        .routes(routes!(routes::fork_vm))
         .routes(routes!(routes::vm_actions))
         .routes(routes!(routes::show_vm))
         .routes(routes!(routes::vm_health))

@@ -31,5 +31,6 @@ pub(crate) fn vm_row(id: &str, name: &str, state: VmState, ip: Option<Ipv4Addr>)
         created_at: "t".into(),
         started_at: None,
         origin: banger_core::vm::VmOrigin::Api,
+        paused: false,
     }
 }

@@ -359,6 +359,7 @@ mod adversarial_pid_reuse {
                 created_at: format!("t{n}"),
                 started_at: None,
                 origin: banger_core::vm::VmOrigin::Api,
+                paused: false,
             };
             self.state.db(|s| s.insert_vm(&row)).unwrap();
             row
@@ -633,6 +634,7 @@ mod adversarial {
             created_at: "2026-01-01T00:00:00Z".into(),
             started_at: None,
             origin: banger_core::vm::VmOrigin::Api,
+            paused: false,
         }
     }
 
@@ -2324,6 +2326,11 @@ mod vm_fixture {
     /// A daemon with `config` over the fakes, an image [`IMAGE`] with its work seed, and
     /// (with `agents`) a guest agent answering for every VM whose VMM runs.
     pub fn fixture(config: Config, agents: bool) -> Fixture {
+        fixture_with(config, agents, FakeVmm::new())
+    }
+
+    /// [`fixture`] over `vmm`.
+    pub fn fixture_with(config: Config, agents: bool, vmm: FakeVmm) -> Fixture {
         let dir = tempfile::Builder::new()
             .prefix("bgv")
             .tempdir_in("/tmp")
@@ -2331,7 +2338,7 @@ mod vm_fixture {
         let template = dir.path().join("template.ext4");
         make_ext4(&template);
         let (vmm, net, runner) = (
-            Arc::new(FakeVmm::new()),
+            Arc::new(vmm),
             Arc::new(FakeNetOps::new()),
             Arc::new(Runner::default()),
         );
@@ -2391,13 +2398,35 @@ mod vm_fixture {
         let booted = std::sync::atomic::AtomicU32::new(0);
         serve_agents(run_dirs, |listener| {
             let keys = host_keys(booted.fetch_add(1, Ordering::SeqCst));
+            let new_keys = host_keys(1000 + booted.fetch_add(1, Ordering::SeqCst));
+            // A restored guest records the identity it is given next to its socket.
+            let run_dir = listener
+                .local_addr()
+                .ok()
+                .and_then(|a| {
+                    a.as_pathname()
+                        .and_then(|p| p.parent())
+                        .map(Path::to_path_buf)
+                })
+                .unwrap_or_default();
             let app = Router::new()
                 .route("/healthz", get(|| async { Json(health()) }))
-                .route("/host-keys", get(move || async move { Json(keys.clone()) }));
+                .route("/host-keys", get(move || async move { Json(keys.clone()) }))
+                .route(
+                    banger_agent_proto::identity::IDENTITY_PATH,
+                    axum::routing::post(move |body: axum::body::Bytes| async move {
+                        std::fs::write(run_dir.join(IDENTITY_GIVEN), &body).unwrap();
+                        Json(new_keys.clone())
+                    }),
+                );
             tokio::spawn(serve_router(listener, app, std::future::pending()));
         })
         .await
     }
+
+    /// Where a fake agent writes the identity it was given (`POST /identity`), in its VM's
+    /// run directory.
+    pub const IDENTITY_GIVEN: &str = "identity-given.json";
 
     /// The host keys the `n`th booted guest reports: its own ed25519 key, and a line no
     /// known_hosts may get.
@@ -3014,6 +3043,348 @@ mod stop {
     }
 }
 
+/// `vm pause`/`vm resume`: several references, each answered; a wrong state is that
+/// reference's error and changes nothing; the store keeps the paused state.
+mod pause {
+    use banger_api::types::{ActionRequest, VmAction, VmState};
+    use banger_daemon::error::OpError;
+    use banger_vmm::VmmError;
+    use banger_vmm::fake::{FakeCall, FakeOp};
+
+    use super::vm_fixture::*;
+    use super::*;
+
+    async fn act(f: &Fixture, action: VmAction, refs: &[&str]) -> Vec<Option<String>> {
+        let req = ActionRequest {
+            refs: refs.iter().map(|r| r.to_string()).collect(),
+            action,
+        };
+        banger_daemon::vms::act(f.state.clone(), req)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.error.map(|e| e.message))
+            .collect()
+    }
+
+    fn pauses(f: &Fixture) -> usize {
+        f.vmm
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, FakeCall::Pause(_) | FakeCall::Resume(_)))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn pause_and_resume_answer_per_reference_and_a_wrong_state_changes_nothing() {
+        let f = fixture(quick(), true);
+        let web = f.create(request("web")).await.unwrap();
+        f.create(request("db")).await.unwrap();
+        let errors = act(&f, VmAction::Pause, &["web", "nope", "db"]).await;
+        assert_eq!(errors[0], None);
+        assert!(errors[1].as_deref().unwrap().contains("nope"), "{errors:?}");
+        assert_eq!(errors[2], None);
+        assert!(f.vmm.is_paused(&web.id));
+        assert!(f.row("web").paused && f.row("db").paused);
+        assert!(f.state.vm_view(&f.row("web")).paused);
+        assert_eq!(pauses(&f), 2);
+
+        // Pausing a paused VM is refused without asking the VMM.
+        let errors = act(&f, VmAction::Pause, &["web"]).await;
+        assert_eq!(errors[0].as_deref(), Some("VM \"web\" is already paused"));
+        assert_eq!(pauses(&f), 2);
+
+        let errors = act(&f, VmAction::Resume, &["web"]).await;
+        assert_eq!(errors, vec![None]);
+        assert!(!f.vmm.is_paused(&web.id) && !f.row("web").paused);
+        // Resuming a running VM is refused, nothing asked.
+        let errors = act(&f, VmAction::Resume, &["web"]).await;
+        assert_eq!(errors[0].as_deref(), Some("VM \"web\" is not paused"));
+        assert_eq!(pauses(&f), 3);
+        assert!(f.row("db").paused, "db is still paused");
+    }
+
+    #[tokio::test]
+    async fn a_paused_vm_refuses_its_agent_and_stays_paused_across_a_daemon_restart() {
+        let f = fixture(quick(), true);
+        f.create(request("web")).await.unwrap();
+        banger_daemon::vms::pause(&f.state, &f.row("web").id)
+            .await
+            .unwrap();
+        let err = banger_daemon::vms::health(&f.state, "web")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, OpError::Paused { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "VM \"web\" is paused; resume it with: banger vm resume web"
+        );
+        // The next daemon (same host and VMMs) finds it paused, and reconcile keeps it so.
+        let restarted = state_in(f.dir.path(), host(&f.vmm, &f.net, &f.runner), quick());
+        banger_daemon::vms::reconcile(&restarted).await;
+        let row = restarted
+            .vm_rows()
+            .unwrap()
+            .into_iter()
+            .find(|r| r.name == "web")
+            .unwrap();
+        assert_eq!((row.state, row.paused), (VmState::Running, true));
+        banger_daemon::vms::resume(&restarted, &row.id)
+            .await
+            .unwrap();
+        let row = restarted.vm_rows().unwrap().remove(0);
+        assert!(banger_daemon::vms::endpoint_of(&restarted, &row).is_ok());
+    }
+
+    #[tokio::test]
+    async fn stop_of_a_paused_vm_resumes_it_first_and_leaves_it_unpaused() {
+        let mut f = fixture(quick(), true);
+        let vm = f.create(request("web")).await.unwrap();
+        f.stop_agents();
+        banger_daemon::vms::pause(&f.state, &vm.id).await.unwrap();
+        let note = banger_daemon::vms::stop(&f.state, &vm.id).await.unwrap();
+        assert_eq!(note, None, "the resumed guest shut down by itself");
+        let calls = f.vmm.calls();
+        let resume = calls
+            .iter()
+            .position(|c| matches!(c, FakeCall::Resume(_)))
+            .expect("resumed");
+        let shutdown = calls
+            .iter()
+            .position(|c| matches!(c, FakeCall::RequestShutdown(_)))
+            .expect("asked to shut down");
+        assert!(resume < shutdown, "{calls:?}");
+        let row = f.row("web");
+        assert_eq!((row.state, row.paused), (VmState::Stopped, false));
+        f.assert_released(&row);
+        // A stopped VM can be neither paused nor resumed.
+        for action in [VmAction::Pause, VmAction::Resume] {
+            let errors = act(&f, action, &["web"]).await;
+            assert_eq!(errors[0].as_deref(), Some("VM \"web\" is not running"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pause_the_vmm_refuses_leaves_the_vm_running() {
+        let f = fixture(quick(), true);
+        let vm = f.create(request("web")).await.unwrap();
+        f.vmm.fail_next(
+            FakeOp::Pause,
+            VmmError::Snapshot {
+                vm_id: vm.id.clone(),
+                what: "the test refuses".into(),
+            },
+        );
+        let errors = act(&f, VmAction::Pause, &["web"]).await;
+        assert!(
+            errors[0].as_deref().unwrap().contains("the test refuses"),
+            "{errors:?}"
+        );
+        assert!(!f.row("web").paused);
+        // Its agent is reachable again.
+        assert!(banger_daemon::vms::endpoint_of(&f.state, &f.row("web")).is_ok());
+    }
+}
+
+/// `vm fork`: the original paused, saved, its disks copied and resumed, then the fork
+/// restored on its own devices and given its own identity; any failing step undone.
+mod fork {
+    use std::path::PathBuf;
+
+    use banger_api::types::{ForkVm, Vm, VmState};
+    use banger_daemon::error::OpError;
+    use banger_daemon::progress::Progress;
+    use banger_vmm::fake::{FakeCall, FakeOp, FakeVmm};
+    use banger_vmm::{SnapshotFiles, StartMode, VmmError};
+    use tokio_util::sync::CancellationToken;
+
+    use super::vm_fixture::*;
+    use super::*;
+
+    fn config() -> Config {
+        Config {
+            warm_start: false,
+            ssh_wait_secs: 1,
+            ..quick()
+        }
+    }
+
+    async fn fork(f: &Fixture, from: &str, name: &str) -> Result<Vm, OpError> {
+        banger_daemon::vms::fork(
+            f.state.clone(),
+            from.to_string(),
+            ForkVm { name: name.into() },
+            Progress::new(None),
+            CancellationToken::new(),
+        )
+        .await
+    }
+
+    /// The calls the fork made, from the first pause on, without lookups.
+    fn fork_calls(f: &Fixture) -> Vec<FakeCall> {
+        let calls = f.vmm.calls();
+        let first = calls
+            .iter()
+            .position(|c| matches!(c, FakeCall::Pause(_)))
+            .expect("the original was paused");
+        calls[first..]
+            .iter()
+            .filter(|c| !matches!(c, FakeCall::FindLive(_) | FakeCall::Validate(_)))
+            .cloned()
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_fork_pauses_saves_copies_resumes_then_restores_with_its_own_identity() {
+        let f = fixture_with(config(), true, FakeVmm::new().with_snapshots());
+        std::fs::create_dir_all(f.state.opts.layout.ssh_dir()).unwrap();
+        let web = f.create(request("web")).await.unwrap();
+        let forked = fork(&f, "web", "web-try").await.unwrap();
+
+        let original = f.row("web");
+        let row = f.row("web-try");
+        let dir = PathBuf::from(&row.dir);
+        let files = SnapshotFiles::in_dir(&dir.join("snapshot"));
+        let calls = fork_calls(&f);
+        assert_eq!(calls[0], FakeCall::Pause(web.id.clone()));
+        assert_eq!(calls[1], FakeCall::Snapshot(web.id.clone(), files.clone()));
+        assert_eq!(
+            calls[2],
+            FakeCall::CopyDisk {
+                src: PathBuf::from(&original.dir).join("root.ext4"),
+                dest: dir.join("root.ext4"),
+            }
+        );
+        assert_eq!(
+            calls[3],
+            FakeCall::CopyDisk {
+                src: PathBuf::from(&original.dir).join("work.ext4"),
+                dest: dir.join("work.ext4"),
+            }
+        );
+        assert_eq!(calls[4], FakeCall::Resume(web.id.clone()));
+        match &calls[5] {
+            FakeCall::Launch(spec, StartMode::Restore(r)) => {
+                assert_eq!(spec.vm_id, row.id);
+                assert_eq!(spec.tap, row.tap.clone().unwrap());
+                assert_eq!(spec.root_disk, dir.join("root.ext4"));
+                assert_eq!(r.snapshot, files);
+            }
+            other => panic!("not a restore: {other:?}"),
+        }
+        assert_eq!(calls.len(), 6, "{calls:?}");
+
+        // The original goes on as it was.
+        assert_eq!((original.state, original.paused), (VmState::Running, false));
+        assert!(!f.vmm.is_paused(&web.id));
+        assert_eq!(original.pid, web.pid);
+        // The fork runs on its own lease, says where it came from, and got its own identity.
+        assert_eq!(row.state, VmState::Running);
+        assert_ne!(row.ip, original.ip);
+        assert_ne!(row.mac, original.mac);
+        assert_ne!(row.tap, original.tap);
+        assert_ne!(row.vsock_cid, original.vsock_cid);
+        assert_eq!(forked.forked_from.as_deref(), Some("web"));
+        assert_eq!(forked.fork_memory.as_deref(), Some("shared"));
+        assert!(
+            matches!(
+                forked.disk_clone.as_deref(),
+                Some("reflink" | "sparse copy")
+            ),
+            "{forked:?}"
+        );
+        let given: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(f.run_dir(&row.id).join(IDENTITY_GIVEN)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(given["hostname"], "web-try");
+        assert_eq!(given["mac"], row.mac.unwrap().to_string().to_lowercase());
+        // The fork's guest answered the identity with new host keys: those are recorded.
+        let known = std::fs::read_to_string(f.state.opts.layout.known_hosts()).unwrap();
+        let ip = row.ip.unwrap();
+        assert!(
+            known.contains(&format!("web-try.vm,{ip} ssh-ed25519 {}", host_key(1003))),
+            "{known}"
+        );
+        // Its disks are copies: what the original writes next, the fork never sees.
+        let root = |d: &str| std::fs::read(PathBuf::from(d).join("root.ext4")).unwrap();
+        assert_eq!(root(&row.dir), root(&original.dir));
+        std::fs::write(PathBuf::from(&original.dir).join("root.ext4"), b"changed").unwrap();
+        assert_ne!(root(&row.dir), b"changed");
+    }
+
+    #[tokio::test]
+    async fn a_fork_failing_at_any_step_resumes_the_original_and_leaves_nothing_of_itself() {
+        let f = fixture_with(config(), true, FakeVmm::new().with_snapshots());
+        let web = f.create(request("web")).await.unwrap();
+        let before = f.row("web");
+        let taps = f.net.taps();
+        for (op, step) in [
+            (FakeOp::Pause, "pause"),
+            (FakeOp::Snapshot, "save state"),
+            (FakeOp::CopyDisk, "copy disks"),
+            (FakeOp::Restore, "restore"),
+        ] {
+            f.vmm.fail_next(
+                op,
+                VmmError::Snapshot {
+                    vm_id: web.id.clone(),
+                    what: format!("the test fails {step}"),
+                },
+            );
+            let err = fork(&f, "web", "web-try").await.unwrap_err();
+            assert!(
+                matches!(&err, OpError::Fork { step: s, .. } if *s == step),
+                "{step}: {err:?}"
+            );
+            assert!(
+                banger_daemon::error::chain(&err).contains(&format!("the test fails {step}")),
+                "{err}"
+            );
+            let original = f.row("web");
+            assert_eq!(original, before, "{step}: the original changed");
+            assert!(!f.vmm.is_paused(&web.id), "{step}: the original is paused");
+            assert_eq!(f.rows().len(), 1, "{step}: the fork's row is left");
+            assert_eq!(f.vm_dirs().len(), 1, "{step}: the fork's directory is left");
+            assert_eq!(f.net.taps(), taps, "{step}: the fork's TAP is left");
+        }
+        // Then a fork works.
+        fork(&f, "web", "web-try").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_fork_is_refused_before_anything_is_made_when_it_cannot_be() {
+        let f = fixture_with(config(), true, FakeVmm::new().with_snapshots());
+        f.create(request("web")).await.unwrap();
+        f.create(request("db")).await.unwrap();
+        let calls = f.vmm.calls().len();
+        let err = fork(&f, "web", "db").await.unwrap_err();
+        assert!(matches!(err, OpError::NameTaken { .. }), "{err:?}");
+        let err = fork(&f, "web", "bad name").await.unwrap_err();
+        assert!(err.to_string().contains("bad name"), "{err}");
+        let err = fork(&f, "nope", "x").await.unwrap_err();
+        assert!(matches!(err, OpError::VmNotFound { .. }), "{err:?}");
+        banger_daemon::vms::stop(&f.state, &f.row("db").id)
+            .await
+            .unwrap();
+        let calls = calls + f.vmm.calls()[calls..].len();
+        let err = fork(&f, "db", "x").await.unwrap_err();
+        assert!(matches!(err, OpError::NotRunning { .. }), "{err:?}");
+        assert_eq!(f.vmm.calls().len(), calls, "the VMM was asked something");
+        assert_eq!(f.rows().len(), 2);
+
+        // A backend without snapshots says so.
+        let f = fixture_with(config(), true, FakeVmm::new());
+        f.create(request("web")).await.unwrap();
+        let err = fork(&f, "web", "x").await.unwrap_err();
+        assert!(
+            banger_daemon::error::chain(&err).contains("snapshots"),
+            "{err}"
+        );
+        assert_eq!(f.rows().len(), 1);
+    }
+}
+
 /// Creates running at the same time never share a lease.
 mod concurrency {
     use std::collections::BTreeSet;
@@ -3104,6 +3475,7 @@ mod multi_ref {
             created_at: "2026-01-01T00:00:00Z".into(),
             started_at: None,
             origin: banger_core::vm::VmOrigin::Api,
+            paused: false,
         };
         f.state.db(|s| s.insert_vm(&row)).unwrap();
         row

@@ -65,6 +65,16 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: "ALTER TABLE images ADD COLUMN init TEXT NOT NULL DEFAULT 'systemd' \
               CHECK (init IN ('systemd', 'banger', 'install-systemd'));",
     },
+    Migration {
+        id: 7,
+        name: "vms_paused",
+        // Whether a running VM's vCPUs are paused (`banger vm pause`). A column, not a
+        // `paused` state: a paused VM's VMM runs, so everything that cares about a live VMM
+        // (stop, kill, delete, reconcile, DNS, ports) treats it as running, and SQLite cannot
+        // widen the `state` CHECK without rebuilding the table under its foreign keys.
+        sql: "ALTER TABLE vms ADD COLUMN paused INTEGER NOT NULL DEFAULT 0 \
+              CHECK (paused IN (0, 1));",
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (

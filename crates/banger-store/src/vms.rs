@@ -42,11 +42,14 @@ pub struct VmRow {
     pub started_at: Option<String>,
     /// Who asked for the VM; set at insert, never changed.
     pub origin: VmOrigin,
+    /// Its vCPUs are paused (`banger vm pause`). Only a running VM is paused: the store
+    /// writes `false` for a row in any other state.
+    pub paused: bool,
 }
 
 const COLUMNS: &str = "id, name, image_id, state, vmm, cpus, memory_mib, disk_bytes, \
     work_disk_bytes, nat, ip, mac, tap, vsock_cid, pid, dir, error, created_at, \
-    started_at, vmm_start_time, origin";
+    started_at, vmm_start_time, origin, paused";
 
 /// A column of a row whose stored text does not decode (see [`StoreError::Corrupt`]).
 struct BadColumn {
@@ -120,7 +123,16 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Result<VmRow, BadColumn>> {
         started_at: r.get(18)?,
         vmm_start_time: r.get(19)?,
         origin,
+        paused: r.get(21)?,
     }))
+}
+
+impl VmRow {
+    /// What the store keeps as `paused`: only a running VM is paused, so a VM stopped,
+    /// killed or reconciled as gone is never left marked paused.
+    fn paused_stored(&self) -> bool {
+        self.paused && self.state == VmState::Running
+    }
 }
 
 impl Store {
@@ -170,7 +182,7 @@ impl Store {
             .execute(
                 &format!(
                     "INSERT INTO vms ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
-                     ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
+                     ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
                 ),
                 params![
                     vm.id,
@@ -193,7 +205,8 @@ impl Store {
                     vm.created_at,
                     vm.started_at,
                     vm.vmm_start_time,
-                    vm.origin.as_str()
+                    vm.origin.as_str(),
+                    vm.paused_stored()
                 ],
             )
             .map_err(self.insert_error(format!("insert vm {}", vm.name), TABLE, &vm.name))?;
@@ -206,7 +219,7 @@ impl Store {
             .execute(
                 "UPDATE vms SET state = ?2, cpus = ?3, memory_mib = ?4, disk_bytes = ?5, \
                  work_disk_bytes = ?6, nat = ?7, pid = ?8, error = ?9, \
-                 started_at = ?10, vmm_start_time = ?11, tap = ?12 WHERE id = ?1",
+                 started_at = ?10, vmm_start_time = ?11, tap = ?12, paused = ?13 WHERE id = ?1",
                 params![
                     vm.id,
                     vm.state.as_str(),
@@ -219,7 +232,8 @@ impl Store {
                     vm.error,
                     vm.started_at,
                     vm.vmm_start_time,
-                    vm.tap
+                    vm.tap,
+                    vm.paused_stored()
                 ],
             )
             .map_err(self.write_error(format!("update vm {}", vm.id)))?;

@@ -278,6 +278,7 @@ fn vm(id: &str, name: &str, ip: &str) -> banger_store::VmRow {
         created_at: "2026-01-01T00:00:00Z".into(),
         started_at: None,
         origin: banger_core::vm::VmOrigin::Api,
+        paused: false,
     }
 }
 
@@ -575,4 +576,25 @@ fn an_image_keeps_its_init_and_older_rows_are_systemd() {
         .execute("UPDATE images SET init = 'upstart' WHERE id = 'img2'", [])
         .unwrap_err();
     assert!(err.to_string().contains("CHECK"), "{err}");
+}
+
+/// `paused` (migration 7) reads back as written for a running VM, and is never kept for a VM
+/// in any other state.
+#[test]
+fn only_a_running_vm_is_stored_paused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("banger.db")).unwrap();
+    s.insert_image(&image("img1", "base")).unwrap();
+    let mut row = vm("a1", "web", "172.30.0.2");
+    row.state = VmState::Running;
+    row.paused = true;
+    s.insert_vm(&row).unwrap();
+    assert!(s.get_vm("a1").unwrap().unwrap().paused);
+    row.state = VmState::Stopped;
+    s.update_vm(&row).unwrap();
+    assert!(!s.get_vm("a1").unwrap().unwrap().paused);
+    let mut stopped = vm("a2", "db", "172.30.0.3");
+    stopped.paused = true;
+    s.insert_vm(&stopped).unwrap();
+    assert!(!s.get_vm("a2").unwrap().unwrap().paused);
 }

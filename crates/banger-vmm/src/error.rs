@@ -140,6 +140,14 @@ pub enum VmmError {
         size: u64,
         source: io::Error,
     },
+    #[error("cannot copy the disk {} to {}", src.display(), dest.display())]
+    CopyDisk {
+        /// The copy's path, which stands for the VM ([`VmmError::vm_id`]).
+        vm_id: String,
+        src: PathBuf,
+        dest: PathBuf,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 
     /// A QEMU QMP command failed (boxed like [`VmmError::Api`]).
     #[error("VM {vm_id}: a QMP command failed")]
@@ -170,6 +178,7 @@ impl VmmError {
             | Self::Snapshot { vm_id, .. }
             | Self::CloneDisk { vm_id, .. }
             | Self::GrowDisk { vm_id, .. }
+            | Self::CopyDisk { vm_id, .. }
             | Self::Qmp { vm_id, .. } => vm_id,
         }
     }

@@ -12,16 +12,25 @@
 //! directory and that there is a kernel file, as a real backend does; a test can make the next
 //! validation fail ([`FakeVmm::fail_next_validate`]).
 //!
+//! With [`FakeVmm::with_snapshots`] it has snapshots: [`Vmm::launch`] in every mode (a restore
+//! needs its state file), [`Vmm::snapshot`] writes a state and a memory file naming the VM,
+//! [`Vmm::pause`]/[`Vmm::resume`] flip a flag ([`FakeVmm::is_paused`]). Pause, resume and
+//! [`Vmm::copy_disk`] (a real copy) work without it too. Every one of them is recorded and can
+//! be told to fail its next call ([`FakeVmm::fail_next`]).
+//!
 //! Dropping the fake kills every process it started that is still running.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::process::{self, Signal, Spawned};
-use crate::{AgentEndpoint, BoxFuture, KernelFormat, Running, VmSpec, Vmm, VmmError, VmmKind};
+use crate::{
+    AgentEndpoint, BoxFuture, DiskClone, KernelFormat, Running, SnapshotFiles, StartMode, VmSpec,
+    Vmm, VmmError, VmmKind,
+};
 
 /// The fake's control socket name in `run_dir` (nothing listens there).
 pub const API_SOCKET: &str = "api.sock";
@@ -37,6 +46,26 @@ pub enum FakeCall {
     Start(VmSpec),
     RequestShutdown(Running),
     FindLive(VmSpec),
+    /// A [`Vmm::launch`] in a mode other than [`StartMode::Boot`] (which records `Start`).
+    Launch(VmSpec, StartMode),
+    Pause(String),
+    Resume(String),
+    Snapshot(String, SnapshotFiles),
+    CopyDisk {
+        src: PathBuf,
+        dest: PathBuf,
+    },
+}
+
+/// An operation whose next call [`FakeVmm::fail_next`] can make fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FakeOp {
+    /// A [`Vmm::launch`] with [`StartMode::Restore`].
+    Restore,
+    Pause,
+    Resume,
+    Snapshot,
+    CopyDisk,
 }
 
 /// What the fake's VMM does when asked to shut down.
@@ -57,12 +86,17 @@ struct State {
     shutdown: ShutdownBehaviour,
     /// VMs started, by id, with their process.
     vms: HashMap<String, (Running, Spawned)>,
+    /// Errors for the next call of each [`FakeOp`].
+    op_errors: HashMap<FakeOp, VecDeque<VmmError>>,
+    /// VMs paused, by id.
+    paused: HashSet<String>,
 }
 
 /// A [`Vmm`] that spawns `sleep` instead of a VMM and records what it is asked.
 #[derive(Debug)]
 pub struct FakeVmm {
     kind: VmmKind,
+    snapshots: bool,
     sleep_bin: PathBuf,
     state: Mutex<State>,
 }
@@ -79,6 +113,7 @@ impl FakeVmm {
     pub fn new() -> Self {
         Self {
             kind: VmmKind::Firecracker,
+            snapshots: false,
             sleep_bin: PathBuf::from("sleep"),
             state: Mutex::new(State {
                 calls: Vec::new(),
@@ -87,6 +122,8 @@ impl FakeVmm {
                 shutdown_errors: VecDeque::new(),
                 shutdown: ShutdownBehaviour::Exit,
                 vms: HashMap::new(),
+                op_errors: HashMap::new(),
+                paused: HashSet::new(),
             }),
         }
     }
@@ -95,6 +132,36 @@ impl FakeVmm {
     pub fn with_kind(mut self, kind: VmmKind) -> Self {
         self.kind = kind;
         self
+    }
+
+    /// Says it has snapshots ([`Vmm::snapshots`]) and takes every [`StartMode`].
+    pub fn with_snapshots(mut self) -> Self {
+        self.snapshots = true;
+        self
+    }
+
+    /// The next call of `op` fails with `error` (errors queue up, one per call).
+    pub fn fail_next(&self, op: FakeOp, error: VmmError) {
+        self.state()
+            .op_errors
+            .entry(op)
+            .or_default()
+            .push_back(error);
+    }
+
+    /// Whether `vm_id` is paused.
+    pub fn is_paused(&self, vm_id: &str) -> bool {
+        self.state().paused.contains(vm_id)
+    }
+
+    /// Records `call`, then the injected error of `op`, if any.
+    fn record(&self, call: FakeCall, op: FakeOp) -> Result<(), VmmError> {
+        let mut state = self.state();
+        state.calls.push(call);
+        match state.op_errors.get_mut(&op).and_then(VecDeque::pop_front) {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
     }
 
     /// Runs this `sleep` binary (it gets the single argument `3600`) instead of `sleep` on
@@ -173,8 +240,87 @@ impl FakeVmm {
     }
 
     fn start_vm(&self, spec: &VmSpec) -> Result<Running, VmmError> {
+        self.state().calls.push(FakeCall::Start(spec.clone()));
+        self.spawn_vm(spec)
+    }
+
+    fn launch_vm(&self, spec: &VmSpec, mode: &StartMode) -> Result<Running, VmmError> {
+        if *mode == StartMode::Boot {
+            return self.start_vm(spec);
+        }
+        if !self.snapshots {
+            return Err(self.unsupported(&spec.vm_id, "snapshots"));
+        }
+        let call = FakeCall::Launch(spec.clone(), mode.clone());
+        match mode {
+            StartMode::Restore(r) => {
+                self.record(call, FakeOp::Restore)?;
+                if !r.snapshot.state.is_file() {
+                    return Err(VmmError::Snapshot {
+                        vm_id: spec.vm_id.clone(),
+                        what: format!("no state file {}", r.snapshot.state.display()),
+                    });
+                }
+            }
+            _ => self.state().calls.push(call),
+        }
+        self.spawn_vm(spec)
+    }
+
+    /// A VM the fake runs: the injected error of `op`, else `Ok` (the fake's VMM is gone: an
+    /// error, as a real backend's socket would not answer).
+    fn live_op(&self, run: &Running, call: FakeCall, op: FakeOp) -> Result<(), VmmError> {
+        self.record(call, op)?;
+        let live = self
+            .state()
+            .vms
+            .get(&run.vm_id)
+            .is_some_and(|(live, spawned)| live.pid == run.pid && spawned.exit().is_none());
+        if live {
+            Ok(())
+        } else {
+            Err(VmmError::NotReady {
+                vm_id: run.vm_id.clone(),
+                bin: self.sleep_bin.clone(),
+                socket: run.api_socket.clone(),
+                after: std::time::Duration::ZERO,
+                last_error: "the fake VMM is not running".into(),
+            })
+        }
+    }
+
+    fn pause_vm(&self, run: &Running) -> Result<(), VmmError> {
+        self.live_op(run, FakeCall::Pause(run.vm_id.clone()), FakeOp::Pause)?;
+        self.state().paused.insert(run.vm_id.clone());
+        Ok(())
+    }
+
+    fn resume_vm(&self, run: &Running) -> Result<(), VmmError> {
+        self.live_op(run, FakeCall::Resume(run.vm_id.clone()), FakeOp::Resume)?;
+        self.state().paused.remove(&run.vm_id);
+        Ok(())
+    }
+
+    fn snapshot_vm(&self, run: &Running, files: &SnapshotFiles) -> Result<(), VmmError> {
+        if !self.snapshots {
+            return Err(self.unsupported(&run.vm_id, "snapshots"));
+        }
+        let call = FakeCall::Snapshot(run.vm_id.clone(), files.clone());
+        self.live_op(run, call, FakeOp::Snapshot)?;
+        self.state().paused.insert(run.vm_id.clone());
+        for path in [&files.state, &files.memory] {
+            std::fs::write(path, format!("fake snapshot of {}\n", run.vm_id)).map_err(|e| {
+                VmmError::Snapshot {
+                    vm_id: run.vm_id.clone(),
+                    what: format!("cannot write {}: {e}", path.display()),
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    fn spawn_vm(&self, spec: &VmSpec) -> Result<Running, VmmError> {
         let mut state = self.state();
-        state.calls.push(FakeCall::Start(spec.clone()));
         if let Some(error) = state.start_errors.pop_front() {
             return Err(error);
         }
@@ -261,6 +407,50 @@ impl Vmm for FakeVmm {
 
     fn start<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Result<Running, VmmError>> {
         Box::pin(async move { self.start_vm(spec) })
+    }
+
+    fn launch<'a>(
+        &'a self,
+        spec: &'a VmSpec,
+        mode: &'a StartMode,
+    ) -> BoxFuture<'a, Result<Running, VmmError>> {
+        Box::pin(async move { self.launch_vm(spec, mode) })
+    }
+
+    fn snapshots(&self) -> bool {
+        self.snapshots
+    }
+
+    fn pause<'a>(&'a self, run: &'a Running) -> BoxFuture<'a, Result<(), VmmError>> {
+        Box::pin(async move { self.pause_vm(run) })
+    }
+
+    fn resume<'a>(&'a self, run: &'a Running) -> BoxFuture<'a, Result<(), VmmError>> {
+        Box::pin(async move { self.resume_vm(run) })
+    }
+
+    fn snapshot<'a>(
+        &'a self,
+        run: &'a Running,
+        files: &'a SnapshotFiles,
+    ) -> BoxFuture<'a, Result<(), VmmError>> {
+        Box::pin(async move { self.snapshot_vm(run, files) })
+    }
+
+    /// A real copy ([`crate::copy::copy_file`]), recorded.
+    fn copy_disk<'a>(
+        &'a self,
+        src: &'a Path,
+        dest: &'a Path,
+    ) -> BoxFuture<'a, Result<DiskClone, VmmError>> {
+        Box::pin(async move {
+            let call = FakeCall::CopyDisk {
+                src: src.to_path_buf(),
+                dest: dest.to_path_buf(),
+            };
+            self.record(call, FakeOp::CopyDisk)?;
+            crate::copy::copy_file(src, dest).await
+        })
     }
 
     fn request_shutdown<'a>(&'a self, run: &'a Running) -> BoxFuture<'a, Result<(), VmmError>> {

@@ -48,6 +48,7 @@
 //!   [`qemu::QemuVmm::locate`] are handed the configured path, `BANGER_FIRECRACKER_BIN` or
 //!   `BANGER_QEMU_BIN`, and `PATH` by their caller.
 
+mod copy;
 pub mod error;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
@@ -394,7 +395,10 @@ pub trait Vmm: Send + Sync + fmt::Debug {
 
     /// Pauses the guest and saves its device state (and its memory, unless the VM was
     /// launched with [`StartMode::BootTemplate`], whose memory file is the snapshot's) into
-    /// `files`. The VM stays paused; its disks must be kept as they are now by the caller.
+    /// `files`. The VM stays paused (until [`resume`](Vmm::resume)); its disks must be kept
+    /// as they are now by the caller. A backend may carry the memory in `files.state` and
+    /// write no `files.memory` (QEMU, for a VM not booted as a template): a restore from
+    /// these files then loads the memory from the state instead of mapping a memory file.
     fn snapshot<'a>(
         &'a self,
         run: &'a Running,
@@ -415,6 +419,19 @@ pub trait Vmm: Send + Sync + fmt::Debug {
     ) -> BoxFuture<'a, Result<DiskClone, VmmError>> {
         let _ = (base, size);
         Box::pin(async move { Err(self.unsupported(&dest.display().to_string(), "disk clones")) })
+    }
+
+    /// Makes `dest` a copy of the disk `src` of a VM that keeps running on `src` afterwards
+    /// (a fork: the caller pauses the VM first and resumes it after): neither sees the
+    /// other's later writes. A reflink where the file system has them, else a sparse copy
+    /// ([`banger_disk::copy::clone_file`]); a backend whose disk files refer to others (QEMU's
+    /// qcow2 overlays) overrides it to carry those along.
+    fn copy_disk<'a>(
+        &'a self,
+        src: &'a Path,
+        dest: &'a Path,
+    ) -> BoxFuture<'a, Result<DiskClone, VmmError>> {
+        Box::pin(async move { copy::copy_file(src, dest).await })
     }
 
     /// Asks the guest to shut down (Firecracker: `SendCtrlAltDel`; QEMU: `system_powerdown`)

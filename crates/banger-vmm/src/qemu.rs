@@ -467,23 +467,15 @@ impl Vmm for QemuVmm {
         Box::pin(self.command(run, "cont"))
     }
 
-    /// [`snapshot::save`]: only a VM launched with [`StartMode::BootTemplate`] has its
-    /// memory in a file; any other's saved state would lack its memory, so it is refused.
+    /// [`snapshot::save`]: a VM launched with [`StartMode::BootTemplate`] has its memory in
+    /// `files.memory`; any other's memory goes into `files.state` (no memory file is
+    /// written, and a restore from these files loads it from the state).
     fn snapshot<'a>(
         &'a self,
         run: &'a Running,
         files: &'a SnapshotFiles,
     ) -> BoxFuture<'a, Result<(), VmmError>> {
         Box::pin(async move {
-            if !files.memory.exists() {
-                return Err(VmmError::Snapshot {
-                    vm_id: run.vm_id.clone(),
-                    what: format!(
-                        "its memory is not in {} (only a VM booted as a template can be saved)",
-                        files.memory.display()
-                    ),
-                });
-            }
             let client = self.client(&run.api_socket, self.timeouts.qmp);
             snapshot::save(&client, &run.vm_id, files).await
         })
@@ -497,6 +489,15 @@ impl Vmm for QemuVmm {
         size: u64,
     ) -> BoxFuture<'a, Result<DiskClone, VmmError>> {
         Box::pin(snapshot::clone_disk(&self.img_bin, base, dest, size))
+    }
+
+    /// [`snapshot::copy_disk`]: a copy, carrying a qcow2 overlay's backing file along.
+    fn copy_disk<'a>(
+        &'a self,
+        src: &'a Path,
+        dest: &'a Path,
+    ) -> BoxFuture<'a, Result<DiskClone, VmmError>> {
+        Box::pin(snapshot::copy_disk(src, dest))
     }
 
     fn request_shutdown<'a>(&'a self, run: &'a Running) -> BoxFuture<'a, Result<(), VmmError>> {

@@ -975,3 +975,83 @@ fn vms_restored_from_one_template_are_each_their_own_and_behave_as_booted() {
         .unwrap_or_default();
     assert!(left.is_empty(), "templates left: {left:?}");
 }
+
+#[test]
+fn a_fork_carries_the_guest_s_state_gets_its_own_identity_and_neither_sees_the_other() {
+    let Some(home) = guest_home() else { return };
+    let t = Instant::now();
+    home.ok(&["vm", "create", "--name", "orig", "--memory", "1G"]);
+    eprintln_timing("vm create (cold boot)", t.elapsed());
+    let sh = |vm: &str, script: &str| home.ok(&["vm", "ssh", vm, "--", "sh", "-c", script]);
+    sh("orig", "echo before > /root/before; sync");
+    let probe = "hostname; cat /etc/machine-id; \
+        ip -o -4 addr show scope global | awk '{print $4}'; \
+        cat /sys/class/net/e*/address; cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub; \
+        cat /root/before; cat /proc/sys/kernel/random/boot_id";
+    let lines = |text: String| text.lines().map(str::to_string).collect::<Vec<_>>();
+    let orig = lines(sh("orig", probe));
+    assert_eq!(orig.len(), 7, "{orig:?}");
+
+    let t = Instant::now();
+    let o = home.run(&["vm", "fork", "orig", "--name", "twin"]);
+    eprintln_timing("vm fork", t.elapsed());
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(err(&o).contains("restore: fork of orig"), "{}", err(&o));
+    assert_eq!(out(&o).trim(), "twin");
+    // The fork answers ssh with its own, recorded host key (`vm ssh` checks it strictly).
+    let twin = lines(sh("twin", probe));
+    assert_eq!(twin.len(), 7, "{twin:?}");
+    assert_eq!((twin[0].as_str(), twin[5].as_str()), ("twin", "before"));
+    for (i, what) in [
+        (1, "machine-id"),
+        (2, "address"),
+        (3, "MAC"),
+        (4, "SSH host key"),
+        (6, "boot_id"),
+    ] {
+        assert_ne!(orig[i], twin[i], "{what} is the original's");
+    }
+    let show = home.ok(&["vm", "show", "twin"]);
+    assert!(show.contains("forked from"), "{show}");
+    assert!(show.contains("orig ("), "{show}");
+    assert!(show.contains("memory loaded"), "{show}");
+
+    // Each one's writes are its own, in memory and on disk.
+    sh("twin", "echo twin > /root/twin-only; sync");
+    sh("orig", "echo orig > /root/orig-only; sync");
+    assert_eq!(
+        sh("twin", "test ! -e /root/orig-only && cat /root/twin-only"),
+        "twin\n"
+    );
+    assert_eq!(
+        sh("orig", "test ! -e /root/twin-only && cat /root/orig-only"),
+        "orig\n"
+    );
+    // The fork's disks are its own after a cold boot too.
+    home.ok(&["vm", "stop", "twin"]);
+    home.ok(&["vm", "start", "twin"]);
+    assert_eq!(
+        sh(
+            "twin",
+            "hostname; test ! -e /root/orig-only && cat /root/twin-only"
+        ),
+        "twin\ntwin\n"
+    );
+
+    // Pause and resume the original: paused, exec is refused; resumed, it execs.
+    home.ok(&["vm", "pause", "orig"]);
+    assert!(home.ok(&["vm", "ls"]).contains("paused"));
+    let o = home.run(&["vm", "exec", "orig", "--", "true"]);
+    assert!(!o.status.success());
+    assert!(err(&o).contains("is paused"), "{}", err(&o));
+    let o = home.run(&["vm", "pause", "orig"]);
+    assert!(err(&o).contains("already paused"), "{}", err(&o));
+    home.ok(&["vm", "resume", "orig"]);
+    let o = home.run(&["vm", "exec", "orig", "--", "cat", "/root/orig-only"]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o), "orig\n");
+
+    for name in ["orig", "twin"] {
+        home.ok(&["vm", "delete", name]);
+    }
+}

@@ -234,6 +234,7 @@ fn purge_alone_removes_the_owner_s_vms_and_images() {
         created_at: "2026-01-01T00:00:00Z".into(),
         started_at: None,
         origin: banger_core::vm::VmOrigin::Api,
+        paused: false,
     };
     store.insert_vm(&vm).unwrap();
     drop(store);

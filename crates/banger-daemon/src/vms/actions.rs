@@ -1,6 +1,12 @@
-//! Actions on existing VMs: start, stop, restart, kill, delete, prune, set, each under the VM's
-//! lock; and [`act`], which applies one action to several VMs concurrently, answering in the
-//! order the references were given.
+//! Actions on existing VMs: start, stop, restart, pause, resume, kill, delete, prune, set,
+//! each under the VM's lock; and [`act`], which applies one action to several VMs
+//! concurrently, answering in the order the references were given.
+//!
+//! A paused VM (`vm pause`) is a running VM whose vCPUs are stopped: its VMM, address and
+//! resources stay, and the store keeps it paused across daemon restarts. Everything that
+//! talks to its agent (exec, ssh, files, workspaces, health) is refused with a clear error
+//! until `vm resume`, as `docker exec` refuses a paused container; `vm stop` resumes it first
+//! so that the guest shuts down cleanly, `vm kill` and `vm delete` need no guest.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,6 +53,8 @@ pub async fn act(state: Arc<AppState>, req: ActionRequest) -> Result<Vec<ActionO
                         Job::Start => start(&state, &row.id).await,
                         Job::Stop => stop(&state, &row.id).await,
                         Job::Restart => restart(&state, &row.id).await,
+                        Job::Pause => pause(&state, &row.id).await,
+                        Job::Resume => resume(&state, &row.id).await,
                         Job::Kill(signal) => kill(&state, &row.id, *signal).await,
                         Job::Delete => delete(&state, &row.id).await,
                         Job::Prune => prune(&state, &row.id).await,
@@ -78,6 +86,8 @@ enum Job {
     Start,
     Stop,
     Restart,
+    Pause,
+    Resume,
     Kill(banger_vmm::process::Signal),
     Delete,
     Prune,
@@ -91,6 +101,8 @@ impl Job {
             VmAction::Start => Self::Start,
             VmAction::Stop => Self::Stop,
             VmAction::Restart => Self::Restart,
+            VmAction::Pause => Self::Pause,
+            VmAction::Resume => Self::Resume,
             VmAction::Kill { signal } => Self::Kill(signal.parse()?),
             VmAction::Delete => Self::Delete,
             VmAction::Prune => Self::Prune,
@@ -147,6 +159,11 @@ pub async fn start(state: &Arc<AppState>, id: &str) -> Result<Option<String>, Op
     let _g = lock.lock().await;
     let mut row = reload(state, id)?;
     match row.state {
+        VmState::Running if row.paused => {
+            return Ok(Some(
+                "already running (paused: banger vm resume continues it)".into(),
+            ));
+        }
         VmState::Running => return Ok(Some("already running".into())),
         VmState::Creating => {
             return Err(OpError::WrongState {
@@ -176,9 +193,70 @@ pub async fn stop(state: &Arc<AppState>, id: &str) -> Result<Option<String>, OpE
     if row.state != VmState::Running {
         return Ok(Some(format!("already {}", row.state)));
     }
+    if row.paused {
+        // A paused guest cannot react to the shutdown request: it is resumed first. One that
+        // cannot be resumed is forced off by the stop after its grace period.
+        if let Err(e) = set_paused(state, &mut row, false).await {
+            tracing::warn!(vm = %row.name, error = %chain(&e), "cannot resume the paused VM before its stop");
+        }
+    }
     let grace = Duration::from_secs(state.opts.config.stop_grace_secs);
     let outcome = stop_locked(state, &mut row, grace).await;
     Ok(outcome)
+}
+
+/// `vm pause`: the running VM's vCPUs stop; recorded, so a daemon restart keeps it paused.
+pub async fn pause(state: &Arc<AppState>, id: &str) -> Result<Option<String>, OpError> {
+    let lock = state.locks.vm(id);
+    let _g = lock.lock().await;
+    let mut row = reload(state, id)?;
+    if row.paused {
+        return Err(OpError::AlreadyPaused { vm: row.name });
+    }
+    set_paused(state, &mut row, true).await.map(|()| None)
+}
+
+/// `vm resume`: a paused VM's vCPUs run again.
+pub async fn resume(state: &Arc<AppState>, id: &str) -> Result<Option<String>, OpError> {
+    let lock = state.locks.vm(id);
+    let _g = lock.lock().await;
+    let mut row = reload(state, id)?;
+    if row.state == VmState::Running && !row.paused {
+        return Err(OpError::NotPaused { vm: row.name });
+    }
+    set_paused(state, &mut row, false).await.map(|()| None)
+}
+
+/// Pauses (`paused`) or resumes the running VM `row`, whose lock the caller holds, and
+/// records it. Refused for a VM that is not running or whose VMM is gone.
+pub(super) async fn set_paused(
+    state: &Arc<AppState>,
+    row: &mut VmRow,
+    paused: bool,
+) -> Result<(), OpError> {
+    if row.state != VmState::Running {
+        return Err(OpError::NotRunning {
+            vm: row.name.clone(),
+        });
+    }
+    let vmm = state.vmm_of(row)?;
+    let running = vmm
+        .find_live(&state.spec(row)?)
+        .await
+        .ok_or_else(|| OpError::NotRunning {
+            vm: row.name.clone(),
+        })?;
+    let done = if paused {
+        vmm.pause(&running).await
+    } else {
+        vmm.resume(&running).await
+    };
+    done.map_err(|source| OpError::Vmm {
+        vm: row.name.clone(),
+        source: Box::new(source),
+    })?;
+    row.paused = paused;
+    state.set_vm(row)
 }
 
 /// Stops the VMM (graceful, then forced after `grace`), releases resources, marks stopped.

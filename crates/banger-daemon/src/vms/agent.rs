@@ -148,6 +148,11 @@ pub fn endpoint_of(state: &AppState, row: &VmRow) -> Result<AgentEndpoint, OpErr
             vm: row.name.clone(),
         });
     }
+    if row.paused {
+        return Err(OpError::Paused {
+            vm: row.name.clone(),
+        });
+    }
     Ok(state.vmm_of(row)?.agent_endpoint(&state.spec(row)?))
 }
 

@@ -116,21 +116,12 @@ pub async fn create(
     // the store mutex, so concurrent creates never get the same lease.
     let id = uuid::Uuid::new_v4().simple().to_string();
     let dir = state.vm_dir(&id);
-    let row = state.db(|s| -> Result<VmRow, OpError> {
-        let rows = s.list_vms()?;
-        let names: BTreeSet<String> = rows.iter().map(|r| r.name.clone()).collect();
-        let name = match &req.name {
-            Some(n) if names.contains(n) => return Err(OpError::NameTaken { name: n.clone() }),
-            Some(n) => n.clone(),
-            None => generate_name(&names),
-        };
-        let used: BTreeSet<Ipv4Addr> = rows.iter().filter_map(|r| r.ip).collect();
-        let ip = allocate(&state.subnet, &used).ok_or_else(|| OpError::SubnetFull {
-            subnet: state.subnet.to_string(),
-        })?;
-        let cids: BTreeSet<u32> = rows.iter().filter_map(|r| r.vsock_cid).collect();
-        let cid = (3u32..).find(|c| !cids.contains(c)).unwrap_or(3);
-        let row = VmRow {
+    let check = (vmm.as_ref(), kernel.clone(), image.init);
+    let row = insert_leased(
+        &state,
+        req.name.as_deref(),
+        check,
+        |Lease { name, ip, cid }| VmRow {
             id: id.clone(),
             name,
             image_id: image.id.clone(),
@@ -162,16 +153,9 @@ pub async fn create(
             created_at: state.now(),
             started_at: None,
             origin: req.origin.unwrap_or_default(),
-        };
-        // Nothing exists for the VM yet: a spec its backend refuses creates nothing.
-        vmm.validate(&state.spec_with(&row, kernel.clone(), image.init))
-            .map_err(|source| OpError::Vmm {
-                vm: row.name.clone(),
-                source: Box::new(source),
-            })?;
-        s.insert_vm(&row).map_err(OpError::vm_insert)?;
-        Ok(row)
-    })?;
+            paused: false,
+        },
+    )?;
     let lock = state.locks.vm(&row.id);
     let _guard = lock.lock().await;
     let cold = req.cold.unwrap_or(false);
@@ -187,6 +171,54 @@ pub async fn create(
             Err(e)
         }
     }
+}
+
+/// What a new VM leases: its name, address and vsock CID.
+pub(super) struct Lease {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub cid: u32,
+}
+
+/// Inserts the row `make` builds from a lease (the name `name`, refused when taken, or a
+/// generated one; a free address and vsock CID): one step under the store mutex, so
+/// concurrent creates never get the same lease. Nothing exists for the VM yet: a spec its
+/// backend refuses (`check`: the backend, the kernel files and the init it boots with)
+/// inserts nothing.
+pub(super) fn insert_leased(
+    state: &AppState,
+    name: Option<&str>,
+    check: (
+        &dyn banger_vmm::Vmm,
+        banger_vmm::KernelFiles,
+        banger_core::guest_init::GuestInit,
+    ),
+    make: impl FnOnce(Lease) -> VmRow,
+) -> Result<VmRow, OpError> {
+    let (vmm, kernel, init) = check;
+    state.db(|s| -> Result<VmRow, OpError> {
+        let rows = s.list_vms()?;
+        let names: BTreeSet<String> = rows.iter().map(|r| r.name.clone()).collect();
+        let name = match name {
+            Some(n) if names.contains(n) => return Err(OpError::NameTaken { name: n.into() }),
+            Some(n) => n.to_string(),
+            None => generate_name(&names),
+        };
+        let used: BTreeSet<Ipv4Addr> = rows.iter().filter_map(|r| r.ip).collect();
+        let ip = allocate(&state.subnet, &used).ok_or_else(|| OpError::SubnetFull {
+            subnet: state.subnet.to_string(),
+        })?;
+        let cids: BTreeSet<u32> = rows.iter().filter_map(|r| r.vsock_cid).collect();
+        let cid = (3u32..).find(|c| !cids.contains(c)).unwrap_or(3);
+        let row = make(Lease { name, ip, cid });
+        vmm.validate(&state.spec_with(&row, kernel, init))
+            .map_err(|source| OpError::Vmm {
+                vm: row.name.clone(),
+                source: Box::new(source),
+            })?;
+        s.insert_vm(&row).map_err(OpError::vm_insert)?;
+        Ok(row)
+    })
 }
 
 async fn create_steps(

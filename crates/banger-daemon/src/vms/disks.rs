@@ -39,6 +39,26 @@ pub struct Restored {
     pub disk_clone: String,
 }
 
+/// The note in a forked VM's directory: what it was forked from ([`Forked`]).
+pub const FORKED: &str = "forked.json";
+
+/// What [`FORKED`] holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Forked {
+    /// The original VM's name when it was forked.
+    pub from: String,
+    /// How its disks were copied: `reflink` or `sparse copy` (or the backend's way).
+    pub disk_copy: String,
+    /// `loaded` (the memory was in the saved state, copied into the fork's RAM) or
+    /// `shared` (a memory file mapped copy-on-write).
+    pub memory: String,
+}
+
+/// What a forked VM's directory says about its fork, if it was forked.
+pub fn forked(dir: &Path) -> Option<Forked> {
+    serde_json::from_slice(&std::fs::read(dir.join(FORKED)).ok()?).ok()
+}
+
 /// What a restored VM's directory says about its restore, if it was restored.
 pub fn restored(dir: &Path) -> Option<Restored> {
     serde_json::from_slice(&std::fs::read(dir.join(RESTORED)).ok()?).ok()

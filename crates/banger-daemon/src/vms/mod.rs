@@ -52,6 +52,8 @@
 //! - `actions`: start, stop, restart, kill, delete, set, and multi-VM actions.
 //! - `reconcile`: stored state brought in line with the host, and the VMM monitor.
 //! - `pool`: the warm TAP pool filled in the background, and a boot's take from it.
+//! - `fork`: `vm fork`: a running VM paused, saved, its disks copied, resumed, and a new VM
+//!   restored from the saved state with its own identity.
 //! - `warm`: warm start: a template made (a guest booted once and saved), a VM restored from
 //!   one and given its own identity.
 
@@ -61,6 +63,7 @@ mod boot;
 mod create;
 mod disks;
 mod exec;
+mod fork;
 mod host_files;
 mod lookup;
 mod pool;
@@ -71,7 +74,7 @@ mod view;
 mod vmm;
 mod warm;
 
-pub use actions::{act, delete, kill, restart, set, start, stop};
+pub use actions::{act, delete, kill, pause, restart, resume, set, start, stop};
 pub use agent::{
     agent_health, agent_ports, endpoint_of, exec_channel, health, list_dir, ping, read_file,
     write_file,
@@ -82,6 +85,7 @@ pub use create::{
 };
 pub use disks::{Restored, restored};
 pub use exec::{UPGRADE_EXEC, relay};
+pub use fork::fork;
 pub use lookup::resolve;
 pub use pool::{keep_tap_pool, note_bridge};
 pub use ports::ports;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use banger_api::types::{Vm, Workspace, WorkspaceMode};
+use banger_api::types::{Vm, VmState, Workspace, WorkspaceMode};
 use banger_store::{ImageRow, VmRow, WorkspaceRow};
 
 use banger_core::guest_init::GuestInit;
@@ -43,6 +43,7 @@ impl AppState {
             .unwrap_or_else(|| row.image_id.clone());
         let dir = PathBuf::from(&row.dir);
         let restored = super::disks::restored(&dir);
+        let forked = super::disks::forked(&dir);
         Vm {
             id: row.id.clone(),
             name: row.name.clone(),
@@ -74,7 +75,12 @@ impl AppState {
                 .map(workspace_view),
             origin: row.origin,
             restored_from: restored.as_ref().map(|r| r.template.clone()),
-            disk_clone: restored.map(|r| r.disk_clone),
+            disk_clone: restored
+                .map(|r| r.disk_clone)
+                .or_else(|| forked.as_ref().map(|f| f.disk_copy.clone())),
+            paused: row.paused && row.state == VmState::Running,
+            forked_from: forked.as_ref().map(|f| f.from.clone()),
+            fork_memory: forked.map(|f| f.memory),
         }
     }
 

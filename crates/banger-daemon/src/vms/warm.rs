@@ -214,6 +214,7 @@ pub async fn make(
         created_at: state.now(),
         started_at: None,
         origin: Default::default(),
+        paused: false,
     };
     if let Err(e) = make_steps(state, image, &row, &staging, progress).await {
         release(state, &row).await;
@@ -357,6 +358,33 @@ pub(super) async fn restore(
         grown.push((Disk::Work, row.work_disk_bytes));
         grow.push("/dev/vdb".to_string());
     }
+    let restore = Restore {
+        snapshot: template.snapshot(),
+        grown,
+    };
+    let what = format!("from template {key} ({how} disks)");
+    launch_restored(state, row, restore, grow, progress, what).await
+}
+
+/// Brings `row`, whose disks are in place, up from the snapshot `restore` names: its
+/// network, the VMM restoring the guest on the VM's own devices, the agent waited for, its
+/// identity given (`grow`: the guest block devices whose file systems it grows), sshd waited
+/// for; then `running`. What a template restore and a fork share. On failure the caller
+/// undoes what was made.
+pub(super) async fn launch_restored(
+    state: &Arc<AppState>,
+    row: &mut VmRow,
+    restore: Restore,
+    grow: Vec<String>,
+    progress: &Progress,
+    what: String,
+) -> Result<(), OpError> {
+    let vmm = state.vmm_of(row)?;
+    let name = row.name.clone();
+    let vm_err = |source| OpError::Vmm {
+        vm: name.clone(),
+        source: Box::new(source),
+    };
     let pooled = super::pool::take_pooled(state, row)?;
     let spec = state.spec(row)?;
     tokio::fs::create_dir_all(&spec.run_dir)
@@ -367,11 +395,8 @@ pub(super) async fn restore(
         format!("{} on {}", spec.tap, state.opts.config.bridge_name),
     );
     net_up(state, row, pooled).await?;
-    progress.stage("restore", format!("from template {key} ({how} disks)"));
-    let mode = StartMode::Restore(Restore {
-        snapshot: template.snapshot(),
-        grown,
-    });
+    progress.stage("restore", what);
+    let mode = StartMode::Restore(restore);
     let running = vmm.launch(&spec, &mode).await.map_err(vm_err)?;
     row.pid = Some(running.pid);
     row.vmm_start_time = running.start_time;

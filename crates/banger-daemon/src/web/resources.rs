@@ -180,6 +180,9 @@ mod tests {
             origin: banger_core::vm::VmOrigin::Api,
             restored_from: None,
             disk_clone: None,
+            paused: false,
+            forked_from: None,
+            fork_memory: None,
         }
     }
 

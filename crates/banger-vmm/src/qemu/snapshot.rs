@@ -45,6 +45,8 @@ use crate::{Disk, DiskClone, Restore, SnapshotFiles, StartMode, VmSpec, VmmError
 const MEMORY_ID: &str = "banger-mem";
 /// Longest a save or a load may take.
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(120);
+/// The migration bandwidth of a save, in bytes per second: 16 GiB/s, the disk's speed.
+const SAVE_BANDWIDTH: u64 = 16 << 30;
 /// Pause between two polls of a migration.
 const MIGRATE_POLL: Duration = Duration::from_millis(10);
 /// The first bytes of a qcow2 file.
@@ -70,23 +72,36 @@ pub fn node_name(disk: Disk) -> &'static str {
     }
 }
 
-/// The arguments `mode` adds to a boot's: the file-backed memory of a template (shared) or of
-/// a restore (private), and `-incoming defer` for a restore. `-machine` may be given twice:
-/// QEMU merges its options.
+/// The arguments `mode` adds to a boot's: the machine's memory backend, always named
+/// [`MEMORY_ID`] (migration matches RAM blocks by name, so any VM can be saved and restored):
+/// anonymous RAM for a boot, the file-backed memory of a template (shared) or of a restore
+/// (private), anonymous RAM again for a restore whose snapshot has no memory file (a fork of
+/// a VM not booted as a template: its state carries the memory); and `-incoming defer` for a
+/// restore. `-machine` may be given twice: QEMU merges its options.
 pub fn mode_args(spec: &VmSpec, mode: &StartMode) -> Result<Vec<OsString>, VmmError> {
-    let (memory, share) = match mode {
-        StartMode::Boot => return Ok(Vec::new()),
-        StartMode::BootTemplate { memory } => (memory.as_path(), "on"),
-        StartMode::Restore(restore) => (restore.snapshot.memory.as_path(), "off"),
+    let file = match mode {
+        StartMode::Boot => None,
+        StartMode::BootTemplate { memory } => Some((memory.as_path(), "on")),
+        StartMode::Restore(restore) if restore.snapshot.memory.exists() => {
+            Some((restore.snapshot.memory.as_path(), "off"))
+        }
+        StartMode::Restore(_) => None,
     };
-    let object = super::option(
-        &format!(
-            "memory-backend-file,id={MEMORY_ID},size={}M,mem-path=",
-            spec.memory_mib
+    let object = match file {
+        Some((memory, share)) => super::option(
+            &format!(
+                "memory-backend-file,id={MEMORY_ID},size={}M,mem-path=",
+                spec.memory_mib
+            ),
+            memory.as_os_str(),
+            &format!(",share={share}"),
         ),
-        memory.as_os_str(),
-        &format!(",share={share}"),
-    );
+        None => format!(
+            "memory-backend-ram,id={MEMORY_ID},size={}M",
+            spec.memory_mib
+        )
+        .into(),
+    };
     let mut args: Vec<OsString> = vec![
         "-machine".into(),
         format!("memory-backend={MEMORY_ID}").into(),
@@ -131,14 +146,24 @@ async fn set_ignore_shared(session: &mut QmpSession) -> Result<(), QmpError> {
         .map(drop)
 }
 
-/// Stops the guest and saves its device state into `files.state` (the memory stays in the
-/// template's memory file); the VM stays paused.
+/// Stops the guest and saves its device state into `files.state`; the VM stays paused. The
+/// memory of a template stays in its shared memory file (`x-ignore-shared`); any other VM's
+/// RAM is not shared, so it goes into the state too.
 pub async fn save(client: &QmpClient, vm_id: &str, files: &SnapshotFiles) -> Result<(), VmmError> {
     let err = qmp_error(vm_id);
     let target = exec_path(vm_id, &files.state)?;
     let mut session = client.connect().await.map_err(&err)?;
     session.execute("stop", None).await.map_err(&err)?;
     set_ignore_shared(&mut session).await.map_err(&err)?;
+    // A migration is throttled to 32 MiB/s by default, meant for a network; this one writes
+    // a local file while the guest is stopped (a fork's state carries its RAM).
+    session
+        .execute(
+            "migrate-set-parameters",
+            Some(json!({"max-bandwidth": SAVE_BANDWIDTH})),
+        )
+        .await
+        .map_err(&err)?;
     session
         .execute(
             "migrate",
@@ -219,6 +244,38 @@ pub async fn load(client: &QmpClient, vm_id: &str, restore: &Restore) -> Result<
     Ok(())
 }
 
+/// The hard link, next to a qcow2 overlay `disk`, to its backing file ([`clone_disk`]).
+fn base_link(disk: &Path) -> std::path::PathBuf {
+    let mut name = disk
+        .file_name()
+        .unwrap_or(OsStr::new("disk"))
+        .to_os_string();
+    name.push(".base");
+    disk.with_file_name(name)
+}
+
+/// Copies the disk `src` of a paused VM to `dest` ([`crate::copy::copy_file`]); a qcow2
+/// overlay's backing file, which it names relatively, gets a hard link next to the copy
+/// (the backing file never changes, so both overlays share it).
+pub async fn copy_disk(src: &Path, dest: &Path) -> Result<DiskClone, VmmError> {
+    let how = crate::copy::copy_file(src, dest).await?;
+    let base = base_link(src);
+    if disk_driver(src) == "qcow2" && base.exists() {
+        let link = dest.with_file_name(base.file_name().unwrap_or(OsStr::new("disk.base")));
+        let linked = match std::fs::remove_file(&link) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => std::fs::hard_link(&base, &link),
+        };
+        linked.map_err(|source| VmmError::CopyDisk {
+            vm_id: dest.display().to_string(),
+            src: base.clone(),
+            dest: link.clone(),
+            source: Box::new(source),
+        })?;
+    }
+    Ok(how)
+}
+
 /// Makes `dest` a qcow2 overlay of `size` bytes over a hard link to `base` (see the module
 /// docs), with `qemu_img`.
 pub async fn clone_disk(
@@ -294,7 +351,15 @@ mod tests {
                 .map(|a| a.into_string().unwrap())
                 .collect()
         };
-        assert!(strings(&StartMode::Boot).is_empty());
+        assert_eq!(
+            strings(&StartMode::Boot),
+            [
+                "-machine",
+                "memory-backend=banger-mem",
+                "-object",
+                "memory-backend-ram,id=banger-mem,size=512M"
+            ]
+        );
         let template = StartMode::BootTemplate {
             memory: PathBuf::from("/t,1/memory"),
         };
@@ -307,21 +372,30 @@ mod tests {
                 "memory-backend-file,id=banger-mem,size=512M,mem-path=/t,,1/memory,share=on"
             ]
         );
-        let restore = |state: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let memory = dir.path().join("memory");
+        std::fs::write(&memory, b"").unwrap();
+        let restore = |state: &str, memory: &Path| {
             StartMode::Restore(Restore {
                 snapshot: SnapshotFiles {
                     state: state.into(),
-                    memory: "/t/memory".into(),
+                    memory: memory.to_path_buf(),
                 },
                 grown: vec![],
             })
         };
-        let args = strings(&restore("/t/vmstate"));
-        assert!(args.contains(
-            &"memory-backend-file,id=banger-mem,size=512M,mem-path=/t/memory,share=off".into()
-        ));
+        let args = strings(&restore("/t/vmstate", &memory));
+        let file = format!(
+            "memory-backend-file,id=banger-mem,size=512M,mem-path={},share=off",
+            memory.display()
+        );
+        assert!(args.contains(&file), "{args:?}");
         assert_eq!(&args[args.len() - 2..], ["-incoming", "defer"]);
-        let err = mode_args(&spec, &restore("/t/it's")).unwrap_err();
+        // A snapshot without a memory file (a fork's) carries it in its state.
+        let args = strings(&restore("/t/vmstate", &dir.path().join("none")));
+        assert!(args.contains(&"memory-backend-ram,id=banger-mem,size=512M".into()));
+        assert_eq!(&args[args.len() - 2..], ["-incoming", "defer"]);
+        let err = mode_args(&spec, &restore("/t/it's", &memory)).unwrap_err();
         assert!(err.to_string().contains("single quote"), "{err}");
     }
 
