@@ -55,6 +55,10 @@ pub struct AppState {
     /// and the TAP pool wait for, so a daemon that never boots a VM changes nothing on the
     /// host network.
     pub bridge: tokio::sync::watch::Sender<bool>,
+    /// Held while the bridge is made or checked (`NetOps::ensure_bridge`, on a blocking
+    /// thread): a create, a template's make and the TAP pool run at once, and two
+    /// `ip link add` of one bridge make the second fail with "File exists". A leaf lock.
+    pub bridge_lock: Arc<std::sync::Mutex<()>>,
     pub(crate) shutdown: Notify,
     /// Where the web UI listens, or why not (set once at start by the web service).
     web: Mutex<banger_api::types::WebListener>,
@@ -157,6 +161,7 @@ impl AppState {
             tap_pool,
             templates,
             bridge: tokio::sync::watch::Sender::new(false),
+            bridge_lock: Arc::default(),
             shutdown: Notify::new(),
             web: Mutex::new(banger_api::types::WebListener::Off),
         }

@@ -184,9 +184,13 @@ pub(super) async fn net_up(
     let nat = row.nat;
     let ip: Option<Ipv4Addr> = row.ip;
     let uid = Some(state.uid);
+    let bridge_lock = state.bridge_lock.clone();
     tokio::task::spawn_blocking(move || -> Result<(), banger_net::NetError> {
         if !pooled {
-            net.ensure_bridge(&bridge, &subnet)?;
+            {
+                let _made = bridge_lock.lock().unwrap_or_else(|e| e.into_inner());
+                net.ensure_bridge(&bridge, &subnet)?;
+            }
             net.create_tap(&tap, &bridge, uid)?;
         }
         if nat && let Some(ip) = ip {

@@ -109,8 +109,12 @@ async fn fill(state: &Arc<AppState>) -> Result<(), String> {
     let bridge = state.opts.config.bridge_name.clone();
     let subnet = state.subnet;
     let uid = state.uid;
+    let bridge_lock = state.bridge_lock.clone();
     let made = tokio::task::spawn_blocking(move || -> Result<Vec<String>, String> {
-        net.ensure_bridge(&bridge, &subnet).map_err(|e| chain(&e))?;
+        {
+            let _made = bridge_lock.lock().unwrap_or_else(|e| e.into_inner());
+            net.ensure_bridge(&bridge, &subnet).map_err(|e| chain(&e))?;
+        }
         used.extend(
             net.list_links(banger_net::plan::POOL_TAP_PREFIX)
                 .map_err(|e| chain(&e))?,
