@@ -369,6 +369,27 @@ where
     send(&mut sender, method, path, body, true).await
 }
 
+/// Whether `err`, from [`identity_on_live`] or the connection made for it, came before the
+/// identity request was sent (the connection or its health probe failed): then nothing
+/// reached the agent's identity step and a new connection may try again.
+pub fn identity_not_sent(err: &ClientError) -> bool {
+    use ClientError as E;
+    match err {
+        E::Connect { .. }
+        | E::HandshakeSend { .. }
+        | E::HandshakeRecv { .. }
+        | E::HandshakeClosed { .. }
+        | E::HandshakeRefused { .. } => true,
+        E::Handshake { path, .. }
+        | E::Request { path, .. }
+        | E::Body { path, .. }
+        | E::Status { path, .. }
+        | E::Decode { path, .. }
+        | E::Timeout { path, .. } => path.starts_with("GET "),
+        _ => false,
+    }
+}
+
 /// `POST /identity` after a `GET /healthz` answered on the same connection, so the identity
 /// request goes to an agent that is serving this very connection. A virtio-serial port is
 /// one stream that the agent closes and reopens after each host disconnect, and the guest
@@ -580,6 +601,27 @@ fn error_message(status: StatusCode, body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_failures_before_the_identity_request_may_be_tried_again() {
+        let timeout = |path: &str| ClientError::Timeout {
+            path: path.into(),
+            after: Duration::from_secs(1),
+        };
+        let refused = ClientError::Connect {
+            socket: "/run/x/agent.sock".into(),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        };
+        assert!(identity_not_sent(&refused));
+        assert!(identity_not_sent(&timeout("GET /healthz")));
+        assert!(!identity_not_sent(&timeout("POST /identity")));
+        let status = ClientError::Status {
+            path: "POST /identity".into(),
+            status: 500,
+            message: "steps failed".into(),
+        };
+        assert!(!identity_not_sent(&status));
+    }
 
     #[test]
     fn ack_line_must_be_ok_and_a_port() {

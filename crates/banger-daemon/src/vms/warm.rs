@@ -28,7 +28,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use banger_agent_proto::client::ClientError;
 use banger_api::types::{Image, MacAddr, VmSettings, VmState, WarmImage};
 use banger_core::build::BuildInfo;
 use banger_store::{ImageRow, VmRow};
@@ -474,29 +473,36 @@ async fn give_identity(
     };
     // Sent only on a connection the agent has just answered on: a request written while the
     // agent is still closing the port after the previous connection is dropped by the guest
-    // kernel (see `identity_on_live`). A lost probe is retried on a new connection.
+    // kernel (see `identity_on_live`). This is also the wait for the restored agent: a
+    // connection refused (its socket not there yet) or a lost probe is tried again on a new
+    // connection until the agent budget is spent; the identity itself is sent once.
     let deadline = Instant::now() + Duration::from_secs(state.opts.config.agent_wait_secs);
     loop {
-        let stream = super::agent::agent_stream(&running.agent, IDENTITY_PROBE)
+        let attempt = async {
+            let stream = super::agent::agent_stream(&running.agent, IDENTITY_PROBE).await?;
+            banger_agent_proto::client::identity_on_live(
+                stream,
+                &req,
+                IDENTITY_PROBE,
+                IDENTITY_TIMEOUT,
+            )
             .await
-            .map_err(agent_err)?;
-        match banger_agent_proto::client::identity_on_live(
-            stream,
-            &req,
-            IDENTITY_PROBE,
-            IDENTITY_TIMEOUT,
-        )
-        .await
-        {
-            Err(ClientError::Timeout { path, .. })
-                if path.starts_with("GET") && Instant::now() < deadline =>
+        };
+        match attempt.await {
+            Err(e)
+                if banger_agent_proto::client::identity_not_sent(&e)
+                    && Instant::now() < deadline =>
             {
-                tracing::debug!(vm = %row.name, "identity probe lost; connecting again");
+                tracing::debug!(vm = %row.name, error = %chain(&e), "agent not answering yet; again");
+                tokio::time::sleep(IDENTITY_RETRY).await;
             }
             other => return other.map_err(agent_err),
         }
     }
 }
+
+/// The pause between two connections while the restored agent does not answer yet.
+const IDENTITY_RETRY: Duration = Duration::from_millis(10);
 
 /// How long the health check before the identity may take before it counts as lost.
 const IDENTITY_PROBE: Duration = Duration::from_secs(3);
