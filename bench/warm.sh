@@ -104,6 +104,12 @@ pid=$(b vm show idle --json | sed -n 's/.*"pid": \([0-9]*\).*/\1/p')
 pss=$(awk '/^Pss:/{print $2}' "/proc/$pid/smaps_rollup")
 used=$(b vm ssh idle -- awk '/^MemTotal:/{t=$2} /^MemAvailable:/{a=$2} END{print t-a}' /proc/meminfo)
 echo "idle restored VM: VMM PSS ${pss} KiB, guest uses ${used} KiB: PSS is $(awk -v a="$pss" -v b="$used" 'BEGIN{printf "%.0f%%", 100*a/b}') of it"
+# What of it is the VM's alone (written or anonymous: QEMU's own heap and TCG's code cache,
+# the guest pages written since the restore) and what is the template's memory file in the
+# page cache, shared by every VM restored from it and counted whole while this one is alone.
+priv=$(awk '/^Private_Dirty:/{print $2}' "/proc/$pid/smaps_rollup")
+shared_file=$(awk '/^Rss:/{r=$2} /^Anonymous:/{a=$2} END{print r-a}' "/proc/$pid/smaps_rollup")
+echo "  of which private dirty ${priv} KiB ($(awk -v a="$priv" -v b="$used" 'BEGIN{printf "%.0f%%", 100*a/b}') of the guest's), file-backed ${shared_file} KiB"
 )
 
 firecracker_part() (

@@ -168,7 +168,7 @@ fn daemon_for_schemathesis() -> Home {
     std::fs::create_dir_all(home.path().join("config")).unwrap();
     std::fs::write(
         home.path().join("config/config.toml"),
-        format!("firecracker_bin = \"{}\"\n", fake.display()),
+        crate::common::test_config(&format!("firecracker_bin = \"{}\"\n", fake.display())),
     )
     .unwrap();
     home.ok(&["daemon", "status"]);

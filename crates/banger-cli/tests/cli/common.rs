@@ -178,11 +178,12 @@ pub fn bin_dir() -> PathBuf {
 
 /// `config` with `warm_start = false` unless it sets `warm_start` itself: a test makes
 /// warm-start templates only when it opts in, never in the background of another test.
+/// Put first, so that it stays a top-level key when `config` ends in a `[table]`.
 pub fn test_config(config: &str) -> String {
     if config.contains("warm_start") {
         config.to_string()
     } else {
-        format!("{config}\nwarm_start = false\n")
+        format!("warm_start = false\n{config}")
     }
 }
 
@@ -207,17 +208,14 @@ impl Home {
         }
         let home = Self::in_netns("");
         std::fs::write(home.path().join("config/config.toml"), {
-            let mut text = format!(
-                "firecracker_bin = \"{}\"\n{}",
-                fake.display(),
-                test_config(config)
-            );
+            // Top-level keys first: `config` may end in a `[table]`.
+            let mut text = format!("firecracker_bin = \"{}\"\n", fake.display());
             for (key, default) in [("stop_grace_secs", "3"), ("agent_wait_secs", "15")] {
                 if !config.contains(key) {
                     text.push_str(&format!("{key} = {default}\n"));
                 }
             }
-            text
+            text + &test_config(config)
         })
         .unwrap();
         home.make_image("test-img");

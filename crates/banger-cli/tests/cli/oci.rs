@@ -47,7 +47,11 @@ fn pull_home(tools: &[&str], config: &str) -> Option<Home> {
     let mut home = Home::new();
     home.set_env("BANGER_AGENT_BIN", agent);
     std::fs::create_dir_all(home.path().join("config")).unwrap();
-    std::fs::write(home.path().join("config/config.toml"), config).unwrap();
+    std::fs::write(
+        home.path().join("config/config.toml"),
+        crate::common::test_config(config),
+    )
+    .unwrap();
     let tree = home.path().join("kpkg");
     std::fs::create_dir_all(tree.join("boot")).unwrap();
     let mut elf = b"\x7fELF\x02\x01\x01".to_vec();

@@ -524,10 +524,10 @@ mod adversarial_daemon_killed_during_create {
         home.ok(&["daemon", "stop"]);
         std::fs::write(
             home.path().join("config/config.toml"),
-            format!(
+            crate::common::test_config(&format!(
                 "firecracker_bin = \"{}\"\nstop_grace_secs = 3\nagent_wait_secs = 30\nssh_wait_secs = 30\n",
                 slow.join("firecracker").display()
-            ),
+            )),
         )
         .unwrap();
         let src = home.path().join("ssh-src");

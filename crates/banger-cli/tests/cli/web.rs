@@ -20,7 +20,9 @@ fn web_home(web_listen: &str, extra: &str) -> Home {
     std::fs::create_dir_all(home.path().join("config")).unwrap();
     std::fs::write(
         home.path().join("config/config.toml"),
-        format!("dns = false\nssh_config = false\nweb_listen = \"{web_listen}\"\n{extra}"),
+        crate::common::test_config(&format!(
+            "dns = false\nssh_config = false\nweb_listen = \"{web_listen}\"\n{extra}"
+        )),
     )
     .unwrap();
     home
