@@ -369,10 +369,10 @@ where
     send(&mut sender, method, path, body, true).await
 }
 
-/// Whether `err`, from [`identity_on_live`] or the connection made for it, came before the
-/// identity request was sent (the connection or its health probe failed): then nothing
+/// Whether `err`, from [`identity_on_live`] or [`host_keys_on_live`] or the connection made
+/// for it, came before the request after the probe was sent (the connection or its health probe failed): then nothing
 /// reached the agent's identity step and a new connection may try again.
-pub fn identity_not_sent(err: &ClientError) -> bool {
+pub fn request_not_sent(err: &ClientError) -> bool {
     use ClientError as E;
     match err {
         E::Connect { .. }
@@ -385,7 +385,7 @@ pub fn identity_not_sent(err: &ClientError) -> bool {
         | E::Body { path, .. }
         | E::Status { path, .. }
         | E::Decode { path, .. }
-        | E::Timeout { path, .. } => path.starts_with("GET "),
+        | E::Timeout { path, .. } => path == "GET /healthz",
         _ => false,
     }
 }
@@ -407,8 +407,63 @@ pub async fn identity_on_live<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let (mut sender, _conn) = probed(stream, probe).await?;
+    let path = crate::identity::IDENTITY_PATH;
+    let what = format!("POST {path}");
+    let bytes = serde_json::to_vec(req).map_err(|source| ClientError::Encode {
+        path: what.clone(),
+        source,
+    })?;
+    match tokio::time::timeout(timeout, send(&mut sender, Method::POST, path, bytes, true)).await {
+        Ok(result) => result,
+        Err(_elapsed) => Err(ClientError::Timeout {
+            path: what,
+            after: timeout,
+        }),
+    }
+}
+
+/// `GET /host-keys` after a `GET /healthz` answered on the same connection, for the reason
+/// [`identity_on_live`] gives: the answer may take long (a first boot still making its
+/// keys), so a request lost in the agent's reopen gap must cost `probe`, not `timeout`.
+/// A failure for which [`request_not_sent`] holds may be tried again.
+pub async fn host_keys_on_live<S>(
+    stream: S,
+    probe: Duration,
+    timeout: Duration,
+) -> Result<HostKeys, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, _conn) = probed(stream, probe).await?;
+    let what = format!("GET {HOST_KEYS_PATH}");
+    let keys = send(&mut sender, Method::GET, HOST_KEYS_PATH, Vec::new(), true);
+    match tokio::time::timeout(timeout, keys).await {
+        Ok(result) => result,
+        Err(_elapsed) => Err(ClientError::Timeout {
+            path: what,
+            after: timeout,
+        }),
+    }
+}
+
+/// An HTTP connection on `stream` on which the agent has just answered `GET /healthz`
+/// within `probe` (see [`identity_on_live`]).
+async fn probed<S>(
+    stream: S,
+    probe: Duration,
+) -> Result<
+    (
+        hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        banger_http::Connection,
+    ),
+    ClientError,
+>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let what = "GET /healthz".to_string();
-    let (mut sender, _conn) = banger_http::handshake(stream, Some(MAX_HEAD_LEN))
+    let (mut sender, conn) = banger_http::handshake(stream, Some(MAX_HEAD_LEN))
         .await
         .map_err(|source| ClientError::Handshake {
             path: what.clone(),
@@ -424,19 +479,7 @@ where
             });
         }
     }
-    let path = crate::identity::IDENTITY_PATH;
-    let what = format!("POST {path}");
-    let bytes = serde_json::to_vec(req).map_err(|source| ClientError::Encode {
-        path: what.clone(),
-        source,
-    })?;
-    match tokio::time::timeout(timeout, send(&mut sender, Method::POST, path, bytes, true)).await {
-        Ok(result) => result,
-        Err(_elapsed) => Err(ClientError::Timeout {
-            path: what,
-            after: timeout,
-        }),
-    }
+    Ok((sender, conn))
 }
 
 /// One request on an open HTTP connection, its answer decoded; `close` asks the agent to
@@ -612,15 +655,15 @@ mod tests {
             socket: "/run/x/agent.sock".into(),
             source: io::Error::from(io::ErrorKind::NotFound),
         };
-        assert!(identity_not_sent(&refused));
-        assert!(identity_not_sent(&timeout("GET /healthz")));
-        assert!(!identity_not_sent(&timeout("POST /identity")));
+        assert!(request_not_sent(&refused));
+        assert!(request_not_sent(&timeout("GET /healthz")));
+        assert!(!request_not_sent(&timeout("POST /identity")));
         let status = ClientError::Status {
             path: "POST /identity".into(),
             status: 500,
             message: "steps failed".into(),
         };
-        assert!(!identity_not_sent(&status));
+        assert!(!request_not_sent(&status));
     }
 
     #[test]

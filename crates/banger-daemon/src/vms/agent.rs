@@ -137,9 +137,30 @@ pub async fn agent_host_keys(
     endpoint: &AgentEndpoint,
     timeout: Duration,
 ) -> Result<banger_agent_proto::wire::HostKeys, ClientError> {
-    let stream = agent_stream(endpoint, timeout).await?;
-    banger_agent_proto::client::host_keys(stream, timeout).await
+    // Asked on a connection the agent has just answered on (see `host_keys_on_live`): the
+    // boot's agent wait used a connection of its own, and a request written into the
+    // agent's reopen gap after it would wait all of `timeout` for nothing. A lost probe is
+    // tried again on a new connection.
+    let deadline = Instant::now() + timeout;
+    loop {
+        let attempt = async {
+            let stream = agent_stream(endpoint, HOST_KEYS_PROBE).await?;
+            banger_agent_proto::client::host_keys_on_live(stream, HOST_KEYS_PROBE, timeout).await
+        };
+        match attempt.await {
+            Err(e)
+                if banger_agent_proto::client::request_not_sent(&e)
+                    && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(AGENT_POLL).await;
+            }
+            other => return other,
+        }
+    }
 }
+
+/// How long the health probe before the host keys request may take before it counts as lost.
+const HOST_KEYS_PROBE: Duration = Duration::from_secs(3);
 
 /// The agent endpoint of a running VM.
 pub fn endpoint_of(state: &AppState, row: &VmRow) -> Result<AgentEndpoint, OpError> {

@@ -490,7 +490,7 @@ async fn give_identity(
         };
         match attempt.await {
             Err(e)
-                if banger_agent_proto::client::identity_not_sent(&e)
+                if banger_agent_proto::client::request_not_sent(&e)
                     && Instant::now() < deadline =>
             {
                 tracing::debug!(vm = %row.name, error = %chain(&e), "agent not answering yet; again");
