@@ -2397,8 +2397,8 @@ mod vm_fixture {
     async fn answer_agents(run_dirs: PathBuf) {
         let booted = std::sync::atomic::AtomicU32::new(0);
         serve_agents(run_dirs, |listener| {
-            let keys = host_keys(booted.fetch_add(1, Ordering::SeqCst));
-            let new_keys = host_keys(1000 + booted.fetch_add(1, Ordering::SeqCst));
+            let n = booted.fetch_add(1, Ordering::SeqCst);
+            let (keys, new_keys) = (host_keys(n), host_keys(1000 + n));
             // A restored guest records the identity it is given next to its socket.
             let run_dir = listener
                 .local_addr()
@@ -3303,7 +3303,7 @@ mod fork {
         let known = std::fs::read_to_string(f.state.opts.layout.known_hosts()).unwrap();
         let ip = row.ip.unwrap();
         assert!(
-            known.contains(&format!("web-try.vm,{ip} ssh-ed25519 {}", host_key(1003))),
+            known.contains(&format!("web-try.vm,{ip} ssh-ed25519 {}", host_key(1001))),
             "{known}"
         );
         // Its disks are copies: what the original writes next, the fork never sees.

@@ -454,17 +454,20 @@ async fn give_identity(
         &mut entropy,
     )
     .map_err(OpError::io("read", Path::new("/dev/urandom")))?;
-    let now = state
-        .clock
-        .now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let req = Identity {
+    let now_ns = || {
+        state
+            .clock
+            .now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64
+    };
+    let mut req = Identity {
         hostname: row.name.clone(),
         files,
         mac: guest.mac.to_lowercase(),
         entropy: hex(&entropy),
-        time_unix_ns: now.as_nanos() as u64,
+        time_unix_ns: now_ns(),
         grow,
     };
     let agent_err = |source| OpError::Identity {
@@ -478,6 +481,9 @@ async fn give_identity(
     // connection until the agent budget is spent; the identity itself is sent once.
     let deadline = Instant::now() + Duration::from_secs(state.opts.config.agent_wait_secs);
     loop {
+        // The clock the guest is stepped to is read for each attempt: the attempts before
+        // are the wait for the agent, and a time read before them would be seconds old.
+        req.time_unix_ns = now_ns();
         let attempt = async {
             let stream = super::agent::agent_stream(&running.agent, IDENTITY_PROBE).await?;
             banger_agent_proto::client::identity_on_live(
